@@ -1,0 +1,241 @@
+"""The `taskyard` command: run the engine, migrate the database, manage tenants and tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+
+from taskyard import __version__
+from taskyard.auth import Role
+from taskyard.config import DEFAULT_PORT, EngineSettings
+from taskyard.db import DatabaseUnavailable, create_pool
+from taskyard.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from taskyard.engine import Engine
+from taskyard.migrator import MigrationError, migrate, pending_migrations
+from taskyard.plugin_manager import UnknownPluginError, installed_plugins
+from taskyard.repository import Repository, TenantExists
+
+T = TypeVar("T")
+
+# Failures we explain in one line instead of a traceback.
+_EXPECTED = (MigrationError, UnknownPluginError, DatabaseUnavailable, EmbeddedPostgresError,
+             TenantExists, OSError, asyncpg.PostgresError)
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        runner: Callable[[Coroutine[Any, Any, T]], T] = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(main)
+    except _EXPECTED as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+database_url_option = click.option(
+    "--database-url", envvar="TASKYARD_DATABASE_URL", default=None,
+    help="PostgreSQL URL. Without one, the embedded server in --data-dir is used.")
+database_wait_option = click.option(
+    "--database-wait", envvar="TASKYARD_DATABASE_WAIT", default=10.0, show_default=True,
+    type=click.FloatRange(min=0), help="Seconds to keep retrying an unreachable database.")
+data_dir_option = click.option(
+    "--data-dir", envvar="TASKYARD_DATA_DIR", default=".taskyard", show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the embedded database and the local token live.")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="taskyard")
+@click.option("--log-level", envvar="TASKYARD_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def main(log_level: str) -> None:
+    """Taskyard: durable task queue and workflow orchestrator on PostgreSQL."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@database_url_option
+@data_dir_option
+@click.option("--host", envvar="TASKYARD_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="TASKYARD_PORT", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--plugin", "plugins", multiple=True, metavar="NAME",
+              help="Load this plugin (repeatable). Env: TASKYARD_PLUGINS, comma-separated.")
+@click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations on start.")
+@click.option("--database-wait", envvar="TASKYARD_DATABASE_WAIT", default=30.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds to keep retrying an unreachable database.")
+@click.option("--max-request-bytes", envvar="TASKYARD_MAX_REQUEST_BYTES", default=1024 * 1024,
+              show_default=True, type=click.IntRange(min=1))
+def engine(database_url: str | None, data_dir: Path, host: str, port: int,
+           plugins: tuple[str, ...], no_migrate: bool, database_wait: float,
+           max_request_bytes: int) -> None:
+    """Run the engine until SIGINT or SIGTERM."""
+    if not plugins:
+        plugins = tuple(p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",")
+                        if p.strip())
+    settings = EngineSettings(database_url=database_url, host=host, port=port,
+                              data_dir=data_dir, plugins=list(plugins), migrate=not no_migrate,
+                              database_wait_seconds=database_wait,
+                              max_request_bytes=max_request_bytes)
+    _run(_serve(settings))
+
+
+async def _serve(settings: EngineSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    engine = Engine(settings)
+    await engine.start()
+    try:
+        await stop.wait()
+        logging.getLogger("taskyard").info("shutting down")
+    finally:
+        await engine.stop()
+
+
+@contextlib.asynccontextmanager
+async def _database(database_url: str | None, data_dir: Path,
+                    wait_seconds: float) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the given database, or on the embedded one (started just for this command
+    when the engine is not running, and stopped again after)."""
+    embedded = None
+    if database_url is None:
+        embedded = EmbeddedPostgres(data_dir)
+        database_url = await asyncio.to_thread(embedded.start)
+    try:
+        pool = await create_pool(database_url, min_size=1, max_size=2,
+                                 wait_seconds=wait_seconds)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _repository(pool: asyncpg.Pool) -> Repository:
+    async with pool.acquire() as conn:
+        if pending := await pending_migrations(conn):
+            raise MigrationError(f"the database lacks migrations {', '.join(pending)}; "
+                                 f"run `taskyard migrate` first")
+    return Repository(pool)
+
+
+@main.command("migrate")
+@database_url_option
+@database_wait_option
+@data_dir_option
+def migrate_command(database_url: str | None, database_wait: float, data_dir: Path) -> None:
+    """Apply pending database migrations."""
+
+    async def run() -> list[str]:
+        async with _database(database_url, data_dir, database_wait) as pool, \
+                pool.acquire() as conn:
+            return await migrate(conn)
+
+    applied = _run(run())
+    click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+@main.group()
+def tenant() -> None:
+    """Manage tenants."""
+
+
+@tenant.command("create")
+@click.argument("name")
+@database_url_option
+@database_wait_option
+@data_dir_option
+def tenant_create(name: str, database_url: str | None, database_wait: float,
+                  data_dir: Path) -> None:
+    """Create a tenant and print its id and an admin token (shown once)."""
+
+    async def run() -> tuple[uuid.UUID, str]:
+        async with _database(database_url, data_dir, database_wait) as pool:
+            repository = await _repository(pool)
+            created = await repository.create_tenant(name)
+            _, secret = await repository.create_token(created.tenant_id, Role.ADMIN, "admin")
+            return created.tenant_id, secret
+
+    tenant_id, secret = _run(run())
+    click.echo(f"tenant id:   {tenant_id}")
+    click.echo(f"admin token: {secret}")
+    click.echo("Store the token now: it is not shown again.", err=True)
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.option("--tenant", "tenant_id", required=True, type=click.UUID, help="Tenant id.")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--name", default="", help="A label to recognise the token by.")
+@database_url_option
+@database_wait_option
+@data_dir_option
+def token_create(tenant_id: uuid.UUID, role: str, name: str, database_url: str | None,
+                 database_wait: float, data_dir: Path) -> None:
+    """Create a token for a tenant and print it (shown once)."""
+
+    async def run() -> tuple[uuid.UUID, str] | None:
+        async with _database(database_url, data_dir, database_wait) as pool:
+            repository = await _repository(pool)
+            if await repository.get_tenant(tenant_id) is None:
+                return None
+            info, secret = await repository.create_token(tenant_id, Role(role), name)
+            return info.token_id, secret
+
+    created = _run(run())
+    if created is None:
+        raise click.ClickException(f"no tenant with id {tenant_id}")
+    click.echo(f"token id: {created[0]}")
+    click.echo(f"token:    {created[1]}")
+
+
+@token.command("revoke")
+@click.argument("token_id", type=click.UUID)
+@database_url_option
+@database_wait_option
+@data_dir_option
+def token_revoke(token_id: uuid.UUID, database_url: str | None, database_wait: float,
+                 data_dir: Path) -> None:
+    """Revoke a token by its id."""
+
+    async def run() -> bool:
+        async with _database(database_url, data_dir, database_wait) as pool:
+            return await (await _repository(pool)).revoke_token(token_id) is not None
+
+    if not _run(run()):
+        raise click.ClickException(f"no token with id {token_id}")
+    click.echo(f"revoked {token_id}")
+
+
+@main.command("plugins")
+def plugins_command() -> None:
+    """List the installed plugins (usable with `taskyard engine --plugin NAME`)."""
+    found = installed_plugins()
+    if not found:
+        click.echo("no plugins installed")
+    for name, entry_point in sorted(found.items()):
+        click.echo(f"{name}\t{entry_point.value}")

@@ -1,0 +1,28 @@
+"""Engine settings, filled from the command line and `TASKYARD_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+DEFAULT_PORT = 7077
+
+
+class EngineSettings(BaseModel):
+    """Everything an engine process needs to start. Every field has a CLI flag and an env var."""
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; None starts an embedded server under data_dir."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="0 picks a free port.")
+    data_dir: Path = Path(".taskyard")
+    plugins: list[str] = Field(default_factory=list)
+    migrate: bool = True
+    database_wait_seconds: float = Field(
+        default=30.0, ge=0, description="How long to retry a database that is not up yet.")
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0)
+    public_url: str | None = Field(
+        default=None, description="URL users reach the engine at (for links in alerts)."
+    )

@@ -1,0 +1,69 @@
+"""Connecting to PostgreSQL: pools with our type codecs, and waiting for a server to come up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+
+log = logging.getLogger(__name__)
+
+_JSONB_VERSION = b"\x01"  # jsonb's binary format is a version byte followed by the JSON text
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Exchange json/jsonb as Python objects, encoded with orjson in the binary format."""
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary",
+        encoder=lambda value: _JSONB_VERSION + orjson.dumps(value),
+        decoder=lambda data: orjson.loads(data[1:]),
+    )
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", format="text",
+        encoder=lambda value: orjson.dumps(value).decode(), decoder=orjson.loads,
+    )
+
+
+async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
+    conn = await asyncpg.connect(url, **kwargs)
+    await init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
+                      wait_seconds: float = 30.0) -> asyncpg.Pool:
+    """A pool, retrying while the server is still starting (containers start together)."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.1
+    while True:
+        try:
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                             init=init_connection)
+        except (OSError, asyncpg.CannotConnectNowError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+            log.info("PostgreSQL not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        else:
+            assert pool is not None
+            return pool
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL could not be reached in time."""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{location}"

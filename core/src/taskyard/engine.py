@@ -1,0 +1,163 @@
+"""The engine process: database, plugins and the HTTP server, started and stopped as one.
+
+    async with Engine(EngineSettings(database_url=...)) as engine:
+        print(engine.url)
+
+`stop()` is idempotent and safe before `start()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+
+import asyncpg
+from aiohttp import web
+
+from taskyard.auth import Principal, Role, parse_bearer
+from taskyard.config import EngineSettings
+from taskyard.db import create_pool
+from taskyard.embedded import EmbeddedPostgres
+from taskyard.http.app import build_app
+from taskyard.http.errors import Unauthorized
+from taskyard.http.routing import Router
+from taskyard.migrator import MigrationError, migrate, pending_migrations
+from taskyard.plugin_manager import Plugins
+from taskyard.repository import Repository, TenantExists
+
+log = logging.getLogger(__name__)
+
+LOCAL_TENANT = "default"
+TOKEN_FILE = "token"
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings, *, plugins: Iterable[object] = ()) -> None:
+        self.settings = settings
+        self._extra_plugins = list(plugins)
+        self._embedded: EmbeddedPostgres | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._plugins: Plugins | None = None
+        self.repository: Repository
+        self.database_url: str | None = settings.database_url
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        # Load plugins first, so a misspelt --plugin fails before anything else happens.
+        self._plugins = Plugins(self.settings.plugins, self._extra_plugins)
+        if self.database_url is None:
+            self._embedded = EmbeddedPostgres(self.settings.data_dir)
+            self.database_url = await asyncio.to_thread(self._embedded.start)
+        self._pool = await create_pool(self.database_url,
+                                       wait_seconds=self.settings.database_wait_seconds)
+        async with self._pool.acquire() as conn:
+            if self.settings.migrate:
+                applied = await migrate(conn)
+                if applied:
+                    log.info("applied migrations: %s", ", ".join(applied))
+            elif pending := await pending_migrations(conn):
+                raise MigrationError(f"the database lacks migrations {', '.join(pending)}; run "
+                                     f"`taskyard migrate` or start without --no-migrate")
+        self.repository = Repository(self._pool)
+        await self._bootstrap_local_tenant()
+
+        plugin_router = Router(tags=("plugins",))
+        await self._plugins.call("taskyard_routes", router=plugin_router)
+
+        self._runner = web.AppRunner(build_app(self, [plugin_router]), access_log=None,
+                                     handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+        await self._plugins.call("taskyard_startup", host=self)
+        log.info("Taskyard engine serving on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._plugins is not None and self._pool is not None:
+            await self._plugins.call("taskyard_shutdown", host=self)
+        self._plugins = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+        if self._embedded is not None:
+            embedded, self._embedded = self._embedded, None
+            await asyncio.to_thread(embedded.stop)
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- what handlers and plugins use -----------------------------------------------------------
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the engine is not started")
+        return self._pool
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the engine is not serving yet")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def plugins(self) -> Plugins:
+        if self._plugins is None:
+            raise RuntimeError("the engine is not started")
+        return self._plugins
+
+    async def authenticate(self, header: str | None) -> Principal:
+        try:
+            secret = parse_bearer(header)
+        except ValueError as exc:
+            raise Unauthorized(str(exc)) from None
+        principal = await self.repository.authenticate(secret)
+        if principal is None:
+            raise Unauthorized("token is invalid or has been revoked")
+        return principal
+
+    async def _bootstrap_local_tenant(self) -> None:
+        """First start on an empty database: create the `default` tenant and write an admin
+        token to `<data-dir>/token` (mode 0600), so local development needs no token setup."""
+        if await self.repository.count_tenants() > 0:
+            return
+        try:
+            tenant = await self.repository.create_tenant(LOCAL_TENANT)
+        except TenantExists:  # another engine bootstrapped the same database at the same moment
+            return
+        _, secret = await self.repository.create_token(tenant.tenant_id, Role.ADMIN, "local")
+        data_dir = self.settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / TOKEN_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secret + "\n")
+        os.chmod(path, 0o600)
+        log.info("created tenant %r; its admin token is in %s", LOCAL_TENANT, path)

@@ -1,0 +1,30 @@
+"""Assemble the aiohttp application: middleware, the engine's endpoints and the plugins' ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from taskyard.http import system, tokens
+from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware
+from taskyard.http.keys import ENDPOINTS, ENGINE
+from taskyard.http.routing import AUTHENTICATOR, Router, mount
+
+if TYPE_CHECKING:
+    from taskyard.engine import Engine
+
+CORE_ROUTERS = (system.router, tokens.router)
+
+
+def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:
+    max_bytes = engine.settings.max_request_bytes
+    app = web.Application(client_max_size=max_bytes, middlewares=[error_middleware])
+    app[MAX_REQUEST_BYTES] = max_bytes
+    app[ENGINE] = engine
+    app[AUTHENTICATOR] = engine.authenticate
+    endpoints = [ep for router in (*CORE_ROUTERS, *plugin_routers) for ep in router.endpoints]
+    app[ENDPOINTS] = endpoints
+    mount(app, endpoints)
+    return app

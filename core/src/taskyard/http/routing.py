@@ -1,0 +1,201 @@
+"""Declarative endpoints: one decorator gives a handler its path, auth, body/query validation,
+response serialisation and its OpenAPI entry.
+
+    @router.post("/api/v1/tokens", roles=[Role.ADMIN], body=TokenCreate, response=TokenCreated)
+    async def create_token(call: Call[TokenCreate]) -> TokenCreated: ...
+
+`roles` defaults to admin only (deny by default); `roles=None` makes an endpoint public.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Generic, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from taskyard.auth import Principal, Role
+from taskyard.http.errors import BadRequest, Forbidden, Unprocessable
+
+BodyT = TypeVar("BodyT")
+Authenticator = Callable[[str | None], Awaitable[Principal]]
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
+
+_ADMIN_ONLY = frozenset({Role.ADMIN})
+
+
+@dataclass(slots=True)
+class Call(Generic[BodyT]):
+    """One validated request, as a handler sees it."""
+
+    request: web.Request
+    body: BodyT
+    query: Any
+    _principal: Principal | None
+
+    @property
+    def principal(self) -> Principal:
+        if self._principal is None:
+            raise RuntimeError("a public endpoint has no principal")
+        return self._principal
+
+    @property
+    def path(self) -> dict[str, str]:
+        return dict(self.request.match_info)
+
+
+Handler = Callable[[Call[Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    roles: frozenset[Role] | None
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: Any
+    status: int
+    summary: str
+    description: str | None
+    tags: tuple[str, ...]
+
+
+@dataclass
+class Router:
+    """A collection of endpoints, mounted on the aiohttp application by the engine."""
+
+    tags: tuple[str, ...] = ()
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def route(self, method: str, path: str, *, roles: Iterable[Role] | None = _ADMIN_ONLY,
+              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
+              response: Any = None, status: int = 200, summary: str = "",
+              description: str | None = None) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.endpoints.append(Endpoint(
+                method=method, path=path, handler=handler,
+                roles=None if roles is None else frozenset(roles), body=body, query=query,
+                response=response, status=status,
+                summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
+                description=description, tags=self.tags,
+            ))
+            return handler
+        return register
+
+    def get(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **options)
+
+
+def mount(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
+    for endpoint in endpoints:
+        app.router.add_route(endpoint.method, endpoint.path, _aiohttp_handler(endpoint))
+
+
+def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    response_adapter = TypeAdapter(endpoint.response) if endpoint.response is not None else None
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        principal = None
+        if endpoint.roles is not None:
+            principal = await request.app[AUTHENTICATOR](request.headers.get("Authorization"))
+            if principal.role not in endpoint.roles:
+                needed = " or ".join(sorted(endpoint.roles))
+                raise Forbidden(f"{endpoint.method} {endpoint.path} needs a token with role "
+                                f"{needed}; this token has role {principal.role}")
+        query = _validate(endpoint.query, _query_dict(request, endpoint.query), "query")
+        body = await read_body(request, endpoint.body) if endpoint.body is not None else None
+        result = await endpoint.handler(Call(request, body, query, principal))
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None and endpoint.status == 204:
+            return web.Response(status=204)
+        payload = (response_adapter.dump_json(result) if response_adapter is not None
+                   else orjson.dumps(result))
+        return web.Response(status=endpoint.status, body=payload, content_type="application/json")
+
+    return handle
+
+
+async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body; 400 for bad JSON, 422 naming the first bad field."""
+    raw = await request.read()
+    if not raw:
+        raise BadRequest("request body is empty; expected a JSON document")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if b"\\u0000" in raw:
+        reject_nul_characters(data, "body")
+    return _validate(model, data, "body")
+
+
+def reject_nul_characters(value: Any, where: str) -> None:
+    """PostgreSQL cannot store U+0000 in text or jsonb: refuse it at the edge, naming the field."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise Unprocessable(f"{where}: contains a NUL character (\\u0000), which cannot be "
+                                f"stored; remove it or encode the data (e.g. base64)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul_characters(key, where)
+            reject_nul_characters(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            reject_nul_characters(item, f"{where}[{index}]")
+
+
+def _validate(model: type[BaseModel] | None, data: Any, where: str) -> Any:
+    if model is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = [{"loc": _location(where, error["loc"]), "message": error["msg"]}
+                   for error in exc.errors(include_url=False, include_input=False)]
+        first = details[0]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        raise Unprocessable(f"{first['loc']}: {first['message']}{more}", details=details) from None
+
+
+def _location(where: str, loc: tuple[int | str, ...]) -> str:
+    text = where
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def _query_dict(request: web.Request, model: type[BaseModel] | None) -> dict[str, Any]:
+    if model is None:
+        return {}
+    list_fields = _list_fields(model)
+    return {key: request.query.getall(key) if key in list_fields else request.query[key]
+            for key in request.query}
+
+
+@cache
+def _list_fields(model: type[BaseModel]) -> frozenset[str]:
+    names = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        candidates = typing.get_args(annotation) if typing.get_origin(annotation) else ()
+        if typing.get_origin(annotation) is list or any(
+                typing.get_origin(arg) is list for arg in candidates):
+            names.add(info.alias or name)
+    return frozenset(names)

@@ -1,0 +1,144 @@
+"""Fixtures: a real PostgreSQL, a migrated template database cloned per test, in-process engines."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from taskyard.auth import Role
+from taskyard.config import EngineSettings
+from taskyard.engine import Engine
+from taskyard.migrator import migrate
+from tests.support import ADMIN_URL, database_url
+
+_PREFIX = "taskyard_test_"
+_counter = itertools.count()
+
+
+async def _drop_stale_databases(conn: asyncpg.Connection) -> None:
+    """Remove databases left by test runs that died (their pid is no longer alive)."""
+    names = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1",
+                             _PREFIX + "%")
+    for (name,) in names:
+        pid = int(name.removeprefix(_PREFIX).split("_")[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except PermissionError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    name = f"{_PREFIX}{os.getpid()}_template"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await _drop_stale_databases(admin)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(database_url(name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(drop())
+
+
+async def _new_database(template: str | None) -> str:
+    name = f"{_PREFIX}{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop_database(name: str) -> None:
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db_url(template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test's own."""
+    name = await _new_database(template_database)
+    yield database_url(name)
+    await _drop_database(name)
+
+
+@pytest.fixture
+async def empty_db_url() -> AsyncIterator[str]:
+    """A fresh database with no schema at all."""
+    name = await _new_database(None)
+    yield database_url(name)
+    await _drop_database(name)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def engine(db_url: str, data_dir: Path) -> AsyncIterator[Engine]:
+    """An in-process engine on a free port, serving this test's database."""
+    settings = EngineSettings(database_url=db_url, port=0, data_dir=data_dir, migrate=False)
+    async with Engine(settings) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class TenantTokens:
+    """A tenant with one token per role."""
+
+    tenant_id: uuid.UUID
+    admin: str
+    client: str
+    worker: str
+
+    def headers(self, role: Role | str = Role.ADMIN) -> dict[str, str]:
+        return {"Authorization": f"Bearer {getattr(self, Role(role).value)}"}
+
+
+@pytest.fixture
+async def tenant(engine: Engine) -> TenantTokens:
+    created = await engine.repository.create_tenant(f"acme-{uuid.uuid4().hex[:6]}")
+    secrets = {role: (await engine.repository.create_token(created.tenant_id, role))[1]
+               for role in Role}
+    return TenantTokens(created.tenant_id, secrets[Role.ADMIN], secrets[Role.CLIENT],
+                        secrets[Role.WORKER])
+
+
+@pytest.fixture
+async def http(engine: Engine) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=engine.url) as session:
+        yield session
