@@ -23,6 +23,13 @@ class EngineSettings(BaseModel):
     database_wait_seconds: float = Field(
         default=30.0, ge=0, description="How long to retry a database that is not up yet.")
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)
+    heartbeat_interval: float = Field(default=5.0, gt=0,
+                                      description="How often workers send a heartbeat.")
+    heartbeat_timeout: float = Field(
+        default=15.0, gt=0,
+        description="A worker silent (or disconnected) this long is lost; its runs are retried.")
+    flush_linger: float = Field(
+        default=0.001, ge=0, description="How long a write batch waits to gather more rows.")
     public_url: str | None = Field(
         default=None, description="URL users reach the engine at (for links in alerts)."
     )

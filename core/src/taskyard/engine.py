@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import Iterable
 
 import asyncpg
@@ -20,12 +21,14 @@ from taskyard.auth import Principal, Role, parse_bearer
 from taskyard.config import EngineSettings
 from taskyard.db import create_pool
 from taskyard.embedded import EmbeddedPostgres
+from taskyard.errors import Unauthorized
 from taskyard.http.app import build_app
-from taskyard.http.errors import Unauthorized
 from taskyard.http.routing import Router
 from taskyard.migrator import MigrationError, migrate, pending_migrations
+from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
-from taskyard.repository import Repository, TenantExists
+from taskyard.repository import Repository, RunRepository, TenantExists, register_node
+from taskyard.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class Engine:
         self._port: int | None = None
         self._plugins: Plugins | None = None
         self.repository: Repository
+        self.node_id = uuid.uuid4()
+        self._persister: Persister | None = None
+        self._scheduler: Scheduler | None = None
         self.database_url: str | None = settings.database_url
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -72,12 +78,19 @@ class Engine:
                                      f"`taskyard migrate` or start without --no-migrate")
         self.repository = Repository(self._pool)
         await self._bootstrap_local_tenant()
+        await register_node(self._pool, self.node_id)
+        self._persister = Persister(self._pool, self.node_id, linger=self.settings.flush_linger)
+        await self._persister.start()
+        self._scheduler = Scheduler(persister=self._persister, runs=RunRepository(self._pool),
+                                    heartbeat_interval=self.settings.heartbeat_interval,
+                                    heartbeat_timeout=self.settings.heartbeat_timeout)
+        await self._scheduler.start()
 
         plugin_router = Router(tags=("plugins",))
         await self._plugins.call("taskyard_routes", router=plugin_router)
 
         self._runner = web.AppRunner(build_app(self, [plugin_router]), access_log=None,
-                                     handle_signals=False)
+                                     handle_signals=False, shutdown_timeout=10)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
@@ -86,9 +99,16 @@ class Engine:
         log.info("Taskyard engine serving on %s", self.url)
 
     async def stop(self) -> None:
+        """Stop serving, let requests in flight finish, write what is buffered, disconnect."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if self._scheduler is not None:
+            scheduler, self._scheduler = self._scheduler, None
+            await scheduler.stop()
+        if self._persister is not None:
+            persister, self._persister = self._persister, None
+            await persister.stop()
         if self._plugins is not None and self._pool is not None:
             await self._plugins.call("taskyard_shutdown", host=self)
         self._plugins = None
@@ -113,6 +133,18 @@ class Engine:
         if self._pool is None:
             raise RuntimeError("the engine is not started")
         return self._pool
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise RuntimeError("the engine is not started")
+        return self._scheduler
+
+    @property
+    def persister(self) -> Persister:
+        if self._persister is None:
+            raise RuntimeError("the engine is not started")
+        return self._persister
 
     @property
     def port(self) -> int:

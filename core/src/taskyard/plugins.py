@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 from taskyard.auth import Principal, Role
-from taskyard.http.errors import ApiError
+from taskyard.errors import ApiError
 from taskyard.http.routing import Call, Router
 
 if TYPE_CHECKING:

@@ -4,12 +4,26 @@ to the database; every query here is scoped by tenant_id where the table has one
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
+import orjson
 
 from taskyard.auth import Principal, Role, hash_token, new_token
+from taskyard.runs import EMPTY_METADATA, Run
+from taskyard_sdk.models import (
+    Attempt,
+    ErrorInfo,
+    LogLine,
+    RunEvent,
+    RunStatus,
+    RunSummary,
+    RunView,
+    TaskOptions,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +115,364 @@ class Repository:
 def _token_info(row: asyncpg.Record) -> TokenInfo:
     return TokenInfo(row["token_id"], row["tenant_id"], row["name"], Role(row["role"]),
                      row["created_at"], row["revoked_at"])
+
+
+# -- batched writes (called by the persister, one transaction per batch) ---------------------------
+
+Row = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one flush writes. Rows are tuples in the column order of the SQL below."""
+
+    batch_id: uuid.UUID
+    # (tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
+    #  idempotency_key, created_at, queued_at)
+    new_runs: list[Row]
+    # (tenant_id, run_id, status, attempt, worker_id, queued_at, retry_at, assigned_at,
+    #  started_at, finished_at, output, error) -- the latest state of each run wins
+    run_states: dict[tuple[uuid.UUID, uuid.UUID], Row]
+    # (tenant_id, run_id, at, attempt, type, worker_id, detail)
+    events: list[Row]
+    # (tenant_id, run_id, at, attempt, level, message)
+    logs: list[Row]
+    # (tenant_id, name) -> options json
+    definitions: dict[tuple[uuid.UUID, str], str]
+
+    def __len__(self) -> int:
+        return (len(self.new_runs) + len(self.run_states) + len(self.events) + len(self.logs)
+                + len(self.definitions))
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """What became of one new run: inserted, or an existing run with the same idempotency key."""
+
+    run_id: uuid.UUID
+    created: bool
+    status: str
+
+
+_INSERT_RUNS = """
+WITH inserted AS (
+    INSERT INTO runs (tenant_id, run_id, task, queue, status, attempt, priority, options, input,
+                      metadata, idempotency_key, created_at, queued_at)
+    SELECT t.tenant_id, t.run_id, t.task, t.queue, t.status, t.attempt, t.priority,
+           t.options::jsonb, t.input::jsonb, t.metadata::jsonb, t.idempotency_key,
+           to_timestamp(t.created_at), to_timestamp(t.queued_at)
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::float8[])
+         AS t(tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
+              idempotency_key, created_at, queued_at)
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, run_id, created_at, attempt
+), history AS (
+    INSERT INTO run_events (tenant_id, run_id, at, attempt, type)
+    SELECT tenant_id, run_id, created_at, attempt, 'queued' FROM inserted
+)
+SELECT run_id FROM inserted
+"""
+
+_EXISTING_BY_KEY = """
+SELECT k.tenant_id, k.key, r.run_id, r.status
+FROM unnest($1::uuid[], $2::text[]) AS k(tenant_id, key)
+JOIN runs r ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.key
+"""
+
+_UPDATE_RUNS = """
+UPDATE runs r SET status = t.status, attempt = t.attempt, worker_id = t.worker_id,
+       queued_at = to_timestamp(t.queued_at), retry_at = to_timestamp(t.retry_at),
+       assigned_at = to_timestamp(t.assigned_at), started_at = to_timestamp(t.started_at),
+       finished_at = to_timestamp(t.finished_at), output = t.output::jsonb,
+       error = t.error::jsonb
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::uuid[], $6::float8[],
+            $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::text[])
+     AS t(tenant_id, run_id, status, attempt, worker_id, queued_at, retry_at, assigned_at,
+          started_at, finished_at, output, error)
+WHERE r.tenant_id = t.tenant_id AND r.run_id = t.run_id
+"""
+
+_INSERT_EVENTS = """
+INSERT INTO run_events (tenant_id, run_id, at, attempt, type, worker_id, detail)
+SELECT t.tenant_id, t.run_id, to_timestamp(t.at), t.attempt, t.type, t.worker_id,
+       t.detail::jsonb
+FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::int[], $5::text[], $6::uuid[], $7::text[])
+     AS t(tenant_id, run_id, at, attempt, type, worker_id, detail)
+"""
+
+_INSERT_LOGS = """
+INSERT INTO run_logs (tenant_id, run_id, at, attempt, level, message)
+SELECT t.tenant_id, t.run_id, to_timestamp(t.at), t.attempt, t.level, t.message
+FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::int[], $5::text[], $6::text[])
+     AS t(tenant_id, run_id, at, attempt, level, message)
+"""
+
+_UPSERT_DEFINITIONS = """
+INSERT INTO task_definitions (tenant_id, name, options, updated_at)
+SELECT t.tenant_id, t.name, t.options::jsonb, now()
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS t(tenant_id, name, options)
+ON CONFLICT (tenant_id, name) DO UPDATE SET options = excluded.options, updated_at = now()
+"""
+
+
+def _columns(rows: list[Row] | Iterable[Row],
+             width: int) -> list[list[object]]:
+    columns: list[list[object]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+async def batch_committed(conn: asyncpg.Connection, node_id: uuid.UUID,
+                          batch_id: uuid.UUID) -> bool:
+    """Whether this node's last committed batch is `batch_id` (a retry must then be skipped)."""
+    last = await conn.fetchval("SELECT last_batch FROM engine_nodes WHERE node_id = $1", node_id)
+    return bool(last == batch_id)
+
+
+async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID,
+                      batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
+    """Apply a batch in the caller's transaction; returns what became of each new run."""
+    inserted: dict[uuid.UUID, Inserted] = {}
+    if batch.new_runs:
+        created = {row["run_id"] for row in
+                   await conn.fetch(_INSERT_RUNS, *_columns(batch.new_runs, 13))}
+        keyed = [(row[0], row[10]) for row in batch.new_runs
+                 if row[1] not in created and row[10] is not None]
+        existing: dict[tuple[object, object], asyncpg.Record] = {}
+        if keyed:
+            for record in await conn.fetch(_EXISTING_BY_KEY, *_columns(keyed, 2)):
+                existing[(record["tenant_id"], record["key"])] = record
+        for row in batch.new_runs:
+            run_id = row[1]
+            assert isinstance(run_id, uuid.UUID)
+            if run_id in created:
+                inserted[run_id] = Inserted(run_id, True, str(row[4]))
+            else:
+                match = existing.get((row[0], row[10]))
+                if match is None:
+                    raise RuntimeError(f"run {run_id} was neither inserted nor found by key")
+                inserted[run_id] = Inserted(match["run_id"], False, match["status"])
+    if batch.run_states:
+        await conn.execute(_UPDATE_RUNS, *_columns(batch.run_states.values(), 12))
+    if batch.events:
+        await conn.execute(_INSERT_EVENTS, *_columns(batch.events, 7))
+    if batch.logs:
+        await conn.execute(_INSERT_LOGS, *_columns(batch.logs, 6))
+    if batch.definitions:
+        keys = list(batch.definitions)
+        await conn.execute(_UPSERT_DEFINITIONS, [k[0] for k in keys], [k[1] for k in keys],
+                           list(batch.definitions.values()))
+    await conn.execute("UPDATE engine_nodes SET last_batch = $2 WHERE node_id = $1",
+                       node_id, batch.batch_id)
+    return inserted
+
+
+async def register_node(pool: asyncpg.Pool, node_id: uuid.UUID) -> None:
+    await pool.execute("DELETE FROM engine_nodes WHERE started_at < now() - interval '7 days'")
+    await pool.execute("INSERT INTO engine_nodes (node_id) VALUES ($1)", node_id)
+
+
+# -- runs: reads -----------------------------------------------------------------------------------
+
+_RUN_STATE_COLUMNS = """
+    tenant_id, run_id, task, queue, status, attempt, priority, options::text AS options,
+    metadata::text AS metadata, worker_id,
+    extract(epoch FROM created_at)::float8 AS created_at,
+    extract(epoch FROM queued_at)::float8 AS queued_at,
+    extract(epoch FROM retry_at)::float8 AS retry_at,
+    extract(epoch FROM assigned_at)::float8 AS assigned_at,
+    extract(epoch FROM started_at)::float8 AS started_at,
+    extract(epoch FROM finished_at)::float8 AS finished_at,
+    output::text AS output, error::text AS error
+"""
+
+_VIEW_COLUMNS = """
+    run_id, task, queue, status, attempt, priority, metadata, created_at, started_at, finished_at,
+    input, output, error, idempotency_key
+"""
+
+_SUMMARY_COLUMNS = """
+    run_id, task, queue, status, attempt, priority, metadata, created_at, started_at, finished_at
+"""
+
+_TERMINAL_EVENTS = {"succeeded", "failed", "timed_out", "cancelled"}
+
+
+def _uuid7_bound(moment: datetime, *, upper: bool) -> uuid.UUID:
+    """The smallest (or largest) UUIDv7 for a millisecond: time filters become key ranges."""
+    millis = int(moment.timestamp() * 1000)
+    if upper:
+        return uuid.UUID(int=(millis << 80) | ((1 << 80) - 1))
+    return uuid.UUID(int=millis << 80)
+
+
+class RunRepository:
+    """Reads of runs, their history and logs. Writes go through the persister."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._options: dict[str, TaskOptions] = {}
+
+    def _options_of(self, text: str) -> TaskOptions:
+        options = self._options.get(text)
+        if options is None:
+            options = self._options[text] = TaskOptions.model_validate_json(text)
+        return options
+
+    def _run_of(self, row: asyncpg.Record) -> Run:
+        metadata = orjson.loads(row["metadata"])
+        run = Run(
+            tenant_id=row["tenant_id"], run_id=row["run_id"], task=row["task"],
+            queue=row["queue"], status=RunStatus(row["status"]), attempt=row["attempt"],
+            priority=row["priority"], options=self._options_of(row["options"]),
+            created_at=row["created_at"], queued_at=row["queued_at"],
+            metadata=metadata or EMPTY_METADATA, worker_id=row["worker_id"],
+            retry_at=row["retry_at"], assigned_at=row["assigned_at"],
+            started_at=row["started_at"], finished_at=row["finished_at"],
+            output_json=row["output"].encode() if row["output"] is not None else None,
+            error_json=row["error"].encode() if row["error"] is not None else None)
+        if run.assigned_at is not None and run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING):
+            run.deadline = run.assigned_at + run.options.execution_timeout
+        return run
+
+    async def active_queues(self) -> list[tuple[uuid.UUID, str]]:
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT tenant_id, queue FROM runs "
+            "WHERE status IN ('queued', 'assigned', 'running')")
+        return [(row["tenant_id"], row["queue"]) for row in rows]
+
+    async def load_active_runs(self, tenant_id: uuid.UUID, queue: str) -> list[Run]:
+        """Every unfinished run of a queue, oldest first, without payloads."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = []
+            cursor = conn.cursor(
+                f"SELECT {_RUN_STATE_COLUMNS} FROM runs WHERE tenant_id = $1 AND queue = $2 "
+                "AND status IN ('queued', 'assigned', 'running') ORDER BY run_id",
+                tenant_id, queue, prefetch=10_000)
+            async for row in cursor:
+                rows.append(self._run_of(row))
+            return rows
+
+    async def load_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> Run | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_RUN_STATE_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = $2",
+            tenant_id, run_id)
+        return self._run_of(row) if row else None
+
+    async def fetch_inputs(self, tenant_id: uuid.UUID,
+                           run_ids: list[uuid.UUID]) -> dict[uuid.UUID, bytes | None]:
+        rows = await self.pool.fetch(
+            "SELECT run_id, input::text AS input FROM runs "
+            "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])", tenant_id, run_ids)
+        return {row["run_id"]: row["input"].encode() if row["input"] is not None else None
+                for row in rows}
+
+    async def load_definitions(self, tenant_id: uuid.UUID) -> dict[str, TaskOptions]:
+        rows = await self.pool.fetch(
+            "SELECT name, options::text AS options FROM task_definitions WHERE tenant_id = $1",
+            tenant_id)
+        return {row["name"]: self._options_of(row["options"]) for row in rows}
+
+    async def get_runs(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID],
+                       *, with_attempts: bool = False) -> dict[uuid.UUID, RunView]:
+        rows = await self.pool.fetch(
+            f"SELECT {_VIEW_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
+            tenant_id, run_ids)
+        views = {row["run_id"]: RunView.model_validate(dict(row)) for row in rows}
+        if with_attempts and views:
+            for run_id, events in (await self._events(tenant_id, list(views))).items():
+                views[run_id].attempts = _attempts(events)
+        return views
+
+    async def get_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView | None:
+        return (await self.get_runs(tenant_id, [run_id], with_attempts=True)).get(run_id)
+
+    async def list_runs(self, tenant_id: uuid.UUID, *, statuses: list[str], tasks: list[str],
+                        since: datetime | None, until: datetime | None,
+                        metadata: dict[str, str], before: uuid.UUID | None,
+                        limit: int) -> list[RunSummary]:
+        """Newest first. `before` is the cursor: the last run_id of the previous page."""
+        clauses = ["tenant_id = $1"]
+        args: list[object] = [tenant_id]
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if statuses:
+            clauses.append(f"status = ANY({arg(statuses)}::text[])")
+        if tasks:
+            clauses.append(f"task = ANY({arg(tasks)}::text[])")
+        if since is not None:
+            clauses.append(f"run_id >= {arg(_uuid7_bound(since, upper=False))}")
+            clauses.append(f"created_at >= {arg(since)}")
+        if until is not None:
+            clauses.append(f"run_id <= {arg(_uuid7_bound(until, upper=True))}")
+            clauses.append(f"created_at < {arg(until)}")
+        if metadata:
+            clauses.append(f"metadata @> {arg(orjson.dumps(metadata).decode())}::jsonb")
+        if before is not None:
+            clauses.append(f"run_id < {arg(before)}")
+        query = (f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
+                 f"ORDER BY run_id DESC LIMIT {arg(limit)}")
+        rows = await self.pool.fetch(query, *args)
+        return [RunSummary.model_validate(dict(row)) for row in rows]
+
+    async def _events(self, tenant_id: uuid.UUID,
+                      run_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RunEvent]]:
+        rows = await self.pool.fetch(
+            "SELECT run_id, at, attempt, type, worker_id, detail FROM run_events "
+            "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[]) ORDER BY run_id, seq",
+            tenant_id, run_ids)
+        events: dict[uuid.UUID, list[RunEvent]] = {}
+        for row in rows:
+            events.setdefault(row["run_id"], []).append(RunEvent(
+                at=row["at"], attempt=row["attempt"], type=row["type"],
+                worker_id=row["worker_id"], detail=row["detail"]))
+        return events
+
+    async def run_events(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[RunEvent]:
+        return (await self._events(tenant_id, [run_id])).get(run_id, [])
+
+    async def run_logs(self, tenant_id: uuid.UUID, run_id: uuid.UUID, *, limit: int,
+                       after: int | None) -> list[tuple[int, LogLine]]:
+        rows = await self.pool.fetch(
+            "SELECT seq, at, attempt, level, message FROM run_logs "
+            "WHERE tenant_id = $1 AND run_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            tenant_id, run_id, after or 0, limit)
+        return [(row["seq"], LogLine(at=row["at"], attempt=row["attempt"], level=row["level"],
+                                     message=row["message"])) for row in rows]
+
+    async def run_exists(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> bool:
+        found = await self.pool.fetchval(
+            "SELECT true FROM runs WHERE tenant_id = $1 AND run_id = $2", tenant_id, run_id)
+        return bool(found)
+
+
+def _attempts(events: list[RunEvent]) -> list[Attempt]:
+    """Each attempt's timeline, from the run's events."""
+    attempts: dict[int, Attempt] = {}
+    for event in events:
+        if event.type in ("queued", "replayed", "retry_scheduled", "requeued",
+                          "timeout_refreshed"):
+            continue
+        attempt = attempts.setdefault(event.attempt, Attempt(attempt=event.attempt,
+                                                             status=RunStatus.QUEUED))
+        if event.type in ("assigned", "reattached"):
+            attempt.status = RunStatus.ASSIGNED
+            attempt.worker_id = event.worker_id
+            attempt.assigned_at = event.at
+            if event.type == "reattached":
+                attempt.status, attempt.started_at = RunStatus.RUNNING, event.at
+        elif event.type == "started":
+            attempt.status = RunStatus.RUNNING
+            attempt.started_at = event.at
+        elif event.type in _TERMINAL_EVENTS:
+            attempt.status = RunStatus(event.type)
+            attempt.finished_at = event.at
+            if event.detail and event.type != "succeeded":
+                attempt.error = ErrorInfo.model_validate(event.detail)
+    return [attempts[number] for number in sorted(attempts)]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from taskyard.http import system, tokens
+from taskyard.http import runs, system, tokens, worker_socket
 from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware
 from taskyard.http.keys import ENDPOINTS, ENGINE
 from taskyard.http.routing import AUTHENTICATOR, Router, mount
@@ -15,7 +15,7 @@ from taskyard.http.routing import AUTHENTICATOR, Router, mount
 if TYPE_CHECKING:
     from taskyard.engine import Engine
 
-CORE_ROUTERS = (system.router, tokens.router)
+CORE_ROUTERS = (system.router, tokens.router, runs.router, worker_socket.router)
 
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:
@@ -27,4 +27,10 @@ def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Appl
     endpoints = [ep for router in (*CORE_ROUTERS, *plugin_routers) for ep in router.endpoints]
     app[ENDPOINTS] = endpoints
     mount(app, endpoints)
+    app.on_shutdown.append(_disconnect_workers)
     return app
+
+
+async def _disconnect_workers(app: web.Application) -> None:
+    """Worker websockets live until closed: close them so shutdown does not wait on them."""
+    await app[ENGINE].scheduler.registry.stop()

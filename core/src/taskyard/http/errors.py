@@ -14,51 +14,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from taskyard.errors import ApiError
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
-
-
-class ApiError(Exception):
-    """An error with an HTTP status, a stable machine-readable code and a human message."""
-
-    status = 400
-    code = "bad_request"
-
-    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None,
-                 status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-        if status is not None:
-            self.status = status
-        if code is not None:
-            self.code = code
-
-
-class BadRequest(ApiError):
-    status, code = 400, "bad_request"
-
-
-class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
-
-
-class Forbidden(ApiError):
-    status, code = 403, "forbidden"
-
-
-class NotFound(ApiError):
-    status, code = 404, "not_found"
-
-
-class Conflict(ApiError):
-    status, code = 409, "conflict"
-
-
-class Unprocessable(ApiError):
-    status, code = 422, "invalid"
 
 
 _STATUS_CODES = {

@@ -10,6 +10,7 @@ response serialisation and its OpenAPI entry.
 from __future__ import annotations
 
 import typing
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,7 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from taskyard.auth import Principal, Role
-from taskyard.http.errors import BadRequest, Forbidden, Unprocessable
+from taskyard.errors import BadRequest, Forbidden, Unprocessable
 
 BodyT = TypeVar("BodyT")
 Authenticator = Callable[[str | None], Awaitable[Principal]]
@@ -47,6 +48,14 @@ class Call(Generic[BodyT]):
     @property
     def path(self) -> dict[str, str]:
         return dict(self.request.match_info)
+
+    def path_uuid(self, name: str) -> uuid.UUID:
+        """A path parameter that must be a UUID; 422 naming it otherwise."""
+        raw = self.request.match_info[name]
+        try:
+            return uuid.UUID(raw)
+        except ValueError:
+            raise Unprocessable(f"path.{name}: {raw!r} is not a valid id (a UUID)") from None
 
 
 Handler = Callable[[Call[Any]], Awaitable[Any]]

@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskyard.auth import Role
-from taskyard.http.errors import NotFound, Unprocessable
+from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
 from taskyard.repository import TokenInfo
@@ -58,11 +58,7 @@ async def create_token(call: Call[TokenCreate]) -> TokenCreated:
 @router.delete("/api/v1/tokens/{token_id}", response=Token)
 async def revoke_token(call: Call[None]) -> Token:
     """Revoke a token; requests carrying it are refused from then on."""
-    raw = call.path["token_id"]
-    try:
-        token_id = uuid.UUID(raw)
-    except ValueError:
-        raise Unprocessable(f"path.token_id: {raw!r} is not a token id (a UUID)") from None
+    token_id = call.path_uuid("token_id")
     info = await call.request.app[ENGINE].repository.revoke_token(
         token_id, call.principal.tenant_id)
     if info is None:

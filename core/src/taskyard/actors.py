@@ -1,0 +1,173 @@
+"""A small actor runtime on asyncio.
+
+An actor owns its state and is the only code that changes it. Others send it work with `tell`
+(fire and forget) or `ask` (await the answer). Messages are handler methods of the actor plus
+arguments, run one at a time in the actor's own task, in the order they were sent:
+
+    queue.tell(queue.enqueue, runs)
+    status = await queue.ask(queue.cancel, run_id, timeout=5)
+
+Lifecycle: `start()` runs `on_start()` (which builds the state, e.g. from Postgres) and then serves
+the mailbox; `stop()` is idempotent and safe before `start()`. When a handler raises anything but an
+`ApiError` (an expected refusal, handed to the asker), the actor has crashed: its state may be
+inconsistent, so the supervisor calls `on_failure()`, waits (exponential back-off) and runs
+`on_start()` again, then carries on with the mailbox. Messages already queued are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from taskyard.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+class ActorStopped(RuntimeError):
+    """The actor was stopped; it answers no more messages."""
+
+
+class AskTimeout(TimeoutError):
+    """The actor did not answer in time."""
+
+
+_STOP = object()
+
+
+class Actor:
+    restart_delay = 0.05
+    restart_delay_max = 5.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.restarts = 0
+        self._mailbox: asyncio.Queue[tuple[Any, tuple[Any, ...], asyncio.Future[Any] | None]] = (
+            asyncio.Queue())
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._stopped = False
+
+    # -- overridables ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Build the actor's state. Runs at start and again after every crash."""
+
+    async def on_stop(self) -> None:
+        """Release what the actor holds. Runs once, at stop."""
+
+    async def on_failure(self, error: BaseException) -> None:
+        """Forget state that may be inconsistent after a crash (before `on_start` runs again)."""
+
+    # -- messaging -------------------------------------------------------------------------------
+
+    def tell(self, handler: Callable[..., Any], *args: Any) -> None:
+        if self._stopped:
+            raise ActorStopped(f"actor {self.name} is stopped")
+        self._mailbox.put_nowait((handler, args, None))
+
+    def _post(self, handler: Callable[..., Any], *args: Any) -> None:
+        """A message from the actor's own side tasks; accepted even while stopping."""
+        self._mailbox.put_nowait((handler, args, None))
+
+    async def ask(self, handler: Callable[..., Any], *args: Any,
+                  timeout: float | None = 30.0) -> Any:
+        if self._stopped:
+            raise ActorStopped(f"actor {self.name} is stopped")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._mailbox.put_nowait((handler, args, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise AskTimeout(f"actor {self.name} did not answer "
+                             f"{getattr(handler, '__name__', handler)} within {timeout}s") from None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the actor and wait until its first `on_start` has finished."""
+        if self._task is not None:
+            return
+        self._ready = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._supervise(), name=f"actor:{self.name}")
+        ready = self._ready
+        await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            await self._task  # re-raise what ended the actor before it was ready
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            if self._ready is not None and self._ready.done():
+                self._mailbox.put_nowait((_STOP, (), None))
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 10)
+                except TimeoutError:
+                    task.cancel()
+            else:
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.on_stop()
+        self._fail_pending(ActorStopped(f"actor {self.name} stopped"))
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _supervise(self) -> None:
+        delay = self.restart_delay
+        while True:
+            try:
+                await self.on_start()
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)
+                if await self._serve():
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts += 1
+                log.exception("actor %s crashed; restarting in %.2fs", self.name, delay)
+                try:
+                    await self.on_failure(exc)
+                except Exception:
+                    log.exception("actor %s failed to clean up after a crash", self.name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.restart_delay_max)
+            else:
+                delay = self.restart_delay
+
+    async def _serve(self) -> bool:
+        """Run messages until asked to stop (returns True); a crash propagates."""
+        mailbox = self._mailbox
+        while True:
+            handler, args, future = await mailbox.get()
+            if handler is _STOP:
+                return True
+            try:
+                result = handler(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except ApiError as refusal:
+                if future is not None and not future.done():
+                    future.set_exception(refusal)
+                elif future is None:
+                    log.warning("actor %s refused a message: %s", self.name, refusal)
+            except Exception as exc:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+                raise
+            else:
+                if future is not None and not future.done():
+                    future.set_result(result)
+
+    def _fail_pending(self, error: Exception) -> None:
+        while not self._mailbox.empty():
+            _, _, future = self._mailbox.get_nowait()
+            if future is not None and not future.done():
+                future.set_exception(error)

@@ -1,0 +1,221 @@
+"""Runs: trigger (one or a batch), read, list, wait for results, cancel, replay; plus the
+connected workers and registered tasks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from taskyard.auth import Role
+from taskyard.errors import NotFound, Unprocessable
+from taskyard.http.keys import ENGINE
+from taskyard.http.routing import Call, Router
+from taskyard_sdk.models import (
+    BatchTriggerRequest,
+    BatchTriggerResponse,
+    LogLine,
+    RunEvent,
+    RunPage,
+    RunRef,
+    RunStatus,
+    RunView,
+    TaskOptions,
+    TriggerRequest,
+    WaitRequest,
+    WaitResponse,
+)
+
+router = Router(tags=("runs",))
+ANY_ROLE = list(Role)
+
+
+class ListRunsQuery(BaseModel):
+    status: list[RunStatus] = Field(default_factory=list)
+    task: list[str] = Field(default_factory=list)
+    since: datetime | None = None
+    until: datetime | None = None
+    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable")
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = None
+
+
+class ResultQuery(BaseModel):
+    timeout: float = Field(default=30.0, ge=0, le=300)
+
+
+class LogsQuery(BaseModel):
+    after: int | None = Field(default=None, ge=0, description="The `next_after` of a page.")
+    limit: int = Field(default=500, ge=1, le=5000)
+
+
+class LogPage(BaseModel):
+    lines: list[LogLine]
+    next_after: int | None
+
+
+class CancelResult(BaseModel):
+    run_id: uuid.UUID
+    status: RunStatus
+
+
+class TaskInfo(BaseModel):
+    name: str
+    options: TaskOptions
+    workers: list[str] = Field(description="Names of connected workers that run this task.")
+
+
+class WorkerInfo(BaseModel):
+    worker_id: uuid.UUID
+    name: str
+    queue: str
+    slots: int
+    labels: dict[str, Any]
+    tasks: list[str]
+    connected_at: float
+
+
+@router.post("/api/v1/runs", roles=ANY_ROLE, body=TriggerRequest, response=RunRef, status=201)
+async def trigger(call: Call[TriggerRequest]) -> web.StreamResponse | RunRef:
+    """Trigger one run of a task. With an idempotency key that was used before, the existing
+    run is returned (status 200) instead of a new one (201)."""
+    engine = call.request.app[ENGINE]
+    [ref] = await engine.scheduler.trigger(call.principal.tenant_id, [call.body])
+    if not ref.created:
+        return web.Response(body=ref.model_dump_json(), status=200,
+                            content_type="application/json")
+    return ref
+
+
+@router.post("/api/v1/runs/batch", roles=ANY_ROLE, body=BatchTriggerRequest,
+             response=BatchTriggerResponse, status=201)
+async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse:
+    """Trigger many runs in one request (and one transaction)."""
+    engine = call.request.app[ENGINE]
+    refs = await engine.scheduler.trigger(call.principal.tenant_id, call.body.runs)
+    return BatchTriggerResponse(runs=refs)
+
+
+@router.get("/api/v1/runs", roles=ANY_ROLE, query=ListRunsQuery, response=RunPage)
+async def list_runs(call: Call[None]) -> RunPage:
+    """List runs, newest first, filtered by status, task, creation time and metadata."""
+    query: ListRunsQuery = call.query
+    metadata = {}
+    for pair in query.metadata:
+        key, sep, value = pair.partition(":")
+        if not sep or not key:
+            raise Unprocessable(f"query.metadata: {pair!r} must be written key:value")
+        metadata[key] = value
+    before = None
+    if query.cursor is not None:
+        try:
+            before = uuid.UUID(query.cursor)
+        except ValueError:
+            raise Unprocessable(f"query.cursor: {query.cursor!r} is not a cursor from a "
+                                f"previous page") from None
+    engine = call.request.app[ENGINE]
+    runs = await engine.scheduler.runs.list_runs(
+        call.principal.tenant_id, statuses=[s.value for s in query.status], tasks=query.task,
+        since=query.since, until=query.until, metadata=metadata, before=before,
+        limit=query.limit)
+    cursor = str(runs[-1].run_id) if len(runs) == query.limit else None
+    return RunPage(runs=runs, next_cursor=cursor)
+
+
+@router.post("/api/v1/runs/wait", roles=ANY_ROLE, body=WaitRequest, response=WaitResponse)
+async def wait_runs(call: Call[WaitRequest]) -> WaitResponse:
+    """Wait (up to `timeout` seconds) until the given runs have finished."""
+    engine = call.request.app[ENGINE]
+    finished, pending = await engine.scheduler.wait(call.principal.tenant_id,
+                                                    call.body.run_ids, call.body.timeout)
+    return WaitResponse(runs=finished, pending=pending)
+
+
+async def _view(call: Call[Any], run_id: uuid.UUID) -> RunView:
+    engine = call.request.app[ENGINE]
+    view = await engine.scheduler.runs.get_run(call.principal.tenant_id, run_id)
+    if view is None:
+        raise NotFound(f"no run {run_id} in this tenant")
+    view.waiting_reason = await engine.scheduler.waiting_reason(call.principal.tenant_id, view)
+    return view
+
+
+@router.get("/api/v1/runs/{run_id}", roles=ANY_ROLE, response=RunView)
+async def get_run(call: Call[None]) -> RunView:
+    """A run: status, attempts with their timings, output or error."""
+    return await _view(call, call.path_uuid("run_id"))
+
+
+@router.get("/api/v1/runs/{run_id}/result", roles=ANY_ROLE, query=ResultQuery,
+            response=RunView)
+async def run_result(call: Call[None]) -> RunView:
+    """Long-poll: answers once the run has finished, or after `timeout` seconds with its
+    current state."""
+    run_id = call.path_uuid("run_id")
+    engine = call.request.app[ENGINE]
+    await engine.scheduler.wait(call.principal.tenant_id, [run_id], call.query.timeout)
+    return await _view(call, run_id)
+
+
+@router.get("/api/v1/runs/{run_id}/events", roles=ANY_ROLE, response=list[RunEvent])
+async def run_events(call: Call[None]) -> list[RunEvent]:
+    """Every state transition of the run, in order."""
+    run_id = call.path_uuid("run_id")
+    engine = call.request.app[ENGINE]
+    if not await engine.scheduler.runs.run_exists(call.principal.tenant_id, run_id):
+        raise NotFound(f"no run {run_id} in this tenant")
+    return await engine.scheduler.runs.run_events(call.principal.tenant_id, run_id)
+
+
+@router.get("/api/v1/runs/{run_id}/logs", roles=ANY_ROLE, query=LogsQuery, response=LogPage)
+async def run_logs(call: Call[None]) -> LogPage:
+    """The run's log lines, oldest first, paged with `after`."""
+    run_id = call.path_uuid("run_id")
+    engine = call.request.app[ENGINE]
+    if not await engine.scheduler.runs.run_exists(call.principal.tenant_id, run_id):
+        raise NotFound(f"no run {run_id} in this tenant")
+    rows = await engine.scheduler.runs.run_logs(call.principal.tenant_id, run_id,
+                                                limit=call.query.limit, after=call.query.after)
+    return LogPage(lines=[line for _, line in rows], next_after=rows[-1][0] if rows else None)
+
+
+@router.post("/api/v1/runs/{run_id}/cancel", roles=ANY_ROLE, response=CancelResult)
+async def cancel_run(call: Call[None]) -> CancelResult:
+    """Cancel a queued or running run (a running one's worker is told to stop)."""
+    run_id = call.path_uuid("run_id")
+    engine = call.request.app[ENGINE]
+    status = await engine.scheduler.cancel(call.principal.tenant_id, run_id)
+    return CancelResult(run_id=run_id, status=status)
+
+
+@router.post("/api/v1/runs/{run_id}/replay", roles=ANY_ROLE, response=RunView)
+async def replay_run(call: Call[None]) -> RunView:
+    """Run a finished run again: a new attempt with the same input."""
+    run_id = call.path_uuid("run_id")
+    engine = call.request.app[ENGINE]
+    await engine.scheduler.replay(call.principal.tenant_id, run_id)
+    return await _view(call, run_id)
+
+
+@router.get("/api/v1/workers", roles=ANY_ROLE, response=list[WorkerInfo])
+async def list_workers(call: Call[None]) -> list[WorkerInfo]:
+    """Workers connected now."""
+    engine = call.request.app[ENGINE]
+    sessions = [s for s in engine.scheduler.registry.connected()
+                if s.tenant_id == call.principal.tenant_id]
+    return [WorkerInfo.model_validate(session.describe()) for session in sessions]
+
+
+@router.get("/api/v1/tasks", roles=ANY_ROLE, response=list[TaskInfo])
+async def list_tasks(call: Call[None]) -> list[TaskInfo]:
+    """Tasks registered by workers, with their options and the workers connected for them."""
+    engine = call.request.app[ENGINE]
+    tenant_id = call.principal.tenant_id
+    definitions = await engine.scheduler.runs.load_definitions(tenant_id)
+    sessions = [s for s in engine.scheduler.registry.connected() if s.tenant_id == tenant_id]
+    return [TaskInfo(name=name, options=options,
+                     workers=sorted(s.name for s in sessions if name in s.task_names))
+            for name, options in sorted(definitions.items())]

@@ -1,0 +1,166 @@
+"""The worker websocket, `/api/v1/workers/connect`: handshake, then frames of protocol messages.
+
+A bad frame (malformed JSON, an unknown or invalid message, a payload Postgres cannot store, a
+result for an attempt this worker does not hold, an oversized frame) is answered with an `error`
+message naming the problem; the connection and the engine carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from taskyard.auth import Role
+from taskyard.errors import Unprocessable
+from taskyard.http.keys import ENGINE
+from taskyard.http.routing import Call, Router, reject_nul_characters
+from taskyard.workers import WorkerSession
+from taskyard_sdk import protocol
+
+if TYPE_CHECKING:
+    from taskyard.queue import QueueActor
+    from taskyard.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
+router = Router(tags=("workers",))
+
+HELLO_TIMEOUT = 10.0
+CLOSE_PROTOCOL_ERROR = 4002
+
+
+@router.get("/api/v1/workers/connect", roles=[Role.WORKER, Role.ADMIN])
+async def connect(call: Call[None]) -> web.StreamResponse:
+    """The worker websocket (see the protocol in `taskyard_sdk.protocol`)."""
+    engine = call.request.app[ENGINE]
+    limit = engine.settings.max_request_bytes
+    ws = web.WebSocketResponse(max_msg_size=limit * 4, heartbeat=None)
+    await ws.prepare(call.request)
+    hello = await _handshake(ws, limit)
+    if hello is None:
+        return ws
+    scheduler = engine.scheduler
+    session = WorkerSession(ws, call.principal.tenant_id, hello)
+    session.send(protocol.Welcome(worker_id=hello.worker_id,
+                                  heartbeat_interval=engine.settings.heartbeat_interval,
+                                  max_message_bytes=limit))
+    session.start()
+    registry = scheduler.registry
+    await registry.ask(registry.connect, session, hello.in_flight)
+    queue = scheduler.queue_for(session.tenant_id, session.queue)
+    try:
+        async for message in ws:
+            session.last_seen = time.monotonic()
+            if message.type is WSMsgType.TEXT:
+                _handle_frame(session, queue, registry, message.data, limit)
+            elif message.type is WSMsgType.BINARY:
+                session.send(protocol.Error(code="bad_frame", message=(
+                    "binary frames are not supported; send JSON text frames")))
+            elif message.type is WSMsgType.ERROR:
+                log.info("worker %s connection error: %s", session.name, ws.exception())
+                break
+    finally:
+        if registry.running:
+            registry.tell(registry.disconnect, session)
+        await session.close()
+    return ws
+
+
+async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | None:
+    """The first message must be a valid `hello` in our protocol version."""
+
+    async def refuse(code: str, message: str) -> None:
+        await ws.send_str(protocol.Error(code=code, message=message).model_dump_json())
+        await ws.close(code=CLOSE_PROTOCOL_ERROR, message=message[:120].encode())
+
+    try:
+        first = await ws.receive(timeout=HELLO_TIMEOUT)
+    except TimeoutError:
+        await refuse("no_hello", f"no hello message within {HELLO_TIMEOUT:g}s")
+        return None
+    if first.type is not WSMsgType.TEXT:
+        if first.type not in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            await refuse("bad_frame", "the first frame must be a JSON hello message")
+        return None
+    try:
+        data = orjson.loads(first.data)
+        if not isinstance(data, dict) or data.get("type") != "hello":
+            raise ValueError("the first message must be {\"type\": \"hello\", ...}")
+        if data.get("protocol") != protocol.PROTOCOL_VERSION:
+            await refuse("protocol_version",
+                         f"protocol version {data.get('protocol')!r} is not supported; this "
+                         f"engine speaks version {protocol.PROTOCOL_VERSION}")
+            return None
+        return protocol.Hello.model_validate(data)
+    except ValidationError as exc:
+        await refuse("invalid_message", f"hello: {_first_error(exc)}")
+    except ValueError as exc:
+        await refuse("invalid_message", f"hello: {exc}")
+    return None
+
+
+def _handle_frame(session: WorkerSession, queue: QueueActor, registry: WorkerRegistry,
+                  data: str, limit: int) -> None:
+    if len(data) > limit:
+        session.send(protocol.Error(code="too_large", message=(
+            f"frame of {len(data)} bytes exceeds the limit of {limit} bytes")))
+        return
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        session.send(protocol.Error(code="malformed", message=f"frame is not valid JSON: {exc}"))
+        return
+    items = parsed if isinstance(parsed, list) else [parsed]
+    check_nul = "\\u0000" in data
+    routed = []
+    for item in items:
+        message = _parse(session, item, check_nul)
+        if message is None or isinstance(message, protocol.Heartbeat):
+            continue
+        if isinstance(message, protocol.Drain):
+            registry.tell(registry.draining, session)
+        elif isinstance(message, protocol.Hello):
+            session.send(protocol.Error(code="invalid_message",
+                                        message="hello: this connection is already established"))
+        else:
+            routed.append(message)
+    if routed:
+        queue.tell(queue.worker_messages, session, routed)
+
+
+def _parse(session: WorkerSession, item: Any, check_nul: bool) -> Any:
+    if not isinstance(item, dict):
+        session.send(protocol.Error(code="invalid_message",
+                                    message="each message must be a JSON object"))
+        return None
+    try:
+        message = protocol.worker_message.validate_python(item)
+        if check_nul:
+            reject_nul_characters(item, str(item.get("type")))
+    except ValidationError as exc:
+        kind = item.get("type")
+        session.send(protocol.Error(code="invalid_message", ref=_ref_of(item),
+                                    message=f"{kind!r} message: {_first_error(exc)}"))
+        return None
+    except Unprocessable as exc:
+        session.send(protocol.Error(code="invalid_payload", message=exc.message,
+                                    ref=_ref_of(item)))
+        return None
+    return message
+
+
+def _ref_of(item: dict[str, Any]) -> protocol.AttemptRef | None:
+    try:
+        return protocol.AttemptRef(run_id=item["run_id"], attempt=item["attempt"])
+    except (KeyError, ValidationError, TypeError):
+        return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    location = ".".join(str(part) for part in error["loc"])
+    return f"{location}: {error['msg']}" if location else str(error["msg"])

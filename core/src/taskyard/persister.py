@@ -1,0 +1,267 @@
+"""The write-behind buffer: state changes are collected and flushed in one transaction per batch.
+
+Producers hand rows over and carry on; a flush starts as soon as the previous one has committed
+(optionally lingering a moment to gather more), so batches grow with load and Postgres sees far
+fewer transactions than tasks. `barrier()` and the futures of `insert_runs()` resolve only after
+the batch holding those rows has committed: that is when a trigger is acknowledged to its caller
+and a result to its worker.
+
+When Postgres goes away the batch is retried with back-off until it commits; producers wait once
+the buffer holds `max_pending` rows (backpressure) instead of growing memory. Each batch records
+its id in `engine_nodes`, so a batch whose COMMIT succeeded but whose answer was lost is not
+applied twice on retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+
+from taskyard.actors import Actor
+from taskyard.repository import Inserted, Row, WriteBatch, batch_committed, write_batch
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+              asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+              asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, TimeoutError)
+
+
+def _new_batch() -> WriteBatch:
+    return WriteBatch(uuid.uuid4(), [], {}, [], [], {})
+
+
+class Persister(Actor):
+    def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, *, linger: float = 0.001,
+                 max_pending: int = 200_000, stop_timeout: float = 30.0) -> None:
+        super().__init__("persister")
+        self.pool = pool
+        self.node_id = node_id
+        self.linger = linger
+        self.max_pending = max_pending
+        self.stop_timeout = stop_timeout
+        self.flushes = 0
+        self.rows_written = 0
+        self._batch = _new_batch()
+        self._barriers: list[asyncio.Future[None]] = []
+        self._insert_waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._pending = 0  # rows buffered or being written
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+
+    # -- what producers call (each only enqueues a message) --------------------------------------
+
+    def insert_runs(self, rows: list[Row]) -> asyncio.Future[list[Inserted]]:
+        """Insert new runs; the future resolves after commit with one `Inserted` per row."""
+        future: asyncio.Future[list[Inserted]] = asyncio.get_running_loop().create_future()
+        self.tell(self._add_runs, rows, future)
+        return future
+
+    def save_run(self, row: Row) -> None:
+        """The latest state of a run (see `Run.row`); later saves in a batch replace earlier."""
+        self.tell(self._add_state, row)
+
+    def event(self, row: Row) -> None:
+        self.tell(self._add_event, row)
+
+    def logs(self, rows: list[Row]) -> None:
+        self.tell(self._add_logs, rows)
+
+    def definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
+        self.tell(self._add_definitions, rows)
+
+    def barrier(self) -> asyncio.Future[None]:
+        """Resolves once everything handed over before this call has committed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.tell(self._add_barrier, future)
+        return future
+
+    async def flush(self) -> None:
+        await self.barrier()
+
+    async def capacity(self) -> None:
+        """Wait while the buffer is full (backpressure for producers that can wait)."""
+        await self._capacity.wait()
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    def _add_runs(self, rows: list[Row],
+                  future: asyncio.Future[list[Inserted]]) -> None:
+        self._batch.new_runs.extend(rows)
+        self._insert_waiters.append(([row[1] for row in rows], future))
+        self._grew(len(rows))
+
+    def _add_state(self, row: Row) -> None:
+        key = (row[0], row[1])
+        states = self._batch.run_states
+        if key not in states:
+            self._grew(1)
+        states[key] = row
+
+    def _add_event(self, row: Row) -> None:
+        self._batch.events.append(row)
+        self._grew(1)
+
+    def _add_logs(self, rows: list[Row]) -> None:
+        self._batch.logs.extend(rows)
+        self._grew(len(rows))
+
+    def _add_definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
+        self._batch.definitions.update(rows)
+        self._grew(len(rows))
+
+    def _add_barrier(self, future: asyncio.Future[None]) -> None:
+        if not len(self._batch) and self._flushing is None:
+            future.set_result(None)  # nothing is pending: everything before is committed
+            return
+        self._barriers.append(future)
+        self._kick()
+
+    def _grew(self, rows: int) -> None:
+        self._pending += rows
+        if self._pending >= self.max_pending:
+            self._capacity.clear()
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._flushing is None and (len(self._batch) or self._barriers):
+            batch, self._batch = self._batch, _new_batch()
+            barriers, self._barriers = self._barriers, []
+            waiters, self._insert_waiters = self._insert_waiters, []
+            self._flushing = asyncio.create_task(self._flush(batch, barriers, waiters),
+                                                 name="persister-flush")
+
+    async def _flush(self, batch: WriteBatch, barriers: list[asyncio.Future[None]],
+                     waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]]
+                     ) -> None:
+        """Runs outside the mailbox (so producers are never blocked by I/O); reports back with
+        `_flushed`, which is where the actor's state changes."""
+        if self.linger:
+            await asyncio.sleep(self.linger)
+            self._post(self._merge_late_arrivals, batch, barriers, waiters)
+            return
+        await self._commit(batch, barriers, waiters)
+
+    def _merge_late_arrivals(self, batch: WriteBatch, barriers: list[asyncio.Future[None]],
+                             waiters: list[tuple[list[uuid.UUID],
+                                                 asyncio.Future[list[Inserted]]]]) -> None:
+        """After lingering, fold in what arrived meanwhile, then commit."""
+        late = self._batch
+        batch.new_runs.extend(late.new_runs)
+        batch.run_states.update(late.run_states)
+        batch.events.extend(late.events)
+        batch.logs.extend(late.logs)
+        batch.definitions.update(late.definitions)
+        barriers.extend(self._barriers)
+        waiters.extend(self._insert_waiters)
+        self._batch, self._barriers, self._insert_waiters = _new_batch(), [], []
+        self._flushing = asyncio.create_task(self._commit(batch, barriers, waiters),
+                                             name="persister-commit")
+
+    async def _commit(self, batch: WriteBatch, barriers: list[asyncio.Future[None]],
+                      waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]]
+                      ) -> None:
+        delay = 0.05
+        retried = False
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    if retried and await batch_committed(conn, self.node_id, batch.batch_id):
+                        inserted: dict[uuid.UUID, Inserted] = {}
+                        inserted = await self._already_inserted(conn, batch)
+                    else:
+                        async with conn.transaction():
+                            inserted = await write_batch(conn, self.node_id, batch)
+                break
+            except _TRANSIENT as exc:
+                retried = True
+                log.warning("could not write %d rows to Postgres (%s); retrying in %.2fs",
+                            len(batch), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception as exc:
+                # Not a lost connection: retrying would fail the same way. Nothing in the batch was
+                # acknowledged yet, so tell everyone who waits for it.
+                log.exception("a batch of %d rows was refused by Postgres", len(batch))
+                self._post(self._flushed, len(batch), barriers, waiters, None, exc)
+                return
+        self._post(self._flushed, len(batch), barriers, waiters, inserted, None)
+
+    async def _already_inserted(self, conn: asyncpg.Connection,
+                                batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
+        """Results of a batch that had committed before the connection broke."""
+        rows = await conn.fetch(
+            "SELECT run_id, status FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS k(t, id) "
+            "ON r.tenant_id = k.t AND r.run_id = k.id",
+            [row[0] for row in batch.new_runs], [row[1] for row in batch.new_runs])
+        found = {row["run_id"]: row["status"] for row in rows}
+        result = {}
+        for row in batch.new_runs:
+            run_id = row[1]
+            assert isinstance(run_id, uuid.UUID)
+            result[run_id] = Inserted(run_id, run_id in found, found.get(run_id, str(row[4])))
+        return result
+
+    def _flushed(self, rows: int, barriers: list[asyncio.Future[None]],
+                 waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]],
+                 inserted: dict[uuid.UUID, Inserted] | None, error: Exception | None) -> None:
+        self._flushing = None
+        self.flushes += 1
+        self._pending -= rows
+        if self._pending < self.max_pending:
+            self._capacity.set()
+        if error is None:
+            self.rows_written += rows
+        for future in barriers:
+            if not future.done():
+                future.set_exception(error) if error else future.set_result(None)
+        for run_ids, waiter in waiters:
+            if waiter.done():
+                continue
+            if error is not None or inserted is None:
+                waiter.set_exception(error or RuntimeError("batch failed"))
+            else:
+                waiter.set_result([inserted[run_id] for run_id in run_ids])
+        self._kick()
+
+    async def on_stop(self) -> None:
+        """The final flush, shielded from cancellation, so what was handed over is written.
+        If Postgres stays away past `stop_timeout`, the rest is given up (and logged): none of it
+        was acknowledged, since acknowledgements wait for commits."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_timeout
+        self._drain_mailbox()
+        while self._flushing is not None or len(self._batch) or self._barriers:
+            if self._flushing is None:
+                self._kick()
+            assert self._flushing is not None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.error("giving up %d unwritten rows at shutdown: Postgres is unreachable",
+                          self._pending)
+                self._flushing.cancel()
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(self._flushing), remaining)
+            except TimeoutError:
+                continue
+            # the flush reports back through the mailbox, which no longer runs by itself
+            self._drain_mailbox()
+
+    def _drain_mailbox(self) -> None:
+        while not self._mailbox.empty():
+            handler, args, future = self._mailbox.get_nowait()
+            try:
+                result: Any = handler(*args)
+            except Exception as exc:
+                log.exception("persister message failed during shutdown")
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+            else:
+                if future is not None and not future.done():
+                    future.set_result(result)

@@ -1,0 +1,645 @@
+"""The QueueActor: one per tenant and task queue. It owns the queue's unfinished runs, the ready
+queue (priority, then FIFO), its workers' slots, and every lifecycle decision: assignment, start,
+completion, retry with back-off, timeouts, cancellation, lost workers.
+
+Decisions are made in memory; each state change is handed to the persister (write-behind) and the
+run's latest state is written in the next batch. Acknowledgements wait for the commit: a result is
+acked to its worker, and waiters are told a run finished, only once the batch that holds it has
+committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from taskyard.actors import Actor
+from taskyard.errors import Conflict
+from taskyard.runs import Run, error_json, retry_delay
+from taskyard_sdk import protocol
+from taskyard_sdk.models import RunStatus
+
+if TYPE_CHECKING:
+    from taskyard.persister import Persister
+    from taskyard.repository import RunRepository
+    from taskyard.timers import Timers
+    from taskyard.waiters import RunWaiters
+    from taskyard.workers import WorkerSession
+
+log = logging.getLogger(__name__)
+
+_RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
+
+
+@dataclass(eq=False)
+class WorkerSlots:
+    """What the queue knows of one worker: its capacity and the attempts it holds.
+
+    `running` includes attempts the engine has given up on (timed out, cancelled) until the worker
+    reports them ended: their slot is only free once the worker's code has actually stopped.
+    """
+
+    worker_id: uuid.UUID
+    session: WorkerSession | None
+    tasks: frozenset[str] = frozenset()
+    slots: int = 0
+    running: dict[uuid.UUID, int] = field(default_factory=dict)
+    draining: bool = False
+    away_since: float | None = None  # disconnected (or not yet back after a restart) since
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    @property
+    def assignable(self) -> bool:
+        return self.session is not None and not self.draining and self.free > 0
+
+
+class QueueActor(Actor):
+    def __init__(self, tenant_id: uuid.UUID, queue: str, *, persister: Persister,
+                 timers: Timers, repository: RunRepository, waiters: RunWaiters,
+                 connected_workers: Callable[[], Iterable[WorkerSession]],
+                 worker_grace: float, input_cache_bytes: int = 256 * 1024 * 1024,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(f"queue:{tenant_id}:{queue}")
+        self.tenant_id = tenant_id
+        self.queue = queue
+        self.persister = persister
+        self.timers = timers
+        self.repository = repository
+        self.waiters = waiters
+        self.connected_workers = connected_workers
+        self.worker_grace = worker_grace
+        self.input_cache_bytes = input_cache_bytes
+        self.clock = clock
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.runs: dict[uuid.UUID, Run] = {}
+        self.ready: dict[str, list[tuple[int, int, uuid.UUID]]] = {}
+        self.workers: dict[uuid.UUID, WorkerSlots] = {}
+        self.finished: OrderedDict[uuid.UUID, tuple[int, uuid.UUID | None]] = OrderedDict()
+        self.cached_bytes = 0
+        self._seq = 0
+        self._dispatch_pending = False
+        self._acks: dict[WorkerSession, list[protocol.AttemptRef]] = {}
+        self._finished_now: list[uuid.UUID] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Rebuild from Postgres: every unfinished run of this queue, as last written."""
+        await self.persister.flush()
+        self._reset()
+        now = self.clock()
+        for run in await self.repository.load_active_runs(self.tenant_id, self.queue):
+            self._adopt(run, now)
+        for session in self.connected_workers():
+            if session.tenant_id == self.tenant_id and session.queue == self.queue:
+                self._join(session, None)
+        self._schedule_dispatch()
+
+    async def on_failure(self, error: BaseException) -> None:
+        self._reset()
+
+    async def on_stop(self) -> None:
+        for task in self._side_tasks:
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+
+    def _adopt(self, run: Run, now: float) -> None:
+        """Take over a run loaded from Postgres after a restart."""
+        self.runs[run.run_id] = run
+        if run.status is RunStatus.QUEUED:
+            if run.retry_at is not None and run.retry_at > now:
+                self.timers.schedule(run.retry_at, self, self._retries_due,
+                                     (run.run_id, run.attempt))
+            else:
+                self._make_ready(run, now, keep_queued_at=True)
+            return
+        # Assigned or running on a worker that has not reconnected yet: wait for it, then retry.
+        assert run.worker_id is not None
+        worker = self.workers.get(run.worker_id)
+        if worker is None:
+            worker = self.workers[run.worker_id] = WorkerSlots(run.worker_id, None,
+                                                               away_since=now)
+            self.timers.schedule(now + self.worker_grace, self, self._grace_expired,
+                                 run.worker_id)
+        worker.running[run.run_id] = run.attempt
+        if run.deadline is not None:
+            self.timers.schedule(run.deadline, self, self._execution_timeouts,
+                                 (run.run_id, run.attempt, run.deadline))
+
+    # -- arrivals --------------------------------------------------------------------------------
+
+    def enqueue(self, runs: list[Run]) -> None:
+        """New runs, already committed."""
+        now = self.clock()
+        for run in runs:
+            if run.run_id in self.runs:  # also loaded by a concurrent recovery
+                continue
+            self.runs[run.run_id] = run
+            if run.input_json is not None:
+                if self.cached_bytes + len(run.input_json) > self.input_cache_bytes:
+                    run.input_json = None  # over budget: read it back when assigned
+                else:
+                    self.cached_bytes += len(run.input_json)
+            self._make_ready(run, now, keep_queued_at=True)
+        self._schedule_dispatch()
+
+    def _make_ready(self, run: Run, now: float, *, keep_queued_at: bool = False) -> None:
+        run.status = RunStatus.QUEUED
+        run.ready = True
+        run.retry_at = None
+        if not keep_queued_at:
+            run.queued_at = now
+        self._seq += 1
+        run.seq = self._seq
+        heapq.heappush(self.ready.setdefault(run.task, []), (-run.priority, run.seq, run.run_id))
+        self.timers.schedule(run.queued_at + run.options.schedule_timeout, self,
+                             self._schedule_timeouts, (run.run_id, run.attempt, run.seq))
+
+    # -- assignment ------------------------------------------------------------------------------
+
+    def _schedule_dispatch(self) -> None:
+        if not self._dispatch_pending:
+            self._dispatch_pending = True
+            self.tell(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_pending = False
+        if not self.ready:
+            return
+        now = self.clock()
+        batches: dict[WorkerSlots, list[Run]] = {}
+        candidates = [w for w in self.workers.values() if w.assignable]
+        while candidates:  # one run per worker per round spreads work evenly
+            next_round = []
+            for worker in candidates:
+                run = self._pop_best(worker.tasks)
+                if run is None:
+                    continue
+                self._assign(run, worker, now)
+                batches.setdefault(worker, []).append(run)
+                if worker.free > 0:
+                    next_round.append(worker)
+            candidates = next_round
+        for worker, runs in batches.items():
+            self._send_assignments(worker, runs)
+
+    def _pop_best(self, tasks: frozenset[str]) -> Run | None:
+        best_heap: list[tuple[int, int, uuid.UUID]] | None = None
+        for task in tasks:
+            heap = self.ready.get(task)
+            if heap is None:
+                continue
+            while heap:  # drop entries of runs that left the ready queue meanwhile
+                _, seq, run_id = heap[0]
+                run = self.runs.get(run_id)
+                if run is not None and run.ready and run.seq == seq:
+                    break
+                heapq.heappop(heap)
+            if not heap:
+                del self.ready[task]
+                continue
+            if best_heap is None or heap[0] < best_heap[0]:
+                best_heap = heap
+        if best_heap is None:
+            return None
+        _, _, run_id = heapq.heappop(best_heap)
+        return self.runs[run_id]
+
+    def _assign(self, run: Run, worker: WorkerSlots, now: float) -> None:
+        run.ready = False
+        run.status = RunStatus.ASSIGNED
+        run.worker_id = worker.worker_id
+        run.assigned_at = now
+        run.started_at = None
+        run.deadline = now + run.options.execution_timeout
+        worker.running[run.run_id] = run.attempt
+        self._record(run, "assigned", now)
+        self.timers.schedule(run.deadline, self, self._execution_timeouts,
+                             (run.run_id, run.attempt, run.deadline))
+
+    def _send_assignments(self, worker: WorkerSlots, runs: list[Run]) -> None:
+        cached = [run for run in runs if run.input_json is not None]
+        missing = [run for run in runs if run.input_json is None]
+        if cached:
+            self._send_assign(worker, [(run, run.input_json) for run in cached])
+        if missing:
+            task = asyncio.create_task(self._fetch_inputs(worker.worker_id, missing),
+                                       name=f"{self.name}:fetch-inputs")
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+
+    async def _fetch_inputs(self, worker_id: uuid.UUID, runs: list[Run]) -> None:
+        """Read payloads not cached in memory. Runs outside the mailbox; reports back."""
+        refs = [(run.run_id, run.attempt) for run in runs]
+        try:
+            inputs = await self.repository.fetch_inputs(self.tenant_id, [r for r, _ in refs])
+        except Exception:
+            log.exception("could not read inputs of %d runs; returning them to the queue",
+                          len(refs))
+            self._post(self._assignment_failed, worker_id, refs)
+            return
+        self._post(self._send_fetched, worker_id, refs, inputs)
+
+    def _send_fetched(self, worker_id: uuid.UUID, refs: list[tuple[uuid.UUID, int]],
+                      inputs: dict[uuid.UUID, bytes | None]) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.session is None:
+            return  # lost meanwhile: its attempts are handled by the lost-worker path
+        ready = []
+        for run_id, attempt in refs:
+            run = self.runs.get(run_id)
+            if run is not None and run.attempt == attempt and run.worker_id == worker_id \
+                    and run.status is RunStatus.ASSIGNED:
+                ready.append((run, inputs.get(run_id)))
+        if ready:
+            self._send_assign(worker, ready)
+
+    def _assignment_failed(self, worker_id: uuid.UUID, refs: list[tuple[uuid.UUID, int]]) -> None:
+        now = self.clock()
+        worker = self.workers.get(worker_id)
+        for run_id, attempt in refs:
+            run = self.runs.get(run_id)
+            if worker is not None and worker.running.get(run_id) == attempt:
+                del worker.running[run_id]
+            if run is not None and run.attempt == attempt and run.status is RunStatus.ASSIGNED:
+                run.worker_id = None
+                run.assigned_at = None
+                run.deadline = None
+                self._make_ready(run, now, keep_queued_at=True)
+                self._record(run, "requeued", now, detail={"reason": "input unavailable"})
+        self._schedule_dispatch()
+
+    def _send_assign(self, worker: WorkerSlots, runs: list[tuple[Run, bytes | None]]) -> None:
+        assert worker.session is not None
+        messages = [protocol.Assign(
+            run_id=run.run_id, attempt=run.attempt, task=run.task,
+            input=orjson.loads(data) if data is not None else None, metadata=run.metadata,
+            execution_timeout=run.options.execution_timeout) for run, data in runs]
+        worker.session.send_many(messages)
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def worker_joined(self, session: WorkerSession,
+                      in_flight: list[protocol.AttemptRef]) -> None:
+        self._join(session, in_flight)
+        self._commit_point()
+        self._schedule_dispatch()
+
+    def _join(self, session: WorkerSession, in_flight: list[protocol.AttemptRef] | None) -> None:
+        worker = self.workers.get(session.worker_id)
+        if worker is None:
+            worker = self.workers[session.worker_id] = WorkerSlots(session.worker_id, session)
+        worker.session = session
+        worker.away_since = None
+        worker.tasks = frozenset(session.task_names)
+        worker.slots = session.slots
+        worker.draining = False
+        if in_flight is None:
+            return  # rebuilt after a crash: trust what Postgres says the worker holds
+        now = self.clock()
+        reported = {ref.run_id: ref.attempt for ref in in_flight}
+        # What we think it holds but it does not report is gone (the worker restarted).
+        for run_id, attempt in list(worker.running.items()):
+            if reported.get(run_id) != attempt:
+                del worker.running[run_id]
+                run = self.runs.get(run_id)
+                if run is not None and run.attempt == attempt and run.worker_id == worker.worker_id:
+                    self._attempt_failed(run, now, error_json(
+                        "WorkerLost", f"worker {session.name} reconnected without this attempt"))
+        # What it reports: re-attach, or tell it to stop what no longer applies.
+        for run_id, attempt in reported.items():
+            if run_id in worker.running:
+                continue
+            run = self.runs.get(run_id)
+            if run is not None and run.attempt == attempt and run.status is RunStatus.QUEUED:
+                run.ready = False  # its assignment had not been written before a crash
+                run.status = RunStatus.RUNNING
+                run.worker_id = worker.worker_id
+                run.assigned_at = run.started_at = now
+                run.deadline = now + run.options.execution_timeout
+                worker.running[run_id] = attempt
+                self._record(run, "reattached", now)
+                self.timers.schedule(run.deadline, self, self._execution_timeouts,
+                                     (run.run_id, run.attempt, run.deadline))
+            else:
+                worker.running[run_id] = attempt  # holds the slot until it reports the end
+                session.send(protocol.Cancel(run_id=run_id, attempt=attempt,
+                                             reason="this attempt is no longer current"))
+
+    def worker_disconnected(self, session: WorkerSession) -> None:
+        worker = self.workers.get(session.worker_id)
+        if worker is None or worker.session is not session:
+            return
+        worker.session = None
+        worker.away_since = self.clock()
+        self.timers.schedule(worker.away_since + self.worker_grace, self, self._grace_expired,
+                             session.worker_id)
+
+    def worker_draining(self, worker_id: uuid.UUID) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.draining = True
+
+    def _grace_expired(self, worker_ids: list[uuid.UUID]) -> None:
+        now = self.clock()
+        for worker_id in worker_ids:
+            worker = self.workers.get(worker_id)
+            # Still away, for the whole grace period (not since an earlier disconnection).
+            if worker is not None and worker.away_since is not None \
+                    and now >= worker.away_since + self.worker_grace - 0.001:
+                self.worker_lost(worker_id, "did not reconnect within the heartbeat timeout")
+
+    def worker_lost(self, worker_id: uuid.UUID, reason: str) -> None:
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return
+        now = self.clock()
+        for run_id, attempt in worker.running.items():
+            run = self.runs.get(run_id)
+            if run is not None and run.attempt == attempt and run.worker_id == worker_id:
+                self._attempt_failed(run, now, error_json("WorkerLost", f"worker {reason}"))
+        self._commit_point()
+        self._schedule_dispatch()
+
+    # -- messages from a worker ------------------------------------------------------------------
+
+    def worker_messages(self, session: WorkerSession, messages: list[Any]) -> None:
+        worker = self.workers.get(session.worker_id)
+        if worker is None or worker.session is not session:
+            for message in messages:
+                if isinstance(message, protocol.AttemptRef):
+                    session.send(protocol.Error(
+                        code="not_connected", message="this connection is no longer current",
+                        ref=protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt)))
+            return
+        now = self.clock()
+        logs = []
+        for message in messages:
+            if isinstance(message, protocol.Log):
+                if self._owns(worker, message):
+                    logs.append((self.tenant_id, message.run_id, now, message.attempt,
+                                 message.level, message.message))
+                else:
+                    self._not_owner(session, message)
+            elif isinstance(message, protocol.Started):
+                self._on_started(worker, message, now)
+            elif isinstance(message, protocol.Completed):
+                self._on_completed(worker, message, now)
+            elif isinstance(message, protocol.Failed):
+                self._on_failed(worker, message, now)
+            elif isinstance(message, protocol.RefreshTimeout):
+                self._on_refresh(worker, message, now)
+        if logs:
+            self.persister.logs(logs)
+        self._commit_point()
+        self._schedule_dispatch()
+
+    def _owns(self, worker: WorkerSlots, ref: protocol.AttemptRef) -> bool:
+        return worker.running.get(ref.run_id) == ref.attempt
+
+    def _not_owner(self, session: WorkerSession, ref: protocol.AttemptRef) -> None:
+        done = self.finished.get(ref.run_id)
+        attempt_ref = protocol.AttemptRef(run_id=ref.run_id, attempt=ref.attempt)
+        if done is not None and done == (ref.attempt, session.worker_id) and isinstance(
+                ref, protocol.Completed | protocol.Failed):
+            self._acks.setdefault(session, []).append(attempt_ref)  # a re-sent result
+            return
+        session.send(protocol.Error(
+            code="not_owner", ref=attempt_ref,
+            message=f"run {ref.run_id} attempt {ref.attempt} is not assigned to this worker"))
+
+    def _current(self, worker: WorkerSlots, ref: protocol.AttemptRef) -> Run | None:
+        """The run, if this attempt on this worker is still the one that counts."""
+        run = self.runs.get(ref.run_id)
+        if run is not None and run.attempt == ref.attempt and run.worker_id == worker.worker_id \
+                and run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING):
+            return run
+        return None
+
+    def _on_started(self, worker: WorkerSlots, message: protocol.Started, now: float) -> None:
+        if not self._owns(worker, message):
+            assert worker.session is not None
+            self._not_owner(worker.session, message)
+            return
+        run = self._current(worker, message)
+        if run is not None and run.status is RunStatus.ASSIGNED:
+            run.status = RunStatus.RUNNING
+            run.started_at = now
+            self._record(run, "started", now)
+
+    def _on_completed(self, worker: WorkerSlots, message: protocol.Completed,
+                      now: float) -> None:
+        assert worker.session is not None
+        if not self._owns(worker, message):
+            self._not_owner(worker.session, message)
+            return
+        del worker.running[message.run_id]
+        run = self._current(worker, message)
+        if run is not None:
+            run.output_json = orjson.dumps(message.output)
+            run.error_json = None
+            self._finish(run, RunStatus.SUCCEEDED, now)
+        self._acks.setdefault(worker.session, []).append(
+            protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt))
+
+    def _on_failed(self, worker: WorkerSlots, message: protocol.Failed, now: float) -> None:
+        assert worker.session is not None
+        if not self._owns(worker, message):
+            self._not_owner(worker.session, message)
+            return
+        del worker.running[message.run_id]
+        run = self._current(worker, message)
+        if run is not None:
+            error = message.error
+            self._attempt_failed(run, now, error_json(error.type, error.message, error.traceback),
+                                 retryable=message.retryable, retry_after=message.retry_after)
+        self._acks.setdefault(worker.session, []).append(
+            protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt))
+
+    def _on_refresh(self, worker: WorkerSlots, message: protocol.RefreshTimeout,
+                    now: float) -> None:
+        run = self._current(worker, message)
+        if run is None:
+            assert worker.session is not None
+            self._not_owner(worker.session, message)
+            return
+        run.deadline = now + message.seconds
+        self._record(run, "timeout_refreshed", now, detail={"seconds": message.seconds})
+        self.timers.schedule(run.deadline, self, self._execution_timeouts,
+                             (run.run_id, run.attempt, run.deadline))
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _attempt_failed(self, run: Run, now: float, error: bytes, *, retryable: bool = True,
+                        retry_after: float | None = None,
+                        final_status: RunStatus = RunStatus.FAILED) -> None:
+        """The current attempt ended badly: retry if allowed, else finish the run."""
+        run.error_json = error
+        event = "timed_out" if final_status is RunStatus.TIMED_OUT else "failed"
+        self._record(run, event, now, detail=orjson.loads(error))
+        if not retryable or run.attempt > run.options.retries:
+            self._finish(run, final_status, now, record=False)
+            return
+        delay = retry_delay(run.options, run.attempt, retry_after)
+        run.attempt += 1
+        run.worker_id = None
+        run.assigned_at = run.started_at = run.deadline = None
+        run.ready = False
+        run.status = RunStatus.QUEUED
+        if delay > 0:
+            run.retry_at = now + delay
+            self._record(run, "retry_scheduled", now, detail={"delay": delay})
+            self.timers.schedule(run.retry_at, self, self._retries_due,
+                                 (run.run_id, run.attempt))
+        else:
+            self._make_ready(run, now)
+            self._record(run, "queued", now, detail={"retry": True})
+
+    def _finish(self, run: Run, status: RunStatus, now: float, *, record: bool = True) -> None:
+        run.status = status
+        run.ready = False
+        run.finished_at = now
+        run.deadline = None
+        if record:
+            self._record(run, status.value, now,
+                         detail=orjson.loads(run.error_json) if run.error_json else None)
+        else:
+            self.persister.save_run(run.row())
+        del self.runs[run.run_id]
+        if run.input_json is not None:
+            self.cached_bytes -= len(run.input_json)
+        self.finished[run.run_id] = (run.attempt, run.worker_id)
+        if len(self.finished) > _RECENTLY_FINISHED:
+            self.finished.popitem(last=False)
+        self._finished_now.append(run.run_id)
+
+    def _record(self, run: Run, event: str, now: float,
+                detail: dict[str, Any] | None = None) -> None:
+        """Persist the run's current state and one event of its history."""
+        self.persister.save_run(run.row())
+        self.persister.event((run.tenant_id, run.run_id, now, run.attempt, event, run.worker_id,
+                              orjson.dumps(detail).decode() if detail is not None else None))
+
+    def _commit_point(self) -> None:
+        """Acks and finish notices wait for everything handed to the persister so far."""
+        if not self._acks and not self._finished_now:
+            return
+        acks, self._acks = self._acks, {}
+        finished, self._finished_now = self._finished_now, []
+        tenant_id = self.tenant_id
+
+        def committed(barrier: asyncio.Future[None]) -> None:
+            if barrier.cancelled() or barrier.exception() is not None:
+                return  # not written: no acks, so workers re-send
+            for session, refs in acks.items():
+                session.send(protocol.Ack(results=refs))
+            if finished:
+                self.waiters.finished(tenant_id, finished)
+
+        self.persister.barrier().add_done_callback(committed)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _schedule_timeouts(self, items: list[tuple[uuid.UUID, int, int]]) -> None:
+        now = self.clock()
+        for run_id, attempt, seq in items:
+            run = self.runs.get(run_id)
+            if run is None or run.attempt != attempt or not run.ready or run.seq != seq:
+                continue
+            run.error_json = error_json(
+                "ScheduleTimeout",
+                f"not started within schedule_timeout ({run.options.schedule_timeout:g}s)"
+                + self._waiting_suffix(run.task))
+            self._finish(run, RunStatus.TIMED_OUT, now)
+        self._commit_point()
+
+    def _execution_timeouts(self, items: list[tuple[uuid.UUID, int, float]]) -> None:
+        now = self.clock()
+        for run_id, attempt, deadline in items:
+            run = self.runs.get(run_id)
+            if run is None or run.attempt != attempt or run.deadline != deadline \
+                    or run.status not in (RunStatus.ASSIGNED, RunStatus.RUNNING):
+                continue
+            worker = self.workers.get(run.worker_id) if run.worker_id else None
+            if worker is not None and worker.session is not None:
+                worker.session.send(protocol.Cancel(
+                    run_id=run_id, attempt=attempt, reason="execution timeout"))
+            self._attempt_failed(run, now, error_json(
+                "ExecutionTimeout",
+                f"attempt {attempt} ran longer than its execution_timeout"),
+                final_status=RunStatus.TIMED_OUT)
+        self._commit_point()
+        self._schedule_dispatch()
+
+    def _retries_due(self, items: list[tuple[uuid.UUID, int]]) -> None:
+        now = self.clock()
+        for run_id, attempt in items:
+            run = self.runs.get(run_id)
+            if run is not None and run.attempt == attempt and run.status is RunStatus.QUEUED \
+                    and not run.ready:
+                self._make_ready(run, now)
+                self._record(run, "queued", now, detail={"retry": True})
+        self._schedule_dispatch()
+
+    # -- requests from the API -------------------------------------------------------------------
+
+    def cancel(self, run_id: uuid.UUID, reason: str) -> RunStatus:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise Conflict(f"run {run_id} is already finished")
+        now = self.clock()
+        if run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING) and run.worker_id is not None:
+            worker = self.workers.get(run.worker_id)
+            if worker is not None and worker.session is not None:
+                worker.session.send(protocol.Cancel(run_id=run_id, attempt=run.attempt,
+                                                    reason=reason))
+        run.error_json = error_json("Cancelled", reason)
+        self._finish(run, RunStatus.CANCELLED, now)
+        self._commit_point()
+        return RunStatus.CANCELLED
+
+    def replay(self, run: Run) -> None:
+        """A finished run starts over with its next attempt (already loaded from Postgres)."""
+        if run.run_id in self.runs:
+            raise Conflict(f"run {run.run_id} is not finished; only finished runs can be replayed")
+        now = self.clock()
+        run.attempt += 1
+        run.output_json = run.error_json = None
+        run.worker_id = None
+        run.assigned_at = run.started_at = run.finished_at = None
+        self.runs[run.run_id] = run
+        self.finished.pop(run.run_id, None)
+        self._make_ready(run, now)
+        self._record(run, "replayed", now)
+        self._schedule_dispatch()
+
+    def waiting_reason(self, task: str) -> str | None:
+        suffix = self._waiting_suffix(task)
+        return suffix.removeprefix("; ") if suffix else None
+
+    def _waiting_suffix(self, task: str) -> str:
+        workers = [w for w in self.workers.values() if w.session is not None]
+        if not any(task in w.tasks for w in workers):
+            return (f"; no connected worker has registered task {task!r} "
+                    f"on queue {self.queue!r}")
+        return ""
+
+    def stats(self) -> dict[str, int]:
+        return {"active": len(self.runs),
+                "ready": sum(1 for run in self.runs.values() if run.ready),
+                "workers": sum(1 for w in self.workers.values() if w.session is not None)}

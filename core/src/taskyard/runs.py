@@ -1,0 +1,72 @@
+"""A run as the engine holds it in memory, and the rules of its lifecycle.
+
+queued -> assigned -> running -> succeeded | failed | cancelled | timed_out. A failed or timed-out
+attempt with retries left goes back to queued (after its back-off) with the next attempt number.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+
+from taskyard_sdk.models import RunStatus, TaskOptions
+
+ACTIVE = (RunStatus.QUEUED, RunStatus.ASSIGNED, RunStatus.RUNNING)
+EMPTY_METADATA: dict[str, str] = {}
+
+
+@dataclass(slots=True, eq=False)
+class Run:
+    """An unfinished run. Owned by the QueueActor of its tenant and queue."""
+
+    tenant_id: uuid.UUID
+    run_id: uuid.UUID
+    task: str
+    queue: str
+    status: RunStatus
+    attempt: int
+    priority: int
+    options: TaskOptions
+    created_at: float
+    queued_at: float
+    metadata: dict[str, str] = field(default_factory=lambda: EMPTY_METADATA)
+    input_json: bytes | None = None  # the payload, while it is cached in memory
+    worker_id: uuid.UUID | None = None
+    retry_at: float | None = None
+    assigned_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    deadline: float | None = None  # execution deadline of the current attempt
+    output_json: bytes | None = None
+    error_json: bytes | None = None
+    seq: int = 0  # position in the ready queue (FIFO within a priority)
+    ready: bool = False  # in the ready queue (not waiting for a retry back-off)
+
+    def row(self) -> tuple[object, ...]:
+        """The mutable columns, as the persister writes them."""
+        return (self.tenant_id, self.run_id, self.status.value, self.attempt, self.worker_id,
+                self.queued_at, self.retry_at, self.assigned_at, self.started_at,
+                self.finished_at, _text(self.output_json), _text(self.error_json))
+
+
+def _text(data: bytes | None) -> str | None:
+    return data.decode() if data is not None else None
+
+
+def retry_delay(options: TaskOptions, retry_number: int, retry_after: float | None) -> float:
+    """Seconds before retry `retry_number` (1 for the first retry) starts."""
+    if retry_after is not None:
+        return min(retry_after, options.backoff_max_seconds)
+    if options.backoff_factor is None:
+        return 0.0
+    try:
+        delay = options.backoff_factor ** retry_number
+    except OverflowError:
+        return options.backoff_max_seconds
+    return min(delay, options.backoff_max_seconds)
+
+
+def error_json(kind: str, message: str, traceback: str | None = None) -> bytes:
+    return orjson.dumps({"type": kind, "message": message, "traceback": traceback})

@@ -1,0 +1,161 @@
+"""Connected workers: one session per websocket, and the registry that tracks their liveness.
+
+A session belongs to its connection handler, which creates and closes it; anyone may `send` to it
+(messages are queued and written by the session's own writer task, many to a frame under load).
+The WorkerRegistry knows every connected session, hands joins, departures and silence to the
+worker's QueueActor, and closes workers that stop sending heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from taskyard.actors import Actor
+from taskyard_sdk import protocol
+
+if TYPE_CHECKING:
+    from taskyard.queue import QueueActor
+
+log = logging.getLogger(__name__)
+
+_MAX_FRAME_MESSAGES = 1000
+
+
+class WorkerSession:
+    def __init__(self, ws: web.WebSocketResponse, tenant_id: uuid.UUID,
+                 hello: protocol.Hello) -> None:
+        self.ws = ws
+        self.tenant_id = tenant_id
+        self.worker_id = hello.worker_id
+        self.name = hello.name
+        self.queue = hello.queue
+        self.slots = hello.slots
+        self.labels = hello.labels
+        self.definitions = hello.tasks
+        self.task_names = [task.name for task in hello.tasks]
+        self.connected_at = time.time()
+        self.last_seen = time.monotonic()
+        self.frames_sent = 0
+        self._outbox: asyncio.Queue[BaseModel] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    def send(self, message: BaseModel) -> None:
+        self._outbox.put_nowait(message)
+
+    def send_many(self, messages: Iterable[BaseModel]) -> None:
+        for message in messages:
+            self._outbox.put_nowait(message)
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name=f"worker-writer:{self.name}")
+
+    async def close(self, code: int = 1000, message: str = "") -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=message.encode())
+
+    async def _write(self) -> None:
+        outbox = self._outbox
+        while True:
+            batch = [await outbox.get()]
+            while not outbox.empty() and len(batch) < _MAX_FRAME_MESSAGES:
+                batch.append(outbox.get_nowait())
+            if len(batch) == 1:
+                data = _json(batch[0])
+            else:
+                data = b"[" + b",".join(_json(message) for message in batch) + b"]"
+            try:
+                await self.ws.send_str(data.decode())
+            except (ConnectionError, RuntimeError):
+                return  # the connection handler notices the close and cleans up
+            self.frames_sent += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"worker_id": str(self.worker_id), "name": self.name, "queue": self.queue,
+                "slots": self.slots, "labels": self.labels, "tasks": self.task_names,
+                "connected_at": self.connected_at}
+
+
+def _json(message: BaseModel) -> bytes:
+    return message.__pydantic_serializer__.to_json(message)
+
+
+class WorkerRegistry(Actor):
+    def __init__(self, *, queue_for: Callable[[uuid.UUID, str], QueueActor],
+                 register_tasks: Callable[[uuid.UUID, list[protocol.TaskDefinition]], None],
+                 heartbeat_interval: float, heartbeat_timeout: float) -> None:
+        super().__init__("workers")
+        self.queue_for = queue_for
+        self.register_tasks = register_tasks
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.sessions: dict[uuid.UUID, WorkerSession] = {}
+        self._monitor: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        if self._monitor is None:
+            self._monitor = asyncio.create_task(self._watch_heartbeats(), name="heartbeats")
+
+    async def on_stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        for session in list(self.sessions.values()):
+            await session.close(1001, "engine shutting down")
+
+    def connected(self) -> list[WorkerSession]:
+        return list(self.sessions.values())
+
+    async def connect(self, session: WorkerSession, in_flight: list[protocol.AttemptRef]) -> None:
+        previous = self.sessions.get(session.worker_id)
+        if previous is not None and previous is not session:
+            # The same worker reconnected before its old connection was noticed as gone.
+            old_queue = self.queue_for(previous.tenant_id, previous.queue)
+            old_queue.tell(old_queue.worker_disconnected, previous)
+            await previous.close(4000, "replaced by a newer connection of the same worker")
+        self.sessions[session.worker_id] = session
+        self.register_tasks(session.tenant_id, session.definitions)
+        queue = self.queue_for(session.tenant_id, session.queue)
+        queue.tell(queue.worker_joined, session, in_flight)
+        log.info("worker %s (%s) connected: %d slots, tasks %s", session.name, session.worker_id,
+                 session.slots, ", ".join(session.task_names))
+
+    def disconnect(self, session: WorkerSession) -> None:
+        if self.sessions.get(session.worker_id) is not session:
+            return
+        del self.sessions[session.worker_id]
+        queue = self.queue_for(session.tenant_id, session.queue)
+        queue.tell(queue.worker_disconnected, session)
+        log.info("worker %s (%s) disconnected", session.name, session.worker_id)
+
+    def draining(self, session: WorkerSession) -> None:
+        queue = self.queue_for(session.tenant_id, session.queue)
+        queue.tell(queue.worker_draining, session.worker_id)
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            self.tell(self._check_heartbeats)
+
+    async def _check_heartbeats(self) -> None:
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if now - session.last_seen > self.heartbeat_timeout:
+                log.warning("worker %s (%s) silent for %.1fs: declaring it lost", session.name,
+                            session.worker_id, now - session.last_seen)
+                del self.sessions[session.worker_id]
+                queue = self.queue_for(session.tenant_id, session.queue)
+                queue.tell(queue.worker_lost, session.worker_id,
+                           f"{session.name} sent no heartbeat for {self.heartbeat_timeout:g}s")
+                await session.close(4001, "no heartbeat")

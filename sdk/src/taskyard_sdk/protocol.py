@@ -1,0 +1,134 @@
+"""The worker <-> engine websocket protocol: one typed model per message, shared by both sides.
+
+Every frame is a JSON object `{"type": ..., ...}` or a JSON array of such objects (many
+assignments or results in one frame under load). `hello` carries PROTOCOL_VERSION.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, TaskOptions
+
+PROTOCOL_VERSION = 1
+
+LabelValue = str | int | float | bool
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskDefinition(_Message):
+    name: str = Field(pattern=NAME_PATTERN)
+    options: TaskOptions = Field(default_factory=TaskOptions)
+
+
+class AttemptRef(_Message):
+    run_id: UUID
+    attempt: int = Field(ge=1)
+
+
+# -- worker -> engine ----------------------------------------------------------------------------
+
+
+class Hello(_Message):
+    type: Literal["hello"] = "hello"
+    protocol: int
+    worker_id: UUID
+    name: str = Field(min_length=1, max_length=200)
+    queue: str = Field(default="default", pattern=NAME_PATTERN)
+    slots: int = Field(ge=1, le=100_000)
+    labels: dict[str, LabelValue] = Field(default_factory=dict)
+    tasks: list[TaskDefinition] = Field(min_length=1)
+    in_flight: list[AttemptRef] = Field(default_factory=list,
+                                        description="Attempts still running on this worker.")
+
+
+class Heartbeat(_Message):
+    type: Literal["heartbeat"] = "heartbeat"
+
+
+class Started(AttemptRef):
+    type: Literal["started"] = "started"
+
+
+class Completed(AttemptRef):
+    type: Literal["completed"] = "completed"
+    output: Any = None
+
+
+class Failed(AttemptRef):
+    type: Literal["failed"] = "failed"
+    error: ErrorInfo
+    retryable: bool = True
+    retry_after: float | None = Field(default=None, ge=0)
+    cancelled: bool = False
+
+
+class Log(AttemptRef):
+    type: Literal["log"] = "log"
+    message: str = Field(max_length=100_000)
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RefreshTimeout(AttemptRef):
+    type: Literal["refresh_timeout"] = "refresh_timeout"
+    seconds: float = Field(gt=0)
+
+
+class Drain(_Message):
+    """The worker is shutting down: assign it nothing new."""
+
+    type: Literal["drain"] = "drain"
+
+
+WorkerMessage = Annotated[
+    Heartbeat | Started | Completed | Failed | Log | RefreshTimeout | Drain | Hello,
+    Field(discriminator="type"),
+]
+worker_message = TypeAdapter(WorkerMessage)
+
+# -- engine -> worker ----------------------------------------------------------------------------
+
+
+class Welcome(_Message):
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    worker_id: UUID
+    heartbeat_interval: float
+    max_message_bytes: int
+
+
+class Assign(AttemptRef):
+    type: Literal["assign"] = "assign"
+    task: str
+    input: Any = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    execution_timeout: float
+
+
+class Cancel(AttemptRef):
+    type: Literal["cancel"] = "cancel"
+    reason: str
+
+
+class Ack(_Message):
+    """These results are committed: the worker may forget them."""
+
+    type: Literal["ack"] = "ack"
+    results: list[AttemptRef]
+
+
+class Error(_Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    ref: AttemptRef | None = Field(default=None, description="The attempt the error is about.")
+
+
+EngineMessage = Annotated[Welcome | Assign | Cancel | Ack | Error, Field(discriminator="type")]
+engine_message = TypeAdapter(EngineMessage)
