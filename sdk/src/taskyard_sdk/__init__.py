@@ -1,8 +1,58 @@
-"""Taskyard SDK: define tasks and workflows, run workers, trigger work.
+"""Taskyard SDK: define tasks, run workers, trigger work. The whole public API is here.
 
 Worker-only deployments install this package alone; it never imports the engine.
 """
 
+from taskyard_sdk._client import Runs, Taskyard
+from taskyard_sdk._context import Context
+from taskyard_sdk._durations import parse_duration
+from taskyard_sdk._errors import (
+    ApiError,
+    AuthenticationError,
+    Conflict,
+    EngineUnreachable,
+    InvalidInput,
+    InvalidRequest,
+    NonRetryableError,
+    NotFound,
+    PermissionDenied,
+    ResultTimeout,
+    RetryAfter,
+    TaskFailed,
+    TaskyardError,
+)
+from taskyard_sdk._task import RunHandle, Task
+from taskyard_sdk._worker import Worker, WorkerStopped
+from taskyard_sdk.models import ErrorInfo, RunPage, RunStatus, RunView, TaskOptions
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "Conflict",
+    "Context",
+    "EngineUnreachable",
+    "ErrorInfo",
+    "InvalidInput",
+    "InvalidRequest",
+    "NonRetryableError",
+    "NotFound",
+    "PermissionDenied",
+    "ResultTimeout",
+    "RetryAfter",
+    "RunHandle",
+    "RunPage",
+    "RunStatus",
+    "RunView",
+    "Runs",
+    "Task",
+    "TaskFailed",
+    "TaskOptions",
+    "Taskyard",
+    "TaskyardError",
+    "Worker",
+    "WorkerStopped",
+    "__version__",
+    "parse_duration",
+]

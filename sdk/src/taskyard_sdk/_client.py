@@ -1,0 +1,151 @@
+"""The client: define tasks, start workers, trigger and inspect runs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar, overload
+from uuid import UUID
+
+from taskyard_sdk._config import resolve
+from taskyard_sdk._context import Context
+from taskyard_sdk._durations import Duration, parse_duration
+from taskyard_sdk._task import Task
+from taskyard_sdk._transport import Transport, run_sync
+from taskyard_sdk._worker import Worker
+from taskyard_sdk.models import DEFAULT_PRIORITY, RunPage, RunStatus, RunView, TaskOptions
+from taskyard_sdk.protocol import LabelValue
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Taskyard:
+    """Entry point of the SDK.
+
+        ty = Taskyard()  # TASKYARD_URL / TASKYARD_TOKEN, or a local engine's .taskyard/token
+
+        @ty.task(retries=3, execution_timeout="30s")
+        async def resize(image: Image, ctx: Context) -> Thumbnail: ...
+
+        ty.worker("images", tasks=[resize]).start()      # in the worker process
+        thumbnail = resize.run(Image(url="..."))          # anywhere else
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        self.config = resolve(url, token)
+        self.transport = Transport(self.config)
+        self.runs = Runs(self)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def __repr__(self) -> str:
+        return f"<Taskyard {self.url} token from {self.config.token_source}>"
+
+    @overload
+    def task(self, fn: Callable[[In, Context], Awaitable[Out]], /) -> Task[In, Out]: ...
+
+    @overload
+    def task(self, fn: Callable[[In], Awaitable[Out]], /) -> Task[In, Out]: ...
+
+    @overload
+    def task(self, fn: Callable[[In, Context], Out], /) -> Task[In, Out]: ...
+
+    @overload
+    def task(self, fn: Callable[[In], Out], /) -> Task[In, Out]: ...
+
+    @overload
+    def task(self, *, name: str | None = None, retries: int = 0,
+             backoff_factor: float | None = None, backoff_max_seconds: Duration = "1h",
+             execution_timeout: Duration = "60s", schedule_timeout: Duration = "5m",
+             priority: int = DEFAULT_PRIORITY, queue: str = "default",
+             ) -> Callable[[Callable[..., Any]], Task[Any, Any]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
+             retries: int = 0, backoff_factor: float | None = None,
+             backoff_max_seconds: Duration = "1h", execution_timeout: Duration = "60s",
+             schedule_timeout: Duration = "5m", priority: int = DEFAULT_PRIORITY,
+             queue: str = "default") -> Any:
+        """Declare a task: `(input: Model, ctx: Context) -> output`, async or sync.
+
+        retries: retries after the first attempt. backoff_factor: retry n waits
+        min(backoff_factor ** n, backoff_max_seconds) seconds (no factor: retry at once).
+        execution_timeout: longest an attempt may run. schedule_timeout: longest a run may wait
+        to start. priority: 1 (lowest) to 4. queue: the queue whose workers run it.
+        """
+        options = TaskOptions(
+            retries=retries, backoff_factor=backoff_factor,
+            backoff_max_seconds=parse_duration(backoff_max_seconds, name="backoff_max_seconds"),
+            execution_timeout=parse_duration(execution_timeout, name="execution_timeout"),
+            schedule_timeout=parse_duration(schedule_timeout, name="schedule_timeout"),
+            priority=priority, queue=queue)
+
+        def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
+            return Task(self, function, name or function.__name__, options)
+
+        return decorate(fn) if fn is not None else decorate
+
+    def worker(self, name: str, tasks: Sequence[Task[Any, Any]], *, slots: int = 100,
+               labels: dict[str, LabelValue] | None = None, queue: str | None = None,
+               drain_timeout: float = 30.0) -> Worker:
+        """A worker process's runtime. `slots` is how many tasks it runs at once."""
+        queues = {task.options.queue for task in tasks}
+        if queue is None:
+            if len(queues) > 1:
+                raise ValueError(f"worker {name!r}: its tasks use several queues "
+                                 f"({', '.join(sorted(queues))}); a worker serves one queue")
+            queue = queues.pop() if queues else "default"
+        return Worker(self, name, tasks, slots=slots, labels=labels, queue=queue,
+                      drain_timeout=drain_timeout)
+
+    async def aio_close(self) -> None:
+        await self.transport.close()
+
+
+class Runs:
+    """Reading and steering runs by id: `ty.runs.get(run_id)`, `ty.runs.cancel(run_id)`, ..."""
+
+    def __init__(self, client: Taskyard) -> None:
+        self._client = client
+
+    async def aio_get(self, run_id: UUID | str) -> RunView:
+        data = await self._client.transport.request("GET", f"/api/v1/runs/{run_id}")
+        return RunView.model_validate(data)
+
+    async def aio_cancel(self, run_id: UUID | str) -> RunStatus:
+        data = await self._client.transport.request("POST", f"/api/v1/runs/{run_id}/cancel")
+        return RunStatus(data["status"])
+
+    async def aio_replay(self, run_id: UUID | str) -> RunView:
+        data = await self._client.transport.request("POST", f"/api/v1/runs/{run_id}/replay")
+        return RunView.model_validate(data)
+
+    async def aio_list(self, *, status: Sequence[RunStatus | str] = (), task: Sequence[str] = (),
+                       since: datetime | None = None, until: datetime | None = None,
+                       metadata: dict[str, str] | None = None, limit: int = 100,
+                       cursor: str | None = None) -> RunPage:
+        params: list[tuple[str, str]] = [("limit", str(limit))]
+        params += [("status", str(s)) for s in status] + [("task", t) for t in task]
+        params += [("metadata", f"{k}:{v}") for k, v in (metadata or {}).items()]
+        if since is not None:
+            params.append(("since", since.isoformat()))
+        if until is not None:
+            params.append(("until", until.isoformat()))
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        data = await self._client.transport.request("GET", "/api/v1/runs", params=params)
+        return RunPage.model_validate(data)
+
+    def get(self, run_id: UUID | str) -> RunView:
+        return run_sync(self.aio_get(run_id))
+
+    def cancel(self, run_id: UUID | str) -> RunStatus:
+        return run_sync(self.aio_cancel(run_id))
+
+    def replay(self, run_id: UUID | str) -> RunView:
+        return run_sync(self.aio_replay(run_id))
+
+    def list(self, **filters: Any) -> RunPage:
+        return run_sync(self.aio_list(**filters))

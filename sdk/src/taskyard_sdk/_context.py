@@ -1,0 +1,62 @@
+"""What a running task knows about itself, and can tell the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Literal
+from uuid import UUID
+
+from taskyard_sdk import protocol
+from taskyard_sdk._durations import Duration, parse_duration
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Context:
+    """Passed to every task function as its second argument.
+
+    `log` and `refresh_timeout` may be called from async tasks and from sync tasks (which run on
+    the worker's thread pool) alike.
+    """
+
+    def __init__(self, *, run_id: UUID, attempt: int, task: str, metadata: dict[str, str],
+                 loop: asyncio.AbstractEventLoop,
+                 send: Callable[[protocol.Log | protocol.RefreshTimeout], None]) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self.task = task
+        self.metadata = metadata
+        self._loop = loop
+        self._send = send
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the engine asked this attempt to stop (sync tasks should check it)."""
+        return self._cancelled.is_set()
+
+    def log(self, message: object, level: LogLevel = "info") -> None:
+        """Add a line (or several) to the run's log, visible through the API."""
+        self._post(protocol.Log(run_id=self.run_id, attempt=self.attempt,
+                                message=str(message), level=level))
+
+    def refresh_timeout(self, duration: Duration) -> None:
+        """Give this attempt `duration` more time from now, instead of its execution_timeout."""
+        seconds = parse_duration(duration, name="refresh_timeout")
+        self._post(protocol.RefreshTimeout(run_id=self.run_id, attempt=self.attempt,
+                                           seconds=seconds))
+
+    def _post(self, message: protocol.Log | protocol.RefreshTimeout) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._send(message)
+        else:
+            self._loop.call_soon_threadsafe(self._send, message)
+
+    def _cancel(self) -> None:
+        self._cancelled.set()

@@ -1,0 +1,230 @@
+"""Tasks: decorated functions that the engine runs on workers, and handles to their runs."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import typing
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from uuid import UUID
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
+
+from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
+from taskyard_sdk._transport import run_sync
+from taskyard_sdk.models import (
+    BatchTriggerResponse,
+    RunRef,
+    RunStatus,
+    RunView,
+    TaskOptions,
+    WaitResponse,
+)
+
+if TYPE_CHECKING:
+    from taskyard_sdk._client import Taskyard
+    from taskyard_sdk._context import Context
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+_POLL = 60.0  # longest single long-poll; waits longer than this are several polls
+_WAIT_CHUNK = 10_000
+
+
+class Task(Generic[In, Out]):
+    """A task function registered with a client. Call it directly to run it in-process (for
+    tests); use `run` / `aio_run` to run it on a worker through the engine."""
+
+    def __init__(self, client: Taskyard, fn: Callable[..., Any], name: str,
+                 options: TaskOptions) -> None:
+        self.client = client
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        hints = typing.get_type_hints(fn)
+        parameters = list(inspect.signature(fn).parameters.values())
+        if not 1 <= len(parameters) <= 2:
+            raise TypeError(f"task {name!r}: a task function takes (input) or (input, ctx), "
+                            f"not {len(parameters)} parameters")
+        self._takes_context = len(parameters) == 2
+        self.input_type: Any = hints.get(parameters[0].name, Any)
+        self.output_type: Any = hints.get("return", Any)
+        self._input = TypeAdapter(self.input_type)
+        self._output = TypeAdapter(self.output_type)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, input: In, ctx: Context) -> Any:
+        return self.fn(input, ctx) if self._takes_context else self.fn(input)
+
+    # -- input and output ------------------------------------------------------------------------
+
+    def encode_input(self, value: Any) -> Any:
+        """Validate against the input model and turn into JSON-able data (before sending)."""
+        try:
+            validated = self._input.validate_python(value)
+        except ValidationError as exc:
+            raise InvalidInput(f"input for task {self.name!r} is invalid: {exc}") from None
+        return to_jsonable_python(validated)
+
+    def decode_input(self, data: Any) -> Any:
+        return self._input.validate_python(data)
+
+    def encode_output(self, value: Any) -> Any:
+        return to_jsonable_python(value)
+
+    def decode_output(self, data: Any) -> Out:
+        return self._output.validate_python(data)  # type: ignore[no-any-return]
+
+    def _trigger(self, input: In, metadata: dict[str, str] | None, priority: int | None,
+                 idempotency_key: str | None) -> dict[str, Any]:
+        request: dict[str, Any] = {"task": self.name, "input": self.encode_input(input),
+                                   "options": self.options.model_dump(mode="json")}
+        if metadata:
+            request["metadata"] = metadata
+        if priority is not None:
+            request["priority"] = priority
+        if idempotency_key is not None:
+            request["idempotency_key"] = idempotency_key
+        return request
+
+    # -- running through the engine --------------------------------------------------------------
+
+    async def aio_run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
+                              priority: int | None = None,
+                              idempotency_key: str | None = None) -> RunHandle[Out]:
+        body = self._trigger(input, metadata, priority, idempotency_key)
+        ref = RunRef.model_validate(
+            await self.client.transport.request("POST", "/api/v1/runs", json_body=body))
+        return RunHandle(self, ref.run_id)
+
+    async def aio_run(self, input: In, *, metadata: dict[str, str] | None = None,
+                      priority: int | None = None, idempotency_key: str | None = None,
+                      timeout: float | None = None) -> Out:
+        handle = await self.aio_run_no_wait(input, metadata=metadata, priority=priority,
+                                            idempotency_key=idempotency_key)
+        return await handle.aio_result(timeout=timeout)
+
+    async def aio_run_many_no_wait(self, inputs: Sequence[In], *,
+                                   metadata: dict[str, str] | None = None,
+                                   priority: int | None = None) -> list[RunHandle[Out]]:
+        handles: list[RunHandle[Out]] = []
+        for start in range(0, len(inputs), _WAIT_CHUNK):
+            runs = [self._trigger(value, metadata, priority, None)
+                    for value in inputs[start:start + _WAIT_CHUNK]]
+            response = BatchTriggerResponse.model_validate(await self.client.transport.request(
+                "POST", "/api/v1/runs/batch", json_body={"runs": runs}))
+            handles += [RunHandle(self, ref.run_id) for ref in response.runs]
+        return handles
+
+    async def aio_run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
+                           priority: int | None = None, timeout: float | None = None,
+                           return_exceptions: bool = False) -> list[Out | TaskFailed]:
+        """Run many, in one request; results in the order of `inputs`. The first failure is
+        raised, unless `return_exceptions` puts each TaskFailed in its place instead."""
+        handles = await self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority)
+        views = await wait_for_runs(self.client, [h.run_id for h in handles], timeout)
+        results: list[Out | TaskFailed] = []
+        for handle in handles:
+            view = views[handle.run_id]
+            try:
+                results.append(self._outcome(view))
+            except TaskFailed as failure:
+                if not return_exceptions:
+                    raise
+                results.append(failure)
+        return results
+
+    def _outcome(self, view: RunView) -> Out:
+        if view.status is RunStatus.SUCCEEDED:
+            return self.decode_output(view.output)
+        raise TaskFailed(view.run_id, view.task, view.status, view.error)
+
+    # -- synchronous variants ----------------------------------------------------------------------
+
+    def run(self, input: In, *, metadata: dict[str, str] | None = None,
+            priority: int | None = None, idempotency_key: str | None = None,
+            timeout: float | None = None) -> Out:
+        """Trigger a run and wait for its output (raises TaskFailed if it does not succeed)."""
+        return run_sync(self.aio_run(input, metadata=metadata, priority=priority,
+                                     idempotency_key=idempotency_key, timeout=timeout))
+
+    def run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
+                    priority: int | None = None,
+                    idempotency_key: str | None = None) -> RunHandle[Out]:
+        """Trigger a run; returns a handle whose `.result()` waits for it."""
+        return run_sync(self.aio_run_no_wait(input, metadata=metadata, priority=priority,
+                                             idempotency_key=idempotency_key))
+
+    def run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
+                 priority: int | None = None, timeout: float | None = None,
+                 return_exceptions: bool = False) -> list[Out | TaskFailed]:
+        return run_sync(self.aio_run_many(inputs, metadata=metadata, priority=priority,
+                                          timeout=timeout, return_exceptions=return_exceptions))
+
+    def run_many_no_wait(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
+                         priority: int | None = None) -> list[RunHandle[Out]]:
+        return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
+
+
+class RunHandle(Generic[Out]):
+    """A triggered run. `result()` waits for its output."""
+
+    def __init__(self, task: Task[Any, Out], run_id: UUID) -> None:
+        self.task = task
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.task.name} {self.run_id}>"
+
+    async def aio_result(self, timeout: float | None = None) -> Out:
+        views = await wait_for_runs(self.task.client, [self.run_id], timeout)
+        return self.task._outcome(views[self.run_id])
+
+    def result(self, timeout: float | None = None) -> Out:
+        return run_sync(self.aio_result(timeout))
+
+    async def aio_get(self) -> RunView:
+        return await self.task.client.runs.aio_get(self.run_id)
+
+    def get(self) -> RunView:
+        return run_sync(self.aio_get())
+
+    async def aio_cancel(self) -> RunStatus:
+        return await self.task.client.runs.aio_cancel(self.run_id)
+
+    def cancel(self) -> RunStatus:
+        return run_sync(self.aio_cancel())
+
+
+async def wait_for_runs(client: Taskyard, run_ids: list[UUID],
+                        timeout: float | None) -> dict[UUID, RunView]:
+    """Long-poll until every run has finished; raises ResultTimeout after `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    finished: dict[UUID, RunView] = {}
+    pending = list(run_ids)
+    while pending:
+        remaining = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+        if remaining <= 0:
+            raise ResultTimeout(f"{len(pending)} of {len(run_ids)} runs did not finish within "
+                                f"{timeout:g}s (first pending: {pending[0]})")
+        chunks = [pending[i:i + _WAIT_CHUNK] for i in range(0, len(pending), _WAIT_CHUNK)]
+        responses = await asyncio.gather(*(client.transport.request(
+            "POST", "/api/v1/runs/wait",
+            json_body={"run_ids": [str(r) for r in chunk], "timeout": remaining})
+            for chunk in chunks))
+        pending = []
+        for raw in responses:
+            response = WaitResponse.model_validate(raw)
+            finished.update((view.run_id, view) for view in response.runs)
+            pending += response.pending
+    return finished
+
+
+TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]

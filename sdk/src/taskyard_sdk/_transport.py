@@ -1,0 +1,111 @@
+"""HTTP to the engine: one aiohttp session per event loop, errors turned into SDK exceptions, and
+a private event loop thread so the synchronous API works anywhere (even inside a running loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import threading
+import weakref
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+
+from taskyard_sdk._config import Config
+from taskyard_sdk._errors import AuthenticationError, EngineUnreachable, api_error
+
+T = TypeVar("T")
+
+
+class Transport:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                  aiohttp.ClientSession] = (
+            weakref.WeakKeyDictionary())
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.config.token is None:
+            raise AuthenticationError(
+                401, "unauthorized",
+                "no token: pass token= to Taskyard(...), set TASKYARD_TOKEN or "
+                "TASKYARD_TOKEN_FILE, or run a local engine from this directory (it writes "
+                ".taskyard/token on its first start)")
+        return {"Authorization": f"Bearer {self.config.token}"}
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                connector=aiohttp.TCPConnector(limit=64))
+            self._sessions[loop] = session
+        return session
+
+    async def request(self, method: str, path: str, *, json_body: Any = None,
+                      params: Sequence[tuple[str, str]] | None = None) -> Any:
+        headers = self.headers
+        data = None
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+        if data is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+        try:
+            async with self.session().request(method, self.config.url + path, data=data,
+                                              params=params, headers=headers) as response:
+                text = await response.text()
+                status = response.status
+        except aiohttp.ClientConnectionError as exc:
+            raise EngineUnreachable(
+                f"cannot reach the Taskyard engine at {self.config.url}: {exc}. Is it running? "
+                f"Start one with `taskyard engine`, or set TASKYARD_URL.") from exc
+        try:
+            payload = json.loads(text) if text else None
+        except ValueError:
+            payload = text
+        if status >= 400:
+            raise api_error(status, payload)
+        return payload
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+
+class _BackgroundLoop:
+    """An event loop on a daemon thread, for the synchronous API."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._ensure()).result()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="taskyard-sdk",
+                                 daemon=True).start()
+                self._loop = loop
+                atexit.register(self._stop)
+            return self._loop
+
+    def _stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+background = _BackgroundLoop()
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code."""
+    return background.run(coroutine)

@@ -1,0 +1,445 @@
+"""The worker: connects to the engine, runs the tasks it is assigned, reports back, reconnects.
+
+Results are kept in an outbox and sent again after every reconnect until the engine acknowledges
+them as committed, so a result is never lost to a dropped connection or an engine restart. Async
+task functions run on the worker's event loop; sync ones on the worker's own thread pool (never
+on asyncio's default executor, which user code may need for itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import json
+import logging
+import random
+import signal
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from taskyard_sdk import protocol
+from taskyard_sdk._context import Context
+from taskyard_sdk._errors import (
+    AuthenticationError,
+    NonRetryableError,
+    PermissionDenied,
+    RetryAfter,
+    TaskyardError,
+)
+from taskyard_sdk.models import ErrorInfo
+
+if TYPE_CHECKING:
+    from taskyard_sdk._client import Taskyard
+    from taskyard_sdk._task import Task
+
+log = logging.getLogger("taskyard.worker")
+
+AttemptKey = tuple[uuid.UUID, int]
+Result = protocol.Completed | protocol.Failed
+
+_PENDING_LIMIT = 10_000  # logs and other non-result messages kept while disconnected
+_CLOSE_FATAL = {4002}  # protocol errors: reconnecting would not help
+
+
+class WorkerStopped(TaskyardError):
+    """The worker could not run: the engine refused it (e.g. a bad token)."""
+
+
+@dataclass(eq=False)
+class _Execution:
+    assign: protocol.Assign
+    context: Context
+    task: asyncio.Task[None] | None = None
+    inner: asyncio.Future[Any] | None = None
+    cancel_reason: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Worker:
+    """Runs tasks for the engine. `start()` blocks until SIGINT/SIGTERM (then drains);
+    `await aio_start()` does the same in a running loop; `async with worker:` runs it in the
+    background for the block's duration."""
+
+    def __init__(self, client: Taskyard, name: str, tasks: Sequence[Task[Any, Any]], *,
+                 slots: int = 100, labels: dict[str, protocol.LabelValue] | None = None,
+                 queue: str = "default", drain_timeout: float = 30.0) -> None:
+        if not tasks:
+            raise ValueError(f"worker {name!r} needs at least one task")
+        names = [task.name for task in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"worker {name!r}: task names must be unique, got {names}")
+        if slots < 1:
+            raise ValueError(f"worker {name!r}: slots must be at least 1")
+        self.client = client
+        self.name = name
+        self.tasks = {task.name: task for task in tasks}
+        self.slots = slots
+        self.labels = labels or {}
+        self.queue = queue
+        self.drain_timeout = drain_timeout
+        self.worker_id = uuid.uuid4()
+        self.completed = 0
+        self.failed = 0
+        self._executions: dict[AttemptKey, _Execution] = {}
+        self._outbox: dict[AttemptKey, Result] = {}
+        self._pending: deque[BaseModel] = deque(maxlen=_PENDING_LIMIT)
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._send_queue: asyncio.Queue[BaseModel] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._connected: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._heartbeat_interval = 5.0
+        self.max_message_bytes = 1024 * 1024
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run until SIGINT or SIGTERM, then drain: take no new work, let running tasks finish
+        within `drain_timeout`, deliver their results."""
+        asyncio.run(self.aio_start(handle_signals=True))
+
+    async def aio_start(self, *, handle_signals: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._send_queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=self.slots,
+                                            thread_name_prefix=f"taskyard-{self.name}")
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self._run()
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self._loop.remove_signal_handler(sig)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> Worker:
+        self._runner = asyncio.create_task(self.aio_start(), name=f"worker:{self.name}")
+        while self._connected is None or not self._connected.is_set():
+            if self._runner.done():
+                await self._runner  # raises why it could not start
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Drain and stop (from the worker's own loop)."""
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        assert self._connected is not None, "the worker is not started"
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def _run(self) -> None:
+        assert self._stopping is not None
+        stopping = asyncio.create_task(self._stopping.wait())
+        connection = asyncio.create_task(self._stay_connected())
+        try:
+            await asyncio.wait([stopping, connection], return_when=asyncio.FIRST_COMPLETED)
+            if connection.done():
+                await connection  # a fatal refusal
+                return
+            await self._drain()
+        finally:
+            stopping.cancel()
+            connection.cancel()
+            await asyncio.gather(stopping, connection, return_exceptions=True)
+            for execution in list(self._executions.values()):
+                if execution.task is not None:
+                    execution.task.cancel()
+            await asyncio.gather(*(e.task for e in self._executions.values() if e.task),
+                                 return_exceptions=True)
+
+    async def _drain(self) -> None:
+        """Stop taking work, give running tasks `drain_timeout`, then deliver results."""
+        log.info("worker %s draining (%d running)", self.name, len(self._executions))
+        self._send(protocol.Drain())
+        running = [e.done.wait() for e in self._executions.values()]
+        if running:
+            await asyncio.wait([asyncio.ensure_future(r) for r in running],
+                               timeout=self.drain_timeout)
+        for execution in list(self._executions.values()):
+            self._cancel(execution, "the worker is shutting down")
+        remaining = [e.done.wait() for e in self._executions.values()]
+        if remaining:
+            await asyncio.wait([asyncio.ensure_future(r) for r in remaining], timeout=5)
+        # Results are only safe once acknowledged: wait a little for the last acks.
+        for _ in range(100):
+            if not self._outbox or self._ws is None or self._ws.closed:
+                break
+            await asyncio.sleep(0.05)
+
+    # -- the connection --------------------------------------------------------------------------
+
+    async def _stay_connected(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._session()
+                delay = 0.1
+            except (AuthenticationError, PermissionDenied, WorkerStopped):
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("worker %s: connection to %s failed (%s); retrying in %.1fs",
+                            self.name, self.client.url, exc, delay)
+            assert self._connected is not None
+            self._connected.clear()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    async def _session(self) -> None:
+        headers = self.client.transport.headers
+        session = self.client.transport.session()
+        url = self.client.url + "/api/v1/workers/connect"
+        try:
+            ws = await session.ws_connect(url, headers=headers, heartbeat=None,
+                                          max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise AuthenticationError(401, "unauthorized", f"the engine refused worker "
+                                          f"{self.name}'s token: check TASKYARD_TOKEN") from exc
+            if exc.status == 403:
+                raise PermissionDenied(403, "forbidden", "workers need a token with role "
+                                       "worker or admin") from exc
+            raise
+        self._ws = ws
+        writer: asyncio.Task[None] | None = None
+        heartbeats: asyncio.Task[None] | None = None
+        try:
+            await ws.send_str(protocol.Hello(
+                protocol=protocol.PROTOCOL_VERSION, worker_id=self.worker_id, name=self.name,
+                queue=self.queue, slots=self.slots, labels=self.labels,
+                tasks=[protocol.TaskDefinition(name=t.name, options=t.options)
+                       for t in self.tasks.values()],
+                in_flight=[protocol.AttemptRef(run_id=r, attempt=a) for r, a in self._executions],
+            ).model_dump_json())
+            welcome = await self._welcome(ws)
+            self._heartbeat_interval = welcome.heartbeat_interval
+            self.max_message_bytes = welcome.max_message_bytes
+            writer = asyncio.create_task(self._write(ws))
+            for result in self._outbox.values():  # results not yet acknowledged
+                self._send(result)
+            while self._pending:
+                self._send(self._pending.popleft())
+            heartbeats = asyncio.create_task(self._heartbeat())
+            assert self._connected is not None
+            self._connected.set()
+            log.info("worker %s connected to %s", self.name, self.client.url)
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    self._on_frame(message.data)
+                elif message.type is aiohttp.WSMsgType.ERROR:
+                    break
+            if ws.close_code in _CLOSE_FATAL:
+                raise WorkerStopped(f"the engine closed worker {self.name}'s connection: "
+                                    f"{ws.close_code}")
+        finally:
+            self._ws = None
+            for task in (writer, heartbeats):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (writer, heartbeats) if t), return_exceptions=True)
+            await ws.close()
+
+    async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> protocol.Welcome:
+        first = await ws.receive(timeout=15)
+        if first.type is not aiohttp.WSMsgType.TEXT:
+            raise aiohttp.ClientError(f"connection closed during handshake ({first.type.name})")
+        message = protocol.engine_message.validate_json(first.data)
+        if isinstance(message, protocol.Error):
+            raise WorkerStopped(f"the engine refused worker {self.name}: {message.message}")
+        if not isinstance(message, protocol.Welcome):
+            raise aiohttp.ClientError(f"expected welcome, got {message.type}")
+        return message
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            self._send(protocol.Heartbeat())
+
+    def _send(self, message: BaseModel) -> None:
+        if self._ws is None or self._send_queue is None:
+            if not isinstance(message, protocol.Completed | protocol.Failed | protocol.Heartbeat
+                              | protocol.Started | protocol.Drain):
+                self._pending.append(message)  # results wait in the outbox instead
+            return
+        self._send_queue.put_nowait(message)
+
+    async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        assert self._send_queue is not None
+        queue = self._send_queue
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < 1000:
+                batch.append(queue.get_nowait())
+            if len(batch) == 1:
+                data = batch[0].model_dump_json()
+            else:
+                data = "[" + ",".join(m.model_dump_json() for m in batch) + "]"
+            try:
+                await ws.send_str(data)
+            except (ConnectionError, RuntimeError):
+                return
+
+    # -- messages from the engine ----------------------------------------------------------------
+
+    def _on_frame(self, data: str) -> None:
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            log.error("worker %s: the engine sent a frame that is not JSON", self.name)
+            return
+        for item in parsed if isinstance(parsed, list) else [parsed]:
+            try:
+                message = protocol.engine_message.validate_python(item)
+            except ValidationError as exc:
+                log.error("worker %s: cannot read a message from the engine: %s", self.name, exc)
+                continue
+            if isinstance(message, protocol.Assign):
+                self._on_assign(message)
+            elif isinstance(message, protocol.Cancel):
+                execution = self._executions.get((message.run_id, message.attempt))
+                if execution is not None:
+                    self._cancel(execution, message.reason)
+            elif isinstance(message, protocol.Ack):
+                for ref in message.results:
+                    self._outbox.pop((ref.run_id, ref.attempt), None)
+            elif isinstance(message, protocol.Error):
+                self._on_error(message)
+
+    def _on_error(self, error: protocol.Error) -> None:
+        if error.ref is not None and (error.ref.run_id, error.ref.attempt) in self._outbox:
+            # The engine will never accept this result: keeping it would re-send it forever.
+            del self._outbox[(error.ref.run_id, error.ref.attempt)]
+        log.warning("worker %s: the engine reported %s: %s", self.name, error.code, error.message)
+
+    def _on_assign(self, assign: protocol.Assign) -> None:
+        key = (assign.run_id, assign.attempt)
+        if key in self._executions:
+            return
+        assert self._loop is not None
+        context = Context(run_id=assign.run_id, attempt=assign.attempt, task=assign.task,
+                          metadata=assign.metadata, loop=self._loop, send=self._send)
+        execution = _Execution(assign, context)
+        self._executions[key] = execution
+        execution.task = asyncio.create_task(self._execute(execution),
+                                             name=f"task:{assign.task}:{assign.run_id}")
+
+    def _cancel(self, execution: _Execution, reason: str) -> None:
+        if execution.cancel_reason is None:
+            execution.cancel_reason = reason
+        execution.context._cancel()  # sync functions see ctx.cancelled: a thread cannot be stopped
+        task = self.tasks.get(execution.assign.task)
+        if task is not None and task.is_async and execution.inner is not None \
+                and not execution.inner.done():
+            execution.inner.cancel()  # async functions see CancelledError
+
+    # -- running one attempt ---------------------------------------------------------------------
+
+    async def _execute(self, execution: _Execution) -> None:
+        assign = execution.assign
+        ref = {"run_id": assign.run_id, "attempt": assign.attempt}
+        self._send(protocol.Started(**ref))
+        result: Result
+        try:
+            output = await self._call(execution)
+            result = self._completed(execution, output)
+        except asyncio.CancelledError:
+            if execution.cancel_reason is None:
+                raise  # the worker itself is being torn down
+            result = protocol.Failed(**ref, cancelled=True, error=ErrorInfo(
+                type="Cancelled", message=execution.cancel_reason))
+        except NonRetryableError as exc:
+            result = protocol.Failed(**ref, retryable=False, error=_error_info(exc))
+        except RetryAfter as exc:
+            result = protocol.Failed(**ref, retry_after=exc.seconds, error=_error_info(exc))
+        except _InvalidTaskInput as exc:
+            result = protocol.Failed(**ref, retryable=False, error=ErrorInfo(
+                type="InvalidInput", message=str(exc)))
+        except Exception as exc:
+            result = protocol.Failed(**ref, error=_error_info(exc))
+        finally:
+            self._executions.pop((assign.run_id, assign.attempt), None)
+            execution.done.set()
+        if execution.cancel_reason is not None and isinstance(result, protocol.Completed):
+            result = protocol.Failed(**ref, cancelled=True, error=ErrorInfo(
+                type="Cancelled", message=execution.cancel_reason))
+        if isinstance(result, protocol.Completed):
+            self.completed += 1
+        else:
+            self.failed += 1
+        self._outbox[(assign.run_id, assign.attempt)] = result
+        self._send(result)
+
+    async def _call(self, execution: _Execution) -> Any:
+        assign = execution.assign
+        task = self.tasks.get(assign.task)
+        if task is None:
+            raise NonRetryableError(f"worker {self.name} has no task {assign.task!r}")
+        try:
+            value = task.decode_input(assign.input)
+        except ValidationError as exc:
+            raise _InvalidTaskInput(f"input for task {task.name!r} is invalid: {exc}") from None
+        if task.is_async:
+            execution.inner = asyncio.ensure_future(task(value, execution.context))
+        else:
+            assert self._loop is not None
+            call = functools.partial(contextvars.copy_context().run, task, value,
+                                     execution.context)
+            execution.inner = self._loop.run_in_executor(self._executor, call)
+        if task.is_async:
+            if execution.cancel_reason is not None:
+                execution.inner.cancel()
+            return await execution.inner
+        # A sync function cannot be interrupted: wait for it even if cancelled.
+        return await asyncio.shield(execution.inner)
+
+    def _completed(self, execution: _Execution, output: Any) -> Result:
+        assign = execution.assign
+        task = self.tasks[assign.task]
+        ref = {"run_id": assign.run_id, "attempt": assign.attempt}
+        try:
+            data = task.encode_output(output)
+            message = protocol.Completed(**ref, output=data)
+            size = len(message.model_dump_json())
+        except Exception as exc:
+            return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
+                type="OutputNotSerializable",
+                message=f"task {task.name!r} returned a value that cannot be sent as JSON: {exc}"))
+        if size > self.max_message_bytes - 1024:
+            return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
+                type="OutputTooLarge",
+                message=f"task {task.name!r} returned {size} bytes; the engine accepts at most "
+                        f"{self.max_message_bytes - 1024}. Store large data elsewhere and return "
+                        f"a reference."))
+        return message
+
+
+class _InvalidTaskInput(Exception):
+    pass
+
+
+def _error_info(exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(type=type(exc).__name__, message=str(exc),
+                     traceback="".join(traceback.format_exception(exc)))
