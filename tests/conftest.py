@@ -18,6 +18,7 @@ from taskyard.auth import Role
 from taskyard.config import EngineSettings
 from taskyard.engine import Engine
 from taskyard.migrator import migrate
+from taskyard_sdk import Taskyard
 from tests.support import ADMIN_URL, database_url
 
 _PREFIX = "taskyard_test_"
@@ -108,12 +109,28 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def engine_settings(db_url: str, data_dir: Path, **overrides: object) -> EngineSettings:
+    """Settings for test engines: fast heartbeats, so lost workers are noticed in about 1 s."""
+    values: dict[str, object] = {"database_url": db_url, "port": 0, "data_dir": data_dir,
+                                 "migrate": False, "heartbeat_interval": 0.2,
+                                 "heartbeat_timeout": 1.0}
+    values.update(overrides)
+    return EngineSettings.model_validate(values)
+
+
 @pytest.fixture
 async def engine(db_url: str, data_dir: Path) -> AsyncIterator[Engine]:
     """An in-process engine on a free port, serving this test's database."""
-    settings = EngineSettings(database_url=db_url, port=0, data_dir=data_dir, migrate=False)
-    async with Engine(settings) as running:
+    async with Engine(engine_settings(db_url, data_dir)) as running:
         yield running
+
+
+@pytest.fixture
+async def ty(engine: Engine, data_dir: Path) -> AsyncIterator[Taskyard]:
+    """An SDK client with the engine's bootstrap admin token."""
+    client = Taskyard(url=engine.url, token=(data_dir / "token").read_text().strip())
+    yield client
+    await client.aio_close()
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,64 @@ class EngineProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+LEDGER_TABLE = """
+CREATE TABLE IF NOT EXISTS ledger (
+    n        integer NOT NULL,
+    run_id   uuid NOT NULL,
+    attempt  integer NOT NULL,
+    worker   text NOT NULL,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp()
+)"""
+
+
+@dataclass
+class WorkerProcess:
+    """tests/ledger_worker.py in its own process."""
+
+    url: str
+    token: str
+    ledger_url: str
+    name: str
+    log_path: Path
+    slots: int = 100
+    sleep: float = 0.0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = taskyard_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token,
+                           LEDGER_DATABASE_URL=self.ledger_url, WORKER_NAME=self.name,
+                           SLOTS=str(self.slots), LEDGER_SLEEP=str(self.sleep))
+        log = self.log_path.open("ab")
+        script = Path(__file__).with_name("ledger_worker.py")
+        self.process = subprocess.Popen([sys.executable, str(script)], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def restart_local_postgres() -> None:
+    """Restart the machine's PostgreSQL cluster (the crash tests' outage)."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart",
+                    "-m", "fast"], check=True, capture_output=True, timeout=60)
+
+
+def local_postgres_restartable() -> bool:
+    return (os.path.isdir("/etc/postgresql") and "TASKYARD_TEST_DATABASE_URL" not in os.environ
+            and os.geteuid() == 0)

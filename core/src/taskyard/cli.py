@@ -82,9 +82,15 @@ def main(log_level: str) -> None:
               help="Seconds to keep retrying an unreachable database.")
 @click.option("--max-request-bytes", envvar="TASKYARD_MAX_REQUEST_BYTES", default=1024 * 1024,
               show_default=True, type=click.IntRange(min=1))
+@click.option("--heartbeat-interval", envvar="TASKYARD_HEARTBEAT_INTERVAL", default=5.0,
+              show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds between worker heartbeats.")
+@click.option("--heartbeat-timeout", envvar="TASKYARD_HEARTBEAT_TIMEOUT", default=15.0,
+              show_default=True, type=click.FloatRange(min=0.05),
+              help="A worker silent or disconnected this long is lost; its runs are retried.")
 def engine(database_url: str | None, data_dir: Path, host: str, port: int,
            plugins: tuple[str, ...], no_migrate: bool, database_wait: float,
-           max_request_bytes: int) -> None:
+           max_request_bytes: int, heartbeat_interval: float, heartbeat_timeout: float) -> None:
     """Run the engine until SIGINT or SIGTERM."""
     if not plugins:
         plugins = tuple(p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",")
@@ -92,7 +98,9 @@ def engine(database_url: str | None, data_dir: Path, host: str, port: int,
     settings = EngineSettings(database_url=database_url, host=host, port=port,
                               data_dir=data_dir, plugins=list(plugins), migrate=not no_migrate,
                               database_wait_seconds=database_wait,
-                              max_request_bytes=max_request_bytes)
+                              max_request_bytes=max_request_bytes,
+                              heartbeat_interval=heartbeat_interval,
+                              heartbeat_timeout=heartbeat_timeout)
     _run(_serve(settings))
 
 

@@ -28,6 +28,10 @@ class EngineSettings(BaseModel):
     heartbeat_timeout: float = Field(
         default=15.0, gt=0,
         description="A worker silent (or disconnected) this long is lost; its runs are retried.")
+    recovery_hold: float = Field(
+        default=1.0, ge=0,
+        description="After a restart, how long recovered runs wait for their workers to "
+                    "reconnect and claim them before they are assigned again.")
     flush_linger: float = Field(
         default=0.001, ge=0, description="How long a write batch waits to gather more rows.")
     public_url: str | None = Field(

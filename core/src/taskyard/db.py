@@ -12,6 +12,12 @@ import orjson
 
 log = logging.getLogger(__name__)
 
+# Errors that mean "Postgres is unreachable or restarting right now": worth retrying.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+
 _JSONB_VERSION = b"\x01"  # jsonb's binary format is a version byte followed by the JSON text
 
 

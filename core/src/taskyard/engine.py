@@ -83,7 +83,8 @@ class Engine:
         await self._persister.start()
         self._scheduler = Scheduler(persister=self._persister, runs=RunRepository(self._pool),
                                     heartbeat_interval=self.settings.heartbeat_interval,
-                                    heartbeat_timeout=self.settings.heartbeat_timeout)
+                                    heartbeat_timeout=self.settings.heartbeat_timeout,
+                                    recovery_hold=self.settings.recovery_hold)
         await self._scheduler.start()
 
         plugin_router = Router(tags=("plugins",))

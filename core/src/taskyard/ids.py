@@ -1,19 +1,30 @@
 """Time-ordered identifiers (UUIDv7, RFC 9562): new rows land at the end of btree indexes, and
-sorting ids sorts by creation time."""
+sorting ids sorts by creation time. Ids from one engine process are strictly increasing, even
+within a millisecond (RFC 9562 method 2: the random part is incremented)."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
+_lock = threading.Lock()
+_last = 0
+_RANDOM_BITS = (1 << 74) - 1
+
 
 def new_id() -> uuid.UUID:
+    global _last
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & 0xFFFF_FFFF_FFFF) << 80  # 48-bit timestamp
-    value |= 0x7 << 76  # version 7
-    value |= ((rand >> 62) & 0xFFF) << 64  # 12 random bits
-    value |= 0b10 << 62  # RFC 4122 variant
-    value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # 62 random bits
-    return uuid.UUID(int=value)
+    rand = int.from_bytes(os.urandom(10), "big") & _RANDOM_BITS
+    with _lock:
+        # 48-bit time, then 74 bits (12 + 62) that are random or, within a millisecond, counted.
+        value = ((millis & 0xFFFF_FFFF_FFFF) << 74) | rand
+        if value <= _last:
+            value = _last + 1
+        _last = value
+    time_and_a = value >> 62  # 48-bit time + 12 bits
+    b = value & 0x3FFF_FFFF_FFFF_FFFF  # 62 bits
+    high = ((time_and_a >> 12) << 16) | (0x7 << 12) | (time_and_a & 0xFFF)
+    return uuid.UUID(int=(high << 64) | (0b10 << 62) | b)

@@ -22,13 +22,11 @@ from typing import Any
 import asyncpg
 
 from taskyard.actors import Actor
+from taskyard.db import TRANSIENT_ERRORS
 from taskyard.repository import Inserted, Row, WriteBatch, batch_committed, write_batch
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-              asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-              asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, TimeoutError)
 
 
 def _new_batch() -> WriteBatch:
@@ -178,7 +176,7 @@ class Persister(Actor):
                         async with conn.transaction():
                             inserted = await write_batch(conn, self.node_id, batch)
                 break
-            except _TRANSIENT as exc:
+            except TRANSIENT_ERRORS as exc:
                 retried = True
                 log.warning("could not write %d rows to Postgres (%s); retrying in %.2fs",
                             len(batch), exc, delay)

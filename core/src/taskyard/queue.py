@@ -69,7 +69,8 @@ class QueueActor(Actor):
     def __init__(self, tenant_id: uuid.UUID, queue: str, *, persister: Persister,
                  timers: Timers, repository: RunRepository, waiters: RunWaiters,
                  connected_workers: Callable[[], Iterable[WorkerSession]],
-                 worker_grace: float, input_cache_bytes: int = 256 * 1024 * 1024,
+                 worker_grace: float, recovery_hold: float = 0.0,
+                 input_cache_bytes: int = 256 * 1024 * 1024,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
         self.tenant_id = tenant_id
@@ -80,6 +81,7 @@ class QueueActor(Actor):
         self.waiters = waiters
         self.connected_workers = connected_workers
         self.worker_grace = worker_grace
+        self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -93,6 +95,7 @@ class QueueActor(Actor):
         self.cached_bytes = 0
         self._seq = 0
         self._dispatch_pending = False
+        self._hold_until = 0.0
         self._acks: dict[WorkerSession, list[protocol.AttemptRef]] = {}
         self._finished_now: list[uuid.UUID] = []
 
@@ -103,8 +106,15 @@ class QueueActor(Actor):
         await self.persister.flush()
         self._reset()
         now = self.clock()
-        for run in await self.repository.load_active_runs(self.tenant_id, self.queue):
+        recovered = await self.repository.load_active_runs(self.tenant_id, self.queue)
+        for run in recovered:
             self._adopt(run, now)
+        if recovered and self.recovery_hold:
+            # After an engine restart some "queued" runs may in fact be running on a worker whose
+            # assignment was not written: give workers a moment to reconnect and claim them.
+            self._hold_until = now + self.recovery_hold
+            self.timers.schedule(self._hold_until, self, self._hold_over, None)
+        self.recovery_hold = 0.0  # a later restart of this actor alone has nothing to wait for
         for session in self.connected_workers():
             if session.tenant_id == self.tenant_id and session.queue == self.queue:
                 self._join(session, None)
@@ -182,6 +192,8 @@ class QueueActor(Actor):
         if not self.ready:
             return
         now = self.clock()
+        if now < self._hold_until:
+            return
         batches: dict[WorkerSlots, list[Run]] = {}
         candidates = [w for w in self.workers.values() if w.assignable]
         while candidates:  # one run per worker per round spreads work evenly
@@ -219,6 +231,9 @@ class QueueActor(Actor):
             return None
         _, _, run_id = heapq.heappop(best_heap)
         return self.runs[run_id]
+
+    def _hold_over(self, _: list[None]) -> None:
+        self._schedule_dispatch()
 
     def _assign(self, run: Run, worker: WorkerSlots, now: float) -> None:
         run.ready = False

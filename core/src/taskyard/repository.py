@@ -413,7 +413,7 @@ class RunRepository:
             clauses.append(f"run_id <= {arg(_uuid7_bound(until, upper=True))}")
             clauses.append(f"created_at < {arg(until)}")
         if metadata:
-            clauses.append(f"metadata @> {arg(orjson.dumps(metadata).decode())}::jsonb")
+            clauses.append(f"metadata @> {arg(metadata)}::jsonb")
         if before is not None:
             clauses.append(f"run_id < {arg(before)}")
         query = (f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "

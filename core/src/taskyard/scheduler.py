@@ -34,12 +34,13 @@ DEFAULT_OPTIONS = TaskOptions()
 
 class Scheduler:
     def __init__(self, *, persister: Persister, runs: RunRepository, heartbeat_interval: float,
-                 heartbeat_timeout: float) -> None:
+                 heartbeat_timeout: float, recovery_hold: float = 0.0) -> None:
         self.persister = persister
         self.runs = runs
         self.timers = Timers()
         self.waiters = RunWaiters()
         self.heartbeat_timeout = heartbeat_timeout
+        self.recovery_hold = recovery_hold
         self.registry = WorkerRegistry(queue_for=self.queue_for,
                                        register_tasks=self._register_tasks,
                                        heartbeat_interval=heartbeat_interval,
@@ -52,7 +53,7 @@ class Scheduler:
         """Start the shared actors and rebuild every queue that has unfinished runs."""
         await self.timers.start()
         await self.registry.start()
-        recovered = [self.queue_for(tenant_id, queue)
+        recovered = [self.queue_for(tenant_id, queue, recovering=True)
                      for tenant_id, queue in await self.runs.active_queues()]
         await asyncio.gather(*(actor.start() for actor in recovered))
         if recovered:
@@ -70,13 +71,15 @@ class Scheduler:
 
     # -- the actor directory ---------------------------------------------------------------------
 
-    def queue_for(self, tenant_id: uuid.UUID, queue: str) -> QueueActor:
+    def queue_for(self, tenant_id: uuid.UUID, queue: str, *,
+                  recovering: bool = False) -> QueueActor:
         actor = self.queues.get((tenant_id, queue))
         if actor is None:
             actor = self.queues[(tenant_id, queue)] = QueueActor(
                 tenant_id, queue, persister=self.persister, timers=self.timers,
                 repository=self.runs, waiters=self.waiters,
-                connected_workers=self.registry.connected, worker_grace=self.heartbeat_timeout)
+                connected_workers=self.registry.connected, worker_grace=self.heartbeat_timeout,
+                recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())
         return actor
 

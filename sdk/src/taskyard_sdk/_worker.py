@@ -232,7 +232,10 @@ class Worker:
                 queue=self.queue, slots=self.slots, labels=self.labels,
                 tasks=[protocol.TaskDefinition(name=t.name, options=t.options)
                        for t in self.tasks.values()],
-                in_flight=[protocol.AttemptRef(run_id=r, attempt=a) for r, a in self._executions],
+                # Running attempts, and finished ones whose result is not acknowledged yet:
+                # the engine keeps both assigned to this worker instead of retrying them.
+                in_flight=[protocol.AttemptRef(run_id=r, attempt=a)
+                           for r, a in {**self._executions, **self._outbox}],
             ).model_dump_json())
             welcome = await self._welcome(ws)
             self._heartbeat_interval = welcome.heartbeat_interval

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from taskyard.db import TRANSIENT_ERRORS
 from taskyard.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+        headers["Retry-After"] = "1"
+        return error_response(503, "unavailable",
+                              "the database is unavailable right now; retry shortly",
+                              headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

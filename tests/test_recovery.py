@@ -1,0 +1,209 @@
+"""Kill things and count the work afterwards: the engine (kill -9 with thousands of runs in
+flight), a worker mid-task, PostgreSQL mid-run. Nothing acknowledged may be lost; duplicates
+(at-least-once execution) are counted and reported."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from taskyard.engine import Engine
+from tests.support import (
+    LEDGER_TABLE,
+    EngineProcess,
+    WorkerProcess,
+    local_postgres_restartable,
+    restart_local_postgres,
+    taskyard_env,
+)
+
+pytestmark = pytest.mark.slow
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await check():
+                return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass  # the database may be restarting
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def scalar(db_url: str, query: str, *args: object) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(await conn.fetchval(query, *args))
+    finally:
+        await conn.close()
+
+
+async def execute(db_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def ledger_report(db_url: str, expected: set[int]) -> tuple[int, int]:
+    """(lost, duplicates) of the acknowledged work, by the ledger the task writes."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT n, count(*) AS times FROM ledger GROUP BY n")
+    finally:
+        await conn.close()
+    done = {row["n"]: row["times"] for row in rows}
+    lost = len(expected - set(done))
+    duplicates = sum(times - 1 for n, times in done.items() if n in expected)
+    return lost, duplicates
+
+
+async def trigger_batches(http: aiohttp.ClientSession, headers: dict[str, str], first: int,
+                          count: int, batch: int = 500,
+                          options: dict[str, object] | None = None) -> set[int]:
+    """Trigger `record` runs; returns the numbers whose trigger was acknowledged."""
+    acknowledged: set[int] = set()
+    for start in range(first, first + count, batch):
+        numbers = range(start, min(start + batch, first + count))
+        runs = [{"task": "record", "input": n, "options": options or {"retries": 5}}
+                for n in numbers]
+        async with http.post("/api/v1/runs/batch", json={"runs": runs},
+                             headers=headers) as response:
+            if response.status == 201:
+                acknowledged.update(numbers)
+            else:
+                print("DEBUG", response.status, await response.text())
+    return acknowledged
+
+
+async def test_engine_killed_with_5000_runs_in_flight_loses_nothing(
+        db_url: str, tmp_path: Path, record_property: pytest.RecordProperty) -> None:
+    await execute(db_url, LEDGER_TABLE)
+    data_dir = tmp_path / "engine"
+    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir),
+                            "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
+                           taskyard_env(), tmp_path / "engine.log").start()
+    token = (data_dir / "token").read_text().strip()
+    workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log",
+                             slots=50, sleep=0.05).start() for i in range(2)]
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base_url=engine.url) as http:
+            acknowledged = await trigger_batches(http, headers, 0, 5000)
+        assert len(acknowledged) == 5000
+        await wait_until(lambda: _ledger_at_least(db_url, 800), 60, "work to be under way")
+        engine.kill()  # kill -9: nothing is flushed, nothing is said goodbye
+        done_before = await scalar(db_url, "SELECT count(DISTINCT n) FROM ledger")
+        engine.start()
+        await wait_until(lambda: _succeeded(db_url, 5000), 180, "every run to succeed")
+    finally:
+        for worker in workers:
+            worker.kill()
+        engine.kill()
+    lost, duplicates = await ledger_report(db_url, acknowledged)
+    print(f"engine kill -9: {done_before} done before the kill, lost {lost}, "
+          f"duplicates {duplicates}")
+    record_property("duplicates", duplicates)
+    assert lost == 0
+    assert await scalar(db_url, "SELECT count(*) FROM runs WHERE status <> 'succeeded'") == 0
+
+
+async def _ledger_at_least(db_url: str, count: int) -> bool:
+    return await scalar(db_url, "SELECT count(*) FROM ledger") >= count
+
+
+async def _succeeded(db_url: str, count: int) -> bool:
+    return await scalar(db_url, "SELECT count(*) FROM runs WHERE status = 'succeeded'") >= count
+
+
+async def test_a_worker_killed_mid_task_is_retried_elsewhere_after_the_heartbeat_timeout(
+        engine: Engine, db_url: str, data_dir: Path, tmp_path: Path) -> None:
+    await execute(db_url, LEDGER_TABLE)
+    token = (data_dir / "token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    stuck = WorkerProcess(engine.url, token, db_url, "stuck", tmp_path / "stuck.log", slots=1,
+                          sleep=60).start()
+    healthy = WorkerProcess(engine.url, token, db_url, "healthy", tmp_path / "healthy.log")
+    try:
+        async with aiohttp.ClientSession(base_url=engine.url) as http:
+            async with http.post("/api/v1/runs", headers=headers, json={
+                    "task": "record", "input": 1, "options": {"retries": 1}}) as response:
+                run_id = (await response.json())["run_id"]
+            await wait_until(lambda: _ledger_at_least(db_url, 1), 30, "the stuck worker to start")
+            healthy.start()
+            await wait_until(lambda: _connected(http, headers, 2), 30, "both workers")
+            stuck.kill()
+            killed_at = time.time()
+            await wait_until(lambda: _ledger_at_least(db_url, 2), 30, "the retry")
+            async with http.get(f"/api/v1/runs/{run_id}/result", headers=headers,
+                                params={"timeout": 30}) as response:
+                view = await response.json()
+    finally:
+        stuck.kill()
+        healthy.kill()
+    assert view["status"] == "succeeded"
+    assert [a["status"] for a in view["attempts"]] == ["failed", "succeeded"]
+    assert view["attempts"][0]["error"]["type"] == "WorkerLost"
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT worker, attempt, extract(epoch FROM at) AS at "
+                                "FROM ledger ORDER BY at")
+    finally:
+        await conn.close()
+    assert [(r["worker"], r["attempt"]) for r in rows] == [("stuck", 1), ("healthy", 2)]
+    waited = float(rows[1]["at"]) - killed_at
+    assert waited >= engine.settings.heartbeat_timeout * 0.9, waited
+
+
+async def _connected(http: aiohttp.ClientSession, headers: dict[str, str], count: int) -> bool:
+    async with http.get("/api/v1/workers", headers=headers) as response:
+        return len(await response.json()) >= count
+
+
+@pytest.mark.skipif(not local_postgres_restartable(),
+                    reason="needs the machine's own PostgreSQL cluster, restartable as root")
+async def test_postgres_restarted_mid_run_loses_nothing_acknowledged(
+        engine: Engine, db_url: str, data_dir: Path, tmp_path: Path) -> None:
+    await execute(db_url, LEDGER_TABLE)
+    token = (data_dir / "token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log",
+                             slots=20, sleep=0.01).start() for i in range(2)]
+    # The task itself writes to Postgres too: give it retries with back-off to ride the outage.
+    options = {"retries": 20, "backoff_factor": 2, "backoff_max_seconds": 1}
+    acknowledged: set[int] = set()
+    try:
+        async with aiohttp.ClientSession(base_url=engine.url) as http:
+            async def keep_triggering() -> None:
+                for round_number in range(12):
+                    acknowledged.update(await trigger_batches(
+                        http, headers, round_number * 200, 200, batch=50, options=options))
+                    await asyncio.sleep(0.2)
+
+            producer = asyncio.create_task(keep_triggering())
+            await asyncio.sleep(0.8)
+            await asyncio.to_thread(restart_local_postgres)
+            await producer
+            assert len(acknowledged) >= 1000
+            await wait_until(lambda: _succeeded(db_url, len(acknowledged)), 120,
+                             "every acknowledged run to succeed")
+            async with http.get("/healthz") as response:
+                assert response.status == 200
+    finally:
+        for worker in workers:
+            worker.kill()
+    lost, duplicates = await ledger_report(db_url, acknowledged)
+    print(f"postgres restart: {len(acknowledged)} acknowledged, lost {lost}, "
+          f"duplicates {duplicates}")
+    assert lost == 0
+    statuses = await scalar(db_url, "SELECT count(*) FROM runs WHERE status <> 'succeeded'")
+    assert statuses == 0

@@ -1,0 +1,153 @@
+"""The worker websocket spoken by hand: every bad frame gets an error frame, the connection and
+the engine keep serving."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from taskyard.engine import Engine
+from taskyard_sdk import protocol
+from tests.conftest import TenantTokens
+
+
+def hello(**overrides: Any) -> dict[str, Any]:
+    message = {"type": "hello", "protocol": protocol.PROTOCOL_VERSION,
+               "worker_id": str(uuid.uuid4()), "name": "hand", "slots": 2,
+               "tasks": [{"name": "echo"}]}
+    message.update(overrides)
+    return message
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    message = await ws.receive(timeout=5)
+    assert message.type is aiohttp.WSMsgType.TEXT, message
+    data = json.loads(message.data)
+    return data if isinstance(data, list) else [data]
+
+
+async def receive_type(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    for _ in range(20):
+        for message in await receive(ws):
+            if message["type"] == kind:
+                return message
+    raise AssertionError(f"no {kind} message")
+
+
+@pytest.fixture
+async def worker_ws(engine: Engine, http: aiohttp.ClientSession,
+                    tenant: TenantTokens) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    async with http.ws_connect("/api/v1/workers/connect",
+                               headers=tenant.headers("worker")) as ws:
+        await ws.send_json(hello())
+        welcome = await receive_type(ws, "welcome")
+        assert welcome["max_message_bytes"] == engine.settings.max_request_bytes
+        yield ws
+
+
+async def test_client_tokens_may_not_connect_workers(http: aiohttp.ClientSession,
+                                                     tenant: TenantTokens) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect("/api/v1/workers/connect", headers=tenant.headers("client"))
+    assert refused.value.status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect("/api/v1/workers/connect")
+    assert refused.value.status == 401
+
+
+@pytest.mark.parametrize(("first", "code", "text"), [
+    ("not json", "invalid_message", "hello:"),
+    (json.dumps({"type": "heartbeat"}), "invalid_message", "first message must be"),
+    (json.dumps(hello(protocol=99)), "protocol_version", "protocol version 99 is not supported"),
+    (json.dumps(hello(slots=0)), "invalid_message", "hello: slots"),
+    (json.dumps(hello(tasks=[])), "invalid_message", "hello: tasks"),
+])
+async def test_a_bad_hello_is_refused_with_a_reason(http: aiohttp.ClientSession,
+                                                    tenant: TenantTokens, first: str, code: str,
+                                                    text: str) -> None:
+    async with http.ws_connect("/api/v1/workers/connect",
+                               headers=tenant.headers("worker")) as ws:
+        await ws.send_str(first)
+        [error] = await receive(ws)
+        assert error["type"] == "error"
+        assert error["code"] == code
+        assert text in error["message"]
+        closed = await ws.receive(timeout=5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+@pytest.mark.parametrize(("frame", "code", "text"), [
+    ("{not json", "malformed", "frame is not valid JSON"),
+    ("42", "invalid_message", "each message must be a JSON object"),
+    (json.dumps({"type": "teleport"}), "invalid_message", "'teleport' message"),
+    (json.dumps({"type": "completed", "run_id": "x", "attempt": 1}), "invalid_message",
+     "run_id"),
+    (json.dumps({"type": "completed", "run_id": str(uuid.uuid4()), "attempt": 1,
+                 "output": "a\u0000b"}), "invalid_payload", "NUL character"),
+    (json.dumps({"type": "completed", "run_id": str(uuid.uuid4()), "attempt": 1}),
+     "not_owner", "is not assigned to this worker"),
+    (json.dumps({"type": "log", "run_id": str(uuid.uuid4()), "attempt": 1, "message": "hi"}),
+     "not_owner", "is not assigned to this worker"),
+    (json.dumps(hello()), "invalid_message", "already established"),
+])
+async def test_bad_frames_get_an_error_frame_and_the_connection_lives(
+        worker_ws: aiohttp.ClientWebSocketResponse, frame: str, code: str, text: str) -> None:
+    await worker_ws.send_str(frame)
+    error = await receive_type(worker_ws, "error")
+    assert error["code"] == code
+    assert text in error["message"]
+    await worker_ws.send_json({"type": "heartbeat"})
+    await worker_ws.send_str("{still bad")
+    assert (await receive_type(worker_ws, "error"))["code"] == "malformed"
+
+
+async def test_oversized_and_binary_frames_are_refused(
+        engine: Engine, worker_ws: aiohttp.ClientWebSocketResponse) -> None:
+    limit = engine.settings.max_request_bytes
+    await worker_ws.send_str(json.dumps({"type": "log", "message": "x" * (limit + 10)}))
+    error = await receive_type(worker_ws, "error")
+    assert error["code"] == "too_large"
+    assert f"limit of {limit} bytes" in error["message"]
+    await worker_ws.send_bytes(b"\x00\x01")
+    error = await receive_type(worker_ws, "error")
+    assert error["code"] == "bad_frame"
+
+
+async def test_a_worker_spoken_by_hand_runs_a_task(
+        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens,
+        worker_ws: aiohttp.ClientWebSocketResponse) -> None:
+    async with http.post("/api/v1/runs", json={"task": "echo", "input": {"x": 1}},
+                         headers=tenant.headers()) as response:
+        run_id = (await response.json())["run_id"]
+    assign = await receive_type(worker_ws, "assign")
+    assert (assign["run_id"], assign["attempt"], assign["input"]) == (run_id, 1, {"x": 1})
+    # one frame, several messages
+    await worker_ws.send_json([
+        {"type": "started", "run_id": run_id, "attempt": 1},
+        {"type": "log", "run_id": run_id, "attempt": 1, "message": "working"},
+        {"type": "completed", "run_id": run_id, "attempt": 1, "output": {"echo": 1}},
+    ])
+    ack = await receive_type(worker_ws, "ack")
+    assert ack["results"] == [{"run_id": run_id, "attempt": 1}]
+    # a result sent again (its ack was lost) is acknowledged again, not applied twice
+    await worker_ws.send_json({"type": "completed", "run_id": run_id, "attempt": 1,
+                               "output": {"echo": "again"}})
+    assert (await receive_type(worker_ws, "ack"))["results"][0]["run_id"] == run_id
+    async with http.get(f"/api/v1/runs/{run_id}", headers=tenant.headers()) as response:
+        view = await response.json()
+    assert (view["status"], view["output"]) == ("succeeded", {"echo": 1})
+
+    # results for someone else's attempt: refused, the run is untouched
+    async with http.post("/api/v1/runs", json={"task": "other-task"},
+                         headers=tenant.headers()) as response:
+        other = (await response.json())["run_id"]
+    await worker_ws.send_json({"type": "failed", "run_id": other, "attempt": 1,
+                               "error": {"type": "X", "message": "y"}})
+    assert (await receive_type(worker_ws, "error"))["code"] == "not_owner"
+    async with http.get(f"/api/v1/runs/{other}", headers=tenant.headers()) as response:
+        assert (await response.json())["status"] == "queued"
