@@ -3,6 +3,7 @@ the engine keep serving."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -151,3 +152,28 @@ async def test_a_worker_spoken_by_hand_runs_a_task(
     assert (await receive_type(worker_ws, "error"))["code"] == "not_owner"
     async with http.get(f"/api/v1/runs/{other}", headers=tenant.headers()) as response:
         assert (await response.json())["status"] == "queued"
+
+
+async def test_a_silent_worker_is_declared_lost_and_its_run_retried(
+        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    async with http.post("/api/v1/runs", headers=tenant.headers(), json={
+            "task": "echo", "options": {"retries": 1}}) as response:
+        run_id = (await response.json())["run_id"]
+    async with http.ws_connect("/api/v1/workers/connect",
+                               headers=tenant.headers("worker")) as ws:
+        await ws.send_json(hello())
+        await receive_type(ws, "assign")
+        # ... and now say nothing at all: no heartbeat, no result.
+        closed = await ws.receive(timeout=engine.settings.heartbeat_timeout * 5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 4001
+    for _ in range(100):  # the retry is written behind: give it a moment to land
+        async with http.get(f"/api/v1/runs/{run_id}", headers=tenant.headers()) as response:
+            view = await response.json()
+        if view["attempt"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert view["status"] == "queued"
+    assert view["attempt"] == 2
+    assert view["attempts"][0]["error"]["type"] == "WorkerLost"
+    assert "sent no heartbeat" in view["attempts"][0]["error"]["message"]

@@ -20,6 +20,7 @@ from taskyard_sdk._errors import (
     RetryAfter,
     TaskFailed,
     TaskyardError,
+    Unavailable,
 )
 from taskyard_sdk._task import RunHandle, Task
 from taskyard_sdk._worker import Worker, WorkerStopped
@@ -51,6 +52,7 @@ __all__ = [
     "TaskOptions",
     "Taskyard",
     "TaskyardError",
+    "Unavailable",
     "Worker",
     "WorkerStopped",
     "__version__",

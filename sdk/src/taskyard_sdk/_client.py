@@ -32,9 +32,12 @@ class Taskyard:
         thumbnail = resize.run(Image(url="..."))          # anywhere else
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 retry_for: float = 10.0) -> None:
+        """`retry_for`: seconds to keep retrying requests the engine could not take (it is
+        down, or its database is restarting) before raising."""
         self.config = resolve(url, token)
-        self.transport = Transport(self.config)
+        self.transport = Transport(self.config, retry_for)
         self.runs = Runs(self)
 
     @property

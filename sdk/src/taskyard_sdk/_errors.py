@@ -7,7 +7,8 @@
     │   ├── PermissionDenied     403: the token's role may not do this
     │   ├── NotFound             404
     │   ├── Conflict             409: e.g. cancelling a finished run
-    │   └── InvalidRequest       400/413/422: the request was malformed or invalid
+    │   ├── InvalidRequest       400/413/422: the request was malformed or invalid
+    │   └── Unavailable          503: the engine's database is unavailable (retried first)
     ├── InvalidInput             the input failed the task's model (raised before sending)
     ├── TaskFailed               the run ended failed, timed out or cancelled; `.error` has the
     │                            remote exception's type, message and traceback
@@ -65,6 +66,10 @@ class InvalidRequest(ApiError):
     pass
 
 
+class Unavailable(ApiError):
+    pass
+
+
 class InvalidInput(TaskyardError, ValueError):
     pass
 
@@ -100,7 +105,7 @@ class RetryAfter(Exception):
 
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: InvalidRequest, 401: AuthenticationError, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 413: InvalidRequest, 422: InvalidRequest,
+    409: Conflict, 413: InvalidRequest, 422: InvalidRequest, 503: Unavailable,
 }
 
 

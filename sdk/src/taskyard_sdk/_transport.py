@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import json
 import threading
+import time
 import weakref
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -14,14 +15,19 @@ from typing import Any, TypeVar
 import aiohttp
 
 from taskyard_sdk._config import Config
-from taskyard_sdk._errors import AuthenticationError, EngineUnreachable, api_error
+from taskyard_sdk._errors import AuthenticationError, EngineUnreachable, Unavailable, api_error
 
 T = TypeVar("T")
 
 
 class Transport:
-    def __init__(self, config: Config) -> None:
+    """Requests that did not reach the engine (connection refused) or that it could not serve
+    (503: its database is restarting) changed nothing, so they are retried with back-off for up
+    to `retry_for` seconds before EngineUnreachable / the 503 is raised."""
+
+    def __init__(self, config: Config, retry_for: float = 10.0) -> None:
         self.config = config
+        self.retry_for = retry_for
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                   aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary())
@@ -48,6 +54,20 @@ class Transport:
 
     async def request(self, method: str, path: str, *, json_body: Any = None,
                       params: Sequence[tuple[str, str]] | None = None) -> Any:
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.1
+        while True:
+            try:
+                return await self._request_once(method, path, json_body, params)
+            except (EngineUnreachable, Unavailable):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 2.0)
+
+    async def _request_once(self, method: str, path: str, json_body: Any,
+                            params: Sequence[tuple[str, str]] | None) -> Any:
         headers = self.headers
         data = None
         if json_body is not None:
@@ -59,7 +79,7 @@ class Transport:
                                               params=params, headers=headers) as response:
                 text = await response.text()
                 status = response.status
-        except aiohttp.ClientConnectionError as exc:
+        except aiohttp.ClientConnectorError as exc:
             raise EngineUnreachable(
                 f"cannot reach the Taskyard engine at {self.config.url}: {exc}. Is it running? "
                 f"Start one with `taskyard engine`, or set TASKYARD_URL.") from exc

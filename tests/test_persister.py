@@ -1,0 +1,134 @@
+"""The write-behind persister: group commit, latest-state-wins, barriers, backpressure, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from taskyard.db import create_pool
+from taskyard.ids import new_id
+from taskyard.persister import Persister
+from taskyard.repository import WriteBatch, batch_committed, register_node, write_batch
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(db_url)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def persister(pool: asyncpg.Pool) -> AsyncIterator[Persister]:
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    actor = Persister(pool, node, linger=0.002)
+    await actor.start()
+    yield actor
+    await actor.stop()
+
+
+TENANT = uuid.UUID(int=1)
+
+
+def new_run(run_id: uuid.UUID, key: str | None = None) -> tuple[object, ...]:
+    now = time.time()
+    return (TENANT, run_id, "t", "default", "queued", 1, 2, "{}", "null", "{}", key, now, now)
+
+
+def state(run_id: uuid.UUID, status: str, attempt: int = 1) -> tuple[object, ...]:
+    return (TENANT, run_id, status, attempt, None, time.time(), None, None, None, None, None, None)
+
+
+async def test_many_writes_share_few_transactions(persister: Persister,
+                                                  pool: asyncpg.Pool) -> None:
+    ids = [new_id() for _ in range(2000)]
+    inserts = [persister.insert_runs([new_run(run_id)]) for run_id in ids]
+    results = await asyncio.gather(*inserts)
+    assert all(result[0].created for result in results)
+    before = persister.flushes
+    for run_id in ids:
+        persister.save_run(state(run_id, "assigned"))
+        persister.event((TENANT, run_id, time.time(), 1, "assigned", None, None))
+    await persister.barrier()
+    assert persister.flushes - before < 20
+    assert await pool.fetchval("SELECT count(*) FROM runs WHERE status = 'assigned'") == 2000
+    assert await pool.fetchval("SELECT count(*) FROM run_events WHERE type = 'assigned'") == 2000
+    assert await pool.fetchval("SELECT count(*) FROM run_events WHERE type = 'queued'") == 2000
+
+
+async def test_the_latest_state_of_a_run_wins(persister: Persister, pool: asyncpg.Pool) -> None:
+    run_id = new_id()
+    await persister.insert_runs([new_run(run_id)])
+    for status, attempt in (("assigned", 1), ("running", 1), ("queued", 2), ("succeeded", 2)):
+        persister.save_run(state(run_id, status, attempt))
+    await persister.barrier()
+    row = await pool.fetchrow("SELECT status, attempt FROM runs WHERE run_id = $1", run_id)
+    assert (row["status"], row["attempt"]) == ("succeeded", 2)
+
+
+async def test_a_barrier_resolves_only_after_commit(persister: Persister, db_url: str) -> None:
+    run_id = new_id()
+    inserted = persister.insert_runs([new_run(run_id)])  # not awaited: the barrier is enough
+    await persister.barrier()
+    assert inserted.done()
+    other = await asyncpg.connect(db_url)  # another session sees it: it is committed
+    try:
+        assert await other.fetchval("SELECT count(*) FROM runs WHERE run_id = $1", run_id) == 1
+    finally:
+        await other.close()
+    empty = persister.barrier()
+    await asyncio.wait_for(empty, 1)  # nothing pending: resolves at once
+
+
+async def test_producers_wait_when_the_buffer_is_full(pool: asyncpg.Pool) -> None:
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    small = Persister(pool, node, linger=0.05, max_pending=10)
+    await small.start()
+    try:
+        future = small.insert_runs([new_run(new_id()) for _ in range(20)])
+        await asyncio.sleep(0)  # let the actor take the rows
+        await asyncio.sleep(0.01)
+        waiter = asyncio.ensure_future(small.capacity())
+        await asyncio.sleep(0.01)
+        assert not waiter.done(), "full: producers wait"
+        await future
+        await asyncio.wait_for(waiter, 5)
+    finally:
+        await small.stop()
+
+
+async def test_a_refused_batch_fails_its_waiters_and_the_next_batch_works(
+        persister: Persister, pool: asyncpg.Pool) -> None:
+    bad = persister.insert_runs([(TENANT, new_id(), "t", "default", "exploded", 1, 2, "{}",
+                                  "null", "{}", None, time.time(), time.time())])
+    with pytest.raises(asyncpg.CheckViolationError):
+        await bad
+    good = await persister.insert_runs([new_run(new_id())])
+    assert good[0].created
+    assert await pool.fetchval("SELECT count(*) FROM runs") == 1
+
+
+async def test_idempotency_keys_dedupe_within_and_across_batches(persister: Persister) -> None:
+    first, second = new_id(), new_id()
+    results = await persister.insert_runs([new_run(first, "k"), new_run(second, "k")])
+    assert [(r.run_id, r.created) for r in results] == [(first, True), (first, False)]
+    [again] = await persister.insert_runs([new_run(new_id(), "k")])
+    assert (again.run_id, again.created) == (first, False)
+
+
+async def test_a_committed_batch_is_recognised_on_retry(pool: asyncpg.Pool) -> None:
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    batch = WriteBatch(uuid.uuid4(), [new_run(new_id())], {}, [], [], {})
+    async with pool.acquire() as conn:
+        assert not await batch_committed(conn, node, batch.batch_id)
+        async with conn.transaction():
+            await write_batch(conn, node, batch)
+        assert await batch_committed(conn, node, batch.batch_id)
