@@ -84,3 +84,15 @@ async def test_a_failing_plugin_is_isolated(db_url: str, tmp_path: Path,
     assert recorder.events == ["startup", "shutdown"]
     assert sum(plugins.errors.values()) == 2
     assert "startup broke" in caplog.text
+
+
+def test_every_hook_is_documented() -> None:
+    from pathlib import Path
+
+    from taskyard import plugins
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    hooks = [name for name in dir(plugins) if name.startswith("taskyard_")]
+    assert hooks
+    for hook in hooks:
+        assert f"### {hook}" in docs, f"docs/plugins.md lacks a section for {hook}"
