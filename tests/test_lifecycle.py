@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 from pydantic import BaseModel
 
+from taskyard.engine import Engine
 from taskyard_sdk import (
     Context,
     InvalidInput,
@@ -305,3 +306,43 @@ async def test_waiting_reason_clears_when_a_worker_arrives(ty: Taskyard) -> None
         assert await handle.aio_result(timeout=10) == 5
     tasks = await ty.transport.request("GET", "/api/v1/tasks")
     assert [t["name"] for t in tasks] == ["late"]
+
+
+async def test_chunks_stream_live_to_subscribers(engine: Engine, ty: Taskyard) -> None:
+    go = asyncio.Event()
+
+    @ty.task
+    async def tokens(words: list[str], ctx: Context) -> int:
+        await go.wait()
+        for word in words:
+            ctx.stream({"token": word})
+        return len(words)
+
+    async with ty.worker("w", tasks=[tokens]):
+        handle = await tokens.aio_run_no_wait(["a", "b", "c"])
+        session = ty.transport.session()
+        async with session.get(f"{ty.url}/api/v1/runs/{handle.run_id}/stream",
+                               headers=ty.transport.headers) as response:
+            assert response.headers["Content-Type"] == "text/event-stream"
+            go.set()  # subscribed (the headers came after the subscription): start streaming
+            body = (await response.read()).decode()
+        assert body.split("\n\n")[:4] == [
+            'data: {"token":"a"}', 'data: {"token":"b"}', 'data: {"token":"c"}',
+            'event: end\ndata: {"status":"succeeded"}']
+        # the SDK's iterator over a finished run ends at once
+        assert [chunk async for chunk in handle.aio_stream()] == []
+
+        go.clear()
+        live = await tokens.aio_run_no_wait(["x", "y"])
+
+        async def collect() -> list[object]:
+            return [chunk async for chunk in live.aio_stream()]
+
+        collecting = asyncio.create_task(collect())
+        streams = engine.scheduler.streams
+        for _ in range(500):  # until the engine has the subscription
+            if streams._subscribers:
+                break
+            await asyncio.sleep(0.01)
+        go.set()
+        assert await asyncio.wait_for(collecting, 10) == [{"token": "x"}, {"token": "y"}]

@@ -31,6 +31,7 @@ from taskyard_sdk.models import RunStatus
 if TYPE_CHECKING:
     from taskyard.persister import Persister
     from taskyard.repository import RunRepository
+    from taskyard.streams import RunStreams
     from taskyard.timers import Timers
     from taskyard.waiters import RunWaiters
     from taskyard.workers import WorkerSession
@@ -68,6 +69,7 @@ class WorkerSlots:
 class QueueActor(Actor):
     def __init__(self, tenant_id: uuid.UUID, queue: str, *, persister: Persister,
                  timers: Timers, repository: RunRepository, waiters: RunWaiters,
+                 streams: RunStreams,
                  connected_workers: Callable[[], Iterable[WorkerSession]],
                  worker_grace: float, recovery_hold: float = 0.0,
                  input_cache_bytes: int = 256 * 1024 * 1024,
@@ -79,6 +81,7 @@ class QueueActor(Actor):
         self.timers = timers
         self.repository = repository
         self.waiters = waiters
+        self.streams = streams
         self.connected_workers = connected_workers
         self.worker_grace = worker_grace
         self.recovery_hold = recovery_hold
@@ -409,6 +412,11 @@ class QueueActor(Actor):
                 if self._owns(worker, message):
                     logs.append((self.tenant_id, message.run_id, now, message.attempt,
                                  message.level, message.message))
+                else:
+                    self._not_owner(session, message)
+            elif isinstance(message, protocol.Stream):
+                if self._current(worker, message) is not None:
+                    self.streams.publish(self.tenant_id, message.run_id, message.data)
                 else:
                     self._not_owner(session, message)
             elif isinstance(message, protocol.Started):

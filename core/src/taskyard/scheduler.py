@@ -20,6 +20,7 @@ from taskyard.persister import Persister
 from taskyard.queue import QueueActor
 from taskyard.repository import RunRepository
 from taskyard.runs import EMPTY_METADATA, Run
+from taskyard.streams import RunStreams
 from taskyard.tenants import TenantActor
 from taskyard.timers import Timers
 from taskyard.waiters import RunWaiters
@@ -39,6 +40,7 @@ class Scheduler:
         self.runs = runs
         self.timers = Timers()
         self.waiters = RunWaiters()
+        self.streams = RunStreams()
         self.heartbeat_timeout = heartbeat_timeout
         self.recovery_hold = recovery_hold
         self.registry = WorkerRegistry(queue_for=self.queue_for,
@@ -77,7 +79,7 @@ class Scheduler:
         if actor is None:
             actor = self.queues[(tenant_id, queue)] = QueueActor(
                 tenant_id, queue, persister=self.persister, timers=self.timers,
-                repository=self.runs, waiters=self.waiters,
+                repository=self.runs, waiters=self.waiters, streams=self.streams,
                 connected_workers=self.registry.connected, worker_grace=self.heartbeat_timeout,
                 recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
+
+from pydantic_core import to_jsonable_python
 
 from taskyard_sdk import protocol
 from taskyard_sdk._durations import Duration, parse_duration
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+Message = protocol.Log | protocol.Stream | protocol.RefreshTimeout
 
 
 class Context:
@@ -23,7 +26,7 @@ class Context:
 
     def __init__(self, *, run_id: UUID, attempt: int, task: str, metadata: dict[str, str],
                  loop: asyncio.AbstractEventLoop,
-                 send: Callable[[protocol.Log | protocol.RefreshTimeout], None]) -> None:
+                 send: Callable[[Message], None]) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.task = task
@@ -42,13 +45,19 @@ class Context:
         self._post(protocol.Log(run_id=self.run_id, attempt=self.attempt,
                                 message=str(message), level=level))
 
+    def stream(self, data: Any) -> None:
+        """Send a JSON-able chunk to whoever follows the run live (`handle.aio_stream()`,
+        `GET /api/v1/runs/{id}/stream`). Chunks are not stored."""
+        self._post(protocol.Stream(run_id=self.run_id, attempt=self.attempt,
+                                   data=to_jsonable_python(data)))
+
     def refresh_timeout(self, duration: Duration) -> None:
         """Give this attempt `duration` more time from now, instead of its execution_timeout."""
         seconds = parse_duration(duration, name="refresh_timeout")
         self._post(protocol.RefreshTimeout(run_id=self.run_id, attempt=self.attempt,
                                            seconds=seconds))
 
-    def _post(self, message: protocol.Log | protocol.RefreshTimeout) -> None:
+    def _post(self, message: Message) -> None:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 import typing
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
@@ -192,6 +192,12 @@ class RunHandle(Generic[Out]):
 
     async def aio_get(self) -> RunView:
         return await self.task.client.runs.aio_get(self.run_id)
+
+    async def aio_stream(self) -> AsyncIterator[Any]:
+        """The chunks the task streams with `ctx.stream(...)`, live, until the run ends."""
+        async for chunk in self.task.client.transport.events(
+                f"/api/v1/runs/{self.run_id}/stream"):
+            yield chunk
 
     def get(self) -> RunView:
         return run_sync(self.aio_get())

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -90,6 +90,29 @@ class Transport:
         if status >= 400:
             raise api_error(status, payload)
         return payload
+
+    async def events(self, path: str) -> AsyncIterator[Any]:
+        """The `data:` payloads of a server-sent event stream, until its `end` event."""
+        try:
+            async with self.session().get(self.config.url + path,
+                                          headers=self.headers) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    raise api_error(response.status, json.loads(text) if text else None)
+                event = "message"
+                async for raw in response.content:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("event: "):
+                        event = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        if event == "end":
+                            return
+                        yield json.loads(line.removeprefix("data: "))
+                    elif not line:
+                        event = "message"
+        except aiohttp.ClientConnectorError as exc:
+            raise EngineUnreachable(f"cannot reach the Taskyard engine at {self.config.url}: "
+                                    f"{exc}") from exc
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -75,6 +75,13 @@ class Log(AttemptRef):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class Stream(AttemptRef):
+    """A chunk for live subscribers of the run (not stored)."""
+
+    type: Literal["stream"] = "stream"
+    data: Any = None
+
+
 class RefreshTimeout(AttemptRef):
     type: Literal["refresh_timeout"] = "refresh_timeout"
     seconds: float = Field(gt=0)
@@ -87,7 +94,7 @@ class Drain(_Message):
 
 
 WorkerMessage = Annotated[
-    Heartbeat | Started | Completed | Failed | Log | RefreshTimeout | Drain | Hello,
+    Heartbeat | Started | Completed | Failed | Log | Stream | RefreshTimeout | Drain | Hello,
     Field(discriminator="type"),
 ]
 worker_message = TypeAdapter(WorkerMessage)

@@ -3,10 +3,12 @@ connected workers and registered tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field
 
@@ -158,6 +160,43 @@ async def run_result(call: Call[None]) -> RunView:
     engine = call.request.app[ENGINE]
     await engine.scheduler.wait(call.principal.tenant_id, [run_id], call.query.timeout)
     return await _view(call, run_id)
+
+
+@router.get("/api/v1/runs/{run_id}/stream", roles=ANY_ROLE)
+async def stream_run(call: Call[None]) -> web.StreamResponse:
+    """Server-sent events: each chunk the task streams (`ctx.stream`) as a `data:` line while
+    the run goes on, then `event: end` with the run's final status. Live only: chunks streamed
+    before the subscription are not replayed."""
+    run_id = call.path_uuid("run_id")
+    tenant_id = call.principal.tenant_id
+    scheduler = call.request.app[ENGINE].scheduler
+    chunks = scheduler.streams.subscribe(tenant_id, run_id)
+    finished = scheduler.waiters.watch(tenant_id, [run_id])[run_id]
+    try:
+        views = await scheduler.runs.get_runs(tenant_id, [run_id])
+        if run_id not in views:
+            raise NotFound(f"no run {run_id} in this tenant")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(call.request)
+        if not views[run_id].status.terminal:
+            while True:
+                next_chunk = asyncio.ensure_future(chunks.get())
+                await asyncio.wait([next_chunk, finished], return_when=asyncio.FIRST_COMPLETED)
+                if not next_chunk.done():
+                    next_chunk.cancel()
+                    break
+                await response.write(b"data: " + orjson.dumps(next_chunk.result()) + b"\n\n")
+            while not chunks.empty():  # what arrived just before the end
+                await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
+            views = await scheduler.runs.get_runs(tenant_id, [run_id])
+        await response.write(b"event: end\ndata: " + orjson.dumps(
+            {"status": views[run_id].status.value}) + b"\n\n")
+        await response.write_eof()
+        return response
+    finally:
+        scheduler.streams.unsubscribe(tenant_id, run_id, chunks)
+        scheduler.waiters.unwatch(tenant_id, {run_id: finished})
 
 
 @router.get("/api/v1/runs/{run_id}/events", roles=ANY_ROLE, response=list[RunEvent])
