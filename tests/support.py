@@ -1,19 +1,17 @@
-"""Helpers shared by the tests: database URLs, free ports, engine processes."""
+"""Helpers shared by the tests: database URLs, CLI runs, worker processes, outages."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from taskyard.testing import clean_env
 
 ADMIN_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -25,82 +23,11 @@ def database_url(name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def taskyard_env(**overrides: str | None) -> dict[str, str]:
-    """The environment for a `taskyard` subprocess, without any TASKYARD_* leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    for key, value in overrides.items():
-        if value is not None:
-            env[key] = value
-    return env
-
-
 def taskyard(*args: str, env: Mapping[str, str] | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the `taskyard` CLI to completion."""
     return subprocess.run([sys.executable, "-m", "taskyard", *args], capture_output=True,
-                          text=True, env=dict(env or taskyard_env()), timeout=timeout, check=False)
-
-
-def http_status(url: str, timeout: float = 1.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-@dataclass
-class EngineProcess:
-    """A `taskyard engine` subprocess; its output goes to a log file the test can read."""
-
-    args: Sequence[str]
-    env: Mapping[str, str]
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait: float = 30.0) -> EngineProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "taskyard", "engine", "--port", str(self.port), *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(self.env))
-        log.close()
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"engine exited with {self.process.returncode}:\n{self.log}")
-            if http_status(f"{self.url}/healthz") == 200:
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"engine did not serve /healthz within {wait}s:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+                          text=True, env=dict(env or clean_env()), timeout=timeout, check=False)
 
 
 LEDGER_TABLE = """
@@ -127,7 +54,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = taskyard_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token,
+        env = clean_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token,
                            LEDGER_DATABASE_URL=self.ledger_url, WORKER_NAME=self.name,
                            SLOTS=str(self.slots), LEDGER_SLEEP=str(self.sleep))
         log = self.log_path.open("ab")

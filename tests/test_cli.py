@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import EngineProcess, free_port, http_status, taskyard, taskyard_env
+from taskyard.testing import EngineProcess, clean_env, free_port, http_status
+from tests.support import taskyard
 
 
 def whoami(url: str, token: str) -> tuple[int, dict[str, str]]:
@@ -26,7 +27,7 @@ def test_migrate_then_up_to_date(empty_db_url: str) -> None:
     first = taskyard("migrate", "--database-url", empty_db_url)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("applied: 0001_tenants_and_tokens")
-    again = taskyard("migrate", env=taskyard_env(TASKYARD_DATABASE_URL=empty_db_url))
+    again = taskyard("migrate", env=clean_env(TASKYARD_DATABASE_URL=empty_db_url))
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "database is up to date"
 
@@ -56,7 +57,7 @@ def test_tenants_and_tokens_from_the_command_line(db_url: str, tmp_path: Path) -
     worker = re.search(r"token:\s+(ty_\S+)", token.stdout).group(1)  # type: ignore[union-attr]
 
     engine = EngineProcess(["--database-url", db_url, "--data-dir", str(tmp_path / "d")],
-                           taskyard_env(), tmp_path / "engine.log").start()
+                           clean_env(), tmp_path / "engine.log").start()
     try:
         status, body = whoami(engine.url, admin)
         assert status == 200
@@ -91,7 +92,7 @@ def test_token_commands_reject_unknown_ids(db_url: str) -> None:
 
 def test_engine_settings_come_from_the_environment(db_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = taskyard_env(TASKYARD_DATABASE_URL=db_url, TASKYARD_PORT=str(port),
+    env = clean_env(TASKYARD_DATABASE_URL=db_url, TASKYARD_PORT=str(port),
                        TASKYARD_DATA_DIR=str(tmp_path / "d"), TASKYARD_PLUGINS="hello")
     engine = EngineProcess([], env, tmp_path / "engine.log")
     engine.port = port
@@ -122,7 +123,7 @@ def test_engine_shuts_down_cleanly_on_signals(db_url: str, tmp_path: Path,
     import signal
 
     engine = EngineProcess(["--database-url", db_url, "--data-dir", str(tmp_path)],
-                           taskyard_env(), tmp_path / "engine.log").start()
+                           clean_env(), tmp_path / "engine.log").start()
     assert engine.process is not None
     engine.process.send_signal(getattr(signal, signal_name))
     assert engine.process.wait(30) == 0

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from taskyard.embedded import EmbeddedPostgres
-from tests.support import EngineProcess, taskyard, taskyard_env
+from taskyard.testing import EngineProcess, clean_env
+from tests.support import taskyard
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def postgres_running(data_dir: Path) -> bool:
 
 def test_embedded_engine_serves_restarts_and_stops_its_database(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    engine = EngineProcess(["--data-dir", str(data_dir)], taskyard_env(), tmp_path / "e.log")
+    engine = EngineProcess(["--data-dir", str(data_dir)], clean_env(), tmp_path / "e.log")
     started = time.monotonic()
     engine.start(wait=15)
     first_start = time.monotonic() - started
@@ -74,7 +75,7 @@ def test_a_running_embedded_server_is_reused_and_left_running(tmp_path: Path) ->
 
 
 def test_missing_binaries_name_both_remedies(tmp_path: Path) -> None:
-    env = taskyard_env(PATH="/nonexistent")
+    env = clean_env(PATH="/nonexistent")
     code = ("import importlib.util, pathlib, taskyard.embedded as e; "
             "importlib.util.find_spec = lambda name: None; "
             "pathlib.Path.glob = lambda self, pattern: iter(()); "

@@ -14,13 +14,12 @@ import asyncpg
 import pytest
 
 from taskyard.engine import Engine
+from taskyard.testing import EngineProcess, clean_env
 from tests.support import (
     LEDGER_TABLE,
-    EngineProcess,
     WorkerProcess,
     local_postgres_restartable,
     restart_local_postgres,
-    taskyard_env,
 )
 
 pytestmark = pytest.mark.slow
@@ -91,7 +90,7 @@ async def test_engine_killed_with_5000_runs_in_flight_loses_nothing(
     data_dir = tmp_path / "engine"
     engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir),
                             "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
-                           taskyard_env(), tmp_path / "engine.log").start()
+                           clean_env(), tmp_path / "engine.log").start()
     token = (data_dir / "token").read_text().strip()
     workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log",
                              slots=50, sleep=0.05).start() for i in range(2)]

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import taskyard_sdk
 from taskyard.engine import Engine
+from taskyard.testing import EngineProcess, clean_env, free_port
 from taskyard_sdk import (
     AuthenticationError,
     EngineUnreachable,
@@ -25,13 +26,7 @@ from taskyard_sdk import (
     parse_duration,
 )
 from taskyard_sdk._config import resolve
-from tests.support import (
-    LEDGER_TABLE,
-    EngineProcess,
-    WorkerProcess,
-    free_port,
-    taskyard_env,
-)
+from tests.support import LEDGER_TABLE, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,8 +129,8 @@ def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) 
     """Engine, worker and client as three processes, as the README shows them."""
     data_dir = tmp_path / ".taskyard"
     engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir)],
-                           taskyard_env(), tmp_path / "engine.log").start()
-    env = taskyard_env(TASKYARD_URL=engine.url, TASKYARD_DATA_DIR=str(data_dir))
+                           clean_env(), tmp_path / "engine.log").start()
+    env = clean_env(TASKYARD_URL=engine.url, TASKYARD_DATA_DIR=str(data_dir))
     script = str(ROOT / "examples" / "hello_world.py")
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as log:
