@@ -53,8 +53,8 @@ async def test_many_writes_share_few_transactions(persister: Persister,
     assert all(result[0].created for result in results)
     before = persister.flushes
     for run_id in ids:
-        persister.save_run(state(run_id, "assigned"))
-        persister.event((TENANT, run_id, time.time(), 1, "assigned", None, None))
+        persister.write([state(run_id, "assigned")],
+                        [(TENANT, run_id, time.time(), 1, "assigned", None, None)], [])
     await persister.barrier()
     assert persister.flushes - before < 20
     assert await pool.fetchval("SELECT count(*) FROM runs WHERE status = 'assigned'") == 2000
@@ -65,8 +65,9 @@ async def test_many_writes_share_few_transactions(persister: Persister,
 async def test_the_latest_state_of_a_run_wins(persister: Persister, pool: asyncpg.Pool) -> None:
     run_id = new_id()
     await persister.insert_runs([new_run(run_id)])
-    for status, attempt in (("assigned", 1), ("running", 1), ("queued", 2), ("succeeded", 2)):
-        persister.save_run(state(run_id, status, attempt))
+    persister.write([state(run_id, "assigned"), state(run_id, "running")], [], [])
+    for status, attempt in (("queued", 2), ("succeeded", 2)):
+        persister.write([state(run_id, status, attempt)], [], [])
     await persister.barrier()
     row = await pool.fetchrow("SELECT status, attempt FROM runs WHERE run_id = $1", run_id)
     assert (row["status"], row["attempt"]) == ("succeeded", 2)

@@ -61,6 +61,10 @@ class Actor:
     async def on_failure(self, error: BaseException) -> None:
         """Forget state that may be inconsistent after a crash (before `on_start` runs again)."""
 
+    def after_message(self) -> None:
+        """Called after every message handled: flush what the handler buffered (e.g. one
+        batch of writes per message instead of one message per write)."""
+
     # -- messaging -------------------------------------------------------------------------------
 
     def tell(self, handler: Callable[..., Any], *args: Any) -> None:
@@ -165,6 +169,7 @@ class Actor:
             else:
                 if future is not None and not future.done():
                     future.set_result(result)
+            self.after_message()
 
     def _fail_pending(self, error: Exception) -> None:
         while not self._mailbox.empty():

@@ -4,20 +4,19 @@ within a millisecond (RFC 9562 method 2: the random part is incremented)."""
 
 from __future__ import annotations
 
-import os
+import random
 import threading
 import time
 import uuid
 
 _lock = threading.Lock()
 _last = 0
-_RANDOM_BITS = (1 << 74) - 1
 
 
 def new_id() -> uuid.UUID:
     global _last
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big") & _RANDOM_BITS
+    rand = random.getrandbits(74)  # ids need to be unique and ordered, not unguessable
     with _lock:
         # 48-bit time, then 74 bits (12 + 62) that are random or, within a millisecond, counted.
         value = ((millis & 0xFFFF_FFFF_FFFF) << 74) | rand

@@ -60,15 +60,9 @@ class Persister(Actor):
         self.tell(self._add_runs, rows, future)
         return future
 
-    def save_run(self, row: Row) -> None:
-        """The latest state of a run (see `Run.row`); later saves in a batch replace earlier."""
-        self.tell(self._add_state, row)
-
-    def event(self, row: Row) -> None:
-        self.tell(self._add_event, row)
-
-    def logs(self, rows: list[Row]) -> None:
-        self.tell(self._add_logs, rows)
+    def write(self, states: list[Row], events: list[Row], logs: list[Row]) -> None:
+        """Run states (latest wins), events and log lines, in one message."""
+        self.tell(self._add_many, states, events, logs)
 
     def definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self.tell(self._add_definitions, rows)
@@ -94,20 +88,17 @@ class Persister(Actor):
         self._insert_waiters.append(([row[1] for row in rows], future))
         self._grew(len(rows))
 
-    def _add_state(self, row: Row) -> None:
-        key = (row[0], row[1])
-        states = self._batch.run_states
-        if key not in states:
-            self._grew(1)
-        states[key] = row
-
-    def _add_event(self, row: Row) -> None:
-        self._batch.events.append(row)
-        self._grew(1)
-
-    def _add_logs(self, rows: list[Row]) -> None:
-        self._batch.logs.extend(rows)
-        self._grew(len(rows))
+    def _add_many(self, states: list[Row], events: list[Row], logs: list[Row]) -> None:
+        run_states = self._batch.run_states
+        grew = len(events) + len(logs)
+        for row in states:
+            key = (row[0], row[1])
+            if key not in run_states:
+                grew += 1
+            run_states[key] = row
+        self._batch.events.extend(events)
+        self._batch.logs.extend(logs)
+        self._grew(grew)
 
     def _add_definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self._batch.definitions.update(rows)

@@ -30,9 +30,9 @@ from taskyard_sdk.models import RunStatus
 
 if TYPE_CHECKING:
     from taskyard.persister import Persister
-    from taskyard.repository import RunRepository
+    from taskyard.repository import Row, RunRepository
     from taskyard.streams import RunStreams
-    from taskyard.timers import Timers
+    from taskyard.timers import Entry, Timers
     from taskyard.waiters import RunWaiters
     from taskyard.workers import WorkerSession
 
@@ -99,6 +99,11 @@ class QueueActor(Actor):
         self._seq = 0
         self._dispatch_pending = False
         self._hold_until = 0.0
+        # What the current message decided, flushed by after_message():
+        self._states: dict[uuid.UUID, Row] = {}
+        self._events: list[Row] = []
+        self._logs: list[Row] = []
+        self._timers: list[Entry] = []
         self._acks: dict[WorkerSession, list[protocol.AttemptRef]] = {}
         self._finished_now: list[uuid.UUID] = []
 
@@ -116,12 +121,13 @@ class QueueActor(Actor):
             # After an engine restart some "queued" runs may in fact be running on a worker whose
             # assignment was not written: give workers a moment to reconnect and claim them.
             self._hold_until = now + self.recovery_hold
-            self.timers.schedule(self._hold_until, self, self._hold_over, None)
+            self._timer(self._hold_until, self._hold_over, None)
         self.recovery_hold = 0.0  # a later restart of this actor alone has nothing to wait for
         for session in self.connected_workers():
             if session.tenant_id == self.tenant_id and session.queue == self.queue:
                 self._join(session, None)
         self._schedule_dispatch()
+        self.after_message()
 
     async def on_failure(self, error: BaseException) -> None:
         self._reset()
@@ -136,8 +142,7 @@ class QueueActor(Actor):
         self.runs[run.run_id] = run
         if run.status is RunStatus.QUEUED:
             if run.retry_at is not None and run.retry_at > now:
-                self.timers.schedule(run.retry_at, self, self._retries_due,
-                                     (run.run_id, run.attempt))
+                self._timer(run.retry_at, self._retries_due, (run.run_id, run.attempt))
             else:
                 self._make_ready(run, now, keep_queued_at=True)
             return
@@ -147,12 +152,10 @@ class QueueActor(Actor):
         if worker is None:
             worker = self.workers[run.worker_id] = WorkerSlots(run.worker_id, None,
                                                                away_since=now)
-            self.timers.schedule(now + self.worker_grace, self, self._grace_expired,
-                                 run.worker_id)
+            self._timer(now + self.worker_grace, self._grace_expired, run.worker_id)
         worker.running[run.run_id] = run.attempt
         if run.deadline is not None:
-            self.timers.schedule(run.deadline, self, self._execution_timeouts,
-                                 (run.run_id, run.attempt, run.deadline))
+            self._deadline_timer(run)
 
     # -- arrivals --------------------------------------------------------------------------------
 
@@ -180,8 +183,8 @@ class QueueActor(Actor):
         self._seq += 1
         run.seq = self._seq
         heapq.heappush(self.ready.setdefault(run.task, []), (-run.priority, run.seq, run.run_id))
-        self.timers.schedule(run.queued_at + run.options.schedule_timeout, self,
-                             self._schedule_timeouts, (run.run_id, run.attempt, run.seq))
+        self._timer(run.queued_at + run.options.schedule_timeout, self._schedule_timeouts,
+                    (run.run_id, run.attempt, run.seq))
 
     # -- assignment ------------------------------------------------------------------------------
 
@@ -247,8 +250,7 @@ class QueueActor(Actor):
         run.deadline = now + run.options.execution_timeout
         worker.running[run.run_id] = run.attempt
         self._record(run, "assigned", now)
-        self.timers.schedule(run.deadline, self, self._execution_timeouts,
-                             (run.run_id, run.attempt, run.deadline))
+        self._deadline_timer(run)
 
     def _send_assignments(self, worker: WorkerSlots, runs: list[Run]) -> None:
         cached = [run for run in runs if run.input_json is not None]
@@ -315,7 +317,6 @@ class QueueActor(Actor):
     def worker_joined(self, session: WorkerSession,
                       in_flight: list[protocol.AttemptRef]) -> None:
         self._join(session, in_flight)
-        self._commit_point()
         self._schedule_dispatch()
 
     def _join(self, session: WorkerSession, in_flight: list[protocol.AttemptRef] | None) -> None:
@@ -352,8 +353,7 @@ class QueueActor(Actor):
                 run.deadline = now + run.options.execution_timeout
                 worker.running[run_id] = attempt
                 self._record(run, "reattached", now)
-                self.timers.schedule(run.deadline, self, self._execution_timeouts,
-                                     (run.run_id, run.attempt, run.deadline))
+                self._deadline_timer(run)
             else:
                 worker.running[run_id] = attempt  # holds the slot until it reports the end
                 session.send(protocol.Cancel(run_id=run_id, attempt=attempt,
@@ -365,8 +365,7 @@ class QueueActor(Actor):
             return
         worker.session = None
         worker.away_since = self.clock()
-        self.timers.schedule(worker.away_since + self.worker_grace, self, self._grace_expired,
-                             session.worker_id)
+        self._timer(worker.away_since + self.worker_grace, self._grace_expired, session.worker_id)
 
     def worker_draining(self, worker_id: uuid.UUID) -> None:
         worker = self.workers.get(worker_id)
@@ -391,7 +390,6 @@ class QueueActor(Actor):
             run = self.runs.get(run_id)
             if run is not None and run.attempt == attempt and run.worker_id == worker_id:
                 self._attempt_failed(run, now, error_json("WorkerLost", f"worker {reason}"))
-        self._commit_point()
         self._schedule_dispatch()
 
     # -- messages from a worker ------------------------------------------------------------------
@@ -427,9 +425,7 @@ class QueueActor(Actor):
                 self._on_failed(worker, message, now)
             elif isinstance(message, protocol.RefreshTimeout):
                 self._on_refresh(worker, message, now)
-        if logs:
-            self.persister.logs(logs)
-        self._commit_point()
+        self._logs += logs
         self._schedule_dispatch()
 
     def _owns(self, worker: WorkerSlots, ref: protocol.AttemptRef) -> bool:
@@ -503,8 +499,7 @@ class QueueActor(Actor):
             return
         run.deadline = now + message.seconds
         self._record(run, "timeout_refreshed", now, detail={"seconds": message.seconds})
-        self.timers.schedule(run.deadline, self, self._execution_timeouts,
-                             (run.run_id, run.attempt, run.deadline))
+        self._deadline_timer(run)
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -527,8 +522,7 @@ class QueueActor(Actor):
         if delay > 0:
             run.retry_at = now + delay
             self._record(run, "retry_scheduled", now, detail={"delay": delay})
-            self.timers.schedule(run.retry_at, self, self._retries_due,
-                                 (run.run_id, run.attempt))
+            self._timer(run.retry_at, self._retries_due, (run.run_id, run.attempt))
         else:
             self._make_ready(run, now)
             self._record(run, "queued", now, detail={"retry": True})
@@ -542,7 +536,7 @@ class QueueActor(Actor):
             self._record(run, status.value, now,
                          detail=orjson.loads(run.error_json) if run.error_json else None)
         else:
-            self.persister.save_run(run.row())
+            self._states[run.run_id] = run.row()
         del self.runs[run.run_id]
         if run.input_json is not None:
             self.cached_bytes -= len(run.input_json)
@@ -554,12 +548,27 @@ class QueueActor(Actor):
     def _record(self, run: Run, event: str, now: float,
                 detail: dict[str, Any] | None = None) -> None:
         """Persist the run's current state and one event of its history."""
-        self.persister.save_run(run.row())
-        self.persister.event((run.tenant_id, run.run_id, now, run.attempt, event, run.worker_id,
-                              orjson.dumps(detail).decode() if detail is not None else None))
+        self._states[run.run_id] = run.row()
+        self._events.append((run.tenant_id, run.run_id, now, run.attempt, event, run.worker_id,
+                             orjson.dumps(detail).decode() if detail is not None else None))
 
-    def _commit_point(self) -> None:
-        """Acks and finish notices wait for everything handed to the persister so far."""
+    def _timer(self, at: float, handler: Callable[[list[Any]], Any], item: Any) -> None:
+        self._timers.append((at, self, handler, item))
+
+    def _deadline_timer(self, run: Run) -> None:
+        """The execution timeout of the run's current attempt (at its current deadline)."""
+        assert run.deadline is not None
+        self._timer(run.deadline, self._execution_timeouts, (run.run_id, run.attempt, run.deadline))
+
+    def after_message(self) -> None:
+        """Hand what this message decided to the persister and the timers, one message each;
+        then acks and finish notices wait for all of it to commit."""
+        if self._states or self._events or self._logs:
+            self.persister.write(list(self._states.values()), self._events, self._logs)
+            self._states, self._events, self._logs = {}, [], []
+        if self._timers:
+            self.timers.schedule_many(self._timers)
+            self._timers = []
         if not self._acks and not self._finished_now:
             return
         acks, self._acks = self._acks, {}
@@ -589,7 +598,6 @@ class QueueActor(Actor):
                 f"not started within schedule_timeout ({run.options.schedule_timeout:g}s)"
                 + self._waiting_suffix(run.task))
             self._finish(run, RunStatus.TIMED_OUT, now)
-        self._commit_point()
 
     def _execution_timeouts(self, items: list[tuple[uuid.UUID, int, float]]) -> None:
         now = self.clock()
@@ -606,7 +614,6 @@ class QueueActor(Actor):
                 "ExecutionTimeout",
                 f"attempt {attempt} ran longer than its execution_timeout"),
                 final_status=RunStatus.TIMED_OUT)
-        self._commit_point()
         self._schedule_dispatch()
 
     def _retries_due(self, items: list[tuple[uuid.UUID, int]]) -> None:
@@ -633,7 +640,6 @@ class QueueActor(Actor):
                                                     reason=reason))
         run.error_json = error_json("Cancelled", reason)
         self._finish(run, RunStatus.CANCELLED, now)
-        self._commit_point()
         return RunStatus.CANCELLED
 
     def replay(self, run: Run) -> None:

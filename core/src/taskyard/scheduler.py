@@ -50,6 +50,7 @@ class Scheduler:
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
         self.tenants: dict[uuid.UUID, TenantActor] = {}
         self._starting: set[asyncio.Task[None]] = set()
+        self._options: dict[TaskOptions, tuple[TaskOptions, str]] = {}
 
     async def start(self) -> None:
         """Start the shared actors and rebuild every queue that has unfinished runs."""
@@ -117,7 +118,8 @@ class Scheduler:
         now = time.time()
         runs, rows = [], []
         for request in requests:
-            options = request.options or registered.get(request.task) or DEFAULT_OPTIONS
+            options, options_json = self._intern(
+                request.options or registered.get(request.task) or DEFAULT_OPTIONS)
             priority = request.priority or options.priority
             input_json = orjson.dumps(request.input)
             run = Run(tenant_id=tenant_id, run_id=new_id(), task=request.task,
@@ -126,7 +128,7 @@ class Scheduler:
                       metadata=request.metadata or EMPTY_METADATA, input_json=input_json)
             runs.append(run)
             rows.append((tenant_id, run.run_id, run.task, run.queue, "queued", 1, priority,
-                         options.model_dump_json(), input_json.decode(),
+                         options_json, input_json.decode(),
                          orjson.dumps(request.metadata).decode(), request.idempotency_key,
                          now, now))
         inserted = await self.persister.insert_runs(rows)
@@ -141,6 +143,16 @@ class Scheduler:
             actor = self.queue_for(tenant_id, queue)
             actor.tell(actor.enqueue, queued)
         return refs
+
+    def _intern(self, options: TaskOptions) -> tuple[TaskOptions, str]:
+        """One shared instance (and its JSON) per distinct options: a million queued runs hold
+        references, not copies."""
+        interned = self._options.get(options)
+        if interned is None:
+            if len(self._options) > 10_000:
+                self._options.clear()
+            interned = self._options[options] = (options, options.model_dump_json())
+        return interned
 
     async def cancel(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
                      reason: str = "cancelled on request") -> RunStatus:

@@ -20,6 +20,7 @@ from typing import Any
 from taskyard.actors import Actor
 
 Clock = Callable[[], float]
+Entry = tuple[float, Actor, Callable[[list[Any]], Any], Any]
 
 
 class Timers(Actor):
@@ -37,12 +38,20 @@ class Timers(Actor):
     def schedule(self, at: float, actor: Actor, handler: Callable[[list[Any]], Any],
                  item: Any) -> None:
         """Safe to call from any actor: it only enqueues a message to this one."""
-        self.tell(self._add, at, actor, handler, item)
+        self.tell(self._add, [(at, actor, handler, item)])
 
-    def _add(self, at: float, actor: Actor, handler: Callable[[list[Any]], Any],
-             item: Any) -> None:
-        heapq.heappush(self._heap, (at, next(self._seq), actor, handler, item))
-        if self._wakeup_at is None or at < self._wakeup_at:
+    def schedule_many(self, entries: list[Entry]) -> None:
+        """Several `(at, actor, handler, item)` in one message."""
+        self.tell(self._add, entries)
+
+    def _add(self, entries: list[Entry]) -> None:
+        heap, seq = self._heap, self._seq
+        earliest = None
+        for at, actor, handler, item in entries:
+            heapq.heappush(heap, (at, next(seq), actor, handler, item))
+            if earliest is None or at < earliest:
+                earliest = at
+        if earliest is not None and (self._wakeup_at is None or earliest < self._wakeup_at):
             self._arm()
 
     def _arm(self) -> None:

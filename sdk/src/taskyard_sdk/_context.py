@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from typing import Any, Literal
 from uuid import UUID
@@ -33,12 +32,12 @@ class Context:
         self.metadata = metadata
         self._loop = loop
         self._send = send
-        self._cancelled = threading.Event()
+        self._cancelled = False  # a plain flag: assignment is atomic, sync tasks poll it
 
     @property
     def cancelled(self) -> bool:
         """True once the engine asked this attempt to stop (sync tasks should check it)."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def log(self, message: object, level: LogLevel = "info") -> None:
         """Add a line (or several) to the run's log, visible through the API."""
@@ -68,4 +67,4 @@ class Context:
             self._loop.call_soon_threadsafe(self._send, message)
 
     def _cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True

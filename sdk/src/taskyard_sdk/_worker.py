@@ -21,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -62,7 +62,6 @@ class _Execution:
     task: asyncio.Task[None] | None = None
     inner: asyncio.Future[Any] | None = None
     cancel_reason: str | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Worker:
@@ -175,15 +174,14 @@ class Worker:
         """Stop taking work, give running tasks `drain_timeout`, then deliver results."""
         log.info("worker %s draining (%d running)", self.name, len(self._executions))
         self._send(protocol.Drain())
-        running = [e.done.wait() for e in self._executions.values()]
+        running = [e.task for e in self._executions.values() if e.task is not None]
         if running:
-            await asyncio.wait([asyncio.ensure_future(r) for r in running],
-                               timeout=self.drain_timeout)
+            await asyncio.wait(running, timeout=self.drain_timeout)
         for execution in list(self._executions.values()):
             self._cancel(execution, "the worker is shutting down")
-        remaining = [e.done.wait() for e in self._executions.values()]
+        remaining = [e.task for e in self._executions.values() if e.task is not None]
         if remaining:
-            await asyncio.wait([asyncio.ensure_future(r) for r in remaining], timeout=5)
+            await asyncio.wait(remaining, timeout=5)
         # Results are only safe once acknowledged: wait a little for the last acks.
         for _ in range(100):
             if not self._outbox or self._ws is None or self._ws.closed:
@@ -384,7 +382,6 @@ class Worker:
             result = protocol.Failed(**ref, error=_error_info(exc))
         finally:
             self._executions.pop((assign.run_id, assign.attempt), None)
-            execution.done.set()
         if execution.cancel_reason is not None and isinstance(result, protocol.Completed):
             result = protocol.Failed(**ref, cancelled=True, error=ErrorInfo(
                 type="Cancelled", message=execution.cancel_reason))

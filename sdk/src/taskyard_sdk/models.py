@@ -38,7 +38,10 @@ class _Strict(BaseModel):
 
 
 class TaskOptions(_Strict):
-    """How the engine runs a task. Durations are in seconds (the SDK accepts "30s", "5m", ...)."""
+    """How the engine runs a task. Durations are in seconds (the SDK accepts "30s", "5m", ...).
+    Immutable and hashable, so identical options are shared by every run that has them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     retries: int = Field(default=0, ge=0, le=1000, description="Retries after the first attempt.")
     backoff_factor: float | None = Field(

@@ -1,0 +1,51 @@
+"""`uv run python -m bench WORKLOAD [options]`: run a benchmark, print its table, write its JSON
+result under bench/results/."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="workload", required=True)
+
+    for name, help_text in (("throughput", "no-op runs through 1 and 2 worker processes"),
+                            ("pgcost", "Postgres transactions and WAL bytes per run")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--tasks", type=int, default=50_000)
+        command.add_argument("--workers", default="1,2" if name == "throughput" else "2",
+                             help="comma-separated worker process counts")
+        command.add_argument("--runs", type=int, default=3)
+        command.add_argument("--slots", type=int, default=200)
+        command.add_argument("--warmup", type=int, default=5_000)
+
+    latency = commands.add_parser("latency", help="steady rate on an idle engine")
+    latency.add_argument("--rate", type=float, default=100.0, help="runs per second")
+    latency.add_argument("--seconds", type=float, default=30.0)
+    latency.add_argument("--runs", type=int, default=3)
+
+    scale = commands.add_parser("scale", help="a million queued runs: memory, restart, drain")
+    scale.add_argument("--tasks", type=int, default=1_000_000)
+    scale.add_argument("--workers", type=int, default=2)
+    scale.add_argument("--runs", type=int, default=1)
+
+    args = parser.parse_args()
+    if args.workload in ("throughput", "pgcost"):
+        from bench import throughput
+
+        asyncio.run(throughput.main(args.tasks, [int(w) for w in args.workers.split(",")],
+                                    args.runs, args.slots, args.warmup, args.workload))
+    elif args.workload == "latency":
+        from bench import latency as latency_workload
+
+        asyncio.run(latency_workload.main(args.rate, args.seconds, args.runs))
+    elif args.workload == "scale":
+        from bench import scale as scale_workload
+
+        asyncio.run(scale_workload.main(args.tasks, args.workers, args.runs))
+
+
+if __name__ == "__main__":
+    main()
