@@ -177,3 +177,22 @@ async def test_a_silent_worker_is_declared_lost_and_its_run_retried(
     assert view["attempt"] == 2
     assert view["attempts"][0]["error"]["type"] == "WorkerLost"
     assert "sent no heartbeat" in view["attempts"][0]["error"]["message"]
+
+
+def test_the_fast_assign_encoding_is_a_valid_assign_message() -> None:
+    import time as clock
+
+    from taskyard.queue import assign_json
+    from taskyard.runs import Run
+    from taskyard_sdk.models import RunStatus, TaskOptions
+
+    run = Run(tenant_id=uuid.uuid4(), run_id=uuid.uuid4(), task='say "hi"', queue="default",
+              status=RunStatus.ASSIGNED, attempt=3, priority=2,
+              options=TaskOptions(execution_timeout=12.5), created_at=clock.time(),
+              queued_at=clock.time(), metadata={"k": "v\n"})
+    for payload in (b'{"a":[1,2,{"b":null}]}', None):
+        decoded = protocol.engine_message.validate_json(assign_json(run, payload))
+        assert decoded == protocol.Assign(
+            run_id=run.run_id, attempt=3, task='say "hi"',
+            input=json.loads(payload) if payload else None, metadata={"k": "v\n"},
+            execution_timeout=12.5)

@@ -20,7 +20,6 @@ from taskyard_sdk.models import (
     LogLine,
     RunEvent,
     RunStatus,
-    RunSummary,
     RunView,
     TaskOptions,
 )
@@ -376,24 +375,33 @@ class RunRepository:
             tenant_id)
         return {row["name"]: self._options_of(row["options"]) for row in rows}
 
-    async def get_runs(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID],
-                       *, with_attempts: bool = False) -> dict[uuid.UUID, RunView]:
+    async def run_documents(self, tenant_id: uuid.UUID,
+                            run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        """Runs as JSON-ready documents in the shape of `RunView` (without attempts)."""
         rows = await self.pool.fetch(
             f"SELECT {_VIEW_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
             tenant_id, run_ids)
-        views = {row["run_id"]: _view_of(row) for row in rows}
-        if with_attempts and views:
-            for run_id, events in (await self._events(tenant_id, list(views))).items():
-                views[run_id].attempts = _attempts(events)
-        return views
+        return {row["run_id"]: dict(row) for row in rows}
+
+    async def run_statuses(self, tenant_id: uuid.UUID,
+                           run_ids: list[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
+        rows = await self.pool.fetch(
+            "SELECT run_id, status FROM runs WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
+            tenant_id, run_ids)
+        return {row["run_id"]: RunStatus(row["status"]) for row in rows}
 
     async def get_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView | None:
-        return (await self.get_runs(tenant_id, [run_id], with_attempts=True)).get(run_id)
+        document = (await self.run_documents(tenant_id, [run_id])).get(run_id)
+        if document is None:
+            return None
+        view = RunView.model_validate(document)
+        view.attempts = _attempts(await self.run_events(tenant_id, run_id))
+        return view
 
     async def list_runs(self, tenant_id: uuid.UUID, *, statuses: list[str], tasks: list[str],
                         since: datetime | None, until: datetime | None,
                         metadata: dict[str, str], before: uuid.UUID | None,
-                        limit: int) -> list[RunSummary]:
+                        limit: int) -> list[dict[str, Any]]:
         """Newest first. `before` is the cursor: the last run_id of the previous page."""
         clauses = ["tenant_id = $1"]
         args: list[object] = [tenant_id]
@@ -419,7 +427,7 @@ class RunRepository:
         query = (f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
                  f"ORDER BY run_id DESC LIMIT {arg(limit)}")
         rows = await self.pool.fetch(query, *args)
-        return [_summary_of(row) for row in rows]
+        return [dict(row) for row in rows]  # the shape of RunSummary
 
     async def _events(self, tenant_id: uuid.UUID,
                       run_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RunEvent]]:
@@ -450,29 +458,6 @@ class RunRepository:
         found = await self.pool.fetchval(
             "SELECT true FROM runs WHERE tenant_id = $1 AND run_id = $2", tenant_id, run_id)
         return bool(found)
-
-
-# Rows from our own tables are trusted: build the models without validating them again
-# (reads of thousands of runs, as `run_many` waits, would spend most of their time there).
-
-def _summary_fields(row: asyncpg.Record) -> dict[str, Any]:
-    return {"run_id": row["run_id"], "task": row["task"], "queue": row["queue"],
-            "status": RunStatus(row["status"]), "attempt": row["attempt"],
-            "priority": row["priority"], "metadata": row["metadata"],
-            "created_at": row["created_at"], "started_at": row["started_at"],
-            "finished_at": row["finished_at"]}
-
-
-def _summary_of(row: asyncpg.Record) -> RunSummary:
-    return RunSummary.model_construct(**_summary_fields(row))
-
-
-def _view_of(row: asyncpg.Record) -> RunView:
-    error = row["error"]
-    return RunView.model_construct(
-        **_summary_fields(row), input=row["input"], output=row["output"],
-        error=ErrorInfo.model_construct(**error) if error is not None else None,
-        idempotency_key=row["idempotency_key"], attempts=[], waiting_reason=None)
 
 
 def _attempts(events: list[RunEvent]) -> list[Attempt]:

@@ -189,23 +189,26 @@ class Scheduler:
         return reason
 
     async def wait(self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID],
-                   timeout: float) -> tuple[list[RunView], list[uuid.UUID]]:
-        """Wait until every run has finished or `timeout` passes; returns (finished, pending)."""
+                   timeout: float) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
+        """Wait until every run has finished or `timeout` passes. Returns the finished runs as
+        documents shaped like RunView, and the ids still pending."""
         wanted = list(dict.fromkeys(run_ids))
         futures = self.waiters.watch(tenant_id, wanted)
         try:
-            views = await self.runs.get_runs(tenant_id, wanted)
-            unknown = [str(run_id) for run_id in wanted if run_id not in views]
+            statuses = await self.runs.run_statuses(tenant_id, wanted)
+            unknown = [str(run_id) for run_id in wanted if run_id not in statuses]
             if unknown:
                 raise NotFound(f"no run {', '.join(unknown[:5])} in this tenant"
                                + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
-            pending = [futures[run_id] for run_id, view in views.items()
-                       if not view.status.terminal]
+            pending = [futures[run_id] for run_id, status in statuses.items()
+                       if not status.terminal]
             if pending and timeout > 0:
                 await asyncio.wait(pending, timeout=timeout)
                 if any(future.done() for future in pending):
-                    views = await self.runs.get_runs(tenant_id, wanted)
+                    statuses = await self.runs.run_statuses(tenant_id, wanted)
         finally:
             self.waiters.unwatch(tenant_id, futures)
-        finished = [views[run_id] for run_id in wanted if views[run_id].status.terminal]
-        return finished, [run_id for run_id in wanted if not views[run_id].status.terminal]
+        done = [run_id for run_id in wanted if statuses[run_id].terminal]
+        documents = await self.runs.run_documents(tenant_id, done) if done else {}
+        finished = [documents[run_id] for run_id in done]
+        return finished, [run_id for run_id in wanted if not statuses[run_id].terminal]

@@ -44,13 +44,14 @@ class WorkerSession:
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
         self.frames_sent = 0
-        self._outbox: asyncio.Queue[BaseModel] = asyncio.Queue()
+        self._outbox: asyncio.Queue[BaseModel | bytes] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
-    def send(self, message: BaseModel) -> None:
+    def send(self, message: BaseModel | bytes) -> None:
+        """Queue a protocol message (a model, or one already encoded as JSON)."""
         self._outbox.put_nowait(message)
 
-    def send_many(self, messages: Iterable[BaseModel]) -> None:
+    def send_many(self, messages: Iterable[BaseModel | bytes]) -> None:
         for message in messages:
             self._outbox.put_nowait(message)
 
@@ -87,7 +88,9 @@ class WorkerSession:
                 "connected_at": self.connected_at}
 
 
-def _json(message: BaseModel) -> bytes:
+def _json(message: BaseModel | bytes) -> bytes:
+    if isinstance(message, bytes):
+        return message
     return message.__pydantic_serializer__.to_json(message)
 
 

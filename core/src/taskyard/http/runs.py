@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from taskyard.auth import Role
 from taskyard.errors import NotFound, Unprocessable
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Router
+from taskyard.http.routing import Call, Document, Router
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
@@ -102,7 +102,7 @@ async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse
 
 
 @router.get("/api/v1/runs", roles=ANY_ROLE, query=ListRunsQuery, response=RunPage)
-async def list_runs(call: Call[None]) -> RunPage:
+async def list_runs(call: Call[None]) -> Document:
     """List runs, newest first, filtered by status, task, creation time and metadata."""
     query: ListRunsQuery = call.query
     metadata = {}
@@ -119,21 +119,21 @@ async def list_runs(call: Call[None]) -> RunPage:
             raise Unprocessable(f"query.cursor: {query.cursor!r} is not a cursor from a "
                                 f"previous page") from None
     engine = call.request.app[ENGINE]
-    runs = await engine.scheduler.runs.list_runs(
+    rows = await engine.scheduler.runs.list_runs(
         call.principal.tenant_id, statuses=[s.value for s in query.status], tasks=query.task,
         since=query.since, until=query.until, metadata=metadata, before=before,
         limit=query.limit)
-    cursor = str(runs[-1].run_id) if len(runs) == query.limit else None
-    return RunPage(runs=runs, next_cursor=cursor)
+    cursor = str(rows[-1]["run_id"]) if len(rows) == query.limit else None
+    return Document({"runs": rows, "next_cursor": cursor})
 
 
 @router.post("/api/v1/runs/wait", roles=ANY_ROLE, body=WaitRequest, response=WaitResponse)
-async def wait_runs(call: Call[WaitRequest]) -> WaitResponse:
+async def wait_runs(call: Call[WaitRequest]) -> Document:
     """Wait (up to `timeout` seconds) until the given runs have finished."""
     engine = call.request.app[ENGINE]
     finished, pending = await engine.scheduler.wait(call.principal.tenant_id,
                                                     call.body.run_ids, call.body.timeout)
-    return WaitResponse(runs=finished, pending=pending)
+    return Document({"runs": finished, "pending": pending})
 
 
 async def _view(call: Call[Any], run_id: uuid.UUID) -> RunView:
@@ -173,13 +173,13 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
     chunks = scheduler.streams.subscribe(tenant_id, run_id)
     finished = scheduler.waiters.watch(tenant_id, [run_id])[run_id]
     try:
-        views = await scheduler.runs.get_runs(tenant_id, [run_id])
-        if run_id not in views:
+        statuses = await scheduler.runs.run_statuses(tenant_id, [run_id])
+        if run_id not in statuses:
             raise NotFound(f"no run {run_id} in this tenant")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(call.request)
-        if not views[run_id].status.terminal:
+        if not statuses[run_id].terminal:
             while True:
                 next_chunk = asyncio.ensure_future(chunks.get())
                 await asyncio.wait([next_chunk, finished], return_when=asyncio.FIRST_COMPLETED)
@@ -189,9 +189,9 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
                 await response.write(b"data: " + orjson.dumps(next_chunk.result()) + b"\n\n")
             while not chunks.empty():  # what arrived just before the end
                 await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
-            views = await scheduler.runs.get_runs(tenant_id, [run_id])
+            statuses = await scheduler.runs.run_statuses(tenant_id, [run_id])
         await response.write(b"event: end\ndata: " + orjson.dumps(
-            {"status": views[run_id].status.value}) + b"\n\n")
+            {"status": statuses[run_id].value}) + b"\n\n")
         await response.write_eof()
         return response
     finally:

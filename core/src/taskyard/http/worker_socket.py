@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import WSMsgType, web
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from taskyard.auth import Role
 from taskyard.errors import Unprocessable
@@ -109,16 +109,11 @@ def _handle_frame(session: WorkerSession, queue: QueueActor, registry: WorkerReg
         session.send(protocol.Error(code="too_large", message=(
             f"frame of {len(data)} bytes exceeds the limit of {limit} bytes")))
         return
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        session.send(protocol.Error(code="malformed", message=f"frame is not valid JSON: {exc}"))
-        return
-    items = parsed if isinstance(parsed, list) else [parsed]
-    check_nul = "\\u0000" in data
+    messages = _parse_frame(data)
+    if messages is None:
+        messages = _parse_each(session, data)
     routed = []
-    for item in items:
-        message = _parse(session, item, check_nul)
+    for message in messages:
         if message is None or isinstance(message, protocol.Heartbeat):
             continue
         if isinstance(message, protocol.Drain):
@@ -130,6 +125,33 @@ def _handle_frame(session: WorkerSession, queue: QueueActor, registry: WorkerReg
             routed.append(message)
     if routed:
         queue.tell(queue.worker_messages, session, routed)
+
+
+_FRAME = TypeAdapter(list[protocol.WorkerMessage])
+
+
+def _parse_frame(data: str) -> list[Any] | None:
+    """The frame's messages in one validating pass; None if anything in it is off (then
+    `_parse_each` finds and reports each problem)."""
+    if "\\u0000" in data:
+        return None
+    try:
+        if data.lstrip().startswith("["):
+            return _FRAME.validate_json(data)
+        return [protocol.worker_message.validate_json(data)]
+    except ValidationError:
+        return None
+
+
+def _parse_each(session: WorkerSession, data: str) -> list[Any]:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        session.send(protocol.Error(code="malformed", message=f"frame is not valid JSON: {exc}"))
+        return []
+    items = parsed if isinstance(parsed, list) else [parsed]
+    check_nul = "\\u0000" in data
+    return [_parse(session, item, check_nul) for item in items]
 
 
 def _parse(session: WorkerSession, item: Any, check_nul: bool) -> Any:
