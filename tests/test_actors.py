@@ -136,3 +136,18 @@ def test_ids_are_uuid7_and_strictly_increasing() -> None:
     assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids[:100])
     millis = ids[-1].int >> 80
     assert abs(millis - time.time() * 1000) < 5000
+
+
+async def test_every_caller_of_start_waits_for_on_start() -> None:
+    class Slow(Counter):
+        async def on_start(self) -> None:
+            await asyncio.sleep(0.05)
+            await super().on_start()
+
+    actor = Slow({"value": 41})
+    first = asyncio.create_task(actor.start())
+    await asyncio.sleep(0)
+    await actor.start()  # the second caller must not return before the state is built
+    assert actor.value == 41
+    await first
+    await actor.stop()

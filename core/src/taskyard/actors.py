@@ -91,15 +91,16 @@ class Actor:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the actor and wait until its first `on_start` has finished."""
-        if self._task is not None:
-            return
-        self._ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._supervise(), name=f"actor:{self.name}")
-        ready = self._ready
-        await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
+        """Start the actor and wait until its first `on_start` has finished (a second caller
+        waits for the same)."""
+        if self._task is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._supervise(), name=f"actor:{self.name}")
+        assert self._ready is not None
+        ready, task = self._ready, self._task
+        await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
-            await self._task  # re-raise what ended the actor before it was ready
+            await task  # re-raise what ended the actor before it was ready
 
     async def stop(self) -> None:
         if self._stopped:

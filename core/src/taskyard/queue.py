@@ -24,7 +24,7 @@ import orjson
 
 from taskyard.actors import Actor
 from taskyard.errors import Conflict
-from taskyard.runs import Run, error_json, retry_delay
+from taskyard.runs import Run, error_json, json_bytes, retry_delay
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
 
@@ -103,6 +103,8 @@ class QueueActor(Actor):
     def _reset(self) -> None:
         self.runs: dict[uuid.UUID, Run] = {}
         self.ready: dict[str, list[tuple[int, int, uuid.UUID]]] = {}
+        self.expiries: list[tuple[float, uuid.UUID]] = []  # (schedule deadline, run), a heap
+        self._expiry_armed: float | None = None
         self.workers: dict[uuid.UUID, WorkerSlots] = {}
         self.finished: OrderedDict[uuid.UUID, tuple[int, uuid.UUID | None]] = OrderedDict()
         self.cached_bytes = 0
@@ -193,8 +195,11 @@ class QueueActor(Actor):
         self._seq += 1
         run.seq = self._seq
         heapq.heappush(self.ready.setdefault(run.task, []), (-run.priority, run.seq, run.run_id))
-        self._timer(run.queued_at + run.options.schedule_timeout, self._schedule_timeouts,
-                    (run.run_id, run.attempt, run.seq))
+        deadline = run.queued_at + run.options.schedule_timeout
+        heapq.heappush(self.expiries, (deadline, run.run_id))
+        if self._expiry_armed is None or deadline < self._expiry_armed:
+            self._expiry_armed = deadline
+            self._timer(deadline, self._schedule_timeouts, deadline)
 
     # -- assignment ------------------------------------------------------------------------------
 
@@ -476,7 +481,7 @@ class QueueActor(Actor):
         del worker.running[message.run_id]
         run = self._current(worker, message)
         if run is not None:
-            run.output_json = orjson.dumps(message.output)
+            run.output_json = json_bytes(message.output)
             run.error_json = None
             self._finish(run, RunStatus.SUCCEEDED, now)
         self._acks.setdefault(worker.session, []).append(
@@ -593,17 +598,25 @@ class QueueActor(Actor):
 
     # -- timers ----------------------------------------------------------------------------------
 
-    def _schedule_timeouts(self, items: list[tuple[uuid.UUID, int, int]]) -> None:
+    def _schedule_timeouts(self, _: list[float]) -> None:
+        """Runs still waiting in the queue at their schedule deadline end timed out. The queue's
+        own heap of deadlines (not one engine timer per run) keeps a deep queue small."""
         now = self.clock()
-        for run_id, attempt, seq in items:
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= now:
+            deadline, run_id = heapq.heappop(expiries)
             run = self.runs.get(run_id)
-            if run is None or run.attempt != attempt or not run.ready or run.seq != seq:
-                continue
+            if run is None or not run.ready or \
+                    run.queued_at + run.options.schedule_timeout != deadline:
+                continue  # started, finished, or queued again since (with a new deadline)
             run.error_json = error_json(
                 "ScheduleTimeout",
                 f"not started within schedule_timeout ({run.options.schedule_timeout:g}s)"
                 + self._waiting_suffix(run.task))
             self._finish(run, RunStatus.TIMED_OUT, now)
+        self._expiry_armed = expiries[0][0] if expiries else None
+        if self._expiry_armed is not None:
+            self._timer(self._expiry_armed, self._schedule_timeouts, self._expiry_armed)
 
     def _execution_timeouts(self, items: list[tuple[uuid.UUID, int, float]]) -> None:
         now = self.clock()

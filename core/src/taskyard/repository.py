@@ -3,6 +3,7 @@ to the database; every query here is scoped by tenant_id where the table has one
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -324,8 +325,8 @@ class RunRepository:
     def _run_of(self, row: asyncpg.Record) -> Run:
         metadata = orjson.loads(row["metadata"])
         run = Run(
-            tenant_id=row["tenant_id"], run_id=row["run_id"], task=row["task"],
-            queue=row["queue"], status=RunStatus(row["status"]), attempt=row["attempt"],
+            tenant_id=row["tenant_id"], run_id=row["run_id"], task=sys.intern(row["task"]),
+            queue=sys.intern(row["queue"]), status=RunStatus(row["status"]), attempt=row["attempt"],
             priority=row["priority"], options=self._options_of(row["options"]),
             created_at=row["created_at"], queued_at=row["queued_at"],
             metadata=metadata or EMPTY_METADATA, worker_id=row["worker_id"],

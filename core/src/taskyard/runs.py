@@ -68,5 +68,11 @@ def retry_delay(options: TaskOptions, retry_number: int, retry_after: float | No
     return min(delay, options.backoff_max_seconds)
 
 
+def json_bytes(value: object) -> bytes:
+    """JSON for keeping in memory. orjson returns buffers with kilobytes of spare capacity;
+    a million queued runs holding those would need gigabytes, so keep a right-sized copy."""
+    return memoryview(orjson.dumps(value)).tobytes()
+
+
 def error_json(kind: str, message: str, traceback: str | None = None) -> bytes:
-    return orjson.dumps({"type": kind, "message": message, "traceback": traceback})
+    return json_bytes({"type": kind, "message": message, "traceback": traceback})

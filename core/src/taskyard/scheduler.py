@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -19,7 +20,7 @@ from taskyard.ids import new_id
 from taskyard.persister import Persister
 from taskyard.queue import QueueActor
 from taskyard.repository import RunRepository
-from taskyard.runs import EMPTY_METADATA, Run
+from taskyard.runs import EMPTY_METADATA, Run, json_bytes
 from taskyard.streams import RunStreams
 from taskyard.tenants import TenantActor
 from taskyard.timers import Timers
@@ -121,8 +122,8 @@ class Scheduler:
             options, options_json = self._intern(
                 request.options or registered.get(request.task) or DEFAULT_OPTIONS)
             priority = request.priority or options.priority
-            input_json = orjson.dumps(request.input)
-            run = Run(tenant_id=tenant_id, run_id=new_id(), task=request.task,
+            input_json = json_bytes(request.input)
+            run = Run(tenant_id=tenant_id, run_id=new_id(), task=sys.intern(request.task),
                       queue=options.queue, status=RunStatus.QUEUED, attempt=1, priority=priority,
                       options=options, created_at=now, queued_at=now,
                       metadata=request.metadata or EMPTY_METADATA, input_json=input_json)
