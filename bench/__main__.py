@@ -31,6 +31,14 @@ def main() -> None:
     scale.add_argument("--workers", type=int, default=2)
     scale.add_argument("--runs", type=int, default=1)
 
+    peers = commands.add_parser("peers", help="Taskyard beside PgQueuer, Procrastinate, Celery")
+    peers.add_argument("--peers", default="pgqueuer,procrastinate,celery")
+    peers.add_argument("--tasks", type=int, default=20_000)
+    peers.add_argument("--workers", type=int, default=2)
+    peers.add_argument("--runs", type=int, default=3)
+    peers.add_argument("--rate", type=float, default=100.0)
+    peers.add_argument("--seconds", type=float, default=30.0)
+
     args = parser.parse_args()
     if args.workload in ("throughput", "pgcost"):
         from bench import throughput
@@ -45,6 +53,11 @@ def main() -> None:
         from bench import scale as scale_workload
 
         asyncio.run(scale_workload.main(args.tasks, args.workers, args.runs))
+    elif args.workload == "peers":
+        from bench import peers_workload
+
+        asyncio.run(peers_workload.main(args.peers.split(","), args.tasks, args.workers,
+                                        args.runs, args.rate, args.seconds))
 
 
 if __name__ == "__main__":

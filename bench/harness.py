@@ -89,13 +89,17 @@ class Setup:
     db_url: str
     token: str
     logs: Path
+    started: list[Workers] = field(default_factory=list)
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
     def workers(self, count: int, slots: int = 200) -> Workers:
-        return Workers(self.engine.url, self.token, count, slots, self.logs).start()
+        """Worker processes, stopped when the setup ends if not before."""
+        workers = Workers(self.engine.url, self.token, count, slots, self.logs).start()
+        self.started.append(workers)
+        return workers
 
     async def wait_for_workers(self, http: aiohttp.ClientSession, count: int) -> None:
         for _ in range(600):
@@ -116,9 +120,12 @@ async def engine_setup(*flags: str) -> AsyncIterator[Setup]:
                                logs / "engine.log")
         engine.start()
         token = (logs / "data" / "token").read_text().strip()
+        setup = Setup(engine, db_url, token, logs)
         try:
-            yield Setup(engine, db_url, token, logs)
+            yield setup
         finally:
+            for workers in setup.started:
+                workers.stop()
             engine.kill()
 
 
