@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    asyncpg.exceptions.InternalClientError)  # a connection left mid-operation by a failure
 
 _JSONB_VERSION = b"\x01"  # jsonb's binary format is a version byte followed by the JSON text
 

@@ -157,6 +157,8 @@ class Persister(Actor):
                       ) -> None:
         delay = 0.05
         retried = False
+        refusals = 0
+        rows = len(batch)
         while True:
             try:
                 async with self.pool.acquire() as conn:
@@ -174,12 +176,31 @@ class Persister(Actor):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
-                # Not a lost connection: retrying would fail the same way. Nothing in the batch was
-                # acknowledged yet, so tell everyone who waits for it.
-                log.exception("a batch of %d rows was refused by Postgres", len(batch))
-                self._post(self._flushed, len(batch), barriers, waiters, None, exc)
+                if batch.new_runs:
+                    # New runs are the only rows from outside the engine: refuse those (their
+                    # triggers get the error, nothing was acknowledged) and write the rest, which
+                    # the engine has already acted on.
+                    log.exception("Postgres refused a batch with %d new runs; refusing them",
+                                  len(batch.new_runs))
+                    self._post(self._refused, waiters, exc)
+                    batch.new_runs, waiters = [], []
+                    continue
+                refusals += 1
+                if refusals < 5:  # perhaps a passing fault we do not recognise: try again
+                    log.warning("Postgres refused a batch (%s); retrying in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                log.exception("giving up a batch of %d rows that Postgres refuses", len(batch))
+                self._post(self._flushed, rows, barriers, waiters, None, exc)
                 return
-        self._post(self._flushed, len(batch), barriers, waiters, inserted, None)
+        self._post(self._flushed, rows, barriers, waiters, inserted, None)
+
+    def _refused(self, waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]],
+                 error: Exception) -> None:
+        for _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
 
     async def _already_inserted(self, conn: asyncpg.Connection,
                                 batch: WriteBatch) -> dict[uuid.UUID, Inserted]:

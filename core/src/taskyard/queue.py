@@ -264,7 +264,7 @@ class QueueActor(Actor):
         run.started_at = None
         run.deadline = now + run.options.execution_timeout
         worker.running[run.run_id] = run.attempt
-        self._record(run, "assigned", now)
+        self._save(run)
         self._deadline_timer(run)
 
     def _send_assignments(self, worker: WorkerSlots, runs: list[Run]) -> None:
@@ -470,7 +470,7 @@ class QueueActor(Actor):
         if run is not None and run.status is RunStatus.ASSIGNED:
             run.status = RunStatus.RUNNING
             run.started_at = now
-            self._record(run, "started", now)
+            self._save(run)
 
     def _on_completed(self, worker: WorkerSlots, message: protocol.Completed,
                       now: float) -> None:
@@ -519,13 +519,14 @@ class QueueActor(Actor):
                         final_status: RunStatus = RunStatus.FAILED) -> None:
         """The current attempt ended badly: retry if allowed, else finish the run."""
         run.error_json = error
-        event = "timed_out" if final_status is RunStatus.TIMED_OUT else "failed"
-        self._record(run, event, now, detail=orjson.loads(error))
         if not retryable or run.attempt > run.options.retries:
-            self._finish(run, final_status, now, record=False)
+            self._finish(run, final_status, now)
             return
+        run.finished_at = now
+        self._attempt_ended(run, final_status)
         delay = retry_delay(run.options, run.attempt, retry_after)
         run.attempt += 1
+        run.finished_at = None
         run.worker_id = None
         run.assigned_at = run.started_at = run.deadline = None
         run.ready = False
@@ -538,16 +539,12 @@ class QueueActor(Actor):
             self._make_ready(run, now)
             self._record(run, "queued", now, detail={"retry": True})
 
-    def _finish(self, run: Run, status: RunStatus, now: float, *, record: bool = True) -> None:
+    def _finish(self, run: Run, status: RunStatus, now: float) -> None:
         run.status = status
         run.ready = False
         run.finished_at = now
         run.deadline = None
-        if record:
-            self._record(run, status.value, now,
-                         detail=orjson.loads(run.error_json) if run.error_json else None)
-        else:
-            self._states[run.run_id] = run.row()
+        self._save(run)
         del self.runs[run.run_id]
         if run.input_json is not None:
             self.cached_bytes -= len(run.input_json)
@@ -556,12 +553,30 @@ class QueueActor(Actor):
             self.finished.popitem(last=False)
         self._finished_now.append(run.run_id)
 
+    # The run's row holds the timeline of its current attempt (created, assigned, started,
+    # finished, outcome): the usual transitions cost no event rows. Events are written for what
+    # the row cannot hold: an attempt's outcome before the run moves on to another attempt, and
+    # the rarer happenings (retry scheduled, timeout refreshed, reattached, replayed).
+
+    def _save(self, run: Run) -> None:
+        """Persist the run's current state (the latest state in a batch wins)."""
+        self._states[run.run_id] = run.row()
+
     def _record(self, run: Run, event: str, now: float,
                 detail: dict[str, Any] | None = None) -> None:
         """Persist the run's current state and one event of its history."""
-        self._states[run.run_id] = run.row()
+        self._save(run)
         self._events.append((run.tenant_id, run.run_id, now, run.attempt, event, run.worker_id,
                              orjson.dumps(detail).decode() if detail is not None else None))
+
+    def _attempt_ended(self, run: Run, outcome: RunStatus) -> None:
+        """Keep the timeline of an attempt the run is about to leave behind."""
+        assert run.finished_at is not None
+        error = orjson.loads(run.error_json) if run.error_json else None
+        self._events.append((run.tenant_id, run.run_id, run.finished_at, run.attempt,
+                             outcome.value, run.worker_id, orjson.dumps({
+                                 "error": error, "assigned_at": run.assigned_at,
+                                 "started_at": run.started_at}).decode()))
 
     def _timer(self, at: float, handler: Callable[[list[Any]], Any], item: Any) -> None:
         self._timers.append((at, self, handler, item))
@@ -666,6 +681,7 @@ class QueueActor(Actor):
         if run.run_id in self.runs:
             raise Conflict(f"run {run.run_id} is not finished; only finished runs can be replayed")
         now = self.clock()
+        self._attempt_ended(run, run.status)
         run.attempt += 1
         run.output_json = run.error_json = None
         run.worker_id = None

@@ -7,7 +7,7 @@ import sys
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -155,23 +155,17 @@ class Inserted:
 
 
 _INSERT_RUNS = """
-WITH inserted AS (
-    INSERT INTO runs (tenant_id, run_id, task, queue, status, attempt, priority, options, input,
-                      metadata, idempotency_key, created_at, queued_at)
-    SELECT t.tenant_id, t.run_id, t.task, t.queue, t.status, t.attempt, t.priority,
-           t.options::jsonb, t.input::jsonb, t.metadata::jsonb, t.idempotency_key,
-           to_timestamp(t.created_at), to_timestamp(t.queued_at)
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
-                $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::float8[])
-         AS t(tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
-              idempotency_key, created_at, queued_at)
-    ON CONFLICT DO NOTHING
-    RETURNING tenant_id, run_id, created_at, attempt
-), history AS (
-    INSERT INTO run_events (tenant_id, run_id, at, attempt, type)
-    SELECT tenant_id, run_id, created_at, attempt, 'queued' FROM inserted
-)
-SELECT run_id FROM inserted
+INSERT INTO runs (tenant_id, run_id, task, queue, status, attempt, priority, options, input,
+                  metadata, idempotency_key, created_at, queued_at)
+SELECT t.tenant_id, t.run_id, t.task, t.queue, t.status, t.attempt, t.priority, t.options::jsonb,
+       t.input::jsonb, t.metadata::jsonb, t.idempotency_key, to_timestamp(t.created_at),
+       to_timestamp(t.queued_at)
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::float8[])
+     AS t(tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
+          idempotency_key, created_at, queued_at)
+ON CONFLICT DO NOTHING
+RETURNING run_id
 """
 
 _EXISTING_BY_KEY = """
@@ -430,21 +424,19 @@ class RunRepository:
         rows = await self.pool.fetch(query, *args)
         return [dict(row) for row in rows]  # the shape of RunSummary
 
-    async def _events(self, tenant_id: uuid.UUID,
-                      run_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RunEvent]]:
-        rows = await self.pool.fetch(
-            "SELECT run_id, at, attempt, type, worker_id, detail FROM run_events "
-            "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[]) ORDER BY run_id, seq",
-            tenant_id, run_ids)
-        events: dict[uuid.UUID, list[RunEvent]] = {}
-        for row in rows:
-            events.setdefault(row["run_id"], []).append(RunEvent(
-                at=row["at"], attempt=row["attempt"], type=row["type"],
-                worker_id=row["worker_id"], detail=row["detail"]))
-        return events
-
     async def run_events(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[RunEvent]:
-        return (await self._events(tenant_id, [run_id])).get(run_id, [])
+        """The run's whole history: the stored events, and the transitions of its current
+        attempt, which its row records (see QueueActor._save)."""
+        run = await self.pool.fetchrow(
+            "SELECT created_at, attempt, status, worker_id, assigned_at, started_at, "
+            "finished_at, error FROM runs WHERE tenant_id = $1 AND run_id = $2",
+            tenant_id, run_id)
+        if run is None:
+            return []
+        stored = await self.pool.fetch(
+            "SELECT at, attempt, type, worker_id, detail FROM run_events "
+            "WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq", tenant_id, run_id)
+        return _history(run, stored)
 
     async def run_logs(self, tenant_id: uuid.UUID, run_id: uuid.UUID, *, limit: int,
                        after: int | None) -> list[tuple[int, LogLine]]:
@@ -459,6 +451,37 @@ class RunRepository:
         found = await self.pool.fetchval(
             "SELECT true FROM runs WHERE tenant_id = $1 AND run_id = $2", tenant_id, run_id)
         return bool(found)
+
+
+def _history(run: asyncpg.Record, stored: list[asyncpg.Record]) -> list[RunEvent]:
+    events = [RunEvent(at=run["created_at"], attempt=1, type="queued")]
+    for row in stored:
+        detail = row["detail"]
+        if row["type"] in _TERMINAL_EVENTS and detail is not None and "assigned_at" in detail:
+            # An earlier attempt's outcome, with the timeline its row no longer holds.
+            for kind in ("assigned", "started"):
+                if detail[f"{kind}_at"] is not None:
+                    events.append(RunEvent(at=_utc(detail[f"{kind}_at"]), attempt=row["attempt"],
+                                           type=kind, worker_id=row["worker_id"]))
+            detail = detail["error"]
+        events.append(RunEvent(at=row["at"], attempt=row["attempt"], type=row["type"],
+                               worker_id=row["worker_id"], detail=detail))
+    attempt, worker = run["attempt"], run["worker_id"]
+    if run["assigned_at"] is not None:
+        events.append(RunEvent(at=run["assigned_at"], attempt=attempt, type="assigned",
+                               worker_id=worker))
+    if run["started_at"] is not None:
+        events.append(RunEvent(at=run["started_at"], attempt=attempt, type="started",
+                               worker_id=worker))
+    if run["status"] in _TERMINAL_EVENTS and run["finished_at"] is not None:
+        events.append(RunEvent(at=run["finished_at"], attempt=attempt, type=run["status"],
+                               worker_id=worker, detail=run["error"]))
+    events.sort(key=lambda event: event.at)  # stable: same-time events keep their order
+    return events
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _attempts(events: list[RunEvent]) -> list[Attempt]:
