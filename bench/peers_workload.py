@@ -157,8 +157,8 @@ async def main(peers: list[str], tasks: int, workers: int, runs: int, rate: floa
         figures[name] = {"tasks_per_second": rate_summary, "start_p50_ms": p50,
                          "start_p99_ms": p99}
         ratio = "" if name == "taskyard" else (
-            f"  taskyard/{name}: {ours / rate_summary['median']:.1f}x throughput, "
-            f"{p50['median'] / ours_p50:.1f}x lower p50")
+            f"  taskyard/{name}: throughput {ours / rate_summary['median']:.1f}x, "
+            f"start p50 {ours_p50 / p50['median']:.1f}x")
         table.append((name, f"{rate_summary['median']:.0f} tasks/s, start p50 "
                             f"{p50['median']:.1f} ms, p99 {p99['median']:.1f} ms{ratio}"))
     await write_result("peers", {"peers": peers, "tasks": tasks, "workers": workers,

@@ -33,7 +33,7 @@ class EngineSettings(BaseModel):
         description="After a restart, how long recovered runs wait for their workers to "
                     "reconnect and claim them before they are assigned again.")
     flush_linger: float = Field(
-        default=0.001, ge=0, description="How long a write batch waits to gather more rows.")
+        default=0.0, ge=0, description="How long a write batch waits to gather more rows.")
     public_url: str | None = Field(
         default=None, description="URL users reach the engine at (for links in alerts)."
     )

@@ -34,7 +34,7 @@ def _new_batch() -> WriteBatch:
 
 
 class Persister(Actor):
-    def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, *, linger: float = 0.001,
+    def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, *, linger: float = 0.0,
                  max_pending: int = 200_000, stop_timeout: float = 30.0) -> None:
         super().__init__("persister")
         self.pool = pool
