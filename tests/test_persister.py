@@ -13,7 +13,13 @@ import pytest
 from taskyard.db import create_pool
 from taskyard.ids import new_id
 from taskyard.persister import Persister
-from taskyard.repository import WriteBatch, batch_committed, register_node, write_batch
+from taskyard.repository import (
+    WriteBatch,
+    batch_committed,
+    new_run_row,
+    register_node,
+    write_batch,
+)
 
 
 @pytest.fixture
@@ -37,8 +43,16 @@ TENANT = uuid.UUID(int=1)
 
 
 def new_run(run_id: uuid.UUID, key: str | None = None) -> tuple[object, ...]:
-    now = time.time()
-    return (TENANT, run_id, "t", "default", "queued", 1, 2, "{}", "null", "{}", key, now, now)
+    return new_run_row(tenant_id=TENANT, run_id=run_id, task="t", queue="default",
+                       status="queued", priority=2, options_json="{}", input_json="null",
+                       metadata_json="{}", created_at=time.time(), idempotency_key=key)
+
+
+def exploded_run() -> tuple[object, ...]:
+    """A run Postgres refuses (its status breaks a check constraint)."""
+    return new_run_row(tenant_id=TENANT, run_id=new_id(), task="t", queue="default",
+                       status="exploded", priority=2, options_json="{}", input_json="null",
+                       metadata_json="{}", created_at=time.time())
 
 
 def state(run_id: uuid.UUID, status: str, attempt: int = 1) -> tuple[object, ...]:
@@ -106,8 +120,7 @@ async def test_producers_wait_when_the_buffer_is_full(pool: asyncpg.Pool) -> Non
 
 async def test_a_refused_batch_fails_its_waiters_and_the_next_batch_works(
         persister: Persister, pool: asyncpg.Pool) -> None:
-    bad = persister.insert_runs([(TENANT, new_id(), "t", "default", "exploded", 1, 2, "{}",
-                                  "null", "{}", None, time.time(), time.time())])
+    bad = persister.insert_runs([exploded_run()])
     with pytest.raises(asyncpg.CheckViolationError):
         await bad
     good = await persister.insert_runs([new_run(new_id())])
@@ -144,8 +157,7 @@ async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(
         run_id = new_id()
         await slow.insert_runs([new_run(run_id)])
         slow.write([state(run_id, "succeeded")], [], [])
-        bad = slow.insert_runs([(TENANT, new_id(), "t", "default", "exploded", 1, 2, "{}",
-                                 "null", "{}", None, time.time(), time.time())])
+        bad = slow.insert_runs([exploded_run()])
         await slow.barrier()
         with pytest.raises(asyncpg.CheckViolationError):
             await bad

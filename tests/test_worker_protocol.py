@@ -184,15 +184,18 @@ def test_the_fast_assign_encoding_is_a_valid_assign_message() -> None:
 
     from taskyard.queue import assign_json
     from taskyard.runs import Run
-    from taskyard_sdk.models import RunStatus, TaskOptions
+    from taskyard_sdk.models import RunStatus, StepContext, TaskOptions
 
     run = Run(tenant_id=uuid.uuid4(), run_id=uuid.uuid4(), task='say "hi"', queue="default",
               status=RunStatus.ASSIGNED, attempt=3, priority=2,
               options=TaskOptions(execution_timeout=12.5), created_at=clock.time(),
               queued_at=clock.time(), metadata={"k": "v\n"})
-    for payload in (b'{"a":[1,2,{"b":null}]}', None):
-        decoded = protocol.engine_message.validate_json(assign_json(run, payload))
+    context = StepContext(workflow_run_id=uuid.uuid4(), step="b", parents={"a": [1]},
+                          skipped=["c"])
+    for payload, step in ((b'{"a":[1,2,{"b":null}]}', None), (None, context)):
+        encoded = assign_json(run, payload, step.model_dump_json().encode() if step else None)
+        decoded = protocol.engine_message.validate_json(encoded)
         assert decoded == protocol.Assign(
             run_id=run.run_id, attempt=3, task='say "hi"',
             input=json.loads(payload) if payload else None, metadata={"k": "v\n"},
-            execution_timeout=12.5)
+            execution_timeout=12.5, context=step)

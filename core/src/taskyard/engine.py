@@ -22,6 +22,7 @@ from taskyard.config import EngineSettings
 from taskyard.db import create_pool
 from taskyard.embedded import EmbeddedPostgres
 from taskyard.errors import Unauthorized
+from taskyard.event_repository import EventRepository
 from taskyard.http.app import build_app
 from taskyard.http.routing import Router
 from taskyard.migrator import MigrationError, migrate, pending_migrations
@@ -29,6 +30,7 @@ from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
 from taskyard.repository import Repository, RunRepository, TenantExists, register_node
 from taskyard.scheduler import Scheduler
+from taskyard.workflow_repository import WorkflowRepository
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class Engine:
         self._persister = Persister(self._pool, self.node_id, linger=self.settings.flush_linger)
         await self._persister.start()
         self._scheduler = Scheduler(persister=self._persister, runs=RunRepository(self._pool),
+                                    workflows=WorkflowRepository(self._pool),
+                                    events=EventRepository(self._pool),
                                     heartbeat_interval=self.settings.heartbeat_interval,
                                     heartbeat_timeout=self.settings.heartbeat_timeout,
                                     recovery_hold=self.settings.recovery_hold)

@@ -64,6 +64,10 @@ class Persister(Actor):
         """Run states (latest wins), events and log lines, in one message."""
         self.tell(self._add_many, states, events, logs)
 
+    def pushed_events(self, rows: list[Row]) -> None:
+        """Events pushed by applications (see WriteBatch.pushed_events)."""
+        self.tell(self._add_pushed_events, rows)
+
     def definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self.tell(self._add_definitions, rows)
 
@@ -99,6 +103,10 @@ class Persister(Actor):
         self._batch.events.extend(events)
         self._batch.logs.extend(logs)
         self._grew(grew)
+
+    def _add_pushed_events(self, rows: list[Row]) -> None:
+        self._batch.pushed_events.extend(rows)
+        self._grew(len(rows))
 
     def _add_definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self._batch.definitions.update(rows)
@@ -140,12 +148,7 @@ class Persister(Actor):
                              waiters: list[tuple[list[uuid.UUID],
                                                  asyncio.Future[list[Inserted]]]]) -> None:
         """After lingering, fold in what arrived meanwhile, then commit."""
-        late = self._batch
-        batch.new_runs.extend(late.new_runs)
-        batch.run_states.update(late.run_states)
-        batch.events.extend(late.events)
-        batch.logs.extend(late.logs)
-        batch.definitions.update(late.definitions)
+        batch.merge(self._batch)
         barriers.extend(self._barriers)
         waiters.extend(self._insert_waiters)
         self._batch, self._barriers, self._insert_waiters = _new_batch(), [], []

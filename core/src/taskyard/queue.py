@@ -66,14 +66,25 @@ class WorkerSlots:
         return self.session is not None and not self.draining and self.free > 0
 
 
-def assign_json(run: Run, input_json: bytes | None) -> bytes:
+def assign_json(run: Run, input_json: bytes | None, context_json: bytes | None) -> bytes:
     """A `protocol.Assign` message, encoded directly: the payload is embedded as the JSON it
     already is (decoding and re-encoding it per assignment was the hot path's largest cost)."""
     return b'{"type":"assign","run_id":"%s","attempt":%d,"task":%s,"input":%s,' \
-        b'"metadata":%s,"execution_timeout":%s}' % (
+        b'"metadata":%s,"execution_timeout":%s%s}' % (
             str(run.run_id).encode(), run.attempt, orjson.dumps(run.task),
             input_json if input_json is not None else b"null", orjson.dumps(run.metadata),
-            orjson.dumps(run.options.execution_timeout))
+            orjson.dumps(run.options.execution_timeout),
+            b',"context":' + context_json if context_json is not None else b"")
+
+
+StepsEnded = Callable[[uuid.UUID, list["StepEnded"]], None]
+StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None]
+"""(workflow_run_id, step, status, output, error) of a workflow step's run that ended."""
+
+
+def _cached_size(run: Run) -> int:
+    assert run.input_json is not None
+    return len(run.input_json) + (len(run.context_json) if run.context_json else 0)
 
 
 class QueueActor(Actor):
@@ -81,7 +92,7 @@ class QueueActor(Actor):
                  timers: Timers, repository: RunRepository, waiters: RunWaiters,
                  streams: RunStreams,
                  connected_workers: Callable[[], Iterable[WorkerSession]],
-                 worker_grace: float, recovery_hold: float = 0.0,
+                 steps_ended: StepsEnded, worker_grace: float, recovery_hold: float = 0.0,
                  input_cache_bytes: int = 256 * 1024 * 1024,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
@@ -93,6 +104,7 @@ class QueueActor(Actor):
         self.waiters = waiters
         self.streams = streams
         self.connected_workers = connected_workers
+        self.steps_ended = steps_ended
         self.worker_grace = worker_grace
         self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
@@ -118,6 +130,7 @@ class QueueActor(Actor):
         self._timers: list[Entry] = []
         self._acks: dict[WorkerSession, list[protocol.AttemptRef]] = {}
         self._finished_now: list[uuid.UUID] = []
+        self._steps_ended: list[StepEnded] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -179,10 +192,11 @@ class QueueActor(Actor):
                 continue
             self.runs[run.run_id] = run
             if run.input_json is not None:
-                if self.cached_bytes + len(run.input_json) > self.input_cache_bytes:
-                    run.input_json = None  # over budget: read it back when assigned
+                size = _cached_size(run)
+                if self.cached_bytes + size > self.input_cache_bytes:
+                    run.input_json = run.context_json = None  # read back when assigned
                 else:
-                    self.cached_bytes += len(run.input_json)
+                    self.cached_bytes += size
             self._make_ready(run, now, keep_queued_at=True)
         self._schedule_dispatch()
 
@@ -271,7 +285,8 @@ class QueueActor(Actor):
         cached = [run for run in runs if run.input_json is not None]
         missing = [run for run in runs if run.input_json is None]
         if cached:
-            self._send_assign(worker, [(run, run.input_json) for run in cached])
+            self._send_assign(worker, [(run, run.input_json, run.context_json)
+                                       for run in cached])
         if missing:
             task = asyncio.create_task(self._fetch_inputs(worker.worker_id, missing),
                                        name=f"{self.name}:fetch-inputs")
@@ -291,7 +306,7 @@ class QueueActor(Actor):
         self._post(self._send_fetched, worker_id, refs, inputs)
 
     def _send_fetched(self, worker_id: uuid.UUID, refs: list[tuple[uuid.UUID, int]],
-                      inputs: dict[uuid.UUID, bytes | None]) -> None:
+                      inputs: dict[uuid.UUID, tuple[bytes | None, bytes | None]]) -> None:
         worker = self.workers.get(worker_id)
         if worker is None or worker.session is None:
             return  # lost meanwhile: its attempts are handled by the lost-worker path
@@ -300,7 +315,7 @@ class QueueActor(Actor):
             run = self.runs.get(run_id)
             if run is not None and run.attempt == attempt and run.worker_id == worker_id \
                     and run.status is RunStatus.ASSIGNED:
-                ready.append((run, inputs.get(run_id)))
+                ready.append((run, *inputs.get(run_id, (None, None))))
         if ready:
             self._send_assign(worker, ready)
 
@@ -319,9 +334,10 @@ class QueueActor(Actor):
                 self._record(run, "requeued", now, detail={"reason": "input unavailable"})
         self._schedule_dispatch()
 
-    def _send_assign(self, worker: WorkerSlots, runs: list[tuple[Run, bytes | None]]) -> None:
+    def _send_assign(self, worker: WorkerSlots,
+                     runs: list[tuple[Run, bytes | None, bytes | None]]) -> None:
         assert worker.session is not None
-        worker.session.send_many(assign_json(run, data) for run, data in runs)
+        worker.session.send_many(assign_json(*assignment) for assignment in runs)
 
     # -- workers ---------------------------------------------------------------------------------
 
@@ -547,7 +563,11 @@ class QueueActor(Actor):
         self._save(run)
         del self.runs[run.run_id]
         if run.input_json is not None:
-            self.cached_bytes -= len(run.input_json)
+            self.cached_bytes -= _cached_size(run)
+        if run.workflow_run_id is not None:
+            assert run.step is not None
+            self._steps_ended.append((run.workflow_run_id, run.step, status, run.output_json,
+                                      run.error_json))
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
@@ -595,6 +615,9 @@ class QueueActor(Actor):
         if self._timers:
             self.timers.schedule_many(self._timers)
             self._timers = []
+        if self._steps_ended:  # after the write above: what follows from it is written later
+            self.steps_ended(self.tenant_id, self._steps_ended)
+            self._steps_ended = []
         if not self._acks and not self._finished_now:
             return
         acks, self._acks = self._acks, {}

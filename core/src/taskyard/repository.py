@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,9 @@ from taskyard_sdk.models import (
     ErrorInfo,
     LogLine,
     RunEvent,
+    RunKind,
     RunStatus,
+    RunSummary,
     RunView,
     TaskOptions,
 )
@@ -127,8 +129,7 @@ class WriteBatch:
     """Everything one flush writes. Rows are tuples in the column order of the SQL below."""
 
     batch_id: uuid.UUID
-    # (tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
-    #  idempotency_key, created_at, queued_at)
+    # see new_run_row()
     new_runs: list[Row]
     # (tenant_id, run_id, status, attempt, worker_id, queued_at, retry_at, assigned_at,
     #  started_at, finished_at, output, error) -- the latest state of each run wins
@@ -139,10 +140,38 @@ class WriteBatch:
     logs: list[Row]
     # (tenant_id, name) -> options json
     definitions: dict[tuple[uuid.UUID, str], str]
+    # (tenant_id, event_id, key, payload, metadata, created_at, triggered, replay_of); triggered
+    # is a Postgres array literal of run ids
+    pushed_events: list[Row] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.new_runs) + len(self.run_states) + len(self.events) + len(self.logs)
-                + len(self.definitions))
+                + len(self.definitions) + len(self.pushed_events))
+
+    def merge(self, later: WriteBatch) -> None:
+        self.new_runs.extend(later.new_runs)
+        self.run_states.update(later.run_states)
+        self.events.extend(later.events)
+        self.logs.extend(later.logs)
+        self.definitions.update(later.definitions)
+        self.pushed_events.extend(later.pushed_events)
+
+
+def new_run_row(*, tenant_id: uuid.UUID, run_id: uuid.UUID, task: str, queue: str, status: str,
+                priority: int, options_json: str, input_json: str | None, metadata_json: str,
+                created_at: float, idempotency_key: str | None = None, kind: str = "task",
+                workflow_version: int | None = None, workflow_run_id: uuid.UUID | None = None,
+                step: str | None = None, parent_run_id: uuid.UUID | None = None,
+                context_json: str | None = None, wait_started_at: float | None = None,
+                error_json: str | None = None, finished_at: float | None = None) -> Row:
+    """A row of `WriteBatch.new_runs`, in the column order of _INSERT_RUNS."""
+    return (tenant_id, run_id, task, queue, status, 1, priority, options_json, input_json,
+            metadata_json, idempotency_key, created_at, created_at, kind, workflow_version,
+            workflow_run_id, step, parent_run_id, context_json, wait_started_at, error_json,
+            finished_at)
+
+
+_NEW_RUN_WIDTH = 22
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +185,21 @@ class Inserted:
 
 _INSERT_RUNS = """
 INSERT INTO runs (tenant_id, run_id, task, queue, status, attempt, priority, options, input,
-                  metadata, idempotency_key, created_at, queued_at)
+                  metadata, idempotency_key, created_at, queued_at, kind, workflow_version,
+                  workflow_run_id, step, parent_run_id, context, wait_started_at, error,
+                  finished_at)
 SELECT t.tenant_id, t.run_id, t.task, t.queue, t.status, t.attempt, t.priority, t.options::jsonb,
        t.input::jsonb, t.metadata::jsonb, t.idempotency_key, to_timestamp(t.created_at),
-       to_timestamp(t.queued_at)
+       to_timestamp(t.queued_at), t.kind, t.workflow_version, t.workflow_run_id, t.step,
+       t.parent_run_id, t.context::jsonb, to_timestamp(t.wait_started_at), t.error::jsonb,
+       to_timestamp(t.finished_at)
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
-            $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::float8[])
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::float8[],
+            $14::text[], $15::int[], $16::uuid[], $17::text[], $18::uuid[], $19::text[],
+            $20::float8[], $21::text[], $22::float8[])
      AS t(tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
-          idempotency_key, created_at, queued_at)
+          idempotency_key, created_at, queued_at, kind, workflow_version, workflow_run_id, step,
+          parent_run_id, context, wait_started_at, error, finished_at)
 ON CONFLICT DO NOTHING
 RETURNING run_id
 """
@@ -172,6 +208,13 @@ _EXISTING_BY_KEY = """
 SELECT k.tenant_id, k.key, r.run_id, r.status
 FROM unnest($1::uuid[], $2::text[]) AS k(tenant_id, key)
 JOIN runs r ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.key
+"""
+
+_EXISTING_BY_STEP = """
+SELECT k.tenant_id, k.workflow_run_id, k.step, r.run_id, r.status
+FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(tenant_id, workflow_run_id, step)
+JOIN runs r ON r.tenant_id = k.tenant_id AND r.workflow_run_id = k.workflow_run_id
+           AND r.step = k.step
 """
 
 _UPDATE_RUNS = """
@@ -193,6 +236,15 @@ SELECT t.tenant_id, t.run_id, to_timestamp(t.at), t.attempt, t.type, t.worker_id
        t.detail::jsonb
 FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::int[], $5::text[], $6::uuid[], $7::text[])
      AS t(tenant_id, run_id, at, attempt, type, worker_id, detail)
+"""
+
+_INSERT_PUSHED_EVENTS = """
+INSERT INTO events (tenant_id, event_id, key, payload, metadata, created_at, triggered, replay_of)
+SELECT t.tenant_id, t.event_id, t.key, t.payload::jsonb, t.metadata::jsonb,
+       to_timestamp(t.created_at), t.triggered::uuid[], t.replay_of
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::float8[],
+            $7::text[], $8::uuid[])
+     AS t(tenant_id, event_id, key, payload, metadata, created_at, triggered, replay_of)
 """
 
 _INSERT_LOGS = """
@@ -219,6 +271,28 @@ def _columns(rows: list[Row] | Iterable[Row],
     return columns
 
 
+async def _existing_runs(conn: asyncpg.Connection,
+                         refused: list[Row]) -> dict[uuid.UUID, asyncpg.Record]:
+    """For new runs that conflicted: the run that was there first (same idempotency key, or the
+    same step of the same workflow run), by the id the new run would have had."""
+    found: dict[uuid.UUID, asyncpg.Record] = {}
+    keyed = [row for row in refused if row[10] is not None]
+    if keyed:
+        by_key = {(r["tenant_id"], r["key"]): r for r in await conn.fetch(
+            _EXISTING_BY_KEY, *_columns(((row[0], row[10]) for row in keyed), 2))}
+        for row in keyed:
+            if (row[0], row[10]) in by_key:
+                found[row[1]] = by_key[(row[0], row[10])]
+    steps = [row for row in refused if row[15] is not None and row[1] not in found]
+    if steps:
+        by_step = {(r["tenant_id"], r["workflow_run_id"], r["step"]): r for r in await conn.fetch(
+            _EXISTING_BY_STEP, *_columns(((row[0], row[15], row[16]) for row in steps), 3))}
+        for row in steps:
+            if (row[0], row[15], row[16]) in by_step:
+                found[row[1]] = by_step[(row[0], row[15], row[16])]
+    return found
+
+
 async def batch_committed(conn: asyncpg.Connection, node_id: uuid.UUID,
                           batch_id: uuid.UUID) -> bool:
     """Whether this node's last committed batch is `batch_id` (a retry must then be skipped)."""
@@ -232,23 +306,21 @@ async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID,
     inserted: dict[uuid.UUID, Inserted] = {}
     if batch.new_runs:
         created = {row["run_id"] for row in
-                   await conn.fetch(_INSERT_RUNS, *_columns(batch.new_runs, 13))}
-        keyed = [(row[0], row[10]) for row in batch.new_runs
-                 if row[1] not in created and row[10] is not None]
-        existing: dict[tuple[object, object], asyncpg.Record] = {}
-        if keyed:
-            for record in await conn.fetch(_EXISTING_BY_KEY, *_columns(keyed, 2)):
-                existing[(record["tenant_id"], record["key"])] = record
+                   await conn.fetch(_INSERT_RUNS, *_columns(batch.new_runs, _NEW_RUN_WIDTH))}
+        refused = [row for row in batch.new_runs if row[1] not in created]
+        existing = await _existing_runs(conn, refused) if refused else {}
         for row in batch.new_runs:
             run_id = row[1]
             assert isinstance(run_id, uuid.UUID)
             if run_id in created:
                 inserted[run_id] = Inserted(run_id, True, str(row[4]))
             else:
-                match = existing.get((row[0], row[10]))
+                match = existing.get(run_id)
                 if match is None:
                     raise RuntimeError(f"run {run_id} was neither inserted nor found by key")
                 inserted[run_id] = Inserted(match["run_id"], False, match["status"])
+    if batch.pushed_events:
+        await conn.execute(_INSERT_PUSHED_EVENTS, *_columns(batch.pushed_events, 8))
     if batch.run_states:
         await conn.execute(_UPDATE_RUNS, *_columns(batch.run_states.values(), 12))
     if batch.events:
@@ -280,16 +352,16 @@ _RUN_STATE_COLUMNS = """
     extract(epoch FROM assigned_at)::float8 AS assigned_at,
     extract(epoch FROM started_at)::float8 AS started_at,
     extract(epoch FROM finished_at)::float8 AS finished_at,
-    output::text AS output, error::text AS error
-"""
-
-_VIEW_COLUMNS = """
-    run_id, task, queue, status, attempt, priority, metadata, created_at, started_at, finished_at,
-    input, output, error, idempotency_key
+    output::text AS output, error::text AS error, workflow_run_id, step
 """
 
 _SUMMARY_COLUMNS = """
-    run_id, task, queue, status, attempt, priority, metadata, created_at, started_at, finished_at
+    run_id, kind, task, step, queue, status, attempt, priority, metadata, created_at, started_at,
+    finished_at
+"""
+
+_VIEW_COLUMNS = _SUMMARY_COLUMNS + """,
+    input, output, error, idempotency_key, workflow_run_id, workflow_version, parent_run_id
 """
 
 _TERMINAL_EVENTS = {"succeeded", "failed", "timed_out", "cancelled"}
@@ -327,7 +399,8 @@ class RunRepository:
             retry_at=row["retry_at"], assigned_at=row["assigned_at"],
             started_at=row["started_at"], finished_at=row["finished_at"],
             output_json=row["output"].encode() if row["output"] is not None else None,
-            error_json=row["error"].encode() if row["error"] is not None else None)
+            error_json=row["error"].encode() if row["error"] is not None else None,
+            workflow_run_id=row["workflow_run_id"], step=row["step"])
         if run.assigned_at is not None and run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING):
             run.deadline = run.assigned_at + run.options.execution_timeout
         return run
@@ -335,7 +408,7 @@ class RunRepository:
     async def active_queues(self) -> list[tuple[uuid.UUID, str]]:
         rows = await self.pool.fetch(
             "SELECT DISTINCT tenant_id, queue FROM runs "
-            "WHERE status IN ('queued', 'assigned', 'running')")
+            "WHERE status IN ('queued', 'assigned', 'running') AND kind = 'task'")
         return [(row["tenant_id"], row["queue"]) for row in rows]
 
     async def load_active_runs(self, tenant_id: uuid.UUID, queue: str) -> list[Run]:
@@ -356,12 +429,13 @@ class RunRepository:
             tenant_id, run_id)
         return self._run_of(row) if row else None
 
-    async def fetch_inputs(self, tenant_id: uuid.UUID,
-                           run_ids: list[uuid.UUID]) -> dict[uuid.UUID, bytes | None]:
+    async def fetch_inputs(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+                           ) -> dict[uuid.UUID, tuple[bytes | None, bytes | None]]:
+        """The input and (for steps) the context of runs, as JSON."""
         rows = await self.pool.fetch(
-            "SELECT run_id, input::text AS input FROM runs "
+            "SELECT run_id, input::text AS input, context::text AS context FROM runs "
             "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])", tenant_id, run_ids)
-        return {row["run_id"]: row["input"].encode() if row["input"] is not None else None
+        return {row["run_id"]: (_encoded(row["input"]), _encoded(row["context"]))
                 for row in rows}
 
     async def load_definitions(self, tenant_id: uuid.UUID) -> dict[str, TaskOptions]:
@@ -391,7 +465,24 @@ class RunRepository:
             return None
         view = RunView.model_validate(document)
         view.attempts = _attempts(await self.run_events(tenant_id, run_id))
+        view.children = [row["run_id"] for row in await self.pool.fetch(
+            "SELECT run_id FROM runs WHERE tenant_id = $1 AND parent_run_id = $2 "
+            "ORDER BY run_id LIMIT 10000", tenant_id, run_id)]
+        if view.kind is RunKind.WORKFLOW:
+            view.steps = [RunSummary.model_validate(dict(row)) for row in await self.pool.fetch(
+                f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE tenant_id = $1 "
+                "AND workflow_run_id = $2 ORDER BY run_id", tenant_id, run_id)]
         return view
+
+    async def active_children(self, tenant_id: uuid.UUID,
+                              run_id: uuid.UUID) -> list[uuid.UUID]:
+        """Unfinished runs spawned by a run, and the unfinished steps of a workflow run."""
+        rows = await self.pool.fetch(
+            "SELECT run_id FROM runs WHERE tenant_id = $1 AND parent_run_id = $2 "
+            "AND status IN ('pending', 'queued', 'assigned', 'running') "
+            "UNION SELECT run_id FROM runs WHERE tenant_id = $1 AND workflow_run_id = $2 "
+            "AND status IN ('pending', 'queued', 'assigned', 'running')", tenant_id, run_id)
+        return [row["run_id"] for row in rows]
 
     async def list_runs(self, tenant_id: uuid.UUID, *, statuses: list[str], tasks: list[str],
                         since: datetime | None, until: datetime | None,
@@ -451,6 +542,10 @@ class RunRepository:
         found = await self.pool.fetchval(
             "SELECT true FROM runs WHERE tenant_id = $1 AND run_id = $2", tenant_id, run_id)
         return bool(found)
+
+
+def _encoded(text: str | None) -> bytes | None:
+    return text.encode() if text is not None else None
 
 
 def _history(run: asyncpg.Record, stored: list[asyncpg.Record]) -> list[RunEvent]:

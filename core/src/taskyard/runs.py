@@ -15,6 +15,7 @@ from taskyard_sdk.models import RunStatus, TaskOptions
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.ASSIGNED, RunStatus.RUNNING)
 EMPTY_METADATA: dict[str, str] = {}
+WORKFLOW_QUEUE = ""  # the queue column of workflow runs' rows: no queue actor owns them
 
 
 @dataclass(slots=True, eq=False)
@@ -43,6 +44,9 @@ class Run:
     error_json: bytes | None = None
     seq: int = 0  # position in the ready queue (FIFO within a priority)
     ready: bool = False  # in the ready queue (not waiting for a retry back-off)
+    workflow_run_id: uuid.UUID | None = None  # for a workflow's step
+    step: str | None = None
+    context_json: bytes | None = None  # a step's StepContext, cached in memory with the input
 
     def row(self) -> tuple[object, ...]:
         """The mutable columns, as the persister writes them."""

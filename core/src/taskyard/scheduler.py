@@ -5,28 +5,45 @@ runs (trigger, cancel, replay, wait). It holds no run state itself; the actors d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import orjson
 
+from taskyard.dag import WorkflowRun
 from taskyard.errors import Conflict, NotFound
+from taskyard.event_repository import EventRepository, PushedEvent
 from taskyard.ids import new_id
 from taskyard.persister import Persister
-from taskyard.queue import QueueActor
-from taskyard.repository import RunRepository
-from taskyard.runs import EMPTY_METADATA, Run, json_bytes
+from taskyard.queue import QueueActor, StepEnded
+from taskyard.repository import RunRepository, new_run_row
+from taskyard.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
 from taskyard.streams import RunStreams
 from taskyard.tenants import TenantActor
 from taskyard.timers import Timers
 from taskyard.waiters import RunWaiters
 from taskyard.workers import WorkerRegistry
-from taskyard_sdk.models import RunRef, RunStatus, RunView, TaskOptions, TriggerRequest
+from taskyard.workflow_repository import StoredWorkflow, WorkflowRepository
+from taskyard.workflows import CompiledWorkflow, compile_workflow, digest
+from taskyard_sdk.models import (
+    DEFAULT_PRIORITY,
+    EventRequest,
+    EventView,
+    RunRef,
+    RunStatus,
+    RunView,
+    TaskOptions,
+    TriggerRequest,
+    WorkflowDefinition,
+    WorkflowTriggerRequest,
+)
 from taskyard_sdk.protocol import TaskDefinition
 
 log = logging.getLogger(__name__)
@@ -34,11 +51,24 @@ log = logging.getLogger(__name__)
 DEFAULT_OPTIONS = TaskOptions()
 
 
+class WorkflowStart(NamedTuple):
+    workflow: CompiledWorkflow
+    input: Any
+    metadata: dict[str, str]
+    priority: int | None = None
+    idempotency_key: str | None = None
+    parent_run_id: uuid.UUID | None = None
+
+
 class Scheduler:
-    def __init__(self, *, persister: Persister, runs: RunRepository, heartbeat_interval: float,
-                 heartbeat_timeout: float, recovery_hold: float = 0.0) -> None:
+    def __init__(self, *, persister: Persister, runs: RunRepository,
+                 workflows: WorkflowRepository, events: EventRepository,
+                 heartbeat_interval: float, heartbeat_timeout: float,
+                 recovery_hold: float = 0.0) -> None:
         self.persister = persister
         self.runs = runs
+        self.workflows = workflows
+        self.events = events
         self.timers = Timers()
         self.waiters = RunWaiters()
         self.streams = RunStreams()
@@ -59,7 +89,9 @@ class Scheduler:
         await self.registry.start()
         recovered = [self.queue_for(tenant_id, queue, recovering=True)
                      for tenant_id, queue in await self.runs.active_queues()]
-        await asyncio.gather(*(actor.start() for actor in recovered))
+        tenants = [self.tenant(tenant_id)
+                   for tenant_id in await self.workflows.tenants_with_active_runs()]
+        await asyncio.gather(*(actor.start() for actor in [*recovered, *tenants]))
         if recovered:
             log.info("recovered %d runs in %d queues",
                      sum(len(actor.runs) for actor in recovered), len(recovered))
@@ -82,7 +114,8 @@ class Scheduler:
             actor = self.queues[(tenant_id, queue)] = QueueActor(
                 tenant_id, queue, persister=self.persister, timers=self.timers,
                 repository=self.runs, waiters=self.waiters, streams=self.streams,
-                connected_workers=self.registry.connected, worker_grace=self.heartbeat_timeout,
+                connected_workers=self.registry.connected, steps_ended=self._steps_ended,
+                worker_grace=self.heartbeat_timeout,
                 recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())
         return actor
@@ -91,7 +124,9 @@ class Scheduler:
         actor = self.tenants.get(tenant_id)
         if actor is None:
             actor = self.tenants[tenant_id] = TenantActor(
-                tenant_id, persister=self.persister, repository=self.runs)
+                tenant_id, persister=self.persister, runs=self.runs, workflows=self.workflows,
+                events=self.events, timers=self.timers, waiters=self.waiters,
+                enqueue=self._enqueue)
             self._start_later(actor.start())
         return actor
 
@@ -104,6 +139,19 @@ class Scheduler:
     def _register_tasks(self, tenant_id: uuid.UUID, definitions: list[TaskDefinition]) -> None:
         tenant = self.tenant(tenant_id)
         tenant.tell(tenant.register, definitions)
+
+    def _enqueue(self, tenant_id: uuid.UUID, runs: list[Run]) -> None:
+        """Hand committed, queued runs to the actors of their queues."""
+        by_queue: defaultdict[str, list[Run]] = defaultdict(list)
+        for run in runs:
+            by_queue[run.queue].append(run)
+        for queue, queued in by_queue.items():
+            actor = self.queue_for(tenant_id, queue)
+            actor.tell(actor.enqueue, queued)
+
+    def _steps_ended(self, tenant_id: uuid.UUID, ended: list[StepEnded]) -> None:
+        tenant = self.tenant(tenant_id)
+        tenant.tell(tenant.steps_ended, ended)
 
     # -- operations on runs ----------------------------------------------------------------------
 
@@ -128,21 +176,18 @@ class Scheduler:
                       options=options, created_at=now, queued_at=now,
                       metadata=request.metadata or EMPTY_METADATA, input_json=input_json)
             runs.append(run)
-            rows.append((tenant_id, run.run_id, run.task, run.queue, "queued", 1, priority,
-                         options_json, input_json.decode(),
-                         orjson.dumps(request.metadata).decode(), request.idempotency_key,
-                         now, now))
+            rows.append(new_run_row(
+                tenant_id=tenant_id, run_id=run.run_id, task=run.task, queue=run.queue,
+                status="queued", priority=priority, options_json=options_json,
+                input_json=input_json.decode(),
+                metadata_json=orjson.dumps(request.metadata).decode(), created_at=now,
+                idempotency_key=request.idempotency_key, parent_run_id=request.parent_run_id))
         inserted = await self.persister.insert_runs(rows)
-        by_queue: defaultdict[str, list[Run]] = defaultdict(list)
-        refs = []
-        for run, outcome in zip(runs, inserted, strict=True):
-            if outcome.created:
-                by_queue[run.queue].append(run)
-            refs.append(RunRef(run_id=outcome.run_id, task=run.task,
-                               status=RunStatus(outcome.status), created=outcome.created))
-        for queue, queued in by_queue.items():
-            actor = self.queue_for(tenant_id, queue)
-            actor.tell(actor.enqueue, queued)
+        refs = [RunRef(run_id=outcome.run_id, task=run.task, status=RunStatus(outcome.status),
+                       created=outcome.created)
+                for run, outcome in zip(runs, inserted, strict=True)]
+        self._enqueue(tenant_id, [run for run, outcome in zip(runs, inserted, strict=True)
+                                  if outcome.created])
         return refs
 
     def _intern(self, options: TaskOptions) -> tuple[TaskOptions, str]:
@@ -157,16 +202,34 @@ class Scheduler:
 
     async def cancel(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
                      reason: str = "cancelled on request") -> RunStatus:
+        """Cancel a run, and with it the runs it spawned and (for a workflow run) its steps."""
         run = await self._load(tenant_id, run_id)
         if run.status.terminal:
             raise Conflict(f"run {run_id} is already {run.status.value}")
-        actor = self.queue_for(tenant_id, run.queue)
-        status: RunStatus = await actor.ask(actor.cancel, run_id, reason)
+        await self._cancel(tenant_id, run, reason)
         await self.persister.flush()  # acknowledged only once durable
-        return status
+        return RunStatus.CANCELLED
+
+    async def _cancel(self, tenant_id: uuid.UUID, run: Run, reason: str) -> None:
+        tenant = self.tenant(tenant_id)
+        if run.queue == WORKFLOW_QUEUE:
+            await tenant.ask(tenant.cancel_run, run.run_id, reason)
+        elif run.status is RunStatus.PENDING:
+            await tenant.ask(tenant.cancel_step, run, reason)
+        else:
+            actor = self.queue_for(tenant_id, run.queue)
+            with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
+                await actor.ask(actor.cancel, run.run_id, reason)
+        for child_id in await self.runs.active_children(tenant_id, run.run_id):
+            child = await self.runs.load_run(tenant_id, child_id)
+            if child is not None and not child.status.terminal:
+                await self._cancel(tenant_id, child, f"run {run.run_id} was cancelled")
 
     async def replay(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
         run = await self._load(tenant_id, run_id)
+        if run.queue == WORKFLOW_QUEUE or run.workflow_run_id is not None:
+            raise Conflict(f"run {run_id} is a workflow run or one of its steps, which cannot be "
+                           f"replayed; trigger the workflow again")
         if not run.status.terminal:
             raise Conflict(f"run {run_id} is {run.status.value}; only finished runs can be "
                            f"replayed")
@@ -181,6 +244,8 @@ class Scheduler:
         return run
 
     async def waiting_reason(self, tenant_id: uuid.UUID, view: RunView) -> str | None:
+        if view.status is RunStatus.PENDING:
+            return "waiting for its wait_for conditions"
         if view.status is not RunStatus.QUEUED:
             return None
         actor = self.queues.get((tenant_id, view.queue))
@@ -213,3 +278,98 @@ class Scheduler:
         documents = await self.runs.run_documents(tenant_id, done) if done else {}
         finished = [documents[run_id] for run_id in done]
         return finished, [run_id for run_id in wanted if not statuses[run_id].terminal]
+
+    # -- workflows -------------------------------------------------------------------------------
+
+    async def register_workflow(self, tenant_id: uuid.UUID,
+                                definition: WorkflowDefinition) -> StoredWorkflow:
+        """Validate (422 naming the problem) and store; a changed definition is a new version."""
+        compile_workflow(definition, 0)
+        stored = await self.workflows.register(tenant_id, definition, digest(definition))
+        tenant = self.tenant(tenant_id)
+        tenant.tell(tenant.workflow_registered, compile_workflow(definition, stored.version))
+        return stored
+
+    async def trigger_workflow(self, tenant_id: uuid.UUID, name: str,
+                               requests: list[WorkflowTriggerRequest]) -> list[RunRef]:
+        """Start runs of the latest version of a workflow; returns once they are committed."""
+        await self.persister.capacity()
+        tenant = self.tenant(tenant_id)
+        workflow: CompiledWorkflow | None = await tenant.ask(tenant.latest_workflow, name)
+        if workflow is None:
+            raise NotFound(f"no workflow {name!r} is registered in this tenant; workers register "
+                           f"their workflows when they start")
+        started = [WorkflowStart(workflow, request.input, request.metadata, request.priority,
+                                 request.idempotency_key, request.parent_run_id)
+                   for request in requests]
+        return await self._start_workflows(tenant_id, started)
+
+    async def _start_workflows(self, tenant_id: uuid.UUID,
+                               started: list[WorkflowStart]) -> list[RunRef]:
+        now = time.time()
+        runs, rows = [], []
+        for workflow, input, metadata, priority, idempotency_key, parent_run_id in started:
+            input_json = json_bytes(input)
+            run = WorkflowRun(new_id(), workflow, input_json, metadata or EMPTY_METADATA,
+                              priority, now)
+            runs.append(run)
+            rows.append(new_run_row(
+                tenant_id=tenant_id, run_id=run.run_id, task=workflow.name, queue=WORKFLOW_QUEUE,
+                status=RunStatus.RUNNING.value, priority=priority or DEFAULT_PRIORITY,
+                options_json="{}", input_json=input_json.decode(),
+                metadata_json=orjson.dumps(metadata).decode(), created_at=now,
+                idempotency_key=idempotency_key, kind="workflow",
+                workflow_version=workflow.version, parent_run_id=parent_run_id))
+        inserted = await self.persister.insert_runs(rows) if rows else []
+        tenant = self.tenant(tenant_id)
+        tenant.tell(tenant.start_runs, [run for run, outcome in zip(runs, inserted, strict=True)
+                                        if outcome.created])
+        return [RunRef(run_id=outcome.run_id, task=run.workflow.name,
+                       status=RunStatus(outcome.status), created=outcome.created)
+                for run, outcome in zip(runs, inserted, strict=True)]
+
+    # -- events ----------------------------------------------------------------------------------
+
+    async def push_events(self, tenant_id: uuid.UUID, requests: list[EventRequest],
+                          replay_of: uuid.UUID | None = None) -> list[EventView]:
+        """Store events, start the workflows they trigger, wake the steps waiting for them.
+        Returns once all of it is committed."""
+        await self.persister.capacity()
+        now = time.time()
+        events = [PushedEvent(new_id(), request.key, request.payload, request.metadata, now)
+                  for request in requests]
+        tenant = self.tenant(tenant_id)
+        routed: list[list[CompiledWorkflow]] = await tenant.ask(tenant.route, events)
+        started = [WorkflowStart(workflow, event.payload, event.metadata)
+                   for event, workflows in zip(events, routed, strict=True)
+                   for workflow in workflows]
+        refs = await self._start_workflows(tenant_id, started)
+        views, position = [], 0
+        rows = []
+        for event, workflows in zip(events, routed, strict=True):
+            triggered = [ref.run_id for ref in refs[position:position + len(workflows)]]
+            position += len(workflows)
+            rows.append((tenant_id, event.event_id, event.key,
+                         orjson.dumps(event.payload).decode(),
+                         orjson.dumps(event.metadata).decode(), now,
+                         "{" + ",".join(map(str, triggered)) + "}", replay_of))
+            views.append(EventView(event_id=event.event_id, key=event.key, payload=event.payload,
+                                   metadata=event.metadata, created_at=_utc(now),
+                                   triggered=triggered, replay_of=replay_of))
+        self.persister.pushed_events(rows)
+        await self.persister.barrier()
+        tenant.tell(tenant.events_committed, events)
+        return views
+
+    async def replay_event(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> EventView:
+        stored = await self.events.get(tenant_id, event_id)
+        if stored is None:
+            raise NotFound(f"no event {event_id} in this tenant")
+        [view] = await self.push_events(tenant_id, [EventRequest(
+            key=stored["key"], payload=stored["payload"], metadata=stored["metadata"])],
+            replay_of=event_id)
+        return view
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -1,31 +1,123 @@
-"""The TenantActor: one per tenant. Owns the tenant's registry of task definitions (as workers
-registered them), used to give runs triggered without options the options of their task."""
+"""The TenantActor: one per tenant. It owns the tenant's registries (task definitions as workers
+registered them, workflow versions), event routing, and the progression of every unfinished
+workflow run of the tenant (the rules are in `taskyard.dag`).
+
+A workflow step's row is created when the step is decided; once that row has committed, a queued
+step is handed to its QueueActor (which owns it until it ends and reports back through
+`steps_ended`) and a pending step starts listening for its events and sleeps. After a crash the
+actor rebuilds every unfinished workflow run from Postgres and decides again: a step that has a row
+is never decided twice, and the unique (workflow run, step) index makes that hold even for a
+decision replayed by a racing restart.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
-from typing import TYPE_CHECKING
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from taskyard.actors import Actor
-from taskyard_sdk.models import TaskOptions
+from taskyard.dag import Create, Decision, Finish, Release, StepState, WorkflowRun
+from taskyard.errors import Conflict, Unprocessable
+from taskyard.expressions import ExpressionError, holds
+from taskyard.repository import Inserted, new_run_row
+from taskyard.runs import Run
+from taskyard.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
+from taskyard_sdk.models import RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
 
 if TYPE_CHECKING:
+    from taskyard.event_repository import EventRepository, PushedEvent
     from taskyard.persister import Persister
-    from taskyard.repository import RunRepository
+    from taskyard.queue import StepEnded
+    from taskyard.repository import Row, RunRepository
+    from taskyard.timers import Timers
+    from taskyard.waiters import RunWaiters
+    from taskyard.workflow_repository import ActiveWorkflowRun, WorkflowRepository
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[uuid.UUID, list[Run]], None]
+Listener = tuple[uuid.UUID, str]  # (workflow run, step)
 
 
 class TenantActor(Actor):
-    def __init__(self, tenant_id: uuid.UUID, *, persister: Persister,
-                 repository: RunRepository) -> None:
+    def __init__(self, tenant_id: uuid.UUID, *, persister: Persister, runs: RunRepository,
+                 workflows: WorkflowRepository, events: EventRepository, timers: Timers,
+                 waiters: RunWaiters, enqueue: Enqueue,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"tenant:{tenant_id}")
         self.tenant_id = tenant_id
         self.persister = persister
-        self.repository = repository
+        self.run_repository = runs
+        self.workflow_repository = workflows
+        self.event_repository = events
+        self.timers = timers
+        self.waiters = waiters
+        self.enqueue = enqueue
+        self.clock = clock
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._reset()
+
+    def _reset(self) -> None:
         self.definitions: dict[str, TaskOptions] = {}
+        self.versions: dict[tuple[str, int], CompiledWorkflow] = {}
+        self.latest: dict[str, CompiledWorkflow] = {}
+        self.runs: dict[uuid.UUID, WorkflowRun] = {}
+        self.listeners: defaultdict[str, set[Listener]] = defaultdict(set)  # by key pattern
+        self._options_json: dict[TaskOptions, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        self.definitions = await self.repository.load_definitions(self.tenant_id)
+        await self.persister.flush()  # what this actor decided before a crash is in Postgres
+        self._reset()
+        self.definitions = await self.run_repository.load_definitions(self.tenant_id)
+        for stored in await self.workflow_repository.all_versions(self.tenant_id):
+            try:
+                self._add_version(compile_workflow(stored.definition, stored.version))
+            except Unprocessable as exc:  # accepted by an older build: keep the rest going
+                log.error("workflow %r version %d no longer compiles: %s", stored.name,
+                          stored.version, exc.message)
+        for active in await self.workflow_repository.active_runs(self.tenant_id):
+            run = self._rebuild(active)
+            if run is not None:
+                self.runs[run.run_id] = run
+        for run in list(self.runs.values()):
+            for name, state in run.steps.items():
+                if state.status is RunStatus.PENDING:
+                    self._begin_waiting(run, name, state)
+            self._advance(run)
+        if self.runs:
+            log.info("tenant %s: resumed %d workflow runs", self.tenant_id, len(self.runs))
+
+    async def on_failure(self, error: BaseException) -> None:
+        self._reset()
+
+    async def on_stop(self) -> None:
+        for task in self._side_tasks:
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+
+    def _rebuild(self, active: ActiveWorkflowRun) -> WorkflowRun | None:
+        workflow = self.versions.get((active.name, active.version))
+        if workflow is None:
+            log.error("workflow run %s: version %d of workflow %r is missing; it cannot go on",
+                      active.run_id, active.version, active.name)
+            return None
+        steps = {name: StepState(stored.run_id, stored.status, stored.output_json,
+                                 stored.error_json, stored.wait_started_at)
+                 for name, stored in active.steps.items()}
+        return WorkflowRun(active.run_id, workflow, active.input_json, active.metadata,
+                           active.priority, active.created_at, steps)
+
+    # -- registries ------------------------------------------------------------------------------
 
     def register(self, definitions: list[TaskDefinition]) -> None:
         changed = {}
@@ -38,3 +130,320 @@ class TenantActor(Actor):
 
     def options_for(self, tasks: list[str]) -> dict[str, TaskOptions]:
         return {task: self.definitions[task] for task in tasks if task in self.definitions}
+
+    def workflow_registered(self, workflow: CompiledWorkflow) -> None:
+        self._add_version(workflow)
+
+    def _add_version(self, workflow: CompiledWorkflow) -> None:
+        self.versions[(workflow.name, workflow.version)] = workflow
+        latest = self.latest.get(workflow.name)
+        if latest is None or latest.version < workflow.version:
+            self.latest[workflow.name] = workflow
+
+    def latest_workflow(self, name: str) -> CompiledWorkflow | None:
+        return self.latest.get(name)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def route(self, events: list[PushedEvent]) -> list[list[CompiledWorkflow]]:
+        """For each event, the workflows it triggers: `on_events` matches its key and the
+        optional `event_filter` holds."""
+        routed = []
+        for event in events:
+            triggered = []
+            for workflow in self.latest.values():
+                definition = workflow.definition
+                if not any(key_matches(p, event.key) for p in definition.on_events):
+                    continue
+                if definition.event_filter is not None:
+                    try:
+                        if not holds(definition.event_filter, {
+                                "payload": event.payload, "metadata": event.metadata,
+                                "key": event.key}):
+                            continue
+                    except ExpressionError as exc:
+                        log.warning("event %s does not trigger workflow %r: %s",
+                                    event.event_id, workflow.name, exc)
+                        continue
+                triggered.append(workflow)
+            routed.append(triggered)
+        return routed
+
+    def events_committed(self, events: list[PushedEvent]) -> None:
+        """Stored events wake the steps waiting for them."""
+        touched: dict[uuid.UUID, WorkflowRun] = {}
+        prefixes = [pattern for pattern in self.listeners if pattern.endswith("*")]
+        for event in events:
+            patterns = [p for p in prefixes if key_matches(p, event.key)]
+            if event.key in self.listeners:
+                patterns.append(event.key)
+            for pattern in patterns:
+                for run_id, step in list(self.listeners.get(pattern, ())):
+                    if self._match(run_id, step, [event]):
+                        touched[run_id] = self.runs[run_id]
+        for run in touched.values():
+            self._advance(run)
+
+    def _match(self, run_id: uuid.UUID, name: str, events: list[PushedEvent]) -> bool:
+        """Note which of a waiting step's event conditions these events satisfy."""
+        run = self.runs.get(run_id)
+        state = run.steps.get(name) if run is not None else None
+        if run is None or state is None or not state.waiting:
+            return False
+        step = run.workflow.step(name)
+        assert step is not None
+        matched = False
+        for event in events:
+            if event.created_at < run.created_at:
+                continue  # only events since the workflow run started count
+            for leaf, condition in step.events:
+                if leaf in state.matched or not key_matches(condition.key, event.key):
+                    continue
+                if condition.filter is not None:
+                    try:
+                        if not holds(condition.filter, {"payload": event.payload,
+                                                        "metadata": event.metadata,
+                                                        "input": run.input}):
+                            continue
+                    except ExpressionError as exc:
+                        log.warning("event %s and step %r of run %s: %s", event.event_id, name,
+                                    run_id, exc)
+                        continue
+                state.matched.add(leaf)
+                matched = True
+        return matched
+
+    # -- workflow runs ---------------------------------------------------------------------------
+
+    def start_runs(self, runs: list[WorkflowRun]) -> None:
+        """New workflow runs, their rows committed."""
+        for run in runs:
+            if run.run_id not in self.runs:  # also loaded by a concurrent recovery
+                self.runs[run.run_id] = run
+                self._advance(run)
+
+    def steps_ended(self, ended: list[StepEnded]) -> None:
+        touched: dict[uuid.UUID, WorkflowRun] = {}
+        for run_id, step, status, output, error in ended:
+            run = self.runs.get(run_id)
+            if run is not None and run.step_ended(step, status, output, error):
+                self._stop_listening(run, step)
+                touched[run_id] = run
+        for run in touched.values():
+            self._advance(run)
+
+    def cancel_run(self, run_id: uuid.UUID, reason: str) -> list[uuid.UUID]:
+        """Cancel a workflow run; returns the runs of its steps that queues must cancel."""
+        run = self.runs.get(run_id)
+        if run is None:
+            return []
+        pending = {name for name, state in run.steps.items() if state.status is RunStatus.PENDING}
+        unfinished, finish = run.cancel(reason)
+        now = self.clock()
+        states, active = [], []
+        for name, state in unfinished:
+            if name in pending:  # this actor owns a pending step's row
+                states.append(_state_row(self.tenant_id, state.run_id, RunStatus.CANCELLED,
+                                         state.wait_started_at or now, now,
+                                         error=_cancelled(reason)))
+            else:
+                active.append(state.run_id)
+        self._finish(run, finish, now, states)
+        return active
+
+    def cancel_step(self, step_run: Run, reason: str) -> None:
+        """Cancel a step that waits on its conditions (its row is this actor's)."""
+        assert step_run.workflow_run_id is not None
+        assert step_run.step is not None
+        run = self.runs.get(step_run.workflow_run_id)
+        if run is None or not run.step_ended(step_run.step, RunStatus.CANCELLED, None,
+                                             _cancelled(reason)):
+            raise Conflict(f"run {step_run.run_id} is no longer waiting")
+        self._stop_listening(run, step_run.step)
+        now = self.clock()
+        self.persister.write([_state_row(self.tenant_id, step_run.run_id, RunStatus.CANCELLED,
+                                         step_run.queued_at, now, error=_cancelled(reason))],
+                             [], [])
+        self._advance(run)
+
+    def _advance(self, run: WorkflowRun) -> None:
+        now = self.clock()
+        self._apply(run, run.advance(now), now)
+
+    def _apply(self, run: WorkflowRun, decisions: list[Decision], now: float) -> None:
+        creates: list[Create] = []
+        states: list[Row] = []
+        released: list[Run] = []
+        for decision in decisions:
+            if isinstance(decision, Create):
+                creates.append(decision)
+            elif isinstance(decision, Release):
+                self._stop_listening(run, decision.step.name)
+                states.append(_state_row(self.tenant_id, decision.state.run_id, RunStatus.QUEUED,
+                                         now, now))
+                released.append(self._step_run(run, decision.step, decision.state.run_id,
+                                               decision.state.context_json, now))
+                decision.state.context_json = None
+            else:
+                self._finish(run, decision, now, states)
+        if creates:
+            rows = [self._step_row(run, create, now) for create in creates]
+            inserted = self.persister.insert_runs(rows)
+            inserted.add_done_callback(
+                lambda done: self._post(self._created, run.run_id, creates, done))
+        if states and not run.finished:
+            self.persister.write(states, [], [])
+        if released:
+            self.enqueue(self.tenant_id, released)
+
+    def _created(self, run_id: uuid.UUID, creates: list[Create],
+                 done: asyncio.Future[list[Inserted]]) -> None:
+        """Step rows committed: hand queued steps to their queues, let pending ones listen."""
+        if done.cancelled() or done.exception() is not None:
+            log.error("workflow run %s: could not create %d step rows (%s); they are decided "
+                      "again when the engine restarts", run_id, len(creates),
+                      None if done.cancelled() else done.exception())
+            return
+        now = self.clock()
+        run = self.runs.get(run_id)
+        if run is None:  # cancelled meanwhile: its queued steps must not run
+            self.persister.write([
+                _state_row(self.tenant_id, create.state.run_id, RunStatus.CANCELLED, now, now,
+                           error=_cancelled("its workflow run was cancelled"))
+                for create, outcome in zip(creates, done.result(), strict=True)
+                if outcome.created and not create.state.status.terminal], [], [])
+            return
+        queued = []
+        for create, outcome in zip(creates, done.result(), strict=True):
+            state = create.state
+            if not outcome.created:
+                log.warning("workflow run %s: step %r already had a row", run_id,
+                            create.step.name)
+                continue
+            if state.status is RunStatus.QUEUED:
+                queued.append(self._step_run(run, create.step, state.run_id, create.context_json,
+                                             now))
+            elif state.status is RunStatus.PENDING:
+                self._begin_waiting(run, create.step.name, state)
+        if queued:
+            self.enqueue(self.tenant_id, queued)
+        if not run.finished:
+            self._advance(run)
+
+    def _finish(self, run: WorkflowRun, finish: Finish, now: float, states: list[Row]) -> None:
+        for name in list(run.steps):
+            self._stop_listening(run, name)
+        del self.runs[run.run_id]
+        states.append(_state_row(self.tenant_id, run.run_id, finish.status, run.created_at, now,
+                                 started_at=run.created_at, output=finish.output_json,
+                                 error=finish.error_json))
+        self.persister.write(states, [], [])
+        tenant_id, run_id = self.tenant_id, run.run_id
+
+        def committed(barrier: asyncio.Future[None]) -> None:
+            if not barrier.cancelled() and barrier.exception() is None:
+                self.waiters.finished(tenant_id, [run_id])
+
+        self.persister.barrier().add_done_callback(committed)
+
+    # -- waiting steps ---------------------------------------------------------------------------
+
+    def _begin_waiting(self, run: WorkflowRun, name: str, state: StepState) -> None:
+        step = run.workflow.step(name)
+        assert step is not None
+        assert state.wait_started_at is not None
+        state.waiting = True
+        if step.sleeps:
+            self.timers.schedule_many([(state.wait_started_at + seconds, self, self._sleeps_over,
+                                        (run.run_id, name)) for _, seconds in step.sleeps])
+        patterns = sorted({condition.key for _, condition in step.events})
+        for pattern in patterns:
+            self.listeners[pattern].add((run.run_id, name))
+        if patterns:
+            # Events pushed since the run started count, even those before the step waited.
+            self._side_task(self._past_events(run.run_id, name, patterns, run.created_at))
+
+    async def _past_events(self, run_id: uuid.UUID, name: str, patterns: list[str],
+                           since: float) -> None:
+        try:
+            events = await self.event_repository.since(self.tenant_id, patterns, since)
+        except Exception:
+            log.exception("could not read past events for step %r of run %s; it waits for new "
+                          "ones", name, run_id)
+            return
+        if events:
+            self._post(self._past_events_read, run_id, name, events)
+
+    def _past_events_read(self, run_id: uuid.UUID, name: str, events: list[PushedEvent]) -> None:
+        if self._match(run_id, name, events):
+            self._advance(self.runs[run_id])
+
+    def _sleeps_over(self, items: list[Listener]) -> None:
+        for run_id in dict.fromkeys(run_id for run_id, _ in items):
+            run = self.runs.get(run_id)
+            if run is not None:
+                self._advance(run)
+
+    def _stop_listening(self, run: WorkflowRun, name: str) -> None:
+        step = run.workflow.step(name)
+        if step is None:
+            return
+        for _, condition in step.events:
+            listeners = self.listeners.get(condition.key)
+            if listeners is not None:
+                listeners.discard((run.run_id, name))
+                if not listeners:
+                    del self.listeners[condition.key]
+
+    def _side_task(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # -- rows and runs ---------------------------------------------------------------------------
+
+    def _step_row(self, run: WorkflowRun, create: Create, now: float) -> Row:
+        step, state = create.step, create.state
+        return new_run_row(
+            tenant_id=self.tenant_id, run_id=state.run_id, task=step.task,
+            queue=step.options.queue, status=state.status.value,
+            priority=run.priority or step.options.priority,
+            options_json=self._options(step.options), input_json=run.input_json.decode(),
+            metadata_json=orjson.dumps(run.metadata).decode(), created_at=now,
+            workflow_run_id=run.run_id, step=step.name,
+            context_json=create.context_json.decode() if create.context_json else None,
+            wait_started_at=state.wait_started_at,
+            error_json=state.error_json.decode() if state.error_json else None,
+            finished_at=now if state.status.terminal else None)
+
+    def _step_run(self, run: WorkflowRun, step: CompiledStep, run_id: uuid.UUID,
+                  context_json: bytes | None, now: float) -> Run:
+        return Run(tenant_id=self.tenant_id, run_id=run_id, task=step.task,
+                   queue=step.options.queue, status=RunStatus.QUEUED, attempt=1,
+                   priority=run.priority or step.options.priority, options=step.options,
+                   created_at=now, queued_at=now, metadata=run.metadata,
+                   input_json=run.input_json if context_json is not None else None,
+                   workflow_run_id=run.run_id, step=step.name, context_json=context_json)
+
+    def _options(self, options: TaskOptions) -> str:
+        text = self._options_json.get(options)
+        if text is None:
+            text = self._options_json[options] = options.model_dump_json()
+        return text
+
+    def stats(self) -> dict[str, int]:
+        return {"workflow_runs": len(self.runs),
+                "waiting_steps": sum(len(v) for v in self.listeners.values())}
+
+
+def _cancelled(message: str) -> bytes:
+    return orjson.dumps({"type": "Cancelled", "message": message, "traceback": None})
+
+
+def _state_row(tenant_id: uuid.UUID, run_id: uuid.UUID, status: RunStatus, queued_at: float,
+               now: float, *, started_at: float | None = None, output: bytes | None = None,
+               error: bytes | None = None) -> Row:
+    """A run_states row for a run this actor owns (a workflow run, or a pending step)."""
+    return (tenant_id, run_id, status.value, 1, None, queued_at, None, None, started_at,
+            now if status.terminal else None, output.decode() if output else None,
+            error.decode() if error else None)

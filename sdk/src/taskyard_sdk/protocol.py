@@ -11,7 +11,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, TaskOptions
+from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, StepContext, TaskOptions
 
 PROTOCOL_VERSION = 1
 
@@ -116,6 +116,7 @@ class Assign(AttemptRef):
     input: Any = None
     metadata: dict[str, str] = Field(default_factory=dict)
     execution_timeout: float
+    context: StepContext | None = Field(default=None, description="For a workflow's step.")
 
 
 class Cancel(AttemptRef):

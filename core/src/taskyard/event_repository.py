@@ -1,0 +1,80 @@
+"""Reads of stored events: by id, listed and searched, and those a waiting step may match."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class PushedEvent:
+    """An event as routing and waiting steps see it."""
+
+    event_id: uuid.UUID
+    key: str
+    payload: Any
+    metadata: dict[str, str]
+    created_at: float
+
+
+_COLUMNS = "event_id, key, payload, metadata, created_at, triggered, replay_of"
+
+
+class EventRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def get(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM events WHERE tenant_id = $1 AND event_id = $2",
+            tenant_id, event_id)
+        return dict(row) if row else None
+
+    async def search(self, tenant_id: uuid.UUID, *, keys: list[str], prefix: str | None,
+                   metadata: dict[str, str], since: datetime | None, until: datetime | None,
+                   before: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first; `before` is the last event_id of the previous page."""
+        clauses = ["tenant_id = $1"]
+        args: list[object] = [tenant_id]
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if keys:
+            clauses.append(f"key = ANY({arg(keys)}::text[])")
+        if prefix is not None:
+            clauses.append(f"starts_with(key, {arg(prefix)})")
+        if metadata:
+            clauses.append(f"metadata @> {arg(metadata)}::jsonb")
+        if since is not None:
+            clauses.append(f"created_at >= {arg(since)}")
+        if until is not None:
+            clauses.append(f"created_at < {arg(until)}")
+        if before is not None:
+            clauses.append(f"event_id < {arg(before)}")
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
+            f"ORDER BY event_id DESC LIMIT {arg(limit)}", *args)
+        return [dict(row) for row in rows]
+
+    async def since(self, tenant_id: uuid.UUID, patterns: list[str],
+                    since: float) -> list[PushedEvent]:
+        """Events whose key matches one of the patterns (exact, or a prefix ending in '*'),
+        pushed at or after `since`, oldest first."""
+        exact = [p for p in patterns if not p.endswith("*")]
+        prefixes = [p[:-1] for p in patterns if p.endswith("*")]
+        rows = await self.pool.fetch(
+            "SELECT event_id, key, payload::text AS payload, metadata::text AS metadata, "
+            "extract(epoch FROM created_at)::float8 AS created_at FROM events "
+            "WHERE tenant_id = $1 AND created_at >= to_timestamp($2) "
+            "AND (key = ANY($3::text[]) OR EXISTS ("
+            "  SELECT 1 FROM unnest($4::text[]) p WHERE starts_with(key, p))) "
+            "ORDER BY event_id LIMIT 10000", tenant_id, since, exact, prefixes)
+        return [PushedEvent(row["event_id"], row["key"], orjson.loads(row["payload"] or "null"),
+                            orjson.loads(row["metadata"]), row["created_at"]) for row in rows]
