@@ -131,6 +131,7 @@ async def ty(engine: Engine, data_dir: Path) -> AsyncIterator[Taskyard]:
     client = Taskyard(url=engine.url, token=(data_dir / "token").read_text().strip())
     yield client
     await client.aio_close()
+    await asyncio.to_thread(client.close)  # what sync tasks opened through the blocking API
 
 
 @dataclass(frozen=True)

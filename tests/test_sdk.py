@@ -36,6 +36,9 @@ EXPORTS = {
     "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus", "RunView", "Runs",
     "Task", "TaskFailed", "TaskOptions", "Taskyard", "TaskyardError", "Unavailable", "Worker",
     "WorkerStopped", "__version__", "parse_duration",
+    # workflows and events
+    "And", "Event", "EventPage", "EventRequest", "EventView", "Events", "Or", "RunKind", "Sleep",
+    "Workflow", "WorkflowInfo", "WorkflowTask",
 }
 
 

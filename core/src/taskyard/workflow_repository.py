@@ -51,7 +51,7 @@ class WorkflowRepository:
         """The version with this content, created as the next version if it is new."""
         async with self.pool.acquire() as conn, conn.transaction():
             # One registration per workflow at a time, so versions are numbered without gaps.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::text || $2))",
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::uuid::text || $2))",
                                tenant_id, definition.name)
             row = await conn.fetchrow(
                 "SELECT version, created_at FROM workflows "
@@ -64,7 +64,7 @@ class WorkflowRepository:
                 "INSERT INTO workflows (tenant_id, name, version, digest, definition) "
                 "SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4::jsonb FROM workflows "
                 "WHERE tenant_id = $1 AND name = $2 RETURNING version, created_at",
-                tenant_id, definition.name, digest, definition.model_dump_json())
+                tenant_id, definition.name, digest, definition.model_dump(mode="json"))
             assert row is not None
             return StoredWorkflow(definition.name, row["version"], True, row["created_at"],
                                   definition)

@@ -4,6 +4,7 @@ Worker-only deployments install this package alone; it never imports the engine.
 """
 
 from taskyard_sdk._client import Runs, Taskyard
+from taskyard_sdk._conditions import And, Event, Or, Sleep
 from taskyard_sdk._context import Context
 from taskyard_sdk._durations import parse_duration
 from taskyard_sdk._errors import (
@@ -22,31 +23,53 @@ from taskyard_sdk._errors import (
     TaskyardError,
     Unavailable,
 )
+from taskyard_sdk._events import Events
 from taskyard_sdk._task import RunHandle, Task
 from taskyard_sdk._worker import Worker, WorkerStopped
-from taskyard_sdk.models import ErrorInfo, RunPage, RunStatus, RunView, TaskOptions
+from taskyard_sdk._workflow import Workflow, WorkflowTask
+from taskyard_sdk.models import (
+    ErrorInfo,
+    EventPage,
+    EventRequest,
+    EventView,
+    RunKind,
+    RunPage,
+    RunStatus,
+    RunView,
+    TaskOptions,
+    WorkflowInfo,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "And",
     "ApiError",
     "AuthenticationError",
     "Conflict",
     "Context",
     "EngineUnreachable",
     "ErrorInfo",
+    "Event",
+    "EventPage",
+    "EventRequest",
+    "EventView",
+    "Events",
     "InvalidInput",
     "InvalidRequest",
     "NonRetryableError",
     "NotFound",
+    "Or",
     "PermissionDenied",
     "ResultTimeout",
     "RetryAfter",
     "RunHandle",
+    "RunKind",
     "RunPage",
     "RunStatus",
     "RunView",
     "Runs",
+    "Sleep",
     "Task",
     "TaskFailed",
     "TaskOptions",
@@ -55,6 +78,9 @@ __all__ = [
     "Unavailable",
     "Worker",
     "WorkerStopped",
+    "Workflow",
+    "WorkflowInfo",
+    "WorkflowTask",
     "__version__",
     "parse_duration",
 ]

@@ -9,11 +9,13 @@ from uuid import UUID
 
 from taskyard_sdk._config import resolve
 from taskyard_sdk._context import Context
-from taskyard_sdk._durations import Duration, parse_duration
-from taskyard_sdk._task import Task
+from taskyard_sdk._durations import Duration
+from taskyard_sdk._events import Events
+from taskyard_sdk._task import Task, build_options
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
-from taskyard_sdk.models import DEFAULT_PRIORITY, RunPage, RunStatus, RunView, TaskOptions
+from taskyard_sdk._workflow import Workflow
+from taskyard_sdk.models import DEFAULT_PRIORITY, RunPage, RunStatus, RunView
 from taskyard_sdk.protocol import LabelValue
 
 In = TypeVar("In")
@@ -39,6 +41,7 @@ class Taskyard:
         self.config = resolve(url, token)
         self.transport = Transport(self.config, retry_for)
         self.runs = Runs(self)
+        self.events = Events(self)
 
     @property
     def url(self) -> str:
@@ -78,33 +81,49 @@ class Taskyard:
         execution_timeout: longest an attempt may run. schedule_timeout: longest a run may wait
         to start. priority: 1 (lowest) to 4. queue: the queue whose workers run it.
         """
-        options = TaskOptions(
+        options = build_options(
             retries=retries, backoff_factor=backoff_factor,
-            backoff_max_seconds=parse_duration(backoff_max_seconds, name="backoff_max_seconds"),
-            execution_timeout=parse_duration(execution_timeout, name="execution_timeout"),
-            schedule_timeout=parse_duration(schedule_timeout, name="schedule_timeout"),
-            priority=priority, queue=queue)
+            backoff_max_seconds=backoff_max_seconds, execution_timeout=execution_timeout,
+            schedule_timeout=schedule_timeout, priority=priority, queue=queue)
 
         def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
             return Task(self, function, name or function.__name__, options)
 
         return decorate(fn) if fn is not None else decorate
 
-    def worker(self, name: str, tasks: Sequence[Task[Any, Any]], *, slots: int = 100,
+    def workflow(self, name: str, *, input: type[In] | Any = Any, on_events: Sequence[str] = (),
+                 event_filter: str | None = None) -> Workflow[In]:
+        """Declare a workflow: a DAG of steps added with `@wf.task(parents=[...])`.
+
+        input: the model every step receives. on_events: event keys that trigger a run (exact,
+        or a prefix ending in "*"), with the event's payload as input; event_filter: CEL over
+        `payload`, `metadata` and `key` that such an event must satisfy.
+        """
+        return Workflow(self, name, input=input, on_events=on_events, event_filter=event_filter)
+
+    def worker(self, name: str, tasks: Sequence[Task[Any, Any]] = (), *,
+               workflows: Sequence[Workflow[Any]] = (), slots: int = 100,
                labels: dict[str, LabelValue] | None = None, queue: str | None = None,
                drain_timeout: float = 30.0) -> Worker:
-        """A worker process's runtime. `slots` is how many tasks it runs at once."""
+        """A worker process's runtime: it runs `tasks` and the steps of `workflows` (which it
+        registers when it starts). `slots` is how many tasks it runs at once."""
+        tasks = [*tasks, *(task for workflow in workflows for task in workflow.tasks)]
         queues = {task.options.queue for task in tasks}
         if queue is None:
             if len(queues) > 1:
                 raise ValueError(f"worker {name!r}: its tasks use several queues "
                                  f"({', '.join(sorted(queues))}); a worker serves one queue")
             queue = queues.pop() if queues else "default"
-        return Worker(self, name, tasks, slots=slots, labels=labels, queue=queue,
-                      drain_timeout=drain_timeout)
+        return Worker(self, name, tasks, workflows=workflows, slots=slots, labels=labels,
+                      queue=queue, drain_timeout=drain_timeout)
 
     async def aio_close(self) -> None:
+        """Close this event loop's connections to the engine."""
         await self.transport.close()
+
+    def close(self) -> None:
+        """Close the connections the blocking API (`run`, `push`, ...) opened."""
+        run_sync(self.transport.close())
 
 
 class Runs:

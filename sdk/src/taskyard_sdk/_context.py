@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Literal
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic_core import to_jsonable_python
 
 from taskyard_sdk import protocol
 from taskyard_sdk._durations import Duration, parse_duration
+from taskyard_sdk.models import ErrorInfo, StepContext
+
+if TYPE_CHECKING:
+    from taskyard_sdk._task import Task
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 Message = protocol.Log | protocol.Stream | protocol.RefreshTimeout
+Out = TypeVar("Out")
+
+current_run: ContextVar[UUID | None] = ContextVar("taskyard_current_run", default=None)
+"""The run whose task code is executing: runs triggered from there are its children."""
 
 
 class Context:
@@ -24,12 +33,13 @@ class Context:
     """
 
     def __init__(self, *, run_id: UUID, attempt: int, task: str, metadata: dict[str, str],
-                 loop: asyncio.AbstractEventLoop,
-                 send: Callable[[Message], None]) -> None:
+                 loop: asyncio.AbstractEventLoop, send: Callable[[Message], None],
+                 step: StepContext | None = None) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.task = task
         self.metadata = metadata
+        self._step = step
         self._loop = loop
         self._send = send
         self._cancelled = False  # a plain flag: assignment is atomic, sync tasks poll it
@@ -38,6 +48,41 @@ class Context:
     def cancelled(self) -> bool:
         """True once the engine asked this attempt to stop (sync tasks should check it)."""
         return self._cancelled
+
+    # -- workflow steps ----------------------------------------------------------------------------
+
+    @property
+    def workflow_run_id(self) -> UUID | None:
+        """For a workflow's step: the workflow run it belongs to."""
+        return self._step.workflow_run_id if self._step else None
+
+    @property
+    def failures(self) -> dict[str, ErrorInfo]:
+        """For the on_failure step: the steps that failed for good, with their errors."""
+        return dict(self._step.failures) if self._step else {}
+
+    def parent_output(self, parent: Task[Any, Out]) -> Out:
+        """The output of a parent step, decoded to its declared output type."""
+        step = self._parent_step(parent)
+        assert self._step is not None
+        if step in self._step.skipped:
+            raise LookupError(f"parent step {step!r} was skipped: it has no output "
+                              f"(check ctx.was_skipped first)")
+        return parent.decode_output(self._step.parents[step])
+
+    def was_skipped(self, parent: Task[Any, Any]) -> bool:
+        """Whether a parent step was skipped (by skip_if, or because its parents were)."""
+        step = self._parent_step(parent)
+        assert self._step is not None
+        return step in self._step.skipped
+
+    def _parent_step(self, parent: Task[Any, Any]) -> str:
+        step = getattr(parent, "step", None)
+        if self._step is None:
+            raise LookupError(f"task {self.task!r} is not a workflow step: it has no parents")
+        if step is None or (step not in self._step.parents and step not in self._step.skipped):
+            raise LookupError(f"{parent!r} is not a parent of step {self._step.step!r}")
+        return str(step)
 
     def log(self, message: object, level: LogLevel = "info") -> None:
         """Add a line (or several) to the run's log, visible through the API."""

@@ -7,12 +7,14 @@ import inspect
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
+from taskyard_sdk._context import current_run
+from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
@@ -30,9 +32,22 @@ if TYPE_CHECKING:
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+OutCo = TypeVar("OutCo", covariant=True)
 
 _POLL = 60.0  # longest single long-poll; waits longer than this are several polls
 _WAIT_CHUNK = 10_000
+
+
+def build_options(*, retries: int, backoff_factor: float | None, backoff_max_seconds: Duration,
+                  execution_timeout: Duration, schedule_timeout: Duration, priority: int,
+                  queue: str) -> TaskOptions:
+    """A task's options from what users write (durations as "30s", "5m", ...)."""
+    return TaskOptions(
+        retries=retries, backoff_factor=backoff_factor,
+        backoff_max_seconds=parse_duration(backoff_max_seconds, name="backoff_max_seconds"),
+        execution_timeout=parse_duration(execution_timeout, name="execution_timeout"),
+        schedule_timeout=parse_duration(schedule_timeout, name="schedule_timeout"),
+        priority=priority, queue=queue)
 
 
 class Task(Generic[In, Out]):
@@ -40,7 +55,7 @@ class Task(Generic[In, Out]):
     tests); use `run` / `aio_run` to run it on a worker through the engine."""
 
     def __init__(self, client: Taskyard, fn: Callable[..., Any], name: str,
-                 options: TaskOptions) -> None:
+                 options: TaskOptions, *, default_input: Any = Any) -> None:
         self.client = client
         self.fn = fn
         self.name = name
@@ -52,7 +67,7 @@ class Task(Generic[In, Out]):
             raise TypeError(f"task {name!r}: a task function takes (input) or (input, ctx), "
                             f"not {len(parameters)} parameters")
         self._takes_context = len(parameters) == 2
-        self.input_type: Any = hints.get(parameters[0].name, Any)
+        self.input_type: Any = hints.get(parameters[0].name, default_input)
         self.output_type: Any = hints.get("return", Any)
         self._input = TypeAdapter(self.input_type)
         self._output = TypeAdapter(self.output_type)
@@ -92,6 +107,9 @@ class Task(Generic[In, Out]):
             request["priority"] = priority
         if idempotency_key is not None:
             request["idempotency_key"] = idempotency_key
+        spawned_by = current_run.get()
+        if spawned_by is not None:
+            request["parent_run_id"] = str(spawned_by)
         return request
 
     # -- running through the engine --------------------------------------------------------------
@@ -173,10 +191,19 @@ class Task(Generic[In, Out]):
         return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
 
 
-class RunHandle(Generic[Out]):
-    """A triggered run. `result()` waits for its output."""
+class Runnable(Protocol[OutCo]):
+    """What a run handle needs of what was run: a task, or a workflow."""
 
-    def __init__(self, task: Task[Any, Out], run_id: UUID) -> None:
+    client: Taskyard
+    name: str
+
+    def _outcome(self, view: RunView) -> OutCo: ...
+
+
+class RunHandle(Generic[Out]):
+    """A triggered run (of a task or a workflow). `result()` waits for its output."""
+
+    def __init__(self, task: Runnable[Out], run_id: UUID) -> None:
         self.task = task
         self.run_id = run_id
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import json
 import threading
 import time
@@ -129,7 +130,10 @@ class _BackgroundLoop:
         self._lock = threading.Lock()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._ensure()).result()
+        # In the caller's context: a sync task spawning children must be seen as their parent.
+        context = contextvars.copy_context()
+        return asyncio.run_coroutine_threadsafe(_in_context(coroutine, context),
+                                                self._ensure()).result()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -144,6 +148,10 @@ class _BackgroundLoop:
     def _stop(self) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+async def _in_context(coroutine: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+    return await asyncio.get_running_loop().create_task(coroutine, context=context)
 
 
 background = _BackgroundLoop()

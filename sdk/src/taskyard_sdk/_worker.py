@@ -28,19 +28,23 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from taskyard_sdk import protocol
-from taskyard_sdk._context import Context
+from taskyard_sdk._context import Context, current_run
 from taskyard_sdk._errors import (
     AuthenticationError,
+    EngineUnreachable,
+    InvalidRequest,
     NonRetryableError,
     PermissionDenied,
     RetryAfter,
     TaskyardError,
+    Unavailable,
 )
 from taskyard_sdk.models import ErrorInfo
 
 if TYPE_CHECKING:
     from taskyard_sdk._client import Taskyard
     from taskyard_sdk._task import Task
+    from taskyard_sdk._workflow import Workflow
 
 log = logging.getLogger("taskyard.worker")
 
@@ -70,7 +74,8 @@ class Worker:
     background for the block's duration."""
 
     def __init__(self, client: Taskyard, name: str, tasks: Sequence[Task[Any, Any]], *,
-                 slots: int = 100, labels: dict[str, protocol.LabelValue] | None = None,
+                 workflows: Sequence[Workflow[Any]] = (), slots: int = 100,
+                 labels: dict[str, protocol.LabelValue] | None = None,
                  queue: str = "default", drain_timeout: float = 30.0) -> None:
         if not tasks:
             raise ValueError(f"worker {name!r} needs at least one task")
@@ -82,6 +87,7 @@ class Worker:
         self.client = client
         self.name = name
         self.tasks = {task.name: task for task in tasks}
+        self.workflows = list(workflows)
         self.slots = slots
         self.labels = labels or {}
         self.queue = queue
@@ -198,7 +204,8 @@ class Worker:
                 delay = 0.1
             except (AuthenticationError, PermissionDenied, WorkerStopped):
                 raise
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, EngineUnreachable,
+                    Unavailable) as exc:
                 log.warning("worker %s: connection to %s failed (%s); retrying in %.1fs",
                             self.name, self.client.url, exc, delay)
             assert self._connected is not None
@@ -207,6 +214,12 @@ class Worker:
             delay = min(delay * 2, 5.0)
 
     async def _session(self) -> None:
+        for workflow in self.workflows:  # on every connect: the engine may be a new one
+            try:
+                await workflow.aio_register()
+            except InvalidRequest as exc:
+                raise WorkerStopped(f"the engine refused workflow {workflow.name!r}: "
+                                    f"{exc}") from exc
         headers = self.client.transport.headers
         session = self.client.transport.session()
         url = self.client.url + "/api/v1/workers/connect"
@@ -341,7 +354,8 @@ class Worker:
             return
         assert self._loop is not None
         context = Context(run_id=assign.run_id, attempt=assign.attempt, task=assign.task,
-                          metadata=assign.metadata, loop=self._loop, send=self._send)
+                          metadata=assign.metadata, loop=self._loop, send=self._send,
+                          step=assign.context)
         execution = _Execution(assign, context)
         self._executions[key] = execution
         execution.task = asyncio.create_task(self._execute(execution),
@@ -360,6 +374,7 @@ class Worker:
 
     async def _execute(self, execution: _Execution) -> None:
         assign = execution.assign
+        current_run.set(assign.run_id)  # this asyncio task's own context: runs it triggers
         ref = {"run_id": assign.run_id, "attempt": assign.attempt}
         self._send(protocol.Started(**ref))
         result: Result

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from taskyard.http import runs, system, tokens, worker_socket
+from taskyard.http import events, runs, system, tokens, worker_socket, workflows
 from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware
 from taskyard.http.keys import ENDPOINTS, ENGINE
 from taskyard.http.routing import AUTHENTICATOR, Router, mount
@@ -15,7 +15,8 @@ from taskyard.http.routing import AUTHENTICATOR, Router, mount
 if TYPE_CHECKING:
     from taskyard.engine import Engine
 
-CORE_ROUTERS = (system.router, tokens.router, runs.router, worker_socket.router)
+CORE_ROUTERS = (system.router, tokens.router, runs.router, workflows.router, events.router,
+                worker_socket.router)
 
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:

@@ -220,3 +220,25 @@ def _list_fields(model: type[BaseModel]) -> frozenset[str]:
                 typing.get_origin(arg) is list for arg in candidates):
             names.add(info.alias or name)
     return frozenset(names)
+
+
+def metadata_filter(pairs: list[str]) -> dict[str, str]:
+    """`key:value` query parameters (repeatable) as the metadata they must contain."""
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition(":")
+        if not sep or not key:
+            raise Unprocessable(f"query.metadata: {pair!r} must be written key:value")
+        metadata[key] = value
+    return metadata
+
+
+def page_cursor(cursor: str | None) -> uuid.UUID | None:
+    """The `next_cursor` of a previous page: the last id it held."""
+    if cursor is None:
+        return None
+    try:
+        return uuid.UUID(cursor)
+    except ValueError:
+        raise Unprocessable(f"query.cursor: {cursor!r} is not a cursor from a previous "
+                            f"page") from None

@@ -13,9 +13,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from taskyard.auth import Role
-from taskyard.errors import NotFound, Unprocessable
+from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Document, Router
+from taskyard.http.routing import Call, Document, Router, metadata_filter, page_cursor
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
@@ -105,19 +105,8 @@ async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse
 async def list_runs(call: Call[None]) -> Document:
     """List runs, newest first, filtered by status, task, creation time and metadata."""
     query: ListRunsQuery = call.query
-    metadata = {}
-    for pair in query.metadata:
-        key, sep, value = pair.partition(":")
-        if not sep or not key:
-            raise Unprocessable(f"query.metadata: {pair!r} must be written key:value")
-        metadata[key] = value
-    before = None
-    if query.cursor is not None:
-        try:
-            before = uuid.UUID(query.cursor)
-        except ValueError:
-            raise Unprocessable(f"query.cursor: {query.cursor!r} is not a cursor from a "
-                                f"previous page") from None
+    metadata = metadata_filter(query.metadata)
+    before = page_cursor(query.cursor)
     engine = call.request.app[ENGINE]
     rows = await engine.scheduler.runs.list_runs(
         call.principal.tenant_id, statuses=[s.value for s in query.status], tasks=query.task,

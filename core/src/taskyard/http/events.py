@@ -1,0 +1,86 @@
+"""Events: push (one or a batch), list and search, read, replay."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from taskyard.auth import Role
+from taskyard.errors import NotFound
+from taskyard.http.keys import ENGINE
+from taskyard.http.routing import Call, Document, Router, metadata_filter, page_cursor
+from taskyard_sdk.models import (
+    BatchEventRequest,
+    BatchEventResponse,
+    EventPage,
+    EventRequest,
+    EventView,
+)
+
+router = Router(tags=("events",))
+ANY_ROLE = list(Role)
+
+
+class ListEventsQuery(BaseModel):
+    key: list[str] = Field(default_factory=list, description="Exact keys, repeatable.")
+    prefix: str | None = Field(default=None, description="Keys starting with this.")
+    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable")
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = None
+
+
+@router.post("/api/v1/events", roles=ANY_ROLE, body=EventRequest, response=EventView,
+             status=201)
+async def push_event(call: Call[EventRequest]) -> EventView:
+    """Push an event: stored, it triggers every workflow whose `on_events` matches its key (and
+    whose `event_filter` holds) and wakes the steps waiting for it. `triggered` lists the
+    workflow runs it started; an event that triggers nothing is still stored."""
+    engine = call.request.app[ENGINE]
+    [view] = await engine.scheduler.push_events(call.principal.tenant_id, [call.body])
+    return view
+
+
+@router.post("/api/v1/events/batch", roles=ANY_ROLE, body=BatchEventRequest,
+             response=BatchEventResponse, status=201)
+async def push_events(call: Call[BatchEventRequest]) -> BatchEventResponse:
+    """Push many events in one request (and one transaction)."""
+    engine = call.request.app[ENGINE]
+    views = await engine.scheduler.push_events(call.principal.tenant_id, call.body.events)
+    return BatchEventResponse(events=views)
+
+
+@router.get("/api/v1/events", roles=ANY_ROLE, query=ListEventsQuery, response=EventPage)
+async def list_events(call: Call[None]) -> Document:
+    """Stored events, newest first, by key, key prefix, metadata and time."""
+    query: ListEventsQuery = call.query
+    engine = call.request.app[ENGINE]
+    rows = await engine.scheduler.events.search(
+        call.principal.tenant_id, keys=query.key, prefix=query.prefix,
+        metadata=metadata_filter(query.metadata), since=query.since, until=query.until,
+        before=page_cursor(query.cursor), limit=query.limit)
+    cursor = str(rows[-1]["event_id"]) if len(rows) == query.limit else None
+    return Document({"events": rows, "next_cursor": cursor})
+
+
+@router.get("/api/v1/events/{event_id}", roles=ANY_ROLE, response=EventView)
+async def get_event(call: Call[None]) -> EventView:
+    event_id = call.path_uuid("event_id")
+    engine = call.request.app[ENGINE]
+    row = await engine.scheduler.events.get(call.principal.tenant_id, event_id)
+    if row is None:
+        raise NotFound(f"no event {event_id} in this tenant")
+    return EventView.model_validate(row)
+
+
+@router.post("/api/v1/events/{event_id}/replay", roles=ANY_ROLE, response=EventView,
+             status=201)
+async def replay_event(call: Call[None]) -> EventView:
+    """Push a stored event again (a new event with `replay_of` set): it triggers and wakes as
+    if it were new."""
+    engine = call.request.app[ENGINE]
+    return await engine.scheduler.replay_event(call.principal.tenant_id,
+                                               call.path_uuid("event_id"))
+

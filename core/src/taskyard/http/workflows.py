@@ -1,0 +1,95 @@
+"""Workflows: register a definition (each change is a new version), read them, trigger runs."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from taskyard.auth import Role
+from taskyard.errors import NotFound
+from taskyard.http.keys import ENGINE
+from taskyard.http.routing import Call, Router
+from taskyard.workflow_repository import StoredWorkflow
+from taskyard_sdk.models import (
+    BatchTriggerResponse,
+    BatchWorkflowTriggerRequest,
+    RunRef,
+    WorkflowDefinition,
+    WorkflowInfo,
+    WorkflowList,
+    WorkflowTriggerRequest,
+)
+
+router = Router(tags=("workflows",))
+ANY_ROLE = list(Role)
+
+
+class VersionQuery(BaseModel):
+    version: int | None = Field(default=None, ge=1, description="The latest when omitted.")
+
+
+def _info(stored: StoredWorkflow) -> WorkflowInfo:
+    return WorkflowInfo(name=stored.name, version=stored.version, created=stored.created,
+                        created_at=stored.created_at, definition=stored.definition)
+
+
+@router.post("/api/v1/workflows", roles=ANY_ROLE, body=WorkflowDefinition,
+             response=WorkflowInfo, status=201)
+async def register_workflow(call: Call[WorkflowDefinition]) -> web.StreamResponse | WorkflowInfo:
+    """Register a workflow definition. A definition registered before returns its version
+    (status 200); a changed one becomes the next version, used by runs triggered from now on
+    (runs in flight keep theirs). 422 names the step or expression that is wrong: unknown
+    parents, cycles, duplicate step names, CEL that does not compile."""
+    engine = call.request.app[ENGINE]
+    stored = await engine.scheduler.register_workflow(call.principal.tenant_id, call.body)
+    info = _info(stored)
+    if not stored.created:
+        return web.Response(body=info.model_dump_json(), status=200,
+                            content_type="application/json")
+    return info
+
+
+@router.get("/api/v1/workflows", roles=ANY_ROLE, response=WorkflowList)
+async def list_workflows(call: Call[None]) -> WorkflowList:
+    """The latest version of every registered workflow."""
+    engine = call.request.app[ENGINE]
+    latest = await engine.scheduler.workflows.latest(call.principal.tenant_id)
+    return WorkflowList(workflows=[_info(stored) for stored in latest])
+
+
+@router.get("/api/v1/workflows/{name}", roles=ANY_ROLE, query=VersionQuery,
+            response=WorkflowInfo)
+async def get_workflow(call: Call[None]) -> WorkflowInfo:
+    """A workflow's definition: the latest version, or the one asked for."""
+    name = call.path["name"]
+    engine = call.request.app[ENGINE]
+    stored = await engine.scheduler.workflows.get(call.principal.tenant_id, name,
+                                                  call.query.version)
+    if stored is None:
+        version = f" version {call.query.version}" if call.query.version else ""
+        raise NotFound(f"no workflow {name!r}{version} in this tenant")
+    return _info(stored)
+
+
+@router.post("/api/v1/workflows/{name}/runs", roles=ANY_ROLE, body=WorkflowTriggerRequest,
+             response=RunRef, status=201)
+async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> web.StreamResponse | RunRef:
+    """Start a run of the workflow's latest version. Its steps are runs too; the workflow
+    run's output holds each step's output by name once it has finished."""
+    engine = call.request.app[ENGINE]
+    [ref] = await engine.scheduler.trigger_workflow(call.principal.tenant_id, call.path["name"],
+                                                    [call.body])
+    if not ref.created:
+        return web.Response(body=ref.model_dump_json(), status=200,
+                            content_type="application/json")
+    return ref
+
+
+@router.post("/api/v1/workflows/{name}/runs/batch", roles=ANY_ROLE,
+             body=BatchWorkflowTriggerRequest, response=BatchTriggerResponse, status=201)
+async def trigger_workflow_batch(call: Call[BatchWorkflowTriggerRequest]) -> BatchTriggerResponse:
+    """Start many runs of a workflow in one request."""
+    engine = call.request.app[ENGINE]
+    refs = await engine.scheduler.trigger_workflow(call.principal.tenant_id, call.path["name"],
+                                                   call.body.runs)
+    return BatchTriggerResponse(runs=refs)

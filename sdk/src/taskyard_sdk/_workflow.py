@@ -1,0 +1,269 @@
+"""Workflows: DAGs of steps whose tasks receive their parents' outputs.
+
+    signup = ty.workflow("post-signup", input=Signup, on_events=["user:create"])
+
+    @signup.task()
+    async def create_account(user: Signup, ctx: Context) -> Account: ...
+
+    @signup.task(parents=[create_account], skip_if="input.newsletter == false")
+    async def subscribe(user: Signup, ctx: Context) -> None:
+        account = ctx.parent_output(create_account)
+
+    outputs = signup.run(Signup(...))  # {"create_account": Account(...), "subscribe": None}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
+
+from taskyard_sdk._context import current_run
+from taskyard_sdk._durations import Duration
+from taskyard_sdk._errors import InvalidInput, TaskFailed
+from taskyard_sdk._task import RunHandle, Task, build_options, wait_for_runs
+from taskyard_sdk._transport import run_sync
+from taskyard_sdk.models import (
+    DEFAULT_PRIORITY,
+    BatchTriggerResponse,
+    Condition,
+    RunRef,
+    RunStatus,
+    RunView,
+    StepDefinition,
+    WorkflowDefinition,
+    WorkflowInfo,
+)
+
+if TYPE_CHECKING:
+    from taskyard_sdk._client import Taskyard
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+Outputs = dict[str, Any]
+
+_BATCH = 10_000
+
+
+class WorkflowTask(Task[In, Out]):
+    """A step of a workflow: a task that runs when its parents have ended, as part of a run of
+    its workflow (it cannot be triggered alone)."""
+
+    def __init__(self, workflow: Workflow[In], fn: Callable[..., Any], step: str, *,
+                 parents: Sequence[WorkflowTask[Any, Any]], skip_if: str | None,
+                 cancel_if: str | None, wait_for: Sequence[Condition],
+                 options: Any) -> None:
+        self.workflow = workflow
+        self.step = step
+        super().__init__(workflow.client, fn, f"{workflow.name}:{step}", options,
+                         default_input=workflow.input_type)
+        for parent in parents:
+            owner: Workflow[Any] | None = getattr(parent, "workflow", None)
+            if not isinstance(parent, WorkflowTask) or owner is not workflow:
+                raise ValueError(f"step {step!r}: parent {parent!r} is not a step of workflow "
+                                 f"{workflow.name!r}")
+        self.workflow = workflow
+        self.step = step
+        self.parents = tuple(parents)
+        self.skip_if = skip_if
+        self.cancel_if = cancel_if
+        self.wait_for = list(wait_for)
+
+    def __repr__(self) -> str:
+        return f"<WorkflowTask {self.workflow.name}.{self.step}>"
+
+    def definition(self) -> StepDefinition:
+        return StepDefinition(name=self.step, parents=[p.step for p in self.parents],
+                              options=self.options, skip_if=self.skip_if,
+                              cancel_if=self.cancel_if, wait_for=self.wait_for)
+
+    async def aio_run_no_wait(self, input: In, **_: Any) -> RunHandle[Out]:
+        raise TypeError(f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
+                        f"run the workflow instead")
+
+    async def aio_run_many_no_wait(self, inputs: Sequence[In], **_: Any) -> list[RunHandle[Out]]:
+        raise TypeError(f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
+                        f"run the workflow instead")
+
+
+class Workflow(Generic[In]):
+    """A DAG of steps, created with `ty.workflow(...)`; steps are added with `@wf.task(...)`."""
+
+    def __init__(self, client: Taskyard, name: str, *, input: Any = Any,
+                 on_events: Sequence[str] = (), event_filter: str | None = None) -> None:
+        self.client = client
+        self.name = name
+        self.input_type = input
+        self.on_events = list(on_events)
+        self.event_filter = event_filter
+        self.steps: dict[str, WorkflowTask[In, Any]] = {}
+        self.on_failure: WorkflowTask[In, Any] | None = None
+        self._input = TypeAdapter(input)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} ({len(self.steps)} steps)>"
+
+    @property
+    def tasks(self) -> list[WorkflowTask[In, Any]]:
+        """Every step's task (the on_failure step included): what a worker must run."""
+        return [*self.steps.values(), *([self.on_failure] if self.on_failure else [])]
+
+    def task(self, *, name: str | None = None, parents: Sequence[WorkflowTask[Any, Any]] = (),
+             skip_if: str | None = None, cancel_if: str | None = None,
+             wait_for: Sequence[Condition] = (), retries: int = 0,
+             backoff_factor: float | None = None, backoff_max_seconds: Duration = "1h",
+             execution_timeout: Duration = "60s", schedule_timeout: Duration = "5m",
+             priority: int = DEFAULT_PRIORITY, queue: str = "default",
+             ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
+        """Add a step: `(input, ctx) -> output`, async or sync, with every option a task has.
+
+        parents: steps whose outputs it needs (`ctx.parent_output(parent)`). skip_if /
+        cancel_if: CEL over `input` and `parents` (outputs by step name). wait_for: conditions
+        (Sleep, Event, Or, And) that must all hold before it is queued.
+        """
+        options = build_options(
+            retries=retries, backoff_factor=backoff_factor,
+            backoff_max_seconds=backoff_max_seconds, execution_timeout=execution_timeout,
+            schedule_timeout=schedule_timeout, priority=priority, queue=queue)
+
+        def decorate(fn: Callable[..., Any]) -> WorkflowTask[In, Any]:
+            step = name or fn.__name__
+            if step in self.steps or (self.on_failure and self.on_failure.step == step):
+                raise ValueError(f"workflow {self.name!r} already has a step {step!r}")
+            self.steps[step] = WorkflowTask(self, fn, step, parents=parents, skip_if=skip_if,
+                                            cancel_if=cancel_if, wait_for=wait_for,
+                                            options=options)
+            return self.steps[step]
+
+        return decorate
+
+    def on_failure_task(self, *, name: str | None = None, retries: int = 0,
+                        execution_timeout: Duration = "60s", queue: str = "default",
+                        ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
+        """The step that runs once when any step has failed for good; `ctx.failures` holds the
+        failed steps' errors."""
+        options = build_options(retries=retries, backoff_factor=None, backoff_max_seconds="1h",
+                                execution_timeout=execution_timeout, schedule_timeout="5m",
+                                priority=DEFAULT_PRIORITY, queue=queue)
+
+        def decorate(fn: Callable[..., Any]) -> WorkflowTask[In, Any]:
+            step = name or fn.__name__
+            if step in self.steps:
+                raise ValueError(f"workflow {self.name!r} already has a step {step!r}")
+            self.on_failure = WorkflowTask(self, fn, step, parents=(), skip_if=None,
+                                           cancel_if=None, wait_for=(), options=options)
+            return self.on_failure
+
+        return decorate
+
+    def definition(self) -> WorkflowDefinition:
+        return WorkflowDefinition(
+            name=self.name, on_events=self.on_events, event_filter=self.event_filter,
+            steps=[step.definition() for step in self.steps.values()],
+            on_failure=self.on_failure.definition() if self.on_failure else None)
+
+    # -- registering and running -----------------------------------------------------------------
+
+    async def aio_register(self) -> WorkflowInfo:
+        """Register this definition (workers do it when they start). A changed definition
+        becomes a new version; runs in flight keep theirs."""
+        data = await self.client.transport.request(
+            "POST", "/api/v1/workflows", json_body=self.definition().model_dump(mode="json"))
+        return WorkflowInfo.model_validate(data)
+
+    def register(self) -> WorkflowInfo:
+        return run_sync(self.aio_register())
+
+    def _trigger(self, input: In, metadata: dict[str, str] | None, priority: int | None,
+                 idempotency_key: str | None) -> dict[str, Any]:
+        try:
+            value = to_jsonable_python(self._input.validate_python(input))
+        except ValidationError as exc:
+            raise InvalidInput(f"input for workflow {self.name!r} is invalid: {exc}") from None
+        request: dict[str, Any] = {"input": value}
+        if metadata:
+            request["metadata"] = metadata
+        if priority is not None:
+            request["priority"] = priority
+        if idempotency_key is not None:
+            request["idempotency_key"] = idempotency_key
+        spawned_by = current_run.get()
+        if spawned_by is not None:
+            request["parent_run_id"] = str(spawned_by)
+        return request
+
+    async def aio_run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
+                              priority: int | None = None,
+                              idempotency_key: str | None = None) -> RunHandle[Outputs]:
+        ref = RunRef.model_validate(await self.client.transport.request(
+            "POST", f"/api/v1/workflows/{self.name}/runs",
+            json_body=self._trigger(input, metadata, priority, idempotency_key)))
+        return RunHandle(self, ref.run_id)
+
+    async def aio_run(self, input: In, *, metadata: dict[str, str] | None = None,
+                      priority: int | None = None, idempotency_key: str | None = None,
+                      timeout: float | None = None) -> Outputs:
+        """Run the workflow and return its steps' outputs by step name (a skipped step's is
+        None). Raises TaskFailed if the run fails or is cancelled."""
+        handle = await self.aio_run_no_wait(input, metadata=metadata, priority=priority,
+                                            idempotency_key=idempotency_key)
+        return await handle.aio_result(timeout=timeout)
+
+    async def aio_run_many_no_wait(self, inputs: Sequence[In], *,
+                                   metadata: dict[str, str] | None = None,
+                                   priority: int | None = None) -> list[RunHandle[Outputs]]:
+        handles: list[RunHandle[Outputs]] = []
+        for start in range(0, len(inputs), _BATCH):
+            runs = [self._trigger(value, metadata, priority, None)
+                    for value in inputs[start:start + _BATCH]]
+            response = BatchTriggerResponse.model_validate(await self.client.transport.request(
+                "POST", f"/api/v1/workflows/{self.name}/runs/batch", json_body={"runs": runs}))
+            handles += [RunHandle(self, ref.run_id) for ref in response.runs]
+        return handles
+
+    async def aio_run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
+                           priority: int | None = None, timeout: float | None = None,
+                           return_exceptions: bool = False) -> list[Outputs | TaskFailed]:
+        handles = await self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority)
+        views = await wait_for_runs(self.client, [h.run_id for h in handles], timeout)
+        results: list[Outputs | TaskFailed] = []
+        for handle in handles:
+            try:
+                results.append(self._outcome(views[handle.run_id]))
+            except TaskFailed as failure:
+                if not return_exceptions:
+                    raise
+                results.append(failure)
+        return results
+
+    def run(self, input: In, *, metadata: dict[str, str] | None = None,
+            priority: int | None = None, idempotency_key: str | None = None,
+            timeout: float | None = None) -> Outputs:
+        return run_sync(self.aio_run(input, metadata=metadata, priority=priority,
+                                     idempotency_key=idempotency_key, timeout=timeout))
+
+    def run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
+                    priority: int | None = None,
+                    idempotency_key: str | None = None) -> RunHandle[Outputs]:
+        return run_sync(self.aio_run_no_wait(input, metadata=metadata, priority=priority,
+                                             idempotency_key=idempotency_key))
+
+    def run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
+                 priority: int | None = None, timeout: float | None = None,
+                 return_exceptions: bool = False) -> list[Outputs | TaskFailed]:
+        return run_sync(self.aio_run_many(inputs, metadata=metadata, priority=priority,
+                                          timeout=timeout, return_exceptions=return_exceptions))
+
+    def run_many_no_wait(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
+                         priority: int | None = None) -> list[RunHandle[Outputs]]:
+        return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
+
+    def _outcome(self, view: RunView) -> Outputs:
+        if view.status is not RunStatus.SUCCEEDED:
+            raise TaskFailed(view.run_id, view.task, view.status, view.error)
+        outputs = view.output or {}
+        return {name: step.decode_output(outputs[name]) if name in outputs else None
+                for name, step in self.steps.items()}
+
