@@ -266,6 +266,7 @@ async def test_runs_spawned_inside_a_task_are_its_children(ty: Taskyard) -> None
 
 async def test_cancelling_a_parent_cancels_its_children(ty: Taskyard, engine: Engine) -> None:
     ids: list[uuid.UUID] = []
+    spawned = asyncio.Event()
 
     @ty.task()
     async def sleeper(n: int) -> int:
@@ -276,17 +277,18 @@ async def test_cancelling_a_parent_cancels_its_children(ty: Taskyard, engine: En
     async def parent(n: int, ctx: Context) -> int:
         handle = await sleeper.aio_run_no_wait(n)
         ids.append(handle.run_id)
+        spawned.set()
         await asyncio.sleep(60)
         return n
 
     async with ty.worker("tree", tasks=[sleeper, parent]):
         handle = await parent.aio_run_no_wait(1)
-        while not ids:
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(spawned.wait(), 10)
         await handle.aio_cancel()
         view = await ty.runs.aio_get(ids[0])
     assert view.status is RunStatus.CANCELLED
-    assert view.error is not None and f"run {handle.run_id} was cancelled" in view.error.message
+    assert view.error is not None
+    assert f"run {handle.run_id} was cancelled" in view.error.message
 
 
 async def test_run_metadata_is_filterable_for_workflow_runs(ty: Taskyard) -> None:
