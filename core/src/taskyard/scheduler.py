@@ -212,14 +212,15 @@ class Scheduler:
 
     async def _cancel(self, tenant_id: uuid.UUID, run: Run, reason: str) -> None:
         tenant = self.tenant(tenant_id)
-        if run.queue == WORKFLOW_QUEUE:
-            await tenant.ask(tenant.cancel_run, run.run_id, reason)
-        elif run.status is RunStatus.PENDING:
-            await tenant.ask(tenant.cancel_step, run, reason)
-        else:
-            actor = self.queue_for(tenant_id, run.queue)
-            with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
+        with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
+            if run.queue == WORKFLOW_QUEUE:
+                await tenant.ask(tenant.cancel_run, run.run_id, reason)
+            elif run.status is RunStatus.PENDING:
+                await tenant.ask(tenant.cancel_step, run, reason)
+            else:
+                actor = self.queue_for(tenant_id, run.queue)
                 await actor.ask(actor.cancel, run.run_id, reason)
+        await self.persister.flush()  # so the query below sees the steps just cancelled
         for child_id in await self.runs.active_children(tenant_id, run.run_id):
             child = await self.runs.load_run(tenant_id, child_id)
             if child is not None and not child.status.terminal:

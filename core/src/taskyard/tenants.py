@@ -232,24 +232,19 @@ class TenantActor(Actor):
         for run in touched.values():
             self._advance(run)
 
-    def cancel_run(self, run_id: uuid.UUID, reason: str) -> list[uuid.UUID]:
-        """Cancel a workflow run; returns the runs of its steps that queues must cancel."""
+    def cancel_run(self, run_id: uuid.UUID, reason: str) -> None:
+        """Cancel a workflow run. Its pending steps are cancelled here; the scheduler cancels
+        the steps that queues hold (they are the run's active children)."""
         run = self.runs.get(run_id)
         if run is None:
-            return []
+            raise Conflict(f"workflow run {run_id} has already ended")
         pending = {name for name, state in run.steps.items() if state.status is RunStatus.PENDING}
         unfinished, finish = run.cancel(reason)
         now = self.clock()
-        states, active = [], []
-        for name, state in unfinished:
-            if name in pending:  # this actor owns a pending step's row
-                states.append(_state_row(self.tenant_id, state.run_id, RunStatus.CANCELLED,
-                                         state.wait_started_at or now, now,
-                                         error=_cancelled(reason)))
-            else:
-                active.append(state.run_id)
+        states = [_state_row(self.tenant_id, state.run_id, RunStatus.CANCELLED,
+                             state.wait_started_at or now, now, error=_cancelled(reason))
+                  for name, state in unfinished if name in pending]
         self._finish(run, finish, now, states)
-        return active
 
     def cancel_step(self, step_run: Run, reason: str) -> None:
         """Cancel a step that waits on its conditions (its row is this actor's)."""

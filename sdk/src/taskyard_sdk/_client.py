@@ -11,7 +11,7 @@ from taskyard_sdk._config import resolve
 from taskyard_sdk._context import Context
 from taskyard_sdk._durations import Duration
 from taskyard_sdk._events import Events
-from taskyard_sdk._task import Task, build_options
+from taskyard_sdk._task import Task, build_options, wait_for_runs
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
 from taskyard_sdk._workflow import Workflow
@@ -136,6 +136,12 @@ class Runs:
         data = await self._client.transport.request("GET", f"/api/v1/runs/{run_id}")
         return RunView.model_validate(data)
 
+    async def aio_wait(self, run_ids: Sequence[UUID], timeout: float | None = None
+                       ) -> dict[UUID, RunView]:
+        """Wait until every run has finished (e.g. those an event triggered); raises
+        ResultTimeout after `timeout` seconds."""
+        return await wait_for_runs(self._client, list(run_ids), timeout)
+
     async def aio_cancel(self, run_id: UUID | str) -> RunStatus:
         data = await self._client.transport.request("POST", f"/api/v1/runs/{run_id}/cancel")
         return RunStatus(data["status"])
@@ -165,6 +171,9 @@ class Runs:
 
     def cancel(self, run_id: UUID | str) -> RunStatus:
         return run_sync(self.aio_cancel(run_id))
+
+    def wait(self, run_ids: Sequence[UUID], timeout: float | None = None) -> dict[UUID, RunView]:
+        return run_sync(self.aio_wait(run_ids, timeout))
 
     def replay(self, run_id: UUID | str) -> RunView:
         return run_sync(self.aio_replay(run_id))
