@@ -9,7 +9,7 @@ import uuid
 
 from pydantic import BaseModel
 
-from taskyard_sdk import Context, Event, Or, RunStatus, Sleep, TaskFailed, Taskyard
+from taskyard_sdk import And, Context, Event, Or, RunStatus, Sleep, TaskFailed, Taskyard
 
 
 class Order(BaseModel):
@@ -180,6 +180,35 @@ async def test_or_releases_on_whichever_comes_first(ty: Taskyard) -> None:
         await ty.events.aio_push("user:verified", {"id": 1})  # matches the "user:*" prefix
         assert await handle.aio_result(timeout=20) == {"soon": "released", "timeout": "slept"}
     assert time.time() - begun < 10
+
+
+async def test_and_waits_for_every_condition(ty: Taskyard) -> None:
+    wf = ty.workflow("both")
+
+    @wf.task(wait_for=[And(Sleep("0.5s"), Event("approved"))])
+    async def ship(n: int) -> str:
+        return "shipped"
+
+    async with ty.worker("both", workflows=[wf]):
+        handle = await wf.aio_run_no_wait(1)
+        await _until_step(ty, handle.run_id, "ship", RunStatus.PENDING)
+        await asyncio.sleep(0.8)  # the sleep is over, the event has not come: still waiting
+        assert (await _step_statuses(ty, handle.run_id))["ship"] is RunStatus.PENDING
+        await ty.events.aio_push("approved")
+        assert await handle.aio_result(timeout=20) == {"ship": "shipped"}
+
+    held = ty.workflow("event-then-sleep")
+
+    @held.task(wait_for=[And(Event("approved"), Sleep("1s"))])
+    async def later(n: int) -> float:
+        return time.time()
+
+    async with ty.worker("held", workflows=[held]):
+        handle = await held.aio_run_no_wait(1)
+        begun = time.time()
+        await ty.events.aio_push("approved")  # the event alone does not release it
+        outputs = await handle.aio_result(timeout=20)
+    assert outputs["later"] - begun >= 0.9
 
 
 async def test_events_since_the_run_started_count_even_before_the_step_waits(

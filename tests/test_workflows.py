@@ -99,6 +99,11 @@ async def test_a_deep_chain_and_a_wide_fan_out_and_in_complete(ty: Taskyard) -> 
     ([{"name": "a", "wait_for": [{"type": "event", "key": "k", "filter": "payload.("}]}], {},
      "step 'a': wait_for event 'k' filter: 'payload.(' is not valid CEL"),
     ([{"name": "a"}], {"event_filter": "key =="}, "event_filter: 'key ==' is not valid CEL"),
+    ([{"name": "a", "skip_if": "inptu.x == 1"}], {},
+     "step 'a': skip_if: 'inptu.x == 1' reads 'inptu', which is not defined here; it may use "
+     "input, parents"),
+    ([{"name": "a"}], {"event_filter": "input.x == 1 && [1].all(v, v > 0)"},
+     "event_filter: 'input.x == 1 && [1].all(v, v > 0)' reads 'input'"),
     ([{"name": "a"}], {"on_failure": {"name": "a"}}, "on_failure step 'a' has the name of"),
 ])
 async def test_bad_definitions_are_refused_with_the_problem_named(
@@ -151,6 +156,15 @@ async def test_a_changed_definition_is_a_new_version_and_runs_keep_theirs(
     async with http.get("/api/v1/workflows/versioned",
                         headers={"Authorization": f"Bearer {ty.config.token}"}) as response:
         assert (await response.json())["version"] == 2
+    # Rolling back to the first definition makes it the latest again, as version 3.
+    rolled_back = await v1.aio_register()
+    assert (rolled_back.version, rolled_back.created) == (3, True)
+    async with ty.worker("v1-again", workflows=[v1]):
+        handle = await v1.aio_run_no_wait(0)
+        await _wait_for_step(ty, handle.run_id, "second", RunStatus.PENDING)
+        await ty.events.aio_push("go")
+        assert await handle.aio_result(timeout=30) == {"first": "v1", "second": "v1-second"}
+    assert (await ty.runs.aio_get(handle.run_id)).workflow_version == 3
 
 
 async def _wait_for_step(ty: Taskyard, run_id: uuid.UUID, step: str, status: RunStatus,
@@ -304,3 +318,74 @@ async def test_run_metadata_is_filterable_for_workflow_runs(ty: Taskyard) -> Non
     page = await ty.runs.aio_list(metadata={"customer": "acme"})
     assert {(r.kind, r.task) for r in page.runs} == {(RunKind.WORKFLOW, "tagged"),
                                                       (RunKind.TASK, "tagged:only")}
+
+
+async def test_the_blocking_api_runs_workflows_and_pushes_events(ty: Taskyard) -> None:
+    """The sync twins, called from a thread as a plain script would call them."""
+    wf = ty.workflow("blocking", input=Numbers, on_events=["numbers:*"])
+
+    @wf.task()
+    async def square(n: Numbers) -> Total:
+        return Total(value=n.x * n.x)
+
+    async with ty.worker("blocking", workflows=[wf]):
+        assert await asyncio.to_thread(wf.run, Numbers(x=3)) == {"square": Total(value=9)}
+        many = await asyncio.to_thread(wf.run_many, [Numbers(x=1), Numbers(x=2)])
+        assert many == [{"square": Total(value=1)}, {"square": Total(value=4)}]
+        handle = await asyncio.to_thread(wf.run_no_wait, Numbers(x=5))
+        assert await asyncio.to_thread(handle.result) == {"square": Total(value=25)}
+
+        event = await asyncio.to_thread(ty.events.push, "numbers:new", {"x": 6},
+                                        metadata={"via": "sync"})
+        [run_id] = event.triggered
+        assert (await ty.runs.aio_wait([run_id], timeout=30))[run_id].output == {
+            "square": {"value": 36}}
+        pushed = await asyncio.to_thread(ty.events.push_many, [
+            {"key": "numbers:a", "payload": {"x": 1}}, {"key": "other", "payload": None}])
+        assert [len(e.triggered) for e in pushed] == [1, 0]
+        listed = await asyncio.to_thread(ty.events.list, metadata={"via": "sync"})
+        assert [e.event_id for e in listed.events] == [event.event_id]
+        replayed = await asyncio.to_thread(ty.events.replay, event.event_id)
+        assert replayed.replay_of == event.event_id
+        assert len(replayed.triggered) == 1
+        fetched = await asyncio.to_thread(ty.events.get, replayed.event_id)
+        assert fetched.triggered == replayed.triggered
+
+
+async def test_a_workflow_started_in_a_task_is_its_child_and_cancels_with_it(
+        ty: Taskyard) -> None:
+    started: list[uuid.UUID] = []
+    sub = ty.workflow("sub")
+
+    @ty.task()
+    async def grandchild(n: int) -> int:
+        await asyncio.sleep(60)
+        return n
+
+    @sub.task()
+    async def spawn(n: int, ctx: Context) -> int:
+        handle = await grandchild.aio_run_no_wait(n)  # a child of this step's run
+        started.append(handle.run_id)
+        await asyncio.sleep(60)
+        return n
+
+    @ty.task()
+    async def orchestrate(n: int) -> int:
+        await sub.aio_run(n)
+        return n
+
+    async with ty.worker("nested", tasks=[grandchild, orchestrate], workflows=[sub]):
+        top = await orchestrate.aio_run_no_wait(1)
+        for _ in range(200):
+            if started:
+                break
+            await asyncio.sleep(0.05)
+        [workflow_run_id] = (await top.aio_get()).children
+        workflow_run = await ty.runs.aio_get(workflow_run_id)
+        assert (workflow_run.kind, workflow_run.parent_run_id) == (RunKind.WORKFLOW, top.run_id)
+        await top.aio_cancel()
+        for run_id in (workflow_run_id, started[0]):
+            view = await ty.runs.aio_get(run_id)
+            assert view.status is RunStatus.CANCELLED, (run_id, view.status)
+        assert {s.status for s in (await ty.runs.aio_get(workflow_run_id)).steps} == {
+            RunStatus.CANCELLED}

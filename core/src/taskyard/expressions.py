@@ -6,6 +6,7 @@ Used for workflow conditions (`skip_if`, `cancel_if` over `input` and `parents`)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -13,8 +14,10 @@ import celpy
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError
+from lark import Token, Tree
 
 _ENVIRONMENT = celpy.Environment()
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})  # bind their first argument
 
 
 class ExpressionError(Exception):
@@ -30,6 +33,40 @@ def compile_expression(text: str) -> celpy.Runner:
         where = f" at line {exc.line}, column {exc.column}" if exc.line else ""
         raise ExpressionError(f"{text!r} is not valid CEL{where}") from None
     return _ENVIRONMENT.program(ast)
+
+
+def check(text: str, names: Iterable[str]) -> None:
+    """Compile `text` and make sure it reads only the variables `names` (so `inptu.x` is
+    refused when it is registered, not found out at run time)."""
+    compile_expression(text)
+    allowed = set(names)
+    unknown = sorted(_free_names(text) - allowed)
+    if unknown:
+        raise ExpressionError(f"{text!r} reads {', '.join(map(repr, unknown))}, which "
+                              f"{'is' if len(unknown) == 1 else 'are'} not defined here; "
+                              f"it may use {', '.join(sorted(allowed))}")
+
+
+@lru_cache(maxsize=4096)
+def _free_names(text: str) -> frozenset[str]:
+    """The variables an expression reads: identifiers that are not function names, minus the
+    ones its macros bind (`v` in `list.exists(v, v > 1)`)."""
+    tree = _ENVIRONMENT.compile(text)
+    used: set[str] = set()
+    bound: set[str] = set()
+    for node in tree.iter_subtrees():
+        if node.data == "primary":
+            for child in node.children:
+                if isinstance(child, Tree) and child.data == "ident":
+                    used.update(str(token) for token in child.children
+                                if isinstance(token, Token))
+        elif node.data == "member_dot_arg" and len(node.children) >= 3:
+            method, arguments = node.children[1], node.children[2]
+            if str(method) in _MACROS and isinstance(arguments, Tree) and arguments.children:
+                first = arguments.children[0]
+                bound.update(str(token) for token in first.scan_values(
+                    lambda value: isinstance(value, Token) and value.type == "IDENT"))
+    return frozenset(used - bound)
 
 
 def holds(text: str, variables: dict[str, Any]) -> bool:

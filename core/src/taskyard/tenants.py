@@ -131,6 +131,11 @@ class TenantActor(Actor):
     def options_for(self, tasks: list[str]) -> dict[str, TaskOptions]:
         return {task: self.definitions[task] for task in tasks if task in self.definitions}
 
+    def all_definitions(self) -> dict[str, TaskOptions]:
+        """Every registered task's options (the in-memory registry: it already holds
+        registrations whose rows are still in the write-behind buffer)."""
+        return dict(self.definitions)
+
     def workflow_registered(self, workflow: CompiledWorkflow) -> None:
         self._add_version(workflow)
 
@@ -269,6 +274,7 @@ class TenantActor(Actor):
         creates: list[Create] = []
         states: list[Row] = []
         released: list[Run] = []
+        finish: Finish | None = None
         for decision in decisions:
             if isinstance(decision, Create):
                 creates.append(decision)
@@ -280,13 +286,18 @@ class TenantActor(Actor):
                                                decision.state.context_json, now))
                 decision.state.context_json = None
             else:
-                self._finish(run, decision, now, states)
+                finish = decision
         if creates:
             rows = [self._step_row(run, create, now) for create in creates]
             inserted = self.persister.insert_runs(rows)
             inserted.add_done_callback(
                 lambda done: self._post(self._created, run.run_id, creates, done))
-        if states and not run.finished:
+        # The run's own end is written after the step rows decided with it (a later or the same
+        # batch): a crash in between leaves the run unfinished, to be decided again, never a
+        # finished run with steps missing.
+        if finish is not None:
+            self._finish(run, finish, now, states)
+        elif states:
             self.persister.write(states, [], [])
         if released:
             self.enqueue(self.tenant_id, released)

@@ -48,16 +48,17 @@ class WorkflowRepository:
 
     async def register(self, tenant_id: uuid.UUID, definition: WorkflowDefinition,
                        digest: str) -> StoredWorkflow:
-        """The version with this content, created as the next version if it is new."""
+        """The latest version if it has this content, else a new version. Registering an
+        older definition again (a rolled-back deploy) makes it the latest version."""
         async with self.pool.acquire() as conn, conn.transaction():
             # One registration per workflow at a time, so versions are numbered without gaps.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::uuid::text || $2))",
                                tenant_id, definition.name)
             row = await conn.fetchrow(
-                "SELECT version, created_at FROM workflows "
-                "WHERE tenant_id = $1 AND name = $2 AND digest = $3",
-                tenant_id, definition.name, digest)
-            if row is not None:
+                "SELECT version, created_at, digest FROM workflows "
+                "WHERE tenant_id = $1 AND name = $2 ORDER BY version DESC LIMIT 1",
+                tenant_id, definition.name)
+            if row is not None and row["digest"] == digest:
                 return StoredWorkflow(definition.name, row["version"], False, row["created_at"],
                                       definition)
             row = await conn.fetchrow(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from taskyard.errors import Unprocessable
-from taskyard.expressions import ExpressionError, compile_expression
+from taskyard.expressions import ExpressionError, check
 from taskyard_sdk.models import (
     AllOf,
     AnyOf,
@@ -24,6 +24,11 @@ from taskyard_sdk.models import (
     TaskOptions,
     WorkflowDefinition,
 )
+
+# The variables each kind of expression may read (what the engine evaluates it over).
+CONDITION_NAMES = frozenset({"input", "parents"})  # skip_if, cancel_if
+WAIT_FILTER_NAMES = frozenset({"payload", "metadata", "input"})  # wait_for Event(filter=...)
+EVENT_FILTER_NAMES = frozenset({"payload", "metadata", "key"})  # a workflow's event_filter
 
 # A wait_for condition tree with numbered leaves: ("sleep", i) | ("event", i) | ("or"|"and", (...))
 ConditionTree = tuple[str, object]
@@ -83,7 +88,7 @@ def compile_workflow(definition: WorkflowDefinition, version: int) -> CompiledWo
         if len(set(step.parents)) != len(step.parents):
             raise Unprocessable(f"workflow {name!r}: step {step.name!r} names a parent twice")
     order = _topological_order(name, by_name)
-    _check_expression(name, "event_filter", definition.event_filter)
+    _check_expression(name, "event_filter", definition.event_filter, EVENT_FILTER_NAMES)
     steps = {step_name: _compile_step(name, by_name[step_name]) for step_name in order}
     on_failure = None
     if definition.on_failure is not None:
@@ -135,8 +140,9 @@ def _find_cycle(parents: dict[str, list[str]]) -> list[str]:
 
 
 def _compile_step(workflow: str, step: StepDefinition) -> CompiledStep:
-    _check_expression(workflow, f"step {step.name!r}: skip_if", step.skip_if)
-    _check_expression(workflow, f"step {step.name!r}: cancel_if", step.cancel_if)
+    _check_expression(workflow, f"step {step.name!r}: skip_if", step.skip_if, CONDITION_NAMES)
+    _check_expression(workflow, f"step {step.name!r}: cancel_if", step.cancel_if,
+                      CONDITION_NAMES)
     sleeps: list[tuple[int, float]] = []
     events: list[tuple[int, EventCondition]] = []
 
@@ -147,7 +153,8 @@ def _compile_step(workflow: str, step: StepDefinition) -> CompiledStep:
             return ("sleep", leaf)
         if isinstance(condition, EventCondition):
             _check_expression(workflow, f"step {step.name!r}: wait_for event "
-                                        f"{condition.key!r} filter", condition.filter)
+                                        f"{condition.key!r} filter", condition.filter,
+                              WAIT_FILTER_NAMES)
             events.append((leaf, condition))
             return ("event", leaf)
         kind = "or" if isinstance(condition, AnyOf) else "and"
@@ -160,11 +167,12 @@ def _compile_step(workflow: str, step: StepDefinition) -> CompiledStep:
                         tuple(events))
 
 
-def _check_expression(workflow: str, where: str, text: str | None) -> None:
+def _check_expression(workflow: str, where: str, text: str | None,
+                      names: frozenset[str]) -> None:
     if text is None:
         return
     try:
-        compile_expression(text)
+        check(text, names)
     except ExpressionError as exc:
         raise Unprocessable(f"workflow {workflow!r}: {where}: {exc}") from None
 

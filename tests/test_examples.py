@@ -1,0 +1,45 @@
+"""The examples in examples/, run as their docstrings say: engine, worker and client processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from taskyard.testing import EngineProcess, clean_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_signup_workflow_example(db_url: str, tmp_path: Path) -> None:
+    data_dir = tmp_path / ".taskyard"
+    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir)],
+                           clean_env(), tmp_path / "engine.log").start()
+    env = clean_env(TASKYARD_URL=engine.url, TASKYARD_DATA_DIR=str(data_dir))
+    script = str(ROOT / "examples" / "signup_workflow.py")
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, script, "worker"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        result = subprocess.run([sys.executable, script, "signup"], env=env, timeout=60,
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr + worker_log.read_text()
+        assert result.stdout.splitlines() == [
+            "Ada: run succeeded",
+            "  workspace: ws-000007",
+            "  email: Welcome to Acme, Ada!",
+            "  newsletter: subscribed ada@example.com",
+            "Grace: run succeeded",
+            "  workspace: ws-000008",
+            "  email: Welcome to Acme, Grace!",
+            "  newsletter: skipped",
+            "direct: Your workspace ws-000009 has 5 GB waiting for you.",
+        ]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker_log.read_text()
+    finally:
+        worker.kill()
+        worker.wait()
+        engine.kill()
