@@ -93,10 +93,9 @@ def test_token_commands_reject_unknown_ids(db_url: str) -> None:
 def test_engine_settings_come_from_the_environment(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = clean_env(TASKYARD_DATABASE_URL=db_url, TASKYARD_PORT=str(port),
-                       TASKYARD_DATA_DIR=str(tmp_path / "d"), TASKYARD_PLUGINS="hello")
-    engine = EngineProcess([], env, tmp_path / "engine.log")
-    engine.port = port
-    # EngineProcess passes --port too; pass the same, the env var is checked by the other keys.
+                    TASKYARD_HOST="127.0.0.1", TASKYARD_DATA_DIR=str(tmp_path / "d"),
+                    TASKYARD_PLUGINS="hello")
+    engine = EngineProcess([], env, tmp_path / "engine.log", port=port)  # no flags at all
     engine.start()
     try:
         token = (tmp_path / "d" / "token").read_text().strip()
@@ -107,6 +106,15 @@ def test_engine_settings_come_from_the_environment(db_url: str, tmp_path: Path) 
     finally:
         assert engine.terminate() == 0
     assert "shutting down" in engine.log
+
+
+def test_no_migrate_refuses_a_database_that_lacks_migrations(empty_db_url: str) -> None:
+    result = taskyard("engine", "--no-migrate", "--database-url", empty_db_url,
+                      "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "the database lacks migrations 0001_tenants_and_tokens" in result.stderr
+    assert "run `taskyard migrate` or start without --no-migrate" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_unknown_plugin_stops_the_engine_listing_installed_ones(db_url: str) -> None:

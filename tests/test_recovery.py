@@ -182,6 +182,9 @@ async def test_postgres_restarted_mid_run_loses_nothing_acknowledged(
     acknowledged: set[int] = set()
     try:
         async with aiohttp.ClientSession(base_url=engine.url) as http:
+            # Workers that start during the outage could not open their ledger pool.
+            await wait_until(lambda: _connected(http, headers, 2), 30, "workers to connect")
+
             async def keep_triggering() -> None:
                 for round_number in range(12):
                     acknowledged.update(await trigger_batches(

@@ -206,25 +206,32 @@ class Scheduler:
         run = await self._load(tenant_id, run_id)
         if run.status.terminal:
             raise Conflict(f"run {run_id} is already {run.status.value}")
-        await self._cancel(tenant_id, run, reason)
+        # A run that ended in memory but is not written yet answers 409, as a written one does.
+        await self._cancel_one(tenant_id, run, reason)
+        await self._cancel_children(tenant_id, run.run_id)
         await self.persister.flush()  # acknowledged only once durable
         return RunStatus.CANCELLED
 
-    async def _cancel(self, tenant_id: uuid.UUID, run: Run, reason: str) -> None:
-        tenant = self.tenant(tenant_id)
-        with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
-            if run.queue == WORKFLOW_QUEUE:
-                await tenant.ask(tenant.cancel_run, run.run_id, reason)
-            elif run.status is RunStatus.PENDING:
-                await tenant.ask(tenant.cancel_step, run, reason)
-            else:
-                actor = self.queue_for(tenant_id, run.queue)
-                await actor.ask(actor.cancel, run.run_id, reason)
+    async def _cancel_one(self, tenant_id: uuid.UUID, run: Run, reason: str) -> None:
+        if run.queue == WORKFLOW_QUEUE:
+            tenant = self.tenant(tenant_id)
+            await tenant.ask(tenant.cancel_run, run.run_id, reason)
+        elif run.status is RunStatus.PENDING:
+            tenant = self.tenant(tenant_id)
+            await tenant.ask(tenant.cancel_step, run, reason)
+        else:
+            actor = self.queue_for(tenant_id, run.queue)
+            await actor.ask(actor.cancel, run.run_id, reason)
+
+    async def _cancel_children(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
+        """The runs a cancelled run spawned (and a workflow run's steps), and theirs."""
         await self.persister.flush()  # so the query below sees the steps just cancelled
-        for child_id in await self.runs.active_children(tenant_id, run.run_id):
+        for child_id in await self.runs.active_children(tenant_id, run_id):
             child = await self.runs.load_run(tenant_id, child_id)
             if child is not None and not child.status.terminal:
-                await self._cancel(tenant_id, child, f"run {run.run_id} was cancelled")
+                with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
+                    await self._cancel_one(tenant_id, child, f"run {run_id} was cancelled")
+                await self._cancel_children(tenant_id, child_id)
 
     async def replay(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
         run = await self._load(tenant_id, run_id)

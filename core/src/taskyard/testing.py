@@ -64,8 +64,10 @@ class EngineProcess:
 
     def start(self, wait: float = 30.0) -> EngineProcess:
         log = self.log_path.open("ab")
+        # TASKYARD_PORT in the environment is the engine's own setting; then `port` must match it.
+        port = [] if "TASKYARD_PORT" in self.env else ["--port", str(self.port)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "taskyard", "engine", "--port", str(self.port), *self.args],
+            [sys.executable, "-m", "taskyard", "engine", *port, *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=dict(self.env))
         log.close()
         deadline = time.monotonic() + wait

@@ -105,6 +105,7 @@ class WorkerRegistry(Actor):
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[uuid.UUID, WorkerSession] = {}
         self._monitor: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def on_start(self) -> None:
         if self._monitor is None:
@@ -115,18 +116,19 @@ class WorkerRegistry(Actor):
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
         for session in list(self.sessions.values()):
-            await session.close(1001, "engine shutting down")
+            self._close_later(session, 1001, "engine shutting down")
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def connected(self) -> list[WorkerSession]:
         return list(self.sessions.values())
 
-    async def connect(self, session: WorkerSession, in_flight: list[protocol.AttemptRef]) -> None:
+    def connect(self, session: WorkerSession, in_flight: list[protocol.AttemptRef]) -> None:
         previous = self.sessions.get(session.worker_id)
         if previous is not None and previous is not session:
             # The same worker reconnected before its old connection was noticed as gone.
             old_queue = self.queue_for(previous.tenant_id, previous.queue)
             old_queue.tell(old_queue.worker_disconnected, previous)
-            await previous.close(4000, "replaced by a newer connection of the same worker")
+            self._close_later(previous, 4000, "replaced by a newer connection of the same worker")
         self.sessions[session.worker_id] = session
         self.register_tasks(session.tenant_id, session.definitions)
         queue = self.queue_for(session.tenant_id, session.queue)
@@ -151,7 +153,7 @@ class WorkerRegistry(Actor):
             await asyncio.sleep(self.heartbeat_interval)
             self.tell(self._check_heartbeats)
 
-    async def _check_heartbeats(self) -> None:
+    def _check_heartbeats(self) -> None:
         now = time.monotonic()
         for session in list(self.sessions.values()):
             if now - session.last_seen > self.heartbeat_timeout:
@@ -161,4 +163,11 @@ class WorkerRegistry(Actor):
                 queue = self.queue_for(session.tenant_id, session.queue)
                 queue.tell(queue.worker_lost, session.worker_id,
                            f"{session.name} sent no heartbeat for {self.heartbeat_timeout:g}s")
-                await session.close(4001, "no heartbeat")
+                self._close_later(session, 4001, "no heartbeat")
+
+    def _close_later(self, session: WorkerSession, code: int, reason: str) -> None:
+        """Close outside the mailbox: closing waits for the peer (up to seconds when it is
+        silent), and the registry must keep serving others meanwhile."""
+        task = asyncio.create_task(session.close(code, reason), name=f"close:{session.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)

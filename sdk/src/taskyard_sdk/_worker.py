@@ -53,6 +53,7 @@ Result = protocol.Completed | protocol.Failed
 
 _PENDING_LIMIT = 10_000  # logs and other non-result messages kept while disconnected
 _CLOSE_FATAL = {4002}  # protocol errors: reconnecting would not help
+_RESEND_EVERY_BEATS = 3  # a result unacknowledged for this many heartbeats is sent again
 
 
 class WorkerStopped(TaskyardError):
@@ -288,9 +289,18 @@ class Worker:
         return message
 
     async def _heartbeat(self) -> None:
+        """Heartbeats, and results still unacknowledged a while later sent again (the engine
+        acks only what it has committed; a result it could not write is re-sent)."""
+        unacked: set[AttemptKey] = set()
+        beats = 0
         while True:
             await asyncio.sleep(self._heartbeat_interval)
             self._send(protocol.Heartbeat())
+            beats += 1
+            if beats % _RESEND_EVERY_BEATS == 0:
+                for key in unacked & self._outbox.keys():
+                    self._send(self._outbox[key])
+                unacked = set(self._outbox)
 
     def _send(self, message: BaseModel) -> None:
         if self._ws is None or self._send_queue is None:

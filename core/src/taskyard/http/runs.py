@@ -242,7 +242,8 @@ async def list_tasks(call: Call[None]) -> list[TaskInfo]:
     """Tasks registered by workers, with their options and the workers connected for them."""
     engine = call.request.app[ENGINE]
     tenant_id = call.principal.tenant_id
-    definitions = await engine.scheduler.runs.load_definitions(tenant_id)
+    tenant = engine.scheduler.tenant(tenant_id)
+    definitions = await tenant.ask(tenant.all_definitions)
     sessions = [s for s in engine.scheduler.registry.connected() if s.tenant_id == tenant_id]
     return [TaskInfo(name=name, options=options,
                      workers=sorted(s.name for s in sessions if name in s.task_names))
