@@ -26,6 +26,10 @@ def main() -> None:
     latency.add_argument("--seconds", type=float, default=30.0)
     latency.add_argument("--runs", type=int, default=3)
 
+    dag = commands.add_parser("dag", help="a 20-step chain and a 1,000-wide fan-out/fan-in")
+    dag.add_argument("--runs", type=int, default=3)
+    dag.add_argument("--repeats", type=int, default=5, help="chains timed per run (median)")
+
     scale = commands.add_parser("scale", help="a million queued runs: memory, restart, drain")
     scale.add_argument("--tasks", type=int, default=1_000_000)
     scale.add_argument("--workers", type=int, default=2)
@@ -49,6 +53,10 @@ def main() -> None:
         from bench import latency as latency_workload
 
         asyncio.run(latency_workload.main(args.rate, args.seconds, args.runs))
+    elif args.workload == "dag":
+        from bench import dag as dag_workload
+
+        asyncio.run(dag_workload.main(args.runs, args.repeats))
     elif args.workload == "scale":
         from bench import scale as scale_workload
 

@@ -64,12 +64,13 @@ class Workers:
     count: int
     slots: int
     logs: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> Workers:
         for i in range(self.count):
             env = clean_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token,
-                            WORKER_NAME=f"bench-{i}", SLOTS=str(self.slots))
+                            WORKER_NAME=f"bench-{i}", SLOTS=str(self.slots), **self.extra_env)
             with (self.logs / f"worker-{i}.log").open("ab") as log:
                 self.processes.append(subprocess.Popen(
                     [sys.executable, str(ROOT / "worker.py")], env=env, stdout=log,
@@ -95,9 +96,10 @@ class Setup:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def workers(self, count: int, slots: int = 200) -> Workers:
-        """Worker processes, stopped when the setup ends if not before."""
-        workers = Workers(self.engine.url, self.token, count, slots, self.logs).start()
+    def workers(self, count: int, slots: int = 200, **env: str) -> Workers:
+        """Worker processes (bench/worker.py with `env` added), stopped when the setup ends if
+        not before."""
+        workers = Workers(self.engine.url, self.token, count, slots, self.logs, env).start()
         self.started.append(workers)
         return workers
 

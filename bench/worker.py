@@ -1,6 +1,9 @@
-"""The benchmark worker process: no-op tasks, and one that reports when it started.
+"""The benchmark worker process: no-op tasks, one that reports when it started, and the DAG
+workload's workflows (a chain and a fan-out/fan-in of no-op steps).
 
-Environment: TASKYARD_URL, TASKYARD_TOKEN, WORKER_NAME, SLOTS.
+Environment: TASKYARD_URL, TASKYARD_TOKEN, WORKER_NAME, SLOTS, and WORKFLOWS=1 for the DAG
+workload's workflows (only then: a thousand more registered steps is not what the other workloads
+measure).
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from taskyard_sdk import Taskyard
+from taskyard_sdk import Taskyard, Workflow, WorkflowTask
 
 ty = Taskyard()
 
@@ -24,6 +27,32 @@ async def stamp(sent: float) -> float:
     return time.time()
 
 
+def chain_workflow(length: int) -> Workflow[int]:
+    chain = ty.workflow("bench-chain", input=int)
+    previous: list[WorkflowTask[int, int]] = []
+    for index in range(length):
+        previous = [chain.task(name=f"step-{index:02d}", parents=previous,
+                               schedule_timeout="1h")(noop_step)]
+    return chain
+
+
+def fan_workflow(width: int) -> Workflow[int]:
+    fan = ty.workflow("bench-fan", input=int)
+    split = fan.task(name="split", schedule_timeout="1h")(noop_step)
+    leaves = [fan.task(name=f"leaf-{index:04d}", parents=[split], schedule_timeout="1h")(noop_step)
+              for index in range(width)]
+    fan.task(name="join", parents=leaves, schedule_timeout="1h")(noop_step)
+    return fan
+
+
+async def noop_step(n: int) -> int:
+    return n
+
+
+CHAIN = 20
+FAN = 1000
+
 if __name__ == "__main__":
-    ty.worker(os.environ.get("WORKER_NAME", "bench"), tasks=[noop, stamp],
+    workflows = [chain_workflow(CHAIN), fan_workflow(FAN)] if os.environ.get("WORKFLOWS") else []
+    ty.worker(os.environ.get("WORKER_NAME", "bench"), tasks=[noop, stamp], workflows=workflows,
               slots=int(os.environ.get("SLOTS", "200"))).start()
