@@ -35,6 +35,11 @@ def main() -> None:
     scale.add_argument("--workers", type=int, default=2)
     scale.add_argument("--runs", type=int, default=1)
 
+    assign = commands.add_parser("assign", help="one assignment decision with 10,000 keys")
+    assign.add_argument("--keys", type=int, default=10_000)
+    assign.add_argument("--workers", type=int, default=100)
+    assign.add_argument("--runs", type=int, default=5)
+
     peers = commands.add_parser("peers", help="Taskyard beside PgQueuer, Procrastinate, Celery")
     peers.add_argument("--peers", default="pgqueuer,procrastinate,celery")
     peers.add_argument("--tasks", type=int, default=20_000)
@@ -61,6 +66,10 @@ def main() -> None:
         from bench import scale as scale_workload
 
         asyncio.run(scale_workload.main(args.tasks, args.workers, args.runs))
+    elif args.workload == "assign":
+        from bench import assign as assign_workload
+
+        asyncio.run(assign_workload.main(args.keys, args.workers, args.runs))
     elif args.workload == "peers":
         from bench import peers_workload
 

@@ -43,3 +43,33 @@ def test_the_signup_workflow_example(db_url: str, tmp_path: Path) -> None:
         worker.kill()
         worker.wait()
         engine.kill()
+
+
+def test_the_llm_fairness_example(db_url: str, tmp_path: Path) -> None:
+    data_dir = tmp_path / ".taskyard"
+    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir)],
+                           clean_env(), tmp_path / "engine.log").start()
+    env = clean_env(TASKYARD_URL=engine.url, TASKYARD_DATA_DIR=str(data_dir))
+    script = str(ROOT / "examples" / "llm_fairness.py")
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, script, "worker"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        result = subprocess.run([sys.executable, script, "demo"], env=env, timeout=90,
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr + worker_log.read_text()
+        lines = result.stdout.splitlines()
+        positions = {line.split(":")[0]: int(line.split(" as call ")[1].split(" of ")[0])
+                     for line in lines[:3]}
+        # The two light users were served in turn with the busy one, not after its backlog.
+        assert positions["ana"] <= 10, lines
+        assert positions["ben"] <= 10, lines
+        assert positions["busy"] == 18, lines
+        assert lines[3] == "llm-tokens: 9000 of 200000 this minute"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker_log.read_text()
+    finally:
+        worker.kill()
+        worker.wait()
+        engine.kill()

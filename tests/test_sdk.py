@@ -39,6 +39,9 @@ EXPORTS = {
     # workflows and events
     "And", "Event", "EventPage", "EventRequest", "EventView", "Events", "Or", "RunKind", "Sleep",
     "Workflow", "WorkflowInfo", "WorkflowTask",
+    # flow control and routing
+    "Concurrency", "ConcurrencyStrategy", "Label", "QueueOrder", "RateDuration", "RateLimit",
+    "RateLimitView", "RateLimits", "Sticky", "TaskSettings",
 }
 
 

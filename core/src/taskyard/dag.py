@@ -86,6 +86,7 @@ class WorkflowRun:
     created_at: float
     steps: dict[str, StepState] = field(default_factory=dict)
     finished: bool = False
+    sticky_worker: uuid.UUID | None = None  # the worker of its first step that was assigned
     _input: Any = None
     # Bookkeeping so one step's news costs little in a wide workflow:
     _undecided: list[str] = field(default_factory=list)  # steps without a row, in order

@@ -28,6 +28,7 @@ from taskyard.http.routing import Router
 from taskyard.migrator import MigrationError, migrate, pending_migrations
 from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
+from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.repository import Repository, RunRepository, TenantExists, register_node
 from taskyard.scheduler import Scheduler
 from taskyard.workflow_repository import WorkflowRepository
@@ -86,6 +87,7 @@ class Engine:
         self._scheduler = Scheduler(persister=self._persister, runs=RunRepository(self._pool),
                                     workflows=WorkflowRepository(self._pool),
                                     events=EventRepository(self._pool),
+                                    rate_limits=RateLimitRepository(self._pool),
                                     heartbeat_interval=self.settings.heartbeat_interval,
                                     heartbeat_timeout=self.settings.heartbeat_timeout,
                                     recovery_hold=self.settings.recovery_hold)

@@ -1,11 +1,14 @@
 """CEL expressions (DESIGN.md section 6): compiled once and cached, evaluated over JSON values.
 
 Used for workflow conditions (`skip_if`, `cancel_if` over `input` and `parents`), event filters
-(`payload`, `metadata`, `key`, and a waiting step's `input`).
+(`payload`, `metadata`, `key`, and a waiting step's `input`), concurrency keys and rate-limit keys
+and units (`input`, `metadata`).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -17,6 +20,7 @@ from celpy.evaluation import CELEvalError
 from lark import Token, Tree
 
 _ENVIRONMENT = celpy.Environment()
+_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})  # bind their first argument
 
 
@@ -81,3 +85,54 @@ def holds(text: str, variables: dict[str, Any]) -> bool:
     if not isinstance(result, celpy.celtypes.BoolType):
         raise ExpressionError(f"{text!r} must be true or false, not {type(result).__name__}")
     return bool(result)
+
+
+def evaluate(text: str, variables: dict[str, Any]) -> Any:
+    """The value of an expression over JSON-like variables, as plain Python (str, int, float,
+    bool, None, list, dict). A plain field path (`input.user.id`) is read directly: the same
+    answer as CEL's, at a fraction of the cost, for the most common keys."""
+    if _PATH.fullmatch(text):
+        name, *fields = text.split(".")
+        if name in variables:
+            value = variables[name]
+            for position, field in enumerate(fields):
+                if not isinstance(value, dict) or field not in value:
+                    path = ".".join([name, *fields[:position]])
+                    raise ExpressionError(f"{text!r} could not be evaluated: {path} has no "
+                                          f"field {field!r}")
+                value = value[field]
+            return value
+    program = compile_expression(text)
+    try:
+        result = program.evaluate({name: json_to_cel(value)
+                                   for name, value in variables.items()})
+    except Exception as exc:  # CEL reports missing keys, bad overloads, ... as exceptions
+        reason = exc.args[0] if isinstance(exc, CELEvalError) and exc.args else exc
+        raise ExpressionError(f"{text!r} could not be evaluated: {reason}") from None
+    return _plain(result)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, celpy.celtypes.BoolType):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return bytes(value).decode(errors="replace")
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return None if value is None else str(value)
+
+
+def key_text(value: Any) -> str:
+    """A key's value as the text that names its group or bucket: strings as they are, other
+    values as JSON (`7`, `true`, `[1,2]`)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -20,9 +20,11 @@ import uuid
 from typing import Any
 
 import asyncpg
+import orjson
 
 from taskyard.actors import Actor
 from taskyard.db import TRANSIENT_ERRORS
+from taskyard.ratelimits import Usage
 from taskyard.repository import Inserted, Row, WriteBatch, batch_committed, write_batch
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,12 @@ class Persister(Actor):
     def definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self.tell(self._add_definitions, rows)
 
+    def rate_usage(self, tenant_id: uuid.UUID, usages: list[Usage]) -> None:
+        """Rate-limit buckets' usage (the latest of each bucket wins)."""
+        self.tell(self._add_rate_usage, [
+            (tenant_id, usage.key, usage.limit, usage.duration.value, usage.configured,
+             orjson.dumps(usage.slots).decode()) for usage in usages])
+
     def barrier(self) -> asyncio.Future[None]:
         """Resolves once everything handed over before this call has committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -111,6 +119,16 @@ class Persister(Actor):
     def _add_definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self._batch.definitions.update(rows)
         self._grew(len(rows))
+
+    def _add_rate_usage(self, rows: list[Row]) -> None:
+        usage = self._batch.rate_usage
+        grew = 0
+        for row in rows:
+            key = (row[0], row[1])
+            if key not in usage:
+                grew += 1
+            usage[key] = row
+        self._grew(grew)
 
     def _add_barrier(self, future: asyncio.Future[None]) -> None:
         if not len(self._batch) and self._flushing is None:

@@ -1,5 +1,6 @@
 """The QueueActor: one per tenant and task queue. It owns the queue's unfinished runs, the ready
-queue (priority, then FIFO), its workers' slots, and every lifecycle decision: assignment, start,
+queue and its flow control (a `Dispatcher`: priority, FIFO/LIFO, concurrency keys, rate limits,
+labels, sticky workers), its workers' slots, and every lifecycle decision: assignment, start,
 completion, retry with back-off, timeouts, cancellation, lost workers.
 
 Decisions are made in memory; each state change is handed to the persister (write-behind) and the
@@ -17,12 +18,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from taskyard.actors import Actor
+from taskyard.dispatch import Dispatcher, Refusal, WorkerSlots
 from taskyard.errors import Conflict
 from taskyard.runs import Run, error_json, json_bytes, retry_delay
 from taskyard_sdk import protocol
@@ -30,6 +31,7 @@ from taskyard_sdk.models import RunStatus
 
 if TYPE_CHECKING:
     from taskyard.persister import Persister
+    from taskyard.ratelimits import RateLimiter
     from taskyard.repository import Row, RunRepository
     from taskyard.streams import RunStreams
     from taskyard.timers import Entry, Timers
@@ -39,31 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
-
-
-@dataclass(eq=False)
-class WorkerSlots:
-    """What the queue knows of one worker: its capacity and the attempts it holds.
-
-    `running` includes attempts the engine has given up on (timed out, cancelled) until the worker
-    reports them ended: their slot is only free once the worker's code has actually stopped.
-    """
-
-    worker_id: uuid.UUID
-    session: WorkerSession | None
-    tasks: frozenset[str] = frozenset()
-    slots: int = 0
-    running: dict[uuid.UUID, int] = field(default_factory=dict)
-    draining: bool = False
-    away_since: float | None = None  # disconnected (or not yet back after a restart) since
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.running)
-
-    @property
-    def assignable(self) -> bool:
-        return self.session is not None and not self.draining and self.free > 0
 
 
 def assign_json(run: Run, input_json: bytes | None, context_json: bytes | None) -> bytes:
@@ -78,8 +55,8 @@ def assign_json(run: Run, input_json: bytes | None, context_json: bytes | None) 
 
 
 StepsEnded = Callable[[uuid.UUID, list["StepEnded"]], None]
-StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None]
-"""(workflow_run_id, step, status, output, error) of a workflow step's run that ended."""
+StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None, uuid.UUID | None]
+"""(workflow_run_id, step, status, output, error, worker) of a workflow step's run that ended."""
 
 
 def _cached_size(run: Run) -> int:
@@ -92,7 +69,8 @@ class QueueActor(Actor):
                  timers: Timers, repository: RunRepository, waiters: RunWaiters,
                  streams: RunStreams,
                  connected_workers: Callable[[], Iterable[WorkerSession]],
-                 steps_ended: StepsEnded, worker_grace: float, recovery_hold: float = 0.0,
+                 steps_ended: StepsEnded, worker_grace: float, limiter: RateLimiter,
+                 recovery_hold: float = 0.0,
                  input_cache_bytes: int = 256 * 1024 * 1024,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
@@ -106,6 +84,7 @@ class QueueActor(Actor):
         self.connected_workers = connected_workers
         self.steps_ended = steps_ended
         self.worker_grace = worker_grace
+        self.limiter = limiter
         self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
@@ -114,13 +93,13 @@ class QueueActor(Actor):
 
     def _reset(self) -> None:
         self.runs: dict[uuid.UUID, Run] = {}
-        self.ready: dict[str, list[tuple[int, int, uuid.UUID]]] = {}
+        self.workers: dict[uuid.UUID, WorkerSlots] = {}
+        self.dispatcher = Dispatcher(self.runs, self.workers, self.limiter)
         self.expiries: list[tuple[float, uuid.UUID]] = []  # (schedule deadline, run), a heap
         self._expiry_armed: float | None = None
-        self.workers: dict[uuid.UUID, WorkerSlots] = {}
+        self._rate_armed: dict[str, float] = {}  # bucket -> when its wake-up timer fires
         self.finished: OrderedDict[uuid.UUID, tuple[int, uuid.UUID | None]] = OrderedDict()
         self.cached_bytes = 0
-        self._seq = 0
         self._dispatch_pending = False
         self._hold_until = 0.0
         # What the current message decided, flushed by after_message():
@@ -137,6 +116,7 @@ class QueueActor(Actor):
     async def on_start(self) -> None:
         """Rebuild from Postgres: every unfinished run of this queue, as last written."""
         await self.persister.flush()
+        await self.limiter.ready()
         self._reset()
         now = self.clock()
         recovered = await self.repository.load_active_runs(self.tenant_id, self.queue)
@@ -171,6 +151,7 @@ class QueueActor(Actor):
             else:
                 self._make_ready(run, now, keep_queued_at=True)
             return
+        self.dispatcher.hold(run)
         # Assigned or running on a worker that has not reconnected yet: wait for it, then retry.
         assert run.worker_id is not None
         worker = self.workers.get(run.worker_id)
@@ -197,18 +178,20 @@ class QueueActor(Actor):
                     run.input_json = run.context_json = None  # read back when assigned
                 else:
                     self.cached_bytes += size
-            self._make_ready(run, now, keep_queued_at=True)
+            self._make_ready(run, now, keep_queued_at=True, arriving=True)
         self._schedule_dispatch()
 
-    def _make_ready(self, run: Run, now: float, *, keep_queued_at: bool = False) -> None:
+    def _make_ready(self, run: Run, now: float, *, keep_queued_at: bool = False,
+                    arriving: bool = False) -> None:
         run.status = RunStatus.QUEUED
-        run.ready = True
         run.retry_at = None
         if not keep_queued_at:
             run.queued_at = now
-        self._seq += 1
-        run.seq = self._seq
-        heapq.heappush(self.ready.setdefault(run.task, []), (-run.priority, run.seq, run.run_id))
+        refusals = self.dispatcher.add(run, arriving=arriving)
+        if refusals:
+            self._refuse(refusals, now)
+        if not run.ready:
+            return
         deadline = run.queued_at + run.options.schedule_timeout
         heapq.heappush(self.expiries, (deadline, run.run_id))
         if self._expiry_armed is None or deadline < self._expiry_armed:
@@ -224,48 +207,62 @@ class QueueActor(Actor):
 
     def _dispatch(self) -> None:
         self._dispatch_pending = False
-        if not self.ready:
+        if not self.dispatcher.has_ready():
             return
         now = self.clock()
         if now < self._hold_until:
             return
+        dispatcher = self.dispatcher
         batches: dict[WorkerSlots, list[Run]] = {}
         candidates = [w for w in self.workers.values() if w.assignable]
         while candidates:  # one run per worker per round spreads work evenly
             next_round = []
             for worker in candidates:
-                run = self._pop_best(worker.tasks)
+                if not worker.assignable:  # filled meanwhile by runs that preferred it
+                    continue
+                run = dispatcher.pick(worker, now)
                 if run is None:
                     continue
-                self._assign(run, worker, now)
-                batches.setdefault(worker, []).append(run)
+                target = dispatcher.best_worker(run, worker)
+                self._assign(run, target, now)
+                batches.setdefault(target, []).append(run)
                 if worker.free > 0:
                     next_round.append(worker)
             candidates = next_round
         for worker, runs in batches.items():
             self._send_assignments(worker, runs)
+        if dispatcher.refused:
+            refused, dispatcher.refused = dispatcher.refused, []
+            self._refuse(refused, now)
+        for at, bucket in dispatcher.wakeups:
+            armed = self._rate_armed.get(bucket)
+            if armed is None or at < armed:
+                self._rate_armed[bucket] = at
+                self._timer(at, self._rate_wakeups, bucket)
+        dispatcher.wakeups.clear()
 
-    def _pop_best(self, tasks: frozenset[str]) -> Run | None:
-        best_heap: list[tuple[int, int, uuid.UUID]] | None = None
-        for task in tasks:
-            heap = self.ready.get(task)
-            if heap is None:
-                continue
-            while heap:  # drop entries of runs that left the ready queue meanwhile
-                _, seq, run_id = heap[0]
-                run = self.runs.get(run_id)
-                if run is not None and run.ready and run.seq == seq:
-                    break
-                heapq.heappop(heap)
-            if not heap:
-                del self.ready[task]
-                continue
-            if best_heap is None or heap[0] < best_heap[0]:
-                best_heap = heap
-        if best_heap is None:
-            return None
-        _, _, run_id = heapq.heappop(best_heap)
-        return self.runs[run_id]
+    def _rate_wakeups(self, buckets: list[str]) -> None:
+        now = self.clock()
+        for bucket in dict.fromkeys(buckets):
+            armed = self._rate_armed.get(bucket)
+            if armed is not None and armed <= now + 0.001:
+                del self._rate_armed[bucket]
+                self.dispatcher.rate_freed(bucket)
+        self._schedule_dispatch()
+
+    def rate_limit_changed(self, bucket: str) -> None:
+        """A limit was set or removed: what waits for it is decided again."""
+        self._rate_armed.pop(bucket, None)
+        self.dispatcher.rate_freed(bucket)
+        self._schedule_dispatch()
+
+    def _refuse(self, refusals: list[Refusal], now: float) -> None:
+        """End runs flow control will not start: over a rate limit, or cancelled by a
+        concurrency strategy (running ones are told to stop)."""
+        for refusal in refusals:
+            run = refusal.run
+            if self.runs.get(run.run_id) is run and not run.status.terminal:
+                self._end(run, refusal.status, refusal.error_type, refusal.message, now)
 
     def _hold_over(self, _: list[None]) -> None:
         self._schedule_dispatch()
@@ -330,6 +327,7 @@ class QueueActor(Actor):
                 run.worker_id = None
                 run.assigned_at = None
                 run.deadline = None
+                self.dispatcher.forget(run)
                 self._make_ready(run, now, keep_queued_at=True)
                 self._record(run, "requeued", now, detail={"reason": "input unavailable"})
         self._schedule_dispatch()
@@ -354,7 +352,9 @@ class QueueActor(Actor):
         worker.away_since = None
         worker.tasks = frozenset(session.task_names)
         worker.slots = session.slots
+        worker.labels = dict(session.labels)
         worker.draining = False
+        self.dispatcher.worker_changed(worker)
         if in_flight is None:
             return  # rebuilt after a crash: trust what Postgres says the worker holds
         now = self.clock()
@@ -373,7 +373,9 @@ class QueueActor(Actor):
                 continue
             run = self.runs.get(run_id)
             if run is not None and run.attempt == attempt and run.status is RunStatus.QUEUED:
-                run.ready = False  # its assignment had not been written before a crash
+                # Its assignment had not been written before a crash: it holds its keys again.
+                self.dispatcher.forget(run)
+                self.dispatcher.hold(run)
                 run.status = RunStatus.RUNNING
                 run.worker_id = worker.worker_id
                 run.assigned_at = run.started_at = now
@@ -540,12 +542,12 @@ class QueueActor(Actor):
             return
         run.finished_at = now
         self._attempt_ended(run, final_status)
+        self.dispatcher.forget(run)
         delay = retry_delay(run.options, run.attempt, retry_after)
         run.attempt += 1
         run.finished_at = None
         run.worker_id = None
         run.assigned_at = run.started_at = run.deadline = None
-        run.ready = False
         run.status = RunStatus.QUEUED
         if delay > 0:
             run.retry_at = now + delay
@@ -557,7 +559,7 @@ class QueueActor(Actor):
 
     def _finish(self, run: Run, status: RunStatus, now: float) -> None:
         run.status = status
-        run.ready = False
+        self.dispatcher.forget(run)
         run.finished_at = now
         run.deadline = None
         self._save(run)
@@ -567,7 +569,7 @@ class QueueActor(Actor):
         if run.workflow_run_id is not None:
             assert run.step is not None
             self._steps_ended.append((run.workflow_run_id, run.step, status, run.output_json,
-                                      run.error_json))
+                                      run.error_json, run.worker_id))
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
@@ -612,6 +614,8 @@ class QueueActor(Actor):
         if self._states or self._events or self._logs:
             self.persister.write(list(self._states.values()), self._events, self._logs)
             self._states, self._events, self._logs = {}, [], []
+        if self.limiter.dirty:  # written behind, with (or after) the assignments that took them
+            self.persister.rate_usage(self.tenant_id, self.limiter.take_dirty())
         if self._timers:
             self.timers.schedule_many(self._timers)
             self._timers = []
@@ -647,10 +651,11 @@ class QueueActor(Actor):
             if run is None or not run.ready or \
                     run.queued_at + run.options.schedule_timeout != deadline:
                 continue  # started, finished, or queued again since (with a new deadline)
+            reason = self.dispatcher.waiting_reason(run, now)
             run.error_json = error_json(
                 "ScheduleTimeout",
                 f"not started within schedule_timeout ({run.options.schedule_timeout:g}s)"
-                + self._waiting_suffix(run.task))
+                + (f"; {reason}" if reason else ""))
             self._finish(run, RunStatus.TIMED_OUT, now)
         self._expiry_armed = expiries[0][0] if expiries else None
         if self._expiry_armed is not None:
@@ -689,15 +694,19 @@ class QueueActor(Actor):
         run = self.runs.get(run_id)
         if run is None:
             raise Conflict(f"run {run_id} is already finished")
-        now = self.clock()
+        self._end(run, RunStatus.CANCELLED, "Cancelled", reason, self.clock())
+        return RunStatus.CANCELLED
+
+    def _end(self, run: Run, status: RunStatus, error_type: str, message: str,
+             now: float) -> None:
+        """End a run from the engine's side; a worker running it is told to stop."""
         if run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING) and run.worker_id is not None:
             worker = self.workers.get(run.worker_id)
             if worker is not None and worker.session is not None:
-                worker.session.send(protocol.Cancel(run_id=run_id, attempt=run.attempt,
-                                                    reason=reason))
-        run.error_json = error_json("Cancelled", reason)
-        self._finish(run, RunStatus.CANCELLED, now)
-        return RunStatus.CANCELLED
+                worker.session.send(protocol.Cancel(run_id=run.run_id, attempt=run.attempt,
+                                                    reason=message))
+        run.error_json = error_json(error_type, message)
+        self._finish(run, status, now)
 
     def replay(self, run: Run) -> None:
         """A finished run starts over with its next attempt (already loaded from Postgres)."""
@@ -711,22 +720,21 @@ class QueueActor(Actor):
         run.assigned_at = run.started_at = run.finished_at = None
         self.runs[run.run_id] = run
         self.finished.pop(run.run_id, None)
-        self._make_ready(run, now)
+        self._make_ready(run, now, arriving=True)
         self._record(run, "replayed", now)
         self._schedule_dispatch()
 
-    def waiting_reason(self, task: str) -> str | None:
-        suffix = self._waiting_suffix(task)
-        return suffix.removeprefix("; ") if suffix else None
-
-    def _waiting_suffix(self, task: str) -> str:
-        workers = [w for w in self.workers.values() if w.session is not None]
-        if not any(task in w.tasks for w in workers):
-            return (f"; no connected worker has registered task {task!r} "
-                    f"on queue {self.queue!r}")
-        return ""
+    def waiting_reason(self, run_id: uuid.UUID) -> str | None:
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        now = self.clock()
+        if run.retry_at is not None and run.retry_at > now:
+            return f"retry {run.attempt} starts in {run.retry_at - now:.1f}s (back-off)"
+        return self.dispatcher.waiting_reason(run, now)
 
     def stats(self) -> dict[str, int]:
         return {"active": len(self.runs),
                 "ready": sum(1 for run in self.runs.values() if run.ready),
-                "workers": sum(1 for w in self.workers.values() if w.session is not None)}
+                "workers": sum(1 for w in self.workers.values() if w.session is not None),
+                **self.dispatcher.stats()}

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 
 from taskyard.auth import Principal, Role, hash_token, new_token
+from taskyard.flow import Flow
 from taskyard.runs import EMPTY_METADATA, Run
 from taskyard_sdk.models import (
     Attempt,
@@ -143,10 +144,13 @@ class WriteBatch:
     # (tenant_id, event_id, key, payload, metadata, created_at, triggered, replay_of); triggered
     # is a Postgres array literal of run ids
     pushed_events: list[Row] = field(default_factory=list)
+    # (tenant_id, key) -> (tenant_id, key, limit, duration, configured, usage json); the latest
+    # wins; an unconfigured bucket with empty usage is deleted
+    rate_usage: dict[tuple[uuid.UUID, str], Row] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return (len(self.new_runs) + len(self.run_states) + len(self.events) + len(self.logs)
-                + len(self.definitions) + len(self.pushed_events))
+                + len(self.definitions) + len(self.pushed_events) + len(self.rate_usage))
 
     def merge(self, later: WriteBatch) -> None:
         self.new_runs.extend(later.new_runs)
@@ -155,6 +159,7 @@ class WriteBatch:
         self.logs.extend(later.logs)
         self.definitions.update(later.definitions)
         self.pushed_events.extend(later.pushed_events)
+        self.rate_usage.update(later.rate_usage)
 
 
 def new_run_row(*, tenant_id: uuid.UUID, run_id: uuid.UUID, task: str, queue: str, status: str,
@@ -163,15 +168,16 @@ def new_run_row(*, tenant_id: uuid.UUID, run_id: uuid.UUID, task: str, queue: st
                 workflow_version: int | None = None, workflow_run_id: uuid.UUID | None = None,
                 step: str | None = None, parent_run_id: uuid.UUID | None = None,
                 context_json: str | None = None, wait_started_at: float | None = None,
-                error_json: str | None = None, finished_at: float | None = None) -> Row:
+                error_json: str | None = None, finished_at: float | None = None,
+                flow_json: str | None = None) -> Row:
     """A row of `WriteBatch.new_runs`, in the column order of _INSERT_RUNS."""
     return (tenant_id, run_id, task, queue, status, 1, priority, options_json, input_json,
             metadata_json, idempotency_key, created_at, created_at, kind, workflow_version,
             workflow_run_id, step, parent_run_id, context_json, wait_started_at, error_json,
-            finished_at)
+            finished_at, flow_json)
 
 
-_NEW_RUN_WIDTH = 22
+_NEW_RUN_WIDTH = 23
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,19 +193,19 @@ _INSERT_RUNS = """
 INSERT INTO runs (tenant_id, run_id, task, queue, status, attempt, priority, options, input,
                   metadata, idempotency_key, created_at, queued_at, kind, workflow_version,
                   workflow_run_id, step, parent_run_id, context, wait_started_at, error,
-                  finished_at)
+                  finished_at, flow)
 SELECT t.tenant_id, t.run_id, t.task, t.queue, t.status, t.attempt, t.priority, t.options::jsonb,
        t.input::jsonb, t.metadata::jsonb, t.idempotency_key, to_timestamp(t.created_at),
        to_timestamp(t.queued_at), t.kind, t.workflow_version, t.workflow_run_id, t.step,
        t.parent_run_id, t.context::jsonb, to_timestamp(t.wait_started_at), t.error::jsonb,
-       to_timestamp(t.finished_at)
+       to_timestamp(t.finished_at), t.flow::jsonb
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::float8[],
             $14::text[], $15::int[], $16::uuid[], $17::text[], $18::uuid[], $19::text[],
-            $20::float8[], $21::text[], $22::float8[])
+            $20::float8[], $21::text[], $22::float8[], $23::text[])
      AS t(tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
           idempotency_key, created_at, queued_at, kind, workflow_version, workflow_run_id, step,
-          parent_run_id, context, wait_started_at, error, finished_at)
+          parent_run_id, context, wait_started_at, error, finished_at, flow)
 ON CONFLICT DO NOTHING
 RETURNING run_id
 """
@@ -252,6 +258,26 @@ INSERT INTO run_logs (tenant_id, run_id, at, attempt, level, message)
 SELECT t.tenant_id, t.run_id, to_timestamp(t.at), t.attempt, t.level, t.message
 FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::int[], $5::text[], $6::text[])
      AS t(tenant_id, run_id, at, attempt, level, message)
+"""
+
+_UPSERT_RATE_USAGE = """
+INSERT INTO rate_limits (tenant_id, key, "limit", duration, configured, usage, updated_at)
+SELECT t.tenant_id, t.key, t.lim, t.duration, t.configured, t.usage::jsonb, now()
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[])
+     AS t(tenant_id, key, lim, duration, configured, usage)
+ON CONFLICT (tenant_id, key) DO UPDATE
+SET usage = CASE WHEN rate_limits.duration = excluded.duration THEN excluded.usage
+                 ELSE rate_limits.usage END,
+    -- a configured limit is the API's to change; usage written behind never reverts it
+    "limit" = CASE WHEN rate_limits.configured THEN rate_limits."limit" ELSE excluded."limit" END,
+    duration = CASE WHEN rate_limits.configured THEN rate_limits.duration
+                    ELSE excluded.duration END,
+    updated_at = now()
+"""
+
+_DELETE_IDLE_BUCKETS = """
+DELETE FROM rate_limits r USING unnest($1::uuid[], $2::text[]) AS t(tenant_id, key)
+WHERE r.tenant_id = t.tenant_id AND r.key = t.key AND NOT r.configured
 """
 
 _UPSERT_DEFINITIONS = """
@@ -331,6 +357,15 @@ async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID,
         keys = list(batch.definitions)
         await conn.execute(_UPSERT_DEFINITIONS, [k[0] for k in keys], [k[1] for k in keys],
                            list(batch.definitions.values()))
+    if batch.rate_usage:
+        rows = list(batch.rate_usage.values())
+        idle = [row for row in rows if not row[4] and row[5] == "[]"]
+        kept = [row for row in rows if row[4] or row[5] != "[]"]
+        if kept:
+            await conn.execute(_UPSERT_RATE_USAGE, *_columns(kept, 6))
+        if idle:
+            await conn.execute(_DELETE_IDLE_BUCKETS, [row[0] for row in idle],
+                               [row[1] for row in idle])
     await conn.execute("UPDATE engine_nodes SET last_batch = $2 WHERE node_id = $1",
                        node_id, batch.batch_id)
     return inserted
@@ -352,7 +387,7 @@ _RUN_STATE_COLUMNS = """
     extract(epoch FROM assigned_at)::float8 AS assigned_at,
     extract(epoch FROM started_at)::float8 AS started_at,
     extract(epoch FROM finished_at)::float8 AS finished_at,
-    output::text AS output, error::text AS error, workflow_run_id, step
+    output::text AS output, error::text AS error, workflow_run_id, step, flow::text AS flow
 """
 
 _SUMMARY_COLUMNS = """
@@ -400,7 +435,8 @@ class RunRepository:
             started_at=row["started_at"], finished_at=row["finished_at"],
             output_json=row["output"].encode() if row["output"] is not None else None,
             error_json=row["error"].encode() if row["error"] is not None else None,
-            workflow_run_id=row["workflow_run_id"], step=row["step"])
+            workflow_run_id=row["workflow_run_id"], step=row["step"],
+            flow=Flow.from_json(row["flow"]))
         if run.assigned_at is not None and run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING):
             run.deadline = run.assigned_at + run.options.execution_timeout
         return run

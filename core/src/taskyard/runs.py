@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from taskyard.flow import Flow
 from taskyard_sdk.models import RunStatus, TaskOptions
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.ASSIGNED, RunStatus.RUNNING)
@@ -47,6 +48,7 @@ class Run:
     workflow_run_id: uuid.UUID | None = None  # for a workflow's step
     step: str | None = None
     context_json: bytes | None = None  # a step's StepContext, cached in memory with the input
+    flow: Flow | None = None  # concurrency keys, rate-limit units, sticky worker (few runs have)
 
     def row(self) -> tuple[object, ...]:
         """The mutable columns, as the persister writes them."""
@@ -70,6 +72,11 @@ def retry_delay(options: TaskOptions, retry_number: int, retry_after: float | No
     except OverflowError:
         return options.backoff_max_seconds
     return min(delay, options.backoff_max_seconds)
+
+
+def options_json(options: TaskOptions) -> str:
+    """Options as stored with each run: defaults left out (most runs use most of them)."""
+    return options.model_dump_json(exclude_defaults=True)
 
 
 def json_bytes(value: object) -> bytes:

@@ -18,13 +18,17 @@ from typing import Any, NamedTuple
 import orjson
 
 from taskyard.dag import WorkflowRun
-from taskyard.errors import Conflict, NotFound
+from taskyard.errors import Conflict, NotFound, Unprocessable
 from taskyard.event_repository import EventRepository, PushedEvent
+from taskyard.expressions import ExpressionError
+from taskyard.flow import check_options, flow_for
 from taskyard.ids import new_id
 from taskyard.persister import Persister
 from taskyard.queue import QueueActor, StepEnded
+from taskyard.rate_limit_repository import RateLimitRepository
+from taskyard.ratelimits import RateLimiter, Usage
 from taskyard.repository import RunRepository, new_run_row
-from taskyard.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
+from taskyard.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes, options_json
 from taskyard.streams import RunStreams
 from taskyard.tenants import TenantActor
 from taskyard.timers import Timers
@@ -36,6 +40,7 @@ from taskyard_sdk.models import (
     DEFAULT_PRIORITY,
     EventRequest,
     EventView,
+    RateDuration,
     RunRef,
     RunStatus,
     RunView,
@@ -63,12 +68,15 @@ class WorkflowStart(NamedTuple):
 class Scheduler:
     def __init__(self, *, persister: Persister, runs: RunRepository,
                  workflows: WorkflowRepository, events: EventRepository,
+                 rate_limits: RateLimitRepository,
                  heartbeat_interval: float, heartbeat_timeout: float,
                  recovery_hold: float = 0.0) -> None:
         self.persister = persister
         self.runs = runs
         self.workflows = workflows
         self.events = events
+        self.rate_limits = rate_limits
+        self.limiters: dict[uuid.UUID, RateLimiter] = {}
         self.timers = Timers()
         self.waiters = RunWaiters()
         self.streams = RunStreams()
@@ -115,10 +123,18 @@ class Scheduler:
                 tenant_id, queue, persister=self.persister, timers=self.timers,
                 repository=self.runs, waiters=self.waiters, streams=self.streams,
                 connected_workers=self.registry.connected, steps_ended=self._steps_ended,
-                worker_grace=self.heartbeat_timeout,
+                worker_grace=self.heartbeat_timeout, limiter=self.limiter_for(tenant_id),
                 recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())
         return actor
+
+    def limiter_for(self, tenant_id: uuid.UUID) -> RateLimiter:
+        """The tenant's rate limits, shared by its queue actors (see taskyard.ratelimits)."""
+        limiter = self.limiters.get(tenant_id)
+        if limiter is None:
+            limiter = self.limiters[tenant_id] = RateLimiter(
+                lambda: self.rate_limits.load(tenant_id))
+        return limiter
 
     def tenant(self, tenant_id: uuid.UUID) -> TenantActor:
         actor = self.tenants.get(tenant_id)
@@ -166,22 +182,31 @@ class Scheduler:
             registered = await tenant.ask(tenant.options_for, unconfigured)
         now = time.time()
         runs, rows = [], []
-        for request in requests:
+        for index, request in enumerate(requests):
             options, options_json = self._intern(
                 request.options or registered.get(request.task) or DEFAULT_OPTIONS)
             priority = request.priority or options.priority
             input_json = json_bytes(request.input)
+            try:
+                if request.options is not None:
+                    check_options(options)
+                flow = flow_for(options, request.input, request.metadata)
+            except ExpressionError as exc:
+                where = f"runs[{index}] " if len(requests) > 1 else ""
+                raise Unprocessable(f"{where}(task {request.task!r}): {exc}") from None
             run = Run(tenant_id=tenant_id, run_id=new_id(), task=sys.intern(request.task),
                       queue=options.queue, status=RunStatus.QUEUED, attempt=1, priority=priority,
                       options=options, created_at=now, queued_at=now,
-                      metadata=request.metadata or EMPTY_METADATA, input_json=input_json)
+                      metadata=request.metadata or EMPTY_METADATA, input_json=input_json,
+                      flow=flow)
             runs.append(run)
             rows.append(new_run_row(
                 tenant_id=tenant_id, run_id=run.run_id, task=run.task, queue=run.queue,
                 status="queued", priority=priority, options_json=options_json,
                 input_json=input_json.decode(),
                 metadata_json=orjson.dumps(request.metadata).decode(), created_at=now,
-                idempotency_key=request.idempotency_key, parent_run_id=request.parent_run_id))
+                idempotency_key=request.idempotency_key, parent_run_id=request.parent_run_id,
+                flow_json=flow.to_json() if flow is not None else None))
         inserted = await self.persister.insert_runs(rows)
         refs = [RunRef(run_id=outcome.run_id, task=run.task, status=RunStatus(outcome.status),
                        created=outcome.created)
@@ -197,7 +222,7 @@ class Scheduler:
         if interned is None:
             if len(self._options) > 10_000:
                 self._options.clear()
-            interned = self._options[options] = (options, options.model_dump_json())
+            interned = self._options[options] = (options, options_json(options))
         return interned
 
     async def cancel(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
@@ -259,7 +284,7 @@ class Scheduler:
         actor = self.queues.get((tenant_id, view.queue))
         if actor is None:
             return None
-        reason: str | None = await actor.ask(actor.waiting_reason, view.task, timeout=5)
+        reason: str | None = await actor.ask(actor.waiting_reason, view.run_id, timeout=5)
         return reason
 
     async def wait(self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID],
@@ -286,6 +311,35 @@ class Scheduler:
         documents = await self.runs.run_documents(tenant_id, done) if done else {}
         finished = [documents[run_id] for run_id in done]
         return finished, [run_id for run_id in wanted if not statuses[run_id].terminal]
+
+    # -- rate limits -----------------------------------------------------------------------------
+
+    async def put_rate_limit(self, tenant_id: uuid.UUID, key: str, limit: int,
+                             duration: RateDuration) -> None:
+        """Set a limit (durable when this returns); runs waiting for it are decided again."""
+        limiter = self.limiter_for(tenant_id)
+        await limiter.ready()
+        await self.rate_limits.put(tenant_id, key, limit, duration)
+        limiter.configure(key, limit, duration)
+        self._rate_limit_changed(tenant_id, key)
+
+    async def delete_rate_limit(self, tenant_id: uuid.UUID, key: str) -> None:
+        limiter = self.limiter_for(tenant_id)
+        await limiter.ready()
+        if not await self.rate_limits.delete(tenant_id, key):
+            raise NotFound(f"no rate limit {key!r} in this tenant")
+        limiter.remove(key)
+        self._rate_limit_changed(tenant_id, key)
+
+    async def rate_limit_usage(self, tenant_id: uuid.UUID) -> list[Usage]:
+        limiter = self.limiter_for(tenant_id)
+        await limiter.ready()
+        return limiter.usage()
+
+    def _rate_limit_changed(self, tenant_id: uuid.UUID, key: str) -> None:
+        for (queue_tenant, _), actor in self.queues.items():
+            if queue_tenant == tenant_id:
+                actor.tell(actor.rate_limit_changed, key)
 
     # -- workflows -------------------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ from taskyard.actors import Actor
 from taskyard.dag import Create, Decision, Finish, Release, StepState, WorkflowRun
 from taskyard.errors import Conflict, Unprocessable
 from taskyard.expressions import ExpressionError, holds
+from taskyard.flow import Flow, flow_for
 from taskyard.repository import Inserted, new_run_row
-from taskyard.runs import Run
+from taskyard.runs import Run, options_json
 from taskyard.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
 from taskyard_sdk.models import RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
@@ -114,8 +115,10 @@ class TenantActor(Actor):
         steps = {name: StepState(stored.run_id, stored.status, stored.output_json,
                                  stored.error_json, stored.wait_started_at)
                  for name, stored in active.steps.items()}
+        sticky = next((stored.worker_id for stored in active.steps.values()
+                       if stored.worker_id is not None), None)  # ordered by assignment
         return WorkflowRun(active.run_id, workflow, active.input_json, active.metadata,
-                           active.priority, active.created_at, steps)
+                           active.priority, active.created_at, steps, sticky_worker=sticky)
 
     # -- registries ------------------------------------------------------------------------------
 
@@ -124,7 +127,7 @@ class TenantActor(Actor):
         for definition in definitions:
             if self.definitions.get(definition.name) != definition.options:
                 self.definitions[definition.name] = definition.options
-                changed[(self.tenant_id, definition.name)] = definition.options.model_dump_json()
+                changed[(self.tenant_id, definition.name)] = options_json(definition.options)
         if changed:
             self.persister.definitions(changed)
 
@@ -229,8 +232,10 @@ class TenantActor(Actor):
 
     def steps_ended(self, ended: list[StepEnded]) -> None:
         touched: dict[uuid.UUID, WorkflowRun] = {}
-        for run_id, step, status, output, error in ended:
+        for run_id, step, status, output, error, worker_id in ended:
             run = self.runs.get(run_id)
+            if run is not None and run.sticky_worker is None:
+                run.sticky_worker = worker_id
             if run is not None and run.step_ended(step, status, output, error):
                 self._stop_listening(run, step)
                 touched[run_id] = run
@@ -420,7 +425,8 @@ class TenantActor(Actor):
             context_json=create.context_json.decode() if create.context_json else None,
             wait_started_at=state.wait_started_at,
             error_json=state.error_json.decode() if state.error_json else None,
-            finished_at=now if state.status.terminal else None)
+            finished_at=now if state.status.terminal else None,
+            flow_json=flow.to_json() if (flow := self._flow(run, step)) is not None else None)
 
     def _step_run(self, run: WorkflowRun, step: CompiledStep, run_id: uuid.UUID,
                   context_json: bytes | None, now: float) -> Run:
@@ -429,12 +435,21 @@ class TenantActor(Actor):
                    priority=run.priority or step.options.priority, options=step.options,
                    created_at=now, queued_at=now, metadata=run.metadata,
                    input_json=run.input_json if context_json is not None else None,
-                   workflow_run_id=run.run_id, step=step.name, context_json=context_json)
+                   workflow_run_id=run.run_id, step=step.name, context_json=context_json,
+                   flow=self._flow(run, step))
+
+    def _flow(self, run: WorkflowRun, step: CompiledStep) -> Flow | None:
+        """The step's flow facts; one that cannot be worked out fails the step when queued."""
+        sticky = run.sticky_worker if step.options.sticky is not None else None
+        try:
+            return flow_for(step.options, run.input, run.metadata, sticky)
+        except ExpressionError as exc:
+            return Flow(error=f"step {step.name!r}: {exc}")
 
     def _options(self, options: TaskOptions) -> str:
         text = self._options_json.get(options)
         if text is None:
-            text = self._options_json[options] = options.model_dump_json()
+            text = self._options_json[options] = options_json(options)
         return text
 
     def stats(self) -> dict[str, int]:

@@ -28,6 +28,7 @@ class StoredStep:
     output_json: bytes | None
     error_json: bytes | None
     wait_started_at: float | None
+    worker_id: uuid.UUID | None = None  # who ran (or runs) it
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +108,13 @@ class WorkflowRepository:
         steps: dict[uuid.UUID, dict[str, StoredStep]] = {row["run_id"]: {} for row in runs}
         for row in await self.pool.fetch(
                 "SELECT workflow_run_id, step, run_id, status, output::text AS output, "
-                "error::text AS error, extract(epoch FROM wait_started_at)::float8 AS waiting "
-                "FROM runs WHERE tenant_id = $1 AND workflow_run_id = ANY($2::uuid[])",
+                "error::text AS error, extract(epoch FROM wait_started_at)::float8 AS waiting, "
+                "worker_id FROM runs WHERE tenant_id = $1 AND workflow_run_id = ANY($2::uuid[]) "
+                "ORDER BY assigned_at NULLS LAST",
                 tenant_id, list(steps)):
             steps[row["workflow_run_id"]][row["step"]] = StoredStep(
                 row["run_id"], RunStatus(row["status"]), _bytes(row["output"]),
-                _bytes(row["error"]), row["waiting"])
+                _bytes(row["error"]), row["waiting"], row["worker_id"])
         return [ActiveWorkflowRun(
             row["run_id"], row["task"], row["workflow_version"], (row["input"] or "null").encode(),
             orjson.loads(row["metadata"]),

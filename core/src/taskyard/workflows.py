@@ -14,6 +14,7 @@ import orjson
 
 from taskyard.errors import Unprocessable
 from taskyard.expressions import ExpressionError, check
+from taskyard.flow import check_options
 from taskyard_sdk.models import (
     AllOf,
     AnyOf,
@@ -21,6 +22,7 @@ from taskyard_sdk.models import (
     EventCondition,
     SleepCondition,
     StepDefinition,
+    Sticky,
     TaskOptions,
     WorkflowDefinition,
 )
@@ -89,7 +91,8 @@ def compile_workflow(definition: WorkflowDefinition, version: int) -> CompiledWo
             raise Unprocessable(f"workflow {name!r}: step {step.name!r} names a parent twice")
     order = _topological_order(name, by_name)
     _check_expression(name, "event_filter", definition.event_filter, EVENT_FILTER_NAMES)
-    steps = {step_name: _compile_step(name, by_name[step_name]) for step_name in order}
+    steps = {step_name: _compile_step(name, by_name[step_name], definition.sticky)
+             for step_name in order}
     on_failure = None
     if definition.on_failure is not None:
         handler = definition.on_failure
@@ -99,7 +102,7 @@ def compile_workflow(definition: WorkflowDefinition, version: int) -> CompiledWo
         if handler.parents or handler.wait_for or handler.skip_if or handler.cancel_if:
             raise Unprocessable(f"workflow {name!r}: on_failure step {handler.name!r} runs "
                                 f"after a failure and takes no parents or conditions")
-        on_failure = _compile_step(name, handler)
+        on_failure = _compile_step(name, handler, definition.sticky)
     return CompiledWorkflow(name, version, definition, steps, on_failure)
 
 
@@ -139,7 +142,14 @@ def _find_cycle(parents: dict[str, list[str]]) -> list[str]:
         path.append(following)
 
 
-def _compile_step(workflow: str, step: StepDefinition) -> CompiledStep:
+def _compile_step(workflow: str, step: StepDefinition, sticky: Sticky | None) -> CompiledStep:
+    try:
+        check_options(step.options)
+    except ExpressionError as exc:
+        raise Unprocessable(f"workflow {workflow!r}: step {step.name!r}: {exc}") from None
+    options = step.options
+    if sticky is not None and options.sticky is None:  # the workflow's, unless the step has its own
+        options = options.model_copy(update={"sticky": sticky})
     _check_expression(workflow, f"step {step.name!r}: skip_if", step.skip_if, CONDITION_NAMES)
     _check_expression(workflow, f"step {step.name!r}: cancel_if", step.cancel_if,
                       CONDITION_NAMES)
@@ -163,7 +173,7 @@ def _compile_step(workflow: str, step: StepDefinition) -> CompiledStep:
 
     wait_for = ("and", tuple(tree(c) for c in step.wait_for)) if step.wait_for else None
     return CompiledStep(step.name, step_task(workflow, step.name), tuple(step.parents),
-                        step.options, step.skip_if, step.cancel_if, wait_for, tuple(sleeps),
+                        options, step.skip_if, step.cancel_if, wait_for, tuple(sleeps),
                         tuple(events))
 
 

@@ -24,18 +24,27 @@ from taskyard_sdk._errors import (
     Unavailable,
 )
 from taskyard_sdk._events import Events
-from taskyard_sdk._task import RunHandle, Task
+from taskyard_sdk._rate_limits import RateLimits
+from taskyard_sdk._task import RunHandle, Task, TaskSettings
 from taskyard_sdk._worker import Worker, WorkerStopped
 from taskyard_sdk._workflow import Workflow, WorkflowTask
 from taskyard_sdk.models import (
+    Concurrency,
+    ConcurrencyStrategy,
     ErrorInfo,
     EventPage,
     EventRequest,
     EventView,
+    Label,
+    QueueOrder,
+    RateDuration,
+    RateLimit,
+    RateLimitView,
     RunKind,
     RunPage,
     RunStatus,
     RunView,
+    Sticky,
     TaskOptions,
     WorkflowInfo,
 )
@@ -46,6 +55,8 @@ __all__ = [
     "And",
     "ApiError",
     "AuthenticationError",
+    "Concurrency",
+    "ConcurrencyStrategy",
     "Conflict",
     "Context",
     "EngineUnreachable",
@@ -57,10 +68,16 @@ __all__ = [
     "Events",
     "InvalidInput",
     "InvalidRequest",
+    "Label",
     "NonRetryableError",
     "NotFound",
     "Or",
     "PermissionDenied",
+    "QueueOrder",
+    "RateDuration",
+    "RateLimit",
+    "RateLimitView",
+    "RateLimits",
     "ResultTimeout",
     "RetryAfter",
     "RunHandle",
@@ -70,9 +87,11 @@ __all__ = [
     "RunView",
     "Runs",
     "Sleep",
+    "Sticky",
     "Task",
     "TaskFailed",
     "TaskOptions",
+    "TaskSettings",
     "Taskyard",
     "TaskyardError",
     "Unavailable",

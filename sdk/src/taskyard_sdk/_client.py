@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 from uuid import UUID
 
 from taskyard_sdk._config import resolve
 from taskyard_sdk._context import Context
-from taskyard_sdk._durations import Duration
 from taskyard_sdk._events import Events
-from taskyard_sdk._task import Task, build_options, wait_for_runs
+from taskyard_sdk._rate_limits import RateLimits
+from taskyard_sdk._task import Task, TaskSettings, build_options, wait_for_runs
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
 from taskyard_sdk._workflow import Workflow
-from taskyard_sdk.models import DEFAULT_PRIORITY, RunPage, RunStatus, RunView
-from taskyard_sdk.protocol import LabelValue
+from taskyard_sdk.models import LabelValue, RunPage, RunStatus, RunView, Sticky
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -42,6 +41,7 @@ class Taskyard:
         self.transport = Transport(self.config, retry_for)
         self.runs = Runs(self)
         self.events = Events(self)
+        self.rate_limits = RateLimits(self)
 
     @property
     def url(self) -> str:
@@ -63,28 +63,22 @@ class Taskyard:
     def task(self, fn: Callable[[In], Out], /) -> Task[In, Out]: ...
 
     @overload
-    def task(self, *, name: str | None = None, retries: int = 0,
-             backoff_factor: float | None = None, backoff_max_seconds: Duration = "1h",
-             execution_timeout: Duration = "60s", schedule_timeout: Duration = "5m",
-             priority: int = DEFAULT_PRIORITY, queue: str = "default",
+    def task(self, *, name: str | None = None, **settings: Unpack[TaskSettings],
              ) -> Callable[[Callable[..., Any]], Task[Any, Any]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-             retries: int = 0, backoff_factor: float | None = None,
-             backoff_max_seconds: Duration = "1h", execution_timeout: Duration = "60s",
-             schedule_timeout: Duration = "5m", priority: int = DEFAULT_PRIORITY,
-             queue: str = "default") -> Any:
+             **settings: Unpack[TaskSettings]) -> Any:
         """Declare a task: `(input: Model, ctx: Context) -> output`, async or sync.
 
-        retries: retries after the first attempt. backoff_factor: retry n waits
+        retries: retries after the first attempt (default 0). backoff_factor: retry n waits
         min(backoff_factor ** n, backoff_max_seconds) seconds (no factor: retry at once).
-        execution_timeout: longest an attempt may run. schedule_timeout: longest a run may wait
-        to start. priority: 1 (lowest) to 4. queue: the queue whose workers run it.
+        execution_timeout (default "60s"): longest an attempt may run. schedule_timeout
+        (default "5m"): longest a run may wait to start. priority: 1 (lowest) to 4, default 2.
+        queue: the queue whose workers run it. order: "fifo" or "lifo" within a priority.
+        concurrency: Concurrency(...) limits per key. rate_limits: RateLimit(...) units taken
+        when a run starts. desired_worker_labels: {"gpu": Label("a100", required=True)}.
         """
-        options = build_options(
-            retries=retries, backoff_factor=backoff_factor,
-            backoff_max_seconds=backoff_max_seconds, execution_timeout=execution_timeout,
-            schedule_timeout=schedule_timeout, priority=priority, queue=queue)
+        options = build_options(settings)
 
         def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
             return Task(self, function, name or function.__name__, options)
@@ -92,14 +86,17 @@ class Taskyard:
         return decorate(fn) if fn is not None else decorate
 
     def workflow(self, name: str, *, input: type[In] | Any = Any, on_events: Sequence[str] = (),
-                 event_filter: str | None = None) -> Workflow[In]:
+                 event_filter: str | None = None,
+                 sticky: Sticky | str | None = None) -> Workflow[In]:
         """Declare a workflow: a DAG of steps added with `@wf.task(parents=[...])`.
 
         input: the model every step receives. on_events: event keys that trigger a run (exact,
         or a prefix ending in "*"), with the event's payload as input; event_filter: CEL over
-        `payload`, `metadata` and `key` that such an event must satisfy.
+        `payload`, `metadata` and `key` that such an event must satisfy. sticky: "soft" or
+        "hard": run every step on the worker that ran the run's first step.
         """
-        return Workflow(self, name, input=input, on_events=on_events, event_filter=event_filter)
+        return Workflow(self, name, input=input, on_events=on_events, event_filter=event_filter,
+                        sticky=Sticky(sticky) if sticky is not None else None)
 
     def worker(self, name: str, tasks: Sequence[Task[Any, Any]] = (), *,
                workflows: Sequence[Workflow[Any]] = (), slots: int = 100,

@@ -6,8 +6,8 @@ import asyncio
 import inspect
 import time
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar
 from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
@@ -19,9 +19,15 @@ from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
     BatchTriggerResponse,
+    Concurrency,
+    Label,
+    LabelValue,
+    QueueOrder,
+    RateLimit,
     RunRef,
     RunStatus,
     RunView,
+    Sticky,
     TaskOptions,
     WaitResponse,
 )
@@ -38,16 +44,37 @@ _POLL = 60.0  # longest single long-poll; waits longer than this are several pol
 _WAIT_CHUNK = 10_000
 
 
-def build_options(*, retries: int, backoff_factor: float | None, backoff_max_seconds: Duration,
-                  execution_timeout: Duration, schedule_timeout: Duration, priority: int,
-                  queue: str) -> TaskOptions:
-    """A task's options from what users write (durations as "30s", "5m", ...)."""
-    return TaskOptions(
-        retries=retries, backoff_factor=backoff_factor,
-        backoff_max_seconds=parse_duration(backoff_max_seconds, name="backoff_max_seconds"),
-        execution_timeout=parse_duration(execution_timeout, name="execution_timeout"),
-        schedule_timeout=parse_duration(schedule_timeout, name="schedule_timeout"),
-        priority=priority, queue=queue)
+class TaskSettings(TypedDict, total=False):
+    """The options every task and workflow step takes (see `TaskOptions` for each one)."""
+
+    retries: int
+    backoff_factor: float | None
+    backoff_max_seconds: Duration
+    execution_timeout: Duration
+    schedule_timeout: Duration
+    priority: int
+    queue: str
+    order: QueueOrder | str
+    concurrency: Concurrency | Sequence[Concurrency]
+    rate_limits: RateLimit | Sequence[RateLimit]
+    desired_worker_labels: Mapping[str, Label | LabelValue]
+    sticky: Sticky | str | None
+
+
+_DURATIONS = ("backoff_max_seconds", "execution_timeout", "schedule_timeout")
+
+
+def build_options(settings: TaskSettings) -> TaskOptions:
+    """A task's options from what users write (durations as "30s", "5m"; one Concurrency or
+    RateLimit, or a list of them)."""
+    values: dict[str, Any] = dict(settings)
+    for name in _DURATIONS:
+        if name in values:
+            values[name] = parse_duration(values[name], name=name)
+    for name in ("concurrency", "rate_limits"):
+        if isinstance(values.get(name), Concurrency | RateLimit):
+            values[name] = [values[name]]
+    return TaskOptions(**values)
 
 
 class Task(Generic[In, Out]):

@@ -39,7 +39,7 @@ from taskyard_sdk._errors import (
     TaskyardError,
     Unavailable,
 )
-from taskyard_sdk.models import ErrorInfo
+from taskyard_sdk.models import ErrorInfo, LabelValue
 
 if TYPE_CHECKING:
     from taskyard_sdk._client import Taskyard
@@ -76,7 +76,7 @@ class Worker:
 
     def __init__(self, client: Taskyard, name: str, tasks: Sequence[Task[Any, Any]], *,
                  workflows: Sequence[Workflow[Any]] = (), slots: int = 100,
-                 labels: dict[str, protocol.LabelValue] | None = None,
+                 labels: dict[str, LabelValue] | None = None,
                  queue: str = "default", drain_timeout: float = 30.0) -> None:
         if not tasks:
             raise ValueError(f"worker {name!r} needs at least one task")

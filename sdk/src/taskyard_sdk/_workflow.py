@@ -15,24 +15,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
 from taskyard_sdk._context import current_run
-from taskyard_sdk._durations import Duration
 from taskyard_sdk._errors import InvalidInput, TaskFailed
-from taskyard_sdk._task import RunHandle, Task, build_options, wait_for_runs
+from taskyard_sdk._task import RunHandle, Task, TaskSettings, build_options, wait_for_runs
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
-    DEFAULT_PRIORITY,
     BatchTriggerResponse,
     Condition,
     RunRef,
     RunStatus,
     RunView,
     StepDefinition,
+    Sticky,
     WorkflowDefinition,
     WorkflowInfo,
 )
@@ -92,12 +91,14 @@ class Workflow(Generic[In]):
     """A DAG of steps, created with `ty.workflow(...)`; steps are added with `@wf.task(...)`."""
 
     def __init__(self, client: Taskyard, name: str, *, input: Any = Any,
-                 on_events: Sequence[str] = (), event_filter: str | None = None) -> None:
+                 on_events: Sequence[str] = (), event_filter: str | None = None,
+                 sticky: Sticky | None = None) -> None:
         self.client = client
         self.name = name
         self.input_type = input
         self.on_events = list(on_events)
         self.event_filter = event_filter
+        self.sticky = sticky
         self.steps: dict[str, WorkflowTask[In, Any]] = {}
         self.on_failure: WorkflowTask[In, Any] | None = None
         self._input = TypeAdapter(input)
@@ -112,21 +113,16 @@ class Workflow(Generic[In]):
 
     def task(self, *, name: str | None = None, parents: Sequence[WorkflowTask[Any, Any]] = (),
              skip_if: str | None = None, cancel_if: str | None = None,
-             wait_for: Sequence[Condition] = (), retries: int = 0,
-             backoff_factor: float | None = None, backoff_max_seconds: Duration = "1h",
-             execution_timeout: Duration = "60s", schedule_timeout: Duration = "5m",
-             priority: int = DEFAULT_PRIORITY, queue: str = "default",
+             wait_for: Sequence[Condition] = (), **settings: Unpack[TaskSettings],
              ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
-        """Add a step: `(input, ctx) -> output`, async or sync, with every option a task has.
+        """Add a step: `(input, ctx) -> output`, async or sync, with every option a task has
+        (`ty.task`'s: retries, timeouts, priority, concurrency, rate_limits, labels, ...).
 
         parents: steps whose outputs it needs (`ctx.parent_output(parent)`). skip_if /
         cancel_if: CEL over `input` and `parents` (outputs by step name). wait_for: conditions
         (Sleep, Event, Or, And) that must all hold before it is queued.
         """
-        options = build_options(
-            retries=retries, backoff_factor=backoff_factor,
-            backoff_max_seconds=backoff_max_seconds, execution_timeout=execution_timeout,
-            schedule_timeout=schedule_timeout, priority=priority, queue=queue)
+        options = build_options(settings)
 
         def decorate(fn: Callable[..., Any]) -> WorkflowTask[In, Any]:
             step = name or fn.__name__
@@ -139,14 +135,11 @@ class Workflow(Generic[In]):
 
         return decorate
 
-    def on_failure_task(self, *, name: str | None = None, retries: int = 0,
-                        execution_timeout: Duration = "60s", queue: str = "default",
+    def on_failure_task(self, *, name: str | None = None, **settings: Unpack[TaskSettings],
                         ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
         """The step that runs once when any step has failed for good; `ctx.failures` holds the
-        failed steps' errors."""
-        options = build_options(retries=retries, backoff_factor=None, backoff_max_seconds="1h",
-                                execution_timeout=execution_timeout, schedule_timeout="5m",
-                                priority=DEFAULT_PRIORITY, queue=queue)
+        failed steps' errors. It takes every task option."""
+        options = build_options(settings)
 
         def decorate(fn: Callable[..., Any]) -> WorkflowTask[In, Any]:
             step = name or fn.__name__
@@ -162,7 +155,8 @@ class Workflow(Generic[In]):
         return WorkflowDefinition(
             name=self.name, on_events=self.on_events, event_filter=self.event_filter,
             steps=[step.definition() for step in self.steps.values()],
-            on_failure=self.on_failure.definition() if self.on_failure else None)
+            on_failure=self.on_failure.definition() if self.on_failure else None,
+            sticky=self.sticky)
 
     # -- registering and running -----------------------------------------------------------------
 

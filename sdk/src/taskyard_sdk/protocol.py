@@ -11,11 +11,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, StepContext, TaskOptions
+from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, LabelValue, StepContext, TaskOptions
 
 PROTOCOL_VERSION = 1
-
-LabelValue = str | int | float | bool
 
 
 class _Message(BaseModel):

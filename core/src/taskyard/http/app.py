@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from taskyard.http import events, runs, system, tokens, worker_socket, workflows
+from taskyard.http import (
+    events,
+    rate_limits,
+    runs,
+    system,
+    tokens,
+    worker_socket,
+    workflows,
+)
 from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware
 from taskyard.http.keys import ENDPOINTS, ENGINE
 from taskyard.http.routing import AUTHENTICATOR, Router, mount
@@ -16,7 +24,7 @@ if TYPE_CHECKING:
     from taskyard.engine import Engine
 
 CORE_ROUTERS = (system.router, tokens.router, runs.router, workflows.router, events.router,
-                worker_socket.router)
+                rate_limits.router, worker_socket.router)
 
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:

@@ -17,6 +17,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from taskyard.auth import Role
 from taskyard.errors import Unprocessable
+from taskyard.expressions import ExpressionError
+from taskyard.flow import check_options
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router, reject_nul_characters
 from taskyard.workers import WorkerSession
@@ -95,7 +97,13 @@ async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | 
                          f"protocol version {data.get('protocol')!r} is not supported; this "
                          f"engine speaks version {protocol.PROTOCOL_VERSION}")
             return None
-        return protocol.Hello.model_validate(data)
+        hello = protocol.Hello.model_validate(data)
+        for definition in hello.tasks:
+            try:
+                check_options(definition.options)
+            except ExpressionError as exc:
+                raise ValueError(f"task {definition.name!r}: {exc}") from None
+        return hello
     except ValidationError as exc:
         await refuse("invalid_message", f"hello: {_first_error(exc)}")
     except ValueError as exc:

@@ -1,0 +1,78 @@
+"""Rate limits: set, read and remove the tenant's named limits; read dynamic keys' buckets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from taskyard.auth import Role
+from taskyard.errors import NotFound, Unprocessable
+from taskyard.http.keys import ENGINE
+from taskyard.http.routing import Call, Router
+from taskyard.ratelimits import Usage
+from taskyard_sdk.models import (
+    RATE_KEY_PATTERN,
+    RateLimitList,
+    RateLimitRequest,
+    RateLimitView,
+)
+
+router = Router(tags=("rate limits",))
+ANY_ROLE = list(Role)
+
+
+def _view(usage: Usage) -> RateLimitView:
+    used = int(sum(units for _, units in usage.slots))
+    return RateLimitView(key=usage.key, limit=usage.limit, duration=usage.duration,
+                         configured=usage.configured, used=used,
+                         available=max(0, usage.limit - used))
+
+
+def _key(call: Call[Any]) -> str:
+    key = call.path["key"]
+    if not re.fullmatch(RATE_KEY_PATTERN, key):
+        raise Unprocessable(f"rate limit key {key!r} must be 1-200 characters of letters, "
+                            f"digits and _ . : / @ -")
+    return key
+
+
+@router.put("/api/v1/rate-limits/{key}", roles=ANY_ROLE, body=RateLimitRequest,
+            response=RateLimitView)
+async def put_rate_limit(call: Call[RateLimitRequest]) -> RateLimitView:
+    """Set a named limit: at most `limit` units per `duration` for the tasks that name it with
+    `RateLimit(key=...)`. Runs waiting for it are decided again at once."""
+    key = _key(call)
+    engine = call.request.app[ENGINE]
+    await engine.scheduler.put_rate_limit(call.principal.tenant_id, key, call.body.limit,
+                                          call.body.duration)
+    return await _get(call, key)
+
+
+@router.get("/api/v1/rate-limits", roles=ANY_ROLE, response=RateLimitList)
+async def list_rate_limits(call: Call[None]) -> RateLimitList:
+    """Named limits, and the buckets of dynamic keys that have units taken, with what is left
+    in their current window."""
+    engine = call.request.app[ENGINE]
+    usage = await engine.scheduler.rate_limit_usage(call.principal.tenant_id)
+    return RateLimitList(rate_limits=[_view(u) for u in usage])
+
+
+@router.get("/api/v1/rate-limits/{key}", roles=ANY_ROLE, response=RateLimitView)
+async def get_rate_limit(call: Call[None]) -> RateLimitView:
+    return await _get(call, _key(call))
+
+
+@router.delete("/api/v1/rate-limits/{key}", roles=ANY_ROLE, status=204)
+async def delete_rate_limit(call: Call[None]) -> None:
+    """Remove a named limit: runs that still wait for it fail, as new ones naming it do."""
+    engine = call.request.app[ENGINE]
+    await engine.scheduler.delete_rate_limit(call.principal.tenant_id, _key(call))
+
+
+async def _get(call: Call[Any], key: str) -> RateLimitView:
+    engine = call.request.app[ENGINE]
+    usage = await engine.scheduler.rate_limit_usage(call.principal.tenant_id)
+    for bucket in usage:
+        if bucket.key == key:
+            return _view(bucket)
+    raise NotFound(f"no rate limit {key!r} in this tenant")

@@ -1,0 +1,250 @@
+"""Property tests of the scheduling decisions (taskyard.dispatch), driven directly under random
+arrivals, completions, cancellations, worker churn and the passing of time. After every step the
+invariants hold: never more than max_runs running per concurrency key, no rate limit exceeded in
+any window, slots never exceeded, a HARD sticky run never moves, a higher priority never passed
+over for a worker that could start it, and no run that could start left waiting beside a free
+slot (nothing parked is stranded, no concurrency slot leaks)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from taskyard.dispatch import Dispatcher, WorkerSlots
+from taskyard.flow import Flow
+from taskyard.ids import new_id
+from taskyard.ratelimits import RateLimiter
+from taskyard.runs import Run
+from taskyard_sdk.models import (
+    Concurrency,
+    Label,
+    RateDuration,
+    RateLimit,
+    RunStatus,
+    Sticky,
+    TaskOptions,
+)
+
+TENANT = uuid.uuid4()
+CONNECTED = object()  # stands for a live session: the dispatcher only asks whether there is one
+
+ROUND_ROBIN = Concurrency(expression="input.user", max_runs=2)
+RATE = RateLimit(key="api", units="input.units")
+OPTIONS = {
+    "keyed": TaskOptions(concurrency=(ROUND_ROBIN,)),
+    "metered": TaskOptions(rate_limits=(RATE,)),
+    "gpu": TaskOptions(desired_worker_labels={"gpu": Label("a100", required=True)}),
+    "pinned": TaskOptions(sticky=Sticky.HARD),
+    "both": TaskOptions(concurrency=(Concurrency(expression="'all'", max_runs=3),),
+                        rate_limits=(RATE,)),
+}
+LIMIT, WINDOW = 5, 1.0  # "api": 5 units a second
+
+
+class SchedulingMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1_000.0
+        self.limiter = RateLimiter(clock=lambda: self.now)
+        self.limiter.configure("api", LIMIT, RateDuration.SECOND)
+        self.runs: dict[uuid.UUID, Run] = {}
+        self.workers: dict[uuid.UUID, WorkerSlots] = {}
+        self.dispatcher = Dispatcher(self.runs, self.workers, self.limiter)
+        self.wakeups: list[tuple[float, str]] = []
+        self.taken: list[tuple[float, int]] = []  # (when, units) from "api"
+        self.seq = 0
+
+    # -- arrivals, completions, cancellations ----------------------------------------------------
+
+    @rule(kind=st.sampled_from(sorted(OPTIONS)), user=st.sampled_from("abc"),
+          priority=st.integers(1, 4), units=st.integers(1, 3))
+    def arrive(self, kind: str, user: str, priority: int, units: int) -> None:
+        options = OPTIONS[kind]
+        sticky = None
+        if kind == "pinned" and self.workers:
+            sticky = sorted(self.workers)[units % len(self.workers)]
+        keys = tuple(user if level is ROUND_ROBIN else "all" for level in options.concurrency)
+        flow = Flow(keys, tuple(("api", units) for _ in options.rate_limits), sticky)
+        self.seq += 1
+        run = Run(tenant_id=TENANT, run_id=uuid.UUID(int=self.seq), task=kind, queue="default",
+                  status=RunStatus.QUEUED, attempt=1, priority=priority, options=options,
+                  created_at=self.now, queued_at=self.now, flow=flow)
+        self.runs[run.run_id] = run
+        self._end(self.dispatcher.add(run, arriving=True))
+
+    @precondition(lambda self: any(w.running for w in self.workers.values()))
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        running = sorted(run_id for w in self.workers.values() for run_id in w.running)
+        self._finish(self.runs[data.draw(st.sampled_from(running))])
+
+    @precondition(lambda self: bool(self.runs))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        self._finish(self.runs[data.draw(st.sampled_from(sorted(self.runs)))])
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    @rule(slots=st.integers(1, 4), gpu=st.booleans(), tasks=st.sets(
+        st.sampled_from(sorted(OPTIONS)), min_size=1))
+    def worker_joins(self, slots: int, gpu: bool, tasks: set[str]) -> None:
+        self.seq += 1  # ids in order of creation: the same steps give the same choices
+        worker = WorkerSlots(uuid.UUID(int=self.seq), CONNECTED,  # type: ignore[arg-type]
+                             frozenset(tasks), slots, {"gpu": "a100"} if gpu else {})
+        self.workers[worker.worker_id] = worker
+
+    @precondition(lambda self: bool(self.workers))
+    @rule(data=st.data())
+    def worker_lost(self, data: st.DataObject) -> None:
+        """Its runs are retried (queued again), as the queue actor does."""
+        worker = self.workers.pop(data.draw(st.sampled_from(sorted(self.workers))))
+        for run_id in worker.running:
+            run = self.runs[run_id]
+            self.dispatcher.forget(run)
+            run.status, run.worker_id = RunStatus.QUEUED, None
+            self._end(self.dispatcher.add(run, arriving=False))
+
+    # -- time and decisions ----------------------------------------------------------------------
+
+    @rule(seconds=st.sampled_from([0.01, 0.1, 0.3, 1.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        due = [(at, bucket) for at, bucket in self.wakeups if at <= self.now]
+        self.wakeups = [w for w in self.wakeups if w[0] > self.now]
+        for _, bucket in due:
+            self.dispatcher.rate_freed(bucket)
+
+    @rule()
+    def dispatch(self) -> None:
+        """As QueueActor._dispatch does, checking each choice as it is made."""
+        candidates = [w for w in self.workers.values() if w.assignable]
+        while candidates:
+            next_round = []
+            for worker in candidates:
+                if not worker.assignable:
+                    continue
+                eligible = [r for r in self.runs.values() if r.ready and self._can_start(r, worker)]
+                run = self.dispatcher.pick(worker, self.now)
+                if run is None:
+                    assert not eligible, f"{worker.worker_id} could start {eligible}"
+                    continue
+                assert run.priority >= max(r.priority for r in eligible), "priority passed over"
+                target = self.dispatcher.best_worker(run, worker)
+                if run.options.sticky is Sticky.HARD and run.flow and run.flow.sticky_worker:
+                    assert target.worker_id == run.flow.sticky_worker, "a HARD sticky run moved"
+                run.status, run.worker_id = RunStatus.RUNNING, target.worker_id
+                target.running[run.run_id] = run.attempt
+                if run.options.rate_limits:
+                    assert run.flow is not None
+                    self.taken.append((self.now, run.flow.units[0][1]))
+                if worker.free > 0:
+                    next_round.append(worker)
+            candidates = next_round
+        self._end(self.dispatcher.refused)
+        self.dispatcher.refused = []
+        self.wakeups += self.dispatcher.wakeups
+        self.dispatcher.wakeups.clear()
+
+    # -- invariants ------------------------------------------------------------------------------
+
+    @invariant()
+    def slots_are_never_exceeded(self) -> None:
+        for worker in self.workers.values():
+            assert len(worker.running) <= worker.slots
+
+    @invariant()
+    def no_key_runs_more_than_max_runs(self) -> None:
+        running: Counter[tuple[str, Concurrency, str]] = Counter()
+        for run in self.runs.values():
+            if run.status is RunStatus.RUNNING and run.flow is not None:
+                for level, key in zip(run.options.concurrency, run.flow.keys, strict=True):
+                    running[(run.task, level, key)] += 1
+        for (_, level, _), count in running.items():
+            assert count <= level.max_runs
+
+    @invariant()
+    def no_window_exceeds_the_rate_limit(self) -> None:
+        for index, (start, _) in enumerate(self.taken):
+            in_window = sum(units for at, units in self.taken[index:] if at < start + WINDOW)
+            assert in_window <= LIMIT, (start, self.taken)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _can_start(self, run: Run, worker: WorkerSlots) -> bool:
+        """Brute force: could this worker start this run now?"""
+        if not worker.takes(run.task, run.options):
+            return False
+        flow = run.flow
+        assert flow is not None
+        if run.options.sticky is Sticky.HARD and flow.sticky_worker not in (None,
+                                                                            worker.worker_id):
+            return False
+        for level, key in zip(run.options.concurrency, flow.keys, strict=True):
+            going = sum(1 for other in self.runs.values()
+                        if other.status is RunStatus.RUNNING and other.task == run.task
+                        and other.flow is not None and key in other.flow.keys)
+            if going >= level.max_runs:
+                return False
+        if run.options.rate_limits:
+            wants = [(b, u, RATE) for b, u in flow.units]
+            return self.limiter.free_at(wants, self.now) <= self.now
+        return True
+
+    def _finish(self, run: Run) -> None:
+        self.dispatcher.forget(run)
+        del self.runs[run.run_id]
+        for worker in self.workers.values():
+            worker.running.pop(run.run_id, None)
+
+    def _end(self, refusals: Any) -> None:
+        for refusal in refusals:
+            if refusal.run.run_id in self.runs:
+                self._finish(refusal.run)
+
+
+SchedulingMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=50,
+                                               deadline=None)
+test_scheduling = SchedulingMachine.TestCase
+
+
+@settings(max_examples=200, deadline=None)
+@given(backlogs=st.lists(st.integers(1, 12), min_size=2, max_size=6),
+       max_runs=st.integers(1, 3), slots=st.integers(1, 4))
+def test_backlogged_keys_take_turns(backlogs: list[int], max_runs: int, slots: int) -> None:
+    """Round-robin: while every key still has runs waiting, no key has started more than one
+    run more than any other (per round, each key starts once)."""
+    level = Concurrency(expression="input.user", max_runs=max_runs)
+    options = TaskOptions(concurrency=(level,))
+    runs: dict[uuid.UUID, Run] = {}
+    worker = WorkerSlots(uuid.uuid4(), CONNECTED, frozenset({"t"}), slots)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(runs, {worker.worker_id: worker}, None)
+    waiting: dict[str, int] = {}
+    for key, size in enumerate(backlogs):  # each key's whole backlog, one key after another
+        waiting[str(key)] = size
+        for _ in range(size):
+            run = Run(tenant_id=TENANT, run_id=new_id(), task="t", queue="default",
+                      status=RunStatus.QUEUED, attempt=1, priority=2, options=options,
+                      created_at=0, queued_at=0, flow=Flow((str(key),)))
+            runs[run.run_id] = run
+            dispatcher.add(run, arriving=True)
+    started: Counter[str] = Counter()
+    order: list[str] = []
+    while any(waiting.values()):
+        run = dispatcher.pick(worker, 0.0)
+        assert run is not None
+        key = run.flow.keys[0] if run.flow else ""
+        started[key] += 1
+        waiting[key] -= 1
+        order.append(key)
+        if all(waiting.values()):
+            counts = [started[k] for k in waiting]
+            assert max(counts) - min(counts) <= 1, order
+        dispatcher.forget(run)  # it finishes at once
+        del runs[run.run_id]
+    assert sum(started.values()) == sum(backlogs)
+
