@@ -506,3 +506,80 @@ async def test_a_worker_registering_a_bad_concurrency_expression_is_refused(
             pass
     assert "task 'broken': concurrency[0].expression: 'input.user ===' is not valid CEL" in str(
         refused.value)
+
+
+# -- workflow-level concurrency --------------------------------------------------------------------
+
+
+async def test_workflow_runs_wait_for_their_key_to_be_admitted(ty: Taskyard) -> None:
+    gates = {n: asyncio.Event() for n in range(4)}
+    wf = ty.workflow("per-user-sync", input=Job,
+                     concurrency=Concurrency(expression="input.user", max_runs=1))
+
+    @wf.task()
+    async def sync(job: Job) -> int:
+        await gates[job.n].wait()
+        return job.n
+
+    async with ty.worker("sync", workflows=[wf], slots=10):
+        a0, a1, a2 = [await wf.aio_run_no_wait(Job(user="a", n=n)) for n in range(3)]
+        b3 = await wf.aio_run_no_wait(Job(user="b", n=3))
+        await _until(lambda: _is(a0, RunStatus.RUNNING))
+        await _until(lambda: _is(b3, RunStatus.RUNNING))
+        waiting = await a1.aio_get()
+        assert waiting.status is RunStatus.QUEUED
+        assert waiting.steps == []  # nothing of it has started
+        assert waiting.waiting_reason == ("concurrency key 'a' (input.user) has 1 of 1 runs "
+                                          "going")
+        gates[0].set()
+        assert await a0.aio_result(timeout=10) == {"sync": 0}
+        await _until(lambda: _is(a1, RunStatus.RUNNING))
+        assert await _status(a2) is RunStatus.QUEUED
+        for gate in gates.values():
+            gate.set()
+        assert [await h.aio_result(timeout=10) for h in (a1, a2, b3)] == [
+            {"sync": 1}, {"sync": 2}, {"sync": 3}]
+
+
+@pytest.mark.parametrize("strategy", [ConcurrencyStrategy.CANCEL_IN_PROGRESS,
+                                      ConcurrencyStrategy.CANCEL_NEWEST])
+async def test_workflow_cancel_strategies(ty: Taskyard, strategy: ConcurrencyStrategy) -> None:
+    release = asyncio.Event()
+    wf = ty.workflow(f"deploy-{strategy.value}", input=Job,
+                     concurrency=Concurrency(expression="input.user", strategy=strategy))
+
+    @wf.task()
+    async def roll_out(job: Job) -> int:
+        await release.wait()
+        return job.n
+
+    async with ty.worker("deployer", workflows=[wf], slots=10):
+        first = await wf.aio_run_no_wait(Job(user="site", n=1))
+        await _until(lambda: _step_is(ty, first.run_id, "roll_out", RunStatus.RUNNING))
+        second = await wf.aio_run_no_wait(Job(user="site", n=2))
+        if strategy is ConcurrencyStrategy.CANCEL_IN_PROGRESS:
+            await _until(lambda: _is(first, RunStatus.CANCELLED))
+            assert await _step_is(ty, first.run_id, "roll_out", RunStatus.CANCELLED)
+            release.set()
+            assert await second.aio_result(timeout=10) == {"roll_out": 2}
+        else:
+            with pytest.raises(TaskFailed) as refused:
+                await second.aio_result(timeout=10)
+            assert refused.value.error is not None
+            assert refused.value.error.type == "ConcurrencyLimit"
+            release.set()
+            assert await first.aio_result(timeout=10) == {"roll_out": 1}
+
+
+async def test_a_workflow_trigger_without_its_key_is_refused(ty: Taskyard) -> None:
+    wf = ty.workflow("keyed-wf", concurrency=Concurrency(expression="input.user"))
+
+    @wf.task()
+    async def step(job: dict[str, str]) -> int:
+        return 1
+
+    await wf.aio_register()
+    with pytest.raises(InvalidRequest) as refused:
+        await wf.aio_run_no_wait({"name": "no user"})
+    assert ("(workflow 'keyed-wf'): concurrency[0].expression: 'input.user' could not be "
+            "evaluated: input has no field 'user'") in str(refused.value)

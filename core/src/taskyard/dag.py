@@ -87,6 +87,7 @@ class WorkflowRun:
     steps: dict[str, StepState] = field(default_factory=dict)
     finished: bool = False
     sticky_worker: uuid.UUID | None = None  # the worker of its first step that was assigned
+    admitted: bool = True  # False while it waits for its workflow's concurrency keys
     _input: Any = None
     # Bookkeeping so one step's news costs little in a wide workflow:
     _undecided: list[str] = field(default_factory=list)  # steps without a row, in order
@@ -107,7 +108,7 @@ class WorkflowRun:
         return self._input
 
     def advance(self, now: float) -> list[Decision]:
-        if self.finished:
+        if self.finished or not self.admitted:
             return []
         decisions: list[Decision] = []
         if self._undecided:

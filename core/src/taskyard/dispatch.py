@@ -223,7 +223,22 @@ class Dispatcher:
     def pick(self, worker: WorkerSlots, now: float) -> Run | None:
         """The best run this worker may start now, with its keys' slots and rate-limit units
         taken; None when there is none."""
-        heaps = self._heaps_for(worker)
+        return self._pick(self._heaps_for(worker), now)
+
+    def pick_any(self, now: float) -> Run | None:
+        """The best run that may start now, whatever the worker: admission of workflow runs,
+        which wait only for their concurrency keys."""
+        return self._pick(list(self.heaps.values()), now)
+
+    def blocking_key(self, run: Run) -> str | None:
+        """Why a waiting run's concurrency keep it waiting, if they do."""
+        for group, key in self._groups_of(run):
+            if group.full:
+                return (f"concurrency key {key!r} ({group.level.expression}) has "
+                        f"{len(group.holders)} of {group.level.max_runs} runs going")
+        return None
+
+    def _pick(self, heaps: list[list[Entry]], now: float) -> Run | None:
         while True:
             best: list[Entry] | None = None
             best_key: tuple[int, int] | None = None
@@ -325,10 +340,8 @@ class Dispatcher:
         if run.options.sticky is Sticky.HARD and sticky is not None and \
                 all(w.worker_id != sticky for w in with_task):
             return f"waiting for worker {sticky} (sticky: hard), which is not connected"
-        for group, key in self._groups_of(run):
-            if group.full:
-                return (f"concurrency key {key!r} ({group.level.expression}) has "
-                        f"{len(group.holders)} of {group.level.max_runs} runs going")
+        if (blocked := self.blocking_key(run)) is not None:
+            return blocked
         if run.options.rate_limits and self.limiter is not None:
             for bucket, units, spec in self._wants(run):
                 at = self.limiter.free_at([(bucket, units, spec)], now)

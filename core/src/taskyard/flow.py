@@ -6,13 +6,14 @@ the worker it sticks to. Queue actors decide with these; they never evaluate exp
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from taskyard.expressions import ExpressionError, check, evaluate, key_text
-from taskyard_sdk.models import RateLimit, TaskOptions
+from taskyard_sdk.models import Concurrency, RateLimit, TaskOptions
 
 FLOW_NAMES = frozenset({"input", "metadata"})  # what concurrency and rate-limit CEL may read
 
@@ -65,12 +66,18 @@ def flow_for(options: TaskOptions, input: Any, metadata: dict[str, str],
     if not options.concurrency and not options.rate_limits and sticky_worker is None:
         return None
     variables = {"input": input, "metadata": metadata}
-    keys = tuple(key_text(_value(f"concurrency[{index}].expression", level.expression,
-                                 variables))
-                 for index, level in enumerate(options.concurrency))
     units = tuple(_bucket_and_units(index, limit, variables)
                   for index, limit in enumerate(options.rate_limits))
-    return Flow(keys, units, sticky_worker)
+    return Flow(keys_for(options.concurrency, input, metadata), units, sticky_worker)
+
+
+def keys_for(levels: Sequence[Concurrency], input: Any, metadata: dict[str, str]
+             ) -> tuple[str, ...]:
+    """The key of each concurrency level. Raises ExpressionError naming the level."""
+    variables = {"input": input, "metadata": metadata}
+    return tuple(key_text(_value(f"concurrency[{index}].expression", level.expression,
+                                 variables))
+                 for index, level in enumerate(levels))
 
 
 def _bucket_and_units(index: int, limit: RateLimit,

@@ -21,7 +21,7 @@ from taskyard.dag import WorkflowRun
 from taskyard.errors import Conflict, NotFound, Unprocessable
 from taskyard.event_repository import EventRepository, PushedEvent
 from taskyard.expressions import ExpressionError
-from taskyard.flow import check_options, flow_for
+from taskyard.flow import check_options, flow_for, keys_for
 from taskyard.ids import new_id
 from taskyard.persister import Persister
 from taskyard.queue import QueueActor, StepEnded
@@ -41,6 +41,7 @@ from taskyard_sdk.models import (
     EventRequest,
     EventView,
     RateDuration,
+    RunKind,
     RunRef,
     RunStatus,
     RunView,
@@ -142,9 +143,21 @@ class Scheduler:
             actor = self.tenants[tenant_id] = TenantActor(
                 tenant_id, persister=self.persister, runs=self.runs, workflows=self.workflows,
                 events=self.events, timers=self.timers, waiters=self.waiters,
-                enqueue=self._enqueue)
+                enqueue=self._enqueue, cancel=self._cancel_later)
             self._start_later(actor.start())
         return actor
+
+    def _cancel_later(self, tenant_id: uuid.UUID, run_id: uuid.UUID, reason: str) -> None:
+        """Cancel a run and everything under it, for an actor that cannot wait for that."""
+        async def cancel() -> None:
+            try:
+                await self.cancel(tenant_id, run_id, reason)
+            except (Conflict, NotFound):
+                pass  # it ended meanwhile
+            except Exception:
+                log.exception("could not cancel run %s", run_id)
+
+        self._start_later(cancel())
 
     def _start_later(self, starting: Coroutine[Any, Any, None]) -> None:
         """Messages wait in the mailbox until the actor has started."""
@@ -281,6 +294,11 @@ class Scheduler:
             return "waiting for its wait_for conditions"
         if view.status is not RunStatus.QUEUED:
             return None
+        if view.kind is RunKind.WORKFLOW:
+            tenant = self.tenant(tenant_id)
+            admission: str | None = await tenant.ask(tenant.admission_reason, view.run_id,
+                                                     timeout=5)
+            return admission
         actor = self.queues.get((tenant_id, view.queue))
         if actor is None:
             return None
@@ -361,6 +379,13 @@ class Scheduler:
         if workflow is None:
             raise NotFound(f"no workflow {name!r} is registered in this tenant; workers register "
                            f"their workflows when they start")
+        levels = workflow.definition.concurrency
+        for index, request in enumerate(requests):
+            try:
+                keys_for(levels, request.input, request.metadata)
+            except ExpressionError as exc:
+                where = f"runs[{index}] " if len(requests) > 1 else ""
+                raise Unprocessable(f"{where}(workflow {name!r}): {exc}") from None
         started = [WorkflowStart(workflow, request.input, request.metadata, request.priority,
                                  request.idempotency_key, request.parent_run_id)
                    for request in requests]
@@ -372,12 +397,15 @@ class Scheduler:
         runs, rows = [], []
         for workflow, input, metadata, priority, idempotency_key, parent_run_id in started:
             input_json = json_bytes(input)
+            # A workflow with concurrency keys waits, queued, until its tenant actor admits it.
+            admitted = not workflow.definition.concurrency
             run = WorkflowRun(new_id(), workflow, input_json, metadata or EMPTY_METADATA,
-                              priority, now)
+                              priority, now, admitted=admitted)
             runs.append(run)
+            status = RunStatus.RUNNING if admitted else RunStatus.QUEUED
             rows.append(new_run_row(
                 tenant_id=tenant_id, run_id=run.run_id, task=workflow.name, queue=WORKFLOW_QUEUE,
-                status=RunStatus.RUNNING.value, priority=priority or DEFAULT_PRIORITY,
+                status=status.value, priority=priority or DEFAULT_PRIORITY,
                 options_json="{}", input_json=input_json.decode(),
                 metadata_json=orjson.dumps(metadata).decode(), created_at=now,
                 idempotency_key=idempotency_key, kind="workflow",

@@ -24,13 +24,14 @@ import orjson
 
 from taskyard.actors import Actor
 from taskyard.dag import Create, Decision, Finish, Release, StepState, WorkflowRun
+from taskyard.dispatch import Dispatcher
 from taskyard.errors import Conflict, Unprocessable
 from taskyard.expressions import ExpressionError, holds
-from taskyard.flow import Flow, flow_for
+from taskyard.flow import Flow, flow_for, keys_for
 from taskyard.repository import Inserted, new_run_row
-from taskyard.runs import Run, options_json
+from taskyard.runs import WORKFLOW_QUEUE, Run, error_json, options_json
 from taskyard.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
-from taskyard_sdk.models import RunStatus, TaskOptions
+from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
 
 if TYPE_CHECKING:
@@ -45,13 +46,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[uuid.UUID, list[Run]], None]
+Cancel = Callable[[uuid.UUID, uuid.UUID, str], None]  # (tenant, run, reason): with its children
 Listener = tuple[uuid.UUID, str]  # (workflow run, step)
 
 
 class TenantActor(Actor):
     def __init__(self, tenant_id: uuid.UUID, *, persister: Persister, runs: RunRepository,
                  workflows: WorkflowRepository, events: EventRepository, timers: Timers,
-                 waiters: RunWaiters, enqueue: Enqueue,
+                 waiters: RunWaiters, enqueue: Enqueue, cancel: Cancel,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"tenant:{tenant_id}")
         self.tenant_id = tenant_id
@@ -62,6 +64,7 @@ class TenantActor(Actor):
         self.timers = timers
         self.waiters = waiters
         self.enqueue = enqueue
+        self.cancel_later = cancel
         self.clock = clock
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._reset()
@@ -73,6 +76,11 @@ class TenantActor(Actor):
         self.runs: dict[uuid.UUID, WorkflowRun] = {}
         self.listeners: defaultdict[str, set[Listener]] = defaultdict(set)  # by key pattern
         self._options_json: dict[TaskOptions, str] = {}
+        # Admission of workflow runs by their workflow's concurrency keys: each waiting or
+        # admitted run is a stand-in Run (task = the workflow's name) in a dispatcher of its own.
+        self.admission_runs: dict[uuid.UUID, Run] = {}
+        self.admission = Dispatcher(self.admission_runs, {}, None)
+        self._admission_options: dict[tuple[Concurrency, ...], TaskOptions] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -91,10 +99,13 @@ class TenantActor(Actor):
             if run is not None:
                 self.runs[run.run_id] = run
         for run in list(self.runs.values()):
+            if run.workflow.definition.concurrency:
+                self._await_admission(run, arriving=False)
             for name, state in run.steps.items():
                 if state.status is RunStatus.PENDING:
                     self._begin_waiting(run, name, state)
             self._advance(run)
+        self._admit()
         if self.runs:
             log.info("tenant %s: resumed %d workflow runs", self.tenant_id, len(self.runs))
 
@@ -118,7 +129,8 @@ class TenantActor(Actor):
         sticky = next((stored.worker_id for stored in active.steps.values()
                        if stored.worker_id is not None), None)  # ordered by assignment
         return WorkflowRun(active.run_id, workflow, active.input_json, active.metadata,
-                           active.priority, active.created_at, steps, sticky_worker=sticky)
+                           active.priority, active.created_at, steps, sticky_worker=sticky,
+                           admitted=active.admitted)
 
     # -- registries ------------------------------------------------------------------------------
 
@@ -228,7 +240,60 @@ class TenantActor(Actor):
         for run in runs:
             if run.run_id not in self.runs:  # also loaded by a concurrent recovery
                 self.runs[run.run_id] = run
+                if run.workflow.definition.concurrency:
+                    self._await_admission(run, arriving=True)
                 self._advance(run)
+        self._admit()
+
+    # -- admission: workflow-level concurrency ---------------------------------------------------
+
+    def _await_admission(self, run: WorkflowRun, *, arriving: bool) -> None:
+        """Enter a run of a workflow with concurrency keys: an admitted one holds its keys, a
+        new or queued one waits for them (its workflow's strategy may cancel runs)."""
+        levels = tuple(run.workflow.definition.concurrency)
+        try:
+            flow = Flow(keys_for(levels, run.input, run.metadata))
+        except ExpressionError as exc:
+            flow = Flow(error=f"workflow {run.workflow.name!r}: {exc}")
+        options = self._admission_options.get(levels)
+        if options is None:
+            options = self._admission_options[levels] = TaskOptions(concurrency=levels)
+        stand_in = Run(tenant_id=self.tenant_id, run_id=run.run_id, task=run.workflow.name,
+                       queue=WORKFLOW_QUEUE, status=RunStatus.QUEUED, attempt=1,
+                       priority=run.priority or DEFAULT_PRIORITY, options=options,
+                       created_at=run.created_at, queued_at=run.created_at, flow=flow)
+        self.admission_runs[run.run_id] = stand_in
+        if run.admitted:
+            self.admission.hold(stand_in)
+            return
+        for refusal in self.admission.add(stand_in, arriving=arriving):
+            refused = self.runs.get(refusal.run.run_id)
+            if refused is None:
+                continue
+            if refused.admitted:  # its steps run in queues: cancel it with them
+                self.cancel_later(self.tenant_id, refused.run_id, refusal.message)
+            else:
+                refused.finished = True
+                self._finish(refused, Finish(refusal.status, None, error_json(
+                    refusal.error_type, refusal.message)), self.clock(), [])
+
+    def _admit(self) -> None:
+        """Start the waiting runs whose keys have room."""
+        while (stand_in := self.admission.pick_any(self.clock())) is not None:
+            run = self.runs.get(stand_in.run_id)
+            if run is None or run.admitted:
+                continue
+            run.admitted = True
+            now = self.clock()
+            self.persister.write([_state_row(self.tenant_id, run.run_id, RunStatus.RUNNING,
+                                             run.created_at, now, started_at=now)], [], [])
+            self._advance(run)
+
+    def admission_reason(self, run_id: uuid.UUID) -> str | None:
+        stand_in = self.admission_runs.get(run_id)
+        if stand_in is None or not stand_in.ready:
+            return None
+        return self.admission.blocking_key(stand_in)
 
     def steps_ended(self, ended: list[StepEnded]) -> None:
         touched: dict[uuid.UUID, WorkflowRun] = {}
@@ -345,6 +410,10 @@ class TenantActor(Actor):
         for name in list(run.steps):
             self._stop_listening(run, name)
         del self.runs[run.run_id]
+        stand_in = self.admission_runs.pop(run.run_id, None)
+        if stand_in is not None:  # its keys go to the runs waiting for them
+            self.admission.forget(stand_in)
+            self._admit()
         states.append(_state_row(self.tenant_id, run.run_id, finish.status, run.created_at, now,
                                  started_at=run.created_at, output=finish.output_json,
                                  error=finish.error_json))

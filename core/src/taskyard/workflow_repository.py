@@ -41,6 +41,7 @@ class ActiveWorkflowRun:
     priority: int | None  # given at trigger (the default is not told apart from none given)
     created_at: float
     steps: dict[str, StoredStep]
+    admitted: bool = True  # else queued, waiting for the workflow's concurrency keys
 
 
 class WorkflowRepository:
@@ -93,7 +94,8 @@ class WorkflowRepository:
 
     async def tenants_with_active_runs(self) -> list[uuid.UUID]:
         rows = await self.pool.fetch(
-            "SELECT DISTINCT tenant_id FROM runs WHERE kind = 'workflow' AND status = 'running'")
+            "SELECT DISTINCT tenant_id FROM runs WHERE kind = 'workflow' "
+            "AND status IN ('queued', 'running')")
         return [row["tenant_id"] for row in rows]
 
     async def active_runs(self, tenant_id: uuid.UUID) -> list[ActiveWorkflowRun]:
@@ -101,8 +103,8 @@ class WorkflowRepository:
         runs = await self.pool.fetch(
             "SELECT run_id, task, workflow_version, input::text AS input, "
             "metadata::text AS metadata, priority, extract(epoch FROM created_at)::float8 AS "
-            "created_at FROM runs WHERE tenant_id = $1 AND kind = 'workflow' "
-            "AND status = 'running' ORDER BY run_id", tenant_id)
+            "created_at, status FROM runs WHERE tenant_id = $1 AND kind = 'workflow' "
+            "AND status IN ('queued', 'running') ORDER BY run_id", tenant_id)
         if not runs:
             return []
         steps: dict[uuid.UUID, dict[str, StoredStep]] = {row["run_id"]: {} for row in runs}
@@ -119,7 +121,7 @@ class WorkflowRepository:
             row["run_id"], row["task"], row["workflow_version"], (row["input"] or "null").encode(),
             orjson.loads(row["metadata"]),
             row["priority"] if row["priority"] != DEFAULT_PRIORITY else None, row["created_at"],
-            steps[row["run_id"]]) for row in runs]
+            steps[row["run_id"]], row["status"] == "running") for row in runs]
 
 
 def _stored(row: asyncpg.Record) -> StoredWorkflow:

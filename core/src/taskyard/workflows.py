@@ -14,7 +14,7 @@ import orjson
 
 from taskyard.errors import Unprocessable
 from taskyard.expressions import ExpressionError, check
-from taskyard.flow import check_options
+from taskyard.flow import FLOW_NAMES, check_options
 from taskyard_sdk.models import (
     AllOf,
     AnyOf,
@@ -91,6 +91,8 @@ def compile_workflow(definition: WorkflowDefinition, version: int) -> CompiledWo
             raise Unprocessable(f"workflow {name!r}: step {step.name!r} names a parent twice")
     order = _topological_order(name, by_name)
     _check_expression(name, "event_filter", definition.event_filter, EVENT_FILTER_NAMES)
+    for index, level in enumerate(definition.concurrency):
+        _check_expression(name, f"concurrency[{index}].expression", level.expression, FLOW_NAMES)
     steps = {step_name: _compile_step(name, by_name[step_name], definition.sticky)
              for step_name in order}
     on_failure = None

@@ -15,7 +15,7 @@ from taskyard_sdk._task import Task, TaskSettings, build_options, wait_for_runs
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
 from taskyard_sdk._workflow import Workflow
-from taskyard_sdk.models import LabelValue, RunPage, RunStatus, RunView, Sticky
+from taskyard_sdk.models import Concurrency, LabelValue, RunPage, RunStatus, RunView, Sticky
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -86,17 +86,20 @@ class Taskyard:
         return decorate(fn) if fn is not None else decorate
 
     def workflow(self, name: str, *, input: type[In] | Any = Any, on_events: Sequence[str] = (),
-                 event_filter: str | None = None,
-                 sticky: Sticky | str | None = None) -> Workflow[In]:
+                 event_filter: str | None = None, sticky: Sticky | str | None = None,
+                 concurrency: Concurrency | Sequence[Concurrency] = ()) -> Workflow[In]:
         """Declare a workflow: a DAG of steps added with `@wf.task(parents=[...])`.
 
         input: the model every step receives. on_events: event keys that trigger a run (exact,
         or a prefix ending in "*"), with the event's payload as input; event_filter: CEL over
         `payload`, `metadata` and `key` that such an event must satisfy. sticky: "soft" or
-        "hard": run every step on the worker that ran the run's first step.
+        "hard": run every step on the worker that ran the run's first step. concurrency: limits
+        on runs going at once per key; a run waits, queued, until admitted.
         """
+        levels = [concurrency] if isinstance(concurrency, Concurrency) else list(concurrency)
         return Workflow(self, name, input=input, on_events=on_events, event_filter=event_filter,
-                        sticky=Sticky(sticky) if sticky is not None else None)
+                        sticky=Sticky(sticky) if sticky is not None else None,
+                        concurrency=levels)
 
     def worker(self, name: str, tasks: Sequence[Task[Any, Any]] = (), *,
                workflows: Sequence[Workflow[Any]] = (), slots: int = 100,

@@ -26,6 +26,7 @@ from taskyard_sdk._task import RunHandle, Task, TaskSettings, build_options, wai
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
     BatchTriggerResponse,
+    Concurrency,
     Condition,
     RunRef,
     RunStatus,
@@ -92,13 +93,14 @@ class Workflow(Generic[In]):
 
     def __init__(self, client: Taskyard, name: str, *, input: Any = Any,
                  on_events: Sequence[str] = (), event_filter: str | None = None,
-                 sticky: Sticky | None = None) -> None:
+                 sticky: Sticky | None = None, concurrency: Sequence[Concurrency] = ()) -> None:
         self.client = client
         self.name = name
         self.input_type = input
         self.on_events = list(on_events)
         self.event_filter = event_filter
         self.sticky = sticky
+        self.concurrency = list(concurrency)
         self.steps: dict[str, WorkflowTask[In, Any]] = {}
         self.on_failure: WorkflowTask[In, Any] | None = None
         self._input = TypeAdapter(input)
@@ -156,7 +158,7 @@ class Workflow(Generic[In]):
             name=self.name, on_events=self.on_events, event_filter=self.event_filter,
             steps=[step.definition() for step in self.steps.values()],
             on_failure=self.on_failure.definition() if self.on_failure else None,
-            sticky=self.sticky)
+            sticky=self.sticky, concurrency=self.concurrency)
 
     # -- registering and running -----------------------------------------------------------------
 

@@ -395,6 +395,10 @@ class WorkflowDefinition(_Strict):
     sticky: Sticky | None = Field(
         default=None, description="Every step's sticky strategy, unless the step sets its own: "
                                   "run on the worker that ran the run's first step.")
+    concurrency: list[Concurrency] = Field(
+        default_factory=list, max_length=4,
+        description="Limits on runs of the workflow going at once, per key (CEL over the run's "
+                    "input and metadata); a run waits, queued, until it is admitted.")
 
     @field_validator("on_events")
     @classmethod
