@@ -116,6 +116,40 @@ async def test_engine_killed_with_5000_runs_in_flight_loses_nothing(
     assert await scalar(db_url, "SELECT count(*) FROM runs WHERE status <> 'succeeded'") == 0
 
 
+async def test_engine_killed_with_flow_controlled_runs_in_flight_loses_none_and_leaks_no_key(
+        db_url: str, tmp_path: Path) -> None:
+    """Runs held by concurrency keys and rate limits when the engine dies: after the restart
+    every one finishes (a key slot leaked by the crash would leave its key's runs waiting)."""
+    await execute(db_url, LEDGER_TABLE)
+    data_dir = tmp_path / "engine"
+    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir),
+                            "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
+                           clean_env(), tmp_path / "engine.log").start()
+    token = (data_dir / "token").read_text().strip()
+    workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log",
+                             slots=20, sleep=0.02).start() for i in range(2)]
+    options = {"retries": 5,
+               "concurrency": [{"expression": "string(input % 4)", "max_runs": 2}],
+               "rate_limits": [{"dynamic_key": "'ledger'", "limit": 200, "duration": "second"}]}
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base_url=engine.url) as http:
+            acknowledged = await trigger_batches(http, headers, 0, 400, options=options)
+        assert len(acknowledged) == 400
+        await wait_until(lambda: _ledger_at_least(db_url, 80), 60, "work to be under way")
+        engine.kill()
+        engine.start()
+        await wait_until(lambda: _succeeded(db_url, 400), 120, "every run to succeed")
+    finally:
+        for worker in workers:
+            worker.kill()
+        engine.kill()
+    lost, duplicates = await ledger_report(db_url, acknowledged)
+    print(f"flow-controlled kill -9: lost {lost}, duplicates {duplicates}")
+    assert lost == 0
+    assert await scalar(db_url, "SELECT count(*) FROM runs WHERE flow IS NULL") == 0
+
+
 async def _ledger_at_least(db_url: str, count: int) -> bool:
     return await scalar(db_url, "SELECT count(*) FROM ledger") >= count
 
