@@ -42,6 +42,8 @@ EXPORTS = {
     # flow control and routing
     "Concurrency", "ConcurrencyStrategy", "Label", "QueueOrder", "RateDuration", "RateLimit",
     "RateLimitView", "RateLimits", "Sticky", "TaskSettings",
+    # scheduling
+    "CatchUp", "CronView", "Crons", "Schedulable", "ScheduleView", "Schedules",
 }
 
 

@@ -30,6 +30,7 @@ from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.repository import Repository, RunRepository, TenantExists, register_node
+from taskyard.schedule_repository import ScheduleRepository
 from taskyard.scheduler import Scheduler
 from taskyard.workflow_repository import WorkflowRepository
 
@@ -88,6 +89,7 @@ class Engine:
                                     workflows=WorkflowRepository(self._pool),
                                     events=EventRepository(self._pool),
                                     rate_limits=RateLimitRepository(self._pool),
+                                    schedules=ScheduleRepository(self._pool),
                                     heartbeat_interval=self.settings.heartbeat_interval,
                                     heartbeat_timeout=self.settings.heartbeat_timeout,
                                     recovery_hold=self.settings.recovery_hold)

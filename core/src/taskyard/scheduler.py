@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from taskyard.cron import CronError
+from taskyard.cron import validate as validate_cron
 from taskyard.dag import WorkflowRun
 from taskyard.errors import Conflict, NotFound, Unprocessable
 from taskyard.event_repository import EventRepository, PushedEvent
@@ -29,6 +31,8 @@ from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.ratelimits import RateLimiter, Usage
 from taskyard.repository import RunRepository, new_run_row
 from taskyard.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes, options_json
+from taskyard.schedule_repository import Schedule, ScheduleRepository
+from taskyard.schedules import ScheduleActor
 from taskyard.streams import RunStreams
 from taskyard.tenants import TenantActor
 from taskyard.timers import Timers
@@ -69,7 +73,7 @@ class WorkflowStart(NamedTuple):
 class Scheduler:
     def __init__(self, *, persister: Persister, runs: RunRepository,
                  workflows: WorkflowRepository, events: EventRepository,
-                 rate_limits: RateLimitRepository,
+                 rate_limits: RateLimitRepository, schedules: ScheduleRepository,
                  heartbeat_interval: float, heartbeat_timeout: float,
                  recovery_hold: float = 0.0) -> None:
         self.persister = persister
@@ -78,6 +82,7 @@ class Scheduler:
         self.events = events
         self.rate_limits = rate_limits
         self.limiters: dict[uuid.UUID, RateLimiter] = {}
+        self.schedule_repository = schedules
         self.timers = Timers()
         self.waiters = RunWaiters()
         self.streams = RunStreams()
@@ -87,6 +92,7 @@ class Scheduler:
                                        register_tasks=self._register_tasks,
                                        heartbeat_interval=heartbeat_interval,
                                        heartbeat_timeout=heartbeat_timeout)
+        self.schedules = ScheduleActor(schedules, self.timers, self.fire_schedule)
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
         self.tenants: dict[uuid.UUID, TenantActor] = {}
         self._starting: set[asyncio.Task[None]] = set()
@@ -101,12 +107,14 @@ class Scheduler:
         tenants = [self.tenant(tenant_id)
                    for tenant_id in await self.workflows.tenants_with_active_runs()]
         await asyncio.gather(*(actor.start() for actor in [*recovered, *tenants]))
+        await self.schedules.start()  # after the queues: missed ticks fire into running actors
         if recovered:
             log.info("recovered %d runs in %d queues",
                      sum(len(actor.runs) for actor in recovered), len(recovered))
 
     async def stop(self) -> None:
         await self.registry.stop()  # closes worker connections first: no new results arrive
+        await self.schedules.stop()
         for task in self._starting:
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
@@ -168,6 +176,51 @@ class Scheduler:
     def _register_tasks(self, tenant_id: uuid.UUID, definitions: list[TaskDefinition]) -> None:
         tenant = self.tenant(tenant_id)
         tenant.tell(tenant.register, definitions)
+
+        async def sync_crons() -> None:
+            try:
+                for definition in definitions:
+                    await self.sync_code_crons(tenant_id, task=definition.name,
+                                               expressions=definition.crons)
+            except Exception:
+                log.exception("could not register the crons of a worker's tasks")
+
+        self._start_later(sync_crons())
+
+    async def sync_code_crons(self, tenant_id: uuid.UUID, *, task: str | None = None,
+                              workflow: str | None = None, expressions: list[str]) -> None:
+        """Crons declared in code (`on_crons`) follow the code: added, kept, or removed."""
+        if await self.schedule_repository.sync_code_crons(
+                tenant_id, task=task, workflow=workflow, expressions=expressions):
+            crons = [c for c in await self.schedule_repository.of_kind(tenant_id, "cron")
+                     if c.declared_in_code and c.task == task and c.workflow == workflow]
+            known = {c.schedule_id for c in crons}
+            stale = [s for s, c in self.schedules.schedules.items()
+                     if c.tenant_id == tenant_id and c.declared_in_code and c.task == task
+                     and c.workflow == workflow and s not in known]
+            self.schedules.tell(self.schedules.removed, stale)
+            self.schedules.tell(self.schedules.updated, crons)
+
+    async def fire_schedule(self, schedule: Schedule, tick: float) -> uuid.UUID:
+        """Start the run of a cron tick or a one-off schedule; committed when this returns.
+        Its idempotency key names the tick, so firing it again returns the same run."""
+        when = _utc(tick).isoformat()
+        if schedule.kind == "cron":
+            key = f"cron:{schedule.schedule_id}:{tick:.3f}"
+            metadata = {**schedule.metadata, "cron": schedule.name or "", "tick": when}
+        else:
+            key = f"schedule:{schedule.schedule_id}"
+            metadata = {**schedule.metadata, "schedule": str(schedule.schedule_id)}
+        if schedule.task is not None:
+            [ref] = await self.trigger(schedule.tenant_id, [TriggerRequest(
+                task=schedule.task, input=schedule.input, metadata=metadata,
+                idempotency_key=key)])
+        else:
+            assert schedule.workflow is not None
+            [ref] = await self.trigger_workflow(schedule.tenant_id, schedule.workflow, [
+                WorkflowTriggerRequest(input=schedule.input, metadata=metadata,
+                                       idempotency_key=key)])
+        return ref.run_id
 
     def _enqueue(self, tenant_id: uuid.UUID, runs: list[Run]) -> None:
         """Hand committed, queued runs to the actors of their queues."""
@@ -365,9 +418,16 @@ class Scheduler:
                                 definition: WorkflowDefinition) -> StoredWorkflow:
         """Validate (422 naming the problem) and store; a changed definition is a new version."""
         compile_workflow(definition, 0)
+        for expression in definition.on_crons:
+            try:
+                validate_cron(expression, "UTC")
+            except CronError as exc:
+                raise Unprocessable(f"workflow {definition.name!r}: on_crons: {exc}") from None
         stored = await self.workflows.register(tenant_id, definition, digest(definition))
         tenant = self.tenant(tenant_id)
         tenant.tell(tenant.workflow_registered, compile_workflow(definition, stored.version))
+        await self.sync_code_crons(tenant_id, workflow=definition.name,
+                                   expressions=definition.on_crons)
         return stored
 
     async def trigger_workflow(self, tenant_id: uuid.UUID, name: str,

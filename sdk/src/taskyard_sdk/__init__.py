@@ -25,12 +25,15 @@ from taskyard_sdk._errors import (
 )
 from taskyard_sdk._events import Events
 from taskyard_sdk._rate_limits import RateLimits
+from taskyard_sdk._schedules import Crons, Schedulable, Schedules
 from taskyard_sdk._task import RunHandle, Task, TaskSettings
 from taskyard_sdk._worker import Worker, WorkerStopped
 from taskyard_sdk._workflow import Workflow, WorkflowTask
 from taskyard_sdk.models import (
+    CatchUp,
     Concurrency,
     ConcurrencyStrategy,
+    CronView,
     ErrorInfo,
     EventPage,
     EventRequest,
@@ -44,6 +47,7 @@ from taskyard_sdk.models import (
     RunPage,
     RunStatus,
     RunView,
+    ScheduleView,
     Sticky,
     TaskOptions,
     WorkflowInfo,
@@ -55,10 +59,13 @@ __all__ = [
     "And",
     "ApiError",
     "AuthenticationError",
+    "CatchUp",
     "Concurrency",
     "ConcurrencyStrategy",
     "Conflict",
     "Context",
+    "CronView",
+    "Crons",
     "EngineUnreachable",
     "ErrorInfo",
     "Event",
@@ -86,6 +93,9 @@ __all__ = [
     "RunStatus",
     "RunView",
     "Runs",
+    "Schedulable",
+    "ScheduleView",
+    "Schedules",
     "Sleep",
     "Sticky",
     "Task",

@@ -11,6 +11,7 @@ from taskyard_sdk._config import resolve
 from taskyard_sdk._context import Context
 from taskyard_sdk._events import Events
 from taskyard_sdk._rate_limits import RateLimits
+from taskyard_sdk._schedules import Crons, Schedules
 from taskyard_sdk._task import Task, TaskSettings, build_options, wait_for_runs
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
@@ -42,6 +43,8 @@ class Taskyard:
         self.runs = Runs(self)
         self.events = Events(self)
         self.rate_limits = RateLimits(self)
+        self.crons = Crons(self)
+        self.schedules = Schedules(self)
 
     @property
     def url(self) -> str:
@@ -63,11 +66,12 @@ class Taskyard:
     def task(self, fn: Callable[[In], Out], /) -> Task[In, Out]: ...
 
     @overload
-    def task(self, *, name: str | None = None, **settings: Unpack[TaskSettings],
+    def task(self, *, name: str | None = None, on_crons: Sequence[str] = (),
+             **settings: Unpack[TaskSettings],
              ) -> Callable[[Callable[..., Any]], Task[Any, Any]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-             **settings: Unpack[TaskSettings]) -> Any:
+             on_crons: Sequence[str] = (), **settings: Unpack[TaskSettings]) -> Any:
         """Declare a task: `(input: Model, ctx: Context) -> output`, async or sync.
 
         retries: retries after the first attempt (default 0). backoff_factor: retry n waits
@@ -77,29 +81,32 @@ class Taskyard:
         queue: the queue whose workers run it. order: "fifo" or "lifo" within a priority.
         concurrency: Concurrency(...) limits per key. rate_limits: RateLimit(...) units taken
         when a run starts. desired_worker_labels: {"gpu": Label("a100", required=True)}.
+        on_crons: cron expressions (UTC) that run it with input None, registered by its workers.
         """
         options = build_options(settings)
 
         def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
-            return Task(self, function, name or function.__name__, options)
+            return Task(self, function, name or function.__name__, options, crons=on_crons)
 
         return decorate(fn) if fn is not None else decorate
 
     def workflow(self, name: str, *, input: type[In] | Any = Any, on_events: Sequence[str] = (),
                  event_filter: str | None = None, sticky: Sticky | str | None = None,
-                 concurrency: Concurrency | Sequence[Concurrency] = ()) -> Workflow[In]:
+                 concurrency: Concurrency | Sequence[Concurrency] = (),
+                 on_crons: Sequence[str] = ()) -> Workflow[In]:
         """Declare a workflow: a DAG of steps added with `@wf.task(parents=[...])`.
 
         input: the model every step receives. on_events: event keys that trigger a run (exact,
         or a prefix ending in "*"), with the event's payload as input; event_filter: CEL over
         `payload`, `metadata` and `key` that such an event must satisfy. sticky: "soft" or
         "hard": run every step on the worker that ran the run's first step. concurrency: limits
-        on runs going at once per key; a run waits, queued, until admitted.
+        on runs going at once per key; a run waits, queued, until admitted. on_crons: cron
+        expressions (UTC) that start runs with input None, kept in sync on registration.
         """
         levels = [concurrency] if isinstance(concurrency, Concurrency) else list(concurrency)
         return Workflow(self, name, input=input, on_events=on_events, event_filter=event_filter,
                         sticky=Sticky(sticky) if sticky is not None else None,
-                        concurrency=levels)
+                        concurrency=levels, on_crons=on_crons)
 
     def worker(self, name: str, tasks: Sequence[Task[Any, Any]] = (), *,
                workflows: Sequence[Workflow[Any]] = (), slots: int = 100,

@@ -16,6 +16,7 @@ from pydantic_core import to_jsonable_python
 from taskyard_sdk._context import current_run
 from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
+from taskyard_sdk._schedules import Schedulable
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
     BatchTriggerResponse,
@@ -77,16 +78,18 @@ def build_options(settings: TaskSettings) -> TaskOptions:
     return TaskOptions(**values)
 
 
-class Task(Generic[In, Out]):
+class Task(Schedulable, Generic[In, Out]):
     """A task function registered with a client. Call it directly to run it in-process (for
     tests); use `run` / `aio_run` to run it on a worker through the engine."""
 
     def __init__(self, client: Taskyard, fn: Callable[..., Any], name: str,
-                 options: TaskOptions, *, default_input: Any = Any) -> None:
+                 options: TaskOptions, *, default_input: Any = Any,
+                 crons: Sequence[str] = ()) -> None:
         self.client = client
         self.fn = fn
         self.name = name
         self.options = options
+        self.crons = list(crons)  # on_crons: registered by the workers that run it
         self.is_async = inspect.iscoroutinefunction(fn)
         hints = typing.get_type_hints(fn)
         parameters = list(inspect.signature(fn).parameters.values())
@@ -114,6 +117,12 @@ class Task(Generic[In, Out]):
         except ValidationError as exc:
             raise InvalidInput(f"input for task {self.name!r} is invalid: {exc}") from None
         return to_jsonable_python(validated)
+
+    def _schedule_target(self) -> dict[str, str]:
+        return {"task": self.name}
+
+    def _schedule_input(self, input: Any) -> Any:
+        return self.encode_input(input)
 
     def decode_input(self, data: Any) -> Any:
         return self._input.validate_python(data)

@@ -242,7 +242,7 @@ class Worker:
             await ws.send_str(protocol.Hello(
                 protocol=protocol.PROTOCOL_VERSION, worker_id=self.worker_id, name=self.name,
                 queue=self.queue, slots=self.slots, labels=self.labels,
-                tasks=[protocol.TaskDefinition(name=t.name, options=t.options)
+                tasks=[protocol.TaskDefinition(name=t.name, options=t.options, crons=t.crons)
                        for t in self.tasks.values()],
                 # Running attempts, and finished ones whose result is not acknowledged yet:
                 # the engine keeps both assigned to this worker instead of retrying them.

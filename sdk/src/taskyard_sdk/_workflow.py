@@ -22,6 +22,7 @@ from pydantic_core import to_jsonable_python
 
 from taskyard_sdk._context import current_run
 from taskyard_sdk._errors import InvalidInput, TaskFailed
+from taskyard_sdk._schedules import Schedulable
 from taskyard_sdk._task import RunHandle, Task, TaskSettings, build_options, wait_for_runs
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
@@ -87,13 +88,18 @@ class WorkflowTask(Task[In, Out]):
         raise TypeError(f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
                         f"run the workflow instead")
 
+    def _schedule_target(self) -> dict[str, str]:
+        raise TypeError(f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
+                        f"schedule the workflow instead")
 
-class Workflow(Generic[In]):
+
+class Workflow(Schedulable, Generic[In]):
     """A DAG of steps, created with `ty.workflow(...)`; steps are added with `@wf.task(...)`."""
 
     def __init__(self, client: Taskyard, name: str, *, input: Any = Any,
                  on_events: Sequence[str] = (), event_filter: str | None = None,
-                 sticky: Sticky | None = None, concurrency: Sequence[Concurrency] = ()) -> None:
+                 sticky: Sticky | None = None, concurrency: Sequence[Concurrency] = (),
+                 on_crons: Sequence[str] = ()) -> None:
         self.client = client
         self.name = name
         self.input_type = input
@@ -101,6 +107,7 @@ class Workflow(Generic[In]):
         self.event_filter = event_filter
         self.sticky = sticky
         self.concurrency = list(concurrency)
+        self.on_crons = list(on_crons)
         self.steps: dict[str, WorkflowTask[In, Any]] = {}
         self.on_failure: WorkflowTask[In, Any] | None = None
         self._input = TypeAdapter(input)
@@ -153,12 +160,21 @@ class Workflow(Generic[In]):
 
         return decorate
 
+    def _schedule_target(self) -> dict[str, str]:
+        return {"workflow": self.name}
+
+    def _schedule_input(self, input: Any) -> Any:
+        try:
+            return to_jsonable_python(self._input.validate_python(input))
+        except ValidationError as exc:
+            raise InvalidInput(f"input for workflow {self.name!r} is invalid: {exc}") from None
+
     def definition(self) -> WorkflowDefinition:
         return WorkflowDefinition(
             name=self.name, on_events=self.on_events, event_filter=self.event_filter,
             steps=[step.definition() for step in self.steps.values()],
             on_failure=self.on_failure.definition() if self.on_failure else None,
-            sticky=self.sticky, concurrency=self.concurrency)
+            sticky=self.sticky, concurrency=self.concurrency, on_crons=self.on_crons)
 
     # -- registering and running -----------------------------------------------------------------
 

@@ -23,6 +23,8 @@ class _Message(BaseModel):
 class TaskDefinition(_Message):
     name: str = Field(pattern=NAME_PATTERN)
     options: TaskOptions = Field(default_factory=TaskOptions)
+    crons: list[str] = Field(default_factory=list, max_length=20,
+                             description="on_crons: UTC cron expressions that run it.")
 
 
 class AttemptRef(_Message):

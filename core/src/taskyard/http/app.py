@@ -11,6 +11,7 @@ from taskyard.http import (
     events,
     rate_limits,
     runs,
+    schedules,
     system,
     tokens,
     worker_socket,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from taskyard.engine import Engine
 
 CORE_ROUTERS = (system.router, tokens.router, runs.router, workflows.router, events.router,
-                rate_limits.router, worker_socket.router)
+                rate_limits.router, schedules.router, worker_socket.router)
 
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:

@@ -115,6 +115,9 @@ class Router:
     def put(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
         return self.route("PUT", path, **options)
 
+    def patch(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **options)
+
     def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **options)
 

@@ -16,6 +16,8 @@ from aiohttp import WSMsgType, web
 from pydantic import TypeAdapter, ValidationError
 
 from taskyard.auth import Role
+from taskyard.cron import CronError
+from taskyard.cron import validate as validate_cron
 from taskyard.errors import Unprocessable
 from taskyard.expressions import ExpressionError
 from taskyard.flow import check_options
@@ -101,7 +103,9 @@ async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | 
         for definition in hello.tasks:
             try:
                 check_options(definition.options)
-            except ExpressionError as exc:
+                for expression in definition.crons:
+                    validate_cron(expression, "UTC")
+            except (ExpressionError, CronError) as exc:
                 raise ValueError(f"task {definition.name!r}: {exc}") from None
         return hello
     except ValidationError as exc:

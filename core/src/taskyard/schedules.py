@@ -1,0 +1,140 @@
+"""The ScheduleActor: one per engine. It owns the crons and one-off schedules that may still fire,
+arms a timer for each one's next tick, and fires it by triggering a run.
+
+Exactly once per tick: the run a tick starts carries an idempotency key made of the schedule and
+the tick, so firing a tick twice (a retry, or a restart before `last_tick` was written) returns
+the run the first fire made. At start, the ticks missed while the engine was down are fired by the
+cron's catch-up policy: the latest one (default), or all of them (at most 100). A cron updated
+through the API (created, resumed) starts from now: paused time is skipped, not caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from taskyard.actors import Actor
+from taskyard.cron import MAX_CATCH_UP, next_tick, ticks_between
+from taskyard.errors import ApiError
+
+if TYPE_CHECKING:
+    from taskyard.schedule_repository import Schedule, ScheduleRepository
+    from taskyard.timers import Timers
+
+log = logging.getLogger(__name__)
+
+Fire = Callable[["Schedule", float], Awaitable[uuid.UUID]]  # (schedule, tick) -> the run
+
+
+class ScheduleActor(Actor):
+    def __init__(self, repository: ScheduleRepository, timers: Timers, fire: Fire,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__("schedules")
+        self.repository = repository
+        self.timers = timers
+        self.fire = fire
+        self.clock = clock
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.schedules: dict[uuid.UUID, Schedule] = {}
+        self.armed: dict[uuid.UUID, float] = {}  # schedule -> the tick its timer is for
+
+    async def on_start(self) -> None:
+        self._reset()
+        now = self.clock()
+        for schedule in await self.repository.active():
+            self._take(schedule, now, catching_up=True)
+
+    async def on_failure(self, error: BaseException) -> None:
+        self._reset()
+
+    async def on_stop(self) -> None:
+        for task in self._side_tasks:
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def updated(self, schedules: list[Schedule]) -> None:
+        """Schedules created or changed through the API (or by code registration)."""
+        now = self.clock()
+        for schedule in schedules:
+            self.schedules.pop(schedule.schedule_id, None)
+            self.armed.pop(schedule.schedule_id, None)
+            if schedule.paused or (schedule.kind == "once" and schedule.run_id is not None):
+                continue
+            self._take(schedule, now, catching_up=False)
+
+    def removed(self, schedule_ids: list[uuid.UUID]) -> None:
+        for schedule_id in schedule_ids:
+            self.schedules.pop(schedule_id, None)
+            self.armed.pop(schedule_id, None)
+
+    def next_fire(self, schedule_id: uuid.UUID) -> float | None:
+        return self.armed.get(schedule_id)
+
+    # -- ticks -----------------------------------------------------------------------------------
+
+    def _take(self, schedule: Schedule, now: float, *, catching_up: bool) -> None:
+        self.schedules[schedule.schedule_id] = schedule
+        if schedule.kind == "once":
+            assert schedule.at is not None
+            self._arm(schedule.schedule_id, schedule.at)  # one whose time passed fires now
+            return
+        assert schedule.expression is not None
+        assert schedule.timezone is not None
+        since = schedule.last_tick or schedule.created_at
+        if catching_up:
+            limit = MAX_CATCH_UP if schedule.catch_up == "all" else 1
+            missed = ticks_between(schedule.expression, schedule.timezone, since, now, limit)
+            for tick in missed:
+                self._fire(schedule, tick)
+            since = missed[-1] if missed else since
+        self._arm(schedule.schedule_id,
+                  next_tick(schedule.expression, schedule.timezone, max(since, now)))
+
+    def _arm(self, schedule_id: uuid.UUID, at: float) -> None:
+        self.armed[schedule_id] = at
+        self.timers.schedule(at, self, self._due, (schedule_id, at))
+
+    def _due(self, items: list[tuple[uuid.UUID, float]]) -> None:
+        for schedule_id, tick in items:
+            if self.armed.get(schedule_id) != tick:
+                continue  # removed, paused or re-armed since
+            schedule = self.schedules[schedule_id]
+            self._fire(schedule, tick)
+            if schedule.kind == "once":
+                del self.armed[schedule_id]
+                del self.schedules[schedule_id]
+            else:
+                assert schedule.expression is not None
+                assert schedule.timezone is not None
+                self._arm(schedule_id, next_tick(schedule.expression, schedule.timezone, tick))
+
+    def _fire(self, schedule: Schedule, tick: float, attempt: int = 1) -> None:
+        task = asyncio.create_task(self._fire_now(schedule, tick, attempt),
+                                   name=f"fire:{schedule.schedule_id}")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _fire_now(self, schedule: Schedule, tick: float, attempt: int) -> None:
+        """Outside the mailbox: trigger the run (committed when this returns), then note the
+        tick. A failure to reach the database is tried again; a refusal is logged."""
+        try:
+            run_id = await self.fire(schedule, tick)
+            await self.repository.fired(schedule.tenant_id, schedule.schedule_id, tick, run_id)
+        except ApiError as refusal:
+            log.error("%s of %s could not start a run at tick %.3f: %s", schedule.kind,
+                      schedule.target, tick, refusal.message)
+        except Exception as exc:
+            delay = min(30.0, 0.5 * 2 ** attempt)
+            log.warning("%s of %s: firing tick %.3f failed (%s); trying again in %.1fs",
+                        schedule.kind, schedule.target, tick, exc, delay)
+            await asyncio.sleep(delay)
+            self._post(self._fire, schedule, tick, attempt + 1)
