@@ -27,7 +27,7 @@ def measure(keys: int, per_key: int, workers: int, slots: int, assignments: int,
                           if keyed else ())
     runs: dict[uuid.UUID, Run] = {}
     pool = {w.worker_id: w for w in (
-        WorkerSlots(uuid.uuid4(), CONNECTED, frozenset({"task"}), slots)
+        WorkerSlots(uuid.uuid4(), CONNECTED, tasks=frozenset({"task"}), slots=slots)
         for _ in range(workers))}
     dispatcher = Dispatcher(runs, pool, None)
 

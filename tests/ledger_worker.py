@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import asyncpg
 
-from taskyard_sdk import Context, Sleep, Taskyard
+from taskyard_sdk import Context, DurableContext, Sleep, Taskyard
 
 ty = Taskyard()
 NAME = os.environ.get("WORKER_NAME", "ledger")
@@ -65,10 +66,37 @@ async def noop(n: int) -> int:
     return n
 
 
+@ty.durable_task(retries=5, schedule_timeout="10m")
+async def nap(n: int, ctx: DurableContext) -> float:
+    """Sleeps durably for LEDGER_NAP seconds; the ledger row says it finished (once)."""
+    begun = await ctx.memo("begun", time.time)
+    await ctx.sleep(float(os.environ.get("LEDGER_NAP", "3")))
+    await write_ledger(n, ctx)
+    return time.time() - begun
+
+
+@ty.durable_task(retries=5, schedule_timeout="10m")
+async def nap_until(job: dict[str, float], ctx: DurableContext) -> None:
+    """Sleeps durably until job["wake_at"] (so many runs can sleep at once), then writes the
+    ledger row job["n"]."""
+    begun = await ctx.memo("begun", time.time)
+    await ctx.sleep(max(0.001, job["wake_at"] - begun))
+    await write_ledger(int(job["n"]), ctx)
+
+
+@ty.durable_task(retries=5, schedule_timeout="10m")
+async def await_upgrade(n: int, ctx: DurableContext) -> str:
+    """Waits for the user's upgrade event, then writes the ledger."""
+    upgrade = await ctx.wait_for_event("user:upgraded", filter="payload.user_id == input")
+    await write_ledger(n, ctx)
+    return str(upgrade["plan"])
+
+
 async def main() -> None:
     global pool
     pool = await asyncpg.create_pool(os.environ["LEDGER_DATABASE_URL"], min_size=1, max_size=20)
-    worker = ty.worker(NAME, tasks=[record, noop], workflows=[dag],
+    worker = ty.worker(NAME, tasks=[record, noop, nap, nap_until, await_upgrade],
+                       workflows=[dag],
                        slots=int(os.environ.get("SLOTS", "100")))
     print(f"worker {NAME} starting", flush=True)
     await worker.aio_start(handle_signals=True)

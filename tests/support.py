@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,12 +51,13 @@ class WorkerProcess:
     log_path: Path
     slots: int = 100
     sleep: float = 0.0
+    env_extra: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = clean_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token,
-                           LEDGER_DATABASE_URL=self.ledger_url, WORKER_NAME=self.name,
-                           SLOTS=str(self.slots), LEDGER_SLEEP=str(self.sleep))
+                        LEDGER_DATABASE_URL=self.ledger_url, WORKER_NAME=self.name,
+                        SLOTS=str(self.slots), LEDGER_SLEEP=str(self.sleep), **self.env_extra)
         log = self.log_path.open("ab")
         script = Path(__file__).with_name("ledger_worker.py")
         self.process = subprocess.Popen([sys.executable, str(script)], stdout=log,

@@ -95,7 +95,8 @@ class SchedulingMachine(RuleBasedStateMachine):
     def worker_joins(self, slots: int, gpu: bool, tasks: set[str]) -> None:
         self.seq += 1  # ids in order of creation: the same steps give the same choices
         worker = WorkerSlots(uuid.UUID(int=self.seq), CONNECTED,  # type: ignore[arg-type]
-                             frozenset(tasks), slots, {"gpu": "a100"} if gpu else {})
+                             tasks=frozenset(tasks), slots=slots,
+                             labels={"gpu": "a100"} if gpu else {})
         self.workers[worker.worker_id] = worker
 
     @precondition(lambda self: bool(self.workers))
@@ -221,7 +222,8 @@ def test_backlogged_keys_take_turns(backlogs: list[int], max_runs: int, slots: i
     level = Concurrency(expression="input.user", max_runs=max_runs)
     options = TaskOptions(concurrency=(level,))
     runs: dict[uuid.UUID, Run] = {}
-    worker = WorkerSlots(uuid.uuid4(), CONNECTED, frozenset({"t"}), slots)  # type: ignore[arg-type]
+    worker = WorkerSlots(uuid.uuid4(), CONNECTED, tasks=frozenset({"t"}),  # type: ignore[arg-type]
+                         slots=slots)
     dispatcher = Dispatcher(runs, {worker.worker_id: worker}, None)
     waiting: dict[str, int] = {}
     for key, size in enumerate(backlogs):  # each key's whole backlog, one key after another

@@ -44,6 +44,8 @@ EXPORTS = {
     "RateLimitView", "RateLimits", "Sticky", "TaskSettings",
     # scheduling
     "CatchUp", "CronView", "Crons", "Schedulable", "ScheduleView", "Schedules",
+    # durable tasks
+    "DurableContext", "NonDeterminismError", "WaitResult", "WaitTimeout",
 }
 
 

@@ -59,6 +59,7 @@ class WorkerSlots:
     tasks: frozenset[str] = frozenset()
     slots: int = 0
     labels: dict[str, LabelValue] = field(default_factory=dict)
+    durable_tasks: frozenset[str] = frozenset()  # its durable ones: assignments carry the log
     running: dict[uuid.UUID, int] = field(default_factory=dict)
     draining: bool = False
     away_since: float | None = None  # disconnected (or not yet back after a restart) since

@@ -73,6 +73,10 @@ class Persister(Actor):
     def definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self.tell(self._add_definitions, rows)
 
+    def durable(self, rows: list[Row]) -> None:
+        """Durable log entries (see WriteBatch.durable; the latest of an entry wins)."""
+        self.tell(self._add_durable, rows)
+
     def rate_usage(self, tenant_id: uuid.UUID, usages: list[Usage]) -> None:
         """Rate-limit buckets' usage (the latest of each bucket wins)."""
         self.tell(self._add_rate_usage, [
@@ -119,6 +123,16 @@ class Persister(Actor):
     def _add_definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
         self._batch.definitions.update(rows)
         self._grew(len(rows))
+
+    def _add_durable(self, rows: list[Row]) -> None:
+        entries = self._batch.durable
+        grew = 0
+        for row in rows:
+            key = (row[0], row[1], row[2])
+            if key not in entries:
+                grew += 1
+            entries[key] = row
+        self._grew(grew)
 
     def _add_rate_usage(self, rows: list[Row]) -> None:
         usage = self._batch.rate_usage

@@ -24,12 +24,14 @@ import orjson
 
 from taskyard.actors import Actor
 from taskyard.dispatch import Dispatcher, Refusal, WorkerSlots
+from taskyard.durable import DurableWait, DurableWaits
 from taskyard.errors import Conflict
 from taskyard.runs import Run, error_json, json_bytes, retry_delay
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
 
 if TYPE_CHECKING:
+    from taskyard.event_repository import EventRepository, PushedEvent
     from taskyard.persister import Persister
     from taskyard.ratelimits import RateLimiter
     from taskyard.repository import Row, RunRepository
@@ -43,20 +45,40 @@ log = logging.getLogger(__name__)
 _RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
 
 
-def assign_json(run: Run, input_json: bytes | None, context_json: bytes | None) -> bytes:
+def assign_json(run: Run, input_json: bytes | None, context_json: bytes | None,
+                history_json: bytes | None = None) -> bytes:
     """A `protocol.Assign` message, encoded directly: the payload is embedded as the JSON it
     already is (decoding and re-encoding it per assignment was the hot path's largest cost)."""
     return b'{"type":"assign","run_id":"%s","attempt":%d,"task":%s,"input":%s,' \
-        b'"metadata":%s,"execution_timeout":%s%s}' % (
+        b'"metadata":%s,"execution_timeout":%s%s%s}' % (
             str(run.run_id).encode(), run.attempt, orjson.dumps(run.task),
             input_json if input_json is not None else b"null", orjson.dumps(run.metadata),
             orjson.dumps(run.options.execution_timeout),
-            b',"context":' + context_json if context_json is not None else b"")
+            b',"context":' + context_json if context_json is not None else b"",
+            b',"history":' + history_json if history_json is not None else b"")
+
+Assignment = tuple[Run, bytes | None, bytes | None, bytes | None]  # input, context, history
 
 
 StepsEnded = Callable[[uuid.UUID, list["StepEnded"]], None]
 StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None, uuid.UUID | None]
 """(workflow_run_id, step, status, output, error, worker) of a workflow step's run that ended."""
+
+
+def _durable_row(tenant_id: uuid.UUID, run_id: uuid.UUID, position: int, kind: str, call: str,
+                 done: bool, result: Any, wait_json: str | None, finished_at: float | None
+                 ) -> Row:
+    """A durable_log row, as WriteBatch.durable holds it."""
+    return (tenant_id, run_id, position, kind, call, done,
+            orjson.dumps(result).decode() if done else None, wait_json, finished_at)
+
+
+def _outcome(run_id: uuid.UUID, document: dict[str, Any] | None) -> dict[str, Any]:
+    """What a durable run's wait for a child returns: its status, output or error."""
+    if document is None:
+        return {"run_id": str(run_id), "status": "missing", "output": None, "error": None}
+    return {"run_id": str(run_id), "status": document["status"],
+            "output": document.get("output"), "error": document.get("error")}
 
 
 def _cached_size(run: Run) -> int:
@@ -70,7 +92,7 @@ class QueueActor(Actor):
                  streams: RunStreams,
                  connected_workers: Callable[[], Iterable[WorkerSession]],
                  steps_ended: StepsEnded, worker_grace: float, limiter: RateLimiter,
-                 recovery_hold: float = 0.0,
+                 events: EventRepository, recovery_hold: float = 0.0,
                  input_cache_bytes: int = 256 * 1024 * 1024,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
@@ -85,6 +107,7 @@ class QueueActor(Actor):
         self.steps_ended = steps_ended
         self.worker_grace = worker_grace
         self.limiter = limiter
+        self.event_repository = events
         self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
@@ -110,6 +133,10 @@ class QueueActor(Actor):
         self._acks: dict[WorkerSession, list[protocol.AttemptRef]] = {}
         self._finished_now: list[uuid.UUID] = []
         self._steps_ended: list[StepEnded] = []
+        self.durable = DurableWaits()  # suspended durable runs: what each waits for
+        self._durable_rows: list[Row] = []
+        self._resuming: list[tuple[uuid.UUID, int]] = []
+        self._recorded: dict[WorkerSession, list[protocol.Recorded]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -120,8 +147,13 @@ class QueueActor(Actor):
         self._reset()
         now = self.clock()
         recovered = await self.repository.load_active_runs(self.tenant_id, self.queue)
+        suspended = [run.run_id for run in recovered if run.status is RunStatus.PENDING]
+        waits = (await self.repository.open_waits(self.tenant_id, suspended)
+                 if suspended else {})
         for run in recovered:
             self._adopt(run, now)
+        for run_id in suspended:
+            self._resume_wait(self.runs[run_id], waits.get(run_id), now)
         if recovered and self.recovery_hold:
             # After an engine restart some "queued" runs may in fact be running on a worker whose
             # assignment was not written: give workers a moment to reconnect and claim them.
@@ -145,6 +177,8 @@ class QueueActor(Actor):
     def _adopt(self, run: Run, now: float) -> None:
         """Take over a run loaded from Postgres after a restart."""
         self.runs[run.run_id] = run
+        if run.status is RunStatus.PENDING:
+            return  # a suspended durable run: its wait is re-armed from its log
         if run.status is RunStatus.QUEUED:
             if run.retry_at is not None and run.retry_at > now:
                 self._timer(run.retry_at, self._retries_due, (run.run_id, run.attempt))
@@ -279,31 +313,44 @@ class QueueActor(Actor):
         self._deadline_timer(run)
 
     def _send_assignments(self, worker: WorkerSlots, runs: list[Run]) -> None:
-        cached = [run for run in runs if run.input_json is not None]
-        missing = [run for run in runs if run.input_json is None]
+        """Send assignments; payloads not in memory (and durable runs' logs) are read first. A
+        run is durable if its options say so or its worker declares the task durable (a run
+        triggered before any worker registered the task has the default options)."""
+        durable = [run for run in runs
+                   if run.options.durable or run.task in worker.durable_tasks]
+        cached = [run for run in runs if run.input_json is not None and run not in durable]
+        missing = [run for run in runs if run.input_json is None or run in durable]
         if cached:
-            self._send_assign(worker, [(run, run.input_json, run.context_json)
+            self._send_assign(worker, [(run, run.input_json, run.context_json, None)
                                        for run in cached])
         if missing:
-            task = asyncio.create_task(self._fetch_inputs(worker.worker_id, missing),
-                                       name=f"{self.name}:fetch-inputs")
+            task = asyncio.create_task(
+                self._fetch_inputs(worker.worker_id, missing, [run.run_id for run in durable]),
+                name=f"{self.name}:fetch-inputs")
             self._side_tasks.add(task)
             task.add_done_callback(self._side_tasks.discard)
 
-    async def _fetch_inputs(self, worker_id: uuid.UUID, runs: list[Run]) -> None:
-        """Read payloads not cached in memory. Runs outside the mailbox; reports back."""
+    async def _fetch_inputs(self, worker_id: uuid.UUID, runs: list[Run],
+                           durable: list[uuid.UUID]) -> None:
+        """Read payloads not cached in memory, and durable runs' logs. Runs outside the
+        mailbox; reports back."""
         refs = [(run.run_id, run.attempt) for run in runs]
         try:
             inputs = await self.repository.fetch_inputs(self.tenant_id, [r for r, _ in refs])
+            histories = (await self.repository.durable_history(self.tenant_id, durable)
+                         if durable else {})
         except Exception:
             log.exception("could not read inputs of %d runs; returning them to the queue",
                           len(refs))
             self._post(self._assignment_failed, worker_id, refs)
             return
-        self._post(self._send_fetched, worker_id, refs, inputs)
+        for run_id in durable:
+            histories.setdefault(run_id, b"[]")
+        self._post(self._send_fetched, worker_id, refs, inputs, histories)
 
     def _send_fetched(self, worker_id: uuid.UUID, refs: list[tuple[uuid.UUID, int]],
-                      inputs: dict[uuid.UUID, tuple[bytes | None, bytes | None]]) -> None:
+                      inputs: dict[uuid.UUID, tuple[bytes | None, bytes | None]],
+                      histories: dict[uuid.UUID, bytes]) -> None:
         worker = self.workers.get(worker_id)
         if worker is None or worker.session is None:
             return  # lost meanwhile: its attempts are handled by the lost-worker path
@@ -312,7 +359,7 @@ class QueueActor(Actor):
             run = self.runs.get(run_id)
             if run is not None and run.attempt == attempt and run.worker_id == worker_id \
                     and run.status is RunStatus.ASSIGNED:
-                ready.append((run, *inputs.get(run_id, (None, None))))
+                ready.append((run, *inputs.get(run_id, (None, None)), histories.get(run_id)))
         if ready:
             self._send_assign(worker, ready)
 
@@ -332,8 +379,7 @@ class QueueActor(Actor):
                 self._record(run, "requeued", now, detail={"reason": "input unavailable"})
         self._schedule_dispatch()
 
-    def _send_assign(self, worker: WorkerSlots,
-                     runs: list[tuple[Run, bytes | None, bytes | None]]) -> None:
+    def _send_assign(self, worker: WorkerSlots, runs: list[Assignment]) -> None:
         assert worker.session is not None
         worker.session.send_many(assign_json(*assignment) for assignment in runs)
 
@@ -351,6 +397,8 @@ class QueueActor(Actor):
         worker.session = session
         worker.away_since = None
         worker.tasks = frozenset(session.task_names)
+        worker.durable_tasks = frozenset(d.name for d in session.definitions
+                                         if d.options.durable)
         worker.slots = session.slots
         worker.labels = dict(session.labels)
         worker.draining = False
@@ -454,6 +502,10 @@ class QueueActor(Actor):
                 self._on_failed(worker, message, now)
             elif isinstance(message, protocol.RefreshTimeout):
                 self._on_refresh(worker, message, now)
+            elif isinstance(message, protocol.Record):
+                self._on_record(worker, message, now)
+            elif isinstance(message, protocol.Suspend):
+                self._on_suspend(worker, message, now)
         self._logs += logs
         self._schedule_dispatch()
 
@@ -530,6 +582,161 @@ class QueueActor(Actor):
         self._record(run, "timeout_refreshed", now, detail={"seconds": message.seconds})
         self._deadline_timer(run)
 
+    # -- durable runs ----------------------------------------------------------------------------
+
+    def _on_record(self, worker: WorkerSlots, message: protocol.Record, now: float) -> None:
+        """A finished durable entry (a memoised result, children spawned): stored, and the
+        worker told once it is committed. A record sent again is stored again (a no-op)."""
+        assert worker.session is not None
+        if self._current(worker, message) is None:
+            self._not_owner(worker.session, message)
+            return
+        entry = message.entry
+        self._durable_rows.append(_durable_row(self.tenant_id, message.run_id, entry.position,
+                                               entry.kind, entry.call, True, entry.result,
+                                               None, now))
+        self._recorded.setdefault(worker.session, []).append(protocol.Recorded(
+            run_id=message.run_id, attempt=message.attempt, position=entry.position))
+
+    def _on_suspend(self, worker: WorkerSlots, message: protocol.Suspend, now: float) -> None:
+        """A durable run waits: its attempt stops, its slot and keys are free, its wait is
+        stored and armed. Acknowledged like a result once committed."""
+        assert worker.session is not None
+        ref = protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt)
+        run = self.runs.get(message.run_id)
+        if not self._owns(worker, message):
+            if run is not None and run.status is RunStatus.PENDING and \
+                    run.attempt == message.attempt:
+                self._acks.setdefault(worker.session, []).append(ref)  # sent again
+            else:
+                self._not_owner(worker.session, message)
+            return
+        del worker.running[message.run_id]
+        run = self._current(worker, message)
+        if run is not None:
+            self.dispatcher.forget(run)
+            run.status = RunStatus.PENDING
+            run.worker_id = None
+            run.assigned_at = run.started_at = run.deadline = None
+            self._record(run, "suspended", now, detail={"position": message.position,
+                                                        "call": message.call})
+            self._durable_rows.append(_durable_row(
+                self.tenant_id, run.run_id, message.position, "wait", message.call, False, None,
+                message.wait.model_dump_json(), None))
+            self._begin_wait(run, DurableWait(run.run_id, message.position, message.call,
+                                              message.wait), now)
+        self._acks.setdefault(worker.session, []).append(ref)
+
+    def _resume_wait(self, run: Run, stored: tuple[int, str, str] | None, now: float) -> None:
+        """After a restart: a suspended run waits on for what its log says."""
+        if stored is None:  # its wait was not written before the crash: replay it
+            self._make_ready(run, now)
+            return
+        position, call, spec = stored
+        self._begin_wait(run, DurableWait(run.run_id, position, call,
+                                          protocol.WaitSpec.model_validate_json(spec)), now)
+
+    def _begin_wait(self, run: Run, wait: DurableWait, now: float) -> None:
+        self.durable.add(wait)
+        for at in wait.timers():
+            self._timer(at, self._durable_due, run.run_id)
+        if wait.spec.children:
+            self._side_task(self._watch_children(run.run_id, wait.position, wait.spec.children))
+        if wait.spec.events:
+            self._side_task(self._past_events(run.run_id, wait.position,
+                                              self.durable.patterns(run.run_id), wait.spec.since))
+        self._check_wait(run.run_id, now)
+
+    def _check_wait(self, run_id: uuid.UUID, now: float) -> None:
+        wait = self.durable.waits.get(run_id)
+        run = self.runs.get(run_id)
+        if wait is None or run is None:
+            return
+        outcome = wait.outcome(now)
+        if outcome is None:
+            return
+        self.durable.remove(run_id)
+        self._durable_rows.append(_durable_row(
+            self.tenant_id, run_id, wait.position, "wait", wait.call, True, outcome,
+            wait.spec.model_dump_json(), now))
+        self._resuming.append((run_id, wait.position))
+
+    def _resume(self, resumed: list[tuple[uuid.UUID, int]]) -> None:
+        """Waits that ended, their results committed: the runs replay, with a log that has
+        them (queued before the commit, a replay could read the log without its result)."""
+        now = self.clock()
+        for run_id, position in resumed:
+            run = self.runs.get(run_id)
+            if run is not None and run.status is RunStatus.PENDING:
+                self._make_ready(run, now)
+                self._record(run, "resumed", now, detail={"position": position})
+        self._schedule_dispatch()
+
+    def _durable_due(self, run_ids: list[uuid.UUID]) -> None:
+        now = self.clock()
+        for run_id in dict.fromkeys(run_ids):
+            self._check_wait(run_id, now)
+
+    def durable_events(self, events: list[PushedEvent]) -> None:
+        """Events just committed: they may end durable runs' waits."""
+        now = self.clock()
+        for run_id in self.durable.events(events):
+            self._check_wait(run_id, now)
+
+    def _past_events_read(self, run_id: uuid.UUID, position: int,
+                          events: list[PushedEvent]) -> None:
+        wait = self.durable.waits.get(run_id)
+        if wait is not None and wait.position == position and \
+                any(wait.match(event) for event in events):
+            self._check_wait(run_id, self.clock())
+
+    async def _past_events(self, run_id: uuid.UUID, position: int, patterns: list[str],
+                           since: float) -> None:
+        """Events pushed since the wait began count even if they came before it was armed (an
+        engine restart in between, say)."""
+        try:
+            events = await self.event_repository.since(self.tenant_id, patterns, since)
+        except Exception:
+            log.exception("could not read past events for durable run %s; it waits for new "
+                          "ones", run_id)
+            return
+        if events:
+            self._post(self._past_events_read, run_id, position, events)
+
+    async def _watch_children(self, run_id: uuid.UUID, position: int,
+                              children: list[uuid.UUID]) -> None:
+        """Outside the mailbox: until every child has ended; reports their outcomes."""
+        futures = self.waiters.watch(self.tenant_id, children)
+        try:
+            while True:
+                statuses = await self.repository.run_statuses(self.tenant_id, children)
+                pending = [futures[c] for c, status in statuses.items()
+                           if not status.terminal and not futures[c].done()]
+                if len(statuses) == len(children) and not pending:
+                    break
+                await asyncio.wait(pending or list(futures.values()), timeout=30,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            documents = await self.repository.run_documents(self.tenant_id, children)
+        except Exception:
+            log.exception("could not follow the children of durable run %s", run_id)
+            return
+        finally:
+            self.waiters.unwatch(self.tenant_id, futures)
+        outcomes = [_outcome(child, documents.get(child)) for child in children]
+        self._post(self._children_ended, run_id, position, outcomes)
+
+    def _children_ended(self, run_id: uuid.UUID, position: int,
+                        outcomes: list[dict[str, Any]]) -> None:
+        wait = self.durable.waits.get(run_id)
+        if wait is not None and wait.position == position:
+            wait.children = outcomes
+            self._check_wait(run_id, self.clock())
+
+    def _side_task(self, work: Any) -> None:
+        task = asyncio.create_task(work, name=f"{self.name}:durable")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
     # -- outcomes --------------------------------------------------------------------------------
 
     def _attempt_failed(self, run: Run, now: float, error: bytes, *, retryable: bool = True,
@@ -560,6 +767,7 @@ class QueueActor(Actor):
     def _finish(self, run: Run, status: RunStatus, now: float) -> None:
         run.status = status
         self.dispatcher.forget(run)
+        self.durable.remove(run.run_id)
         run.finished_at = now
         run.deadline = None
         self._save(run)
@@ -614,6 +822,14 @@ class QueueActor(Actor):
         if self._states or self._events or self._logs:
             self.persister.write(list(self._states.values()), self._events, self._logs)
             self._states, self._events, self._logs = {}, [], []
+        if self._durable_rows:
+            self.persister.durable(self._durable_rows)
+            self._durable_rows = []
+        if self._resuming:
+            resuming, self._resuming = self._resuming, []
+            self.persister.barrier().add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() is not None
+                else self._post(self._resume, resuming))
         if self.limiter.dirty:  # written behind, with (or after) the assignments that took them
             self.persister.rate_usage(self.tenant_id, self.limiter.take_dirty())
         if self._timers:
@@ -622,9 +838,10 @@ class QueueActor(Actor):
         if self._steps_ended:  # after the write above: what follows from it is written later
             self.steps_ended(self.tenant_id, self._steps_ended)
             self._steps_ended = []
-        if not self._acks and not self._finished_now:
+        if not self._acks and not self._finished_now and not self._recorded:
             return
         acks, self._acks = self._acks, {}
+        recorded, self._recorded = self._recorded, {}
         finished, self._finished_now = self._finished_now, []
         tenant_id = self.tenant_id
 
@@ -633,6 +850,8 @@ class QueueActor(Actor):
                 return  # not written: no acks, so workers re-send
             for session, refs in acks.items():
                 session.send(protocol.Ack(results=refs))
+            for session, notices in recorded.items():
+                session.send_many(notices)
             if finished:
                 self.waiters.finished(tenant_id, finished)
 

@@ -147,10 +147,14 @@ class WriteBatch:
     # (tenant_id, key) -> (tenant_id, key, limit, duration, configured, usage json); the latest
     # wins; an unconfigured bucket with empty usage is deleted
     rate_usage: dict[tuple[uuid.UUID, str], Row] = field(default_factory=dict)
+    # (tenant_id, run_id, position) -> (tenant_id, run_id, position, kind, call, done, result,
+    # wait, finished_at): durable log entries; a done entry is never reopened
+    durable: dict[tuple[uuid.UUID, uuid.UUID, int], Row] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return (len(self.new_runs) + len(self.run_states) + len(self.events) + len(self.logs)
-                + len(self.definitions) + len(self.pushed_events) + len(self.rate_usage))
+                + len(self.definitions) + len(self.pushed_events) + len(self.rate_usage)
+                + len(self.durable))
 
     def merge(self, later: WriteBatch) -> None:
         self.new_runs.extend(later.new_runs)
@@ -160,6 +164,7 @@ class WriteBatch:
         self.definitions.update(later.definitions)
         self.pushed_events.extend(later.pushed_events)
         self.rate_usage.update(later.rate_usage)
+        self.durable.update(later.durable)
 
 
 def new_run_row(*, tenant_id: uuid.UUID, run_id: uuid.UUID, task: str, queue: str, status: str,
@@ -280,6 +285,20 @@ DELETE FROM rate_limits r USING unnest($1::uuid[], $2::text[]) AS t(tenant_id, k
 WHERE r.tenant_id = t.tenant_id AND r.key = t.key AND NOT r.configured
 """
 
+_UPSERT_DURABLE = """
+INSERT INTO durable_log (tenant_id, run_id, position, kind, call, done, result, wait,
+                         finished_at)
+SELECT t.tenant_id, t.run_id, t.position, t.kind, t.call, t.done, t.result::jsonb, t.wait::jsonb,
+       to_timestamp(t.finished_at)
+FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[],
+            $8::text[], $9::float8[])
+     AS t(tenant_id, run_id, position, kind, call, done, result, wait, finished_at)
+ON CONFLICT (tenant_id, run_id, position) DO UPDATE
+SET done = excluded.done, result = excluded.result, wait = excluded.wait,
+    finished_at = excluded.finished_at
+WHERE NOT durable_log.done
+"""
+
 _UPSERT_DEFINITIONS = """
 INSERT INTO task_definitions (tenant_id, name, options, updated_at)
 SELECT t.tenant_id, t.name, t.options::jsonb, now()
@@ -357,6 +376,8 @@ async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID,
         keys = list(batch.definitions)
         await conn.execute(_UPSERT_DEFINITIONS, [k[0] for k in keys], [k[1] for k in keys],
                            list(batch.definitions.values()))
+    if batch.durable:
+        await conn.execute(_UPSERT_DURABLE, *_columns(batch.durable.values(), 9))
     if batch.rate_usage:
         rows = list(batch.rate_usage.values())
         idle = [row for row in rows if not row[4] and row[5] == "[]"]
@@ -443,8 +464,9 @@ class RunRepository:
 
     async def active_queues(self) -> list[tuple[uuid.UUID, str]]:
         rows = await self.pool.fetch(
-            "SELECT DISTINCT tenant_id, queue FROM runs "
-            "WHERE status IN ('queued', 'assigned', 'running') AND kind = 'task'")
+            "SELECT DISTINCT tenant_id, queue FROM runs WHERE kind = 'task' AND "
+            "(status IN ('queued', 'assigned', 'running') OR (status = 'pending' "
+            "AND workflow_run_id IS NULL))")
         return [(row["tenant_id"], row["queue"]) for row in rows]
 
     async def load_active_runs(self, tenant_id: uuid.UUID, queue: str) -> list[Run]:
@@ -453,7 +475,8 @@ class RunRepository:
             rows = []
             cursor = conn.cursor(
                 f"SELECT {_RUN_STATE_COLUMNS} FROM runs WHERE tenant_id = $1 AND queue = $2 "
-                "AND status IN ('queued', 'assigned', 'running') ORDER BY run_id",
+                "AND (status IN ('queued', 'assigned', 'running') OR (status = 'pending' "
+                "AND workflow_run_id IS NULL)) ORDER BY run_id",
                 tenant_id, queue, prefetch=10_000)
             async for row in cursor:
                 rows.append(self._run_of(row))
@@ -473,6 +496,26 @@ class RunRepository:
             "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])", tenant_id, run_ids)
         return {row["run_id"]: (_encoded(row["input"]), _encoded(row["context"]))
                 for row in rows}
+
+    async def durable_history(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+                              ) -> dict[uuid.UUID, bytes]:
+        """Durable runs' logs, as the JSON list an assignment carries (an open wait's result is
+        its wait spec, so a replay waits on for the same sleep, not a new one)."""
+        rows = await self.pool.fetch(
+            "SELECT run_id, json_agg(json_build_object('position', position, 'kind', kind, "
+            "'call', call, 'done', done, 'result', CASE WHEN done THEN result ELSE wait END) "
+            "ORDER BY position)::text AS entries FROM durable_log WHERE tenant_id = $1 "
+            "AND run_id = ANY($2::uuid[]) GROUP BY run_id", tenant_id, run_ids)
+        return {row["run_id"]: row["entries"].encode() for row in rows}
+
+    async def open_waits(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+                         ) -> dict[uuid.UUID, tuple[int, str, str]]:
+        """The open wait of each pending durable run: (position, call, wait spec JSON)."""
+        rows = await self.pool.fetch(
+            "SELECT run_id, position, call, wait::text AS wait FROM durable_log "
+            "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[]) AND NOT done",
+            tenant_id, run_ids)
+        return {row["run_id"]: (row["position"], row["call"], row["wait"]) for row in rows}
 
     async def load_definitions(self, tenant_id: uuid.UUID) -> dict[str, TaskOptions]:
         rows = await self.pool.fetch(

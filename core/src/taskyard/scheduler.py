@@ -133,6 +133,7 @@ class Scheduler:
                 repository=self.runs, waiters=self.waiters, streams=self.streams,
                 connected_workers=self.registry.connected, steps_ended=self._steps_ended,
                 worker_grace=self.heartbeat_timeout, limiter=self.limiter_for(tenant_id),
+                events=self.events,
                 recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())
         return actor
@@ -307,8 +308,8 @@ class Scheduler:
         if run.queue == WORKFLOW_QUEUE:
             tenant = self.tenant(tenant_id)
             await tenant.ask(tenant.cancel_run, run.run_id, reason)
-        elif run.status is RunStatus.PENDING:
-            tenant = self.tenant(tenant_id)
+        elif run.status is RunStatus.PENDING and run.workflow_run_id is not None:
+            tenant = self.tenant(tenant_id)  # a step waiting on its conditions
             await tenant.ask(tenant.cancel_step, run, reason)
         else:
             actor = self.queue_for(tenant_id, run.queue)
@@ -509,6 +510,9 @@ class Scheduler:
         self.persister.pushed_events(rows)
         await self.persister.barrier()
         tenant.tell(tenant.events_committed, events)
+        for (queue_tenant, _), queue in self.queues.items():  # durable runs' waits
+            if queue_tenant == tenant_id:
+                queue.tell(queue.durable_events, events)
         return views
 
     async def replay_event(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> EventView:

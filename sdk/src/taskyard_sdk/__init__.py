@@ -6,6 +6,7 @@ Worker-only deployments install this package alone; it never imports the engine.
 from taskyard_sdk._client import Runs, Taskyard
 from taskyard_sdk._conditions import And, Event, Or, Sleep
 from taskyard_sdk._context import Context
+from taskyard_sdk._durable import DurableContext, NonDeterminismError, WaitResult, WaitTimeout
 from taskyard_sdk._durations import parse_duration
 from taskyard_sdk._errors import (
     ApiError,
@@ -66,6 +67,7 @@ __all__ = [
     "Context",
     "CronView",
     "Crons",
+    "DurableContext",
     "EngineUnreachable",
     "ErrorInfo",
     "Event",
@@ -76,6 +78,7 @@ __all__ = [
     "InvalidInput",
     "InvalidRequest",
     "Label",
+    "NonDeterminismError",
     "NonRetryableError",
     "NotFound",
     "Or",
@@ -105,6 +108,8 @@ __all__ = [
     "Taskyard",
     "TaskyardError",
     "Unavailable",
+    "WaitResult",
+    "WaitTimeout",
     "Worker",
     "WorkerStopped",
     "Workflow",

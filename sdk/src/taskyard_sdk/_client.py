@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, Unpack, overload
@@ -89,6 +90,24 @@ class Taskyard:
             return Task(self, function, name or function.__name__, options, crons=on_crons)
 
         return decorate(fn) if fn is not None else decorate
+
+    def durable_task(self, *, name: str | None = None, on_crons: Sequence[str] = (),
+                     **settings: Unpack[TaskSettings],
+                     ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Declare a durable task: an async `(input, ctx: DurableContext) -> output` whose
+        `ctx.sleep`, `ctx.wait_for_event`, `ctx.wait_for`, `ctx.memo` and children's `aio_run`
+        are logged, so that a retry or a crash resumes it where it was, and whose waits hold no
+        worker slot. Takes every option `task` does."""
+        options = build_options(settings).model_copy(update={"durable": True})
+
+        def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or function.__name__
+            if not inspect.iscoroutinefunction(function):
+                raise TypeError(f"durable task {task_name!r} must be an async function: its "
+                                f"waits are awaited")
+            return Task(self, function, task_name, options, crons=on_crons)
+
+        return decorate
 
     def workflow(self, name: str, *, input: type[In] | Any = Any, on_events: Sequence[str] = (),
                  event_filter: str | None = None, sticky: Sticky | str | None = None,

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
 from taskyard_sdk._context import current_run
+from taskyard_sdk._durable import child_results, current_durable
 from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
 from taskyard_sdk._schedules import Schedulable
@@ -161,6 +162,12 @@ class Task(Schedulable, Generic[In, Out]):
     async def aio_run(self, input: In, *, metadata: dict[str, str] | None = None,
                       priority: int | None = None, idempotency_key: str | None = None,
                       timeout: float | None = None) -> Out:
+        durable = current_durable.get()
+        if durable is not None:  # a durable task's child: spawned once, its result logged
+            [result] = child_results(self, await durable.run_children(self, [input]))
+            if isinstance(result, TaskFailed):
+                raise result
+            return result  # type: ignore[no-any-return]
         handle = await self.aio_run_no_wait(input, metadata=metadata, priority=priority,
                                             idempotency_key=idempotency_key)
         return await handle.aio_result(timeout=timeout)
@@ -182,6 +189,13 @@ class Task(Schedulable, Generic[In, Out]):
                            return_exceptions: bool = False) -> list[Out | TaskFailed]:
         """Run many, in one request; results in the order of `inputs`. The first failure is
         raised, unless `return_exceptions` puts each TaskFailed in its place instead."""
+        durable = current_durable.get()
+        if durable is not None:  # a durable task's children: spawned once, results logged
+            outcomes = child_results(self, await durable.run_children(self, list(inputs)))
+            failures = [r for r in outcomes if isinstance(r, TaskFailed)]
+            if failures and not return_exceptions:
+                raise failures[0]
+            return outcomes
         handles = await self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority)
         views = await wait_for_runs(self.client, [h.run_id for h in handles], timeout)
         results: list[Out | TaskFailed] = []

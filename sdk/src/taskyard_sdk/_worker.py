@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from taskyard_sdk import protocol
 from taskyard_sdk._context import Context, current_run
+from taskyard_sdk._durable import DurableContext, Suspended, current_durable
 from taskyard_sdk._errors import (
     AuthenticationError,
     EngineUnreachable,
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskyard.worker")
 
 AttemptKey = tuple[uuid.UUID, int]
-Result = protocol.Completed | protocol.Failed
+Result = protocol.Completed | protocol.Failed | protocol.Suspend
+RecordKey = tuple[uuid.UUID, int, int]  # (run, attempt, position)
 
 _PENDING_LIMIT = 10_000  # logs and other non-result messages kept while disconnected
 _CLOSE_FATAL = {4002}  # protocol errors: reconnecting would not help
@@ -98,6 +100,8 @@ class Worker:
         self.failed = 0
         self._executions: dict[AttemptKey, _Execution] = {}
         self._outbox: dict[AttemptKey, Result] = {}
+        # Durable entries sent and not yet confirmed committed: re-sent after a reconnect.
+        self._records: dict[RecordKey, tuple[protocol.Record, asyncio.Future[None]]] = {}
         self._pending: deque[BaseModel] = deque(maxlen=_PENDING_LIMIT)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_queue: asyncio.Queue[BaseModel] | None = None
@@ -255,6 +259,8 @@ class Worker:
             writer = asyncio.create_task(self._write(ws))
             for result in self._outbox.values():  # results not yet acknowledged
                 self._send(result)
+            for record, _ in self._records.values():
+                self._send(record)
             while self._pending:
                 self._send(self._pending.popleft())
             heartbeats = asyncio.create_task(self._heartbeat())
@@ -305,7 +311,8 @@ class Worker:
     def _send(self, message: BaseModel) -> None:
         if self._ws is None or self._send_queue is None:
             if not isinstance(message, protocol.Completed | protocol.Failed | protocol.Heartbeat
-                              | protocol.Started | protocol.Drain):
+                              | protocol.Started | protocol.Drain | protocol.Suspend
+                              | protocol.Record):
                 self._pending.append(message)  # results wait in the outbox instead
             return
         self._send_queue.put_nowait(message)
@@ -349,6 +356,11 @@ class Worker:
             elif isinstance(message, protocol.Ack):
                 for ref in message.results:
                     self._outbox.pop((ref.run_id, ref.attempt), None)
+            elif isinstance(message, protocol.Recorded):
+                pending = self._records.pop((message.run_id, message.attempt, message.position),
+                                            None)
+                if pending is not None and not pending[1].done():
+                    pending[1].set_result(None)
             elif isinstance(message, protocol.Error):
                 self._on_error(message)
 
@@ -356,6 +368,13 @@ class Worker:
         if error.ref is not None and (error.ref.run_id, error.ref.attempt) in self._outbox:
             # The engine will never accept this result: keeping it would re-send it forever.
             del self._outbox[(error.ref.run_id, error.ref.attempt)]
+        if error.ref is not None:  # durable entries of an attempt the engine no longer runs
+            for key in [k for k in self._records
+                        if (k[0], k[1]) == (error.ref.run_id, error.ref.attempt)]:
+                _, done = self._records.pop(key)
+                if not done.done():
+                    done.set_exception(TaskyardError(f"the engine refused a durable entry: "
+                                                     f"{error.message}"))
         log.warning("worker %s: the engine reported %s: %s", self.name, error.code, error.message)
 
     def _on_assign(self, assign: protocol.Assign) -> None:
@@ -363,9 +382,20 @@ class Worker:
         if key in self._executions:
             return
         assert self._loop is not None
-        context = Context(run_id=assign.run_id, attempt=assign.attempt, task=assign.task,
-                          metadata=assign.metadata, loop=self._loop, send=self._send,
-                          step=assign.context)
+        task = self.tasks.get(assign.task)
+        context: Context
+        if task is not None and task.options.durable:
+            context = DurableContext(
+                history=assign.history or [], input=assign.input,
+                record=functools.partial(self._record, assign),
+                suspend=functools.partial(self._suspend, assign),
+                spawn=self._spawn, run_id=assign.run_id, attempt=assign.attempt,
+                task=assign.task, metadata=assign.metadata, loop=self._loop, send=self._send,
+                step=assign.context)
+        else:
+            context = Context(run_id=assign.run_id, attempt=assign.attempt, task=assign.task,
+                              metadata=assign.metadata, loop=self._loop, send=self._send,
+                              step=assign.context)
         execution = _Execution(assign, context)
         self._executions[key] = execution
         execution.task = asyncio.create_task(self._execute(execution),
@@ -380,17 +410,51 @@ class Worker:
                 and not execution.inner.done():
             execution.inner.cancel()  # async functions see CancelledError
 
+    # -- durable tasks ---------------------------------------------------------------------------
+
+    async def _record(self, assign: protocol.Assign, entry: protocol.DurableEntry) -> None:
+        """Log a durable entry; returns once the engine has committed it."""
+        assert self._loop is not None
+        record = protocol.Record(run_id=assign.run_id, attempt=assign.attempt, entry=entry)
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._records[(assign.run_id, assign.attempt, entry.position)] = (record, done)
+        self._send(record)
+        await done
+
+    def _suspend(self, assign: protocol.Assign, position: int, call: str,
+                 wait: protocol.WaitSpec) -> None:
+        """The attempt stops to wait: the suspension is kept like a result until acknowledged."""
+        message = protocol.Suspend(run_id=assign.run_id, attempt=assign.attempt,
+                                   position=position, call=call, wait=wait)
+        self._outbox[(assign.run_id, assign.attempt)] = message
+        self._send(message)
+
+    async def _spawn(self, task: Task[Any, Any], inputs: list[Any],
+                     keys: list[str]) -> list[uuid.UUID]:
+        """Children of the running durable run, created once: their idempotency keys name the
+        run and the log position, so a replay that spawns again gets the same runs."""
+        runs = [task._trigger(value, None, None, key)
+                for value, key in zip(inputs, keys, strict=True)]
+        data = await self.client.transport.request("POST", "/api/v1/runs/batch",
+                                                   json_body={"runs": runs})
+        return [uuid.UUID(ref["run_id"]) for ref in data["runs"]]
+
     # -- running one attempt ---------------------------------------------------------------------
 
     async def _execute(self, execution: _Execution) -> None:
         assign = execution.assign
         current_run.set(assign.run_id)  # this asyncio task's own context: runs it triggers
+        if isinstance(execution.context, DurableContext):
+            current_durable.set(execution.context)
         ref = {"run_id": assign.run_id, "attempt": assign.attempt}
         self._send(protocol.Started(**ref))
         result: Result
         try:
             output = await self._call(execution)
             result = self._completed(execution, output)
+        except Suspended:
+            self._executions.pop((assign.run_id, assign.attempt), None)
+            return  # it waits; the suspension (sent already) is its outcome for now
         except asyncio.CancelledError:
             if execution.cancel_reason is None:
                 raise  # the worker itself is being torn down

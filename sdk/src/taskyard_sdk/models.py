@@ -226,6 +226,8 @@ class TaskOptions(_Strict):
     rate_limits: tuple[RateLimit, ...] = Field(default=(), max_length=4)
     desired_worker_labels: DesiredLabels = ()
     sticky: Sticky | None = None
+    durable: bool = Field(default=False, description="A durable task (`ty.durable_task`): its "
+                                                     "log survives retries and crashes.")
 
     @field_validator("execution_timeout", "schedule_timeout", "backoff_max_seconds",
                      mode="before")

@@ -93,8 +93,59 @@ class Drain(_Message):
     type: Literal["drain"] = "drain"
 
 
+# -- durable tasks ---------------------------------------------------------------------------------
+
+
+class DurableEntry(_Message):
+    """One entry of a durable run's log, by position: a memoised step, children spawned, or a
+    wait. A replay returns `result` for every entry that is `done`."""
+
+    position: int = Field(ge=0)
+    kind: Literal["memo", "spawn", "wait"]
+    call: str = Field(max_length=1000, description="What was called, for the replay check.")
+    done: bool = True
+    result: Any = None
+
+
+class EventWait(_Message):
+    key: str = Field(max_length=200)
+    filter: str | None = Field(default=None, max_length=10_000)
+
+
+class WaitSpec(_Message):
+    """What a suspended durable run waits for. Times are absolute (epoch seconds): a sleep
+    started before a crash ends when it would have."""
+
+    since: float = Field(description="When the wait began: events pushed from then on count.")
+    until: float | None = Field(default=None, description="A sleep ends at this time.")
+    events: list[EventWait] = Field(default_factory=list, max_length=20)
+    mode: Literal["any", "all"] = "any"
+    deadline: float | None = Field(default=None, description="Give up (timed out) at this time.")
+    children: list[UUID] = Field(default_factory=list, max_length=10_000)
+    input: Any = Field(default=None, description="The run's input, for filters that read it.")
+
+
+class Record(AttemptRef):
+    """A durable entry that is complete (a memoised result, children spawned): the engine
+    stores it and answers `recorded` once it is committed."""
+
+    type: Literal["record"] = "record"
+    entry: DurableEntry
+
+
+class Suspend(AttemptRef):
+    """The durable run waits: its attempt stops here and its slot is free. It is assigned again,
+    with its log, once the wait is over."""
+
+    type: Literal["suspend"] = "suspend"
+    position: int = Field(ge=0)
+    call: str = Field(max_length=1000)
+    wait: WaitSpec
+
+
 WorkerMessage = Annotated[
-    Heartbeat | Started | Completed | Failed | Log | Stream | RefreshTimeout | Drain | Hello,
+    Heartbeat | Started | Completed | Failed | Log | Stream | RefreshTimeout | Drain | Hello
+    | Record | Suspend,
     Field(discriminator="type"),
 ]
 worker_message = TypeAdapter(WorkerMessage)
@@ -117,6 +168,8 @@ class Assign(AttemptRef):
     metadata: dict[str, str] = Field(default_factory=dict)
     execution_timeout: float
     context: StepContext | None = Field(default=None, description="For a workflow's step.")
+    history: list[DurableEntry] | None = Field(
+        default=None, description="For a durable task: its log so far, by position.")
 
 
 class Cancel(AttemptRef):
@@ -131,6 +184,13 @@ class Ack(_Message):
     results: list[AttemptRef]
 
 
+class Recorded(AttemptRef):
+    """The durable entry at `position` is committed."""
+
+    type: Literal["recorded"] = "recorded"
+    position: int
+
+
 class Error(_Message):
     type: Literal["error"] = "error"
     code: str
@@ -138,5 +198,6 @@ class Error(_Message):
     ref: AttemptRef | None = Field(default=None, description="The attempt the error is about.")
 
 
-EngineMessage = Annotated[Welcome | Assign | Cancel | Ack | Error, Field(discriminator="type")]
+EngineMessage = Annotated[Welcome | Assign | Cancel | Ack | Recorded | Error,
+                          Field(discriminator="type")]
 engine_message = TypeAdapter(EngineMessage)

@@ -1,0 +1,118 @@
+"""Durable runs that wait: what each one waits for, and when that holds.
+
+A durable task that reaches a wait it has not finished before (a sleep, events, its children)
+suspends: its attempt stops, its slot is free, and its queue actor keeps a `DurableWait` until the
+wait holds or times out; then the wait's result goes into the run's log and the run is queued
+again, to replay from the top with its log. Times are absolute, so a sleep begun before a crash
+ends when it would have. Pure: the QueueActor owns these and arms the timers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskyard.event_repository import PushedEvent
+from taskyard.expressions import ExpressionError, holds
+from taskyard.workflows import key_matches
+from taskyard_sdk.protocol import WaitSpec
+
+
+@dataclass(eq=False)
+class DurableWait:
+    run_id: uuid.UUID
+    position: int
+    call: str
+    spec: WaitSpec
+    matched: dict[int, Any] = field(default_factory=dict)  # event leaf -> the event's payload
+    children: list[dict[str, Any]] | None = None  # their outcomes, once all have ended
+
+    def outcome(self, now: float) -> dict[str, Any] | None:
+        """The wait's result once it holds or has timed out; None while it still waits."""
+        spec = self.spec
+        leaves: list[bool] = []
+        if spec.until is not None:
+            leaves.append(now >= spec.until)
+        leaves += [index in self.matched for index in range(len(spec.events))]
+        if spec.children:
+            leaves.append(self.children is not None)
+        held = not leaves or (any(leaves) if spec.mode == "any" else all(leaves))
+        timed_out = not held and spec.deadline is not None and now >= spec.deadline
+        if not held and not timed_out:
+            return None
+        return {"slept": spec.until is not None and now >= spec.until,
+                "events": {str(index): payload for index, payload in self.matched.items()},
+                "children": self.children, "timed_out": timed_out}
+
+    def timers(self) -> list[float]:
+        return [at for at in (self.spec.until, self.spec.deadline) if at is not None]
+
+    def match(self, event: PushedEvent) -> bool:
+        """Note the leaves this event satisfies (only events since the wait began count)."""
+        if event.created_at < self.spec.since:
+            return False
+        matched = False
+        for index, wanted in enumerate(self.spec.events):
+            if index in self.matched or not key_matches(wanted.key, event.key):
+                continue
+            if wanted.filter is not None:
+                try:
+                    if not holds(wanted.filter, {"payload": event.payload,
+                                                 "metadata": event.metadata,
+                                                 "input": self.spec.input}):
+                        continue
+                except ExpressionError:
+                    continue  # an event this filter cannot read does not match
+            self.matched[index] = event.payload
+            matched = True
+        return matched
+
+
+class DurableWaits:
+    """The waits of one queue's suspended durable runs, indexed by the event keys they watch."""
+
+    def __init__(self) -> None:
+        self.waits: dict[uuid.UUID, DurableWait] = {}
+        self._by_pattern: defaultdict[str, set[uuid.UUID]] = defaultdict(set)
+
+    def __len__(self) -> int:
+        return len(self.waits)
+
+    def add(self, wait: DurableWait) -> None:
+        self.remove(wait.run_id)
+        self.waits[wait.run_id] = wait
+        for wanted in wait.spec.events:
+            self._by_pattern[wanted.key].add(wait.run_id)
+
+    def remove(self, run_id: uuid.UUID) -> DurableWait | None:
+        wait = self.waits.pop(run_id, None)
+        if wait is not None:
+            for wanted in wait.spec.events:
+                runs = self._by_pattern.get(wanted.key)
+                if runs is not None:
+                    runs.discard(run_id)
+                    if not runs:
+                        del self._by_pattern[wanted.key]
+        return wait
+
+    def patterns(self, run_id: uuid.UUID) -> list[str]:
+        wait = self.waits.get(run_id)
+        return sorted({w.key for w in wait.spec.events}) if wait else []
+
+    def events(self, events: list[PushedEvent]) -> list[uuid.UUID]:
+        """The runs whose waits these events advanced."""
+        if not self._by_pattern:
+            return []
+        touched: dict[uuid.UUID, None] = {}
+        prefixes = [p for p in self._by_pattern if p.endswith("*")]
+        for event in events:
+            patterns = [p for p in prefixes if key_matches(p, event.key)]
+            if event.key in self._by_pattern:
+                patterns.append(event.key)
+            for pattern in patterns:
+                for run_id in list(self._by_pattern.get(pattern, ())):
+                    if self.waits[run_id].match(event):
+                        touched[run_id] = None
+        return list(touched)
