@@ -88,9 +88,12 @@ def main(log_level: str) -> None:
 @click.option("--heartbeat-timeout", envvar="TASKYARD_HEARTBEAT_TIMEOUT", default=15.0,
               show_default=True, type=click.FloatRange(min=0.05),
               help="A worker silent or disconnected this long is lost; its runs are retried.")
+@click.option("--public-url", envvar="TASKYARD_PUBLIC_URL", default=None,
+              help="The URL users reach the engine at, for links in alerts.")
 def engine(database_url: str | None, data_dir: Path, host: str, port: int,
            plugins: tuple[str, ...], no_migrate: bool, database_wait: float,
-           max_request_bytes: int, heartbeat_interval: float, heartbeat_timeout: float) -> None:
+           max_request_bytes: int, heartbeat_interval: float, heartbeat_timeout: float,
+           public_url: str | None) -> None:
     """Run the engine until SIGINT or SIGTERM."""
     if not plugins:
         plugins = tuple(p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",")
@@ -100,7 +103,7 @@ def engine(database_url: str | None, data_dir: Path, host: str, port: int,
                               database_wait_seconds=database_wait,
                               max_request_bytes=max_request_bytes,
                               heartbeat_interval=heartbeat_interval,
-                              heartbeat_timeout=heartbeat_timeout)
+                              heartbeat_timeout=heartbeat_timeout, public_url=public_url)
     _run(_serve(settings))
 
 

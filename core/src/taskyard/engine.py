@@ -13,10 +13,13 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from taskyard.alert_repository import AlertRuleRepository
+from taskyard.alerts import Alerter
 from taskyard.auth import Principal, Role, parse_bearer
 from taskyard.config import EngineSettings
 from taskyard.db import create_pool
@@ -28,10 +31,12 @@ from taskyard.http.routing import Router
 from taskyard.migrator import MigrationError, migrate, pending_migrations
 from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
+from taskyard.plugins import AlertChannel, RunEnded
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.repository import Repository, RunRepository, TenantExists, register_node
 from taskyard.schedule_repository import ScheduleRepository
 from taskyard.scheduler import Scheduler
+from taskyard.timers import Timers
 from taskyard.workflow_repository import WorkflowRepository
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,11 @@ class Engine:
         self.node_id = uuid.uuid4()
         self._persister: Persister | None = None
         self._scheduler: Scheduler | None = None
+        self._timers: Timers | None = None
+        self._alerter: Alerter | None = None
+        self.alert_channels: dict[str, AlertChannel] = {}
+        self._observe = False
+        self._observers: set[asyncio.Task[list[Any]]] = set()
         self.database_url: str | None = settings.database_url
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -85,6 +95,16 @@ class Engine:
         await register_node(self._pool, self.node_id)
         self._persister = Persister(self._pool, self.node_id, linger=self.settings.flush_linger)
         await self._persister.start()
+        for provided in await self._plugins.call("taskyard_alert_channels"):
+            for channel in provided:
+                self.alert_channels[channel.name] = channel
+        self._timers = Timers()
+        await self._timers.start()
+        self._alerter = Alerter(AlertRuleRepository(self._pool), self._timers,
+                                channels=lambda: self.alert_channels,
+                                tenant_name=self._tenant_name, run_url=self.run_url)
+        await self._alerter.start()
+        self._observe = self._plugins.implemented("taskyard_runs_ended")
         self._scheduler = Scheduler(persister=self._persister, runs=RunRepository(self._pool),
                                     workflows=WorkflowRepository(self._pool),
                                     events=EventRepository(self._pool),
@@ -92,7 +112,9 @@ class Engine:
                                     schedules=ScheduleRepository(self._pool),
                                     heartbeat_interval=self.settings.heartbeat_interval,
                                     heartbeat_timeout=self.settings.heartbeat_timeout,
-                                    recovery_hold=self.settings.recovery_hold)
+                                    recovery_hold=self.settings.recovery_hold,
+                                    timers=self._timers, runs_ended=self._runs_ended,
+                                    observe_all=self._observe)
         await self._scheduler.start()
 
         plugin_router = Router(tags=("plugins",))
@@ -115,9 +137,17 @@ class Engine:
         if self._scheduler is not None:
             scheduler, self._scheduler = self._scheduler, None
             await scheduler.stop()
+        if self._alerter is not None:
+            alerter, self._alerter = self._alerter, None
+            await alerter.stop()
+        if self._observers:
+            await asyncio.gather(*self._observers, return_exceptions=True)
         if self._persister is not None:
             persister, self._persister = self._persister, None
             await persister.stop()
+        if self._timers is not None:
+            timers, self._timers = self._timers, None
+            await timers.stop()
         if self._plugins is not None and self._pool is not None:
             await self._plugins.call("taskyard_shutdown", host=self)
         self._plugins = None
@@ -173,6 +203,31 @@ class Engine:
         if self._plugins is None:
             raise RuntimeError("the engine is not started")
         return self._plugins
+
+    @property
+    def alerter(self) -> Alerter:
+        if self._alerter is None:
+            raise RuntimeError("the engine is not started")
+        return self._alerter
+
+    def run_url(self, run_id: uuid.UUID) -> str:
+        """A run's page in the dashboard, for links in alerts."""
+        base = (self.settings.public_url or self.url).rstrip("/")
+        return f"{base}/dashboard/runs/{run_id}"
+
+    async def _tenant_name(self, tenant_id: uuid.UUID) -> str:
+        tenant = await self.repository.get_tenant(tenant_id)
+        return tenant.name if tenant is not None else str(tenant_id)
+
+    def _runs_ended(self, tenant_id: uuid.UUID, runs: list[RunEnded]) -> None:
+        """Committed ends of runs: failures to the alerter, all of them to plugins that
+        observe them (each call isolated, off the actors' paths)."""
+        if self._alerter is not None and self._alerter.running:
+            self._alerter.tell(self._alerter.runs_ended, tenant_id, runs)
+        if self._observe and self._plugins is not None:
+            task = asyncio.create_task(self._plugins.call("taskyard_runs_ended", runs=runs))
+            self._observers.add(task)
+            task.add_done_callback(self._observers.discard)
 
     async def authenticate(self, header: str | None) -> Principal:
         try:

@@ -48,6 +48,10 @@ class Plugins:
     def names(self) -> list[str]:
         return [name for name, _ in self.manager.list_name_plugin()]
 
+    def implemented(self, hook: str) -> bool:
+        """Whether any loaded plugin implements `hook`."""
+        return bool(getattr(self.manager.hook, hook).get_hookimpls())
+
     async def call(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call every implementation of `hook`, awaiting coroutines; failures are isolated."""
         results = []

@@ -23,6 +23,8 @@ counted, and the engine carries on without it. Plugins use only what this module
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
@@ -53,6 +55,84 @@ class PluginHost(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RunEnded:
+    """A run that reached its final state (after its last retry): a task's run, a workflow's
+    step, or a whole workflow run."""
+
+    tenant_id: uuid.UUID
+    run_id: uuid.UUID
+    kind: str  # "task" (a task's run or a workflow's step) or "workflow" (a whole run)
+    task: str  # the task; for a step "<workflow>:<step>"; for a workflow run its name
+    workflow: str | None  # the workflow of a step or of a workflow run
+    workflow_run_id: uuid.UUID | None
+    status: str  # succeeded, failed, timed_out, cancelled, skipped
+    attempt: int
+    error_type: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """What an alert channel delivers: a run that failed for good, or a summary of the failures
+    an alert window folded in."""
+
+    tenant_name: str
+    rule_id: uuid.UUID
+    subject: str  # "workflow 'post-signup'" or "task 'resize'"
+    workflow: str | None
+    task: str
+    run_id: uuid.UUID
+    attempt: int
+    status: str
+    error_type: str | None
+    error_message: str | None
+    url: str  # the run in the dashboard
+    folded: int  # failures of this subject not alerted since the previous alert
+    summary: bool = False  # a window's end: only the folded count is news
+
+    @property
+    def title(self) -> str:
+        if self.summary:
+            return f"[taskyard] {self.folded} more failures of {self.subject}"
+        return f"[taskyard] {self.subject} {self.status.replace('_', ' ')}"
+
+    @property
+    def text(self) -> str:
+        lines = [f"{self.subject} {self.status.replace('_', ' ')} in tenant {self.tenant_name}.",
+                 f"Task: {self.task}, attempt {self.attempt}",
+                 f"Error: {self.error_type or 'unknown'}: {self.error_message or ''}".rstrip(),
+                 f"Run: {self.url}"]
+        if self.summary:
+            lines.insert(0, f"{self.folded} more failures in the alert window; the last one:")
+        elif self.folded:
+            lines.append(f"{self.folded} earlier failures were folded into this alert.")
+        return "\n".join(lines)
+
+
+class AlertChannel(Protocol):
+    """Where alerts go: `name` is what alert rules name (`"email"`, `"slack"`). `send` delivers
+    one alert to a rule's `target` (e.g. `{"to": ["ops@acme.test"]}`) and raises if it could
+    not; `check_target` refuses a target the channel cannot use (raise ValueError)."""
+
+    name: str
+
+    async def send(self, alert: Alert, target: dict[str, Any]) -> None: ...
+
+    def check_target(self, target: dict[str, Any]) -> None: ...
+
+
+@hookspec
+def taskyard_alert_channels() -> Any:
+    """Alert channels this plugin provides: a list of `AlertChannel`s."""
+
+
+@hookspec
+def taskyard_runs_ended(runs: list[RunEnded]) -> Any:
+    """Lifecycle observer: runs that reached their final state, in batches, once committed.
+    Called only when some plugin implements it; keep it quick (it may be a coroutine)."""
+
+
 @hookspec
 def taskyard_startup(host: PluginHost) -> Any:
     """Called once the engine is connected to its database and serving on `host.url`.
@@ -77,12 +157,15 @@ def taskyard_routes(router: Router) -> None:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Alert",
+    "AlertChannel",
     "ApiError",
     "Call",
     "PluginHost",
     "Principal",
     "Role",
     "Router",
+    "RunEnded",
     "hookimpl",
     "hookspec",
 ]

@@ -26,6 +26,7 @@ from taskyard.actors import Actor
 from taskyard.dispatch import Dispatcher, Refusal, WorkerSlots
 from taskyard.durable import DurableWait, DurableWaits
 from taskyard.errors import Conflict
+from taskyard.plugins import RunEnded
 from taskyard.runs import Run, error_json, json_bytes, retry_delay
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
@@ -81,6 +82,16 @@ def _outcome(run_id: uuid.UUID, document: dict[str, Any] | None) -> dict[str, An
             "output": document.get("output"), "error": document.get("error")}
 
 
+def _ended(run: Run) -> RunEnded:
+    """A run's end, as alerts and lifecycle observers see it."""
+    error = orjson.loads(run.error_json) if run.error_json else {}
+    workflow = run.task[:-len(run.step) - 1] if run.step else None
+    return RunEnded(tenant_id=run.tenant_id, run_id=run.run_id, kind="task", task=run.task,
+                    workflow=workflow, workflow_run_id=run.workflow_run_id,
+                    status=run.status.value, attempt=run.attempt, error_type=error.get("type"),
+                    error_message=error.get("message"))
+
+
 def _cached_size(run: Run) -> int:
     assert run.input_json is not None
     return len(run.input_json) + (len(run.context_json) if run.context_json else 0)
@@ -92,7 +103,9 @@ class QueueActor(Actor):
                  streams: RunStreams,
                  connected_workers: Callable[[], Iterable[WorkerSession]],
                  steps_ended: StepsEnded, worker_grace: float, limiter: RateLimiter,
-                 events: EventRepository, recovery_hold: float = 0.0,
+                 events: EventRepository,
+                 runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
+                 observe_all: bool = False, recovery_hold: float = 0.0,
                  input_cache_bytes: int = 256 * 1024 * 1024,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
@@ -108,6 +121,8 @@ class QueueActor(Actor):
         self.worker_grace = worker_grace
         self.limiter = limiter
         self.event_repository = events
+        self.runs_ended = runs_ended  # failed runs for alerts; every ended run for observers
+        self.observe_all = observe_all
         self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
@@ -136,6 +151,7 @@ class QueueActor(Actor):
         self.durable = DurableWaits()  # suspended durable runs: what each waits for
         self._durable_rows: list[Row] = []
         self._resuming: list[tuple[uuid.UUID, int]] = []
+        self._ended: list[RunEnded] = []
         self._recorded: dict[WorkerSession, list[protocol.Recorded]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -778,6 +794,9 @@ class QueueActor(Actor):
             assert run.step is not None
             self._steps_ended.append((run.workflow_run_id, run.step, status, run.output_json,
                                       run.error_json, run.worker_id))
+        if self.runs_ended is not None and (
+                self.observe_all or status in (RunStatus.FAILED, RunStatus.TIMED_OUT)):
+            self._ended.append(_ended(run))
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
@@ -843,7 +862,9 @@ class QueueActor(Actor):
         acks, self._acks = self._acks, {}
         recorded, self._recorded = self._recorded, {}
         finished, self._finished_now = self._finished_now, []
+        ended, self._ended = self._ended, []
         tenant_id = self.tenant_id
+        runs_ended = self.runs_ended
 
         def committed(barrier: asyncio.Future[None]) -> None:
             if barrier.cancelled() or barrier.exception() is not None:
@@ -854,6 +875,8 @@ class QueueActor(Actor):
                 session.send_many(notices)
             if finished:
                 self.waiters.finished(tenant_id, finished)
+            if ended and runs_ended is not None:
+                runs_ended(tenant_id, ended)
 
         self.persister.barrier().add_done_callback(committed)
 

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -26,6 +26,7 @@ from taskyard.expressions import ExpressionError
 from taskyard.flow import check_options, flow_for, keys_for
 from taskyard.ids import new_id
 from taskyard.persister import Persister
+from taskyard.plugins import RunEnded
 from taskyard.queue import QueueActor, StepEnded
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.ratelimits import RateLimiter, Usage
@@ -75,15 +76,19 @@ class Scheduler:
                  workflows: WorkflowRepository, events: EventRepository,
                  rate_limits: RateLimitRepository, schedules: ScheduleRepository,
                  heartbeat_interval: float, heartbeat_timeout: float,
-                 recovery_hold: float = 0.0) -> None:
+                 timers: Timers, recovery_hold: float = 0.0,
+                 runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
+                 observe_all: bool = False) -> None:
         self.persister = persister
         self.runs = runs
         self.workflows = workflows
         self.events = events
         self.rate_limits = rate_limits
+        self.runs_ended = runs_ended  # failures to the alerter, every end to observers
+        self.observe_all = observe_all
         self.limiters: dict[uuid.UUID, RateLimiter] = {}
         self.schedule_repository = schedules
-        self.timers = Timers()
+        self.timers = timers  # the engine's, shared (started and stopped by the engine)
         self.waiters = RunWaiters()
         self.streams = RunStreams()
         self.heartbeat_timeout = heartbeat_timeout
@@ -100,7 +105,6 @@ class Scheduler:
 
     async def start(self) -> None:
         """Start the shared actors and rebuild every queue that has unfinished runs."""
-        await self.timers.start()
         await self.registry.start()
         recovered = [self.queue_for(tenant_id, queue, recovering=True)
                      for tenant_id, queue in await self.runs.active_queues()]
@@ -120,7 +124,6 @@ class Scheduler:
         await asyncio.gather(*self._starting, return_exceptions=True)
         actors = [*self.queues.values(), *self.tenants.values()]
         await asyncio.gather(*(actor.stop() for actor in actors))
-        await self.timers.stop()
 
     # -- the actor directory ---------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class Scheduler:
                 repository=self.runs, waiters=self.waiters, streams=self.streams,
                 connected_workers=self.registry.connected, steps_ended=self._steps_ended,
                 worker_grace=self.heartbeat_timeout, limiter=self.limiter_for(tenant_id),
-                events=self.events,
+                events=self.events, runs_ended=self.runs_ended, observe_all=self.observe_all,
                 recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())
         return actor
@@ -152,7 +155,8 @@ class Scheduler:
             actor = self.tenants[tenant_id] = TenantActor(
                 tenant_id, persister=self.persister, runs=self.runs, workflows=self.workflows,
                 events=self.events, timers=self.timers, waiters=self.waiters,
-                enqueue=self._enqueue, cancel=self._cancel_later)
+                enqueue=self._enqueue, cancel=self._cancel_later,
+                runs_ended=self.runs_ended if self.observe_all else None)
             self._start_later(actor.start())
         return actor
 

@@ -28,6 +28,7 @@ from taskyard.dispatch import Dispatcher
 from taskyard.errors import Conflict, Unprocessable
 from taskyard.expressions import ExpressionError, holds
 from taskyard.flow import Flow, flow_for, keys_for
+from taskyard.plugins import RunEnded
 from taskyard.repository import Inserted, new_run_row
 from taskyard.runs import WORKFLOW_QUEUE, Run, error_json, options_json
 from taskyard.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
@@ -54,6 +55,7 @@ class TenantActor(Actor):
     def __init__(self, tenant_id: uuid.UUID, *, persister: Persister, runs: RunRepository,
                  workflows: WorkflowRepository, events: EventRepository, timers: Timers,
                  waiters: RunWaiters, enqueue: Enqueue, cancel: Cancel,
+                 runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"tenant:{tenant_id}")
         self.tenant_id = tenant_id
@@ -65,6 +67,7 @@ class TenantActor(Actor):
         self.waiters = waiters
         self.enqueue = enqueue
         self.cancel_later = cancel
+        self.runs_ended = runs_ended  # lifecycle observers: whole workflow runs that ended
         self.clock = clock
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._reset()
@@ -419,10 +422,20 @@ class TenantActor(Actor):
                                  error=finish.error_json))
         self.persister.write(states, [], [])
         tenant_id, run_id = self.tenant_id, run.run_id
+        runs_ended = self.runs_ended
+        ended = None
+        if runs_ended is not None:
+            error = orjson.loads(finish.error_json) if finish.error_json else {}
+            ended = RunEnded(tenant_id=tenant_id, run_id=run_id, kind="workflow",
+                             task=run.workflow.name, workflow=run.workflow.name,
+                             workflow_run_id=run_id, status=finish.status.value, attempt=1,
+                             error_type=error.get("type"), error_message=error.get("message"))
 
         def committed(barrier: asyncio.Future[None]) -> None:
             if not barrier.cancelled() and barrier.exception() is None:
                 self.waiters.finished(tenant_id, [run_id])
+                if runs_ended is not None and ended is not None:
+                    runs_ended(tenant_id, [ended])
 
         self.persister.barrier().add_done_callback(committed)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from taskyard.http import (
+    alerts,
     events,
     rate_limits,
     runs,
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from taskyard.engine import Engine
 
 CORE_ROUTERS = (system.router, tokens.router, runs.router, workflows.router, events.router,
-                rate_limits.router, schedules.router, worker_socket.router)
+                rate_limits.router, schedules.router, alerts.router, worker_socket.router)
 
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:
