@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from pydantic import ValidationError
 
 from taskyard.alert_repository import AlertRuleRepository
 from taskyard.alerts import Alerter
@@ -24,20 +25,21 @@ from taskyard.auth import Principal, Role, parse_bearer
 from taskyard.config import EngineSettings
 from taskyard.db import create_pool
 from taskyard.embedded import EmbeddedPostgres
-from taskyard.errors import Unauthorized
+from taskyard.errors import NotFound, Unauthorized, Unprocessable
 from taskyard.event_repository import EventRepository
 from taskyard.http.app import build_app
 from taskyard.http.routing import Router
 from taskyard.migrator import MigrationError, migrate, pending_migrations
 from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
-from taskyard.plugins import AlertChannel, RunEnded
+from taskyard.plugins import AlertChannel, PushedEvent, RunEnded
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.repository import Repository, RunRepository, TenantExists, register_node
 from taskyard.schedule_repository import ScheduleRepository
 from taskyard.scheduler import Scheduler
 from taskyard.timers import Timers
 from taskyard.workflow_repository import WorkflowRepository
+from taskyard_sdk.models import EventRequest
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +230,19 @@ class Engine:
             task = asyncio.create_task(self._plugins.call("taskyard_runs_ended", runs=runs))
             self._observers.add(task)
             task.add_done_callback(self._observers.discard)
+
+    async def push_event(self, tenant: str, key: str, payload: Any,
+                         metadata: dict[str, str] | None = None) -> PushedEvent:
+        """For plugins (trigger sources): an event into a tenant named `tenant`."""
+        found = await self.repository.tenant_named(tenant)
+        if found is None:
+            raise NotFound(f"no tenant named {tenant!r}")
+        try:
+            request = EventRequest(key=key, payload=payload, metadata=metadata or {})
+        except ValidationError as exc:
+            raise Unprocessable(f"event: {exc.errors()[0]['msg']}") from None
+        [view] = await self.scheduler.push_events(found.tenant_id, [request])
+        return PushedEvent(view.event_id, list(view.triggered))
 
     async def authenticate(self, header: str | None) -> Principal:
         try:

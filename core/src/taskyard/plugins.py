@@ -54,6 +54,27 @@ class PluginHost(Protocol):
         """The base URL the engine serves on, e.g. `http://127.0.0.1:7077`."""
         ...
 
+    async def push_event(self, tenant: str, key: str, payload: Any,
+                         metadata: dict[str, str] | None = None) -> PushedEvent:
+        """Push an event into a tenant (by name), as `POST /api/v1/events` does: stored,
+        triggering workflows, waking waits; returns once committed. Raises NotFound for an
+        unknown tenant and Unprocessable for a bad key or payload."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PushedEvent:
+    event_id: uuid.UUID
+    triggered: list[uuid.UUID]  # the workflow runs it started
+
+
+def host_of(call: Call[Any]) -> PluginHost:
+    """The engine serving a request, for plugins' route handlers."""
+    from taskyard.http.keys import ENGINE
+
+    host: PluginHost = call.request.app[ENGINE]
+    return host
+
 
 @dataclass(frozen=True, slots=True)
 class RunEnded:
@@ -163,9 +184,11 @@ __all__ = [
     "Call",
     "PluginHost",
     "Principal",
+    "PushedEvent",
     "Role",
     "Router",
     "RunEnded",
     "hookimpl",
     "hookspec",
+    "host_of",
 ]

@@ -66,6 +66,11 @@ class Repository:
         assert row is not None
         return Tenant(**dict(row))
 
+    async def tenant_named(self, name: str) -> Tenant | None:
+        row = await self.pool.fetchrow(
+            "SELECT tenant_id, name, created_at FROM tenants WHERE name = $1", name)
+        return Tenant(**dict(row)) if row else None
+
     async def get_tenant(self, tenant_id: uuid.UUID) -> Tenant | None:
         row = await self.pool.fetchrow(
             "SELECT tenant_id, name, created_at FROM tenants WHERE tenant_id = $1", tenant_id)
