@@ -121,7 +121,8 @@ def test_unknown_plugin_stops_the_engine_listing_installed_ones(db_url: str) -> 
     result = taskyard("engine", "--database-url", db_url, "--port", str(free_port()),
                       "--plugin", "nope")
     assert result.returncode == 1
-    assert "unknown plugin 'nope'; installed plugins: email, hello, slack" in result.stderr
+    assert ("unknown plugin 'nope'; installed plugins: email, hello, http, slack, webhooks"
+            in result.stderr)
     assert "Traceback" not in result.stderr
 
 

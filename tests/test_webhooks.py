@@ -1,8 +1,10 @@
-"""The webhooks plugin: a signed request becomes an event that triggers a workflow; a request
-with a bad or missing signature is refused and stores nothing."""
+"""Trigger sources: the webhooks plugin (a signed request becomes an event that triggers a
+workflow; a request with a bad or missing signature is refused and stores nothing), and plugins'
+own sources (events pushed; a failing source is isolated)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import aiohttp
 import pytest
 
 from taskyard.engine import Engine
+from taskyard.plugins import hookimpl
 from taskyard_sdk import Taskyard
 from taskyard_webhooks import signature_of
 from tests.conftest import engine_settings
@@ -75,3 +78,46 @@ async def test_a_signed_webhook_triggers_a_workflow_and_a_bad_one_stores_nothing
     [event] = (await ty.events.aio_list()).events
     assert (event.key, event.metadata) == ("github:push", {"webhook": "github"})
     await ty.aio_close()
+
+
+class Ticker:
+    """A trigger source: pushes a few events, then stops."""
+
+    name = "ticker"
+
+    async def run(self, host: Any) -> None:
+        for n in range(3):
+            await host.push_event("default", "ticker:tick", {"n": n})
+
+
+class Broken:
+    """A trigger source that fails at once, every time it is started."""
+
+    name = "broken"
+    started = 0
+
+    async def run(self, host: Any) -> None:
+        Broken.started += 1
+        raise ConnectionError("the broker is down")
+
+
+class Sources:
+    @hookimpl
+    def taskyard_trigger_sources(self) -> list[Any]:
+        return [Ticker(), Broken()]
+
+
+async def test_trigger_sources_push_events_and_a_failing_one_is_isolated(
+        db_url: str, data_dir: Path) -> None:
+    async with Engine(engine_settings(db_url, data_dir), plugins=[Sources()]) as engine:
+        ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
+        for _ in range(100):
+            events = (await ty.events.aio_list(key=["ticker:tick"])).events
+            if len(events) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(e.payload["n"] for e in events) == [0, 1, 2]
+        assert engine.source_failures["broken"] >= 1
+        async with ty.transport.session().get(f"{engine.url}/healthz") as response:
+            assert response.status == 200  # still serving
+        await ty.aio_close()

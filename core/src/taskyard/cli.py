@@ -90,10 +90,13 @@ def main(log_level: str) -> None:
               help="A worker silent or disconnected this long is lost; its runs are retried.")
 @click.option("--public-url", envvar="TASKYARD_PUBLIC_URL", default=None,
               help="The URL users reach the engine at, for links in alerts.")
+@click.option("--workflows", "workflows_dir", envvar="TASKYARD_WORKFLOWS", default=None,
+              type=click.Path(path_type=Path),
+              help="Declarative workflow files (YAML); default <data-dir>/workflows.")
 def engine(database_url: str | None, data_dir: Path, host: str, port: int,
            plugins: tuple[str, ...], no_migrate: bool, database_wait: float,
            max_request_bytes: int, heartbeat_interval: float, heartbeat_timeout: float,
-           public_url: str | None) -> None:
+           public_url: str | None, workflows_dir: Path | None) -> None:
     """Run the engine until SIGINT or SIGTERM."""
     if not plugins:
         plugins = tuple(p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",")
@@ -103,7 +106,8 @@ def engine(database_url: str | None, data_dir: Path, host: str, port: int,
                               database_wait_seconds=database_wait,
                               max_request_bytes=max_request_bytes,
                               heartbeat_interval=heartbeat_interval,
-                              heartbeat_timeout=heartbeat_timeout, public_url=public_url)
+                              heartbeat_timeout=heartbeat_timeout, public_url=public_url,
+                              workflows_dir=workflows_dir)
     _run(_serve(settings))
 
 

@@ -34,6 +34,8 @@ class EngineSettings(BaseModel):
                     "reconnect and claim them before they are assigned again.")
     flush_linger: float = Field(
         default=0.0, ge=0, description="How long a write batch waits to gather more rows.")
+    workflows_dir: Path | None = Field(
+        default=None, description="Declarative workflow files; default <data_dir>/workflows.")
     public_url: str | None = Field(
         default=None, description="URL users reach the engine at (for links in alerts)."
     )

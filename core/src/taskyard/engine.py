@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,17 +31,18 @@ from taskyard.errors import NotFound, Unauthorized, Unprocessable
 from taskyard.event_repository import EventRepository
 from taskyard.http.app import build_app
 from taskyard.http.routing import Router
+from taskyard.integrations import Integrations
 from taskyard.migrator import MigrationError, migrate, pending_migrations
 from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
-from taskyard.plugins import AlertChannel, PushedEvent, RunEnded
+from taskyard.plugins import Action, AlertChannel, PushedEvent, RunEnded, TriggerSource
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.repository import Repository, RunRepository, TenantExists, register_node
 from taskyard.schedule_repository import ScheduleRepository
 from taskyard.scheduler import Scheduler
 from taskyard.timers import Timers
 from taskyard.workflow_repository import WorkflowRepository
-from taskyard_sdk.models import EventRequest
+from taskyard_sdk.models import EventRequest, WorkflowDefinition
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,11 @@ class Engine:
         self._timers: Timers | None = None
         self._alerter: Alerter | None = None
         self.alert_channels: dict[str, AlertChannel] = {}
+        self.actions: dict[str, Action] = {}
+        self._integrations: Integrations | None = None
+        self._internal_tokens: dict[str, Principal] = {}
+        self._sources: set[asyncio.Task[None]] = set()
+        self.source_failures: Counter[str] = Counter()
         self._observe = False
         self._observers: set[asyncio.Task[list[Any]]] = set()
         self.database_url: str | None = settings.database_url
@@ -107,6 +115,9 @@ class Engine:
                                 tenant_name=self._tenant_name, run_url=self.run_url)
         await self._alerter.start()
         self._observe = self._plugins.implemented("taskyard_runs_ended")
+        for provided in await self._plugins.call("taskyard_actions"):
+            for action in provided:
+                self.actions[action.name] = action
         self._scheduler = Scheduler(persister=self._persister, runs=RunRepository(self._pool),
                                     workflows=WorkflowRepository(self._pool),
                                     events=EventRepository(self._pool),
@@ -128,11 +139,28 @@ class Engine:
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
         self._port = self._runner.addresses[0][1]
+        self._integrations = Integrations(
+            directory=self.settings.workflows_dir or self.settings.data_dir / "workflows",
+            url=lambda: self.url, actions=self.actions, register=self._register_declared,
+            token_for=self._internal_token)
+        await self._integrations.start()
         await self._plugins.call("taskyard_startup", host=self)
+        for provided in await self._plugins.call("taskyard_trigger_sources"):
+            for source in provided:
+                task = asyncio.create_task(self._run_source(source),
+                                           name=f"trigger-source:{source.name}")
+                self._sources.add(task)
         log.info("Taskyard engine serving on %s", self.url)
 
     async def stop(self) -> None:
         """Stop serving, let requests in flight finish, write what is buffered, disconnect."""
+        for task in self._sources:
+            task.cancel()
+        await asyncio.gather(*self._sources, return_exceptions=True)
+        self._sources.clear()
+        if self._integrations is not None:
+            integrations, self._integrations = self._integrations, None
+            await integrations.stop()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -231,6 +259,47 @@ class Engine:
             self._observers.add(task)
             task.add_done_callback(self._observers.discard)
 
+    async def _run_source(self, source: TriggerSource) -> None:
+        """A plugin's trigger source, isolated: a failure is logged and counted, and the source
+        started again after a pause that grows (up to a minute)."""
+        delay = 1.0
+        while True:
+            try:
+                await source.run(self)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.source_failures[source.name] += 1
+                log.exception("trigger source %r failed; starting it again in %.0fs",
+                              source.name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    @property
+    def integrations(self) -> Integrations:
+        if self._integrations is None:
+            raise RuntimeError("the engine is not serving")
+        return self._integrations
+
+    async def _internal_token(self, tenant: str) -> str:
+        """A worker token for the engine's own integration worker: in memory only, gone with
+        the process."""
+        found = await self.repository.tenant_named(tenant)
+        if found is None:
+            raise ValueError(f"no tenant named {tenant!r}")
+        secret = "ty_internal_" + secrets.token_urlsafe(32)
+        self._internal_tokens[secret] = Principal(found.tenant_id, found.name, uuid.uuid4(),
+                                                  Role.WORKER)
+        return secret
+
+    async def _register_declared(self, tenant: str, definition: WorkflowDefinition) -> None:
+        found = await self.repository.tenant_named(tenant)
+        if found is None:
+            raise ValueError(f"no tenant named {tenant!r} (files in a folder belong to the "
+                             f"tenant the folder names)")
+        await self.scheduler.register_workflow(found.tenant_id, definition)
+
     async def push_event(self, tenant: str, key: str, payload: Any,
                          metadata: dict[str, str] | None = None) -> PushedEvent:
         """For plugins (trigger sources): an event into a tenant named `tenant`."""
@@ -249,6 +318,9 @@ class Engine:
             secret = parse_bearer(header)
         except ValueError as exc:
             raise Unauthorized(str(exc)) from None
+        internal = self._internal_tokens.get(secret)
+        if internal is not None:
+            return internal
         principal = await self.repository.authenticate(secret)
         if principal is None:
             raise Unauthorized("token is invalid or has been revoked")

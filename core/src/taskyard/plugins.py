@@ -143,6 +143,41 @@ class AlertChannel(Protocol):
     def check_target(self, target: dict[str, Any]) -> None: ...
 
 
+class Action(Protocol):
+    """An integration action (`"http:request"`, `"email:send"`): what declarative workflows'
+    steps call. `run` receives the step's rendered `with` parameters and returns a JSON-able
+    result (the step's output); raising fails the attempt, which is retried by the step's
+    `retries`. `check(params)` may refuse parameters up front (raise ValueError)."""
+
+    name: str
+
+    async def run(self, params: dict[str, Any]) -> Any: ...
+
+
+class TriggerSource(Protocol):
+    """Something outside that becomes events: a poller, a queue consumer, Postgres LISTEN.
+    `run` runs for as long as the engine does, pushing events with `host.push_event`; the
+    engine cancels it at shutdown, and restarts it (after a pause) if it raises."""
+
+    name: str
+
+    async def run(self, host: PluginHost) -> None: ...
+
+
+@hookspec
+def taskyard_trigger_sources() -> Any:
+    """Trigger sources this plugin provides: a list of `TriggerSource`s. (A source that
+    receives requests, like the webhooks plugin, is a route instead: `taskyard_routes` and
+    `host_of(call).push_event(...)`.)"""
+
+
+@hookspec
+def taskyard_actions() -> Any:
+    """Integration actions this plugin provides: a list of `Action`s. They run in the engine's
+    integration worker as ordinary tasks (named after the action, or after the declarative
+    workflow's step), so retries, timeouts, concurrency and rate limits apply to them."""
+
+
 @hookspec
 def taskyard_alert_channels() -> Any:
     """Alert channels this plugin provides: a list of `AlertChannel`s."""
@@ -178,6 +213,7 @@ def taskyard_routes(router: Router) -> None:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Action",
     "Alert",
     "AlertChannel",
     "ApiError",
@@ -188,6 +224,7 @@ __all__ = [
     "Role",
     "Router",
     "RunEnded",
+    "TriggerSource",
     "hookimpl",
     "hookspec",
     "host_of",

@@ -61,6 +61,12 @@ class Context:
         """For the on_failure step: the steps that failed for good, with their errors."""
         return dict(self._step.failures) if self._step else {}
 
+    @property
+    def parent_outputs(self) -> dict[str, Any]:
+        """For a workflow's step: the outputs of its parents that succeeded, by step name, as
+        JSON data (`parent_output` decodes one to its type)."""
+        return dict(self._step.parents) if self._step else {}
+
     def parent_output(self, parent: Task[Any, Out]) -> Out:
         """The output of a parent step, decoded to its declared output type."""
         step = self._parent_step(parent)

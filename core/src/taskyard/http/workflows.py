@@ -93,3 +93,22 @@ async def trigger_workflow_batch(call: Call[BatchWorkflowTriggerRequest]) -> Bat
     refs = await engine.scheduler.trigger_workflow(call.principal.tenant_id, call.path["name"],
                                                    call.body.runs)
     return BatchTriggerResponse(runs=refs)
+
+
+class WorkflowFile(BaseModel):
+    file: str
+    workflow: str | None = Field(description="The workflow its last good version defines.")
+    error: str | None = Field(description="Why the file on disk does not load (file:line: "
+                                          "reason); the last good version stays in use.")
+
+
+class WorkflowFiles(BaseModel):
+    files: list[WorkflowFile]
+
+
+@router.get("/api/v1/workflow-files", roles=ANY_ROLE, response=WorkflowFiles)
+async def workflow_files(call: Call[None]) -> WorkflowFiles:
+    """The tenant's declarative workflow files and whether each loads."""
+    engine = call.request.app[ENGINE]
+    status = engine.integrations.status(call.principal.tenant_name)
+    return WorkflowFiles(files=[WorkflowFile.model_validate(entry) for entry in status])

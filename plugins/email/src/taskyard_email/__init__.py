@@ -76,6 +76,35 @@ class EmailChannel:
                               timeout=30)
 
 
+class EmailSend:
+    """The `email:send` action: `{"to": "a@b.c" or [...], "subject": ..., "body": ...}`."""
+
+    name = "email:send"
+
+    def __init__(self, channel: EmailChannel | None = None) -> None:
+        self.channel = channel or EmailChannel()
+
+    def check(self, params: dict[str, Any]) -> None:
+        to = params.get("to")
+        if isinstance(to, str):
+            to = [to]
+        self.channel.check_target({"to": to})
+        for key in ("subject", "body"):
+            if not isinstance(params.get(key), str):
+                raise ValueError(f"email:send needs `{key}` as text")
+
+    async def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.check(params)
+        to = [params["to"]] if isinstance(params["to"], str) else list(params["to"])
+        await self.channel.send_message(to, params["subject"], params["body"])
+        return {"sent_to": to}
+
+
 @hookimpl
 def taskyard_alert_channels() -> list[EmailChannel]:
     return [EmailChannel()]
+
+
+@hookimpl
+def taskyard_actions() -> list[EmailSend]:
+    return [EmailSend()]

@@ -57,6 +57,30 @@ class SlackChannel:
         await client.chat_postMessage(channel=channel or "", text=text, blocks=blocks)
 
 
+class SlackPostMessage:
+    """The `slack:post-message` action: `{"channel": "#ops", "text": ...}`."""
+
+    name = "slack:post-message"
+
+    def __init__(self, channel: SlackChannel | None = None) -> None:
+        self.slack = channel or SlackChannel()
+
+    def check(self, params: dict[str, Any]) -> None:
+        self.slack.check_target(params)
+        if not isinstance(params.get("text"), str):
+            raise ValueError("slack:post-message needs `text`")
+
+    async def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.check(params)
+        await self.slack.post(params["text"], channel=params.get("channel"))
+        return {"posted": True}
+
+
 @hookimpl
 def taskyard_alert_channels() -> list[SlackChannel]:
     return [SlackChannel()]
+
+
+@hookimpl
+def taskyard_actions() -> list[SlackPostMessage]:
+    return [SlackPostMessage()]

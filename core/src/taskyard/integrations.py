@@ -1,0 +1,202 @@
+"""The engine's integration worker, and the declarative workflows it runs.
+
+For each tenant with declarative workflow files, the engine runs an SDK worker inside its own
+process, connected to itself like any worker (on the `integrations` queue, with an in-memory
+token). Its tasks are the plugins' integration actions (`http:request`, ...) and one task per
+declarative step, which renders the step's `with` and calls the action (or, for an action no
+plugin provides, runs the task of that name as a child run on the user's workers). So retries,
+timeouts, concurrency and rate limits apply to integrations exactly as to user tasks.
+
+Files are read from the workflows directory (`<data-dir>/workflows`, or `--workflows DIR`):
+`*.yaml` / `*.yml` at its top belong to the `default` tenant, those in `<tenant name>/` to that
+tenant. The directory is polled; a changed file is loaded again, and a file that does not load is
+reported (file, line, reason) and leaves the last good version of its workflow in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskyard.declarative import INTEGRATION_QUEUE, DeclarativeError, Declared, StepSpec, load
+from taskyard.declarative import render as render_with
+from taskyard.errors import ApiError
+from taskyard.plugins import Action
+from taskyard_sdk import Context, Task, Taskyard, Worker
+from taskyard_sdk.models import TaskOptions, WorkflowDefinition
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+SLOTS = 50
+
+
+@dataclass
+class FileState:
+    stamp: float
+    tenant: str
+    declared: Declared | None = None  # the last version that loaded
+    error: str | None = None  # why the file on disk does not load (if it does not)
+
+
+Register = Callable[[str, WorkflowDefinition], Awaitable[None]]  # tenant name, definition
+TokenFor = Callable[[str], Awaitable[str]]  # tenant name -> a worker token
+
+
+class Integrations:
+    def __init__(self, *, directory: Path, url: Callable[[], str], actions: dict[str, Action],
+                 register: Register, token_for: TokenFor, poll_seconds: float = 1.0) -> None:
+        self.directory = directory
+        self.url = url
+        self.actions = actions
+        self.register = register
+        self.token_for = token_for
+        self.poll_seconds = poll_seconds
+        self.files: dict[Path, FileState] = {}
+        self.workers: dict[str, tuple[Taskyard, Worker]] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.scan()
+        self._poller = asyncio.create_task(self._poll(), name="declarative-workflows")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        for tenant in list(self.workers):
+            await self._stop_worker(tenant)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                await self.scan()
+            except Exception:
+                log.exception("could not read the declarative workflows in %s", self.directory)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _on_disk(self) -> dict[Path, str]:
+        """Workflow files and the tenant each belongs to."""
+        found: dict[Path, str] = {}
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.iterdir()):
+            if path.suffix in (".yaml", ".yml") and path.is_file():
+                found[path] = DEFAULT_TENANT
+            elif path.is_dir():
+                for inner in sorted(path.iterdir()):
+                    if inner.suffix in (".yaml", ".yml") and inner.is_file():
+                        found[inner] = path.name
+        return found
+
+    async def scan(self) -> None:
+        """Load what changed; register it; restart the workers of the tenants it touched."""
+        on_disk = await asyncio.to_thread(self._on_disk)
+        touched: set[str] = set()
+        for path in [p for p in self.files if p not in on_disk]:  # deleted files
+            touched.add(self.files.pop(path).tenant)
+        for path, tenant in on_disk.items():
+            try:
+                stamp = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            state = self.files.get(path)
+            if state is not None and state.stamp == stamp:
+                continue
+            if state is None:
+                state = self.files[path] = FileState(stamp, tenant)
+            state.stamp = stamp
+            if await self._load(path, tenant, state):
+                touched.add(tenant)
+        for tenant in sorted(touched):
+            await self._restart_worker(tenant)
+
+    async def _load(self, path: Path, tenant: str, state: FileState) -> bool:
+        try:
+            declared = load(path, await asyncio.to_thread(path.read_text))
+            for step in declared.steps():
+                action = self.actions.get(step.action)
+                check = getattr(action, "check", None)
+                if check is not None and not any("{{" in str(v) for v in step.with_.values()):
+                    check(step.with_)
+            await self.register(tenant, declared.definition)
+        except (DeclarativeError, ValueError, ApiError) as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            state.error = reason if isinstance(exc, DeclarativeError) else f"{path}: {reason}"
+            log.error("declarative workflow %s not loaded (the last good version stays): %s",
+                      path, state.error)
+            return False
+        state.declared, state.error = declared, None
+        log.info("declarative workflow %r loaded from %s", declared.spec.name, path)
+        return True
+
+    def status(self, tenant: str) -> list[dict[str, Any]]:
+        return [{"file": str(path), "workflow": state.declared.spec.name
+                 if state.declared else None, "error": state.error}
+                for path, state in sorted(self.files.items()) if state.tenant == tenant]
+
+    # -- the workers -----------------------------------------------------------------------------
+
+    async def _restart_worker(self, tenant: str) -> None:
+        await self._stop_worker(tenant)
+        declared = [state.declared for state in self.files.values()
+                    if state.tenant == tenant and state.declared is not None]
+        if not declared:
+            return
+        client = Taskyard(self.url(), await self.token_for(tenant))
+        tasks: list[Task[Any, Any]] = [_action_task(client, action)
+                                       for action in self.actions.values()]
+        for workflow in declared:
+            for step in workflow.steps():
+                tasks.append(_step_task(client, workflow.spec.name, step,
+                                        self.actions.get(step.action),
+                                        workflow.definition))
+        worker = client.worker("integrations", tasks=tasks, slots=SLOTS,
+                               queue=INTEGRATION_QUEUE)
+        await worker.__aenter__()
+        self.workers[tenant] = (client, worker)
+
+    async def _stop_worker(self, tenant: str) -> None:
+        running = self.workers.pop(tenant, None)
+        if running is not None:
+            client, worker = running
+            await worker.__aexit__(None, None, None)
+            await client.aio_close()
+
+
+def _action_task(client: Taskyard, action: Action) -> Task[Any, Any]:
+    """A plugin action as a task of its own (`http:request`), for triggering it directly."""
+
+    async def run(params: dict[str, Any]) -> Any:
+        return await action.run(params)
+
+    return Task(client, run, action.name, TaskOptions(queue=INTEGRATION_QUEUE))
+
+
+def _step_task(client: Taskyard, workflow: str, step: StepSpec, action: Action | None,
+               definition: WorkflowDefinition) -> Task[Any, Any]:
+    """A declarative step: render its `with`, then call the action (or run the task it names
+    as a child run, on the workers that have it)."""
+    options = next(s.options for s in definition.steps if s.name == step.id)
+    delegate: Task[Any, Any] | None = (
+        Task(client, _never, step.action, TaskOptions()) if action is None else None)
+
+    async def run(input: Any, ctx: Context) -> Any:
+        params = render_with(step.with_, {"input": input, "steps": ctx.parent_outputs})
+        if action is not None:
+            return await action.run(params)
+        assert delegate is not None
+        return await delegate.aio_run(params)
+
+    return Task(client, run, f"{workflow}:{step.id}", options)
+
+
+async def _never(params: Any) -> Any:  # the delegate's function runs on a user's worker
+    raise RuntimeError("a delegated action runs on the worker that registered it")
+

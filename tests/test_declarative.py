@@ -1,0 +1,163 @@
+"""Declarative workflows end to end: a YAML workflow triggered by an event runs http:request
+against a local server and email:send to a real SMTP server, in the engine's integration worker;
+a bad file is reported with its line and does not replace the last good version."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+
+from taskyard.engine import Engine
+from taskyard.testing import free_port
+from taskyard_sdk import RunStatus, Taskyard
+from tests.conftest import engine_settings
+from tests.test_alerts import Inbox
+
+WORKFLOW = """\
+name: welcome
+triggers:
+  events: ["user:create"]
+jobs:
+  greet:
+    steps:
+      - id: profile
+        action: http:request
+        with:
+          url: "{crm}/users/{{{{ input.user_id }}}}"
+        timeout: 10s
+        retries: 2
+      - id: mail
+        action: email:send
+        with:
+          to: "{{{{ steps.profile.body.email }}}}"
+          subject: "Welcome, {{{{ steps.profile.body.name }}}}!"
+          body: "Your account {{{{ input.user_id }}}} is ready."
+  audit:
+    steps:
+      - id: record
+        action: http:request
+        with:
+          method: POST
+          url: "{crm}/audit"
+          json: {{user: "{{{{ input.user_id }}}}", event: signup}}
+      - id: flaky
+        action: http:request
+        with: {{url: "{crm}/flaky"}}
+        retries: 1
+"""
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield inbox, controller.port
+    controller.stop()
+
+
+@pytest.fixture
+async def crm() -> AsyncIterator[tuple[str, list[tuple[str, Any]]]]:
+    """A local HTTP server standing in for a CRM: user profiles, and an audit log."""
+    seen: list[tuple[str, Any]] = []
+
+    async def user(request: web.Request) -> web.Response:
+        seen.append(("GET", request.match_info["user_id"]))
+        return web.json_response({"email": "ana@acme.test", "name": "Ana"})
+
+    async def audit(request: web.Request) -> web.Response:
+        seen.append(("POST", await request.json()))
+        return web.json_response({"ok": True}, status=201)
+
+    async def flaky(request: web.Request) -> web.Response:
+        seen.append(("FLAKY", None))
+        failing = sum(1 for kind, _ in seen if kind == "FLAKY") % 2 == 1
+        return web.Response(status=503 if failing else 200, text="busy" if failing else "ok")
+
+    app = web.Application()
+    app.router.add_get("/users/{user_id}", user)
+    app.router.add_post("/audit", audit)
+    app.router.add_get("/flaky", flaky)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", seen
+    await runner.cleanup()
+
+
+@pytest.fixture
+def workflows(data_dir: Path, crm: tuple[str, list[tuple[str, Any]]]) -> Path:
+    folder = data_dir / "workflows"
+    folder.mkdir(parents=True)
+    (folder / "welcome.yaml").write_text(WORKFLOW.format(crm=crm[0]))
+    return folder
+
+
+async def _until(check: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_yaml_workflow_runs_http_request_and_email_send(
+        db_url: str, data_dir: Path, workflows: Path, smtp: tuple[Inbox, int],
+        crm: tuple[str, list[tuple[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox, port = smtp
+    monkeypatch.setenv("TASKYARD_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("TASKYARD_SMTP_PORT", str(port))
+    settings = engine_settings(db_url, data_dir, plugins=["http", "email"])
+    async with Engine(settings) as engine:
+        ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
+        event = await ty.events.aio_push("user:create", {"user_id": 7})
+        [run_id] = event.triggered
+        run = (await ty.runs.aio_wait([run_id], timeout=30))[run_id]
+        assert run.status is RunStatus.SUCCEEDED, run
+        assert run.output["mail"] == {"sent_to": ["ana@acme.test"]}
+        assert ("GET", "7") in crm[1]
+        assert ("POST", {"user": 7, "event": "signup"}) in crm[1]
+        # A non-2xx answer fails the attempt; the step's retries apply, as for any task.
+        steps = (await ty.runs.aio_get(run_id)).steps
+        flaky_step = next(step for step in steps if step.step == "flaky")
+        flaky_view = await ty.runs.aio_get(flaky_step.run_id)
+        assert [a.status for a in flaky_view.attempts] == [RunStatus.FAILED,
+                                                            RunStatus.SUCCEEDED]
+        assert "answered 503: busy" in (flaky_view.attempts[0].error.message
+                                        if flaky_view.attempts[0].error else "")
+        [message] = inbox.messages
+        assert (message["To"], message["Subject"]) == ("ana@acme.test", "Welcome, Ana!")
+        assert message.get_payload().strip() == "Your account 7 is ready."
+        assert isinstance(message, email.message.Message)
+
+        # A broken edit is reported with its line, and the last good version stays in use.
+        (workflows / "welcome.yaml").write_text(
+            WORKFLOW.format(crm=crm[0]).replace("action: email:send", "action: email send"))
+        (workflows / "broken.yaml").write_text("name: broken\njobs: [oops\n")
+
+        async def reported() -> bool:
+            files = (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]
+            return sum(1 for f in files if f["error"]) == 2
+
+        await _until(reported)
+        files = {Path(f["file"]).name: f for f in
+                 (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]}
+        assert files["welcome.yaml"]["workflow"] == "welcome"  # the last good version
+        assert "welcome.yaml:14: jobs.greet.steps.1.action: String should match pattern" in \
+            files["welcome.yaml"]["error"]
+        assert "broken.yaml:3: not valid YAML" in files["broken.yaml"]["error"]
+        latest = await ty.transport.request("GET", "/api/v1/workflows/welcome")
+        assert latest["version"] == 1
+        again = await ty.events.aio_push("user:create", {"user_id": 8})
+        assert (await ty.runs.aio_wait(again.triggered, timeout=30))[
+            again.triggered[0]].status is RunStatus.SUCCEEDED
+        await ty.aio_close()
