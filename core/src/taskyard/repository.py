@@ -425,6 +425,12 @@ _VIEW_COLUMNS = _SUMMARY_COLUMNS + """,
     input, output, error, idempotency_key, workflow_run_id, workflow_version, parent_run_id
 """
 
+# What a run's history needs of its row (the current attempt's timeline), and its stored events.
+_HISTORY_COLUMNS = ("created_at, attempt, status, worker_id, assigned_at, started_at, finished_at, "
+                    "error")
+_STORED_EVENTS = ("SELECT at, attempt, type, worker_id, detail FROM run_events "
+                  "WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq")
+
 _TERMINAL_EVENTS = {"succeeded", "failed", "timed_out", "cancelled"}
 
 
@@ -544,14 +550,20 @@ class RunRepository:
         return {row["run_id"]: RunStatus(row["status"]) for row in rows}
 
     async def get_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView | None:
-        document = (await self.run_documents(tenant_id, [run_id])).get(run_id)
-        if document is None:
-            return None
-        view = RunView.model_validate(document)
-        view.attempts = _attempts(await self.run_events(tenant_id, run_id))
-        view.children = [row["run_id"] for row in await self.pool.fetch(
-            "SELECT run_id FROM runs WHERE tenant_id = $1 AND parent_run_id = $2 "
-            "ORDER BY run_id LIMIT 10000", tenant_id, run_id)]
+        """A run with its attempts and children: the row (with what its history needs and its
+        children's ids) in one round trip, its stored events in another."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_VIEW_COLUMNS}, worker_id, assigned_at, ARRAY(SELECT c.run_id "
+                "FROM runs c WHERE c.tenant_id = r.tenant_id AND c.parent_run_id = r.run_id "
+                "ORDER BY c.run_id LIMIT 10000) AS children FROM runs r "
+                "WHERE r.tenant_id = $1 AND r.run_id = $2", tenant_id, run_id)
+            if row is None:
+                return None
+            stored = await conn.fetch(_STORED_EVENTS, tenant_id, run_id)
+        view = RunView.model_validate(dict(row))
+        view.attempts = _attempts(_history(row, stored))
+        view.children = list(row["children"])
         if view.kind is RunKind.WORKFLOW:
             view.steps = [RunSummary.model_validate(dict(row)) for row in await self.pool.fetch(
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE tenant_id = $1 "
@@ -603,14 +615,11 @@ class RunRepository:
         """The run's whole history: the stored events, and the transitions of its current
         attempt, which its row records (see QueueActor._save)."""
         run = await self.pool.fetchrow(
-            "SELECT created_at, attempt, status, worker_id, assigned_at, started_at, "
-            "finished_at, error FROM runs WHERE tenant_id = $1 AND run_id = $2",
+            f"SELECT {_HISTORY_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = $2",
             tenant_id, run_id)
         if run is None:
             return []
-        stored = await self.pool.fetch(
-            "SELECT at, attempt, type, worker_id, detail FROM run_events "
-            "WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq", tenant_id, run_id)
+        stored = await self.pool.fetch(_STORED_EVENTS, tenant_id, run_id)
         return _history(run, stored)
 
     async def run_logs(self, tenant_id: uuid.UUID, run_id: uuid.UUID, *, limit: int,

@@ -364,9 +364,11 @@ class Scheduler:
         return reason
 
     async def wait(self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID],
-                   timeout: float) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
+                   timeout: float, *, documents: bool = True
+                   ) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
         """Wait until every run has finished or `timeout` passes. Returns the finished runs as
-        documents shaped like RunView, and the ids still pending."""
+        documents shaped like RunView (none when `documents` is false), and the ids still
+        pending."""
         wanted = list(dict.fromkeys(run_ids))
         futures = self.waiters.watch(tenant_id, wanted)
         try:
@@ -384,8 +386,8 @@ class Scheduler:
         finally:
             self.waiters.unwatch(tenant_id, futures)
         done = [run_id for run_id in wanted if statuses[run_id].terminal]
-        documents = await self.runs.run_documents(tenant_id, done) if done else {}
-        finished = [documents[run_id] for run_id in done]
+        found = await self.runs.run_documents(tenant_id, done) if done and documents else {}
+        finished = [found[run_id] for run_id in done if run_id in found]
         return finished, [run_id for run_id in wanted if not statuses[run_id].terminal]
 
     # -- rate limits -----------------------------------------------------------------------------

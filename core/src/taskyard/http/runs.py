@@ -147,7 +147,8 @@ async def run_result(call: Call[None]) -> RunView:
     current state."""
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    await engine.scheduler.wait(call.principal.tenant_id, [run_id], call.query.timeout)
+    await engine.scheduler.wait(call.principal.tenant_id, [run_id], call.query.timeout,
+                                documents=False)  # the view below reads the run
     return await _view(call, run_id)
 
 
