@@ -18,9 +18,10 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from taskyard.engine import Engine
-from taskyard.plugins import Alert, RunEnded, hookimpl
+from taskyard.plugins import Alert, RunChanged, RunEnded, hookimpl
 from taskyard.testing import free_port
 from taskyard_sdk import TaskFailed, Taskyard
+from taskyard_slack import SlackChannel
 from tests.conftest import engine_settings
 
 
@@ -242,3 +243,95 @@ async def test_a_plugin_that_raises_does_not_stop_the_work(db_url: str, data_dir
         await _until(lambda: engine.alerter.failed_deliveries["explodes"] >= 1, timeout=15)
         await _until(lambda: sum(engine.plugins.errors.values()) >= 1)
         await ty.aio_close()
+
+
+class Observer:
+    """A lifecycle observer: records every change and every end it is told of."""
+
+    def __init__(self) -> None:
+        self.changes: list[RunChanged] = []
+        self.ended: list[RunEnded] = []
+
+    @hookimpl
+    def taskyard_runs_changed(self, changes: list[RunChanged]) -> None:
+        self.changes.extend(changes)
+
+    @hookimpl
+    async def taskyard_runs_ended(self, runs: list[RunEnded]) -> None:
+        self.ended.extend(runs)
+
+
+async def test_lifecycle_observers_see_state_changes_and_ends(db_url: str,
+                                                             data_dir: Path) -> None:
+    observer = Observer()
+    async with Engine(engine_settings(db_url, data_dir), plugins=[observer]) as engine:
+        ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
+        wf = ty.workflow("observed")
+
+        @wf.task()
+        async def step(n: int) -> int:
+            return n
+
+        async with ty.worker("w", workflows=[wf]):
+            handle = await wf.aio_run_no_wait(1)
+            await handle.aio_result(timeout=10)
+        await _until(lambda: any(e.kind == "workflow" for e in observer.ended))
+        await ty.aio_close()
+    [step_run] = [c.run_id for c in observer.changes if c.task == "observed:step"][:1]
+    statuses = [c.status for c in observer.changes if c.run_id == step_run]
+    assert statuses[-1] == "succeeded"
+    assert "running" in statuses or "assigned" in statuses
+    kinds = {(e.kind, e.task, e.status) for e in observer.ended}
+    assert kinds == {("task", "observed:step", "succeeded"),
+                     ("workflow", "observed", "succeeded")}
+
+
+async def test_the_slack_action_posts_and_a_webhook_url_works_too(
+        alerting: tuple[Engine, Taskyard], slack: tuple[SlackServer, str], data_dir: Path,
+        workflows_dir_for_slack: Path) -> None:
+    _, ty = alerting
+    server, _ = slack
+    event = None
+    for _ in range(60):  # the engine picks the file up within a second
+        files = (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]
+        if files and files[0]["workflow"] == "announce":
+            event = await ty.events.aio_push("release:out", {"version": "1.2"})
+            break
+        await asyncio.sleep(0.1)
+    assert event is not None
+    [run_id] = event.triggered
+    view = (await ty.runs.aio_wait([run_id], timeout=20))[run_id]
+    assert view.output == {"post": {"posted": True}}
+    assert {"channel": "#releases", "text": "Version 1.2 is out"}.items() <= \
+        server.posts[-1].items()
+
+    hooked: list[dict[str, Any]] = []
+
+    async def incoming(request: web.Request) -> web.Response:
+        hooked.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", incoming)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        channel = SlackChannel(webhook_url=f"http://127.0.0.1:{port}/hook")
+        channel.check_target({})
+        await channel.post("deploy finished", channel=None)
+    finally:
+        await runner.cleanup()
+    assert hooked[0]["text"] == "deploy finished"
+
+
+@pytest.fixture
+def workflows_dir_for_slack(data_dir: Path) -> Path:
+    folder = data_dir / "workflows"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "announce.yaml").write_text(
+        'name: announce\ntriggers: {events: ["release:out"]}\njobs:\n  tell:\n    steps:\n'
+        '      - id: post\n        action: slack:post-message\n'
+        '        with: {channel: "#releases", text: "Version {{ input.version }} is out"}\n')
+    return folder

@@ -35,7 +35,14 @@ from taskyard.integrations import Integrations
 from taskyard.migrator import MigrationError, migrate, pending_migrations
 from taskyard.persister import Persister
 from taskyard.plugin_manager import Plugins
-from taskyard.plugins import Action, AlertChannel, PushedEvent, RunEnded, TriggerSource
+from taskyard.plugins import (
+    Action,
+    AlertChannel,
+    PushedEvent,
+    RunChanged,
+    RunEnded,
+    TriggerSource,
+)
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.repository import Repository, RunRepository, TenantExists, register_node
 from taskyard.schedule_repository import ScheduleRepository
@@ -127,7 +134,9 @@ class Engine:
                                     heartbeat_timeout=self.settings.heartbeat_timeout,
                                     recovery_hold=self.settings.recovery_hold,
                                     timers=self._timers, runs_ended=self._runs_ended,
-                                    observe_all=self._observe)
+                                    observe_all=self._observe,
+                                    runs_changed=self._runs_changed if self._plugins.implemented(
+                                        "taskyard_runs_changed") else None)
         await self._scheduler.start()
 
         plugin_router = Router(tags=("plugins",))
@@ -312,6 +321,15 @@ class Engine:
             raise Unprocessable(f"event: {exc.errors()[0]['msg']}") from None
         [view] = await self.scheduler.push_events(found.tenant_id, [request])
         return PushedEvent(view.event_id, list(view.triggered))
+
+    def _runs_changed(self, tenant_id: uuid.UUID, changes: list[RunChanged]) -> None:
+        """Committed state changes, to the plugins that observe them (isolated, off the
+        actors' paths)."""
+        if self._plugins is not None:
+            task = asyncio.create_task(self._plugins.call("taskyard_runs_changed",
+                                                          changes=changes))
+            self._observers.add(task)
+            task.add_done_callback(self._observers.discard)
 
     async def authenticate(self, header: str | None) -> Principal:
         try:

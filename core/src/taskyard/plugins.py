@@ -94,6 +94,20 @@ class RunEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class RunChanged:
+    """A task's run (or a workflow's step) in a new state, as written: queued, assigned, running,
+    pending, or a final one. A run that changes twice within one write batch is seen in its
+    latest state."""
+
+    tenant_id: uuid.UUID
+    run_id: uuid.UUID
+    task: str
+    status: str
+    attempt: int
+    worker_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     """What an alert channel delivers: a run that failed for good, or a summary of the failures
     an alert window folded in."""
@@ -184,6 +198,12 @@ def taskyard_alert_channels() -> Any:
 
 
 @hookspec
+def taskyard_runs_changed(changes: list[RunChanged]) -> Any:
+    """Lifecycle observer: every state change of task runs and steps, in batches, once
+    committed. Called only when some plugin implements it; keep it quick."""
+
+
+@hookspec
 def taskyard_runs_ended(runs: list[RunEnded]) -> Any:
     """Lifecycle observer: runs that reached their final state, in batches, once committed.
     Called only when some plugin implements it; keep it quick (it may be a coroutine)."""
@@ -223,6 +243,7 @@ __all__ = [
     "PushedEvent",
     "Role",
     "Router",
+    "RunChanged",
     "RunEnded",
     "TriggerSource",
     "hookimpl",

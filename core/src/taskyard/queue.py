@@ -26,7 +26,7 @@ from taskyard.actors import Actor
 from taskyard.dispatch import Dispatcher, Refusal, WorkerSlots
 from taskyard.durable import DurableWait, DurableWaits
 from taskyard.errors import Conflict
-from taskyard.plugins import RunEnded
+from taskyard.plugins import RunChanged, RunEnded
 from taskyard.runs import Run, error_json, json_bytes, retry_delay
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
@@ -105,7 +105,9 @@ class QueueActor(Actor):
                  steps_ended: StepsEnded, worker_grace: float, limiter: RateLimiter,
                  events: EventRepository,
                  runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
-                 observe_all: bool = False, recovery_hold: float = 0.0,
+                 observe_all: bool = False,
+                 runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
+                 recovery_hold: float = 0.0,
                  input_cache_bytes: int = 256 * 1024 * 1024,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
@@ -123,6 +125,7 @@ class QueueActor(Actor):
         self.event_repository = events
         self.runs_ended = runs_ended  # failed runs for alerts; every ended run for observers
         self.observe_all = observe_all
+        self.runs_changed = runs_changed  # lifecycle observers: every state written
         self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
@@ -152,6 +155,7 @@ class QueueActor(Actor):
         self._durable_rows: list[Row] = []
         self._resuming: list[tuple[uuid.UUID, int]] = []
         self._ended: list[RunEnded] = []
+        self._changed: dict[uuid.UUID, RunChanged] = {}
         self._recorded: dict[WorkerSession, list[protocol.Recorded]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -810,6 +814,9 @@ class QueueActor(Actor):
     def _save(self, run: Run) -> None:
         """Persist the run's current state (the latest state in a batch wins)."""
         self._states[run.run_id] = run.row()
+        if self.runs_changed is not None:
+            self._changed[run.run_id] = RunChanged(self.tenant_id, run.run_id, run.task,
+                                                   run.status.value, run.attempt, run.worker_id)
 
     def _record(self, run: Run, event: str, now: float,
                 detail: dict[str, Any] | None = None) -> None:
@@ -857,6 +864,15 @@ class QueueActor(Actor):
         if self._steps_ended:  # after the write above: what follows from it is written later
             self.steps_ended(self.tenant_id, self._steps_ended)
             self._steps_ended = []
+        if self._changed and self.runs_changed is not None:
+            changed, self._changed = list(self._changed.values()), {}
+            report, tenant = self.runs_changed, self.tenant_id
+
+            def written(done: asyncio.Future[None]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    report(tenant, changed)
+
+            self.persister.barrier().add_done_callback(written)
         if not self._acks and not self._finished_now and not self._recorded:
             return
         acks, self._acks = self._acks, {}

@@ -26,7 +26,7 @@ from taskyard.expressions import ExpressionError
 from taskyard.flow import check_options, flow_for, keys_for
 from taskyard.ids import new_id
 from taskyard.persister import Persister
-from taskyard.plugins import RunEnded
+from taskyard.plugins import RunChanged, RunEnded
 from taskyard.queue import QueueActor, StepEnded
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.ratelimits import RateLimiter, Usage
@@ -78,7 +78,9 @@ class Scheduler:
                  heartbeat_interval: float, heartbeat_timeout: float,
                  timers: Timers, recovery_hold: float = 0.0,
                  runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
-                 observe_all: bool = False) -> None:
+                 observe_all: bool = False,
+                 runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
+                 ) -> None:
         self.persister = persister
         self.runs = runs
         self.workflows = workflows
@@ -86,6 +88,7 @@ class Scheduler:
         self.rate_limits = rate_limits
         self.runs_ended = runs_ended  # failures to the alerter, every end to observers
         self.observe_all = observe_all
+        self.runs_changed = runs_changed
         self.limiters: dict[uuid.UUID, RateLimiter] = {}
         self.schedule_repository = schedules
         self.timers = timers  # the engine's, shared (started and stopped by the engine)
@@ -137,6 +140,7 @@ class Scheduler:
                 connected_workers=self.registry.connected, steps_ended=self._steps_ended,
                 worker_grace=self.heartbeat_timeout, limiter=self.limiter_for(tenant_id),
                 events=self.events, runs_ended=self.runs_ended, observe_all=self.observe_all,
+                runs_changed=self.runs_changed,
                 recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())
         return actor
