@@ -194,6 +194,12 @@ async def test_bad_alert_rules_are_refused(alerting: tuple[Engine, Taskyard]) ->
                 error = (await response.json())["error"]
             assert response.status == 422, body
             assert message in error["message"], error["message"]
+        worker_token = (await ty.transport.request(
+            "POST", "/api/v1/tokens", json_body={"role": "worker", "name": "w"}))["token"]
+        async with client.post("/api/v1/alert-rules", json={"channel": "email",
+                               "target": {"to": ["a@b.c"]}},
+                               headers={"Authorization": f"Bearer {worker_token}"}) as response:
+            assert response.status == 403  # workers do not say where alerts go
         rule = await _rule(ty, {"channel": "email", "target": {"to": ["a@b.c"]}})
         async with client.get("/api/v1/alert-rules") as response:
             assert [r["rule_id"] for r in (await response.json())["rules"]] == [rule["rule_id"]]

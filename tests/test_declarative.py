@@ -160,4 +160,36 @@ async def test_a_yaml_workflow_runs_http_request_and_email_send(
         again = await ty.events.aio_push("user:create", {"user_id": 8})
         assert (await ty.runs.aio_wait(again.triggered, timeout=30))[
             again.triggered[0]].status is RunStatus.SUCCEEDED
+
+        # A good edit replaces it; deleting the file retires its triggers.
+        (workflows / "broken.yaml").unlink()
+        (workflows / "welcome.yaml").write_text(
+            WORKFLOW.format(crm=crm[0]).replace("Welcome, ", "Hello, "))
+
+        async def edited() -> bool:
+            files = (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]
+            return [f["error"] for f in files] == [None]
+
+        await _until(edited)
+        third = await ty.events.aio_push("user:create", {"user_id": 9})
+        await ty.runs.aio_wait(third.triggered, timeout=30)
+        assert inbox.messages[-1]["Subject"] == "Hello, Ana!"
+        (workflows / "welcome.yaml").unlink()
+
+        async def retired() -> bool:
+            latest = await ty.transport.request("GET", "/api/v1/workflows/welcome")
+            return bool(latest["definition"]["on_events"] == [])
+
+        await _until(retired)
+        assert (await ty.events.aio_push("user:create", {"user_id": 10})).triggered == []
         await ty.aio_close()
+
+
+def test_templates_render_whole_values_typed_and_several_as_text() -> None:
+    from taskyard.declarative import render
+
+    variables = {"input": {"a": 1, "b": "two", "tags": ["x"]}, "steps": {}}
+    assert render({"one": "{{ input.a }}", "two": "{{ input.a }} and {{ input.b }}",
+                   "list": "{{ input.tags }}", "text": "tags: {{ input.tags }}",
+                   "plain": 3}, variables) == {
+        "one": 1, "two": "1 and two", "list": ["x"], "text": 'tags: ["x"]', "plain": 3}

@@ -181,3 +181,23 @@ def test_durable_tasks_must_be_async(ty: Taskyard) -> None:
         @ty.durable_task()
         def blocking(n: int) -> int:
             return n
+
+
+async def test_a_wait_that_could_never_match_fails_at_once_and_no_children_is_fine(
+        ty: Taskyard) -> None:
+    @ty.task()
+    async def never_used(n: int) -> int:
+        return n
+
+    @ty.durable_task(retries=3)
+    async def broken_filter(n: int, ctx: DurableContext) -> Any:
+        assert await never_used.aio_run_many([]) == []  # no children: nothing to wait for
+        return await ctx.wait_for_event("k", filter="payload.x ==")
+
+    async with ty.worker("filters", tasks=[broken_filter, never_used]):
+        with pytest.raises(TaskFailed) as failure:
+            await broken_filter.aio_run(1, timeout=10)
+    assert failure.value.error is not None
+    assert failure.value.error.type == "InvalidWait"
+    assert "'payload.x ==' is not valid CEL" in failure.value.error.message
+    assert (await ty.runs.aio_get(failure.value.run_id)).attempt == 1  # not retried

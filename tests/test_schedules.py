@@ -56,6 +56,9 @@ async def test_a_per_second_cron_starts_one_run_a_tick_and_a_paused_one_none(
     assert (view.paused, view.next_fire_at) == (True, None)
     resumed = await ty.crons.aio_resume(paused.cron_id)
     assert resumed.next_fire_at is not None
+    # Resuming counts from now: a catch-up after a restart does not fire the paused time.
+    assert resumed.last_tick is not None
+    assert resumed.last_tick.timestamp() > begun + 10
 
 
 async def test_crons_declared_in_code_follow_the_code(ty: Taskyard) -> None:
@@ -191,6 +194,8 @@ async def test_bad_crons_and_schedules_are_refused(ty: Taskyard,
          "cron expression '61 * * * *' is not valid"),
         ("POST", "/api/v1/crons", {"name": "c", "task": "t", "expression": "* * *"}, 422,
          "has 3 fields; it needs 5"),
+        ("POST", "/api/v1/crons", {"name": "c", "task": "t", "expression": "0 0 30 2 *"}, 422,
+         "cron expression '0 0 30 2 *' never fires"),
         ("POST", "/api/v1/crons", {"name": "c", "task": "t", "expression": "0 9 * * *",
                                    "timezone": "Mars/Olympus"}, 422,
          "unknown time zone 'Mars/Olympus'"),

@@ -63,6 +63,8 @@ async def test_a_signed_webhook_triggers_a_workflow_and_a_bad_one_stores_nothing
         assert "needs an X-Taskyard-Signature header" in missing["error"]["message"]
         assert (await ty.events.aio_list()).events == []  # nothing was stored
 
+        status, garbled = await post("github", body, {"X-Taskyard-Signature": "sha256=é"})
+        assert status == 401, garbled
         status, unknown = await post("gitlab", body, {})
         assert (status, unknown["error"]["code"]) == (404, "not_found")
         status, _ = await post("github", b"not json",

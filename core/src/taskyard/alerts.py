@@ -34,6 +34,7 @@ DELIVERY_ATTEMPTS = 3
 
 @dataclass(eq=False)
 class Window:
+    rule: AlertRule  # as it was when the window opened (rules may change meanwhile)
     until: float
     folded: int = 0
     last: RunEnded | None = None
@@ -111,7 +112,7 @@ class Alerter(Actor):
                 window.folded += 1
                 window.last = run
                 continue
-            self.windows[key] = Window(until=now + rule.window)
+            self.windows[key] = Window(rule, until=now + rule.window)
             self.timers.schedule(now + rule.window, self, self._windows_over, key)
             self._send(tenant_id, rule, run, folded=window.folded if window else 0,
                        summary=False)
@@ -125,20 +126,10 @@ class Alerter(Actor):
             if window.folded == 0 or window.last is None:
                 del self.windows[key]
                 continue
-            rule = self._rule(key[0])
-            if rule is None:
-                del self.windows[key]
-                continue
-            self.windows[key] = Window(until=now + rule.window)
+            rule = window.rule
+            self.windows[key] = Window(rule, until=now + rule.window)
             self.timers.schedule(now + rule.window, self, self._windows_over, key)
             self._send(rule.tenant_id, rule, window.last, folded=window.folded, summary=True)
-
-    def _rule(self, rule_id: uuid.UUID) -> AlertRule | None:
-        for rules in self.rules.values():
-            for rule in rules:
-                if rule.rule_id == rule_id:
-                    return rule
-        return None
 
     # -- delivery --------------------------------------------------------------------------------
 

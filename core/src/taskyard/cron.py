@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from croniter.croniter import CroniterError
+from croniter.croniter import CroniterBadDateError, CroniterError
 
 MAX_CATCH_UP = 100  # catch_up=all fires at most this many missed ticks
 
@@ -35,24 +35,45 @@ def validate(expression: str, timezone: str) -> None:
         croniter(expression, datetime.now(UTC))
     except (CroniterError, ValueError, KeyError) as exc:
         raise CronError(f"cron expression {expression!r} is not valid: {exc}") from None
+    next_tick(expression, timezone, datetime.now(UTC).timestamp())  # one that never fires
+
+
+def _ticks(expression: str, timezone: str, at: float) -> croniter:
+    return croniter(expression, datetime.fromtimestamp(at, zone(timezone)))
 
 
 def next_tick(expression: str, timezone: str, after: float) -> float:
-    """The first tick strictly after `after` (epoch seconds)."""
-    start = datetime.fromtimestamp(after, zone(timezone))
-    return float(croniter(expression, start).get_next(float))
+    """The first tick strictly after `after` (epoch seconds). A wall-clock time that a DST
+    change repeats fires once, at its first occurrence."""
+    ticks = _ticks(expression, timezone, after)
+    try:
+        while True:
+            tick = float(ticks.get_next(datetime).timestamp())
+            if _first_occurrence(tick, timezone):
+                return tick
+    except CroniterBadDateError:
+        raise CronError(f"cron expression {expression!r} never fires") from None
+
+
+def _first_occurrence(tick: float, timezone: str) -> bool:
+    """False for the second time a wall clock shows a time a DST change repeats (Python marks
+    that instant fold=1; croniter's own flag is not reliable walking backwards)."""
+    return datetime.fromtimestamp(tick, zone(timezone)).fold == 0
 
 
 def ticks_between(expression: str, timezone: str, after: float, until: float,
                   limit: int) -> list[float]:
-    """Ticks in (after, until], oldest first: at most the `limit` latest of them."""
-    start = datetime.fromtimestamp(after, zone(timezone))
-    iterator = croniter(expression, start)
+    """Ticks in (after, until], oldest first: at most the `limit` latest of them, found walking
+    back from `until` (a long downtime costs `limit` steps, not one per missed tick)."""
+    ticks = _ticks(expression, timezone, until + 0.001)
     found: list[float] = []
-    while True:
-        tick = float(iterator.get_next(float))
-        if tick > until:
-            return found
-        found.append(tick)
-        if len(found) > limit:
-            found.pop(0)
+    try:
+        while len(found) < limit:
+            tick = float(ticks.get_prev(datetime).timestamp())
+            if tick <= after:
+                break
+            if _first_occurrence(tick, timezone):
+                found.append(tick)
+    except CroniterBadDateError:
+        pass
+    return found[::-1]

@@ -44,6 +44,7 @@ from taskyard_sdk.models import (
 
 INTEGRATION_QUEUE = "integrations"
 TEMPLATE = re.compile(r"\{\{\s*(.+?)\s*\}\}")
+WHOLE_TEMPLATE = re.compile(r"\{\{\s*((?:(?!\{\{|\}\}).)+?)\s*\}\}")  # exactly one
 STEP_REFERENCE = re.compile(r"\bsteps\.([A-Za-z_]\w*)")
 TEMPLATE_NAMES = frozenset({"input", "steps"})
 
@@ -180,7 +181,7 @@ def _strings(value: Any, at: tuple[Any, ...]) -> list[tuple[str, tuple[Any, ...]
 def render(value: Any, variables: dict[str, Any]) -> Any:
     """`with` parameters with their `{{ }}` templates evaluated."""
     if isinstance(value, str):
-        whole = TEMPLATE.fullmatch(value.strip())
+        whole = WHOLE_TEMPLATE.fullmatch(value.strip())
         if whole is not None:
             return evaluate(whole.group(1), variables)
         return TEMPLATE.sub(lambda match: _text(evaluate(match.group(1), variables)), value)

@@ -199,10 +199,11 @@ class Dispatcher:
             group = self.groups.get(group_id)
             if group is None:
                 continue
-            freed = run.run_id in group.holders
             group.holders.discard(run.run_id)
             group.waiting.pop(run.run_id, None)
-            if freed:
+            # A slot it held is free; and a run that leaves while waiting may be the one a
+            # release brought back for a free slot: either way the slot goes to the next one.
+            if not group.full:
                 self._unpark(group.parked)
             if group.idle and not group.parked:
                 del self.groups[group_id]
@@ -263,6 +264,8 @@ class Dispatcher:
         """Where a picked run goes: its SOFT sticky worker when that one can take it, else the
         free worker whose labels match best (the picker on a tie)."""
         flow = run.flow
+        if run.options.sticky is Sticky.HARD and flow is not None and flow.sticky_worker:
+            return picker  # only its worker's heap holds it: the picker is that worker
         if run.options.sticky is Sticky.SOFT and flow is not None and flow.sticky_worker:
             sticky = self.workers.get(flow.sticky_worker)
             if sticky is not None and sticky.assignable and sticky.takes(run.task, run.options):

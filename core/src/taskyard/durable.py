@@ -51,8 +51,9 @@ class DurableWait:
 
     def match(self, event: PushedEvent) -> bool:
         """Note the leaves this event satisfies (only events since the wait began count)."""
-        if event.created_at < self.spec.since:
-            return False
+        if event.created_at < self.spec.since or (
+                self.spec.deadline is not None and event.created_at > self.spec.deadline):
+            return False  # only events between the wait's start and its timeout count
         matched = False
         for index, wanted in enumerate(self.spec.events):
             if index in self.matched or not key_matches(wanted.key, event.key):

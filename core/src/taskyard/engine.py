@@ -151,7 +151,7 @@ class Engine:
         self._integrations = Integrations(
             directory=self.settings.workflows_dir or self.settings.data_dir / "workflows",
             url=lambda: self.url, actions=self.actions, register=self._register_declared,
-            token_for=self._internal_token)
+            token_for=self._internal_token, forget_token=self._forget_internal_token)
         await self._integrations.start()
         await self._plugins.call("taskyard_startup", host=self)
         for provided in await self._plugins.call("taskyard_trigger_sources"):
@@ -301,6 +301,9 @@ class Engine:
         self._internal_tokens[secret] = Principal(found.tenant_id, found.name, uuid.uuid4(),
                                                   Role.WORKER)
         return secret
+
+    def _forget_internal_token(self, secret: str) -> None:
+        self._internal_tokens.pop(secret, None)
 
     async def _register_declared(self, tenant: str, definition: WorkflowDefinition) -> None:
         found = await self.repository.tenant_named(tenant)

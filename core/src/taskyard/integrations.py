@@ -49,12 +49,14 @@ TokenFor = Callable[[str], Awaitable[str]]  # tenant name -> a worker token
 
 class Integrations:
     def __init__(self, *, directory: Path, url: Callable[[], str], actions: dict[str, Action],
-                 register: Register, token_for: TokenFor, poll_seconds: float = 1.0) -> None:
+                 register: Register, token_for: TokenFor, forget_token: Callable[[str], None],
+                 poll_seconds: float = 1.0) -> None:
         self.directory = directory
         self.url = url
         self.actions = actions
         self.register = register
         self.token_for = token_for
+        self.forget_token = forget_token
         self.poll_seconds = poll_seconds
         self.files: dict[Path, FileState] = {}
         self.workers: dict[str, tuple[Taskyard, Worker]] = {}
@@ -100,22 +102,35 @@ class Integrations:
         on_disk = await asyncio.to_thread(self._on_disk)
         touched: set[str] = set()
         for path in [p for p in self.files if p not in on_disk]:  # deleted files
-            touched.add(self.files.pop(path).tenant)
+            gone = self.files.pop(path)
+            touched.add(gone.tenant)
+            if gone.declared is not None:
+                await self._retire(gone.tenant, gone.declared)
         for path, tenant in on_disk.items():
             try:
                 stamp = path.stat().st_mtime
             except FileNotFoundError:
                 continue
-            state = self.files.get(path)
-            if state is not None and state.stamp == stamp:
+            known = self.files.get(path)
+            if known is not None and known.stamp == stamp:
                 continue
-            if state is None:
-                state = self.files[path] = FileState(stamp, tenant)
+            state = known if known is not None else FileState(stamp, tenant)
+            self.files[path] = state
             state.stamp = stamp
             if await self._load(path, tenant, state):
                 touched.add(tenant)
         for tenant in sorted(touched):
             await self._restart_worker(tenant)
+
+    async def _retire(self, tenant: str, declared: Declared) -> None:
+        """A deleted file's workflow stops being triggered: its next version has no events and
+        no crons (runs in flight keep their version)."""
+        quiet = declared.definition.model_copy(update={"on_events": [], "on_crons": []})
+        try:
+            await self.register(tenant, quiet)
+        except Exception:
+            log.exception("could not retire workflow %r of the deleted file %s",
+                          declared.spec.name, declared.path)
 
     async def _load(self, path: Path, tenant: str, state: FileState) -> bool:
         try:
@@ -126,9 +141,15 @@ class Integrations:
                 if check is not None and not any("{{" in str(v) for v in step.with_.values()):
                     check(step.with_)
             await self.register(tenant, declared.definition)
-        except (DeclarativeError, ValueError, ApiError) as exc:
-            reason = getattr(exc, "message", None) or str(exc)
-            state.error = reason if isinstance(exc, DeclarativeError) else f"{path}: {reason}"
+        except Exception as exc:  # a plugin's check may raise anything: report, go on
+            if isinstance(exc, DeclarativeError):
+                state.error = str(exc)
+            elif isinstance(exc, ApiError):
+                state.error = f"{path}: {exc.message}"
+            elif isinstance(exc, ValueError):
+                state.error = f"{path}: {exc}"
+            else:
+                state.error = f"{path}: {type(exc).__name__}: {exc}"
             log.error("declarative workflow %s not loaded (the last good version stays): %s",
                       path, state.error)
             return False
@@ -149,7 +170,8 @@ class Integrations:
                     if state.tenant == tenant and state.declared is not None]
         if not declared:
             return
-        client = Taskyard(self.url(), await self.token_for(tenant))
+        token = await self.token_for(tenant)
+        client = Taskyard(self.url(), token)
         tasks: list[Task[Any, Any]] = [_action_task(client, action)
                                        for action in self.actions.values()]
         for workflow in declared:
@@ -159,7 +181,13 @@ class Integrations:
                                         workflow.definition))
         worker = client.worker("integrations", tasks=tasks, slots=SLOTS,
                                queue=INTEGRATION_QUEUE)
-        await worker.__aenter__()
+        try:
+            await worker.__aenter__()
+        except Exception:
+            log.exception("the integration worker of tenant %r did not start", tenant)
+            self.forget_token(token)
+            await client.aio_close()
+            return
         self.workers[tenant] = (client, worker)
 
     async def _stop_worker(self, tenant: str) -> None:
@@ -168,6 +196,8 @@ class Integrations:
             client, worker = running
             await worker.__aexit__(None, None, None)
             await client.aio_close()
+            if client.config.token is not None:
+                self.forget_token(client.config.token)
 
 
 def _action_task(client: Taskyard, action: Action) -> Task[Any, Any]:

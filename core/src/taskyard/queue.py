@@ -26,8 +26,10 @@ from taskyard.actors import Actor
 from taskyard.dispatch import Dispatcher, Refusal, WorkerSlots
 from taskyard.durable import DurableWait, DurableWaits
 from taskyard.errors import Conflict
+from taskyard.expressions import ExpressionError, check
 from taskyard.plugins import RunChanged, RunEnded
 from taskyard.runs import Run, error_json, json_bytes, retry_delay
+from taskyard.workflows import WAIT_FILTER_NAMES
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
 
@@ -72,6 +74,17 @@ def _durable_row(tenant_id: uuid.UUID, run_id: uuid.UUID, position: int, kind: s
     """A durable_log row, as WriteBatch.durable holds it."""
     return (tenant_id, run_id, position, kind, call, done,
             orjson.dumps(result).decode() if done else None, wait_json, finished_at)
+
+
+def _bad_filter(wait: protocol.WaitSpec) -> str | None:
+    """Why a durable wait's event filter cannot be used (it would never match), if it cannot."""
+    for event in wait.events:
+        if event.filter is not None:
+            try:
+                check(event.filter, WAIT_FILTER_NAMES)
+            except ExpressionError as exc:
+                return f"the filter of the wait for {event.key!r}: {exc}"
+    return None
 
 
 def _outcome(run_id: uuid.UUID, document: dict[str, Any] | None) -> dict[str, Any]:
@@ -380,6 +393,11 @@ class QueueActor(Actor):
             if run is not None and run.attempt == attempt and run.worker_id == worker_id \
                     and run.status is RunStatus.ASSIGNED:
                 ready.append((run, *inputs.get(run_id, (None, None)), histories.get(run_id)))
+            elif worker.running.get(run_id) == attempt:
+                # Ended (cancelled, timed out) while its input was read: the worker never got
+                # it, so it will never report it; its slot is free now.
+                del worker.running[run_id]
+                self._schedule_dispatch()
         if ready:
             self._send_assign(worker, ready)
 
@@ -633,7 +651,10 @@ class QueueActor(Actor):
             return
         del worker.running[message.run_id]
         run = self._current(worker, message)
-        if run is not None:
+        problem = _bad_filter(message.wait)
+        if run is not None and problem is not None:  # it could only wait for ever
+            self._attempt_failed(run, now, error_json("InvalidWait", problem), retryable=False)
+        elif run is not None:
             self.dispatcher.forget(run)
             run.status = RunStatus.PENDING
             run.worker_id = None
@@ -663,9 +684,12 @@ class QueueActor(Actor):
         if wait.spec.children:
             self._side_task(self._watch_children(run.run_id, wait.position, wait.spec.children))
         if wait.spec.events:
+            # Events stored since the wait began are read first: one that came in time must
+            # not lose to a timeout that passed while the engine was down.
             self._side_task(self._past_events(run.run_id, wait.position,
                                               self.durable.patterns(run.run_id), wait.spec.since))
-        self._check_wait(run.run_id, now)
+        else:
+            self._check_wait(run.run_id, now)
 
     def _check_wait(self, run_id: uuid.UUID, now: float) -> None:
         wait = self.durable.waits.get(run_id)
@@ -706,8 +730,9 @@ class QueueActor(Actor):
     def _past_events_read(self, run_id: uuid.UUID, position: int,
                           events: list[PushedEvent]) -> None:
         wait = self.durable.waits.get(run_id)
-        if wait is not None and wait.position == position and \
-                any(wait.match(event) for event in events):
+        if wait is not None and wait.position == position:
+            for event in events:
+                wait.match(event)
             self._check_wait(run_id, self.clock())
 
     async def _past_events(self, run_id: uuid.UUID, position: int, patterns: list[str],
@@ -719,9 +744,8 @@ class QueueActor(Actor):
         except Exception:
             log.exception("could not read past events for durable run %s; it waits for new "
                           "ones", run_id)
-            return
-        if events:
-            self._post(self._past_events_read, run_id, position, events)
+            events = []
+        self._post(self._past_events_read, run_id, position, events)
 
     async def _watch_children(self, run_id: uuid.UUID, position: int,
                               children: list[uuid.UUID]) -> None:

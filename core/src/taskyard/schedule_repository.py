@@ -117,8 +117,12 @@ class ScheduleRepository:
 
     async def set_paused(self, tenant_id: uuid.UUID, cron_id: uuid.UUID,
                          paused: bool) -> Schedule | None:
+        # Resuming counts ticks from now on: the paused time is skipped, even by a catch-up
+        # after a restart.
         row = await self.pool.fetchrow(
-            "UPDATE schedules SET paused = $3 WHERE tenant_id = $1 AND schedule_id = $2 "
+            "UPDATE schedules SET paused = $3, last_tick = CASE WHEN NOT $3 AND paused "
+            "THEN greatest(last_tick, now()) ELSE last_tick END "
+            "WHERE tenant_id = $1 AND schedule_id = $2 "
             f"AND kind = 'cron' RETURNING {_COLUMNS}", tenant_id, cron_id, paused)
         return _schedule(row) if row else None
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from taskyard.actors import Actor
-from taskyard.cron import MAX_CATCH_UP, next_tick, ticks_between
+from taskyard.cron import MAX_CATCH_UP, CronError, next_tick, ticks_between
 from taskyard.errors import ApiError
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class ScheduleActor(Actor):
         self._reset()
         now = self.clock()
         for schedule in await self.repository.active():
-            self._take(schedule, now, catching_up=True)
+            self._take_safely(schedule, now, catching_up=True)
 
     async def on_failure(self, error: BaseException) -> None:
         self._reset()
@@ -69,7 +69,7 @@ class ScheduleActor(Actor):
             self.armed.pop(schedule.schedule_id, None)
             if schedule.paused or (schedule.kind == "once" and schedule.run_id is not None):
                 continue
-            self._take(schedule, now, catching_up=False)
+            self._take_safely(schedule, now, catching_up=False)
 
     def removed(self, schedule_ids: list[uuid.UUID]) -> None:
         for schedule_id in schedule_ids:
@@ -80,6 +80,16 @@ class ScheduleActor(Actor):
         return self.armed.get(schedule_id)
 
     # -- ticks -----------------------------------------------------------------------------------
+
+    def _take_safely(self, schedule: Schedule, now: float, *, catching_up: bool) -> None:
+        """One schedule that cannot be armed (a cron that can no longer fire, a time zone
+        gone from the system) is logged and left out; the others go on."""
+        try:
+            self._take(schedule, now, catching_up=catching_up)
+        except CronError as exc:
+            self.schedules.pop(schedule.schedule_id, None)
+            log.error("%s %s of %s is left out: %s", schedule.kind, schedule.schedule_id,
+                      schedule.target, exc)
 
     def _take(self, schedule: Schedule, now: float, *, catching_up: bool) -> None:
         self.schedules[schedule.schedule_id] = schedule
@@ -115,7 +125,14 @@ class ScheduleActor(Actor):
             else:
                 assert schedule.expression is not None
                 assert schedule.timezone is not None
-                self._arm(schedule_id, next_tick(schedule.expression, schedule.timezone, tick))
+                try:
+                    self._arm(schedule_id,
+                              next_tick(schedule.expression, schedule.timezone, tick))
+                except CronError as exc:
+                    del self.schedules[schedule_id]
+                    del self.armed[schedule_id]
+                    log.error("cron %s of %s fires no more: %s", schedule_id, schedule.target,
+                              exc)
 
     def _fire(self, schedule: Schedule, tick: float, attempt: int = 1) -> None:
         task = asyncio.create_task(self._fire_now(schedule, tick, attempt),

@@ -149,6 +149,8 @@ class DurableContext(Context):
                            ) -> list[dict[str, Any]]:
         """Spawn children (once: their ids are logged) and wait for all of them; each outcome is
         {"status", "output", "error"}."""
+        if not inputs:
+            return []
         call = f"spawn({task.name!r}, {len(inputs)})"
         position, entry = self._next("spawn", call)
         if entry is not None:

@@ -102,7 +102,8 @@ class DurableEntry(_Message):
 
     position: int = Field(ge=0)
     kind: Literal["memo", "spawn", "wait"]
-    call: str = Field(max_length=1000, description="What was called, for the replay check.")
+    call: str = Field(max_length=12_000,
+                      description="What was called, for the replay check.")
     done: bool = True
     result: Any = None
 
@@ -139,7 +140,7 @@ class Suspend(AttemptRef):
 
     type: Literal["suspend"] = "suspend"
     position: int = Field(ge=0)
-    call: str = Field(max_length=1000)
+    call: str = Field(max_length=12_000)
     wait: WaitSpec
 
 

@@ -13,6 +13,7 @@ from taskyard_sdk.models import AlertRuleList, AlertRuleRequest, AlertRuleView
 
 router = Router(tags=("alerts",))
 ANY_ROLE = list(Role)
+MANAGERS = [Role.ADMIN, Role.CLIENT]  # not workers: rules say where alerts (and data) go
 
 
 def _view(rule: AlertRule) -> AlertRuleView:
@@ -26,7 +27,7 @@ def _repository(call: Call[Any]) -> AlertRuleRepository:
     return AlertRuleRepository(call.request.app[ENGINE].pool)
 
 
-@router.post("/api/v1/alert-rules", roles=ANY_ROLE, body=AlertRuleRequest,
+@router.post("/api/v1/alert-rules", roles=MANAGERS, body=AlertRuleRequest,
              response=AlertRuleView, status=201)
 async def create_alert_rule(call: Call[AlertRuleRequest]) -> AlertRuleView:
     """Alert `channel` (a loaded plugin's: email, slack, ...) at `target` when a run of the
@@ -55,7 +56,7 @@ async def list_alert_rules(call: Call[None]) -> AlertRuleList:
     return AlertRuleList(rules=[_view(rule) for rule in rules])
 
 
-@router.delete("/api/v1/alert-rules/{rule_id}", roles=ANY_ROLE, status=204)
+@router.delete("/api/v1/alert-rules/{rule_id}", roles=MANAGERS, status=204)
 async def delete_alert_rule(call: Call[None]) -> None:
     rule_id = call.path_uuid("rule_id")
     if not await _repository(call).delete(call.principal.tenant_id, rule_id):

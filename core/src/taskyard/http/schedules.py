@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +39,8 @@ def _cron(schedule: Schedule) -> CronView:
     if not schedule.paused:
         assert schedule.expression is not None
         assert schedule.timezone is not None
-        upcoming = next_tick(schedule.expression, schedule.timezone, time.time())
+        with contextlib.suppress(CronError):  # one that can no longer fire has no next time
+            upcoming = next_tick(schedule.expression, schedule.timezone, time.time())
     return CronView(cron_id=schedule.schedule_id, name=schedule.name or "", task=schedule.task,
                     workflow=schedule.workflow, expression=schedule.expression or "",
                     timezone=schedule.timezone or "UTC", input=schedule.input,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from pydantic import BaseModel
 from taskyard.plugins import ApiError, Call, Router, hookimpl, host_of
 
 SIGNATURE_HEADERS = ("X-Taskyard-Signature", "X-Hub-Signature-256")
+log = logging.getLogger(__name__)
 
 
 class Unauthorized(ApiError):
@@ -64,7 +66,8 @@ class Delivered(BaseModel):
 
 
 class WebhookFile:
-    """The declarations, read again when the file's modification time changes."""
+    """The declarations, read again when the file's modification time changes. A change that
+    does not parse is logged and the last good declarations stay in use."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -77,8 +80,12 @@ class WebhookFile:
         except FileNotFoundError:
             return None
         if stamp != self._stamp:
-            self._hooks = _parse(self.path)
             self._stamp = stamp
+            try:
+                self._hooks = _parse(self.path)
+            except (ValueError, yaml.YAMLError) as exc:
+                log.error("webhooks file %s not loaded (the last good one stays): %s",
+                          self.path, exc)
         return self._hooks.get(name)
 
 
@@ -122,11 +129,7 @@ def taskyard_routes(router: Router) -> None:
     async def receive(call: Call[None]) -> Delivered:
         """Receive a signed webhook: its JSON body becomes an event (see the plugin's docs)."""
         name = call.path["name"]
-        try:
-            webhook = _webhooks(call).get(name)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise NotFound(f"webhook {name!r} cannot be used: the webhooks file is invalid: "
-                           f"{exc}") from None
+        webhook = _webhooks(call).get(name)
         if webhook is None:
             raise NotFound(f"no webhook named {name!r}")
         body = await call.request.read()
@@ -135,7 +138,8 @@ def taskyard_routes(router: Router) -> None:
         if given is None:
             raise Unauthorized(f"webhook {name!r} needs an X-Taskyard-Signature header: "
                                f"sha256=<hex HMAC-SHA256 of the body with the webhook's secret>")
-        if not hmac.compare_digest(given.strip(), signature_of(webhook.secret, body)):
+        if not hmac.compare_digest(given.strip().encode(errors="replace"),
+                                   signature_of(webhook.secret, body).encode()):
             raise Unauthorized(f"webhook {name!r}: the signature does not match the body")
         try:
             payload = orjson.loads(body) if body else None
