@@ -166,6 +166,9 @@ async def test_failures_inside_the_window_give_one_alert_then_a_folded_count(
         assert all(isinstance(r, TaskFailed) for r in results)
         await unrelated.aio_run_many([1], timeout=10, return_exceptions=True)
     await _until(lambda: len(mail.messages) >= 1)
+    # A rule added meanwhile does not lose the open window's count.
+    await _rule(ty, {"channel": "email", "target": {"to": ["audit@acme.test"]},
+                     "tasks": ["nothing-fails-here"]})
     await asyncio.sleep(0.5)
     assert len(mail.messages) == 1  # one alert inside the window
     await _until(lambda: len(mail.messages) >= 2, timeout=10)

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from taskyard.engine import Engine
+from taskyard.plugins import hookimpl
 from taskyard.testing import free_port
 from taskyard_sdk import RunStatus, Taskyard
 from tests.conftest import engine_settings
@@ -193,3 +194,41 @@ def test_templates_render_whole_values_typed_and_several_as_text() -> None:
                    "list": "{{ input.tags }}", "text": "tags: {{ input.tags }}",
                    "plain": 3}, variables) == {
         "one": 1, "two": "1 and two", "list": ["x"], "text": 'tags: ["x"]', "plain": 3}
+
+
+class Picky:
+    """An action whose check raises something unexpected."""
+
+    name = "picky:act"
+
+    def check(self, params: dict[str, Any]) -> None:
+        raise KeyError("needs-a-key")
+
+    async def run(self, params: dict[str, Any]) -> None:
+        return None
+
+
+class PickyPlugin:
+    @hookimpl
+    def taskyard_actions(self) -> list[Picky]:
+        return [Picky()]
+
+
+@pytest.fixture
+def picky_file(data_dir: Path) -> Path:
+    folder = data_dir / "workflows"
+    folder.mkdir(parents=True)
+    path = folder / "picky.yaml"
+    path.write_text("name: picky\njobs:\n  j:\n    steps:\n      - id: s\n"
+                    "        action: picky:act\n        with: {x: 1}\n")
+    return path
+
+
+async def test_a_plugin_check_that_raises_is_reported_not_fatal(
+        db_url: str, data_dir: Path, picky_file: Path) -> None:
+    async with Engine(engine_settings(db_url, data_dir), plugins=[PickyPlugin()]) as engine:
+        ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
+        files = (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]
+        assert [Path(f["file"]).name for f in files] == ["picky.yaml"]
+        assert "KeyError: 'needs-a-key'" in files[0]["error"]
+        await ty.aio_close()

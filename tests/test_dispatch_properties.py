@@ -40,6 +40,8 @@ OPTIONS = {
     "metered": TaskOptions(rate_limits=(RATE,)),
     "gpu": TaskOptions(desired_worker_labels={"gpu": Label("a100", required=True)}),
     "pinned": TaskOptions(sticky=Sticky.HARD),
+    "pinned_weighted": TaskOptions(sticky=Sticky.HARD, desired_worker_labels={
+        "gpu": Label("a100", weight=50)}),  # weights must not move a HARD sticky run
     "both": TaskOptions(concurrency=(Concurrency(expression="'all'", max_runs=3),),
                         rate_limits=(RATE,)),
 }
@@ -66,7 +68,7 @@ class SchedulingMachine(RuleBasedStateMachine):
     def arrive(self, kind: str, user: str, priority: int, units: int) -> None:
         options = OPTIONS[kind]
         sticky = None
-        if kind == "pinned" and self.workers:
+        if kind.startswith("pinned") and self.workers:
             sticky = sorted(self.workers)[units % len(self.workers)]
         keys = tuple(user if level is ROUND_ROBIN else "all" for level in options.concurrency)
         flow = Flow(keys, tuple(("api", units) for _ in options.rate_limits), sticky)

@@ -38,7 +38,7 @@ async def engine_with_webhooks(db_url: str, data_dir: Path,
 
 
 async def test_a_signed_webhook_triggers_a_workflow_and_a_bad_one_stores_nothing(
-        engine_with_webhooks: Engine, data_dir: Path) -> None:
+        engine_with_webhooks: Engine, data_dir: Path, webhooks_file: Path) -> None:
     engine = engine_with_webhooks
     ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
     wf = ty.workflow("on-push", on_events=["github:push"])
@@ -71,6 +71,8 @@ async def test_a_signed_webhook_triggers_a_workflow_and_a_bad_one_stores_nothing
                                {"X-Taskyard-Signature": signature_of(SECRET, b"not json")})
         assert status == 400
 
+        # A broken edit of the webhooks file leaves the last good declarations in use.
+        await asyncio.to_thread(webhooks_file.write_text, "github: [not, a, mapping\n")
         status, delivered = await post("github", body,
                                        {"X-Hub-Signature-256": signature_of(SECRET, body)})
         assert status == 202, delivered
