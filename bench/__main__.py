@@ -40,6 +40,11 @@ def main() -> None:
     assign.add_argument("--workers", type=int, default=100)
     assign.add_argument("--runs", type=int, default=5)
 
+    edge = commands.add_parser("edge", help="engine CPU and wall time of one request")
+    edge.add_argument("--runs", type=int, default=3)
+    edge.add_argument("--single", type=int, default=1000,
+                      help="requests per single-request measure")
+
     peers = commands.add_parser("peers", help="Taskyard beside PgQueuer, Procrastinate, Celery")
     peers.add_argument("--peers", default="pgqueuer,procrastinate,celery")
     peers.add_argument("--tasks", type=int, default=20_000)
@@ -70,6 +75,10 @@ def main() -> None:
         from bench import assign as assign_workload
 
         asyncio.run(assign_workload.main(args.keys, args.workers, args.runs))
+    elif args.workload == "edge":
+        from bench import edge as edge_workload
+
+        asyncio.run(edge_workload.main(args.runs, args.single))
     elif args.workload == "peers":
         from bench import peers_workload
 

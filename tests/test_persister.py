@@ -141,10 +141,10 @@ async def test_a_committed_batch_is_recognised_on_retry(pool: asyncpg.Pool) -> N
     await register_node(pool, node)
     batch = WriteBatch(uuid.uuid4(), [new_run(new_id())], {}, [], [], {})
     async with pool.acquire() as conn:
-        assert not await batch_committed(conn, node, batch.batch_id)
-        async with conn.transaction():
-            await write_batch(conn, node, batch)
-        assert await batch_committed(conn, node, batch.batch_id)
+        assert not await batch_committed(conn, node, "ordered", batch.batch_id)
+        await write_batch(conn, node, "ordered", batch)
+        assert await batch_committed(conn, node, "ordered", batch.batch_id)
+        assert not await batch_committed(conn, node, "triggers", batch.batch_id)
 
 
 async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(
@@ -165,3 +165,78 @@ async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(
                                    run_id) == "succeeded"
     finally:
         await slow.stop()
+
+
+async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
+    """A batch of every kind of row is one statement; each kind lands."""
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    existing = new_id()
+    async with pool.acquire() as conn:
+        await write_batch(conn, node, "ordered", WriteBatch(uuid.uuid4(), [new_run(existing)],
+                                                            {}, [], [], {}))
+    now = time.time()
+    batch = WriteBatch(
+        uuid.uuid4(), [new_run(new_id())], {(TENANT, existing): state(existing, "running")},
+        [(TENANT, existing, now, 1, "timeout_refreshed", None, '{"seconds": 5}')],
+        [(TENANT, existing, now, 1, "info", "hello")], {(TENANT, "t"): "{}"},
+        pushed_events=[(TENANT, new_id(), "k", "{}", "{}", now, "{}", None)],
+        rate_usage={(TENANT, "openai"): (TENANT, "openai", 10, "minute", False, "[[1, 2]]"),
+                    (TENANT, "idle"): (TENANT, "idle", 10, "minute", False, "[]")},
+        durable={(TENANT, existing, 0): (TENANT, existing, 0, "memo", "f()", True, "1", None,
+                                         now)})
+    async with pool.acquire() as conn:
+        inserted = await write_batch(conn, node, "ordered", batch)
+        assert [outcome.created for outcome in inserted.values()] == [True]
+        assert await batch_committed(conn, node, "ordered", batch.batch_id)
+    counts = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM runs) AS runs, "
+        "(SELECT status FROM runs WHERE run_id = $1) AS status, "
+        "(SELECT count(*) FROM run_events) AS events, (SELECT count(*) FROM run_logs) AS logs, "
+        "(SELECT count(*) FROM task_definitions) AS definitions, "
+        "(SELECT count(*) FROM events) AS pushed, "
+        "(SELECT count(*) FROM rate_limits) AS buckets, "
+        "(SELECT count(*) FROM durable_log) AS durable", existing)
+    assert dict(counts) == {"runs": 2, "status": "running", "events": 1, "logs": 1,
+                            "definitions": 1, "pushed": 1, "buckets": 1, "durable": 1}
+
+
+async def test_a_run_inserted_and_updated_in_one_batch_keeps_its_update(
+        pool: asyncpg.Pool) -> None:
+    """The statements of one statement see the database as it was before it: a batch that
+    inserts a run and updates it is written statement by statement instead."""
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    run_id = new_id()
+    batch = WriteBatch(uuid.uuid4(), [new_run(run_id)],
+                       {(TENANT, run_id): state(run_id, "assigned")}, [], [], {})
+    async with pool.acquire() as conn:
+        await write_batch(conn, node, "ordered", batch)
+        assert await batch_committed(conn, node, "ordered", batch.batch_id)
+    assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id) == "assigned"
+
+
+async def test_triggered_runs_commit_while_the_ordered_lane_is_stuck(
+        persister: Persister, pool: asyncpg.Pool, db_url: str) -> None:
+    """A trigger never waits behind the engine's own writes: with the ordered lane blocked on a
+    row lock, triggered runs still commit, and the ordered write lands once the lock goes."""
+    run_id = new_id()
+    await persister.insert_triggered([new_run(run_id)])
+    locker = await asyncpg.connect(db_url)
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", run_id)
+        persister.write([state(run_id, "assigned")], [], [])
+        stuck = persister.barrier()
+        triggered = [new_id() for _ in range(3)]
+        for other in triggered:
+            [outcome] = await asyncio.wait_for(persister.insert_triggered([new_run(other)]), 5)
+            assert outcome.created
+        assert not stuck.done()
+        await lock.rollback()
+        await asyncio.wait_for(stuck, 5)
+    finally:
+        await locker.close()
+    assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id) == "assigned"
+    assert await pool.fetchval("SELECT count(*) FROM runs") == 4

@@ -37,6 +37,13 @@ class AskTimeout(TimeoutError):
 _STOP = object()
 
 
+def _expire(future: asyncio.Future[Any], name: str, handler: Any, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(AskTimeout(f"actor {name} did not answer "
+                                        f"{getattr(handler, '__name__', handler)} within "
+                                        f"{timeout}s"))
+
+
 class Actor:
     restart_delay = 0.05
     restart_delay_max = 5.0
@@ -80,13 +87,18 @@ class Actor:
                   timeout: float | None = 30.0) -> Any:
         if self._stopped:
             raise ActorStopped(f"actor {self.name} is stopped")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._mailbox.put_nowait((handler, args, future))
+        if timeout is None:
+            return await future
+        # A timer, not wait_for: an ask is on every request's path. The handler, when it runs,
+        # finds the future done (timed out, or cancelled with its asker) and leaves it be.
+        expiry = loop.call_later(timeout, _expire, future, self.name, handler, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            raise AskTimeout(f"actor {self.name} did not answer "
-                             f"{getattr(handler, '__name__', handler)} within {timeout}s") from None
+            return await future
+        finally:
+            expiry.cancel()
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -35,6 +35,14 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections are handed back as they are. asyncpg's default reset runs one more
+    round trip on every release (UNLISTEN, RESET ALL, advisory unlocks, CLOSE ALL) to undo
+    session state; the engine leaves none on pooled connections (LISTEN has a connection of its
+    own, advisory locks are transaction-scoped or released in `finally`, cursors live inside
+    transactions), and asyncpg still rolls back a transaction left open."""
+
+
 async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     conn = await asyncpg.connect(url, **kwargs)
     await init_connection(conn)
@@ -49,7 +57,7 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
     while True:
         try:
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                             init=init_connection)
+                                             init=init_connection, reset=_keep_session)
         except (OSError, asyncpg.CannotConnectNowError) as exc:
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(

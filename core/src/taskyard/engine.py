@@ -44,10 +44,17 @@ from taskyard.plugins import (
     TriggerSource,
 )
 from taskyard.rate_limit_repository import RateLimitRepository
-from taskyard.repository import Repository, RunRepository, TenantExists, register_node
+from taskyard.repository import (
+    Repository,
+    RunRepository,
+    TenantExists,
+    TokenInfo,
+    register_node,
+)
 from taskyard.schedule_repository import ScheduleRepository
 from taskyard.scheduler import Scheduler
 from taskyard.timers import Timers
+from taskyard.token_cache import TokenCache
 from taskyard.workflow_repository import WorkflowRepository
 from taskyard_sdk.models import EventRequest, WorkflowDefinition
 
@@ -76,6 +83,7 @@ class Engine:
         self.actions: dict[str, Action] = {}
         self._integrations: Integrations | None = None
         self._internal_tokens: dict[str, Principal] = {}
+        self._token_cache: TokenCache | None = None
         self._sources: set[asyncio.Task[None]] = set()
         self.source_failures: Counter[str] = Counter()
         self._observe = False
@@ -108,6 +116,8 @@ class Engine:
                 raise MigrationError(f"the database lacks migrations {', '.join(pending)}; run "
                                      f"`taskyard migrate` or start without --no-migrate")
         self.repository = Repository(self._pool)
+        self._token_cache = TokenCache(self.repository, self.database_url)
+        await self._token_cache.start()
         await self._bootstrap_local_tenant()
         await register_node(self._pool, self.node_id)
         self._persister = Persister(self._pool, self.node_id, linger=self.settings.flush_linger)
@@ -187,6 +197,9 @@ class Engine:
         if self._timers is not None:
             timers, self._timers = self._timers, None
             await timers.stop()
+        if self._token_cache is not None:
+            token_cache, self._token_cache = self._token_cache, None
+            await token_cache.stop()
         if self._plugins is not None and self._pool is not None:
             await self._plugins.call("taskyard_shutdown", host=self)
         self._plugins = None
@@ -223,6 +236,12 @@ class Engine:
         if self._persister is None:
             raise RuntimeError("the engine is not started")
         return self._persister
+
+    @property
+    def token_cache(self) -> TokenCache:
+        if self._token_cache is None:
+            raise RuntimeError("the engine is not started")
+        return self._token_cache
 
     @property
     def port(self) -> int:
@@ -334,6 +353,13 @@ class Engine:
             self._observers.add(task)
             task.add_done_callback(self._observers.discard)
 
+    async def revoke_token(self, token_id: uuid.UUID, tenant_id: uuid.UUID) -> TokenInfo | None:
+        """Revoke a tenant's token: refused from the next request on, on every engine."""
+        info = await self.repository.revoke_token(token_id, tenant_id)
+        if info is not None:
+            self.token_cache.forget(token_id)
+        return info
+
     async def authenticate(self, header: str | None) -> Principal:
         try:
             secret = parse_bearer(header)
@@ -342,7 +368,7 @@ class Engine:
         internal = self._internal_tokens.get(secret)
         if internal is not None:
             return internal
-        principal = await self.repository.authenticate(secret)
+        principal = await self.token_cache.principal(secret)
         if principal is None:
             raise Unauthorized("token is invalid or has been revoked")
         return principal

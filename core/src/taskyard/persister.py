@@ -1,4 +1,4 @@
-"""The write-behind buffer: state changes are collected and flushed in one transaction per batch.
+"""The write-behind buffer: state changes are collected and flushed in one round trip per batch.
 
 Producers hand rows over and carry on; a flush starts as soon as the previous one has committed
 (optionally lingering a moment to gather more), so batches grow with load and Postgres sees far
@@ -6,10 +6,21 @@ fewer transactions than tasks. `barrier()` and the futures of `insert_runs()` re
 the batch holding those rows has committed: that is when a trigger is acknowledged to its caller
 and a result to its worker.
 
-When Postgres goes away the batch is retried with back-off until it commits; producers wait once
+Writes go through two lanes, each with at most one flush in flight, which commit concurrently on
+connections of their own:
+- **ordered**: everything the actors decide (run states, events, logs, workflow steps, durable
+  entries, rate-limit usage). Its batches commit in the order they were handed over, which the
+  actors rely on (a workflow run's end is written after the step rows decided with it, in the
+  same or a later batch); `barrier()` waits for this lane.
+- **triggers**: new runs that applications trigger (`insert_triggered`). Such a run depends on no
+  earlier write, and nothing is written about it before it has committed (it is queued only
+  then), so its batch can commit before or after any other: a trigger never waits behind a flush
+  of results, and results never wait behind a burst of triggers.
+
+When Postgres goes away a batch is retried with back-off until it commits; producers wait once
 the buffer holds `max_pending` rows (backpressure) instead of growing memory. Each batch records
-its id in `engine_nodes`, so a batch whose COMMIT succeeded but whose answer was lost is not
-applied twice on retry.
+its id in its lane's row of `persister_lanes`, so a batch whose commit succeeded but whose answer
+was lost is not applied twice on retry.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -29,10 +41,34 @@ from taskyard.repository import Inserted, Row, WriteBatch, batch_committed, writ
 
 log = logging.getLogger(__name__)
 
+InsertWaiter = tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]
 
 
 def _new_batch() -> WriteBatch:
     return WriteBatch(uuid.uuid4(), [], {}, [], [], {})
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One stream of batches: what is gathering, and the flush in flight (at most one)."""
+
+    name: str
+    batch: WriteBatch = field(default_factory=_new_batch)
+    barriers: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[InsertWaiter] = field(default_factory=list)
+    flushing: asyncio.Task[None] | None = None
+    # Held from the pool for as long as it works: a pool acquire and release per flush costs
+    # about as much CPU as the flush's own statement.
+    conn: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return self.flushing is not None or bool(len(self.batch)) or bool(self.barriers)
+
+    def take(self) -> tuple[WriteBatch, list[asyncio.Future[None]], list[InsertWaiter]]:
+        taken = self.batch, self.barriers, self.waiters
+        self.batch, self.barriers, self.waiters = _new_batch(), [], []
+        return taken
 
 
 class Persister(Actor):
@@ -46,20 +82,26 @@ class Persister(Actor):
         self.stop_timeout = stop_timeout
         self.flushes = 0
         self.rows_written = 0
-        self._batch = _new_batch()
-        self._barriers: list[asyncio.Future[None]] = []
-        self._insert_waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self._pending = 0  # rows buffered or being written
+        self._ordered = _Lane("ordered")
+        self._triggers = _Lane("triggers")
+        self._pending = 0  # rows buffered or being written, both lanes
         self._capacity = asyncio.Event()
         self._capacity.set()
 
     # -- what producers call (each only enqueues a message) --------------------------------------
 
     def insert_runs(self, rows: list[Row]) -> asyncio.Future[list[Inserted]]:
-        """Insert new runs; the future resolves after commit with one `Inserted` per row."""
+        """Insert new runs in order with the actors' other writes (workflow steps); the future
+        resolves after commit with one `Inserted` per row."""
         future: asyncio.Future[list[Inserted]] = asyncio.get_running_loop().create_future()
-        self.tell(self._add_runs, rows, future)
+        self.tell(self._add_runs, self._ordered, rows, future)
+        return future
+
+    def insert_triggered(self, rows: list[Row]) -> asyncio.Future[list[Inserted]]:
+        """Insert runs an application triggered, on the triggers lane (see the module's
+        docstring for why they may commit out of order); resolves like `insert_runs`."""
+        future: asyncio.Future[list[Inserted]] = asyncio.get_running_loop().create_future()
+        self.tell(self._add_runs, self._triggers, rows, future)
         return future
 
     def write(self, states: list[Row], events: list[Row], logs: list[Row]) -> None:
@@ -84,7 +126,8 @@ class Persister(Actor):
              orjson.dumps(usage.slots).decode()) for usage in usages])
 
     def barrier(self) -> asyncio.Future[None]:
-        """Resolves once everything handed over before this call has committed."""
+        """Resolves once everything handed over before this call on the ordered lane has
+        committed (triggered runs are awaited through their own futures)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.tell(self._add_barrier, future)
         return future
@@ -98,114 +141,113 @@ class Persister(Actor):
 
     # -- handlers --------------------------------------------------------------------------------
 
-    def _add_runs(self, rows: list[Row],
+    def _add_runs(self, lane: _Lane, rows: list[Row],
                   future: asyncio.Future[list[Inserted]]) -> None:
-        self._batch.new_runs.extend(rows)
-        self._insert_waiters.append(([row[1] for row in rows], future))
-        self._grew(len(rows))
+        lane.batch.new_runs.extend(rows)
+        lane.waiters.append(([row[1] for row in rows], future))
+        self._grew(lane, len(rows))
 
     def _add_many(self, states: list[Row], events: list[Row], logs: list[Row]) -> None:
-        run_states = self._batch.run_states
+        batch = self._ordered.batch
+        run_states = batch.run_states
         grew = len(events) + len(logs)
         for row in states:
             key = (row[0], row[1])
             if key not in run_states:
                 grew += 1
             run_states[key] = row
-        self._batch.events.extend(events)
-        self._batch.logs.extend(logs)
-        self._grew(grew)
+        batch.events.extend(events)
+        batch.logs.extend(logs)
+        self._grew(self._ordered, grew)
 
     def _add_pushed_events(self, rows: list[Row]) -> None:
-        self._batch.pushed_events.extend(rows)
-        self._grew(len(rows))
+        self._ordered.batch.pushed_events.extend(rows)
+        self._grew(self._ordered, len(rows))
 
     def _add_definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
-        self._batch.definitions.update(rows)
-        self._grew(len(rows))
+        self._ordered.batch.definitions.update(rows)
+        self._grew(self._ordered, len(rows))
 
     def _add_durable(self, rows: list[Row]) -> None:
-        entries = self._batch.durable
+        entries = self._ordered.batch.durable
         grew = 0
         for row in rows:
             key = (row[0], row[1], row[2])
             if key not in entries:
                 grew += 1
             entries[key] = row
-        self._grew(grew)
+        self._grew(self._ordered, grew)
 
     def _add_rate_usage(self, rows: list[Row]) -> None:
-        usage = self._batch.rate_usage
+        usage = self._ordered.batch.rate_usage
         grew = 0
         for row in rows:
             key = (row[0], row[1])
             if key not in usage:
                 grew += 1
             usage[key] = row
-        self._grew(grew)
+        self._grew(self._ordered, grew)
 
     def _add_barrier(self, future: asyncio.Future[None]) -> None:
-        if not len(self._batch) and self._flushing is None:
+        lane = self._ordered
+        if not lane.busy:
             future.set_result(None)  # nothing is pending: everything before is committed
             return
-        self._barriers.append(future)
-        self._kick()
+        lane.barriers.append(future)
+        self._kick(lane)
 
-    def _grew(self, rows: int) -> None:
+    def _grew(self, lane: _Lane, rows: int) -> None:
         self._pending += rows
         if self._pending >= self.max_pending:
             self._capacity.clear()
-        self._kick()
+        self._kick(lane)
 
-    def _kick(self) -> None:
-        if self._flushing is None and (len(self._batch) or self._barriers):
-            batch, self._batch = self._batch, _new_batch()
-            barriers, self._barriers = self._barriers, []
-            waiters, self._insert_waiters = self._insert_waiters, []
-            self._flushing = asyncio.create_task(self._flush(batch, barriers, waiters),
-                                                 name="persister-flush")
+    def _kick(self, lane: _Lane) -> None:
+        if lane.flushing is None and (len(lane.batch) or lane.barriers):
+            lane.flushing = asyncio.create_task(self._flush(lane, *lane.take()),
+                                                name=f"persister-flush:{lane.name}")
 
-    async def _flush(self, batch: WriteBatch, barriers: list[asyncio.Future[None]],
-                     waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]]
-                     ) -> None:
+    async def _flush(self, lane: _Lane, batch: WriteBatch, barriers: list[asyncio.Future[None]],
+                     waiters: list[InsertWaiter]) -> None:
         """Runs outside the mailbox (so producers are never blocked by I/O); reports back with
         `_flushed`, which is where the actor's state changes."""
         if self.linger:
             await asyncio.sleep(self.linger)
-            self._post(self._merge_late_arrivals, batch, barriers, waiters)
+            self._post(self._merge_late_arrivals, lane, batch, barriers, waiters)
             return
-        await self._commit(batch, barriers, waiters)
+        await self._commit(lane, batch, barriers, waiters)
 
-    def _merge_late_arrivals(self, batch: WriteBatch, barriers: list[asyncio.Future[None]],
-                             waiters: list[tuple[list[uuid.UUID],
-                                                 asyncio.Future[list[Inserted]]]]) -> None:
+    def _merge_late_arrivals(self, lane: _Lane, batch: WriteBatch,
+                             barriers: list[asyncio.Future[None]],
+                             waiters: list[InsertWaiter]) -> None:
         """After lingering, fold in what arrived meanwhile, then commit."""
-        batch.merge(self._batch)
-        barriers.extend(self._barriers)
-        waiters.extend(self._insert_waiters)
-        self._batch, self._barriers, self._insert_waiters = _new_batch(), [], []
-        self._flushing = asyncio.create_task(self._commit(batch, barriers, waiters),
-                                             name="persister-commit")
+        later, later_barriers, later_waiters = lane.take()
+        batch.merge(later)
+        barriers.extend(later_barriers)
+        waiters.extend(later_waiters)
+        lane.flushing = asyncio.create_task(self._commit(lane, batch, barriers, waiters),
+                                            name=f"persister-commit:{lane.name}")
 
-    async def _commit(self, batch: WriteBatch, barriers: list[asyncio.Future[None]],
-                      waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]]
-                      ) -> None:
+    async def _commit(self, lane: _Lane, batch: WriteBatch,
+                      barriers: list[asyncio.Future[None]], waiters: list[InsertWaiter]) -> None:
         delay = 0.05
         retried = False
         refusals = 0
         rows = len(batch)
         while True:
             try:
-                async with self.pool.acquire() as conn:
-                    if retried and await batch_committed(conn, self.node_id, batch.batch_id):
-                        inserted: dict[uuid.UUID, Inserted] = {}
-                        inserted = await self._already_inserted(conn, batch)
-                    else:
-                        async with conn.transaction():
-                            inserted = await write_batch(conn, self.node_id, batch)
+                if lane.conn is None:
+                    lane.conn = await self.pool.acquire()
+                conn = lane.conn
+                if retried and await batch_committed(conn, self.node_id, lane.name,
+                                                     batch.batch_id):
+                    inserted = await self._already_inserted(conn, batch)
+                else:
+                    inserted = await write_batch(conn, self.node_id, lane.name, batch)
                 break
             except TRANSIENT_ERRORS as exc:
                 retried = True
+                await self._drop_connection(lane)
                 log.warning("could not write %d rows to Postgres (%s); retrying in %.2fs",
                             len(batch), exc, delay)
                 await asyncio.sleep(delay)
@@ -227,12 +269,21 @@ class Persister(Actor):
                     delay = min(delay * 2, 2.0)
                     continue
                 log.exception("giving up a batch of %d rows that Postgres refuses", len(batch))
-                self._post(self._flushed, rows, barriers, waiters, None, exc)
+                self._post(self._flushed, lane, rows, barriers, waiters, None, exc)
                 return
-        self._post(self._flushed, rows, barriers, waiters, inserted, None)
+        self._post(self._flushed, lane, rows, barriers, waiters, inserted, None)
 
-    def _refused(self, waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]],
-                 error: Exception) -> None:
+    async def _drop_connection(self, lane: _Lane) -> None:
+        """Give a broken connection back (the pool replaces it); the next try takes another."""
+        conn, lane.conn = lane.conn, None
+        if conn is not None:
+            try:
+                await self.pool.release(conn)
+            except Exception:  # already gone with its server: nothing more to free
+                log.debug("could not release the %s lane's connection", lane.name,
+                          exc_info=True)
+
+    def _refused(self, waiters: list[InsertWaiter], error: Exception) -> None:
         for _, waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
@@ -252,10 +303,10 @@ class Persister(Actor):
             result[run_id] = Inserted(run_id, run_id in found, found.get(run_id, str(row[4])))
         return result
 
-    def _flushed(self, rows: int, barriers: list[asyncio.Future[None]],
-                 waiters: list[tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]],
-                 inserted: dict[uuid.UUID, Inserted] | None, error: Exception | None) -> None:
-        self._flushing = None
+    def _flushed(self, lane: _Lane, rows: int, barriers: list[asyncio.Future[None]],
+                 waiters: list[InsertWaiter], inserted: dict[uuid.UUID, Inserted] | None,
+                 error: Exception | None) -> None:
+        lane.flushing = None
         self.flushes += 1
         self._pending -= rows
         if self._pending < self.max_pending:
@@ -272,31 +323,37 @@ class Persister(Actor):
                 waiter.set_exception(error or RuntimeError("batch failed"))
             else:
                 waiter.set_result([inserted[run_id] for run_id in run_ids])
-        self._kick()
+        self._kick(lane)
 
     async def on_stop(self) -> None:
-        """The final flush, shielded from cancellation, so what was handed over is written.
-        If Postgres stays away past `stop_timeout`, the rest is given up (and logged): none of it
-        was acknowledged, since acknowledgements wait for commits."""
+        """The final flush of both lanes, shielded from cancellation, so what was handed over is
+        written. If Postgres stays away past `stop_timeout`, the rest is given up (and logged):
+        none of it was acknowledged, since acknowledgements wait for commits."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stop_timeout
+        lanes = (self._ordered, self._triggers)
         self._drain_mailbox()
-        while self._flushing is not None or len(self._batch) or self._barriers:
-            if self._flushing is None:
-                self._kick()
-            assert self._flushing is not None
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                log.error("giving up %d unwritten rows at shutdown: Postgres is unreachable",
-                          self._pending)
-                self._flushing.cancel()
-                return
-            try:
-                await asyncio.wait_for(asyncio.shield(self._flushing), remaining)
-            except TimeoutError:
-                continue
-            # the flush reports back through the mailbox, which no longer runs by itself
-            self._drain_mailbox()
+        try:
+            while any(lane.busy for lane in lanes):
+                for lane in lanes:
+                    if lane.flushing is None:
+                        self._kick(lane)
+                flushing = [lane.flushing for lane in lanes if lane.flushing is not None]
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    log.error("giving up %d unwritten rows at shutdown: Postgres is unreachable",
+                              self._pending)
+                    for task in flushing:
+                        task.cancel()
+                    await asyncio.gather(*flushing, return_exceptions=True)
+                    return
+                await asyncio.wait([asyncio.shield(task) for task in flushing],
+                                   timeout=remaining)
+                # flushes report back through the mailbox, which no longer runs by itself
+                self._drain_mailbox()
+        finally:
+            for lane in lanes:
+                await self._drop_connection(lane)
 
     def _drain_mailbox(self) -> None:
         while not self._mailbox.empty():

@@ -3,11 +3,13 @@ to the database; every query here is scoped by tenant_id where the table has one
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import asyncpg
@@ -44,6 +46,9 @@ class TokenInfo:
     role: Role
     created_at: datetime
     revoked_at: datetime | None
+
+
+REVOKED_CHANNEL = "taskyard_token_revoked"  # NOTIFY payload: the revoked token's id
 
 
 class TenantExists(Exception):
@@ -94,11 +99,12 @@ class Repository:
         assert row is not None
         return _token_info(row), secret
 
-    async def authenticate(self, secret: str) -> Principal | None:
+    async def authenticate_hash(self, token_hash: bytes) -> Principal | None:
+        """The principal of a live token, by the hash of its secret (see taskyard.token_cache)."""
         row = await self.pool.fetchrow(
             "SELECT t.tenant_id, n.name AS tenant_name, t.token_id, t.role "
             "FROM api_tokens t JOIN tenants n USING (tenant_id) "
-            "WHERE t.token_hash = $1 AND t.revoked_at IS NULL", hash_token(secret))
+            "WHERE t.token_hash = $1 AND t.revoked_at IS NULL", token_hash)
         if row is None:
             return None
         return Principal(row["tenant_id"], row["tenant_name"], row["token_id"], Role(row["role"]))
@@ -111,12 +117,14 @@ class Repository:
 
     async def revoke_token(self, token_id: uuid.UUID,
                            tenant_id: uuid.UUID | None = None) -> TokenInfo | None:
-        """Revoke a token (of one tenant when given); None when there is no such token."""
+        """Revoke a token (of one tenant when given); None when there is no such token. Every
+        engine listening on REVOKED_CHANNEL is told when the revocation commits."""
         row = await self.pool.fetchrow(
-            "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) "
+            "WITH revoked AS (UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) "
             "WHERE token_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) "
-            "RETURNING token_id, tenant_id, name, role, created_at, revoked_at",
-            token_id, tenant_id)
+            "RETURNING token_id, tenant_id, name, role, created_at, revoked_at) "
+            "SELECT revoked.*, pg_notify($3, token_id::text) FROM revoked",
+            token_id, tenant_id, REVOKED_CHANNEL)
         return _token_info(row) if row else None
 
 
@@ -312,13 +320,10 @@ ON CONFLICT (tenant_id, name) DO UPDATE SET options = excluded.options, updated_
 """
 
 
-def _columns(rows: list[Row] | Iterable[Row],
-             width: int) -> list[list[object]]:
-    columns: list[list[object]] = [[] for _ in range(width)]
-    for row in rows:
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    return columns
+def _columns(rows: Iterable[Row], width: int) -> list[tuple[object, ...]]:
+    """Rows turned into one array per column (for `unnest`), transposed in C by zip."""
+    columns = list(zip(*rows, strict=True))
+    return columns or [() for _ in range(width)]
 
 
 async def _existing_runs(conn: asyncpg.Connection,
@@ -343,63 +348,128 @@ async def _existing_runs(conn: asyncpg.Connection,
     return found
 
 
-async def batch_committed(conn: asyncpg.Connection, node_id: uuid.UUID,
+_MARK_BATCH = """
+UPDATE persister_lanes SET last_batch = $3 WHERE node_id = $1 AND lane = $2
+"""
+
+
+async def batch_committed(conn: asyncpg.Connection, node_id: uuid.UUID, lane: str,
                           batch_id: uuid.UUID) -> bool:
-    """Whether this node's last committed batch is `batch_id` (a retry must then be skipped)."""
-    last = await conn.fetchval("SELECT last_batch FROM engine_nodes WHERE node_id = $1", node_id)
+    """Whether this node's lane last committed `batch_id` (a retry must then be skipped)."""
+    last = await conn.fetchval(
+        "SELECT last_batch FROM persister_lanes WHERE node_id = $1 AND lane = $2", node_id, lane)
     return bool(last == batch_id)
 
 
-async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID,
-                      batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
-    """Apply a batch in the caller's transaction; returns what became of each new run."""
-    inserted: dict[uuid.UUID, Inserted] = {}
+def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
+    """The batch as (name, SQL, arguments) per table touched; new runs first, if any."""
+    statements: list[tuple[str, str, list[Any]]] = []
     if batch.new_runs:
-        created = {row["run_id"] for row in
-                   await conn.fetch(_INSERT_RUNS, *_columns(batch.new_runs, _NEW_RUN_WIDTH))}
-        refused = [row for row in batch.new_runs if row[1] not in created]
-        existing = await _existing_runs(conn, refused) if refused else {}
-        for row in batch.new_runs:
-            run_id = row[1]
-            assert isinstance(run_id, uuid.UUID)
-            if run_id in created:
-                inserted[run_id] = Inserted(run_id, True, str(row[4]))
-            else:
-                match = existing.get(run_id)
-                if match is None:
-                    raise RuntimeError(f"run {run_id} was neither inserted nor found by key")
-                inserted[run_id] = Inserted(match["run_id"], False, match["status"])
+        statements.append(("new_runs", _INSERT_RUNS, _columns(batch.new_runs, _NEW_RUN_WIDTH)))
     if batch.pushed_events:
-        await conn.execute(_INSERT_PUSHED_EVENTS, *_columns(batch.pushed_events, 8))
+        statements.append(("pushed_events", _INSERT_PUSHED_EVENTS,
+                           _columns(batch.pushed_events, 8)))
     if batch.run_states:
-        await conn.execute(_UPDATE_RUNS, *_columns(batch.run_states.values(), 12))
+        statements.append(("run_states", _UPDATE_RUNS, _columns(batch.run_states.values(), 12)))
     if batch.events:
-        await conn.execute(_INSERT_EVENTS, *_columns(batch.events, 7))
+        statements.append(("events", _INSERT_EVENTS, _columns(batch.events, 7)))
     if batch.logs:
-        await conn.execute(_INSERT_LOGS, *_columns(batch.logs, 6))
+        statements.append(("logs", _INSERT_LOGS, _columns(batch.logs, 6)))
     if batch.definitions:
         keys = list(batch.definitions)
-        await conn.execute(_UPSERT_DEFINITIONS, [k[0] for k in keys], [k[1] for k in keys],
-                           list(batch.definitions.values()))
+        statements.append(("definitions", _UPSERT_DEFINITIONS, [
+            [k[0] for k in keys], [k[1] for k in keys], list(batch.definitions.values())]))
     if batch.durable:
-        await conn.execute(_UPSERT_DURABLE, *_columns(batch.durable.values(), 9))
+        statements.append(("durable", _UPSERT_DURABLE, _columns(batch.durable.values(), 9)))
     if batch.rate_usage:
         rows = list(batch.rate_usage.values())
-        idle = [row for row in rows if not row[4] and row[5] == "[]"]
         kept = [row for row in rows if row[4] or row[5] != "[]"]
+        idle = [row for row in rows if not row[4] and row[5] == "[]"]
         if kept:
-            await conn.execute(_UPSERT_RATE_USAGE, *_columns(kept, 6))
+            statements.append(("rate_usage", _UPSERT_RATE_USAGE, _columns(kept, 6)))
         if idle:
-            await conn.execute(_DELETE_IDLE_BUCKETS, [row[0] for row in idle],
-                               [row[1] for row in idle])
-    await conn.execute("UPDATE engine_nodes SET last_batch = $2 WHERE node_id = $1",
-                       node_id, batch.batch_id)
+            statements.append(("idle_buckets", _DELETE_IDLE_BUCKETS,
+                               [[row[0] for row in idle], [row[1] for row in idle]]))
+    return statements
+
+
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+@cache
+def _one_statement(parts: tuple[tuple[str, str], ...]) -> str:
+    """The parts' statements as data-modifying CTEs of one statement (parameters renumbered),
+    selecting the ids of the runs inserted. One statement commits on its own: the whole batch
+    costs one round trip."""
+    ctes, offset = [], 0
+    for name, sql in parts:
+        def shift(match: re.Match[str], by: int = offset) -> str:
+            return f"${int(match.group(1)) + by}"
+
+        ctes.append(f"{name} AS ({_PARAMETER.sub(shift, sql.strip())})")
+        offset += max(int(n) for n in _PARAMETER.findall(sql))
+    select = ("SELECT run_id FROM new_runs" if parts[0][0] == "new_runs"
+              else "SELECT NULL::uuid AS run_id WHERE false")
+    return "WITH " + ",\n".join(ctes) + "\n" + select
+
+
+async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID, lane: str,
+                      batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
+    """Write a batch atomically and mark it committed on its lane; returns what became of each
+    new run.
+
+    Usually the batch is one statement (one round trip, committed on its own). The statements
+    of a CTE all see the database as it was before the statement, so a run inserted and updated
+    in the same batch would lose its update: such a batch is written statement by statement in
+    a transaction instead."""
+    statements = _statements(batch)
+    mark = ("mark", _MARK_BATCH, [node_id, lane, batch.batch_id])
+    if batch.new_runs and not batch.run_states.keys().isdisjoint(
+            (row[0], row[1]) for row in batch.new_runs):
+        async with conn.transaction():
+            created = set()
+            for name, sql, args in [*statements, mark]:
+                if name == "new_runs":
+                    created = {row["run_id"] for row in await conn.fetch(sql, *args)}
+                else:
+                    await conn.execute(sql, *args)
+    else:
+        parts = [*statements, mark]
+        query = _one_statement(tuple((name, sql) for name, sql, _ in parts))
+        arguments = [arg for _, _, args in parts for arg in args]
+        created = {row["run_id"] for row in await conn.fetch(query, *arguments)}
+    return await _outcomes(conn, batch.new_runs, created)
+
+
+async def _outcomes(conn: asyncpg.Connection, new_runs: list[Row],
+                    created: set[uuid.UUID]) -> dict[uuid.UUID, Inserted]:
+    """Inserted, or (for a conflict) the run that was there first: read after the commit, since
+    what a new run conflicted with is committed by then."""
+    refused = [row for row in new_runs if row[1] not in created]
+    existing = await _existing_runs(conn, refused) if refused else {}
+    inserted: dict[uuid.UUID, Inserted] = {}
+    for row in new_runs:
+        run_id = row[1]
+        assert isinstance(run_id, uuid.UUID)
+        if run_id in created:
+            inserted[run_id] = Inserted(run_id, True, str(row[4]))
+        else:
+            match = existing.get(run_id)
+            if match is None:
+                raise RuntimeError(f"run {run_id} was neither inserted nor found by key")
+            inserted[run_id] = Inserted(match["run_id"], False, match["status"])
     return inserted
+
+
+LANES = ("ordered", "triggers")  # see taskyard.persister
 
 
 async def register_node(pool: asyncpg.Pool, node_id: uuid.UUID) -> None:
     await pool.execute("DELETE FROM engine_nodes WHERE started_at < now() - interval '7 days'")
-    await pool.execute("INSERT INTO engine_nodes (node_id) VALUES ($1)", node_id)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO engine_nodes (node_id) VALUES ($1)", node_id)
+        await conn.execute("INSERT INTO persister_lanes (node_id, lane) "
+                           "SELECT $1, unnest($2::text[])", node_id, list(LANES))
 
 
 # -- runs: reads -----------------------------------------------------------------------------------
@@ -430,6 +500,18 @@ _HISTORY_COLUMNS = ("created_at, attempt, status, worker_id, assigned_at, starte
                     "error")
 _STORED_EVENTS = ("SELECT at, attempt, type, worker_id, detail FROM run_events "
                   "WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq")
+
+_GET_RUN = f"""
+SELECT {_VIEW_COLUMNS}, worker_id, assigned_at,
+       ARRAY(SELECT c.run_id FROM runs c WHERE c.tenant_id = r.tenant_id
+             AND c.parent_run_id = r.run_id ORDER BY c.run_id LIMIT 10000) AS children,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'at', extract(epoch FROM e.at), 'attempt', e.attempt, 'type', e.type,
+                   'worker_id', e.worker_id, 'detail', e.detail) ORDER BY e.seq), '[]')
+        FROM run_events e WHERE e.tenant_id = r.tenant_id AND e.run_id = r.run_id)
+       AS stored_events
+FROM runs r WHERE r.tenant_id = $1 AND r.run_id = $2
+"""
 
 _TERMINAL_EVENTS = {"succeeded", "failed", "timed_out", "cancelled"}
 
@@ -550,19 +632,14 @@ class RunRepository:
         return {row["run_id"]: RunStatus(row["status"]) for row in rows}
 
     async def get_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView | None:
-        """A run with its attempts and children: the row (with what its history needs and its
-        children's ids) in one round trip, its stored events in another."""
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_VIEW_COLUMNS}, worker_id, assigned_at, ARRAY(SELECT c.run_id "
-                "FROM runs c WHERE c.tenant_id = r.tenant_id AND c.parent_run_id = r.run_id "
-                "ORDER BY c.run_id LIMIT 10000) AS children FROM runs r "
-                "WHERE r.tenant_id = $1 AND r.run_id = $2", tenant_id, run_id)
-            if row is None:
-                return None
-            stored = await conn.fetch(_STORED_EVENTS, tenant_id, run_id)
+        """A run with its attempts and children, in one round trip: the row, what its history
+        needs, its stored events (as JSON) and its children's ids (a workflow run's steps in a
+        second)."""
+        row = await self.pool.fetchrow(_GET_RUN, tenant_id, run_id)
+        if row is None:
+            return None
         view = RunView.model_validate(dict(row))
-        view.attempts = _attempts(_history(row, stored))
+        view.attempts = _attempts(_history(row, row["stored_events"]))
         view.children = list(row["children"])
         if view.kind is RunKind.WORKFLOW:
             view.steps = [RunSummary.model_validate(dict(row)) for row in await self.pool.fetch(
@@ -641,7 +718,9 @@ def _encoded(text: str | None) -> bytes | None:
     return text.encode() if text is not None else None
 
 
-def _history(run: asyncpg.Record, stored: list[asyncpg.Record]) -> list[RunEvent]:
+def _history(run: Mapping[str, Any], stored: Iterable[Mapping[str, Any]]) -> list[RunEvent]:
+    """A run's events: those stored (rows, or their JSON with `at` in epoch seconds) and the
+    current attempt's timeline from its row."""
     events = [RunEvent(at=run["created_at"], attempt=1, type="queued")]
     for row in stored:
         detail = row["detail"]

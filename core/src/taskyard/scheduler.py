@@ -282,7 +282,7 @@ class Scheduler:
                 metadata_json=orjson.dumps(request.metadata).decode(), created_at=now,
                 idempotency_key=request.idempotency_key, parent_run_id=request.parent_run_id,
                 flow_json=flow.to_json() if flow is not None else None))
-        inserted = await self.persister.insert_runs(rows)
+        inserted = await self.persister.insert_triggered(rows)
         refs = [RunRef(run_id=outcome.run_id, task=run.task, status=RunStatus(outcome.status),
                        created=outcome.created)
                 for run, outcome in zip(runs, inserted, strict=True)]
@@ -368,31 +368,54 @@ class Scheduler:
         return reason
 
     async def wait(self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID],
-                   timeout: float, *, documents: bool = True
-                   ) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
+                   timeout: float) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
         """Wait until every run has finished or `timeout` passes. Returns the finished runs as
-        documents shaped like RunView (none when `documents` is false), and the ids still
-        pending."""
+        documents shaped like RunView, and the ids still pending. The runs are watched before
+        they are read, so an end committed in between is not missed; a run read unfinished is
+        read again only once it has ended."""
         wanted = list(dict.fromkeys(run_ids))
         futures = self.waiters.watch(tenant_id, wanted)
         try:
-            statuses = await self.runs.run_statuses(tenant_id, wanted)
-            unknown = [str(run_id) for run_id in wanted if run_id not in statuses]
+            found = await self.runs.run_documents(tenant_id, wanted)
+            unknown = [str(run_id) for run_id in wanted if run_id not in found]
             if unknown:
                 raise NotFound(f"no run {', '.join(unknown[:5])} in this tenant"
                                + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
-            pending = [futures[run_id] for run_id, status in statuses.items()
-                       if not status.terminal]
+            pending = [futures[run_id] for run_id, document in found.items()
+                       if not RunStatus(document["status"]).terminal]
             if pending and timeout > 0:
                 await asyncio.wait(pending, timeout=timeout)
-                if any(future.done() for future in pending):
-                    statuses = await self.runs.run_statuses(tenant_id, wanted)
+                ended = [run_id for run_id, document in found.items()
+                         if futures[run_id].done() and
+                         not RunStatus(document["status"]).terminal]
+                if ended:
+                    found.update(await self.runs.run_documents(tenant_id, ended))
         finally:
             self.waiters.unwatch(tenant_id, futures)
-        done = [run_id for run_id in wanted if statuses[run_id].terminal]
-        found = await self.runs.run_documents(tenant_id, done) if done and documents else {}
-        finished = [found[run_id] for run_id in done if run_id in found]
-        return finished, [run_id for run_id in wanted if not statuses[run_id].terminal]
+        finished, still = [], []
+        for run_id in wanted:
+            document = found[run_id]
+            if RunStatus(document["status"]).terminal:
+                finished.append(document)
+            else:
+                still.append(run_id)
+        return finished, still
+
+    async def result(self, tenant_id: uuid.UUID, run_id: uuid.UUID, timeout: float) -> RunView:
+        """The run's view once it has finished, or after `timeout` seconds as it is then."""
+        finished = self.waiters.watch(tenant_id, [run_id])
+        try:
+            view = await self.runs.get_run(tenant_id, run_id)
+            if view is None:
+                raise NotFound(f"no run {run_id} in this tenant")
+            if not view.status.terminal and timeout > 0:
+                await asyncio.wait(finished.values(), timeout=timeout)
+                if finished[run_id].done():
+                    view = await self.runs.get_run(tenant_id, run_id) or view
+        finally:
+            self.waiters.unwatch(tenant_id, finished)
+        view.waiting_reason = await self.waiting_reason(tenant_id, view)
+        return view
 
     # -- rate limits -----------------------------------------------------------------------------
 
@@ -481,7 +504,7 @@ class Scheduler:
                 metadata_json=orjson.dumps(metadata).decode(), created_at=now,
                 idempotency_key=idempotency_key, kind="workflow",
                 workflow_version=workflow.version, parent_run_id=parent_run_id))
-        inserted = await self.persister.insert_runs(rows) if rows else []
+        inserted = await self.persister.insert_triggered(rows) if rows else []
         tenant = self.tenant(tenant_id)
         tenant.tell(tenant.start_runs, [run for run, outcome in zip(runs, inserted, strict=True)
                                         if outcome.created])

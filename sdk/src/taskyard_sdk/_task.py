@@ -102,6 +102,7 @@ class Task(Schedulable, Generic[In, Out]):
         self.output_type: Any = hints.get("return", Any)
         self._input = TypeAdapter(self.input_type)
         self._output = TypeAdapter(self.output_type)
+        self._options_json = options.model_dump(mode="json")  # sent with every trigger
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -137,7 +138,7 @@ class Task(Schedulable, Generic[In, Out]):
     def _trigger(self, input: In, metadata: dict[str, str] | None, priority: int | None,
                  idempotency_key: str | None) -> dict[str, Any]:
         request: dict[str, Any] = {"task": self.name, "input": self.encode_input(input),
-                                   "options": self.options.model_dump(mode="json")}
+                                   "options": self._options_json}
         if metadata:
             request["metadata"] = metadata
         if priority is not None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
+from pydantic_core import from_json, to_json
 
 from taskyard_sdk._config import Config
 from taskyard_sdk._errors import AuthenticationError, EngineUnreachable, Unavailable, api_error
@@ -72,22 +73,21 @@ class Transport:
         headers = self.headers
         data = None
         if json_body is not None:
-            data = json.dumps(json_body).encode()
-        if data is not None:
-            headers = {**headers, "Content-Type": "application/json"}
+            data = to_json(json_body)
+            headers["Content-Type"] = "application/json"
         try:
             async with self.session().request(method, self.config.url + path, data=data,
                                               params=params, headers=headers) as response:
-                text = await response.text()
+                body = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
             raise EngineUnreachable(
                 f"cannot reach the Taskyard engine at {self.config.url}: {exc}. Is it running? "
                 f"Start one with `taskyard engine`, or set TASKYARD_URL.") from exc
         try:
-            payload = json.loads(text) if text else None
+            payload = from_json(body) if body else None
         except ValueError:
-            payload = text
+            payload = body.decode(errors="replace")
         if status >= 400:
             raise api_error(status, payload)
         return payload

@@ -145,11 +145,9 @@ async def get_run(call: Call[None]) -> RunView:
 async def run_result(call: Call[None]) -> RunView:
     """Long-poll: answers once the run has finished, or after `timeout` seconds with its
     current state."""
-    run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    await engine.scheduler.wait(call.principal.tenant_id, [run_id], call.query.timeout,
-                                documents=False)  # the view below reads the run
-    return await _view(call, run_id)
+    return await engine.scheduler.result(call.principal.tenant_id, call.path_uuid("run_id"),
+                                         call.query.timeout)
 
 
 @router.get("/api/v1/runs/{run_id}/stream", roles=ANY_ROLE)

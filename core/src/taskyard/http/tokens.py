@@ -59,8 +59,7 @@ async def create_token(call: Call[TokenCreate]) -> TokenCreated:
 async def revoke_token(call: Call[None]) -> Token:
     """Revoke a token; requests carrying it are refused from then on."""
     token_id = call.path_uuid("token_id")
-    info = await call.request.app[ENGINE].repository.revoke_token(
-        token_id, call.principal.tenant_id)
+    info = await call.request.app[ENGINE].revoke_token(token_id, call.principal.tenant_id)
     if info is None:
         raise NotFound(f"no token {token_id} in this tenant")
     return Token.of(info)
