@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import asyncpg
@@ -22,11 +23,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 _JSONB_VERSION = b"\x01"  # jsonb's binary format is a version byte followed by the JSON text
 
 
+def _unknown(value: Any) -> str:
+    """orjson knows uuid.UUID but not asyncpg's own UUID type (ids read from Postgres)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Exchange json/jsonb as Python objects, encoded with orjson in the binary format."""
     await conn.set_type_codec(
         "jsonb", schema="pg_catalog", format="binary",
-        encoder=lambda value: _JSONB_VERSION + orjson.dumps(value),
+        encoder=lambda value: _JSONB_VERSION + orjson.dumps(value, default=_unknown),
         decoder=lambda data: orjson.loads(data[1:]),
     )
     await conn.set_type_codec(

@@ -17,7 +17,7 @@ import orjson
 
 from taskyard.auth import Principal, Role, hash_token, new_token
 from taskyard.flow import Flow
-from taskyard.runs import EMPTY_METADATA, Run
+from taskyard.runs import EMPTY_METADATA, Run, json_value
 from taskyard_sdk.models import (
     Attempt,
     ErrorInfo,
@@ -107,7 +107,10 @@ class Repository:
             "WHERE t.token_hash = $1 AND t.revoked_at IS NULL", token_hash)
         if row is None:
             return None
-        return Principal(row["tenant_id"], row["tenant_name"], row["token_id"], Role(row["role"]))
+        # Ids as the standard library's UUIDs: they go into every row a tenant writes, and the
+        # JSON encoder knows those natively.
+        return Principal(uuid.UUID(bytes=row["tenant_id"].bytes), row["tenant_name"],
+                         uuid.UUID(bytes=row["token_id"].bytes), Role(row["role"]))
 
     async def list_tokens(self, tenant_id: uuid.UUID) -> list[TokenInfo]:
         rows = await self.pool.fetch(
@@ -181,21 +184,20 @@ class WriteBatch:
 
 
 def new_run_row(*, tenant_id: uuid.UUID, run_id: uuid.UUID, task: str, queue: str, status: str,
-                priority: int, options_json: str, input_json: str | None, metadata_json: str,
-                created_at: float, idempotency_key: str | None = None, kind: str = "task",
+                priority: int, options_json: str | bytes, input_json: str | bytes | None,
+                metadata_json: str | bytes, created_at: float,
+                idempotency_key: str | None = None, kind: str = "task",
                 workflow_version: int | None = None, workflow_run_id: uuid.UUID | None = None,
                 step: str | None = None, parent_run_id: uuid.UUID | None = None,
-                context_json: str | None = None, wait_started_at: float | None = None,
-                error_json: str | None = None, finished_at: float | None = None,
-                flow_json: str | None = None) -> Row:
-    """A row of `WriteBatch.new_runs`, in the column order of _INSERT_RUNS."""
-    return (tenant_id, run_id, task, queue, status, 1, priority, options_json, input_json,
-            metadata_json, idempotency_key, created_at, created_at, kind, workflow_version,
-            workflow_run_id, step, parent_run_id, context_json, wait_started_at, error_json,
-            finished_at, flow_json)
-
-
-_NEW_RUN_WIDTH = 23
+                context_json: str | bytes | None = None, wait_started_at: float | None = None,
+                error_json: str | bytes | None = None, finished_at: float | None = None,
+                flow_json: str | bytes | None = None) -> Row:
+    """A row of `WriteBatch.new_runs`, in the column order of _NEW_RUN_COLUMNS."""
+    return (tenant_id, run_id, task, queue, status, 1, priority, orjson.Fragment(options_json),
+            json_value(input_json), orjson.Fragment(metadata_json), idempotency_key, created_at,
+            created_at, kind, workflow_version, workflow_run_id, step, parent_run_id,
+            json_value(context_json), wait_started_at, json_value(error_json), finished_at,
+            json_value(flow_json))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,23 +209,41 @@ class Inserted:
     status: str
 
 
-_INSERT_RUNS = """
-INSERT INTO runs (tenant_id, run_id, task, queue, status, attempt, priority, options, input,
-                  metadata, idempotency_key, created_at, queued_at, kind, workflow_version,
-                  workflow_run_id, step, parent_run_id, context, wait_started_at, error,
-                  finished_at, flow)
-SELECT t.tenant_id, t.run_id, t.task, t.queue, t.status, t.attempt, t.priority, t.options::jsonb,
-       t.input::jsonb, t.metadata::jsonb, t.idempotency_key, to_timestamp(t.created_at),
-       to_timestamp(t.queued_at), t.kind, t.workflow_version, t.workflow_run_id, t.step,
-       t.parent_run_id, t.context::jsonb, to_timestamp(t.wait_started_at), t.error::jsonb,
-       to_timestamp(t.finished_at), t.flow::jsonb
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
-            $8::text[], $9::text[], $10::text[], $11::text[], $12::float8[], $13::float8[],
-            $14::text[], $15::int[], $16::uuid[], $17::text[], $18::uuid[], $19::text[],
-            $20::float8[], $21::text[], $22::float8[], $23::text[])
-     AS t(tenant_id, run_id, task, queue, status, attempt, priority, options, input, metadata,
-          idempotency_key, created_at, queued_at, kind, workflow_version, workflow_run_id, step,
-          parent_run_id, context, wait_started_at, error, finished_at, flow)
+def _row_set(columns: str) -> str:
+    """The rows of one jsonb parameter ($1) as a row set: a JSON array of rows, each a JSON
+    array of values in the order of `columns` ("name type, ..."). Times travel as epoch seconds,
+    JSON values as themselves (a JSON null is SQL NULL). One parameter rather than one array per
+    column: asyncpg checks every element of an array parameter through the ABC machinery, which
+    cost more than the rest of a small flush."""
+    expressions = []
+    for index, column in enumerate(columns.split(",")):
+        name, kind = column.split()
+        if kind == "text":
+            value = f"r->>{index}"
+        elif kind == "jsonb":
+            value = f"nullif(r->{index}, 'null')"
+        elif kind == "timestamptz":
+            value = f"to_timestamp((r->>{index})::float8)"
+        else:
+            value = f"(r->>{index})::{kind}"
+        expressions.append(f"{value} AS {name}")
+    return f"SELECT {', '.join(expressions)} FROM jsonb_array_elements($1::jsonb) AS r"
+
+
+def _names(columns: str) -> str:
+    return ", ".join(column.split()[0] for column in columns.split(","))
+
+
+_NEW_RUN_COLUMNS = (
+    "tenant_id uuid, run_id uuid, task text, queue text, status text, attempt int, priority int, "
+    "options jsonb, input jsonb, metadata jsonb, idempotency_key text, created_at timestamptz, "
+    "queued_at timestamptz, kind text, workflow_version int, workflow_run_id uuid, step text, "
+    "parent_run_id uuid, context jsonb, wait_started_at timestamptz, error jsonb, "
+    "finished_at timestamptz, flow jsonb")
+
+_INSERT_RUNS = f"""
+INSERT INTO runs ({_names(_NEW_RUN_COLUMNS)})
+{_row_set(_NEW_RUN_COLUMNS)}
 ON CONFLICT DO NOTHING
 RETURNING run_id
 """
@@ -241,48 +261,54 @@ JOIN runs r ON r.tenant_id = k.tenant_id AND r.workflow_run_id = k.workflow_run_
            AND r.step = k.step
 """
 
-_UPDATE_RUNS = """
+# The latest state of each run wins (see Run.row).
+_RUN_STATE_COLUMNS_IN = (
+    "tenant_id uuid, run_id uuid, status text, attempt int, worker_id uuid, "
+    "queued_at timestamptz, retry_at timestamptz, assigned_at timestamptz, "
+    "started_at timestamptz, finished_at timestamptz, output jsonb, error jsonb")
+
+_UPDATE_RUNS = f"""
 UPDATE runs r SET status = t.status, attempt = t.attempt, worker_id = t.worker_id,
-       queued_at = to_timestamp(t.queued_at), retry_at = to_timestamp(t.retry_at),
-       assigned_at = to_timestamp(t.assigned_at), started_at = to_timestamp(t.started_at),
-       finished_at = to_timestamp(t.finished_at), output = t.output::jsonb,
-       error = t.error::jsonb
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::uuid[], $6::float8[],
-            $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::text[])
-     AS t(tenant_id, run_id, status, attempt, worker_id, queued_at, retry_at, assigned_at,
-          started_at, finished_at, output, error)
+       queued_at = t.queued_at, retry_at = t.retry_at, assigned_at = t.assigned_at,
+       started_at = t.started_at, finished_at = t.finished_at, output = t.output,
+       error = t.error
+FROM ({_row_set(_RUN_STATE_COLUMNS_IN)}) AS t
 WHERE r.tenant_id = t.tenant_id AND r.run_id = t.run_id
 """
 
-_INSERT_EVENTS = """
-INSERT INTO run_events (tenant_id, run_id, at, attempt, type, worker_id, detail)
-SELECT t.tenant_id, t.run_id, to_timestamp(t.at), t.attempt, t.type, t.worker_id,
-       t.detail::jsonb
-FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::int[], $5::text[], $6::uuid[], $7::text[])
-     AS t(tenant_id, run_id, at, attempt, type, worker_id, detail)
+_EVENT_COLUMNS = ("tenant_id uuid, run_id uuid, at timestamptz, attempt int, type text, "
+                  "worker_id uuid, detail jsonb")
+
+_INSERT_EVENTS = f"""
+INSERT INTO run_events ({_names(_EVENT_COLUMNS)})
+{_row_set(_EVENT_COLUMNS)}
 """
 
-_INSERT_PUSHED_EVENTS = """
-INSERT INTO events (tenant_id, event_id, key, payload, metadata, created_at, triggered, replay_of)
-SELECT t.tenant_id, t.event_id, t.key, t.payload::jsonb, t.metadata::jsonb,
-       to_timestamp(t.created_at), t.triggered::uuid[], t.replay_of
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::float8[],
-            $7::text[], $8::uuid[])
-     AS t(tenant_id, event_id, key, payload, metadata, created_at, triggered, replay_of)
+# triggered: a Postgres array literal of the run ids the event started
+_PUSHED_EVENT_COLUMNS = ("tenant_id uuid, event_id uuid, key text, payload jsonb, "
+                         "metadata jsonb, created_at timestamptz, triggered uuid[], "
+                         "replay_of uuid")
+
+_INSERT_PUSHED_EVENTS = f"""
+INSERT INTO events ({_names(_PUSHED_EVENT_COLUMNS)})
+{_row_set(_PUSHED_EVENT_COLUMNS)}
 """
 
-_INSERT_LOGS = """
-INSERT INTO run_logs (tenant_id, run_id, at, attempt, level, message)
-SELECT t.tenant_id, t.run_id, to_timestamp(t.at), t.attempt, t.level, t.message
-FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::int[], $5::text[], $6::text[])
-     AS t(tenant_id, run_id, at, attempt, level, message)
+_LOG_COLUMNS = ("tenant_id uuid, run_id uuid, at timestamptz, attempt int, level text, "
+                "message text")
+
+_INSERT_LOGS = f"""
+INSERT INTO run_logs ({_names(_LOG_COLUMNS)})
+{_row_set(_LOG_COLUMNS)}
 """
 
-_UPSERT_RATE_USAGE = """
+_RATE_USAGE_COLUMNS = ("tenant_id uuid, key text, lim int, duration text, configured bool, "
+                       "usage jsonb")
+
+_UPSERT_RATE_USAGE = f"""
 INSERT INTO rate_limits (tenant_id, key, "limit", duration, configured, usage, updated_at)
-SELECT t.tenant_id, t.key, t.lim, t.duration, t.configured, t.usage::jsonb, now()
-FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::text[])
-     AS t(tenant_id, key, lim, duration, configured, usage)
+SELECT t.tenant_id, t.key, t.lim, t.duration, t.configured, t.usage, now()
+FROM ({_row_set(_RATE_USAGE_COLUMNS)}) AS t
 ON CONFLICT (tenant_id, key) DO UPDATE
 SET usage = CASE WHEN rate_limits.duration = excluded.duration THEN excluded.usage
                  ELSE rate_limits.usage END,
@@ -293,29 +319,27 @@ SET usage = CASE WHEN rate_limits.duration = excluded.duration THEN excluded.usa
     updated_at = now()
 """
 
-_DELETE_IDLE_BUCKETS = """
-DELETE FROM rate_limits r USING unnest($1::uuid[], $2::text[]) AS t(tenant_id, key)
+_DELETE_IDLE_BUCKETS = f"""
+DELETE FROM rate_limits r USING ({_row_set("tenant_id uuid, key text")}) AS t
 WHERE r.tenant_id = t.tenant_id AND r.key = t.key AND NOT r.configured
 """
 
-_UPSERT_DURABLE = """
-INSERT INTO durable_log (tenant_id, run_id, position, kind, call, done, result, wait,
-                         finished_at)
-SELECT t.tenant_id, t.run_id, t.position, t.kind, t.call, t.done, t.result::jsonb, t.wait::jsonb,
-       to_timestamp(t.finished_at)
-FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[],
-            $8::text[], $9::float8[])
-     AS t(tenant_id, run_id, position, kind, call, done, result, wait, finished_at)
+_DURABLE_COLUMNS = ("tenant_id uuid, run_id uuid, position int, kind text, call text, "
+                    "done bool, result jsonb, wait jsonb, finished_at timestamptz")
+
+_UPSERT_DURABLE = f"""
+INSERT INTO durable_log ({_names(_DURABLE_COLUMNS)})
+{_row_set(_DURABLE_COLUMNS)}
 ON CONFLICT (tenant_id, run_id, position) DO UPDATE
 SET done = excluded.done, result = excluded.result, wait = excluded.wait,
     finished_at = excluded.finished_at
 WHERE NOT durable_log.done
 """
 
-_UPSERT_DEFINITIONS = """
+_UPSERT_DEFINITIONS = f"""
 INSERT INTO task_definitions (tenant_id, name, options, updated_at)
-SELECT t.tenant_id, t.name, t.options::jsonb, now()
-FROM unnest($1::uuid[], $2::text[], $3::text[]) AS t(tenant_id, name, options)
+SELECT t.tenant_id, t.name, t.options, now()
+FROM ({_row_set("tenant_id uuid, name text, options jsonb")}) AS t
 ON CONFLICT (tenant_id, name) DO UPDATE SET options = excluded.options, updated_at = now()
 """
 
@@ -362,34 +386,38 @@ async def batch_committed(conn: asyncpg.Connection, node_id: uuid.UUID, lane: st
 
 
 def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
-    """The batch as (name, SQL, arguments) per table touched; new runs first, if any."""
+    """The batch as (name, SQL, arguments) per table touched; new runs first, if any. The rows
+    rare enough to carry their JSON as text are given it as JSON here."""
     statements: list[tuple[str, str, list[Any]]] = []
     if batch.new_runs:
-        statements.append(("new_runs", _INSERT_RUNS, _columns(batch.new_runs, _NEW_RUN_WIDTH)))
+        statements.append(("new_runs", _INSERT_RUNS, [batch.new_runs]))
     if batch.pushed_events:
-        statements.append(("pushed_events", _INSERT_PUSHED_EVENTS,
-                           _columns(batch.pushed_events, 8)))
+        statements.append(("pushed_events", _INSERT_PUSHED_EVENTS, [[
+            (*row[:3], json_value(row[3]), json_value(row[4]), *row[5:])
+            for row in batch.pushed_events]]))
     if batch.run_states:
-        statements.append(("run_states", _UPDATE_RUNS, _columns(batch.run_states.values(), 12)))
+        statements.append(("run_states", _UPDATE_RUNS, [list(batch.run_states.values())]))
     if batch.events:
-        statements.append(("events", _INSERT_EVENTS, _columns(batch.events, 7)))
+        statements.append(("events", _INSERT_EVENTS, [[
+            (*row[:6], json_value(row[6])) for row in batch.events]]))
     if batch.logs:
-        statements.append(("logs", _INSERT_LOGS, _columns(batch.logs, 6)))
+        statements.append(("logs", _INSERT_LOGS, [batch.logs]))
     if batch.definitions:
-        keys = list(batch.definitions)
-        statements.append(("definitions", _UPSERT_DEFINITIONS, [
-            [k[0] for k in keys], [k[1] for k in keys], list(batch.definitions.values())]))
+        statements.append(("definitions", _UPSERT_DEFINITIONS, [[
+            (tenant_id, name, orjson.Fragment(options))
+            for (tenant_id, name), options in batch.definitions.items()]]))
     if batch.durable:
-        statements.append(("durable", _UPSERT_DURABLE, _columns(batch.durable.values(), 9)))
+        statements.append(("durable", _UPSERT_DURABLE, [[
+            (*row[:6], json_value(row[6]), json_value(row[7]), row[8])
+            for row in batch.durable.values()]]))
     if batch.rate_usage:
         rows = list(batch.rate_usage.values())
-        kept = [row for row in rows if row[4] or row[5] != "[]"]
-        idle = [row for row in rows if not row[4] and row[5] == "[]"]
+        kept = [(*row[:5], orjson.Fragment(row[5])) for row in rows if row[4] or row[5] != "[]"]
+        idle = [(row[0], row[1]) for row in rows if not row[4] and row[5] == "[]"]
         if kept:
-            statements.append(("rate_usage", _UPSERT_RATE_USAGE, _columns(kept, 6)))
+            statements.append(("rate_usage", _UPSERT_RATE_USAGE, [kept]))
         if idle:
-            statements.append(("idle_buckets", _DELETE_IDLE_BUCKETS,
-                               [[row[0] for row in idle], [row[1] for row in idle]]))
+            statements.append(("idle_buckets", _DELETE_IDLE_BUCKETS, [idle]))
     return statements
 
 

@@ -54,11 +54,13 @@ class Run:
         """The mutable columns, as the persister writes them."""
         return (self.tenant_id, self.run_id, self.status.value, self.attempt, self.worker_id,
                 self.queued_at, self.retry_at, self.assigned_at, self.started_at,
-                self.finished_at, _text(self.output_json), _text(self.error_json))
+                self.finished_at, json_value(self.output_json), json_value(self.error_json))
 
 
-def _text(data: bytes | None) -> str | None:
-    return data.decode() if data is not None else None
+def json_value(data: str | bytes | None) -> orjson.Fragment | None:
+    """A JSON column's value in a row the persister writes: embedded as the JSON it already
+    is."""
+    return orjson.Fragment(data) if data is not None else None
 
 
 def retry_delay(options: TaskOptions, retry_number: int, retry_after: float | None) -> float:

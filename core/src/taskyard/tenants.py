@@ -30,7 +30,7 @@ from taskyard.expressions import ExpressionError, holds
 from taskyard.flow import Flow, flow_for, keys_for
 from taskyard.plugins import RunEnded
 from taskyard.repository import Inserted, new_run_row
-from taskyard.runs import WORKFLOW_QUEUE, Run, error_json, options_json
+from taskyard.runs import WORKFLOW_QUEUE, Run, error_json, json_value, options_json
 from taskyard.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
 from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
@@ -548,5 +548,4 @@ def _state_row(tenant_id: uuid.UUID, run_id: uuid.UUID, status: RunStatus, queue
                error: bytes | None = None) -> Row:
     """A run_states row for a run this actor owns (a workflow run, or a pending step)."""
     return (tenant_id, run_id, status.value, 1, None, queued_at, None, None, started_at,
-            now if status.terminal else None, output.decode() if output else None,
-            error.decode() if error else None)
+            now if status.terminal else None, json_value(output or None), json_value(error or None))

@@ -123,17 +123,20 @@ class Router:
 
 
 def mount(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
+    authenticate = app[AUTHENTICATOR]
     for endpoint in endpoints:
-        app.router.add_route(endpoint.method, endpoint.path, _aiohttp_handler(endpoint))
+        app.router.add_route(endpoint.method, endpoint.path,
+                             _aiohttp_handler(endpoint, authenticate))
 
 
-def _aiohttp_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _aiohttp_handler(endpoint: Endpoint, authenticate: Authenticator
+                     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     response_adapter = TypeAdapter(endpoint.response) if endpoint.response is not None else None
 
     async def handle(request: web.Request) -> web.StreamResponse:
         principal = None
         if endpoint.roles is not None:
-            principal = await request.app[AUTHENTICATOR](request.headers.get("Authorization"))
+            principal = await authenticate(request.headers.get("Authorization"))
             if principal.role not in endpoint.roles:
                 needed = " or ".join(sorted(endpoint.roles))
                 raise Forbidden(f"{endpoint.method} {endpoint.path} needs a token with role "
