@@ -209,12 +209,16 @@ class Inserted:
     status: str
 
 
-def _row_set(columns: str) -> str:
+def _row_set(columns: str, *, joined: bool = False) -> str:
     """The rows of one jsonb parameter ($1) as a row set: a JSON array of rows, each a JSON
     array of values in the order of `columns` ("name type, ..."). Times travel as epoch seconds,
     JSON values as themselves (a JSON null is SQL NULL). One parameter rather than one array per
     column: asyncpg checks every element of an array parameter through the ABC machinery, which
-    cost more than the rest of a small flush."""
+    cost more than the rest of a small flush.
+
+    A row set `joined` to a table is unnested from an array: the planner expects 10 rows of
+    unnest but 100 of jsonb_array_elements, for which a small or freshly grown table's seq scan
+    and a hash join look cheaper than index lookups (4 ms instead of 0.2 for one run's state)."""
     expressions = []
     for index, column in enumerate(columns.split(",")):
         name, kind = column.split()
@@ -227,7 +231,10 @@ def _row_set(columns: str) -> str:
         else:
             value = f"(r->>{index})::{kind}"
         expressions.append(f"{value} AS {name}")
-    return f"SELECT {', '.join(expressions)} FROM jsonb_array_elements($1::jsonb) AS r"
+    rows = "jsonb_array_elements($1::jsonb)"
+    if joined:
+        rows = f"unnest(ARRAY(SELECT {rows}))"
+    return f"SELECT {', '.join(expressions)} FROM {rows} AS r"
 
 
 def _names(columns: str) -> str:
@@ -272,7 +279,7 @@ UPDATE runs r SET status = t.status, attempt = t.attempt, worker_id = t.worker_i
        queued_at = t.queued_at, retry_at = t.retry_at, assigned_at = t.assigned_at,
        started_at = t.started_at, finished_at = t.finished_at, output = t.output,
        error = t.error
-FROM ({_row_set(_RUN_STATE_COLUMNS_IN)}) AS t
+FROM ({_row_set(_RUN_STATE_COLUMNS_IN, joined=True)}) AS t
 WHERE r.tenant_id = t.tenant_id AND r.run_id = t.run_id
 """
 
@@ -320,7 +327,7 @@ SET usage = CASE WHEN rate_limits.duration = excluded.duration THEN excluded.usa
 """
 
 _DELETE_IDLE_BUCKETS = f"""
-DELETE FROM rate_limits r USING ({_row_set("tenant_id uuid, key text")}) AS t
+DELETE FROM rate_limits r USING ({_row_set("tenant_id uuid, key text", joined=True)}) AS t
 WHERE r.tenant_id = t.tenant_id AND r.key = t.key AND NOT r.configured
 """
 
