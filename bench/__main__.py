@@ -52,6 +52,12 @@ def main() -> None:
     peers.add_argument("--runs", type=int, default=3)
     peers.add_argument("--rate", type=float, default=100.0)
     peers.add_argument("--seconds", type=float, default=30.0)
+    peers.add_argument("--single", type=int, default=2_000,
+                       help="jobs enqueued one by one, per run")
+    peers.add_argument("--batched", type=int, default=20_000,
+                       help="jobs enqueued in batches of 1,000, per run")
+    peers.add_argument("--drain", type=int, default=20_000,
+                       help="jobs queued before one worker process drains them")
 
     args = parser.parse_args()
     if args.workload in ("throughput", "pgcost"):
@@ -83,7 +89,8 @@ def main() -> None:
         from bench import peers_workload
 
         asyncio.run(peers_workload.main(args.peers.split(","), args.tasks, args.workers,
-                                        args.runs, args.rate, args.seconds))
+                                        args.runs, args.rate, args.seconds, args.single,
+                                        args.batched, args.drain))
 
 
 if __name__ == "__main__":

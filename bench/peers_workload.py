@@ -1,10 +1,16 @@
-"""Peers: the no-op throughput and latency workloads run, in the same invocation, against
-Taskyard and against PgQueuer, Procrastinate and Celery (Redis broker), with ratios.
+"""Peers: Taskyard beside PgQueuer, Procrastinate and Celery (Redis broker), every measure taken
+for every system in the same invocation, with Taskyard/peer ratios.
 
-Throughput counts from the first enqueue to the last job finished (for Taskyard: its result
-committed). Latency is enqueue -> start, measured by a timestamp the job takes when it starts
-(Celery, PgQueuer and Procrastinate keep no results here, so trigger -> result has no peer
-counterpart)."""
+- enqueue one by one: jobs enqueued from one asyncio client, each in a call of its own (the SDK's
+  `aio_run_no_wait`; the peers' single defer), jobs per second
+- enqueue in batches: 1,000 jobs to a call (`aio_run_many_no_wait`; the peers' batch APIs;
+  Celery has none and is left out)
+- drain: N jobs already queued, one worker process started; jobs per second from its first
+  finished job to the last (so process start-up counts for no one)
+- end to end (throughput): from the first enqueue to the last job finished (for Taskyard: its
+  result committed), batches of 1,000, several worker processes
+- latency: enqueue -> start at a steady rate, measured by a timestamp the job takes when it
+  starts (the peers keep no results here, so trigger -> result has no peer counterpart)"""
 
 from __future__ import annotations
 
@@ -13,15 +19,23 @@ import contextlib
 import importlib
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from bench import latency, throughput
-from bench.harness import engine_setup, fresh_database, percentiles, summary, write_result
+from bench.harness import (
+    engine_setup,
+    fresh_database,
+    percentiles,
+    summary,
+    write_result,
+)
 from bench.peers.base import Peer
+from taskyard_sdk import Taskyard
 
 PEERS = {"pgqueuer": "bench.peers.pgqueuer_peer:PgQueuerPeer",
          "procrastinate": "bench.peers.procrastinate_peer:ProcrastinatePeer",
@@ -118,6 +132,129 @@ async def peer_latency(name: str, rate: float, seconds: float, runs: int,
             reader.cancel()
 
 
+async def enqueue_rates(enqueue_one: Callable[[int], Awaitable[None]],
+                        enqueue_batch: Callable[[range], Awaitable[None]] | None,
+                        single: int, batched: int, first: int) -> tuple[float, float | None]:
+    """Jobs per second enqueued one call at a time, and in calls of 1,000."""
+    started = time.perf_counter()
+    for n in range(first, first + single):
+        await enqueue_one(n)
+    one_by_one = single / (time.perf_counter() - started)
+    if enqueue_batch is None:
+        return one_by_one, None
+    started = time.perf_counter()
+    await enqueue_batch(range(first + single, first + single + batched))
+    return one_by_one, batched / (time.perf_counter() - started)
+
+
+async def drain_rate(completed: Callable[[], Awaitable[int]],
+                     start_worker: Callable[[], Awaitable[object]], total: int,
+                     timeout: float = 600) -> float:
+    """With `total` jobs queued, start one worker process; jobs per second from its first
+    finished job to the last."""
+    await start_worker()
+    deadline = time.monotonic() + timeout
+    while (first := await completed()) == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker finished nothing")
+        await asyncio.sleep(0.002)
+    started = time.perf_counter()
+    while (done := await completed()) < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {total} finished")
+        await asyncio.sleep(0.01)
+    return (total - first) / (time.perf_counter() - started)
+
+
+async def peer_enqueue_and_drain(name: str, single: int, batched: int, drain: int, runs: int,
+                                 logs: Path) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {"one_by_one": [], "batches": [], "drain": []}
+    for run in range(runs):
+        async with peer_setup(name) as peer:
+            batch = peer.enqueue if name != "celery" else None
+            one, many = await enqueue_rates(peer.enqueue_one, batch, single, batched,
+                                            run * 10_000_000)
+            rates["one_by_one"].append(one)
+            if many is not None:
+                rates["batches"].append(many)
+        rates["drain"].append(await peer_drain(name, drain, logs))
+    return rates
+
+
+async def peer_drain(name: str, drain: int, logs: Path) -> float:
+    async with peer_setup(name) as peer:
+        await peer.enqueue(range(drain))
+        processes: list[asyncio.subprocess.Process] = []
+
+        async def start() -> None:
+            processes.extend(await peer.start_workers(1, "throughput", logs))
+
+        try:
+            return await drain_rate(peer.completed, start, drain)
+        finally:
+            for process in processes:
+                process.kill()
+                await process.wait()
+
+
+async def taskyard_enqueue_and_drain(single: int, batched: int, drain: int,
+                                     runs: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {"one_by_one": [], "batches": [], "drain": []}
+    for run in range(runs):
+        one, many = await taskyard_enqueue(single, batched, run * 10_000_000)
+        rates["one_by_one"].append(one)
+        rates["batches"].append(many)
+        rates["drain"].append(await taskyard_drain(drain))
+    return rates
+
+
+async def taskyard_enqueue(single: int, batched: int, first: int) -> tuple[float, float]:
+    async with engine_setup() as setup:
+        ty = Taskyard(setup.engine.url, setup.token)
+        noop = ty.task(name="noop", schedule_timeout="1h")(_noop)
+
+        async def one(n: int) -> None:
+            await noop.aio_run_no_wait(n)
+
+        async def batch(numbers: range) -> None:
+            for start in range(numbers.start, numbers.stop, 1000):
+                await noop.aio_run_many_no_wait(range(start, min(start + 1000, numbers.stop)))
+
+        try:
+            await one(-1)  # the SDK's session
+            rate, many = await enqueue_rates(one, batch, single, batched, first)
+        finally:
+            await ty.aio_close()
+        assert many is not None
+        return rate, many
+
+
+async def taskyard_drain(drain: int) -> float:
+    async with engine_setup() as setup:
+        ty = Taskyard(setup.engine.url, setup.token)
+        try:
+            await ty.task(name="noop", schedule_timeout="1h")(_noop).aio_run_many_no_wait(
+                range(drain))
+        finally:
+            await ty.aio_close()
+        db = await asyncpg.connect(setup.db_url)
+
+        async def completed() -> int:
+            return int(await db.fetchval("SELECT count(*) FROM runs WHERE status = 'succeeded'"))
+
+        async def start() -> None:
+            setup.workers(1)
+
+        try:
+            return await drain_rate(completed, start, drain)
+        finally:
+            await db.close()
+
+
+async def _noop(n: int) -> int:
+    return n
+
+
 async def taskyard_side(tasks: int, workers: int, runs: int, rate: float,
                         seconds: float) -> tuple[list[float], list[dict[str, float]]]:
     figures = await throughput.run_throughput(tasks, [workers], runs, 200, 2000)
@@ -135,32 +272,52 @@ async def taskyard_side(tasks: int, workers: int, runs: int, rate: float,
     return rates, latencies
 
 
+MEASURES = {  # figure -> (label, unit)
+    "one_by_one": ("enqueue one by one", "jobs/s"),
+    "batches": ("enqueue in batches of 1,000", "jobs/s"),
+    "drain": ("drain, one worker process", "jobs/s"),
+    "throughput": ("end to end", "tasks/s"),
+}
+
+
 async def main(peers: list[str], tasks: int, workers: int, runs: int, rate: float,
-               seconds: float) -> None:
+               seconds: float, single: int, batched: int, drain: int) -> None:
     for name in peers:
         load(name)  # fail early when a peer's group is not installed
     logs = Path(tempfile.mkdtemp(prefix="taskyard-peers-"))
     systems: dict[str, dict[str, Any]] = {}
     rates, latencies = await taskyard_side(tasks, workers, runs, rate, seconds)
-    systems["taskyard"] = {"rates": rates, "latencies": latencies}
+    systems["taskyard"] = {"throughput": rates, "latencies": latencies,
+                           **await taskyard_enqueue_and_drain(single, batched, drain, runs)}
     for name in peers:
-        systems[name] = {"rates": await peer_throughput(name, tasks, workers, runs, logs),
-                         "latencies": await peer_latency(name, rate, seconds, runs, logs)}
+        systems[name] = {"throughput": await peer_throughput(name, tasks, workers, runs, logs),
+                         "latencies": await peer_latency(name, rate, seconds, runs, logs),
+                         **await peer_enqueue_and_drain(name, single, batched, drain, runs,
+                                                        logs)}
     figures: dict[str, Any] = {}
     table = []
-    ours = summary(systems["taskyard"]["rates"])["median"]
+    ours = {measure: summary(systems["taskyard"][measure])["median"] for measure in MEASURES}
     ours_p50 = summary([r["p50"] for r in systems["taskyard"]["latencies"]])["median"]
     for name, data in systems.items():
-        rate_summary = summary(data["rates"])
+        figures[name] = {measure: summary(data[measure]) for measure in MEASURES
+                         if data[measure]}
         p50 = summary([r["p50"] for r in data["latencies"]])
         p99 = summary([r["p99"] for r in data["latencies"]])
-        figures[name] = {"tasks_per_second": rate_summary, "start_p50_ms": p50,
-                         "start_p99_ms": p99}
-        ratio = "" if name == "taskyard" else (
-            f"  taskyard/{name}: throughput {ours / rate_summary['median']:.1f}x, "
-            f"start p50 {ours_p50 / p50['median']:.1f}x")
-        table.append((name, f"{rate_summary['median']:.0f} tasks/s, start p50 "
-                            f"{p50['median']:.1f} ms, p99 {p99['median']:.1f} ms{ratio}"))
+        figures[name] |= {"start_p50_ms": p50, "start_p99_ms": p99}
+        for measure, (label, unit) in MEASURES.items():
+            if measure not in figures[name]:
+                continue
+            value = figures[name][measure]["median"]
+            ratio = ""
+            if name != "taskyard":
+                figures[name][f"{measure}_ratio"] = ours[measure] / value
+                ratio = f"  (taskyard/{name} {ours[measure] / value:.2f}x)"
+            table.append((f"{name}: {label}", f"{value:,.0f} {unit}{ratio}"))
+        ratio = ("" if name == "taskyard"
+                 else f"  (taskyard/{name} {ours_p50 / p50['median']:.2f}x)")
+        table.append((f"{name}: enqueue -> start p50 / p99",
+                      f"{p50['median']:.1f} / {p99['median']:.1f} ms{ratio}"))
     await write_result("peers", {"peers": peers, "tasks": tasks, "workers": workers,
-                                 "runs": runs, "rate": rate, "seconds": seconds},
+                                 "runs": runs, "rate": rate, "seconds": seconds,
+                                 "single": single, "batched": batched, "drain": drain},
                        figures, table)

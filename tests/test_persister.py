@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from taskyard import repository
 from taskyard.db import create_pool
 from taskyard.ids import new_id
-from taskyard import repository
 from taskyard.persister import Persister
 from taskyard.repository import (
     WriteBatch,
@@ -254,3 +254,35 @@ async def test_run_states_are_written_through_the_primary_key(pool: asyncpg.Pool
         await conn.execute("RESET plan_cache_mode")
     assert "Seq Scan" not in plan, plan
     assert "Index" in plan, plan
+
+
+async def test_rows_nobody_waits_for_go_with_the_next_awaited_batch(pool: asyncpg.Pool) -> None:
+    """A run's assignment and start are written within write_delay, or at once with a batch
+    someone waits for: many transitions, one transaction."""
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    delayed = Persister(pool, node, write_delay=0.3)
+    await delayed.start()
+    try:
+        run_id = new_id()
+        await delayed.insert_runs([new_run(run_id)])
+        before = delayed.flushes
+        delayed.write([state(run_id, "assigned")], [], [])
+        delayed.write([state(run_id, "running")], [], [])
+        await asyncio.sleep(0.1)
+        assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1",
+                                   run_id) == "queued", "still waiting for company"
+        delayed.write([state(run_id, "succeeded")], [], [])
+        await asyncio.wait_for(delayed.barrier(), 0.2)  # a barrier does not wait the delay out
+        assert delayed.flushes - before == 1
+        assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1",
+                                   run_id) == "succeeded"
+
+        delayed.write([state(run_id, "succeeded", attempt=2)], [], [])
+        for _ in range(100):  # alone, it is written once the delay is over
+            if await pool.fetchval("SELECT attempt FROM runs WHERE run_id = $1", run_id) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert await pool.fetchval("SELECT attempt FROM runs WHERE run_id = $1", run_id) == 2
+    finally:
+        await delayed.stop()

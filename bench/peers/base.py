@@ -25,7 +25,12 @@ class Peer(abc.ABC):
         """The command line of one worker process; `mode` is "throughput" or "latency"."""
 
     @abc.abstractmethod
-    async def enqueue(self, numbers: range) -> None: ...
+    async def enqueue(self, numbers: range) -> None:
+        """Jobs for `numbers`, in the peer's batch API (1,000 to a call) where it has one."""
+
+    @abc.abstractmethod
+    async def enqueue_one(self, n: int) -> None:
+        """One job, in a call of its own: what an application does once per request."""
 
     @abc.abstractmethod
     async def completed(self) -> int: ...

@@ -50,6 +50,9 @@ class CeleryPeer(Peer):
 
         await asyncio.to_thread(send)
 
+    async def enqueue_one(self, n: int) -> None:
+        noop.apply_async((n,))  # blocking, as a web request handler would call it
+
     async def completed(self) -> int:
         return int(_counter.get("bench:done") or 0)
 

@@ -31,6 +31,9 @@ class PgQueuerPeer(Peer):
             await self.queries.enqueue(["noop"] * len(chunk), [str(n).encode() for n in chunk],
                                        [0] * len(chunk))
 
+    async def enqueue_one(self, n: int) -> None:
+        await self.queries.enqueue("noop", str(n).encode(), 0)
+
     async def completed(self) -> int:
         # Finished jobs leave the queue table and are logged as successful.
         return int(await self.conn.fetchval(

@@ -44,6 +44,9 @@ class ProcrastinatePeer(Peer):
             await task.batch_defer_async(*({"n": n} for n in
                                            range(start, min(start + 1000, numbers.stop))))
 
+    async def enqueue_one(self, n: int) -> None:
+        await self.app.tasks["noop"].defer_async(n=n)
+
     async def completed(self) -> int:
         return int(await self.conn.fetchval(
             "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"))

@@ -17,6 +17,11 @@ connections of their own:
   then), so its batch can commit before or after any other: a trigger never waits behind a flush
   of results, and results never wait behind a burst of triggers.
 
+Rows nobody waits for (a run's assignment and start, log lines, rate-limit usage) wait up to
+`write_delay` for a batch that someone waits for (a barrier, an insert) and go with it: at low
+load a run then costs one write of its states, not one per transition. What they record is
+recovered after a crash like any unflushed transition (see docs/architecture.md).
+
 When Postgres goes away a batch is retried with back-off until it commits; producers wait once
 the buffer holds `max_pending` rows (backpressure) instead of growing memory. Each batch records
 its id in its lane's row of `persister_lanes`, so a batch whose commit succeeded but whose answer
@@ -42,6 +47,7 @@ from taskyard.repository import Inserted, Row, WriteBatch, batch_committed, writ
 log = logging.getLogger(__name__)
 
 InsertWaiter = tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]
+_EAGER_ROWS = 1000  # rows nobody waits for go at once when this many have gathered
 
 
 def _new_batch() -> WriteBatch:
@@ -57,6 +63,8 @@ class _Lane:
     barriers: list[asyncio.Future[None]] = field(default_factory=list)
     waiters: list[InsertWaiter] = field(default_factory=list)
     flushing: asyncio.Task[None] | None = None
+    delayed: asyncio.TimerHandle | None = None  # the write_delay of rows nobody waits for
+    due: bool = False  # they have waited long enough
     # Held from the pool for as long as it works: a pool acquire and release per flush costs
     # about as much CPU as the flush's own statement.
     conn: Any = None
@@ -73,11 +81,13 @@ class _Lane:
 
 class Persister(Actor):
     def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, *, linger: float = 0.0,
-                 max_pending: int = 200_000, stop_timeout: float = 30.0) -> None:
+                 write_delay: float = 0.02, max_pending: int = 200_000,
+                 stop_timeout: float = 30.0) -> None:
         super().__init__("persister")
         self.pool = pool
         self.node_id = node_id
         self.linger = linger
+        self.write_delay = write_delay
         self.max_pending = max_pending
         self.stop_timeout = stop_timeout
         self.flushes = 0
@@ -202,10 +212,24 @@ class Persister(Actor):
             self._capacity.clear()
         self._kick(lane)
 
-    def _kick(self, lane: _Lane) -> None:
-        if lane.flushing is None and (len(lane.batch) or lane.barriers):
-            lane.flushing = asyncio.create_task(self._flush(lane, *lane.take()),
-                                                name=f"persister-flush:{lane.name}")
+    def _kick(self, lane: _Lane, *, now: bool = False) -> None:
+        if lane.flushing is not None or not (len(lane.batch) or lane.barriers):
+            return
+        if not (now or lane.due or lane.barriers or lane.waiters or self.write_delay <= 0
+                or len(lane.batch) >= _EAGER_ROWS):
+            if lane.delayed is None:
+                lane.delayed = asyncio.get_running_loop().call_later(
+                    self.write_delay, self._post, self._delay_over, lane)
+            return
+        if lane.delayed is not None:
+            lane.delayed.cancel()
+        lane.delayed, lane.due = None, False
+        lane.flushing = asyncio.create_task(self._flush(lane, *lane.take()),
+                                            name=f"persister-flush:{lane.name}")
+
+    def _delay_over(self, lane: _Lane) -> None:
+        lane.delayed, lane.due = None, True
+        self._kick(lane)
 
     async def _flush(self, lane: _Lane, batch: WriteBatch, barriers: list[asyncio.Future[None]],
                      waiters: list[InsertWaiter]) -> None:
@@ -337,7 +361,7 @@ class Persister(Actor):
             while any(lane.busy for lane in lanes):
                 for lane in lanes:
                     if lane.flushing is None:
-                        self._kick(lane)
+                        self._kick(lane, now=True)
                 flushing = [lane.flushing for lane in lanes if lane.flushing is not None]
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -353,6 +377,8 @@ class Persister(Actor):
                 self._drain_mailbox()
         finally:
             for lane in lanes:
+                if lane.delayed is not None:
+                    lane.delayed.cancel()
                 await self._drop_connection(lane)
 
     def _drain_mailbox(self) -> None:

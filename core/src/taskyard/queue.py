@@ -29,6 +29,7 @@ from taskyard.errors import Conflict
 from taskyard.expressions import ExpressionError, check
 from taskyard.plugins import RunChanged, RunEnded
 from taskyard.runs import Run, error_json, json_bytes, retry_delay
+from taskyard.waiters import RunEnd, RunWaiters
 from taskyard.workflows import WAIT_FILTER_NAMES
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from taskyard.repository import Row, RunRepository
     from taskyard.streams import RunStreams
     from taskyard.timers import Entry, Timers
-    from taskyard.waiters import RunWaiters
     from taskyard.workers import WorkerSession
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class QueueActor(Actor):
         self._logs: list[Row] = []
         self._timers: list[Entry] = []
         self._acks: dict[WorkerSession, list[protocol.AttemptRef]] = {}
-        self._finished_now: list[uuid.UUID] = []
+        self._finished_now: list[RunEnd] = []
         self._steps_ended: list[StepEnded] = []
         self.durable = DurableWaits()  # suspended durable runs: what each waits for
         self._durable_rows: list[Row] = []
@@ -828,7 +828,8 @@ class QueueActor(Actor):
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
-        self._finished_now.append(run.run_id)
+        self._finished_now.append(RunEnd(run.run_id, status, run.attempt, run.started_at, now,
+                                         run.output_json, run.error_json))
 
     # The run's row holds the timeline of its current attempt (created, assigned, started,
     # finished, outcome): the usual transitions cost no event rows. Events are written for what

@@ -37,7 +37,7 @@ from taskyard.schedules import ScheduleActor
 from taskyard.streams import RunStreams
 from taskyard.tenants import TenantActor
 from taskyard.timers import Timers
-from taskyard.waiters import RunWaiters
+from taskyard.waiters import RunEnd, RunWaiters
 from taskyard.workers import WorkerRegistry
 from taskyard.workflow_repository import StoredWorkflow, WorkflowRepository
 from taskyard.workflows import CompiledWorkflow, compile_workflow, digest
@@ -371,8 +371,8 @@ class Scheduler:
                    timeout: float) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
         """Wait until every run has finished or `timeout` passes. Returns the finished runs as
         documents shaped like RunView, and the ids still pending. The runs are watched before
-        they are read, so an end committed in between is not missed; a run read unfinished is
-        read again only once it has ended."""
+        they are read, so an end committed in between is not missed; a run read unfinished is not
+        read again: its owner's notice of its committed end says what changed."""
         wanted = list(dict.fromkeys(run_ids))
         futures = self.waiters.watch(tenant_id, wanted)
         try:
@@ -385,11 +385,9 @@ class Scheduler:
                        if not RunStatus(document["status"]).terminal]
             if pending and timeout > 0:
                 await asyncio.wait(pending, timeout=timeout)
-                ended = [run_id for run_id, document in found.items()
-                         if futures[run_id].done() and
-                         not RunStatus(document["status"]).terminal]
-                if ended:
-                    found.update(await self.runs.run_documents(tenant_id, ended))
+                for future in pending:
+                    if future.done():
+                        _ended(found[future.result().run_id], future.result())
         finally:
             self.waiters.unwatch(tenant_id, futures)
         finished, still = [], []
@@ -560,3 +558,12 @@ class Scheduler:
 
 def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def _ended(document: dict[str, Any], end: RunEnd) -> None:
+    """A run's document, read before it ended, brought up to its committed end."""
+    document.update(
+        status=end.status.value, attempt=end.attempt, finished_at=_utc(end.finished_at),
+        started_at=_utc(end.started_at) if end.started_at is not None else None,
+        output=orjson.Fragment(end.output_json) if end.output_json is not None else None,
+        error=orjson.Fragment(end.error_json) if end.error_json is not None else None)

@@ -31,6 +31,7 @@ from taskyard.flow import Flow, flow_for, keys_for
 from taskyard.plugins import RunEnded
 from taskyard.repository import Inserted, new_run_row
 from taskyard.runs import WORKFLOW_QUEUE, Run, error_json, json_value, options_json
+from taskyard.waiters import RunEnd, RunWaiters
 from taskyard.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
 from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from taskyard.queue import StepEnded
     from taskyard.repository import Row, RunRepository
     from taskyard.timers import Timers
-    from taskyard.waiters import RunWaiters
     from taskyard.workflow_repository import ActiveWorkflowRun, WorkflowRepository
 
 log = logging.getLogger(__name__)
@@ -422,6 +422,8 @@ class TenantActor(Actor):
                                  error=finish.error_json))
         self.persister.write(states, [], [])
         tenant_id, run_id = self.tenant_id, run.run_id
+        end = RunEnd(run_id, finish.status, 1, run.created_at, now, finish.output_json,
+                     finish.error_json)
         runs_ended = self.runs_ended
         ended = None
         if runs_ended is not None:
@@ -433,7 +435,7 @@ class TenantActor(Actor):
 
         def committed(barrier: asyncio.Future[None]) -> None:
             if not barrier.cancelled() and barrier.exception() is None:
-                self.waiters.finished(tenant_id, [run_id])
+                self.waiters.finished(tenant_id, [end])
                 if runs_ended is not None and ended is not None:
                     runs_ended(tenant_id, [ended])
 
