@@ -189,3 +189,24 @@ async def test_wait_returns_pending_runs_after_its_timeout(http: aiohttp.ClientS
                                  {"run_ids": [str(unknown)], "timeout": 0})
     assert status == 404
     assert str(unknown) in refused["error"]["message"]
+
+
+async def test_a_batch_gives_its_options_to_runs_without_their_own(
+        http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    status, batch = await post(http, "/api/v1/runs/batch", tenant, {
+        "options": {"priority": 4, "retries": 1},
+        "runs": [{"task": "t", "input": 1},
+                 {"task": "t", "input": 2, "options": {"priority": 1}}]})
+    assert status == 201
+    priorities = []
+    for ref in batch["runs"]:
+        _, run = await get(http, f"/api/v1/runs/{ref['run_id']}", tenant)
+        assert isinstance(run, dict)
+        priorities.append(run["priority"])
+    assert priorities == [4, 1], "the batch's options, unless a run brings its own"
+
+    status, error = await post(http, "/api/v1/runs/batch", tenant, {
+        "options": {"concurrency": [{"expression": "input.", "max_runs": 1}]},
+        "runs": [{"task": "t", "input": 1}]})
+    assert status == 422
+    assert error["error"]["message"].startswith("options: concurrency[0].expression")

@@ -22,6 +22,7 @@ from taskyard.testing import EngineProcess, clean_env, free_port
 from taskyard_sdk import (
     AuthenticationError,
     EngineUnreachable,
+    RunStatus,
     Taskyard,
     parse_duration,
 )
@@ -133,6 +134,22 @@ async def test_a_worker_with_a_bad_token_stops_with_the_reason(engine: Engine) -
     with pytest.raises(AuthenticationError, match="refused worker w's token"):
         await ty.worker("w", tasks=[nothing]).aio_start()
     await ty.aio_close()
+
+
+async def test_a_big_batch_is_sent_in_several_requests(ty: Taskyard) -> None:
+    """3,000 runs of 600-byte inputs are more than the engine takes in one request (1 MiB):
+    the SDK splits them, each run encoded once, and the handles keep the inputs' order."""
+    @ty.task(name="wide")
+    async def wide(text: str) -> int:
+        return len(text)
+
+    inputs = [f"{n:05d}" + "x" * 600 for n in range(3000)]
+    handles = await wide.aio_run_many_no_wait(inputs)
+    assert len({handle.run_id for handle in handles}) == 3000
+    for index in (0, 1234, 2999):
+        view = await handles[index].aio_get()
+        assert view.input == inputs[index]
+        assert view.status is RunStatus.QUEUED
 
 
 def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) -> None:

@@ -246,41 +246,51 @@ class Scheduler:
 
     # -- operations on runs ----------------------------------------------------------------------
 
-    async def trigger(self, tenant_id: uuid.UUID,
-                      requests: list[TriggerRequest]) -> list[RunRef]:
-        """Create runs; returns once they are committed (an acknowledged run is never lost)."""
+    async def trigger(self, tenant_id: uuid.UUID, requests: list[TriggerRequest],
+                      options: TaskOptions | None = None) -> list[RunRef]:
+        """Create runs; returns once they are committed (an acknowledged run is never lost).
+        `options` are those of a batch, for its runs that carry none of their own."""
         await self.persister.capacity()
-        unconfigured = sorted({r.task for r in requests if r.options is None})
+        if options is not None:
+            self._check(options, "options")
+        unconfigured = (sorted({r.task for r in requests if r.options is None})
+                        if options is None else [])
         registered: dict[str, TaskOptions] = {}
         if unconfigured:
             tenant = self.tenant(tenant_id)
             registered = await tenant.ask(tenant.options_for, unconfigured)
         now = time.time()
         runs, rows = [], []
+        interned: dict[int, tuple[TaskOptions, str]] = {}  # by identity: hashing costs more
         for index, request in enumerate(requests):
-            options, options_json = self._intern(
-                request.options or registered.get(request.task) or DEFAULT_OPTIONS)
-            priority = request.priority or options.priority
+            given = request.options or options or registered.get(request.task) or DEFAULT_OPTIONS
+            found = interned.get(id(given))
+            if found is None:
+                if request.options is not None:
+                    where = f"runs[{index}] " if len(requests) > 1 else ""
+                    self._check(request.options, f"{where}(task {request.task!r})")
+                found = interned[id(given)] = self._intern(given)
+            run_options, run_options_json = found
+            priority = request.priority or run_options.priority
             input_json = json_bytes(request.input)
             try:
-                if request.options is not None:
-                    check_options(options)
-                flow = flow_for(options, request.input, request.metadata)
+                flow = flow_for(run_options, request.input, request.metadata)
             except ExpressionError as exc:
                 where = f"runs[{index}] " if len(requests) > 1 else ""
                 raise Unprocessable(f"{where}(task {request.task!r}): {exc}") from None
             run = Run(tenant_id=tenant_id, run_id=new_id(), task=sys.intern(request.task),
-                      queue=options.queue, status=RunStatus.QUEUED, attempt=1, priority=priority,
-                      options=options, created_at=now, queued_at=now,
+                      queue=run_options.queue, status=RunStatus.QUEUED, attempt=1,
+                      priority=priority, options=run_options, created_at=now, queued_at=now,
                       metadata=request.metadata or EMPTY_METADATA, input_json=input_json,
                       flow=flow)
             runs.append(run)
             rows.append(new_run_row(
                 tenant_id=tenant_id, run_id=run.run_id, task=run.task, queue=run.queue,
-                status="queued", priority=priority, options_json=options_json,
-                input_json=input_json.decode(),
-                metadata_json=orjson.dumps(request.metadata).decode(), created_at=now,
-                idempotency_key=request.idempotency_key, parent_run_id=request.parent_run_id,
+                status="queued", priority=priority, options_json=run_options_json,
+                input_json=input_json,
+                metadata_json=orjson.dumps(request.metadata) if request.metadata else b"{}",
+                created_at=now, idempotency_key=request.idempotency_key,
+                parent_run_id=request.parent_run_id,
                 flow_json=flow.to_json() if flow is not None else None))
         inserted = await self.persister.insert_triggered(rows)
         refs = [RunRef(run_id=outcome.run_id, task=run.task, status=RunStatus(outcome.status),
@@ -289,6 +299,14 @@ class Scheduler:
         self._enqueue(tenant_id, [run for run, outcome in zip(runs, inserted, strict=True)
                                   if outcome.created])
         return refs
+
+    @staticmethod
+    def _check(options: TaskOptions, where: str) -> None:
+        """Options given with a trigger: their expressions must compile (422 naming them)."""
+        try:
+            check_options(options)
+        except ExpressionError as exc:
+            raise Unprocessable(f"{where}: {exc}") from None
 
     def _intern(self, options: TaskOptions) -> tuple[TaskOptions, str]:
         """One shared instance (and its JSON) per distinct options: a million queued runs hold

@@ -6,12 +6,20 @@ import asyncio
 import inspect
 import time
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar
 from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json, to_jsonable_python
 
 from taskyard_sdk._context import current_run
 from taskyard_sdk._durable import child_results, current_durable
@@ -44,6 +52,26 @@ OutCo = TypeVar("OutCo", covariant=True)
 
 _POLL = 60.0  # longest single long-poll; waits longer than this are several polls
 _WAIT_CHUNK = 10_000
+_BATCH_RUNS = 10_000  # the engine's limit per batch request
+_BATCH_BYTES = 512 * 1024  # well under the engine's default request limit (1 MiB)
+
+
+def batch_bodies(runs: Iterable[dict[str, Any]], head: dict[str, Any] | None = None
+                 ) -> Iterator[bytes]:
+    """Batch request bodies `{**head, "runs": [...]}`, in order: each run encoded once, at most
+    _BATCH_RUNS runs and about _BATCH_BYTES of JSON to a body."""
+    prefix = to_json(head)[:-1] + b',"runs":[' if head else b'{"runs":['
+    chunk: list[bytes] = []
+    size = len(prefix)
+    for run in runs:
+        encoded = to_json(run)
+        if chunk and (len(chunk) == _BATCH_RUNS or size + len(encoded) > _BATCH_BYTES):
+            yield prefix + b",".join(chunk) + b"]}"
+            chunk, size = [], len(prefix)
+        chunk.append(encoded)
+        size += len(encoded) + 1
+    if chunk:
+        yield prefix + b",".join(chunk) + b"]}"
 
 
 class TaskSettings(TypedDict, total=False):
@@ -136,9 +164,10 @@ class Task(Schedulable, Generic[In, Out]):
         return self._output.validate_python(data)  # type: ignore[no-any-return]
 
     def _trigger(self, input: In, metadata: dict[str, str] | None, priority: int | None,
-                 idempotency_key: str | None) -> dict[str, Any]:
-        request: dict[str, Any] = {"task": self.name, "input": self.encode_input(input),
-                                   "options": self._options_json}
+                 idempotency_key: str | None, *, options: bool = True) -> dict[str, Any]:
+        request: dict[str, Any] = {"task": self.name, "input": self.encode_input(input)}
+        if options:
+            request["options"] = self._options_json
         if metadata:
             request["metadata"] = metadata
         if priority is not None:
@@ -177,11 +206,11 @@ class Task(Schedulable, Generic[In, Out]):
                                    metadata: dict[str, str] | None = None,
                                    priority: int | None = None) -> list[RunHandle[Out]]:
         handles: list[RunHandle[Out]] = []
-        for start in range(0, len(inputs), _WAIT_CHUNK):
-            runs = [self._trigger(value, metadata, priority, None)
-                    for value in inputs[start:start + _WAIT_CHUNK]]
+        runs = (self._trigger(value, metadata, priority, None, options=False)
+                for value in inputs)
+        for body in batch_bodies(runs, {"options": self._options_json}):
             response = BatchTriggerResponse.model_validate(await self.client.transport.request(
-                "POST", "/api/v1/runs/batch", json_body={"runs": runs}))
+                "POST", "/api/v1/runs/batch", body=body))
             handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
 

@@ -55,12 +55,16 @@ class Transport:
         return session
 
     async def request(self, method: str, path: str, *, json_body: Any = None,
-                      params: Sequence[tuple[str, str]] | None = None) -> Any:
+                      params: Sequence[tuple[str, str]] | None = None,
+                      body: bytes | None = None) -> Any:
+        """`json_body` is encoded here; `body` is JSON already encoded."""
+        if json_body is not None:
+            body = to_json(json_body)
         deadline = time.monotonic() + self.retry_for
         delay = 0.1
         while True:
             try:
-                return await self._request_once(method, path, json_body, params)
+                return await self._request_once(method, path, body, params)
             except (EngineUnreachable, Unavailable):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -68,12 +72,10 @@ class Transport:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 2.0)
 
-    async def _request_once(self, method: str, path: str, json_body: Any,
+    async def _request_once(self, method: str, path: str, data: bytes | None,
                             params: Sequence[tuple[str, str]] | None) -> Any:
         headers = self.headers
-        data = None
-        if json_body is not None:
-            data = to_json(json_body)
+        if data is not None:
             headers["Content-Type"] = "application/json"
         try:
             async with self.session().request(method, self.config.url + path, data=data,

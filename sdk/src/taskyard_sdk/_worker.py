@@ -40,6 +40,7 @@ from taskyard_sdk._errors import (
     TaskyardError,
     Unavailable,
 )
+from taskyard_sdk._task import batch_bodies
 from taskyard_sdk.models import ErrorInfo, LabelValue
 
 if TYPE_CHECKING:
@@ -433,11 +434,13 @@ class Worker:
                      keys: list[str]) -> list[uuid.UUID]:
         """Children of the running durable run, created once: their idempotency keys name the
         run and the log position, so a replay that spawns again gets the same runs."""
-        runs = [task._trigger(value, None, None, key)
-                for value, key in zip(inputs, keys, strict=True)]
-        data = await self.client.transport.request("POST", "/api/v1/runs/batch",
-                                                   json_body={"runs": runs})
-        return [uuid.UUID(ref["run_id"]) for ref in data["runs"]]
+        runs = (task._trigger(value, None, None, key, options=False)
+                for value, key in zip(inputs, keys, strict=True))
+        spawned: list[uuid.UUID] = []
+        for body in batch_bodies(runs, {"options": task._options_json}):
+            data = await self.client.transport.request("POST", "/api/v1/runs/batch", body=body)
+            spawned += [uuid.UUID(ref["run_id"]) for ref in data["runs"]]
+        return spawned
 
     # -- running one attempt ---------------------------------------------------------------------
 

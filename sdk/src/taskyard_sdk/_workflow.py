@@ -23,7 +23,14 @@ from pydantic_core import to_jsonable_python
 from taskyard_sdk._context import current_run
 from taskyard_sdk._errors import InvalidInput, TaskFailed
 from taskyard_sdk._schedules import Schedulable
-from taskyard_sdk._task import RunHandle, Task, TaskSettings, build_options, wait_for_runs
+from taskyard_sdk._task import (
+    RunHandle,
+    Task,
+    TaskSettings,
+    batch_bodies,
+    build_options,
+    wait_for_runs,
+)
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
     BatchTriggerResponse,
@@ -45,7 +52,6 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 Outputs = dict[str, Any]
 
-_BATCH = 10_000
 
 
 class WorkflowTask(Task[In, Out]):
@@ -227,11 +233,10 @@ class Workflow(Schedulable, Generic[In]):
                                    metadata: dict[str, str] | None = None,
                                    priority: int | None = None) -> list[RunHandle[Outputs]]:
         handles: list[RunHandle[Outputs]] = []
-        for start in range(0, len(inputs), _BATCH):
-            runs = [self._trigger(value, metadata, priority, None)
-                    for value in inputs[start:start + _BATCH]]
+        runs = (self._trigger(value, metadata, priority, None) for value in inputs)
+        for body in batch_bodies(runs):
             response = BatchTriggerResponse.model_validate(await self.client.transport.request(
-                "POST", f"/api/v1/workflows/{self.name}/runs/batch", json_body={"runs": runs}))
+                "POST", f"/api/v1/workflows/{self.name}/runs/batch", body=body))
             handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
 

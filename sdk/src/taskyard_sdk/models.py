@@ -250,6 +250,9 @@ class TriggerRequest(_Strict):
 
 class BatchTriggerRequest(_Strict):
     runs: list[TriggerRequest] = Field(min_length=1, max_length=10_000)
+    options: TaskOptions | None = Field(
+        default=None, description="Options for every run of the batch that carries none of its "
+                                  "own (sent once instead of with each run).")
 
 
 class RunRef(BaseModel):

@@ -97,7 +97,8 @@ async def trigger(call: Call[TriggerRequest]) -> web.StreamResponse | RunRef:
 async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse:
     """Trigger many runs in one request (and one transaction)."""
     engine = call.request.app[ENGINE]
-    refs = await engine.scheduler.trigger(call.principal.tenant_id, call.body.runs)
+    refs = await engine.scheduler.trigger(call.principal.tenant_id, call.body.runs,
+                                          call.body.options)
     return BatchTriggerResponse(runs=refs)
 
 
