@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -111,6 +112,16 @@ def engine(database_url: str | None, data_dir: Path, host: str, port: int,
     _run(_serve(settings))
 
 
+def _collect_garbage_less() -> None:
+    """The engine holds many long-lived objects (a queue's runs) and makes few reference cycles,
+    so the collector's scans of them are mostly wasted: everything start-up built (modules,
+    schemas, the expression grammar) is frozen out of collections, and collections run about
+    70 times less often (a run in a batch of 1,000 cost 25-36 µs of CPU with the defaults,
+    16-24 µs with these)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 async def _serve(settings: EngineSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -118,6 +129,7 @@ async def _serve(settings: EngineSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     engine = Engine(settings)
     await engine.start()
+    _collect_garbage_less()
     try:
         await stop.wait()
         logging.getLogger("taskyard").info("shutting down")

@@ -51,6 +51,7 @@ from taskyard.repository import (
     TokenInfo,
     register_node,
 )
+from taskyard.runs import SharedOptions
 from taskyard.schedule_repository import ScheduleRepository
 from taskyard.scheduler import Scheduler
 from taskyard.timers import Timers
@@ -135,7 +136,8 @@ class Engine:
         for provided in await self._plugins.call("taskyard_actions"):
             for action in provided:
                 self.actions[action.name] = action
-        self._scheduler = Scheduler(persister=self._persister, runs=RunRepository(self._pool),
+        runs = RunRepository(self._pool, SharedOptions())
+        self._scheduler = Scheduler(persister=self._persister, runs=runs,
                                     workflows=WorkflowRepository(self._pool),
                                     events=EventRepository(self._pool),
                                     rate_limits=RateLimitRepository(self._pool),

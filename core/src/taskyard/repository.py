@@ -17,7 +17,7 @@ import orjson
 
 from taskyard.auth import Principal, Role, hash_token, new_token
 from taskyard.flow import Flow
-from taskyard.runs import EMPTY_METADATA, Run, json_value
+from taskyard.runs import EMPTY_METADATA, Run, SharedOptions, json_value
 from taskyard_sdk.models import (
     Attempt,
     ErrorInfo,
@@ -562,22 +562,16 @@ def _uuid7_bound(moment: datetime, *, upper: bool) -> uuid.UUID:
 class RunRepository:
     """Reads of runs, their history and logs. Writes go through the persister."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, options: SharedOptions) -> None:
         self.pool = pool
-        self._options: dict[str, TaskOptions] = {}
-
-    def _options_of(self, text: str) -> TaskOptions:
-        options = self._options.get(text)
-        if options is None:
-            options = self._options[text] = TaskOptions.model_validate_json(text)
-        return options
+        self.options = options
 
     def _run_of(self, row: asyncpg.Record) -> Run:
         metadata = orjson.loads(row["metadata"])
         run = Run(
             tenant_id=row["tenant_id"], run_id=row["run_id"], task=sys.intern(row["task"]),
             queue=sys.intern(row["queue"]), status=RunStatus(row["status"]), attempt=row["attempt"],
-            priority=row["priority"], options=self._options_of(row["options"]),
+            priority=row["priority"], options=self.options.parse(row["options"]),
             created_at=row["created_at"], queued_at=row["queued_at"],
             metadata=metadata or EMPTY_METADATA, worker_id=row["worker_id"],
             retry_at=row["retry_at"], assigned_at=row["assigned_at"],
@@ -649,7 +643,7 @@ class RunRepository:
         rows = await self.pool.fetch(
             "SELECT name, options::text AS options FROM task_definitions WHERE tenant_id = $1",
             tenant_id)
-        return {row["name"]: self._options_of(row["options"]) for row in rows}
+        return {row["name"]: self.options.parse(row["options"]) for row in rows}
 
     async def run_documents(self, tenant_id: uuid.UUID,
                             run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:

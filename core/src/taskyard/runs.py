@@ -81,6 +81,36 @@ def options_json(options: TaskOptions) -> str:
     return options.model_dump_json(exclude_defaults=True)
 
 
+class SharedOptions:
+    """One TaskOptions instance per distinct value, with its stored JSON, for every run of the
+    engine, triggered or read back from Postgres: a million queued runs hold references, not
+    copies, and a queue's heaps (keyed by options) find them by identity instead of comparing
+    models field by field. Bounded: when full it starts over (equal options then compare by
+    value again, which is only slower)."""
+
+    def __init__(self, max_size: int = 10_000) -> None:
+        self.max_size = max_size
+        self._by_value: dict[TaskOptions, tuple[TaskOptions, str]] = {}
+        self._by_text: dict[str, TaskOptions] = {}
+
+    def intern(self, options: TaskOptions) -> tuple[TaskOptions, str]:
+        """The shared instance equal to `options`, and its JSON."""
+        shared = self._by_value.get(options)
+        if shared is None:
+            if len(self._by_value) >= self.max_size:
+                self._by_value.clear()
+                self._by_text.clear()
+            shared = self._by_value[options] = (options, options_json(options))
+        return shared
+
+    def parse(self, text: str) -> TaskOptions:
+        """The shared instance of options stored as `text`."""
+        options = self._by_text.get(text)
+        if options is None:
+            options = self._by_text[text] = self.intern(TaskOptions.model_validate_json(text))[0]
+        return options
+
+
 def json_bytes(value: object) -> bytes:
     """JSON for keeping in memory. orjson returns buffers with kilobytes of spare capacity;
     a million queued runs holding those would need gigabytes, so keep a right-sized copy."""

@@ -31,7 +31,7 @@ from taskyard.queue import QueueActor, StepEnded
 from taskyard.rate_limit_repository import RateLimitRepository
 from taskyard.ratelimits import RateLimiter, Usage
 from taskyard.repository import RunRepository, new_run_row
-from taskyard.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes, options_json
+from taskyard.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
 from taskyard.schedule_repository import Schedule, ScheduleRepository
 from taskyard.schedules import ScheduleActor
 from taskyard.streams import RunStreams
@@ -104,7 +104,6 @@ class Scheduler:
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
         self.tenants: dict[uuid.UUID, TenantActor] = {}
         self._starting: set[asyncio.Task[None]] = set()
-        self._options: dict[TaskOptions, tuple[TaskOptions, str]] = {}
 
     async def start(self) -> None:
         """Start the shared actors and rebuild every queue that has unfinished runs."""
@@ -269,7 +268,7 @@ class Scheduler:
                 if request.options is not None:
                     where = f"runs[{index}] " if len(requests) > 1 else ""
                     self._check(request.options, f"{where}(task {request.task!r})")
-                found = interned[id(given)] = self._intern(given)
+                found = interned[id(given)] = self.runs.options.intern(given)
             run_options, run_options_json = found
             priority = request.priority or run_options.priority
             input_json = json_bytes(request.input)
@@ -307,16 +306,6 @@ class Scheduler:
             check_options(options)
         except ExpressionError as exc:
             raise Unprocessable(f"{where}: {exc}") from None
-
-    def _intern(self, options: TaskOptions) -> tuple[TaskOptions, str]:
-        """One shared instance (and its JSON) per distinct options: a million queued runs hold
-        references, not copies."""
-        interned = self._options.get(options)
-        if interned is None:
-            if len(self._options) > 10_000:
-                self._options.clear()
-            interned = self._options[options] = (options, options_json(options))
-        return interned
 
     async def cancel(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
                      reason: str = "cancelled on request") -> RunStatus:
