@@ -178,7 +178,7 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
                                                             {}, [], [], {}))
     now = time.time()
     batch = WriteBatch(
-        uuid.uuid4(), [new_run(new_id())], {(TENANT, existing): state(existing, "running")},
+        uuid.uuid4(), [new_run(new_id())], {existing: state(existing, "running")},
         [(TENANT, existing, now, 1, "timeout_refreshed", None, '{"seconds": 5}')],
         [(TENANT, existing, now, 1, "info", "hello")], {(TENANT, "t"): "{}"},
         pushed_events=[(TENANT, new_id(), "k", "{}", "{}", now, "{}", None)],
@@ -210,7 +210,7 @@ async def test_a_run_inserted_and_updated_in_one_batch_keeps_its_update(
     await register_node(pool, node)
     run_id = new_id()
     batch = WriteBatch(uuid.uuid4(), [new_run(run_id)],
-                       {(TENANT, run_id): state(run_id, "assigned")}, [], [], {})
+                       {run_id: state(run_id, "assigned")}, [], [], {})
     async with pool.acquire() as conn:
         await write_batch(conn, node, "ordered", batch)
         assert await batch_committed(conn, node, "ordered", batch.batch_id)
@@ -286,3 +286,30 @@ async def test_rows_nobody_waits_for_go_with_the_next_awaited_batch(pool: asyncp
         assert await pool.fetchval("SELECT attempt FROM runs WHERE run_id = $1", run_id) == 2
     finally:
         await delayed.stop()
+
+
+async def test_states_that_may_wait_are_replaced_before_they_are_written(
+        pool: asyncpg.Pool) -> None:
+    """Under load: an assignment held for write_delay is replaced by the run's end, so the run's
+    row is updated once; the end is written at once; a flush writes what is held."""
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    holding = Persister(pool, node, write_delay=5.0)
+    await holding.start()
+    try:
+        ended, waiting = new_id(), new_id()
+        await holding.insert_runs([new_run(ended), new_run(waiting)])
+        holding.write([state(ended, "assigned"), state(waiting, "assigned")], [], [],
+                      may_wait=True)
+        await holding.barrier()  # other batches go; the held states stay
+        statuses = dict(await pool.fetch("SELECT run_id, status FROM runs"))
+        assert statuses == {ended: "queued", waiting: "queued"}
+        holding.write([state(ended, "succeeded")], [], [])
+        await asyncio.wait_for(holding.barrier(), 1)
+        statuses = dict(await pool.fetch("SELECT run_id, status FROM runs"))
+        assert statuses == {ended: "succeeded", waiting: "queued"}
+        await asyncio.wait_for(holding.flush(), 1)
+        statuses = dict(await pool.fetch("SELECT run_id, status FROM runs"))
+        assert statuses == {ended: "succeeded", waiting: "assigned"}, "flush writes what is held"
+    finally:
+        await holding.stop()

@@ -19,8 +19,11 @@ connections of their own:
 
 Rows nobody waits for (a run's assignment and start, log lines, rate-limit usage) wait up to
 `write_delay` for a batch that someone waits for (a barrier, an insert) and go with it: at low
-load a run then costs one write of its states, not one per transition. What they record is
-recovered after a crash like any unflushed transition (see docs/architecture.md).
+load a run then costs one write of its states, not one per transition. States written with
+`may_wait` wait that long even while other batches go: a newer state of the same run replaces
+them meanwhile, so under load a run that ends within the delay is updated once (its assignment
+is never written), not once per transition. What such rows record is recovered after a crash
+like any unflushed transition (see docs/architecture.md); `flush()` writes them at once.
 
 When Postgres goes away a batch is retried with back-off until it commits; producers wait once
 the buffer holds `max_pending` rows (backpressure) instead of growing memory. Each batch records
@@ -94,6 +97,8 @@ class Persister(Actor):
         self.rows_written = 0
         self._ordered = _Lane("ordered")
         self._triggers = _Lane("triggers")
+        self._held: dict[uuid.UUID, Row] = {}  # states that may wait, by run
+        self._release: asyncio.TimerHandle | None = None  # when they stop waiting
         self._pending = 0  # rows buffered or being written, both lanes
         self._capacity = asyncio.Event()
         self._capacity.set()
@@ -114,9 +119,11 @@ class Persister(Actor):
         self.tell(self._add_runs, self._triggers, rows, future)
         return future
 
-    def write(self, states: list[Row], events: list[Row], logs: list[Row]) -> None:
-        """Run states (latest wins), events and log lines, in one message."""
-        self.tell(self._add_many, states, events, logs)
+    def write(self, states: list[Row], events: list[Row], logs: list[Row], *,
+              may_wait: bool = False) -> None:
+        """Run states (latest wins), events and log lines, in one message. `may_wait`: nobody
+        waits for these states, they may be held for `write_delay` (see above)."""
+        self.tell(self._add_many, states, events, logs, may_wait)
 
     def pushed_events(self, rows: list[Row]) -> None:
         """Events pushed by applications (see WriteBatch.pushed_events)."""
@@ -143,7 +150,10 @@ class Persister(Actor):
         return future
 
     async def flush(self) -> None:
-        await self.barrier()
+        """Write everything handed over before, held states included, and wait for it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.tell(self._add_flush, future)
+        await future
 
     async def capacity(self) -> None:
         """Wait while the buffer is full (backpressure for producers that can wait)."""
@@ -157,18 +167,43 @@ class Persister(Actor):
         lane.waiters.append(([row[1] for row in rows], future))
         self._grew(lane, len(rows))
 
-    def _add_many(self, states: list[Row], events: list[Row], logs: list[Row]) -> None:
+    def _add_many(self, states: list[Row], events: list[Row], logs: list[Row],
+                  may_wait: bool) -> None:
         batch = self._ordered.batch
-        run_states = batch.run_states
+        run_states, held = batch.run_states, self._held
         grew = len(events) + len(logs)
         for row in states:
-            key = (row[0], row[1])
-            if key not in run_states:
-                grew += 1
-            run_states[key] = row
+            run_id = row[1]
+            # A run's state is in the gathering batch or held, never in both: the newest wins.
+            if may_wait and run_id not in run_states:
+                if run_id not in held:
+                    grew += 1
+                held[run_id] = row
+            else:
+                if held.pop(run_id, None) is None and run_id not in run_states:
+                    grew += 1
+                run_states[run_id] = row
         batch.events.extend(events)
         batch.logs.extend(logs)
+        if held and self._release is None:
+            self._release = asyncio.get_running_loop().call_later(
+                self.write_delay, self._post, self._release_held)
         self._grew(self._ordered, grew)
+
+    def _release_held(self) -> None:
+        """Held states go with the next batch of the ordered lane."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._held:
+            self._ordered.batch.run_states.update(self._held)
+            self._held = {}
+            self._ordered.due = True
+            self._kick(self._ordered)
+
+    def _add_flush(self, future: asyncio.Future[None]) -> None:
+        self._release_held()
+        self._add_barrier(future)
 
     def _add_pushed_events(self, rows: list[Row]) -> None:
         self._ordered.batch.pushed_events.extend(rows)
@@ -357,6 +392,7 @@ class Persister(Actor):
         deadline = loop.time() + self.stop_timeout
         lanes = (self._ordered, self._triggers)
         self._drain_mailbox()
+        self._release_held()
         try:
             while any(lane.busy for lane in lanes):
                 for lane in lanes:

@@ -871,7 +871,12 @@ class QueueActor(Actor):
         """Hand what this message decided to the persister and the timers, one message each;
         then acks and finish notices wait for all of it to commit."""
         if self._states or self._events or self._logs:
-            self.persister.write(list(self._states.values()), self._events, self._logs)
+            # States nobody waits for (assignments, starts, retries) may be held a moment:
+            # under load most are replaced by the run's end before they are written.
+            awaited = bool(self._acks or self._finished_now or self._recorded or self._resuming
+                           or self._durable_rows or self.runs_changed is not None)
+            self.persister.write(list(self._states.values()), self._events, self._logs,
+                                 may_wait=not awaited)
             self._states, self._events, self._logs = {}, [], []
         if self._durable_rows:
             self.persister.durable(self._durable_rows)

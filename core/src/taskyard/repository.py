@@ -150,7 +150,7 @@ class WriteBatch:
     new_runs: list[Row]
     # (tenant_id, run_id, status, attempt, worker_id, queued_at, retry_at, assigned_at,
     #  started_at, finished_at, output, error) -- the latest state of each run wins
-    run_states: dict[tuple[uuid.UUID, uuid.UUID], Row]
+    run_states: dict[uuid.UUID, Row]  # by run id: ids are the engine's, unique across tenants
     # (tenant_id, run_id, at, attempt, type, worker_id, detail)
     events: list[Row]
     # (tenant_id, run_id, at, attempt, level, message)
@@ -460,7 +460,7 @@ async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID, lane: str,
     statements = _statements(batch)
     mark = ("mark", _MARK_BATCH, [node_id, lane, batch.batch_id])
     if batch.new_runs and not batch.run_states.keys().isdisjoint(
-            (row[0], row[1]) for row in batch.new_runs):
+            row[1] for row in batch.new_runs):
         async with conn.transaction():
             created = set()
             for name, sql, args in [*statements, mark]:
