@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from bench.harness import Setup, engine_setup, percentiles, summary, wait_all, write_result
 from taskyard_sdk import Taskyard, protocol
@@ -100,9 +99,7 @@ async def result_polls(http: aiohttp.ClientSession, run_ids: list[str]) -> None:
 
 async def engine_messages(ws: aiohttp.ClientWebSocketResponse) -> list[Any]:
     """The messages of the engine's next frame (one object, or a list of them under load)."""
-    data = orjson.loads((await ws.receive()).data)
-    return [protocol.engine_message.validate_python(item)
-            for item in (data if isinstance(data, list) else [data])]
+    return list(protocol.decode_engine_frame((await ws.receive()).data))
 
 
 async def result_frames(setup: Setup, http: aiohttp.ClientSession, count: int) -> Measure:

@@ -63,6 +63,13 @@ def assign_json(run: Run, input_json: bytes | None, context_json: bytes | None,
 Assignment = tuple[Run, bytes | None, bytes | None, bytes | None]  # input, context, history
 
 
+def ack_json(refs: list[tuple[uuid.UUID, int]]) -> bytes:
+    """A `protocol.Ack` of (run, attempt) pairs, encoded directly (one per committed batch of
+    results: building a model per result cost more than the rest of the ack)."""
+    return orjson.dumps({"type": "ack", "results": [
+        {"run_id": run_id, "attempt": attempt} for run_id, attempt in refs]})
+
+
 StepsEnded = Callable[[uuid.UUID, list["StepEnded"]], None]
 StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None, uuid.UUID | None]
 """(workflow_run_id, step, status, output, error, worker) of a workflow step's run that ended."""
@@ -157,11 +164,11 @@ class QueueActor(Actor):
         self._dispatch_pending = False
         self._hold_until = 0.0
         # What the current message decided, flushed by after_message():
-        self._states: dict[uuid.UUID, Row] = {}
+        self._states: dict[uuid.UUID, Run] = {}  # runs whose state changed in this message
         self._events: list[Row] = []
         self._logs: list[Row] = []
         self._timers: list[Entry] = []
-        self._acks: dict[WorkerSession, list[protocol.AttemptRef]] = {}
+        self._acks: dict[WorkerSession, list[tuple[uuid.UUID, int]]] = {}  # (run, attempt)
         self._finished_now: list[RunEnd] = []
         self._steps_ended: list[StepEnded] = []
         self.durable = DurableWaits()  # suspended durable runs: what each waits for
@@ -555,7 +562,7 @@ class QueueActor(Actor):
         attempt_ref = protocol.AttemptRef(run_id=ref.run_id, attempt=ref.attempt)
         if done is not None and done == (ref.attempt, session.worker_id) and isinstance(
                 ref, protocol.Completed | protocol.Failed):
-            self._acks.setdefault(session, []).append(attempt_ref)  # a re-sent result
+            self._acks.setdefault(session, []).append((ref.run_id, ref.attempt))  # re-sent
             return
         session.send(protocol.Error(
             code="not_owner", ref=attempt_ref,
@@ -592,8 +599,7 @@ class QueueActor(Actor):
             run.output_json = json_bytes(message.output)
             run.error_json = None
             self._finish(run, RunStatus.SUCCEEDED, now)
-        self._acks.setdefault(worker.session, []).append(
-            protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt))
+        self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
 
     def _on_failed(self, worker: WorkerSlots, message: protocol.Failed, now: float) -> None:
         assert worker.session is not None
@@ -606,8 +612,7 @@ class QueueActor(Actor):
             error = message.error
             self._attempt_failed(run, now, error_json(error.type, error.message, error.traceback),
                                  retryable=message.retryable, retry_after=message.retry_after)
-        self._acks.setdefault(worker.session, []).append(
-            protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt))
+        self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
 
     def _on_refresh(self, worker: WorkerSlots, message: protocol.RefreshTimeout,
                     now: float) -> None:
@@ -640,12 +645,12 @@ class QueueActor(Actor):
         """A durable run waits: its attempt stops, its slot and keys are free, its wait is
         stored and armed. Acknowledged like a result once committed."""
         assert worker.session is not None
-        ref = protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt)
         run = self.runs.get(message.run_id)
         if not self._owns(worker, message):
             if run is not None and run.status is RunStatus.PENDING and \
                     run.attempt == message.attempt:
-                self._acks.setdefault(worker.session, []).append(ref)  # sent again
+                self._acks.setdefault(worker.session, []).append(
+                    (message.run_id, message.attempt))  # sent again
             else:
                 self._not_owner(worker.session, message)
             return
@@ -666,7 +671,7 @@ class QueueActor(Actor):
                 message.wait.model_dump_json(), None))
             self._begin_wait(run, DurableWait(run.run_id, message.position, message.call,
                                               message.wait), now)
-        self._acks.setdefault(worker.session, []).append(ref)
+        self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
 
     def _resume_wait(self, run: Run, stored: tuple[int, str, str] | None, now: float) -> None:
         """After a restart: a suspended run waits on for what its log says."""
@@ -838,7 +843,7 @@ class QueueActor(Actor):
 
     def _save(self, run: Run) -> None:
         """Persist the run's current state (the latest state in a batch wins)."""
-        self._states[run.run_id] = run.row()
+        self._states[run.run_id] = run  # its row is taken when the message is done
         if self.runs_changed is not None:
             self._changed[run.run_id] = RunChanged(self.tenant_id, run.run_id, run.task,
                                                    run.status.value, run.attempt, run.worker_id)
@@ -875,8 +880,8 @@ class QueueActor(Actor):
             # under load most are replaced by the run's end before they are written.
             awaited = bool(self._acks or self._finished_now or self._recorded or self._resuming
                            or self._durable_rows or self.runs_changed is not None)
-            self.persister.write(list(self._states.values()), self._events, self._logs,
-                                 may_wait=not awaited)
+            self.persister.write([run.row() for run in self._states.values()], self._events,
+                                 self._logs, may_wait=not awaited)
             self._states, self._events, self._logs = {}, [], []
         if self._durable_rows:
             self.persister.durable(self._durable_rows)
@@ -916,7 +921,7 @@ class QueueActor(Actor):
             if barrier.cancelled() or barrier.exception() is not None:
                 return  # not written: no acks, so workers re-send
             for session, refs in acks.items():
-                session.send(protocol.Ack(results=refs))
+                session.send(ack_json(refs))
             for session, notices in recorded.items():
                 session.send_many(notices)
             if finished:

@@ -12,10 +12,11 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
 from taskyard.actors import Actor
@@ -44,16 +45,23 @@ class WorkerSession:
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
         self.frames_sent = 0
-        self._outbox: asyncio.Queue[BaseModel | bytes] = asyncio.Queue()
+        self._outbox: deque[BaseModel | bytes] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
 
     def send(self, message: BaseModel | bytes) -> None:
         """Queue a protocol message (a model, or one already encoded as JSON)."""
-        self._outbox.put_nowait(message)
+        self._outbox.append(message)
+        self._wake()
 
     def send_many(self, messages: Iterable[BaseModel | bytes]) -> None:
-        for message in messages:
-            self._outbox.put_nowait(message)
+        self._outbox.extend(messages)
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"worker-writer:{self.name}")
@@ -67,17 +75,21 @@ class WorkerSession:
             await self.ws.close(code=code, message=message.encode())
 
     async def _write(self) -> None:
+        """Everything queued meanwhile goes in one frame (up to _MAX_FRAME_MESSAGES), sent as
+        the UTF-8 JSON it already is."""
         outbox = self._outbox
+        loop = asyncio.get_running_loop()
         while True:
-            batch = [await outbox.get()]
-            while not outbox.empty() and len(batch) < _MAX_FRAME_MESSAGES:
-                batch.append(outbox.get_nowait())
-            if len(batch) == 1:
-                data = _json(batch[0])
+            while not outbox:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            if len(outbox) == 1:
+                data = _json(outbox.popleft())
             else:
-                data = b"[" + b",".join(_json(message) for message in batch) + b"]"
+                count = min(len(outbox), _MAX_FRAME_MESSAGES)
+                data = b"[" + b",".join(_json(outbox.popleft()) for _ in range(count)) + b"]"
             try:
-                await self.ws.send_str(data.decode())
+                await self.ws.send_frame(data, WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return  # the connection handler notices the close and cleans up
             self.frames_sent += 1

@@ -319,6 +319,7 @@ class Worker:
         self._send_queue.put_nowait(message)
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """What was queued meanwhile goes in one frame (up to 1,000 messages)."""
         assert self._send_queue is not None
         queue = self._send_queue
         while True:
@@ -326,11 +327,11 @@ class Worker:
             while not queue.empty() and len(batch) < 1000:
                 batch.append(queue.get_nowait())
             if len(batch) == 1:
-                data = batch[0].model_dump_json()
+                data = _json(batch[0])
             else:
-                data = "[" + ",".join(m.model_dump_json() for m in batch) + "]"
+                data = b"[" + b",".join(_json(m) for m in batch) + b"]"
             try:
-                await ws.send_str(data)
+                await ws.send_frame(data, aiohttp.WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return
 
@@ -338,16 +339,10 @@ class Worker:
 
     def _on_frame(self, data: str) -> None:
         try:
-            parsed = json.loads(data)
+            messages = protocol.decode_engine_frame(data)
         except ValueError:
-            log.error("worker %s: the engine sent a frame that is not JSON", self.name)
-            return
-        for item in parsed if isinstance(parsed, list) else [parsed]:
-            try:
-                message = protocol.engine_message.validate_python(item)
-            except ValidationError as exc:
-                log.error("worker %s: cannot read a message from the engine: %s", self.name, exc)
-                continue
+            messages = self._each_message(data)
+        for message in messages:
             if isinstance(message, protocol.Assign):
                 self._on_assign(message)
             elif isinstance(message, protocol.Cancel):
@@ -364,6 +359,22 @@ class Worker:
                     pending[1].set_result(None)
             elif isinstance(message, protocol.Error):
                 self._on_error(message)
+
+    def _each_message(self, data: str) -> list[Any]:
+        """A frame that did not parse as a whole: what can be read of it, one message at a
+        time, each problem logged."""
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            log.error("worker %s: the engine sent a frame that is not JSON", self.name)
+            return []
+        messages = []
+        for item in parsed if isinstance(parsed, list) else [parsed]:
+            try:
+                messages.append(protocol.engine_message.validate_python(item))
+            except ValidationError as exc:
+                log.error("worker %s: cannot read a message from the engine: %s", self.name, exc)
+        return messages
 
     def _on_error(self, error: protocol.Error) -> None:
         if error.ref is not None and (error.ref.run_id, error.ref.attempt) in self._outbox:
@@ -514,7 +525,7 @@ class Worker:
         try:
             data = task.encode_output(output)
             message = protocol.Completed(**ref, output=data)
-            size = len(message.model_dump_json())
+            size = len(_json(message))
         except Exception as exc:
             return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
                 type="OutputNotSerializable",
@@ -530,6 +541,10 @@ class Worker:
 
 class _InvalidTaskInput(Exception):
     pass
+
+
+def _json(message: BaseModel) -> bytes:
+    return message.__pydantic_serializer__.to_json(message)
 
 
 def _error_info(exc: BaseException) -> ErrorInfo:

@@ -202,3 +202,12 @@ class Error(_Message):
 EngineMessage = Annotated[Welcome | Assign | Cancel | Ack | Recorded | Error,
                           Field(discriminator="type")]
 engine_message = TypeAdapter(EngineMessage)
+_engine_frame = TypeAdapter(list[EngineMessage])
+
+
+def decode_engine_frame(data: str | bytes) -> list[EngineMessage]:
+    """The messages of a frame from the engine (one message, or a list of them), validated in
+    one pass; raises ValueError (a pydantic ValidationError) if anything in it is off."""
+    if data[:1] in ("[", b"["):
+        return _engine_frame.validate_json(data)
+    return [engine_message.validate_json(data)]
