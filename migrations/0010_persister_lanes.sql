@@ -1,7 +1,7 @@
--- The persister writes through two lanes that commit concurrently: ordered state changes, and
--- the runs applications trigger (see taskyard.persister). Each lane records the id of its last
--- committed batch in a row of its own, so that a batch retried after a lost connection is never
--- applied twice and neither lane waits on the other's row lock.
+-- The persister writes through lanes that commit concurrently (see taskyard.persister). A lane
+-- whose batches could not be written twice records the id of its last committed batch in a row
+-- of its own, so that a batch retried after a lost connection is never applied twice, and no
+-- lane waits on another's row lock.
 CREATE TABLE persister_lanes (
     node_id     uuid NOT NULL REFERENCES engine_nodes ON DELETE CASCADE,
     lane        text NOT NULL,

@@ -143,9 +143,25 @@ async def test_a_committed_batch_is_recognised_on_retry(pool: asyncpg.Pool) -> N
     batch = WriteBatch(uuid.uuid4(), [new_run(new_id())], {}, [], [], {})
     async with pool.acquire() as conn:
         assert not await batch_committed(conn, node, "ordered", batch.batch_id)
-        await write_batch(conn, node, "ordered", batch)
+        await write_batch(conn, batch, (node, "ordered"))
         assert await batch_committed(conn, node, "ordered", batch.batch_id)
-        assert not await batch_committed(conn, node, "triggers", batch.batch_id)
+
+
+async def test_new_runs_written_twice_are_found_as_created(pool: asyncpg.Pool) -> None:
+    """A batch of new runs alone carries no mark: written again (its commit's answer was lost),
+    it finds its own runs, created, and keyed runs still find the run that was there first."""
+    first, keyed = new_id(), new_id()
+    async with pool.acquire() as conn:
+        [earlier] = (await write_batch(conn, WriteBatch(uuid.uuid4(), [new_run(first, "k")],
+                                                        {}, [], [], {}), None)).values()
+        batch = WriteBatch(uuid.uuid4(), [new_run(new_id()), new_run(keyed, "k")], {}, [], [],
+                           {})
+        once = await write_batch(conn, batch, None)
+        again = await write_batch(conn, batch, None)
+    assert once == again
+    assert [(outcome.created, outcome.run_id == earlier.run_id) for outcome in again.values()] \
+        == [(True, False), (False, True)]
+    assert await pool.fetchval("SELECT count(*) FROM runs") == 2
 
 
 async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(
@@ -174,8 +190,8 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
     await register_node(pool, node)
     existing = new_id()
     async with pool.acquire() as conn:
-        await write_batch(conn, node, "ordered", WriteBatch(uuid.uuid4(), [new_run(existing)],
-                                                            {}, [], [], {}))
+        await write_batch(conn, WriteBatch(uuid.uuid4(), [new_run(existing)], {}, [], [], {}),
+                          (node, "ordered"))
     now = time.time()
     batch = WriteBatch(
         uuid.uuid4(), [new_run(new_id())], {existing: state(existing, "running")},
@@ -187,7 +203,7 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
         durable={(TENANT, existing, 0): (TENANT, existing, 0, "memo", "f()", True, "1", None,
                                          now)})
     async with pool.acquire() as conn:
-        inserted = await write_batch(conn, node, "ordered", batch)
+        inserted = await write_batch(conn, batch, (node, "ordered"))
         assert [outcome.created for outcome in inserted.values()] == [True]
         assert await batch_committed(conn, node, "ordered", batch.batch_id)
     counts = await pool.fetchrow(
@@ -212,7 +228,7 @@ async def test_a_run_inserted_and_updated_in_one_batch_keeps_its_update(
     batch = WriteBatch(uuid.uuid4(), [new_run(run_id)],
                        {run_id: state(run_id, "assigned")}, [], [], {})
     async with pool.acquire() as conn:
-        await write_batch(conn, node, "ordered", batch)
+        await write_batch(conn, batch, (node, "ordered"))
         assert await batch_committed(conn, node, "ordered", batch.batch_id)
     assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id) == "assigned"
 

@@ -32,7 +32,8 @@ from tests.support import LEDGER_TABLE, WorkerProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPORTS = {
-    "ApiError", "AuthenticationError", "Conflict", "Context", "EngineUnreachable", "ErrorInfo",
+    "ApiError", "AuthenticationError", "Conflict", "ConnectionLost", "Context",
+    "EngineUnreachable", "ErrorInfo",
     "InvalidInput", "InvalidRequest", "NonRetryableError", "NotFound", "PermissionDenied",
     "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus", "RunView", "Runs",
     "Task", "TaskFailed", "TaskOptions", "Taskyard", "TaskyardError", "Unavailable", "Worker",

@@ -30,6 +30,7 @@ from taskyard.embedded import EmbeddedPostgres
 from taskyard.errors import NotFound, Unauthorized, Unprocessable
 from taskyard.event_repository import EventRepository
 from taskyard.http.app import build_app
+from taskyard.http.client_socket import CHANNELS
 from taskyard.http.routing import Router
 from taskyard.integrations import Integrations
 from taskyard.migrator import MigrationError, migrate, pending_migrations
@@ -151,7 +152,7 @@ class Engine:
                                         "taskyard_runs_changed") else None)
         await self._scheduler.start()
 
-        plugin_router = Router(tags=("plugins",))
+        plugin_router = Router(tags=("plugins",), channel=False)  # HTTP only: raw bodies
         await self._plugins.call("taskyard_routes", router=plugin_router)
 
         self._runner = web.AppRunner(build_app(self, [plugin_router]), access_log=None,
@@ -244,6 +245,11 @@ class Engine:
         if self._token_cache is None:
             raise RuntimeError("the engine is not started")
         return self._token_cache
+
+    @property
+    def client_channels(self) -> int:
+        """Client channels open now (SDKs calling over a websocket)."""
+        return len(self._runner.app[CHANNELS]) if self._runner is not None else 0
 
     @property
     def port(self) -> int:

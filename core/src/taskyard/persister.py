@@ -1,10 +1,14 @@
 """The write-behind buffer: state changes are collected and flushed in one round trip per batch.
 
-Producers hand rows over and carry on; a flush starts as soon as the previous one has committed
-(optionally lingering a moment to gather more), so batches grow with load and Postgres sees far
-fewer transactions than tasks. `barrier()` and the futures of `insert_runs()` resolve only after
-the batch holding those rows has committed: that is when a trigger is acknowledged to its caller
-and a result to its worker.
+A synchronous service shared by the actors, like the timers: producers hand rows over with a
+call that never waits (nor awaits), so no producer interleaves with another, and the buffer's
+state is changed only by those calls and by its own flushes reporting back, each of which runs
+to completion on the event loop. (It was an actor: two trips through its mailbox per trigger
+cost more than the trigger's own logic.) Producers carry on; a flush starts as soon as the
+previous one has committed (optionally lingering a moment to gather more), so batches grow with
+load and Postgres sees far fewer transactions than tasks. `barrier()` and the futures of
+`insert_runs()` resolve only after the batch holding those rows has committed: that is when a
+trigger is acknowledged to its caller and a result to its worker.
 
 Writes go through two lanes, each with at most one flush in flight, which commit concurrently on
 connections of their own:
@@ -26,9 +30,10 @@ is never written), not once per transition. What such rows record is recovered a
 like any unflushed transition (see docs/architecture.md); `flush()` writes them at once.
 
 When Postgres goes away a batch is retried with back-off until it commits; producers wait once
-the buffer holds `max_pending` rows (backpressure) instead of growing memory. Each batch records
-its id in its lane's row of `persister_lanes`, so a batch whose commit succeeded but whose answer
-was lost is not applied twice on retry.
+the buffer holds `max_pending` rows (backpressure) instead of growing memory. A batch of the
+ordered lane records its id in the lane's row of `persister_lanes`, so one whose commit
+succeeded but whose answer was lost is not applied twice on retry; a batch of the triggers lane
+(new runs alone) needs no record: written again, it finds its own runs.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ from typing import Any
 import asyncpg
 import orjson
 
-from taskyard.actors import Actor
 from taskyard.db import TRANSIENT_ERRORS
 from taskyard.ratelimits import Usage
 from taskyard.repository import Inserted, Row, WriteBatch, batch_committed, write_batch
@@ -82,11 +86,13 @@ class _Lane:
         return taken
 
 
-class Persister(Actor):
+class Persister:
+    """`start()` before use; `stop()` writes what was handed over (idempotent, safe before
+    `start()`)."""
+
     def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, *, linger: float = 0.0,
                  write_delay: float = 0.02, max_pending: int = 200_000,
                  stop_timeout: float = 30.0) -> None:
-        super().__init__("persister")
         self.pool = pool
         self.node_id = node_id
         self.linger = linger
@@ -102,64 +108,82 @@ class Persister(Actor):
         self._pending = 0  # rows buffered or being written, both lanes
         self._capacity = asyncio.Event()
         self._capacity.set()
+        self._started = False
+        self._stopped = False
 
-    # -- what producers call (each only enqueues a message) --------------------------------------
+    async def start(self) -> None:
+        self._started = True
+
+    def _check(self) -> None:
+        if self._stopped:
+            raise PersisterStopped("the persister is stopped; nothing more can be written")
+
+    # -- what producers call (none of it waits) --------------------------------------------------
 
     def insert_runs(self, rows: list[Row]) -> asyncio.Future[list[Inserted]]:
         """Insert new runs in order with the actors' other writes (workflow steps); the future
         resolves after commit with one `Inserted` per row."""
+        self._check()
         future: asyncio.Future[list[Inserted]] = asyncio.get_running_loop().create_future()
-        self.tell(self._add_runs, self._ordered, rows, future)
+        self._add_runs(self._ordered, rows, future)
         return future
 
     def insert_triggered(self, rows: list[Row]) -> asyncio.Future[list[Inserted]]:
         """Insert runs an application triggered, on the triggers lane (see the module's
         docstring for why they may commit out of order); resolves like `insert_runs`."""
+        self._check()
         future: asyncio.Future[list[Inserted]] = asyncio.get_running_loop().create_future()
-        self.tell(self._add_runs, self._triggers, rows, future)
+        self._add_runs(self._triggers, rows, future)
         return future
 
     def write(self, states: list[Row], events: list[Row], logs: list[Row], *,
               may_wait: bool = False) -> None:
         """Run states (latest wins), events and log lines, in one message. `may_wait`: nobody
         waits for these states, they may be held for `write_delay` (see above)."""
-        self.tell(self._add_many, states, events, logs, may_wait)
+        self._check()
+        self._add_many(states, events, logs, may_wait)
 
     def pushed_events(self, rows: list[Row]) -> None:
         """Events pushed by applications (see WriteBatch.pushed_events)."""
-        self.tell(self._add_pushed_events, rows)
+        self._check()
+        self._add_pushed_events(rows)
 
     def definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
-        self.tell(self._add_definitions, rows)
+        self._check()
+        self._add_definitions(rows)
 
     def durable(self, rows: list[Row]) -> None:
         """Durable log entries (see WriteBatch.durable; the latest of an entry wins)."""
-        self.tell(self._add_durable, rows)
+        self._check()
+        self._add_durable(rows)
 
     def rate_usage(self, tenant_id: uuid.UUID, usages: list[Usage]) -> None:
         """Rate-limit buckets' usage (the latest of each bucket wins)."""
-        self.tell(self._add_rate_usage, [
+        self._check()
+        self._add_rate_usage([
             (tenant_id, usage.key, usage.limit, usage.duration.value, usage.configured,
              orjson.dumps(usage.slots).decode()) for usage in usages])
 
     def barrier(self) -> asyncio.Future[None]:
         """Resolves once everything handed over before this call on the ordered lane has
         committed (triggered runs are awaited through their own futures)."""
+        self._check()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.tell(self._add_barrier, future)
+        self._add_barrier(future)
         return future
 
     async def flush(self) -> None:
         """Write everything handed over before, held states included, and wait for it."""
+        self._check()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.tell(self._add_flush, future)
+        self._add_flush(future)
         await future
 
     async def capacity(self) -> None:
         """Wait while the buffer is full (backpressure for producers that can wait)."""
         await self._capacity.wait()
 
-    # -- handlers --------------------------------------------------------------------------------
+    # -- the buffer --------------------------------------------------------------------------------
 
     def _add_runs(self, lane: _Lane, rows: list[Row],
                   future: asyncio.Future[list[Inserted]]) -> None:
@@ -187,7 +211,7 @@ class Persister(Actor):
         batch.logs.extend(logs)
         if held and self._release is None:
             self._release = asyncio.get_running_loop().call_later(
-                self.write_delay, self._post, self._release_held)
+                self.write_delay, self._release_held)
         self._grew(self._ordered, grew)
 
     def _release_held(self) -> None:
@@ -254,7 +278,7 @@ class Persister(Actor):
                 or len(lane.batch) >= _EAGER_ROWS):
             if lane.delayed is None:
                 lane.delayed = asyncio.get_running_loop().call_later(
-                    self.write_delay, self._post, self._delay_over, lane)
+                    self.write_delay, self._delay_over, lane)
             return
         if lane.delayed is not None:
             lane.delayed.cancel()
@@ -268,11 +292,10 @@ class Persister(Actor):
 
     async def _flush(self, lane: _Lane, batch: WriteBatch, barriers: list[asyncio.Future[None]],
                      waiters: list[InsertWaiter]) -> None:
-        """Runs outside the mailbox (so producers are never blocked by I/O); reports back with
-        `_flushed`, which is where the actor's state changes."""
+        """A task of its own (producers never wait for I/O); reports back with `_flushed`."""
         if self.linger:
             await asyncio.sleep(self.linger)
-            self._post(self._merge_late_arrivals, lane, batch, barriers, waiters)
+            self._merge_late_arrivals(lane, batch, barriers, waiters)
             return
         await self._commit(lane, batch, barriers, waiters)
 
@@ -298,11 +321,13 @@ class Persister(Actor):
                 if lane.conn is None:
                     lane.conn = await self.pool.acquire()
                 conn = lane.conn
-                if retried and await batch_committed(conn, self.node_id, lane.name,
-                                                     batch.batch_id):
+                if lane is self._triggers:  # new runs alone: writing them again is harmless
+                    inserted = await write_batch(conn, batch, None)
+                elif retried and await batch_committed(conn, self.node_id, lane.name,
+                                                       batch.batch_id):
                     inserted = await self._already_inserted(conn, batch)
                 else:
-                    inserted = await write_batch(conn, self.node_id, lane.name, batch)
+                    inserted = await write_batch(conn, batch, (self.node_id, lane.name))
                 break
             except TRANSIENT_ERRORS as exc:
                 retried = True
@@ -318,7 +343,7 @@ class Persister(Actor):
                     # the engine has already acted on.
                     log.exception("Postgres refused a batch with %d new runs; refusing them",
                                   len(batch.new_runs))
-                    self._post(self._refused, waiters, exc)
+                    self._refused(waiters, exc)
                     batch.new_runs, waiters = [], []
                     continue
                 refusals += 1
@@ -328,9 +353,9 @@ class Persister(Actor):
                     delay = min(delay * 2, 2.0)
                     continue
                 log.exception("giving up a batch of %d rows that Postgres refuses", len(batch))
-                self._post(self._flushed, lane, rows, barriers, waiters, None, exc)
+                self._flushed(lane, rows, barriers, waiters, None, exc)
                 return
-        self._post(self._flushed, lane, rows, barriers, waiters, inserted, None)
+        self._flushed(lane, rows, barriers, waiters, inserted, None)
 
     async def _drop_connection(self, lane: _Lane) -> None:
         """Give a broken connection back (the pool replaces it); the next try takes another."""
@@ -384,14 +409,16 @@ class Persister(Actor):
                 waiter.set_result([inserted[run_id] for run_id in run_ids])
         self._kick(lane)
 
-    async def on_stop(self) -> None:
+    async def stop(self) -> None:
         """The final flush of both lanes, shielded from cancellation, so what was handed over is
         written. If Postgres stays away past `stop_timeout`, the rest is given up (and logged):
         none of it was acknowledged, since acknowledgements wait for commits."""
+        if self._stopped:
+            return
+        self._stopped = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stop_timeout
         lanes = (self._ordered, self._triggers)
-        self._drain_mailbox()
         self._release_held()
         try:
             while any(lane.busy for lane in lanes):
@@ -409,23 +436,12 @@ class Persister(Actor):
                     return
                 await asyncio.wait([asyncio.shield(task) for task in flushing],
                                    timeout=remaining)
-                # flushes report back through the mailbox, which no longer runs by itself
-                self._drain_mailbox()
         finally:
             for lane in lanes:
                 if lane.delayed is not None:
                     lane.delayed.cancel()
                 await self._drop_connection(lane)
 
-    def _drain_mailbox(self) -> None:
-        while not self._mailbox.empty():
-            handler, args, future = self._mailbox.get_nowait()
-            try:
-                result: Any = handler(*args)
-            except Exception as exc:
-                log.exception("persister message failed during shutdown")
-                if future is not None and not future.done():
-                    future.set_exception(exc)
-            else:
-                if future is not None and not future.done():
-                    future.set_result(result)
+
+class PersisterStopped(RuntimeError):
+    """Writes handed over after `stop()`."""

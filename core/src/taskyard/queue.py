@@ -162,6 +162,7 @@ class QueueActor(Actor):
         self.finished: OrderedDict[uuid.UUID, tuple[int, uuid.UUID | None]] = OrderedDict()
         self.cached_bytes = 0
         self._dispatch_pending = False
+        self._dispatch_told = False  # a _dispatch_due message is on its way
         self._hold_until = 0.0
         # What the current message decided, flushed by after_message():
         self._states: dict[uuid.UUID, Run] = {}  # runs whose state changed in this message
@@ -275,9 +276,13 @@ class QueueActor(Actor):
     # -- assignment ------------------------------------------------------------------------------
 
     def _schedule_dispatch(self) -> None:
-        if not self._dispatch_pending:
-            self._dispatch_pending = True
-            self.tell(self._dispatch)
+        """Assign what can be assigned once this message is done: then and there when no other
+        message waits, else after the messages already waiting (one decision for them all)."""
+        self._dispatch_pending = True
+
+    def _dispatch_due(self) -> None:
+        self._dispatch_told = False
+        self._dispatch()
 
     def _dispatch(self) -> None:
         self._dispatch_pending = False
@@ -873,8 +878,16 @@ class QueueActor(Actor):
         self._timer(run.deadline, self._execution_timeouts, (run.run_id, run.attempt, run.deadline))
 
     def after_message(self) -> None:
-        """Hand what this message decided to the persister and the timers, one message each;
-        then acks and finish notices wait for all of it to commit."""
+        """Assign what the message made assignable (see _schedule_dispatch), then hand what it
+        decided to the persister and the timers; acks and finish notices wait for all of it to
+        commit."""
+        for _ in range(3):  # a decision may make another possible (a run refused, say)
+            if not self._dispatch_pending or not self._mailbox.empty():
+                break
+            self._dispatch()
+        if self._dispatch_pending and not self._dispatch_told:
+            self._dispatch_told = True
+            self.tell(self._dispatch_due)
         if self._states or self._events or self._logs:
             # States nobody waits for (assignments, starts, retries) may be held a moment:
             # under load most are replaced by the run's end before they are written.

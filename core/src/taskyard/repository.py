@@ -255,6 +255,12 @@ ON CONFLICT DO NOTHING
 RETURNING run_id
 """
 
+_EXISTING_BY_ID = """
+SELECT r.run_id, r.status
+FROM unnest($1::uuid[], $2::uuid[]) AS k(tenant_id, run_id)
+JOIN runs r ON r.tenant_id = k.tenant_id AND r.run_id = k.run_id
+"""
+
 _EXISTING_BY_KEY = """
 SELECT k.tenant_id, k.key, r.run_id, r.status
 FROM unnest($1::uuid[], $2::text[]) AS k(tenant_id, key)
@@ -359,10 +365,12 @@ def _columns(rows: Iterable[Row], width: int) -> list[tuple[object, ...]]:
 
 async def _existing_runs(conn: asyncpg.Connection,
                          refused: list[Row]) -> dict[uuid.UUID, asyncpg.Record]:
-    """For new runs that conflicted: the run that was there first (same idempotency key, or the
-    same step of the same workflow run), by the id the new run would have had."""
-    found: dict[uuid.UUID, asyncpg.Record] = {}
-    keyed = [row for row in refused if row[10] is not None]
+    """For new runs that conflicted: the run that was there first (itself, written by an
+    earlier try of the same batch; or the run with the same idempotency key, or the same step of
+    the same workflow run), by the id the new run would have had."""
+    found: dict[uuid.UUID, asyncpg.Record] = {row["run_id"]: row for row in await conn.fetch(
+        _EXISTING_BY_ID, *_columns(((row[0], row[1]) for row in refused), 2))}
+    keyed = [row for row in refused if row[10] is not None and row[1] not in found]
     if keyed:
         by_key = {(r["tenant_id"], r["key"]): r for r in await conn.fetch(
             _EXISTING_BY_KEY, *_columns(((row[0], row[10]) for row in keyed), 2))}
@@ -448,30 +456,31 @@ def _one_statement(parts: tuple[tuple[str, str], ...]) -> str:
     return "WITH " + ",\n".join(ctes) + "\n" + select
 
 
-async def write_batch(conn: asyncpg.Connection, node_id: uuid.UUID, lane: str,
-                      batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
-    """Write a batch atomically and mark it committed on its lane; returns what became of each
-    new run.
+async def write_batch(conn: asyncpg.Connection, batch: WriteBatch,
+                      mark: tuple[uuid.UUID, str] | None) -> dict[uuid.UUID, Inserted]:
+    """Write a batch atomically, marked committed on the (node, lane) of `mark`; returns what
+    became of each new run. A batch of new runs alone needs no mark: written again, it finds
+    its own runs (ids are never reused).
 
     Usually the batch is one statement (one round trip, committed on its own). The statements
     of a CTE all see the database as it was before the statement, so a run inserted and updated
     in the same batch would lose its update: such a batch is written statement by statement in
     a transaction instead."""
     statements = _statements(batch)
-    mark = ("mark", _MARK_BATCH, [node_id, lane, batch.batch_id])
+    if mark is not None:
+        statements.append(("mark", _MARK_BATCH, [*mark, batch.batch_id]))
     if batch.new_runs and not batch.run_states.keys().isdisjoint(
             row[1] for row in batch.new_runs):
         async with conn.transaction():
             created = set()
-            for name, sql, args in [*statements, mark]:
+            for name, sql, args in statements:
                 if name == "new_runs":
                     created = {row["run_id"] for row in await conn.fetch(sql, *args)}
                 else:
                     await conn.execute(sql, *args)
     else:
-        parts = [*statements, mark]
-        query = _one_statement(tuple((name, sql) for name, sql, _ in parts))
-        arguments = [arg for _, _, args in parts for arg in args]
+        query = _one_statement(tuple((name, sql) for name, sql, _ in statements))
+        arguments = [arg for _, _, args in statements for arg in args]
         created = {row["run_id"] for row in await conn.fetch(query, *arguments)}
     return await _outcomes(conn, batch.new_runs, created)
 
@@ -492,11 +501,12 @@ async def _outcomes(conn: asyncpg.Connection, new_runs: list[Row],
             match = existing.get(run_id)
             if match is None:
                 raise RuntimeError(f"run {run_id} was neither inserted nor found by key")
-            inserted[run_id] = Inserted(match["run_id"], False, match["status"])
+            inserted[run_id] = Inserted(match["run_id"], match["run_id"] == run_id,
+                                        match["status"])
     return inserted
 
 
-LANES = ("ordered", "triggers")  # see taskyard.persister
+LANES = ("ordered",)  # the lanes that mark their batches (see taskyard.persister)
 
 
 async def register_node(pool: asyncpg.Pool, node_id: uuid.UUID) -> None:

@@ -12,23 +12,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
-from pydantic import BaseModel
+from aiohttp import web
 
 from taskyard.actors import Actor
+from taskyard.frames import FrameWriter
 from taskyard_sdk import protocol
 
 if TYPE_CHECKING:
     from taskyard.queue import QueueActor
 
 log = logging.getLogger(__name__)
-
-_MAX_FRAME_MESSAGES = 1000
-
 
 class WorkerSession:
     def __init__(self, ws: web.WebSocketResponse, tenant_id: uuid.UUID,
@@ -44,66 +40,22 @@ class WorkerSession:
         self.task_names = [task.name for task in hello.tasks]
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
-        self.frames_sent = 0
-        self._outbox: deque[BaseModel | bytes] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-
-    def send(self, message: BaseModel | bytes) -> None:
-        """Queue a protocol message (a model, or one already encoded as JSON)."""
-        self._outbox.append(message)
-        self._wake()
-
-    def send_many(self, messages: Iterable[BaseModel | bytes]) -> None:
-        self._outbox.extend(messages)
-        self._wake()
-
-    def _wake(self) -> None:
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+        self._writer = FrameWriter(ws, f"worker:{self.name}")
+        self.send = self._writer.send
+        self.send_many = self._writer.send_many
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write(), name=f"worker-writer:{self.name}")
+        self._writer.start()
 
     async def close(self, code: int = 1000, message: str = "") -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        await self._writer.stop()
         if not self.ws.closed:
             await self.ws.close(code=code, message=message.encode())
-
-    async def _write(self) -> None:
-        """Everything queued meanwhile goes in one frame (up to _MAX_FRAME_MESSAGES), sent as
-        the UTF-8 JSON it already is."""
-        outbox = self._outbox
-        loop = asyncio.get_running_loop()
-        while True:
-            while not outbox:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-            if len(outbox) == 1:
-                data = _json(outbox.popleft())
-            else:
-                count = min(len(outbox), _MAX_FRAME_MESSAGES)
-                data = b"[" + b",".join(_json(outbox.popleft()) for _ in range(count)) + b"]"
-            try:
-                await self.ws.send_frame(data, WSMsgType.TEXT)
-            except (ConnectionError, RuntimeError):
-                return  # the connection handler notices the close and cleans up
-            self.frames_sent += 1
 
     def describe(self) -> dict[str, Any]:
         return {"worker_id": str(self.worker_id), "name": self.name, "queue": self.queue,
                 "slots": self.slots, "labels": self.labels, "tasks": self.task_names,
                 "connected_at": self.connected_at}
-
-
-def _json(message: BaseModel | bytes) -> bytes:
-    if isinstance(message, bytes):
-        return message
-    return message.__pydantic_serializer__.to_json(message)
 
 
 class WorkerRegistry(Actor):

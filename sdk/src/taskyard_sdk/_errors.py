@@ -2,6 +2,8 @@
 
     TaskyardError
     ├── EngineUnreachable        the engine did not answer (not running, wrong URL)
+    ├── ConnectionLost           the connection closed while a call that changes something was
+    │                            in flight: it may or may not have been applied
     ├── ApiError                 the engine refused a request; `.status` and `.code` say how
     │   ├── AuthenticationError  401: missing, wrong or revoked token
     │   ├── PermissionDenied     403: the token's role may not do this
@@ -33,6 +35,10 @@ class TaskyardError(Exception):
 
 
 class EngineUnreachable(TaskyardError, ConnectionError):
+    pass
+
+
+class ConnectionLost(TaskyardError, ConnectionError):
     pass
 
 

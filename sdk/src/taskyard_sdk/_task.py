@@ -330,8 +330,8 @@ async def wait_for_runs(client: Taskyard, run_ids: list[UUID],
         chunks = [pending[i:i + _WAIT_CHUNK] for i in range(0, len(pending), _WAIT_CHUNK)]
         responses = await asyncio.gather(*(client.transport.request(
             "POST", "/api/v1/runs/wait",
-            json_body={"run_ids": [str(r) for r in chunk], "timeout": remaining})
-            for chunk in chunks))
+            json_body={"run_ids": [str(r) for r in chunk], "timeout": remaining},
+            idempotent=True) for chunk in chunks))
         pending = []
         for raw in responses:
             response = WaitResponse.model_validate(raw)

@@ -16,22 +16,37 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic_core import from_json, to_json
 
+from taskyard_sdk._channel import CallTooLarge, Channel, ChannelLost, ChannelRefused
 from taskyard_sdk._config import Config
-from taskyard_sdk._errors import AuthenticationError, EngineUnreachable, Unavailable, api_error
+from taskyard_sdk._errors import (
+    AuthenticationError,
+    ConnectionLost,
+    EngineUnreachable,
+    Unavailable,
+    api_error,
+)
 
 T = TypeVar("T")
 
 
 class Transport:
-    """Requests that did not reach the engine (connection refused) or that it could not serve
-    (503: its database is restarting) changed nothing, so they are retried with back-off for up
-    to `retry_for` seconds before EngineUnreachable / the 503 is raised."""
+    """Calls go over the client channel (one websocket per event loop, see `_channel`) when
+    the engine serves one, else over HTTP; a call too large for a frame goes over HTTP.
 
-    def __init__(self, config: Config, retry_for: float = 10.0) -> None:
+    Requests that did not reach the engine (connection refused) or that it could not serve
+    (503: its database is restarting) changed nothing, so they are retried with back-off for up
+    to `retry_for` seconds before EngineUnreachable / the 503 is raised. A call in flight when
+    the channel closes is retried too if it only reads (`idempotent`); otherwise it raises
+    ConnectionLost, since it may have been applied."""
+
+    def __init__(self, config: Config, retry_for: float = 10.0, *, channel: bool = True) -> None:
         self.config = config
         self.retry_for = retry_for
+        self.use_channel = channel
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                   aiohttp.ClientSession] = (
+            weakref.WeakKeyDictionary())
+        self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Channel] = (
             weakref.WeakKeyDictionary())
 
     @property
@@ -56,14 +71,21 @@ class Transport:
 
     async def request(self, method: str, path: str, *, json_body: Any = None,
                       params: Sequence[tuple[str, str]] | None = None,
-                      body: bytes | None = None) -> Any:
-        """`json_body` is encoded here; `body` is JSON already encoded."""
+                      body: bytes | None = None, idempotent: bool | None = None) -> Any:
+        """`json_body` is encoded here; `body` is JSON already encoded. `idempotent` (default:
+        for GET) says the call may be sent again if its channel closes under it."""
         if json_body is not None:
             body = to_json(json_body)
+        if idempotent is None:
+            idempotent = method == "GET"
         deadline = time.monotonic() + self.retry_for
         delay = 0.1
         while True:
             try:
+                if self.use_channel:
+                    answer = await self._over_channel(method, path, body, params, idempotent)
+                    if answer is not None:
+                        return self._payload(*answer)
                 return await self._request_once(method, path, body, params)
             except (EngineUnreachable, Unavailable):
                 remaining = deadline - time.monotonic()
@@ -90,9 +112,39 @@ class Transport:
             payload = from_json(body) if body else None
         except ValueError:
             payload = body.decode(errors="replace")
+        return self._payload(status, payload)
+
+    @staticmethod
+    def _payload(status: int, payload: Any) -> Any:
         if status >= 400:
             raise api_error(status, payload)
         return payload
+
+    async def _over_channel(self, method: str, path: str, body: bytes | None,
+                            params: Sequence[tuple[str, str]] | None,
+                            idempotent: bool) -> tuple[int, Any] | None:
+        """The call's status and body over the channel; None when it must go over HTTP."""
+        loop = asyncio.get_running_loop()
+        channel = self._channels.get(loop)
+        try:
+            if channel is None or channel.closed:
+                headers = self.headers  # no token: say so before opening anything
+                channel = self._channels[loop] = await Channel.open(
+                    self.session(), self.config.url, headers)
+            return await channel.call(method, path, body, params)
+        except ChannelRefused as refused:
+            if refused.for_good:
+                self.use_channel = False
+            return None
+        except CallTooLarge:
+            return None
+        except ChannelLost as exc:
+            if idempotent:
+                raise EngineUnreachable(f"lost the connection to the engine at "
+                                        f"{self.config.url}: {exc}") from exc
+            raise ConnectionLost(
+                f"the connection to the engine at {self.config.url} closed while {method} "
+                f"{path} was in flight; it may or may not have been applied") from exc
 
     async def events(self, path: str) -> AsyncIterator[Any]:
         """The `data:` payloads of a server-sent event stream, until its `end` event."""
@@ -119,6 +171,9 @@ class Transport:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        channel = self._channels.pop(loop, None)
+        if channel is not None:
+            await channel.close()
         session = self._sessions.pop(loop, None)
         if session is not None:
             await session.close()

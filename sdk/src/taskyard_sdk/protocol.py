@@ -1,7 +1,13 @@
-"""The worker <-> engine websocket protocol: one typed model per message, shared by both sides.
+"""The engine's websocket protocols: one typed model per message, shared by both sides.
 
-Every frame is a JSON object `{"type": ..., ...}` or a JSON array of such objects (many
-assignments or results in one frame under load). `hello` carries PROTOCOL_VERSION.
+Workers (`/api/v1/workers/connect`): every frame is a JSON object `{"type": ..., ...}` or a JSON
+array of such objects (many assignments or results in one frame under load). `hello` carries
+PROTOCOL_VERSION.
+
+Clients (`/api/v1/clients/connect`, the SDK's channel): the REST API over one connection. The
+engine says `welcome`; then each `ClientCall` is an HTTP call as a frame, answered by a
+`ClientAnswer` with the same id, the REST status and the REST body, in the order calls finish.
+Answers may arrive several to a frame (a JSON array).
 """
 
 from __future__ import annotations
@@ -197,6 +203,33 @@ class Error(_Message):
     code: str
     message: str
     ref: AttemptRef | None = Field(default=None, description="The attempt the error is about.")
+
+
+# -- client channel --------------------------------------------------------------------------------
+
+
+class ClientWelcome(_Message):
+    """The engine's first frame on a client channel."""
+
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    max_message_bytes: int = Field(description="Larger calls must go over HTTP.")
+
+
+class ClientCall(_Message):
+    """A REST call: `id` is the caller's, echoed by its answer."""
+
+    id: int
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(max_length=2000, description="As in the REST API, without a query.")
+    body: Any = None
+    query: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class ClientAnswer(_Message):
+    id: int | None = Field(description="The call's; None when the frame was not a call.")
+    status: int
+    body: Any = None
 
 
 EngineMessage = Annotated[Welcome | Assign | Cancel | Ack | Recorded | Error,

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from taskyard.http import (
     alerts,
+    client_socket,
     events,
     rate_limits,
     runs,
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from taskyard.engine import Engine
 
 CORE_ROUTERS = (system.router, tokens.router, runs.router, workflows.router, events.router,
-                rate_limits.router, schedules.router, alerts.router, worker_socket.router)
+                rate_limits.router, schedules.router, alerts.router, worker_socket.router,
+                client_socket.router)
 
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:
@@ -38,6 +40,7 @@ def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Appl
     endpoints = [ep for router in (*CORE_ROUTERS, *plugin_routers) for ep in router.endpoints]
     app[ENDPOINTS] = endpoints
     mount(app, endpoints)
+    client_socket.install(app, endpoints)
     app.on_shutdown.append(_disconnect_workers)
     return app
 

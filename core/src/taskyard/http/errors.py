@@ -36,10 +36,7 @@ _STATUS_CODES = {
 def error_response(status: int, code: str, message: str,
                    details: list[dict[str, Any]] | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        error["details"] = details
-    return web.Response(status=status, body=orjson.dumps({"error": error}),
+    return web.Response(status=status, body=error_body(code, message, details),
                         content_type="application/json", headers=headers)
 
 
@@ -58,20 +55,40 @@ def _http_exception_message(exc: web.HTTPException, request: web.Request) -> str
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def failure(exc: Exception, method: str, path: str, request_id: str
+            ) -> tuple[int, bytes, dict[str, str]]:
+    """What a failed call answers: status, error envelope and extra headers, for an expected
+    failure or an unexpected one (logged under the request id)."""
+    if isinstance(exc, ApiError):
+        return exc.status, error_body(exc.code, exc.message, exc.details), {}
+    if isinstance(exc, TRANSIENT_ERRORS):
+        log.warning("database unavailable during %s %s: %s", method, path, exc)
+        return (503, error_body("unavailable",
+                                "the database is unavailable right now; retry shortly"),
+                {"Retry-After": "1"})
+    log.error("unhandled error in %s %s (request id %s)", method, path, request_id,
+              exc_info=exc)
+    return 500, error_body("internal", f"internal error; the engine log has details under "
+                                       f"request id {request_id}"), {}
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return orjson.dumps({"error": error})
+
+
+def next_request_id() -> str:
+    return next(_REQUEST_IDS)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get(REQUEST_ID_HEADER) or next(_REQUEST_IDS)
     headers = {REQUEST_ID_HEADER: request_id}
     try:
         response = await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
-    except TRANSIENT_ERRORS as exc:
-        log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
-        headers["Retry-After"] = "1"
-        return error_response(503, "unavailable",
-                              "the database is unavailable right now; retry shortly",
-                              headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -81,12 +98,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, web.HTTPMethodNotAllowed):
             error.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
         return error
-    except Exception:
-        log.exception("unhandled error in %s %s (request id %s)", request.method, request.path,
-                      request_id)
-        return error_response(500, "internal",
-                              f"internal error; the engine log has details under request id "
-                              f"{request_id}", headers=headers)
+    except Exception as exc:
+        status, body, extra = failure(exc, request.method, request.path, request_id)
+        return web.Response(status=status, body=body, content_type="application/json",
+                            headers={**headers, **extra})
     if not response.prepared:
         response.headers.setdefault(REQUEST_ID_HEADER, request_id)
     return response

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from taskyard.auth import Principal, Role
@@ -32,12 +33,14 @@ _ADMIN_ONLY = frozenset({Role.ADMIN})
 
 @dataclass(slots=True)
 class Call(Generic[BodyT]):
-    """One validated request, as a handler sees it."""
+    """One validated request, as a handler sees it: over HTTP, or over a client channel (then
+    `request` is the channel's own, and `params` are the call's path parameters)."""
 
     request: web.Request
     body: BodyT
     query: Any
     _principal: Principal | None
+    params: Mapping[str, str]
 
     @property
     def principal(self) -> Principal:
@@ -47,11 +50,11 @@ class Call(Generic[BodyT]):
 
     @property
     def path(self) -> dict[str, str]:
-        return dict(self.request.match_info)
+        return dict(self.params)
 
     def path_uuid(self, name: str) -> uuid.UUID:
         """A path parameter that must be a UUID; 422 naming it otherwise."""
-        raw = self.request.match_info[name]
+        raw = self.params[name]
         try:
             return uuid.UUID(raw)
         except ValueError:
@@ -70,6 +73,15 @@ class Document:
 
 
 @dataclass(frozen=True, slots=True)
+class WithStatus:
+    """A result answered with another status than the endpoint's usual one (e.g. 200 for a
+    run an idempotency key found, where a new one is 201)."""
+
+    status: int
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     method: str
     path: str
@@ -82,6 +94,7 @@ class Endpoint:
     summary: str
     description: str | None
     tags: tuple[str, ...]
+    channel: bool  # also served over client channels (JSON in, JSON out, an authenticated caller)
 
 
 @dataclass
@@ -90,11 +103,15 @@ class Router:
 
     tags: tuple[str, ...] = ()
     endpoints: list[Endpoint] = field(default_factory=list)
+    channel: bool = True  # False: none of these endpoints are served over client channels
 
     def route(self, method: str, path: str, *, roles: Iterable[Role] | None = _ADMIN_ONLY,
               body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
               response: Any = None, status: int = 200, summary: str = "",
-              description: str | None = None) -> Callable[[Handler], Handler]:
+              description: str | None = None, channel: bool = True
+              ) -> Callable[[Handler], Handler]:
+        """`channel=False` for handlers that need the HTTP request itself (a stream, a raw
+        body); endpoints without roles are never served over a channel."""
         def register(handler: Handler) -> Handler:
             self.endpoints.append(Endpoint(
                 method=method, path=path, handler=handler,
@@ -102,6 +119,7 @@ class Router:
                 response=response, status=status,
                 summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
                 description=description, tags=self.tags,
+                channel=channel and self.channel and roles is not None,
             ))
             return handler
         return register
@@ -131,32 +149,53 @@ def mount(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
 
 def _aiohttp_handler(endpoint: Endpoint, authenticate: Authenticator
                      ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    response_adapter = TypeAdapter(endpoint.response) if endpoint.response is not None else None
+    encode = result_encoder(endpoint)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         principal = None
         if endpoint.roles is not None:
-            principal = await authenticate(request.headers.get("Authorization"))
-            if principal.role not in endpoint.roles:
-                needed = " or ".join(sorted(endpoint.roles))
-                raise Forbidden(f"{endpoint.method} {endpoint.path} needs a token with role "
-                                f"{needed}; this token has role {principal.role}")
-        query = _validate(endpoint.query, _query_dict(request, endpoint.query), "query")
+            principal = authorize(endpoint, await authenticate(
+                request.headers.get("Authorization")))
+        query = validate(endpoint.query, query_values(request.query, endpoint.query), "query")
         body = await read_body(request, endpoint.body) if endpoint.body is not None else None
-        result = await endpoint.handler(Call(request, body, query, principal))
+        result = await endpoint.handler(Call(request, body, query, principal,
+                                             request.match_info))
         if isinstance(result, web.StreamResponse):
             return result
-        if isinstance(result, Document):
-            return web.Response(status=endpoint.status, content_type="application/json",
-                                body=orjson.dumps(result.data, option=orjson.OPT_UTC_Z,
-                                                  default=str))  # asyncpg's own UUID type
-        if result is None and endpoint.status == 204:
-            return web.Response(status=204)
-        payload = (response_adapter.dump_json(result) if response_adapter is not None
-                   else orjson.dumps(result))
-        return web.Response(status=endpoint.status, body=payload, content_type="application/json")
+        status, payload = encode(result)
+        if payload is None:
+            return web.Response(status=status)
+        return web.Response(status=status, body=payload, content_type="application/json")
 
     return handle
+
+
+def authorize(endpoint: Endpoint, principal: Principal) -> Principal:
+    """The caller, if its role may call the endpoint; 403 naming the roles needed otherwise."""
+    roles = endpoint.roles or frozenset()
+    if principal.role not in roles:
+        needed = " or ".join(sorted(roles))
+        raise Forbidden(f"{endpoint.method} {endpoint.path} needs a token with role "
+                        f"{needed}; this token has role {principal.role}")
+    return principal
+
+
+def result_encoder(endpoint: Endpoint) -> Callable[[Any], tuple[int, bytes | None]]:
+    """How a handler's result becomes a status and a JSON body (None: no body)."""
+    adapter = TypeAdapter(endpoint.response) if endpoint.response is not None else None
+
+    def encode(result: Any) -> tuple[int, bytes | None]:
+        if isinstance(result, WithStatus):
+            return result.status, encode(result.result)[1]
+        if isinstance(result, Document):
+            return endpoint.status, orjson.dumps(result.data, option=orjson.OPT_UTC_Z,
+                                                 default=str)  # asyncpg's own UUID type
+        if result is None and endpoint.status == 204:
+            return 204, None
+        return endpoint.status, (adapter.dump_json(result) if adapter is not None
+                                 else orjson.dumps(result))
+
+    return encode
 
 
 async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
@@ -170,7 +209,7 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if b"\\u0000" in raw:
         reject_nul_characters(data, "body")
-    return _validate(model, data, "body")
+    return validate(model, data, "body")
 
 
 def reject_nul_characters(value: Any, where: str) -> None:
@@ -188,7 +227,8 @@ def reject_nul_characters(value: Any, where: str) -> None:
             reject_nul_characters(item, f"{where}[{index}]")
 
 
-def _validate(model: type[BaseModel] | None, data: Any, where: str) -> Any:
+def validate(model: type[BaseModel] | None, data: Any, where: str) -> Any:
+    """Data as the model, or 422 naming the first bad field (`where` prefixes its path)."""
     if model is None:
         return None
     try:
@@ -208,12 +248,12 @@ def _location(where: str, loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def _query_dict(request: web.Request, model: type[BaseModel] | None) -> dict[str, Any]:
+def query_values(query: MultiMapping[str], model: type[BaseModel] | None) -> dict[str, Any]:
+    """Query parameters as the model's fields want them (repeated ones as lists)."""
     if model is None:
         return {}
     list_fields = _list_fields(model)
-    return {key: request.query.getall(key) if key in list_fields else request.query[key]
-            for key in request.query}
+    return {key: query.getall(key) if key in list_fields else query[key] for key in query}
 
 
 @cache

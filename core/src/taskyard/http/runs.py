@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from taskyard.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Document, Router, metadata_filter, page_cursor
+from taskyard.http.routing import Call, Document, Router, WithStatus, metadata_filter, page_cursor
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
@@ -81,14 +81,13 @@ class WorkerInfo(BaseModel):
 
 
 @router.post("/api/v1/runs", roles=ANY_ROLE, body=TriggerRequest, response=RunRef, status=201)
-async def trigger(call: Call[TriggerRequest]) -> web.StreamResponse | RunRef:
+async def trigger(call: Call[TriggerRequest]) -> WithStatus | RunRef:
     """Trigger one run of a task. With an idempotency key that was used before, the existing
     run is returned (status 200) instead of a new one (201)."""
     engine = call.request.app[ENGINE]
     [ref] = await engine.scheduler.trigger(call.principal.tenant_id, [call.body])
     if not ref.created:
-        return web.Response(body=ref.model_dump_json(), status=200,
-                            content_type="application/json")
+        return WithStatus(200, ref)
     return ref
 
 
@@ -151,7 +150,7 @@ async def run_result(call: Call[None]) -> RunView:
                                          call.query.timeout)
 
 
-@router.get("/api/v1/runs/{run_id}/stream", roles=ANY_ROLE)
+@router.get("/api/v1/runs/{run_id}/stream", roles=ANY_ROLE, channel=False)
 async def stream_run(call: Call[None]) -> web.StreamResponse:
     """Server-sent events: each chunk the task streams (`ctx.stream`) as a `data:` line while
     the run goes on, then `event: end` with the run's final status. Live only: chunks streamed

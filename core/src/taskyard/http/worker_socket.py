@@ -37,7 +37,7 @@ HELLO_TIMEOUT = 10.0
 CLOSE_PROTOCOL_ERROR = 4002
 
 
-@router.get("/api/v1/workers/connect", roles=[Role.WORKER, Role.ADMIN])
+@router.get("/api/v1/workers/connect", roles=[Role.WORKER, Role.ADMIN], channel=False)
 async def connect(call: Call[None]) -> web.StreamResponse:
     """The worker websocket (see the protocol in `taskyard_sdk.protocol`)."""
     engine = call.request.app[ENGINE]

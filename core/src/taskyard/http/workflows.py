@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from aiohttp import web
 from pydantic import BaseModel, Field
 
 from taskyard.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Router
+from taskyard.http.routing import Call, Router, WithStatus
 from taskyard.workflow_repository import StoredWorkflow
 from taskyard_sdk.models import (
     BatchTriggerResponse,
@@ -35,7 +34,7 @@ def _info(stored: StoredWorkflow) -> WorkflowInfo:
 
 @router.post("/api/v1/workflows", roles=ANY_ROLE, body=WorkflowDefinition,
              response=WorkflowInfo, status=201)
-async def register_workflow(call: Call[WorkflowDefinition]) -> web.StreamResponse | WorkflowInfo:
+async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | WorkflowInfo:
     """Register a workflow definition. A definition registered before returns its version
     (status 200); a changed one becomes the next version, used by runs triggered from now on
     (runs in flight keep theirs). 422 names the step or expression that is wrong: unknown
@@ -44,8 +43,7 @@ async def register_workflow(call: Call[WorkflowDefinition]) -> web.StreamRespons
     stored = await engine.scheduler.register_workflow(call.principal.tenant_id, call.body)
     info = _info(stored)
     if not stored.created:
-        return web.Response(body=info.model_dump_json(), status=200,
-                            content_type="application/json")
+        return WithStatus(200, info)
     return info
 
 
@@ -73,15 +71,14 @@ async def get_workflow(call: Call[None]) -> WorkflowInfo:
 
 @router.post("/api/v1/workflows/{name}/runs", roles=ANY_ROLE, body=WorkflowTriggerRequest,
              response=RunRef, status=201)
-async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> web.StreamResponse | RunRef:
+async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | RunRef:
     """Start a run of the workflow's latest version. Its steps are runs too; the workflow
     run's output holds each step's output by name once it has finished."""
     engine = call.request.app[ENGINE]
     [ref] = await engine.scheduler.trigger_workflow(call.principal.tenant_id, call.path["name"],
                                                     [call.body])
     if not ref.created:
-        return web.Response(body=ref.model_dump_json(), status=200,
-                            content_type="application/json")
+        return WithStatus(200, ref)
     return ref
 
 
