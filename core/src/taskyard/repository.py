@@ -237,8 +237,10 @@ def _row_set(columns: str, *, joined: bool = False) -> str:
     return f"SELECT {', '.join(expressions)} FROM {rows} AS r"
 
 
-def _names(columns: str) -> str:
-    return ", ".join(column.split()[0] for column in columns.split(","))
+def _insert(table: str, columns: str, then: str = "") -> str:
+    """INSERT of the rows of $1 (see _row_set) into `table`, followed by `then`."""
+    names = ", ".join(column.split()[0] for column in columns.split(","))
+    return f"INSERT INTO {table} ({names})\n{_row_set(columns)}\n{then}"
 
 
 _NEW_RUN_COLUMNS = (
@@ -248,12 +250,7 @@ _NEW_RUN_COLUMNS = (
     "parent_run_id uuid, context jsonb, wait_started_at timestamptz, error jsonb, "
     "finished_at timestamptz, flow jsonb")
 
-_INSERT_RUNS = f"""
-INSERT INTO runs ({_names(_NEW_RUN_COLUMNS)})
-{_row_set(_NEW_RUN_COLUMNS)}
-ON CONFLICT DO NOTHING
-RETURNING run_id
-"""
+_INSERT_RUNS = _insert("runs", _NEW_RUN_COLUMNS, "ON CONFLICT DO NOTHING RETURNING run_id")
 
 _EXISTING_BY_ID = """
 SELECT r.run_id, r.status
@@ -275,7 +272,7 @@ JOIN runs r ON r.tenant_id = k.tenant_id AND r.workflow_run_id = k.workflow_run_
 """
 
 # The latest state of each run wins (see Run.row).
-_RUN_STATE_COLUMNS_IN = (
+_STATE_ROW_COLUMNS = (
     "tenant_id uuid, run_id uuid, status text, attempt int, worker_id uuid, "
     "queued_at timestamptz, retry_at timestamptz, assigned_at timestamptz, "
     "started_at timestamptz, finished_at timestamptz, output jsonb, error jsonb")
@@ -285,35 +282,26 @@ UPDATE runs r SET status = t.status, attempt = t.attempt, worker_id = t.worker_i
        queued_at = t.queued_at, retry_at = t.retry_at, assigned_at = t.assigned_at,
        started_at = t.started_at, finished_at = t.finished_at, output = t.output,
        error = t.error
-FROM ({_row_set(_RUN_STATE_COLUMNS_IN, joined=True)}) AS t
+FROM ({_row_set(_STATE_ROW_COLUMNS, joined=True)}) AS t
 WHERE r.tenant_id = t.tenant_id AND r.run_id = t.run_id
 """
 
 _EVENT_COLUMNS = ("tenant_id uuid, run_id uuid, at timestamptz, attempt int, type text, "
                   "worker_id uuid, detail jsonb")
 
-_INSERT_EVENTS = f"""
-INSERT INTO run_events ({_names(_EVENT_COLUMNS)})
-{_row_set(_EVENT_COLUMNS)}
-"""
+_INSERT_EVENTS = _insert("run_events", _EVENT_COLUMNS)
 
 # triggered: a Postgres array literal of the run ids the event started
 _PUSHED_EVENT_COLUMNS = ("tenant_id uuid, event_id uuid, key text, payload jsonb, "
                          "metadata jsonb, created_at timestamptz, triggered uuid[], "
                          "replay_of uuid")
 
-_INSERT_PUSHED_EVENTS = f"""
-INSERT INTO events ({_names(_PUSHED_EVENT_COLUMNS)})
-{_row_set(_PUSHED_EVENT_COLUMNS)}
-"""
+_INSERT_PUSHED_EVENTS = _insert("events", _PUSHED_EVENT_COLUMNS)
 
 _LOG_COLUMNS = ("tenant_id uuid, run_id uuid, at timestamptz, attempt int, level text, "
                 "message text")
 
-_INSERT_LOGS = f"""
-INSERT INTO run_logs ({_names(_LOG_COLUMNS)})
-{_row_set(_LOG_COLUMNS)}
-"""
+_INSERT_LOGS = _insert("run_logs", _LOG_COLUMNS)
 
 _RATE_USAGE_COLUMNS = ("tenant_id uuid, key text, lim int, duration text, configured bool, "
                        "usage jsonb")
@@ -340,14 +328,11 @@ WHERE r.tenant_id = t.tenant_id AND r.key = t.key AND NOT r.configured
 _DURABLE_COLUMNS = ("tenant_id uuid, run_id uuid, position int, kind text, call text, "
                     "done bool, result jsonb, wait jsonb, finished_at timestamptz")
 
-_UPSERT_DURABLE = f"""
-INSERT INTO durable_log ({_names(_DURABLE_COLUMNS)})
-{_row_set(_DURABLE_COLUMNS)}
+_UPSERT_DURABLE = _insert("durable_log", _DURABLE_COLUMNS, """
 ON CONFLICT (tenant_id, run_id, position) DO UPDATE
 SET done = excluded.done, result = excluded.result, wait = excluded.wait,
     finished_at = excluded.finished_at
-WHERE NOT durable_log.done
-"""
+WHERE NOT durable_log.done""")
 
 _UPSERT_DEFINITIONS = f"""
 INSERT INTO task_definitions (tenant_id, name, options, updated_at)
