@@ -78,15 +78,3 @@ class WorkerProcess:
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def restart_local_postgres() -> None:
-    """Restart the machine's PostgreSQL cluster (the crash tests' outage)."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart",
-                    "-m", "fast"], check=True, capture_output=True, timeout=60)
-
-
-def local_postgres_restartable() -> bool:
-    return (os.path.isdir("/etc/postgresql") and "TASKYARD_TEST_DATABASE_URL" not in os.environ
-            and os.geteuid() == 0)

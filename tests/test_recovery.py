@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
+from taskyard.db import connect
+from taskyard.embedded import EmbeddedPostgres
 from taskyard.engine import Engine
+from taskyard.migrator import migrate
 from taskyard.testing import EngineProcess, clean_env
-from tests.support import (
-    LEDGER_TABLE,
-    WorkerProcess,
-    local_postgres_restartable,
-    restart_local_postgres,
-)
+from tests.conftest import engine_settings
+from tests.support import LEDGER_TABLE, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -202,10 +201,33 @@ async def _connected(http: aiohttp.ClientSession, headers: dict[str, str], count
         return len(await response.json()) >= count
 
 
-@pytest.mark.skipif(not local_postgres_restartable(),
-                    reason="needs the machine's own PostgreSQL cluster, restartable as root")
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A throwaway cluster of this test's own (initdb in a temporary folder): restarting the
+    machine's server would pull it from under everything else using it."""
+    cluster = EmbeddedPostgres(tmp_path / "cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 async def test_postgres_restarted_mid_run_loses_nothing_acknowledged(
-        engine: Engine, db_url: str, data_dir: Path, tmp_path: Path) -> None:
+        own_postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+    db_url = own_postgres.url
+    conn = await connect(db_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    data_dir = tmp_path / "data"
+    async with Engine(engine_settings(db_url, data_dir)) as engine:
+        await _count_work_through_a_restart(engine, own_postgres, db_url, data_dir, tmp_path)
+
+
+async def _count_work_through_a_restart(engine: Engine, cluster: EmbeddedPostgres, db_url: str,
+                                        data_dir: Path, tmp_path: Path) -> None:
     await execute(db_url, LEDGER_TABLE)
     token = (data_dir / "token").read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
@@ -227,7 +249,8 @@ async def test_postgres_restarted_mid_run_loses_nothing_acknowledged(
 
             producer = asyncio.create_task(keep_triggering())
             await asyncio.sleep(0.8)
-            await asyncio.to_thread(restart_local_postgres)
+            await asyncio.to_thread(cluster.stop)  # fast shutdown: sessions cut off
+            await asyncio.to_thread(cluster.start)
             await producer
             assert len(acknowledged) >= 1000
             await wait_until(lambda: _succeeded(db_url, len(acknowledged)), 120,
