@@ -20,6 +20,7 @@ from taskyard.repository import (
     new_run_row,
     register_node,
     write_batch,
+    written_before,
 )
 
 
@@ -140,11 +141,18 @@ async def test_idempotency_keys_dedupe_within_and_across_batches(persister: Pers
 async def test_a_committed_batch_is_recognised_on_retry(pool: asyncpg.Pool) -> None:
     node = uuid.uuid4()
     await register_node(pool, node)
-    batch = WriteBatch(uuid.uuid4(), [new_run(new_id())], {}, [], [], {})
+    first = new_id()
     async with pool.acquire() as conn:
+        await write_batch(conn, WriteBatch(uuid.uuid4(), [new_run(first, "k")], {}, [], [], {}),
+                          (node, "ordered"))
+        batch = WriteBatch(uuid.uuid4(), [new_run(new_id()), new_run(new_id(), "k")], {}, [],
+                           [], {})
         assert not await batch_committed(conn, node, "ordered", batch.batch_id)
-        await write_batch(conn, batch, (node, "ordered"))
+        written = await write_batch(conn, batch, (node, "ordered"))
         assert await batch_committed(conn, node, "ordered", batch.batch_id)
+        # a retry that finds the batch committed reads what became of its runs
+        assert await written_before(conn, batch) == written
+        assert [outcome.run_id == first for outcome in written.values()] == [False, True]
 
 
 async def test_new_runs_written_twice_are_found_as_created(pool: asyncpg.Pool) -> None:

@@ -49,7 +49,14 @@ import orjson
 
 from taskyard.db import TRANSIENT_ERRORS
 from taskyard.ratelimits import Usage
-from taskyard.repository import Inserted, Row, WriteBatch, batch_committed, write_batch
+from taskyard.repository import (
+    Inserted,
+    Row,
+    WriteBatch,
+    batch_committed,
+    write_batch,
+    written_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +332,7 @@ class Persister:
                     inserted = await write_batch(conn, batch, None)
                 elif retried and await batch_committed(conn, self.node_id, lane.name,
                                                        batch.batch_id):
-                    inserted = await self._already_inserted(conn, batch)
+                    inserted = await written_before(conn, batch)
                 else:
                     inserted = await write_batch(conn, batch, (self.node_id, lane.name))
                 break
@@ -371,21 +378,6 @@ class Persister:
         for _, waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
-
-    async def _already_inserted(self, conn: asyncpg.Connection,
-                                batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
-        """Results of a batch that had committed before the connection broke."""
-        rows = await conn.fetch(
-            "SELECT run_id, status FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS k(t, id) "
-            "ON r.tenant_id = k.t AND r.run_id = k.id",
-            [row[0] for row in batch.new_runs], [row[1] for row in batch.new_runs])
-        found = {row["run_id"]: row["status"] for row in rows}
-        result = {}
-        for row in batch.new_runs:
-            run_id = row[1]
-            assert isinstance(run_id, uuid.UUID)
-            result[run_id] = Inserted(run_id, run_id in found, found.get(run_id, str(row[4])))
-        return result
 
     def _flushed(self, lane: _Lane, rows: int, barriers: list[asyncio.Future[None]],
                  waiters: list[InsertWaiter], inserted: dict[uuid.UUID, Inserted] | None,

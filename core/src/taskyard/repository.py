@@ -470,6 +470,12 @@ async def write_batch(conn: asyncpg.Connection, batch: WriteBatch,
     return await _outcomes(conn, batch.new_runs, created)
 
 
+async def written_before(conn: asyncpg.Connection,
+                         batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
+    """What became of the new runs of a batch that committed before its answer was lost."""
+    return await _outcomes(conn, batch.new_runs, set())
+
+
 async def _outcomes(conn: asyncpg.Connection, new_runs: list[Row],
                     created: set[uuid.UUID]) -> dict[uuid.UUID, Inserted]:
     """Inserted, or (for a conflict) the run that was there first: read after the commit, since
