@@ -406,20 +406,30 @@ class Scheduler:
                 still.append(run_id)
         return finished, still
 
+    async def view(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView:
+        """A run's view, with its waiting reason; 404 when the tenant has no such run."""
+        view = await self._read_view(tenant_id, run_id)
+        view.waiting_reason = await self.waiting_reason(tenant_id, view)
+        return view
+
     async def result(self, tenant_id: uuid.UUID, run_id: uuid.UUID, timeout: float) -> RunView:
         """The run's view once it has finished, or after `timeout` seconds as it is then."""
         finished = self.waiters.watch(tenant_id, [run_id])
         try:
-            view = await self.runs.get_run(tenant_id, run_id)
-            if view is None:
-                raise NotFound(f"no run {run_id} in this tenant")
+            view = await self._read_view(tenant_id, run_id)
             if not view.status.terminal and timeout > 0:
                 await asyncio.wait(finished.values(), timeout=timeout)
                 if finished[run_id].done():
-                    view = await self.runs.get_run(tenant_id, run_id) or view
+                    view = await self._read_view(tenant_id, run_id)
         finally:
             self.waiters.unwatch(tenant_id, finished)
         view.waiting_reason = await self.waiting_reason(tenant_id, view)
+        return view
+
+    async def _read_view(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView:
+        view = await self.runs.get_run(tenant_id, run_id)
+        if view is None:
+            raise NotFound(f"no run {run_id} in this tenant")
         return view
 
     # -- rate limits -----------------------------------------------------------------------------

@@ -125,19 +125,11 @@ async def wait_runs(call: Call[WaitRequest]) -> Document:
     return Document({"runs": finished, "pending": pending})
 
 
-async def _view(call: Call[Any], run_id: uuid.UUID) -> RunView:
-    engine = call.request.app[ENGINE]
-    view = await engine.scheduler.runs.get_run(call.principal.tenant_id, run_id)
-    if view is None:
-        raise NotFound(f"no run {run_id} in this tenant")
-    view.waiting_reason = await engine.scheduler.waiting_reason(call.principal.tenant_id, view)
-    return view
-
-
 @router.get("/api/v1/runs/{run_id}", roles=ANY_ROLE, response=RunView)
 async def get_run(call: Call[None]) -> RunView:
     """A run: status, attempts with their timings, output or error."""
-    return await _view(call, call.path_uuid("run_id"))
+    engine = call.request.app[ENGINE]
+    return await engine.scheduler.view(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
 @router.get("/api/v1/runs/{run_id}/result", roles=ANY_ROLE, query=ResultQuery,
@@ -224,7 +216,7 @@ async def replay_run(call: Call[None]) -> RunView:
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
     await engine.scheduler.replay(call.principal.tenant_id, run_id)
-    return await _view(call, run_id)
+    return await engine.scheduler.view(call.principal.tenant_id, run_id)
 
 
 @router.get("/api/v1/workers", roles=ANY_ROLE, response=list[WorkerInfo])
