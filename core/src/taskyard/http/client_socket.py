@@ -34,14 +34,13 @@ from taskyard.http.errors import failure, next_request_id
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
     AUTHENTICATOR,
+    NO_BODY,
     Call,
     Endpoint,
     Router,
     authorize,
-    query_values,
-    reject_nul_characters,
+    invoke,
     result_encoder,
-    validate,
 )
 from taskyard_sdk import protocol
 
@@ -122,7 +121,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
                 await channel.receive(message.data)
             elif message.type is WSMsgType.BINARY:
                 channel.refuse(BadRequest("binary frames are not supported; send JSON "
-                                                "text frames"))
+                                          "text frames"))
             elif message.type is WSMsgType.ERROR:
                 log.info("client channel error: %s", ws.exception())
                 break
@@ -141,7 +140,7 @@ class _Channel:
         self.authorization = authorization
         self.writer = FrameWriter(ws, "client")
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.running: set[asyncio.Task[None]] = set()
+        self.running: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     async def receive(self, data: str) -> None:
         try:
@@ -149,8 +148,8 @@ class _Channel:
         except ValidationError as exc:
             error = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(part) for part in error["loc"])
-            self.refuse(BadRequest(f"frame is not a call: {where}: {error['msg']}"
-                                         if where else f"frame is not a call: {error['msg']}"))
+            detail = f"{where}: {error['msg']}" if where else error["msg"]
+            self.refuse(BadRequest(f"frame is not a call: {detail}"))
             return
         await self.slots.acquire()
         task = asyncio.create_task(self._serve(call, "\\u0000" in data))
@@ -164,18 +163,10 @@ class _Channel:
     async def _serve(self, call: protocol.ClientCall, nul: bool) -> None:
         try:
             route, params = self.routes.find(call.method, call.path)
-            endpoint = route.endpoint
-            principal = authorize(endpoint, await self.authenticate(self.authorization))
-            query = validate(endpoint.query, query_values(MultiDict(call.query), endpoint.query),
-                             "query")
-            body = None
-            if endpoint.body is not None:
-                if call.body is None:
-                    raise BadRequest("request body is empty; expected a JSON document")
-                if nul:
-                    reject_nul_characters(call.body, "body")
-                body = validate(endpoint.body, call.body, "body")
-            result = await endpoint.handler(Call(self.request, body, query, principal, params))
+            principal = authorize(route.endpoint, await self.authenticate(self.authorization))
+            result = await invoke(route.endpoint, self.request, principal, params,
+                                  MultiDict(call.query),
+                                  NO_BODY if call.body is None else call.body, nul)
             status, payload = route.encode(result)
         except Exception as exc:
             status, payload, _ = failure(exc, call.method, call.path, next_request_id())

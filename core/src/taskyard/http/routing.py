@@ -156,10 +156,9 @@ def _aiohttp_handler(endpoint: Endpoint, authenticate: Authenticator
         if endpoint.roles is not None:
             principal = authorize(endpoint, await authenticate(
                 request.headers.get("Authorization")))
-        query = validate(endpoint.query, query_values(request.query, endpoint.query), "query")
-        body = await read_body(request, endpoint.body) if endpoint.body is not None else None
-        result = await endpoint.handler(Call(request, body, query, principal,
-                                             request.match_info))
+        body, nul = await _json_body(request) if endpoint.body is not None else (NO_BODY, False)
+        result = await invoke(endpoint, request, principal, request.match_info, request.query,
+                              body, nul)
         if isinstance(result, web.StreamResponse):
             return result
         status, payload = encode(result)
@@ -198,18 +197,36 @@ def result_encoder(endpoint: Endpoint) -> Callable[[Any], tuple[int, bytes | Non
     return encode
 
 
-async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
-    """Parse and validate a JSON body; 400 for bad JSON, 422 naming the first bad field."""
+NO_BODY: Any = object()  # a call that came without a body
+
+
+async def invoke(endpoint: Endpoint, request: web.Request, principal: Principal | None,
+                 params: Mapping[str, str], query: MultiMapping[str], body: Any,
+                 nul: bool) -> Any:
+    """Validate a call's query and JSON body as the endpoint wants them, and run its handler:
+    the one way in for an HTTP request and for a client channel's call. `nul`: the body's JSON
+    text held an escaped NUL character. 400 for a missing body, 422 naming a bad field."""
+    values = validate(endpoint.query, query_values(query, endpoint.query), "query")
+    model = None
+    if endpoint.body is not None:
+        if body is NO_BODY:
+            raise BadRequest("request body is empty; expected a JSON document")
+        if nul:
+            reject_nul_characters(body, "body")
+        model = validate(endpoint.body, body, "body")
+    return await endpoint.handler(Call(request, model, values, principal, params))
+
+
+async def _json_body(request: web.Request) -> tuple[Any, bool]:
+    """The request's JSON body (NO_BODY when empty), and whether its text holds an escaped NUL;
+    400 for JSON that does not parse."""
     raw = await request.read()
     if not raw:
-        raise BadRequest("request body is empty; expected a JSON document")
+        return NO_BODY, False
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw), b"\\u0000" in raw
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if b"\\u0000" in raw:
-        reject_nul_characters(data, "body")
-    return validate(model, data, "body")
 
 
 def reject_nul_characters(value: Any, where: str) -> None:
