@@ -20,8 +20,8 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 from taskyard.errors import ApiError
 
@@ -46,38 +46,44 @@ def _expire(future: asyncio.Future[Any], name: str, handler: Any, timeout: float
 
 
 Message = tuple[Any, tuple[Any, ...], "asyncio.Future[Any] | None"]
+T = TypeVar("T")
 
 
-class Mailbox:
-    """Messages in arrival order, with one reader (the actor's own task). A deque and a wake-up
-    future: an asyncio.Queue costs several times more per message, and every request passes
-    through a few mailboxes."""
+class Mailbox(Generic[T]):
+    """Items in arrival order, with one reader: an actor's messages, a socket's outgoing frames.
+    A deque and a wake-up future: an asyncio.Queue costs several times more per item, and every
+    request passes through a few of these."""
 
-    __slots__ = ("_messages", "_wakeup")
+    __slots__ = ("_items", "_wakeup")
 
     def __init__(self) -> None:
-        self._messages: deque[Message] = deque()
+        self._items: deque[T] = deque()
         self._wakeup: asyncio.Future[None] | None = None
 
-    def put(self, message: Message) -> None:
-        self._messages.append(message)
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            if not wakeup.done():
-                wakeup.set_result(None)
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        self._wake()
 
-    async def get(self) -> Message:
-        while not self._messages:
+    def put_many(self, items: Iterable[T]) -> None:
+        self._items.extend(items)
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def get(self) -> T:
+        while not self._items:
             self._wakeup = asyncio.get_running_loop().create_future()
             await self._wakeup
-        return self._messages.popleft()
+        return self._items.popleft()
 
-    def get_nowait(self) -> Message:
-        return self._messages.popleft()
+    def get_nowait(self) -> T:
+        return self._items.popleft()
 
     def empty(self) -> bool:
-        return not self._messages
+        return not self._items
 
 
 class Actor:
@@ -87,7 +93,7 @@ class Actor:
     def __init__(self, name: str) -> None:
         self.name = name
         self.restarts = 0
-        self._mailbox = Mailbox()
+        self._mailbox: Mailbox[Message] = Mailbox()
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._stopped = False

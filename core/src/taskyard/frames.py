@@ -4,13 +4,13 @@ meanwhile goes in one frame (a JSON array), sent as the UTF-8 JSON it already is
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterable
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
-MAX_FRAME_MESSAGES = 1000
+from taskyard.actors import Mailbox
+from taskyard_sdk.protocol import MAX_FRAME_MESSAGES, encode_frame
 
 
 class FrameWriter:
@@ -19,18 +19,15 @@ class FrameWriter:
     def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
         self.ws = ws
         self.name = name
-        self._outbox: deque[BaseModel | bytes] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
+        self._outbox: Mailbox[BaseModel | bytes] = Mailbox()
         self._task: asyncio.Task[None] | None = None
 
     def send(self, message: BaseModel | bytes) -> None:
         """Queue a message (a model, or one already encoded as JSON)."""
-        self._outbox.append(message)
-        self._wake()
+        self._outbox.put(message)
 
     def send_many(self, messages: Iterable[BaseModel | bytes]) -> None:
-        self._outbox.extend(messages)
-        self._wake()
+        self._outbox.put_many(messages)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write(), name=f"writer:{self.name}")
@@ -41,30 +38,13 @@ class FrameWriter:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    def _wake(self) -> None:
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
-
     async def _write(self) -> None:
         outbox = self._outbox
-        loop = asyncio.get_running_loop()
         while True:
-            while not outbox:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-            if len(outbox) == 1:
-                data = _json(outbox.popleft())
-            else:
-                count = min(len(outbox), MAX_FRAME_MESSAGES)
-                data = b"[" + b",".join(_json(outbox.popleft()) for _ in range(count)) + b"]"
+            batch = [await outbox.get()]
+            while not outbox.empty() and len(batch) < MAX_FRAME_MESSAGES:
+                batch.append(outbox.get_nowait())
             try:
-                await self.ws.send_frame(data, WSMsgType.TEXT)
+                await self.ws.send_frame(encode_frame(batch), WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return  # the connection's handler notices the close and cleans up
-
-
-def _json(message: BaseModel | bytes) -> bytes:
-    if isinstance(message, bytes):
-        return message
-    return message.__pydantic_serializer__.to_json(message)

@@ -319,19 +319,15 @@ class Worker:
         self._send_queue.put_nowait(message)
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """What was queued meanwhile goes in one frame (up to 1,000 messages)."""
+        """What was queued meanwhile goes in one frame (up to MAX_FRAME_MESSAGES)."""
         assert self._send_queue is not None
         queue = self._send_queue
         while True:
             batch = [await queue.get()]
-            while not queue.empty() and len(batch) < 1000:
+            while not queue.empty() and len(batch) < protocol.MAX_FRAME_MESSAGES:
                 batch.append(queue.get_nowait())
-            if len(batch) == 1:
-                data = _json(batch[0])
-            else:
-                data = b"[" + b",".join(_json(m) for m in batch) + b"]"
             try:
-                await ws.send_frame(data, aiohttp.WSMsgType.TEXT)
+                await ws.send_frame(protocol.encode_frame(batch), aiohttp.WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return
 
@@ -525,7 +521,7 @@ class Worker:
         try:
             data = task.encode_output(output)
             message = protocol.Completed(**ref, output=data)
-            size = len(_json(message))
+            size = len(protocol.encode(message))
         except Exception as exc:
             return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
                 type="OutputNotSerializable",
@@ -541,10 +537,6 @@ class Worker:
 
 class _InvalidTaskInput(Exception):
     pass
-
-
-def _json(message: BaseModel) -> bytes:
-    return message.__pydantic_serializer__.to_json(message)
 
 
 def _error_info(exc: BaseException) -> ErrorInfo:

@@ -12,6 +12,7 @@ Answers may arrive several to a frame (a JSON array).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -236,6 +237,21 @@ EngineMessage = Annotated[Welcome | Assign | Cancel | Ack | Recorded | Error,
                           Field(discriminator="type")]
 engine_message = TypeAdapter(EngineMessage)
 _engine_frame = TypeAdapter(list[EngineMessage])
+MAX_FRAME_MESSAGES = 1000  # messages sent in one frame at most, by either side
+
+
+def encode(message: BaseModel | bytes) -> bytes:
+    """A message as JSON (one already encoded is passed through)."""
+    if isinstance(message, bytes):
+        return message
+    return message.__pydantic_serializer__.to_json(message)
+
+
+def encode_frame(messages: Sequence[BaseModel | bytes]) -> bytes:
+    """The frame of one message, or of several (a JSON array)."""
+    if len(messages) == 1:
+        return encode(messages[0])
+    return b"[" + b",".join(encode(message) for message in messages) + b"]"
 
 
 def decode_engine_frame(data: str | bytes) -> list[EngineMessage]:
