@@ -44,8 +44,9 @@ def engine_cpu(pid: int) -> float:
     return total / 1e9
 
 
-async def timed(pid: int, count: int, operations: int,
-                body: Callable[[], Awaitable[list[float] | None]]) -> Measure:
+async def timed(
+    pid: int, count: int, operations: int, body: Callable[[], Awaitable[list[float] | None]]
+) -> Measure:
     """Run `body` (which performs `count` requests covering `operations` operations) and
     return µs of engine CPU, µs of wall time and µs of client CPU per operation; when `body`
     returns per-call latencies, their p50 and p99 in ms."""
@@ -57,8 +58,12 @@ async def timed(pid: int, count: int, operations: int,
     await asyncio.sleep(0.05)  # what the last request left behind (its flush) counts too
     cpu = engine_cpu(pid) - cpu_before
     client = time.process_time() - client_before
-    measure = {"engine_cpu_us": cpu / operations * 1e6, "wall_us": wall / operations * 1e6,
-               "client_cpu_us": client / operations * 1e6, "requests": count}
+    measure = {
+        "engine_cpu_us": cpu / operations * 1e6,
+        "wall_us": wall / operations * 1e6,
+        "client_cpu_us": client / operations * 1e6,
+        "requests": count,
+    }
     if latencies:
         shares = percentiles([latency * 1000 for latency in latencies])
         measure["p50_ms"], measure["p99_ms"] = shares["p50"], shares["p99"]
@@ -106,13 +111,21 @@ async def result_frames(setup: Setup, http: aiohttp.ClientSession, count: int) -
     """A protocol client takes `count` runs, then reports each one's end in its own frame and
     waits for the engine's ack (sent once the result is committed)."""
     async with http.ws_connect("/api/v1/workers/connect") as ws:
-        await ws.send_str(protocol.Hello(
-            protocol=protocol.PROTOCOL_VERSION, worker_id=uuid.uuid4(), name="frames",
-            slots=count, tasks=[protocol.TaskDefinition(name="framed")]).model_dump_json())
+        await ws.send_str(
+            protocol.Hello(
+                protocol=protocol.PROTOCOL_VERSION,
+                worker_id=uuid.uuid4(),
+                name="frames",
+                slots=count,
+                tasks=[protocol.TaskDefinition(name="framed")],
+            ).model_dump_json()
+        )
         [welcome] = await engine_messages(ws)
         assert isinstance(welcome, protocol.Welcome), welcome
-        async with http.post("/api/v1/runs/batch", json={"runs": [
-                {"task": "framed", "input": n} for n in range(count)]}) as response:
+        async with http.post(
+            "/api/v1/runs/batch",
+            json={"runs": [{"task": "framed", "input": n} for n in range(count)]},
+        ) as response:
             assert response.status == 201, await response.text()
         assigned: list[protocol.Assign] = []
         while len(assigned) < count:
@@ -124,9 +137,11 @@ async def result_frames(setup: Setup, http: aiohttp.ClientSession, count: int) -
             latencies = []
             for assign in assigned:
                 sent = time.perf_counter()
-                await ws.send_str(protocol.Completed(run_id=assign.run_id,
-                                                     attempt=assign.attempt,
-                                                     output=assign.input).model_dump_json())
+                await ws.send_str(
+                    protocol.Completed(
+                        run_id=assign.run_id, attempt=assign.attempt, output=assign.input
+                    ).model_dump_json()
+                )
                 [ack] = await engine_messages(ws)
                 assert isinstance(ack, protocol.Ack), ack
                 latencies.append(time.perf_counter() - sent)
@@ -137,8 +152,10 @@ async def result_frames(setup: Setup, http: aiohttp.ClientSession, count: int) -
 
 async def one_engine(sizes: dict[str, int]) -> dict[str, Measure]:
     figures: dict[str, Measure] = {}
-    async with engine_setup() as setup, aiohttp.ClientSession(
-            base_url=setup.engine.url, headers=setup.headers) as http:
+    async with (
+        engine_setup() as setup,
+        aiohttp.ClientSession(base_url=setup.engine.url, headers=setup.headers) as http,
+    ):
         pid = setup.engine.pid
         ty = Taskyard(setup.engine.url, setup.token)
 
@@ -166,8 +183,7 @@ async def one_engine(sizes: dict[str, int]) -> dict[str, Measure]:
         async def batches() -> None:
             queued.extend(await batch(http, sizes["batches"], 100_000))
 
-        figures["batch_run"] = await timed(pid, sizes["batches"], sizes["batches"] * 1000,
-                                           batches)
+        figures["batch_run"] = await timed(pid, sizes["batches"], sizes["batches"] * 1000, batches)
 
         async def sdk_no_wait() -> list[float]:
             latencies = []
@@ -185,8 +201,9 @@ async def one_engine(sizes: dict[str, int]) -> dict[str, Measure]:
             for _ in range(sizes["batches"]):
                 queued.extend(str(h.run_id) for h in await noop.aio_run_many_no_wait(inputs))
 
-        figures["sdk_run_many_no_wait"] = await timed(pid, sizes["batches"],
-                                                      sizes["batches"] * 1000, sdk_many)
+        figures["sdk_run_many_no_wait"] = await timed(
+            pid, sizes["batches"], sizes["batches"] * 1000, sdk_many
+        )
 
         workers = setup.workers(1, 200)
         await setup.wait_for_workers(http, 1)
@@ -227,23 +244,30 @@ LABELS = {
 
 
 async def main(runs: int, single: int) -> None:
-    sizes = {"read": single * 2, "single": single, "batches": 10, "runs": single // 2,
-             "frames": single}
+    sizes = {
+        "read": single * 2,
+        "single": single,
+        "batches": 10,
+        "runs": single // 2,
+        "frames": single,
+    }
     samples = [await one_engine(sizes) for _ in range(runs)]
     figures: dict[str, Any] = {}
     table = []
     for name, label in LABELS.items():
         keys = [key for key in samples[0][name] if key != "requests"]
-        figures[name] = {key: summary([sample[name][key] for sample in samples])
-                         for key in keys}
+        figures[name] = {key: summary([sample[name][key] for sample in samples]) for key in keys}
         cpu, wall = figures[name]["engine_cpu_us"], figures[name]["wall_us"]
-        text = (f"engine CPU {cpu['median']:.0f} µs (range {cpu['min']:.0f}-{cpu['max']:.0f}), "
-                f"wall {wall['median']:.0f} µs")
+        text = (
+            f"engine CPU {cpu['median']:.0f} µs (range {cpu['min']:.0f}-{cpu['max']:.0f}), "
+            f"wall {wall['median']:.0f} µs"
+        )
         if name.startswith("sdk"):
             text += f", client CPU {figures[name]['client_cpu_us']['median']:.0f} µs"
         if "p50_ms" in figures[name]:
-            text += (f", p50 {figures[name]['p50_ms']['median']:.2f} ms, "
-                     f"p99 {figures[name]['p99_ms']['median']:.2f} ms")
+            text += (
+                f", p50 {figures[name]['p50_ms']['median']:.2f} ms, "
+                f"p99 {figures[name]['p99_ms']['median']:.2f} ms"
+            )
         table.append((label, text))
-    await write_result("edge", {"runs": runs, **sizes, "cores": os.cpu_count()}, figures,
-                       table)
+    await write_result("edge", {"runs": runs, **sizes, "cores": os.cpu_count()}, figures, table)

@@ -50,8 +50,9 @@ class RawChannel:
         await asyncio.gather(self.reader, return_exceptions=True)
 
 
-async def open_channel(http: aiohttp.ClientSession, url: str,
-                       headers: dict[str, str]) -> RawChannel:
+async def open_channel(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> RawChannel:
     ws = await http.ws_connect(f"{url}/api/v1/clients/connect", headers=headers)
     return RawChannel(ws, from_json((await ws.receive()).data))
 
@@ -65,52 +66,86 @@ async def channel(engine: Engine, tenant: TenantTokens) -> AsyncIterator[RawChan
         await raw.ws.close()
 
 
-async def rest(engine: Engine, tenant: TenantTokens, method: str, path: str,
-               body: Any = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http, http.request(
-            method, engine.url + path, json=body, headers=tenant.headers("client")) as response:
+async def rest(
+    engine: Engine, tenant: TenantTokens, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, engine.url + path, json=body, headers=tenant.headers("client")
+        ) as response,
+    ):
         return response.status, await response.json()
 
 
-async def test_a_call_answers_as_its_rest_endpoint(engine: Engine, tenant: TenantTokens,
-                                                   channel: RawChannel) -> None:
+async def test_a_call_answers_as_its_rest_endpoint(
+    engine: Engine, tenant: TenantTokens, channel: RawChannel
+) -> None:
     assert channel.welcome["type"] == "welcome"
     assert channel.welcome["max_message_bytes"] == engine.settings.max_request_bytes
     trigger = {"task": "resize", "input": {"url": "a.png"}, "idempotency_key": "k1"}
-    created = await channel.call({"id": 1, "method": "POST", "path": "/api/v1/runs",
-                                  "body": trigger})
+    created = await channel.call(
+        {"id": 1, "method": "POST", "path": "/api/v1/runs", "body": trigger}
+    )
     assert created["status"] == 201
     run_id = created["body"]["run_id"]
-    again = await channel.call({"id": 2, "method": "POST", "path": "/api/v1/runs",
-                                "body": trigger})
+    again = await channel.call({"id": 2, "method": "POST", "path": "/api/v1/runs", "body": trigger})
     status, over_http = await rest(engine, tenant, "POST", "/api/v1/runs", trigger)
-    assert (again["status"], again["body"]) == (status, over_http) == (
-        200, {**created["body"], "created": False})
+    assert (
+        (again["status"], again["body"])
+        == (status, over_http)
+        == (200, {**created["body"], "created": False})
+    )
     read = await channel.call({"id": 3, "method": "GET", "path": f"/api/v1/runs/{run_id}"})
     status, view = await rest(engine, tenant, "GET", f"/api/v1/runs/{run_id}")
     assert (read["status"], read["body"]) == (status, view)
-    listed = await channel.call({"id": 4, "method": "GET", "path": "/api/v1/runs",
-                                 "query": [["task", "resize"], ["limit", "5"]]})
+    listed = await channel.call(
+        {
+            "id": 4,
+            "method": "GET",
+            "path": "/api/v1/runs",
+            "query": [["task", "resize"], ["limit", "5"]],
+        }
+    )
     assert [run["run_id"] for run in listed["body"]["runs"]] == [run_id]
 
 
-@pytest.mark.parametrize(("frame", "status", "message"), [
-    ({"id": 1, "method": "POST", "path": "/api/v1/runs", "body": {"task": "bad name!"}},
-     422, "body.task"),
-    ({"id": 1, "method": "POST", "path": "/api/v1/runs"}, 400, "request body is empty"),
-    ({"id": 1, "method": "POST", "path": "/api/v1/runs",
-      "body": {"task": "t", "input": "a\u0000b"}}, 422, "NUL character"),
-    ({"id": 1, "method": "GET", "path": f"/api/v1/runs/{uuid.uuid4()}"}, 404, "no run"),
-    ({"id": 1, "method": "GET", "path": "/api/v1/runs/not-a-uuid"}, 422, "path.run_id"),
-    ({"id": 1, "method": "DELETE", "path": "/api/v1/runs"}, 405, "allowed: GET"),
-    ({"id": 1, "method": "GET", "path": "/api/v1/nowhere"}, 404, "no endpoint"),
-    ({"id": 1, "method": "GET", "path": "/api/v1/tokens"}, 403, "needs a token with role admin"),
-    ({"id": 1, "method": "GET", "path": "/api/v1/runs/x/stream"}, 404, "no endpoint"),
-    ({"method": "GET", "path": "/api/v1/runs"}, 400, "frame is not a call: id"),
-    ("not json", 400, "frame is not a call"),
-])
-async def test_bad_calls_get_the_rest_error(channel: RawChannel, frame: dict[str, Any] | str,
-                                            status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    ("frame", "status", "message"),
+    [
+        (
+            {"id": 1, "method": "POST", "path": "/api/v1/runs", "body": {"task": "bad name!"}},
+            422,
+            "body.task",
+        ),
+        ({"id": 1, "method": "POST", "path": "/api/v1/runs"}, 400, "request body is empty"),
+        (
+            {
+                "id": 1,
+                "method": "POST",
+                "path": "/api/v1/runs",
+                "body": {"task": "t", "input": "a\u0000b"},
+            },
+            422,
+            "NUL character",
+        ),
+        ({"id": 1, "method": "GET", "path": f"/api/v1/runs/{uuid.uuid4()}"}, 404, "no run"),
+        ({"id": 1, "method": "GET", "path": "/api/v1/runs/not-a-uuid"}, 422, "path.run_id"),
+        ({"id": 1, "method": "DELETE", "path": "/api/v1/runs"}, 405, "allowed: GET"),
+        ({"id": 1, "method": "GET", "path": "/api/v1/nowhere"}, 404, "no endpoint"),
+        (
+            {"id": 1, "method": "GET", "path": "/api/v1/tokens"},
+            403,
+            "needs a token with role admin",
+        ),
+        ({"id": 1, "method": "GET", "path": "/api/v1/runs/x/stream"}, 404, "no endpoint"),
+        ({"method": "GET", "path": "/api/v1/runs"}, 400, "frame is not a call: id"),
+        ("not json", 400, "frame is not a call"),
+    ],
+)
+async def test_bad_calls_get_the_rest_error(
+    channel: RawChannel, frame: dict[str, Any] | str, status: int, message: str
+) -> None:
     answer = await channel.call(frame)
     assert answer["status"] == status
     assert message in answer["body"]["error"]["message"]
@@ -119,12 +154,20 @@ async def test_bad_calls_get_the_rest_error(channel: RawChannel, frame: dict[str
 
 
 async def test_a_long_poll_holds_up_nothing(channel: RawChannel) -> None:
-    created = await channel.call({"id": 1, "method": "POST", "path": "/api/v1/runs",
-                                  "body": {"task": "slow"}})
+    created = await channel.call(
+        {"id": 1, "method": "POST", "path": "/api/v1/runs", "body": {"task": "slow"}}
+    )
     run_id = created["body"]["run_id"]
-    waiting = asyncio.ensure_future(channel.call({
-        "id": 2, "method": "POST", "path": "/api/v1/runs/wait",
-        "body": {"run_ids": [run_id], "timeout": 1.0}}))
+    waiting = asyncio.ensure_future(
+        channel.call(
+            {
+                "id": 2,
+                "method": "POST",
+                "path": "/api/v1/runs/wait",
+                "body": {"run_ids": [run_id], "timeout": 1.0},
+            }
+        )
+    )
     started = time.monotonic()
     whoami = await channel.call({"id": 3, "method": "GET", "path": "/api/v1/whoami"})
     assert whoami["status"] == 200
@@ -133,13 +176,15 @@ async def test_a_long_poll_holds_up_nothing(channel: RawChannel) -> None:
 
 
 async def test_a_revoked_token_is_refused_from_its_next_call(
-        engine: Engine, tenant: TenantTokens) -> None:
+    engine: Engine, tenant: TenantTokens
+) -> None:
     token, secret = await engine.repository.create_token(tenant.tenant_id, Role.CLIENT)
     async with aiohttp.ClientSession() as http:
         raw = await open_channel(http, engine.url, {"Authorization": f"Bearer {secret}"})
         try:
             assert (await raw.call({"id": 1, "method": "GET", "path": "/api/v1/whoami"}))[
-                "status"] == 200
+                "status"
+            ] == 200
             await engine.revoke_token(token.token_id, tenant.tenant_id)
             refused = await raw.call({"id": 2, "method": "GET", "path": "/api/v1/whoami"})
             assert refused["status"] == 401
@@ -165,6 +210,7 @@ async def test_a_call_too_large_for_a_frame_goes_over_http(db_url: str, tmp_path
     async with Engine(engine_settings(db_url, tmp_path, max_request_bytes=64 * 1024)) as small:
         ty = Taskyard(url=small.url, token=(tmp_path / "token").read_text().strip())
         try:
+
             @ty.task(name="wide")
             async def wide(text: str) -> int:
                 return len(text)
@@ -179,8 +225,7 @@ async def test_a_call_too_large_for_a_frame_goes_over_http(db_url: str, tmp_path
 async def test_a_call_in_flight_when_the_channel_closes(engine: Engine, ty: Taskyard) -> None:
     """A read is sent again on a new channel; a call that may have changed something raises
     ConnectionLost instead (it may or may not have been applied)."""
-    run_id = (await ty.transport.request("POST", "/api/v1/runs", json_body={"task": "x"}))[
-        "run_id"]
+    run_id = (await ty.transport.request("POST", "/api/v1/runs", json_body={"task": "x"}))["run_id"]
 
     async def close_channels_soon() -> None:
         await asyncio.sleep(0.3)
@@ -190,12 +235,12 @@ async def test_a_call_in_flight_when_the_channel_closes(engine: Engine, ty: Task
 
     wait = {"run_ids": [run_id], "timeout": 1.0}
     closing = asyncio.ensure_future(close_channels_soon())
-    answer = await ty.transport.request("POST", "/api/v1/runs/wait", json_body=wait,
-                                        idempotent=True)
+    answer = await ty.transport.request(
+        "POST", "/api/v1/runs/wait", json_body=wait, idempotent=True
+    )
     assert answer["pending"] == [run_id], "sent again, answered"
     await closing
     closing = asyncio.ensure_future(close_channels_soon())
     with pytest.raises(ConnectionLost, match="may or may not have been applied"):
-        await ty.transport.request("POST", "/api/v1/runs/wait", json_body=wait,
-                                   idempotent=False)
+        await ty.transport.request("POST", "/api/v1/runs/wait", json_body=wait, idempotent=False)
     await closing

@@ -22,14 +22,14 @@ from tests.support import taskyard
 
 
 async def whoami(http: aiohttp.ClientSession, url: str, token: str) -> int:
-    async with http.get(f"{url}/api/v1/whoami",
-                        headers={"Authorization": f"Bearer {token}"}) as response:
+    async with http.get(
+        f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
         await response.read()
         return response.status
 
 
-async def until_refused(http: aiohttp.ClientSession, url: str, token: str,
-                        within: float) -> float:
+async def until_refused(http: aiohttp.ClientSession, url: str, token: str, within: float) -> float:
     """Seconds until the token is refused; fails after `within`."""
     started = time.monotonic()
     while await whoami(http, url, token) != 401:
@@ -39,30 +39,34 @@ async def until_refused(http: aiohttp.ClientSession, url: str, token: str,
 
 
 async def test_revoked_on_another_engine_is_refused_at_once(
-        engine: Engine, db_url: str, tmp_path: Path, http: aiohttp.ClientSession,
-        tenant: TenantTokens) -> None:
+    engine: Engine, db_url: str, tmp_path: Path, http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
     async with Engine(engine_settings(db_url, tmp_path / "second")) as second:
         token, secret = await engine.repository.create_token(tenant.tenant_id, Role.CLIENT)
         assert await whoami(http, second.url, secret) == 200  # cached on the second engine
-        async with http.delete(f"{engine.url}/api/v1/tokens/{token.token_id}",
-                               headers=tenant.headers()) as response:
+        async with http.delete(
+            f"{engine.url}/api/v1/tokens/{token.token_id}", headers=tenant.headers()
+        ) as response:
             assert response.status == 200
         assert await whoami(http, engine.url, secret) == 401  # the revoking engine: next request
         assert await until_refused(http, second.url, secret, within=1.0) < 0.5
 
 
 async def test_revoked_from_the_cli_is_refused_at_once(
-        engine: Engine, db_url: str, http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    engine: Engine, db_url: str, http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
     token, secret = await engine.repository.create_token(tenant.tenant_id, Role.WORKER)
     assert await whoami(http, engine.url, secret) == 200
-    result = await asyncio.to_thread(taskyard, "token", "revoke", str(token.token_id),
-                                     "--database-url", db_url, env=clean_env())
+    result = await asyncio.to_thread(
+        taskyard, "token", "revoke", str(token.token_id), "--database-url", db_url, env=clean_env()
+    )
     assert result.returncode == 0, result.stderr
     assert await until_refused(http, engine.url, secret, within=1.0) < 0.5
 
 
 async def test_a_revocation_missed_while_the_listener_was_down_still_applies(
-        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
     """The listener's connection is killed and the token revoked behind its back (no notice
     reaches the engine): while the listener is down every request is looked up, and once it is
     back its cache starts empty, so the token is refused throughout, long before its cache entry
@@ -71,15 +75,20 @@ async def test_a_revocation_missed_while_the_listener_was_down_still_applies(
     assert await whoami(http, engine.url, secret) == 200
     killed = await engine.pool.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
     assert killed == 1
-    await engine.pool.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = "
-                              "sha256(convert_to($1, 'UTF8'))", secret)
+    await engine.pool.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = "
+        "sha256(convert_to($1, 'UTF8'))",
+        secret,
+    )
     assert await until_refused(http, engine.url, secret, within=5.0) < engine.token_cache.ttl
     for _ in range(100):
         listening = await engine.pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
         if listening:
             break
         await asyncio.sleep(0.05)
@@ -89,8 +98,9 @@ async def test_a_revocation_missed_while_the_listener_was_down_still_applies(
         assert await whoami(http, engine.url, tenant.client) == 200
 
 
-async def test_entries_expire_after_their_ttl(db_url: str, engine: Engine,
-                                              tenant: TenantTokens) -> None:
+async def test_entries_expire_after_their_ttl(
+    db_url: str, engine: Engine, tenant: TenantTokens
+) -> None:
     """Belt and braces: even a revocation no engine was told of ends at the TTL."""
     pool = await create_pool(db_url)
     now = [1000.0]
@@ -101,8 +111,11 @@ async def test_entries_expire_after_their_ttl(db_url: str, engine: Engine,
         principal = await cache.principal(secret)
         assert principal is not None
         assert principal.role is Role.CLIENT
-        await pool.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = "
-                           "sha256(convert_to($1, 'UTF8'))", secret)
+        await pool.execute(
+            "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = "
+            "sha256(convert_to($1, 'UTF8'))",
+            secret,
+        )
         now[0] += 29.0
         assert await cache.principal(secret) is not None  # cached, and no notice was sent
         now[0] += 2.0
@@ -126,7 +139,8 @@ async def test_unknown_tokens_are_bounded(db_url: str) -> None:
 
 
 async def test_a_database_without_notifications_still_authenticates(
-        engine: Engine, db_url: str, tenant: TenantTokens) -> None:
+    engine: Engine, db_url: str, tenant: TenantTokens
+) -> None:
     """With no listener at all (it cannot connect), every request is looked up: correct, just
     slower."""
     pool = await create_pool(db_url)
@@ -135,8 +149,11 @@ async def test_a_database_without_notifications_still_authenticates(
     try:
         _, secret = await engine.repository.create_token(tenant.tenant_id, Role.CLIENT)
         assert await cache.principal(secret) is not None
-        await pool.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = "
-                           "sha256(convert_to($1, 'UTF8'))", secret)
+        await pool.execute(
+            "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = "
+            "sha256(convert_to($1, 'UTF8'))",
+            secret,
+        )
         assert await cache.principal(secret) is None
     finally:
         await cache.stop()

@@ -34,8 +34,15 @@ log = logging.getLogger(__name__)
 
 
 class TokenCache:
-    def __init__(self, repository: Repository, database_url: str, *, ttl: float = 30.0,
-                 max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        database_url: str,
+        *,
+        ttl: float = 30.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.repository = repository
         self.database_url = database_url
         self.ttl = ttl
@@ -53,8 +60,11 @@ class TokenCache:
         try:
             await self._listen()
         except Exception as exc:  # serve anyway, uncached, and keep trying
-            log.warning("cannot listen for token revocations (%s); tokens are looked up on "
-                        "every request until it can", exc)
+            log.warning(
+                "cannot listen for token revocations (%s); tokens are looked up on "
+                "every request until it can",
+                exc,
+            )
             self._listen_later()
 
     async def stop(self) -> None:
@@ -128,8 +138,10 @@ class TokenCache:
         self._listener = None
         self._clear()
         if not self._stopped:
-            log.warning("lost the connection that listens for token revocations; tokens are "
-                        "looked up on every request until it is back")
+            log.warning(
+                "lost the connection that listens for token revocations; tokens are "
+                "looked up on every request until it is back"
+            )
             self._listen_later()
 
     def _listen_later(self) -> None:

@@ -40,8 +40,9 @@ class CallTooLarge(Exception):
 
 
 class Channel:
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, welcome: protocol.ClientWelcome
-                 ) -> None:
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, welcome: protocol.ClientWelcome
+    ) -> None:
         self._ws = ws
         self.max_message_bytes = welcome.max_message_bytes
         self._ids = itertools.count(1)
@@ -49,17 +50,20 @@ class Channel:
         self._reader = asyncio.create_task(self._read(), name="taskyard-channel")
 
     @classmethod
-    async def open(cls, session: aiohttp.ClientSession, url: str,
-                   headers: dict[str, str]) -> Channel:
+    async def open(
+        cls, session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+    ) -> Channel:
         try:
             ws = await session.ws_connect(url + PATH, headers=headers, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
-            raise ChannelRefused(f"{url} refused a channel ({exc.status})",
-                                 for_good=exc.status == 404) from exc
+            raise ChannelRefused(
+                f"{url} refused a channel ({exc.status})", for_good=exc.status == 404
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise EngineUnreachable(
                 f"cannot reach the Taskyard engine at {url}: {exc}. Is it running? Start one "
-                f"with `taskyard engine`, or set TASKYARD_URL.") from exc
+                f"with `taskyard engine`, or set TASKYARD_URL."
+            ) from exc
         try:
             first = await ws.receive(timeout=15)
             welcome = protocol.ClientWelcome.model_validate_json(first.data)
@@ -72,8 +76,9 @@ class Channel:
     def closed(self) -> bool:
         return self._reader.done()
 
-    async def call(self, method: str, path: str, body: bytes | None,
-                   params: Sequence[tuple[str, str]] | None) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, body: bytes | None, params: Sequence[tuple[str, str]] | None
+    ) -> tuple[int, Any]:
         """The call's REST status and decoded body."""
         call_id = next(self._ids)
         frame = b'{"id":%d,"method":"%s","path":%s' % (call_id, method.encode(), to_json(path))

@@ -69,7 +69,8 @@ class ChannelRoutes:
             if "{" in endpoint.path:
                 pattern = "/".join(
                     f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
-                    for part in endpoint.path.split("/"))
+                    for part in endpoint.path.split("/")
+                )
                 self._patterns.append((endpoint.method, re.compile(f"^{pattern}$"), route))
             else:
                 self._exact[(endpoint.method, endpoint.path)] = route
@@ -86,8 +87,9 @@ class ChannelRoutes:
                     return candidate, match.groupdict()
                 allowed.add(pattern_method)
         if allowed:
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: "
-                                   f"{', '.join(sorted(allowed))}")
+            raise MethodNotAllowed(
+                f"{method} is not allowed on {path}; allowed: {', '.join(sorted(allowed))}"
+            )
         raise NotFound(f"no endpoint at {path} served over the client channel")
 
 
@@ -100,8 +102,10 @@ def install(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
 
 async def _close_channels(app: web.Application) -> None:
     channels: set[web.WebSocketResponse] = app[CHANNELS]
-    await asyncio.gather(*(ws.close(code=1001, message=b"engine shutting down")
-                           for ws in list(channels)), return_exceptions=True)
+    await asyncio.gather(
+        *(ws.close(code=1001, message=b"engine shutting down") for ws in list(channels)),
+        return_exceptions=True,
+    )
 
 
 @router.get("/api/v1/clients/connect", roles=list(Role), channel=False)
@@ -120,8 +124,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
             if message.type is WSMsgType.TEXT:
                 await channel.receive(message.data)
             elif message.type is WSMsgType.BINARY:
-                channel.refuse(BadRequest("binary frames are not supported; send JSON "
-                                          "text frames"))
+                channel.refuse(BadRequest("binary frames are not supported; send JSON text frames"))
             elif message.type is WSMsgType.ERROR:
                 log.info("client channel error: %s", ws.exception())
                 break
@@ -132,8 +135,9 @@ async def connect(call: Call[None]) -> web.StreamResponse:
 
 
 class _Channel:
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse,
-                 authorization: str | None) -> None:
+    def __init__(
+        self, request: web.Request, ws: web.WebSocketResponse, authorization: str | None
+    ) -> None:
         self.request = request
         self.routes = request.app[ROUTES]
         self.authenticate = request.app[AUTHENTICATOR]
@@ -164,9 +168,15 @@ class _Channel:
         try:
             route, params = self.routes.find(call.method, call.path)
             principal = authorize(route.endpoint, await self.authenticate(self.authorization))
-            result = await invoke(route.endpoint, self.request, principal, params,
-                                  MultiDict(call.query),
-                                  NO_BODY if call.body is None else call.body, nul)
+            result = await invoke(
+                route.endpoint,
+                self.request,
+                principal,
+                params,
+                MultiDict(call.query),
+                NO_BODY if call.body is None else call.body,
+                nul,
+            )
             status, payload = route.encode(result)
         except Exception as exc:
             status, payload, _ = failure(exc, call.method, call.path, next_request_id())
@@ -174,13 +184,14 @@ class _Channel:
 
     def refuse(self, error: Exception) -> None:
         """A frame that is not a call: answered without an id."""
-        status, payload, _ = failure(error, "FRAME", "/api/v1/clients/connect",
-                                     next_request_id())
+        status, payload, _ = failure(error, "FRAME", "/api/v1/clients/connect", next_request_id())
         self.writer.send(_answer(None, status, payload))
 
 
 def _answer(call_id: int | None, status: int, body: bytes | None) -> bytes:
     """A `protocol.ClientAnswer`, encoded directly: the body is the JSON it already is."""
     return b'{"id":%s,"status":%d,"body":%s}' % (
-        b"null" if call_id is None else str(call_id).encode(), status,
-        body if body is not None else b"null")
+        b"null" if call_id is None else str(call_id).encode(),
+        status,
+        body if body is not None else b"null",
+    )
