@@ -260,3 +260,45 @@ def decode_engine_frame(data: str | bytes) -> list[EngineMessage]:
     if data[:1] in ("[", b"["):
         return _engine_frame.validate_json(data)
     return [engine_message.validate_json(data)]
+
+
+MAX_JSON_DEPTH = 100
+"""How deep any JSON document sent to the engine may nest (a REST body, a worker frame, an input,
+output or payload inside them). The engine refuses deeper ones at the edge: its JSON encoder
+stops at 254 levels, and a document it accepted must be one it can write back."""
+
+
+def too_deep(text: str | bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Where `value` (parsed from `text`) nests deeper than `limit`, as a path such as
+    `input.a[0].b` (shortened), or None. The text's bracket count rules most documents out
+    without walking them."""
+    opening = (b"{", b"[") if isinstance(text, bytes) else ("{", "[")
+    if text.count(opening[0]) + text.count(opening[1]) <= limit:
+        return None
+    return deeper_than(value, limit)
+
+
+def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Where a parsed JSON value nests deeper than `limit`, as a path, or None."""
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(value, 1, ())]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.items()
+        elif isinstance(item, list):
+            children = enumerate(item)
+        else:
+            continue
+        if depth > limit:
+            return _path_text(path)
+        stack.extend((child, depth + 1, (*path, key)) for key, child in children
+                     if isinstance(child, dict | list))
+    return None
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    shown = path if len(path) <= 6 else (*path[:3], "…", *path[-2:])
+    text = ""
+    for part in shown:
+        text += f"[{part}]" if isinstance(part, int) else (part if part == "…" else f".{part}")
+    return text.lstrip(".") or "(top level)"
