@@ -110,3 +110,24 @@ async def test_a_token_cannot_reach_another_tenant(engine: Engine, http: aiohttp
     assert str(other_token.token_id) not in ids
     still = await engine.repository.list_tokens(other.tenant_id)
     assert still[0].revoked_at is None
+
+
+async def test_the_last_admin_token_of_a_tenant_cannot_be_revoked_over_rest(
+        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    async with http.get("/api/v1/tokens", headers=tenant.headers()) as response:
+        [admin] = [t for t in await response.json() if t["role"] == "admin"]
+    async with http.delete(f"/api/v1/tokens/{admin['token_id']}",
+                           headers=tenant.headers()) as response:
+        assert response.status == 409
+        assert "last admin token" in (await error_of(response))["message"]
+    async with http.post("/api/v1/tokens", json={"role": "admin", "name": "second"},
+                         headers=tenant.headers()) as response:
+        second = await response.json()
+    async with http.delete(f"/api/v1/tokens/{admin['token_id']}",
+                           headers=tenant.headers()) as response:
+        assert response.status == 200  # another admin token remains
+    headers = {"Authorization": f"Bearer {second['token']}"}
+    async with http.delete(f"/api/v1/tokens/{second['token_id']}", headers=headers) as response:
+        assert response.status == 409
+    async with http.get("/api/v1/whoami", headers=headers) as response:
+        assert response.status == 200

@@ -140,6 +140,19 @@ async def test_unknown_runs_and_other_tenants_runs_are_404(
     status, invalid = await get(http, "/api/v1/runs/not-an-id", tenant)
     assert status == 422
     assert "path.run_id" in invalid["error"]["message"]  # type: ignore[index]
+    # Nor can another tenant's run be named as a parent, of a run or of a run in a batch.
+    for path, body, field in (
+            ("/api/v1/runs", {"task": "t", "parent_run_id": other_run}, "body.parent_run_id"),
+            ("/api/v1/runs/batch", {"runs": [{"task": "t"}, {"task": "t",
+                                                             "parent_run_id": other_run}]},
+             "body.runs[1].parent_run_id")):
+        status, refused = await post(http, path, tenant, body)
+        assert status == 422, path
+        assert refused["error"]["message"] == f"{field}: no run {other_run} in this tenant"
+    status, mine = await post(http, "/api/v1/runs", tenant, {"task": "t"})
+    status, child = await post(http, "/api/v1/runs", tenant,
+                               {"task": "t", "parent_run_id": mine["run_id"]})
+    assert status == 201
 
 
 async def test_cancel_a_queued_run_then_replay_it(http: aiohttp.ClientSession,

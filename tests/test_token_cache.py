@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from taskyard.auth import Role
 from taskyard.db import create_pool
@@ -18,6 +19,7 @@ from taskyard.repository import Repository
 from taskyard.testing import clean_env
 from taskyard.token_cache import TokenCache
 from tests.conftest import TenantTokens, engine_settings
+from taskyard_sdk import RunStatus, Taskyard, WorkerStopped
 from tests.support import taskyard
 
 
@@ -158,3 +160,54 @@ async def test_a_database_without_notifications_still_authenticates(
     finally:
         await cache.stop()
         await pool.close()
+
+
+async def test_revoking_a_token_cuts_off_the_workers_connected_with_it(
+    engine: Engine, db_url: str, tmp_path: Path, http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
+    """A worker connected with a token, to this engine or another one, is disconnected when the
+    token is revoked: its attempt is lost (and retried), what it sends after is not taken, and
+    the SDK stops saying why instead of reconnecting."""
+    admin = Taskyard(url=engine.url, token=tenant.admin)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @admin.task(name="held", retries=1)
+    async def held(n: int) -> int:
+        started.set()
+        await release.wait()
+        return n
+
+    async with Engine(engine_settings(db_url, tmp_path / "second")) as second:
+        for serving in (engine, second):
+            started.clear()
+            release.clear()
+            token, secret = await engine.repository.create_token(tenant.tenant_id, Role.WORKER)
+            revoked_client = Taskyard(url=serving.url, token=secret)
+            revoked = revoked_client.worker(f"revoked-{serving.port}", tasks=[held])
+            running = asyncio.create_task(revoked.aio_start())
+            await revoked.wait_connected()
+            handle = await held.aio_run_no_wait(1)
+            await asyncio.wait_for(started.wait(), 10)
+            async with http.delete(
+                f"{engine.url}/api/v1/tokens/{token.token_id}", headers=tenant.headers()
+            ) as response:
+                assert response.status == 200
+            with pytest.raises(WorkerStopped, match="its token was revoked"):
+                await asyncio.wait_for(running, 5)
+            release.set()  # too late: the engine no longer listens to that worker
+            for _ in range(100):
+                view = await handle.aio_get()
+                if view.attempt == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert view.status is RunStatus.QUEUED
+            assert view.attempt == 2
+            first = view.attempts[0].error
+            assert first is not None
+            assert "token was revoked" in first.message
+            fresh = Taskyard(url=engine.url, token=tenant.worker)
+            async with fresh.worker("fresh", tasks=[held]):
+                assert await handle.aio_result() == 1
+            await fresh.aio_close()
+            await revoked_client.aio_close()
+    await admin.aio_close()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -199,3 +200,27 @@ def test_the_fast_assign_encoding_is_a_valid_assign_message() -> None:
             run_id=run.run_id, attempt=3, task='say "hi"',
             input=json.loads(payload) if payload else None, metadata={"k": "v\n"},
             execution_timeout=12.5, context=step)
+
+
+async def test_a_worker_id_is_never_taken_over_from_another_tenant(
+        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens,
+        data_dir: Path) -> None:
+    """The registry is keyed by tenant and worker id: another tenant's hello with the same id
+    is a different worker, and the first connection stays up and keeps its runs."""
+    worker_id = str(uuid.uuid4())
+    other = {"Authorization": f"Bearer {(data_dir / 'token').read_text().strip()}"}
+    async with http.ws_connect("/api/v1/workers/connect",
+                               headers=tenant.headers("worker")) as first:
+        await first.send_json(hello(worker_id=worker_id))
+        await receive_type(first, "welcome")
+        async with http.ws_connect("/api/v1/workers/connect", headers=other) as intruder:
+            await intruder.send_json(hello(worker_id=worker_id))
+            await receive_type(intruder, "welcome")
+            async with http.post("/api/v1/runs", json={"task": "echo", "input": {"x": 1}},
+                                 headers=tenant.headers("client")) as response:
+                run_id = (await response.json())["run_id"]
+            assign = await receive_type(first, "assign")
+            assert assign["run_id"] == run_id
+        assert not first.closed
+        keys = set(engine.scheduler.registry.sessions)
+        assert (tenant.tenant_id, uuid.UUID(worker_id)) in keys

@@ -118,7 +118,9 @@ class Engine:
                 raise MigrationError(f"the database lacks migrations {', '.join(pending)}; run "
                                      f"`taskyard migrate` or start without --no-migrate")
         self.repository = Repository(self._pool)
-        self._token_cache = TokenCache(self.repository, self.database_url)
+        self._token_cache = TokenCache(self.repository, self.database_url,
+                                       on_revoked=self._token_revoked,
+                                       on_resumed=self._revocations_maybe_missed)
         await self._token_cache.start()
         await self._bootstrap_local_tenant()
         await register_node(self._pool, self.node_id)
@@ -361,9 +363,34 @@ class Engine:
             self._observers.add(task)
             task.add_done_callback(self._observers.discard)
 
+    def _token_revoked(self, token_id: uuid.UUID) -> None:
+        """Requests are refused by the token cache; workers already connected are cut off."""
+        if self._scheduler is not None and self._scheduler.registry.running:
+            registry = self._scheduler.registry
+            registry.tell(registry.token_revoked, token_id)
+
+    def _revocations_maybe_missed(self) -> None:
+        """The revocation listener is back: look up the tokens of connected workers, whose
+        revocation may have been announced while it was away."""
+        if self._scheduler is not None:
+            task = asyncio.create_task(self._recheck_worker_tokens(), name="recheck-tokens")
+            self._sources.add(task)
+            task.add_done_callback(self._sources.discard)
+
+    async def _recheck_worker_tokens(self) -> None:
+        try:
+            revoked = await self.repository.revoked_among(
+                list(self.scheduler.registry.token_ids()))
+        except Exception as exc:  # the next reconnection checks again
+            log.warning("could not check the tokens of connected workers: %s", exc)
+            return
+        for token_id in revoked:
+            self._token_revoked(token_id)
+
     async def revoke_token(self, token_id: uuid.UUID, tenant_id: uuid.UUID) -> TokenInfo | None:
-        """Revoke a tenant's token: refused from the next request on, on every engine."""
-        info = await self.repository.revoke_token(token_id, tenant_id)
+        """Revoke a tenant's token: refused from the next request on, on every engine, and
+        workers connected with it are cut off. Its last admin token is kept (409)."""
+        info = await self.repository.revoke_token(token_id, tenant_id, keep_an_admin=True)
         if info is not None:
             self.token_cache.forget(token_id)
         return info

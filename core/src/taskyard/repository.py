@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from taskyard.auth import Principal, Role, hash_token, new_token
+from taskyard.errors import Conflict
 from taskyard.flow import Flow
 from taskyard.runs import EMPTY_METADATA, Run, SharedOptions, json_value
 from taskyard_sdk.models import (
@@ -118,17 +119,41 @@ class Repository:
             "WHERE tenant_id = $1 ORDER BY created_at, token_id", tenant_id)
         return [_token_info(row) for row in rows]
 
-    async def revoke_token(self, token_id: uuid.UUID,
-                           tenant_id: uuid.UUID | None = None) -> TokenInfo | None:
+    async def revoke_token(self, token_id: uuid.UUID, tenant_id: uuid.UUID | None = None, *,
+                           keep_an_admin: bool = False) -> TokenInfo | None:
         """Revoke a token (of one tenant when given); None when there is no such token. Every
-        engine listening on REVOKED_CHANNEL is told when the revocation commits."""
-        row = await self.pool.fetchrow(
-            "WITH revoked AS (UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) "
-            "WHERE token_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) "
-            "RETURNING token_id, tenant_id, name, role, created_at, revoked_at) "
-            "SELECT revoked.*, pg_notify($3, token_id::text) FROM revoked",
-            token_id, tenant_id, REVOKED_CHANNEL)
+        engine listening on REVOKED_CHANNEL is told when the revocation commits.
+        `keep_an_admin`: refuse (409) to revoke the tenant's last admin token, which would
+        leave it with no way to manage itself but the CLI."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if keep_an_admin:
+                # The tenant's row serialises its revocations: two at once cannot both see
+                # another admin token left.
+                await conn.execute("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+                                   tenant_id)
+                last = await conn.fetchval(
+                    "SELECT count(*) = 1 FROM api_tokens WHERE tenant_id = $2 AND role = "
+                    "'admin' AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM api_tokens WHERE "
+                    "token_id = $1 AND tenant_id = $2 AND role = 'admin' AND revoked_at IS NULL)",
+                    token_id, tenant_id)
+                if last:
+                    raise Conflict(f"token {token_id} is the tenant's last admin token; create "
+                                   f"another admin token before revoking it")
+            row = await conn.fetchrow(
+                "WITH revoked AS (UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) "
+                "WHERE token_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) "
+                "RETURNING token_id, tenant_id, name, role, created_at, revoked_at) "
+                "SELECT revoked.*, pg_notify($3, token_id::text) FROM revoked",
+                token_id, tenant_id, REVOKED_CHANNEL)
         return _token_info(row) if row else None
+
+    async def revoked_among(self, token_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Which of these tokens are revoked."""
+        if not token_ids:
+            return []
+        rows = await self.pool.fetch("SELECT token_id FROM api_tokens WHERE token_id = ANY($1) "
+                                     "AND revoked_at IS NOT NULL", token_ids)
+        return [row["token_id"] for row in rows]
 
 
 def _token_info(row: asyncpg.Record) -> TokenInfo:
@@ -610,6 +635,12 @@ class RunRepository:
             f"SELECT {_RUN_STATE_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = $2",
             tenant_id, run_id)
         return self._run_of(row) if row else None
+
+    async def existing(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these runs the tenant has."""
+        rows = await self.pool.fetch("SELECT run_id FROM runs WHERE tenant_id = $1 AND "
+                                     "run_id = ANY($2::uuid[])", tenant_id, run_ids)
+        return {row["run_id"] for row in rows}
 
     async def fetch_inputs(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
                            ) -> dict[uuid.UUID, tuple[bytes | None, bytes | None]]:

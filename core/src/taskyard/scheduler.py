@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -252,6 +252,7 @@ class Scheduler:
         await self.persister.capacity()
         if options is not None:
             self._check(options, "options")
+        await self._check_parents(tenant_id, requests)
         unconfigured = (sorted({r.task for r in requests if r.options is None})
                         if options is None else [])
         registered: dict[str, TaskOptions] = {}
@@ -298,6 +299,21 @@ class Scheduler:
         self._enqueue(tenant_id, [run for run, outcome in zip(runs, inserted, strict=True)
                                   if outcome.created])
         return refs
+
+    async def _check_parents(self, tenant_id: uuid.UUID,
+                             requests: Sequence[TriggerRequest | WorkflowTriggerRequest]) -> None:
+        """A parent must be a run of this tenant (a run is written before it is assigned, so
+        any run that can spawn one is found). One lookup per batch, none without parents."""
+        wanted = {r.parent_run_id for r in requests if r.parent_run_id is not None}
+        if not wanted:
+            return
+        missing = wanted - await self.runs.existing(tenant_id, list(wanted))
+        if missing:
+            index, request = next((i, r) for i, r in enumerate(requests)
+                                  if r.parent_run_id in missing)
+            where = f"runs[{index}]." if len(requests) > 1 else ""
+            raise Unprocessable(f"body.{where}parent_run_id: no run {request.parent_run_id} in "
+                                f"this tenant")
 
     @staticmethod
     def _check(options: TaskOptions, where: str) -> None:
@@ -495,6 +511,7 @@ class Scheduler:
             except ExpressionError as exc:
                 where = f"runs[{index}] " if len(requests) > 1 else ""
                 raise Unprocessable(f"{where}(workflow {name!r}): {exc}") from None
+        await self._check_parents(tenant_id, requests)
         started = [WorkflowStart(workflow, request.input, request.metadata, request.priority,
                                  request.idempotency_key, request.parent_run_id)
                    for request in requests]

@@ -2,8 +2,9 @@
 
 A session belongs to its connection handler, which creates and closes it; anyone may `send` to it
 (messages are queued and written by the session's own writer task, many to a frame under load).
-The WorkerRegistry knows every connected session, hands joins, departures and silence to the
-worker's QueueActor, and closes workers that stop sending heartbeats.
+The WorkerRegistry knows every connected session, keyed by tenant and worker id (a worker id is
+never taken over across tenants), hands joins, departures and silence to the worker's QueueActor,
+and closes workers that stop sending heartbeats or whose token is revoked.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SessionKey = tuple[uuid.UUID, uuid.UUID]  # (tenant id, worker id)
+
+
 class WorkerSession:
-    def __init__(self, ws: web.WebSocketResponse, tenant_id: uuid.UUID,
+    def __init__(self, ws: web.WebSocketResponse, tenant_id: uuid.UUID, token_id: uuid.UUID,
                  hello: protocol.Hello) -> None:
         self.ws = ws
         self.tenant_id = tenant_id
+        self.token_id = token_id  # the token it connected with: revoking it closes the session
         self.worker_id = hello.worker_id
         self.name = hello.name
         self.queue = hello.queue
@@ -40,9 +45,14 @@ class WorkerSession:
         self.task_names = [task.name for task in hello.tasks]
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
+        self.revoked = False  # set when its token is revoked: frames still in flight are dropped
         self._writer = FrameWriter(ws, f"worker:{self.name}")
         self.send = self._writer.send
         self.send_many = self._writer.send_many
+
+    @property
+    def key(self) -> SessionKey:
+        return self.tenant_id, self.worker_id
 
     def start(self) -> None:
         self._writer.start()
@@ -67,7 +77,7 @@ class WorkerRegistry(Actor):
         self.register_tasks = register_tasks
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
-        self.sessions: dict[uuid.UUID, WorkerSession] = {}
+        self.sessions: dict[SessionKey, WorkerSession] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -87,13 +97,13 @@ class WorkerRegistry(Actor):
         return list(self.sessions.values())
 
     def connect(self, session: WorkerSession, in_flight: list[protocol.AttemptRef]) -> None:
-        previous = self.sessions.get(session.worker_id)
+        previous = self.sessions.get(session.key)
         if previous is not None and previous is not session:
             # The same worker reconnected before its old connection was noticed as gone.
             old_queue = self.queue_for(previous.tenant_id, previous.queue)
             old_queue.tell(old_queue.worker_disconnected, previous)
             self._close_later(previous, 4000, "replaced by a newer connection of the same worker")
-        self.sessions[session.worker_id] = session
+        self.sessions[session.key] = session
         self.register_tasks(session.tenant_id, session.definitions)
         queue = self.queue_for(session.tenant_id, session.queue)
         queue.tell(queue.worker_joined, session, in_flight)
@@ -101,9 +111,9 @@ class WorkerRegistry(Actor):
                  session.slots, ", ".join(session.task_names))
 
     def disconnect(self, session: WorkerSession) -> None:
-        if self.sessions.get(session.worker_id) is not session:
+        if self.sessions.get(session.key) is not session:
             return
-        del self.sessions[session.worker_id]
+        del self.sessions[session.key]
         queue = self.queue_for(session.tenant_id, session.queue)
         queue.tell(queue.worker_disconnected, session)
         log.info("worker %s (%s) disconnected", session.name, session.worker_id)
@@ -123,11 +133,29 @@ class WorkerRegistry(Actor):
             if now - session.last_seen > self.heartbeat_timeout:
                 log.warning("worker %s (%s) silent for %.1fs: declaring it lost", session.name,
                             session.worker_id, now - session.last_seen)
-                del self.sessions[session.worker_id]
+                del self.sessions[session.key]
                 queue = self.queue_for(session.tenant_id, session.queue)
                 queue.tell(queue.worker_lost, session.worker_id,
                            f"{session.name} sent no heartbeat for {self.heartbeat_timeout:g}s")
                 self._close_later(session, 4001, "no heartbeat")
+
+    def token_ids(self) -> set[uuid.UUID]:
+        """The tokens connected workers use."""
+        return {session.token_id for session in self.sessions.values()}
+
+    def token_revoked(self, token_id: uuid.UUID) -> None:
+        """Cut off every worker connected with a revoked token: no assignment reaches it and
+        nothing it sends is taken from now on; its attempts are lost at once (retried as for
+        a worker that died), since it cannot reconnect to report them."""
+        for session in [s for s in self.sessions.values() if s.token_id == token_id]:
+            log.warning("worker %s (%s): its token was revoked; closing the connection",
+                        session.name, session.worker_id)
+            session.revoked = True
+            del self.sessions[session.key]
+            queue = self.queue_for(session.tenant_id, session.queue)
+            queue.tell(queue.worker_lost, session.worker_id,
+                       f"{session.name}'s token was revoked")
+            self._close_later(session, protocol.CLOSE_TOKEN_REVOKED, "token revoked")
 
     def _close_later(self, session: WorkerSession, code: int, reason: str) -> None:
         """Close outside the mailbox: closing waits for the peer (up to seconds when it is

@@ -55,7 +55,10 @@ Result = protocol.Completed | protocol.Failed | protocol.Suspend
 RecordKey = tuple[uuid.UUID, int, int]  # (run, attempt, position)
 
 _PENDING_LIMIT = 10_000  # logs and other non-result messages kept while disconnected
-_CLOSE_FATAL = {4002}  # protocol errors: reconnecting would not help
+_CLOSE_FATAL = {  # reconnecting would not help
+    protocol.CLOSE_PROTOCOL_ERROR: "a protocol error",
+    protocol.CLOSE_TOKEN_REVOKED: "its token was revoked",
+}
 _RESEND_EVERY_BEATS = 3  # a result unacknowledged for this many heartbeats is sent again
 
 
@@ -109,7 +112,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
-        self._connected: asyncio.Event | None = None
+        self._connected = asyncio.Event()  # set while connected (Events bind no loop)
         self._runner: asyncio.Task[None] | None = None
         self._heartbeat_interval = 5.0
         self.max_message_bytes = 1024 * 1024
@@ -124,7 +127,7 @@ class Worker:
     async def aio_start(self, *, handle_signals: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self._connected = asyncio.Event()
+        self._connected.clear()
         self._send_queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=self.slots,
                                             thread_name_prefix=f"taskyard-{self.name}")
@@ -141,7 +144,7 @@ class Worker:
 
     async def __aenter__(self) -> Worker:
         self._runner = asyncio.create_task(self.aio_start(), name=f"worker:{self.name}")
-        while self._connected is None or not self._connected.is_set():
+        while not self._connected.is_set():
             if self._runner.done():
                 await self._runner  # raises why it could not start
             await asyncio.sleep(0.01)
@@ -159,7 +162,7 @@ class Worker:
                 await self._runner
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
-        assert self._connected is not None, "the worker is not started"
+        """Until the worker is connected (it may be starting in another task)."""
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def _run(self) -> None:
@@ -214,7 +217,6 @@ class Worker:
                     Unavailable) as exc:
                 log.warning("worker %s: connection to %s failed (%s); retrying in %.1fs",
                             self.name, self.client.url, exc, delay)
-            assert self._connected is not None
             self._connected.clear()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
@@ -265,7 +267,6 @@ class Worker:
             while self._pending:
                 self._send(self._pending.popleft())
             heartbeats = asyncio.create_task(self._heartbeat())
-            assert self._connected is not None
             self._connected.set()
             log.info("worker %s connected to %s", self.name, self.client.url)
             async for message in ws:
@@ -275,7 +276,7 @@ class Worker:
                     break
             if ws.close_code in _CLOSE_FATAL:
                 raise WorkerStopped(f"the engine closed worker {self.name}'s connection: "
-                                    f"{ws.close_code}")
+                                    f"{_CLOSE_FATAL[ws.close_code]} ({ws.close_code})")
         finally:
             self._ws = None
             for task in (writer, heartbeats):

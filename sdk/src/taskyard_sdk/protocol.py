@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, LabelValue, StepContext, TaskOptions
 
 PROTOCOL_VERSION = 1
+CLOSE_PROTOCOL_ERROR = 4002  # websocket close codes the engine uses; reconnecting would not help
+CLOSE_TOKEN_REVOKED = 4003
 
 
 class _Message(BaseModel):

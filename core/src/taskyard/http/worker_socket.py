@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 router = Router(tags=("workers",))
 
 HELLO_TIMEOUT = 10.0
-CLOSE_PROTOCOL_ERROR = 4002
 
 
 @router.get("/api/v1/workers/connect", roles=[Role.WORKER, Role.ADMIN], channel=False)
@@ -48,7 +47,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     if hello is None:
         return ws
     scheduler = engine.scheduler
-    session = WorkerSession(ws, call.principal.tenant_id, hello)
+    session = WorkerSession(ws, call.principal.tenant_id, call.principal.token_id, hello)
     session.send(protocol.Welcome(worker_id=hello.worker_id,
                                   heartbeat_interval=engine.settings.heartbeat_interval,
                                   max_message_bytes=limit))
@@ -58,6 +57,8 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     queue = scheduler.queue_for(session.tenant_id, session.queue)
     try:
         async for message in ws:
+            if session.revoked:
+                break
             session.last_seen = time.monotonic()
             if message.type is WSMsgType.TEXT:
                 _handle_frame(session, queue, registry, message.data, limit)
@@ -79,7 +80,7 @@ async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | 
 
     async def refuse(code: str, message: str) -> None:
         await ws.send_str(protocol.Error(code=code, message=message).model_dump_json())
-        await ws.close(code=CLOSE_PROTOCOL_ERROR, message=message[:120].encode())
+        await ws.close(code=protocol.CLOSE_PROTOCOL_ERROR, message=message[:120].encode())
 
     try:
         first = await ws.receive(timeout=HELLO_TIMEOUT)
