@@ -153,6 +153,8 @@ async def test_unknown_runs_and_other_tenants_runs_are_404(
     status, child = await post(http, "/api/v1/runs", tenant,
                                {"task": "t", "parent_run_id": mine["run_id"]})
     assert status == 201
+    status, view = await get(http, f"/api/v1/runs/{child['run_id']}", tenant)
+    assert view["parent_run_id"] == mine["run_id"]  # type: ignore[index]
 
 
 async def test_cancel_a_queued_run_then_replay_it(http: aiohttp.ClientSession,

@@ -18,8 +18,8 @@ from taskyard.engine import Engine
 from taskyard.repository import Repository
 from taskyard.testing import clean_env
 from taskyard.token_cache import TokenCache
-from tests.conftest import TenantTokens, engine_settings
 from taskyard_sdk import RunStatus, Taskyard, WorkerStopped
+from tests.conftest import TenantTokens, engine_settings
 from tests.support import taskyard
 
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from taskyard.engine import Engine
-from taskyard_sdk import protocol
+from taskyard_sdk import TaskFailed, Taskyard, protocol
 from tests.conftest import TenantTokens
 
 
@@ -224,3 +224,103 @@ async def test_a_worker_id_is_never_taken_over_from_another_tenant(
         assert not first.closed
         keys = set(engine.scheduler.registry.sessions)
         assert (tenant.tenant_id, uuid.UUID(worker_id)) in keys
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return {"a": value}
+
+
+async def _finished(http: aiohttp.ClientSession, tenant: TenantTokens,
+                    run_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        async with http.get(f"/api/v1/runs/{run_id}", headers=tenant.headers()) as response:
+            view: dict[str, Any] = await response.json()
+        if view["status"] in ("succeeded", "failed"):
+            return view
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"run {run_id} did not finish: {view['status']}")
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    (nested(120), "output.a.a.a…a.a: nested more than 100 levels deep; the limit is 100"),
+    (nested(300), "nested more than 100 levels deep"),  # beyond orjson's own 254
+    ({"text": "a\u0000b"}, "output.text: contains a NUL character"),
+    ({"n": 2**70}, "output: Integer exceeds 64-bit range"),
+])
+async def test_a_result_the_engine_cannot_store_fails_its_attempt_at_once(
+        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens,
+        worker_ws: aiohttp.ClientWebSocketResponse, output: Any, expected: str) -> None:
+    """It used to crash the queue actor (depth), or be refused and sent again until the run
+    timed out (NUL). Now the attempt fails saying why, the worker is acknowledged (so it stops
+    sending), and the queue keeps serving."""
+    async with http.post("/api/v1/runs", json={"task": "echo"},
+                         headers=tenant.headers()) as response:
+        run_id = (await response.json())["run_id"]
+    await receive_type(worker_ws, "assign")
+    frame = json.dumps({"type": "completed", "run_id": run_id, "attempt": 1, "output": output})
+    await worker_ws.send_str(frame)
+    error = await receive_type(worker_ws, "error")
+    assert error["code"] == "invalid_payload"
+    assert expected in error["message"]
+    assert (await receive_type(worker_ws, "ack"))["results"] == [{"run_id": run_id, "attempt": 1}]
+    view = await _finished(http, tenant, run_id)
+    assert view["status"] == "failed"
+    assert view["error"]["type"] == "UnstorableResult"
+    assert expected in view["error"]["message"]
+    # the queue actor is alive: the next run completes
+    async with http.post("/api/v1/runs", json={"task": "echo"},
+                         headers=tenant.headers()) as response:
+        next_id = (await response.json())["run_id"]
+    await receive_type(worker_ws, "assign")
+    await worker_ws.send_json({"type": "completed", "run_id": next_id, "attempt": 1,
+                               "output": nested(100)})
+    assert (await _finished(http, tenant, next_id))["status"] == "succeeded"
+
+
+async def test_nul_characters_in_logs_and_errors_are_replaced(
+        http: aiohttp.ClientSession, tenant: TenantTokens,
+        worker_ws: aiohttp.ClientWebSocketResponse) -> None:
+    async with http.post("/api/v1/runs", json={"task": "echo"},
+                         headers=tenant.headers()) as response:
+        run_id = (await response.json())["run_id"]
+    await receive_type(worker_ws, "assign")
+    await worker_ws.send_str(json.dumps([
+        {"type": "log", "run_id": run_id, "attempt": 1, "message": "half\u0000way"},
+        {"type": "failed", "run_id": run_id, "attempt": 1, "retryable": False,
+         "error": {"type": "Boom", "message": "bad \u0000 byte", "traceback": "t\u0000b"}}]))
+    await receive_type(worker_ws, "ack")
+    view = await _finished(http, tenant, run_id)
+    assert view["error"]["message"] == "bad \ufffd byte"
+    assert view["error"]["traceback"] == "t\ufffdb"
+    for _ in range(100):
+        async with http.get(f"/api/v1/runs/{run_id}/logs", headers=tenant.headers()) as response:
+            logs = await response.json()
+        if logs:
+            break
+        await asyncio.sleep(0.02)
+    assert "half\ufffdway" in json.dumps(logs, ensure_ascii=False)
+
+
+async def test_the_sdk_reports_output_it_cannot_send_and_cleans_error_texts(
+        ty: Taskyard) -> None:
+    @ty.task(name="returns-nul")
+    async def returns_nul(n: int) -> dict[str, Any]:
+        return {"text": "a\u0000b"} if n == 0 else nested(150)
+
+    @ty.task(name="raises-nul")
+    async def raises_nul(n: int) -> int:
+        raise ValueError(f"bad \u0000 value {n}")
+
+    async with ty.worker("unstorable", tasks=[returns_nul, raises_nul]):
+        for n, expected in ((0, "output.text contains a NUL character"),
+                            (1, "nests more than 100 levels deep")):
+            with pytest.raises(TaskFailed) as failed:
+                await returns_nul.aio_run(n)
+            assert failed.value.error.type == "OutputNotStorable"
+            assert expected in failed.value.error.message
+        with pytest.raises(TaskFailed) as failed:
+            await raises_nul.aio_run(7)
+        assert failed.value.error.message == "bad \ufffd value 7"

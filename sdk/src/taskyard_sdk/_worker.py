@@ -522,11 +522,18 @@ class Worker:
         try:
             data = task.encode_output(output)
             message = protocol.Completed(**ref, output=data)
-            size = len(protocol.encode(message))
+            encoded = protocol.encode(message)
         except Exception as exc:
             return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
                 type="OutputNotSerializable",
                 message=f"task {task.name!r} returned a value that cannot be sent as JSON: {exc}"))
+        size = len(encoded)
+        unstorable = _unstorable(encoded, data)
+        if unstorable is not None:
+            return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
+                type="OutputNotStorable",
+                message=f"task {task.name!r} returned a value the engine cannot store: "
+                        f"{unstorable}"))
         if size > self.max_message_bytes - 1024:
             return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
                 type="OutputTooLarge",
@@ -540,6 +547,24 @@ class _InvalidTaskInput(Exception):
     pass
 
 
+def _unstorable(encoded: bytes, data: Any) -> str | None:
+    """Why output cannot be stored by the engine (NUL characters, nesting too deep); its
+    encoded message rules both out for most outputs without a walk."""
+    where = protocol.nul_at(data, "output") if b"\\u0000" in encoded else None
+    if where is not None:
+        return f"{where} {protocol.NUL_REFUSAL}"
+    deep = protocol.too_deep(encoded, data)
+    if deep is not None:
+        return (f"output.{deep} nests more than {protocol.MAX_JSON_DEPTH} levels deep; the "
+                f"limit is {protocol.MAX_JSON_DEPTH}")
+    return None
+
+
 def _error_info(exc: BaseException) -> ErrorInfo:
-    return ErrorInfo(type=type(exc).__name__, message=str(exc),
-                     traceback="".join(traceback.format_exception(exc)))
+    """The error a task raised; NUL characters, which the engine cannot store, replaced."""
+    return ErrorInfo(type=type(exc).__name__, message=_printable(str(exc)),
+                     traceback=_printable("".join(traceback.format_exception(exc))))
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")

@@ -298,9 +298,35 @@ def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
     return None
 
 
+NUL_REFUSAL = ("contains a NUL character (\\u0000), which Postgres cannot store; remove it or "
+               "encode the data (e.g. base64)")
+
+
+def nul_at(value: Any, where: str = "") -> str | None:
+    """Where a JSON value holds a NUL character (U+0000), which Postgres cannot store in text
+    or jsonb, as a path starting with `where`; None if nowhere."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return path
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+    return None
+
+
 def _path_text(path: tuple[str | int, ...]) -> str:
     shown = path if len(path) <= 6 else (*path[:3], "…", *path[-2:])
     text = ""
     for part in shown:
-        text += f"[{part}]" if isinstance(part, int) else (part if part == "…" else f".{part}")
-    return text.lstrip(".") or "(top level)"
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += part if part == "…" or text.endswith("…") or not text else f".{part}"
+    return text or "(top level)"

@@ -1,8 +1,10 @@
 """The worker websocket, `/api/v1/workers/connect`: handshake, then frames of protocol messages.
 
-A bad frame (malformed JSON, an unknown or invalid message, a payload Postgres cannot store, a
-result for an attempt this worker does not hold, an oversized frame) is answered with an `error`
-message naming the problem; the connection and the engine carry on.
+A bad frame (malformed JSON, an unknown or invalid message, a result for an attempt this worker
+does not hold, an oversized frame) is answered with an `error` message naming the problem; the
+connection and the engine carry on. A result the engine cannot store (a NUL character, nesting
+deeper than MAX_JSON_DEPTH) fails its attempt at once, saying why, instead of being refused and
+sent again until the run times out; NUL characters in log lines and error texts are replaced.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from pydantic import TypeAdapter, ValidationError
 from taskyard.auth import Role
 from taskyard.cron import CronError
 from taskyard.cron import validate as validate_cron
-from taskyard.errors import Unprocessable
 from taskyard.expressions import ExpressionError
 from taskyard.flow import check_options
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Router, reject_nul_characters
+from taskyard.http.routing import Call, Router
 from taskyard.workers import WorkerSession
 from taskyard_sdk import protocol
+from taskyard_sdk.models import ErrorInfo
 
 if TYPE_CHECKING:
     from taskyard.queue import QueueActor
@@ -129,6 +131,14 @@ def _handle_frame(session: WorkerSession, queue: QueueActor, registry: WorkerReg
     for message in messages:
         if message is None or isinstance(message, protocol.Heartbeat):
             continue
+        payload = _PAYLOADS.get(type(message))
+        if payload is not None:
+            problem = _payload_problem(*payload, message)
+            if problem is not None:
+                message = _unstorable(session, {"type": message.type, "run_id": message.run_id,
+                                                "attempt": message.attempt}, problem)
+                if message is None:
+                    continue
         if isinstance(message, protocol.Drain):
             registry.tell(registry.draining, session)
         elif isinstance(message, protocol.Hello):
@@ -156,6 +166,62 @@ def _parse_frame(data: str) -> list[Any] | None:
         return None
 
 
+_PAYLOADS: dict[type, tuple[str, Any]] = {  # the user data a message carries, which may nest
+    protocol.Completed: ("output", lambda m: m.output),
+    protocol.Stream: ("data", lambda m: m.data),
+    protocol.Record: ("entry.result", lambda m: m.entry.result),
+    protocol.Suspend: ("wait.input", lambda m: m.wait.input),
+}
+_FAILS_ITS_ATTEMPT = frozenset({"completed", "record", "suspend"})  # results of the attempt
+_CLEANED = frozenset({"log", "failed"})  # text only: NUL characters are replaced
+
+
+def _payload_problem(field: str, value_of: Any, message: Any) -> str | None:
+    """Why a message's user data cannot be stored, naming where; None when it can."""
+    value = value_of(message)
+    if not isinstance(value, dict | list | int):
+        return None  # strings were checked for NUL; floats and the rest always encode
+    where = protocol.deeper_than(value, protocol.MAX_JSON_DEPTH)
+    if where is not None:
+        return _nesting(f"{field}{'' if where[0] == '[' else '.'}{where}")
+    try:
+        orjson.dumps(value)  # integers beyond 64 bits, for one
+    except orjson.JSONEncodeError as exc:
+        return f"{field}: {exc}"
+    return None
+
+
+def _nesting(where: str) -> str:
+    return (f"{where}: nested more than {protocol.MAX_JSON_DEPTH} levels deep; the limit is "
+            f"{protocol.MAX_JSON_DEPTH}")
+
+
+def _unstorable(session: WorkerSession, item: dict[str, Any], problem: str) -> Any:
+    """A message carrying what Postgres cannot store: a result fails its attempt (the queue
+    acknowledges the failure, so the worker stops sending it); anything else is refused."""
+    kind = item.get("type")
+    ref = _ref_of(item)
+    session.send(protocol.Error(code="invalid_payload", message=f"{kind!r} message: {problem}",
+                                ref=ref))
+    if kind in _FAILS_ITS_ATTEMPT and ref is not None:
+        return protocol.Failed(
+            run_id=ref.run_id, attempt=ref.attempt, retryable=False,
+            error=ErrorInfo(type="UnstorableResult",
+                            message=f"the engine cannot store this attempt's {kind} message: "
+                                    f"{problem}"))
+    return None
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def _parse_each(session: WorkerSession, data: str) -> list[Any]:
     try:
         parsed = orjson.loads(data)
@@ -172,18 +238,20 @@ def _parse(session: WorkerSession, item: Any, check_nul: bool) -> Any:
         session.send(protocol.Error(code="invalid_message",
                                     message="each message must be a JSON object"))
         return None
+    where = protocol.deeper_than(item, protocol.MAX_JSON_DEPTH + 3)  # + the message's levels
+    if where is not None:
+        return _unstorable(session, item, _nesting(where))
     try:
-        message = protocol.worker_message.validate_python(item)
         if check_nul:
-            reject_nul_characters(item, str(item.get("type")))
+            if item.get("type") in _CLEANED:
+                item = _without_nul(item)
+            elif (where := protocol.nul_at(item)) is not None:
+                return _unstorable(session, item, f"{where}: {protocol.NUL_REFUSAL}")
+        message = protocol.worker_message.validate_python(item)
     except ValidationError as exc:
         kind = item.get("type")
         session.send(protocol.Error(code="invalid_message", ref=_ref_of(item),
                                     message=f"{kind!r} message: {_first_error(exc)}"))
-        return None
-    except Unprocessable as exc:
-        session.send(protocol.Error(code="invalid_payload", message=exc.message,
-                                    ref=_ref_of(item)))
         return None
     return message
 
