@@ -344,3 +344,14 @@ def workflows_dir_for_slack(data_dir: Path) -> Path:
         '      - id: post\n        action: slack:post-message\n'
         '        with: {channel: "#releases", text: "Version {{ input.version }} is out"}\n')
     return folder
+
+
+async def test_with_no_channel_loaded_the_refusal_says_how_to_load_one(
+        engine: Engine, http: aiohttp.ClientSession, data_dir: Path) -> None:
+    headers = {"Authorization": f"Bearer {(data_dir / 'token').read_text().strip()}"}
+    async with http.post("/api/v1/alert-rules", json={"channel": "email", "target": {}},
+                         headers=headers) as response:
+        error = (await response.json())["error"]
+    assert response.status == 422
+    assert error["message"] == ("body.channel: no alert channel 'email'; loaded channels: none "
+                                "(start the engine with --plugin email or --plugin slack)")

@@ -37,8 +37,8 @@ async def create_alert_rule(call: Call[AlertRuleRequest]) -> AlertRuleView:
     engine = call.request.app[ENGINE]
     channel = engine.alert_channels.get(call.body.channel)
     if channel is None:
-        loaded = ", ".join(sorted(engine.alert_channels)) or "none (start the engine with "
-        "--plugin email or --plugin slack)"
+        loaded = ", ".join(sorted(engine.alert_channels)) or (
+            "none (start the engine with --plugin email or --plugin slack)")
         raise Unprocessable(f"body.channel: no alert channel {call.body.channel!r}; loaded "
                             f"channels: {loaded}")
     try:
