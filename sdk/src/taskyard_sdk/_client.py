@@ -69,12 +69,12 @@ class Taskyard:
     def task(self, fn: Callable[[In], Out], /) -> Task[In, Out]: ...
 
     @overload
-    def task(self, *, name: str | None = None, on_crons: Sequence[str] = (),
+    def task(self, *, name: str | None = None, on_crons: str | Sequence[str] = (),
              **settings: Unpack[TaskSettings],
              ) -> Callable[[Callable[..., Any]], Task[Any, Any]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-             on_crons: Sequence[str] = (), **settings: Unpack[TaskSettings]) -> Any:
+             on_crons: str | Sequence[str] = (), **settings: Unpack[TaskSettings]) -> Any:
         """Declare a task: `(input: Model, ctx: Context) -> output`, async or sync.
 
         retries: retries after the first attempt (default 0). backoff_factor: retry n waits
@@ -93,7 +93,7 @@ class Taskyard:
 
         return decorate(fn) if fn is not None else decorate
 
-    def durable_task(self, *, name: str | None = None, on_crons: Sequence[str] = (),
+    def durable_task(self, *, name: str | None = None, on_crons: str | Sequence[str] = (),
                      **settings: Unpack[TaskSettings],
                      ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
         """Declare a durable task: an async `(input, ctx: DurableContext) -> output` whose
@@ -111,10 +111,11 @@ class Taskyard:
 
         return decorate
 
-    def workflow(self, name: str, *, input: type[In] | Any = Any, on_events: Sequence[str] = (),
-                 event_filter: str | None = None, sticky: Sticky | str | None = None,
+    def workflow(self, name: str, *, input: type[In] | Any = Any,
+                 on_events: str | Sequence[str] = (), event_filter: str | None = None,
+                 sticky: Sticky | str | None = None,
                  concurrency: Concurrency | Sequence[Concurrency] = (),
-                 on_crons: Sequence[str] = ()) -> Workflow[In]:
+                 on_crons: str | Sequence[str] = ()) -> Workflow[In]:
         """Declare a workflow: a DAG of steps added with `@wf.task(parents=[...])`.
 
         input: the model every step receives. on_events: event keys that trigger a run (exact,
@@ -129,21 +130,23 @@ class Taskyard:
                         sticky=Sticky(sticky) if sticky is not None else None,
                         concurrency=levels, on_crons=on_crons)
 
-    def worker(self, name: str, tasks: Sequence[Task[Any, Any]] = (), *,
-               workflows: Sequence[Workflow[Any]] = (), slots: int = 100,
+    def worker(self, name: str, tasks: Sequence[Task[Any, Any] | Workflow[Any]] = (), *,
+               workflows: Sequence[Task[Any, Any] | Workflow[Any]] = (), slots: int = 100,
                labels: dict[str, LabelValue] | None = None, queue: str | None = None,
                drain_timeout: float = 30.0) -> Worker:
-        """A worker process's runtime: it runs `tasks` and the steps of `workflows` (which it
-        registers when it starts). `slots` is how many tasks it runs at once."""
-        tasks = [*tasks, *(task for workflow in workflows for task in workflow.tasks)]
-        queues = {task.options.queue for task in tasks}
+        """A worker process's runtime: it runs tasks and the steps of workflows (which it
+        registers when it starts), given in either list. `slots` is how many tasks it runs at
+        once."""
+        given_tasks, given_workflows = _tasks_and_workflows(name, [*tasks, *workflows])
+        every_task = [*given_tasks, *(t for workflow in given_workflows for t in workflow.tasks)]
+        queues = {task.options.queue for task in every_task}
         if queue is None:
             if len(queues) > 1:
                 raise ValueError(f"worker {name!r}: its tasks use several queues "
                                  f"({', '.join(sorted(queues))}); a worker serves one queue")
             queue = queues.pop() if queues else "default"
-        return Worker(self, name, tasks, workflows=workflows, slots=slots, labels=labels,
-                      queue=queue, drain_timeout=drain_timeout)
+        return Worker(self, name, every_task, workflows=given_workflows, slots=slots,
+                      labels=labels, queue=queue, drain_timeout=drain_timeout)
 
     async def aio_close(self) -> None:
         """Close this event loop's connections to the engine."""
@@ -152,6 +155,21 @@ class Taskyard:
     def close(self) -> None:
         """Close the connections the blocking API (`run`, `push`, ...) opened."""
         run_sync(self.transport.close())
+
+
+def _tasks_and_workflows(worker: str, given: Sequence[Any]
+                         ) -> tuple[list[Task[Any, Any]], list[Workflow[Any]]]:
+    tasks: list[Task[Any, Any]] = []
+    workflows: list[Workflow[Any]] = []
+    for item in given:
+        if isinstance(item, Workflow):
+            workflows.append(item)
+        elif isinstance(item, Task):
+            tasks.append(item)
+        else:
+            raise TypeError(f"worker {worker!r}: {item!r} is neither a task nor a workflow (give "
+                            f"what @ty.task, @ty.durable_task or ty.workflow returned)")
+    return tasks, workflows
 
 
 class Runs:

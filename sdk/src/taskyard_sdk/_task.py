@@ -21,6 +21,7 @@ from uuid import UUID
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json, to_jsonable_python
 
+from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import current_run
 from taskyard_sdk._durable import child_results, current_durable
 from taskyard_sdk._durations import Duration, parse_duration
@@ -113,12 +114,12 @@ class Task(Schedulable, Generic[In, Out]):
 
     def __init__(self, client: Taskyard, fn: Callable[..., Any], name: str,
                  options: TaskOptions, *, default_input: Any = Any,
-                 crons: Sequence[str] = ()) -> None:
+                 crons: str | Sequence[str] = ()) -> None:
         self.client = client
         self.fn = fn
         self.name = name
         self.options = options
-        self.crons = list(crons)  # on_crons: registered by the workers that run it
+        self.crons = strings(crons, f"task {name!r}: on_crons")  # registered by its workers
         self.is_async = inspect.iscoroutinefunction(fn)
         hints = typing.get_type_hints(fn)
         parameters = list(inspect.signature(fn).parameters.values())

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
+from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import current_run
 from taskyard_sdk._errors import InvalidInput, TaskFailed
 from taskyard_sdk._schedules import Schedulable
@@ -59,21 +60,14 @@ class WorkflowTask(Task[In, Out]):
     its workflow (it cannot be triggered alone)."""
 
     def __init__(self, workflow: Workflow[In], fn: Callable[..., Any], step: str, *,
-                 parents: Sequence[WorkflowTask[Any, Any]], skip_if: str | None,
+                 parents: Sequence[WorkflowTask[Any, Any] | str], skip_if: str | None,
                  cancel_if: str | None, wait_for: Sequence[Condition],
                  options: Any) -> None:
         self.workflow = workflow
         self.step = step
         super().__init__(workflow.client, fn, f"{workflow.name}:{step}", options,
                          default_input=workflow.input_type)
-        for parent in parents:
-            owner: Workflow[Any] | None = getattr(parent, "workflow", None)
-            if not isinstance(parent, WorkflowTask) or owner is not workflow:
-                raise ValueError(f"step {step!r}: parent {parent!r} is not a step of workflow "
-                                 f"{workflow.name!r}")
-        self.workflow = workflow
-        self.step = step
-        self.parents = tuple(parents)
+        self.parents = tuple(workflow.step_named(parent, f"step {step!r}") for parent in parents)
         self.skip_if = skip_if
         self.cancel_if = cancel_if
         self.wait_for = list(wait_for)
@@ -103,17 +97,17 @@ class Workflow(Schedulable, Generic[In]):
     """A DAG of steps, created with `ty.workflow(...)`; steps are added with `@wf.task(...)`."""
 
     def __init__(self, client: Taskyard, name: str, *, input: Any = Any,
-                 on_events: Sequence[str] = (), event_filter: str | None = None,
+                 on_events: str | Sequence[str] = (), event_filter: str | None = None,
                  sticky: Sticky | None = None, concurrency: Sequence[Concurrency] = (),
-                 on_crons: Sequence[str] = ()) -> None:
+                 on_crons: str | Sequence[str] = ()) -> None:
         self.client = client
         self.name = name
         self.input_type = input
-        self.on_events = list(on_events)
+        self.on_events = strings(on_events, f"workflow {name!r}: on_events")
         self.event_filter = event_filter
         self.sticky = sticky
         self.concurrency = list(concurrency)
-        self.on_crons = list(on_crons)
+        self.on_crons = strings(on_crons, f"workflow {name!r}: on_crons")
         self.steps: dict[str, WorkflowTask[In, Any]] = {}
         self.on_failure: WorkflowTask[In, Any] | None = None
         self._input = TypeAdapter(input)
@@ -126,7 +120,22 @@ class Workflow(Schedulable, Generic[In]):
         """Every step's task (the on_failure step included): what a worker must run."""
         return [*self.steps.values(), *([self.on_failure] if self.on_failure else [])]
 
-    def task(self, *, name: str | None = None, parents: Sequence[WorkflowTask[Any, Any]] = (),
+    def step_named(self, step: WorkflowTask[Any, Any] | str, where: str) -> WorkflowTask[In, Any]:
+        """A step of this workflow, given as itself or by name (declared before `where`)."""
+        if isinstance(step, str):
+            found = self.steps.get(step)
+            if found is None:
+                known = ", ".join(map(repr, self.steps)) or "none yet"
+                raise ValueError(f"{where}: workflow {self.name!r} has no step {step!r} declared "
+                                 f"before it (its steps: {known})")
+            return found
+        if not isinstance(step, WorkflowTask) or step.workflow is not self:
+            raise ValueError(f"{where}: parent {step!r} is not a step of workflow "
+                             f"{self.name!r}")
+        return step
+
+    def task(self, *, name: str | None = None,
+             parents: Sequence[WorkflowTask[Any, Any] | str] = (),
              skip_if: str | None = None, cancel_if: str | None = None,
              wait_for: Sequence[Condition] = (), **settings: Unpack[TaskSettings],
              ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:

@@ -274,8 +274,9 @@ def too_deep(text: str | bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> str 
     """Where `value` (parsed from `text`) nests deeper than `limit`, as a path such as
     `input.a[0].b` (shortened), or None. The text's bracket count rules most documents out
     without walking them."""
-    opening = (b"{", b"[") if isinstance(text, bytes) else ("{", "[")
-    if text.count(opening[0]) + text.count(opening[1]) <= limit:
+    brackets = (text.count(b"{") + text.count(b"[") if isinstance(text, bytes)
+                else text.count("{") + text.count("["))
+    if brackets <= limit:
         return None
     return deeper_than(value, limit)
 
