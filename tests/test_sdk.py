@@ -175,8 +175,11 @@ def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) 
             "failed as expected: document 'blank' is empty",
             "async: 3 words",
         ]
+        # The SDK closes what it opened: no "Unclosed client session" at exit.
+        assert "Unclosed" not in result.stderr, result.stderr
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker_log.read_text()
+        assert "Unclosed" not in worker_log.read_text()
     finally:
         worker.kill()
         worker.wait()

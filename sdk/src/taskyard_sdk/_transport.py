@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import json
 import threading
@@ -48,6 +49,8 @@ class Transport:
             weakref.WeakKeyDictionary())
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Channel] = (
             weakref.WeakKeyDictionary())
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                 AsyncIterator[None]] = weakref.WeakKeyDictionary()
 
     @property
     def headers(self) -> dict[str, str]:
@@ -67,7 +70,22 @@ class Transport:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                 connector=aiohttp.TCPConnector(limit=64))
             self._sessions[loop] = session
+            if loop not in self._closers:
+                closer = self._closers[loop] = self._closes_with(loop)
+                starting = loop.create_task(_start(closer))
+                _starting.add(starting)
+                starting.add_done_callback(_starting.discard)
         return session
+
+    async def _closes_with(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
+        """Waits at its `yield` for the loop's life. A loop that ends finalises its async
+        generators (asyncio.run does, and so does the SDK's own loop at exit), which closes
+        this loop's connections: no "Unclosed client session" at exit, whoever forgot."""
+        try:
+            yield
+        finally:
+            self._closers.pop(loop, None)
+            await self.close()
 
     async def request(self, method: str, path: str, *, json_body: Any = None,
                       params: Sequence[tuple[str, str]] | None = None,
@@ -179,6 +197,14 @@ class Transport:
             await session.close()
 
 
+_starting: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
+
+
+async def _start(generator: AsyncIterator[None]) -> None:
+    """Run an async generator up to its first `yield` (from then on its loop finalises it)."""
+    await anext(generator)
+
+
 class _BackgroundLoop:
     """An event loop on a daemon thread, for the synchronous API."""
 
@@ -204,6 +230,10 @@ class _BackgroundLoop:
 
     def _stop(self) -> None:
         if self._loop is not None:
+            # Close what the blocking API opened (see Transport._closes_with), then stop.
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._loop.shutdown_asyncgens(),
+                                                 self._loop).result(timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
 
 
