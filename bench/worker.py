@@ -55,4 +55,5 @@ FAN = 1000
 if __name__ == "__main__":
     workflows = [chain_workflow(CHAIN), fan_workflow(FAN)] if os.environ.get("WORKFLOWS") else []
     ty.worker(os.environ.get("WORKER_NAME", "bench"), tasks=[noop, stamp], workflows=workflows,
-              slots=int(os.environ.get("SLOTS", "200"))).start()
+              slots=int(os.environ.get("SLOTS", "200"))
+              ).start(log_level="warning")  # not a log line per run: it would be measured

@@ -35,7 +35,8 @@ EXPORTS = {
     "ApiError", "AuthenticationError", "Conflict", "ConnectionLost", "Context",
     "EngineUnreachable", "ErrorInfo",
     "InvalidInput", "InvalidRequest", "NonRetryableError", "NotFound", "PermissionDenied",
-    "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus", "RunView", "Runs",
+    "LogLine", "LogPage", "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus",
+    "RunView", "Runs",
     "Task", "TaskFailed", "TaskOptions", "Taskyard", "TaskyardError", "Unavailable", "Worker",
     "WorkerStopped", "__version__", "parse_duration",
     # workflows and events
@@ -179,7 +180,14 @@ def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) 
         assert "Unclosed" not in result.stderr, result.stderr
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker_log.read_text()
-        assert "Unclosed" not in worker_log.read_text()
+        logged = worker_log.read_text()
+        assert "Unclosed" not in logged
+        # A worker says what it does: its connection, each attempt, ctx.log lines, failures.
+        for line in ("worker hello-worker connected to", "word_count[", "attempt 1 started",
+                     "succeeded in", "INFO taskyard.task: word_count[",
+                     "counting words of 'greeting' (attempt 1)",
+                     "failed in", "NonRetryableError: document 'blank' is empty"):
+            assert line in logged, (line, logged)
     finally:
         worker.kill()
         worker.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -13,6 +14,10 @@ from pydantic_core import to_jsonable_python
 from taskyard_sdk import protocol
 from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk.models import ErrorInfo, StepContext
+
+_task_log = logging.getLogger("taskyard.task")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
 
 if TYPE_CHECKING:
     from taskyard_sdk._task import Task
@@ -91,9 +96,12 @@ class Context:
         return str(step)
 
     def log(self, message: object, level: LogLevel = "info") -> None:
-        """Add a line (or several) to the run's log, visible through the API."""
-        self._post(protocol.Log(run_id=self.run_id, attempt=self.attempt,
-                                message=str(message), level=level))
+        """Add a line (or several) to the run's log, visible through the API, and to the
+        worker's own log (logger `taskyard.task`, at the same level)."""
+        text = str(message)
+        _task_log.log(_LEVELS[level], "%s[%s] %s", self.task, self.run_id, text)
+        self._post(protocol.Log(run_id=self.run_id, attempt=self.attempt, message=text,
+                                level=level))
 
     def stream(self, data: Any) -> None:
         """Send a JSON-able chunk to whoever follows the run live (`handle.aio_stream()`,

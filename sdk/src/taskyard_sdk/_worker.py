@@ -14,8 +14,10 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import random
 import signal
+import time
 import traceback
 import uuid
 from collections import deque
@@ -119,9 +121,14 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, log_level: str | None = None) -> None:
         """Run until SIGINT or SIGTERM, then drain: take no new work, let running tasks finish
-        within `drain_timeout`, deliver their results."""
+        within `drain_timeout`, deliver their results.
+
+        As a process's main loop, it logs to stderr (connection, registrations, each attempt,
+        `ctx.log` lines) at `log_level`, or TASKYARD_LOG_LEVEL, default INFO, unless the
+        program configured logging itself. `aio_start` leaves logging to the application."""
+        _log_to_stderr(log_level or os.environ.get("TASKYARD_LOG_LEVEL", "info"))
         asyncio.run(self.aio_start(handle_signals=True))
 
     async def aio_start(self, *, handle_signals: bool = False) -> None:
@@ -224,10 +231,12 @@ class Worker:
     async def _session(self) -> None:
         for workflow in self.workflows:  # on every connect: the engine may be a new one
             try:
-                await workflow.aio_register()
+                info = await workflow.aio_register()
             except InvalidRequest as exc:
                 raise WorkerStopped(f"the engine refused workflow {workflow.name!r}: "
                                     f"{exc}") from exc
+            log.info("worker %s registered workflow %r (version %d)", self.name, workflow.name,
+                     info.version)
         headers = self.client.transport.headers
         session = self.client.transport.session()
         url = self.client.url + "/api/v1/workers/connect"
@@ -268,7 +277,8 @@ class Worker:
                 self._send(self._pending.popleft())
             heartbeats = asyncio.create_task(self._heartbeat())
             self._connected.set()
-            log.info("worker %s connected to %s", self.name, self.client.url)
+            log.info("worker %s connected to %s: queue %r, %d slots, tasks %s", self.name,
+                     self.client.url, self.queue, self.slots, ", ".join(self.tasks))
             async for message in ws:
                 if message.type is aiohttp.WSMsgType.TEXT:
                     self._on_frame(message.data)
@@ -459,6 +469,8 @@ class Worker:
             current_durable.set(execution.context)
         ref = {"run_id": assign.run_id, "attempt": assign.attempt}
         self._send(protocol.Started(**ref))
+        started = time.monotonic()
+        log.info("%s[%s] attempt %d started", assign.task, assign.run_id, assign.attempt)
         result: Result
         try:
             output = await self._call(execution)
@@ -485,10 +497,16 @@ class Worker:
         if execution.cancel_reason is not None and isinstance(result, protocol.Completed):
             result = protocol.Failed(**ref, cancelled=True, error=ErrorInfo(
                 type="Cancelled", message=execution.cancel_reason))
+        took = time.monotonic() - started
         if isinstance(result, protocol.Completed):
             self.completed += 1
+            log.info("%s[%s] succeeded in %.3fs", assign.task, assign.run_id, took)
         else:
             self.failed += 1
+            if isinstance(result, protocol.Failed):
+                log.warning("%s[%s] attempt %d failed in %.3fs: %s: %s", assign.task,
+                            assign.run_id, assign.attempt, took, result.error.type,
+                            result.error.message)
         self._outbox[(assign.run_id, assign.attempt)] = result
         self._send(result)
 
@@ -545,6 +563,12 @@ class Worker:
 
 class _InvalidTaskInput(Exception):
     pass
+
+
+def _log_to_stderr(level: str) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _unstorable(encoded: bytes, data: Any) -> str | None:
