@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
@@ -232,3 +233,51 @@ async def test_a_plugin_check_that_raises_is_reported_not_fatal(
         assert [Path(f["file"]).name for f in files] == ["picky.yaml"]
         assert "KeyError: 'needs-a-key'" in files[0]["error"]
         await ty.aio_close()
+
+
+def test_hatchet_templates_read_the_input() -> None:
+    from taskyard.declarative import load, render
+
+    text = ("name: greet\njobs:\n  j:\n    steps:\n      - id: hi\n        action: billing:charge\n"
+            "        with: {to: '{{ .user.firstName }}', text: 'hi {{ .user.firstName }}!'}\n")
+    declared = load(Path("greet.yaml"), text)
+    [step] = declared.steps()
+    assert render(step.with_, {"input": {"user": {"firstName": "Ada"}}, "steps": {}}) == {
+        "to": "Ada", "text": "hi Ada!"}
+
+
+def test_an_action_of_a_plugin_that_is_not_loaded_is_a_load_error_naming_the_line() -> None:
+    from taskyard.declarative import DeclarativeError, load
+
+    text = ("name: ping\njobs:\n  j:\n    steps:\n      - id: call\n"
+            "        action: http:request\n        with: {url: 'https://example.test'}\n")
+    with pytest.raises(DeclarativeError) as refused:
+        load(Path("ping.yaml"), text, actions={"email:send"}, unloaded_plugins={"http"})
+    assert str(refused.value) == ("ping.yaml:6: step 'call': action 'http:request' comes from "
+                                  "the http plugin, which is not loaded; start the engine with "
+                                  "--plugin http")
+    # loaded, it is an action; a namespace no plugin has is a task a worker runs
+    load(Path("ping.yaml"), text, actions={"http:request"}, unloaded_plugins=set())
+    load(Path("ping.yaml"), text.replace("http:request", "billing:charge"),
+         unloaded_plugins={"http"})
+
+
+async def test_an_engine_without_the_http_plugin_reports_the_file_that_needs_it(
+        engine: Engine, data_dir: Path, http: aiohttp.ClientSession) -> None:
+    folder = data_dir / "workflows"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ping.yaml").write_text(
+        "name: ping\njobs:\n  j:\n    steps:\n      - id: call\n        action: http:request\n"
+        "        with: {url: 'https://example.test'}\n")
+    headers = {"Authorization": f"Bearer {(data_dir / 'token').read_text().strip()}"}
+    files: list[dict[str, Any]] = []
+
+    async def reported() -> bool:
+        nonlocal files
+        async with http.get("/api/v1/workflow-files", headers=headers) as response:
+            files = (await response.json())["files"]
+        return bool(files) and files[0].get("error") is not None
+
+    await _until(reported)
+    assert "ping.yaml:6: step 'call': action 'http:request' comes from the http plugin, which " \
+           "is not loaded; start the engine with --plugin http" in files[0]["error"]

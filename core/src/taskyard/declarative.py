@@ -17,13 +17,15 @@
 A file becomes a workflow definition (a step per step, each after the earlier steps of its job,
 on the integration queue) and the integration worker's tasks, one per step, which render `with`
 and call the action. Strings in `with` may hold CEL in `{{ }}` over `input` and `steps` (earlier
-steps' outputs in the same job); a string that is one `{{ }}` keeps the value's type.
+steps' outputs in the same job); a string that is one `{{ }}` keeps the value's type. Hatchet's
+`{{ .field }}` is read as `{{ input.field }}`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ TEMPLATE = re.compile(r"\{\{\s*(.+?)\s*\}\}")
 WHOLE_TEMPLATE = re.compile(r"\{\{\s*((?:(?!\{\{|\}\}).)+?)\s*\}\}")  # exactly one
 STEP_REFERENCE = re.compile(r"\bsteps\.([A-Za-z_]\w*)")
 TEMPLATE_NAMES = frozenset({"input", "steps"})
+HATCHET_PATH = re.compile(r"\.[A-Za-z_]")
 
 
 class _Spec(BaseModel):
@@ -104,8 +107,11 @@ class Declared:
         return [step for job in self.spec.jobs.values() for step in job.steps]
 
 
-def load(path: Path, text: str) -> Declared:
-    """Parse and check one file; raises DeclarativeError naming the line."""
+def load(path: Path, text: str, *, actions: Collection[str] = (),
+         unloaded_plugins: Collection[str] = ()) -> Declared:
+    """Parse and check one file; raises DeclarativeError naming the line. `actions`: those the
+    loaded plugins provide; an action named after a plugin that is installed but not loaded
+    (`http:request` without `--plugin http`) is refused, since no worker would ever run it."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -132,6 +138,12 @@ def load(path: Path, text: str) -> Declared:
                                        f"step id {step.id!r} is used twice (jobs "
                                        f"{seen[step.id]!r} and {job_name!r})")
             seen[step.id] = job_name
+            plugin = step.action.partition(":")[0]
+            if step.action not in actions and plugin in unloaded_plugins:
+                raise DeclarativeError(path, _line_of(lines, (*at, "action")),
+                                       f"step {step.id!r}: action {step.action!r} comes from "
+                                       f"the {plugin} plugin, which is not loaded; start the "
+                                       f"engine with --plugin {plugin}")
             for text_value, sub in _strings(step.with_, (*at, "with")):
                 _check_templates(path, _line_of(lines, sub), job_name, step.id, text_value,
                                  earlier)
@@ -153,9 +165,15 @@ def load(path: Path, text: str) -> Declared:
     return Declared(path, spec, definition)
 
 
+def _expression(template: str) -> str:
+    """A template's CEL; Hatchet's spelling `{{ .user.name }}` reads the input."""
+    return "input" + template if HATCHET_PATH.match(template) else template
+
+
 def _check_templates(path: Path, line: int | None, job: str, step: str, text: str,
                      earlier: list[str]) -> None:
-    for expression in TEMPLATE.findall(text):
+    for template in TEMPLATE.findall(text):
+        expression = _expression(template)
         try:
             check(expression, TEMPLATE_NAMES)
         except ExpressionError as exc:
@@ -183,8 +201,9 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
     if isinstance(value, str):
         whole = WHOLE_TEMPLATE.fullmatch(value.strip())
         if whole is not None:
-            return evaluate(whole.group(1), variables)
-        return TEMPLATE.sub(lambda match: _text(evaluate(match.group(1), variables)), value)
+            return evaluate(_expression(whole.group(1)), variables)
+        return TEMPLATE.sub(lambda match: _text(evaluate(_expression(match.group(1)), variables)),
+                            value)
     if isinstance(value, dict):
         return {key: render(item, variables) for key, item in value.items()}
     if isinstance(value, list):

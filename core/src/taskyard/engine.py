@@ -166,7 +166,8 @@ class Engine:
         self._integrations = Integrations(
             directory=self.settings.workflows_dir or self.settings.data_dir / "workflows",
             url=lambda: self.url, actions=self.actions, register=self._register_declared,
-            token_for=self._internal_token, forget_token=self._forget_internal_token)
+            token_for=self._internal_token, forget_token=self._forget_internal_token,
+            loaded_plugins=self._plugins.names)
         await self._integrations.start()
         await self._plugins.call("taskyard_startup", host=self)
         for provided in await self._plugins.call("taskyard_trigger_sources"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 from taskyard.declarative import INTEGRATION_QUEUE, DeclarativeError, Declared, StepSpec, load
 from taskyard.declarative import render as render_with
 from taskyard.errors import ApiError
+from taskyard.plugin_manager import installed_plugins
 from taskyard.plugins import Action
 from taskyard_sdk import Context, Task, Taskyard, Worker
 from taskyard_sdk.models import TaskOptions, WorkflowDefinition
@@ -50,10 +51,11 @@ TokenFor = Callable[[str], Awaitable[str]]  # tenant name -> a worker token
 class Integrations:
     def __init__(self, *, directory: Path, url: Callable[[], str], actions: dict[str, Action],
                  register: Register, token_for: TokenFor, forget_token: Callable[[str], None],
-                 poll_seconds: float = 1.0) -> None:
+                 loaded_plugins: Collection[str] = (), poll_seconds: float = 1.0) -> None:
         self.directory = directory
         self.url = url
         self.actions = actions
+        self.loaded_plugins = set(loaded_plugins)  # to name the one a step's action needs
         self.register = register
         self.token_for = token_for
         self.forget_token = forget_token
@@ -134,7 +136,9 @@ class Integrations:
 
     async def _load(self, path: Path, tenant: str, state: FileState) -> bool:
         try:
-            declared = load(path, await asyncio.to_thread(path.read_text))
+            declared = load(path, await asyncio.to_thread(path.read_text),
+                            actions=self.actions.keys(),
+                            unloaded_plugins=installed_plugins().keys() - self.loaded_plugins)
             for step in declared.steps():
                 action = self.actions.get(step.action)
                 check = getattr(action, "check", None)
