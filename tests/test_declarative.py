@@ -281,3 +281,67 @@ async def test_an_engine_without_the_http_plugin_reports_the_file_that_needs_it(
     await _until(reported)
     assert "ping.yaml:6: step 'call': action 'http:request' comes from the http plugin, which " \
            "is not loaded; start the engine with --plugin http" in files[0]["error"]
+
+
+async def test_editing_one_file_leaves_the_steps_in_flight_of_another_alone(
+        db_url: str, data_dir: Path) -> None:
+    """A change starts the new integration worker first and drains the old one: a slow
+    http:request of another workflow finishes where it runs, and a new file is served at once."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"slow": True})
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.json_response({"fast": True})
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/fast", fast)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    step = ("name: {name}\njobs:\n  j:\n    steps:\n      - id: call\n"
+            "        action: http:request\n"
+            "        with: {{url: 'http://127.0.0.1:{port}/{path}'}}\n")
+    folder = data_dir / "workflows"
+    folder.mkdir(parents=True)
+    (folder / "slow.yaml").write_text(step.format(name="slow", port=port, path="slow"))
+    (folder / "other.yaml").write_text(step.format(name="other", port=port, path="fast"))
+    try:
+        async with Engine(engine_settings(db_url, data_dir, plugins=["http"])) as engine:
+            ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
+            in_flight = await ty.transport.request("POST", "/api/v1/workflows/slow/runs",
+                                                   json_body={"input": {}})
+            await _until(lambda: _step_running(ty, in_flight["run_id"]))
+            with (folder / "other.yaml").open("a") as edited:
+                edited.write("# a comment\n")
+            (folder / "new.yaml").write_text(step.format(name="new", port=port, path="fast"))
+
+            async def new_served() -> bool:
+                try:
+                    run = await ty.transport.request("POST", "/api/v1/workflows/new/runs",
+                                                     json_body={"input": {}})
+                except Exception:
+                    return False
+                [done] = (await ty.runs.aio_wait([run["run_id"]], timeout=10)).values()
+                return done.status is RunStatus.SUCCEEDED
+
+            try:
+                await _until(new_served, timeout=10)  # not after the old worker's drain
+            finally:
+                release.set()
+            [finished] = (await ty.runs.aio_wait([in_flight["run_id"]], timeout=30)).values()
+            assert finished.status is RunStatus.SUCCEEDED, finished
+            assert finished.output["call"]["body"] == {"slow": True}
+            await ty.aio_close()
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def _step_running(ty: Taskyard, run_id: str) -> bool:
+    view = await ty.runs.aio_get(run_id)
+    return any(step.status is RunStatus.RUNNING for step in view.steps)

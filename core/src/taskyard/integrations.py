@@ -9,8 +9,14 @@ timeouts, concurrency and rate limits apply to integrations exactly as to user t
 
 Files are read from the workflows directory (`<data-dir>/workflows`, or `--workflows DIR`):
 `*.yaml` / `*.yml` at its top belong to the `default` tenant, those in `<tenant name>/` to that
-tenant. The directory is polled; a changed file is loaded again, and a file that does not load is
-reported (file, line, reason) and leaves the last good version of its workflow in place.
+tenant. The directory is polled every second; a changed file is loaded again, and a file that
+does not load is reported (file, line, reason) and leaves the last good version of its workflow
+in place.
+
+A change starts the tenant's new integration worker first and only then drains the old one, for
+as long as its longest step may run: steps in flight finish where they started (of every
+workflow, changed or not: runs in flight keep their version), and new steps go to the new
+worker at once.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class Integrations:
         self.poll_seconds = poll_seconds
         self.files: dict[Path, FileState] = {}
         self.workers: dict[str, tuple[Taskyard, Worker]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced workers, draining
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -74,6 +81,7 @@ class Integrations:
             await asyncio.gather(self._poller, return_exceptions=True)
         for tenant in list(self.workers):
             await self._stop_worker(tenant)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _poll(self) -> None:
         while True:
@@ -169,10 +177,12 @@ class Integrations:
     # -- the workers -----------------------------------------------------------------------------
 
     async def _restart_worker(self, tenant: str) -> None:
-        await self._stop_worker(tenant)
+        """The tenant's worker for what its files declare now; the one it replaces drains in
+        the background."""
         declared = [state.declared for state in self.files.values()
                     if state.tenant == tenant and state.declared is not None]
         if not declared:
+            await self._stop_worker(tenant)
             return
         token = await self.token_for(tenant)
         client = Taskyard(self.url(), token)
@@ -183,8 +193,9 @@ class Integrations:
                 tasks.append(_step_task(client, workflow.spec.name, step,
                                         self.actions.get(step.action),
                                         workflow.definition))
+        longest = max(task.options.execution_timeout for task in tasks)
         worker = client.worker("integrations", tasks=tasks, slots=SLOTS,
-                               queue=INTEGRATION_QUEUE)
+                               queue=INTEGRATION_QUEUE, drain_timeout=longest + 5)
         try:
             await worker.__aenter__()
         except Exception:
@@ -192,13 +203,24 @@ class Integrations:
             self.forget_token(token)
             await client.aio_close()
             return
+        replaced = self.workers.get(tenant)
         self.workers[tenant] = (client, worker)
+        if replaced is not None:
+            retiring = asyncio.create_task(self._retire_worker(*replaced),
+                                           name=f"integrations:{tenant}:drain")
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
 
     async def _stop_worker(self, tenant: str) -> None:
         running = self.workers.pop(tenant, None)
         if running is not None:
-            client, worker = running
+            await self._retire_worker(*running)
+
+    async def _retire_worker(self, client: Taskyard, worker: Worker) -> None:
+        """Drain: the steps it runs finish (within their timeouts), it takes nothing new."""
+        try:
             await worker.__aexit__(None, None, None)
+        finally:
             await client.aio_close()
             if client.config.token is not None:
                 self.forget_token(client.config.token)
