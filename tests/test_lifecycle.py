@@ -18,6 +18,7 @@ from taskyard_sdk import (
     InvalidInput,
     NonRetryableError,
     RetryAfter,
+    RunHandle,
     RunStatus,
     TaskFailed,
     Taskyard,
@@ -160,6 +161,38 @@ async def test_execution_timeout_cancels_the_attempt(ty: Taskyard) -> None:
     assert failure.value.status is RunStatus.TIMED_OUT
     assert failure.value.error is not None
     assert failure.value.error.type == "ExecutionTimeout"
+
+
+async def test_the_children_of_a_run_that_timed_out_are_cancelled_with_it(
+        ty: Taskyard) -> None:
+    """A step or task cut off by its timeout can no longer use what it spawned: the child it
+    was waiting for (queued, on a queue nobody serves) is cancelled, not left queued."""
+    @ty.task(queue="nobody-serves-this")
+    async def child(n: int) -> int:
+        return n
+
+    spawned: list[RunHandle[int]] = []
+
+    @ty.task(execution_timeout=0.5)
+    async def parent(n: int) -> int:
+        handle = await child.aio_run_no_wait(n)
+        spawned.append(handle)
+        return await handle.aio_result()
+
+    async with ty.worker("parents", tasks=[parent]):
+        with pytest.raises(TaskFailed) as failure:
+            await parent.aio_run(1, timeout=10)
+    assert failure.value.status is RunStatus.TIMED_OUT
+    [handle] = spawned
+    for _ in range(100):
+        view = await handle.aio_get()
+        if view.status is RunStatus.CANCELLED:
+            break
+        await asyncio.sleep(0.05)
+    assert view.status is RunStatus.CANCELLED
+    assert view.parent_run_id == failure.value.run_id
+    assert view.error is not None
+    assert view.error.message == f"run {failure.value.run_id} timed out"
 
 
 async def test_refresh_timeout_extends_the_deadline(ty: Taskyard) -> None:

@@ -138,7 +138,7 @@ class Scheduler:
                 repository=self.runs, waiters=self.waiters, streams=self.streams,
                 connected_workers=self.registry.connected, steps_ended=self._steps_ended,
                 worker_grace=self.heartbeat_timeout, limiter=self.limiter_for(tenant_id),
-                events=self.events, runs_ended=self.runs_ended, observe_all=self.observe_all,
+                events=self.events, runs_ended=self._runs_ended, observe_all=self.observe_all,
                 runs_changed=self.runs_changed,
                 recovery_hold=self.recovery_hold if recovering else 0.0)
             self._start_later(actor.start())
@@ -162,6 +162,23 @@ class Scheduler:
                 runs_ended=self.runs_ended if self.observe_all else None)
             self._start_later(actor.start())
         return actor
+
+    def _runs_ended(self, tenant_id: uuid.UUID, ended: list[RunEnded]) -> None:
+        """Runs of the queues that reached their final state (committed). A run that timed out
+        can no longer use what it spawned: its unfinished children are cancelled with it. Then
+        on to the alerter and observers."""
+        for run in ended:
+            if run.status == RunStatus.TIMED_OUT.value:
+                self._start_later(self._cancel_children_of_timed_out(tenant_id, run.run_id))
+        if self.runs_ended is not None:
+            self.runs_ended(tenant_id, ended)
+
+    async def _cancel_children_of_timed_out(self, tenant_id: uuid.UUID,
+                                            run_id: uuid.UUID) -> None:
+        try:
+            await self._cancel_children(tenant_id, run_id, f"run {run_id} timed out")
+        except Exception:
+            log.exception("could not cancel the children of run %s, which timed out", run_id)
 
     def _cancel_later(self, tenant_id: uuid.UUID, run_id: uuid.UUID, reason: str) -> None:
         """Cancel a run and everything under it, for an actor that cannot wait for that."""
@@ -346,15 +363,18 @@ class Scheduler:
             actor = self.queue_for(tenant_id, run.queue)
             await actor.ask(actor.cancel, run.run_id, reason)
 
-    async def _cancel_children(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
-        """The runs a cancelled run spawned (and a workflow run's steps), and theirs."""
+    async def _cancel_children(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
+                               reason: str | None = None) -> None:
+        """The runs a cancelled run spawned (and a workflow run's steps), and theirs; `reason`
+        is given to all of them (by default each is told its parent was cancelled)."""
         await self.persister.flush()  # so the query below sees the steps just cancelled
         for child_id in await self.runs.active_children(tenant_id, run_id):
             child = await self.runs.load_run(tenant_id, child_id)
             if child is not None and not child.status.terminal:
                 with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
-                    await self._cancel_one(tenant_id, child, f"run {run_id} was cancelled")
-                await self._cancel_children(tenant_id, child_id)
+                    await self._cancel_one(tenant_id, child,
+                                           reason or f"run {run_id} was cancelled")
+                await self._cancel_children(tenant_id, child_id, reason)
 
     async def replay(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
         run = await self._load(tenant_id, run_id)
