@@ -62,3 +62,19 @@ async def test_a_worker_takes_tasks_and_workflows_in_either_list(ty: Taskyard) -
         @wf.task(parents=["frist"])
         async def third(n: int) -> int:
             return n
+
+
+async def test_a_workflow_triggered_before_any_worker_registered_it_runs(ty: Taskyard) -> None:
+    """The SDK holds the definition: a trigger the engine cannot place registers it first, so
+    the order in which the processes start does not matter."""
+    wf = ty.workflow("early-bird")
+
+    @wf.task()
+    async def only(n: int) -> int:
+        return n * 3
+
+    handle = await wf.aio_run_no_wait(2)
+    [batched] = await wf.aio_run_many_no_wait([5])
+    async with ty.worker("late", workflows=[wf]):
+        assert await handle.aio_result(timeout=20) == {"only": 6}
+        assert await batched.aio_result(timeout=20) == {"only": 15}

@@ -22,7 +22,7 @@ from pydantic_core import to_jsonable_python
 
 from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import current_run
-from taskyard_sdk._errors import InvalidInput, TaskFailed
+from taskyard_sdk._errors import InvalidInput, NotFound, TaskFailed
 from taskyard_sdk._schedules import Schedulable
 from taskyard_sdk._task import (
     RunHandle,
@@ -224,10 +224,22 @@ class Workflow(Schedulable, Generic[In]):
     async def aio_run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
                               priority: int | None = None,
                               idempotency_key: str | None = None) -> RunHandle[Outputs]:
-        ref = RunRef.model_validate(await self.client.transport.request(
-            "POST", f"/api/v1/workflows/{self.name}/runs",
+        ref = RunRef.model_validate(await self._post(
+            f"/api/v1/workflows/{self.name}/runs",
             json_body=self._trigger(input, metadata, priority, idempotency_key)))
         return RunHandle(self, ref.run_id)
+
+    async def _post(self, path: str, **body: Any) -> Any:
+        """A trigger; one the engine refuses because no worker registered the workflow yet
+        registers this definition and goes again, so the order in which processes start does
+        not matter."""
+        try:
+            return await self.client.transport.request("POST", path, **body)
+        except NotFound as exc:
+            if "is registered in this tenant" not in exc.message:
+                raise
+        await self.aio_register()
+        return await self.client.transport.request("POST", path, **body)
 
     async def aio_run(self, input: In, *, metadata: dict[str, str] | None = None,
                       priority: int | None = None, idempotency_key: str | None = None,
@@ -244,8 +256,8 @@ class Workflow(Schedulable, Generic[In]):
         handles: list[RunHandle[Outputs]] = []
         runs = (self._trigger(value, metadata, priority, None) for value in inputs)
         for body in batch_bodies(runs):
-            response = BatchTriggerResponse.model_validate(await self.client.transport.request(
-                "POST", f"/api/v1/workflows/{self.name}/runs/batch", body=body))
+            response = BatchTriggerResponse.model_validate(await self._post(
+                f"/api/v1/workflows/{self.name}/runs/batch", body=body))
             handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
 
