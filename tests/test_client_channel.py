@@ -18,7 +18,19 @@ from taskyard.auth import Role
 from taskyard.engine import Engine
 from taskyard.http.client_socket import CHANNELS
 from taskyard_sdk import ConnectionLost, InvalidRequest, Taskyard
+from taskyard_sdk.protocol import MAX_JSON_DEPTH
 from tests.conftest import TenantTokens, engine_settings
+
+
+def nested(depth: int) -> list[Any]:
+    """A list nested `depth` levels deep (a bare list is one level)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+TOO_DEEP = f"nested more than {MAX_JSON_DEPTH} levels deep; the limit is {MAX_JSON_DEPTH}"
 
 
 class RawChannel:
@@ -94,7 +106,7 @@ async def test_a_call_answers_as_its_rest_endpoint(
     assert (
         (again["status"], again["body"])
         == (status, over_http)
-        == (200, {**created["body"], "created": False})
+        == (200, {**created["body"], "created": False, "idempotent_replay": True})
     )
     read = await channel.call({"id": 3, "method": "GET", "path": f"/api/v1/runs/{run_id}"})
     status, view = await rest(engine, tenant, "GET", f"/api/v1/runs/{run_id}")
@@ -139,6 +151,23 @@ async def test_a_call_answers_as_its_rest_endpoint(
             "needs a token with role admin",
         ),
         ({"id": 1, "method": "GET", "path": "/api/v1/runs/x/stream"}, 404, "no endpoint"),
+        ({"id": 1, "method": "GET", "path": "/api/v1/runs/batch"}, 405, "allowed: POST"),
+        # deeper than the limit, and (230) than pydantic's JSON parser reads: refused by id
+        *(
+            (
+                {"id": 1, "method": "POST", "path": "/api/v1/runs",
+                 "body": {"task": "t", "input": nested(depth)}},
+                422,
+                f"body.input[0][0]…[0][0]: {TOO_DEEP}",
+            )
+            for depth in (MAX_JSON_DEPTH, 230)
+        ),
+        (
+            {"id": 1, "method": "POST", "path": "/api/v1/runs",
+             "body": {"task": "t", "input": {"n": 10**30}}},
+            422,
+            "body: holds a number that cannot be stored",
+        ),
         ({"method": "GET", "path": "/api/v1/runs"}, 400, "frame is not a call: id"),
         ("not json", 400, "frame is not a call"),
     ],

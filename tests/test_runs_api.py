@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -63,6 +64,61 @@ async def test_idempotency_key_returns_the_existing_run(http: aiohttp.ClientSess
     assert sum(ref["created"] for _, batch in results for ref in batch["runs"]) == 1
 
 
+async def test_a_reused_idempotency_key_says_so_and_whether_the_input_differs(
+        http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    body = {"task": "charge", "input": {"cents": 100, "ok": True}, "idempotency_key": "order-9"}
+    status, first = await post(http, "/api/v1/runs", tenant, body)
+    assert status == 201
+    assert (first["idempotent_replay"], first["input_differs"]) == (False, False)
+    # the same input, as another client may write it: a replay of the same work
+    status, same = await post(http, "/api/v1/runs", tenant,
+                              {**body, "input": {"ok": True, "cents": 100.0}})
+    assert status == 200
+    assert (same["run_id"], same["idempotent_replay"], same["input_differs"]) == (
+        first["run_id"], True, False)
+    for other in ({"cents": 250, "ok": True}, {"cents": 100, "ok": 1}, None):
+        status, differs = await post(http, "/api/v1/runs", tenant, {**body, "input": other})
+        assert status == 200, other
+        assert (differs["run_id"], differs["idempotent_replay"], differs["input_differs"]) == (
+            first["run_id"], True, True), other
+    # another task under the same key: the answer names the run's own task
+    status, elsewhere = await post(http, "/api/v1/runs", tenant, {**body, "task": "refund"})
+    assert (status, elsewhere["task"], elsewhere["input_differs"]) == (200, "charge", False)
+    status, batch = await post(http, "/api/v1/runs/batch", tenant, {"runs": [
+        {**body, "input": {"cents": 1}}, {"task": "charge", "input": {"cents": 1}}]})
+    assert status == 201
+    assert [(ref["idempotent_replay"], ref["input_differs"]) for ref in batch["runs"]] == [
+        (True, True), (False, False)]
+
+
+async def test_listing_runs_since_or_until_before_1970(http: aiohttp.ClientSession,
+                                                       tenant: TenantTokens) -> None:
+    """Run ids hold their creation time from 1970 on: earlier moments used to answer 500."""
+    _, ref = await post(http, "/api/v1/runs", tenant, {"task": "old"})
+    status, page = await get(http, "/api/v1/runs", tenant, since="1760-03-30T13:30:14-03:55")
+    assert status == 200
+    assert [run["run_id"] for run in page["runs"]] == [ref["run_id"]]  # type: ignore[index]
+    status, page = await get(http, "/api/v1/runs", tenant, until="0450-05-20T12:24:00Z")
+    assert (status, page["runs"]) == (200, [])  # type: ignore[index]
+
+
+async def test_a_stream_whose_client_went_away_ends_quietly(
+        engine: Engine, tenant: TenantTokens, caplog: pytest.LogCaptureFixture) -> None:
+    """Writing the end of a stream nobody reads is no database outage to log."""
+    async with aiohttp.ClientSession(base_url=engine.url) as http:
+        _, ref = await post(http, "/api/v1/runs", tenant, {"task": "quiet"})
+        async with http.get(f"/api/v1/runs/{ref['run_id']}/stream",
+                            headers=tenant.headers("client")) as response:
+            assert response.status == 200
+        # the connection is closed; the run ends, and the stream tries to say so
+        await asyncio.sleep(0.1)
+        status, _ = await post(http, f"/api/v1/runs/{ref['run_id']}/cancel", tenant)
+        assert status == 200
+        await asyncio.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
+        r.getMessage() for r in caplog.records]
+
+
 async def test_batch_trigger_and_list_with_filters_and_pages(
         http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
     status, batch = await post(http, "/api/v1/runs/batch", tenant, {"runs": [
@@ -105,6 +161,8 @@ async def test_batch_trigger_and_list_with_filters_and_pages(
     ({"task": "t", "options": {"retries": -1}}, "body.options.retries"),
     ({"task": "t", "options": {"execution_timeout": "soon"}}, "body.options.execution_timeout"),
     ({"task": "t", "metadata": {"k": 1}}, "body.metadata.k"),
+    # a retry that far out is a time PostgreSQL refuses, failing the persister's whole batch
+    ({"task": "t", "options": {"backoff_max_seconds": 1e300}}, "body.options.backoff_max_seconds"),
 ])
 async def test_invalid_triggers_are_422(http: aiohttp.ClientSession, tenant: TenantTokens,
                                         body: dict[str, object], location: str) -> None:
@@ -116,7 +174,8 @@ async def test_invalid_triggers_are_422(http: aiohttp.ClientSession, tenant: Ten
 async def test_nul_in_input_is_refused_and_nothing_is_stored(
         engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
     async with http.post("/api/v1/runs", data=b'{"task": "t", "input": {"s": "a\\u0000"}}',
-                         headers=tenant.headers()) as response:
+                         headers={**tenant.headers(), "Content-Type": "application/json"}
+                         ) as response:
         assert response.status == 422
         assert "body.input.s: contains a NUL" in (await response.json())["error"]["message"]
     assert await engine.pool.fetchval("SELECT count(*) FROM runs") == 0

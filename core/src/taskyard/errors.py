@@ -51,6 +51,10 @@ class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
 class Unprocessable(ApiError):
     status, code = 422, "invalid"
 

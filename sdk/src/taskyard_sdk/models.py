@@ -14,7 +14,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -27,6 +26,9 @@ STEP_PATTERN = r"^[A-Za-z0-9_.\-]{1,100}$"  # no ':', which joins workflow and s
 EVENT_KEY_PATTERN = r"^[A-Za-z0-9_.:/\-]{1,200}$"
 EVENT_MATCH_PATTERN = r"^[A-Za-z0-9_.:/\-]{0,200}\*?$"  # an exact key, or a prefix ending in *
 RATE_KEY_PATTERN = r"^[A-Za-z0-9_.:/@\-]{1,200}$"
+# The longest any duration may be (100 years): the engine stores the times durations lead to,
+# and one ages away is a time PostgreSQL refuses, failing the write that holds it.
+MAX_SECONDS = 100 * 365 * 86_400
 
 LabelValue = str | int | float | bool
 
@@ -162,11 +164,9 @@ def _labels_in(value: Any) -> Any:
 
 DesiredLabels = Annotated[
     tuple[tuple[str, Label], ...],
-    BeforeValidator(_labels_in),
-    PlainSerializer(dict,
-                    return_type=dict[str, Label]),
-    WithJsonSchema({"type": "object", "additionalProperties": {
-        "description": "A Label ({value, required, comparator, weight}), or a bare value."}}),
+    # what is sent: a Label ({value, required, comparator, weight}) or a bare value per name
+    BeforeValidator(_labels_in, json_schema_input_type=dict[str, Label | LabelValue]),
+    PlainSerializer(dict, return_type=dict[str, Label]),
 ]
 
 
@@ -213,10 +213,10 @@ class TaskOptions(_Strict):
         default=None, ge=1.0, le=100.0,
         description="Retry n waits min(backoff_factor ** n, backoff_max_seconds); None retries "
                     "at once.")
-    backoff_max_seconds: float = Field(default=3600.0, gt=0)
-    execution_timeout: float = Field(default=60.0, gt=0,
+    backoff_max_seconds: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
+    execution_timeout: float = Field(default=60.0, gt=0, le=MAX_SECONDS,
                                      description="Longest an attempt may run.")
-    schedule_timeout: float = Field(default=300.0, gt=0,
+    schedule_timeout: float = Field(default=300.0, gt=0, le=MAX_SECONDS,
                                     description="Longest a run may wait in the queue to start.")
     priority: int = Field(default=DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     queue: str = Field(default="default", pattern=NAME_PATTERN)
@@ -260,6 +260,12 @@ class RunRef(BaseModel):
     task: str
     status: RunStatus
     created: bool = Field(description="False when an idempotency key matched an existing run.")
+    idempotent_replay: bool = Field(
+        default=False, description="True when an idempotency key matched an existing run: this "
+                                   "is that run, and nothing new was triggered.")
+    input_differs: bool = Field(
+        default=False, description="On a replay: the existing run was triggered with another "
+                                   "input than this request's (the key was used for other work).")
 
 
 class BatchTriggerResponse(BaseModel):
@@ -350,7 +356,7 @@ class SleepCondition(_Strict):
     """Holds once `seconds` have passed since the step began waiting."""
 
     type: Literal["sleep"] = "sleep"
-    seconds: float = Field(gt=0)
+    seconds: float = Field(gt=0, le=MAX_SECONDS)
 
 
 class EventCondition(_Strict):

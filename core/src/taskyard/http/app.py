@@ -19,8 +19,8 @@ from taskyard.http import (
     worker_socket,
     workflows,
 )
-from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware
-from taskyard.http.keys import ENDPOINTS, ENGINE
+from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware, quiet_malformed_requests
+from taskyard.http.keys import ENDPOINTS, ENGINE, OPENAPI
 from taskyard.http.routing import AUTHENTICATOR, Router, mount
 
 if TYPE_CHECKING:
@@ -33,12 +33,14 @@ CORE_ROUTERS = (system.router, tokens.router, runs.router, workflows.router, eve
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:
     max_bytes = engine.settings.max_request_bytes
+    quiet_malformed_requests()
     app = web.Application(client_max_size=max_bytes, middlewares=[error_middleware])
     app[MAX_REQUEST_BYTES] = max_bytes
     app[ENGINE] = engine
     app[AUTHENTICATOR] = engine.authenticate
     endpoints = [ep for router in (*CORE_ROUTERS, *plugin_routers) for ep in router.endpoints]
     app[ENDPOINTS] = endpoints
+    app[OPENAPI] = {}
     mount(app, endpoints)
     client_socket.install(app, endpoints)
     app.on_shutdown.append(_disconnect_workers)

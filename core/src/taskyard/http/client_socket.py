@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import WSMsgType, web
 from multidict import MultiDict
 from pydantic import ValidationError
 
 from taskyard.auth import Role
-from taskyard.errors import BadRequest, MethodNotAllowed, NotFound
+from taskyard.errors import BadRequest, MethodNotAllowed, NotFound, Unprocessable
 from taskyard.frames import FrameWriter
 from taskyard.http.errors import failure, next_request_id
 from taskyard.http.keys import ENGINE
@@ -37,6 +38,7 @@ from taskyard.http.routing import (
     NO_BODY,
     Call,
     Endpoint,
+    RoutePaths,
     Router,
     authorize,
     invoke,
@@ -64,14 +66,11 @@ class ChannelRoutes:
     def __init__(self, endpoints: Sequence[Endpoint]) -> None:
         self._exact: dict[tuple[str, str], _Route] = {}
         self._patterns: list[tuple[str, re.Pattern[str], _Route]] = []
+        paths = RoutePaths(endpoint.path for endpoint in endpoints)
         for endpoint in endpoints:
             route = _Route(endpoint, result_encoder(endpoint))
             if "{" in endpoint.path:
-                pattern = "/".join(
-                    f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
-                    for part in endpoint.path.split("/")
-                )
-                self._patterns.append((endpoint.method, re.compile(f"^{pattern}$"), route))
+                self._patterns.append((endpoint.method, paths.regex(endpoint.path), route))
             else:
                 self._exact[(endpoint.method, endpoint.path)] = route
 
@@ -81,7 +80,7 @@ class ChannelRoutes:
             return route, {}
         allowed = {m for m, p in self._exact if p == path}
         for pattern_method, pattern, candidate in self._patterns:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)
             if match is not None:
                 if pattern_method == method:
                     return candidate, match.groupdict()
@@ -151,12 +150,15 @@ class _Channel:
             call = protocol.ClientCall.model_validate_json(data)
         except ValidationError as exc:
             error = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(part) for part in error["loc"])
-            detail = f"{where}: {error['msg']}" if where else error["msg"]
-            self.refuse(BadRequest(f"frame is not a call: {detail}"))
-            return
+            deep = _deep_call(data) if error["type"] == "json_invalid" else None
+            if deep is None:
+                where = ".".join(str(part) for part in error["loc"])
+                detail = f"{where}: {error['msg']}" if where else error["msg"]
+                self.refuse(BadRequest(f"frame is not a call: {detail}"))
+                return
+            call = deep
         await self.slots.acquire()
-        task = asyncio.create_task(self._serve(call, "\\u0000" in data))
+        task = asyncio.create_task(self._serve(call, data))
         self.running.add(task)
         task.add_done_callback(self._done)
 
@@ -164,19 +166,27 @@ class _Channel:
         self.running.discard(task)
         self.slots.release()
 
-    async def _serve(self, call: protocol.ClientCall, nul: bool) -> None:
+    async def _serve(self, call: protocol.ClientCall, text: str) -> None:
         try:
             route, params = self.routes.find(call.method, call.path)
             principal = authorize(route.endpoint, await self.authenticate(self.authorization))
-            result = await invoke(
-                route.endpoint,
-                self.request,
-                principal,
-                params,
-                MultiDict(call.query),
-                NO_BODY if call.body is None else call.body,
-                nul,
-            )
+            try:
+                result = await invoke(
+                    route.endpoint,
+                    self.request,
+                    principal,
+                    params,
+                    MultiDict(call.query),
+                    NO_BODY if call.body is None else call.body,
+                    text,
+                )
+            except orjson.JSONEncodeError as exc:
+                if call.body is None:
+                    raise
+                # pydantic's JSON parser keeps integers that orjson cannot write (over HTTP,
+                # orjson reads them as floats): the body holds a number that cannot be stored
+                raise Unprocessable(f"body: holds a number that cannot be stored ({exc}); "
+                                    f"integers must fit in 64 bits") from None
             status, payload = route.encode(result)
         except Exception as exc:
             status, payload, _ = failure(exc, call.method, call.path, next_request_id())
@@ -186,6 +196,20 @@ class _Channel:
         """A frame that is not a call: answered without an id."""
         status, payload, _ = failure(error, "FRAME", "/api/v1/clients/connect", next_request_id())
         self.writer.send(_answer(None, status, payload))
+
+
+def _deep_call(data: str) -> protocol.ClientCall | None:
+    """A call whose JSON pydantic's parser gave up on: it stops at 200 levels, which a body
+    the SDK sends can pass. Read with orjson (good for 1024), it is served as any call, and
+    refused by its id as over HTTP (422, naming the depth limit)."""
+    try:
+        frame = orjson.loads(data)
+        if not isinstance(frame, dict):
+            return None
+        body = frame.pop("body", None)
+        return protocol.ClientCall.model_validate(frame).model_copy(update={"body": body})
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
 
 
 def _answer(call_id: int | None, status: int, body: bytes | None) -> bytes:

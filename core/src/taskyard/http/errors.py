@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from taskyard.db import TRANSIENT_ERRORS
 from taskyard.errors import ApiError
@@ -28,7 +29,8 @@ MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "invalid",
     429: "too_many_requests", 503: "unavailable",
 }
 
@@ -70,6 +72,27 @@ def failure(exc: Exception, method: str, path: str, request_id: str
               exc_info=exc)
     return 500, error_body("internal", f"internal error; the engine log has details under "
                                        f"request id {request_id}"), {}
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a NUL in a header, a broken request line) as an
+    error with a traceback, after answering it 400: the client's fault, which any client can
+    repeat to fill the log. Such records become one warning line naming the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = " ".join(str(exc.message).split())
+            record.msg, record.args = "malformed request refused (400): %s", (reason,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> bytes:

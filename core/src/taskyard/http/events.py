@@ -9,7 +9,14 @@ from pydantic import BaseModel, Field
 from taskyard.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Document, Router, metadata_filter, page_cursor
+from taskyard.http.routing import (
+    METADATA_PAIRS,
+    Call,
+    Document,
+    Router,
+    metadata_filter,
+    page_cursor,
+)
 from taskyard_sdk.models import (
     BatchEventRequest,
     BatchEventResponse,
@@ -25,7 +32,8 @@ ANY_ROLE = list(Role)
 class ListEventsQuery(BaseModel):
     key: list[str] = Field(default_factory=list, description="Exact keys, repeatable.")
     prefix: str | None = Field(default=None, description="Keys starting with this.")
-    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable")
+    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable",
+                                json_schema_extra=METADATA_PAIRS)
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=100, ge=1, le=1000)

@@ -13,3 +13,5 @@ if TYPE_CHECKING:
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine")
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
+# The OpenAPI document, encoded when first asked for (building it takes ~100 ms of the loop).
+OPENAPI: web.AppKey[dict[str, bytes]] = web.AppKey("openapi")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from taskyard import __version__
 from taskyard.http.routing import Endpoint
@@ -22,16 +24,34 @@ _ERROR_SCHEMA = {
 }
 
 
+def _path_schema(name: str, pattern: str | None) -> dict[str, Any]:
+    if name.endswith("_id"):  # see taskyard.http.routing: such parameters are UUIDs
+        return {"type": "string", "format": "uuid"}
+    if pattern is not None:
+        return {"type": "string", "pattern": pattern}
+    return {"type": "string"}
+
+
 def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
-    components: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    # Bodies and responses in one pass: a model read and written differently (TaskOptions: its
+    # labels are sent bare or whole, and always written whole) gets one component for each way.
+    inputs: list[tuple[tuple[int, str], JsonSchemaMode, TypeAdapter[Any]]] = []
+    for index, endpoint in enumerate(endpoints):
+        if endpoint.body is not None:
+            inputs.append(((index, "body"), "validation", TypeAdapter(endpoint.body)))
+        if endpoint.response is not None:
+            inputs.append(((index, "response"), "serialization", TypeAdapter(endpoint.response)))
+    schemas, definitions = TypeAdapter.json_schemas(inputs, ref_template=_REF_TEMPLATE)
+    components: dict[str, Any] = {"Error": _ERROR_SCHEMA, **definitions.get("$defs", {})}
     paths: dict[str, dict[str, Any]] = {}
 
-    def schema_of(annotation: Any, mode: str) -> dict[str, Any]:
-        schema = TypeAdapter(annotation).json_schema(ref_template=_REF_TEMPLATE, mode=mode)  # type: ignore[arg-type]
+    def query_schema_of(model: type[BaseModel]) -> dict[str, Any]:
+        """A query model inline (its fields become parameters), what it refers to shared."""
+        schema = model.model_json_schema(ref_template=_REF_TEMPLATE, mode="validation")
         components.update(schema.pop("$defs", {}))
         return schema
 
-    for endpoint in endpoints:
+    for index, endpoint in enumerate(endpoints):
         operation: dict[str, Any] = {"summary": endpoint.summary, "responses": {}}
         if endpoint.description:
             operation["description"] = endpoint.description
@@ -40,10 +60,12 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         if endpoint.roles is not None:
             operation["security"] = [{"bearer": []}]
             operation["x-roles"] = sorted(endpoint.roles)
-        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        patterns = {name: pattern.pattern for name, pattern in endpoint.params}
+        parameters = [{"name": name, "in": "path", "required": True,
+                       "schema": _path_schema(name, patterns.get(name))}
                       for name in re.findall(r"\{(\w+)[^}]*\}", endpoint.path)]
         if endpoint.query is not None:
-            query_schema = schema_of(endpoint.query, "validation")
+            query_schema = query_schema_of(endpoint.query)
             required = set(query_schema.get("required", []))
             parameters += [{"name": name, "in": "query", "required": name in required,
                             "schema": prop}
@@ -52,12 +74,18 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             operation["parameters"] = parameters
         if endpoint.body is not None:
             operation["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": schema_of(endpoint.body, "validation")}}}
-        success: dict[str, Any] = {"description": "OK"}
+                "application/json": {"schema": schemas[((index, "body"), "validation")]}}}
+        content = None
         if endpoint.response is not None:
-            success["content"] = {"application/json": {
-                "schema": schema_of(endpoint.response, "serialization")}}
-        operation["responses"][str(endpoint.status)] = success
+            content = {"application/json": {
+                "schema": schemas[((index, "response"), "serialization")]}}
+        statuses = {endpoint.status: HTTPStatus(endpoint.status).phrase,
+                    **endpoint.other_statuses}
+        for status, meaning in sorted(statuses.items()):
+            answer: dict[str, Any] = {"description": meaning}
+            if content is not None and status != 204:
+                answer["content"] = content
+            operation["responses"][str(status)] = answer
         operation["responses"]["default"] = {"description": "Error", "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         path = re.sub(r"\{(\w+)[^}]*\}", r"{\1}", endpoint.path)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from taskyard.auth import Role
-from taskyard.errors import NotFound, Unprocessable
+from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
 from taskyard.ratelimits import Usage
@@ -19,6 +18,7 @@ from taskyard_sdk.models import (
 
 router = Router(tags=("rate limits",))
 ANY_ROLE = list(Role)
+KEY = {"key": RATE_KEY_PATTERN}  # the router refuses other keys (422)
 
 
 def _view(usage: Usage) -> RateLimitView:
@@ -28,20 +28,12 @@ def _view(usage: Usage) -> RateLimitView:
                          available=max(0, usage.limit - used))
 
 
-def _key(call: Call[Any]) -> str:
-    key = call.path["key"]
-    if not re.fullmatch(RATE_KEY_PATTERN, key):
-        raise Unprocessable(f"rate limit key {key!r} must be 1-200 characters of letters, "
-                            f"digits and _ . : / @ -")
-    return key
-
-
 @router.put("/api/v1/rate-limits/{key}", roles=ANY_ROLE, body=RateLimitRequest,
-            response=RateLimitView)
+            response=RateLimitView, params=KEY)
 async def put_rate_limit(call: Call[RateLimitRequest]) -> RateLimitView:
     """Set a named limit: at most `limit` units per `duration` for the tasks that name it with
     `RateLimit(key=...)`. Runs waiting for it are decided again at once."""
-    key = _key(call)
+    key = call.path["key"]
     engine = call.request.app[ENGINE]
     await engine.scheduler.put_rate_limit(call.principal.tenant_id, key, call.body.limit,
                                           call.body.duration)
@@ -57,16 +49,16 @@ async def list_rate_limits(call: Call[None]) -> RateLimitList:
     return RateLimitList(rate_limits=[_view(u) for u in usage])
 
 
-@router.get("/api/v1/rate-limits/{key}", roles=ANY_ROLE, response=RateLimitView)
+@router.get("/api/v1/rate-limits/{key}", roles=ANY_ROLE, response=RateLimitView, params=KEY)
 async def get_rate_limit(call: Call[None]) -> RateLimitView:
-    return await _get(call, _key(call))
+    return await _get(call, call.path["key"])
 
 
-@router.delete("/api/v1/rate-limits/{key}", roles=ANY_ROLE, status=204)
+@router.delete("/api/v1/rate-limits/{key}", roles=ANY_ROLE, status=204, params=KEY)
 async def delete_rate_limit(call: Call[None]) -> None:
     """Remove a named limit: runs that still wait for it fail, as new ones naming it do."""
     engine = call.request.app[ENGINE]
-    await engine.scheduler.delete_rate_limit(call.principal.tenant_id, _key(call))
+    await engine.scheduler.delete_rate_limit(call.principal.tenant_id, call.path["key"])
 
 
 async def _get(call: Call[Any], key: str) -> RateLimitView:

@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from taskyard.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Document, Router, WithStatus, metadata_filter, page_cursor
+from taskyard.http.routing import (
+    METADATA_PAIRS,
+    PG_BIGINT_MAX,
+    Call,
+    Document,
+    Router,
+    WithStatus,
+    metadata_filter,
+    page_cursor,
+)
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
@@ -33,6 +42,7 @@ from taskyard_sdk.models import (
 
 router = Router(tags=("runs",))
 ANY_ROLE = list(Role)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ListRunsQuery(BaseModel):
@@ -40,9 +50,17 @@ class ListRunsQuery(BaseModel):
     task: list[str] = Field(default_factory=list)
     since: datetime | None = None
     until: datetime | None = None
-    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable")
+    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable",
+                                json_schema_extra=METADATA_PAIRS)
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = None
+
+    @field_validator("since", "until")
+    @classmethod
+    def _not_before_1970(cls, moment: datetime | None) -> datetime | None:
+        """Run ids hold their creation time since 1970, and no run is older: an earlier moment
+        filters as 1970 does (it has no run id to start from)."""
+        return EPOCH if moment is not None and moment.timestamp() < 0 else moment
 
 
 class ResultQuery(BaseModel):
@@ -50,7 +68,8 @@ class ResultQuery(BaseModel):
 
 
 class LogsQuery(BaseModel):
-    after: int | None = Field(default=None, ge=0, description="The `next_after` of a page.")
+    after: int | None = Field(default=None, ge=0, le=PG_BIGINT_MAX,
+                              description="The `next_after` of a page.")
     limit: int = Field(default=500, ge=1, le=5000)
 
 
@@ -80,12 +99,50 @@ class WorkerInfo(BaseModel):
     connected_at: float
 
 
-@router.post("/api/v1/runs", roles=ANY_ROLE, body=TriggerRequest, response=RunRef, status=201)
+REPLAYED = {200: "An idempotency key matched an existing run: that run (see `idempotent_replay`)."}
+
+
+async def tell_replays(call: Call[Any], inputs: list[Any], refs: list[RunRef]) -> list[RunRef]:
+    """Refs of runs an idempotency key found (`created` false) marked as replays, with the
+    task they are of and whether they were triggered with another input than `inputs` (one
+    per ref). Only such refs cost a read."""
+    replayed = [(ref, given) for ref, given in zip(refs, inputs, strict=True) if not ref.created]
+    if not replayed:
+        return refs
+    engine = call.request.app[ENGINE]
+    stored = await engine.scheduler.runs.run_documents(
+        call.principal.tenant_id, [ref.run_id for ref, _ in replayed])
+    for ref, given in replayed:
+        ref.idempotent_replay = True
+        existing = stored.get(ref.run_id)
+        if existing is not None:
+            ref.task = existing["task"]
+            ref.input_differs = not same_json(existing["input"], given)
+    return refs
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 1 and 1.0 are one number (jsonb keeps no difference), true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@router.post("/api/v1/runs", roles=ANY_ROLE, body=TriggerRequest, response=RunRef, status=201,
+             other_statuses=REPLAYED)
 async def trigger(call: Call[TriggerRequest]) -> WithStatus | RunRef:
     """Trigger one run of a task. With an idempotency key that was used before, the existing
-    run is returned (status 200) instead of a new one (201)."""
+    run is returned (status 200, `idempotent_replay` true, and `input_differs` when this
+    request's input is not that run's) instead of a new one (201)."""
     engine = call.request.app[ENGINE]
-    [ref] = await engine.scheduler.trigger(call.principal.tenant_id, [call.body])
+    [ref] = await tell_replays(call, [call.body.input], await engine.scheduler.trigger(
+        call.principal.tenant_id, [call.body]))
     if not ref.created:
         return WithStatus(200, ref)
     return ref
@@ -94,11 +151,13 @@ async def trigger(call: Call[TriggerRequest]) -> WithStatus | RunRef:
 @router.post("/api/v1/runs/batch", roles=ANY_ROLE, body=BatchTriggerRequest,
              response=BatchTriggerResponse, status=201)
 async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse:
-    """Trigger many runs in one request (and one transaction)."""
+    """Trigger many runs in one request (and one transaction); runs an idempotency key found
+    are answered as by `POST /api/v1/runs`, with `idempotent_replay`."""
     engine = call.request.app[ENGINE]
     refs = await engine.scheduler.trigger(call.principal.tenant_id, call.body.runs,
                                           call.body.options)
-    return BatchTriggerResponse(runs=refs)
+    return BatchTriggerResponse(runs=await tell_replays(
+        call, [run.input for run in call.body.runs], refs))
 
 
 @router.get("/api/v1/runs", roles=ANY_ROLE, query=ListRunsQuery, response=RunPage)
@@ -152,12 +211,12 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
     scheduler = call.request.app[ENGINE].scheduler
     chunks = scheduler.streams.subscribe(tenant_id, run_id)
     finished = scheduler.waiters.watch(tenant_id, [run_id])[run_id]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
     try:
         statuses = await scheduler.runs.run_statuses(tenant_id, [run_id])
         if run_id not in statuses:
             raise NotFound(f"no run {run_id} in this tenant")
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
         await response.prepare(call.request)
         if not statuses[run_id].terminal:
             while True:
@@ -173,6 +232,8 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
         await response.write(b"event: end\ndata: " + orjson.dumps(
             {"status": statuses[run_id].value}) + b"\n\n")
         await response.write_eof()
+        return response
+    except ConnectionResetError:  # the client went away: nobody to answer
         return response
     finally:
         scheduler.streams.unsubscribe(tenant_id, run_id, chunks)

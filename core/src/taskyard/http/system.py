@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
 from taskyard.auth import Role
-from taskyard.http.keys import ENDPOINTS, ENGINE
+from taskyard.http.keys import ENDPOINTS, ENGINE, OPENAPI
 from taskyard.http.openapi import build_openapi
 from taskyard.http.routing import Call, Endpoint, Router
 
@@ -41,10 +41,13 @@ async def healthz(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/api/v1/openapi.json", roles=None)
-async def openapi(call: Call[None]) -> dict[str, Any]:
+async def openapi(call: Call[None]) -> web.StreamResponse:
     """This API's OpenAPI 3.1 description."""
-    endpoints: list[Endpoint] = call.request.app[ENDPOINTS]
-    return build_openapi(endpoints)
+    cache = call.request.app[OPENAPI]
+    if "document" not in cache:  # built once: it is public, and costs the loop ~100 ms
+        endpoints: list[Endpoint] = call.request.app[ENDPOINTS]
+        cache["document"] = orjson.dumps(build_openapi(endpoints))
+    return web.Response(body=cache["document"], content_type="application/json")
 
 
 @router.get("/api/v1/whoami", roles=list(Role), response=WhoAmI)

@@ -7,9 +7,11 @@ from pydantic import BaseModel, Field
 from taskyard.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
-from taskyard.http.routing import Call, Router, WithStatus
+from taskyard.http.routing import PG_INTEGER_MAX, Call, Router, WithStatus
+from taskyard.http.runs import REPLAYED, tell_replays
 from taskyard.workflow_repository import StoredWorkflow
 from taskyard_sdk.models import (
+    NAME_PATTERN,
     BatchTriggerResponse,
     BatchWorkflowTriggerRequest,
     RunRef,
@@ -21,10 +23,12 @@ from taskyard_sdk.models import (
 
 router = Router(tags=("workflows",))
 ANY_ROLE = list(Role)
+NAME = {"name": NAME_PATTERN}
 
 
 class VersionQuery(BaseModel):
-    version: int | None = Field(default=None, ge=1, description="The latest when omitted.")
+    version: int | None = Field(default=None, ge=1, le=PG_INTEGER_MAX,
+                                description="The latest when omitted.")
 
 
 def _info(stored: StoredWorkflow) -> WorkflowInfo:
@@ -33,7 +37,8 @@ def _info(stored: StoredWorkflow) -> WorkflowInfo:
 
 
 @router.post("/api/v1/workflows", roles=ANY_ROLE, body=WorkflowDefinition,
-             response=WorkflowInfo, status=201)
+             response=WorkflowInfo, status=201,
+             other_statuses={200: "This exact definition was registered before: its version."})
 async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | WorkflowInfo:
     """Register a workflow definition. A definition registered before returns its version
     (status 200); a changed one becomes the next version, used by runs triggered from now on
@@ -56,7 +61,7 @@ async def list_workflows(call: Call[None]) -> WorkflowList:
 
 
 @router.get("/api/v1/workflows/{name}", roles=ANY_ROLE, query=VersionQuery,
-            response=WorkflowInfo)
+            response=WorkflowInfo, params=NAME)
 async def get_workflow(call: Call[None]) -> WorkflowInfo:
     """A workflow's definition: the latest version, or the one asked for."""
     name = call.path["name"]
@@ -70,26 +75,29 @@ async def get_workflow(call: Call[None]) -> WorkflowInfo:
 
 
 @router.post("/api/v1/workflows/{name}/runs", roles=ANY_ROLE, body=WorkflowTriggerRequest,
-             response=RunRef, status=201)
+             response=RunRef, status=201, params=NAME, other_statuses=REPLAYED)
 async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | RunRef:
     """Start a run of the workflow's latest version. Its steps are runs too; the workflow
-    run's output holds each step's output by name once it has finished."""
+    run's output holds each step's output by name once it has finished. An idempotency key
+    used before answers as with `POST /api/v1/runs`."""
     engine = call.request.app[ENGINE]
-    [ref] = await engine.scheduler.trigger_workflow(call.principal.tenant_id, call.path["name"],
-                                                    [call.body])
+    [ref] = await tell_replays(call, [call.body.input], await engine.scheduler.trigger_workflow(
+        call.principal.tenant_id, call.path["name"], [call.body]))
     if not ref.created:
         return WithStatus(200, ref)
     return ref
 
 
 @router.post("/api/v1/workflows/{name}/runs/batch", roles=ANY_ROLE,
-             body=BatchWorkflowTriggerRequest, response=BatchTriggerResponse, status=201)
+             body=BatchWorkflowTriggerRequest, response=BatchTriggerResponse, status=201,
+             params=NAME)
 async def trigger_workflow_batch(call: Call[BatchWorkflowTriggerRequest]) -> BatchTriggerResponse:
     """Start many runs of a workflow in one request."""
     engine = call.request.app[ENGINE]
     refs = await engine.scheduler.trigger_workflow(call.principal.tenant_id, call.path["name"],
                                                    call.body.runs)
-    return BatchTriggerResponse(runs=refs)
+    return BatchTriggerResponse(runs=await tell_replays(
+        call, [run.input for run in call.body.runs], refs))
 
 
 class WorkflowFile(BaseModel):
