@@ -49,6 +49,16 @@ class Taskyard:
         self.crons = Crons(self)
         self.schedules = Schedules(self)
 
+    def connect_to(self, url: str, token: str | None = None) -> None:
+        """Send this client's calls to another engine from now on (resolved as the
+        constructor does): how a test suite points an application's own client at the
+        `taskyard_engine` fixture."""
+        replaced = self.transport
+        self.config = resolve(url, token)
+        self.transport = Transport(self.config, replaced.retry_for,
+                                   channel=replaced.use_channel)
+        replaced.close_soon()
+
     @property
     def url(self) -> str:
         return self.config.url

@@ -16,13 +16,13 @@ from collections.abc import (
     Sequence,
 )
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json, to_jsonable_python
 
 from taskyard_sdk._arguments import strings
-from taskyard_sdk._context import current_run
+from taskyard_sdk._context import Context, current_run
 from taskyard_sdk._durable import child_results, current_durable
 from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
@@ -38,6 +38,7 @@ from taskyard_sdk.models import (
     RunRef,
     RunStatus,
     RunView,
+    StepContext,
     Sticky,
     TaskOptions,
     WaitResponse,
@@ -45,7 +46,6 @@ from taskyard_sdk.models import (
 
 if TYPE_CHECKING:
     from taskyard_sdk._client import Taskyard
-    from taskyard_sdk._context import Context
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -106,6 +106,10 @@ def build_options(settings: TaskSettings) -> TaskOptions:
         if isinstance(values.get(name), Concurrency | RateLimit):
             values[name] = [values[name]]
     return TaskOptions(**values)
+
+
+def _step_name(step: Any) -> str:
+    return step if isinstance(step, str) else str(step.step)
 
 
 class Task(Schedulable, Generic[In, Out]):
@@ -179,6 +183,42 @@ class Task(Schedulable, Generic[In, Out]):
         if spawned_by is not None:
             request["parent_run_id"] = str(spawned_by)
         return request
+
+    # -- running here, for tests ----------------------------------------------------------------
+
+    async def aio_mock_run(self, input: In, *, parents: Mapping[Any, Any] | None = None,
+                           skipped: Sequence[Any] = (), metadata: dict[str, str] | None = None,
+                           attempt: int = 1) -> Out:
+        """Run the function in this process, as a worker would but without an engine: the
+        input is validated and sent through JSON, the context is the task's own (`ctx.log`
+        lines go to the `taskyard.task` logger), and the output comes back as `run` returns
+        it. For a workflow step, `parents` are its parents' outputs by step (name or object)
+        and `skipped` the parents that were skipped."""
+        if self.options.durable:
+            raise TypeError(f"durable task {self.name!r} keeps its log in the engine: test it "
+                            f"with a worker (the taskyard_client fixture)")
+        value = self.decode_input(self.encode_input(input))
+        step = getattr(self, "step", None)
+        context = None
+        if step is not None:
+            context = StepContext(
+                workflow_run_id=uuid4(), step=step,
+                parents={_step_name(p): to_jsonable_python(v) for p, v in (parents or {}).items()},
+                skipped=[_step_name(p) for p in skipped])
+        elif parents or skipped:
+            raise TypeError(f"task {self.name!r} is not a workflow step: it has no parents")
+        ctx = Context(run_id=uuid4(), attempt=attempt, task=self.name, metadata=metadata or {},
+                      loop=asyncio.get_running_loop(), send=lambda message: None, step=context)
+        result = self(value, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return self.decode_output(self.encode_output(result))
+
+    def mock_run(self, input: In, *, parents: Mapping[Any, Any] | None = None,
+                 skipped: Sequence[Any] = (), metadata: dict[str, str] | None = None,
+                 attempt: int = 1) -> Out:
+        return run_sync(self.aio_mock_run(input, parents=parents, skipped=skipped,
+                                          metadata=metadata, attempt=attempt))
 
     # -- running through the engine --------------------------------------------------------------
 

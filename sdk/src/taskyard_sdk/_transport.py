@@ -187,6 +187,13 @@ class Transport:
             raise EngineUnreachable(f"cannot reach the Taskyard engine at {self.config.url}: "
                                     f"{exc}") from exc
 
+    def close_soon(self) -> None:
+        """Close this transport's connections on every loop that has some (each on its own
+        loop, without waiting): it is being replaced."""
+        for loop in {*self._sessions, *self._channels}:
+            if not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(self.close(), loop)
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         channel = self._channels.pop(loop, None)

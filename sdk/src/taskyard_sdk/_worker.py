@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 import traceback
 import uuid
@@ -80,7 +81,8 @@ class _Execution:
 class Worker:
     """Runs tasks for the engine. `start()` blocks until SIGINT/SIGTERM (then drains);
     `await aio_start()` does the same in a running loop; `async with worker:` runs it in the
-    background for the block's duration."""
+    background for the block's duration, and `with worker:` on a thread of its own (for
+    synchronous code and tests)."""
 
     def __init__(self, client: Taskyard, name: str, tasks: Sequence[Task[Any, Any]], *,
                  workflows: Sequence[Workflow[Any]] = (), slots: int = 100,
@@ -116,6 +118,7 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self._connected = asyncio.Event()  # set while connected (Events bind no loop)
         self._runner: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None  # `with worker:` runs it there
         self._heartbeat_interval = 5.0
         self.max_message_bytes = 1024 * 1024
 
@@ -159,6 +162,30 @@ class Worker:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def __enter__(self) -> Worker:
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self.aio_start())
+            except BaseException as exc:  # handed to the thread that waits for the start
+                failure.append(exc)
+
+        self._thread = threading.Thread(target=run, name=f"taskyard-worker-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        while not self._connected.is_set():
+            if not self._thread.is_alive():
+                raise failure[0] if failure else WorkerStopped(f"worker {self.name} stopped")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)  # drain, as on SIGTERM
+        if self._thread is not None:
+            self._thread.join()
 
     async def stop(self) -> None:
         """Drain and stop (from the worker's own loop)."""
