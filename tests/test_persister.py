@@ -192,6 +192,36 @@ async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(
         await slow.stop()
 
 
+async def test_a_row_postgres_refuses_costs_only_itself(pool: asyncpg.Pool) -> None:
+    """The engine's own writes, one of which Postgres refuses (a status its check constraint
+    forbids), in one batch: the others are written, and only that row is given up."""
+    node = uuid.uuid4()
+    await register_node(pool, node)
+    slow = Persister(pool, node, linger=0.05)  # every write below lands in one batch
+    await slow.start()
+    try:
+        run_ids = [new_id() for _ in range(7)]
+        await slow.insert_runs([new_run(run_id) for run_id in run_ids])
+        poisoned = run_ids[3]
+        slow.write([state(run_id, "exploded" if run_id == poisoned else "succeeded")
+                    for run_id in run_ids],
+                   [(TENANT, run_ids[0], time.time(), 1, "note", None, None)],
+                   [(TENANT, run_ids[1], time.time(), 1, "info", "a log line")])
+        with pytest.raises(asyncpg.CheckViolationError):
+            await slow.barrier()  # what waited cannot know whose row went: it hears why
+        statuses = dict(await pool.fetch("SELECT run_id, status FROM runs"))
+        assert statuses == {run_id: "queued" if run_id == poisoned else "succeeded"
+                            for run_id in run_ids}
+        assert await pool.fetchval("SELECT count(*) FROM run_events WHERE type = 'note'") == 1
+        assert await pool.fetchval("SELECT count(*) FROM run_logs") == 1
+        slow.write([state(poisoned, "failed")], [], [])
+        await slow.barrier()  # the lane goes on
+        assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1",
+                                   poisoned) == "failed"
+    finally:
+        await slow.stop()
+
+
 async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
     """A batch of every kind of row is one statement; each kind lands."""
     node = uuid.uuid4()

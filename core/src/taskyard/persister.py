@@ -68,6 +68,17 @@ def _new_batch() -> WriteBatch:
     return WriteBatch(uuid.uuid4(), [], {}, [], [], {})
 
 
+def _describe(batch: WriteBatch) -> str:
+    """Which row a one-row batch holds, for the log (its kind and the ids it starts with)."""
+    for kind in ("new_runs", "run_states", "events", "logs", "definitions", "pushed_events",
+                 "rate_usage", "durable"):
+        held = getattr(batch, kind)
+        if held:
+            row = next(iter(held.values() if isinstance(held, dict) else held))
+            return f"{kind} {tuple(row[:2])}"
+    return "nothing"
+
+
 @dataclass(eq=False)
 class _Lane:
     """One stream of batches: what is gathering, and the flush in flight (at most one)."""
@@ -359,10 +370,39 @@ class Persister:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                log.exception("giving up a batch of %d rows that Postgres refuses", len(batch))
+                # One bad row must not cost the others: write what Postgres takes, halving
+                # the batch down to the rows it refuses, which alone are given up.
+                dropped = await self._isolate_refused(lane, batch)
+                log.error("Postgres refused a batch of %d rows (%s); wrote all but %d rows "
+                          "it refuses", len(batch), exc, dropped)
                 self._flushed(lane, rows, barriers, waiters, None, exc)
                 return
         self._flushed(lane, rows, barriers, waiters, inserted, None)
+
+    async def _isolate_refused(self, lane: _Lane, batch: WriteBatch) -> int:
+        """Write `batch` in halves, and halves of halves where Postgres refuses one, giving up
+        only the single rows it refuses; how many. Connection failures wait and retry, as for
+        any batch. (Its barriers still fail: what waited for it cannot know whose row went.)"""
+        delay = 0.05
+        while True:
+            try:
+                if lane.conn is None:
+                    lane.conn = await self.pool.acquire()
+                await write_batch(lane.conn, batch, None if lane is self._triggers else
+                                  (self.node_id, lane.name))
+                return 0
+            except TRANSIENT_ERRORS:
+                await self._drop_connection(lane)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception as exc:
+                if len(batch) == 1:
+                    log.error("giving up a row that Postgres refuses (%s): %s", exc,
+                              _describe(batch))
+                    return 1
+                first, second = batch.halves()
+                return (await self._isolate_refused(lane, first)
+                        + await self._isolate_refused(lane, second))
 
     async def _drop_connection(self, lane: _Lane) -> None:
         """Give a broken connection back (the pool replaces it); the next try takes another."""

@@ -197,6 +197,19 @@ class WriteBatch:
                 + len(self.definitions) + len(self.pushed_events) + len(self.rate_usage)
                 + len(self.durable))
 
+    def halves(self) -> tuple[WriteBatch, WriteBatch]:
+        """The rows in two batches of about half each (in order; new ids): to find, by
+        halving, the rows Postgres refuses in a batch it refuses."""
+        kinds = [("new_runs", self.new_runs), ("run_states", list(self.run_states.items())),
+                 ("events", self.events), ("logs", self.logs),
+                 ("definitions", list(self.definitions.items())),
+                 ("pushed_events", self.pushed_events),
+                 ("rate_usage", list(self.rate_usage.items())),
+                 ("durable", list(self.durable.items()))]
+        rows = [(kind, row) for kind, items in kinds for row in items]
+        middle = len(rows) // 2
+        return _batch_of(rows[:middle]), _batch_of(rows[middle:])
+
     def merge(self, later: WriteBatch) -> None:
         self.new_runs.extend(later.new_runs)
         self.run_states.update(later.run_states)
@@ -464,6 +477,18 @@ def _one_statement(parts: tuple[tuple[str, str], ...]) -> str:
     select = ("SELECT run_id FROM new_runs" if parts[0][0] == "new_runs"
               else "SELECT NULL::uuid AS run_id WHERE false")
     return "WITH " + ",\n".join(ctes) + "\n" + select
+
+
+def _batch_of(rows: list[tuple[str, Any]]) -> WriteBatch:
+    batch = WriteBatch(uuid.uuid4(), [], {}, [], [], {})
+    for kind, row in rows:
+        held = getattr(batch, kind)
+        if isinstance(held, dict):
+            key, value = row
+            held[key] = value
+        else:
+            held.append(row)
+    return batch
 
 
 async def write_batch(conn: asyncpg.Connection, batch: WriteBatch,
