@@ -63,6 +63,27 @@ async def test_a_task_runs_and_returns_its_typed_output(ty: Taskyard) -> None:
     assert [line["message"] for line in logs["lines"]] == ["adding 2 and 3\nsecond line"]
 
 
+async def test_logs_are_read_in_pages_from_either_api(ty: Taskyard) -> None:
+    @ty.task
+    async def chatty(lines: int, ctx: Context) -> None:
+        for n in range(lines):
+            ctx.log(f"line {n}", level="warning" if n == 2 else "info")
+
+    async with ty.worker("chatty", tasks=[chatty]):
+        handle = await chatty.aio_run_no_wait(3)
+        await handle.aio_result(timeout=10)
+    first = await ty.runs.aio_logs(handle.run_id, limit=2)
+    assert [(line.message, line.level) for line in first.lines] == [("line 0", "info"),
+                                                                    ("line 1", "info")]
+    rest = await ty.runs.aio_logs(handle.run_id, after=first.next_after)
+    assert [(line.message, line.level, line.attempt) for line in rest.lines] == [
+        ("line 2", "warning", 1)]
+    end = await asyncio.to_thread(ty.runs.logs, handle.run_id, after=rest.next_after)
+    assert (end.lines, end.next_after) == ([], None)  # nothing more: ask again from rest's
+    everything = await asyncio.to_thread(ty.runs.logs, handle.run_id)
+    assert everything.lines == first.lines + rest.lines
+
+
 async def test_input_is_validated_before_anything_is_sent(ty: Taskyard) -> None:
     @ty.task
     async def add(numbers: Numbers) -> int:

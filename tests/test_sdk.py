@@ -35,7 +35,8 @@ EXPORTS = {
     "ApiError", "AuthenticationError", "Conflict", "ConnectionLost", "Context",
     "EngineUnreachable", "ErrorInfo",
     "InvalidInput", "InvalidRequest", "NonRetryableError", "NotFound", "PermissionDenied",
-    "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus", "RunView", "Runs",
+    "LogLine", "LogPage", "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus",
+    "RunView", "Runs",
     "Task", "TaskFailed", "TaskOptions", "Taskyard", "TaskyardError", "Unavailable", "Worker",
     "WorkerStopped", "__version__", "parse_duration",
     # workflows and events

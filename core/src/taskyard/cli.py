@@ -1,4 +1,6 @@
-"""The `taskyard` command: run the engine, migrate the database, manage tenants and tokens."""
+"""The `taskyard` command: run the engine, migrate the database, manage tenants and tokens, and
+the operator commands (`runs`, `workers`, `tasks`, `trigger`, `events`, `crons`) that talk to a
+running engine."""
 
 from __future__ import annotations
 
@@ -12,26 +14,38 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
 import click
 
 from taskyard import __version__
 from taskyard.auth import Role
+from taskyard.commands import COMMANDS
 from taskyard.config import DEFAULT_PORT, EngineSettings
-from taskyard.db import DatabaseUnavailable, create_pool
-from taskyard.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from taskyard.engine import Engine
-from taskyard.migrator import MigrationError, migrate, pending_migrations
-from taskyard.plugin_manager import UnknownPluginError, installed_plugins
-from taskyard.repository import Repository, TenantExists
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from taskyard.repository import Repository
+
+# The engine's own modules are imported by the commands that use them: the operator commands
+# need only the SDK, and start in a fraction of the time.
 
 T = TypeVar("T")
 
-# Failures we explain in one line instead of a traceback.
-_EXPECTED = (MigrationError, UnknownPluginError, DatabaseUnavailable, EmbeddedPostgresError,
-             TenantExists, OSError, asyncpg.PostgresError)
+
+def _expected() -> tuple[type[BaseException], ...]:
+    """Failures we explain in one line instead of a traceback."""
+    import asyncpg
+
+    from taskyard.db import DatabaseUnavailable
+    from taskyard.embedded import EmbeddedPostgresError
+    from taskyard.migrator import MigrationError
+    from taskyard.plugin_manager import UnknownPluginError
+    from taskyard.repository import TenantExists
+
+    return (MigrationError, UnknownPluginError, DatabaseUnavailable, EmbeddedPostgresError,
+            TenantExists, OSError, asyncpg.PostgresError)
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:
@@ -41,9 +55,10 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
         runner: Callable[[Coroutine[Any, Any, T]], T] = asyncio.run
     else:
         runner = uvloop.run
+    expected = _expected()
     try:
         return runner(main)
-    except _EXPECTED as exc:
+    except expected as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 
@@ -123,6 +138,8 @@ def _collect_garbage_less() -> None:
 
 
 async def _serve(settings: EngineSettings) -> None:
+    from taskyard.engine import Engine
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,6 +159,9 @@ async def _database(database_url: str | None, data_dir: Path,
                     wait_seconds: float) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the given database, or on the embedded one (started just for this command
     when the engine is not running, and stopped again after)."""
+    from taskyard.db import create_pool
+    from taskyard.embedded import EmbeddedPostgres
+
     embedded = None
     if database_url is None:
         embedded = EmbeddedPostgres(data_dir)
@@ -159,6 +179,9 @@ async def _database(database_url: str | None, data_dir: Path,
 
 
 async def _repository(pool: asyncpg.Pool) -> Repository:
+    from taskyard.migrator import MigrationError, pending_migrations
+    from taskyard.repository import Repository
+
     async with pool.acquire() as conn:
         if pending := await pending_migrations(conn):
             raise MigrationError(f"the database lacks migrations {', '.join(pending)}; "
@@ -172,6 +195,7 @@ async def _repository(pool: asyncpg.Pool) -> Repository:
 @data_dir_option
 def migrate_command(database_url: str | None, database_wait: float, data_dir: Path) -> None:
     """Apply pending database migrations."""
+    from taskyard.migrator import migrate
 
     async def run() -> list[str]:
         async with _database(database_url, data_dir, database_wait) as pool, \
@@ -261,8 +285,14 @@ def token_revoke(token_id: uuid.UUID, database_url: str | None, database_wait: f
 @main.command("plugins")
 def plugins_command() -> None:
     """List the installed plugins (usable with `taskyard engine --plugin NAME`)."""
+    from taskyard.plugin_manager import installed_plugins
+
     found = installed_plugins()
     if not found:
         click.echo("no plugins installed")
     for name, entry_point in sorted(found.items()):
         click.echo(f"{name}\t{entry_point.value}")
+
+
+for _command in COMMANDS:
+    main.add_command(_command)

@@ -17,7 +17,15 @@ from taskyard_sdk._task import Task, TaskSettings, build_options, wait_for_runs
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
 from taskyard_sdk._workflow import Workflow
-from taskyard_sdk.models import Concurrency, LabelValue, RunPage, RunStatus, RunView, Sticky
+from taskyard_sdk.models import (
+    Concurrency,
+    LabelValue,
+    LogPage,
+    RunPage,
+    RunStatus,
+    RunView,
+    Sticky,
+)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -222,8 +230,24 @@ class Runs:
         data = await self._client.transport.request("GET", "/api/v1/runs", params=params)
         return RunPage.model_validate(data)
 
+    async def aio_logs(self, run_id: UUID | str, *, after: int | None = None,
+                       limit: int = 500) -> LogPage:
+        """The run's log lines (`ctx.log`), oldest first: up to `limit` (at most 5000) after
+        `after`, the `next_after` of the page before. A run still going has more to come:
+        ask again from the last `next_after`."""
+        params = [("limit", str(limit))]
+        if after is not None:
+            params.append(("after", str(after)))
+        data = await self._client.transport.request("GET", f"/api/v1/runs/{run_id}/logs",
+                                                    params=params)
+        return LogPage.model_validate(data)
+
     def get(self, run_id: UUID | str) -> RunView:
         return run_sync(self.aio_get(run_id))
+
+    def logs(self, run_id: UUID | str, *, after: int | None = None,
+             limit: int = 500) -> LogPage:
+        return run_sync(self.aio_logs(run_id, after=after, limit=limit))
 
     def cancel(self, run_id: UUID | str) -> RunStatus:
         return run_sync(self.aio_cancel(run_id))

@@ -349,6 +349,13 @@ class LogLine(BaseModel):
     message: str
 
 
+class LogPage(BaseModel):
+    lines: list[LogLine]
+    next_after: int | None = Field(
+        description="Where this page ended: pass it as `after` for the lines that follow. None "
+                    "when the page is empty (ask again with the same `after`).")
+
+
 # -- workflows -------------------------------------------------------------------------------------
 
 
