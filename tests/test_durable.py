@@ -104,6 +104,14 @@ async def test_events_wake_durable_waits_that_match(ty: Taskyard) -> None:
         other = await either.aio_run_no_wait(Signup(user_id=1))
         await _until_status(ty, mine.run_id, RunStatus.PENDING)
         await _until_status(ty, other.run_id, RunStatus.PENDING)
+        # A suspended run's waiting reason says what it waits for.
+        reason = (await mine.aio_get()).waiting_reason or ""
+        assert reason.startswith("durable wait_for_event('user:upgraded'"), reason
+        assert "waiting for event 'user:upgraded' matching payload.user_id == input.user_id " \
+               "(events pushed since " in reason
+        reason = (await other.aio_get()).waiting_reason or ""
+        assert "sleeping until " in reason
+        assert " or event 'user:*' (events pushed since " in reason
         await ty.events.aio_push("user:upgraded", {"user_id": 2, "plan": "pro"})  # not mine
         await asyncio.sleep(0.3)
         assert (await mine.aio_get()).status is RunStatus.PENDING

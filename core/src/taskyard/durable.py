@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from taskyard.event_repository import PushedEvent
@@ -49,6 +50,28 @@ class DurableWait:
     def timers(self) -> list[float]:
         return [at for at in (self.spec.until, self.spec.deadline) if at is not None]
 
+    def describe(self) -> str:
+        """What it waits for, as a run's waiting reason: `sleeping until 2026-12-02T10:00:00Z
+        or event 'order:shipped' pushed since 09:58:01Z (gives up at ...)`."""
+        spec = self.spec
+        parts = []
+        if spec.until is not None:
+            parts.append(f"sleeping until {_when(spec.until)}")
+        for index, event in enumerate(spec.events):
+            if index not in self.matched:
+                where = f" matching {event.filter}" if event.filter else ""
+                parts.append(f"event {event.key!r}{where}")
+        if spec.children and self.children is None:
+            parts.append(f"{len(spec.children)} child run{'s' * (len(spec.children) > 1)} to "
+                         f"finish")
+        joined = f" {'or' if spec.mode == 'any' else 'and'} ".join(parts) or "its wait to end"
+        text = f"waiting for {joined}" if not joined.startswith("sleeping") else joined
+        if spec.events:
+            text += f" (events pushed since {_when(spec.since)} count)"
+        if spec.deadline is not None:
+            text += f"; gives up at {_when(spec.deadline)}"
+        return f"durable {self.call}: {text}"
+
     def match(self, event: PushedEvent) -> bool:
         """Note the leaves this event satisfies (only events since the wait began count)."""
         if event.created_at < self.spec.since or (
@@ -69,6 +92,10 @@ class DurableWait:
             self.matched[index] = event.payload
             matched = True
         return matched
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class DurableWaits:

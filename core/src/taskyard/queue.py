@@ -1031,6 +1031,9 @@ class QueueActor(Actor):
         self._schedule_dispatch()
 
     def waiting_reason(self, run_id: uuid.UUID) -> str | None:
+        wait = self.durable.waits.get(run_id)
+        if wait is not None:
+            return wait.describe()
         run = self.runs.get(run_id)
         if run is None:
             return None

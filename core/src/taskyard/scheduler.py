@@ -395,8 +395,11 @@ class Scheduler:
         return run
 
     async def waiting_reason(self, tenant_id: uuid.UUID, view: RunView) -> str | None:
-        if view.status is RunStatus.PENDING:
-            return "waiting for its wait_for conditions"
+        if view.status is RunStatus.PENDING and view.kind is not RunKind.WORKFLOW:
+            actor = self.queues.get((tenant_id, view.queue))  # a durable run suspended there?
+            durable: str | None = (await actor.ask(actor.waiting_reason, view.run_id, timeout=5)
+                                   if actor is not None else None)
+            return durable or "waiting for its wait_for conditions"
         if view.status is not RunStatus.QUEUED:
             return None
         if view.kind is RunKind.WORKFLOW:
