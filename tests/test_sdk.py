@@ -32,7 +32,7 @@ from tests.support import LEDGER_TABLE, WorkerProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPORTS = {
-    "ApiError", "AuthenticationError", "Conflict", "ConnectionLost", "Context",
+    "ApiError", "AuthenticationError", "Conflict", "ConnectionLost", "Context", "Depends",
     "EngineUnreachable", "ErrorInfo",
     "InvalidInput", "InvalidRequest", "NonRetryableError", "NotFound", "PermissionDenied",
     "LogLine", "LogPage", "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus",

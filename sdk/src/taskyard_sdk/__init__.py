@@ -27,6 +27,7 @@ from taskyard_sdk._errors import (
 )
 from taskyard_sdk._events import Events
 from taskyard_sdk._rate_limits import RateLimits
+from taskyard_sdk._resources import Depends
 from taskyard_sdk._schedules import Crons, Schedulable, Schedules
 from taskyard_sdk._task import RunHandle, Task, TaskSettings
 from taskyard_sdk._worker import Worker, WorkerStopped
@@ -71,6 +72,7 @@ __all__ = [
     "Context",
     "CronView",
     "Crons",
+    "Depends",
     "DurableContext",
     "EngineUnreachable",
     "ErrorInfo",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, TypeVar, Unpack, overload
 from uuid import UUID
@@ -151,10 +152,14 @@ class Taskyard:
     def worker(self, name: str, tasks: Sequence[Task[Any, Any] | Workflow[Any]] = (), *,
                workflows: Sequence[Task[Any, Any] | Workflow[Any]] = (), slots: int = 100,
                labels: dict[str, LabelValue] | None = None, queue: str | None = None,
-               drain_timeout: float = 30.0) -> Worker:
+               drain_timeout: float = 30.0,
+               lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+               ) -> Worker:
         """A worker process's runtime: it runs tasks and the steps of workflows (which it
         registers when it starts), given in either list. `slots` is how many tasks it runs at
-        once."""
+        once. `lifespan`: an async context manager (factory) entered before the first task and
+        left after the drain; what it yields fills the tasks' parameters after the input and
+        context, by type or by `Depends(...)` (see `taskyard_sdk.Depends`)."""
         given_tasks, given_workflows = _tasks_and_workflows(name, [*tasks, *workflows])
         every_task = [*given_tasks, *(t for workflow in given_workflows for t in workflow.tasks)]
         queues = {task.options.queue for task in every_task}
@@ -164,7 +169,8 @@ class Taskyard:
                                  f"({', '.join(sorted(queues))}); a worker serves one queue")
             queue = queues.pop() if queues else "default"
         return Worker(self, name, every_task, workflows=given_workflows, slots=slots,
-                      labels=labels, queue=queue, drain_timeout=drain_timeout)
+                      labels=labels, queue=queue, drain_timeout=drain_timeout,
+                      lifespan=lifespan)
 
     async def aio_close(self) -> None:
         """Close this event loop's connections to the engine."""

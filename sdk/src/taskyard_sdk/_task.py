@@ -26,6 +26,7 @@ from taskyard_sdk._context import Context, current_run
 from taskyard_sdk._durable import child_results, current_durable
 from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
+from taskyard_sdk._resources import task_parameters
 from taskyard_sdk._schedules import Schedulable
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
@@ -126,12 +127,8 @@ class Task(Schedulable, Generic[In, Out]):
         self.crons = strings(crons, f"task {name!r}: on_crons")  # registered by its workers
         self.is_async = inspect.iscoroutinefunction(fn)
         hints = typing.get_type_hints(fn)
-        parameters = list(inspect.signature(fn).parameters.values())
-        if not 1 <= len(parameters) <= 2:
-            raise TypeError(f"task {name!r}: a task function takes (input) or (input, ctx), "
-                            f"not {len(parameters)} parameters")
-        self._takes_context = len(parameters) == 2
-        self.input_type: Any = hints.get(parameters[0].name, default_input)
+        input_name, self._takes_context, self.dependencies = task_parameters(fn, name)
+        self.input_type: Any = hints.get(input_name, default_input)
         self.output_type: Any = hints.get("return", Any)
         self._input = TypeAdapter(self.input_type)
         self._output = TypeAdapter(self.output_type)
@@ -140,8 +137,11 @@ class Task(Schedulable, Generic[In, Out]):
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
-    def __call__(self, input: In, ctx: Context) -> Any:
-        return self.fn(input, ctx) if self._takes_context else self.fn(input)
+    def __call__(self, input: In, ctx: Context, state: Any = None) -> Any:
+        """The function on `input`, with the context if it takes one and its dependencies
+        from `state` (a worker's lifespan state)."""
+        filled = {d.parameter: d.resolve(state, self.name) for d in self.dependencies}
+        return self.fn(input, ctx, **filled) if self._takes_context else self.fn(input, **filled)
 
     # -- input and output ------------------------------------------------------------------------
 
@@ -188,12 +188,13 @@ class Task(Schedulable, Generic[In, Out]):
 
     async def aio_mock_run(self, input: In, *, parents: Mapping[Any, Any] | None = None,
                            skipped: Sequence[Any] = (), metadata: dict[str, str] | None = None,
-                           attempt: int = 1) -> Out:
+                           attempt: int = 1, resources: Any = None) -> Out:
         """Run the function in this process, as a worker would but without an engine: the
         input is validated and sent through JSON, the context is the task's own (`ctx.log`
         lines go to the `taskyard.task` logger), and the output comes back as `run` returns
         it. For a workflow step, `parents` are its parents' outputs by step (name or object)
-        and `skipped` the parents that were skipped."""
+        and `skipped` the parents that were skipped. `resources`: what the worker's lifespan
+        would provide (its dependencies are filled from it)."""
         if self.options.durable:
             raise TypeError(f"durable task {self.name!r} keeps its log in the engine: test it "
                             f"with a worker (the taskyard_client fixture)")
@@ -209,16 +210,17 @@ class Task(Schedulable, Generic[In, Out]):
             raise TypeError(f"task {self.name!r} is not a workflow step: it has no parents")
         ctx = Context(run_id=uuid4(), attempt=attempt, task=self.name, metadata=metadata or {},
                       loop=asyncio.get_running_loop(), send=lambda message: None, step=context)
-        result = self(value, ctx)
+        result = self(value, ctx, resources)
         if inspect.isawaitable(result):
             result = await result
         return self.decode_output(self.encode_output(result))
 
     def mock_run(self, input: In, *, parents: Mapping[Any, Any] | None = None,
                  skipped: Sequence[Any] = (), metadata: dict[str, str] | None = None,
-                 attempt: int = 1) -> Out:
+                 attempt: int = 1, resources: Any = None) -> Out:
         return run_sync(self.aio_mock_run(input, parents=parents, skipped=skipped,
-                                          metadata=metadata, attempt=attempt))
+                                          metadata=metadata, attempt=attempt,
+                                          resources=resources))
 
     # -- running through the engine --------------------------------------------------------------
 

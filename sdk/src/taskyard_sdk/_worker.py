@@ -22,8 +22,9 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,9 @@ class Worker:
     def __init__(self, client: Taskyard, name: str, tasks: Sequence[Task[Any, Any]], *,
                  workflows: Sequence[Workflow[Any]] = (), slots: int = 100,
                  labels: dict[str, LabelValue] | None = None,
-                 queue: str = "default", drain_timeout: float = 30.0) -> None:
+                 queue: str = "default", drain_timeout: float = 30.0,
+                 lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+                 ) -> None:
         if not tasks:
             raise ValueError(f"worker {name!r} needs at least one task")
         names = [task.name for task in tasks]
@@ -103,6 +106,8 @@ class Worker:
         self.labels = labels or {}
         self.queue = queue
         self.drain_timeout = drain_timeout
+        self.lifespan = lifespan
+        self.state: Any = None  # what the lifespan yielded, while the worker runs
         self.worker_id = uuid.uuid4()
         self.completed = 0
         self.failed = 0
@@ -145,12 +150,29 @@ class Worker:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stopping.set)
         try:
-            await self._run()
+            if self.lifespan is None:
+                await self._run()
+            else:
+                # Opened before the first task, closed after the drain (the last has ended).
+                async with self.lifespan() as state:
+                    self.state = state
+                    self._check_dependencies()
+                    await self._run()
         finally:
+            self.state = None
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _check_dependencies(self) -> None:
+        """Every task's dependencies are found in the state now, not at its first run."""
+        for task in self.tasks.values():
+            for dependency in task.dependencies:
+                try:
+                    dependency.resolve(self.state, task.name)
+                except LookupError as exc:
+                    raise WorkerStopped(f"worker {self.name}: {exc}") from None
 
     async def __aenter__(self) -> Worker:
         self._runner = asyncio.create_task(self.aio_start(), name=f"worker:{self.name}")
@@ -547,11 +569,11 @@ class Worker:
         except ValidationError as exc:
             raise _InvalidTaskInput(f"input for task {task.name!r} is invalid: {exc}") from None
         if task.is_async:
-            execution.inner = asyncio.ensure_future(task(value, execution.context))
+            execution.inner = asyncio.ensure_future(task(value, execution.context, self.state))
         else:
             assert self._loop is not None
             call = functools.partial(contextvars.copy_context().run, task, value,
-                                     execution.context)
+                                     execution.context, self.state)
             execution.inner = self._loop.run_in_executor(self._executor, call)
         if task.is_async:
             if execution.cancel_reason is not None:
