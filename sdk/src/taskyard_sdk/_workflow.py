@@ -236,8 +236,8 @@ class Workflow(Schedulable, Generic[In]):
         try:
             return await self.client.transport.request("POST", path, **body)
         except NotFound as exc:
-            if "is registered in this tenant" not in exc.message:
-                raise
+            if "is registered in this tenant" not in exc.message or not self.steps:
+                raise  # another 404, or nothing to register (no step declared here)
         await self.aio_register()
         return await self.client.transport.request("POST", path, **body)
 
