@@ -78,3 +78,22 @@ async def test_a_workflow_triggered_before_any_worker_registered_it_runs(ty: Tas
     async with ty.worker("late", workflows=[wf]):
         assert await handle.aio_result(timeout=20) == {"only": 6}
         assert await batched.aio_result(timeout=20) == {"only": 15}
+
+
+async def test_a_task_triggered_before_its_worker_registered_keeps_its_own_options(
+        ty: Taskyard) -> None:
+    """The trigger carries the task's options, so a run queued before any worker registered
+    the task retries as the task says, not with the defaults (no retries)."""
+    attempts: list[int] = []
+
+    @ty.task(retries=2)
+    async def flaky(n: int, ctx: Context) -> int:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RuntimeError("not yet")
+        return n
+
+    handle = await flaky.aio_run_no_wait(9)
+    async with ty.worker("late-flaky", tasks=[flaky]):
+        assert await handle.aio_result(timeout=20) == 9
+    assert attempts == [1, 2, 3]
