@@ -59,6 +59,14 @@ def main() -> None:
     peers.add_argument("--drain", type=int, default=20_000,
                        help="jobs queued before one worker process drains them")
 
+    chaos = commands.add_parser("chaos", help="a mixed workload while Postgres restarts and "
+                                              "the engine and workers are killed")
+    chaos.add_argument("--minutes", type=float, default=3.0, help="of workload under faults")
+    chaos.add_argument("--seed", type=int, default=1, help="the fault plan and the workload")
+    chaos.add_argument("--workers", type=int, default=3, help="worker processes")
+    chaos.add_argument("--judge", metavar="DIR", default=None,
+                       help="judge a finished run's ledgers and evidence again (no run)")
+
     args = parser.parse_args()
     if args.workload in ("throughput", "pgcost"):
         from bench import throughput
@@ -85,6 +93,10 @@ def main() -> None:
         from bench import edge as edge_workload
 
         asyncio.run(edge_workload.main(args.runs, args.single))
+    elif args.workload == "chaos":
+        from bench import chaos as chaos_workload
+
+        asyncio.run(chaos_workload.main(args.minutes, args.seed, args.workers, args.judge))
     elif args.workload == "peers":
         from bench import peers_workload
 

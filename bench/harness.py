@@ -241,13 +241,14 @@ async def postgres_version() -> str:
 
 
 async def write_result(workload: str, settings: dict[str, Any], figures: dict[str, Any],
-                       table: list[tuple[str, str]]) -> Path:
-    """Save the figures with the machine facts and settings, and print the table."""
+                       table: list[tuple[str, str]], *, postgres: str | None = None) -> Path:
+    """Save the figures with the machine facts and settings, and print the table. `postgres`:
+    the server's version, for a workload that runs a cluster of its own."""
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"{workload}-{stamp}.json"
     facts = machine()
-    facts["postgres"] = await postgres_version()
+    facts["postgres"] = postgres or await postgres_version()
     path.write_text(json.dumps({"workload": workload, "at": stamp, "machine": facts,
                                 "settings": settings, "figures": figures}, indent=2) + "\n")
     width = max(len(name) for name, _ in table)

@@ -5,6 +5,9 @@ flight), a worker mid-task, PostgreSQL mid-run. Nothing acknowledged may be lost
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -202,15 +205,19 @@ async def _connected(http: aiohttp.ClientSession, headers: dict[str, str], count
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def own_postgres() -> Iterator[EmbeddedPostgres]:
     """A throwaway cluster of this test's own (initdb in a temporary folder): restarting the
-    machine's server would pull it from under everything else using it."""
-    cluster = EmbeddedPostgres(tmp_path / "cluster")
+    machine's server would pull it from under everything else using it. Not under tmp_path:
+    pytest takes group and other access off its temporary root whenever a session starts, which
+    would lock the cluster's own account out of its data directory between two restarts."""
+    folder = Path(tempfile.mkdtemp(prefix="taskyard-test-pg-"))
+    cluster = EmbeddedPostgres(folder)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def test_postgres_restarted_mid_run_loses_nothing_acknowledged(
@@ -266,3 +273,96 @@ async def _count_work_through_a_restart(engine: Engine, cluster: EmbeddedPostgre
     assert lost == 0
     statuses = await scalar(db_url, "SELECT count(*) FROM runs WHERE status <> 'succeeded'")
     assert statuses == 0
+
+
+async def test_a_reattached_run_keeps_the_rate_limit_units_its_lost_assignment_took(
+        own_postgres: EmbeddedPostgres, db_url: str, tmp_path: Path) -> None:
+    """An assignment the engine could not write before it was killed (Postgres was down) took
+    rate-limit units that were not written either. When the worker reclaims the run after the
+    restart, its units count again: the window's limit holds across the crash."""
+    await execute(db_url, LEDGER_TABLE)  # the ledger lives outside the cluster that goes down
+    engine = EngineProcess(["--database-url", own_postgres.url, "--data-dir",
+                            str(tmp_path / "engine"), "--heartbeat-interval", "0.5",
+                            "--heartbeat-timeout", "10", "--database-wait", "60"],
+                           clean_env(), tmp_path / "engine.log").start()
+    token = (tmp_path / "engine" / "token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    # The first run holds the key; the second waits for it, then takes a unit of the limit.
+    key = {"concurrency": [{"expression": "'one'", "max_runs": 1}], "retries": 0}
+    limited = {**key, "rate_limits": [{"key": "scarce"}]}
+    worker = WorkerProcess(engine.url, token, db_url, "w", tmp_path / "w.log", slots=5,
+                           sleep=2).start()
+    try:
+        async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as http:
+            await wait_until(lambda: _connected(http, {}, 1), 30, "the worker")
+            async with http.put("/api/v1/rate-limits/scarce",
+                                json={"limit": 2, "duration": "minute"}) as response:
+                assert response.status == 200, await response.text()
+            async with http.post("/api/v1/runs/batch", json={"runs": [
+                    {"task": "record", "input": 1, "options": key},
+                    {"task": "record", "input": 2, "options": limited}]}) as response:
+                assert response.status == 201, await response.text()
+                second = (await response.json())["runs"][1]["run_id"]
+            await wait_until(lambda: _ledger_at_least(db_url, 1), 30, "the first run to start")
+            await asyncio.to_thread(own_postgres.stop)
+            # The first run ends; the second is assigned while nothing can be written.
+            await wait_until(lambda: _ledger_at_least(db_url, 2), 30, "the second run")
+            engine.kill()
+            await asyncio.to_thread(own_postgres.start)
+            await asyncio.to_thread(engine.start, 60)
+            async with http.get(f"/api/v1/runs/{second}/result",
+                                params={"timeout": 30}) as response:
+                view = await response.json()
+            assert view["status"] == "succeeded", view
+            async with http.get(f"/api/v1/runs/{second}/events") as response:
+                history = await response.json()
+            assert "reattached" in str(history), history
+            async with http.get("/api/v1/rate-limits/scarce") as response:
+                usage = await response.json()
+            async with http.post("/api/v1/runs/batch", json={"runs": [
+                    {"task": "record", "input": n, "options": limited} for n in (3, 4)]}) as r:
+                assert r.status == 201, await r.text()
+                last = (await r.json())["runs"][1]["run_id"]
+            await wait_until(lambda: _ledger_at_least(db_url, 3), 30, "a third run to start")
+            await asyncio.sleep(2.5)  # the third has ended; the key is free for the fourth
+            async with http.get(f"/api/v1/runs/{last}") as response:
+                waiting = await response.json()
+    finally:
+        worker.kill()
+        engine.kill()
+    assert waiting["status"] == "queued", waiting  # the limit's two units are spent
+    assert "scarce" in (waiting["waiting_reason"] or ""), waiting
+    assert await scalar(db_url, "SELECT count(*) FROM ledger") == 3
+    assert (usage["used"], usage["available"]) == (1, 1), usage
+
+
+async def test_postgres_restarted_while_the_engine_starts_does_not_stop_it(
+        own_postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+    """The engine is held mid-start (another session locks the table it registers itself in)
+    when Postgres restarts under it: it starts again from the top and serves, as it waits for a
+    database that is not up yet, instead of giving up."""
+    holder = await connect(own_postgres.url)
+    await migrate(holder)
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("LOCK TABLE engine_nodes IN ACCESS EXCLUSIVE MODE")
+    engine = Engine(engine_settings(own_postgres.url, tmp_path / "data"))
+    starting = asyncio.create_task(engine.start())
+    try:
+        await wait_until(lambda: _waiting_for_a_lock(own_postgres.url), 30,
+                         "the engine to wait for the lock")
+        await asyncio.to_thread(own_postgres.stop)  # cuts every session, the holder's too
+        await asyncio.to_thread(own_postgres.start)
+        await asyncio.wait_for(starting, 60)
+        async with aiohttp.ClientSession(base_url=engine.url) as http, \
+                http.get("/healthz") as response:
+            assert response.status == 200
+    finally:
+        starting.cancel()
+        await engine.stop()
+        with contextlib.suppress(Exception):
+            await holder.close()
+
+
+async def _waiting_for_a_lock(db_url: str) -> bool:
+    return await scalar(db_url, "SELECT count(*) FROM pg_locks WHERE NOT granted") > 0

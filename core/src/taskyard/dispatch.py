@@ -188,6 +188,17 @@ class Dispatcher:
             group.waiting.pop(run.run_id, None)
             group.holders.add(run.run_id)
 
+    def reattach(self, run: Run, now: float) -> None:
+        """A run its worker reclaimed after a restart that found it queued: its assignment was
+        not written before the crash, and perhaps neither were the rate-limit units it took. It
+        holds its keys again and takes its units again (counting them twice at worst leaves a
+        little capacity idle for one window; not counting them could let a limit be exceeded)."""
+        self.forget(run)
+        self.hold(run)
+        if run.options.rate_limits and self._rate_refusal(run) is None:
+            assert self.limiter is not None
+            self.limiter.take(self._wants(run), now)
+
     def forget(self, run: Run) -> None:
         """The run holds no slot and waits for none: it ended, or its attempt did (a retry is
         added again), or it left the queue. Safe to call more than once, on every path."""

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,13 @@ class EmbeddedPostgres:
         )
         return result.returncode == 0
 
-    def stop(self) -> None:
-        """Stop the server if this object started it (a server someone else runs is left alone)."""
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Stop the server if this object started it (a server someone else runs is left alone).
+        `immediate` is a crash: no checkpoint, recovery from the WAL on the next start (the
+        chaos run uses it)."""
         if not self._started_here:
             return
-        self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+        self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop")
         self._started_here = False
         log.info("embedded PostgreSQL stopped")
 

@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -25,7 +27,7 @@ from taskyard.alert_repository import AlertRuleRepository
 from taskyard.alerts import Alerter
 from taskyard.auth import Principal, Role, parse_bearer
 from taskyard.config import EngineSettings
-from taskyard.db import create_pool
+from taskyard.db import TRANSIENT_ERRORS, create_pool
 from taskyard.embedded import EmbeddedPostgres
 from taskyard.errors import NotFound, Unauthorized, Unprocessable
 from taskyard.event_repository import EventRepository
@@ -66,6 +68,19 @@ LOCAL_TENANT = "default"
 TOKEN_FILE = "token"
 
 
+# OSErrors of a database connection (vs. e.g. a port in use, which waiting does not fix).
+_CONNECTION_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET,
+                                errno.EPIPE, errno.ECONNABORTED})
+
+
+def _database_went_away(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _CONNECTION_ERRNOS
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
 class Engine:
     def __init__(self, settings: EngineSettings, *, plugins: Iterable[object] = ()) -> None:
         self.settings = settings
@@ -95,11 +110,22 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
+        """Start serving. Postgres going away while the engine starts (a restart, a failover)
+        starts it again from the top, for as long as `database_wait_seconds` allows, as an
+        unreachable database at the first connection does."""
+        deadline = time.monotonic() + self.settings.database_wait_seconds
+        while True:
+            try:
+                await self._start()
+                return
+            except BaseException as exc:
+                await self.stop()
+                if not _database_went_away(exc) or time.monotonic() >= deadline:
+                    raise
+                log.warning("the database went away while the engine was starting (%s); "
+                            "starting again", exc)
+            self.node_id = uuid.uuid4()  # the last attempt may have registered its node
+            await asyncio.sleep(0.5)
 
     async def _start(self) -> None:
         # Load plugins first, so a misspelt --plugin fails before anything else happens.

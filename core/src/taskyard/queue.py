@@ -471,9 +471,9 @@ class QueueActor(Actor):
                 continue
             run = self.runs.get(run_id)
             if run is not None and run.attempt == attempt and run.status is RunStatus.QUEUED:
-                # Its assignment had not been written before a crash: it holds its keys again.
-                self.dispatcher.forget(run)
-                self.dispatcher.hold(run)
+                # Its assignment had not been written before a crash: it holds its keys (and
+                # its rate-limit units) again.
+                self.dispatcher.reattach(run, now)
                 run.status = RunStatus.RUNNING
                 run.worker_id = worker.worker_id
                 run.assigned_at = run.started_at = now
