@@ -275,7 +275,10 @@ class Worker:
                             self.name, self.client.url, exc, delay)
             self._connected.clear()
             await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5.0)
+            # At most 0.75 s between tries: a restarted engine holds its recovered runs for
+            # `recovery_hold` (1 s) for their workers to claim; one that came back later found
+            # its attempt given to another worker, and the work ran twice.
+            delay = min(delay * 2, 0.5)
 
     async def _session(self) -> None:
         for workflow in self.workflows:  # on every connect: the engine may be a new one
