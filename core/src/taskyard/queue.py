@@ -17,12 +17,13 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from taskyard.actors import Actor
+from taskyard.db import TRANSIENT_ERRORS
 from taskyard.dispatch import Dispatcher, Refusal, WorkerSlots
 from taskyard.durable import DurableWait, DurableWaits
 from taskyard.errors import Conflict
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from taskyard.workers import WorkerSession
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
 
@@ -110,6 +112,19 @@ def _ended(run: Run) -> RunEnded:
                     workflow=workflow, workflow_run_id=run.workflow_run_id,
                     status=run.status.value, attempt=run.attempt, error_type=error.get("type"),
                     error_message=error.get("message"))
+
+
+async def _until_read(read: Callable[[], Awaitable[T]], what: str) -> T:
+    """A read a durable wait depends on, tried again while Postgres is away (a restart, a
+    pool refilling): giving up would leave the wait blind to an event or to its children."""
+    delay = 0.1
+    while True:
+        try:
+            return await read()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not read %s (%s); trying again in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _cached_size(run: Run) -> int:
@@ -750,7 +765,8 @@ class QueueActor(Actor):
         """Events pushed since the wait began count even if they came before it was armed (an
         engine restart in between, say)."""
         try:
-            events = await self.event_repository.since(self.tenant_id, patterns, since)
+            events = await _until_read(lambda: self.event_repository.since(
+                self.tenant_id, patterns, since), f"past events for durable run {run_id}")
         except Exception:
             log.exception("could not read past events for durable run %s; it waits for new "
                           "ones", run_id)
@@ -762,15 +778,18 @@ class QueueActor(Actor):
         """Outside the mailbox: until every child has ended; reports their outcomes."""
         futures = self.waiters.watch(self.tenant_id, children)
         try:
+            what = f"the children of durable run {run_id}"
             while True:
-                statuses = await self.repository.run_statuses(self.tenant_id, children)
+                statuses = await _until_read(
+                    lambda: self.repository.run_statuses(self.tenant_id, children), what)
                 pending = [futures[c] for c, status in statuses.items()
                            if not status.terminal and not futures[c].done()]
                 if len(statuses) == len(children) and not pending:
                     break
                 await asyncio.wait(pending or list(futures.values()), timeout=30,
                                    return_when=asyncio.FIRST_COMPLETED)
-            documents = await self.repository.run_documents(self.tenant_id, children)
+            documents = await _until_read(
+                lambda: self.repository.run_documents(self.tenant_id, children), what)
         except Exception:
             log.exception("could not follow the children of durable run %s", run_id)
             return
