@@ -324,3 +324,20 @@ async def test_the_sdk_reports_output_it_cannot_send_and_cleans_error_texts(
         with pytest.raises(TaskFailed) as failed:
             await raises_nul.aio_run(7)
         assert failed.value.error.message == "bad \ufffd value 7"
+
+
+async def test_logs_for_a_run_claimed_at_hello_but_unknown_are_not_stored(
+        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    stranger = str(uuid.uuid4())
+    async with http.ws_connect("/api/v1/workers/connect",
+                               headers=tenant.headers("worker")) as ws:
+        await ws.send_json(hello(in_flight=[{"run_id": stranger, "attempt": 1}]))
+        await receive_type(ws, "welcome")
+        cancel = await receive_type(ws, "cancel")
+        assert cancel["run_id"] == stranger
+        await ws.send_json({"type": "log", "run_id": stranger, "attempt": 1, "message": "x"})
+        await ws.send_json({"type": "heartbeat"})
+        await asyncio.sleep(0.3)
+    await engine.persister.flush()
+    assert await engine.pool.fetchval("SELECT count(*) FROM run_logs WHERE run_id = $1",
+                                      uuid.UUID(stranger)) == 0

@@ -549,7 +549,9 @@ class QueueActor(Actor):
         logs = []
         for message in messages:
             if isinstance(message, protocol.Log):
-                if self._owns(worker, message):
+                # A run this queue does not have (a worker's hello may claim any id) gets no
+                # log rows: they would be stored under this tenant for nobody's run.
+                if self._owns(worker, message) and message.run_id in self.runs:
                     logs.append((self.tenant_id, message.run_id, now, message.attempt,
                                  message.level, message.message))
                 else:
