@@ -131,8 +131,8 @@ async def test_a_sleep_holds_the_step_back(ty: Taskyard) -> None:
         return n
 
     async with ty.worker("nap", workflows=[wf]):
+        triggered = time.time()  # before: the engine starts the sleep while it answers
         handle = await wf.aio_run_no_wait(1)
-        triggered = time.time()
         await _until_step(ty, handle.run_id, "later", RunStatus.PENDING)
         view = await ty.runs.aio_get((await ty.runs.aio_get(handle.run_id)).steps[0].run_id)
         assert view.waiting_reason == "waiting for its wait_for conditions"

@@ -64,7 +64,8 @@ def _expression() -> st.SearchStrategy[str]:
     return st.recursive(_SCALAR, extend, max_leaves=12)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(text=_expression(), length=st.integers(0, 200), text_size=st.integers(0, 5_000))
 def test_no_expression_runs_long_whatever_its_data(text: str, length: int,
                                                    text_size: int) -> None:
@@ -74,8 +75,9 @@ def test_no_expression_runs_long_whatever_its_data(text: str, length: int,
     with contextlib.suppress(ExpressionError):  # refused, or a bad overload: quickly too
         evaluate(text, data)
     elapsed = time.perf_counter() - started
-    # The budget is about 10 ms of this machine's time; unbounded, these take seconds.
-    assert elapsed < 0.25, (text, length, elapsed)
+    # Bounded, the worst of these takes ~20 ms here (up to ~10x that with the suite running
+    # beside it); unbounded, they take seconds to minutes.
+    assert elapsed < 1.0, (text, length, elapsed)
 
 
 async def _healthz_while(http: aiohttp.ClientSession, request: Any) -> tuple[Any, float]:
