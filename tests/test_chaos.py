@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 async def test_a_short_chaos_run_breaks_no_promise(tmp_path: Path) -> None:
-    verdict = await run_chaos(ChaosSettings(seconds=40, seed=14, drain_timeout=240), tmp_path)
+    verdict = await run_chaos(ChaosSettings(seconds=30, seed=14, drain_timeout=240), tmp_path)
     print("\n".join(f"{name}: {value}" for name, value in table(verdict)))
     faults = verdict.figures["faults injected"]
     assert any(kind.startswith("postgres") for kind in faults), faults
