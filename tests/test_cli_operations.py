@@ -335,7 +335,7 @@ async def test_workers_tasks_events_and_crons(ty: Taskyard, cli: Cli, data_dir: 
             pushed,
             pushed_json,
             crons,
-            paused,
+            crons_json,
         ) = await in_parallel(
             # the local engine's token file, as with the SDK: no TASKYARD_TOKEN
             cli("workers", TASKYARD_TOKEN="", TASKYARD_DATA_DIR=str(data_dir)),
@@ -355,7 +355,7 @@ async def test_workers_tasks_events_and_crons(ty: Taskyard, cli: Cli, data_dir: 
             ),
             cli("events", "push", "user:signup", "--json"),
             cli("crons", "list"),
-            cli("crons", "pause", str(cron.cron_id), "--json"),
+            cli("crons", "list", "--json"),
         )
 
         rest_workers = await cli.rest("/api/v1/workers")
@@ -378,21 +378,22 @@ async def test_workers_tasks_events_and_crons(ty: Taskyard, cli: Cli, data_dir: 
         [cron_row] = ok(crons).splitlines()[2:]
         assert cron_row.split()[:4] == [str(cron.cron_id), "nightly", "task", "greet"]
         assert "active" in cron_row.split()
-        assert json.loads(ok(paused)) == await cli.rest(f"/api/v1/crons/{cron.cron_id}")
-        assert json.loads(paused.stdout)["paused"] is True
+        assert json.loads(ok(crons_json)) == await cli.rest("/api/v1/crons")
 
-        listed_events, by_key_json, crons_json = await in_parallel(
+        # the pause runs after the listing above: run beside it, the listing could see it paused
+        listed_events, by_key_json, paused = await in_parallel(
             cli("events", "list", "--prefix", "order:"),
             cli("events", "list", "--key", "order:paid", "--metadata", "source:cli", "--json"),
-            cli("crons", "list", "--json"),
+            cli("crons", "pause", str(cron.cron_id), "--json"),
         )
+        assert json.loads(ok(paused)) == await cli.rest(f"/api/v1/crons/{cron.cron_id}")
+        assert json.loads(paused.stdout)["paused"] is True
         [event_row] = ok(listed_events).splitlines()[2:]
         assert event_row.split()[:2] == [str(event_id), "order:paid"]
         assert event_row.split()[-2:] == ["source=cli", '{"order":7}']
         assert json.loads(ok(by_key_json)) == await cli.rest(
             "/api/v1/events", [("key", "order:paid"), ("metadata", "source:cli")]
         )
-        assert json.loads(ok(crons_json)) == await cli.rest("/api/v1/crons")
 
         replayed, resumed = await in_parallel(
             cli("events", "replay", str(event_id), "--json"),

@@ -96,7 +96,8 @@ async def test_a_bad_hello_is_refused_with_a_reason(http: aiohttp.ClientSession,
     (json.dumps({"type": "log", "run_id": str(uuid.uuid4()), "attempt": 1, "message": "hi"}),
      "not_owner", "is not assigned to this worker"),
     (json.dumps(hello()), "invalid_message", "already established"),
-])
+], ids=["not-json", "not-an-object", "unknown-type", "bad-run-id", "nul-in-output",
+        "result-of-another", "log-of-another", "second-hello"])
 async def test_bad_frames_get_an_error_frame_and_the_connection_lives(
         worker_ws: aiohttp.ClientWebSocketResponse, frame: str, code: str, text: str) -> None:
     await worker_ws.send_str(frame)
