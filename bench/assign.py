@@ -11,10 +11,10 @@ from collections import deque
 from typing import Any
 
 from bench.harness import summary, write_result
-from taskyard.dispatch import Dispatcher, WorkerSlots
-from taskyard.flow import Flow
+from taskyard.domain.dispatch import Dispatcher, WorkerSlots
+from taskyard.domain.flow import Flow
+from taskyard.domain.runs import Run
 from taskyard.ids import new_id
-from taskyard.runs import Run
 from taskyard_sdk.models import Concurrency, RunStatus, TaskOptions
 
 TENANT = uuid.uuid4()

@@ -46,7 +46,7 @@ from bench.chaos_checks import (
     judge,
     read_ledger,
 )
-from taskyard.embedded import EmbeddedPostgres
+from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.testing import EngineProcess, clean_env
 
 WORKER_SCRIPT = Path(__file__).with_name("chaos_worker.py")
@@ -648,7 +648,7 @@ async def main(minutes: float, seed: int, workers: int, again: str | None = None
 
 def _cluster_version() -> str:
     """The throwaway cluster's server version (its binaries'), for the result file."""
-    from taskyard.embedded import find_binaries
+    from taskyard.store.embedded import find_binaries
 
     found = subprocess.run([str(find_binaries() / "postgres"), "--version"],
                            capture_output=True, text=True, check=False)

@@ -14,10 +14,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from taskyard.auth import Role
 from taskyard.config import EngineSettings
+from taskyard.domain.auth import Role
 from taskyard.engine import Engine
-from taskyard.migrator import migrate
+from taskyard.store.migrator import migrate
 from taskyard_sdk import Taskyard
 from tests.support import ADMIN_URL, database_url
 

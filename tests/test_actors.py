@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from taskyard.actors import Actor, ActorStopped, AskTimeout
+from taskyard.actors.base import Actor, ActorStopped, AskTimeout
+from taskyard.actors.timers import Timers
 from taskyard.errors import Conflict
-from taskyard.timers import Timers
 
 
 class Counter(Actor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.engine import Engine
 from tests.conftest import TenantTokens
 

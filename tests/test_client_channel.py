@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from pydantic_core import from_json
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.engine import Engine
 from taskyard.http.client_socket import CHANNELS
 from taskyard_sdk import ConnectionLost, InvalidRequest, Taskyard

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from taskyard.cron import CronError, next_tick, ticks_between, validate
+from taskyard.domain.cron import CronError, next_tick, ticks_between, validate
 
 PARIS = ZoneInfo("Europe/Paris")
 

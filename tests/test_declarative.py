@@ -188,7 +188,7 @@ async def test_a_yaml_workflow_runs_http_request_and_email_send(
 
 
 def test_templates_render_whole_values_typed_and_several_as_text() -> None:
-    from taskyard.declarative import render
+    from taskyard.integrations.declarative import render
 
     variables = {"input": {"a": 1, "b": "two", "tags": ["x"]}, "steps": {}}
     assert render({"one": "{{ input.a }}", "two": "{{ input.a }} and {{ input.b }}",
@@ -236,7 +236,7 @@ async def test_a_plugin_check_that_raises_is_reported_not_fatal(
 
 
 def test_hatchet_templates_read_the_input() -> None:
-    from taskyard.declarative import load, render
+    from taskyard.integrations.declarative import load, render
 
     text = ("name: greet\njobs:\n  j:\n    steps:\n      - id: hi\n        action: billing:charge\n"
             "        with: {to: '{{ .user.firstName }}', text: 'hi {{ .user.firstName }}!'}\n")
@@ -247,7 +247,7 @@ def test_hatchet_templates_read_the_input() -> None:
 
 
 def test_an_action_of_a_plugin_that_is_not_loaded_is_a_load_error_naming_the_line() -> None:
-    from taskyard.declarative import DeclarativeError, load
+    from taskyard.integrations.declarative import DeclarativeError, load
 
     text = ("name: ping\njobs:\n  j:\n    steps:\n      - id: call\n"
             "        action: http:request\n        with: {url: 'https://example.test'}\n")

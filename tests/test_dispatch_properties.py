@@ -1,4 +1,4 @@
-"""Property tests of the scheduling decisions (taskyard.dispatch), driven directly under random
+"""Property tests of the scheduling decisions (domain/dispatch.py), driven directly under random
 arrivals, completions, cancellations, worker churn and the passing of time. After every step the
 invariants hold: never more than max_runs running per concurrency key, no rate limit exceeded in
 any window, slots never exceeded, a HARD sticky run never moves, a higher priority never passed
@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from taskyard.dispatch import Dispatcher, WorkerSlots
-from taskyard.flow import Flow
+from taskyard.domain.dispatch import Dispatcher, WorkerSlots
+from taskyard.domain.flow import Flow
+from taskyard.domain.rate_limits import RateLimiter
+from taskyard.domain.runs import Run
 from taskyard.ids import new_id
-from taskyard.ratelimits import RateLimiter
-from taskyard.runs import Run
 from taskyard_sdk.models import (
     Concurrency,
     Label,

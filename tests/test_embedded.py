@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taskyard.embedded import EmbeddedPostgres
+from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.testing import EngineProcess, clean_env
 from tests.support import taskyard
 
@@ -76,7 +76,7 @@ def test_a_running_embedded_server_is_reused_and_left_running(tmp_path: Path) ->
 
 def test_missing_binaries_name_both_remedies(tmp_path: Path) -> None:
     env = clean_env(PATH="/nonexistent")
-    code = ("import importlib.util, pathlib, taskyard.embedded as e; "
+    code = ("import importlib.util, pathlib, taskyard.store.embedded as e; "
             "importlib.util.find_spec = lambda name: None; "
             "pathlib.Path.glob = lambda self, pattern: iter(()); "
             "e.find_binaries()")

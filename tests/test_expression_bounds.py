@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskyard import expressions
-from taskyard.expressions import ExpressionError, evaluate
+from taskyard.domain import expressions
+from taskyard.domain.expressions import ExpressionError, evaluate
 from taskyard_sdk import InvalidRequest, Taskyard
 
 TWENTY = list(range(20))

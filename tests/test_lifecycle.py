@@ -393,7 +393,7 @@ async def test_chunks_stream_live_to_subscribers(engine: Engine, ty: Taskyard) -
             return [chunk async for chunk in live.aio_stream()]
 
         collecting = asyncio.create_task(collect())
-        streams = engine.scheduler.streams
+        streams = engine.services.streams
         for _ in range(500):  # until the engine has the subscription
             if streams._subscribers:
                 break

@@ -10,7 +10,12 @@ import pytest
 
 from taskyard.config import EngineSettings
 from taskyard.engine import Engine
-from taskyard.migrator import MigrationError, available_migrations, migrate, pending_migrations
+from taskyard.store.migrator import (
+    MigrationError,
+    available_migrations,
+    migrate,
+    pending_migrations,
+)
 
 
 def test_migration_files_are_numbered_without_gaps() -> None:

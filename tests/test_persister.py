@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from taskyard import repository
-from taskyard.db import create_pool
 from taskyard.ids import new_id
-from taskyard.persister import Persister
-from taskyard.repository import (
+from taskyard.store import repository
+from taskyard.store.db import create_pool
+from taskyard.store.persister import Persister
+from taskyard.store.repository import (
     WriteBatch,
     batch_committed,
     new_run_row,

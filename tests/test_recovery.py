@@ -16,10 +16,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from taskyard.db import connect
-from taskyard.embedded import EmbeddedPostgres
 from taskyard.engine import Engine
-from taskyard.migrator import migrate
+from taskyard.store.db import connect
+from taskyard.store.embedded import EmbeddedPostgres
+from taskyard.store.migrator import migrate
 from taskyard.testing import EngineProcess, clean_env
 from tests.conftest import engine_settings
 from tests.support import LEDGER_TABLE, WorkerProcess

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskyard.runs import retry_delay
+from taskyard.domain.runs import retry_delay
 from taskyard_sdk.models import TaskOptions
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.engine import Engine
 from tests.conftest import TenantTokens
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.engine import Engine
 from taskyard.plugins import Alert, hookimpl
 from taskyard_sdk import (

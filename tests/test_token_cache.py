@@ -12,12 +12,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from taskyard.auth import Role
-from taskyard.db import create_pool
+from taskyard.domain.auth import Role
 from taskyard.engine import Engine
-from taskyard.repository import Repository
+from taskyard.store.db import create_pool
+from taskyard.store.repository import Repository
+from taskyard.store.token_cache import TokenCache
 from taskyard.testing import clean_env
-from taskyard.token_cache import TokenCache
 from taskyard_sdk import RunStatus, Taskyard, WorkerStopped
 from tests.conftest import TenantTokens, engine_settings
 from tests.support import taskyard

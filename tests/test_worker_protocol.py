@@ -184,8 +184,8 @@ async def test_a_silent_worker_is_declared_lost_and_its_run_retried(
 def test_the_fast_assign_encoding_is_a_valid_assign_message() -> None:
     import time as clock
 
-    from taskyard.queue import assign_json
-    from taskyard.runs import Run
+    from taskyard.actors.queue import assign_json
+    from taskyard.domain.runs import Run
     from taskyard_sdk.models import RunStatus, StepContext, TaskOptions
 
     run = Run(tenant_id=uuid.uuid4(), run_id=uuid.uuid4(), task='say "hi"', queue="default",
@@ -223,7 +223,7 @@ async def test_a_worker_id_is_never_taken_over_from_another_tenant(
             assign = await receive_type(first, "assign")
             assert assign["run_id"] == run_id
         assert not first.closed
-        keys = set(engine.scheduler.registry.sessions)
+        keys = set(engine.services.registry.sessions)
         assert (tenant.tenant_id, uuid.UUID(worker_id)) in keys
 
 

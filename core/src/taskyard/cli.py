@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from taskyard import __version__
-from taskyard.auth import Role
 from taskyard.commands import COMMANDS
 from taskyard.config import DEFAULT_PORT, EngineSettings
+from taskyard.domain.auth import Role
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from taskyard.repository import Repository
+    from taskyard.store.repository import Repository
 
 # The engine's own modules are imported by the commands that use them: the operator commands
 # need only the SDK, and start in a fraction of the time.
@@ -38,11 +38,11 @@ def _expected() -> tuple[type[BaseException], ...]:
     """Failures we explain in one line instead of a traceback."""
     import asyncpg
 
-    from taskyard.db import DatabaseUnavailable
-    from taskyard.embedded import EmbeddedPostgresError
-    from taskyard.migrator import MigrationError
     from taskyard.plugin_manager import UnknownPluginError
-    from taskyard.repository import TenantExists
+    from taskyard.store.db import DatabaseUnavailable
+    from taskyard.store.embedded import EmbeddedPostgresError
+    from taskyard.store.migrator import MigrationError
+    from taskyard.store.repository import TenantExists
 
     return (MigrationError, UnknownPluginError, DatabaseUnavailable, EmbeddedPostgresError,
             TenantExists, OSError, asyncpg.PostgresError)
@@ -159,8 +159,8 @@ async def _database(database_url: str | None, data_dir: Path,
                     wait_seconds: float) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the given database, or on the embedded one (started just for this command
     when the engine is not running, and stopped again after)."""
-    from taskyard.db import create_pool
-    from taskyard.embedded import EmbeddedPostgres
+    from taskyard.store.db import create_pool
+    from taskyard.store.embedded import EmbeddedPostgres
 
     embedded = None
     if database_url is None:
@@ -179,8 +179,8 @@ async def _database(database_url: str | None, data_dir: Path,
 
 
 async def _repository(pool: asyncpg.Pool) -> Repository:
-    from taskyard.migrator import MigrationError, pending_migrations
-    from taskyard.repository import Repository
+    from taskyard.store.migrator import MigrationError, pending_migrations
+    from taskyard.store.repository import Repository
 
     async with pool.acquire() as conn:
         if pending := await pending_migrations(conn):
@@ -195,7 +195,7 @@ async def _repository(pool: asyncpg.Pool) -> Repository:
 @data_dir_option
 def migrate_command(database_url: str | None, database_wait: float, data_dir: Path) -> None:
     """Apply pending database migrations."""
-    from taskyard.migrator import migrate
+    from taskyard.store.migrator import migrate
 
     async def run() -> list[str]:
         async with _database(database_url, data_dir, database_wait) as pool, \

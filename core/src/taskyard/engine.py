@@ -23,20 +23,16 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from taskyard.alert_repository import AlertRuleRepository
-from taskyard.alerts import Alerter
-from taskyard.auth import Principal, Role, parse_bearer
+from taskyard.actors.alerter import Alerter
+from taskyard.actors.timers import Timers
 from taskyard.config import EngineSettings
-from taskyard.db import TRANSIENT_ERRORS, create_pool
-from taskyard.embedded import EmbeddedPostgres
+from taskyard.domain.auth import Principal, Role, parse_bearer
+from taskyard.domain.runs import SharedOptions
 from taskyard.errors import NotFound, Unauthorized, Unprocessable
-from taskyard.event_repository import EventRepository
 from taskyard.http.app import build_app
 from taskyard.http.client_socket import CHANNELS
 from taskyard.http.routing import Router
-from taskyard.integrations import Integrations
-from taskyard.migrator import MigrationError, migrate, pending_migrations
-from taskyard.persister import Persister
+from taskyard.integrations.worker import Integrations
 from taskyard.plugin_manager import Plugins
 from taskyard.plugins import (
     Action,
@@ -46,20 +42,24 @@ from taskyard.plugins import (
     RunEnded,
     TriggerSource,
 )
-from taskyard.rate_limit_repository import RateLimitRepository
-from taskyard.repository import (
+from taskyard.services import Services
+from taskyard.store.alerts import AlertRuleRepository
+from taskyard.store.db import TRANSIENT_ERRORS, create_pool
+from taskyard.store.embedded import EmbeddedPostgres
+from taskyard.store.events import EventRepository
+from taskyard.store.migrator import MigrationError, migrate, pending_migrations
+from taskyard.store.persister import Persister
+from taskyard.store.rate_limits import RateLimitRepository
+from taskyard.store.repository import (
     Repository,
     RunRepository,
     TenantExists,
     TokenInfo,
     register_node,
 )
-from taskyard.runs import SharedOptions
-from taskyard.schedule_repository import ScheduleRepository
-from taskyard.scheduler import Scheduler
-from taskyard.timers import Timers
-from taskyard.token_cache import TokenCache
-from taskyard.workflow_repository import WorkflowRepository
+from taskyard.store.schedules import ScheduleRepository
+from taskyard.store.token_cache import TokenCache
+from taskyard.store.workflows import WorkflowRepository
 from taskyard_sdk.models import EventRequest, WorkflowDefinition
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Engine:
         self.repository: Repository
         self.node_id = uuid.uuid4()
         self._persister: Persister | None = None
-        self._scheduler: Scheduler | None = None
+        self._services: Services | None = None
         self._timers: Timers | None = None
         self._alerter: Alerter | None = None
         self.alert_channels: dict[str, AlertChannel] = {}
@@ -166,7 +166,7 @@ class Engine:
             for action in provided:
                 self.actions[action.name] = action
         runs = RunRepository(self._pool, SharedOptions())
-        self._scheduler = Scheduler(persister=self._persister, runs=runs,
+        self._services = Services(persister=self._persister, runs=runs,
                                     workflows=WorkflowRepository(self._pool),
                                     events=EventRepository(self._pool),
                                     rate_limits=RateLimitRepository(self._pool),
@@ -178,7 +178,7 @@ class Engine:
                                     observe_all=self._observe,
                                     runs_changed=self._runs_changed if self._plugins.implemented(
                                         "taskyard_runs_changed") else None)
-        await self._scheduler.start()
+        await self._services.start()
 
         plugin_router = Router(tags=("plugins",), channel=False)  # HTTP only: raw bodies
         await self._plugins.call("taskyard_routes", router=plugin_router)
@@ -215,9 +215,9 @@ class Engine:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-        if self._scheduler is not None:
-            scheduler, self._scheduler = self._scheduler, None
-            await scheduler.stop()
+        if self._services is not None:
+            services, self._services = self._services, None
+            await services.stop()
         if self._alerter is not None:
             alerter, self._alerter = self._alerter, None
             await alerter.stop()
@@ -258,10 +258,10 @@ class Engine:
         return self._pool
 
     @property
-    def scheduler(self) -> Scheduler:
-        if self._scheduler is None:
+    def services(self) -> Services:
+        if self._services is None:
             raise RuntimeError("the engine is not started")
-        return self._scheduler
+        return self._services
 
     @property
     def persister(self) -> Persister:
@@ -366,7 +366,7 @@ class Engine:
         if found is None:
             raise ValueError(f"no tenant named {tenant!r} (files in a folder belong to the "
                              f"tenant the folder names)")
-        await self.scheduler.register_workflow(found.tenant_id, definition)
+        await self.services.register_workflow(found.tenant_id, definition)
 
     async def push_event(self, tenant: str, key: str, payload: Any,
                          metadata: dict[str, str] | None = None) -> PushedEvent:
@@ -378,7 +378,7 @@ class Engine:
             request = EventRequest(key=key, payload=payload, metadata=metadata or {})
         except ValidationError as exc:
             raise Unprocessable(f"event: {exc.errors()[0]['msg']}") from None
-        [view] = await self.scheduler.push_events(found.tenant_id, [request])
+        [view] = await self.services.push_events(found.tenant_id, [request])
         return PushedEvent(view.event_id, list(view.triggered))
 
     def _runs_changed(self, tenant_id: uuid.UUID, changes: list[RunChanged]) -> None:
@@ -392,14 +392,14 @@ class Engine:
 
     def _token_revoked(self, token_id: uuid.UUID) -> None:
         """Requests are refused by the token cache; workers already connected are cut off."""
-        if self._scheduler is not None and self._scheduler.registry.running:
-            registry = self._scheduler.registry
+        if self._services is not None and self._services.registry.running:
+            registry = self._services.registry
             registry.tell(registry.token_revoked, token_id)
 
     def _revocations_maybe_missed(self) -> None:
         """The revocation listener is back: look up the tokens of connected workers, whose
         revocation may have been announced while it was away."""
-        if self._scheduler is not None:
+        if self._services is not None:
             task = asyncio.create_task(self._recheck_worker_tokens(), name="recheck-tokens")
             self._sources.add(task)
             task.add_done_callback(self._sources.discard)
@@ -407,7 +407,7 @@ class Engine:
     async def _recheck_worker_tokens(self) -> None:
         try:
             revoked = await self.repository.revoked_among(
-                list(self.scheduler.registry.token_ids()))
+                list(self.services.registry.token_ids()))
         except Exception as exc:  # the next reconnection checks again
             log.warning("could not check the tokens of connected workers: %s", exc)
             return

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.alert_repository import AlertRule, AlertRuleRepository
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.errors import NotFound, Unprocessable
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
+from taskyard.store.alerts import AlertRule, AlertRuleRepository
 from taskyard_sdk.models import AlertRuleList, AlertRuleRequest, AlertRuleView
 
 router = Router(tags=("alerts",))

@@ -49,4 +49,4 @@ def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Appl
 
 async def _disconnect_workers(app: web.Application) -> None:
     """Worker websockets live until closed: close them so shutdown does not wait on them."""
-    await app[ENGINE].scheduler.registry.stop()
+    await app[ENGINE].services.registry.stop()

@@ -28,9 +28,9 @@ from aiohttp import WSMsgType, web
 from multidict import MultiDict
 from pydantic import ValidationError
 
-from taskyard.auth import Role
+from taskyard.actors.frames import FrameWriter
+from taskyard.domain.auth import Role
 from taskyard.errors import BadRequest, MethodNotAllowed, NotFound, Unprocessable
-from taskyard.frames import FrameWriter
 from taskyard.http.errors import failure, next_request_id
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (

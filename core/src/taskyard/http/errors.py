@@ -16,8 +16,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from taskyard.db import TRANSIENT_ERRORS
 from taskyard.errors import ApiError
+from taskyard.store.db import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
@@ -47,7 +47,7 @@ async def push_event(call: Call[EventRequest]) -> EventView:
     whose `event_filter` holds) and wakes the steps waiting for it. `triggered` lists the
     workflow runs it started; an event that triggers nothing is still stored."""
     engine = call.request.app[ENGINE]
-    [view] = await engine.scheduler.push_events(call.principal.tenant_id, [call.body])
+    [view] = await engine.services.push_events(call.principal.tenant_id, [call.body])
     return view
 
 
@@ -56,7 +56,7 @@ async def push_event(call: Call[EventRequest]) -> EventView:
 async def push_events(call: Call[BatchEventRequest]) -> BatchEventResponse:
     """Push many events in one request (and one transaction)."""
     engine = call.request.app[ENGINE]
-    views = await engine.scheduler.push_events(call.principal.tenant_id, call.body.events)
+    views = await engine.services.push_events(call.principal.tenant_id, call.body.events)
     return BatchEventResponse(events=views)
 
 
@@ -65,7 +65,7 @@ async def list_events(call: Call[None]) -> Document:
     """Stored events, newest first, by key, key prefix, metadata and time."""
     query: ListEventsQuery = call.query
     engine = call.request.app[ENGINE]
-    rows = await engine.scheduler.events.search(
+    rows = await engine.services.events.search(
         call.principal.tenant_id, keys=query.key, prefix=query.prefix,
         metadata=metadata_filter(query.metadata), since=query.since, until=query.until,
         before=page_cursor(query.cursor), limit=query.limit)
@@ -77,7 +77,7 @@ async def list_events(call: Call[None]) -> Document:
 async def get_event(call: Call[None]) -> EventView:
     event_id = call.path_uuid("event_id")
     engine = call.request.app[ENGINE]
-    row = await engine.scheduler.events.get(call.principal.tenant_id, event_id)
+    row = await engine.services.events.get(call.principal.tenant_id, event_id)
     if row is None:
         raise NotFound(f"no event {event_id} in this tenant")
     return EventView.model_validate(row)
@@ -89,6 +89,6 @@ async def replay_event(call: Call[None]) -> EventView:
     """Push a stored event again (a new event with `replay_of` set): it triggers and wakes as
     if it were new."""
     engine = call.request.app[ENGINE]
-    return await engine.scheduler.replay_event(call.principal.tenant_id,
+    return await engine.services.replay_event(call.principal.tenant_id,
                                                call.path_uuid("event_id"))
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
+from taskyard.domain.rate_limits import Usage
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
-from taskyard.ratelimits import Usage
 from taskyard_sdk.models import (
     RATE_KEY_PATTERN,
     RateLimitList,
@@ -35,7 +35,7 @@ async def put_rate_limit(call: Call[RateLimitRequest]) -> RateLimitView:
     `RateLimit(key=...)`. Runs waiting for it are decided again at once."""
     key = call.path["key"]
     engine = call.request.app[ENGINE]
-    await engine.scheduler.put_rate_limit(call.principal.tenant_id, key, call.body.limit,
+    await engine.services.put_rate_limit(call.principal.tenant_id, key, call.body.limit,
                                           call.body.duration)
     return await _get(call, key)
 
@@ -45,7 +45,7 @@ async def list_rate_limits(call: Call[None]) -> RateLimitList:
     """Named limits, and the buckets of dynamic keys that have units taken, with what is left
     in their current window."""
     engine = call.request.app[ENGINE]
-    usage = await engine.scheduler.rate_limit_usage(call.principal.tenant_id)
+    usage = await engine.services.rate_limit_usage(call.principal.tenant_id)
     return RateLimitList(rate_limits=[_view(u) for u in usage])
 
 
@@ -58,12 +58,12 @@ async def get_rate_limit(call: Call[None]) -> RateLimitView:
 async def delete_rate_limit(call: Call[None]) -> None:
     """Remove a named limit: runs that still wait for it fail, as new ones naming it do."""
     engine = call.request.app[ENGINE]
-    await engine.scheduler.delete_rate_limit(call.principal.tenant_id, call.path["key"])
+    await engine.services.delete_rate_limit(call.principal.tenant_id, call.path["key"])
 
 
 async def _get(call: Call[Any], key: str) -> RateLimitView:
     engine = call.request.app[ENGINE]
-    usage = await engine.scheduler.rate_limit_usage(call.principal.tenant_id)
+    usage = await engine.services.rate_limit_usage(call.principal.tenant_id)
     for bucket in usage:
         if bucket.key == key:
             return _view(bucket)

@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import MultiMapping
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from taskyard.auth import Principal, Role
+from taskyard.domain.auth import Principal, Role
 from taskyard.errors import BadRequest, Forbidden, Unprocessable, UnsupportedMediaType
 from taskyard_sdk.protocol import MAX_JSON_DEPTH, NUL_REFUSAL, nul_at, too_deep
 

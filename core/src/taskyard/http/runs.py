@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
@@ -110,7 +110,7 @@ async def tell_replays(call: Call[Any], inputs: list[Any], refs: list[RunRef]) -
     if not replayed:
         return refs
     engine = call.request.app[ENGINE]
-    stored = await engine.scheduler.runs.run_documents(
+    stored = await engine.services.runs.run_documents(
         call.principal.tenant_id, [ref.run_id for ref, _ in replayed])
     for ref, given in replayed:
         ref.idempotent_replay = True
@@ -141,7 +141,7 @@ async def trigger(call: Call[TriggerRequest]) -> WithStatus | RunRef:
     run is returned (status 200, `idempotent_replay` true, and `input_differs` when this
     request's input is not that run's) instead of a new one (201)."""
     engine = call.request.app[ENGINE]
-    [ref] = await tell_replays(call, [call.body.input], await engine.scheduler.trigger(
+    [ref] = await tell_replays(call, [call.body.input], await engine.services.trigger(
         call.principal.tenant_id, [call.body]))
     if not ref.created:
         return WithStatus(200, ref)
@@ -154,7 +154,7 @@ async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse
     """Trigger many runs in one request (and one transaction); runs an idempotency key found
     are answered as by `POST /api/v1/runs`, with `idempotent_replay`."""
     engine = call.request.app[ENGINE]
-    refs = await engine.scheduler.trigger(call.principal.tenant_id, call.body.runs,
+    refs = await engine.services.trigger(call.principal.tenant_id, call.body.runs,
                                           call.body.options)
     return BatchTriggerResponse(runs=await tell_replays(
         call, [run.input for run in call.body.runs], refs))
@@ -167,7 +167,7 @@ async def list_runs(call: Call[None]) -> Document:
     metadata = metadata_filter(query.metadata)
     before = page_cursor(query.cursor)
     engine = call.request.app[ENGINE]
-    rows = await engine.scheduler.runs.list_runs(
+    rows = await engine.services.runs.list_runs(
         call.principal.tenant_id, statuses=[s.value for s in query.status], tasks=query.task,
         since=query.since, until=query.until, metadata=metadata, before=before,
         limit=query.limit)
@@ -179,7 +179,7 @@ async def list_runs(call: Call[None]) -> Document:
 async def wait_runs(call: Call[WaitRequest]) -> Document:
     """Wait (up to `timeout` seconds) until the given runs have finished."""
     engine = call.request.app[ENGINE]
-    finished, pending = await engine.scheduler.wait(call.principal.tenant_id,
+    finished, pending = await engine.services.wait(call.principal.tenant_id,
                                                     call.body.run_ids, call.body.timeout)
     return Document({"runs": finished, "pending": pending})
 
@@ -188,7 +188,7 @@ async def wait_runs(call: Call[WaitRequest]) -> Document:
 async def get_run(call: Call[None]) -> RunView:
     """A run: status, attempts with their timings, output or error."""
     engine = call.request.app[ENGINE]
-    return await engine.scheduler.view(call.principal.tenant_id, call.path_uuid("run_id"))
+    return await engine.services.view(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
 @router.get("/api/v1/runs/{run_id}/result", roles=ANY_ROLE, query=ResultQuery,
@@ -197,7 +197,7 @@ async def run_result(call: Call[None]) -> RunView:
     """Long-poll: answers once the run has finished, or after `timeout` seconds with its
     current state."""
     engine = call.request.app[ENGINE]
-    return await engine.scheduler.result(call.principal.tenant_id, call.path_uuid("run_id"),
+    return await engine.services.result(call.principal.tenant_id, call.path_uuid("run_id"),
                                          call.query.timeout)
 
 
@@ -208,13 +208,13 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
     before the subscription are not replayed."""
     run_id = call.path_uuid("run_id")
     tenant_id = call.principal.tenant_id
-    scheduler = call.request.app[ENGINE].scheduler
-    chunks = scheduler.streams.subscribe(tenant_id, run_id)
-    finished = scheduler.waiters.watch(tenant_id, [run_id])[run_id]
+    services = call.request.app[ENGINE].services
+    chunks = services.streams.subscribe(tenant_id, run_id)
+    finished = services.waiters.watch(tenant_id, [run_id])[run_id]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     try:
-        statuses = await scheduler.runs.run_statuses(tenant_id, [run_id])
+        statuses = await services.runs.run_statuses(tenant_id, [run_id])
         if run_id not in statuses:
             raise NotFound(f"no run {run_id} in this tenant")
         await response.prepare(call.request)
@@ -228,7 +228,7 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
                 await response.write(b"data: " + orjson.dumps(next_chunk.result()) + b"\n\n")
             while not chunks.empty():  # what arrived just before the end
                 await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
-            statuses = await scheduler.runs.run_statuses(tenant_id, [run_id])
+            statuses = await services.runs.run_statuses(tenant_id, [run_id])
         await response.write(b"event: end\ndata: " + orjson.dumps(
             {"status": statuses[run_id].value}) + b"\n\n")
         await response.write_eof()
@@ -236,8 +236,8 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
     except ConnectionResetError:  # the client went away: nobody to answer
         return response
     finally:
-        scheduler.streams.unsubscribe(tenant_id, run_id, chunks)
-        scheduler.waiters.unwatch(tenant_id, {run_id: finished})
+        services.streams.unsubscribe(tenant_id, run_id, chunks)
+        services.waiters.unwatch(tenant_id, {run_id: finished})
 
 
 @router.get("/api/v1/runs/{run_id}/events", roles=ANY_ROLE, response=list[RunEvent])
@@ -245,9 +245,9 @@ async def run_events(call: Call[None]) -> list[RunEvent]:
     """Every state transition of the run, in order."""
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    if not await engine.scheduler.runs.run_exists(call.principal.tenant_id, run_id):
+    if not await engine.services.runs.run_exists(call.principal.tenant_id, run_id):
         raise NotFound(f"no run {run_id} in this tenant")
-    return await engine.scheduler.runs.run_events(call.principal.tenant_id, run_id)
+    return await engine.services.runs.run_events(call.principal.tenant_id, run_id)
 
 
 @router.get("/api/v1/runs/{run_id}/logs", roles=ANY_ROLE, query=LogsQuery, response=LogPage)
@@ -255,9 +255,9 @@ async def run_logs(call: Call[None]) -> LogPage:
     """The run's log lines, oldest first, paged with `after`."""
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    if not await engine.scheduler.runs.run_exists(call.principal.tenant_id, run_id):
+    if not await engine.services.runs.run_exists(call.principal.tenant_id, run_id):
         raise NotFound(f"no run {run_id} in this tenant")
-    rows = await engine.scheduler.runs.run_logs(call.principal.tenant_id, run_id,
+    rows = await engine.services.runs.run_logs(call.principal.tenant_id, run_id,
                                                 limit=call.query.limit, after=call.query.after)
     return LogPage(lines=[line for _, line in rows], next_after=rows[-1][0] if rows else None)
 
@@ -267,7 +267,7 @@ async def cancel_run(call: Call[None]) -> CancelResult:
     """Cancel a queued or running run (a running one's worker is told to stop)."""
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    status = await engine.scheduler.cancel(call.principal.tenant_id, run_id)
+    status = await engine.services.cancel(call.principal.tenant_id, run_id)
     return CancelResult(run_id=run_id, status=status)
 
 
@@ -276,15 +276,15 @@ async def replay_run(call: Call[None]) -> RunView:
     """Run a finished run again: a new attempt with the same input."""
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    await engine.scheduler.replay(call.principal.tenant_id, run_id)
-    return await engine.scheduler.view(call.principal.tenant_id, run_id)
+    await engine.services.replay(call.principal.tenant_id, run_id)
+    return await engine.services.view(call.principal.tenant_id, run_id)
 
 
 @router.get("/api/v1/workers", roles=ANY_ROLE, response=list[WorkerInfo])
 async def list_workers(call: Call[None]) -> list[WorkerInfo]:
     """Workers connected now."""
     engine = call.request.app[ENGINE]
-    sessions = [s for s in engine.scheduler.registry.connected()
+    sessions = [s for s in engine.services.registry.connected()
                 if s.tenant_id == call.principal.tenant_id]
     return [WorkerInfo.model_validate(session.describe()) for session in sessions]
 
@@ -294,9 +294,9 @@ async def list_tasks(call: Call[None]) -> list[TaskInfo]:
     """Tasks registered by workers, with their options and the workers connected for them."""
     engine = call.request.app[ENGINE]
     tenant_id = call.principal.tenant_id
-    tenant = engine.scheduler.tenant(tenant_id)
+    tenant = engine.services.tenant(tenant_id)
     definitions = await tenant.ask(tenant.all_definitions)
-    sessions = [s for s in engine.scheduler.registry.connected() if s.tenant_id == tenant_id]
+    sessions = [s for s in engine.services.registry.connected() if s.tenant_id == tenant_id]
     return [TaskInfo(name=name, options=options,
                      workers=sorted(s.name for s in sessions if name in s.task_names))
             for name, options in sorted(definitions.items())]

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.http.keys import ENDPOINTS, ENGINE, OPENAPI
 from taskyard.http.openapi import build_openapi
 from taskyard.http.routing import Call, Endpoint, Router

@@ -7,11 +7,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
-from taskyard.repository import TokenInfo
+from taskyard.store.repository import TokenInfo
 
 router = Router(tags=("tokens",))
 

@@ -17,20 +17,20 @@ import orjson
 from aiohttp import WSMsgType, web
 from pydantic import TypeAdapter, ValidationError
 
-from taskyard.auth import Role
-from taskyard.cron import CronError
-from taskyard.cron import validate as validate_cron
-from taskyard.expressions import ExpressionError
-from taskyard.flow import check_options
+from taskyard.actors.workers import WorkerSession
+from taskyard.domain.auth import Role
+from taskyard.domain.cron import CronError
+from taskyard.domain.cron import validate as validate_cron
+from taskyard.domain.expressions import ExpressionError
+from taskyard.domain.flow import check_options
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
-from taskyard.workers import WorkerSession
 from taskyard_sdk import protocol
 from taskyard_sdk.models import ErrorInfo
 
 if TYPE_CHECKING:
-    from taskyard.queue import QueueActor
-    from taskyard.workers import WorkerRegistry
+    from taskyard.actors.queue import QueueActor
+    from taskyard.actors.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 router = Router(tags=("workers",))
@@ -48,15 +48,15 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     hello = await _handshake(ws, limit)
     if hello is None:
         return ws
-    scheduler = engine.scheduler
+    services = engine.services
     session = WorkerSession(ws, call.principal.tenant_id, call.principal.token_id, hello)
     session.send(protocol.Welcome(worker_id=hello.worker_id,
                                   heartbeat_interval=engine.settings.heartbeat_interval,
                                   max_message_bytes=limit))
     session.start()
-    registry = scheduler.registry
+    registry = services.registry
     await registry.ask(registry.connect, session, hello.in_flight)
-    queue = scheduler.queue_for(session.tenant_id, session.queue)
+    queue = services.queue_for(session.tenant_id, session.queue)
     try:
         async for message in ws:
             if session.revoked:

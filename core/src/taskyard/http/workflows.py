@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from taskyard.auth import Role
+from taskyard.domain.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import PG_INTEGER_MAX, Call, Router, WithStatus
 from taskyard.http.runs import REPLAYED, tell_replays
-from taskyard.workflow_repository import StoredWorkflow
+from taskyard.store.workflows import StoredWorkflow
 from taskyard_sdk.models import (
     NAME_PATTERN,
     BatchTriggerResponse,
@@ -45,7 +45,7 @@ async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | Work
     (runs in flight keep theirs). 422 names the step or expression that is wrong: unknown
     parents, cycles, duplicate step names, CEL that does not compile."""
     engine = call.request.app[ENGINE]
-    stored = await engine.scheduler.register_workflow(call.principal.tenant_id, call.body)
+    stored = await engine.services.register_workflow(call.principal.tenant_id, call.body)
     info = _info(stored)
     if not stored.created:
         return WithStatus(200, info)
@@ -56,7 +56,7 @@ async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | Work
 async def list_workflows(call: Call[None]) -> WorkflowList:
     """The latest version of every registered workflow."""
     engine = call.request.app[ENGINE]
-    latest = await engine.scheduler.workflows.latest(call.principal.tenant_id)
+    latest = await engine.services.workflows.latest(call.principal.tenant_id)
     return WorkflowList(workflows=[_info(stored) for stored in latest])
 
 
@@ -66,7 +66,7 @@ async def get_workflow(call: Call[None]) -> WorkflowInfo:
     """A workflow's definition: the latest version, or the one asked for."""
     name = call.path["name"]
     engine = call.request.app[ENGINE]
-    stored = await engine.scheduler.workflows.get(call.principal.tenant_id, name,
+    stored = await engine.services.workflows.get(call.principal.tenant_id, name,
                                                   call.query.version)
     if stored is None:
         version = f" version {call.query.version}" if call.query.version else ""
@@ -81,7 +81,7 @@ async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | R
     run's output holds each step's output by name once it has finished. An idempotency key
     used before answers as with `POST /api/v1/runs`."""
     engine = call.request.app[ENGINE]
-    [ref] = await tell_replays(call, [call.body.input], await engine.scheduler.trigger_workflow(
+    [ref] = await tell_replays(call, [call.body.input], await engine.services.trigger_workflow(
         call.principal.tenant_id, call.path["name"], [call.body]))
     if not ref.created:
         return WithStatus(200, ref)
@@ -94,7 +94,7 @@ async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | R
 async def trigger_workflow_batch(call: Call[BatchWorkflowTriggerRequest]) -> BatchTriggerResponse:
     """Start many runs of a workflow in one request."""
     engine = call.request.app[ENGINE]
-    refs = await engine.scheduler.trigger_workflow(call.principal.tenant_id, call.path["name"],
+    refs = await engine.services.trigger_workflow(call.principal.tenant_id, call.path["name"],
                                                    call.body.runs)
     return BatchTriggerResponse(runs=await tell_replays(
         call, [run.input for run in call.body.runs], refs))

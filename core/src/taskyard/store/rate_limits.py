@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import orjson
 
-from taskyard.ratelimits import Usage
+from taskyard.domain.rate_limits import Usage
 from taskyard_sdk.models import RateDuration
 
 

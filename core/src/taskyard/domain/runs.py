@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from taskyard.flow import Flow
+from taskyard.domain.flow import Flow
 from taskyard_sdk.models import RunStatus, TaskOptions
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.ASSIGNED, RunStatus.RUNNING)

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from taskyard.actors import Actor
-from taskyard.frames import FrameWriter
+from taskyard.actors.base import Actor
+from taskyard.actors.frames import FrameWriter
 from taskyard_sdk import protocol
 
 if TYPE_CHECKING:
-    from taskyard.queue import QueueActor
+    from taskyard.actors.queue import QueueActor
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import orjson
 
-from taskyard.expressions import ExpressionError, holds
+from taskyard.domain.expressions import ExpressionError, holds
+from taskyard.domain.runs import error_json
+from taskyard.domain.workflows import CompiledStep, CompiledWorkflow
+from taskyard.domain.workflows import holds as conditions_hold
 from taskyard.ids import new_id
-from taskyard.runs import error_json
-from taskyard.workflows import CompiledStep, CompiledWorkflow
-from taskyard.workflows import holds as conditions_hold
 from taskyard_sdk.models import RunStatus
 
 FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)

@@ -47,9 +47,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from taskyard.db import TRANSIENT_ERRORS
-from taskyard.ratelimits import Usage
-from taskyard.repository import (
+from taskyard.domain.rate_limits import Usage
+from taskyard.store.db import TRANSIENT_ERRORS
+from taskyard.store.repository import (
     Inserted,
     Row,
     WriteBatch,

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from taskyard.actors import Actor
+from taskyard.actors.base import Actor
 
 Clock = Callable[[], float]
 Entry = tuple[float, Actor, Callable[[list[Any]], Any], Any]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import orjson
 
+from taskyard.domain.expressions import ExpressionError, check
+from taskyard.domain.flow import FLOW_NAMES, check_options
 from taskyard.errors import Unprocessable
-from taskyard.expressions import ExpressionError, check
-from taskyard.flow import FLOW_NAMES, check_options
 from taskyard_sdk.models import (
     AllOf,
     AnyOf,

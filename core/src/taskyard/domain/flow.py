@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from taskyard.expressions import ExpressionError, check, evaluate, key_text
+from taskyard.domain.expressions import ExpressionError, check, evaluate, key_text
 from taskyard_sdk.models import Concurrency, RateLimit, TaskOptions
 
 FLOW_NAMES = frozenset({"input", "metadata"})  # what concurrency and rate-limit CEL may read

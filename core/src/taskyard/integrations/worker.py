@@ -28,9 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskyard.declarative import INTEGRATION_QUEUE, DeclarativeError, Declared, StepSpec, load
-from taskyard.declarative import render as render_with
 from taskyard.errors import ApiError
+from taskyard.integrations.declarative import (
+    INTEGRATION_QUEUE,
+    DeclarativeError,
+    Declared,
+    StepSpec,
+    load,
+)
+from taskyard.integrations.declarative import render as render_with
 from taskyard.plugin_manager import installed_plugins
 from taskyard.plugins import Action
 from taskyard_sdk import Context, Task, Taskyard, Worker

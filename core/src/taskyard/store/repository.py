@@ -15,10 +15,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from taskyard.auth import Principal, Role, hash_token, new_token
+from taskyard.domain.auth import Principal, Role, hash_token, new_token
+from taskyard.domain.flow import Flow
+from taskyard.domain.runs import EMPTY_METADATA, Run, SharedOptions, json_value
 from taskyard.errors import Conflict
-from taskyard.flow import Flow
-from taskyard.runs import EMPTY_METADATA, Run, SharedOptions, json_value
 from taskyard_sdk.models import (
     Attempt,
     ErrorInfo,
@@ -101,7 +101,7 @@ class Repository:
         return _token_info(row), secret
 
     async def authenticate_hash(self, token_hash: bytes) -> Principal | None:
-        """The principal of a live token, by the hash of its secret (see taskyard.token_cache)."""
+        """The principal of a live token, by the hash of its secret (see store/token_cache.py)."""
         row = await self.pool.fetchrow(
             "SELECT t.tenant_id, n.name AS tenant_name, t.token_id, t.role "
             "FROM api_tokens t JOIN tenants n USING (tenant_id) "
@@ -547,7 +547,7 @@ async def _outcomes(conn: asyncpg.Connection, new_runs: list[Row],
     return inserted
 
 
-LANES = ("ordered",)  # the lanes that mark their batches (see taskyard.persister)
+LANES = ("ordered",)  # the lanes that mark their batches (see taskyard.store.persister)
 
 
 async def register_node(pool: asyncpg.Pool, node_id: uuid.UUID) -> None:

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-
-@dataclass(frozen=True, slots=True)
-class PushedEvent:
-    """An event as routing and waiting steps see it."""
-
-    event_id: uuid.UUID
-    key: str
-    payload: Any
-    metadata: dict[str, str]
-    created_at: float
-
+from taskyard.domain.events import PushedEvent
 
 _COLUMNS = "event_id, key, payload, metadata, created_at, triggered, replay_of"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
-from taskyard.actors import Mailbox
+from taskyard.actors.base import Mailbox
 from taskyard_sdk.protocol import MAX_FRAME_MESSAGES, encode_frame
 
 

@@ -1,6 +1,6 @@
 """The TenantActor: one per tenant. It owns the tenant's registries (task definitions as workers
 registered them, workflow versions), event routing, and the progression of every unfinished
-workflow run of the tenant (the rules are in `taskyard.dag`).
+workflow run of the tenant (the rules are in `taskyard.domain.dag`).
 
 A workflow step's row is created when the step is decided; once that row has committed, a queued
 step is handed to its QueueActor (which owns it until it ends and reports back through
@@ -16,33 +16,33 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from taskyard.actors import Actor
-from taskyard.dag import Create, Decision, Finish, Release, StepState, WorkflowRun
-from taskyard.dispatch import Dispatcher
+from taskyard.actors.base import Actor
+from taskyard.actors.waiters import RunEnd, RunWaiters
+from taskyard.domain.dag import Create, Decision, Finish, Release, StepState, WorkflowRun
+from taskyard.domain.dispatch import Dispatcher
+from taskyard.domain.events import EventIndex, PushedEvent
+from taskyard.domain.expressions import ExpressionError, holds
+from taskyard.domain.flow import Flow, flow_for, keys_for
+from taskyard.domain.notices import RunEnded
+from taskyard.domain.runs import WORKFLOW_QUEUE, Run, error_json, json_value, options_json
+from taskyard.domain.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
 from taskyard.errors import Conflict, Unprocessable
-from taskyard.expressions import ExpressionError, holds
-from taskyard.flow import Flow, flow_for, keys_for
-from taskyard.plugins import RunEnded
-from taskyard.repository import Inserted, new_run_row
-from taskyard.runs import WORKFLOW_QUEUE, Run, error_json, json_value, options_json
-from taskyard.waiters import RunEnd, RunWaiters
-from taskyard.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
+from taskyard.store.repository import Inserted, new_run_row
 from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
 
 if TYPE_CHECKING:
-    from taskyard.event_repository import EventRepository, PushedEvent
-    from taskyard.persister import Persister
-    from taskyard.queue import StepEnded
-    from taskyard.repository import Row, RunRepository
-    from taskyard.timers import Timers
-    from taskyard.workflow_repository import ActiveWorkflowRun, WorkflowRepository
+    from taskyard.actors.queue import StepEnded
+    from taskyard.actors.timers import Timers
+    from taskyard.store.events import EventRepository
+    from taskyard.store.persister import Persister
+    from taskyard.store.repository import Row, RunRepository
+    from taskyard.store.workflows import ActiveWorkflowRun, WorkflowRepository
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class TenantActor(Actor):
         self.versions: dict[tuple[str, int], CompiledWorkflow] = {}
         self.latest: dict[str, CompiledWorkflow] = {}
         self.runs: dict[uuid.UUID, WorkflowRun] = {}
-        self.listeners: defaultdict[str, set[Listener]] = defaultdict(set)  # by key pattern
+        self.listeners: EventIndex[Listener] = EventIndex()  # waiting steps, by key pattern
         self._options_json: dict[TaskOptions, str] = {}
         # Admission of workflow runs by their workflow's concurrency keys: each waiting or
         # admitted run is a stand-in Run (task = the workflow's name) in a dispatcher of its own.
@@ -195,15 +195,10 @@ class TenantActor(Actor):
     def events_committed(self, events: list[PushedEvent]) -> None:
         """Stored events wake the steps waiting for them."""
         touched: dict[uuid.UUID, WorkflowRun] = {}
-        prefixes = [pattern for pattern in self.listeners if pattern.endswith("*")]
         for event in events:
-            patterns = [p for p in prefixes if key_matches(p, event.key)]
-            if event.key in self.listeners:
-                patterns.append(event.key)
-            for pattern in patterns:
-                for run_id, step in list(self.listeners.get(pattern, ())):
-                    if self._match(run_id, step, [event]):
-                        touched[run_id] = self.runs[run_id]
+            for run_id, step in self.listeners.matching(event.key):
+                if self._match(run_id, step, [event]):
+                    touched[run_id] = self.runs[run_id]
         for run in touched.values():
             self._advance(run)
 
@@ -311,7 +306,7 @@ class TenantActor(Actor):
             self._advance(run)
 
     def cancel_run(self, run_id: uuid.UUID, reason: str) -> None:
-        """Cancel a workflow run. Its pending steps are cancelled here; the scheduler cancels
+        """Cancel a workflow run. Its pending steps are cancelled here; the services cancel
         the steps that queues hold (they are the run's active children)."""
         run = self.runs.get(run_id)
         if run is None:
@@ -453,7 +448,7 @@ class TenantActor(Actor):
                                         (run.run_id, name)) for _, seconds in step.sleeps])
         patterns = sorted({condition.key for _, condition in step.events})
         for pattern in patterns:
-            self.listeners[pattern].add((run.run_id, name))
+            self.listeners.add(pattern, (run.run_id, name))
         if patterns:
             # Events pushed since the run started count, even those before the step waited.
             self._side_task(self._past_events(run.run_id, name, patterns, run.created_at))
@@ -484,11 +479,7 @@ class TenantActor(Actor):
         if step is None:
             return
         for _, condition in step.events:
-            listeners = self.listeners.get(condition.key)
-            if listeners is not None:
-                listeners.discard((run.run_id, name))
-                if not listeners:
-                    del self.listeners[condition.key]
+            self.listeners.discard(condition.key, (run.run_id, name))
 
     def _side_task(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -538,7 +529,7 @@ class TenantActor(Actor):
 
     def stats(self) -> dict[str, int]:
         return {"workflow_runs": len(self.runs),
-                "waiting_steps": sum(len(v) for v in self.listeners.values())}
+                "waiting_steps": len(self.listeners)}
 
 
 def _cancelled(message: str) -> bytes:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import heapq
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from taskyard.labels import describe_required, score
+from taskyard.domain.labels import describe_required, score
 from taskyard_sdk.models import (
     Concurrency,
     ConcurrencyStrategy,
@@ -37,9 +38,20 @@ from taskyard_sdk.models import (
 )
 
 if TYPE_CHECKING:
-    from taskyard.ratelimits import RateLimiter
-    from taskyard.runs import Run
-    from taskyard.workers import WorkerSession
+    from taskyard.domain.rate_limits import RateLimiter
+    from taskyard.domain.runs import Run
+
+
+class Connection(Protocol):
+    """A worker's connection as the queue actor holds it (the actors' WorkerSession): dispatch
+    only asks whether there is one; the actor sends through it."""
+
+    worker_id: uuid.UUID
+
+    def send(self, message: Any) -> None: ...
+
+    def send_many(self, messages: Iterable[Any]) -> None: ...
+
 
 Entry = tuple[int, int, int, uuid.UUID]  # (-priority, round, +seq FIFO / -seq LIFO, run id)
 HeapId = tuple[str, TaskOptions, uuid.UUID | None]  # (task, options, HARD sticky worker)
@@ -55,7 +67,7 @@ class WorkerSlots:
     """
 
     worker_id: uuid.UUID
-    session: WorkerSession | None
+    session: Connection | None
     tasks: frozenset[str] = frozenset()
     slots: int = 0
     labels: dict[str, LabelValue] = field(default_factory=dict)

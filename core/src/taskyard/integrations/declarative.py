@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from taskyard.expressions import ExpressionError, check, evaluate
+from taskyard.domain.expressions import ExpressionError, check, evaluate
 from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk.models import (
     NAME_PATTERN,

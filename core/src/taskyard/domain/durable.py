@@ -10,14 +10,13 @@ ends when it would have. Pure: the QueueActor owns these and arms the timers.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from taskyard.event_repository import PushedEvent
-from taskyard.expressions import ExpressionError, holds
-from taskyard.workflows import key_matches
+from taskyard.domain.events import EventIndex, PushedEvent
+from taskyard.domain.expressions import ExpressionError, holds
+from taskyard.domain.workflows import key_matches
 from taskyard_sdk.protocol import WaitSpec
 
 
@@ -103,7 +102,7 @@ class DurableWaits:
 
     def __init__(self) -> None:
         self.waits: dict[uuid.UUID, DurableWait] = {}
-        self._by_pattern: defaultdict[str, set[uuid.UUID]] = defaultdict(set)
+        self._index: EventIndex[uuid.UUID] = EventIndex()
 
     def __len__(self) -> int:
         return len(self.waits)
@@ -112,17 +111,13 @@ class DurableWaits:
         self.remove(wait.run_id)
         self.waits[wait.run_id] = wait
         for wanted in wait.spec.events:
-            self._by_pattern[wanted.key].add(wait.run_id)
+            self._index.add(wanted.key, wait.run_id)
 
     def remove(self, run_id: uuid.UUID) -> DurableWait | None:
         wait = self.waits.pop(run_id, None)
         if wait is not None:
             for wanted in wait.spec.events:
-                runs = self._by_pattern.get(wanted.key)
-                if runs is not None:
-                    runs.discard(run_id)
-                    if not runs:
-                        del self._by_pattern[wanted.key]
+                self._index.discard(wanted.key, run_id)
         return wait
 
     def patterns(self, run_id: uuid.UUID) -> list[str]:
@@ -131,16 +126,11 @@ class DurableWaits:
 
     def events(self, events: list[PushedEvent]) -> list[uuid.UUID]:
         """The runs whose waits these events advanced."""
-        if not self._by_pattern:
+        if not self._index:
             return []
         touched: dict[uuid.UUID, None] = {}
-        prefixes = [p for p in self._by_pattern if p.endswith("*")]
         for event in events:
-            patterns = [p for p in prefixes if key_matches(p, event.key)]
-            if event.key in self._by_pattern:
-                patterns.append(event.key)
-            for pattern in patterns:
-                for run_id in list(self._by_pattern.get(pattern, ())):
-                    if self.waits[run_id].match(event):
-                        touched[run_id] = None
+            for run_id in self._index.matching(event.key):
+                if self.waits[run_id].match(event):
+                    touched[run_id] = None
         return list(touched)

@@ -7,18 +7,17 @@ taken: in any span of `duration` seconds, at most `limit` units are ever taken (
 little idle capacity, at most one slot's worth). Memory is bounded by the slot count, whatever
 the limit.
 
-A tenant's `RateLimiter` is shared by the tenant's queue actors: it is a synchronous service (like
-the timers), each call runs to completion without awaiting, so a decision and the units it takes
-are one step that no other actor can interleave.
+A tenant's `RateLimiter` is shared by the tenant's queue actors (see actors/rate_limits.py, which
+loads it): it is synchronous, each call runs to completion without awaiting, so a decision and the
+units it takes are one step that no other actor can interleave.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from taskyard_sdk.models import RateDuration, RateLimit
@@ -82,31 +81,12 @@ class Usage:
 
 
 class RateLimiter:
-    def __init__(self, load: Callable[[], Awaitable[list[Usage]]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.configured: dict[str, tuple[int, RateDuration]] = {}
         self.windows: dict[str, tuple[Window, RateDuration]] = {}
         self.dirty: set[str] = set()
         self._next_sweep = 0.0
-        self._load = load
-        self._loaded: asyncio.Future[None] | None = None
-
-    async def ready(self) -> None:
-        """Load the stored limits and usage, once: the first caller loads, the others wait (and
-        after a failure the next caller tries again)."""
-        if self._loaded is None:
-            self._loaded = asyncio.ensure_future(self._restore_all())
-        try:
-            await asyncio.shield(self._loaded)
-        except Exception:
-            self._loaded = None
-            raise
-
-    async def _restore_all(self) -> None:
-        if self._load is not None:
-            for usage in await self._load():
-                self.restore(usage)
 
     # -- configuration (the tenant's API calls, and the state loaded at start) --------------------
 

@@ -17,13 +17,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from taskyard.actors import Actor
-from taskyard.cron import MAX_CATCH_UP, CronError, next_tick, ticks_between
+from taskyard.actors.base import Actor
+from taskyard.domain.cron import MAX_CATCH_UP, CronError, next_tick, ticks_between
 from taskyard.errors import ApiError
 
 if TYPE_CHECKING:
-    from taskyard.schedule_repository import Schedule, ScheduleRepository
-    from taskyard.timers import Timers
+    from taskyard.actors.timers import Timers
+    from taskyard.store.schedules import Schedule, ScheduleRepository
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,17 @@ class ScheduleActor(Actor):
         for schedule_id in schedule_ids:
             self.schedules.pop(schedule_id, None)
             self.armed.pop(schedule_id, None)
+
+    def code_crons_synced(self, tenant_id: uuid.UUID, task: str | None, workflow: str | None,
+                          crons: list[Schedule]) -> None:
+        """The crons a task or workflow declares in code, as stored now: those it no longer
+        declares are dropped, the others (re)armed."""
+        known = {cron.schedule_id for cron in crons}
+        self.removed([schedule_id for schedule_id, cron in self.schedules.items()
+                      if cron.tenant_id == tenant_id and cron.declared_in_code
+                      and cron.task == task and cron.workflow == workflow
+                      and schedule_id not in known])
+        self.updated(crons)
 
     def next_fire(self, schedule_id: uuid.UUID) -> float | None:
         return self.armed.get(schedule_id)

@@ -29,9 +29,9 @@ from typing import Any
 
 import asyncpg
 
-from taskyard.auth import Principal, hash_token
-from taskyard.db import connect
-from taskyard.repository import REVOKED_CHANNEL, Repository
+from taskyard.domain.auth import Principal, hash_token
+from taskyard.store.db import connect
+from taskyard.store.repository import REVOKED_CHANNEL, Repository
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from taskyard.actors import Actor
-from taskyard.plugins import Alert, AlertChannel, RunEnded
+from taskyard.actors.base import Actor
+from taskyard.domain.notices import Alert, AlertChannel, RunEnded
 
 if TYPE_CHECKING:
-    from taskyard.alert_repository import AlertRule, AlertRuleRepository
-    from taskyard.timers import Timers
+    from taskyard.actors.timers import Timers
+    from taskyard.store.alerts import AlertRule, AlertRuleRepository
 
 log = logging.getLogger(__name__)
 

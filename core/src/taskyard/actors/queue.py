@@ -22,27 +22,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from taskyard.actors import Actor
-from taskyard.db import TRANSIENT_ERRORS
-from taskyard.dispatch import Dispatcher, Refusal, WorkerSlots
-from taskyard.durable import DurableWait, DurableWaits
+from taskyard.actors.base import Actor
+from taskyard.actors.waiters import RunEnd, RunWaiters
+from taskyard.domain.dispatch import Connection, Dispatcher, Refusal, WorkerSlots
+from taskyard.domain.durable import DurableWait, DurableWaits
+from taskyard.domain.expressions import ExpressionError, check
+from taskyard.domain.notices import RunChanged, RunEnded
+from taskyard.domain.runs import Run, error_json, json_bytes, retry_delay
+from taskyard.domain.workflows import WAIT_FILTER_NAMES
 from taskyard.errors import Conflict
-from taskyard.expressions import ExpressionError, check
-from taskyard.plugins import RunChanged, RunEnded
-from taskyard.runs import Run, error_json, json_bytes, retry_delay
-from taskyard.waiters import RunEnd, RunWaiters
-from taskyard.workflows import WAIT_FILTER_NAMES
+from taskyard.store.db import TRANSIENT_ERRORS
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
 
 if TYPE_CHECKING:
-    from taskyard.event_repository import EventRepository, PushedEvent
-    from taskyard.persister import Persister
-    from taskyard.ratelimits import RateLimiter
-    from taskyard.repository import Row, RunRepository
-    from taskyard.streams import RunStreams
-    from taskyard.timers import Entry, Timers
-    from taskyard.workers import WorkerSession
+    from taskyard.actors.rate_limits import SharedRateLimiter
+    from taskyard.actors.streams import RunStreams
+    from taskyard.actors.timers import Entry, Timers
+    from taskyard.actors.workers import WorkerSession
+    from taskyard.domain.events import PushedEvent
+    from taskyard.store.events import EventRepository
+    from taskyard.store.persister import Persister
+    from taskyard.store.repository import Row, RunRepository
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,7 +138,7 @@ class QueueActor(Actor):
                  timers: Timers, repository: RunRepository, waiters: RunWaiters,
                  streams: RunStreams,
                  connected_workers: Callable[[], Iterable[WorkerSession]],
-                 steps_ended: StepsEnded, worker_grace: float, limiter: RateLimiter,
+                 steps_ended: StepsEnded, worker_grace: float, limiter: SharedRateLimiter,
                  events: EventRepository,
                  runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
                  observe_all: bool = False,
@@ -184,7 +185,7 @@ class QueueActor(Actor):
         self._events: list[Row] = []
         self._logs: list[Row] = []
         self._timers: list[Entry] = []
-        self._acks: dict[WorkerSession, list[tuple[uuid.UUID, int]]] = {}  # (run, attempt)
+        self._acks: dict[Connection, list[tuple[uuid.UUID, int]]] = {}  # (run, attempt)
         self._finished_now: list[RunEnd] = []
         self._steps_ended: list[StepEnded] = []
         self.durable = DurableWaits()  # suspended durable runs: what each waits for
@@ -192,7 +193,7 @@ class QueueActor(Actor):
         self._resuming: list[tuple[uuid.UUID, int]] = []
         self._ended: list[RunEnded] = []
         self._changed: dict[uuid.UUID, RunChanged] = {}
-        self._recorded: dict[WorkerSession, list[protocol.Recorded]] = {}
+        self._recorded: dict[Connection, list[protocol.Recorded]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -579,7 +580,7 @@ class QueueActor(Actor):
     def _owns(self, worker: WorkerSlots, ref: protocol.AttemptRef) -> bool:
         return worker.running.get(ref.run_id) == ref.attempt
 
-    def _not_owner(self, session: WorkerSession, ref: protocol.AttemptRef) -> None:
+    def _not_owner(self, session: Connection, ref: protocol.AttemptRef) -> None:
         done = self.finished.get(ref.run_id)
         attempt_ref = protocol.AttemptRef(run_id=ref.run_id, attempt=ref.attempt)
         if done is not None and done == (ref.attempt, session.worker_id) and isinstance(

@@ -1,5 +1,6 @@
-"""The scheduler: the directory of tenant and queue actors, and the operations the API offers on
-runs (trigger, cancel, replay, wait). It holds no run state itself; the actors do.
+"""The services: every operation the HTTP layer and plugins call (runs, workflows, events, rate
+limits, crons and schedules), and the directory of the tenant and queue actors they ask. They hold
+no run state themselves; the actors do, and the services only ask them (a `tell` or an `ask`).
 """
 
 from __future__ import annotations
@@ -17,30 +18,33 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from taskyard.cron import CronError
-from taskyard.cron import validate as validate_cron
-from taskyard.dag import WorkflowRun
+from taskyard.actors.queue import QueueActor, StepEnded
+from taskyard.actors.rate_limits import SharedRateLimiter
+from taskyard.actors.schedules import ScheduleActor
+from taskyard.actors.streams import RunStreams
+from taskyard.actors.tenant import TenantActor
+from taskyard.actors.timers import Timers
+from taskyard.actors.waiters import RunEnd, RunWaiters
+from taskyard.actors.workers import WorkerRegistry
+from taskyard.domain.cron import CronError
+from taskyard.domain.cron import validate as validate_cron
+from taskyard.domain.dag import WorkflowRun
+from taskyard.domain.events import PushedEvent
+from taskyard.domain.expressions import ExpressionError
+from taskyard.domain.flow import check_options, flow_for, keys_for
+from taskyard.domain.notices import RunChanged, RunEnded
+from taskyard.domain.rate_limits import Usage
+from taskyard.domain.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
+from taskyard.domain.workflows import CompiledWorkflow, compile_workflow, digest
 from taskyard.errors import Conflict, NotFound, Unprocessable
-from taskyard.event_repository import EventRepository, PushedEvent
-from taskyard.expressions import ExpressionError
-from taskyard.flow import check_options, flow_for, keys_for
 from taskyard.ids import new_id
-from taskyard.persister import Persister
-from taskyard.plugins import RunChanged, RunEnded
-from taskyard.queue import QueueActor, StepEnded
-from taskyard.rate_limit_repository import RateLimitRepository
-from taskyard.ratelimits import RateLimiter, Usage
-from taskyard.repository import RunRepository, new_run_row
-from taskyard.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
-from taskyard.schedule_repository import Schedule, ScheduleRepository
-from taskyard.schedules import ScheduleActor
-from taskyard.streams import RunStreams
-from taskyard.tenants import TenantActor
-from taskyard.timers import Timers
-from taskyard.waiters import RunEnd, RunWaiters
-from taskyard.workers import WorkerRegistry
-from taskyard.workflow_repository import StoredWorkflow, WorkflowRepository
-from taskyard.workflows import CompiledWorkflow, compile_workflow, digest
+from taskyard.services.schedules import Scheduling
+from taskyard.store.events import EventRepository
+from taskyard.store.persister import Persister
+from taskyard.store.rate_limits import RateLimitRepository
+from taskyard.store.repository import RunRepository, new_run_row
+from taskyard.store.schedules import Schedule, ScheduleRepository
+from taskyard.store.workflows import StoredWorkflow, WorkflowRepository
 from taskyard_sdk.models import (
     DEFAULT_PRIORITY,
     EventRequest,
@@ -71,7 +75,7 @@ class WorkflowStart(NamedTuple):
     parent_run_id: uuid.UUID | None = None
 
 
-class Scheduler:
+class Services:
     def __init__(self, *, persister: Persister, runs: RunRepository,
                  workflows: WorkflowRepository, events: EventRepository,
                  rate_limits: RateLimitRepository, schedules: ScheduleRepository,
@@ -89,7 +93,7 @@ class Scheduler:
         self.runs_ended = runs_ended  # failures to the alerter, every end to observers
         self.observe_all = observe_all
         self.runs_changed = runs_changed
-        self.limiters: dict[uuid.UUID, RateLimiter] = {}
+        self.limiters: dict[uuid.UUID, SharedRateLimiter] = {}
         self.schedule_repository = schedules
         self.timers = timers  # the engine's, shared (started and stopped by the engine)
         self.waiters = RunWaiters()
@@ -101,6 +105,7 @@ class Scheduler:
                                        heartbeat_interval=heartbeat_interval,
                                        heartbeat_timeout=heartbeat_timeout)
         self.schedules = ScheduleActor(schedules, self.timers, self.fire_schedule)
+        self.scheduling = Scheduling(schedules, self.schedules)
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
         self.tenants: dict[uuid.UUID, TenantActor] = {}
         self._starting: set[asyncio.Task[None]] = set()
@@ -144,11 +149,11 @@ class Scheduler:
             self._start_later(actor.start())
         return actor
 
-    def limiter_for(self, tenant_id: uuid.UUID) -> RateLimiter:
-        """The tenant's rate limits, shared by its queue actors (see taskyard.ratelimits)."""
+    def limiter_for(self, tenant_id: uuid.UUID) -> SharedRateLimiter:
+        """The tenant's rate limits, shared by its queue actors (actors/rate_limits.py)."""
         limiter = self.limiters.get(tenant_id)
         if limiter is None:
-            limiter = self.limiters[tenant_id] = RateLimiter(
+            limiter = self.limiters[tenant_id] = SharedRateLimiter(
                 lambda: self.rate_limits.load(tenant_id))
         return limiter
 
@@ -219,12 +224,8 @@ class Scheduler:
                 tenant_id, task=task, workflow=workflow, expressions=expressions):
             crons = [c for c in await self.schedule_repository.of_kind(tenant_id, "cron")
                      if c.declared_in_code and c.task == task and c.workflow == workflow]
-            known = {c.schedule_id for c in crons}
-            stale = [s for s, c in self.schedules.schedules.items()
-                     if c.tenant_id == tenant_id and c.declared_in_code and c.task == task
-                     and c.workflow == workflow and s not in known]
-            self.schedules.tell(self.schedules.removed, stale)
-            self.schedules.tell(self.schedules.updated, crons)
+            self.schedules.tell(self.schedules.code_crons_synced, tenant_id, task, workflow,
+                                crons)
 
     async def fire_schedule(self, schedule: Schedule, tick: float) -> uuid.UUID:
         """Start the run of a cron tick or a one-off schedule; committed when this returns.
