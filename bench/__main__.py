@@ -11,12 +11,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="workload", required=True)
 
-    for name, help_text in (("throughput", "no-op runs through 1 and 2 worker processes"),
-                            ("pgcost", "Postgres transactions and WAL bytes per run")):
+    for name, help_text in (
+        ("throughput", "no-op runs through 1 and 2 worker processes"),
+        ("pgcost", "Postgres transactions and WAL bytes per run"),
+    ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--tasks", type=int, default=50_000)
-        command.add_argument("--workers", default="1,2" if name == "throughput" else "2",
-                             help="comma-separated worker process counts")
+        command.add_argument(
+            "--workers",
+            default="1,2" if name == "throughput" else "2",
+            help="comma-separated worker process counts",
+        )
         command.add_argument("--runs", type=int, default=3)
         command.add_argument("--slots", type=int, default=200)
         command.add_argument("--warmup", type=int, default=5_000)
@@ -42,8 +47,9 @@ def main() -> None:
 
     edge = commands.add_parser("edge", help="engine CPU and wall time of one request")
     edge.add_argument("--runs", type=int, default=3)
-    edge.add_argument("--single", type=int, default=1000,
-                      help="requests per single-request measure")
+    edge.add_argument(
+        "--single", type=int, default=1000, help="requests per single-request measure"
+    )
 
     peers = commands.add_parser("peers", help="Taskyard beside PgQueuer, Procrastinate, Celery")
     peers.add_argument("--peers", default="pgqueuer,procrastinate,celery")
@@ -52,27 +58,47 @@ def main() -> None:
     peers.add_argument("--runs", type=int, default=3)
     peers.add_argument("--rate", type=float, default=100.0)
     peers.add_argument("--seconds", type=float, default=30.0)
-    peers.add_argument("--single", type=int, default=2_000,
-                       help="jobs enqueued one by one, per run")
-    peers.add_argument("--batched", type=int, default=20_000,
-                       help="jobs enqueued in batches of 1,000, per run")
-    peers.add_argument("--drain", type=int, default=20_000,
-                       help="jobs queued before one worker process drains them")
+    peers.add_argument(
+        "--single", type=int, default=2_000, help="jobs enqueued one by one, per run"
+    )
+    peers.add_argument(
+        "--batched", type=int, default=20_000, help="jobs enqueued in batches of 1,000, per run"
+    )
+    peers.add_argument(
+        "--drain",
+        type=int,
+        default=20_000,
+        help="jobs queued before one worker process drains them",
+    )
 
-    chaos = commands.add_parser("chaos", help="a mixed workload while Postgres restarts and "
-                                              "the engine and workers are killed")
+    chaos = commands.add_parser(
+        "chaos",
+        help="a mixed workload while Postgres restarts and the engine and workers are killed",
+    )
     chaos.add_argument("--minutes", type=float, default=3.0, help="of workload under faults")
     chaos.add_argument("--seed", type=int, default=1, help="the fault plan and the workload")
     chaos.add_argument("--workers", type=int, default=3, help="worker processes")
-    chaos.add_argument("--judge", metavar="DIR", default=None,
-                       help="judge a finished run's ledgers and evidence again (no run)")
+    chaos.add_argument(
+        "--judge",
+        metavar="DIR",
+        default=None,
+        help="judge a finished run's ledgers and evidence again (no run)",
+    )
 
     args = parser.parse_args()
     if args.workload in ("throughput", "pgcost"):
         from bench import throughput
 
-        asyncio.run(throughput.main(args.tasks, [int(w) for w in args.workers.split(",")],
-                                    args.runs, args.slots, args.warmup, args.workload))
+        asyncio.run(
+            throughput.main(
+                args.tasks,
+                [int(w) for w in args.workers.split(",")],
+                args.runs,
+                args.slots,
+                args.warmup,
+                args.workload,
+            )
+        )
     elif args.workload == "latency":
         from bench import latency as latency_workload
 
@@ -100,9 +126,19 @@ def main() -> None:
     elif args.workload == "peers":
         from bench import peers_workload
 
-        asyncio.run(peers_workload.main(args.peers.split(","), args.tasks, args.workers,
-                                        args.runs, args.rate, args.seconds, args.single,
-                                        args.batched, args.drain))
+        asyncio.run(
+            peers_workload.main(
+                args.peers.split(","),
+                args.tasks,
+                args.workers,
+                args.runs,
+                args.rate,
+                args.seconds,
+                args.single,
+                args.batched,
+                args.drain,
+            )
+        )
 
 
 if __name__ == "__main__":

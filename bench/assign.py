@@ -21,20 +21,36 @@ TENANT = uuid.uuid4()
 CONNECTED: Any = object()  # a live session, as far as the dispatcher is concerned
 
 
-def measure(keys: int, per_key: int, workers: int, slots: int, assignments: int,
-            keyed: bool) -> dict[str, float]:
-    options = TaskOptions(concurrency=(Concurrency(expression="input.user", max_runs=1),)
-                          if keyed else ())
+def measure(
+    keys: int, per_key: int, workers: int, slots: int, assignments: int, keyed: bool
+) -> dict[str, float]:
+    options = TaskOptions(
+        concurrency=(Concurrency(expression="input.user", max_runs=1),) if keyed else ()
+    )
     runs: dict[uuid.UUID, Run] = {}
-    pool = {w.worker_id: w for w in (
-        WorkerSlots(uuid.uuid4(), CONNECTED, tasks=frozenset({"task"}), slots=slots)
-        for _ in range(workers))}
+    pool = {
+        w.worker_id: w
+        for w in (
+            WorkerSlots(uuid.uuid4(), CONNECTED, tasks=frozenset({"task"}), slots=slots)
+            for _ in range(workers)
+        )
+    }
     dispatcher = Dispatcher(runs, pool, None)
 
     def add(key: int) -> None:
-        run = Run(tenant_id=TENANT, run_id=new_id(), task="task", queue="q",
-                  status=RunStatus.QUEUED, attempt=1, priority=2, options=options, created_at=0,
-                  queued_at=0, flow=Flow((str(key),)) if keyed else None)
+        run = Run(
+            tenant_id=TENANT,
+            run_id=new_id(),
+            task="task",
+            queue="q",
+            status=RunStatus.QUEUED,
+            attempt=1,
+            priority=2,
+            options=options,
+            created_at=0,
+            queued_at=0,
+            flow=Flow((str(key),)) if keyed else None,
+        )
         runs[run.run_id] = run
         dispatcher.add(run, arriving=True)
 
@@ -66,8 +82,14 @@ def measure(keys: int, per_key: int, workers: int, slots: int, assignments: int,
 
 
 async def main(keys: int, workers: int, runs: int) -> None:
-    settings = {"keys": keys, "per_key": 3, "workers": workers, "slots": 10,
-                "assignments": 200_000, "runs": runs}
+    settings = {
+        "keys": keys,
+        "per_key": 3,
+        "workers": workers,
+        "slots": 10,
+        "assignments": 200_000,
+        "runs": runs,
+    }
     figures: dict[str, Any] = {}
     for label, keyed in (("10k_keys", True), ("no_keys", False)):
         samples = [measure(keys, 3, workers, 10, 200_000, keyed) for _ in range(runs)]
@@ -75,9 +97,12 @@ async def main(keys: int, workers: int, runs: int) -> None:
     keyed_us = figures["10k_keys"]["us_per_assignment"]["median"]
     plain_us = figures["no_keys"]["us_per_assignment"]["median"]
     table = [
-        (f"{keys:,} active keys, {workers} workers", f"{keyed_us:.2f} us an assignment "
-         f"(range {figures['10k_keys']['us_per_assignment']['min']:.2f}-"
-         f"{figures['10k_keys']['us_per_assignment']['max']:.2f})"),
+        (
+            f"{keys:,} active keys, {workers} workers",
+            f"{keyed_us:.2f} us an assignment "
+            f"(range {figures['10k_keys']['us_per_assignment']['min']:.2f}-"
+            f"{figures['10k_keys']['us_per_assignment']['max']:.2f})",
+        ),
         ("no concurrency keys", f"{plain_us:.2f} us an assignment"),
         ("keys cost", f"{keyed_us / plain_us:.2f}x"),
     ]

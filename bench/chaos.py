@@ -87,16 +87,22 @@ def plan_faults(settings: ChaosSettings) -> list[PlannedFault]:
     faults = []
     at = rng.uniform(3.0, 8.0)
     while at < settings.seconds - 2:
-        faults.append(PlannedFault(at, "postgres", rng.uniform(*settings.down),
-                                   mode=rng.choice(("fast", "immediate"))))
+        faults.append(
+            PlannedFault(
+                at, "postgres", rng.uniform(*settings.down), mode=rng.choice(("fast", "immediate"))
+            )
+        )
         at += rng.uniform(*settings.postgres_every)
     first: list[Literal["engine", "worker"]] = ["engine", "worker"]
     rng.shuffle(first)
     at = rng.uniform(8.0, 14.0)
     while at < settings.seconds - 2:
         kind = first.pop() if first else rng.choice(("engine", "worker"))
-        faults.append(PlannedFault(at, kind, rng.uniform(*settings.down),
-                                   worker=rng.randrange(settings.workers)))
+        faults.append(
+            PlannedFault(
+                at, kind, rng.uniform(*settings.down), worker=rng.randrange(settings.workers)
+            )
+        )
         at += rng.uniform(*settings.kill_every)
     return sorted(faults, key=lambda fault: fault.at)
 
@@ -120,11 +126,17 @@ class WorkerProcesses:
         self.incarnations[slot] += 1
         label = f"w{slot}.{self.incarnations[slot]}"
         self.ledgers.mkdir(parents=True, exist_ok=True)
-        env = clean_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token, WORKER_NAME=label,
-                        SLOTS=str(self.slots), CHAOS_LEDGER=str(self.ledgers / f"{label}.jsonl"))
+        env = clean_env(
+            TASKYARD_URL=self.url,
+            TASKYARD_TOKEN=self.token,
+            WORKER_NAME=label,
+            SLOTS=str(self.slots),
+            CHAOS_LEDGER=str(self.ledgers / f"{label}.jsonl"),
+        )
         with (self.root / f"{label}.log").open("ab") as log:
-            process = subprocess.Popen([sys.executable, str(WORKER_SCRIPT)], env=env,
-                                       stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, str(WORKER_SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         self.running[slot] = (label, process)
         return label
 
@@ -177,28 +189,48 @@ class ChaosRun:
         await asyncio.to_thread(self.cluster.start)
         data_dir = self.root / "engine"
         self.engine = EngineProcess(
-            ["--database-url", self.cluster.url, "--data-dir", str(data_dir),
-             "--heartbeat-interval", "1",
-             "--heartbeat-timeout", str(self.settings.heartbeat_timeout),
-             "--database-wait", "120"],
-            clean_env(TASKYARD_LOG_LEVEL="warning"), self.root / "engine.log")
+            [
+                "--database-url",
+                self.cluster.url,
+                "--data-dir",
+                str(data_dir),
+                "--heartbeat-interval",
+                "1",
+                "--heartbeat-timeout",
+                str(self.settings.heartbeat_timeout),
+                "--database-wait",
+                "120",
+            ],
+            clean_env(TASKYARD_LOG_LEVEL="warning"),
+            self.root / "engine.log",
+        )
         await asyncio.to_thread(self.engine.start, 120)
         token = (data_dir / "token").read_text().strip()
-        self.http = aiohttp.ClientSession(base_url=self.engine.url,
-                                          headers={"Authorization": f"Bearer {token}"})
+        self.http = aiohttp.ClientSession(
+            base_url=self.engine.url, headers={"Authorization": f"Bearer {token}"}
+        )
         self.workers = WorkerProcesses(self.engine.url, token, self.settings.slots, self.root)
         for slot in range(self.settings.workers):
             self.workers.start(slot)
         await self._until_workers(self.settings.workers)
-        status, body = await self.call("PUT", f"/api/v1/rate-limits/{workload.RATE_LIMIT}",
-                                       {"limit": workload.RATE_LIMIT_PER_SECOND,
-                                        "duration": "second"})
+        status, body = await self.call(
+            "PUT",
+            f"/api/v1/rate-limits/{workload.RATE_LIMIT}",
+            {"limit": workload.RATE_LIMIT_PER_SECOND, "duration": "second"},
+        )
         if status != 200:
             raise RuntimeError(f"could not set the rate limit: {status} {body}")
         for name, catch_up in CRONS:
-            status, body = await self.call("POST", "/api/v1/crons", {
-                "name": name, "task": workload.tick.name, "expression": "* * * * * *",
-                "catch_up": catch_up})
+            status, body = await self.call(
+                "POST",
+                "/api/v1/crons",
+                {
+                    "name": name,
+                    "task": workload.tick.name,
+                    "expression": "* * * * * *",
+                    "catch_up": catch_up,
+                },
+            )
             if status != 201:
                 raise RuntimeError(f"could not create cron {name}: {status} {body}")
             self.crons[name] = (body["cron_id"], catch_up, time.time())
@@ -224,13 +256,15 @@ class ChaosRun:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def call(self, method: str, path: str, body: Any = None,
-                   timeout: float = 20.0) -> tuple[int | None, Any]:
+    async def call(
+        self, method: str, path: str, body: Any = None, timeout: float = 20.0
+    ) -> tuple[int | None, Any]:
         """(status, JSON body), or (None, None) when the engine did not answer."""
         assert self.http is not None
         try:
-            async with self.http.request(method, path, json=body,
-                                         timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with self.http.request(
+                method, path, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r:
                 data = await r.json(content_type=None) if r.status != 204 else None
                 return r.status, data
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -247,28 +281,42 @@ class ChaosRun:
         elif len(jobs) == 1:
             path, body = "/api/v1/runs", {"task": kind, "input": jobs[0]}
         else:
-            path, body = "/api/v1/runs/batch", {"runs": [{"task": kind, "input": job}
-                                                         for job in jobs]}
+            path, body = (
+                "/api/v1/runs/batch",
+                {"runs": [{"task": kind, "input": job} for job in jobs]},
+            )
         status, data = await self.call("POST", path, body)
         if status is None or not 200 <= status < 300:
             self.refused[f"{kind} {status or 'no answer'}"] += len(jobs)
             return
         refs = data.get("runs", [data])
-        self.acked.extend(Acked(ref["run_id"], kind, job)
-                          for ref, job in zip(refs, jobs, strict=True))
+        self.acked.extend(
+            Acked(ref["run_id"], kind, job) for ref, job in zip(refs, jobs, strict=True)
+        )
 
     async def push(self, key: str, n: int, *, during_outage: bool = False) -> None:
         token = f"{n}:{next(self.tokens)}"
         sent = time.time()
-        status, data = await self.call("POST", "/api/v1/events",
-                                       {"key": key, "payload": {"n": n, "token": token}})
+        status, data = await self.call(
+            "POST", "/api/v1/events", {"key": key, "payload": {"n": n, "token": token}}
+        )
         acknowledged = status is not None and 200 <= status < 300
         triggered = tuple(str(run_id) for run_id in data["triggered"]) if acknowledged else ()
-        self.pushes.append(Push(
-            key, n, token, sent, acknowledged, during_outage,
-            event_id=data["event_id"] if acknowledged else None,
-            created_at=datetime.fromisoformat(data["created_at"]).timestamp()
-            if acknowledged else None, triggered=triggered))
+        self.pushes.append(
+            Push(
+                key,
+                n,
+                token,
+                sent,
+                acknowledged,
+                during_outage,
+                event_id=data["event_id"] if acknowledged else None,
+                created_at=datetime.fromisoformat(data["created_at"]).timestamp()
+                if acknowledged
+                else None,
+                triggered=triggered,
+            )
+        )
         if key == workload.ORDER_EVENT:
             self.acked.extend(Acked(run_id, "order", {"n": n}) for run_id in triggered)
 
@@ -305,18 +353,29 @@ class ChaosRun:
         for tick in itertools.count():
             if time.time() >= until:
                 return
-            self.spawn(self.trigger("flaky", [self.job(fail=rng.choice((0, 0, 1, 2)),
-                                                       ms=rng.randrange(300))]))
+            self.spawn(
+                self.trigger(
+                    "flaky", [self.job(fail=rng.choice((0, 0, 1, 2)), ms=rng.randrange(300))]
+                )
+            )
             if tick % 2 == 0:
-                self.spawn(self.trigger(rng.choice(("doomed", "fatal")),
-                                        [self.job(ms=rng.randrange(200))]))
+                self.spawn(
+                    self.trigger(rng.choice(("doomed", "fatal")), [self.job(ms=rng.randrange(200))])
+                )
             if tick % 4 == 0:  # bursts keep the keys backlogged
-                self.spawn(self.trigger("keyed", [
-                    self.job(key=rng.choice(("k0", "k1")), ms=rng.randrange(300, 1000))
-                    for _ in range(6)]))
+                self.spawn(
+                    self.trigger(
+                        "keyed",
+                        [
+                            self.job(key=rng.choice(("k0", "k1")), ms=rng.randrange(300, 1000))
+                            for _ in range(6)
+                        ],
+                    )
+                )
             if tick % 4 == 2:  # and the rate limit saturated
-                self.spawn(self.trigger("limited", [self.job(ms=rng.randrange(100))
-                                                    for _ in range(5)]))
+                self.spawn(
+                    self.trigger("limited", [self.job(ms=rng.randrange(100)) for _ in range(5)])
+                )
             if tick % 2 == 1:
                 self.spawn(self.trigger("dag", [self.job(ms=rng.randrange(100))]))
             if tick % 3 == 0:
@@ -350,15 +409,18 @@ class ChaosRun:
             with path.open("rb") as ledger:
                 ledger.seek(self.tailed.get(path, 0))
                 data = ledger.read()
-            complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
             self.tailed[path] = self.tailed.get(path, 0) + len(complete)
             for line in complete.splitlines():
                 try:
                     note = json.loads(line)
                 except ValueError:
                     continue
-                if note["ev"] == "end" and note["task"] == workload.await_go.name \
-                        and note["outcome"] == "Suspended":
+                if (
+                    note["ev"] == "end"
+                    and note["task"] == workload.await_go.name
+                    and note["outcome"] == "Suspended"
+                ):
                     self.suspended.add(int(note["n"]))
 
     async def _query(self, sql: str, *args: Any) -> list[asyncpg.Record] | None:
@@ -377,8 +439,9 @@ class ChaosRun:
 
     # -- faults ------------------------------------------------------------------------------
 
-    async def inject(self, faults: list[PlannedFault], began: float,
-                     stopping: asyncio.Event) -> None:
+    async def inject(
+        self, faults: list[PlannedFault], began: float, stopping: asyncio.Event
+    ) -> None:
         for fault in faults:
             delay = began + fault.at - time.time()
             if delay > 0:
@@ -441,8 +504,9 @@ class ChaosRun:
                 await asyncio.sleep(0.5)
             self.deleted[name] = time.time()
         while time.time() < deadline:
-            rows = await self._query(f"SELECT count(*) AS n FROM runs "
-                                     f"WHERE status NOT IN {TERMINAL_SQL}")
+            rows = await self._query(
+                f"SELECT count(*) AS n FROM runs WHERE status NOT IN {TERMINAL_SQL}"
+            )
             if rows is not None and rows[0]["n"] == 0:
                 return
             await asyncio.sleep(1)
@@ -477,11 +541,26 @@ class ChaosRun:
     async def cron_ticks(self) -> list[CronTicks]:
         crons = []
         for name, (_, catch_up, created) in self.crons.items():
-            rows = await self._query("SELECT metadata->>'tick' AS tick, status FROM runs "
-                                     "WHERE metadata->>'cron' = $1", name) or []
-            crons.append(CronTicks(name, catch_up, created, self.deleted[name], [
-                (datetime.fromisoformat(row["tick"]).timestamp(), row["status"])
-                for row in rows]))
+            rows = (
+                await self._query(
+                    "SELECT metadata->>'tick' AS tick, status FROM runs "
+                    "WHERE metadata->>'cron' = $1",
+                    name,
+                )
+                or []
+            )
+            crons.append(
+                CronTicks(
+                    name,
+                    catch_up,
+                    created,
+                    self.deleted[name],
+                    [
+                        (datetime.fromisoformat(row["tick"]).timestamp(), row["status"])
+                        for row in rows
+                    ],
+                )
+            )
         return crons
 
 
@@ -496,13 +575,15 @@ def _rules() -> tuple[dict[str, TaskRule], dict[str, TaskRule]]:
         return job["n"]
 
     tasks = {
-        "flaky": TaskRule(workload.flaky.options.retries,
-                          lambda attempt, job: "DeliberateFailure"
-                          if attempt <= job.get("fail", 0) else None, number),
-        "doomed": TaskRule(workload.doomed.options.retries, on_purpose("DeliberateFailure"),
-                           number),
-        "fatal": TaskRule(workload.fatal.options.retries, on_purpose("NonRetryableError"),
-                          number),
+        "flaky": TaskRule(
+            workload.flaky.options.retries,
+            lambda attempt, job: "DeliberateFailure" if attempt <= job.get("fail", 0) else None,
+            number,
+        ),
+        "doomed": TaskRule(
+            workload.doomed.options.retries, on_purpose("DeliberateFailure"), number
+        ),
+        "fatal": TaskRule(workload.fatal.options.retries, on_purpose("NonRetryableError"), number),
         "keyed": TaskRule(workload.keyed.options.retries, never, number),
         "limited": TaskRule(workload.limited.options.retries, never, number),
         "nap": TaskRule(workload.nap.options.retries, never, number),
@@ -513,8 +594,10 @@ def _rules() -> tuple[dict[str, TaskRule], dict[str, TaskRule]]:
         steps[name] = TaskRule(
             step.options.retries,
             (lambda attempt, job: "DeliberateFailure" if attempt == 1 else None)
-            if name == "b" else never,
-            lambda job, name=name: workload.dag_outputs(job["n"])[name])
+            if name == "b"
+            else never,
+            lambda job, name=name: workload.dag_outputs(job["n"])[name],
+        )
     return tasks, steps
 
 
@@ -528,10 +611,12 @@ async def run_chaos(settings: ChaosSettings, root: Path) -> Verdict:
         await chaos.start()
         began = time.time()
         pushes = asyncio.create_task(chaos.release_waits(drained))
-        postgres = asyncio.create_task(chaos.inject(
-            [f for f in plan if f.kind == "postgres"], began, stopping))
-        kills = asyncio.create_task(chaos.inject(
-            [f for f in plan if f.kind != "postgres"], began, stopping))
+        postgres = asyncio.create_task(
+            chaos.inject([f for f in plan if f.kind == "postgres"], began, stopping)
+        )
+        kills = asyncio.create_task(
+            chaos.inject([f for f in plan if f.kind != "postgres"], began, stopping)
+        )
         await chaos.produce(began + settings.seconds)
         stopping.set()
         await asyncio.gather(postgres, kills)  # a fault under way ends with its restart
@@ -546,26 +631,39 @@ async def run_chaos(settings: ChaosSettings, root: Path) -> Verdict:
             await asyncio.gather(*list(chaos.in_flight))
         acked_ids = [a.run_id for a in chaos.acked]
         views = await chaos.views(acked_ids)
-        unsettled = [str(step["run_id"]) for view in views.values()
-                     if view.get("kind") == "workflow" and view["status"] != "succeeded"
-                     for step in view.get("steps") or []]
+        unsettled = [
+            str(step["run_id"])
+            for view in views.values()
+            if view.get("kind") == "workflow" and view["status"] != "succeeded"
+            for step in view.get("steps") or []
+        ]
         step_views = await chaos.views(unsettled)
         missing = await chaos.missing_events()
         crons = await chaos.cron_ticks()
-        rows = await chaos._query(f"SELECT count(*) AS n FROM runs "
-                                  f"WHERE status NOT IN {TERMINAL_SQL}")
+        rows = await chaos._query(
+            f"SELECT count(*) AS n FROM runs WHERE status NOT IN {TERMINAL_SQL}"
+        )
         unfinished = -1 if rows is None else int(rows[0]["n"])
     finally:
         stopped_at = await chaos.stop()
     evidence = {
-        "acked": [asdict(a) for a in chaos.acked], "views": views, "step_views": step_views,
-        "pushes": [asdict(p) for p in chaos.pushes], "missing_events": missing,
-        "outages": [asdict(o) for o in chaos.outages], "kills": chaos.kills,
-        "stopped_at": stopped_at, "crons": [asdict(c) for c in crons],
+        "acked": [asdict(a) for a in chaos.acked],
+        "views": views,
+        "step_views": step_views,
+        "pushes": [asdict(p) for p in chaos.pushes],
+        "missing_events": missing,
+        "outages": [asdict(o) for o in chaos.outages],
+        "kills": chaos.kills,
+        "stopped_at": stopped_at,
+        "crons": [asdict(c) for c in crons],
         "unfinished_anywhere": unfinished,
-        "figures": {"triggers not acknowledged": dict(sorted(chaos.refused.items())),
-                    "drain after the faults stopped":
-                        f"{drained_in:.1f}s" if drained_in is not None else "-"}}
+        "figures": {
+            "triggers not acknowledged": dict(sorted(chaos.refused.items())),
+            "drain after the faults stopped": f"{drained_in:.1f}s"
+            if drained_in is not None
+            else "-",
+        },
+    }
     (root / "evidence.json").write_text(json.dumps(evidence))
     return judge_again(root)
 
@@ -582,19 +680,34 @@ def judge_again(root: Path) -> Verdict:
         notes += noted
     rules, dag_rules = _rules()
     unfinished = int(data["unfinished_anywhere"])
-    verdict = judge(Evidence(
-        acked=[Acked(**a) for a in data["acked"]], views=data["views"],
-        step_views=data["step_views"], executions=executions, notes=notes,
-        pushes=[Push(**{**p, "triggered": tuple(p["triggered"])}) for p in data["pushes"]],
-        missing_events=data["missing_events"], outages=[Outage(**o) for o in data["outages"]],
-        kills=data["kills"], stopped_at=data["stopped_at"],
-        crons=[CronTicks(**{**c, "runs": [tuple(r) for r in c["runs"]]}) for c in data["crons"]],
-        unfinished_anywhere=max(unfinished, 0), rules=rules,
-        dag_outputs=workload.dag_outputs, dag_rules=dag_rules,
-        durable_tasks=frozenset({workload.nap.name, workload.await_go.name}),
-        order_event=workload.ORDER_EVENT, keyed_task=workload.keyed.name,
-        max_runs=workload.KEY_MAX_RUNS, limited_task=workload.limited.name,
-        rate_limit=workload.RATE_LIMIT_PER_SECOND, rate_window=1.0))
+    verdict = judge(
+        Evidence(
+            acked=[Acked(**a) for a in data["acked"]],
+            views=data["views"],
+            step_views=data["step_views"],
+            executions=executions,
+            notes=notes,
+            pushes=[Push(**{**p, "triggered": tuple(p["triggered"])}) for p in data["pushes"]],
+            missing_events=data["missing_events"],
+            outages=[Outage(**o) for o in data["outages"]],
+            kills=data["kills"],
+            stopped_at=data["stopped_at"],
+            crons=[
+                CronTicks(**{**c, "runs": [tuple(r) for r in c["runs"]]}) for c in data["crons"]
+            ],
+            unfinished_anywhere=max(unfinished, 0),
+            rules=rules,
+            dag_outputs=workload.dag_outputs,
+            dag_rules=dag_rules,
+            durable_tasks=frozenset({workload.nap.name, workload.await_go.name}),
+            order_event=workload.ORDER_EVENT,
+            keyed_task=workload.keyed.name,
+            max_runs=workload.KEY_MAX_RUNS,
+            limited_task=workload.limited.name,
+            rate_limit=workload.RATE_LIMIT_PER_SECOND,
+            rate_window=1.0,
+        )
+    )
     if unfinished < 0:
         verdict.violations["unfinished"].append("could not count the unfinished runs")
     verdict.figures.update(data["figures"])
@@ -611,9 +724,10 @@ def table(verdict: Verdict) -> list[tuple[str, str]]:
 def report(verdict: Verdict, limit: int = 10) -> str:
     """The violations and the known issues seen, a few lines of each."""
     lines = []
-    for title, found in [*verdict.violations.items(),
-                         *((f"known issue {issue}", seen) for issue, seen in
-                           verdict.known.items())]:
+    for title, found in [
+        *verdict.violations.items(),
+        *((f"known issue {issue}", seen) for issue, seen in verdict.known.items()),
+    ]:
         if found:
             lines.append(f"{title}: {len(found)}")
             lines += [f"  {line}" for line in found[:limit]]
@@ -636,11 +750,14 @@ async def main(minutes: float, seed: int, workers: int, again: str | None = None
     else:
         root = Path(tempfile.mkdtemp(prefix="taskyard-chaos-"))
         verdict = await run_chaos(settings, root)
-        figures = {**verdict.figures,
-                   "violations": {check: verdict.violations[check] for check in CHECKS},
-                   "known issues": verdict.known}
-        await write_result("chaos", asdict(settings), figures, table(verdict),
-                           postgres=_cluster_version())
+        figures = {
+            **verdict.figures,
+            "violations": {check: verdict.violations[check] for check in CHECKS},
+            "known issues": verdict.known,
+        }
+        await write_result(
+            "chaos", asdict(settings), figures, table(verdict), postgres=_cluster_version()
+        )
     print("\n" + report(verdict))
     if verdict.total_violations:
         raise SystemExit(1)
@@ -650,6 +767,10 @@ def _cluster_version() -> str:
     """The throwaway cluster's server version (its binaries'), for the result file."""
     from taskyard.store.embedded import find_binaries
 
-    found = subprocess.run([str(find_binaries() / "postgres"), "--version"],
-                           capture_output=True, text=True, check=False)
+    found = subprocess.run(
+        [str(find_binaries() / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return found.stdout.strip() or "unknown"

@@ -46,8 +46,18 @@ from typing import Any
 # up as a duplicate: it is run again although its process was not killed.
 CHAOS_ERRORS = frozenset({"WorkerLost", "ExecutionTimeout"})
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "skipped"})
-CHECKS = ("lost", "unfinished", "wrong_outcome", "unexplained_duplicates", "concurrency",
-          "rate_limit", "cron_doubled", "cron_missed", "sleep_early", "event_early")
+CHECKS = (
+    "lost",
+    "unfinished",
+    "wrong_outcome",
+    "unexplained_duplicates",
+    "concurrency",
+    "rate_limit",
+    "cron_doubled",
+    "cron_missed",
+    "sleep_early",
+    "event_early",
+)
 KNOWN_ISSUES = ("duplicates_after_engine_kill",)
 
 
@@ -152,11 +162,13 @@ class Evidence:
 class Verdict:
     figures: dict[str, Any] = field(default_factory=dict)
     violations: dict[str, list[str]] = field(
-        default_factory=lambda: {check: [] for check in CHECKS})
+        default_factory=lambda: {check: [] for check in CHECKS}
+    )
     # Broken promises that are known and not fixed yet (see bench/README.md): reported with the
     # violations, not counted among them.
     known: dict[str, list[str]] = field(
-        default_factory=lambda: {issue: [] for issue in KNOWN_ISSUES})
+        default_factory=lambda: {issue: [] for issue in KNOWN_ISSUES}
+    )
 
     @property
     def total_violations(self) -> int:
@@ -171,12 +183,21 @@ def read_ledger(lines: Iterable[str]) -> tuple[list[Execution], list[dict[str, A
     notes: list[dict[str, Any]] = []
 
     def close(line: dict[str, Any] | None, begin: dict[str, Any]) -> None:
-        extra = {k: v for k, v in begin.items()
-                 if k not in ("ev", "run", "attempt", "task", "proc", "t")}
-        executions.append(Execution(
-            run=begin["run"], attempt=begin["attempt"], task=begin["task"], proc=begin["proc"],
-            start=begin["t"], end=line["t"] if line else None,
-            outcome=line["outcome"] if line else None, fields=extra))
+        extra = {
+            k: v for k, v in begin.items() if k not in ("ev", "run", "attempt", "task", "proc", "t")
+        }
+        executions.append(
+            Execution(
+                run=begin["run"],
+                attempt=begin["attempt"],
+                task=begin["task"],
+                proc=begin["proc"],
+                start=begin["t"],
+                end=line["t"] if line else None,
+                outcome=line["outcome"] if line else None,
+                fields=extra,
+            )
+        )
 
     for raw in lines:
         try:
@@ -211,8 +232,7 @@ def judge(evidence: Evidence) -> Verdict:
 # -- outcomes ----------------------------------------------------------------------------------
 
 
-def attempts_verdict(view: Mapping[str, Any], rule: TaskRule, job: Mapping[str, Any]
-                     ) -> str | None:
+def attempts_verdict(view: Mapping[str, Any], rule: TaskRule, job: Mapping[str, Any]) -> str | None:
     """Why a run's attempts do not match its rule, or None."""
     attempts = sorted(view.get("attempts") or [], key=lambda a: a["attempt"])
     status = view["status"]
@@ -233,8 +253,10 @@ def attempts_verdict(view: Mapping[str, Any], rule: TaskRule, job: Mapping[str, 
                 return f"attempt {number} succeeded, and attempt {last['attempt']} followed"
         elif current["status"] in ("failed", "timed_out"):
             if error.get("type") not in CHAOS_ERRORS and error.get("type") != planned:
-                return (f"attempt {number} {current['status']}: {error.get('type')}: "
-                        f"{error.get('message')}")
+                return (
+                    f"attempt {number} {current['status']}: {error.get('type')}: "
+                    f"{error.get('message')}"
+                )
             if error.get("type") == "NonRetryableError" and current is not last:
                 return f"attempt {number} raised NonRetryableError and was retried"
         else:
@@ -245,16 +267,19 @@ def attempts_verdict(view: Mapping[str, Any], rule: TaskRule, job: Mapping[str, 
         if view.get("output") != rule.output(job):
             return f"output {view.get('output')!r}, expected {rule.output(job)!r}"
         return None
-    spent = last["attempt"] == rule.retries + 1 or \
-        (last.get("error") or {}).get("type") == "NonRetryableError"
+    spent = (
+        last["attempt"] == rule.retries + 1
+        or (last.get("error") or {}).get("type") == "NonRetryableError"
+    )
     if status != "failed" or not spent:
         return f"status {status} after {last['attempt']} attempts ({rule.retries} retries)"
     return None
 
 
 def _finished_as_designed(evidence: Evidence, verdict: Verdict) -> None:
-    lost, unfinished, wrong = (verdict.violations[k] for k in
-                               ("lost", "unfinished", "wrong_outcome"))
+    lost, unfinished, wrong = (
+        verdict.violations[k] for k in ("lost", "unfinished", "wrong_outcome")
+    )
     tokens = {push.token: push for push in evidence.pushes}
     by_kind: Counter[str] = Counter()
     finished: Counter[str] = Counter()
@@ -274,22 +299,26 @@ def _finished_as_designed(evidence: Evidence, verdict: Verdict) -> None:
         problem = _outcome_problem(evidence, acked, view, tokens)
         if problem:
             wrong.append(f"{label}: {problem}")
-    lost.extend(f"event {event_id} was acknowledged and the engine cannot show it"
-                for event_id in evidence.missing_events)
+    lost.extend(
+        f"event {event_id} was acknowledged and the engine cannot show it"
+        for event_id in evidence.missing_events
+    )
     for push in evidence.pushes:
         if push.acknowledged and push.key == evidence.order_event and len(push.triggered) != 1:
             wrong.append(f"order event {push.event_id} started {len(push.triggered)} runs")
     if evidence.unfinished_anywhere:
-        unfinished.append(f"{evidence.unfinished_anywhere} runs in the engine's database "
-                          f"had not finished")
+        unfinished.append(
+            f"{evidence.unfinished_anywhere} runs in the engine's database had not finished"
+        )
     verdict.figures["runs acknowledged"] = sum(by_kind.values())
     verdict.figures["runs acknowledged by kind"] = dict(sorted(by_kind.items()))
     verdict.figures["runs finished"] = sum(finished.values())
     verdict.figures["outcomes"] = dict(sorted(outcomes.items()))
 
 
-def _outcome_problem(evidence: Evidence, acked: Acked, view: Mapping[str, Any],
-                     tokens: Mapping[str, Push]) -> str | None:
+def _outcome_problem(
+    evidence: Evidence, acked: Acked, view: Mapping[str, Any], tokens: Mapping[str, Push]
+) -> str | None:
     job = acked.job
     if acked.kind in evidence.rules:
         return attempts_verdict(view, evidence.rules[acked.kind], job)
@@ -299,15 +328,17 @@ def _outcome_problem(evidence: Evidence, acked: Acked, view: Mapping[str, Any],
             return f"a step was created twice: {sorted(steps)}"
         if view["status"] == "succeeded":
             expected = evidence.dag_outputs(int(job["n"]))
-            return None if view.get("output") == expected else \
-                f"outputs {view.get('output')}, expected {expected}"
+            return (
+                None
+                if view.get("output") == expected
+                else f"outputs {view.get('output')}, expected {expected}"
+            )
         # Failed: only as the rules allow (a step's retries spent by lost workers).
         problems = []
         for step in view.get("steps") or []:
             step_view = evidence.step_views.get(str(step["run_id"]))
             rule = evidence.dag_rules.get(step["step"])
-            if step_view is None or rule is None or step_view["status"] in ("cancelled",
-                                                                          "skipped"):
+            if step_view is None or rule is None or step_view["status"] in ("cancelled", "skipped"):
                 continue
             problem = attempts_verdict(step_view, rule, job)
             if problem:
@@ -353,20 +384,26 @@ def _duplicates(evidence: Evidence, verdict: Verdict) -> None:
         for kill in engine_kills:
             if not begin <= kill.down_at <= end:
                 continue
-            unwritten = ended is None or ended > kill.down_at - 1.0 or any(
-                pg.down_at <= kill.down_at and pg.up_at >= ended for pg in postgres_down)
+            unwritten = (
+                ended is None
+                or ended > kill.down_at - 1.0
+                or any(pg.down_at <= kill.down_at and pg.up_at >= ended for pg in postgres_down)
+            )
             if unwritten:
                 return kill
         return None
 
-    def judge_repeat(what: str, previous: tuple[str, float, float | None],
-                     current: tuple[str, float]) -> None:
+    def judge_repeat(
+        what: str, previous: tuple[str, float, float | None], current: tuple[str, float]
+    ) -> None:
         (proc, began, ended), (again_on, again) = previous, current
         if killed_between(proc, began, again):
             explained[what.split(" ")[0].split(":")[0]] += 1
             return
-        line = (f"{what} ran again at {_clock(again)} on {again_on} after running on {proc} "
-                f"from {_clock(began)}, a process not killed in between")
+        line = (
+            f"{what} ran again at {_clock(again)} on {again_on} after running on {proc} "
+            f"from {_clock(began)}, a process not killed in between"
+        )
         kill = engine_killed_between(began, ended, again)
         if kill is not None:
             after_engine_kill.append(f"{line}; the engine was killed at {_clock(kill.down_at)}")
@@ -382,10 +419,12 @@ def _duplicates(evidence: Evidence, verdict: Verdict) -> None:
         for previous, current in itertools.pairwise(executions):
             if previous.outcome == "DeliberateFailure" and current.attempt > previous.attempt:
                 continue  # a planned retry
-            judge_repeat(f"{current.task} run {current.run} attempt {current.attempt} "
-                         f"(before: attempt {previous.attempt}, {previous.outcome or 'no end'})",
-                         (previous.proc, previous.start, previous.end),
-                         (current.proc, current.start))
+            judge_repeat(
+                f"{current.task} run {current.run} attempt {current.attempt} "
+                f"(before: attempt {previous.attempt}, {previous.outcome or 'no end'})",
+                (previous.proc, previous.start, previous.end),
+                (current.proc, current.start),
+            )
     effects: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in evidence.notes:
         if line["ev"] == "effect":
@@ -393,9 +432,11 @@ def _duplicates(evidence: Evidence, verdict: Verdict) -> None:
     for run, lines in effects.items():
         lines.sort(key=lambda line: line["t"])
         for previous, current in itertools.pairwise(lines):
-            judge_repeat(f"durable-effect of run {run}", (previous["proc"], previous["t"],
-                                                          previous["t"]),
-                         (current["proc"], current["t"]))
+            judge_repeat(
+                f"durable-effect of run {run}",
+                (previous["proc"], previous["t"], previous["t"]),
+                (current["proc"], current["t"]),
+            )
     verdict.figures["executions"] = len(evidence.executions)
     verdict.figures["duplicates (a worker killed mid-attempt)"] = sum(explained.values())
     verdict.figures["duplicates by task"] = dict(sorted(explained.items()))
@@ -420,9 +461,11 @@ def _concurrency(evidence: Evidence, verdict: Verdict) -> None:
     peak = 0
     for key, executions in sorted(by_key.items()):
         # Ends sort before starts at the same instant: a slot handed on is not an overlap.
-        points = sorted([(e.start, 1, e) for e in executions]
-                        + [(_interval_end(evidence, e), 0, e) for e in executions],
-                        key=lambda p: (p[0], p[1]))
+        points = sorted(
+            [(e.start, 1, e) for e in executions]
+            + [(_interval_end(evidence, e), 0, e) for e in executions],
+            key=lambda p: (p[0], p[1]),
+        )
         running: set[Execution] = set()
         for at, is_start, execution in points:
             if not is_start:
@@ -431,11 +474,14 @@ def _concurrency(evidence: Evidence, verdict: Verdict) -> None:
             running.add(execution)
             peak = max(peak, len(running))
             if len(running) > evidence.max_runs:
-                found.append(f"key {key!r}: {len(running)} attempts at once at {_clock(at)}: "
-                             + ", ".join(f"{e.run} #{e.attempt} on {e.proc}"
-                                         for e in sorted(running, key=lambda e: e.start)))
-    verdict.figures["most attempts of one key at once"] = \
-        f"{peak} (max_runs {evidence.max_runs})"
+                found.append(
+                    f"key {key!r}: {len(running)} attempts at once at {_clock(at)}: "
+                    + ", ".join(
+                        f"{e.run} #{e.attempt} on {e.proc}"
+                        for e in sorted(running, key=lambda e: e.start)
+                    )
+                )
+    verdict.figures["most attempts of one key at once"] = f"{peak} (max_runs {evidence.max_runs})"
 
 
 def _rate_limit(evidence: Evidence, verdict: Verdict) -> None:
@@ -472,20 +518,25 @@ def _rate_limit(evidence: Evidence, verdict: Verdict) -> None:
     for index, (at, _, _) in enumerate(takes):
         busiest = max(busiest, bisect.bisect_left(times, at + window) - index)
         if index + limit < len(takes) and takes[index + limit][0] - at < window - 1e-6:
-            group = takes[index:index + limit + 1]
-            found.append(f"{limit + 1} runs took the limit within "
-                         f"{takes[index + limit][0] - at:.3f}s from {_clock(at)} (times from "
-                         f"{'the engine' if all(t[1] for t in group) else 'engine and ledger'}"
-                         f"): " + ", ".join(f"{t[2].run} #{t[2].attempt}" for t in group))
-    verdict.figures["most rate-limited starts in one window"] = \
+            group = takes[index : index + limit + 1]
+            found.append(
+                f"{limit + 1} runs took the limit within "
+                f"{takes[index + limit][0] - at:.3f}s from {_clock(at)} (times from "
+                f"{'the engine' if all(t[1] for t in group) else 'engine and ledger'}"
+                f"): " + ", ".join(f"{t[2].run} #{t[2].attempt}" for t in group)
+            )
+    verdict.figures["most rate-limited starts in one window"] = (
         f"{busiest} (limit {limit} per {window:g}s)"
-    verdict.figures["rate-limited starts timed by the engine"] = \
+    )
+    verdict.figures["rate-limited starts timed by the engine"] = (
         f"{sum(1 for t in takes if t[1])} of {len(takes)}"
+    )
     # For information: the same count by the workers' clocks, which lag the engine's decisions
     # by a delivery each (a window here may hold one more start than the engine let go).
     starts = sorted(t[2].start for t in takes)
     verdict.figures["most rate-limited starts in one window, by the ledger"] = max(
-        (bisect.bisect_left(starts, at + window) - i for i, at in enumerate(starts)), default=0)
+        (bisect.bisect_left(starts, at + window) - i for i, at in enumerate(starts)), default=0
+    )
 
 
 # -- crons -------------------------------------------------------------------------------------
@@ -505,7 +556,8 @@ def _crons(evidence: Evidence, verdict: Verdict) -> None:
         for tick, status in cron.runs:
             if status != "succeeded":
                 verdict.violations["wrong_outcome"].append(
-                    f"cron {cron.name}: the run of tick {_clock(tick)} ended {status}")
+                    f"cron {cron.name}: the run of tick {_clock(tick)} ended {status}"
+                )
         # Judge whole seconds after the first second and before the deletion's last two.
         first, last = math.ceil(cron.created) + 1, math.floor(cron.deleted) - 2
         fired = sorted(counts)
@@ -517,33 +569,39 @@ def _crons(evidence: Evidence, verdict: Verdict) -> None:
             if cron.catch_up == "latest" and _excused(before, after, engine_down):
                 skipped[cron.name] += 1
                 continue
-            missed.append(f"cron {cron.name} ({cron.catch_up}): tick {_clock(tick)} never "
-                          f"fired, {_outage_near(tick, evidence.outages)}")
+            missed.append(
+                f"cron {cron.name} ({cron.catch_up}): tick {_clock(tick)} never "
+                f"fired, {_outage_near(tick, evidence.outages)}"
+            )
         if cron.catch_up == "latest":
             for outage in engine_down:
                 early = [t for t in fired if outage.down_at < t < outage.restart_at - 1]
                 if early:
-                    missed.append(f"cron {cron.name}: ticks {[_clock(t) for t in early]} "
-                                  f"missed while the engine was down all fired (latest only)")
+                    missed.append(
+                        f"cron {cron.name}: ticks {[_clock(t) for t in early]} "
+                        f"missed while the engine was down all fired (latest only)"
+                    )
     verdict.figures["cron ticks fired"] = fired_total
-    verdict.figures["cron ticks skipped while the engine was down (latest)"] = sum(
-        skipped.values())
+    verdict.figures["cron ticks skipped while the engine was down (latest)"] = sum(skipped.values())
 
 
 def _excused(before: float, after: float, engine_down: Sequence[Outage]) -> bool:
     """A gap between fired ticks `before` and `after` that `latest` allows: the engine was
     killed after `before` fired, and `after` is the latest tick before it came back (or the
     first after)."""
-    return any(before < outage.down_at and outage.restart_at - 1 <= after <= outage.up_at + 1
-               for outage in engine_down)
+    return any(
+        before < outage.down_at and outage.restart_at - 1 <= after <= outage.up_at + 1
+        for outage in engine_down
+    )
 
 
 def _outage_near(at: float, outages: Sequence[Outage]) -> str:
     near = [o for o in outages if o.down_at - 2 <= at <= o.up_at + 2]
     if not near:
         return "with no fault near it"
-    return "near " + "; ".join(f"{o.kind} {o.target} down {_clock(o.down_at)}-{_clock(o.up_at)}"
-                               for o in near)
+    return "near " + "; ".join(
+        f"{o.kind} {o.target} down {_clock(o.down_at)}-{_clock(o.up_at)}" for o in near
+    )
 
 
 # -- durable waits -----------------------------------------------------------------------------
@@ -564,21 +622,28 @@ def _durable_wakes(evidence: Evidence, verdict: Verdict) -> None:
             slept += 1
             wake_at = line["begun"] + line["seconds"]
             if line["t"] < wake_at:
-                early_sleep.append(f"durable run {line['run']}: woke at {_clock(line['t'])}, "
-                                   f"{wake_at - line['t']:.3f}s before {_clock(wake_at)}")
+                early_sleep.append(
+                    f"durable run {line['run']}: woke at {_clock(line['t'])}, "
+                    f"{wake_at - line['t']:.3f}s before {_clock(wake_at)}"
+                )
         else:
             woken += 1
             push = tokens.get(line["token"])
             if push is None:
-                early_event.append(f"durable run {line['run']}: woke with {line['token']!r}, "
-                                   f"which nobody pushed")
+                early_event.append(
+                    f"durable run {line['run']}: woke with {line['token']!r}, which nobody pushed"
+                )
             elif line["t"] < push.sent:
-                early_event.append(f"durable run {line['run']}: woke at {_clock(line['t'])}, "
-                                   f"before its event was pushed ({_clock(push.sent)})")
+                early_event.append(
+                    f"durable run {line['run']}: woke at {_clock(line['t'])}, "
+                    f"before its event was pushed ({_clock(push.sent)})"
+                )
             elif push.created_at is not None and push.created_at < begun.get(line["run"], 0):
-                early_event.append(f"durable run {line['run']}: woke with event {push.event_id} "
-                                   f"pushed at {_clock(push.created_at)}, before its wait "
-                                   f"began")
+                early_event.append(
+                    f"durable run {line['run']}: woke with event {push.event_id} "
+                    f"pushed at {_clock(push.created_at)}, before its wait "
+                    f"began"
+                )
     verdict.figures["durable sleeps ended"] = slept
     verdict.figures["durable event waits ended"] = woken
 
@@ -591,9 +656,11 @@ def _faults(evidence: Evidence, verdict: Verdict) -> None:
     verdict.figures["faults injected"] = dict(sorted(kinds.items()))
     during = [p for p in evidence.pushes if p.during_outage]
     verdict.figures["events pushed during outages"] = (
-        f"{len(during)} ({sum(p.acknowledged for p in during)} acknowledged)")
+        f"{len(during)} ({sum(p.acknowledged for p in during)} acknowledged)"
+    )
     verdict.figures["events pushed"] = (
-        f"{len(evidence.pushes)} ({sum(p.acknowledged for p in evidence.pushes)} acknowledged)")
+        f"{len(evidence.pushes)} ({sum(p.acknowledged for p in evidence.pushes)} acknowledged)"
+    )
 
 
 def _epoch(value: str) -> float:

@@ -112,8 +112,9 @@ async def fatal(job: Job, ctx: Context) -> int:
         raise NonRetryableError("this job fails at once, whatever retries remain")
 
 
-@ty.task(retries=6, concurrency=Concurrency(expression="input.key", max_runs=KEY_MAX_RUNS),
-         **PATIENT)
+@ty.task(
+    retries=6, concurrency=Concurrency(expression="input.key", max_runs=KEY_MAX_RUNS), **PATIENT
+)
 async def keyed(job: Job, ctx: Context) -> int:
     with attempt(ctx, key=job.key):
         await work(job)
@@ -214,8 +215,9 @@ WORKFLOWS = [dag, order]
 async def main() -> None:
     global _ledger
     _ledger = os.open(os.environ["CHAOS_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    worker = ty.worker(PROCESS, tasks=TASKS, workflows=WORKFLOWS,
-                       slots=int(os.environ.get("SLOTS", "10")))
+    worker = ty.worker(
+        PROCESS, tasks=TASKS, workflows=WORKFLOWS, slots=int(os.environ.get("SLOTS", "10"))
+    )
     await worker.aio_start(handle_signals=True)
 
 

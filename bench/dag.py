@@ -39,12 +39,18 @@ async def step_count(http: aiohttp.ClientSession, name: str) -> int:
     raise RuntimeError(f"workflow {name!r} was not registered")
 
 
-async def measure(http: aiohttp.ClientSession, repeats: int, chain_steps: int,
-                  fan_steps: int) -> dict[str, float]:
-    single = sorted([await timed(http, "/api/v1/runs", {"task": "noop", "input": 0})
-                     for _ in range(repeats)])
-    chain = sorted([await timed(http, "/api/v1/workflows/bench-chain/runs", {"input": 0})
-                    for _ in range(repeats)])
+async def measure(
+    http: aiohttp.ClientSession, repeats: int, chain_steps: int, fan_steps: int
+) -> dict[str, float]:
+    single = sorted(
+        [await timed(http, "/api/v1/runs", {"task": "noop", "input": 0}) for _ in range(repeats)]
+    )
+    chain = sorted(
+        [
+            await timed(http, "/api/v1/workflows/bench-chain/runs", {"input": 0})
+            for _ in range(repeats)
+        ]
+    )
     fan = await timed(http, "/api/v1/workflows/bench-fan/runs", {"input": 0})
     single_s, chain_s = single[len(single) // 2], chain[len(chain) // 2]
     return {
@@ -58,8 +64,9 @@ async def measure(http: aiohttp.ClientSession, repeats: int, chain_steps: int,
 
 
 async def run(setup: Setup, runs: int, repeats: int) -> tuple[int, int, list[dict[str, float]]]:
-    async with aiohttp.ClientSession(base_url=setup.engine.url, headers=setup.headers,
-                                     timeout=aiohttp.ClientTimeout(total=None)) as http:
+    async with aiohttp.ClientSession(
+        base_url=setup.engine.url, headers=setup.headers, timeout=aiohttp.ClientTimeout(total=None)
+    ) as http:
         workers = setup.workers(1, 200, WORKFLOWS="1")
         try:
             await setup.wait_for_workers(http, 1)
@@ -76,12 +83,17 @@ async def main(runs: int, repeats: int) -> None:
     figures: dict[str, Any] = {key: summary([s[key] for s in samples]) for key in samples[0]}
     table = [
         ("single no-op task, trigger -> result", f"{figures['single_task_ms']['median']:.1f} ms"),
-        (f"{chain}-step chain", f"{figures['chain_ms']['median']:.1f} ms "
-                                f"({figures['chain_per_step_ms']['median']:.2f} ms a step)"),
+        (
+            f"{chain}-step chain",
+            f"{figures['chain_ms']['median']:.1f} ms "
+            f"({figures['chain_per_step_ms']['median']:.2f} ms a step)",
+        ),
         ("added latency per DAG step", f"{figures['added_per_step_ms']['median']:.2f} ms"),
-        (f"{fan - 2}-wide fan-out/fan-in",
-         f"{figures['fan_ms']['median']:.0f} ms "
-         f"({figures['fan_steps_per_second']['median']:.0f} steps/s)"),
+        (
+            f"{fan - 2}-wide fan-out/fan-in",
+            f"{figures['fan_ms']['median']:.0f} ms "
+            f"({figures['fan_steps_per_second']['median']:.0f} steps/s)",
+        ),
     ]
     settings = {"chain_steps": chain, "fan_steps": fan, "runs": runs, "repeats": repeats}
     await write_result("dag", settings, figures, table)

@@ -29,8 +29,9 @@ from taskyard.testing import EngineProcess, clean_env
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-ADMIN_URL = os.environ.get("TASKYARD_BENCH_DATABASE_URL",
-                           "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "TASKYARD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def database_url(name: str) -> str:
@@ -69,12 +70,22 @@ class Workers:
 
     def start(self) -> Workers:
         for i in range(self.count):
-            env = clean_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token,
-                            WORKER_NAME=f"bench-{i}", SLOTS=str(self.slots), **self.extra_env)
+            env = clean_env(
+                TASKYARD_URL=self.url,
+                TASKYARD_TOKEN=self.token,
+                WORKER_NAME=f"bench-{i}",
+                SLOTS=str(self.slots),
+                **self.extra_env,
+            )
             with (self.logs / f"worker-{i}.log").open("ab") as log:
-                self.processes.append(subprocess.Popen(
-                    [sys.executable, str(ROOT / "worker.py")], env=env, stdout=log,
-                    stderr=subprocess.STDOUT))
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, str(ROOT / "worker.py")],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         return self
 
     def stop(self) -> None:
@@ -117,9 +128,11 @@ async def engine_setup(*flags: str) -> AsyncIterator[Setup]:
     """A fresh database and an engine process serving it."""
     async with fresh_database() as db_url:
         logs = Path(tempfile.mkdtemp(prefix="taskyard-bench-"))
-        engine = EngineProcess(["--database-url", db_url, "--data-dir", str(logs / "data"),
-                                *flags], clean_env(TASKYARD_LOG_LEVEL="warning"),
-                               logs / "engine.log")
+        engine = EngineProcess(
+            ["--database-url", db_url, "--data-dir", str(logs / "data"), *flags],
+            clean_env(TASKYARD_LOG_LEVEL="warning"),
+            logs / "engine.log",
+        )
         engine.start()
         token = (logs / "data" / "token").read_text().strip()
         setup = Setup(engine, db_url, token, logs)
@@ -141,15 +154,24 @@ def process_memory(pid: int) -> dict[str, int]:
     return {"rss": values.get("VmRSS", 0), "peak_rss": values.get("VmHWM", 0)}
 
 
-async def trigger(http: aiohttp.ClientSession, task: str, count: int, *, batch: int = 1000,
-                  concurrency: int = 4, first: int = 0) -> list[str]:
+async def trigger(
+    http: aiohttp.ClientSession,
+    task: str,
+    count: int,
+    *,
+    batch: int = 1000,
+    concurrency: int = 4,
+    first: int = 0,
+) -> list[str]:
     """Trigger `count` runs in batches, a few requests at a time; returns their ids in order."""
     ids: list[list[str]] = [[] for _ in range(0, count, batch)]
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(index: int, start: int) -> None:
-        runs = [{"task": task, "input": n} for n in range(first + start,
-                                                          first + min(start + batch, count))]
+        runs = [
+            {"task": task, "input": n}
+            for n in range(first + start, first + min(start + batch, count))
+        ]
         async with semaphore, http.post("/api/v1/runs/batch", json={"runs": runs}) as response:
             if response.status != 201:
                 raise RuntimeError(f"trigger failed: {response.status} {await response.text()}")
@@ -159,19 +181,21 @@ async def trigger(http: aiohttp.ClientSession, task: str, count: int, *, batch: 
     return [run_id for chunk in ids for run_id in chunk]
 
 
-async def wait_all(http: aiohttp.ClientSession, run_ids: Sequence[str],
-                   timeout: float = 600) -> None:
+async def wait_all(
+    http: aiohttp.ClientSession, run_ids: Sequence[str], timeout: float = 600
+) -> None:
     """Until every run has finished (their results are committed)."""
     deadline = time.monotonic() + timeout
     pending = list(run_ids)
     while pending:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(pending)} runs unfinished after {timeout}s")
-        chunks = [pending[i:i + 10_000] for i in range(0, len(pending), 10_000)]
+        chunks = [pending[i : i + 10_000] for i in range(0, len(pending), 10_000)]
         pending = []
         for chunk in chunks:
-            async with http.post("/api/v1/runs/wait",
-                                 json={"run_ids": chunk, "timeout": 30}) as response:
+            async with http.post(
+                "/api/v1/runs/wait", json={"run_ids": chunk, "timeout": 30}
+            ) as response:
                 body = await response.json()
                 failed = [r for r in body["runs"] if r["status"] != "succeeded"]
                 if failed:
@@ -181,8 +205,12 @@ async def wait_all(http: aiohttp.ClientSession, run_ids: Sequence[str],
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
     """Median and range of repeated measurements."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "runs": list(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": list(values),
+    }
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
@@ -191,8 +219,7 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     def at(p: float) -> float:
         return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
-    return {"p50": at(50), "p95": at(95), "p99": at(99), "max": ordered[-1],
-            "count": len(ordered)}
+    return {"p50": at(50), "p95": at(95), "p99": at(99), "max": ordered[-1], "count": len(ordered)}
 
 
 async def postgres_counters(db_url: str) -> dict[str, int]:
@@ -202,7 +229,8 @@ async def postgres_counters(db_url: str) -> dict[str, int]:
         row = await conn.fetchrow(
             "SELECT xact_commit + xact_rollback AS transactions, "
             "pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal "
-            "FROM pg_stat_database WHERE datname = current_database()")
+            "FROM pg_stat_database WHERE datname = current_database()"
+        )
         return {"transactions": int(row["transactions"]), "wal": int(row["wal"])}
     finally:
         await conn.close()
@@ -215,20 +243,48 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next((int(line.split()[1]) * 1024 for line in
-                   Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")), 0)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT, check=False).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        (
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    ).stdout.strip()
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory,
-        "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "commit": commit or None,
-        "versions": {p: version(p) for p in ("taskyard-engine", "taskyard-sdk", "asyncpg",
-                                             "aiohttp", "pydantic", "uvloop", "orjson")},
+        "versions": {
+            p: version(p)
+            for p in (
+                "taskyard-engine",
+                "taskyard-sdk",
+                "asyncpg",
+                "aiohttp",
+                "pydantic",
+                "uvloop",
+                "orjson",
+            )
+        },
     }
 
 
@@ -240,8 +296,14 @@ async def postgres_version() -> str:
         await conn.close()
 
 
-async def write_result(workload: str, settings: dict[str, Any], figures: dict[str, Any],
-                       table: list[tuple[str, str]], *, postgres: str | None = None) -> Path:
+async def write_result(
+    workload: str,
+    settings: dict[str, Any],
+    figures: dict[str, Any],
+    table: list[tuple[str, str]],
+    *,
+    postgres: str | None = None,
+) -> Path:
     """Save the figures with the machine facts and settings, and print the table. `postgres`:
     the server's version, for a workload that runs a cluster of its own."""
     RESULTS.mkdir(exist_ok=True)
@@ -249,8 +311,19 @@ async def write_result(workload: str, settings: dict[str, Any], figures: dict[st
     path = RESULTS / f"{workload}-{stamp}.json"
     facts = machine()
     facts["postgres"] = postgres or await postgres_version()
-    path.write_text(json.dumps({"workload": workload, "at": stamp, "machine": facts,
-                                "settings": settings, "figures": figures}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "workload": workload,
+                "at": stamp,
+                "machine": facts,
+                "settings": settings,
+                "figures": figures,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     width = max(len(name) for name, _ in table)
     print(f"\n{workload}")
     for name, value in table:

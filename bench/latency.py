@@ -25,8 +25,9 @@ async def one(http: aiohttp.ClientSession, samples: list[tuple[float, float]]) -
     samples.append((view["output"] - sent, received - sent))
 
 
-async def steady(http: aiohttp.ClientSession, rate: float, seconds: float
-                 ) -> list[tuple[float, float]]:
+async def steady(
+    http: aiohttp.ClientSession, rate: float, seconds: float
+) -> list[tuple[float, float]]:
     """Open loop: a trigger every 1/rate seconds, whatever the previous ones are doing."""
     samples: list[tuple[float, float]] = []
     interval = 1 / rate
@@ -42,28 +43,38 @@ async def steady(http: aiohttp.ClientSession, rate: float, seconds: float
 
 async def main(rate: float, seconds: float, runs: int) -> None:
     results: list[dict[str, Any]] = []
-    async with engine_setup() as setup, aiohttp.ClientSession(
-            base_url=setup.engine.url, headers=setup.headers,
-            connector=aiohttp.TCPConnector(limit=0)) as http:
+    async with (
+        engine_setup() as setup,
+        aiohttp.ClientSession(
+            base_url=setup.engine.url,
+            headers=setup.headers,
+            connector=aiohttp.TCPConnector(limit=0),
+        ) as http,
+    ):
         workers = setup.workers(1, 200)
         try:
             await setup.wait_for_workers(http, 1)
             await steady(http, rate, min(5.0, seconds))  # warm-up
             for _ in range(runs):
                 samples = await steady(http, rate, seconds)
-                results.append({
-                    "trigger_to_start_ms": percentiles([s[0] * 1000 for s in samples]),
-                    "trigger_to_result_ms": percentiles([s[1] * 1000 for s in samples])})
+                results.append(
+                    {
+                        "trigger_to_start_ms": percentiles([s[0] * 1000 for s in samples]),
+                        "trigger_to_result_ms": percentiles([s[1] * 1000 for s in samples]),
+                    }
+                )
         finally:
             workers.stop()
     figures: dict[str, Any] = {}
     table = []
     for measure in ("trigger_to_start_ms", "trigger_to_result_ms"):
-        figures[measure] = {p: summary([r[measure][p] for r in results])
-                            for p in ("p50", "p95", "p99", "max")}
-        row = ", ".join(f"{p} {figures[measure][p]['median']:.2f}"
-                        for p in ("p50", "p95", "p99"))
-        table.append((measure.replace("_ms", " (ms)").replace("_", " "),
-                      f"{row}  (medians of {runs} runs)"))
-    await write_result("latency", {"rate": rate, "seconds": seconds, "runs": runs,
-                                   "workers": 1}, figures, table)
+        figures[measure] = {
+            p: summary([r[measure][p] for r in results]) for p in ("p50", "p95", "p99", "max")
+        }
+        row = ", ".join(f"{p} {figures[measure][p]['median']:.2f}" for p in ("p50", "p95", "p99"))
+        table.append(
+            (measure.replace("_ms", " (ms)").replace("_", " "), f"{row}  (medians of {runs} runs)")
+        )
+    await write_result(
+        "latency", {"rate": rate, "seconds": seconds, "runs": runs, "workers": 1}, figures, table
+    )

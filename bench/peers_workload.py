@@ -37,9 +37,11 @@ from bench.harness import (
 from bench.peers.base import Peer
 from taskyard_sdk import Taskyard
 
-PEERS = {"pgqueuer": "bench.peers.pgqueuer_peer:PgQueuerPeer",
-         "procrastinate": "bench.peers.procrastinate_peer:ProcrastinatePeer",
-         "celery": "bench.peers.celery_peer:CeleryPeer"}
+PEERS = {
+    "pgqueuer": "bench.peers.pgqueuer_peer:PgQueuerPeer",
+    "procrastinate": "bench.peers.procrastinate_peer:ProcrastinatePeer",
+    "celery": "bench.peers.celery_peer:CeleryPeer",
+}
 
 
 def load(name: str) -> type[Peer]:
@@ -47,8 +49,10 @@ def load(name: str) -> type[Peer]:
     try:
         return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
     except ImportError as exc:
-        raise SystemExit(f"peer {name!r} is not installed: {exc}. Run with "
-                         f"`uv run --group bench-{name} python -m bench peers`.") from None
+        raise SystemExit(
+            f"peer {name!r} is not installed: {exc}. Run with "
+            f"`uv run --group bench-{name} python -m bench peers`."
+        ) from None
 
 
 @contextlib.asynccontextmanager
@@ -70,8 +74,9 @@ async def until_completed(peer: Peer, target: int, timeout: float = 600) -> None
         await asyncio.sleep(0.05)
 
 
-async def peer_throughput(name: str, tasks: int, workers: int, runs: int,
-                          logs: Path) -> list[float]:
+async def peer_throughput(
+    name: str, tasks: int, workers: int, runs: int, logs: Path
+) -> list[float]:
     async with peer_setup(name) as peer:
         processes = await peer.start_workers(workers, "throughput", logs)
         try:
@@ -92,8 +97,9 @@ async def peer_throughput(name: str, tasks: int, workers: int, runs: int,
                 await process.wait()
 
 
-async def peer_latency(name: str, rate: float, seconds: float, runs: int,
-                       logs: Path) -> list[dict[str, float]]:
+async def peer_latency(
+    name: str, rate: float, seconds: float, runs: int, logs: Path
+) -> list[dict[str, float]]:
     async with peer_setup(name) as peer:
         [process] = await peer.start_workers(1, "latency", logs)
         starts: dict[int, float] = {}
@@ -123,8 +129,11 @@ async def peer_latency(name: str, rate: float, seconds: float, runs: int,
                         break
                     await asyncio.sleep(0.05)
                 if run:
-                    results.append(percentiles([(starts[n] - t) * 1000 for n, t in sent.items()
-                                                if n in starts]))
+                    results.append(
+                        percentiles(
+                            [(starts[n] - t) * 1000 for n, t in sent.items() if n in starts]
+                        )
+                    )
             return results
         finally:
             process.kill()
@@ -132,9 +141,13 @@ async def peer_latency(name: str, rate: float, seconds: float, runs: int,
             reader.cancel()
 
 
-async def enqueue_rates(enqueue_one: Callable[[int], Awaitable[None]],
-                        enqueue_batch: Callable[[range], Awaitable[None]] | None,
-                        single: int, batched: int, first: int) -> tuple[float, float | None]:
+async def enqueue_rates(
+    enqueue_one: Callable[[int], Awaitable[None]],
+    enqueue_batch: Callable[[range], Awaitable[None]] | None,
+    single: int,
+    batched: int,
+    first: int,
+) -> tuple[float, float | None]:
     """Jobs per second enqueued one call at a time, and in calls of 1,000."""
     started = time.perf_counter()
     for n in range(first, first + single):
@@ -147,9 +160,12 @@ async def enqueue_rates(enqueue_one: Callable[[int], Awaitable[None]],
     return one_by_one, batched / (time.perf_counter() - started)
 
 
-async def drain_rate(completed: Callable[[], Awaitable[int]],
-                     start_worker: Callable[[], Awaitable[object]], total: int,
-                     timeout: float = 600) -> float:
+async def drain_rate(
+    completed: Callable[[], Awaitable[int]],
+    start_worker: Callable[[], Awaitable[object]],
+    total: int,
+    timeout: float = 600,
+) -> float:
     """With `total` jobs queued, start one worker process; jobs per second from its first
     finished job to the last."""
     await start_worker()
@@ -166,14 +182,16 @@ async def drain_rate(completed: Callable[[], Awaitable[int]],
     return (total - first) / (time.perf_counter() - started)
 
 
-async def peer_enqueue_and_drain(name: str, single: int, batched: int, drain: int, runs: int,
-                                 logs: Path) -> dict[str, list[float]]:
+async def peer_enqueue_and_drain(
+    name: str, single: int, batched: int, drain: int, runs: int, logs: Path
+) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {"one_by_one": [], "batches": [], "drain": []}
     for run in range(runs):
         async with peer_setup(name) as peer:
             batch = peer.enqueue if name != "celery" else None
-            one, many = await enqueue_rates(peer.enqueue_one, batch, single, batched,
-                                            run * 10_000_000)
+            one, many = await enqueue_rates(
+                peer.enqueue_one, batch, single, batched, run * 10_000_000
+            )
             rates["one_by_one"].append(one)
             if many is not None:
                 rates["batches"].append(many)
@@ -197,8 +215,9 @@ async def peer_drain(name: str, drain: int, logs: Path) -> float:
                 await process.wait()
 
 
-async def taskyard_enqueue_and_drain(single: int, batched: int, drain: int,
-                                     runs: int) -> dict[str, list[float]]:
+async def taskyard_enqueue_and_drain(
+    single: int, batched: int, drain: int, runs: int
+) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {"one_by_one": [], "batches": [], "drain": []}
     for run in range(runs):
         one, many = await taskyard_enqueue(single, batched, run * 10_000_000)
@@ -234,7 +253,8 @@ async def taskyard_drain(drain: int) -> float:
         ty = Taskyard(setup.engine.url, setup.token)
         try:
             await ty.task(name="noop", schedule_timeout="1h")(_noop).aio_run_many_no_wait(
-                range(drain))
+                range(drain)
+            )
         finally:
             await ty.aio_close()
         db = await asyncpg.connect(setup.db_url)
@@ -255,14 +275,20 @@ async def _noop(n: int) -> int:
     return n
 
 
-async def taskyard_side(tasks: int, workers: int, runs: int, rate: float,
-                        seconds: float) -> tuple[list[float], list[dict[str, float]]]:
+async def taskyard_side(
+    tasks: int, workers: int, runs: int, rate: float, seconds: float
+) -> tuple[list[float], list[dict[str, float]]]:
     figures = await throughput.run_throughput(tasks, [workers], runs, 200, 2000)
     rates = figures[f"{workers}_workers"]["tasks_per_second"]["runs"]
     latencies = []
-    async with engine_setup() as setup, aiohttp.ClientSession(
-            base_url=setup.engine.url, headers=setup.headers,
-            connector=aiohttp.TCPConnector(limit=0)) as http:
+    async with (
+        engine_setup() as setup,
+        aiohttp.ClientSession(
+            base_url=setup.engine.url,
+            headers=setup.headers,
+            connector=aiohttp.TCPConnector(limit=0),
+        ) as http,
+    ):
         setup.workers(1)
         await setup.wait_for_workers(http, 1)
         await latency.steady(http, rate, min(5.0, seconds))
@@ -280,27 +306,39 @@ MEASURES = {  # figure -> (label, unit)
 }
 
 
-async def main(peers: list[str], tasks: int, workers: int, runs: int, rate: float,
-               seconds: float, single: int, batched: int, drain: int) -> None:
+async def main(
+    peers: list[str],
+    tasks: int,
+    workers: int,
+    runs: int,
+    rate: float,
+    seconds: float,
+    single: int,
+    batched: int,
+    drain: int,
+) -> None:
     for name in peers:
         load(name)  # fail early when a peer's group is not installed
     logs = Path(tempfile.mkdtemp(prefix="taskyard-peers-"))
     systems: dict[str, dict[str, Any]] = {}
     rates, latencies = await taskyard_side(tasks, workers, runs, rate, seconds)
-    systems["taskyard"] = {"throughput": rates, "latencies": latencies,
-                           **await taskyard_enqueue_and_drain(single, batched, drain, runs)}
+    systems["taskyard"] = {
+        "throughput": rates,
+        "latencies": latencies,
+        **await taskyard_enqueue_and_drain(single, batched, drain, runs),
+    }
     for name in peers:
-        systems[name] = {"throughput": await peer_throughput(name, tasks, workers, runs, logs),
-                         "latencies": await peer_latency(name, rate, seconds, runs, logs),
-                         **await peer_enqueue_and_drain(name, single, batched, drain, runs,
-                                                        logs)}
+        systems[name] = {
+            "throughput": await peer_throughput(name, tasks, workers, runs, logs),
+            "latencies": await peer_latency(name, rate, seconds, runs, logs),
+            **await peer_enqueue_and_drain(name, single, batched, drain, runs, logs),
+        }
     figures: dict[str, Any] = {}
     table = []
     ours = {measure: summary(systems["taskyard"][measure])["median"] for measure in MEASURES}
     ours_p50 = summary([r["p50"] for r in systems["taskyard"]["latencies"]])["median"]
     for name, data in systems.items():
-        figures[name] = {measure: summary(data[measure]) for measure in MEASURES
-                         if data[measure]}
+        figures[name] = {measure: summary(data[measure]) for measure in MEASURES if data[measure]}
         p50 = summary([r["p50"] for r in data["latencies"]])
         p99 = summary([r["p99"] for r in data["latencies"]])
         figures[name] |= {"start_p50_ms": p50, "start_p99_ms": p99}
@@ -313,11 +351,26 @@ async def main(peers: list[str], tasks: int, workers: int, runs: int, rate: floa
                 figures[name][f"{measure}_ratio"] = ours[measure] / value
                 ratio = f"  (taskyard/{name} {ours[measure] / value:.2f}x)"
             table.append((f"{name}: {label}", f"{value:,.0f} {unit}{ratio}"))
-        ratio = ("" if name == "taskyard"
-                 else f"  (taskyard/{name} {ours_p50 / p50['median']:.2f}x)")
-        table.append((f"{name}: enqueue -> start p50 / p99",
-                      f"{p50['median']:.1f} / {p99['median']:.1f} ms{ratio}"))
-    await write_result("peers", {"peers": peers, "tasks": tasks, "workers": workers,
-                                 "runs": runs, "rate": rate, "seconds": seconds,
-                                 "single": single, "batched": batched, "drain": drain},
-                       figures, table)
+        ratio = "" if name == "taskyard" else f"  (taskyard/{name} {ours_p50 / p50['median']:.2f}x)"
+        table.append(
+            (
+                f"{name}: enqueue -> start p50 / p99",
+                f"{p50['median']:.1f} / {p99['median']:.1f} ms{ratio}",
+            )
+        )
+    await write_result(
+        "peers",
+        {
+            "peers": peers,
+            "tasks": tasks,
+            "workers": workers,
+            "runs": runs,
+            "rate": rate,
+            "seconds": seconds,
+            "single": single,
+            "batched": batched,
+            "drain": drain,
+        },
+        figures,
+        table,
+    )

@@ -37,8 +37,9 @@ async def until(check: Any, timeout: float, every: float = 0.5) -> None:
 
 
 async def one_run(setup: Setup, tasks: int, workers: int) -> dict[str, float]:
-    async with aiohttp.ClientSession(base_url=setup.engine.url, headers=setup.headers,
-                                     timeout=aiohttp.ClientTimeout(total=None)) as http:
+    async with aiohttp.ClientSession(
+        base_url=setup.engine.url, headers=setup.headers, timeout=aiohttp.ClientTimeout(total=None)
+    ) as http:
         started = time.perf_counter()
         await trigger(http, "noop", tasks, batch=5000, concurrency=2)
         trigger_rate = tasks / (time.perf_counter() - started)
@@ -52,8 +53,7 @@ async def one_run(setup: Setup, tasks: int, workers: int) -> dict[str, float]:
 
     pool = setup.workers(workers)
     try:
-        async with aiohttp.ClientSession(base_url=setup.engine.url,
-                                         headers=setup.headers) as http:
+        async with aiohttp.ClientSession(base_url=setup.engine.url, headers=setup.headers) as http:
             await setup.wait_for_workers(http, workers)
         first_done = time.perf_counter()
         await until(lambda: _any_succeeded(setup.db_url), 120, every=0.05)
@@ -65,18 +65,24 @@ async def one_run(setup: Setup, tasks: int, workers: int) -> dict[str, float]:
     finally:
         pool.stop()
     peak = process_memory(setup.engine.pid)["peak_rss"]
-    return {"trigger_rate": trigger_rate, "rss_queued_mb": memory["rss"] / 2**20,
-            "peak_rss_queued_mb": memory["peak_rss"] / 2**20,
-            "rss_after_restart_mb": after_restart["rss"] / 2**20,
-            "restart_to_healthy_s": serving, "restart_to_first_result_s": resumed,
-            "drain_rate": drain_rate, "peak_rss_draining_mb": peak / 2**20}
+    return {
+        "trigger_rate": trigger_rate,
+        "rss_queued_mb": memory["rss"] / 2**20,
+        "peak_rss_queued_mb": memory["peak_rss"] / 2**20,
+        "rss_after_restart_mb": after_restart["rss"] / 2**20,
+        "restart_to_healthy_s": serving,
+        "restart_to_first_result_s": resumed,
+        "drain_rate": drain_rate,
+        "peak_rss_draining_mb": peak / 2**20,
+    }
 
 
 async def _any_succeeded(db_url: str) -> bool:
     conn = await asyncpg.connect(db_url)
     try:
-        return bool(await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'succeeded')"))
+        return bool(
+            await conn.fetchval("SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'succeeded')")
+        )
     finally:
         await conn.close()
 
@@ -91,10 +97,18 @@ async def main(tasks: int, workers: int, runs: int) -> None:
         async with engine_setup() as setup:
             samples.append(await one_run(setup, tasks, workers))
     figures = {key: summary([s[key] for s in samples]) for key in samples[0]}
-    units = {"trigger_rate": "runs/s", "drain_rate": "runs/s", "restart_to_healthy_s": "s",
-             "restart_to_first_result_s": "s"}
-    table = [(key, f"{value['median']:.1f} {units.get(key, 'MiB')}"
-              + (f" (range {value['min']:.1f}-{value['max']:.1f})" if runs > 1 else ""))
-             for key, value in figures.items()]
-    await write_result("scale", {"tasks": tasks, "workers": workers, "runs": runs}, figures,
-                       table)
+    units = {
+        "trigger_rate": "runs/s",
+        "drain_rate": "runs/s",
+        "restart_to_healthy_s": "s",
+        "restart_to_first_result_s": "s",
+    }
+    table = [
+        (
+            key,
+            f"{value['median']:.1f} {units.get(key, 'MiB')}"
+            + (f" (range {value['min']:.1f}-{value['max']:.1f})" if runs > 1 else ""),
+        )
+        for key, value in figures.items()
+    ]
+    await write_result("scale", {"tasks": tasks, "workers": workers, "runs": runs}, figures, table)

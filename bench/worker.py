@@ -31,16 +31,19 @@ def chain_workflow(length: int) -> Workflow[int]:
     chain = ty.workflow("bench-chain", input=int)
     previous: list[WorkflowTask[int, int]] = []
     for index in range(length):
-        previous = [chain.task(name=f"step-{index:02d}", parents=previous,
-                               schedule_timeout="1h")(noop_step)]
+        previous = [
+            chain.task(name=f"step-{index:02d}", parents=previous, schedule_timeout="1h")(noop_step)
+        ]
     return chain
 
 
 def fan_workflow(width: int) -> Workflow[int]:
     fan = ty.workflow("bench-fan", input=int)
     split = fan.task(name="split", schedule_timeout="1h")(noop_step)
-    leaves = [fan.task(name=f"leaf-{index:04d}", parents=[split], schedule_timeout="1h")(noop_step)
-              for index in range(width)]
+    leaves = [
+        fan.task(name=f"leaf-{index:04d}", parents=[split], schedule_timeout="1h")(noop_step)
+        for index in range(width)
+    ]
     fan.task(name="join", parents=leaves, schedule_timeout="1h")(noop_step)
     return fan
 
@@ -54,6 +57,9 @@ FAN = 1000
 
 if __name__ == "__main__":
     workflows = [chain_workflow(CHAIN), fan_workflow(FAN)] if os.environ.get("WORKFLOWS") else []
-    ty.worker(os.environ.get("WORKER_NAME", "bench"), tasks=[noop, stamp], workflows=workflows,
-              slots=int(os.environ.get("SLOTS", "200"))
-              ).start(log_level="warning")  # not a log line per run: it would be measured
+    ty.worker(
+        os.environ.get("WORKER_NAME", "bench"),
+        tasks=[noop, stamp],
+        workflows=workflows,
+        slots=int(os.environ.get("SLOTS", "200")),
+    ).start(log_level="warning")  # not a log line per run: it would be measured

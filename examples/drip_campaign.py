@@ -44,15 +44,20 @@ def send_email(to: str, subject: str) -> str:
 @ty.durable_task(retries=3)
 async def drip(user: NewUser, ctx: DurableContext) -> list[str]:
     sent = [await ctx.memo("welcome", send_email, user.email, "Welcome to Acme!")]
-    outcome = await ctx.wait_for(Or(
-        Sleep(WAIT), Event("user:upgraded", filter="payload.user_id == input.user_id")))
+    outcome = await ctx.wait_for(
+        Or(Sleep(WAIT), Event("user:upgraded", filter="payload.user_id == input.user_id"))
+    )
     if outcome.event is not None:
         plan = outcome.event["plan"]
-        sent.append(await ctx.memo("thanks", send_email, user.email,
-                                   f"Thanks for upgrading to {plan}!"))
+        sent.append(
+            await ctx.memo("thanks", send_email, user.email, f"Thanks for upgrading to {plan}!")
+        )
     else:
-        sent.append(await ctx.memo("nudge", send_email, user.email,
-                                   "Still thinking it over? Here is 20% off."))
+        sent.append(
+            await ctx.memo(
+                "nudge", send_email, user.email, "Still thinking it over? Here is 20% off."
+            )
+        )
     return sent
 
 

@@ -56,8 +56,9 @@ def trigger() -> None:
     stats = word_count.run(Document(title="greeting", text="Hello world, hello Taskyard!"))
     print(f"{stats.title}: {stats.words} words, top {stats.top}")
     print(shout.run("tasks are fun"))
-    results = word_count.run_many([Document(title=f"doc {i}", text="a b a " * i)
-                                   for i in range(1, 4)])
+    results = word_count.run_many(
+        [Document(title=f"doc {i}", text="a b a " * i) for i in range(1, 4)]
+    )
     print("batch:", [r.words for r in results if isinstance(r, Stats)])
     try:
         word_count.run(Document(title="blank", text=" "))

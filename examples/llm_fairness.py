@@ -44,17 +44,23 @@ class Completion(BaseModel):
 
 
 @ty.task(
-    rate_limits=[RateLimit(key="llm-tokens", units="input.max_tokens"),
-                 RateLimit(dynamic_key="'user:' + input.user_id", limit=30, duration="minute")],
+    rate_limits=[
+        RateLimit(key="llm-tokens", units="input.max_tokens"),
+        RateLimit(dynamic_key="'user:' + input.user_id", limit=30, duration="minute"),
+    ],
     concurrency=Concurrency(expression="input.user_id", max_runs=1),
-    retries=3, backoff_factor=2,
+    retries=3,
+    backoff_factor=2,
 )
 async def summarize(prompt: Prompt, ctx: Context) -> Completion:
     await asyncio.sleep(0.05)  # the provider thinking
     words = prompt.text.split()
     ctx.log(f"summarised {len(words)} words for {prompt.user_id}")
-    return Completion(user_id=prompt.user_id, summary=" ".join(words[:3]) + " ...",
-                      tokens=min(prompt.max_tokens, 10 * len(words)))
+    return Completion(
+        user_id=prompt.user_id,
+        summary=" ".join(words[:3]) + " ...",
+        tokens=min(prompt.max_tokens, 10 * len(words)),
+    )
 
 
 def worker() -> None:
@@ -65,8 +71,11 @@ async def demo() -> None:
     await ty.rate_limits.aio_put("llm-tokens", limit=200_000, duration="minute")
     # The busy user's twelve requests are queued first, then two other users ask once each...
     prompts = [Prompt(user_id="busy", text=f"report number {n} " * 20) for n in range(12)]
-    prompts += [Prompt(user_id=user, text=f"a short note from {user} " * 5)
-                for user in ("ana", "ben") for _ in range(3)]
+    prompts += [
+        Prompt(user_id=user, text=f"a short note from {user} " * 5)
+        for user in ("ana", "ben")
+        for _ in range(3)
+    ]
     handles = await summarize.aio_run_many_no_wait(prompts)
     finished: list[str] = []
 
@@ -77,10 +86,13 @@ async def demo() -> None:
     await asyncio.gather(*(wait(handle) for handle in handles))
     # ... and are served in turn: each of them is done before the busy user's backlog is.
     for user in ("ana", "ben"):
-        print(f"{user}: last of 3 calls done as call {max_position(finished, user)} of "
-              f"{len(finished)}")
-    print(f"busy: last of 12 calls done as call {max_position(finished, 'busy')} of "
-          f"{len(finished)}")
+        print(
+            f"{user}: last of 3 calls done as call {max_position(finished, user)} of "
+            f"{len(finished)}"
+        )
+    print(
+        f"busy: last of 12 calls done as call {max_position(finished, 'busy')} of {len(finished)}"
+    )
     tokens = await ty.rate_limits.aio_get("llm-tokens")
     print(f"llm-tokens: {tokens.used} of {tokens.limit} this minute")
 

@@ -58,9 +58,12 @@ async def create_resources(user: Signup, ctx: Context) -> Workspace:
 @signup.task(parents=[create_resources], retries=5)
 async def greet(user: Signup, ctx: Context) -> Email:
     workspace = ctx.parent_output(create_resources)
-    return Email(to=user.email, subject=f"Welcome to Acme, {user.name}!",
-                 body=f"Your workspace {workspace.workspace_id} has "
-                      f"{workspace.storage_quota_gb} GB waiting for you.")
+    return Email(
+        to=user.email,
+        subject=f"Welcome to Acme, {user.name}!",
+        body=f"Your workspace {workspace.workspace_id} has "
+        f"{workspace.storage_quota_gb} GB waiting for you.",
+    )
 
 
 @signup.task(parents=[create_resources], skip_if="input.newsletter == false")
@@ -93,8 +96,9 @@ async def sign_up(user: Signup) -> None:
 
 async def main() -> None:
     await signup.aio_register()  # the worker registers it too; the same definition is one version
-    await sign_up(Signup(user_id=7, name="Ada", email="ada@example.com", plan="pro",
-                         newsletter=True))
+    await sign_up(
+        Signup(user_id=7, name="Ada", email="ada@example.com", plan="pro", newsletter=True)
+    )
     await sign_up(Signup(user_id=8, name="Grace", email="grace@example.com"))
     # Or run the workflow directly, with typed outputs:
     outputs = await signup.aio_run(Signup(user_id=9, name="Linus", email="linus@example.com"))

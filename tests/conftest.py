@@ -98,9 +98,14 @@ def data_dir(tmp_path: Path) -> Path:
 
 def engine_settings(db_url: str, data_dir: Path, **overrides: object) -> EngineSettings:
     """Settings for test engines: fast heartbeats, so lost workers are noticed in about 1 s."""
-    values: dict[str, object] = {"database_url": db_url, "port": 0, "data_dir": data_dir,
-                                 "migrate": False, "heartbeat_interval": 0.2,
-                                 "heartbeat_timeout": 1.0}
+    values: dict[str, object] = {
+        "database_url": db_url,
+        "port": 0,
+        "data_dir": data_dir,
+        "migrate": False,
+        "heartbeat_interval": 0.2,
+        "heartbeat_timeout": 1.0,
+    }
     values.update(overrides)
     return EngineSettings.model_validate(values)
 
@@ -137,10 +142,12 @@ class TenantTokens:
 @pytest.fixture
 async def tenant(engine: Engine) -> TenantTokens:
     created = await engine.repository.create_tenant(f"acme-{uuid.uuid4().hex[:6]}")
-    secrets = {role: (await engine.repository.create_token(created.tenant_id, role))[1]
-               for role in Role}
-    return TenantTokens(created.tenant_id, secrets[Role.ADMIN], secrets[Role.CLIENT],
-                        secrets[Role.WORKER])
+    secrets = {
+        role: (await engine.repository.create_token(created.tenant_id, role))[1] for role in Role
+    }
+    return TenantTokens(
+        created.tenant_id, secrets[Role.ADMIN], secrets[Role.CLIENT], secrets[Role.WORKER]
+    )
 
 
 @pytest.fixture

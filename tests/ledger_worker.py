@@ -23,8 +23,13 @@ pool: asyncpg.Pool | None = None
 
 async def write_ledger(n: int, ctx: Context) -> int:
     assert pool is not None
-    await pool.execute("INSERT INTO ledger (n, run_id, attempt, worker) VALUES ($1, $2, $3, $4)",
-                       n, ctx.run_id, ctx.attempt, NAME)
+    await pool.execute(
+        "INSERT INTO ledger (n, run_id, attempt, worker) VALUES ($1, $2, $3, $4)",
+        n,
+        ctx.run_id,
+        ctx.attempt,
+        NAME,
+    )
     if SLEEP:
         await asyncio.sleep(SLEEP)
     return n
@@ -95,9 +100,12 @@ async def await_upgrade(n: int, ctx: DurableContext) -> str:
 async def main() -> None:
     global pool
     pool = await asyncpg.create_pool(os.environ["LEDGER_DATABASE_URL"], min_size=1, max_size=20)
-    worker = ty.worker(NAME, tasks=[record, noop, nap, nap_until, await_upgrade],
-                       workflows=[dag],
-                       slots=int(os.environ.get("SLOTS", "100")))
+    worker = ty.worker(
+        NAME,
+        tasks=[record, noop, nap, nap_until, await_upgrade],
+        workflows=[dag],
+        slots=int(os.environ.get("SLOTS", "100")),
+    )
     print(f"worker {NAME} starting", flush=True)
     await worker.aio_start(handle_signals=True)
 

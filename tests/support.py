@@ -13,8 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from taskyard.testing import clean_env
 
-ADMIN_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL",
-                           "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "TASKYARD_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def database_url(name: str) -> str:
@@ -23,11 +24,18 @@ def database_url(name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def taskyard(*args: str, env: Mapping[str, str] | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def taskyard(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the `taskyard` CLI to completion."""
-    return subprocess.run([sys.executable, "-m", "taskyard", *args], capture_output=True,
-                          text=True, env=dict(env or clean_env()), timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "taskyard", *args],
+        capture_output=True,
+        text=True,
+        env=dict(env or clean_env()),
+        timeout=timeout,
+        check=False,
+    )
 
 
 LEDGER_TABLE = """
@@ -55,13 +63,20 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = clean_env(TASKYARD_URL=self.url, TASKYARD_TOKEN=self.token,
-                        LEDGER_DATABASE_URL=self.ledger_url, WORKER_NAME=self.name,
-                        SLOTS=str(self.slots), LEDGER_SLEEP=str(self.sleep), **self.env_extra)
+        env = clean_env(
+            TASKYARD_URL=self.url,
+            TASKYARD_TOKEN=self.token,
+            LEDGER_DATABASE_URL=self.ledger_url,
+            WORKER_NAME=self.name,
+            SLOTS=str(self.slots),
+            LEDGER_SLEEP=str(self.sleep),
+            **self.env_extra,
+        )
         log = self.log_path.open("ab")
         script = Path(__file__).with_name("ledger_worker.py")
-        self.process = subprocess.Popen([sys.executable, str(script)], stdout=log,
-                                        stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         log.close()
         return self
 

@@ -44,8 +44,11 @@ class SlackServer:
     tokens: list[str] = field(default_factory=list)
 
     async def post_message(self, request: web.Request) -> web.Response:
-        body = await request.json() if request.content_type == "application/json" \
+        body = (
+            await request.json()
+            if request.content_type == "application/json"
             else dict(await request.post())
+        )
         self.posts.append(body)
         self.tokens.append(request.headers.get("Authorization", ""))
         return web.json_response({"ok": True, "channel": body.get("channel"), "ts": "1.0"})
@@ -74,8 +77,13 @@ async def slack() -> AsyncIterator[tuple[SlackServer, str]]:
 
 
 @pytest.fixture
-async def alerting(db_url: str, data_dir: Path, inbox: Any, slack: tuple[SlackServer, str],
-                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Engine, Taskyard]]:
+async def alerting(
+    db_url: str,
+    data_dir: Path,
+    inbox: Any,
+    slack: tuple[SlackServer, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[Engine, Taskyard]]:
     _, smtp_port = inbox
     _, slack_url = slack
     monkeypatch.setenv("TASKYARD_SMTP_HOST", "127.0.0.1")
@@ -83,8 +91,9 @@ async def alerting(db_url: str, data_dir: Path, inbox: Any, slack: tuple[SlackSe
     monkeypatch.setenv("TASKYARD_SMTP_FROM", "taskyard@acme.test")
     monkeypatch.setenv("TASKYARD_SLACK_TOKEN", "xoxb-test")
     monkeypatch.setenv("TASKYARD_SLACK_API_URL", slack_url)
-    settings = engine_settings(db_url, data_dir, plugins=["email", "slack"],
-                               public_url="https://taskyard.acme.test")
+    settings = engine_settings(
+        db_url, data_dir, plugins=["email", "slack"], public_url="https://taskyard.acme.test"
+    )
     async with Engine(settings) as engine:
         ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
         yield engine, ty
@@ -104,13 +113,20 @@ async def _until(check: Any, timeout: float = 10) -> None:
 
 
 async def test_a_failing_task_is_alerted_by_email_and_in_slack(
-        alerting: tuple[Engine, Taskyard], inbox: Any, slack: tuple[SlackServer, str]) -> None:
+    alerting: tuple[Engine, Taskyard], inbox: Any, slack: tuple[SlackServer, str]
+) -> None:
     _, ty = alerting
     mail, _ = inbox
     server, _ = slack
     await _rule(ty, {"channel": "email", "target": {"to": ["ops@acme.test"]}})
-    await _rule(ty, {"channel": "slack", "target": {"channel": "#ops"},
-                     "events": ["failed", "schedule_timeout"]})
+    await _rule(
+        ty,
+        {
+            "channel": "slack",
+            "target": {"channel": "#ops"},
+            "events": ["failed", "schedule_timeout"],
+        },
+    )
     wf = ty.workflow("nightly-export")
 
     @wf.task(retries=1)
@@ -147,11 +163,19 @@ async def test_a_failing_task_is_alerted_by_email_and_in_slack(
 
 
 async def test_failures_inside_the_window_give_one_alert_then_a_folded_count(
-        alerting: tuple[Engine, Taskyard], inbox: Any) -> None:
+    alerting: tuple[Engine, Taskyard], inbox: Any
+) -> None:
     _, ty = alerting
     mail, _ = inbox
-    await _rule(ty, {"channel": "email", "target": {"to": ["ops@acme.test"]}, "window": "2s",
-                     "tasks": ["charge"]})
+    await _rule(
+        ty,
+        {
+            "channel": "email",
+            "target": {"to": ["ops@acme.test"]},
+            "window": "2s",
+            "tasks": ["charge"],
+        },
+    )
 
     @ty.task()
     async def charge(n: int) -> int:
@@ -167,8 +191,14 @@ async def test_failures_inside_the_window_give_one_alert_then_a_folded_count(
         await unrelated.aio_run_many([1], timeout=10, return_exceptions=True)
     await _until(lambda: len(mail.messages) >= 1)
     # A rule added meanwhile does not lose the open window's count.
-    await _rule(ty, {"channel": "email", "target": {"to": ["audit@acme.test"]},
-                     "tasks": ["nothing-fails-here"]})
+    await _rule(
+        ty,
+        {
+            "channel": "email",
+            "target": {"to": ["audit@acme.test"]},
+            "tasks": ["nothing-fails-here"],
+        },
+    )
     await asyncio.sleep(0.5)
     assert len(mail.messages) == 1  # one alert inside the window
     await _until(lambda: len(mail.messages) >= 2, timeout=10)
@@ -186,22 +216,31 @@ async def test_bad_alert_rules_are_refused(alerting: tuple[Engine, Taskyard]) ->
     async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as client:
         cases = [
             ({"channel": "pager"}, "no alert channel 'pager'; loaded channels: email, slack"),
-            ({"channel": "email", "target": {"to": "not-a-list"}},
-             'body.target: the email channel needs {"to": ["someone@example.com", ...]}'),
+            (
+                {"channel": "email", "target": {"to": "not-a-list"}},
+                'body.target: the email channel needs {"to": ["someone@example.com", ...]}',
+            ),
             ({"channel": "slack"}, 'the slack channel needs {"channel": "#channel-name"}'),
-            ({"channel": "email", "target": {"to": ["a@b.c"]}, "events": ["exploded"]},
-             "body.events[0]"),
+            (
+                {"channel": "email", "target": {"to": ["a@b.c"]}, "events": ["exploded"]},
+                "body.events[0]",
+            ),
         ]
         for body, message in cases:
             async with client.post("/api/v1/alert-rules", json=body) as response:
                 error = (await response.json())["error"]
             assert response.status == 422, body
             assert message in error["message"], error["message"]
-        worker_token = (await ty.transport.request(
-            "POST", "/api/v1/tokens", json_body={"role": "worker", "name": "w"}))["token"]
-        async with client.post("/api/v1/alert-rules", json={"channel": "email",
-                               "target": {"to": ["a@b.c"]}},
-                               headers={"Authorization": f"Bearer {worker_token}"}) as response:
+        worker_token = (
+            await ty.transport.request(
+                "POST", "/api/v1/tokens", json_body={"role": "worker", "name": "w"}
+            )
+        )["token"]
+        async with client.post(
+            "/api/v1/alert-rules",
+            json={"channel": "email", "target": {"to": ["a@b.c"]}},
+            headers={"Authorization": f"Bearer {worker_token}"},
+        ) as response:
             assert response.status == 403  # workers do not say where alerts go
         rule = await _rule(ty, {"channel": "email", "target": {"to": ["a@b.c"]}})
         async with client.get("/api/v1/alert-rules") as response:
@@ -245,8 +284,9 @@ async def test_a_plugin_that_raises_does_not_stop_the_work(db_url: str, data_dir
             return n
 
         async with ty.worker("w", tasks=[sometimes], slots=10):
-            results = await sometimes.aio_run_many(list(range(10)), timeout=20,
-                                                   return_exceptions=True)
+            results = await sometimes.aio_run_many(
+                list(range(10)), timeout=20, return_exceptions=True
+            )
             assert [r for r in results if not isinstance(r, TaskFailed)] == [0, 2, 4, 6, 8]
             assert await sometimes.aio_run(10, timeout=10) == 10  # still serving
         await _until(lambda: engine.alerter.failed_deliveries["explodes"] >= 1, timeout=15)
@@ -270,8 +310,7 @@ class Observer:
         self.ended.extend(runs)
 
 
-async def test_lifecycle_observers_see_state_changes_and_ends(db_url: str,
-                                                             data_dir: Path) -> None:
+async def test_lifecycle_observers_see_state_changes_and_ends(db_url: str, data_dir: Path) -> None:
     observer = Observer()
     async with Engine(engine_settings(db_url, data_dir), plugins=[observer]) as engine:
         ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
@@ -291,13 +330,15 @@ async def test_lifecycle_observers_see_state_changes_and_ends(db_url: str,
     assert statuses[-1] == "succeeded"
     assert "running" in statuses or "assigned" in statuses
     kinds = {(e.kind, e.task, e.status) for e in observer.ended}
-    assert kinds == {("task", "observed:step", "succeeded"),
-                     ("workflow", "observed", "succeeded")}
+    assert kinds == {("task", "observed:step", "succeeded"), ("workflow", "observed", "succeeded")}
 
 
 async def test_the_slack_action_posts_and_a_webhook_url_works_too(
-        alerting: tuple[Engine, Taskyard], slack: tuple[SlackServer, str], data_dir: Path,
-        workflows_dir_for_slack: Path) -> None:
+    alerting: tuple[Engine, Taskyard],
+    slack: tuple[SlackServer, str],
+    data_dir: Path,
+    workflows_dir_for_slack: Path,
+) -> None:
     _, ty = alerting
     server, _ = slack
     event = None
@@ -311,8 +352,9 @@ async def test_the_slack_action_posts_and_a_webhook_url_works_too(
     [run_id] = event.triggered
     view = (await ty.runs.aio_wait([run_id], timeout=20))[run_id]
     assert view.output == {"post": {"posted": True}}
-    assert {"channel": "#releases", "text": "Version 1.2 is out"}.items() <= \
-        server.posts[-1].items()
+    assert {"channel": "#releases", "text": "Version 1.2 is out"}.items() <= server.posts[
+        -1
+    ].items()
 
     hooked: list[dict[str, Any]] = []
 
@@ -341,17 +383,22 @@ def workflows_dir_for_slack(data_dir: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "announce.yaml").write_text(
         'name: announce\ntriggers: {events: ["release:out"]}\njobs:\n  tell:\n    steps:\n'
-        '      - id: post\n        action: slack:post-message\n'
-        '        with: {channel: "#releases", text: "Version {{ input.version }} is out"}\n')
+        "      - id: post\n        action: slack:post-message\n"
+        '        with: {channel: "#releases", text: "Version {{ input.version }} is out"}\n'
+    )
     return folder
 
 
 async def test_with_no_channel_loaded_the_refusal_says_how_to_load_one(
-        engine: Engine, http: aiohttp.ClientSession, data_dir: Path) -> None:
+    engine: Engine, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
     headers = {"Authorization": f"Bearer {(data_dir / 'token').read_text().strip()}"}
-    async with http.post("/api/v1/alert-rules", json={"channel": "email", "target": {}},
-                         headers=headers) as response:
+    async with http.post(
+        "/api/v1/alert-rules", json={"channel": "email", "target": {}}, headers=headers
+    ) as response:
         error = (await response.json())["error"]
     assert response.status == 422
-    assert error["message"] == ("body.channel: no alert channel 'email'; loaded channels: none "
-                                "(start the engine with --plugin email or --plugin slack)")
+    assert error["message"] == (
+        "body.channel: no alert channel 'email'; loaded channels: none "
+        "(start the engine with --plugin email or --plugin slack)"
+    )

@@ -14,8 +14,9 @@ from tests.support import taskyard
 
 
 def whoami(url: str, token: str) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(f"{url}/api/v1/whoami",
-                                     headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -33,8 +34,13 @@ def test_migrate_then_up_to_date(empty_db_url: str) -> None:
 
 
 def test_unreachable_database_is_a_one_line_error() -> None:
-    result = taskyard("migrate", "--database-wait", "0.3", "--database-url",
-                      f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    result = taskyard(
+        "migrate",
+        "--database-wait",
+        "0.3",
+        "--database-url",
+        f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("error: cannot connect to PostgreSQL")
     assert "Traceback" not in result.stderr
@@ -50,14 +56,27 @@ def test_tenants_and_tokens_from_the_command_line(db_url: str, tmp_path: Path) -
     assert duplicate.returncode == 1
     assert "a tenant named 'acme' already exists" in duplicate.stderr
 
-    token = taskyard("token", "create", "--tenant", tenant_id, "--role", "worker", "--name", "w1",
-                     "--database-url", db_url)
+    token = taskyard(
+        "token",
+        "create",
+        "--tenant",
+        tenant_id,
+        "--role",
+        "worker",
+        "--name",
+        "w1",
+        "--database-url",
+        db_url,
+    )
     assert token.returncode == 0, token.stderr
     token_id = re.search(r"token id:\s+(\S+)", token.stdout).group(1)  # type: ignore[union-attr]
     worker = re.search(r"token:\s+(ty_\S+)", token.stdout).group(1)  # type: ignore[union-attr]
 
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(tmp_path / "d")],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        ["--database-url", db_url, "--data-dir", str(tmp_path / "d")],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     try:
         status, body = whoami(engine.url, admin)
         assert status == 200
@@ -77,30 +96,37 @@ def test_tenants_and_tokens_from_the_command_line(db_url: str, tmp_path: Path) -
 
 def test_token_commands_reject_unknown_ids(db_url: str) -> None:
     unknown = "00000000-0000-0000-0000-000000000001"
-    created = taskyard("token", "create", "--tenant", unknown, "--role", "client",
-                       "--database-url", db_url)
+    created = taskyard(
+        "token", "create", "--tenant", unknown, "--role", "client", "--database-url", db_url
+    )
     assert created.returncode != 0
     assert f"no tenant with id {unknown}" in created.stderr
     revoked = taskyard("token", "revoke", unknown, "--database-url", db_url)
     assert revoked.returncode != 0
     assert f"no token with id {unknown}" in revoked.stderr
-    bad_role = taskyard("token", "create", "--tenant", unknown, "--role", "root",
-                        "--database-url", db_url)
+    bad_role = taskyard(
+        "token", "create", "--tenant", unknown, "--role", "root", "--database-url", db_url
+    )
     assert bad_role.returncode == 2
     assert "'root' is not one of" in bad_role.stderr
 
 
 def test_engine_settings_come_from_the_environment(db_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = clean_env(TASKYARD_DATABASE_URL=db_url, TASKYARD_PORT=str(port),
-                    TASKYARD_HOST="127.0.0.1", TASKYARD_DATA_DIR=str(tmp_path / "d"),
-                    TASKYARD_PLUGINS="hello")
+    env = clean_env(
+        TASKYARD_DATABASE_URL=db_url,
+        TASKYARD_PORT=str(port),
+        TASKYARD_HOST="127.0.0.1",
+        TASKYARD_DATA_DIR=str(tmp_path / "d"),
+        TASKYARD_PLUGINS="hello",
+    )
     engine = EngineProcess([], env, tmp_path / "engine.log", port=port)  # no flags at all
     engine.start()
     try:
         token = (tmp_path / "d" / "token").read_text().strip()
-        request = urllib.request.Request(f"{engine.url}/api/v1/hello",
-                                         headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            f"{engine.url}/api/v1/hello", headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert json.loads(response.read())["hello"] == "default"
     finally:
@@ -109,8 +135,9 @@ def test_engine_settings_come_from_the_environment(db_url: str, tmp_path: Path) 
 
 
 def test_no_migrate_refuses_a_database_that_lacks_migrations(empty_db_url: str) -> None:
-    result = taskyard("engine", "--no-migrate", "--database-url", empty_db_url,
-                      "--port", str(free_port()))
+    result = taskyard(
+        "engine", "--no-migrate", "--database-url", empty_db_url, "--port", str(free_port())
+    )
     assert result.returncode == 1
     assert "the database lacks migrations 0001_tenants_and_tokens" in result.stderr
     assert "run `taskyard migrate` or start without --no-migrate" in result.stderr
@@ -118,21 +145,28 @@ def test_no_migrate_refuses_a_database_that_lacks_migrations(empty_db_url: str) 
 
 
 def test_unknown_plugin_stops_the_engine_listing_installed_ones(db_url: str) -> None:
-    result = taskyard("engine", "--database-url", db_url, "--port", str(free_port()),
-                      "--plugin", "nope")
+    result = taskyard(
+        "engine", "--database-url", db_url, "--port", str(free_port()), "--plugin", "nope"
+    )
     assert result.returncode == 1
-    assert ("unknown plugin 'nope'; installed plugins: email, hello, http, slack, webhooks"
-            in result.stderr)
+    assert (
+        "unknown plugin 'nope'; installed plugins: email, hello, http, slack, webhooks"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_engine_shuts_down_cleanly_on_signals(db_url: str, tmp_path: Path,
-                                              signal_name: str) -> None:
+def test_engine_shuts_down_cleanly_on_signals(
+    db_url: str, tmp_path: Path, signal_name: str
+) -> None:
     import signal
 
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(tmp_path)],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        ["--database-url", db_url, "--data-dir", str(tmp_path)],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     assert engine.process is not None
     engine.process.send_signal(getattr(signal, signal_name))
     assert engine.process.wait(30) == 0

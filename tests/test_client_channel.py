@@ -155,16 +155,24 @@ async def test_a_call_answers_as_its_rest_endpoint(
         # deeper than the limit, and (230) than pydantic's JSON parser reads: refused by id
         *(
             (
-                {"id": 1, "method": "POST", "path": "/api/v1/runs",
-                 "body": {"task": "t", "input": nested(depth)}},
+                {
+                    "id": 1,
+                    "method": "POST",
+                    "path": "/api/v1/runs",
+                    "body": {"task": "t", "input": nested(depth)},
+                },
                 422,
                 f"body.input[0][0]…[0][0]: {TOO_DEEP}",
             )
             for depth in (MAX_JSON_DEPTH, 230)
         ),
         (
-            {"id": 1, "method": "POST", "path": "/api/v1/runs",
-             "body": {"task": "t", "input": {"n": 10**30}}},
+            {
+                "id": 1,
+                "method": "POST",
+                "path": "/api/v1/runs",
+                "body": {"task": "t", "input": {"n": 10**30}},
+            },
             422,
             "body: holds a number that cannot be stored",
         ),

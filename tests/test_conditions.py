@@ -31,7 +31,8 @@ async def _until_step(ty: Taskyard, run_id: uuid.UUID, step: str, status: RunSta
 
 
 async def test_skips_propagate_only_down_branches_where_every_parent_was_skipped(
-        ty: Taskyard) -> None:
+    ty: Taskyard,
+) -> None:
     wf = ty.workflow("branches", input=Order)
     seen: dict[str, bool] = {}
 
@@ -62,8 +63,13 @@ async def test_skips_propagate_only_down_branches_where_every_parent_was_skipped
         small = await wf.aio_run(Order(order_id=1, amount=5), timeout=30)
         assert seen == {"review": True, "approve": False}
         big = await wf.aio_run(Order(order_id=2, amount=500), timeout=30)
-    assert small == {"check": {"big": False}, "review": None, "approve": "approved",
-                     "after_review": None, "ship": "shipped after approved"}
+    assert small == {
+        "check": {"big": False},
+        "review": None,
+        "approve": "approved",
+        "after_review": None,
+        "ship": "shipped after approved",
+    }
     assert big["ship"] == "shipped after reviewed"
     assert big["approve"] is None
     runs = (await ty.runs.aio_list(task=["branches"])).runs
@@ -97,8 +103,11 @@ async def test_cancel_if_cancels_the_step_its_descendants_and_the_run(ty: Taskya
     assert cancelled.status is RunStatus.CANCELLED
     assert "cancel_if held: parents.fraud_score > 90" in cancelled.error.message
     statuses = await _step_statuses(ty, cancelled.run_id)
-    assert statuses == {"fraud_score": RunStatus.SUCCEEDED, "charge": RunStatus.CANCELLED,
-                        "receipt": RunStatus.CANCELLED}
+    assert statuses == {
+        "fraud_score": RunStatus.SUCCEEDED,
+        "charge": RunStatus.CANCELLED,
+        "receipt": RunStatus.CANCELLED,
+    }
 
 
 async def test_a_condition_that_cannot_be_evaluated_fails_the_step(ty: Taskyard) -> None:
@@ -211,8 +220,7 @@ async def test_and_waits_for_every_condition(ty: Taskyard) -> None:
     assert outputs["later"] - begun >= 0.9
 
 
-async def test_events_since_the_run_started_count_even_before_the_step_waits(
-        ty: Taskyard) -> None:
+async def test_events_since_the_run_started_count_even_before_the_step_waits(ty: Taskyard) -> None:
     wf = ty.workflow("early-bird")
 
     @wf.task()

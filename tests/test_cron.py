@@ -23,8 +23,10 @@ def test_a_wall_clock_time_that_dst_repeats_fires_once() -> None:
     before = datetime(2025, 10, 25, 12, tzinfo=PARIS).timestamp()
     first = next_tick("30 2 * * *", "Europe/Paris", before)
     second = next_tick("30 2 * * *", "Europe/Paris", first)
-    assert [_local(first), _local(second)] == ["2025-10-26T02:30:00+02:00",
-                                               "2025-10-27T02:30:00+01:00"]
+    assert [_local(first), _local(second)] == [
+        "2025-10-26T02:30:00+02:00",
+        "2025-10-27T02:30:00+01:00",
+    ]
     assert ticks_between("30 2 * * *", "Europe/Paris", before, second, 10) == [first, second]
 
 
@@ -32,8 +34,10 @@ def test_local_times_hold_across_the_spring_change() -> None:
     before = datetime(2025, 3, 29, 12, tzinfo=PARIS).timestamp()
     nine = next_tick("0 9 * * *", "Europe/Paris", before)
     after = next_tick("0 9 * * *", "Europe/Paris", nine)
-    assert [_local(nine), _local(after)] == ["2025-03-30T09:00:00+02:00",
-                                             "2025-03-31T09:00:00+02:00"]
+    assert [_local(nine), _local(after)] == [
+        "2025-03-30T09:00:00+02:00",
+        "2025-03-31T09:00:00+02:00",
+    ]
     assert after - nine == 86_400
 
 

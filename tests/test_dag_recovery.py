@@ -21,21 +21,37 @@ STEPS = ("first", "left", "right", "join")
 
 
 async def test_engine_killed_during_dag_progression_finishes_every_run_once(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     await execute(db_url, LEDGER_TABLE)
     data_dir = tmp_path / "engine"
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir),
-                            "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        [
+            "--database-url",
+            db_url,
+            "--data-dir",
+            str(data_dir),
+            "--heartbeat-interval",
+            "0.5",
+            "--heartbeat-timeout",
+            "3",
+        ],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     token = (data_dir / "token").read_text().strip()
-    worker = WorkerProcess(engine.url, token, db_url, "dag", tmp_path / "worker.log", slots=40,
-                           sleep=0.02).start()
+    worker = WorkerProcess(
+        engine.url, token, db_url, "dag", tmp_path / "worker.log", slots=40, sleep=0.02
+    ).start()
     headers = {"Authorization": f"Bearer {token}"}
     try:
         async with aiohttp.ClientSession(base_url=engine.url) as http:
             await wait_until(lambda: _registered(http, headers), 30, "the workflow")
-            async with http.post("/api/v1/workflows/ledger-dag/runs/batch", headers=headers,
-                                 json={"runs": [{"input": n} for n in range(RUNS)]}) as response:
+            async with http.post(
+                "/api/v1/workflows/ledger-dag/runs/batch",
+                headers=headers,
+                json={"runs": [{"input": n} for n in range(RUNS)]},
+            ) as response:
                 assert response.status == 201, await response.text()
                 run_ids = [ref["run_id"] for ref in (await response.json())["runs"]]
         # Kill once the DAGs are well under way: some runs done, others mid-diamond.
@@ -52,16 +68,17 @@ async def test_engine_killed_during_dag_progression_finishes_every_run_once(
         per_run = await conn.fetch(
             "SELECT workflow_run_id, count(*) AS steps, count(DISTINCT step) AS distinct_steps, "
             "bool_and(status = 'succeeded') AS ok FROM runs WHERE workflow_run_id IS NOT NULL "
-            "GROUP BY workflow_run_id")
+            "GROUP BY workflow_run_id"
+        )
         outputs = await conn.fetch("SELECT output FROM runs WHERE kind = 'workflow'")
         done = {row["n"] for row in await conn.fetch("SELECT DISTINCT n FROM ledger")}
         duplicates = await conn.fetchval(
             "SELECT coalesce(sum(times - 1), 0) FROM "
-            "(SELECT count(*) AS times FROM ledger GROUP BY n) t")
+            "(SELECT count(*) AS times FROM ledger GROUP BY n) t"
+        )
     finally:
         await conn.close()
-    print(f"dag kill -9: {steps_before} step rows before the kill, ledger duplicates "
-          f"{duplicates}")
+    print(f"dag kill -9: {steps_before} step rows before the kill, ledger duplicates {duplicates}")
     assert {str(row["workflow_run_id"]) for row in per_run} == set(run_ids)
     assert all(row["steps"] == row["distinct_steps"] == len(STEPS) for row in per_run)
     assert all(row["ok"] for row in per_run)
@@ -83,5 +100,9 @@ async def _rows_at_least(db_url: str, count: int) -> bool:
 
 
 async def _workflows_succeeded(db_url: str, count: int) -> bool:
-    return await scalar(db_url, "SELECT count(*) FROM runs WHERE kind = 'workflow' "
-                                "AND status = 'succeeded'") >= count
+    return (
+        await scalar(
+            db_url, "SELECT count(*) FROM runs WHERE kind = 'workflow' AND status = 'succeeded'"
+        )
+        >= count
+    )

@@ -113,8 +113,13 @@ async def _until(check: Any, timeout: float = 15) -> None:
 
 
 async def test_a_yaml_workflow_runs_http_request_and_email_send(
-        db_url: str, data_dir: Path, workflows: Path, smtp: tuple[Inbox, int],
-        crm: tuple[str, list[tuple[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    db_url: str,
+    data_dir: Path,
+    workflows: Path,
+    smtp: tuple[Inbox, int],
+    crm: tuple[str, list[tuple[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     inbox, port = smtp
     monkeypatch.setenv("TASKYARD_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("TASKYARD_SMTP_PORT", str(port))
@@ -132,10 +137,10 @@ async def test_a_yaml_workflow_runs_http_request_and_email_send(
         steps = (await ty.runs.aio_get(run_id)).steps
         flaky_step = next(step for step in steps if step.step == "flaky")
         flaky_view = await ty.runs.aio_get(flaky_step.run_id)
-        assert [a.status for a in flaky_view.attempts] == [RunStatus.FAILED,
-                                                            RunStatus.SUCCEEDED]
-        assert "answered 503: busy" in (flaky_view.attempts[0].error.message
-                                        if flaky_view.attempts[0].error else "")
+        assert [a.status for a in flaky_view.attempts] == [RunStatus.FAILED, RunStatus.SUCCEEDED]
+        assert "answered 503: busy" in (
+            flaky_view.attempts[0].error.message if flaky_view.attempts[0].error else ""
+        )
         [message] = inbox.messages
         assert (message["To"], message["Subject"]) == ("ana@acme.test", "Welcome, Ana!")
         assert message.get_payload().strip() == "Your account 7 is ready."
@@ -143,7 +148,8 @@ async def test_a_yaml_workflow_runs_http_request_and_email_send(
 
         # A broken edit is reported with its line, and the last good version stays in use.
         (workflows / "welcome.yaml").write_text(
-            WORKFLOW.format(crm=crm[0]).replace("action: email:send", "action: email send"))
+            WORKFLOW.format(crm=crm[0]).replace("action: email:send", "action: email send")
+        )
         (workflows / "broken.yaml").write_text("name: broken\njobs: [oops\n")
 
         async def reported() -> bool:
@@ -151,22 +157,28 @@ async def test_a_yaml_workflow_runs_http_request_and_email_send(
             return sum(1 for f in files if f["error"]) == 2
 
         await _until(reported)
-        files = {Path(f["file"]).name: f for f in
-                 (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]}
+        files = {
+            Path(f["file"]).name: f
+            for f in (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]
+        }
         assert files["welcome.yaml"]["workflow"] == "welcome"  # the last good version
-        assert "welcome.yaml:14: jobs.greet.steps.1.action: String should match pattern" in \
-            files["welcome.yaml"]["error"]
+        assert (
+            "welcome.yaml:14: jobs.greet.steps.1.action: String should match pattern"
+            in files["welcome.yaml"]["error"]
+        )
         assert "broken.yaml:3: not valid YAML" in files["broken.yaml"]["error"]
         latest = await ty.transport.request("GET", "/api/v1/workflows/welcome")
         assert latest["version"] == 1
         again = await ty.events.aio_push("user:create", {"user_id": 8})
         assert (await ty.runs.aio_wait(again.triggered, timeout=30))[
-            again.triggered[0]].status is RunStatus.SUCCEEDED
+            again.triggered[0]
+        ].status is RunStatus.SUCCEEDED
 
         # A good edit replaces it; deleting the file retires its triggers.
         (workflows / "broken.yaml").unlink()
         (workflows / "welcome.yaml").write_text(
-            WORKFLOW.format(crm=crm[0]).replace("Welcome, ", "Hello, "))
+            WORKFLOW.format(crm=crm[0]).replace("Welcome, ", "Hello, ")
+        )
 
         async def edited() -> bool:
             files = (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]
@@ -191,10 +203,16 @@ def test_templates_render_whole_values_typed_and_several_as_text() -> None:
     from taskyard.integrations.declarative import render
 
     variables = {"input": {"a": 1, "b": "two", "tags": ["x"]}, "steps": {}}
-    assert render({"one": "{{ input.a }}", "two": "{{ input.a }} and {{ input.b }}",
-                   "list": "{{ input.tags }}", "text": "tags: {{ input.tags }}",
-                   "plain": 3}, variables) == {
-        "one": 1, "two": "1 and two", "list": ["x"], "text": 'tags: ["x"]', "plain": 3}
+    assert render(
+        {
+            "one": "{{ input.a }}",
+            "two": "{{ input.a }} and {{ input.b }}",
+            "list": "{{ input.tags }}",
+            "text": "tags: {{ input.tags }}",
+            "plain": 3,
+        },
+        variables,
+    ) == {"one": 1, "two": "1 and two", "list": ["x"], "text": 'tags: ["x"]', "plain": 3}
 
 
 class Picky:
@@ -220,13 +238,16 @@ def picky_file(data_dir: Path) -> Path:
     folder = data_dir / "workflows"
     folder.mkdir(parents=True)
     path = folder / "picky.yaml"
-    path.write_text("name: picky\njobs:\n  j:\n    steps:\n      - id: s\n"
-                    "        action: picky:act\n        with: {x: 1}\n")
+    path.write_text(
+        "name: picky\njobs:\n  j:\n    steps:\n      - id: s\n"
+        "        action: picky:act\n        with: {x: 1}\n"
+    )
     return path
 
 
 async def test_a_plugin_check_that_raises_is_reported_not_fatal(
-        db_url: str, data_dir: Path, picky_file: Path) -> None:
+    db_url: str, data_dir: Path, picky_file: Path
+) -> None:
     async with Engine(engine_settings(db_url, data_dir), plugins=[PickyPlugin()]) as engine:
         ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
         files = (await ty.transport.request("GET", "/api/v1/workflow-files"))["files"]
@@ -238,37 +259,48 @@ async def test_a_plugin_check_that_raises_is_reported_not_fatal(
 def test_hatchet_templates_read_the_input() -> None:
     from taskyard.integrations.declarative import load, render
 
-    text = ("name: greet\njobs:\n  j:\n    steps:\n      - id: hi\n        action: billing:charge\n"
-            "        with: {to: '{{ .user.firstName }}', text: 'hi {{ .user.firstName }}!'}\n")
+    text = (
+        "name: greet\njobs:\n  j:\n    steps:\n      - id: hi\n        action: billing:charge\n"
+        "        with: {to: '{{ .user.firstName }}', text: 'hi {{ .user.firstName }}!'}\n"
+    )
     declared = load(Path("greet.yaml"), text)
     [step] = declared.steps()
     assert render(step.with_, {"input": {"user": {"firstName": "Ada"}}, "steps": {}}) == {
-        "to": "Ada", "text": "hi Ada!"}
+        "to": "Ada",
+        "text": "hi Ada!",
+    }
 
 
 def test_an_action_of_a_plugin_that_is_not_loaded_is_a_load_error_naming_the_line() -> None:
     from taskyard.integrations.declarative import DeclarativeError, load
 
-    text = ("name: ping\njobs:\n  j:\n    steps:\n      - id: call\n"
-            "        action: http:request\n        with: {url: 'https://example.test'}\n")
+    text = (
+        "name: ping\njobs:\n  j:\n    steps:\n      - id: call\n"
+        "        action: http:request\n        with: {url: 'https://example.test'}\n"
+    )
     with pytest.raises(DeclarativeError) as refused:
         load(Path("ping.yaml"), text, actions={"email:send"}, unloaded_plugins={"http"})
-    assert str(refused.value) == ("ping.yaml:6: step 'call': action 'http:request' comes from "
-                                  "the http plugin, which is not loaded; start the engine with "
-                                  "--plugin http")
+    assert str(refused.value) == (
+        "ping.yaml:6: step 'call': action 'http:request' comes from "
+        "the http plugin, which is not loaded; start the engine with "
+        "--plugin http"
+    )
     # loaded, it is an action; a namespace no plugin has is a task a worker runs
     load(Path("ping.yaml"), text, actions={"http:request"}, unloaded_plugins=set())
-    load(Path("ping.yaml"), text.replace("http:request", "billing:charge"),
-         unloaded_plugins={"http"})
+    load(
+        Path("ping.yaml"), text.replace("http:request", "billing:charge"), unloaded_plugins={"http"}
+    )
 
 
 async def test_an_engine_without_the_http_plugin_reports_the_file_that_needs_it(
-        engine: Engine, data_dir: Path, http: aiohttp.ClientSession) -> None:
+    engine: Engine, data_dir: Path, http: aiohttp.ClientSession
+) -> None:
     folder = data_dir / "workflows"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ping.yaml").write_text(
         "name: ping\njobs:\n  j:\n    steps:\n      - id: call\n        action: http:request\n"
-        "        with: {url: 'https://example.test'}\n")
+        "        with: {url: 'https://example.test'}\n"
+    )
     headers = {"Authorization": f"Bearer {(data_dir / 'token').read_text().strip()}"}
     files: list[dict[str, Any]] = []
 
@@ -279,12 +311,15 @@ async def test_an_engine_without_the_http_plugin_reports_the_file_that_needs_it(
         return bool(files) and files[0].get("error") is not None
 
     await _until(reported)
-    assert "ping.yaml:6: step 'call': action 'http:request' comes from the http plugin, which " \
-           "is not loaded; start the engine with --plugin http" in files[0]["error"]
+    assert (
+        "ping.yaml:6: step 'call': action 'http:request' comes from the http plugin, which "
+        "is not loaded; start the engine with --plugin http" in files[0]["error"]
+    )
 
 
 async def test_editing_one_file_leaves_the_steps_in_flight_of_another_alone(
-        db_url: str, data_dir: Path) -> None:
+    db_url: str, data_dir: Path
+) -> None:
     """A change starts the new integration worker first and drains the old one: a slow
     http:request of another workflow finishes where it runs, and a new file is served at once."""
     release = asyncio.Event()
@@ -303,9 +338,11 @@ async def test_editing_one_file_leaves_the_steps_in_flight_of_another_alone(
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    step = ("name: {name}\njobs:\n  j:\n    steps:\n      - id: call\n"
-            "        action: http:request\n"
-            "        with: {{url: 'http://127.0.0.1:{port}/{path}'}}\n")
+    step = (
+        "name: {name}\njobs:\n  j:\n    steps:\n      - id: call\n"
+        "        action: http:request\n"
+        "        with: {{url: 'http://127.0.0.1:{port}/{path}'}}\n"
+    )
     folder = data_dir / "workflows"
     folder.mkdir(parents=True)
     (folder / "slow.yaml").write_text(step.format(name="slow", port=port, path="slow"))
@@ -313,8 +350,9 @@ async def test_editing_one_file_leaves_the_steps_in_flight_of_another_alone(
     try:
         async with Engine(engine_settings(db_url, data_dir, plugins=["http"])) as engine:
             ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
-            in_flight = await ty.transport.request("POST", "/api/v1/workflows/slow/runs",
-                                                   json_body={"input": {}})
+            in_flight = await ty.transport.request(
+                "POST", "/api/v1/workflows/slow/runs", json_body={"input": {}}
+            )
             await _until(lambda: _step_running(ty, in_flight["run_id"]))
             with (folder / "other.yaml").open("a") as edited:
                 edited.write("# a comment\n")
@@ -322,8 +360,9 @@ async def test_editing_one_file_leaves_the_steps_in_flight_of_another_alone(
 
             async def new_served() -> bool:
                 try:
-                    run = await ty.transport.request("POST", "/api/v1/workflows/new/runs",
-                                                     json_body={"input": {}})
+                    run = await ty.transport.request(
+                        "POST", "/api/v1/workflows/new/runs", json_body={"input": {}}
+                    )
                 except Exception:
                     return False
                 [done] = (await ty.runs.aio_wait([run["run_id"]], timeout=10)).values()

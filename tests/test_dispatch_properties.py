@@ -40,10 +40,12 @@ OPTIONS = {
     "metered": TaskOptions(rate_limits=(RATE,)),
     "gpu": TaskOptions(desired_worker_labels={"gpu": Label("a100", required=True)}),
     "pinned": TaskOptions(sticky=Sticky.HARD),
-    "pinned_weighted": TaskOptions(sticky=Sticky.HARD, desired_worker_labels={
-        "gpu": Label("a100", weight=50)}),  # weights must not move a HARD sticky run
-    "both": TaskOptions(concurrency=(Concurrency(expression="'all'", max_runs=3),),
-                        rate_limits=(RATE,)),
+    "pinned_weighted": TaskOptions(
+        sticky=Sticky.HARD, desired_worker_labels={"gpu": Label("a100", weight=50)}
+    ),  # weights must not move a HARD sticky run
+    "both": TaskOptions(
+        concurrency=(Concurrency(expression="'all'", max_runs=3),), rate_limits=(RATE,)
+    ),
 }
 LIMIT, WINDOW = 5, 1.0  # "api": 5 units a second
 
@@ -63,8 +65,12 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     # -- arrivals, completions, cancellations ----------------------------------------------------
 
-    @rule(kind=st.sampled_from(sorted(OPTIONS)), user=st.sampled_from("abc"),
-          priority=st.integers(1, 4), units=st.integers(1, 3))
+    @rule(
+        kind=st.sampled_from(sorted(OPTIONS)),
+        user=st.sampled_from("abc"),
+        priority=st.integers(1, 4),
+        units=st.integers(1, 3),
+    )
     def arrive(self, kind: str, user: str, priority: int, units: int) -> None:
         options = OPTIONS[kind]
         sticky = None
@@ -73,9 +79,19 @@ class SchedulingMachine(RuleBasedStateMachine):
         keys = tuple(user if level is ROUND_ROBIN else "all" for level in options.concurrency)
         flow = Flow(keys, tuple(("api", units) for _ in options.rate_limits), sticky)
         self.seq += 1
-        run = Run(tenant_id=TENANT, run_id=uuid.UUID(int=self.seq), task=kind, queue="default",
-                  status=RunStatus.QUEUED, attempt=1, priority=priority, options=options,
-                  created_at=self.now, queued_at=self.now, flow=flow)
+        run = Run(
+            tenant_id=TENANT,
+            run_id=uuid.UUID(int=self.seq),
+            task=kind,
+            queue="default",
+            status=RunStatus.QUEUED,
+            attempt=1,
+            priority=priority,
+            options=options,
+            created_at=self.now,
+            queued_at=self.now,
+            flow=flow,
+        )
         self.runs[run.run_id] = run
         self._end(self.dispatcher.add(run, arriving=True))
 
@@ -92,13 +108,20 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     # -- workers ---------------------------------------------------------------------------------
 
-    @rule(slots=st.integers(1, 4), gpu=st.booleans(), tasks=st.sets(
-        st.sampled_from(sorted(OPTIONS)), min_size=1))
+    @rule(
+        slots=st.integers(1, 4),
+        gpu=st.booleans(),
+        tasks=st.sets(st.sampled_from(sorted(OPTIONS)), min_size=1),
+    )
     def worker_joins(self, slots: int, gpu: bool, tasks: set[str]) -> None:
         self.seq += 1  # ids in order of creation: the same steps give the same choices
-        worker = WorkerSlots(uuid.UUID(int=self.seq), CONNECTED,  # type: ignore[arg-type]
-                             tasks=frozenset(tasks), slots=slots,
-                             labels={"gpu": "a100"} if gpu else {})
+        worker = WorkerSlots(
+            uuid.UUID(int=self.seq),
+            CONNECTED,  # type: ignore[arg-type]
+            tasks=frozenset(tasks),
+            slots=slots,
+            labels={"gpu": "a100"} if gpu else {},
+        )
         self.workers[worker.worker_id] = worker
 
     @precondition(lambda self: bool(self.workers))
@@ -184,13 +207,17 @@ class SchedulingMachine(RuleBasedStateMachine):
             return False
         flow = run.flow
         assert flow is not None
-        if run.options.sticky is Sticky.HARD and flow.sticky_worker not in (None,
-                                                                            worker.worker_id):
+        if run.options.sticky is Sticky.HARD and flow.sticky_worker not in (None, worker.worker_id):
             return False
         for level, key in zip(run.options.concurrency, flow.keys, strict=True):
-            going = sum(1 for other in self.runs.values()
-                        if other.status is RunStatus.RUNNING and other.task == run.task
-                        and other.flow is not None and key in other.flow.keys)
+            going = sum(
+                1
+                for other in self.runs.values()
+                if other.status is RunStatus.RUNNING
+                and other.task == run.task
+                and other.flow is not None
+                and key in other.flow.keys
+            )
             if going >= level.max_runs:
                 return False
         if run.options.rate_limits:
@@ -210,30 +237,48 @@ class SchedulingMachine(RuleBasedStateMachine):
                 self._finish(refusal.run)
 
 
-SchedulingMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=50,
-                                               deadline=None)
+SchedulingMachine.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=50, deadline=None
+)
 test_scheduling = SchedulingMachine.TestCase
 
 
 @settings(max_examples=200, deadline=None)
-@given(backlogs=st.lists(st.integers(1, 12), min_size=2, max_size=6),
-       max_runs=st.integers(1, 3), slots=st.integers(1, 4))
+@given(
+    backlogs=st.lists(st.integers(1, 12), min_size=2, max_size=6),
+    max_runs=st.integers(1, 3),
+    slots=st.integers(1, 4),
+)
 def test_backlogged_keys_take_turns(backlogs: list[int], max_runs: int, slots: int) -> None:
     """Round-robin: while every key still has runs waiting, no key has started more than one
     run more than any other (per round, each key starts once)."""
     level = Concurrency(expression="input.user", max_runs=max_runs)
     options = TaskOptions(concurrency=(level,))
     runs: dict[uuid.UUID, Run] = {}
-    worker = WorkerSlots(uuid.uuid4(), CONNECTED, tasks=frozenset({"t"}),  # type: ignore[arg-type]
-                         slots=slots)
+    worker = WorkerSlots(
+        uuid.uuid4(),
+        CONNECTED,
+        tasks=frozenset({"t"}),  # type: ignore[arg-type]
+        slots=slots,
+    )
     dispatcher = Dispatcher(runs, {worker.worker_id: worker}, None)
     waiting: dict[str, int] = {}
     for key, size in enumerate(backlogs):  # each key's whole backlog, one key after another
         waiting[str(key)] = size
         for _ in range(size):
-            run = Run(tenant_id=TENANT, run_id=new_id(), task="t", queue="default",
-                      status=RunStatus.QUEUED, attempt=1, priority=2, options=options,
-                      created_at=0, queued_at=0, flow=Flow((str(key),)))
+            run = Run(
+                tenant_id=TENANT,
+                run_id=new_id(),
+                task="t",
+                queue="default",
+                status=RunStatus.QUEUED,
+                attempt=1,
+                priority=2,
+                options=options,
+                created_at=0,
+                queued_at=0,
+                flow=Flow((str(key),)),
+            )
             runs[run.run_id] = run
             dispatcher.add(run, arriving=True)
     started: Counter[str] = Counter()
@@ -251,4 +296,3 @@ def test_backlogged_keys_take_turns(backlogs: list[int], max_runs: int, slots: i
         dispatcher.forget(run)  # it finishes at once
         del runs[run.run_id]
     assert sum(started.values()) == sum(backlogs)
-

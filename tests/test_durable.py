@@ -82,8 +82,9 @@ async def test_a_durable_sleep_frees_the_slot(ty: Taskyard) -> None:
 async def test_events_wake_durable_waits_that_match(ty: Taskyard) -> None:
     @ty.durable_task()
     async def onboarding(user: Signup, ctx: DurableContext) -> str:
-        upgrade = await ctx.wait_for_event("user:upgraded",
-                                           filter="payload.user_id == input.user_id")
+        upgrade = await ctx.wait_for_event(
+            "user:upgraded", filter="payload.user_id == input.user_id"
+        )
         return f"upgraded to {upgrade['plan']}"
 
     @ty.durable_task()
@@ -107,8 +108,10 @@ async def test_events_wake_durable_waits_that_match(ty: Taskyard) -> None:
         # A suspended run's waiting reason says what it waits for.
         reason = (await mine.aio_get()).waiting_reason or ""
         assert reason.startswith("durable wait_for_event('user:upgraded'"), reason
-        assert "waiting for event 'user:upgraded' matching payload.user_id == input.user_id " \
-               "(events pushed since " in reason
+        assert (
+            "waiting for event 'user:upgraded' matching payload.user_id == input.user_id "
+            "(events pushed since " in reason
+        )
         reason = (await other.aio_get()).waiting_reason or ""
         assert "sleeping until " in reason
         assert " or event 'user:*' (events pushed since " in reason
@@ -150,8 +153,7 @@ async def test_children_are_spawned_once_and_their_results_logged(ty: Taskyard) 
     assert len(view.children) == 4
 
 
-async def test_a_replay_that_calls_something_else_fails_naming_both_calls(
-        ty: Taskyard) -> None:
+async def test_a_replay_that_calls_something_else_fails_naming_both_calls(ty: Taskyard) -> None:
     @ty.durable_task(retries=1)
     async def fickle(n: int, ctx: DurableContext) -> int:
         if ctx.attempt == 1:
@@ -165,8 +167,10 @@ async def test_a_replay_that_calls_something_else_fails_naming_both_calls(
             await fickle.aio_run(0, timeout=20)
     assert failure.value.error is not None
     assert failure.value.error.type == "NonDeterminismError"
-    assert ("at position 0 its log has memo('first-version'), but the code now calls "
-            "memo('second-version')") in failure.value.error.message
+    assert (
+        "at position 0 its log has memo('first-version'), but the code now calls "
+        "memo('second-version')"
+    ) in failure.value.error.message
 
 
 async def test_cancelling_a_waiting_durable_task(ty: Taskyard) -> None:
@@ -186,13 +190,15 @@ async def test_cancelling_a_waiting_durable_task(ty: Taskyard) -> None:
 
 def test_durable_tasks_must_be_async(ty: Taskyard) -> None:
     with pytest.raises(TypeError, match="must be an async function"):
+
         @ty.durable_task()
         def blocking(n: int) -> int:
             return n
 
 
 async def test_a_wait_that_could_never_match_fails_at_once_and_no_children_is_fine(
-        ty: Taskyard) -> None:
+    ty: Taskyard,
+) -> None:
     @ty.task()
     async def never_used(n: int) -> int:
         return n

@@ -41,28 +41,42 @@ async def _until(check: object, timeout: float, what: str) -> None:
 
 
 async def _status_count(db_url: str, task: str, status: str) -> int:
-    rows = await _query(db_url, "SELECT count(*) AS n FROM runs WHERE task = $1 AND status = $2",
-                        task, status)
+    rows = await _query(
+        db_url, "SELECT count(*) AS n FROM runs WHERE task = $1 AND status = $2", task, status
+    )
     return int(rows[0]["n"])
 
 
 def _engine(db_url: str, tmp_path: Path) -> EngineProcess:
-    return EngineProcess(["--database-url", db_url, "--data-dir", str(tmp_path / "engine"),
-                          "--heartbeat-interval", "0.3", "--heartbeat-timeout", "1.5"],
-                         clean_env(), tmp_path / "engine.log")
+    return EngineProcess(
+        [
+            "--database-url",
+            db_url,
+            "--data-dir",
+            str(tmp_path / "engine"),
+            "--heartbeat-interval",
+            "0.3",
+            "--heartbeat-timeout",
+            "1.5",
+        ],
+        clean_env(),
+        tmp_path / "engine.log",
+    )
 
 
 async def _trigger(engine: EngineProcess, token: str, task: str, inputs: list[Any]) -> None:
-    async with aiohttp.ClientSession(base_url=engine.url,
-                                     headers={"Authorization": f"Bearer {token}"}) as http:
+    async with aiohttp.ClientSession(
+        base_url=engine.url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
         for start in range(0, len(inputs), 1000):
-            runs = [{"task": task, "input": n} for n in inputs[start:start + 1000]]
+            runs = [{"task": task, "input": n} for n in inputs[start : start + 1000]]
             async with http.post("/api/v1/runs/batch", json={"runs": runs}) as response:
                 assert response.status == 201, await response.text()
 
 
 async def test_a_durable_sleep_survives_kill_9_of_worker_and_engine(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     await _query(db_url, LEDGER_TABLE)
     engine = _engine(db_url, tmp_path).start()
     token = (tmp_path / "engine" / "token").read_text().strip()
@@ -73,8 +87,9 @@ async def test_a_durable_sleep_survives_kill_9_of_worker_and_engine(
         await _trigger(engine, token, "nap", [1])
         await _until(lambda: _status_count(db_url, "nap", "pending"), 20, "the nap to begin")
         workers[0].kill()  # kill -9 of the worker during the sleep
-        workers.append(WorkerProcess(engine.url, token, db_url, "second",
-                                     tmp_path / "w2.log").start())
+        workers.append(
+            WorkerProcess(engine.url, token, db_url, "second", tmp_path / "w2.log").start()
+        )
         await asyncio.sleep(0.5)
         engine.kill()  # and of the engine
         engine.start()
@@ -84,18 +99,24 @@ async def test_a_durable_sleep_survives_kill_9_of_worker_and_engine(
         for worker in workers:
             worker.kill()
         engine.kill()
-    [run] = await _query(db_url, "SELECT output, extract(epoch FROM finished_at)::float8 "
-                                 "AS finished FROM runs WHERE task = 'nap'")
+    [run] = await _query(
+        db_url,
+        "SELECT output, extract(epoch FROM finished_at)::float8 "
+        "AS finished FROM runs WHERE task = 'nap'",
+    )
     ledger = await _query(db_url, "SELECT n FROM ledger")
-    print(f"durable sleep of 3 s: ended {run['finished'] - triggered:.2f}s after the trigger, "
-          f"{run['finished'] - restarted:.2f}s after the engine restart")
+    print(
+        f"durable sleep of 3 s: ended {run['finished'] - triggered:.2f}s after the trigger, "
+        f"{run['finished'] - restarted:.2f}s after the engine restart"
+    )
     assert [row["n"] for row in ledger] == [1]  # it finished once
     assert 3.0 <= float(run["output"]) < 6.0  # measured from the memoised start
     assert run["finished"] < restarted + 3.0  # the clock was not started again
 
 
 async def test_an_event_pushed_while_the_engine_is_down_wakes_the_run_it_matches(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     await _query(db_url, LEDGER_TABLE)
     engine = _engine(db_url, tmp_path).start()
     token = (tmp_path / "engine" / "token").read_text().strip()
@@ -106,8 +127,9 @@ async def test_an_event_pushed_while_the_engine_is_down_wakes_the_run_it_matches
         await _until(lambda: _pending(db_url, 2), 20, "both waits")
         engine.kill()
         ty = Taskyard(engine.url, token, retry_for=30)  # the client retries until it is back
-        push = asyncio.create_task(ty.events.aio_push("user:upgraded",
-                                                      {"user_id": 1, "plan": "team"}))
+        push = asyncio.create_task(
+            ty.events.aio_push("user:upgraded", {"user_id": 1, "plan": "team"})
+        )
         await asyncio.sleep(1.5)
         assert not push.done()
         engine.start()
@@ -118,10 +140,15 @@ async def test_an_event_pushed_while_the_engine_is_down_wakes_the_run_it_matches
     finally:
         worker.kill()
         engine.kill()
-    rows = await _query(db_url, "SELECT input::text AS n, status, output::text AS output "
-                                "FROM runs WHERE task = 'await_upgrade' ORDER BY input::text")
+    rows = await _query(
+        db_url,
+        "SELECT input::text AS n, status, output::text AS output "
+        "FROM runs WHERE task = 'await_upgrade' ORDER BY input::text",
+    )
     assert [(r["n"], r["status"], r["output"]) for r in rows] == [
-        ("1", "succeeded", '"team"'), ("2", "pending", None)]
+        ("1", "succeeded", '"team"'),
+        ("2", "pending", None),
+    ]
 
 
 async def _pending(db_url: str, count: int) -> bool:
@@ -129,7 +156,8 @@ async def _pending(db_url: str, count: int) -> bool:
 
 
 async def test_ten_thousand_sleeping_durable_runs_hold_no_slots_and_all_wake(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     await _query(db_url, LEDGER_TABLE)
     engine = _engine(db_url, tmp_path).start()
     token = (tmp_path / "engine" / "token").read_text().strip()
@@ -139,8 +167,9 @@ async def test_ten_thousand_sleeping_durable_runs_hold_no_slots_and_all_wake(
         await asyncio.sleep(1)  # let it register the task
         began = time.time()
         wake_at = began + 25
-        await _trigger(engine, token, "nap_until",
-                       [{"n": n, "wake_at": wake_at} for n in range(10_000)])
+        await _trigger(
+            engine, token, "nap_until", [{"n": n, "wake_at": wake_at} for n in range(10_000)]
+        )
         # All asleep at once through a worker with 100 slots: the sleepers hold none.
         await _until(lambda: _asleep(db_url, 10_000), 24, "10,000 runs asleep")
         asleep_after = time.time() - began
@@ -151,9 +180,11 @@ async def test_ten_thousand_sleeping_durable_runs_hold_no_slots_and_all_wake(
         worker.kill()
         engine.kill()
     ledger = await _query(db_url, "SELECT count(DISTINCT n) AS n, count(*) AS rows FROM ledger")
-    print(f"10,000 durable sleepers: all asleep {asleep_after:.1f}s after the trigger, engine "
-          f"RSS {memory:.0f} MB while they slept, all woken and finished {woke_in:.1f}s after "
-          f"their wake time")
+    print(
+        f"10,000 durable sleepers: all asleep {asleep_after:.1f}s after the trigger, engine "
+        f"RSS {memory:.0f} MB while they slept, all woken and finished {woke_in:.1f}s after "
+        f"their wake time"
+    )
     assert (ledger[0]["n"], ledger[0]["rows"]) == (10_000, 10_000)
     assert memory < 1024
 

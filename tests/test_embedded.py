@@ -18,15 +18,17 @@ pytestmark = pytest.mark.slow
 
 
 def whoami(url: str, token: str) -> dict[str, str]:
-    request = urllib.request.Request(f"{url}/api/v1/whoami",
-                                     headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
 def postgres_running(data_dir: Path) -> bool:
-    result = subprocess.run(["pgrep", "-f", f"postgres.*-D {data_dir / 'pg'}"],
-                            capture_output=True, check=False)
+    result = subprocess.run(
+        ["pgrep", "-f", f"postgres.*-D {data_dir / 'pg'}"], capture_output=True, check=False
+    )
     return result.returncode == 0
 
 
@@ -76,14 +78,17 @@ def test_a_running_embedded_server_is_reused_and_left_running(tmp_path: Path) ->
 
 def test_missing_binaries_name_both_remedies(tmp_path: Path) -> None:
     env = clean_env(PATH="/nonexistent")
-    code = ("import importlib.util, pathlib, taskyard.store.embedded as e; "
-            "importlib.util.find_spec = lambda name: None; "
-            "pathlib.Path.glob = lambda self, pattern: iter(()); "
-            "e.find_binaries()")
+    code = (
+        "import importlib.util, pathlib, taskyard.store.embedded as e; "
+        "importlib.util.find_spec = lambda name: None; "
+        "pathlib.Path.glob = lambda self, pattern: iter(()); "
+        "e.find_binaries()"
+    )
     import sys
 
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
     assert result.returncode == 1
     assert "--database-url" in result.stderr
     assert "pip install pgserver" in result.stderr

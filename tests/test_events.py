@@ -12,8 +12,11 @@ from taskyard_sdk import Context, EventRequest, RunStatus, Taskyard
 async def test_events_trigger_matching_workflows_and_say_which(ty: Taskyard) -> None:
     exact = ty.workflow("on-create", on_events=["user:create"])
     prefix = ty.workflow("on-any-user", on_events=["user:*"])
-    filtered = ty.workflow("on-pro-signup", on_events=["user:create"],
-                           event_filter="payload.plan == 'pro' && metadata.source == 'web'")
+    filtered = ty.workflow(
+        "on-pro-signup",
+        on_events=["user:create"],
+        event_filter="payload.plan == 'pro' && metadata.source == 'web'",
+    )
     received: list[tuple[str, object, dict[str, str]]] = []
 
     async def record(payload: dict[str, object], ctx: Context) -> str:
@@ -25,8 +28,7 @@ async def test_events_trigger_matching_workflows_and_say_which(ty: Taskyard) -> 
         workflow.task(name="record")(record)
 
     async with ty.worker("events", workflows=[exact, prefix, filtered]):
-        event = await ty.events.aio_push("user:create", {"plan": "pro"},
-                                         metadata={"source": "web"})
+        event = await ty.events.aio_push("user:create", {"plan": "pro"}, metadata={"source": "web"})
         assert len(event.triggered) == 3
         views = [await ty.runs.aio_get(run_id) for run_id in event.triggered]
         assert sorted(v.task for v in views) == ["on-any-user", "on-create", "on-pro-signup"]
@@ -53,17 +55,24 @@ async def test_events_are_listed_searched_and_replayed(ty: Taskyard) -> None:
 
     async with ty.worker("audit", workflows=[wf]):
         pushed = await ty.events.aio_push_many(
-            [EventRequest(key="audit:login", payload={"n": 1}, metadata={"user": "ann"}),
-             {"key": "audit:logout", "payload": {"n": 2}, "metadata": {"user": "bob"}},
-             {"key": "billing:charged", "payload": {"n": 3}}])
+            [
+                EventRequest(key="audit:login", payload={"n": 1}, metadata={"user": "ann"}),
+                {"key": "audit:logout", "payload": {"n": 2}, "metadata": {"user": "bob"}},
+                {"key": "billing:charged", "payload": {"n": 3}},
+            ]
+        )
         assert [len(e.triggered) for e in pushed] == [1, 1, 0]
 
         assert [e.key for e in (await ty.events.aio_list(prefix="audit:")).events] == [
-            "audit:logout", "audit:login"]  # newest first
+            "audit:logout",
+            "audit:login",
+        ]  # newest first
         assert [e.key for e in (await ty.events.aio_list(metadata={"user": "ann"})).events] == [
-            "audit:login"]
-        assert [e.payload for e in (await ty.events.aio_list(key=["billing:charged"])).events] \
-            == [{"n": 3}]
+            "audit:login"
+        ]
+        assert [e.payload for e in (await ty.events.aio_list(key=["billing:charged"])).events] == [
+            {"n": 3}
+        ]
         page = await ty.events.aio_list(limit=2)
         assert page.next_cursor is not None
         rest = await ty.events.aio_list(limit=2, cursor=page.next_cursor)
@@ -78,18 +87,22 @@ async def test_events_are_listed_searched_and_replayed(ty: Taskyard) -> None:
     assert view.output == {"note": 1}
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ({"key": "has space"}, "body.key"),
-    ({"key": ""}, "body.key"),
-    ({"payload": 1}, "body.key"),
-    ({"key": "k", "metadata": {"a": 1}}, "body.metadata.a"),
-    ({"key": "k", "payload": "nul \u0000"}, "body.payload"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"key": "has space"}, "body.key"),
+        ({"key": ""}, "body.key"),
+        ({"payload": 1}, "body.key"),
+        ({"key": "k", "metadata": {"a": 1}}, "body.metadata.a"),
+        ({"key": "k", "payload": "nul \u0000"}, "body.payload"),
+    ],
+)
 async def test_bad_events_are_refused_with_the_field_named(
-        http: aiohttp.ClientSession, ty: Taskyard, body: dict[str, object],
-        expected: str) -> None:
-    async with http.post("/api/v1/events", json=body,
-                         headers={"Authorization": f"Bearer {ty.config.token}"}) as response:
+    http: aiohttp.ClientSession, ty: Taskyard, body: dict[str, object], expected: str
+) -> None:
+    async with http.post(
+        "/api/v1/events", json=body, headers={"Authorization": f"Bearer {ty.config.token}"}
+    ) as response:
         error = (await response.json())["error"]
     assert response.status in (400, 422)
     assert expected in error["message"]

@@ -20,8 +20,10 @@ from taskyard_sdk import InvalidRequest, Taskyard
 
 TWENTY = list(range(20))
 # The shape of the expression that froze the engine for 100 s: four nested maps over lists.
-FOUR_MAPS = ("input.l.map(a, input.l.map(b, input.l.map(c, input.l.map(d, "
-             "a + b + c + d)))).size() > 0 ? 'k' : 'j'")
+FOUR_MAPS = (
+    "input.l.map(a, input.l.map(b, input.l.map(c, input.l.map(d, "
+    "a + b + c + d)))).size() > 0 ? 'k' : 'j'"
+)
 
 
 def test_each_compile_time_bound_is_refused_naming_it() -> None:
@@ -53,24 +55,34 @@ _SCALAR = st.sampled_from(["1", "x", "y", "size(input.s)", "input.n", "'a'"])
 
 def _expression() -> st.SearchStrategy[str]:
     def extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
-        macro = st.tuples(_LIST, st.sampled_from(["map", "filter", "exists", "all",
-                                                  "exists_one"]),
-                          st.sampled_from(["x", "y"]), inner).map(
-            lambda p: f"{p[0]}.{p[1]}({p[2]}, {p[3]})")
-        binary = st.tuples(inner, st.sampled_from(["+", "*", "==", "<", "&&", "||"]),
-                           inner).map(lambda p: f"({p[0]} {p[1]} {p[2]})")
+        macro = st.tuples(
+            _LIST,
+            st.sampled_from(["map", "filter", "exists", "all", "exists_one"]),
+            st.sampled_from(["x", "y"]),
+            inner,
+        ).map(lambda p: f"{p[0]}.{p[1]}({p[2]}, {p[3]})")
+        binary = st.tuples(inner, st.sampled_from(["+", "*", "==", "<", "&&", "||"]), inner).map(
+            lambda p: f"({p[0]} {p[1]} {p[2]})"
+        )
         sized = macro.map(lambda text: f"size({text})")
         return st.one_of(macro, binary, sized)
+
     return st.recursive(_SCALAR, extend, max_leaves=12)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(text=_expression(), length=st.integers(0, 200), text_size=st.integers(0, 5_000))
-def test_no_expression_runs_long_whatever_its_data(text: str, length: int,
-                                                   text_size: int) -> None:
-    data = {"input": {"l": list(range(length)), "m": [[i] * 5 for i in range(length)],
-                      "s": "s" * text_size, "n": length}}
+def test_no_expression_runs_long_whatever_its_data(text: str, length: int, text_size: int) -> None:
+    data = {
+        "input": {
+            "l": list(range(length)),
+            "m": [[i] * 5 for i in range(length)],
+            "s": "s" * text_size,
+            "n": length,
+        }
+    }
     started = time.perf_counter()
     with contextlib.suppress(ExpressionError):  # refused, or a bad overload: quickly too
         evaluate(text, data)
@@ -104,12 +116,16 @@ async def _healthz_while(http: aiohttp.ClientSession, request: Any) -> tuple[Any
 
 
 async def test_a_costly_concurrency_expression_is_refused_with_422_and_others_keep_being_served(
-        ty: Taskyard, http: aiohttp.ClientSession) -> None:
+    ty: Taskyard, http: aiohttp.ClientSession
+) -> None:
     headers = {"Authorization": f"Bearer {ty.config.token}"}
 
     async def trigger(expression: str) -> tuple[int, str]:
-        body = {"task": "t", "input": {"l": TWENTY},
-                "options": {"concurrency": [{"expression": expression}]}}
+        body = {
+            "task": "t",
+            "input": {"l": TWENTY},
+            "options": {"concurrency": [{"expression": expression}]},
+        }
         async with http.post("/api/v1/runs", json=body, headers=headers) as response:
             return response.status, (await response.json())["error"]["message"]
 
@@ -118,7 +134,8 @@ async def test_a_costly_concurrency_expression_is_refused_with_422_and_others_ke
     assert "concurrency[0].expression" in message
     assert "may nest 2 deep at most" in message
     (status, message), slowest = await _healthz_while(
-        http, trigger("input.l.map(x, input.l.map(y, x + y)).size() > 0 ? 'k' : 'j'"))
+        http, trigger("input.l.map(x, input.l.map(y, x + y)).size() > 0 ? 'k' : 'j'")
+    )
     assert status == 422
     assert "needed more than 500 evaluation steps" in message
     assert slowest < 1.0  # the 100 s freeze this replaces

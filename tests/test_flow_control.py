@@ -81,8 +81,9 @@ async def test_round_robin_gives_every_key_its_turn_and_holds_max_runs(ty: Tasky
         return job.n
 
     # A backlog from a busy user first, then two quieter ones: all queued before any worker.
-    jobs = [Job(user="busy", n=n) for n in range(6)] + \
-        [Job(user=user, n=n) for user in ("ann", "bob") for n in range(2)]
+    jobs = [Job(user="busy", n=n) for n in range(6)] + [
+        Job(user=user, n=n) for user in ("ann", "bob") for n in range(2)
+    ]
     handles = await work.aio_run_many_no_wait(jobs)
     async with ty.worker("fair", tasks=[work], slots=1):  # one at a time: the order shows
         await asyncio.gather(*(h.aio_result(timeout=30) for h in handles))
@@ -111,8 +112,11 @@ async def test_a_constant_expression_is_a_global_limit(ty: Taskyard) -> None:
 async def test_cancel_in_progress_cancels_the_oldest_run_of_the_key(ty: Taskyard) -> None:
     release = asyncio.Event()
 
-    @ty.task(concurrency=Concurrency(expression="input.user", max_runs=1,
-                                     strategy=ConcurrencyStrategy.CANCEL_IN_PROGRESS))
+    @ty.task(
+        concurrency=Concurrency(
+            expression="input.user", max_runs=1, strategy=ConcurrencyStrategy.CANCEL_IN_PROGRESS
+        )
+    )
     async def deploy(job: Job) -> int:
         if job.n == 1:
             await asyncio.sleep(60)  # the first deploy hangs; a newer one replaces it
@@ -137,8 +141,11 @@ async def test_cancel_in_progress_cancels_the_oldest_run_of_the_key(ty: Taskyard
 async def test_cancel_newest_cancels_the_run_that_finds_its_key_full(ty: Taskyard) -> None:
     release = asyncio.Event()
 
-    @ty.task(concurrency=Concurrency(expression="input.user", max_runs=1,
-                                     strategy=ConcurrencyStrategy.CANCEL_NEWEST))
+    @ty.task(
+        concurrency=Concurrency(
+            expression="input.user", max_runs=1, strategy=ConcurrencyStrategy.CANCEL_NEWEST
+        )
+    )
     async def report(job: Job) -> int:
         await release.wait()
         return job.n
@@ -159,8 +166,13 @@ async def test_cancel_queued_except_newest_debounces(ty: Taskyard) -> None:
     release = asyncio.Event()
     seen: list[int] = []
 
-    @ty.task(concurrency=Concurrency(expression="input.user", max_runs=1,
-                                     strategy=ConcurrencyStrategy.CANCEL_QUEUED_EXCEPT_NEWEST))
+    @ty.task(
+        concurrency=Concurrency(
+            expression="input.user",
+            max_runs=1,
+            strategy=ConcurrencyStrategy.CANCEL_QUEUED_EXCEPT_NEWEST,
+        )
+    )
     async def reindex(job: Job) -> int:
         seen.append(job.n)
         await release.wait()
@@ -202,13 +214,15 @@ async def test_named_rate_limits_hold_runs_back_without_failing_them(ty: Taskyar
         waiting = [h for h in handles if await _status(h) is RunStatus.QUEUED]
         assert len(waiting) == 4
         assert "rate limit 'partner-api' has fewer than 1 units left" in (
-            (await waiting[0].aio_get()).waiting_reason or "")
+            (await waiting[0].aio_get()).waiting_reason or ""
+        )
         assert [await h.aio_result(timeout=20) for h in handles] == list(range(7))
     # Any second holds at most 3 assignments (the window is sliding, not per calendar second),
     # by the engine's clock: a worker's own start times add its delivery delay, which varies.
     views = [await h.aio_get() for h in handles]
-    assigned = sorted(a.assigned_at.timestamp() for v in views for a in v.attempts
-                      if a.assigned_at is not None)
+    assigned = sorted(
+        a.assigned_at.timestamp() for v in views for a in v.attempts if a.assigned_at is not None
+    )
     assert len(assigned) == 7 == len(tracker.times)
     for index in range(len(assigned) - 3):
         assert assigned[index + 3] - assigned[index] >= 0.95, assigned
@@ -235,14 +249,17 @@ async def test_a_run_asking_more_than_the_limit_fails_at_once(ty: Taskyard) -> N
         assert await greedy.aio_run(2, timeout=10) == 2
     assert too_many.value.error.type == "RateLimitExceeded"
     assert "asks for 5 units of rate limit 'tiny', whose limit is 2 per minute" in str(
-        too_many.value)
+        too_many.value
+    )
     assert "rate limit 'never-defined' is not defined in this tenant" in str(undefined.value)
 
 
-async def test_dynamic_rate_limits_count_per_key_and_units_from_the_input(
-        ty: Taskyard) -> None:
-    @ty.task(rate_limits=RateLimit(dynamic_key="'llm:' + input.user", units="input.tokens",
-                                   limit=10, duration="minute"))
+async def test_dynamic_rate_limits_count_per_key_and_units_from_the_input(ty: Taskyard) -> None:
+    @ty.task(
+        rate_limits=RateLimit(
+            dynamic_key="'llm:' + input.user", units="input.tokens", limit=10, duration="minute"
+        )
+    )
     async def complete(job: Job) -> int:
         return job.tokens
 
@@ -264,6 +281,7 @@ async def test_rate_limit_usage_survives_an_engine_restart(db_url: str, data_dir
         @ty.task(rate_limits=RateLimit(key="daily"))
         async def once(n: int) -> int:
             return n
+
         return once
 
     async with Engine(engine_settings(db_url, data_dir)) as engine:
@@ -309,8 +327,16 @@ async def test_higher_priority_goes_first_and_lifo_takes_the_newest(ty: Taskyard
     handles += [await lifo.aio_run_no_wait(f"low-{n}") for n in range(3)]
     async with ty.worker("ordered", tasks=[fifo, lifo], slots=1):
         await asyncio.gather(*(h.aio_result(timeout=20) for h in handles))
-    assert order == ["urgent-0", "urgent-1", "normal-0", "normal-1", "normal-2",
-                     "low-2", "low-1", "low-0"]
+    assert order == [
+        "urgent-0",
+        "urgent-1",
+        "normal-0",
+        "normal-1",
+        "normal-2",
+        "low-2",
+        "low-1",
+        "low-0",
+    ]
 
 
 async def test_a_worker_never_holds_more_than_its_slots(ty: Taskyard) -> None:
@@ -344,10 +370,17 @@ async def test_required_labels_filter_workers_and_weights_rank_them(ty: Taskyard
     async def impossible(n: int) -> int:
         return n
 
-    async with ty.worker("cpu", tasks=[train, crunch, impossible], slots=50,
-                         labels={"memory_gb": 16}) as cpu, \
-            ty.worker("gpu", tasks=[train, crunch, impossible], slots=50,
-                      labels={"gpu": "a100", "memory_gb": 64}) as gpu:
+    async with (
+        ty.worker(
+            "cpu", tasks=[train, crunch, impossible], slots=50, labels={"memory_gb": 16}
+        ) as cpu,
+        ty.worker(
+            "gpu",
+            tasks=[train, crunch, impossible],
+            slots=50,
+            labels={"gpu": "a100", "memory_gb": 64},
+        ) as gpu,
+    ):
         trained = await train.aio_run_many_no_wait(list(range(10)))
         crunched = await crunch.aio_run_many_no_wait(list(range(10)))
         stuck = await impossible.aio_run_no_wait(0)
@@ -358,15 +391,17 @@ async def test_required_labels_filter_workers_and_weights_rank_them(ty: Taskyard
         await asyncio.sleep(0.2)
         view = await stuck.aio_get()
         assert view.status is RunStatus.QUEUED
-        assert view.waiting_reason == ("no connected worker has the labels task 'impossible' "
-                                       "requires: gpu = 'h100'")
+        assert view.waiting_reason == (
+            "no connected worker has the labels task 'impossible' requires: gpu = 'h100'"
+        )
         assert cpu.worker_id != gpu.worker_id
         await stuck.aio_cancel()
 
 
 @pytest.mark.parametrize("sticky", [Sticky.SOFT, Sticky.HARD])
-async def test_sticky_workflows_keep_their_steps_on_one_worker(ty: Taskyard,
-                                                              sticky: Sticky) -> None:
+async def test_sticky_workflows_keep_their_steps_on_one_worker(
+    ty: Taskyard, sticky: Sticky
+) -> None:
     wf = ty.workflow(f"pipeline-{sticky.value}", sticky=sticky)
 
     @wf.task()
@@ -383,8 +418,7 @@ async def test_sticky_workflows_keep_their_steps_on_one_worker(ty: Taskyard,
     async def load(n: int) -> int:
         return n
 
-    async with ty.worker("a", workflows=[wf], slots=20), \
-            ty.worker("b", workflows=[wf], slots=20):
+    async with ty.worker("a", workflows=[wf], slots=20), ty.worker("b", workflows=[wf], slots=20):
         handles = await wf.aio_run_many_no_wait(list(range(8)))
         for handle in handles:
             await handle.aio_result(timeout=20)
@@ -449,28 +483,59 @@ async def _step_is(ty: Taskyard, run_id: uuid.UUID, step: str, status: RunStatus
 
 
 async def test_bad_flow_options_and_inputs_are_refused_naming_the_problem(
-        ty: Taskyard, http: aiohttp.ClientSession) -> None:
+    ty: Taskyard, http: aiohttp.ClientSession
+) -> None:
     headers = {"Authorization": f"Bearer {ty.config.token}"}
     bad = [
-        ({"task": "t", "options": {"concurrency": [{"expression": "input.("}]}},
-         "concurrency[0].expression: 'input.(' is not valid CEL"),
-        ({"task": "t", "options": {"concurrency": [{"expression": "inptu.user"}]}},
-         "concurrency[0].expression: 'inptu.user' reads 'inptu'"),
-        ({"task": "t", "input": {"name": "x"},
-          "options": {"concurrency": [{"expression": "input.user"}]}},
-         "(task 't'): concurrency[0].expression: 'input.user' could not be evaluated: input "
-         "has no field 'user'"),
-        ({"task": "t", "options": {"rate_limits": [{"dynamic_key": "input.user"}]}},
-         "dynamic_key 'input.user' needs limit and duration"),
-        ({"task": "t", "options": {"rate_limits": [{"key": "k", "units": 0}]}},
-         "units must be at least 1"),
-        ({"task": "t", "input": {"tokens": "many"}, "options": {"rate_limits": [
-            {"dynamic_key": "'k'", "units": "input.tokens", "limit": 5,
-             "duration": "second"}]}},
-         "rate_limits[0].units: 'input.tokens' gave 'many', not a whole number of units"),
-        ({"task": "t", "options": {"desired_worker_labels": {
-            "gpu": {"value": "a100", "comparator": "~"}}}},
-         "body.options.desired_worker_labels"),
+        (
+            {"task": "t", "options": {"concurrency": [{"expression": "input.("}]}},
+            "concurrency[0].expression: 'input.(' is not valid CEL",
+        ),
+        (
+            {"task": "t", "options": {"concurrency": [{"expression": "inptu.user"}]}},
+            "concurrency[0].expression: 'inptu.user' reads 'inptu'",
+        ),
+        (
+            {
+                "task": "t",
+                "input": {"name": "x"},
+                "options": {"concurrency": [{"expression": "input.user"}]},
+            },
+            "(task 't'): concurrency[0].expression: 'input.user' could not be evaluated: input "
+            "has no field 'user'",
+        ),
+        (
+            {"task": "t", "options": {"rate_limits": [{"dynamic_key": "input.user"}]}},
+            "dynamic_key 'input.user' needs limit and duration",
+        ),
+        (
+            {"task": "t", "options": {"rate_limits": [{"key": "k", "units": 0}]}},
+            "units must be at least 1",
+        ),
+        (
+            {
+                "task": "t",
+                "input": {"tokens": "many"},
+                "options": {
+                    "rate_limits": [
+                        {
+                            "dynamic_key": "'k'",
+                            "units": "input.tokens",
+                            "limit": 5,
+                            "duration": "second",
+                        }
+                    ]
+                },
+            },
+            "rate_limits[0].units: 'input.tokens' gave 'many', not a whole number of units",
+        ),
+        (
+            {
+                "task": "t",
+                "options": {"desired_worker_labels": {"gpu": {"value": "a100", "comparator": "~"}}},
+            },
+            "body.options.desired_worker_labels",
+        ),
     ]
     for body, expected in bad:
         async with http.post("/api/v1/runs", json=body, headers=headers) as response:
@@ -486,9 +551,11 @@ async def test_bad_flow_options_and_inputs_are_refused_naming_the_problem(
     with pytest.raises(InvalidRequest) as refused:
         await wf.aio_register()
     assert "step 'step': concurrency[0].expression: 'payload.user' reads 'payload'" in str(
-        refused.value)
-    async with http.put("/api/v1/rate-limits/openai", json={"limit": 0},
-                        headers=headers) as response:
+        refused.value
+    )
+    async with http.put(
+        "/api/v1/rate-limits/openai", json={"limit": 0}, headers=headers
+    ) as response:
         assert response.status == 422
         assert "body.limit" in (await response.json())["error"]["message"]
     async with http.delete("/api/v1/rate-limits/nothing", headers=headers) as response:
@@ -496,8 +563,7 @@ async def test_bad_flow_options_and_inputs_are_refused_naming_the_problem(
         assert "no rate limit 'nothing'" in (await response.json())["error"]["message"]
 
 
-async def test_a_worker_registering_a_bad_concurrency_expression_is_refused(
-        ty: Taskyard) -> None:
+async def test_a_worker_registering_a_bad_concurrency_expression_is_refused(ty: Taskyard) -> None:
     from taskyard_sdk import WorkerStopped
 
     @ty.task(concurrency=Concurrency(expression="input.user ==="))
@@ -508,7 +574,8 @@ async def test_a_worker_registering_a_bad_concurrency_expression_is_refused(
         async with ty.worker("refused", tasks=[broken]):
             pass
     assert "task 'broken': concurrency[0].expression: 'input.user ===' is not valid CEL" in str(
-        refused.value)
+        refused.value
+    )
 
 
 # -- workflow-level concurrency --------------------------------------------------------------------
@@ -516,8 +583,9 @@ async def test_a_worker_registering_a_bad_concurrency_expression_is_refused(
 
 async def test_workflow_runs_wait_for_their_key_to_be_admitted(ty: Taskyard) -> None:
     gates = {n: asyncio.Event() for n in range(4)}
-    wf = ty.workflow("per-user-sync", input=Job,
-                     concurrency=Concurrency(expression="input.user", max_runs=1))
+    wf = ty.workflow(
+        "per-user-sync", input=Job, concurrency=Concurrency(expression="input.user", max_runs=1)
+    )
 
     @wf.task()
     async def sync(job: Job) -> int:
@@ -532,8 +600,7 @@ async def test_workflow_runs_wait_for_their_key_to_be_admitted(ty: Taskyard) -> 
         waiting = await a1.aio_get()
         assert waiting.status is RunStatus.QUEUED
         assert waiting.steps == []  # nothing of it has started
-        assert waiting.waiting_reason == ("concurrency key 'a' (input.user) has 1 of 1 runs "
-                                          "going")
+        assert waiting.waiting_reason == ("concurrency key 'a' (input.user) has 1 of 1 runs going")
         gates[0].set()
         assert await a0.aio_result(timeout=10) == {"sync": 0}
         await _until(lambda: _is(a1, RunStatus.RUNNING))
@@ -541,15 +608,22 @@ async def test_workflow_runs_wait_for_their_key_to_be_admitted(ty: Taskyard) -> 
         for gate in gates.values():
             gate.set()
         assert [await h.aio_result(timeout=10) for h in (a1, a2, b3)] == [
-            {"sync": 1}, {"sync": 2}, {"sync": 3}]
+            {"sync": 1},
+            {"sync": 2},
+            {"sync": 3},
+        ]
 
 
-@pytest.mark.parametrize("strategy", [ConcurrencyStrategy.CANCEL_IN_PROGRESS,
-                                      ConcurrencyStrategy.CANCEL_NEWEST])
+@pytest.mark.parametrize(
+    "strategy", [ConcurrencyStrategy.CANCEL_IN_PROGRESS, ConcurrencyStrategy.CANCEL_NEWEST]
+)
 async def test_workflow_cancel_strategies(ty: Taskyard, strategy: ConcurrencyStrategy) -> None:
     release = asyncio.Event()
-    wf = ty.workflow(f"deploy-{strategy.value}", input=Job,
-                     concurrency=Concurrency(expression="input.user", strategy=strategy))
+    wf = ty.workflow(
+        f"deploy-{strategy.value}",
+        input=Job,
+        concurrency=Concurrency(expression="input.user", strategy=strategy),
+    )
 
     @wf.task()
     async def roll_out(job: Job) -> int:
@@ -584,5 +658,7 @@ async def test_a_workflow_trigger_without_its_key_is_refused(ty: Taskyard) -> No
     await wf.aio_register()
     with pytest.raises(InvalidRequest) as refused:
         await wf.aio_run_no_wait({"name": "no user"})
-    assert ("(workflow 'keyed-wf'): concurrency[0].expression: 'input.user' could not be "
-            "evaluated: input has no field 'user'") in str(refused.value)
+    assert (
+        "(workflow 'keyed-wf'): concurrency[0].expression: 'input.user' could not be "
+        "evaluated: input has no field 'user'"
+    ) in str(refused.value)

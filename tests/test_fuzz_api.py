@@ -16,8 +16,14 @@ from taskyard.testing import EngineProcess, clean_env
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # about 60 s on a 2-core machine
 
 ROOT = Path(__file__).parent.parent
-CHECKS = ("not_a_server_error", "response_schema_conformance", "status_code_conformance",
-          "content_type_conformance", "allow_header_conformance", "unsupported_method")
+CHECKS = (
+    "not_a_server_error",
+    "response_schema_conformance",
+    "status_code_conformance",
+    "content_type_conformance",
+    "allow_header_conformance",
+    "unsupported_method",
+)
 EXCLUDED = (
     "/api/v1/tokens/{token_id}",  # DELETE revokes: the token the fuzzer runs with, among others
     "/api/v1/runs/{run_id}/stream",  # server-sent events, open until a run no worker takes ends
@@ -25,19 +31,44 @@ EXCLUDED = (
 
 
 def test_fuzzing_the_api_finds_no_server_error_and_no_schema_violation(
-        db_url: str, tmp_path: Path) -> None:
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(tmp_path / "engine")],
-                           clean_env(), tmp_path / "engine.log").start()
+    db_url: str, tmp_path: Path
+) -> None:
+    engine = EngineProcess(
+        ["--database-url", db_url, "--data-dir", str(tmp_path / "engine")],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     try:
         token = (tmp_path / "engine" / "token").read_text().strip()
         fuzz = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "run", f"{engine.url}/api/v1/openapi.json",
-             "--header", f"Authorization: Bearer {token}",
-             *(option for path in EXCLUDED for option in ("--exclude-path", path)),
-             "--checks", ",".join(CHECKS), "--seed", "1", "--max-examples", "10",
-             "--request-timeout", "10", "--workers", "2", "--output-truncate", "true"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=270,
-            env=clean_env(SCHEMATHESIS_HOOKS="tests.fuzz_hooks", PYTHONPATH=str(ROOT)))
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "run",
+                f"{engine.url}/api/v1/openapi.json",
+                "--header",
+                f"Authorization: Bearer {token}",
+                *(option for path in EXCLUDED for option in ("--exclude-path", path)),
+                "--checks",
+                ",".join(CHECKS),
+                "--seed",
+                "1",
+                "--max-examples",
+                "10",
+                "--request-timeout",
+                "10",
+                "--workers",
+                "2",
+                "--output-truncate",
+                "true",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=270,
+            env=clean_env(SCHEMATHESIS_HOOKS="tests.fuzz_hooks", PYTHONPATH=str(ROOT)),
+        )
     finally:
         engine.terminate()
     assert fuzz.returncode == 0, fuzz.stdout[-20_000:] + fuzz.stderr[-2_000:]

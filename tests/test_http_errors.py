@@ -24,7 +24,9 @@ async def test_unknown_path_is_json_404(http: aiohttp.ClientSession) -> None:
     async with http.get("/api/v1/nope") as response:
         assert response.status == 404
         assert (await response.json())["error"] == {
-            "code": "not_found", "message": "no endpoint at /api/v1/nope"}
+            "code": "not_found",
+            "message": "no endpoint at /api/v1/nope",
+        }
 
 
 async def test_wrong_method_is_json_405(http: aiohttp.ClientSession) -> None:
@@ -35,8 +37,9 @@ async def test_wrong_method_is_json_405(http: aiohttp.ClientSession) -> None:
 
 
 async def test_malformed_json_is_400(http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
-    async with http.post("/api/v1/tokens", data=b'{"role": "client",',
-                         headers={**tenant.headers(), **JSON}) as response:
+    async with http.post(
+        "/api/v1/tokens", data=b'{"role": "client",', headers={**tenant.headers(), **JSON}
+    ) as response:
         assert response.status == 400
         error = (await response.json())["error"]
         assert error["code"] == "bad_request"
@@ -49,16 +52,19 @@ async def test_empty_body_is_400(http: aiohttp.ClientSession, tenant: TenantToke
         assert "empty" in (await response.json())["error"]["message"]
 
 
-@pytest.mark.parametrize(("body", "location"), [
-    ({"role": "root"}, "body.role"),
-    ({}, "body.role"),
-    ({"role": "client", "nmae": "typo"}, "body.nmae"),
-    ({"role": "client", "name": "x" * 201}, "body.name"),
-    ([1, 2], "body"),
-])
-async def test_invalid_body_is_422_naming_the_field(http: aiohttp.ClientSession,
-                                                    tenant: TenantTokens, body: object,
-                                                    location: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "location"),
+    [
+        ({"role": "root"}, "body.role"),
+        ({}, "body.role"),
+        ({"role": "client", "nmae": "typo"}, "body.nmae"),
+        ({"role": "client", "name": "x" * 201}, "body.name"),
+        ([1, 2], "body"),
+    ],
+)
+async def test_invalid_body_is_422_naming_the_field(
+    http: aiohttp.ClientSession, tenant: TenantTokens, body: object, location: str
+) -> None:
     async with http.post("/api/v1/tokens", json=body, headers=tenant.headers()) as response:
         assert response.status == 422
         error = (await response.json())["error"]
@@ -67,10 +73,14 @@ async def test_invalid_body_is_422_naming_the_field(http: aiohttp.ClientSession,
         assert error["details"][0]["loc"] == location
 
 
-async def test_nul_characters_are_refused_at_the_edge(http: aiohttp.ClientSession,
-                                                      tenant: TenantTokens) -> None:
-    async with http.post("/api/v1/tokens", data=b'{"role": "client", "name": "a\\u0000b"}',
-                         headers={**tenant.headers(), **JSON}) as response:
+async def test_nul_characters_are_refused_at_the_edge(
+    http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
+    async with http.post(
+        "/api/v1/tokens",
+        data=b'{"role": "client", "name": "a\\u0000b"}',
+        headers={**tenant.headers(), **JSON},
+    ) as response:
         assert response.status == 422
         assert "body.name: contains a NUL character" in (await response.json())["error"]["message"]
 
@@ -83,31 +93,49 @@ def nested(depth: int) -> object:
     return value
 
 
-@pytest.mark.parametrize(("path", "body", "where"), [
-    ("/api/v1/runs", lambda deep: {"task": "t", "input": {"a": deep}}, "body.input.a[0]…[0][0]"),
-    ("/api/v1/events", lambda deep: {"key": "k", "payload": deep}, "body.payload[0][0]…[0][0]"),
-    ("/api/v1/runs/batch", lambda deep: {"runs": [{"task": "t", "input": deep}]},
-     "body.runs[0].input…[0][0]"),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        (
+            "/api/v1/runs",
+            lambda deep: {"task": "t", "input": {"a": deep}},
+            "body.input.a[0]…[0][0]",
+        ),
+        ("/api/v1/events", lambda deep: {"key": "k", "payload": deep}, "body.payload[0][0]…[0][0]"),
+        (
+            "/api/v1/runs/batch",
+            lambda deep: {"runs": [{"task": "t", "input": deep}]},
+            "body.runs[0].input…[0][0]",
+        ),
+    ],
+)
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 260])
 async def test_a_body_nested_too_deep_is_422_naming_where(
-        engine: Engine, http: aiohttp.ClientSession, tenant: TenantTokens, path: str,
-        body: object, where: str, depth: int) -> None:
+    engine: Engine,
+    http: aiohttp.ClientSession,
+    tenant: TenantTokens,
+    path: str,
+    body: object,
+    where: str,
+    depth: int,
+) -> None:
     """Deeper than the limit (the body itself is one level) is refused, naming the limit and
     where; 260 levels used to reach the JSON encoder's own limit and answer 500."""
     document = body(nested(depth))  # type: ignore[operator]
     async with http.post(path, json=document, headers=tenant.headers()) as response:
         assert response.status == 422
         error = (await response.json())["error"]
-    assert error["message"] == (f"{where}: nested more than {MAX_JSON_DEPTH} levels deep; "
-                                f"the limit is {MAX_JSON_DEPTH}")
+    assert error["message"] == (
+        f"{where}: nested more than {MAX_JSON_DEPTH} levels deep; the limit is {MAX_JSON_DEPTH}"
+    )
     assert await engine.pool.fetchval("SELECT count(*) FROM runs") == 0
     async with http.get("/healthz") as response:
         assert response.status == 200
 
 
-async def test_a_body_at_the_depth_limit_is_accepted(http: aiohttp.ClientSession,
-                                                     tenant: TenantTokens) -> None:
+async def test_a_body_at_the_depth_limit_is_accepted(
+    http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
     body = {"task": "t", "input": nested(MAX_JSON_DEPTH - 1)}  # with the body: the limit
     async with http.post("/api/v1/runs", json=body, headers=tenant.headers()) as response:
         assert response.status == 201, await response.text()
@@ -116,31 +144,53 @@ async def test_a_body_at_the_depth_limit_is_accepted(http: aiohttp.ClientSession
         assert (await response.json())["input"] == body["input"], "and it reads back"
 
 
-@pytest.mark.parametrize("content_type", [
-    "text/plain", "application/x-www-form-urlencoded", "application/octet-stream",
-    "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/octet-stream",
+        "multipart/form-data; boundary=x",
+    ],
+)
 async def test_a_body_that_is_not_json_by_its_content_type_is_415(
-        http: aiohttp.ClientSession, tenant: TenantTokens, content_type: str) -> None:
-    async with http.post("/api/v1/runs", data=b'{"task": "t"}',
-                         headers={**tenant.headers(), "Content-Type": content_type}) as response:
+    http: aiohttp.ClientSession, tenant: TenantTokens, content_type: str
+) -> None:
+    async with http.post(
+        "/api/v1/runs",
+        data=b'{"task": "t"}',
+        headers={**tenant.headers(), "Content-Type": content_type},
+    ) as response:
         assert response.status == 415
         error = (await response.json())["error"]
     assert error["code"] == "unsupported_media_type"
     kind = content_type.split(";")[0]
-    assert error["message"] == (f"request body has Content-Type {kind}; send JSON, with "
-                                f"Content-Type: application/json")
+    assert error["message"] == (
+        f"request body has Content-Type {kind}; send JSON, with Content-Type: application/json"
+    )
 
 
-@pytest.mark.parametrize("content_type", [
-    "application/json", "application/json; charset=utf-8", "Application/JSON",
-    "application/merge-patch+json", None])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+        None,
+    ],
+)
 async def test_json_content_types_and_none_are_accepted(
-        http: aiohttp.ClientSession, tenant: TenantTokens, content_type: str | None) -> None:
+    http: aiohttp.ClientSession, tenant: TenantTokens, content_type: str | None
+) -> None:
     """No Content-Type at all is read as JSON: the endpoints take nothing else."""
     headers = tenant.headers() | ({"Content-Type": content_type} if content_type else {})
-    async with http.post("/api/v1/runs", data=b'{"task": "t"}', headers=headers,
-                         skip_auto_headers=() if content_type else ["Content-Type"]
-                         ) as response:
+    async with http.post(
+        "/api/v1/runs",
+        data=b'{"task": "t"}',
+        headers=headers,
+        skip_auto_headers=() if content_type else ["Content-Type"],
+    ) as response:
         assert response.status == 201, await response.text()
 
 
@@ -148,35 +198,43 @@ async def test_json_content_types_and_none_are_accepted(
 NOBODYS_RUN = uuid.UUID("6e779a7d-57b4-4ba1-af74-aa67c75f60c6")
 
 
-@pytest.mark.parametrize(("path", "location"), [
-    ("/api/v1/workflows/w?version=2147483648", "query.version"),  # past Postgres' integer
-    (f"/api/v1/runs/{NOBODYS_RUN}/logs?after=9223372036854775808", "query.after"),  # bigint
-])
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/api/v1/workflows/w?version=2147483648", "query.version"),  # past Postgres' integer
+        (f"/api/v1/runs/{NOBODYS_RUN}/logs?after=9223372036854775808", "query.after"),  # bigint
+    ],
+)
 async def test_integers_past_what_postgres_stores_are_422(
-        http: aiohttp.ClientSession, tenant: TenantTokens, path: str, location: str) -> None:
+    http: aiohttp.ClientSession, tenant: TenantTokens, path: str, location: str
+) -> None:
     async with http.get(path, headers=tenant.headers()) as response:
         assert response.status == 422
         assert (await response.json())["error"]["message"].startswith(f"{location}:")
 
 
-@pytest.mark.parametrize(("method", "path", "allowed"), [
-    ("PUT", "/api/v1/runs/batch", "POST"),
-    ("GET", "/api/v1/runs/batch", "POST"),  # not get_run with the run id "batch"
-    ("GET", "/api/v1/runs/wait", "POST"),
-    ("DELETE", "/api/v1/events/batch", "POST"),
-    ("PUT", f"/api/v1/runs/{NOBODYS_RUN}", "GET"),
-    ("DELETE", "/api/v1/runs", "GET,POST"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/api/v1/runs/batch", "POST"),
+        ("GET", "/api/v1/runs/batch", "POST"),  # not get_run with the run id "batch"
+        ("GET", "/api/v1/runs/wait", "POST"),
+        ("DELETE", "/api/v1/events/batch", "POST"),
+        ("PUT", f"/api/v1/runs/{NOBODYS_RUN}", "GET"),
+        ("DELETE", "/api/v1/runs", "GET,POST"),
+    ],
+)
 async def test_405_allows_the_methods_really_routed(
-        http: aiohttp.ClientSession, tenant: TenantTokens, method: str, path: str,
-        allowed: str) -> None:
+    http: aiohttp.ClientSession, tenant: TenantTokens, method: str, path: str, allowed: str
+) -> None:
     async with http.request(method, path, headers=tenant.headers()) as response:
         assert response.status == 405
         assert response.headers["Allow"] == allowed
 
 
 async def test_a_path_name_that_no_workflow_can_have_is_422(
-        http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
+    http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
     async with http.get("/api/v1/workflows/a%00b", headers=tenant.headers()) as response:
         assert response.status == 422
         assert (await response.json())["error"]["message"].startswith("path.name: ")
@@ -184,14 +242,16 @@ async def test_a_path_name_that_no_workflow_can_have_is_422(
 
 @pytest.mark.parametrize("query", ["task=a%00", "metadata=k:%00", "status=queued&task=x%00y"])
 async def test_nul_characters_in_query_parameters_are_422(
-        http: aiohttp.ClientSession, tenant: TenantTokens, query: str) -> None:
+    http: aiohttp.ClientSession, tenant: TenantTokens, query: str
+) -> None:
     async with http.get(f"/api/v1/runs?{query}", headers=tenant.headers()) as response:
         assert response.status == 422
         assert "contains a NUL character" in (await response.json())["error"]["message"]
 
 
 async def test_a_request_http_cannot_parse_is_logged_in_one_line(
-        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     """aiohttp answers it 400 and would log a traceback, which any client could repeat."""
     url = URL(engine.url)
     reader, writer = await asyncio.open_connection(url.host, url.port)
@@ -208,25 +268,28 @@ async def test_a_request_http_cannot_parse_is_logged_in_one_line(
     assert record.getMessage().startswith("malformed request refused (400): Invalid header")
 
 
-async def test_bad_path_parameter_is_422(http: aiohttp.ClientSession,
-                                         tenant: TenantTokens) -> None:
+async def test_bad_path_parameter_is_422(http: aiohttp.ClientSession, tenant: TenantTokens) -> None:
     async with http.delete("/api/v1/tokens/not-a-uuid", headers=tenant.headers()) as response:
         assert response.status == 422
         assert "path.token_id" in (await response.json())["error"]["message"]
 
 
 async def test_oversized_body_is_413(db_url: str, tmp_path: Path) -> None:
-    settings = EngineSettings(database_url=db_url, port=0, data_dir=tmp_path, migrate=False,
-                              max_request_bytes=2048)
+    settings = EngineSettings(
+        database_url=db_url, port=0, data_dir=tmp_path, migrate=False, max_request_bytes=2048
+    )
     async with Engine(settings) as engine, aiohttp.ClientSession(base_url=engine.url) as http:
         token = (tmp_path / "token").read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}
-        async with http.post("/api/v1/tokens", json={"role": "client", "name": "x" * 4000},
-                             headers=headers) as response:
+        async with http.post(
+            "/api/v1/tokens", json={"role": "client", "name": "x" * 4000}, headers=headers
+        ) as response:
             assert response.status == 413
             error = (await response.json())["error"]
-            assert error == {"code": "payload_too_large",
-                             "message": "request body is larger than the limit of 2048 bytes"}
+            assert error == {
+                "code": "payload_too_large",
+                "message": "request body is larger than the limit of 2048 bytes",
+            }
         async with http.get("/healthz") as response:
             assert response.status == 200
 
@@ -249,19 +312,22 @@ async def exploding_engine(db_url: str, tmp_path: Path) -> AsyncIterator[Engine]
 
 
 async def test_unexpected_errors_are_500_without_traceback(
-        exploding_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    exploding_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     token = (tmp_path / "token").read_text().strip()
     async with aiohttp.ClientSession(base_url=exploding_engine.url) as http:
-        async with http.get("/api/v1/explode",
-                            headers={"Authorization": f"Bearer {token}"}) as response:
+        async with http.get(
+            "/api/v1/explode", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
             assert response.status == 500
             request_id = response.headers["X-Request-Id"]
             text = await response.text()
         assert "secret internal detail" not in text
         assert "Traceback" not in text
         assert request_id in text
-        assert any(request_id in record.getMessage() and record.exc_info
-                   for record in caplog.records)
+        assert any(
+            request_id in record.getMessage() and record.exc_info for record in caplog.records
+        )
         async with http.get("/healthz") as response:
             assert response.status == 200
 
@@ -279,16 +345,21 @@ async def test_openapi_describes_the_api(http: aiohttp.ClientSession) -> None:
     role_ref = body_schema["properties"]["role"]["$ref"].rsplit("/", 1)[1]
     assert document["components"]["schemas"][role_ref]["enum"] == ["admin", "client", "worker"]
     assert "security" not in document["paths"]["/healthz"]["get"]
-    assert "token_id" in [p["name"] for p in
-                          document["paths"]["/api/v1/tokens/{token_id}"]["delete"]["parameters"]]
+    assert "token_id" in [
+        p["name"] for p in document["paths"]["/api/v1/tokens/{token_id}"]["delete"]["parameters"]
+    ]
 
 
 async def test_openapi_names_every_status_and_types_ids_as_uuids(
-        http: aiohttp.ClientSession) -> None:
+    http: aiohttp.ClientSession,
+) -> None:
     async with http.get("/api/v1/openapi.json") as response:
         paths = (await response.json())["paths"]
-    for path, status in (("/api/v1/workflows", "200"), ("/api/v1/runs", "200"),
-                         ("/api/v1/workflows/{name}/runs", "200")):
+    for path, status in (
+        ("/api/v1/workflows", "200"),
+        ("/api/v1/runs", "200"),
+        ("/api/v1/workflows/{name}/runs", "200"),
+    ):
         responses = paths[path]["post"]["responses"]
         assert {status, "201", "default"} <= responses.keys(), path
         assert responses[status]["content"] == responses["201"]["content"]
@@ -299,7 +370,8 @@ async def test_openapi_names_every_status_and_types_ids_as_uuids(
 
 
 async def test_openapi_has_a_schema_for_each_way_a_model_is_read_and_written(
-        http: aiohttp.ClientSession) -> None:
+    http: aiohttp.ClientSession,
+) -> None:
     """TaskOptions takes a label as a bare value and always writes it whole: each direction
     refers to its own component, not to whichever was generated last."""
     async with http.get("/api/v1/openapi.json") as response:
@@ -310,7 +382,7 @@ async def test_openapi_has_a_schema_for_each_way_a_model_is_read_and_written(
     assert {"type": "string"} in labels_in["additionalProperties"]["anyOf"]
     assert labels_out["additionalProperties"] == {"$ref": "#/components/schemas/Label"}
     trigger = document["paths"]["/api/v1/runs"]["post"]["requestBody"]["content"]
-    assert trigger["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/TriggerRequest"}
+    assert trigger["application/json"]["schema"] == {"$ref": "#/components/schemas/TriggerRequest"}
     assert schemas["TriggerRequest"]["properties"]["options"]["anyOf"][0] == {
-        "$ref": "#/components/schemas/TaskOptions-Input"}
+        "$ref": "#/components/schemas/TaskOptions-Input"
+    }

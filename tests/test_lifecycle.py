@@ -73,11 +73,14 @@ async def test_logs_are_read_in_pages_from_either_api(ty: Taskyard) -> None:
         handle = await chatty.aio_run_no_wait(3)
         await handle.aio_result(timeout=10)
     first = await ty.runs.aio_logs(handle.run_id, limit=2)
-    assert [(line.message, line.level) for line in first.lines] == [("line 0", "info"),
-                                                                    ("line 1", "info")]
+    assert [(line.message, line.level) for line in first.lines] == [
+        ("line 0", "info"),
+        ("line 1", "info"),
+    ]
     rest = await ty.runs.aio_logs(handle.run_id, after=first.next_after)
     assert [(line.message, line.level, line.attempt) for line in rest.lines] == [
-        ("line 2", "warning", 1)]
+        ("line 2", "warning", 1)
+    ]
     end = await asyncio.to_thread(ty.runs.logs, handle.run_id, after=rest.next_after)
     assert (end.lines, end.next_after) == ([], None)  # nothing more: ask again from rest's
     everything = await asyncio.to_thread(ty.runs.logs, handle.run_id)
@@ -115,11 +118,13 @@ async def test_retries_wait_for_their_back_off(ty: Taskyard) -> None:
     kinds = [e["type"] for e in events]
     assert kinds.count("failed") == 2
     assert kinds.count("retry_scheduled") == 2
-    assert [e["detail"]["delay"] for e in events if e["type"] == "retry_scheduled"] == [
-        0.3, 0.3]  # type: ignore[index]
+    assert [e["detail"]["delay"] for e in events if e["type"] == "retry_scheduled"] == [0.3, 0.3]  # type: ignore[index]
     view = await ty.runs.aio_get(run_id)
-    assert [a.status for a in view.attempts] == [RunStatus.FAILED, RunStatus.FAILED,
-                                                 RunStatus.SUCCEEDED]
+    assert [a.status for a in view.attempts] == [
+        RunStatus.FAILED,
+        RunStatus.FAILED,
+        RunStatus.SUCCEEDED,
+    ]
     assert view.attempts[0].error is not None
     assert view.attempts[0].error.type == "ConnectionError"
     assert "attempt 1 failed" in (view.attempts[0].error.traceback or "")
@@ -184,10 +189,10 @@ async def test_execution_timeout_cancels_the_attempt(ty: Taskyard) -> None:
     assert failure.value.error.type == "ExecutionTimeout"
 
 
-async def test_the_children_of_a_run_that_timed_out_are_cancelled_with_it(
-        ty: Taskyard) -> None:
+async def test_the_children_of_a_run_that_timed_out_are_cancelled_with_it(ty: Taskyard) -> None:
     """A step or task cut off by its timeout can no longer use what it spawned: the child it
     was waiting for (queued, on a queue nobody serves) is cancelled, not left queued."""
+
     @ty.task(queue="nobody-serves-this")
     async def child(n: int) -> int:
         return n
@@ -320,8 +325,7 @@ async def test_run_many_reports_failures_in_place(ty: Taskyard) -> None:
         return n
 
     async with ty.worker("w", tasks=[odd_fails]):
-        results = await odd_fails.aio_run_many([0, 1, 2, 3], return_exceptions=True,
-                                               timeout=10)
+        results = await odd_fails.aio_run_many([0, 1, 2, 3], return_exceptions=True, timeout=10)
         with pytest.raises(TaskFailed, match="1 is odd"):
             await odd_fails.aio_run_many([0, 1], timeout=10)
     assert results[0] == 0
@@ -355,7 +359,8 @@ async def test_waiting_reason_clears_when_a_worker_arrives(ty: Taskyard) -> None
     handle = await late.aio_run_no_wait(5)
     view = await handle.aio_get()
     assert view.waiting_reason == (
-        "no connected worker has registered task 'late' on queue 'default'")
+        "no connected worker has registered task 'late' on queue 'default'"
+    )
     async with ty.worker("w", tasks=[late]):
         assert await handle.aio_result(timeout=10) == 5
     tasks = await ty.transport.request("GET", "/api/v1/tasks")
@@ -375,14 +380,18 @@ async def test_chunks_stream_live_to_subscribers(engine: Engine, ty: Taskyard) -
     async with ty.worker("w", tasks=[tokens]):
         handle = await tokens.aio_run_no_wait(["a", "b", "c"])
         session = ty.transport.session()
-        async with session.get(f"{ty.url}/api/v1/runs/{handle.run_id}/stream",
-                               headers=ty.transport.headers) as response:
+        async with session.get(
+            f"{ty.url}/api/v1/runs/{handle.run_id}/stream", headers=ty.transport.headers
+        ) as response:
             assert response.headers["Content-Type"] == "text/event-stream"
             go.set()  # subscribed (the headers came after the subscription): start streaming
             body = (await response.read()).decode()
         assert body.split("\n\n")[:4] == [
-            'data: {"token":"a"}', 'data: {"token":"b"}', 'data: {"token":"c"}',
-            'event: end\ndata: {"status":"succeeded"}']
+            'data: {"token":"a"}',
+            'data: {"token":"b"}',
+            'data: {"token":"c"}',
+            'event: end\ndata: {"status":"succeeded"}',
+        ]
         # the SDK's iterator over a finished run ends at once
         assert [chunk async for chunk in handle.aio_stream()] == []
 

@@ -1,4 +1,5 @@
-"""The code base stays ruff-clean; CI runs the tests only, so this is where lint is enforced.
+"""The code base stays ruff-clean, ruff-formatted and strictly typed; CI runs the tests only, so
+this is where lint, format and types are enforced.
 
 What git tracks is linted, not every file in the working tree: a scratch file of one's own must
 not fail the suite (outside a git checkout, the whole tree is)."""
@@ -13,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tracked_python_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "-z", "--", "*.py"], capture_output=True,
-                            cwd=ROOT, check=False)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", "*.py"], capture_output=True, cwd=ROOT, check=False
+    )
     if listed.returncode != 0:
         return [str(ROOT)]
     return [name for name in listed.stdout.decode().split("\0") if name]
@@ -23,9 +25,48 @@ def tracked_python_files() -> list[str]:
 def test_ruff_is_clean() -> None:
     files = tracked_python_files()
     assert files, "no Python files found to lint"
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
-                             "--force-exclude", *files],
-                            capture_output=True, text=True, check=False, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--force-exclude", *files],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    files = tracked_python_files()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "format",
+            "--check",
+            "--no-cache",
+            "--force-exclude",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, (
+        result.stdout + result.stderr + "\nrun `uv run ruff format` to format them"
+    )
+
+
+def test_mypy_strict_is_clean() -> None:
+    """The engine, the SDK and the plugins, as configured in pyproject.toml (strict)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -52,24 +52,26 @@ async def test_concurrent_migrations_apply_each_file_once(empty_db_url: str) -> 
 async def test_unknown_migration_in_database_is_refused(db_url: str) -> None:
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute("INSERT INTO taskyard_migrations (version, name) "
-                           "VALUES (9999, '9999_from_the_future')")
+        await conn.execute(
+            "INSERT INTO taskyard_migrations (version, name) VALUES (9999, '9999_from_the_future')"
+        )
         with pytest.raises(MigrationError, match=r"9999_from_the_future.*Upgrade taskyard-engine"):
             await migrate(conn)
     finally:
         await conn.close()
 
 
-async def test_engine_with_no_migrate_refuses_an_unmigrated_database(empty_db_url: str,
-                                                                     tmp_path: Path) -> None:
-    settings = EngineSettings(database_url=empty_db_url, port=0, data_dir=tmp_path,
-                              migrate=False)
+async def test_engine_with_no_migrate_refuses_an_unmigrated_database(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    settings = EngineSettings(database_url=empty_db_url, port=0, data_dir=tmp_path, migrate=False)
     with pytest.raises(MigrationError, match="taskyard migrate"):
         await Engine(settings).start()
 
 
-async def test_engine_migrates_on_start_and_bootstraps_a_local_tenant(empty_db_url: str,
-                                                                      tmp_path: Path) -> None:
+async def test_engine_migrates_on_start_and_bootstraps_a_local_tenant(
+    empty_db_url: str, tmp_path: Path
+) -> None:
     settings = EngineSettings(database_url=empty_db_url, port=0, data_dir=tmp_path)
     async with Engine(settings) as engine:
         assert await pending_migrations_of(engine) == []

@@ -12,14 +12,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_dependencies_install_before_the_code_is_copied() -> None:
     """Otherwise every change to the code reinstalls every dependency."""
-    steps = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    steps = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     joined = "\n".join(steps).replace("\\\n", " ")
     instructions = re.findall(r"^(FROM|RUN|COPY|ENV|WORKDIR|EXPOSE|CMD)\b(.*)$", joined, re.M)
-    copy_all = next(i for i, (kind, rest) in enumerate(instructions)
-                    if kind == "COPY" and rest.split()[:1] == ["."])
-    first_sync = next(i for i, (kind, rest) in enumerate(instructions)
-                      if kind == "RUN" and "uv sync" in rest)
+    copy_all = next(
+        i
+        for i, (kind, rest) in enumerate(instructions)
+        if kind == "COPY" and rest.split()[:1] == ["."]
+    )
+    first_sync = next(
+        i for i, (kind, rest) in enumerate(instructions) if kind == "RUN" and "uv sync" in rest
+    )
     assert first_sync < copy_all
     assert "--no-install-workspace" in instructions[first_sync][1]
 

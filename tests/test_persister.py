@@ -45,32 +45,53 @@ TENANT = uuid.UUID(int=1)
 
 
 def new_run(run_id: uuid.UUID, key: str | None = None) -> tuple[object, ...]:
-    return new_run_row(tenant_id=TENANT, run_id=run_id, task="t", queue="default",
-                       status="queued", priority=2, options_json="{}", input_json="null",
-                       metadata_json="{}", created_at=time.time(), idempotency_key=key)
+    return new_run_row(
+        tenant_id=TENANT,
+        run_id=run_id,
+        task="t",
+        queue="default",
+        status="queued",
+        priority=2,
+        options_json="{}",
+        input_json="null",
+        metadata_json="{}",
+        created_at=time.time(),
+        idempotency_key=key,
+    )
 
 
 def exploded_run() -> tuple[object, ...]:
     """A run Postgres refuses (its status breaks a check constraint)."""
-    return new_run_row(tenant_id=TENANT, run_id=new_id(), task="t", queue="default",
-                       status="exploded", priority=2, options_json="{}", input_json="null",
-                       metadata_json="{}", created_at=time.time())
+    return new_run_row(
+        tenant_id=TENANT,
+        run_id=new_id(),
+        task="t",
+        queue="default",
+        status="exploded",
+        priority=2,
+        options_json="{}",
+        input_json="null",
+        metadata_json="{}",
+        created_at=time.time(),
+    )
 
 
 def state(run_id: uuid.UUID, status: str, attempt: int = 1) -> tuple[object, ...]:
     return (TENANT, run_id, status, attempt, None, time.time(), None, None, None, None, None, None)
 
 
-async def test_many_writes_share_few_transactions(persister: Persister,
-                                                  pool: asyncpg.Pool) -> None:
+async def test_many_writes_share_few_transactions(persister: Persister, pool: asyncpg.Pool) -> None:
     ids = [new_id() for _ in range(2000)]
     inserts = [persister.insert_runs([new_run(run_id)]) for run_id in ids]
     results = await asyncio.gather(*inserts)
     assert all(result[0].created for result in results)
     before = persister.flushes
     for run_id in ids:
-        persister.write([state(run_id, "assigned")],
-                        [(TENANT, run_id, time.time(), 1, "assigned", None, None)], [])
+        persister.write(
+            [state(run_id, "assigned")],
+            [(TENANT, run_id, time.time(), 1, "assigned", None, None)],
+            [],
+        )
     await persister.barrier()
     assert persister.flushes - before < 20
     assert await pool.fetchval("SELECT count(*) FROM runs WHERE status = 'assigned'") == 2000
@@ -121,7 +142,8 @@ async def test_producers_wait_when_the_buffer_is_full(pool: asyncpg.Pool) -> Non
 
 
 async def test_a_refused_batch_fails_its_waiters_and_the_next_batch_works(
-        persister: Persister, pool: asyncpg.Pool) -> None:
+    persister: Persister, pool: asyncpg.Pool
+) -> None:
     bad = persister.insert_runs([exploded_run()])
     with pytest.raises(asyncpg.CheckViolationError):
         await bad
@@ -143,10 +165,12 @@ async def test_a_committed_batch_is_recognised_on_retry(pool: asyncpg.Pool) -> N
     await register_node(pool, node)
     first = new_id()
     async with pool.acquire() as conn:
-        await write_batch(conn, WriteBatch(uuid.uuid4(), [new_run(first, "k")], {}, [], [], {}),
-                          (node, "ordered"))
-        batch = WriteBatch(uuid.uuid4(), [new_run(new_id()), new_run(new_id(), "k")], {}, [],
-                           [], {})
+        await write_batch(
+            conn, WriteBatch(uuid.uuid4(), [new_run(first, "k")], {}, [], [], {}), (node, "ordered")
+        )
+        batch = WriteBatch(
+            uuid.uuid4(), [new_run(new_id()), new_run(new_id(), "k")], {}, [], [], {}
+        )
         assert not await batch_committed(conn, node, "ordered", batch.batch_id)
         written = await write_batch(conn, batch, (node, "ordered"))
         assert await batch_committed(conn, node, "ordered", batch.batch_id)
@@ -160,20 +184,23 @@ async def test_new_runs_written_twice_are_found_as_created(pool: asyncpg.Pool) -
     it finds its own runs, created, and keyed runs still find the run that was there first."""
     first, keyed = new_id(), new_id()
     async with pool.acquire() as conn:
-        [earlier] = (await write_batch(conn, WriteBatch(uuid.uuid4(), [new_run(first, "k")],
-                                                        {}, [], [], {}), None)).values()
-        batch = WriteBatch(uuid.uuid4(), [new_run(new_id()), new_run(keyed, "k")], {}, [], [],
-                           {})
+        [earlier] = (
+            await write_batch(
+                conn, WriteBatch(uuid.uuid4(), [new_run(first, "k")], {}, [], [], {}), None
+            )
+        ).values()
+        batch = WriteBatch(uuid.uuid4(), [new_run(new_id()), new_run(keyed, "k")], {}, [], [], {})
         once = await write_batch(conn, batch, None)
         again = await write_batch(conn, batch, None)
     assert once == again
-    assert [(outcome.created, outcome.run_id == earlier.run_id) for outcome in again.values()] \
-        == [(True, False), (False, True)]
+    assert [(outcome.created, outcome.run_id == earlier.run_id) for outcome in again.values()] == [
+        (True, False),
+        (False, True),
+    ]
     assert await pool.fetchval("SELECT count(*) FROM runs") == 2
 
 
-async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(
-        pool: asyncpg.Pool) -> None:
+async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(pool: asyncpg.Pool) -> None:
     node = uuid.uuid4()
     await register_node(pool, node)
     slow = Persister(pool, node, linger=0.05)  # both writes land in one batch
@@ -186,8 +213,9 @@ async def test_refused_new_runs_do_not_take_the_engines_own_writes_down(
         await slow.barrier()
         with pytest.raises(asyncpg.CheckViolationError):
             await bad
-        assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1",
-                                   run_id) == "succeeded"
+        assert (
+            await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id) == "succeeded"
+        )
     finally:
         await slow.stop()
 
@@ -203,21 +231,27 @@ async def test_a_row_postgres_refuses_costs_only_itself(pool: asyncpg.Pool) -> N
         run_ids = [new_id() for _ in range(7)]
         await slow.insert_runs([new_run(run_id) for run_id in run_ids])
         poisoned = run_ids[3]
-        slow.write([state(run_id, "exploded" if run_id == poisoned else "succeeded")
-                    for run_id in run_ids],
-                   [(TENANT, run_ids[0], time.time(), 1, "note", None, None)],
-                   [(TENANT, run_ids[1], time.time(), 1, "info", "a log line")])
+        slow.write(
+            [
+                state(run_id, "exploded" if run_id == poisoned else "succeeded")
+                for run_id in run_ids
+            ],
+            [(TENANT, run_ids[0], time.time(), 1, "note", None, None)],
+            [(TENANT, run_ids[1], time.time(), 1, "info", "a log line")],
+        )
         with pytest.raises(asyncpg.CheckViolationError):
             await slow.barrier()  # what waited cannot know whose row went: it hears why
         statuses = dict(await pool.fetch("SELECT run_id, status FROM runs"))
-        assert statuses == {run_id: "queued" if run_id == poisoned else "succeeded"
-                            for run_id in run_ids}
+        assert statuses == {
+            run_id: "queued" if run_id == poisoned else "succeeded" for run_id in run_ids
+        }
         assert await pool.fetchval("SELECT count(*) FROM run_events WHERE type = 'note'") == 1
         assert await pool.fetchval("SELECT count(*) FROM run_logs") == 1
         slow.write([state(poisoned, "failed")], [], [])
         await slow.barrier()  # the lane goes on
-        assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1",
-                                   poisoned) == "failed"
+        assert (
+            await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", poisoned) == "failed"
+        )
     finally:
         await slow.stop()
 
@@ -228,18 +262,24 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
     await register_node(pool, node)
     existing = new_id()
     async with pool.acquire() as conn:
-        await write_batch(conn, WriteBatch(uuid.uuid4(), [new_run(existing)], {}, [], [], {}),
-                          (node, "ordered"))
+        await write_batch(
+            conn, WriteBatch(uuid.uuid4(), [new_run(existing)], {}, [], [], {}), (node, "ordered")
+        )
     now = time.time()
     batch = WriteBatch(
-        uuid.uuid4(), [new_run(new_id())], {existing: state(existing, "running")},
+        uuid.uuid4(),
+        [new_run(new_id())],
+        {existing: state(existing, "running")},
         [(TENANT, existing, now, 1, "timeout_refreshed", None, '{"seconds": 5}')],
-        [(TENANT, existing, now, 1, "info", "hello")], {(TENANT, "t"): "{}"},
+        [(TENANT, existing, now, 1, "info", "hello")],
+        {(TENANT, "t"): "{}"},
         pushed_events=[(TENANT, new_id(), "k", "{}", "{}", now, "{}", None)],
-        rate_usage={(TENANT, "openai"): (TENANT, "openai", 10, "minute", False, "[[1, 2]]"),
-                    (TENANT, "idle"): (TENANT, "idle", 10, "minute", False, "[]")},
-        durable={(TENANT, existing, 0): (TENANT, existing, 0, "memo", "f()", True, "1", None,
-                                         now)})
+        rate_usage={
+            (TENANT, "openai"): (TENANT, "openai", 10, "minute", False, "[[1, 2]]"),
+            (TENANT, "idle"): (TENANT, "idle", 10, "minute", False, "[]"),
+        },
+        durable={(TENANT, existing, 0): (TENANT, existing, 0, "memo", "f()", True, "1", None, now)},
+    )
     async with pool.acquire() as conn:
         inserted = await write_batch(conn, batch, (node, "ordered"))
         assert [outcome.created for outcome in inserted.values()] == [True]
@@ -251,20 +291,30 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
         "(SELECT count(*) FROM task_definitions) AS definitions, "
         "(SELECT count(*) FROM events) AS pushed, "
         "(SELECT count(*) FROM rate_limits) AS buckets, "
-        "(SELECT count(*) FROM durable_log) AS durable", existing)
-    assert dict(counts) == {"runs": 2, "status": "running", "events": 1, "logs": 1,
-                            "definitions": 1, "pushed": 1, "buckets": 1, "durable": 1}
+        "(SELECT count(*) FROM durable_log) AS durable",
+        existing,
+    )
+    assert dict(counts) == {
+        "runs": 2,
+        "status": "running",
+        "events": 1,
+        "logs": 1,
+        "definitions": 1,
+        "pushed": 1,
+        "buckets": 1,
+        "durable": 1,
+    }
 
 
-async def test_a_run_inserted_and_updated_in_one_batch_keeps_its_update(
-        pool: asyncpg.Pool) -> None:
+async def test_a_run_inserted_and_updated_in_one_batch_keeps_its_update(pool: asyncpg.Pool) -> None:
     """The statements of one statement see the database as it was before it: a batch that
     inserts a run and updates it is written statement by statement instead."""
     node = uuid.uuid4()
     await register_node(pool, node)
     run_id = new_id()
-    batch = WriteBatch(uuid.uuid4(), [new_run(run_id)],
-                       {run_id: state(run_id, "assigned")}, [], [], {})
+    batch = WriteBatch(
+        uuid.uuid4(), [new_run(run_id)], {run_id: state(run_id, "assigned")}, [], [], {}
+    )
     async with pool.acquire() as conn:
         await write_batch(conn, batch, (node, "ordered"))
         assert await batch_committed(conn, node, "ordered", batch.batch_id)
@@ -272,7 +322,8 @@ async def test_a_run_inserted_and_updated_in_one_batch_keeps_its_update(
 
 
 async def test_triggered_runs_commit_while_the_ordered_lane_is_stuck(
-        persister: Persister, pool: asyncpg.Pool, db_url: str) -> None:
+    persister: Persister, pool: asyncpg.Pool, db_url: str
+) -> None:
     """A trigger never waits behind the engine's own writes: with the ordered lane blocked on a
     row lock, triggered runs still commit, and the ordered write lands once the lock goes."""
     run_id = new_id()
@@ -303,8 +354,12 @@ async def test_run_states_are_written_through_the_primary_key(pool: asyncpg.Pool
     async with pool.acquire() as conn:
         await conn.fetch(repository._INSERT_RUNS, [new_run(new_id()) for _ in range(5000)])
         await conn.execute("SET plan_cache_mode = force_generic_plan")
-        plan = "\n".join(row[0] for row in await conn.fetch(
-            "EXPLAIN " + repository._UPDATE_RUNS, [state(new_id(), "running")]))
+        plan = "\n".join(
+            row[0]
+            for row in await conn.fetch(
+                "EXPLAIN " + repository._UPDATE_RUNS, [state(new_id(), "running")]
+            )
+        )
         await conn.execute("RESET plan_cache_mode")
     assert "Seq Scan" not in plan, plan
     assert "Index" in plan, plan
@@ -324,13 +379,15 @@ async def test_rows_nobody_waits_for_go_with_the_next_awaited_batch(pool: asyncp
         delayed.write([state(run_id, "assigned")], [], [])
         delayed.write([state(run_id, "running")], [], [])
         await asyncio.sleep(0.1)
-        assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1",
-                                   run_id) == "queued", "still waiting for company"
+        assert (
+            await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id) == "queued"
+        ), "still waiting for company"
         delayed.write([state(run_id, "succeeded")], [], [])
         await asyncio.wait_for(delayed.barrier(), 0.2)  # a barrier does not wait the delay out
         assert delayed.flushes - before == 1
-        assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1",
-                                   run_id) == "succeeded"
+        assert (
+            await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id) == "succeeded"
+        )
 
         delayed.write([state(run_id, "succeeded", attempt=2)], [], [])
         for _ in range(100):  # alone, it is written once the delay is over
@@ -343,7 +400,8 @@ async def test_rows_nobody_waits_for_go_with_the_next_awaited_batch(pool: asyncp
 
 
 async def test_states_that_may_wait_are_replaced_before_they_are_written(
-        pool: asyncpg.Pool) -> None:
+    pool: asyncpg.Pool,
+) -> None:
     """Under load: an assignment held for write_delay is replaced by the run's end, so the run's
     row is updated once; the end is written at once; a flush writes what is held."""
     node = uuid.uuid4()
@@ -353,8 +411,7 @@ async def test_states_that_may_wait_are_replaced_before_they_are_written(
     try:
         ended, waiting = new_id(), new_id()
         await holding.insert_runs([new_run(ended), new_run(waiting)])
-        holding.write([state(ended, "assigned"), state(waiting, "assigned")], [], [],
-                      may_wait=True)
+        holding.write([state(ended, "assigned"), state(waiting, "assigned")], [], [], may_wait=True)
         await holding.barrier()  # other batches go; the held states stay
         statuses = dict(await pool.fetch("SELECT run_id, status FROM runs"))
         assert statuses == {ended: "queued", waiting: "queued"}

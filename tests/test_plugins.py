@@ -18,16 +18,18 @@ def test_the_sample_plugin_is_discovered_through_its_entry_point() -> None:
 
 
 def test_unknown_plugin_names_the_installed_ones() -> None:
-    with pytest.raises(UnknownPluginError,
-                       match=r"unknown plugin 'nope'; installed plugins: .*hello"):
+    with pytest.raises(
+        UnknownPluginError, match=r"unknown plugin 'nope'; installed plugins: .*hello"
+    ):
         Plugins(["nope"])
 
 
 async def test_selected_plugin_adds_routes_and_sees_startup(db_url: str, tmp_path: Path) -> None:
     import taskyard_hello
 
-    settings = EngineSettings(database_url=db_url, port=0, data_dir=tmp_path, migrate=False,
-                              plugins=["hello"])
+    settings = EngineSettings(
+        database_url=db_url, port=0, data_dir=tmp_path, migrate=False, plugins=["hello"]
+    )
     async with Engine(settings) as engine, aiohttp.ClientSession(base_url=engine.url) as http:
         assert engine.url in taskyard_hello.started
         headers = {"Authorization": f"Bearer {(tmp_path / 'token').read_text().strip()}"}
@@ -41,8 +43,10 @@ async def test_selected_plugin_adds_routes_and_sees_startup(db_url: str, tmp_pat
 
 
 async def test_plugins_not_selected_are_not_loaded(engine: Engine) -> None:
-    async with aiohttp.ClientSession(base_url=engine.url) as http, \
-            http.get("/api/v1/hello") as response:
+    async with (
+        aiohttp.ClientSession(base_url=engine.url) as http,
+        http.get("/api/v1/hello") as response,
+    ):
         assert response.status == 404
 
 
@@ -71,8 +75,9 @@ class Recorder:
         self.events.append("shutdown")
 
 
-async def test_a_failing_plugin_is_isolated(db_url: str, tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_plugin_is_isolated(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     recorder = Recorder()
     settings = EngineSettings(database_url=db_url, port=0, data_dir=tmp_path, migrate=False)
     engine = Engine(settings, plugins=[Faulty(), recorder])

@@ -68,17 +68,24 @@ async def ledger_report(db_url: str, expected: set[int]) -> tuple[int, int]:
     return lost, duplicates
 
 
-async def trigger_batches(http: aiohttp.ClientSession, headers: dict[str, str], first: int,
-                          count: int, batch: int = 500,
-                          options: dict[str, object] | None = None) -> set[int]:
+async def trigger_batches(
+    http: aiohttp.ClientSession,
+    headers: dict[str, str],
+    first: int,
+    count: int,
+    batch: int = 500,
+    options: dict[str, object] | None = None,
+) -> set[int]:
     """Trigger `record` runs; returns the numbers whose trigger was acknowledged."""
     acknowledged: set[int] = set()
     for start in range(first, first + count, batch):
         numbers = range(start, min(start + batch, first + count))
-        runs = [{"task": "record", "input": n, "options": options or {"retries": 5}}
-                for n in numbers]
-        async with http.post("/api/v1/runs/batch", json={"runs": runs},
-                             headers=headers) as response:
+        runs = [
+            {"task": "record", "input": n, "options": options or {"retries": 5}} for n in numbers
+        ]
+        async with http.post(
+            "/api/v1/runs/batch", json={"runs": runs}, headers=headers
+        ) as response:
             if response.status == 201:
                 acknowledged.update(numbers)
             else:
@@ -87,15 +94,31 @@ async def trigger_batches(http: aiohttp.ClientSession, headers: dict[str, str], 
 
 
 async def test_engine_killed_with_5000_runs_in_flight_loses_nothing(
-        db_url: str, tmp_path: Path, record_property: pytest.RecordProperty) -> None:
+    db_url: str, tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
     await execute(db_url, LEDGER_TABLE)
     data_dir = tmp_path / "engine"
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir),
-                            "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        [
+            "--database-url",
+            db_url,
+            "--data-dir",
+            str(data_dir),
+            "--heartbeat-interval",
+            "0.5",
+            "--heartbeat-timeout",
+            "3",
+        ],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     token = (data_dir / "token").read_text().strip()
-    workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log",
-                             slots=50, sleep=0.05).start() for i in range(2)]
+    workers = [
+        WorkerProcess(
+            engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log", slots=50, sleep=0.05
+        ).start()
+        for i in range(2)
+    ]
     try:
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(base_url=engine.url) as http:
@@ -111,28 +134,47 @@ async def test_engine_killed_with_5000_runs_in_flight_loses_nothing(
             worker.kill()
         engine.kill()
     lost, duplicates = await ledger_report(db_url, acknowledged)
-    print(f"engine kill -9: {done_before} done before the kill, lost {lost}, "
-          f"duplicates {duplicates}")
+    print(
+        f"engine kill -9: {done_before} done before the kill, lost {lost}, duplicates {duplicates}"
+    )
     record_property("duplicates", duplicates)
     assert lost == 0
     assert await scalar(db_url, "SELECT count(*) FROM runs WHERE status <> 'succeeded'") == 0
 
 
 async def test_engine_killed_with_flow_controlled_runs_in_flight_loses_none_and_leaks_no_key(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     """Runs held by concurrency keys and rate limits when the engine dies: after the restart
     every one finishes (a key slot leaked by the crash would leave its key's runs waiting)."""
     await execute(db_url, LEDGER_TABLE)
     data_dir = tmp_path / "engine"
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir),
-                            "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        [
+            "--database-url",
+            db_url,
+            "--data-dir",
+            str(data_dir),
+            "--heartbeat-interval",
+            "0.5",
+            "--heartbeat-timeout",
+            "3",
+        ],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     token = (data_dir / "token").read_text().strip()
-    workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log",
-                             slots=20, sleep=0.02).start() for i in range(2)]
-    options = {"retries": 5,
-               "concurrency": [{"expression": "string(input % 4)", "max_runs": 2}],
-               "rate_limits": [{"dynamic_key": "'ledger'", "limit": 200, "duration": "second"}]}
+    workers = [
+        WorkerProcess(
+            engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log", slots=20, sleep=0.02
+        ).start()
+        for i in range(2)
+    ]
+    options = {
+        "retries": 5,
+        "concurrency": [{"expression": "string(input % 4)", "max_runs": 2}],
+        "rate_limits": [{"dynamic_key": "'ledger'", "limit": 200, "duration": "second"}],
+    }
     try:
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(base_url=engine.url) as http:
@@ -161,17 +203,22 @@ async def _succeeded(db_url: str, count: int) -> bool:
 
 
 async def test_a_worker_killed_mid_task_is_retried_elsewhere_after_the_heartbeat_timeout(
-        engine: Engine, db_url: str, data_dir: Path, tmp_path: Path) -> None:
+    engine: Engine, db_url: str, data_dir: Path, tmp_path: Path
+) -> None:
     await execute(db_url, LEDGER_TABLE)
     token = (data_dir / "token").read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
-    stuck = WorkerProcess(engine.url, token, db_url, "stuck", tmp_path / "stuck.log", slots=1,
-                          sleep=60).start()
+    stuck = WorkerProcess(
+        engine.url, token, db_url, "stuck", tmp_path / "stuck.log", slots=1, sleep=60
+    ).start()
     healthy = WorkerProcess(engine.url, token, db_url, "healthy", tmp_path / "healthy.log")
     try:
         async with aiohttp.ClientSession(base_url=engine.url) as http:
-            async with http.post("/api/v1/runs", headers=headers, json={
-                    "task": "record", "input": 1, "options": {"retries": 1}}) as response:
+            async with http.post(
+                "/api/v1/runs",
+                headers=headers,
+                json={"task": "record", "input": 1, "options": {"retries": 1}},
+            ) as response:
                 run_id = (await response.json())["run_id"]
             await wait_until(lambda: _ledger_at_least(db_url, 1), 30, "the stuck worker to start")
             healthy.start()
@@ -179,8 +226,9 @@ async def test_a_worker_killed_mid_task_is_retried_elsewhere_after_the_heartbeat
             stuck.kill()
             killed_at = time.time()
             await wait_until(lambda: _ledger_at_least(db_url, 2), 30, "the retry")
-            async with http.get(f"/api/v1/runs/{run_id}/result", headers=headers,
-                                params={"timeout": 30}) as response:
+            async with http.get(
+                f"/api/v1/runs/{run_id}/result", headers=headers, params={"timeout": 30}
+            ) as response:
                 view = await response.json()
     finally:
         stuck.kill()
@@ -190,8 +238,9 @@ async def test_a_worker_killed_mid_task_is_retried_elsewhere_after_the_heartbeat
     assert view["attempts"][0]["error"]["type"] == "WorkerLost"
     conn = await asyncpg.connect(db_url)
     try:
-        rows = await conn.fetch("SELECT worker, attempt, extract(epoch FROM at) AS at "
-                                "FROM ledger ORDER BY at")
+        rows = await conn.fetch(
+            "SELECT worker, attempt, extract(epoch FROM at) AS at FROM ledger ORDER BY at"
+        )
     finally:
         await conn.close()
     assert [(r["worker"], r["attempt"]) for r in rows] == [("stuck", 1), ("healthy", 2)]
@@ -221,7 +270,8 @@ def own_postgres() -> Iterator[EmbeddedPostgres]:
 
 
 async def test_postgres_restarted_mid_run_loses_nothing_acknowledged(
-        own_postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+    own_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
     db_url = own_postgres.url
     conn = await connect(db_url)
     try:
@@ -233,13 +283,18 @@ async def test_postgres_restarted_mid_run_loses_nothing_acknowledged(
         await _count_work_through_a_restart(engine, own_postgres, db_url, data_dir, tmp_path)
 
 
-async def _count_work_through_a_restart(engine: Engine, cluster: EmbeddedPostgres, db_url: str,
-                                        data_dir: Path, tmp_path: Path) -> None:
+async def _count_work_through_a_restart(
+    engine: Engine, cluster: EmbeddedPostgres, db_url: str, data_dir: Path, tmp_path: Path
+) -> None:
     await execute(db_url, LEDGER_TABLE)
     token = (data_dir / "token").read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
-    workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log",
-                             slots=20, sleep=0.01).start() for i in range(2)]
+    workers = [
+        WorkerProcess(
+            engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log", slots=20, sleep=0.01
+        ).start()
+        for i in range(2)
+    ]
     # The task itself writes to Postgres too: give it retries with back-off to ride the outage.
     options = {"retries": 20, "backoff_factor": 2, "backoff_max_seconds": 1}
     acknowledged: set[int] = set()
@@ -250,8 +305,11 @@ async def _count_work_through_a_restart(engine: Engine, cluster: EmbeddedPostgre
 
             async def keep_triggering() -> None:
                 for round_number in range(12):
-                    acknowledged.update(await trigger_batches(
-                        http, headers, round_number * 200, 200, batch=50, options=options))
+                    acknowledged.update(
+                        await trigger_batches(
+                            http, headers, round_number * 200, 200, batch=50, options=options
+                        )
+                    )
                     await asyncio.sleep(0.2)
 
             producer = asyncio.create_task(keep_triggering())
@@ -260,47 +318,72 @@ async def _count_work_through_a_restart(engine: Engine, cluster: EmbeddedPostgre
             await asyncio.to_thread(cluster.start)
             await producer
             assert len(acknowledged) >= 1000
-            await wait_until(lambda: _succeeded(db_url, len(acknowledged)), 120,
-                             "every acknowledged run to succeed")
+            await wait_until(
+                lambda: _succeeded(db_url, len(acknowledged)),
+                120,
+                "every acknowledged run to succeed",
+            )
             async with http.get("/healthz") as response:
                 assert response.status == 200
     finally:
         for worker in workers:
             worker.kill()
     lost, duplicates = await ledger_report(db_url, acknowledged)
-    print(f"postgres restart: {len(acknowledged)} acknowledged, lost {lost}, "
-          f"duplicates {duplicates}")
+    print(
+        f"postgres restart: {len(acknowledged)} acknowledged, lost {lost}, duplicates {duplicates}"
+    )
     assert lost == 0
     statuses = await scalar(db_url, "SELECT count(*) FROM runs WHERE status <> 'succeeded'")
     assert statuses == 0
 
 
 async def test_a_reattached_run_keeps_the_rate_limit_units_its_lost_assignment_took(
-        own_postgres: EmbeddedPostgres, db_url: str, tmp_path: Path) -> None:
+    own_postgres: EmbeddedPostgres, db_url: str, tmp_path: Path
+) -> None:
     """An assignment the engine could not write before it was killed (Postgres was down) took
     rate-limit units that were not written either. When the worker reclaims the run after the
     restart, its units count again: the window's limit holds across the crash."""
     await execute(db_url, LEDGER_TABLE)  # the ledger lives outside the cluster that goes down
-    engine = EngineProcess(["--database-url", own_postgres.url, "--data-dir",
-                            str(tmp_path / "engine"), "--heartbeat-interval", "0.5",
-                            "--heartbeat-timeout", "10", "--database-wait", "60"],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        [
+            "--database-url",
+            own_postgres.url,
+            "--data-dir",
+            str(tmp_path / "engine"),
+            "--heartbeat-interval",
+            "0.5",
+            "--heartbeat-timeout",
+            "10",
+            "--database-wait",
+            "60",
+        ],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     token = (tmp_path / "engine" / "token").read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
     # The first run holds the key; the second waits for it, then takes a unit of the limit.
     key = {"concurrency": [{"expression": "'one'", "max_runs": 1}], "retries": 0}
     limited = {**key, "rate_limits": [{"key": "scarce"}]}
-    worker = WorkerProcess(engine.url, token, db_url, "w", tmp_path / "w.log", slots=5,
-                           sleep=2).start()
+    worker = WorkerProcess(
+        engine.url, token, db_url, "w", tmp_path / "w.log", slots=5, sleep=2
+    ).start()
     try:
         async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as http:
             await wait_until(lambda: _connected(http, {}, 1), 30, "the worker")
-            async with http.put("/api/v1/rate-limits/scarce",
-                                json={"limit": 2, "duration": "minute"}) as response:
+            async with http.put(
+                "/api/v1/rate-limits/scarce", json={"limit": 2, "duration": "minute"}
+            ) as response:
                 assert response.status == 200, await response.text()
-            async with http.post("/api/v1/runs/batch", json={"runs": [
-                    {"task": "record", "input": 1, "options": key},
-                    {"task": "record", "input": 2, "options": limited}]}) as response:
+            async with http.post(
+                "/api/v1/runs/batch",
+                json={
+                    "runs": [
+                        {"task": "record", "input": 1, "options": key},
+                        {"task": "record", "input": 2, "options": limited},
+                    ]
+                },
+            ) as response:
                 assert response.status == 201, await response.text()
                 second = (await response.json())["runs"][1]["run_id"]
             await wait_until(lambda: _ledger_at_least(db_url, 1), 30, "the first run to start")
@@ -310,8 +393,9 @@ async def test_a_reattached_run_keeps_the_rate_limit_units_its_lost_assignment_t
             engine.kill()
             await asyncio.to_thread(own_postgres.start)
             await asyncio.to_thread(engine.start, 60)
-            async with http.get(f"/api/v1/runs/{second}/result",
-                                params={"timeout": 30}) as response:
+            async with http.get(
+                f"/api/v1/runs/{second}/result", params={"timeout": 30}
+            ) as response:
                 view = await response.json()
             assert view["status"] == "succeeded", view
             async with http.get(f"/api/v1/runs/{second}/events") as response:
@@ -319,8 +403,10 @@ async def test_a_reattached_run_keeps_the_rate_limit_units_its_lost_assignment_t
             assert "reattached" in str(history), history
             async with http.get("/api/v1/rate-limits/scarce") as response:
                 usage = await response.json()
-            async with http.post("/api/v1/runs/batch", json={"runs": [
-                    {"task": "record", "input": n, "options": limited} for n in (3, 4)]}) as r:
+            async with http.post(
+                "/api/v1/runs/batch",
+                json={"runs": [{"task": "record", "input": n, "options": limited} for n in (3, 4)]},
+            ) as r:
                 assert r.status == 201, await r.text()
                 last = (await r.json())["runs"][1]["run_id"]
             await wait_until(lambda: _ledger_at_least(db_url, 3), 30, "a third run to start")
@@ -337,7 +423,8 @@ async def test_a_reattached_run_keeps_the_rate_limit_units_its_lost_assignment_t
 
 
 async def test_postgres_restarted_while_the_engine_starts_does_not_stop_it(
-        own_postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+    own_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
     """The engine is held mid-start (another session locks the table it registers itself in)
     when Postgres restarts under it: it starts again from the top and serves, as it waits for a
     database that is not up yet, instead of giving up."""
@@ -349,13 +436,16 @@ async def test_postgres_restarted_while_the_engine_starts_does_not_stop_it(
     engine = Engine(engine_settings(own_postgres.url, tmp_path / "data"))
     starting = asyncio.create_task(engine.start())
     try:
-        await wait_until(lambda: _waiting_for_a_lock(own_postgres.url), 30,
-                         "the engine to wait for the lock")
+        await wait_until(
+            lambda: _waiting_for_a_lock(own_postgres.url), 30, "the engine to wait for the lock"
+        )
         await asyncio.to_thread(own_postgres.stop)  # cuts every session, the holder's too
         await asyncio.to_thread(own_postgres.start)
         await asyncio.wait_for(starting, 60)
-        async with aiohttp.ClientSession(base_url=engine.url) as http, \
-                http.get("/healthz") as response:
+        async with (
+            aiohttp.ClientSession(base_url=engine.url) as http,
+            http.get("/healthz") as response,
+        ):
             assert response.status == 200
     finally:
         starting.cancel()

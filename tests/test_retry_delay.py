@@ -22,11 +22,12 @@ def test_no_factor_retries_at_once_and_a_requested_delay_wins() -> None:
     assert retry_delay(options, 1, 600) == 60
 
 
-@given(factor=st.floats(min_value=1.0, max_value=100.0),
-       cap=st.floats(min_value=0.001, max_value=86_400.0),
-       retry=st.integers(min_value=1, max_value=1000))
-def test_delays_never_shrink_and_never_pass_the_cap(factor: float, cap: float,
-                                                   retry: int) -> None:
+@given(
+    factor=st.floats(min_value=1.0, max_value=100.0),
+    cap=st.floats(min_value=0.001, max_value=86_400.0),
+    retry=st.integers(min_value=1, max_value=1000),
+)
+def test_delays_never_shrink_and_never_pass_the_cap(factor: float, cap: float, retry: int) -> None:
     options = TaskOptions(retries=1000, backoff_factor=factor, backoff_max_seconds=cap)
     delay = retry_delay(options, retry, None)
     assert 0 <= delay <= cap

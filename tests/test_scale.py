@@ -20,12 +20,18 @@ RUNS = 10_000
 
 
 async def test_ten_thousand_runs_through_two_worker_processes(
-        engine: Engine, db_url: str, data_dir: Path, tmp_path: Path,
-        record_property: pytest.RecordProperty) -> None:
+    engine: Engine,
+    db_url: str,
+    data_dir: Path,
+    tmp_path: Path,
+    record_property: pytest.RecordProperty,
+) -> None:
     await engine.pool.execute(LEDGER_TABLE)
     token = (data_dir / "token").read_text().strip()
-    workers = [WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log").start()
-               for i in range(2)]
+    workers = [
+        WorkerProcess(engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log").start()
+        for i in range(2)
+    ]
     headers = {"Authorization": f"Bearer {token}"}
     try:
         async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as http:
@@ -44,8 +50,9 @@ async def test_ten_thousand_runs_through_two_worker_processes(
                     run_ids += [ref["run_id"] for ref in (await response.json())["runs"]]
             pending = run_ids
             while pending:
-                async with http.post("/api/v1/runs/wait", json={
-                        "run_ids": pending, "timeout": 30}) as response:
+                async with http.post(
+                    "/api/v1/runs/wait", json={"run_ids": pending, "timeout": 30}
+                ) as response:
                     pending = (await response.json())["pending"]
             elapsed = time.monotonic() - started
             await engine.persister.flush()
@@ -70,16 +77,19 @@ async def test_ten_thousand_runs_through_two_worker_processes(
     assert listed == {"succeeded": RUNS}
     timelines = await engine.pool.fetchval(
         "SELECT count(*) FROM runs WHERE created_at <= assigned_at AND assigned_at <= started_at "
-        "AND started_at <= finished_at AND status = 'succeeded' AND attempt = 1")
+        "AND started_at <= finished_at AND status = 'succeeded' AND attempt = 1"
+    )
     assert timelines == RUNS, "every run's row holds its whole timeline, in order"
-    assert await engine.pool.fetchval("SELECT count(*) FROM run_events") == 0, \
+    assert await engine.pool.fetchval("SELECT count(*) FROM run_events") == 0, (
         "the usual lifecycle costs no event rows"
+    )
     async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as http:
         for run_id in run_ids[:: RUNS // 20]:
             async with http.get(f"/api/v1/runs/{run_id}/events") as response:
                 kinds = [event["type"] for event in await response.json()]
             assert kinds == ["queued", "assigned", "started", "succeeded"]
     per_worker = await engine.pool.fetch(
-        "SELECT worker_id, count(*) AS n FROM runs GROUP BY worker_id")
+        "SELECT worker_id, count(*) AS n FROM runs GROUP BY worker_id"
+    )
     assert len(per_worker) == 2, "both workers took part"
     assert flushes < RUNS / 10, "writes are batched"

@@ -25,15 +25,19 @@ async def _ticks(db_url: str, cron: str) -> list[float]:
     """The tick each of a cron's runs was started for, in order (duplicates kept)."""
     conn = await asyncpg.connect(db_url)
     try:
-        rows = await conn.fetch("SELECT metadata->>'tick' AS tick FROM runs "
-                                "WHERE metadata->>'cron' = $1 ORDER BY run_id", cron)
+        rows = await conn.fetch(
+            "SELECT metadata->>'tick' AS tick FROM runs "
+            "WHERE metadata->>'cron' = $1 ORDER BY run_id",
+            cron,
+        )
     finally:
         await conn.close()
     return sorted(datetime.fromisoformat(row["tick"]).timestamp() for row in rows)
 
 
 async def test_a_per_second_cron_starts_one_run_a_tick_and_a_paused_one_none(
-        ty: Taskyard, db_url: str) -> None:
+    ty: Taskyard, db_url: str
+) -> None:
     @ty.task()
     async def heartbeat(n: Any) -> None:
         return None
@@ -114,8 +118,7 @@ async def test_a_one_off_schedule_fires_once_on_time(ty: Taskyard) -> None:
     assert "already fired" in str(fired.value)
 
 
-async def test_a_one_off_schedule_survives_an_engine_restart(db_url: str,
-                                                             data_dir: Path) -> None:
+async def test_a_one_off_schedule_survives_an_engine_restart(db_url: str, data_dir: Path) -> None:
     async with Engine(engine_settings(db_url, data_dir)) as engine:
         ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
         wf = ty.workflow("later")
@@ -128,8 +131,9 @@ async def test_a_one_off_schedule_survives_an_engine_restart(db_url: str,
         moved = await wf.aio_schedule(datetime.now(UTC) + timedelta(hours=1), input=1)
         soon = await wf.aio_schedule(datetime.now(UTC) + timedelta(seconds=1.5), input=2)
         # rescheduled to about when the other fires; the restart is in between
-        await ty.schedules.aio_reschedule(moved.schedule_id,
-                                          datetime.now(UTC) + timedelta(seconds=1.5))
+        await ty.schedules.aio_reschedule(
+            moved.schedule_id, datetime.now(UTC) + timedelta(seconds=1.5)
+        )
         await ty.aio_close()
     await asyncio.sleep(2)  # both times pass while the engine is down
     async with Engine(engine_settings(db_url, data_dir)) as engine:
@@ -148,18 +152,28 @@ async def test_a_one_off_schedule_survives_an_engine_restart(db_url: str,
 
 @pytest.mark.slow
 async def test_engine_killed_across_ticks_neither_doubles_nor_loses_by_policy(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "engine"
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir)],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        ["--database-url", db_url, "--data-dir", str(data_dir)],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     token = (data_dir / "token").read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
     try:
         async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as http:
             for name, catch_up in (("latest", "latest"), ("all", "all")):
-                async with http.post("/api/v1/crons", json={
-                        "name": name, "task": "tick", "expression": "* * * * * *",
-                        "catch_up": catch_up}) as response:
+                async with http.post(
+                    "/api/v1/crons",
+                    json={
+                        "name": name,
+                        "task": "tick",
+                        "expression": "* * * * * *",
+                        "catch_up": catch_up,
+                    },
+                ) as response:
                     assert response.status == 201, await response.text()
         await asyncio.sleep(3.2)
         engine.kill()  # kill -9, between ticks or in the middle of one
@@ -184,26 +198,56 @@ async def test_engine_killed_across_ticks_neither_doubles_nor_loses_by_policy(
     assert len(latest) < len(every)
 
 
-async def test_bad_crons_and_schedules_are_refused(ty: Taskyard,
-                                                   http: aiohttp.ClientSession) -> None:
+async def test_bad_crons_and_schedules_are_refused(
+    ty: Taskyard, http: aiohttp.ClientSession
+) -> None:
     headers = {"Authorization": f"Bearer {ty.config.token}"}
     soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     past = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
     cases: list[tuple[str, str, dict[str, Any], int, str]] = [
-        ("POST", "/api/v1/crons", {"name": "c", "task": "t", "expression": "61 * * * *"}, 422,
-         "cron expression '61 * * * *' is not valid"),
-        ("POST", "/api/v1/crons", {"name": "c", "task": "t", "expression": "* * *"}, 422,
-         "has 3 fields; it needs 5"),
-        ("POST", "/api/v1/crons", {"name": "c", "task": "t", "expression": "0 0 30 2 *"}, 422,
-         "cron expression '0 0 30 2 *' never fires"),
-        ("POST", "/api/v1/crons", {"name": "c", "task": "t", "expression": "0 9 * * *",
-                                   "timezone": "Mars/Olympus"}, 422,
-         "unknown time zone 'Mars/Olympus'"),
-        ("POST", "/api/v1/crons", {"name": "c", "expression": "0 9 * * *"}, 422,
-         "name either a task or a workflow"),
+        (
+            "POST",
+            "/api/v1/crons",
+            {"name": "c", "task": "t", "expression": "61 * * * *"},
+            422,
+            "cron expression '61 * * * *' is not valid",
+        ),
+        (
+            "POST",
+            "/api/v1/crons",
+            {"name": "c", "task": "t", "expression": "* * *"},
+            422,
+            "has 3 fields; it needs 5",
+        ),
+        (
+            "POST",
+            "/api/v1/crons",
+            {"name": "c", "task": "t", "expression": "0 0 30 2 *"},
+            422,
+            "cron expression '0 0 30 2 *' never fires",
+        ),
+        (
+            "POST",
+            "/api/v1/crons",
+            {"name": "c", "task": "t", "expression": "0 9 * * *", "timezone": "Mars/Olympus"},
+            422,
+            "unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            "POST",
+            "/api/v1/crons",
+            {"name": "c", "expression": "0 9 * * *"},
+            422,
+            "name either a task or a workflow",
+        ),
         ("POST", "/api/v1/schedules", {"task": "t", "at": past}, 422, "is in the past"),
-        ("POST", "/api/v1/schedules", {"task": "t", "workflow": "w", "at": soon}, 422,
-         "name either a task or a workflow"),
+        (
+            "POST",
+            "/api/v1/schedules",
+            {"task": "t", "workflow": "w", "at": soon},
+            422,
+            "name either a task or a workflow",
+        ),
     ]
     for method, path, body, status, message in cases:
         async with http.request(method, path, json=body, headers=headers) as response:
@@ -218,8 +262,9 @@ async def test_bad_crons_and_schedules_are_refused(ty: Taskyard,
     async with http.post("/api/v1/crons", json=body, headers=headers) as response:
         assert response.status == 409
         assert "already has a cron named 'dup'" in (await response.json())["error"]["message"]
-    async with http.delete("/api/v1/crons/00000000-0000-0000-0000-000000000000",
-                           headers=headers) as response:
+    async with http.delete(
+        "/api/v1/crons/00000000-0000-0000-0000-000000000000", headers=headers
+    ) as response:
         assert response.status == 404
     wf = ty.workflow("bad-cron", on_crons=["not a cron"])
 

@@ -32,23 +32,74 @@ from tests.support import LEDGER_TABLE, WorkerProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPORTS = {
-    "ApiError", "AuthenticationError", "Conflict", "ConnectionLost", "Context", "Depends",
-    "EngineUnreachable", "ErrorInfo",
-    "InvalidInput", "InvalidRequest", "NonRetryableError", "NotFound", "PermissionDenied",
-    "LogLine", "LogPage", "ResultTimeout", "RetryAfter", "RunHandle", "RunPage", "RunStatus",
-    "RunView", "Runs",
-    "Task", "TaskFailed", "TaskOptions", "Taskyard", "TaskyardError", "Unavailable", "Worker",
-    "WorkerStopped", "__version__", "parse_duration",
+    "ApiError",
+    "AuthenticationError",
+    "Conflict",
+    "ConnectionLost",
+    "Context",
+    "Depends",
+    "EngineUnreachable",
+    "ErrorInfo",
+    "InvalidInput",
+    "InvalidRequest",
+    "NonRetryableError",
+    "NotFound",
+    "PermissionDenied",
+    "LogLine",
+    "LogPage",
+    "ResultTimeout",
+    "RetryAfter",
+    "RunHandle",
+    "RunPage",
+    "RunStatus",
+    "RunView",
+    "Runs",
+    "Task",
+    "TaskFailed",
+    "TaskOptions",
+    "Taskyard",
+    "TaskyardError",
+    "Unavailable",
+    "Worker",
+    "WorkerStopped",
+    "__version__",
+    "parse_duration",
     # workflows and events
-    "And", "Event", "EventPage", "EventRequest", "EventView", "Events", "Or", "RunKind", "Sleep",
-    "Workflow", "WorkflowInfo", "WorkflowTask",
+    "And",
+    "Event",
+    "EventPage",
+    "EventRequest",
+    "EventView",
+    "Events",
+    "Or",
+    "RunKind",
+    "Sleep",
+    "Workflow",
+    "WorkflowInfo",
+    "WorkflowTask",
     # flow control and routing
-    "Concurrency", "ConcurrencyStrategy", "Label", "QueueOrder", "RateDuration", "RateLimit",
-    "RateLimitView", "RateLimits", "Sticky", "TaskSettings",
+    "Concurrency",
+    "ConcurrencyStrategy",
+    "Label",
+    "QueueOrder",
+    "RateDuration",
+    "RateLimit",
+    "RateLimitView",
+    "RateLimits",
+    "Sticky",
+    "TaskSettings",
     # scheduling
-    "CatchUp", "CronView", "Crons", "Schedulable", "ScheduleView", "Schedules",
+    "CatchUp",
+    "CronView",
+    "Crons",
+    "Schedulable",
+    "ScheduleView",
+    "Schedules",
     # durable tasks
-    "DurableContext", "NonDeterminismError", "WaitResult", "WaitTimeout",
+    "DurableContext",
+    "NonDeterminismError",
+    "WaitResult",
+    "WaitTimeout",
 }
 
 
@@ -58,10 +109,20 @@ def test_the_public_api_is_pinned() -> None:
         assert getattr(taskyard_sdk, name) is not None
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("1w", 604800),
-    ("1.5", 1.5), (7, 7.0), (timedelta(minutes=2), 120.0),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("1w", 604800),
+        ("1.5", 1.5),
+        (7, 7.0),
+        (timedelta(minutes=2), 120.0),
+    ],
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds  # type: ignore[arg-type]
 
@@ -72,8 +133,13 @@ def test_bad_durations_name_the_option(bad: object) -> None:
         parse_duration(bad, name="execution_timeout")  # type: ignore[arg-type]
 
 
-@given(st.lists(st.tuples(st.integers(0, 1000), st.sampled_from(["ms", "s", "m", "h", "d"])),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1000), st.sampled_from(["ms", "s", "m", "h", "d"])),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_compound_durations_add_up(parts: list[tuple[int, str]]) -> None:
     unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
     text = "".join(f"{n}{u}" for n, u in parts)
@@ -88,8 +154,9 @@ def test_token_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (tmp_path / ".taskyard").mkdir()
     (tmp_path / ".taskyard" / "token").write_text("ty_local\n")
     assert resolve(None, None).token == "ty_local"
-    assert resolve("http://engine.internal:7077", None).token is None, \
+    assert resolve("http://engine.internal:7077", None).token is None, (
         "the local token file is only for a local engine"
+    )
     file = tmp_path / "secret"
     file.write_text("ty_file")
     monkeypatch.setenv("TASKYARD_TOKEN_FILE", str(file))
@@ -141,6 +208,7 @@ async def test_a_worker_with_a_bad_token_stops_with_the_reason(engine: Engine) -
 async def test_a_big_batch_is_sent_in_several_requests(ty: Taskyard) -> None:
     """3,000 runs of 600-byte inputs are more than the engine takes in one request (1 MiB):
     the SDK splits them, each run encoded once, and the handles keep the inputs' order."""
+
     @ty.task(name="wide")
     async def wide(text: str) -> int:
         return len(text)
@@ -157,17 +225,27 @@ async def test_a_big_batch_is_sent_in_several_requests(ty: Taskyard) -> None:
 def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) -> None:
     """Engine, worker and client as three processes, as the README shows them."""
     data_dir = tmp_path / ".taskyard"
-    engine = EngineProcess(["--database-url", db_url, "--data-dir", str(data_dir)],
-                           clean_env(), tmp_path / "engine.log").start()
+    engine = EngineProcess(
+        ["--database-url", db_url, "--data-dir", str(data_dir)],
+        clean_env(),
+        tmp_path / "engine.log",
+    ).start()
     env = clean_env(TASKYARD_URL=engine.url, TASKYARD_DATA_DIR=str(data_dir))
     script = str(ROOT / "examples" / "hello_world.py")
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as log:
-        worker = subprocess.Popen([sys.executable, script, "worker"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, script, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
-        result = subprocess.run([sys.executable, script, "trigger"], env=env, timeout=60,
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, script, "trigger"],
+            env=env,
+            timeout=60,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.splitlines() == [
             "greeting: 4 words, top [('hello', 2), ('world', 1), ('taskyard', 1)]",
@@ -183,10 +261,16 @@ def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) 
         logged = worker_log.read_text()
         assert "Unclosed" not in logged
         # A worker says what it does: its connection, each attempt, ctx.log lines, failures.
-        for line in ("worker hello-worker connected to", "word_count[", "attempt 1 started",
-                     "succeeded in", "INFO taskyard.task: word_count[",
-                     "counting words of 'greeting' (attempt 1)",
-                     "failed in", "NonRetryableError: document 'blank' is empty"):
+        for line in (
+            "worker hello-worker connected to",
+            "word_count[",
+            "attempt 1 started",
+            "succeeded in",
+            "INFO taskyard.task: word_count[",
+            "counting words of 'greeting' (attempt 1)",
+            "failed in",
+            "NonRetryableError: document 'blank' is empty",
+        ):
             assert line in logged, (line, logged)
     finally:
         worker.kill()
@@ -194,8 +278,9 @@ def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) 
         engine.kill()
 
 
-async def test_sigterm_drains_a_worker(engine: Engine, db_url: str, data_dir: Path,
-                                       tmp_path: Path) -> None:
+async def test_sigterm_drains_a_worker(
+    engine: Engine, db_url: str, data_dir: Path, tmp_path: Path
+) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(db_url)
@@ -203,8 +288,9 @@ async def test_sigterm_drains_a_worker(engine: Engine, db_url: str, data_dir: Pa
     await conn.close()
     token = (data_dir / "token").read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
-    worker = WorkerProcess(engine.url, token, db_url, "drainer", tmp_path / "w.log", slots=5,
-                           sleep=1.0).start()
+    worker = WorkerProcess(
+        engine.url, token, db_url, "drainer", tmp_path / "w.log", slots=5, sleep=1.0
+    ).start()
     try:
         async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as http:
             runs = [{"task": "record", "input": n} for n in range(3)]
@@ -220,8 +306,9 @@ async def test_sigterm_drains_a_worker(engine: Engine, db_url: str, data_dir: Pa
             async with http.post("/api/v1/runs", json={"task": "record", "input": 99}) as resp:
                 late = (await resp.json())["run_id"]
             exit_code = await asyncio.to_thread(worker.process.wait, 30)
-            async with http.post("/api/v1/runs/wait",
-                                 json={"run_ids": run_ids, "timeout": 5}) as response:
+            async with http.post(
+                "/api/v1/runs/wait", json={"run_ids": run_ids, "timeout": 5}
+            ) as response:
                 waited = await response.json()
             async with http.get(f"/api/v1/runs/{late}") as response:
                 late_view = await response.json()

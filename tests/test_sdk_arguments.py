@@ -27,10 +27,14 @@ async def test_a_single_event_key_is_one_trigger_not_one_per_character(ty: Tasky
 
 
 def test_what_is_not_a_string_or_a_list_of_strings_is_refused(ty: Taskyard) -> None:
-    with pytest.raises(TypeError, match=r"workflow 'w': on_events must be a string or a list "
-                                        r"of strings, not a list holding 7"):
+    with pytest.raises(
+        TypeError,
+        match=r"workflow 'w': on_events must be a string or a list "
+        r"of strings, not a list holding 7",
+    ):
         ty.workflow("w", on_events=["a", 7])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="task 'nightly': on_crons must be"):
+
         @ty.task(name="nightly", on_crons=[None])  # type: ignore[list-item]
         async def nightly(n: int) -> int:
             return n
@@ -57,8 +61,12 @@ async def test_a_worker_takes_tasks_and_workflows_in_either_list(ty: Taskyard) -
     assert outputs == {"first": 2, "second": 20}
     with pytest.raises(TypeError, match="worker 'bad': 'double' is neither a task nor a workflow"):
         ty.worker("bad", tasks=["double"])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match=r"step 'third': workflow 'pipeline' has no step 'frist' "
-                                         r"declared before it \(its steps: 'first', 'second'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"step 'third': workflow 'pipeline' has no step 'frist' "
+        r"declared before it \(its steps: 'first', 'second'\)",
+    ):
+
         @wf.task(parents=["frist"])
         async def third(n: int) -> int:
             return n
@@ -81,7 +89,8 @@ async def test_a_workflow_triggered_before_any_worker_registered_it_runs(ty: Tas
 
 
 async def test_a_task_triggered_before_its_worker_registered_keeps_its_own_options(
-        ty: Taskyard) -> None:
+    ty: Taskyard,
+) -> None:
     """The trigger carries the task's options, so a run queued before any worker registered
     the task retries as the task says, not with the defaults (no retries)."""
     attempts: list[int] = []

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from taskyard.testing import clean_env
 from taskyard_sdk import Context, Taskyard
 
-USER_TESTS = '''
+USER_TESTS = """
 import pytest
 from pydantic import BaseModel
 from taskyard_sdk import Context, Taskyard
@@ -47,18 +47,25 @@ def test_through_a_real_engine(taskyard_client):
 async def test_async_too(taskyard_client):
     async with taskyard_client.worker("async-worker", tasks=[send_welcome]):
         assert await send_welcome.aio_run(Signup(email="bo@acme.test")) == "sent to bo@acme.test"
-'''
+"""
 
 
 def test_a_users_suite_runs_its_tasks_on_the_engine_the_fixtures_start(
-        tmp_path: Path, db_url: str) -> None:
+    tmp_path: Path, db_url: str
+) -> None:
     (tmp_path / "test_users_app.py").write_text(USER_TESTS)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n"
-                                         "asyncio_default_fixture_loop_scope = function\n")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_users_app.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180,
-        env=clean_env(TASKYARD_TEST_DATABASE_URL=db_url), check=False)
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=clean_env(TASKYARD_TEST_DATABASE_URL=db_url),
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "2 passed" in result.stdout
@@ -72,7 +79,8 @@ class Order(BaseModel):
 
 
 def test_mock_run_runs_a_task_and_a_step_here_without_an_engine(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     ty = Taskyard(url="http://127.0.0.1:9", token="unused")  # nothing listens there
 
     @ty.task()
@@ -95,8 +103,10 @@ def test_mock_run_runs_a_task_and_a_step_here_without_an_engine(
     caplog.set_level("INFO", logger="taskyard.task")
     assert total.mock_run({"order_id": 7, "amount": 5}) == 10
     assert "order 7" in caplog.text
-    assert charge.mock_run(Order(order_id=1, amount=3), parents={"reserve": {"held": 3}}) == \
-        "charged 3"
+    assert (
+        charge.mock_run(Order(order_id=1, amount=3), parents={"reserve": {"held": 3}})
+        == "charged 3"
+    )
     assert charge.mock_run(Order(order_id=1, amount=3), skipped=[reserve]) == "nothing to charge"
     with pytest.raises(TypeError, match="is not a workflow step"):
         total.mock_run(Order(order_id=1, amount=1), parents={"x": 1})

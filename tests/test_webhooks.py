@@ -31,14 +31,16 @@ def webhooks_file(data_dir: Path) -> Path:
 
 
 @pytest.fixture
-async def engine_with_webhooks(db_url: str, data_dir: Path,
-                               webhooks_file: Path) -> AsyncIterator[Engine]:
+async def engine_with_webhooks(
+    db_url: str, data_dir: Path, webhooks_file: Path
+) -> AsyncIterator[Engine]:
     async with Engine(engine_settings(db_url, data_dir, plugins=["webhooks"])) as engine:
         yield engine
 
 
 async def test_a_signed_webhook_triggers_a_workflow_and_a_bad_one_stores_nothing(
-        engine_with_webhooks: Engine, data_dir: Path, webhooks_file: Path) -> None:
+    engine_with_webhooks: Engine, data_dir: Path, webhooks_file: Path
+) -> None:
     engine = engine_with_webhooks
     ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
     wf = ty.workflow("on-push", on_events=["github:push"])
@@ -49,13 +51,16 @@ async def test_a_signed_webhook_triggers_a_workflow_and_a_bad_one_stores_nothing
 
     body = json.dumps({"ref": "refs/heads/main"}).encode()
     async with ty.worker("ci", workflows=[wf]), aiohttp.ClientSession() as http:
+
         async def post(name: str, data: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-            async with http.post(f"{engine.url}/api/v1/webhooks/{name}", data=data,
-                                 headers=headers) as response:
+            async with http.post(
+                f"{engine.url}/api/v1/webhooks/{name}", data=data, headers=headers
+            ) as response:
                 return response.status, await response.json()
 
-        status, refused = await post("github", body,
-                                     {"X-Taskyard-Signature": signature_of(b"wrong", body)})
+        status, refused = await post(
+            "github", body, {"X-Taskyard-Signature": signature_of(b"wrong", body)}
+        )
         assert status == 401
         assert "the signature does not match the body" in refused["error"]["message"]
         status, missing = await post("github", body, {})
@@ -67,14 +72,16 @@ async def test_a_signed_webhook_triggers_a_workflow_and_a_bad_one_stores_nothing
         assert status == 401, garbled
         status, unknown = await post("gitlab", body, {})
         assert (status, unknown["error"]["code"]) == (404, "not_found")
-        status, _ = await post("github", b"not json",
-                               {"X-Taskyard-Signature": signature_of(SECRET, b"not json")})
+        status, _ = await post(
+            "github", b"not json", {"X-Taskyard-Signature": signature_of(SECRET, b"not json")}
+        )
         assert status == 400
 
         # A broken edit of the webhooks file leaves the last good declarations in use.
         await asyncio.to_thread(webhooks_file.write_text, "github: [not, a, mapping\n")
-        status, delivered = await post("github", body,
-                                       {"X-Hub-Signature-256": signature_of(SECRET, body)})
+        status, delivered = await post(
+            "github", body, {"X-Hub-Signature-256": signature_of(SECRET, body)}
+        )
         assert status == 202, delivered
         [run_id] = delivered["triggered"]
         views = await ty.runs.aio_wait([run_id], timeout=20)
@@ -112,7 +119,8 @@ class Sources:
 
 
 async def test_trigger_sources_push_events_and_a_failing_one_is_isolated(
-        db_url: str, data_dir: Path) -> None:
+    db_url: str, data_dir: Path
+) -> None:
     async with Engine(engine_settings(db_url, data_dir), plugins=[Sources()]) as engine:
         ty = Taskyard(engine.url, (data_dir / "token").read_text().strip())
         for _ in range(100):

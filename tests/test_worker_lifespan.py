@@ -45,10 +45,12 @@ async def test_tasks_get_the_lifespans_resources_by_type_and_by_name(ty: Taskyar
         return len(pool.queries)
 
     @ty.task()
-    def greet(name: str, ctx: Context,
-              settings: Annotated[Settings, Depends("settings")],
-              shout: Annotated[bool, Depends(lambda state: state["settings"].greeting.isupper())],
-              ) -> str:  # by name and by function; a sync task, on the worker's threads
+    def greet(
+        name: str,
+        ctx: Context,
+        settings: Annotated[Settings, Depends("settings")],
+        shout: Annotated[bool, Depends(lambda state: state["settings"].greeting.isupper())],
+    ) -> str:  # by name and by function; a sync task, on the worker's threads
         events.append(f"greet {ctx.attempt}")
         return f"{settings.greeting} {name}{'!' if shout else ''}"
 
@@ -66,7 +68,8 @@ async def test_tasks_get_the_lifespans_resources_by_type_and_by_name(ty: Taskyar
 
 
 async def test_a_dependency_the_lifespan_does_not_provide_stops_the_worker_at_start(
-        ty: Taskyard) -> None:
+    ty: Taskyard,
+) -> None:
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[dict[str, Any]]:
         yield {"settings": Settings(greeting="hi")}
@@ -75,14 +78,18 @@ async def test_a_dependency_the_lifespan_does_not_provide_stops_the_worker_at_st
     async def needs_a_pool(n: int, pool: Pool) -> int:
         return n
 
-    with pytest.raises(WorkerStopped, match=r"task 'needs_a_pool': parameter 'pool' wants a "
-                                            r"Pool, and the worker's lifespan provides nothing"):
+    with pytest.raises(
+        WorkerStopped,
+        match=r"task 'needs_a_pool': parameter 'pool' wants a "
+        r"Pool, and the worker's lifespan provides nothing",
+    ):
         async with ty.worker("missing", tasks=[needs_a_pool], lifespan=lifespan):
             pass
 
 
 def test_parameters_the_worker_cannot_fill_are_refused_when_declared(ty: Taskyard) -> None:
     with pytest.raises(TypeError, match="parameter 'extra' needs a type or Depends"):
+
         @ty.task()
         async def untyped(n: int, ctx: Context, extra) -> int:  # type: ignore[no-untyped-def]
             return n

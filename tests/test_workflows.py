@@ -44,8 +44,12 @@ async def test_a_three_level_diamond_passes_outputs_to_children(ty: Taskyard) ->
 
     async with ty.worker("diamond", workflows=[wf]):
         outputs = await wf.aio_run(Numbers(x=5), timeout=30)
-    assert outputs == {"start": Total(value=5), "double": Total(value=10),
-                       "add_ten": Total(value=15), "join": 30}
+    assert outputs == {
+        "start": Total(value=5),
+        "double": Total(value=10),
+        "add_ten": Total(value=15),
+        "join": 30,
+    }
 
 
 async def test_a_deep_chain_and_a_wide_fan_out_and_in_complete(ty: Taskyard) -> None:
@@ -54,6 +58,7 @@ async def test_a_deep_chain_and_a_wide_fan_out_and_in_complete(ty: Taskyard) -> 
     def link_after(parents: list[Any]) -> Any:
         async def link(n: int, ctx: Context) -> int:
             return (ctx.parent_output(parents[0]) if parents else n) + 1
+
         return link
 
     previous = None
@@ -70,48 +75,76 @@ async def test_a_deep_chain_and_a_wide_fan_out_and_in_complete(ty: Taskyard) -> 
     def leaf_number(index: int) -> Any:
         async def leaf(n: int, ctx: Context) -> int:
             return ctx.parent_output(split) + index
+
         return leaf
 
-    leaves = [fan.task(name=f"leaf-{index}", parents=[split])(leaf_number(index))
-              for index in range(1000)]
+    leaves = [
+        fan.task(name=f"leaf-{index}", parents=[split])(leaf_number(index)) for index in range(1000)
+    ]
 
     @fan.task(parents=leaves)
     async def gather(n: int, ctx: Context) -> int:
         return sum(ctx.parent_output(leaf) for leaf in leaves)
 
     async with ty.worker("shapes", workflows=[chain, fan], slots=200):
-        deep, wide = await asyncio.gather(chain.aio_run(0, timeout=60),
-                                          fan.aio_run(1, timeout=60))
+        deep, wide = await asyncio.gather(chain.aio_run(0, timeout=60), fan.aio_run(1, timeout=60))
     assert deep["link-49"] == 50
     assert wide["gather"] == sum(1 + i for i in range(1000))
     assert len(wide) == 1002
 
 
-@pytest.mark.parametrize(("steps", "extra", "expected"), [
-    ([{"name": "a", "parents": ["b"]}, {"name": "b", "parents": ["c"]},
-      {"name": "c", "parents": ["a"]}], {}, "steps 'a' -> 'c' -> 'b' -> 'a' form a cycle"),
-    ([{"name": "a", "parents": ["a"]}], {}, "steps 'a' -> 'a' form a cycle"),
-    ([{"name": "a", "parents": ["ghost"]}], {}, "step 'a' names parent 'ghost', which is not"),
-    ([{"name": "a"}, {"name": "a"}], {}, "steps[1]: step name 'a' is used twice"),
-    ([{"name": "a", "skip_if": "input.x =="}], {},
-     "step 'a': skip_if: 'input.x ==' is not valid CEL at line 1, column 9"),
-    ([{"name": "a", "cancel_if": "parents.b ))"}], {}, "step 'a': cancel_if: 'parents.b ))'"),
-    ([{"name": "a", "wait_for": [{"type": "event", "key": "k", "filter": "payload.("}]}], {},
-     "step 'a': wait_for event 'k' filter: 'payload.(' is not valid CEL"),
-    ([{"name": "a"}], {"event_filter": "key =="}, "event_filter: 'key ==' is not valid CEL"),
-    ([{"name": "a", "skip_if": "inptu.x == 1"}], {},
-     "step 'a': skip_if: 'inptu.x == 1' reads 'inptu', which is not defined here; it may use "
-     "input, parents"),
-    ([{"name": "a"}], {"event_filter": "input.x == 1 && [1].all(v, v > 0)"},
-     "event_filter: 'input.x == 1 && [1].all(v, v > 0)' reads 'input'"),
-    ([{"name": "a"}], {"on_failure": {"name": "a"}}, "on_failure step 'a' has the name of"),
-])
+@pytest.mark.parametrize(
+    ("steps", "extra", "expected"),
+    [
+        (
+            [
+                {"name": "a", "parents": ["b"]},
+                {"name": "b", "parents": ["c"]},
+                {"name": "c", "parents": ["a"]},
+            ],
+            {},
+            "steps 'a' -> 'c' -> 'b' -> 'a' form a cycle",
+        ),
+        ([{"name": "a", "parents": ["a"]}], {}, "steps 'a' -> 'a' form a cycle"),
+        ([{"name": "a", "parents": ["ghost"]}], {}, "step 'a' names parent 'ghost', which is not"),
+        ([{"name": "a"}, {"name": "a"}], {}, "steps[1]: step name 'a' is used twice"),
+        (
+            [{"name": "a", "skip_if": "input.x =="}],
+            {},
+            "step 'a': skip_if: 'input.x ==' is not valid CEL at line 1, column 9",
+        ),
+        ([{"name": "a", "cancel_if": "parents.b ))"}], {}, "step 'a': cancel_if: 'parents.b ))'"),
+        (
+            [{"name": "a", "wait_for": [{"type": "event", "key": "k", "filter": "payload.("}]}],
+            {},
+            "step 'a': wait_for event 'k' filter: 'payload.(' is not valid CEL",
+        ),
+        ([{"name": "a"}], {"event_filter": "key =="}, "event_filter: 'key ==' is not valid CEL"),
+        (
+            [{"name": "a", "skip_if": "inptu.x == 1"}],
+            {},
+            "step 'a': skip_if: 'inptu.x == 1' reads 'inptu', which is not defined here; "
+            "it may use input, parents",
+        ),
+        (
+            [{"name": "a"}],
+            {"event_filter": "input.x == 1 && [1].all(v, v > 0)"},
+            "event_filter: 'input.x == 1 && [1].all(v, v > 0)' reads 'input'",
+        ),
+        ([{"name": "a"}], {"on_failure": {"name": "a"}}, "on_failure step 'a' has the name of"),
+    ],
+)
 async def test_bad_definitions_are_refused_with_the_problem_named(
-        http: aiohttp.ClientSession, ty: Taskyard, steps: list[dict[str, Any]],
-        extra: dict[str, Any], expected: str) -> None:
+    http: aiohttp.ClientSession,
+    ty: Taskyard,
+    steps: list[dict[str, Any]],
+    extra: dict[str, Any],
+    expected: str,
+) -> None:
     body = {"name": "broken", "steps": steps, **extra}
-    async with http.post("/api/v1/workflows", json=body,
-                         headers={"Authorization": f"Bearer {ty.config.token}"}) as response:
+    async with http.post(
+        "/api/v1/workflows", json=body, headers={"Authorization": f"Bearer {ty.config.token}"}
+    ) as response:
         error = (await response.json())["error"]
     assert response.status == 422
     assert expected in error["message"]
@@ -119,7 +152,8 @@ async def test_bad_definitions_are_refused_with_the_problem_named(
 
 
 async def test_a_changed_definition_is_a_new_version_and_runs_keep_theirs(
-        ty: Taskyard, http: aiohttp.ClientSession) -> None:
+    ty: Taskyard, http: aiohttp.ClientSession
+) -> None:
     from taskyard_sdk import Event
 
     v1 = ty.workflow("versioned")
@@ -153,8 +187,9 @@ async def test_a_changed_definition_is_a_new_version_and_runs_keep_theirs(
     view = await ty.runs.aio_get(handle.run_id)
     assert (view.kind, view.workflow_version) == (RunKind.WORKFLOW, 1)
     assert [step.step for step in view.steps] == ["first", "second"]
-    async with http.get("/api/v1/workflows/versioned",
-                        headers={"Authorization": f"Bearer {ty.config.token}"}) as response:
+    async with http.get(
+        "/api/v1/workflows/versioned", headers={"Authorization": f"Bearer {ty.config.token}"}
+    ) as response:
         assert (await response.json())["version"] == 2
     # Rolling back to the first definition makes it the latest again, as version 3.
     rolled_back = await v1.aio_register()
@@ -167,8 +202,9 @@ async def test_a_changed_definition_is_a_new_version_and_runs_keep_theirs(
     assert (await ty.runs.aio_get(handle.run_id)).workflow_version == 3
 
 
-async def _wait_for_step(ty: Taskyard, run_id: uuid.UUID, step: str, status: RunStatus,
-                         timeout: float = 15) -> None:
+async def _wait_for_step(
+    ty: Taskyard, run_id: uuid.UUID, step: str, status: RunStatus, timeout: float = 15
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         view = await ty.runs.aio_get(run_id)
@@ -316,8 +352,10 @@ async def test_run_metadata_is_filterable_for_workflow_runs(ty: Taskyard) -> Non
         await wf.aio_run(1, metadata={"customer": "acme"}, timeout=30)
         await wf.aio_run(2, metadata={"customer": "globex"}, timeout=30)
     page = await ty.runs.aio_list(metadata={"customer": "acme"})
-    assert {(r.kind, r.task) for r in page.runs} == {(RunKind.WORKFLOW, "tagged"),
-                                                      (RunKind.TASK, "tagged:only")}
+    assert {(r.kind, r.task) for r in page.runs} == {
+        (RunKind.WORKFLOW, "tagged"),
+        (RunKind.TASK, "tagged:only"),
+    }
 
 
 async def test_the_blocking_api_runs_workflows_and_pushes_events(ty: Taskyard) -> None:
@@ -335,13 +373,17 @@ async def test_the_blocking_api_runs_workflows_and_pushes_events(ty: Taskyard) -
         handle = await asyncio.to_thread(wf.run_no_wait, Numbers(x=5))
         assert await asyncio.to_thread(handle.result) == {"square": Total(value=25)}
 
-        event = await asyncio.to_thread(ty.events.push, "numbers:new", {"x": 6},
-                                        metadata={"via": "sync"})
+        event = await asyncio.to_thread(
+            ty.events.push, "numbers:new", {"x": 6}, metadata={"via": "sync"}
+        )
         [run_id] = event.triggered
         assert (await ty.runs.aio_wait([run_id], timeout=30))[run_id].output == {
-            "square": {"value": 36}}
-        pushed = await asyncio.to_thread(ty.events.push_many, [
-            {"key": "numbers:a", "payload": {"x": 1}}, {"key": "other", "payload": None}])
+            "square": {"value": 36}
+        }
+        pushed = await asyncio.to_thread(
+            ty.events.push_many,
+            [{"key": "numbers:a", "payload": {"x": 1}}, {"key": "other", "payload": None}],
+        )
         assert [len(e.triggered) for e in pushed] == [1, 0]
         listed = await asyncio.to_thread(ty.events.list, metadata={"via": "sync"})
         assert [e.event_id for e in listed.events] == [event.event_id]
@@ -352,8 +394,7 @@ async def test_the_blocking_api_runs_workflows_and_pushes_events(ty: Taskyard) -
         assert fetched.triggered == replayed.triggered
 
 
-async def test_a_workflow_started_in_a_task_is_its_child_and_cancels_with_it(
-        ty: Taskyard) -> None:
+async def test_a_workflow_started_in_a_task_is_its_child_and_cancels_with_it(ty: Taskyard) -> None:
     started: list[uuid.UUID] = []
     sub = ty.workflow("sub")
 
@@ -388,4 +429,5 @@ async def test_a_workflow_started_in_a_task_is_its_child_and_cancels_with_it(
             view = await ty.runs.aio_get(run_id)
             assert view.status is RunStatus.CANCELLED, (run_id, view.status)
         assert {s.status for s in (await ty.runs.aio_get(workflow_run_id)).steps} == {
-            RunStatus.CANCELLED}
+            RunStatus.CANCELLED
+        }

@@ -38,15 +38,20 @@ class Peer(abc.ABC):
     async def close(self) -> None:
         return None
 
-    async def start_workers(self, count: int, mode: str,
-                            logs: Path) -> list[asyncio.subprocess.Process]:
+    async def start_workers(
+        self, count: int, mode: str, logs: Path
+    ) -> list[asyncio.subprocess.Process]:
         processes = []
         for i in range(count):
             log = (logs / f"{self.name}-{mode}-{i}.log").open("ab")
-            processes.append(await asyncio.create_subprocess_exec(
-                *self.worker_command(mode),
-                env=clean_env(PYTHONPATH=str(Path.cwd()), PEER_MODE=mode),
-                stdout=asyncio.subprocess.PIPE if mode == "latency" else log, stderr=log))
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    *self.worker_command(mode),
+                    env=clean_env(PYTHONPATH=str(Path.cwd()), PEER_MODE=mode),
+                    stdout=asyncio.subprocess.PIPE if mode == "latency" else log,
+                    stderr=log,
+                )
+            )
         return processes
 
 

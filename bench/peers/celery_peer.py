@@ -18,8 +18,12 @@ REDIS_URL = os.environ.get("TASKYARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/1
 MODE = os.environ.get("PEER_MODE", "throughput")
 
 app = Celery("taskyard_bench", broker=REDIS_URL)
-app.conf.update(task_ignore_result=True, worker_prefetch_multiplier=4,
-                worker_redirect_stdouts=False, broker_connection_retry_on_startup=True)
+app.conf.update(
+    task_ignore_result=True,
+    worker_prefetch_multiplier=4,
+    worker_redirect_stdouts=False,
+    broker_connection_retry_on_startup=True,
+)
 _counter = redis.Redis.from_url(REDIS_URL)
 
 
@@ -38,10 +42,20 @@ class CeleryPeer(Peer):
         _counter.flushdb()
 
     def worker_command(self, mode: str) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "bench.peers.celery_peer", "worker",
-                "--loglevel=warning",
-                "--pool=prefork", f"--concurrency={os.cpu_count()}", "--without-gossip",
-                "--without-mingle", "--without-heartbeat"]
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.peers.celery_peer",
+            "worker",
+            "--loglevel=warning",
+            "--pool=prefork",
+            f"--concurrency={os.cpu_count()}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
 
     async def enqueue(self, numbers: range) -> None:
         def send() -> None:

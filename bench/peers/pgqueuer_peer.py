@@ -28,16 +28,20 @@ class PgQueuerPeer(Peer):
     async def enqueue(self, numbers: range) -> None:
         for start in range(numbers.start, numbers.stop, 1000):
             chunk = range(start, min(start + 1000, numbers.stop))
-            await self.queries.enqueue(["noop"] * len(chunk), [str(n).encode() for n in chunk],
-                                       [0] * len(chunk))
+            await self.queries.enqueue(
+                ["noop"] * len(chunk), [str(n).encode() for n in chunk], [0] * len(chunk)
+            )
 
     async def enqueue_one(self, n: int) -> None:
         await self.queries.enqueue("noop", str(n).encode(), 0)
 
     async def completed(self) -> int:
         # Finished jobs leave the queue table and are logged as successful.
-        return int(await self.conn.fetchval(
-            "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"))
+        return int(
+            await self.conn.fetchval(
+                "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
+            )
+        )
 
     async def close(self) -> None:
         await self.conn.close()
@@ -50,8 +54,9 @@ async def run_worker(db_url: str, mode: str) -> None:
     @pgq.entrypoint("noop")
     async def noop(job: Job) -> None:
         if mode == "latency":
-            print(f"started {job.payload.decode() if job.payload else ''} {time.time()}",
-                  flush=True)
+            print(
+                f"started {job.payload.decode() if job.payload else ''} {time.time()}", flush=True
+            )
 
     await pgq.run()
 

@@ -41,15 +41,19 @@ class ProcrastinatePeer(Peer):
     async def enqueue(self, numbers: range) -> None:
         task = self.app.tasks["noop"]
         for start in range(numbers.start, numbers.stop, 1000):
-            await task.batch_defer_async(*({"n": n} for n in
-                                           range(start, min(start + 1000, numbers.stop))))
+            await task.batch_defer_async(
+                *({"n": n} for n in range(start, min(start + 1000, numbers.stop)))
+            )
 
     async def enqueue_one(self, n: int) -> None:
         await self.app.tasks["noop"].defer_async(n=n)
 
     async def completed(self) -> int:
-        return int(await self.conn.fetchval(
-            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"))
+        return int(
+            await self.conn.fetchval(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+            )
+        )
 
     async def close(self) -> None:
         await self.conn.close()

@@ -44,8 +44,15 @@ def _expected() -> tuple[type[BaseException], ...]:
     from taskyard.store.migrator import MigrationError
     from taskyard.store.repository import TenantExists
 
-    return (MigrationError, UnknownPluginError, DatabaseUnavailable, EmbeddedPostgresError,
-            TenantExists, OSError, asyncpg.PostgresError)
+    return (
+        MigrationError,
+        UnknownPluginError,
+        DatabaseUnavailable,
+        EmbeddedPostgresError,
+        TenantExists,
+        OSError,
+        asyncpg.PostgresError,
+    )
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:
@@ -64,25 +71,43 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 
 
 database_url_option = click.option(
-    "--database-url", envvar="TASKYARD_DATABASE_URL", default=None,
-    help="PostgreSQL URL. Without one, the embedded server in --data-dir is used.")
+    "--database-url",
+    envvar="TASKYARD_DATABASE_URL",
+    default=None,
+    help="PostgreSQL URL. Without one, the embedded server in --data-dir is used.",
+)
 database_wait_option = click.option(
-    "--database-wait", envvar="TASKYARD_DATABASE_WAIT", default=10.0, show_default=True,
-    type=click.FloatRange(min=0), help="Seconds to keep retrying an unreachable database.")
+    "--database-wait",
+    envvar="TASKYARD_DATABASE_WAIT",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to keep retrying an unreachable database.",
+)
 data_dir_option = click.option(
-    "--data-dir", envvar="TASKYARD_DATA_DIR", default=".taskyard", show_default=True,
+    "--data-dir",
+    envvar="TASKYARD_DATA_DIR",
+    default=".taskyard",
+    show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the embedded database and the local token live.")
+    help="Where the embedded database and the local token live.",
+)
 
 
 @click.group()
 @click.version_option(__version__, prog_name="taskyard")
-@click.option("--log-level", envvar="TASKYARD_LOG_LEVEL", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    envvar="TASKYARD_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
     """Taskyard: durable task queue and workflow orchestrator on PostgreSQL."""
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @main.command()
@@ -90,40 +115,92 @@ def main(log_level: str) -> None:
 @data_dir_option
 @click.option("--host", envvar="TASKYARD_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="TASKYARD_PORT", default=DEFAULT_PORT, show_default=True, type=int)
-@click.option("--plugin", "plugins", multiple=True, metavar="NAME",
-              help="Load this plugin (repeatable). Env: TASKYARD_PLUGINS, comma-separated.")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="NAME",
+    help="Load this plugin (repeatable). Env: TASKYARD_PLUGINS, comma-separated.",
+)
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations on start.")
-@click.option("--database-wait", envvar="TASKYARD_DATABASE_WAIT", default=30.0, show_default=True,
-              type=click.FloatRange(min=0),
-              help="Seconds to keep retrying an unreachable database.")
-@click.option("--max-request-bytes", envvar="TASKYARD_MAX_REQUEST_BYTES", default=1024 * 1024,
-              show_default=True, type=click.IntRange(min=1))
-@click.option("--heartbeat-interval", envvar="TASKYARD_HEARTBEAT_INTERVAL", default=5.0,
-              show_default=True, type=click.FloatRange(min=0.01),
-              help="Seconds between worker heartbeats.")
-@click.option("--heartbeat-timeout", envvar="TASKYARD_HEARTBEAT_TIMEOUT", default=15.0,
-              show_default=True, type=click.FloatRange(min=0.05),
-              help="A worker silent or disconnected this long is lost; its runs are retried.")
-@click.option("--public-url", envvar="TASKYARD_PUBLIC_URL", default=None,
-              help="The URL users reach the engine at, for links in alerts.")
-@click.option("--workflows", "workflows_dir", envvar="TASKYARD_WORKFLOWS", default=None,
-              type=click.Path(path_type=Path),
-              help="Declarative workflow files (YAML); default <data-dir>/workflows.")
-def engine(database_url: str | None, data_dir: Path, host: str, port: int,
-           plugins: tuple[str, ...], no_migrate: bool, database_wait: float,
-           max_request_bytes: int, heartbeat_interval: float, heartbeat_timeout: float,
-           public_url: str | None, workflows_dir: Path | None) -> None:
+@click.option(
+    "--database-wait",
+    envvar="TASKYARD_DATABASE_WAIT",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to keep retrying an unreachable database.",
+)
+@click.option(
+    "--max-request-bytes",
+    envvar="TASKYARD_MAX_REQUEST_BYTES",
+    default=1024 * 1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+)
+@click.option(
+    "--heartbeat-interval",
+    envvar="TASKYARD_HEARTBEAT_INTERVAL",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between worker heartbeats.",
+)
+@click.option(
+    "--heartbeat-timeout",
+    envvar="TASKYARD_HEARTBEAT_TIMEOUT",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="A worker silent or disconnected this long is lost; its runs are retried.",
+)
+@click.option(
+    "--public-url",
+    envvar="TASKYARD_PUBLIC_URL",
+    default=None,
+    help="The URL users reach the engine at, for links in alerts.",
+)
+@click.option(
+    "--workflows",
+    "workflows_dir",
+    envvar="TASKYARD_WORKFLOWS",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Declarative workflow files (YAML); default <data-dir>/workflows.",
+)
+def engine(
+    database_url: str | None,
+    data_dir: Path,
+    host: str,
+    port: int,
+    plugins: tuple[str, ...],
+    no_migrate: bool,
+    database_wait: float,
+    max_request_bytes: int,
+    heartbeat_interval: float,
+    heartbeat_timeout: float,
+    public_url: str | None,
+    workflows_dir: Path | None,
+) -> None:
     """Run the engine until SIGINT or SIGTERM."""
     if not plugins:
-        plugins = tuple(p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",")
-                        if p.strip())
-    settings = EngineSettings(database_url=database_url, host=host, port=port,
-                              data_dir=data_dir, plugins=list(plugins), migrate=not no_migrate,
-                              database_wait_seconds=database_wait,
-                              max_request_bytes=max_request_bytes,
-                              heartbeat_interval=heartbeat_interval,
-                              heartbeat_timeout=heartbeat_timeout, public_url=public_url,
-                              workflows_dir=workflows_dir)
+        plugins = tuple(
+            p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",") if p.strip()
+        )
+    settings = EngineSettings(
+        database_url=database_url,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        plugins=list(plugins),
+        migrate=not no_migrate,
+        database_wait_seconds=database_wait,
+        max_request_bytes=max_request_bytes,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        public_url=public_url,
+        workflows_dir=workflows_dir,
+    )
     _run(_serve(settings))
 
 
@@ -155,8 +232,9 @@ async def _serve(settings: EngineSettings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _database(database_url: str | None, data_dir: Path,
-                    wait_seconds: float) -> AsyncIterator[asyncpg.Pool]:
+async def _database(
+    database_url: str | None, data_dir: Path, wait_seconds: float
+) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the given database, or on the embedded one (started just for this command
     when the engine is not running, and stopped again after)."""
     from taskyard.store.db import create_pool
@@ -167,8 +245,7 @@ async def _database(database_url: str | None, data_dir: Path,
         embedded = EmbeddedPostgres(data_dir)
         database_url = await asyncio.to_thread(embedded.start)
     try:
-        pool = await create_pool(database_url, min_size=1, max_size=2,
-                                 wait_seconds=wait_seconds)
+        pool = await create_pool(database_url, min_size=1, max_size=2, wait_seconds=wait_seconds)
         try:
             yield pool
         finally:
@@ -184,8 +261,9 @@ async def _repository(pool: asyncpg.Pool) -> Repository:
 
     async with pool.acquire() as conn:
         if pending := await pending_migrations(conn):
-            raise MigrationError(f"the database lacks migrations {', '.join(pending)}; "
-                                 f"run `taskyard migrate` first")
+            raise MigrationError(
+                f"the database lacks migrations {', '.join(pending)}; run `taskyard migrate` first"
+            )
     return Repository(pool)
 
 
@@ -198,8 +276,7 @@ def migrate_command(database_url: str | None, database_wait: float, data_dir: Pa
     from taskyard.store.migrator import migrate
 
     async def run() -> list[str]:
-        async with _database(database_url, data_dir, database_wait) as pool, \
-                pool.acquire() as conn:
+        async with _database(database_url, data_dir, database_wait) as pool, pool.acquire() as conn:
             return await migrate(conn)
 
     applied = _run(run())
@@ -216,8 +293,9 @@ def tenant() -> None:
 @database_url_option
 @database_wait_option
 @data_dir_option
-def tenant_create(name: str, database_url: str | None, database_wait: float,
-                  data_dir: Path) -> None:
+def tenant_create(
+    name: str, database_url: str | None, database_wait: float, data_dir: Path
+) -> None:
     """Create a tenant and print its id and an admin token (shown once)."""
 
     async def run() -> tuple[uuid.UUID, str]:
@@ -245,8 +323,14 @@ def token() -> None:
 @database_url_option
 @database_wait_option
 @data_dir_option
-def token_create(tenant_id: uuid.UUID, role: str, name: str, database_url: str | None,
-                 database_wait: float, data_dir: Path) -> None:
+def token_create(
+    tenant_id: uuid.UUID,
+    role: str,
+    name: str,
+    database_url: str | None,
+    database_wait: float,
+    data_dir: Path,
+) -> None:
     """Create a token for a tenant and print it (shown once)."""
 
     async def run() -> tuple[uuid.UUID, str] | None:
@@ -269,8 +353,9 @@ def token_create(tenant_id: uuid.UUID, role: str, name: str, database_url: str |
 @database_url_option
 @database_wait_option
 @data_dir_option
-def token_revoke(token_id: uuid.UUID, database_url: str | None, database_wait: float,
-                 data_dir: Path) -> None:
+def token_revoke(
+    token_id: uuid.UUID, database_url: str | None, database_wait: float, data_dir: Path
+) -> None:
     """Revoke a token by its id."""
 
     async def run() -> bool:

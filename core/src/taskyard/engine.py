@@ -69,8 +69,9 @@ TOKEN_FILE = "token"
 
 
 # OSErrors of a database connection (vs. e.g. a port in use, which waiting does not fix).
-_CONNECTION_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET,
-                                errno.EPIPE, errno.ECONNABORTED})
+_CONNECTION_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
+)
 
 
 def _database_went_away(exc: BaseException) -> bool:
@@ -122,8 +123,9 @@ class Engine:
                 await self.stop()
                 if not _database_went_away(exc) or time.monotonic() >= deadline:
                     raise
-                log.warning("the database went away while the engine was starting (%s); "
-                            "starting again", exc)
+                log.warning(
+                    "the database went away while the engine was starting (%s); starting again", exc
+                )
             self.node_id = uuid.uuid4()  # the last attempt may have registered its node
             await asyncio.sleep(0.5)
 
@@ -133,20 +135,26 @@ class Engine:
         if self.database_url is None:
             self._embedded = EmbeddedPostgres(self.settings.data_dir)
             self.database_url = await asyncio.to_thread(self._embedded.start)
-        self._pool = await create_pool(self.database_url,
-                                       wait_seconds=self.settings.database_wait_seconds)
+        self._pool = await create_pool(
+            self.database_url, wait_seconds=self.settings.database_wait_seconds
+        )
         async with self._pool.acquire() as conn:
             if self.settings.migrate:
                 applied = await migrate(conn)
                 if applied:
                     log.info("applied migrations: %s", ", ".join(applied))
             elif pending := await pending_migrations(conn):
-                raise MigrationError(f"the database lacks migrations {', '.join(pending)}; run "
-                                     f"`taskyard migrate` or start without --no-migrate")
+                raise MigrationError(
+                    f"the database lacks migrations {', '.join(pending)}; run "
+                    f"`taskyard migrate` or start without --no-migrate"
+                )
         self.repository = Repository(self._pool)
-        self._token_cache = TokenCache(self.repository, self.database_url,
-                                       on_revoked=self._token_revoked,
-                                       on_resumed=self._revocations_maybe_missed)
+        self._token_cache = TokenCache(
+            self.repository,
+            self.database_url,
+            on_revoked=self._token_revoked,
+            on_resumed=self._revocations_maybe_missed,
+        )
         await self._token_cache.start()
         await self._bootstrap_local_tenant()
         await register_node(self._pool, self.node_id)
@@ -157,49 +165,67 @@ class Engine:
                 self.alert_channels[channel.name] = channel
         self._timers = Timers()
         await self._timers.start()
-        self._alerter = Alerter(AlertRuleRepository(self._pool), self._timers,
-                                channels=lambda: self.alert_channels,
-                                tenant_name=self._tenant_name, run_url=self.run_url)
+        self._alerter = Alerter(
+            AlertRuleRepository(self._pool),
+            self._timers,
+            channels=lambda: self.alert_channels,
+            tenant_name=self._tenant_name,
+            run_url=self.run_url,
+        )
         await self._alerter.start()
         self._observe = self._plugins.implemented("taskyard_runs_ended")
         for provided in await self._plugins.call("taskyard_actions"):
             for action in provided:
                 self.actions[action.name] = action
         runs = RunRepository(self._pool, SharedOptions())
-        self._services = Services(persister=self._persister, runs=runs,
-                                    workflows=WorkflowRepository(self._pool),
-                                    events=EventRepository(self._pool),
-                                    rate_limits=RateLimitRepository(self._pool),
-                                    schedules=ScheduleRepository(self._pool),
-                                    heartbeat_interval=self.settings.heartbeat_interval,
-                                    heartbeat_timeout=self.settings.heartbeat_timeout,
-                                    recovery_hold=self.settings.recovery_hold,
-                                    timers=self._timers, runs_ended=self._runs_ended,
-                                    observe_all=self._observe,
-                                    runs_changed=self._runs_changed if self._plugins.implemented(
-                                        "taskyard_runs_changed") else None)
+        self._services = Services(
+            persister=self._persister,
+            runs=runs,
+            workflows=WorkflowRepository(self._pool),
+            events=EventRepository(self._pool),
+            rate_limits=RateLimitRepository(self._pool),
+            schedules=ScheduleRepository(self._pool),
+            heartbeat_interval=self.settings.heartbeat_interval,
+            heartbeat_timeout=self.settings.heartbeat_timeout,
+            recovery_hold=self.settings.recovery_hold,
+            timers=self._timers,
+            runs_ended=self._runs_ended,
+            observe_all=self._observe,
+            runs_changed=self._runs_changed
+            if self._plugins.implemented("taskyard_runs_changed")
+            else None,
+        )
         await self._services.start()
 
         plugin_router = Router(tags=("plugins",), channel=False)  # HTTP only: raw bodies
         await self._plugins.call("taskyard_routes", router=plugin_router)
 
-        self._runner = web.AppRunner(build_app(self, [plugin_router]), access_log=None,
-                                     handle_signals=False, shutdown_timeout=10)
+        self._runner = web.AppRunner(
+            build_app(self, [plugin_router]),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=10,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
         self._port = self._runner.addresses[0][1]
         self._integrations = Integrations(
             directory=self.settings.workflows_dir or self.settings.data_dir / "workflows",
-            url=lambda: self.url, actions=self.actions, register=self._register_declared,
-            token_for=self._internal_token, forget_token=self._forget_internal_token,
-            loaded_plugins=self._plugins.names)
+            url=lambda: self.url,
+            actions=self.actions,
+            register=self._register_declared,
+            token_for=self._internal_token,
+            forget_token=self._forget_internal_token,
+            loaded_plugins=self._plugins.names,
+        )
         await self._integrations.start()
         await self._plugins.call("taskyard_startup", host=self)
         for provided in await self._plugins.call("taskyard_trigger_sources"):
             for source in provided:
-                task = asyncio.create_task(self._run_source(source),
-                                           name=f"trigger-source:{source.name}")
+                task = asyncio.create_task(
+                    self._run_source(source), name=f"trigger-source:{source.name}"
+                )
                 self._sources.add(task)
         log.info("Taskyard engine serving on %s", self.url)
 
@@ -336,8 +362,9 @@ class Engine:
                 raise
             except Exception:
                 self.source_failures[source.name] += 1
-                log.exception("trigger source %r failed; starting it again in %.0fs",
-                              source.name, delay)
+                log.exception(
+                    "trigger source %r failed; starting it again in %.0fs", source.name, delay
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
 
@@ -354,8 +381,9 @@ class Engine:
         if found is None:
             raise ValueError(f"no tenant named {tenant!r}")
         secret = "ty_internal_" + secrets.token_urlsafe(32)
-        self._internal_tokens[secret] = Principal(found.tenant_id, found.name, uuid.uuid4(),
-                                                  Role.WORKER)
+        self._internal_tokens[secret] = Principal(
+            found.tenant_id, found.name, uuid.uuid4(), Role.WORKER
+        )
         return secret
 
     def _forget_internal_token(self, secret: str) -> None:
@@ -364,12 +392,15 @@ class Engine:
     async def _register_declared(self, tenant: str, definition: WorkflowDefinition) -> None:
         found = await self.repository.tenant_named(tenant)
         if found is None:
-            raise ValueError(f"no tenant named {tenant!r} (files in a folder belong to the "
-                             f"tenant the folder names)")
+            raise ValueError(
+                f"no tenant named {tenant!r} (files in a folder belong to the "
+                f"tenant the folder names)"
+            )
         await self.services.register_workflow(found.tenant_id, definition)
 
-    async def push_event(self, tenant: str, key: str, payload: Any,
-                         metadata: dict[str, str] | None = None) -> PushedEvent:
+    async def push_event(
+        self, tenant: str, key: str, payload: Any, metadata: dict[str, str] | None = None
+    ) -> PushedEvent:
         """For plugins (trigger sources): an event into a tenant named `tenant`."""
         found = await self.repository.tenant_named(tenant)
         if found is None:
@@ -385,8 +416,7 @@ class Engine:
         """Committed state changes, to the plugins that observe them (isolated, off the
         actors' paths)."""
         if self._plugins is not None:
-            task = asyncio.create_task(self._plugins.call("taskyard_runs_changed",
-                                                          changes=changes))
+            task = asyncio.create_task(self._plugins.call("taskyard_runs_changed", changes=changes))
             self._observers.add(task)
             task.add_done_callback(self._observers.discard)
 
@@ -406,8 +436,7 @@ class Engine:
 
     async def _recheck_worker_tokens(self) -> None:
         try:
-            revoked = await self.repository.revoked_among(
-                list(self.services.registry.token_ids()))
+            revoked = await self.repository.revoked_among(list(self.services.registry.token_ids()))
         except Exception as exc:  # the next reconnection checks again
             log.warning("could not check the tokens of connected workers: %s", exc)
             return

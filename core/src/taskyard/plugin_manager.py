@@ -39,7 +39,8 @@ class Plugins:
                 raise UnknownPluginError(
                     f"unknown plugin {name!r}; installed plugins: {installed}. Install the "
                     f"package that provides it (entry point group "
-                    f"'{hookspecs.ENTRY_POINT_GROUP}').")
+                    f"'{hookspecs.ENTRY_POINT_GROUP}')."
+                )
             self.manager.register(available[name].load(), name=name)
         for plugin in extra:
             self.manager.register(plugin)

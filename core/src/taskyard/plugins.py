@@ -55,8 +55,9 @@ class PluginHost(Protocol):
         """The base URL the engine serves on, e.g. `http://127.0.0.1:7077`."""
         ...
 
-    async def push_event(self, tenant: str, key: str, payload: Any,
-                         metadata: dict[str, str] | None = None) -> PushedEvent:
+    async def push_event(
+        self, tenant: str, key: str, payload: Any, metadata: dict[str, str] | None = None
+    ) -> PushedEvent:
         """Push an event into a tenant (by name), as `POST /api/v1/events` does: stored,
         triggering workflows, waking waits; returns once committed. Raises NotFound for an
         unknown tenant and Unprocessable for a bad key or payload."""

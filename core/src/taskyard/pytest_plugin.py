@@ -42,8 +42,9 @@ def taskyard_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
     args = ["--data-dir", str(data_dir)]
     if url := os.environ.get(TEST_DATABASE_VARIABLE):
         args += ["--database-url", url]
-    process = EngineProcess(args, clean_env(TASKYARD_LOG_LEVEL="warning"),
-                            data_dir / "engine.log").start(wait=120)
+    process = EngineProcess(
+        args, clean_env(TASKYARD_LOG_LEVEL="warning"), data_dir / "engine.log"
+    ).start(wait=120)
     try:
         yield RunningEngine(process.url, (data_dir / "token").read_text().strip(), process)
     finally:

@@ -1,10 +1,10 @@
 """Run a real engine in a subprocess, for your own integration tests and benchmarks.
 
-    from taskyard.testing import EngineProcess, clean_env
+from taskyard.testing import EngineProcess, clean_env
 
-    engine = EngineProcess(["--database-url", url], clean_env(), Path("engine.log")).start()
-    ...                      # engine.url, engine.log
-    engine.terminate()       # SIGTERM (graceful); engine.kill() is kill -9
+engine = EngineProcess(["--database-url", url], clean_env(), Path("engine.log")).start()
+...                      # engine.url, engine.log
+engine.terminate()       # SIGTERM (graceful); engine.kill() is kill -9
 """
 
 from __future__ import annotations
@@ -68,7 +68,10 @@ class EngineProcess:
         port = [] if "TASKYARD_PORT" in self.env else ["--port", str(self.port)]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "taskyard", "engine", *port, *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(self.env))
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(self.env),
+        )
         log.close()
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

@@ -13,6 +13,7 @@ def strings(value: str | Sequence[str], what: str) -> list[str]:
     items = list(value)
     for item in items:
         if not isinstance(item, str):
-            raise TypeError(f"{what} must be a string or a list of strings, not a list holding "
-                            f"{item!r}")
+            raise TypeError(
+                f"{what} must be a string or a list of strings, not a list holding {item!r}"
+            )
     return items

@@ -35,17 +35,23 @@ Out = TypeVar("Out")
 class Taskyard:
     """Entry point of the SDK.
 
-        ty = Taskyard()  # TASKYARD_URL / TASKYARD_TOKEN, or a local engine's .taskyard/token
+    ty = Taskyard()  # TASKYARD_URL / TASKYARD_TOKEN, or a local engine's .taskyard/token
 
-        @ty.task(retries=3, execution_timeout="30s")
-        async def resize(image: Image, ctx: Context) -> Thumbnail: ...
+    @ty.task(retries=3, execution_timeout="30s")
+    async def resize(image: Image, ctx: Context) -> Thumbnail: ...
 
-        ty.worker("images", tasks=[resize]).start()      # in the worker process
-        thumbnail = resize.run(Image(url="..."))          # anywhere else
+    ty.worker("images", tasks=[resize]).start()      # in the worker process
+    thumbnail = resize.run(Image(url="..."))          # anywhere else
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, *,
-                 retry_for: float = 10.0, channel: bool = True) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        retry_for: float = 10.0,
+        channel: bool = True,
+    ) -> None:
         """`retry_for`: seconds to keep retrying requests the engine could not take (it is
         down, or its database is restarting) before raising. `channel`: send calls over one
         websocket to the engine (a third of the cost of an HTTP request each, the same API);
@@ -64,8 +70,7 @@ class Taskyard:
         `taskyard_engine` fixture."""
         replaced = self.transport
         self.config = resolve(url, token)
-        self.transport = Transport(self.config, replaced.retry_for,
-                                   channel=replaced.use_channel)
+        self.transport = Transport(self.config, replaced.retry_for, channel=replaced.use_channel)
         replaced.close_soon()
 
     @property
@@ -88,12 +93,22 @@ class Taskyard:
     def task(self, fn: Callable[[In], Out], /) -> Task[In, Out]: ...
 
     @overload
-    def task(self, *, name: str | None = None, on_crons: str | Sequence[str] = (),
-             **settings: Unpack[TaskSettings],
-             ) -> Callable[[Callable[..., Any]], Task[Any, Any]]: ...
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        on_crons: str | Sequence[str] = (),
+        **settings: Unpack[TaskSettings],
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-             on_crons: str | Sequence[str] = (), **settings: Unpack[TaskSettings]) -> Any:
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        on_crons: str | Sequence[str] = (),
+        **settings: Unpack[TaskSettings],
+    ) -> Any:
         """Declare a task: `(input: Model, ctx: Context) -> output`, async or sync.
 
         retries: retries after the first attempt (default 0). backoff_factor: retry n waits
@@ -112,9 +127,13 @@ class Taskyard:
 
         return decorate(fn) if fn is not None else decorate
 
-    def durable_task(self, *, name: str | None = None, on_crons: str | Sequence[str] = (),
-                     **settings: Unpack[TaskSettings],
-                     ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+    def durable_task(
+        self,
+        *,
+        name: str | None = None,
+        on_crons: str | Sequence[str] = (),
+        **settings: Unpack[TaskSettings],
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
         """Declare a durable task: an async `(input, ctx: DurableContext) -> output` whose
         `ctx.sleep`, `ctx.wait_for_event`, `ctx.wait_for`, `ctx.memo` and children's `aio_run`
         are logged, so that a retry or a crash resumes it where it was, and whose waits hold no
@@ -124,17 +143,24 @@ class Taskyard:
         def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or function.__name__
             if not inspect.iscoroutinefunction(function):
-                raise TypeError(f"durable task {task_name!r} must be an async function: its "
-                                f"waits are awaited")
+                raise TypeError(
+                    f"durable task {task_name!r} must be an async function: its waits are awaited"
+                )
             return Task(self, function, task_name, options, crons=on_crons)
 
         return decorate
 
-    def workflow(self, name: str, *, input: type[In] | Any = Any,
-                 on_events: str | Sequence[str] = (), event_filter: str | None = None,
-                 sticky: Sticky | str | None = None,
-                 concurrency: Concurrency | Sequence[Concurrency] = (),
-                 on_crons: str | Sequence[str] = ()) -> Workflow[In]:
+    def workflow(
+        self,
+        name: str,
+        *,
+        input: type[In] | Any = Any,
+        on_events: str | Sequence[str] = (),
+        event_filter: str | None = None,
+        sticky: Sticky | str | None = None,
+        concurrency: Concurrency | Sequence[Concurrency] = (),
+        on_crons: str | Sequence[str] = (),
+    ) -> Workflow[In]:
         """Declare a workflow: a DAG of steps added with `@wf.task(parents=[...])`.
 
         input: the model every step receives. on_events: event keys that trigger a run (exact,
@@ -145,16 +171,29 @@ class Taskyard:
         expressions (UTC) that start runs with input None, kept in sync on registration.
         """
         levels = [concurrency] if isinstance(concurrency, Concurrency) else list(concurrency)
-        return Workflow(self, name, input=input, on_events=on_events, event_filter=event_filter,
-                        sticky=Sticky(sticky) if sticky is not None else None,
-                        concurrency=levels, on_crons=on_crons)
+        return Workflow(
+            self,
+            name,
+            input=input,
+            on_events=on_events,
+            event_filter=event_filter,
+            sticky=Sticky(sticky) if sticky is not None else None,
+            concurrency=levels,
+            on_crons=on_crons,
+        )
 
-    def worker(self, name: str, tasks: Sequence[Task[Any, Any] | Workflow[Any]] = (), *,
-               workflows: Sequence[Task[Any, Any] | Workflow[Any]] = (), slots: int = 100,
-               labels: dict[str, LabelValue] | None = None, queue: str | None = None,
-               drain_timeout: float = 30.0,
-               lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
-               ) -> Worker:
+    def worker(
+        self,
+        name: str,
+        tasks: Sequence[Task[Any, Any] | Workflow[Any]] = (),
+        *,
+        workflows: Sequence[Task[Any, Any] | Workflow[Any]] = (),
+        slots: int = 100,
+        labels: dict[str, LabelValue] | None = None,
+        queue: str | None = None,
+        drain_timeout: float = 30.0,
+        lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> Worker:
         """A worker process's runtime: it runs tasks and the steps of workflows (which it
         registers when it starts), given in either list. `slots` is how many tasks it runs at
         once. `lifespan`: an async context manager (factory) entered before the first task and
@@ -165,12 +204,22 @@ class Taskyard:
         queues = {task.options.queue for task in every_task}
         if queue is None:
             if len(queues) > 1:
-                raise ValueError(f"worker {name!r}: its tasks use several queues "
-                                 f"({', '.join(sorted(queues))}); a worker serves one queue")
+                raise ValueError(
+                    f"worker {name!r}: its tasks use several queues "
+                    f"({', '.join(sorted(queues))}); a worker serves one queue"
+                )
             queue = queues.pop() if queues else "default"
-        return Worker(self, name, every_task, workflows=given_workflows, slots=slots,
-                      labels=labels, queue=queue, drain_timeout=drain_timeout,
-                      lifespan=lifespan)
+        return Worker(
+            self,
+            name,
+            every_task,
+            workflows=given_workflows,
+            slots=slots,
+            labels=labels,
+            queue=queue,
+            drain_timeout=drain_timeout,
+            lifespan=lifespan,
+        )
 
     async def aio_close(self) -> None:
         """Close this event loop's connections to the engine."""
@@ -181,8 +230,9 @@ class Taskyard:
         run_sync(self.transport.close())
 
 
-def _tasks_and_workflows(worker: str, given: Sequence[Any]
-                         ) -> tuple[list[Task[Any, Any]], list[Workflow[Any]]]:
+def _tasks_and_workflows(
+    worker: str, given: Sequence[Any]
+) -> tuple[list[Task[Any, Any]], list[Workflow[Any]]]:
     tasks: list[Task[Any, Any]] = []
     workflows: list[Workflow[Any]] = []
     for item in given:
@@ -191,8 +241,10 @@ def _tasks_and_workflows(worker: str, given: Sequence[Any]
         elif isinstance(item, Task):
             tasks.append(item)
         else:
-            raise TypeError(f"worker {worker!r}: {item!r} is neither a task nor a workflow (give "
-                            f"what @ty.task, @ty.durable_task or ty.workflow returned)")
+            raise TypeError(
+                f"worker {worker!r}: {item!r} is neither a task nor a workflow (give "
+                f"what @ty.task, @ty.durable_task or ty.workflow returned)"
+            )
     return tasks, workflows
 
 
@@ -206,8 +258,9 @@ class Runs:
         data = await self._client.transport.request("GET", f"/api/v1/runs/{run_id}")
         return RunView.model_validate(data)
 
-    async def aio_wait(self, run_ids: Sequence[UUID], timeout: float | None = None
-                       ) -> dict[UUID, RunView]:
+    async def aio_wait(
+        self, run_ids: Sequence[UUID], timeout: float | None = None
+    ) -> dict[UUID, RunView]:
         """Wait until every run has finished (e.g. those an event triggered); raises
         ResultTimeout after `timeout` seconds."""
         return await wait_for_runs(self._client, list(run_ids), timeout)
@@ -220,10 +273,17 @@ class Runs:
         data = await self._client.transport.request("POST", f"/api/v1/runs/{run_id}/replay")
         return RunView.model_validate(data)
 
-    async def aio_list(self, *, status: Sequence[RunStatus | str] = (), task: Sequence[str] = (),
-                       since: datetime | None = None, until: datetime | None = None,
-                       metadata: dict[str, str] | None = None, limit: int = 100,
-                       cursor: str | None = None) -> RunPage:
+    async def aio_list(
+        self,
+        *,
+        status: Sequence[RunStatus | str] = (),
+        task: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        metadata: dict[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
         params: list[tuple[str, str]] = [("limit", str(limit))]
         params += [("status", str(s)) for s in status] + [("task", t) for t in task]
         params += [("metadata", f"{k}:{v}") for k, v in (metadata or {}).items()]
@@ -236,23 +296,24 @@ class Runs:
         data = await self._client.transport.request("GET", "/api/v1/runs", params=params)
         return RunPage.model_validate(data)
 
-    async def aio_logs(self, run_id: UUID | str, *, after: int | None = None,
-                       limit: int = 500) -> LogPage:
+    async def aio_logs(
+        self, run_id: UUID | str, *, after: int | None = None, limit: int = 500
+    ) -> LogPage:
         """The run's log lines (`ctx.log`), oldest first: up to `limit` (at most 5000) after
         `after`, the `next_after` of the page before. A run still going has more to come:
         ask again from the last `next_after`."""
         params = [("limit", str(limit))]
         if after is not None:
             params.append(("after", str(after)))
-        data = await self._client.transport.request("GET", f"/api/v1/runs/{run_id}/logs",
-                                                    params=params)
+        data = await self._client.transport.request(
+            "GET", f"/api/v1/runs/{run_id}/logs", params=params
+        )
         return LogPage.model_validate(data)
 
     def get(self, run_id: UUID | str) -> RunView:
         return run_sync(self.aio_get(run_id))
 
-    def logs(self, run_id: UUID | str, *, after: int | None = None,
-             limit: int = 500) -> LogPage:
+    def logs(self, run_id: UUID | str, *, after: int | None = None, limit: int = 500) -> LogPage:
         return run_sync(self.aio_logs(run_id, after=after, limit=limit))
 
     def cancel(self, run_id: UUID | str) -> RunStatus:

@@ -1,7 +1,7 @@
 """What a workflow step can wait for (`wait_for=[...]`): a sleep, an event, or combinations.
 
-    @wf.task(parents=[signup], wait_for=[Or(Sleep("1h"), Event("user:verified",
-                                                               filter="payload.id == input.id"))])
+@wf.task(parents=[signup], wait_for=[Or(Sleep("1h"), Event("user:verified",
+                                                           filter="payload.id == input.id"))])
 """
 
 from __future__ import annotations

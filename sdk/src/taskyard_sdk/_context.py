@@ -16,8 +16,12 @@ from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk.models import ErrorInfo, StepContext
 
 _task_log = logging.getLogger("taskyard.task")
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 if TYPE_CHECKING:
     from taskyard_sdk._task import Task
@@ -37,9 +41,17 @@ class Context:
     the worker's thread pool) alike.
     """
 
-    def __init__(self, *, run_id: UUID, attempt: int, task: str, metadata: dict[str, str],
-                 loop: asyncio.AbstractEventLoop, send: Callable[[Message], None],
-                 step: StepContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: UUID,
+        attempt: int,
+        task: str,
+        metadata: dict[str, str],
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[Message], None],
+        step: StepContext | None = None,
+    ) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.task = task
@@ -77,8 +89,9 @@ class Context:
         step = self._parent_step(parent)
         assert self._step is not None
         if step in self._step.skipped:
-            raise LookupError(f"parent step {step!r} was skipped: it has no output "
-                              f"(check ctx.was_skipped first)")
+            raise LookupError(
+                f"parent step {step!r} was skipped: it has no output (check ctx.was_skipped first)"
+            )
         return parent.decode_output(self._step.parents[step])
 
     def was_skipped(self, parent: Task[Any, Any]) -> bool:
@@ -100,20 +113,23 @@ class Context:
         worker's own log (logger `taskyard.task`, at the same level)."""
         text = str(message)
         _task_log.log(_LEVELS[level], "%s[%s] %s", self.task, self.run_id, text)
-        self._post(protocol.Log(run_id=self.run_id, attempt=self.attempt, message=text,
-                                level=level))
+        self._post(
+            protocol.Log(run_id=self.run_id, attempt=self.attempt, message=text, level=level)
+        )
 
     def stream(self, data: Any) -> None:
         """Send a JSON-able chunk to whoever follows the run live (`handle.aio_stream()`,
         `GET /api/v1/runs/{id}/stream`). Chunks are not stored."""
-        self._post(protocol.Stream(run_id=self.run_id, attempt=self.attempt,
-                                   data=to_jsonable_python(data)))
+        self._post(
+            protocol.Stream(run_id=self.run_id, attempt=self.attempt, data=to_jsonable_python(data))
+        )
 
     def refresh_timeout(self, duration: Duration) -> None:
         """Give this attempt `duration` more time from now, instead of its execution_timeout."""
         seconds = parse_duration(duration, name="refresh_timeout")
-        self._post(protocol.RefreshTimeout(run_id=self.run_id, attempt=self.attempt,
-                                           seconds=seconds))
+        self._post(
+            protocol.RefreshTimeout(run_id=self.run_id, attempt=self.attempt, seconds=seconds)
+        )
 
     def _post(self, message: Message) -> None:
         try:

@@ -70,12 +70,16 @@ class WaitResult:
 class DurableContext(Context):
     """The context of a durable task: `Context`, plus the durable calls."""
 
-    def __init__(self, *, history: Sequence[protocol.DurableEntry], input: Any,
-                 record: Callable[[protocol.DurableEntry], Awaitable[None]],
-                 suspend: Callable[[int, str, protocol.WaitSpec], None],
-                 spawn: Callable[[Task[Any, Any], list[Any], list[str]],
-                                 Awaitable[list[UUID]]],
-                 **context: Any) -> None:
+    def __init__(
+        self,
+        *,
+        history: Sequence[protocol.DurableEntry],
+        input: Any,
+        record: Callable[[protocol.DurableEntry], Awaitable[None]],
+        suspend: Callable[[int, str, protocol.WaitSpec], None],
+        spawn: Callable[[Task[Any, Any], list[Any], list[str]], Awaitable[list[UUID]]],
+        **context: Any,
+    ) -> None:
         super().__init__(**context)
         self._history = {entry.position: entry for entry in history}
         self._input = input
@@ -89,45 +93,64 @@ class DurableContext(Context):
     async def sleep(self, duration: Duration) -> None:
         """Sleep durably: the slot is free meanwhile, and a crash does not restart the clock."""
         seconds = parse_duration(duration, name="sleep")
-        await self._wait(f"sleep({seconds:g}s)",
-                         lambda now: protocol.WaitSpec(since=now, until=now + seconds))
+        await self._wait(
+            f"sleep({seconds:g}s)", lambda now: protocol.WaitSpec(since=now, until=now + seconds)
+        )
 
-    async def wait_for_event(self, key: str, *, filter: str | None = None,
-                             timeout: Duration | None = None) -> Any:
+    async def wait_for_event(
+        self, key: str, *, filter: str | None = None, timeout: Duration | None = None
+    ) -> Any:
         """Wait for an event pushed from now on (`key` exact, or a prefix ending in '*') whose
         CEL `filter` over `payload`, `metadata` and `input` holds; returns its payload. Raises
         WaitTimeout after `timeout`."""
         limit = parse_duration(timeout, name="timeout") if timeout is not None else None
         call = f"wait_for_event({key!r}, filter={filter!r}, timeout={limit!r})"
-        result = await self._wait(call, lambda now: protocol.WaitSpec(
-            since=now, events=[protocol.EventWait(key=key, filter=filter)],
-            deadline=now + limit if limit is not None else None, input=self._input))
+        result = await self._wait(
+            call,
+            lambda now: protocol.WaitSpec(
+                since=now,
+                events=[protocol.EventWait(key=key, filter=filter)],
+                deadline=now + limit if limit is not None else None,
+                input=self._input,
+            ),
+        )
         if result["timed_out"]:
             raise WaitTimeout(f"no {key!r} event came within {limit:g}s")
         return result["events"]["0"]
 
-    async def wait_for(self, *conditions: Sleep | Event | Or | And,
-                       timeout: Duration | None = None) -> WaitResult:
+    async def wait_for(
+        self, *conditions: Sleep | Event | Or | And, timeout: Duration | None = None
+    ) -> WaitResult:
         """Wait for conditions: `Sleep`, `Event`, or one `Or(...)` / `And(...)` of them; all the
         arguments must hold (an `And`). Returns which events came; raises WaitTimeout after
         `timeout`."""
         mode, sleeps, events = _flatten(conditions)
         limit = parse_duration(timeout, name="timeout") if timeout is not None else None
-        call = (f"wait_for({mode}, sleeps={sleeps!r}, events="
-                f"{[(e.key, e.filter) for e in events]!r}, timeout={limit!r})")
-        result = await self._wait(call, lambda now: protocol.WaitSpec(
-            since=now, until=now + min(sleeps) if mode == "any" and sleeps else
-            (now + max(sleeps) if sleeps else None), mode=mode,
-            events=[protocol.EventWait(key=e.key, filter=e.filter) for e in events],
-            deadline=now + limit if limit is not None else None, input=self._input))
+        call = (
+            f"wait_for({mode}, sleeps={sleeps!r}, events="
+            f"{[(e.key, e.filter) for e in events]!r}, timeout={limit!r})"
+        )
+        result = await self._wait(
+            call,
+            lambda now: protocol.WaitSpec(
+                since=now,
+                until=now + min(sleeps)
+                if mode == "any" and sleeps
+                else (now + max(sleeps) if sleeps else None),
+                mode=mode,
+                events=[protocol.EventWait(key=e.key, filter=e.filter) for e in events],
+                deadline=now + limit if limit is not None else None,
+                input=self._input,
+            ),
+        )
         if result["timed_out"]:
             raise WaitTimeout(f"{call} did not hold within {limit:g}s")
-        by_key = {events[int(index)].key: payload
-                  for index, payload in result["events"].items()}
+        by_key = {events[int(index)].key: payload for index, payload in result["events"].items()}
         return WaitResult(by_key, bool(result["slept"]))
 
-    async def memo(self, name: str, fn: Callable[..., T | Awaitable[T]], *args: Any,
-                   **kwargs: Any) -> T:
+    async def memo(
+        self, name: str, fn: Callable[..., T | Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
         """Run a side-effecting step once: its result is logged, and every replay returns it
         instead of calling `fn` again. The result must be JSON-able; it comes back as JSON data
         (a model comes back as a dict)."""
@@ -139,14 +162,16 @@ class DurableContext(Context):
         if inspect.isawaitable(value):
             value = await value
         data = to_jsonable_python(value)
-        await self._record(protocol.DurableEntry(position=position, kind="memo", call=call,
-                                                 result=data))
+        await self._record(
+            protocol.DurableEntry(position=position, kind="memo", call=call, result=data)
+        )
         return data  # type: ignore[no-any-return]
 
     # -- children --------------------------------------------------------------------------------
 
-    async def run_children(self, task: Task[Any, Any], inputs: Sequence[Any]
-                           ) -> list[dict[str, Any]]:
+    async def run_children(
+        self, task: Task[Any, Any], inputs: Sequence[Any]
+    ) -> list[dict[str, Any]]:
         """Spawn children (once: their ids are logged) and wait for all of them; each outcome is
         {"status", "output", "error"}."""
         if not inputs:
@@ -158,11 +183,18 @@ class DurableContext(Context):
         else:
             keys = [f"durable:{self.run_id}:{position}:{index}" for index in range(len(inputs))]
             run_ids = await self._spawn(task, list(inputs), keys)
-            await self._record(protocol.DurableEntry(
-                position=position, kind="spawn", call=call,
-                result=[str(run_id) for run_id in run_ids]))
-        result = await self._wait(f"children({task.name!r}, {len(inputs)})",
-                                  lambda now: protocol.WaitSpec(since=now, children=run_ids))
+            await self._record(
+                protocol.DurableEntry(
+                    position=position,
+                    kind="spawn",
+                    call=call,
+                    result=[str(run_id) for run_id in run_ids],
+                )
+            )
+        result = await self._wait(
+            f"children({task.name!r}, {len(inputs)})",
+            lambda now: protocol.WaitSpec(since=now, children=run_ids),
+        )
         return list(result["children"])
 
     # -- internals -------------------------------------------------------------------------------
@@ -175,24 +207,28 @@ class DurableContext(Context):
         if entry is not None and (entry.kind != kind or entry.call != call):
             raise NonDeterminismError(
                 f"durable task {self.task!r} is not deterministic: at position {position} its "
-                f"log has {entry.call}, but the code now calls {call}")
+                f"log has {entry.call}, but the code now calls {call}"
+            )
         return position, entry if entry is not None and entry.done else None
 
-    async def _wait(self, call: str, spec: Callable[[float], protocol.WaitSpec]
-                    ) -> dict[str, Any]:
+    async def _wait(self, call: str, spec: Callable[[float], protocol.WaitSpec]) -> dict[str, Any]:
         position, entry = self._next("wait", call)
         if entry is not None:
             return entry.result  # type: ignore[no-any-return]
         open_wait = self._history.get(position)
         # Waiting on after a replay: the same spec (a sleep keeps its end time).
-        wait = (protocol.WaitSpec.model_validate(open_wait.result) if open_wait is not None
-                else spec(time.time()))
+        wait = (
+            protocol.WaitSpec.model_validate(open_wait.result)
+            if open_wait is not None
+            else spec(time.time())
+        )
         self._suspend(position, call, wait)
         raise Suspended()
 
 
-def _flatten(conditions: Sequence[Sleep | Event | Or | And]
-             ) -> tuple[str, list[float], list[EventCondition]]:
+def _flatten(
+    conditions: Sequence[Sleep | Event | Or | And],
+) -> tuple[str, list[float], list[EventCondition]]:
     """Conditions as (mode, sleep seconds, events): one level of Or/And over Sleep and Event."""
     built: list[Any] = list(conditions)
     if len(built) == 1 and isinstance(built[0], AnyOf | AllOf):
@@ -207,8 +243,9 @@ def _flatten(conditions: Sequence[Sleep | Event | Or | And]
         elif isinstance(leaf, EventCondition):
             events.append(leaf)
         else:
-            raise TypeError("a durable wait takes Sleep and Event conditions, or one Or(...) / "
-                            "And(...) of them")
+            raise TypeError(
+                "a durable wait takes Sleep and Event conditions, or one Or(...) / And(...) of them"
+            )
     if mode == "all" and len(sleeps) > 1:
         sleeps = [max(sleeps)]
     return mode, sleeps, events

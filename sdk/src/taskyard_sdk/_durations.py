@@ -28,7 +28,8 @@ def parse_duration(value: Duration, *, name: str = "duration") -> float:
             if not parts or "".join(n + u for n, u in parts) != text:
                 raise ValueError(
                     f"{name}: {value!r} is not a duration; use seconds or a string like "
-                    f"'500ms', '30s', '5m', '1h30m', '2d'") from None
+                    f"'500ms', '30s', '5m', '1h30m', '2d'"
+                ) from None
             seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
     else:
         raise ValueError(f"{name}: expected a duration, got {type(value).__name__}")

@@ -43,8 +43,9 @@ class ConnectionLost(TaskyardError, ConnectionError):
 
 
 class ApiError(TaskyardError):
-    def __init__(self, status: int, code: str, message: str,
-                 details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(f"{message} (HTTP {status} {code})")
         self.status = status
         self.code = code
@@ -87,8 +88,7 @@ class ResultTimeout(TaskyardError, TimeoutError):
 class TaskFailed(TaskyardError):
     """A run ended without succeeding."""
 
-    def __init__(self, run_id: UUID, task: str, status: RunStatus,
-                 error: ErrorInfo | None) -> None:
+    def __init__(self, run_id: UUID, task: str, status: RunStatus, error: ErrorInfo | None) -> None:
         self.run_id = run_id
         self.task = task
         self.status = status
@@ -110,8 +110,14 @@ class RetryAfter(Exception):
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
-    400: InvalidRequest, 401: AuthenticationError, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 413: InvalidRequest, 422: InvalidRequest, 503: Unavailable,
+    400: InvalidRequest,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    413: InvalidRequest,
+    422: InvalidRequest,
+    503: Unavailable,
 }
 
 
@@ -123,6 +129,8 @@ def api_error(status: int, body: Any) -> ApiError:
     else:
         code, message, details = "error", str(body)[:500], None
     if status == 401:
-        message += ("; pass token= to Taskyard(...) or set TASKYARD_TOKEN (a local engine writes "
-                    "one to .taskyard/token)")
+        message += (
+            "; pass token= to Taskyard(...) or set TASKYARD_TOKEN (a local engine writes "
+            "one to .taskyard/token)"
+        )
     return _BY_STATUS.get(status, ApiError)(status, code, message, details)

@@ -22,20 +22,28 @@ class Events:
     def __init__(self, client: Taskyard) -> None:
         self._client = client
 
-    async def aio_push(self, key: str, payload: Any = None, *,
-                       metadata: dict[str, str] | None = None) -> EventView:
+    async def aio_push(
+        self, key: str, payload: Any = None, *, metadata: dict[str, str] | None = None
+    ) -> EventView:
         """Store an event; returns it with the workflow runs it triggered (`triggered`)."""
         data = await self._client.transport.request(
-            "POST", "/api/v1/events", json_body=_request(key, payload, metadata))
+            "POST", "/api/v1/events", json_body=_request(key, payload, metadata)
+        )
         return EventView.model_validate(data)
 
-    async def aio_push_many(self, events: Sequence[EventRequest | dict[str, Any]]
-                            ) -> list[EventView]:
+    async def aio_push_many(
+        self, events: Sequence[EventRequest | dict[str, Any]]
+    ) -> list[EventView]:
         """Many events in one request: `EventRequest`s or dicts with key, payload, metadata."""
-        body = [_request(e.key, e.payload, e.metadata) if isinstance(e, EventRequest)
-                else _request(e["key"], e.get("payload"), e.get("metadata")) for e in events]
+        body = [
+            _request(e.key, e.payload, e.metadata)
+            if isinstance(e, EventRequest)
+            else _request(e["key"], e.get("payload"), e.get("metadata"))
+            for e in events
+        ]
         data = await self._client.transport.request(
-            "POST", "/api/v1/events/batch", json_body={"events": body})
+            "POST", "/api/v1/events/batch", json_body={"events": body}
+        )
         return BatchEventResponse.model_validate(data).events
 
     async def aio_get(self, event_id: UUID | str) -> EventView:
@@ -47,10 +55,17 @@ class Events:
         data = await self._client.transport.request("POST", f"/api/v1/events/{event_id}/replay")
         return EventView.model_validate(data)
 
-    async def aio_list(self, *, key: Sequence[str] = (), prefix: str | None = None,
-                       metadata: dict[str, str] | None = None, since: datetime | None = None,
-                       until: datetime | None = None, limit: int = 100,
-                       cursor: str | None = None) -> EventPage:
+    async def aio_list(
+        self,
+        *,
+        key: Sequence[str] = (),
+        prefix: str | None = None,
+        metadata: dict[str, str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> EventPage:
         params: list[tuple[str, str]] = [("limit", str(limit))]
         params += [("key", k) for k in key]
         params += [("metadata", f"{k}:{v}") for k, v in (metadata or {}).items()]
@@ -65,8 +80,9 @@ class Events:
         data = await self._client.transport.request("GET", "/api/v1/events", params=params)
         return EventPage.model_validate(data)
 
-    def push(self, key: str, payload: Any = None, *,
-             metadata: dict[str, str] | None = None) -> EventView:
+    def push(
+        self, key: str, payload: Any = None, *, metadata: dict[str, str] | None = None
+    ) -> EventView:
         return run_sync(self.aio_push(key, payload, metadata=metadata))
 
     def push_many(self, events: Sequence[EventRequest | dict[str, Any]]) -> list[EventView]:

@@ -19,14 +19,17 @@ class RateLimits:
     def __init__(self, client: Taskyard) -> None:
         self._client = client
 
-    async def aio_put(self, key: str, *, limit: int,
-                      duration: RateDuration | str = RateDuration.MINUTE) -> RateLimitView:
+    async def aio_put(
+        self, key: str, *, limit: int, duration: RateDuration | str = RateDuration.MINUTE
+    ) -> RateLimitView:
         """At most `limit` units per `duration` ("second", "minute", "hour" or "day"). Changing
         the limit keeps what was taken in the current window; changing the duration starts a new
         window."""
         data = await self._client.transport.request(
-            "PUT", f"/api/v1/rate-limits/{quote(key, safe='')}",
-            json_body={"limit": limit, "duration": RateDuration(duration).value})
+            "PUT",
+            f"/api/v1/rate-limits/{quote(key, safe='')}",
+            json_body={"limit": limit, "duration": RateDuration(duration).value},
+        )
         return RateLimitView.model_validate(data)
 
     async def aio_list(self) -> list[RateLimitView]:
@@ -36,15 +39,16 @@ class RateLimits:
 
     async def aio_get(self, key: str) -> RateLimitView:
         data = await self._client.transport.request(
-            "GET", f"/api/v1/rate-limits/{quote(key, safe='')}")
+            "GET", f"/api/v1/rate-limits/{quote(key, safe='')}"
+        )
         return RateLimitView.model_validate(data)
 
     async def aio_delete(self, key: str) -> None:
-        await self._client.transport.request(
-            "DELETE", f"/api/v1/rate-limits/{quote(key, safe='')}")
+        await self._client.transport.request("DELETE", f"/api/v1/rate-limits/{quote(key, safe='')}")
 
-    def put(self, key: str, *, limit: int,
-            duration: RateDuration | str = RateDuration.MINUTE) -> RateLimitView:
+    def put(
+        self, key: str, *, limit: int, duration: RateDuration | str = RateDuration.MINUTE
+    ) -> RateLimitView:
         return run_sync(self.aio_put(key, limit=limit, duration=duration))
 
     def list(self) -> list[RateLimitView]:

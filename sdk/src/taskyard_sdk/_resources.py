@@ -49,19 +49,26 @@ class Dependency:
                 return source(state)
             found = _entries(state)
             if source not in found:
-                raise LookupError(f"task {task!r}: parameter {self.parameter!r} depends on "
-                                  f"{source!r}, which the worker's lifespan does not provide "
-                                  f"(it provides {', '.join(map(repr, found)) or 'nothing'})")
+                raise LookupError(
+                    f"task {task!r}: parameter {self.parameter!r} depends on "
+                    f"{source!r}, which the worker's lifespan does not provide "
+                    f"(it provides {', '.join(map(repr, found)) or 'nothing'})"
+                )
             return found[source]
         kind = typing.get_origin(self.wanted) or self.wanted
-        matches = [value for value in _entries(state).values()
-                   if isinstance(kind, type) and isinstance(value, kind)]
+        matches = [
+            value
+            for value in _entries(state).values()
+            if isinstance(kind, type) and isinstance(value, kind)
+        ]
         if len(matches) != 1:
             how = "nothing" if not matches else f"{len(matches)} values"
-            raise LookupError(f"task {task!r}: parameter {self.parameter!r} wants a "
-                              f"{getattr(kind, '__name__', kind)}, and the worker's lifespan "
-                              f"provides {how} of that type; name one with "
-                              f"Annotated[..., Depends('name')]")
+            raise LookupError(
+                f"task {task!r}: parameter {self.parameter!r} wants a "
+                f"{getattr(kind, '__name__', kind)}, and the worker's lifespan "
+                f"provides {how} of that type; name one with "
+                f"Annotated[..., Depends('name')]"
+            )
         return matches[0]
 
 
@@ -73,8 +80,7 @@ def _entries(state: Any) -> dict[str, Any]:
     return {name: getattr(state, name) for name in dir(state) if not name.startswith("_")}
 
 
-def task_parameters(fn: Callable[..., Any], task: str
-                    ) -> tuple[str, bool, list[Dependency]]:
+def task_parameters(fn: Callable[..., Any], task: str) -> tuple[str, bool, list[Dependency]]:
     """The input parameter's name, whether the function takes the context, and the parameters
     its worker fills: after the input, the context is the parameter annotated Context (or the
     second one, unannotated), and every other one is a dependency."""
@@ -86,18 +92,27 @@ def task_parameters(fn: Callable[..., Any], task: str
     dependencies = []
     for position, parameter in enumerate(parameters[1:], start=1):
         annotation = hints.get(parameter.name, inspect.Parameter.empty)
-        depends = next((extra for extra in getattr(annotation, "__metadata__", ())
-                        if isinstance(extra, Depends)), None)
+        depends = next(
+            (
+                extra
+                for extra in getattr(annotation, "__metadata__", ())
+                if isinstance(extra, Depends)
+            ),
+            None,
+        )
         plain = typing.get_args(annotation)[0] if depends is not None else annotation
         if depends is None and (
-                (isinstance(plain, type) and issubclass(plain, Context))
-                or (position == 1 and plain is inspect.Parameter.empty)):
+            (isinstance(plain, type) and issubclass(plain, Context))
+            or (position == 1 and plain is inspect.Parameter.empty)
+        ):
             if takes_context:
                 raise TypeError(f"task {task!r}: only one parameter can be the context")
             takes_context = True
         elif depends is None and plain is inspect.Parameter.empty:
-            raise TypeError(f"task {task!r}: parameter {parameter.name!r} needs a type or "
-                            f"Depends(...) so that the worker can fill it")
+            raise TypeError(
+                f"task {task!r}: parameter {parameter.name!r} needs a type or "
+                f"Depends(...) so that the worker can fill it"
+            )
         else:
             dependencies.append(Dependency(parameter.name, plain, depends))
     return parameters[0].name, takes_context, dependencies

@@ -31,34 +31,68 @@ class Schedulable:
     def _schedule_input(self, input: Any) -> Any:
         raise NotImplementedError
 
-    async def aio_create_cron(self, name: str, expression: str, *, input: Any = None,
-                              timezone: str = "UTC", metadata: dict[str, str] | None = None,
-                              catch_up: CatchUp | str = CatchUp.LATEST) -> CronView:
+    async def aio_create_cron(
+        self,
+        name: str,
+        expression: str,
+        *,
+        input: Any = None,
+        timezone: str = "UTC",
+        metadata: dict[str, str] | None = None,
+        catch_up: CatchUp | str = CatchUp.LATEST,
+    ) -> CronView:
         """Start a run at every tick of `expression` ("0 9 * * *"; a sixth field is seconds)
         in `timezone`. Exactly one run per tick, across engine restarts; `catch_up` says which
         ticks missed while the engine was down still fire ("latest", or "all")."""
-        body = {**self._schedule_target(), "name": name, "expression": expression,
-                "timezone": timezone, "input": self._schedule_input(input),
-                "metadata": metadata or {}, "catch_up": CatchUp(catch_up).value}
+        body = {
+            **self._schedule_target(),
+            "name": name,
+            "expression": expression,
+            "timezone": timezone,
+            "input": self._schedule_input(input),
+            "metadata": metadata or {},
+            "catch_up": CatchUp(catch_up).value,
+        }
         data = await self.client.transport.request("POST", "/api/v1/crons", json_body=body)
         return CronView.model_validate(data)
 
-    def create_cron(self, name: str, expression: str, *, input: Any = None,
-                    timezone: str = "UTC", metadata: dict[str, str] | None = None,
-                    catch_up: CatchUp | str = CatchUp.LATEST) -> CronView:
-        return run_sync(self.aio_create_cron(name, expression, input=input, timezone=timezone,
-                                             metadata=metadata, catch_up=catch_up))
+    def create_cron(
+        self,
+        name: str,
+        expression: str,
+        *,
+        input: Any = None,
+        timezone: str = "UTC",
+        metadata: dict[str, str] | None = None,
+        catch_up: CatchUp | str = CatchUp.LATEST,
+    ) -> CronView:
+        return run_sync(
+            self.aio_create_cron(
+                name,
+                expression,
+                input=input,
+                timezone=timezone,
+                metadata=metadata,
+                catch_up=catch_up,
+            )
+        )
 
-    async def aio_schedule(self, at: datetime, *, input: Any = None,
-                           metadata: dict[str, str] | None = None) -> ScheduleView:
+    async def aio_schedule(
+        self, at: datetime, *, input: Any = None, metadata: dict[str, str] | None = None
+    ) -> ScheduleView:
         """Start one run at `at` (a naive datetime is UTC). A time already past is refused."""
-        body = {**self._schedule_target(), "at": at.isoformat(),
-                "input": self._schedule_input(input), "metadata": metadata or {}}
+        body = {
+            **self._schedule_target(),
+            "at": at.isoformat(),
+            "input": self._schedule_input(input),
+            "metadata": metadata or {},
+        }
         data = await self.client.transport.request("POST", "/api/v1/schedules", json_body=body)
         return ScheduleView.model_validate(data)
 
-    def schedule(self, at: datetime, *, input: Any = None,
-                 metadata: dict[str, str] | None = None) -> ScheduleView:
+    def schedule(
+        self, at: datetime, *, input: Any = None, metadata: dict[str, str] | None = None
+    ) -> ScheduleView:
         return run_sync(self.aio_schedule(at, input=input, metadata=metadata))
 
 
@@ -119,7 +153,8 @@ class Schedules:
 
     async def aio_reschedule(self, schedule_id: UUID | str, at: datetime) -> ScheduleView:
         data = await self._client.transport.request(
-            "PATCH", f"/api/v1/schedules/{schedule_id}", json_body={"at": at.isoformat()})
+            "PATCH", f"/api/v1/schedules/{schedule_id}", json_body={"at": at.isoformat()}
+        )
         return ScheduleView.model_validate(data)
 
     async def aio_delete(self, schedule_id: UUID | str) -> None:

@@ -58,8 +58,9 @@ _BATCH_RUNS = 10_000  # the engine's limit per batch request
 _BATCH_BYTES = 512 * 1024  # well under the engine's default request limit (1 MiB)
 
 
-def batch_bodies(runs: Iterable[dict[str, Any]], head: dict[str, Any] | None = None
-                 ) -> Iterator[bytes]:
+def batch_bodies(
+    runs: Iterable[dict[str, Any]], head: dict[str, Any] | None = None
+) -> Iterator[bytes]:
     """Batch request bodies `{**head, "runs": [...]}`, in order: each run encoded once, at most
     _BATCH_RUNS runs and about _BATCH_BYTES of JSON to a body."""
     prefix = to_json(head)[:-1] + b',"runs":[' if head else b'{"runs":['
@@ -117,9 +118,16 @@ class Task(Schedulable, Generic[In, Out]):
     """A task function registered with a client. Call it directly to run it in-process (for
     tests); use `run` / `aio_run` to run it on a worker through the engine."""
 
-    def __init__(self, client: Taskyard, fn: Callable[..., Any], name: str,
-                 options: TaskOptions, *, default_input: Any = Any,
-                 crons: str | Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        client: Taskyard,
+        fn: Callable[..., Any],
+        name: str,
+        options: TaskOptions,
+        *,
+        default_input: Any = Any,
+        crons: str | Sequence[str] = (),
+    ) -> None:
         self.client = client
         self.fn = fn
         self.name = name
@@ -168,8 +176,15 @@ class Task(Schedulable, Generic[In, Out]):
     def decode_output(self, data: Any) -> Out:
         return self._output.validate_python(data)  # type: ignore[no-any-return]
 
-    def _trigger(self, input: In, metadata: dict[str, str] | None, priority: int | None,
-                 idempotency_key: str | None, *, options: bool = True) -> dict[str, Any]:
+    def _trigger(
+        self,
+        input: In,
+        metadata: dict[str, str] | None,
+        priority: int | None,
+        idempotency_key: str | None,
+        *,
+        options: bool = True,
+    ) -> dict[str, Any]:
         request: dict[str, Any] = {"task": self.name, "input": self.encode_input(input)}
         if options:
             request["options"] = self._options_json
@@ -186,9 +201,16 @@ class Task(Schedulable, Generic[In, Out]):
 
     # -- running here, for tests ----------------------------------------------------------------
 
-    async def aio_mock_run(self, input: In, *, parents: Mapping[Any, Any] | None = None,
-                           skipped: Sequence[Any] = (), metadata: dict[str, str] | None = None,
-                           attempt: int = 1, resources: Any = None) -> Out:
+    async def aio_mock_run(
+        self,
+        input: In,
+        *,
+        parents: Mapping[Any, Any] | None = None,
+        skipped: Sequence[Any] = (),
+        metadata: dict[str, str] | None = None,
+        attempt: int = 1,
+        resources: Any = None,
+    ) -> Out:
         """Run the function in this process, as a worker would but without an engine: the
         input is validated and sent through JSON, the context is the task's own (`ctx.log`
         lines go to the `taskyard.task` logger), and the output comes back as `run` returns
@@ -196,70 +218,118 @@ class Task(Schedulable, Generic[In, Out]):
         and `skipped` the parents that were skipped. `resources`: what the worker's lifespan
         would provide (its dependencies are filled from it)."""
         if self.options.durable:
-            raise TypeError(f"durable task {self.name!r} keeps its log in the engine: test it "
-                            f"with a worker (the taskyard_client fixture)")
+            raise TypeError(
+                f"durable task {self.name!r} keeps its log in the engine: test it "
+                f"with a worker (the taskyard_client fixture)"
+            )
         value = self.decode_input(self.encode_input(input))
         step = getattr(self, "step", None)
         context = None
         if step is not None:
             context = StepContext(
-                workflow_run_id=uuid4(), step=step,
+                workflow_run_id=uuid4(),
+                step=step,
                 parents={_step_name(p): to_jsonable_python(v) for p, v in (parents or {}).items()},
-                skipped=[_step_name(p) for p in skipped])
+                skipped=[_step_name(p) for p in skipped],
+            )
         elif parents or skipped:
             raise TypeError(f"task {self.name!r} is not a workflow step: it has no parents")
-        ctx = Context(run_id=uuid4(), attempt=attempt, task=self.name, metadata=metadata or {},
-                      loop=asyncio.get_running_loop(), send=lambda message: None, step=context)
+        ctx = Context(
+            run_id=uuid4(),
+            attempt=attempt,
+            task=self.name,
+            metadata=metadata or {},
+            loop=asyncio.get_running_loop(),
+            send=lambda message: None,
+            step=context,
+        )
         result = self(value, ctx, resources)
         if inspect.isawaitable(result):
             result = await result
         return self.decode_output(self.encode_output(result))
 
-    def mock_run(self, input: In, *, parents: Mapping[Any, Any] | None = None,
-                 skipped: Sequence[Any] = (), metadata: dict[str, str] | None = None,
-                 attempt: int = 1, resources: Any = None) -> Out:
-        return run_sync(self.aio_mock_run(input, parents=parents, skipped=skipped,
-                                          metadata=metadata, attempt=attempt,
-                                          resources=resources))
+    def mock_run(
+        self,
+        input: In,
+        *,
+        parents: Mapping[Any, Any] | None = None,
+        skipped: Sequence[Any] = (),
+        metadata: dict[str, str] | None = None,
+        attempt: int = 1,
+        resources: Any = None,
+    ) -> Out:
+        return run_sync(
+            self.aio_mock_run(
+                input,
+                parents=parents,
+                skipped=skipped,
+                metadata=metadata,
+                attempt=attempt,
+                resources=resources,
+            )
+        )
 
     # -- running through the engine --------------------------------------------------------------
 
-    async def aio_run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
-                              priority: int | None = None,
-                              idempotency_key: str | None = None) -> RunHandle[Out]:
+    async def aio_run_no_wait(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Out]:
         body = self._trigger(input, metadata, priority, idempotency_key)
         ref = RunRef.model_validate(
-            await self.client.transport.request("POST", "/api/v1/runs", json_body=body))
+            await self.client.transport.request("POST", "/api/v1/runs", json_body=body)
+        )
         return RunHandle(self, ref.run_id)
 
-    async def aio_run(self, input: In, *, metadata: dict[str, str] | None = None,
-                      priority: int | None = None, idempotency_key: str | None = None,
-                      timeout: float | None = None) -> Out:
+    async def aio_run(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Out:
         durable = current_durable.get()
         if durable is not None:  # a durable task's child: spawned once, its result logged
             [result] = child_results(self, await durable.run_children(self, [input]))
             if isinstance(result, TaskFailed):
                 raise result
             return result  # type: ignore[no-any-return]
-        handle = await self.aio_run_no_wait(input, metadata=metadata, priority=priority,
-                                            idempotency_key=idempotency_key)
+        handle = await self.aio_run_no_wait(
+            input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
+        )
         return await handle.aio_result(timeout=timeout)
 
-    async def aio_run_many_no_wait(self, inputs: Sequence[In], *,
-                                   metadata: dict[str, str] | None = None,
-                                   priority: int | None = None) -> list[RunHandle[Out]]:
+    async def aio_run_many_no_wait(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Out]]:
         handles: list[RunHandle[Out]] = []
-        runs = (self._trigger(value, metadata, priority, None, options=False)
-                for value in inputs)
+        runs = (self._trigger(value, metadata, priority, None, options=False) for value in inputs)
         for body in batch_bodies(runs, {"options": self._options_json}):
-            response = BatchTriggerResponse.model_validate(await self.client.transport.request(
-                "POST", "/api/v1/runs/batch", body=body))
+            response = BatchTriggerResponse.model_validate(
+                await self.client.transport.request("POST", "/api/v1/runs/batch", body=body)
+            )
             handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
 
-    async def aio_run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
-                           priority: int | None = None, timeout: float | None = None,
-                           return_exceptions: bool = False) -> list[Out | TaskFailed]:
+    async def aio_run_many(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Out | TaskFailed]:
         """Run many, in one request; results in the order of `inputs`. The first failure is
         raised, unless `return_exceptions` puts each TaskFailed in its place instead."""
         durable = current_durable.get()
@@ -289,28 +359,67 @@ class Task(Schedulable, Generic[In, Out]):
 
     # -- synchronous variants ----------------------------------------------------------------------
 
-    def run(self, input: In, *, metadata: dict[str, str] | None = None,
-            priority: int | None = None, idempotency_key: str | None = None,
-            timeout: float | None = None) -> Out:
+    def run(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Out:
         """Trigger a run and wait for its output (raises TaskFailed if it does not succeed)."""
-        return run_sync(self.aio_run(input, metadata=metadata, priority=priority,
-                                     idempotency_key=idempotency_key, timeout=timeout))
+        return run_sync(
+            self.aio_run(
+                input,
+                metadata=metadata,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                timeout=timeout,
+            )
+        )
 
-    def run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
-                    priority: int | None = None,
-                    idempotency_key: str | None = None) -> RunHandle[Out]:
+    def run_no_wait(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Out]:
         """Trigger a run; returns a handle whose `.result()` waits for it."""
-        return run_sync(self.aio_run_no_wait(input, metadata=metadata, priority=priority,
-                                             idempotency_key=idempotency_key))
+        return run_sync(
+            self.aio_run_no_wait(
+                input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
+            )
+        )
 
-    def run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
-                 priority: int | None = None, timeout: float | None = None,
-                 return_exceptions: bool = False) -> list[Out | TaskFailed]:
-        return run_sync(self.aio_run_many(inputs, metadata=metadata, priority=priority,
-                                          timeout=timeout, return_exceptions=return_exceptions))
+    def run_many(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Out | TaskFailed]:
+        return run_sync(
+            self.aio_run_many(
+                inputs,
+                metadata=metadata,
+                priority=priority,
+                timeout=timeout,
+                return_exceptions=return_exceptions,
+            )
+        )
 
-    def run_many_no_wait(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
-                         priority: int | None = None) -> list[RunHandle[Out]]:
+    def run_many_no_wait(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Out]]:
         return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
 
 
@@ -345,8 +454,7 @@ class RunHandle(Generic[Out]):
 
     async def aio_stream(self) -> AsyncIterator[Any]:
         """The chunks the task streams with `ctx.stream(...)`, live, until the run ends."""
-        async for chunk in self.task.client.transport.events(
-                f"/api/v1/runs/{self.run_id}/stream"):
+        async for chunk in self.task.client.transport.events(f"/api/v1/runs/{self.run_id}/stream"):
             yield chunk
 
     def get(self) -> RunView:
@@ -359,8 +467,9 @@ class RunHandle(Generic[Out]):
         return run_sync(self.aio_cancel())
 
 
-async def wait_for_runs(client: Taskyard, run_ids: list[UUID],
-                        timeout: float | None) -> dict[UUID, RunView]:
+async def wait_for_runs(
+    client: Taskyard, run_ids: list[UUID], timeout: float | None
+) -> dict[UUID, RunView]:
     """Long-poll until every run has finished; raises ResultTimeout after `timeout` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     finished: dict[UUID, RunView] = {}
@@ -368,13 +477,22 @@ async def wait_for_runs(client: Taskyard, run_ids: list[UUID],
     while pending:
         remaining = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
         if remaining <= 0:
-            raise ResultTimeout(f"{len(pending)} of {len(run_ids)} runs did not finish within "
-                                f"{timeout:g}s (first pending: {pending[0]})")
-        chunks = [pending[i:i + _WAIT_CHUNK] for i in range(0, len(pending), _WAIT_CHUNK)]
-        responses = await asyncio.gather(*(client.transport.request(
-            "POST", "/api/v1/runs/wait",
-            json_body={"run_ids": [str(r) for r in chunk], "timeout": remaining},
-            idempotent=True) for chunk in chunks))
+            raise ResultTimeout(
+                f"{len(pending)} of {len(run_ids)} runs did not finish within "
+                f"{timeout:g}s (first pending: {pending[0]})"
+            )
+        chunks = [pending[i : i + _WAIT_CHUNK] for i in range(0, len(pending), _WAIT_CHUNK)]
+        responses = await asyncio.gather(
+            *(
+                client.transport.request(
+                    "POST",
+                    "/api/v1/runs/wait",
+                    json_body={"run_ids": [str(r) for r in chunk], "timeout": remaining},
+                    idempotent=True,
+                )
+                for chunk in chunks
+            )
+        )
         pending = []
         for raw in responses:
             response = WaitResponse.model_validate(raw)

@@ -44,22 +44,26 @@ class Transport:
         self.config = config
         self.retry_for = retry_for
         self.use_channel = channel
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                  aiohttp.ClientSession] = (
-            weakref.WeakKeyDictionary())
+        self._sessions: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, aiohttp.ClientSession
+        ] = weakref.WeakKeyDictionary()
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Channel] = (
-            weakref.WeakKeyDictionary())
-        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                 AsyncIterator[None]] = weakref.WeakKeyDictionary()
+            weakref.WeakKeyDictionary()
+        )
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def headers(self) -> dict[str, str]:
         if self.config.token is None:
             raise AuthenticationError(
-                401, "unauthorized",
+                401,
+                "unauthorized",
                 "no token: pass token= to Taskyard(...), set TASKYARD_TOKEN or "
                 "TASKYARD_TOKEN_FILE, or run a local engine from this directory (it writes "
-                ".taskyard/token on its first start)")
+                ".taskyard/token on its first start)",
+            )
         return {"Authorization": f"Bearer {self.config.token}"}
 
     def session(self) -> aiohttp.ClientSession:
@@ -68,7 +72,8 @@ class Transport:
         if session is None or session.closed:
             session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-                connector=aiohttp.TCPConnector(limit=64))
+                connector=aiohttp.TCPConnector(limit=64),
+            )
             self._sessions[loop] = session
             if loop not in self._closers:
                 closer = self._closers[loop] = self._closes_with(loop)
@@ -87,9 +92,16 @@ class Transport:
             self._closers.pop(loop, None)
             await self.close()
 
-    async def request(self, method: str, path: str, *, json_body: Any = None,
-                      params: Sequence[tuple[str, str]] | None = None,
-                      body: bytes | None = None, idempotent: bool | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Sequence[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
         """`json_body` is encoded here; `body` is JSON already encoded. `idempotent` (default:
         for GET) says the call may be sent again if its channel closes under it."""
         if json_body is not None:
@@ -112,20 +124,23 @@ class Transport:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 2.0)
 
-    async def _request_once(self, method: str, path: str, data: bytes | None,
-                            params: Sequence[tuple[str, str]] | None) -> Any:
+    async def _request_once(
+        self, method: str, path: str, data: bytes | None, params: Sequence[tuple[str, str]] | None
+    ) -> Any:
         headers = self.headers
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
-            async with self.session().request(method, self.config.url + path, data=data,
-                                              params=params, headers=headers) as response:
+            async with self.session().request(
+                method, self.config.url + path, data=data, params=params, headers=headers
+            ) as response:
                 body = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
             raise EngineUnreachable(
                 f"cannot reach the Taskyard engine at {self.config.url}: {exc}. Is it running? "
-                f"Start one with `taskyard engine`, or set TASKYARD_URL.") from exc
+                f"Start one with `taskyard engine`, or set TASKYARD_URL."
+            ) from exc
         try:
             payload = from_json(body) if body else None
         except ValueError:
@@ -138,9 +153,14 @@ class Transport:
             raise api_error(status, payload)
         return payload
 
-    async def _over_channel(self, method: str, path: str, body: bytes | None,
-                            params: Sequence[tuple[str, str]] | None,
-                            idempotent: bool) -> tuple[int, Any] | None:
+    async def _over_channel(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        params: Sequence[tuple[str, str]] | None,
+        idempotent: bool,
+    ) -> tuple[int, Any] | None:
         """The call's status and body over the channel; None when it must go over HTTP."""
         loop = asyncio.get_running_loop()
         channel = self._channels.get(loop)
@@ -148,7 +168,8 @@ class Transport:
             if channel is None or channel.closed:
                 headers = self.headers  # no token: say so before opening anything
                 channel = self._channels[loop] = await Channel.open(
-                    self.session(), self.config.url, headers)
+                    self.session(), self.config.url, headers
+                )
             return await channel.call(method, path, body, params)
         except ChannelRefused as refused:
             if refused.for_good:
@@ -158,17 +179,18 @@ class Transport:
             return None
         except ChannelLost as exc:
             if idempotent:
-                raise EngineUnreachable(f"lost the connection to the engine at "
-                                        f"{self.config.url}: {exc}") from exc
+                raise EngineUnreachable(
+                    f"lost the connection to the engine at {self.config.url}: {exc}"
+                ) from exc
             raise ConnectionLost(
                 f"the connection to the engine at {self.config.url} closed while {method} "
-                f"{path} was in flight; it may or may not have been applied") from exc
+                f"{path} was in flight; it may or may not have been applied"
+            ) from exc
 
     async def events(self, path: str) -> AsyncIterator[Any]:
         """The `data:` payloads of a server-sent event stream, until its `end` event."""
         try:
-            async with self.session().get(self.config.url + path,
-                                          headers=self.headers) as response:
+            async with self.session().get(self.config.url + path, headers=self.headers) as response:
                 if response.status >= 400:
                     text = await response.text()
                     raise api_error(response.status, json.loads(text) if text else None)
@@ -184,8 +206,9 @@ class Transport:
                     elif not line:
                         event = "message"
         except aiohttp.ClientConnectorError as exc:
-            raise EngineUnreachable(f"cannot reach the Taskyard engine at {self.config.url}: "
-                                    f"{exc}") from exc
+            raise EngineUnreachable(
+                f"cannot reach the Taskyard engine at {self.config.url}: {exc}"
+            ) from exc
 
     def close_soon(self) -> None:
         """Close this transport's connections on every loop that has some (each on its own
@@ -222,15 +245,15 @@ class _BackgroundLoop:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         # In the caller's context: a sync task spawning children must be seen as their parent.
         context = contextvars.copy_context()
-        return asyncio.run_coroutine_threadsafe(_in_context(coroutine, context),
-                                                self._ensure()).result()
+        return asyncio.run_coroutine_threadsafe(
+            _in_context(coroutine, context), self._ensure()
+        ).result()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="taskyard-sdk",
-                                 daemon=True).start()
+                threading.Thread(target=loop.run_forever, name="taskyard-sdk", daemon=True).start()
                 self._loop = loop
                 atexit.register(self._stop)
             return self._loop
@@ -239,8 +262,9 @@ class _BackgroundLoop:
         if self._loop is not None:
             # Close what the blocking API opened (see Transport._closes_with), then stop.
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._loop.shutdown_asyncgens(),
-                                                 self._loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(
+                    self._loop.shutdown_asyncgens(), self._loop
+                ).result(timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
 
 

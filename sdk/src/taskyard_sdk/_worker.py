@@ -85,12 +85,19 @@ class Worker:
     background for the block's duration, and `with worker:` on a thread of its own (for
     synchronous code and tests)."""
 
-    def __init__(self, client: Taskyard, name: str, tasks: Sequence[Task[Any, Any]], *,
-                 workflows: Sequence[Workflow[Any]] = (), slots: int = 100,
-                 labels: dict[str, LabelValue] | None = None,
-                 queue: str = "default", drain_timeout: float = 30.0,
-                 lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        client: Taskyard,
+        name: str,
+        tasks: Sequence[Task[Any, Any]],
+        *,
+        workflows: Sequence[Workflow[Any]] = (),
+        slots: int = 100,
+        labels: dict[str, LabelValue] | None = None,
+        queue: str = "default",
+        drain_timeout: float = 30.0,
+        lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> None:
         if not tasks:
             raise ValueError(f"worker {name!r} needs at least one task")
         names = [task.name for task in tasks]
@@ -144,8 +151,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._connected.clear()
         self._send_queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=self.slots,
-                                            thread_name_prefix=f"taskyard-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.slots, thread_name_prefix=f"taskyard-{self.name}"
+        )
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stopping.set)
@@ -194,8 +202,9 @@ class Worker:
             except BaseException as exc:  # handed to the thread that waits for the start
                 failure.append(exc)
 
-        self._thread = threading.Thread(target=run, name=f"taskyard-worker-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=run, name=f"taskyard-worker-{self.name}", daemon=True
+        )
         self._thread.start()
         while not self._connected.is_set():
             if not self._thread.is_alive():
@@ -238,8 +247,9 @@ class Worker:
             for execution in list(self._executions.values()):
                 if execution.task is not None:
                     execution.task.cancel()
-            await asyncio.gather(*(e.task for e in self._executions.values() if e.task),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(e.task for e in self._executions.values() if e.task), return_exceptions=True
+            )
 
     async def _drain(self) -> None:
         """Stop taking work, give running tasks `drain_timeout`, then deliver results."""
@@ -269,10 +279,20 @@ class Worker:
                 delay = 0.1
             except (AuthenticationError, PermissionDenied, WorkerStopped):
                 raise
-            except (aiohttp.ClientError, OSError, TimeoutError, EngineUnreachable,
-                    Unavailable) as exc:
-                log.warning("worker %s: connection to %s failed (%s); retrying in %.1fs",
-                            self.name, self.client.url, exc, delay)
+            except (
+                aiohttp.ClientError,
+                OSError,
+                TimeoutError,
+                EngineUnreachable,
+                Unavailable,
+            ) as exc:
+                log.warning(
+                    "worker %s: connection to %s failed (%s); retrying in %.1fs",
+                    self.name,
+                    self.client.url,
+                    exc,
+                    delay,
+                )
             self._connected.clear()
             await asyncio.sleep(delay * (0.5 + random.random()))
             # At most 0.75 s between tries: a restarted engine holds its recovered runs for
@@ -285,38 +305,56 @@ class Worker:
             try:
                 info = await workflow.aio_register()
             except InvalidRequest as exc:
-                raise WorkerStopped(f"the engine refused workflow {workflow.name!r}: "
-                                    f"{exc}") from exc
-            log.info("worker %s registered workflow %r (version %d)", self.name, workflow.name,
-                     info.version)
+                raise WorkerStopped(
+                    f"the engine refused workflow {workflow.name!r}: {exc}"
+                ) from exc
+            log.info(
+                "worker %s registered workflow %r (version %d)",
+                self.name,
+                workflow.name,
+                info.version,
+            )
         headers = self.client.transport.headers
         session = self.client.transport.session()
         url = self.client.url + "/api/v1/workers/connect"
         try:
-            ws = await session.ws_connect(url, headers=headers, heartbeat=None,
-                                          max_msg_size=0)
+            ws = await session.ws_connect(url, headers=headers, heartbeat=None, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
-                raise AuthenticationError(401, "unauthorized", f"the engine refused worker "
-                                          f"{self.name}'s token: check TASKYARD_TOKEN") from exc
+                raise AuthenticationError(
+                    401,
+                    "unauthorized",
+                    f"the engine refused worker {self.name}'s token: check TASKYARD_TOKEN",
+                ) from exc
             if exc.status == 403:
-                raise PermissionDenied(403, "forbidden", "workers need a token with role "
-                                       "worker or admin") from exc
+                raise PermissionDenied(
+                    403, "forbidden", "workers need a token with role worker or admin"
+                ) from exc
             raise
         self._ws = ws
         writer: asyncio.Task[None] | None = None
         heartbeats: asyncio.Task[None] | None = None
         try:
-            await ws.send_str(protocol.Hello(
-                protocol=protocol.PROTOCOL_VERSION, worker_id=self.worker_id, name=self.name,
-                queue=self.queue, slots=self.slots, labels=self.labels,
-                tasks=[protocol.TaskDefinition(name=t.name, options=t.options, crons=t.crons)
-                       for t in self.tasks.values()],
-                # Running attempts, and finished ones whose result is not acknowledged yet:
-                # the engine keeps both assigned to this worker instead of retrying them.
-                in_flight=[protocol.AttemptRef(run_id=r, attempt=a)
-                           for r, a in {**self._executions, **self._outbox}],
-            ).model_dump_json())
+            await ws.send_str(
+                protocol.Hello(
+                    protocol=protocol.PROTOCOL_VERSION,
+                    worker_id=self.worker_id,
+                    name=self.name,
+                    queue=self.queue,
+                    slots=self.slots,
+                    labels=self.labels,
+                    tasks=[
+                        protocol.TaskDefinition(name=t.name, options=t.options, crons=t.crons)
+                        for t in self.tasks.values()
+                    ],
+                    # Running attempts, and finished ones whose result is not acknowledged yet:
+                    # the engine keeps both assigned to this worker instead of retrying them.
+                    in_flight=[
+                        protocol.AttemptRef(run_id=r, attempt=a)
+                        for r, a in {**self._executions, **self._outbox}
+                    ],
+                ).model_dump_json()
+            )
             welcome = await self._welcome(ws)
             self._heartbeat_interval = welcome.heartbeat_interval
             self.max_message_bytes = welcome.max_message_bytes
@@ -329,16 +367,24 @@ class Worker:
                 self._send(self._pending.popleft())
             heartbeats = asyncio.create_task(self._heartbeat())
             self._connected.set()
-            log.info("worker %s connected to %s: queue %r, %d slots, tasks %s", self.name,
-                     self.client.url, self.queue, self.slots, ", ".join(self.tasks))
+            log.info(
+                "worker %s connected to %s: queue %r, %d slots, tasks %s",
+                self.name,
+                self.client.url,
+                self.queue,
+                self.slots,
+                ", ".join(self.tasks),
+            )
             async for message in ws:
                 if message.type is aiohttp.WSMsgType.TEXT:
                     self._on_frame(message.data)
                 elif message.type is aiohttp.WSMsgType.ERROR:
                     break
             if ws.close_code in _CLOSE_FATAL:
-                raise WorkerStopped(f"the engine closed worker {self.name}'s connection: "
-                                    f"{_CLOSE_FATAL[ws.close_code]} ({ws.close_code})")
+                raise WorkerStopped(
+                    f"the engine closed worker {self.name}'s connection: "
+                    f"{_CLOSE_FATAL[ws.close_code]} ({ws.close_code})"
+                )
         finally:
             self._ws = None
             for task in (writer, heartbeats):
@@ -374,9 +420,16 @@ class Worker:
 
     def _send(self, message: BaseModel) -> None:
         if self._ws is None or self._send_queue is None:
-            if not isinstance(message, protocol.Completed | protocol.Failed | protocol.Heartbeat
-                              | protocol.Started | protocol.Drain | protocol.Suspend
-                              | protocol.Record):
+            if not isinstance(
+                message,
+                protocol.Completed
+                | protocol.Failed
+                | protocol.Heartbeat
+                | protocol.Started
+                | protocol.Drain
+                | protocol.Suspend
+                | protocol.Record,
+            ):
                 self._pending.append(message)  # results wait in the outbox instead
             return
         self._send_queue.put_nowait(message)
@@ -412,8 +465,9 @@ class Worker:
                 for ref in message.results:
                     self._outbox.pop((ref.run_id, ref.attempt), None)
             elif isinstance(message, protocol.Recorded):
-                pending = self._records.pop((message.run_id, message.attempt, message.position),
-                                            None)
+                pending = self._records.pop(
+                    (message.run_id, message.attempt, message.position), None
+                )
                 if pending is not None and not pending[1].done():
                     pending[1].set_result(None)
             elif isinstance(message, protocol.Error):
@@ -440,12 +494,14 @@ class Worker:
             # The engine will never accept this result: keeping it would re-send it forever.
             del self._outbox[(error.ref.run_id, error.ref.attempt)]
         if error.ref is not None:  # durable entries of an attempt the engine no longer runs
-            for key in [k for k in self._records
-                        if (k[0], k[1]) == (error.ref.run_id, error.ref.attempt)]:
+            for key in [
+                k for k in self._records if (k[0], k[1]) == (error.ref.run_id, error.ref.attempt)
+            ]:
                 _, done = self._records.pop(key)
                 if not done.done():
-                    done.set_exception(TaskyardError(f"the engine refused a durable entry: "
-                                                     f"{error.message}"))
+                    done.set_exception(
+                        TaskyardError(f"the engine refused a durable entry: {error.message}")
+                    )
         log.warning("worker %s: the engine reported %s: %s", self.name, error.code, error.message)
 
     def _on_assign(self, assign: protocol.Assign) -> None:
@@ -457,28 +513,46 @@ class Worker:
         context: Context
         if task is not None and task.options.durable:
             context = DurableContext(
-                history=assign.history or [], input=assign.input,
+                history=assign.history or [],
+                input=assign.input,
                 record=functools.partial(self._record, assign),
                 suspend=functools.partial(self._suspend, assign),
-                spawn=self._spawn, run_id=assign.run_id, attempt=assign.attempt,
-                task=assign.task, metadata=assign.metadata, loop=self._loop, send=self._send,
-                step=assign.context)
+                spawn=self._spawn,
+                run_id=assign.run_id,
+                attempt=assign.attempt,
+                task=assign.task,
+                metadata=assign.metadata,
+                loop=self._loop,
+                send=self._send,
+                step=assign.context,
+            )
         else:
-            context = Context(run_id=assign.run_id, attempt=assign.attempt, task=assign.task,
-                              metadata=assign.metadata, loop=self._loop, send=self._send,
-                              step=assign.context)
+            context = Context(
+                run_id=assign.run_id,
+                attempt=assign.attempt,
+                task=assign.task,
+                metadata=assign.metadata,
+                loop=self._loop,
+                send=self._send,
+                step=assign.context,
+            )
         execution = _Execution(assign, context)
         self._executions[key] = execution
-        execution.task = asyncio.create_task(self._execute(execution),
-                                             name=f"task:{assign.task}:{assign.run_id}")
+        execution.task = asyncio.create_task(
+            self._execute(execution), name=f"task:{assign.task}:{assign.run_id}"
+        )
 
     def _cancel(self, execution: _Execution, reason: str) -> None:
         if execution.cancel_reason is None:
             execution.cancel_reason = reason
         execution.context._cancel()  # sync functions see ctx.cancelled: a thread cannot be stopped
         task = self.tasks.get(execution.assign.task)
-        if task is not None and task.is_async and execution.inner is not None \
-                and not execution.inner.done():
+        if (
+            task is not None
+            and task.is_async
+            and execution.inner is not None
+            and not execution.inner.done()
+        ):
             execution.inner.cancel()  # async functions see CancelledError
 
     # -- durable tasks ---------------------------------------------------------------------------
@@ -492,20 +566,25 @@ class Worker:
         self._send(record)
         await done
 
-    def _suspend(self, assign: protocol.Assign, position: int, call: str,
-                 wait: protocol.WaitSpec) -> None:
+    def _suspend(
+        self, assign: protocol.Assign, position: int, call: str, wait: protocol.WaitSpec
+    ) -> None:
         """The attempt stops to wait: the suspension is kept like a result until acknowledged."""
-        message = protocol.Suspend(run_id=assign.run_id, attempt=assign.attempt,
-                                   position=position, call=call, wait=wait)
+        message = protocol.Suspend(
+            run_id=assign.run_id, attempt=assign.attempt, position=position, call=call, wait=wait
+        )
         self._outbox[(assign.run_id, assign.attempt)] = message
         self._send(message)
 
-    async def _spawn(self, task: Task[Any, Any], inputs: list[Any],
-                     keys: list[str]) -> list[uuid.UUID]:
+    async def _spawn(
+        self, task: Task[Any, Any], inputs: list[Any], keys: list[str]
+    ) -> list[uuid.UUID]:
         """Children of the running durable run, created once: their idempotency keys name the
         run and the log position, so a replay that spawns again gets the same runs."""
-        runs = (task._trigger(value, None, None, key, options=False)
-                for value, key in zip(inputs, keys, strict=True))
+        runs = (
+            task._trigger(value, None, None, key, options=False)
+            for value, key in zip(inputs, keys, strict=True)
+        )
         spawned: list[uuid.UUID] = []
         for body in batch_bodies(runs, {"options": task._options_json}):
             data = await self.client.transport.request("POST", "/api/v1/runs/batch", body=body)
@@ -533,22 +612,29 @@ class Worker:
         except asyncio.CancelledError:
             if execution.cancel_reason is None:
                 raise  # the worker itself is being torn down
-            result = protocol.Failed(**ref, cancelled=True, error=ErrorInfo(
-                type="Cancelled", message=execution.cancel_reason))
+            result = protocol.Failed(
+                **ref,
+                cancelled=True,
+                error=ErrorInfo(type="Cancelled", message=execution.cancel_reason),
+            )
         except NonRetryableError as exc:
             result = protocol.Failed(**ref, retryable=False, error=_error_info(exc))
         except RetryAfter as exc:
             result = protocol.Failed(**ref, retry_after=exc.seconds, error=_error_info(exc))
         except _InvalidTaskInput as exc:
-            result = protocol.Failed(**ref, retryable=False, error=ErrorInfo(
-                type="InvalidInput", message=str(exc)))
+            result = protocol.Failed(
+                **ref, retryable=False, error=ErrorInfo(type="InvalidInput", message=str(exc))
+            )
         except Exception as exc:
             result = protocol.Failed(**ref, error=_error_info(exc))
         finally:
             self._executions.pop((assign.run_id, assign.attempt), None)
         if execution.cancel_reason is not None and isinstance(result, protocol.Completed):
-            result = protocol.Failed(**ref, cancelled=True, error=ErrorInfo(
-                type="Cancelled", message=execution.cancel_reason))
+            result = protocol.Failed(
+                **ref,
+                cancelled=True,
+                error=ErrorInfo(type="Cancelled", message=execution.cancel_reason),
+            )
         took = time.monotonic() - started
         if isinstance(result, protocol.Completed):
             self.completed += 1
@@ -556,9 +642,15 @@ class Worker:
         else:
             self.failed += 1
             if isinstance(result, protocol.Failed):
-                log.warning("%s[%s] attempt %d failed in %.3fs: %s: %s", assign.task,
-                            assign.run_id, assign.attempt, took, result.error.type,
-                            result.error.message)
+                log.warning(
+                    "%s[%s] attempt %d failed in %.3fs: %s: %s",
+                    assign.task,
+                    assign.run_id,
+                    assign.attempt,
+                    took,
+                    result.error.type,
+                    result.error.message,
+                )
         self._outbox[(assign.run_id, assign.attempt)] = result
         self._send(result)
 
@@ -575,8 +667,9 @@ class Worker:
             execution.inner = asyncio.ensure_future(task(value, execution.context, self.state))
         else:
             assert self._loop is not None
-            call = functools.partial(contextvars.copy_context().run, task, value,
-                                     execution.context, self.state)
+            call = functools.partial(
+                contextvars.copy_context().run, task, value, execution.context, self.state
+            )
             execution.inner = self._loop.run_in_executor(self._executor, call)
         if task.is_async:
             if execution.cancel_reason is not None:
@@ -594,22 +687,38 @@ class Worker:
             message = protocol.Completed(**ref, output=data)
             encoded = protocol.encode(message)
         except Exception as exc:
-            return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
-                type="OutputNotSerializable",
-                message=f"task {task.name!r} returned a value that cannot be sent as JSON: {exc}"))
+            return protocol.Failed(
+                **ref,
+                retryable=False,
+                error=ErrorInfo(
+                    type="OutputNotSerializable",
+                    message=f"task {task.name!r} returned a value that cannot be sent as "
+                    f"JSON: {exc}",
+                ),
+            )
         size = len(encoded)
         unstorable = _unstorable(encoded, data)
         if unstorable is not None:
-            return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
-                type="OutputNotStorable",
-                message=f"task {task.name!r} returned a value the engine cannot store: "
-                        f"{unstorable}"))
+            return protocol.Failed(
+                **ref,
+                retryable=False,
+                error=ErrorInfo(
+                    type="OutputNotStorable",
+                    message=f"task {task.name!r} returned a value the engine cannot store: "
+                    f"{unstorable}",
+                ),
+            )
         if size > self.max_message_bytes - 1024:
-            return protocol.Failed(**ref, retryable=False, error=ErrorInfo(
-                type="OutputTooLarge",
-                message=f"task {task.name!r} returned {size} bytes; the engine accepts at most "
-                        f"{self.max_message_bytes - 1024}. Store large data elsewhere and return "
-                        f"a reference."))
+            return protocol.Failed(
+                **ref,
+                retryable=False,
+                error=ErrorInfo(
+                    type="OutputTooLarge",
+                    message=f"task {task.name!r} returned {size} bytes; the engine accepts at most "
+                    f"{self.max_message_bytes - 1024}. Store large data elsewhere and return "
+                    f"a reference.",
+                ),
+            )
         return message
 
 
@@ -619,8 +728,9 @@ class _InvalidTaskInput(Exception):
 
 def _log_to_stderr(level: str) -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
 
 
 def _unstorable(encoded: bytes, data: Any) -> str | None:
@@ -631,15 +741,20 @@ def _unstorable(encoded: bytes, data: Any) -> str | None:
         return f"{where} {protocol.NUL_REFUSAL}"
     deep = protocol.too_deep(encoded, data)
     if deep is not None:
-        return (f"output.{deep} nests more than {protocol.MAX_JSON_DEPTH} levels deep; the "
-                f"limit is {protocol.MAX_JSON_DEPTH}")
+        return (
+            f"output.{deep} nests more than {protocol.MAX_JSON_DEPTH} levels deep; the "
+            f"limit is {protocol.MAX_JSON_DEPTH}"
+        )
     return None
 
 
 def _error_info(exc: BaseException) -> ErrorInfo:
     """The error a task raised; NUL characters, which the engine cannot store, replaced."""
-    return ErrorInfo(type=type(exc).__name__, message=_printable(str(exc)),
-                     traceback=_printable("".join(traceback.format_exception(exc))))
+    return ErrorInfo(
+        type=type(exc).__name__,
+        message=_printable(str(exc)),
+        traceback=_printable("".join(traceback.format_exception(exc))),
+    )
 
 
 def _printable(text: str) -> str:

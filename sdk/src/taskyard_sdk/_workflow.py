@@ -1,15 +1,15 @@
 """Workflows: DAGs of steps whose tasks receive their parents' outputs.
 
-    signup = ty.workflow("post-signup", input=Signup, on_events=["user:create"])
+signup = ty.workflow("post-signup", input=Signup, on_events=["user:create"])
 
-    @signup.task()
-    async def create_account(user: Signup, ctx: Context) -> Account: ...
+@signup.task()
+async def create_account(user: Signup, ctx: Context) -> Account: ...
 
-    @signup.task(parents=[create_account], skip_if="input.newsletter == false")
-    async def subscribe(user: Signup, ctx: Context) -> None:
-        account = ctx.parent_output(create_account)
+@signup.task(parents=[create_account], skip_if="input.newsletter == false")
+async def subscribe(user: Signup, ctx: Context) -> None:
+    account = ctx.parent_output(create_account)
 
-    outputs = signup.run(Signup(...))  # {"create_account": Account(...), "subscribe": None}
+outputs = signup.run(Signup(...))  # {"create_account": Account(...), "subscribe": None}
 """
 
 from __future__ import annotations
@@ -54,19 +54,31 @@ Out = TypeVar("Out")
 Outputs = dict[str, Any]
 
 
-
 class WorkflowTask(Task[In, Out]):
     """A step of a workflow: a task that runs when its parents have ended, as part of a run of
     its workflow (it cannot be triggered alone)."""
 
-    def __init__(self, workflow: Workflow[In], fn: Callable[..., Any], step: str, *,
-                 parents: Sequence[WorkflowTask[Any, Any] | str], skip_if: str | None,
-                 cancel_if: str | None, wait_for: Sequence[Condition],
-                 options: Any) -> None:
+    def __init__(
+        self,
+        workflow: Workflow[In],
+        fn: Callable[..., Any],
+        step: str,
+        *,
+        parents: Sequence[WorkflowTask[Any, Any] | str],
+        skip_if: str | None,
+        cancel_if: str | None,
+        wait_for: Sequence[Condition],
+        options: Any,
+    ) -> None:
         self.workflow = workflow
         self.step = step
-        super().__init__(workflow.client, fn, f"{workflow.name}:{step}", options,
-                         default_input=workflow.input_type)
+        super().__init__(
+            workflow.client,
+            fn,
+            f"{workflow.name}:{step}",
+            options,
+            default_input=workflow.input_type,
+        )
         self.parents = tuple(workflow.step_named(parent, f"step {step!r}") for parent in parents)
         self.skip_if = skip_if
         self.cancel_if = cancel_if
@@ -76,30 +88,49 @@ class WorkflowTask(Task[In, Out]):
         return f"<WorkflowTask {self.workflow.name}.{self.step}>"
 
     def definition(self) -> StepDefinition:
-        return StepDefinition(name=self.step, parents=[p.step for p in self.parents],
-                              options=self.options, skip_if=self.skip_if,
-                              cancel_if=self.cancel_if, wait_for=self.wait_for)
+        return StepDefinition(
+            name=self.step,
+            parents=[p.step for p in self.parents],
+            options=self.options,
+            skip_if=self.skip_if,
+            cancel_if=self.cancel_if,
+            wait_for=self.wait_for,
+        )
 
     async def aio_run_no_wait(self, input: In, **_: Any) -> RunHandle[Out]:
-        raise TypeError(f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
-                        f"run the workflow instead")
+        raise TypeError(
+            f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
+            f"run the workflow instead"
+        )
 
     async def aio_run_many_no_wait(self, inputs: Sequence[In], **_: Any) -> list[RunHandle[Out]]:
-        raise TypeError(f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
-                        f"run the workflow instead")
+        raise TypeError(
+            f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
+            f"run the workflow instead"
+        )
 
     def _schedule_target(self) -> dict[str, str]:
-        raise TypeError(f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
-                        f"schedule the workflow instead")
+        raise TypeError(
+            f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
+            f"schedule the workflow instead"
+        )
 
 
 class Workflow(Schedulable, Generic[In]):
     """A DAG of steps, created with `ty.workflow(...)`; steps are added with `@wf.task(...)`."""
 
-    def __init__(self, client: Taskyard, name: str, *, input: Any = Any,
-                 on_events: str | Sequence[str] = (), event_filter: str | None = None,
-                 sticky: Sticky | None = None, concurrency: Sequence[Concurrency] = (),
-                 on_crons: str | Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        client: Taskyard,
+        name: str,
+        *,
+        input: Any = Any,
+        on_events: str | Sequence[str] = (),
+        event_filter: str | None = None,
+        sticky: Sticky | None = None,
+        concurrency: Sequence[Concurrency] = (),
+        on_crons: str | Sequence[str] = (),
+    ) -> None:
         self.client = client
         self.name = name
         self.input_type = input
@@ -126,19 +157,25 @@ class Workflow(Schedulable, Generic[In]):
             found = self.steps.get(step)
             if found is None:
                 known = ", ".join(map(repr, self.steps)) or "none yet"
-                raise ValueError(f"{where}: workflow {self.name!r} has no step {step!r} declared "
-                                 f"before it (its steps: {known})")
+                raise ValueError(
+                    f"{where}: workflow {self.name!r} has no step {step!r} declared "
+                    f"before it (its steps: {known})"
+                )
             return found
         if not isinstance(step, WorkflowTask) or step.workflow is not self:
-            raise ValueError(f"{where}: parent {step!r} is not a step of workflow "
-                             f"{self.name!r}")
+            raise ValueError(f"{where}: parent {step!r} is not a step of workflow {self.name!r}")
         return step
 
-    def task(self, *, name: str | None = None,
-             parents: Sequence[WorkflowTask[Any, Any] | str] = (),
-             skip_if: str | None = None, cancel_if: str | None = None,
-             wait_for: Sequence[Condition] = (), **settings: Unpack[TaskSettings],
-             ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        parents: Sequence[WorkflowTask[Any, Any] | str] = (),
+        skip_if: str | None = None,
+        cancel_if: str | None = None,
+        wait_for: Sequence[Condition] = (),
+        **settings: Unpack[TaskSettings],
+    ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
         """Add a step: `(input, ctx) -> output`, async or sync, with every option a task has
         (`ty.task`'s: retries, timeouts, priority, concurrency, rate_limits, labels, ...).
 
@@ -152,15 +189,26 @@ class Workflow(Schedulable, Generic[In]):
             step = name or fn.__name__
             if step in self.steps or (self.on_failure and self.on_failure.step == step):
                 raise ValueError(f"workflow {self.name!r} already has a step {step!r}")
-            self.steps[step] = WorkflowTask(self, fn, step, parents=parents, skip_if=skip_if,
-                                            cancel_if=cancel_if, wait_for=wait_for,
-                                            options=options)
+            self.steps[step] = WorkflowTask(
+                self,
+                fn,
+                step,
+                parents=parents,
+                skip_if=skip_if,
+                cancel_if=cancel_if,
+                wait_for=wait_for,
+                options=options,
+            )
             return self.steps[step]
 
         return decorate
 
-    def on_failure_task(self, *, name: str | None = None, **settings: Unpack[TaskSettings],
-                        ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
+    def on_failure_task(
+        self,
+        *,
+        name: str | None = None,
+        **settings: Unpack[TaskSettings],
+    ) -> Callable[[Callable[..., Any]], WorkflowTask[In, Any]]:
         """The step that runs once when any step has failed for good; `ctx.failures` holds the
         failed steps' errors. It takes every task option."""
         options = build_options(settings)
@@ -169,8 +217,16 @@ class Workflow(Schedulable, Generic[In]):
             step = name or fn.__name__
             if step in self.steps:
                 raise ValueError(f"workflow {self.name!r} already has a step {step!r}")
-            self.on_failure = WorkflowTask(self, fn, step, parents=(), skip_if=None,
-                                           cancel_if=None, wait_for=(), options=options)
+            self.on_failure = WorkflowTask(
+                self,
+                fn,
+                step,
+                parents=(),
+                skip_if=None,
+                cancel_if=None,
+                wait_for=(),
+                options=options,
+            )
             return self.on_failure
 
         return decorate
@@ -186,10 +242,15 @@ class Workflow(Schedulable, Generic[In]):
 
     def definition(self) -> WorkflowDefinition:
         return WorkflowDefinition(
-            name=self.name, on_events=self.on_events, event_filter=self.event_filter,
+            name=self.name,
+            on_events=self.on_events,
+            event_filter=self.event_filter,
             steps=[step.definition() for step in self.steps.values()],
             on_failure=self.on_failure.definition() if self.on_failure else None,
-            sticky=self.sticky, concurrency=self.concurrency, on_crons=self.on_crons)
+            sticky=self.sticky,
+            concurrency=self.concurrency,
+            on_crons=self.on_crons,
+        )
 
     # -- registering and running -----------------------------------------------------------------
 
@@ -197,14 +258,20 @@ class Workflow(Schedulable, Generic[In]):
         """Register this definition (workers do it when they start). A changed definition
         becomes a new version; runs in flight keep theirs."""
         data = await self.client.transport.request(
-            "POST", "/api/v1/workflows", json_body=self.definition().model_dump(mode="json"))
+            "POST", "/api/v1/workflows", json_body=self.definition().model_dump(mode="json")
+        )
         return WorkflowInfo.model_validate(data)
 
     def register(self) -> WorkflowInfo:
         return run_sync(self.aio_register())
 
-    def _trigger(self, input: In, metadata: dict[str, str] | None, priority: int | None,
-                 idempotency_key: str | None) -> dict[str, Any]:
+    def _trigger(
+        self,
+        input: In,
+        metadata: dict[str, str] | None,
+        priority: int | None,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
         try:
             value = to_jsonable_python(self._input.validate_python(input))
         except ValidationError as exc:
@@ -221,12 +288,20 @@ class Workflow(Schedulable, Generic[In]):
             request["parent_run_id"] = str(spawned_by)
         return request
 
-    async def aio_run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
-                              priority: int | None = None,
-                              idempotency_key: str | None = None) -> RunHandle[Outputs]:
-        ref = RunRef.model_validate(await self._post(
-            f"/api/v1/workflows/{self.name}/runs",
-            json_body=self._trigger(input, metadata, priority, idempotency_key)))
+    async def aio_run_no_wait(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Outputs]:
+        ref = RunRef.model_validate(
+            await self._post(
+                f"/api/v1/workflows/{self.name}/runs",
+                json_body=self._trigger(input, metadata, priority, idempotency_key),
+            )
+        )
         return RunHandle(self, ref.run_id)
 
     async def _post(self, path: str, **body: Any) -> Any:
@@ -241,29 +316,47 @@ class Workflow(Schedulable, Generic[In]):
         await self.aio_register()
         return await self.client.transport.request("POST", path, **body)
 
-    async def aio_run(self, input: In, *, metadata: dict[str, str] | None = None,
-                      priority: int | None = None, idempotency_key: str | None = None,
-                      timeout: float | None = None) -> Outputs:
+    async def aio_run(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Outputs:
         """Run the workflow and return its steps' outputs by step name (a skipped step's is
         None). Raises TaskFailed if the run fails or is cancelled."""
-        handle = await self.aio_run_no_wait(input, metadata=metadata, priority=priority,
-                                            idempotency_key=idempotency_key)
+        handle = await self.aio_run_no_wait(
+            input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
+        )
         return await handle.aio_result(timeout=timeout)
 
-    async def aio_run_many_no_wait(self, inputs: Sequence[In], *,
-                                   metadata: dict[str, str] | None = None,
-                                   priority: int | None = None) -> list[RunHandle[Outputs]]:
+    async def aio_run_many_no_wait(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Outputs]]:
         handles: list[RunHandle[Outputs]] = []
         runs = (self._trigger(value, metadata, priority, None) for value in inputs)
         for body in batch_bodies(runs):
-            response = BatchTriggerResponse.model_validate(await self._post(
-                f"/api/v1/workflows/{self.name}/runs/batch", body=body))
+            response = BatchTriggerResponse.model_validate(
+                await self._post(f"/api/v1/workflows/{self.name}/runs/batch", body=body)
+            )
             handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
 
-    async def aio_run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
-                           priority: int | None = None, timeout: float | None = None,
-                           return_exceptions: bool = False) -> list[Outputs | TaskFailed]:
+    async def aio_run_many(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Outputs | TaskFailed]:
         handles = await self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority)
         views = await wait_for_runs(self.client, [h.run_id for h in handles], timeout)
         results: list[Outputs | TaskFailed] = []
@@ -276,32 +369,72 @@ class Workflow(Schedulable, Generic[In]):
                 results.append(failure)
         return results
 
-    def run(self, input: In, *, metadata: dict[str, str] | None = None,
-            priority: int | None = None, idempotency_key: str | None = None,
-            timeout: float | None = None) -> Outputs:
-        return run_sync(self.aio_run(input, metadata=metadata, priority=priority,
-                                     idempotency_key=idempotency_key, timeout=timeout))
+    def run(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Outputs:
+        return run_sync(
+            self.aio_run(
+                input,
+                metadata=metadata,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                timeout=timeout,
+            )
+        )
 
-    def run_no_wait(self, input: In, *, metadata: dict[str, str] | None = None,
-                    priority: int | None = None,
-                    idempotency_key: str | None = None) -> RunHandle[Outputs]:
-        return run_sync(self.aio_run_no_wait(input, metadata=metadata, priority=priority,
-                                             idempotency_key=idempotency_key))
+    def run_no_wait(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Outputs]:
+        return run_sync(
+            self.aio_run_no_wait(
+                input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
+            )
+        )
 
-    def run_many(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
-                 priority: int | None = None, timeout: float | None = None,
-                 return_exceptions: bool = False) -> list[Outputs | TaskFailed]:
-        return run_sync(self.aio_run_many(inputs, metadata=metadata, priority=priority,
-                                          timeout=timeout, return_exceptions=return_exceptions))
+    def run_many(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Outputs | TaskFailed]:
+        return run_sync(
+            self.aio_run_many(
+                inputs,
+                metadata=metadata,
+                priority=priority,
+                timeout=timeout,
+                return_exceptions=return_exceptions,
+            )
+        )
 
-    def run_many_no_wait(self, inputs: Sequence[In], *, metadata: dict[str, str] | None = None,
-                         priority: int | None = None) -> list[RunHandle[Outputs]]:
+    def run_many_no_wait(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Outputs]]:
         return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
 
     def _outcome(self, view: RunView) -> Outputs:
         if view.status is not RunStatus.SUCCEEDED:
             raise TaskFailed(view.run_id, view.task, view.status, view.error)
         outputs = view.output or {}
-        return {name: step.decode_output(outputs[name]) if name in outputs else None
-                for name, step in self.steps.items()}
-
+        return {
+            name: step.decode_output(outputs[name]) if name in outputs else None
+            for name, step in self.steps.items()
+        }

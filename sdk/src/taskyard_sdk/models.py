@@ -49,8 +49,15 @@ class RunStatus(StrEnum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED,
-                       RunStatus.TIMED_OUT, RunStatus.SKIPPED})
+_TERMINAL = frozenset(
+    {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+        RunStatus.TIMED_OUT,
+        RunStatus.SKIPPED,
+    }
+)
 
 
 class RunKind(StrEnum):
@@ -102,8 +109,12 @@ class RateDuration(StrEnum):
         return _RATE_SECONDS[self]
 
 
-_RATE_SECONDS = {RateDuration.SECOND: 1.0, RateDuration.MINUTE: 60.0,
-                 RateDuration.HOUR: 3600.0, RateDuration.DAY: 86_400.0}
+_RATE_SECONDS = {
+    RateDuration.SECOND: 1.0,
+    RateDuration.MINUTE: 60.0,
+    RateDuration.HOUR: 3600.0,
+    RateDuration.DAY: 86_400.0,
+}
 
 
 class RateLimit(_Frozen):
@@ -124,13 +135,17 @@ class RateLimit(_Frozen):
     @model_validator(mode="after")
     def _one_kind(self) -> RateLimit:
         if (self.key is None) == (self.dynamic_key is None):
-            raise ValueError("give either key (a limit set with rate_limits.put) or dynamic_key "
-                             "(CEL naming a bucket per value), not both or neither")
+            raise ValueError(
+                "give either key (a limit set with rate_limits.put) or dynamic_key "
+                "(CEL naming a bucket per value), not both or neither"
+            )
         if self.dynamic_key is not None and (self.limit is None or self.duration is None):
             raise ValueError(f"dynamic_key {self.dynamic_key!r} needs limit and duration")
         if self.key is not None and (self.limit is not None or self.duration is not None):
-            raise ValueError(f"key {self.key!r} takes its limit from rate_limits.put; limit and "
-                             f"duration are for dynamic_key")
+            raise ValueError(
+                f"key {self.key!r} takes its limit from rate_limits.put; limit and "
+                f"duration are for dynamic_key"
+            )
         if isinstance(self.units, int) and not isinstance(self.units, bool) and self.units < 1:
             raise ValueError(f"units must be at least 1, not {self.units}")
         if isinstance(self.units, str) and not 1 <= len(self.units) <= 1000:
@@ -156,9 +171,12 @@ class Label(_Frozen):
 def _labels_in(value: Any) -> Any:
     """`{"gpu": Label("a100", required=True), "zone": "eu"}` -> sorted (name, Label) pairs."""
     if isinstance(value, dict):
-        return tuple(sorted(
-            (name, label if isinstance(label, Label | dict) else {"value": label})
-            for name, label in value.items()))
+        return tuple(
+            sorted(
+                (name, label if isinstance(label, Label | dict) else {"value": label})
+                for name, label in value.items()
+            )
+        )
     return value
 
 
@@ -210,27 +228,37 @@ class TaskOptions(_Strict):
 
     retries: int = Field(default=0, ge=0, le=1000, description="Retries after the first attempt.")
     backoff_factor: float | None = Field(
-        default=None, ge=1.0, le=100.0,
+        default=None,
+        ge=1.0,
+        le=100.0,
         description="Retry n waits min(backoff_factor ** n, backoff_max_seconds); None retries "
-                    "at once.")
+        "at once.",
+    )
     backoff_max_seconds: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
-    execution_timeout: float = Field(default=60.0, gt=0, le=MAX_SECONDS,
-                                     description="Longest an attempt may run.")
-    schedule_timeout: float = Field(default=300.0, gt=0, le=MAX_SECONDS,
-                                    description="Longest a run may wait in the queue to start.")
+    execution_timeout: float = Field(
+        default=60.0, gt=0, le=MAX_SECONDS, description="Longest an attempt may run."
+    )
+    schedule_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Longest a run may wait in the queue to start.",
+    )
     priority: int = Field(default=DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     queue: str = Field(default="default", pattern=NAME_PATTERN)
-    order: QueueOrder = Field(default=QueueOrder.FIFO,
-                              description="Within a priority: oldest first, or newest first.")
+    order: QueueOrder = Field(
+        default=QueueOrder.FIFO, description="Within a priority: oldest first, or newest first."
+    )
     concurrency: tuple[Concurrency, ...] = Field(default=(), max_length=4)
     rate_limits: tuple[RateLimit, ...] = Field(default=(), max_length=4)
     desired_worker_labels: DesiredLabels = ()
     sticky: Sticky | None = None
-    durable: bool = Field(default=False, description="A durable task (`ty.durable_task`): its "
-                                                     "log survives retries and crashes.")
+    durable: bool = Field(
+        default=False,
+        description="A durable task (`ty.durable_task`): its log survives retries and crashes.",
+    )
 
-    @field_validator("execution_timeout", "schedule_timeout", "backoff_max_seconds",
-                     mode="before")
+    @field_validator("execution_timeout", "schedule_timeout", "backoff_max_seconds", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
@@ -240,19 +268,23 @@ class TriggerRequest(_Strict):
     task: str = Field(pattern=NAME_PATTERN)
     input: Any = None
     options: TaskOptions | None = Field(
-        default=None, description="Overrides the registered definition's options.")
+        default=None, description="Overrides the registered definition's options."
+    )
     priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     metadata: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=500)
     parent_run_id: UUID | None = Field(
-        default=None, description="The run that spawns this one (cancelling it cancels this).")
+        default=None, description="The run that spawns this one (cancelling it cancels this)."
+    )
 
 
 class BatchTriggerRequest(_Strict):
     runs: list[TriggerRequest] = Field(min_length=1, max_length=10_000)
     options: TaskOptions | None = Field(
-        default=None, description="Options for every run of the batch that carries none of its "
-                                  "own (sent once instead of with each run).")
+        default=None,
+        description="Options for every run of the batch that carries none of its "
+        "own (sent once instead of with each run).",
+    )
 
 
 class RunRef(BaseModel):
@@ -261,11 +293,15 @@ class RunRef(BaseModel):
     status: RunStatus
     created: bool = Field(description="False when an idempotency key matched an existing run.")
     idempotent_replay: bool = Field(
-        default=False, description="True when an idempotency key matched an existing run: this "
-                                   "is that run, and nothing new was triggered.")
+        default=False,
+        description="True when an idempotency key matched an existing run: this "
+        "is that run, and nothing new was triggered.",
+    )
     input_differs: bool = Field(
-        default=False, description="On a replay: the existing run was triggered with another "
-                                   "input than this request's (the key was used for other work).")
+        default=False,
+        description="On a replay: the existing run was triggered with another "
+        "input than this request's (the key was used for other work).",
+    )
 
 
 class BatchTriggerResponse(BaseModel):
@@ -310,13 +346,15 @@ class RunView(RunSummary):
     idempotency_key: str | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     waiting_reason: str | None = Field(
-        default=None, description="Why a queued run has not started, when the engine knows.")
+        default=None, description="Why a queued run has not started, when the engine knows."
+    )
     workflow_run_id: UUID | None = Field(default=None, description="For a step: its workflow run.")
     workflow_version: int | None = None
     parent_run_id: UUID | None = Field(default=None, description="The run that spawned this one.")
     children: list[UUID] = Field(default_factory=list, description="Runs this run spawned.")
     steps: list[RunSummary] = Field(
-        default_factory=list, description="For a workflow run: the steps decided so far.")
+        default_factory=list, description="For a workflow run: the steps decided so far."
+    )
 
 
 class RunPage(BaseModel):
@@ -353,7 +391,8 @@ class LogPage(BaseModel):
     lines: list[LogLine]
     next_after: int | None = Field(
         description="Where this page ended: pass it as `after` for the lines that follow. None "
-                    "when the page is empty (ask again with the same `after`).")
+        "when the page is empty (ask again with the same `after`)."
+    )
 
 
 # -- workflows -------------------------------------------------------------------------------------
@@ -385,42 +424,57 @@ class AllOf(_Strict):
     conditions: list[Condition] = Field(min_length=1)
 
 
-Condition = Annotated[SleepCondition | EventCondition | AnyOf | AllOf,
-                      Field(discriminator="type")]
+Condition = Annotated[SleepCondition | EventCondition | AnyOf | AllOf, Field(discriminator="type")]
 
 
 class StepDefinition(_Strict):
     name: str = Field(pattern=STEP_PATTERN)
     parents: list[str] = Field(default_factory=list)
     options: TaskOptions = Field(default_factory=TaskOptions)
-    skip_if: str | None = Field(default=None, max_length=10_000,
-                                description="CEL over `input` and `parents`: skip when true.")
-    cancel_if: str | None = Field(default=None, max_length=10_000,
-                                  description="CEL over `input` and `parents`: cancel when true.")
+    skip_if: str | None = Field(
+        default=None,
+        max_length=10_000,
+        description="CEL over `input` and `parents`: skip when true.",
+    )
+    cancel_if: str | None = Field(
+        default=None,
+        max_length=10_000,
+        description="CEL over `input` and `parents`: cancel when true.",
+    )
     wait_for: list[Condition] = Field(
-        default_factory=list, description="All must hold before the step is queued.")
+        default_factory=list, description="All must hold before the step is queued."
+    )
 
 
 class WorkflowDefinition(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     on_events: list[str] = Field(default_factory=list, max_length=100)
     event_filter: str | None = Field(
-        default=None, max_length=10_000,
-        description="CEL over `payload`, `metadata` and `key`: only matching events trigger.")
+        default=None,
+        max_length=10_000,
+        description="CEL over `payload`, `metadata` and `key`: only matching events trigger.",
+    )
     steps: list[StepDefinition] = Field(min_length=1, max_length=10_000)
     on_failure: StepDefinition | None = Field(
-        default=None, description="Runs once when any step has failed for good.")
+        default=None, description="Runs once when any step has failed for good."
+    )
     on_crons: list[str] = Field(
-        default_factory=list, max_length=20,
+        default_factory=list,
+        max_length=20,
         description="Cron expressions (UTC) that start runs with input null, kept in sync with "
-                    "the code on every registration.")
+        "the code on every registration.",
+    )
     sticky: Sticky | None = Field(
-        default=None, description="Every step's sticky strategy, unless the step sets its own: "
-                                  "run on the worker that ran the run's first step.")
+        default=None,
+        description="Every step's sticky strategy, unless the step sets its own: "
+        "run on the worker that ran the run's first step.",
+    )
     concurrency: list[Concurrency] = Field(
-        default_factory=list, max_length=4,
+        default_factory=list,
+        max_length=4,
         description="Limits on runs of the workflow going at once, per key (CEL over the run's "
-                    "input and metadata); a run waits, queued, until it is admitted.")
+        "input and metadata); a run waits, queued, until it is admitted.",
+    )
 
     @field_validator("on_events")
     @classmethod
@@ -460,11 +514,13 @@ class StepContext(BaseModel):
 
     workflow_run_id: UUID
     step: str
-    parents: dict[str, Any] = Field(default_factory=dict,
-                                    description="Outputs of the parents that succeeded.")
+    parents: dict[str, Any] = Field(
+        default_factory=dict, description="Outputs of the parents that succeeded."
+    )
     skipped: list[str] = Field(default_factory=list, description="Parents that were skipped.")
     failures: dict[str, ErrorInfo] = Field(
-        default_factory=dict, description="For the on_failure step: the steps that failed.")
+        default_factory=dict, description="For the on_failure step: the steps that failed."
+    )
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -524,8 +580,9 @@ class _Target(_Strict):
 
 class CronRequest(_Target):
     name: str = Field(pattern=NAME_PATTERN)
-    expression: str = Field(min_length=1, max_length=200,
-                            description="5 fields, or 6 with seconds last.")
+    expression: str = Field(
+        min_length=1, max_length=200, description="5 fields, or 6 with seconds last."
+    )
     timezone: str = Field(default="UTC", max_length=100)
     input: Any = None
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -543,8 +600,9 @@ class CronView(BaseModel):
     metadata: dict[str, str]
     catch_up: CatchUp
     paused: bool
-    declared_in_code: bool = Field(description="From on_crons in code: kept in sync by "
-                                               "registration, not by the API.")
+    declared_in_code: bool = Field(
+        description="From on_crons in code: kept in sync by registration, not by the API."
+    )
     next_fire_at: datetime | None = None
     last_tick: datetime | None = None
     created_at: datetime
@@ -590,21 +648,32 @@ def _failed_only() -> list[AlertEvent]:
 
 
 class AlertRuleRequest(_Strict):
-    channel: str = Field(min_length=1, max_length=100,
-                         description="An alert channel a loaded plugin provides: email, slack.")
-    target: dict[str, Any] = Field(default_factory=dict,
-                                   description='Where the channel sends, e.g. {"to": [...]}.')
+    channel: str = Field(
+        min_length=1,
+        max_length=100,
+        description="An alert channel a loaded plugin provides: email, slack.",
+    )
+    target: dict[str, Any] = Field(
+        default_factory=dict, description='Where the channel sends, e.g. {"to": [...]}.'
+    )
     workflows: list[str] | None = Field(
-        default=None, description="Only these workflows' failures; none given: every workflow "
-                                  "and every task.")
+        default=None,
+        description="Only these workflows' failures; none given: every workflow and every task.",
+    )
     tasks: list[str] | None = Field(default=None, description="Only these tasks' failures.")
     events: list[AlertEvent] = Field(
-        default_factory=_failed_only, min_length=1,
+        default_factory=_failed_only,
+        min_length=1,
         description="failed: a run failed (or timed out running) after its last retry; "
-                    "schedule_timeout: a run waited in the queue past its schedule_timeout.")
-    window: float = Field(default=300.0, gt=0, le=86_400,
-                          description="At most one alert per workflow (or task) per window, in "
-                                      "seconds; the failures folded in are counted.")
+        "schedule_timeout: a run waited in the queue past its schedule_timeout.",
+    )
+    window: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="At most one alert per workflow (or task) per window, in "
+        "seconds; the failures folded in are counted.",
+    )
 
     @field_validator("window", mode="before")
     @classmethod

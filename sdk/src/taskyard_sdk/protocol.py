@@ -32,8 +32,11 @@ class _Message(BaseModel):
 class TaskDefinition(_Message):
     name: str = Field(pattern=NAME_PATTERN)
     options: TaskOptions = Field(default_factory=TaskOptions)
-    crons: list[str] = Field(default_factory=list, max_length=20,
-                             description="on_crons: UTC cron expressions that run it.")
+    crons: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="on_crons: UTC cron expressions that run it.",
+    )
 
 
 class AttemptRef(_Message):
@@ -53,8 +56,9 @@ class Hello(_Message):
     slots: int = Field(ge=1, le=100_000)
     labels: dict[str, LabelValue] = Field(default_factory=dict)
     tasks: list[TaskDefinition] = Field(min_length=1)
-    in_flight: list[AttemptRef] = Field(default_factory=list,
-                                        description="Attempts still running on this worker.")
+    in_flight: list[AttemptRef] = Field(
+        default_factory=list, description="Attempts still running on this worker."
+    )
 
 
 class Heartbeat(_Message):
@@ -111,8 +115,7 @@ class DurableEntry(_Message):
 
     position: int = Field(ge=0)
     kind: Literal["memo", "spawn", "wait"]
-    call: str = Field(max_length=12_000,
-                      description="What was called, for the replay check.")
+    call: str = Field(max_length=12_000, description="What was called, for the replay check.")
     done: bool = True
     result: Any = None
 
@@ -154,8 +157,17 @@ class Suspend(AttemptRef):
 
 
 WorkerMessage = Annotated[
-    Heartbeat | Started | Completed | Failed | Log | Stream | RefreshTimeout | Drain | Hello
-    | Record | Suspend,
+    Heartbeat
+    | Started
+    | Completed
+    | Failed
+    | Log
+    | Stream
+    | RefreshTimeout
+    | Drain
+    | Hello
+    | Record
+    | Suspend,
     Field(discriminator="type"),
 ]
 worker_message = TypeAdapter(WorkerMessage)
@@ -179,7 +191,8 @@ class Assign(AttemptRef):
     execution_timeout: float
     context: StepContext | None = Field(default=None, description="For a workflow's step.")
     history: list[DurableEntry] | None = Field(
-        default=None, description="For a durable task: its log so far, by position.")
+        default=None, description="For a durable task: its log so far, by position."
+    )
 
 
 class Cancel(AttemptRef):
@@ -235,8 +248,9 @@ class ClientAnswer(_Message):
     body: Any = None
 
 
-EngineMessage = Annotated[Welcome | Assign | Cancel | Ack | Recorded | Error,
-                          Field(discriminator="type")]
+EngineMessage = Annotated[
+    Welcome | Assign | Cancel | Ack | Recorded | Error, Field(discriminator="type")
+]
 engine_message = TypeAdapter(EngineMessage)
 _engine_frame = TypeAdapter(list[EngineMessage])
 MAX_FRAME_MESSAGES = 1000  # messages sent in one frame at most, by either side
@@ -275,8 +289,11 @@ def too_deep(text: str | bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> str 
     `input.a[0].b` (shortened), or None. The text's bracket count rules most documents out
     without walking them; the rest (batches always have more brackets than the limit) are
     walked keeping no path, and only a document refused is walked again for where."""
-    brackets = (text.count(b"{") + text.count(b"[") if isinstance(text, bytes)
-                else text.count("{") + text.count("["))
+    brackets = (
+        text.count(b"{") + text.count(b"[")
+        if isinstance(text, bytes)
+        else text.count("{") + text.count("[")
+    )
     if brackets <= limit or nests_within(value, limit):
         return None
     return deeper_than(value, limit)
@@ -308,13 +325,18 @@ def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
             continue
         if depth > limit:
             return _path_text(path)
-        stack.extend((child, depth + 1, (*path, key)) for key, child in children
-                     if isinstance(child, dict | list))
+        stack.extend(
+            (child, depth + 1, (*path, key))
+            for key, child in children
+            if isinstance(child, dict | list)
+        )
     return None
 
 
-NUL_REFUSAL = ("contains a NUL character (\\u0000), which Postgres cannot store; remove it or "
-               "encode the data (e.g. base64)")
+NUL_REFUSAL = (
+    "contains a NUL character (\\u0000), which Postgres cannot store; remove it or "
+    "encode the data (e.g. base64)"
+)
 
 
 def nul_at(value: Any, where: str = "") -> str | None:

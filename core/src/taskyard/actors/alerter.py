@@ -41,11 +41,15 @@ class Window:
 
 
 class Alerter(Actor):
-    def __init__(self, rules: AlertRuleRepository, timers: Timers,
-                 channels: Callable[[], dict[str, AlertChannel]],
-                 tenant_name: Callable[[uuid.UUID], Awaitable[str]],
-                 run_url: Callable[[uuid.UUID], str],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        rules: AlertRuleRepository,
+        timers: Timers,
+        channels: Callable[[], dict[str, AlertChannel]],
+        tenant_name: Callable[[uuid.UUID], Awaitable[str]],
+        run_url: Callable[[uuid.UUID], str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__("alerter")
         self.repository = rules
         self.timers = timers
@@ -88,13 +92,17 @@ class Alerter(Actor):
             rules = await self.repository.of_tenant(tenant_id)
             name = await self.tenant_name(tenant_id)
         except Exception:
-            log.exception("could not read the alert rules of tenant %s: %d failures not alerted",
-                          tenant_id, len(failures))
+            log.exception(
+                "could not read the alert rules of tenant %s: %d failures not alerted",
+                tenant_id,
+                len(failures),
+            )
             return
         self._post(self._loaded, tenant_id, rules, name, failures)
 
-    def _loaded(self, tenant_id: uuid.UUID, rules: list[AlertRule], name: str,
-                failures: list[RunEnded]) -> None:
+    def _loaded(
+        self, tenant_id: uuid.UUID, rules: list[AlertRule], name: str, failures: list[RunEnded]
+    ) -> None:
         self.rules.setdefault(tenant_id, rules)
         self.names[tenant_id] = name
         now = self.clock()
@@ -114,8 +122,7 @@ class Alerter(Actor):
                 continue
             self.windows[key] = Window(rule, until=now + rule.window)
             self.timers.schedule(now + rule.window, self, self._windows_over, key)
-            self._send(tenant_id, rule, run, folded=window.folded if window else 0,
-                       summary=False)
+            self._send(tenant_id, rule, run, folded=window.folded if window else 0, summary=False)
 
     def _windows_over(self, keys: list[WindowKey]) -> None:
         now = self.clock()
@@ -133,32 +140,49 @@ class Alerter(Actor):
 
     # -- delivery --------------------------------------------------------------------------------
 
-    def _send(self, tenant_id: uuid.UUID, rule: AlertRule, run: RunEnded, *, folded: int,
-              summary: bool) -> None:
-        alert = Alert(tenant_name=self.names.get(tenant_id, str(tenant_id)),
-                      rule_id=rule.rule_id, subject=_subject(run), workflow=run.workflow,
-                      task=_task_name(run), run_id=run.workflow_run_id or run.run_id,
-                      attempt=run.attempt, status=run.status, error_type=run.error_type,
-                      error_message=run.error_message,
-                      url=self.run_url(run.workflow_run_id or run.run_id), folded=folded,
-                      summary=summary)
+    def _send(
+        self, tenant_id: uuid.UUID, rule: AlertRule, run: RunEnded, *, folded: int, summary: bool
+    ) -> None:
+        alert = Alert(
+            tenant_name=self.names.get(tenant_id, str(tenant_id)),
+            rule_id=rule.rule_id,
+            subject=_subject(run),
+            workflow=run.workflow,
+            task=_task_name(run),
+            run_id=run.workflow_run_id or run.run_id,
+            attempt=run.attempt,
+            status=run.status,
+            error_type=run.error_type,
+            error_message=run.error_message,
+            url=self.run_url(run.workflow_run_id or run.run_id),
+            folded=folded,
+            summary=summary,
+        )
         channel = self.channels().get(rule.channel)
         if channel is None:
-            log.error("alert rule %s names channel %r, which no loaded plugin provides",
-                      rule.rule_id, rule.channel)
+            log.error(
+                "alert rule %s names channel %r, which no loaded plugin provides",
+                rule.rule_id,
+                rule.channel,
+            )
             return
         self._side(self._deliver(channel, alert, rule.target))
 
-    async def _deliver(self, channel: AlertChannel, alert: Alert,
-                       target: dict[str, object]) -> None:
+    async def _deliver(
+        self, channel: AlertChannel, alert: Alert, target: dict[str, object]
+    ) -> None:
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             try:
                 await channel.send(alert, dict(target))
             except Exception:
-                log.exception("alert channel %r failed to deliver (attempt %d of %d)",
-                              channel.name, attempt, DELIVERY_ATTEMPTS)
+                log.exception(
+                    "alert channel %r failed to deliver (attempt %d of %d)",
+                    channel.name,
+                    attempt,
+                    DELIVERY_ATTEMPTS,
+                )
                 if attempt < DELIVERY_ATTEMPTS:
-                    await asyncio.sleep(0.5 * 2 ** attempt)
+                    await asyncio.sleep(0.5 * 2**attempt)
                 continue
             self.delivered[channel.name] += 1
             return
@@ -191,7 +215,7 @@ def _matches(rule: AlertRule, run: RunEnded) -> bool:
 def _task_name(run: RunEnded) -> str:
     """A step's name without its workflow's prefix; a task's name as it is."""
     if run.workflow is not None and run.task.startswith(f"{run.workflow}:"):
-        return run.task[len(run.workflow) + 1:]
+        return run.task[len(run.workflow) + 1 :]
     return run.task
 
 

@@ -27,6 +27,7 @@ from taskyard.errors import ApiError
 
 log = logging.getLogger(__name__)
 
+
 class ActorStopped(RuntimeError):
     """The actor was stopped; it answers no more messages."""
 
@@ -40,9 +41,13 @@ _STOP = object()
 
 def _expire(future: asyncio.Future[Any], name: str, handler: Any, timeout: float) -> None:
     if not future.done():
-        future.set_exception(AskTimeout(f"actor {name} did not answer "
-                                        f"{getattr(handler, '__name__', handler)} within "
-                                        f"{timeout}s"))
+        future.set_exception(
+            AskTimeout(
+                f"actor {name} did not answer "
+                f"{getattr(handler, '__name__', handler)} within "
+                f"{timeout}s"
+            )
+        )
 
 
 Message = tuple[Any, tuple[Any, ...], "asyncio.Future[Any] | None"]
@@ -124,8 +129,9 @@ class Actor:
         """A message from the actor's own side tasks; accepted even while stopping."""
         self._mailbox.put((handler, args, None))
 
-    async def ask(self, handler: Callable[..., Any], *args: Any,
-                  timeout: float | None = 30.0) -> Any:
+    async def ask(
+        self, handler: Callable[..., Any], *args: Any, timeout: float | None = 30.0
+    ) -> Any:
         if self._stopped:
             raise ActorStopped(f"actor {self.name} is stopped")
         loop = asyncio.get_running_loop()

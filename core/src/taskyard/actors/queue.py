@@ -51,17 +51,29 @@ T = TypeVar("T")
 _RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
 
 
-def assign_json(run: Run, input_json: bytes | None, context_json: bytes | None,
-                history_json: bytes | None = None) -> bytes:
+def assign_json(
+    run: Run,
+    input_json: bytes | None,
+    context_json: bytes | None,
+    history_json: bytes | None = None,
+) -> bytes:
     """A `protocol.Assign` message, encoded directly: the payload is embedded as the JSON it
     already is (decoding and re-encoding it per assignment was the hot path's largest cost)."""
-    return b'{"type":"assign","run_id":"%s","attempt":%d,"task":%s,"input":%s,' \
-        b'"metadata":%s,"execution_timeout":%s%s%s}' % (
-            str(run.run_id).encode(), run.attempt, orjson.dumps(run.task),
-            input_json if input_json is not None else b"null", orjson.dumps(run.metadata),
+    return (
+        b'{"type":"assign","run_id":"%s","attempt":%d,"task":%s,"input":%s,'
+        b'"metadata":%s,"execution_timeout":%s%s%s}'
+        % (
+            str(run.run_id).encode(),
+            run.attempt,
+            orjson.dumps(run.task),
+            input_json if input_json is not None else b"null",
+            orjson.dumps(run.metadata),
             orjson.dumps(run.options.execution_timeout),
             b',"context":' + context_json if context_json is not None else b"",
-            b',"history":' + history_json if history_json is not None else b"")
+            b',"history":' + history_json if history_json is not None else b"",
+        )
+    )
+
 
 Assignment = tuple[Run, bytes | None, bytes | None, bytes | None]  # input, context, history
 
@@ -69,8 +81,12 @@ Assignment = tuple[Run, bytes | None, bytes | None, bytes | None]  # input, cont
 def ack_json(refs: list[tuple[uuid.UUID, int]]) -> bytes:
     """A `protocol.Ack` of (run, attempt) pairs, encoded directly (one per committed batch of
     results: building a model per result cost more than the rest of the ack)."""
-    return orjson.dumps({"type": "ack", "results": [
-        {"run_id": run_id, "attempt": attempt} for run_id, attempt in refs]})
+    return orjson.dumps(
+        {
+            "type": "ack",
+            "results": [{"run_id": run_id, "attempt": attempt} for run_id, attempt in refs],
+        }
+    )
 
 
 StepsEnded = Callable[[uuid.UUID, list["StepEnded"]], None]
@@ -78,12 +94,29 @@ StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None, uuid.UU
 """(workflow_run_id, step, status, output, error, worker) of a workflow step's run that ended."""
 
 
-def _durable_row(tenant_id: uuid.UUID, run_id: uuid.UUID, position: int, kind: str, call: str,
-                 done: bool, result: Any, wait_json: str | None, finished_at: float | None
-                 ) -> Row:
+def _durable_row(
+    tenant_id: uuid.UUID,
+    run_id: uuid.UUID,
+    position: int,
+    kind: str,
+    call: str,
+    done: bool,
+    result: Any,
+    wait_json: str | None,
+    finished_at: float | None,
+) -> Row:
     """A durable_log row, as WriteBatch.durable holds it."""
-    return (tenant_id, run_id, position, kind, call, done,
-            orjson.dumps(result).decode() if done else None, wait_json, finished_at)
+    return (
+        tenant_id,
+        run_id,
+        position,
+        kind,
+        call,
+        done,
+        orjson.dumps(result).decode() if done else None,
+        wait_json,
+        finished_at,
+    )
 
 
 def _bad_filter(wait: protocol.WaitSpec) -> str | None:
@@ -101,18 +134,30 @@ def _outcome(run_id: uuid.UUID, document: dict[str, Any] | None) -> dict[str, An
     """What a durable run's wait for a child returns: its status, output or error."""
     if document is None:
         return {"run_id": str(run_id), "status": "missing", "output": None, "error": None}
-    return {"run_id": str(run_id), "status": document["status"],
-            "output": document.get("output"), "error": document.get("error")}
+    return {
+        "run_id": str(run_id),
+        "status": document["status"],
+        "output": document.get("output"),
+        "error": document.get("error"),
+    }
 
 
 def _ended(run: Run) -> RunEnded:
     """A run's end, as alerts and lifecycle observers see it."""
     error = orjson.loads(run.error_json) if run.error_json else {}
-    workflow = run.task[:-len(run.step) - 1] if run.step else None
-    return RunEnded(tenant_id=run.tenant_id, run_id=run.run_id, kind="task", task=run.task,
-                    workflow=workflow, workflow_run_id=run.workflow_run_id,
-                    status=run.status.value, attempt=run.attempt, error_type=error.get("type"),
-                    error_message=error.get("message"))
+    workflow = run.task[: -len(run.step) - 1] if run.step else None
+    return RunEnded(
+        tenant_id=run.tenant_id,
+        run_id=run.run_id,
+        kind="task",
+        task=run.task,
+        workflow=workflow,
+        workflow_run_id=run.workflow_run_id,
+        status=run.status.value,
+        attempt=run.attempt,
+        error_type=error.get("type"),
+        error_message=error.get("message"),
+    )
 
 
 async def _until_read(read: Callable[[], Awaitable[T]], what: str) -> T:
@@ -134,18 +179,28 @@ def _cached_size(run: Run) -> int:
 
 
 class QueueActor(Actor):
-    def __init__(self, tenant_id: uuid.UUID, queue: str, *, persister: Persister,
-                 timers: Timers, repository: RunRepository, waiters: RunWaiters,
-                 streams: RunStreams,
-                 connected_workers: Callable[[], Iterable[WorkerSession]],
-                 steps_ended: StepsEnded, worker_grace: float, limiter: SharedRateLimiter,
-                 events: EventRepository,
-                 runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
-                 observe_all: bool = False,
-                 runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
-                 recovery_hold: float = 0.0,
-                 input_cache_bytes: int = 256 * 1024 * 1024,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        tenant_id: uuid.UUID,
+        queue: str,
+        *,
+        persister: Persister,
+        timers: Timers,
+        repository: RunRepository,
+        waiters: RunWaiters,
+        streams: RunStreams,
+        connected_workers: Callable[[], Iterable[WorkerSession]],
+        steps_ended: StepsEnded,
+        worker_grace: float,
+        limiter: SharedRateLimiter,
+        events: EventRepository,
+        runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
+        observe_all: bool = False,
+        runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
+        recovery_hold: float = 0.0,
+        input_cache_bytes: int = 256 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
         self.tenant_id = tenant_id
         self.queue = queue
@@ -205,8 +260,7 @@ class QueueActor(Actor):
         now = self.clock()
         recovered = await self.repository.load_active_runs(self.tenant_id, self.queue)
         suspended = [run.run_id for run in recovered if run.status is RunStatus.PENDING]
-        waits = (await self.repository.open_waits(self.tenant_id, suspended)
-                 if suspended else {})
+        waits = await self.repository.open_waits(self.tenant_id, suspended) if suspended else {}
         for run in recovered:
             self._adopt(run, now)
         for run_id in suspended:
@@ -247,8 +301,7 @@ class QueueActor(Actor):
         assert run.worker_id is not None
         worker = self.workers.get(run.worker_id)
         if worker is None:
-            worker = self.workers[run.worker_id] = WorkerSlots(run.worker_id, None,
-                                                               away_since=now)
+            worker = self.workers[run.worker_id] = WorkerSlots(run.worker_id, None, away_since=now)
             self._timer(now + self.worker_grace, self._grace_expired, run.worker_id)
         worker.running[run.run_id] = run.attempt
         if run.deadline is not None:
@@ -272,8 +325,9 @@ class QueueActor(Actor):
             self._make_ready(run, now, keep_queued_at=True, arriving=True)
         self._schedule_dispatch()
 
-    def _make_ready(self, run: Run, now: float, *, keep_queued_at: bool = False,
-                    arriving: bool = False) -> None:
+    def _make_ready(
+        self, run: Run, now: float, *, keep_queued_at: bool = False, arriving: bool = False
+    ) -> None:
         run.status = RunStatus.QUEUED
         run.retry_at = None
         if not keep_queued_at:
@@ -377,49 +431,61 @@ class QueueActor(Actor):
         """Send assignments; payloads not in memory (and durable runs' logs) are read first. A
         run is durable if its options say so or its worker declares the task durable (a run
         triggered before any worker registered the task has the default options)."""
-        durable = [run for run in runs
-                   if run.options.durable or run.task in worker.durable_tasks]
+        durable = [run for run in runs if run.options.durable or run.task in worker.durable_tasks]
         cached = [run for run in runs if run.input_json is not None and run not in durable]
         missing = [run for run in runs if run.input_json is None or run in durable]
         if cached:
-            self._send_assign(worker, [(run, run.input_json, run.context_json, None)
-                                       for run in cached])
+            self._send_assign(
+                worker, [(run, run.input_json, run.context_json, None) for run in cached]
+            )
         if missing:
             task = asyncio.create_task(
                 self._fetch_inputs(worker.worker_id, missing, [run.run_id for run in durable]),
-                name=f"{self.name}:fetch-inputs")
+                name=f"{self.name}:fetch-inputs",
+            )
             self._side_tasks.add(task)
             task.add_done_callback(self._side_tasks.discard)
 
-    async def _fetch_inputs(self, worker_id: uuid.UUID, runs: list[Run],
-                           durable: list[uuid.UUID]) -> None:
+    async def _fetch_inputs(
+        self, worker_id: uuid.UUID, runs: list[Run], durable: list[uuid.UUID]
+    ) -> None:
         """Read payloads not cached in memory, and durable runs' logs. Runs outside the
         mailbox; reports back."""
         refs = [(run.run_id, run.attempt) for run in runs]
         try:
             inputs = await self.repository.fetch_inputs(self.tenant_id, [r for r, _ in refs])
-            histories = (await self.repository.durable_history(self.tenant_id, durable)
-                         if durable else {})
+            histories = (
+                await self.repository.durable_history(self.tenant_id, durable) if durable else {}
+            )
         except Exception:
-            log.exception("could not read inputs of %d runs; returning them to the queue",
-                          len(refs))
+            log.exception(
+                "could not read inputs of %d runs; returning them to the queue", len(refs)
+            )
             self._post(self._assignment_failed, worker_id, refs)
             return
         for run_id in durable:
             histories.setdefault(run_id, b"[]")
         self._post(self._send_fetched, worker_id, refs, inputs, histories)
 
-    def _send_fetched(self, worker_id: uuid.UUID, refs: list[tuple[uuid.UUID, int]],
-                      inputs: dict[uuid.UUID, tuple[bytes | None, bytes | None]],
-                      histories: dict[uuid.UUID, bytes]) -> None:
+    def _send_fetched(
+        self,
+        worker_id: uuid.UUID,
+        refs: list[tuple[uuid.UUID, int]],
+        inputs: dict[uuid.UUID, tuple[bytes | None, bytes | None]],
+        histories: dict[uuid.UUID, bytes],
+    ) -> None:
         worker = self.workers.get(worker_id)
         if worker is None or worker.session is None:
             return  # lost meanwhile: its attempts are handled by the lost-worker path
         ready = []
         for run_id, attempt in refs:
             run = self.runs.get(run_id)
-            if run is not None and run.attempt == attempt and run.worker_id == worker_id \
-                    and run.status is RunStatus.ASSIGNED:
+            if (
+                run is not None
+                and run.attempt == attempt
+                and run.worker_id == worker_id
+                and run.status is RunStatus.ASSIGNED
+            ):
                 ready.append((run, *inputs.get(run_id, (None, None)), histories.get(run_id)))
             elif worker.running.get(run_id) == attempt:
                 # Ended (cancelled, timed out) while its input was read: the worker never got
@@ -451,8 +517,7 @@ class QueueActor(Actor):
 
     # -- workers ---------------------------------------------------------------------------------
 
-    def worker_joined(self, session: WorkerSession,
-                      in_flight: list[protocol.AttemptRef]) -> None:
+    def worker_joined(self, session: WorkerSession, in_flight: list[protocol.AttemptRef]) -> None:
         self._join(session, in_flight)
         self._schedule_dispatch()
 
@@ -463,8 +528,7 @@ class QueueActor(Actor):
         worker.session = session
         worker.away_since = None
         worker.tasks = frozenset(session.task_names)
-        worker.durable_tasks = frozenset(d.name for d in session.definitions
-                                         if d.options.durable)
+        worker.durable_tasks = frozenset(d.name for d in session.definitions if d.options.durable)
         worker.slots = session.slots
         worker.labels = dict(session.labels)
         worker.draining = False
@@ -479,8 +543,13 @@ class QueueActor(Actor):
                 del worker.running[run_id]
                 run = self.runs.get(run_id)
                 if run is not None and run.attempt == attempt and run.worker_id == worker.worker_id:
-                    self._attempt_failed(run, now, error_json(
-                        "WorkerLost", f"worker {session.name} reconnected without this attempt"))
+                    self._attempt_failed(
+                        run,
+                        now,
+                        error_json(
+                            "WorkerLost", f"worker {session.name} reconnected without this attempt"
+                        ),
+                    )
         # What it reports: re-attach, or tell it to stop what no longer applies.
         for run_id, attempt in reported.items():
             if run_id in worker.running:
@@ -499,8 +568,11 @@ class QueueActor(Actor):
                 self._deadline_timer(run)
             else:
                 worker.running[run_id] = attempt  # holds the slot until it reports the end
-                session.send(protocol.Cancel(run_id=run_id, attempt=attempt,
-                                             reason="this attempt is no longer current"))
+                session.send(
+                    protocol.Cancel(
+                        run_id=run_id, attempt=attempt, reason="this attempt is no longer current"
+                    )
+                )
 
     def worker_disconnected(self, session: WorkerSession) -> None:
         worker = self.workers.get(session.worker_id)
@@ -520,8 +592,11 @@ class QueueActor(Actor):
         for worker_id in worker_ids:
             worker = self.workers.get(worker_id)
             # Still away, for the whole grace period (not since an earlier disconnection).
-            if worker is not None and worker.away_since is not None \
-                    and now >= worker.away_since + self.worker_grace - 0.001:
+            if (
+                worker is not None
+                and worker.away_since is not None
+                and now >= worker.away_since + self.worker_grace - 0.001
+            ):
                 self.worker_lost(worker_id, "did not reconnect within the heartbeat timeout")
 
     def worker_lost(self, worker_id: uuid.UUID, reason: str) -> None:
@@ -542,9 +617,13 @@ class QueueActor(Actor):
         if worker is None or worker.session is not session:
             for message in messages:
                 if isinstance(message, protocol.AttemptRef):
-                    session.send(protocol.Error(
-                        code="not_connected", message="this connection is no longer current",
-                        ref=protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt)))
+                    session.send(
+                        protocol.Error(
+                            code="not_connected",
+                            message="this connection is no longer current",
+                            ref=protocol.AttemptRef(run_id=message.run_id, attempt=message.attempt),
+                        )
+                    )
             return
         now = self.clock()
         logs = []
@@ -553,8 +632,16 @@ class QueueActor(Actor):
                 # A run this queue does not have (a worker's hello may claim any id) gets no
                 # log rows: they would be stored under this tenant for nobody's run.
                 if self._owns(worker, message) and message.run_id in self.runs:
-                    logs.append((self.tenant_id, message.run_id, now, message.attempt,
-                                 message.level, message.message))
+                    logs.append(
+                        (
+                            self.tenant_id,
+                            message.run_id,
+                            now,
+                            message.attempt,
+                            message.level,
+                            message.message,
+                        )
+                    )
                 else:
                     self._not_owner(session, message)
             elif isinstance(message, protocol.Stream):
@@ -583,19 +670,30 @@ class QueueActor(Actor):
     def _not_owner(self, session: Connection, ref: protocol.AttemptRef) -> None:
         done = self.finished.get(ref.run_id)
         attempt_ref = protocol.AttemptRef(run_id=ref.run_id, attempt=ref.attempt)
-        if done is not None and done == (ref.attempt, session.worker_id) and isinstance(
-                ref, protocol.Completed | protocol.Failed):
+        if (
+            done is not None
+            and done == (ref.attempt, session.worker_id)
+            and isinstance(ref, protocol.Completed | protocol.Failed)
+        ):
             self._acks.setdefault(session, []).append((ref.run_id, ref.attempt))  # re-sent
             return
-        session.send(protocol.Error(
-            code="not_owner", ref=attempt_ref,
-            message=f"run {ref.run_id} attempt {ref.attempt} is not assigned to this worker"))
+        session.send(
+            protocol.Error(
+                code="not_owner",
+                ref=attempt_ref,
+                message=f"run {ref.run_id} attempt {ref.attempt} is not assigned to this worker",
+            )
+        )
 
     def _current(self, worker: WorkerSlots, ref: protocol.AttemptRef) -> Run | None:
         """The run, if this attempt on this worker is still the one that counts."""
         run = self.runs.get(ref.run_id)
-        if run is not None and run.attempt == ref.attempt and run.worker_id == worker.worker_id \
-                and run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING):
+        if (
+            run is not None
+            and run.attempt == ref.attempt
+            and run.worker_id == worker.worker_id
+            and run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING)
+        ):
             return run
         return None
 
@@ -610,8 +708,7 @@ class QueueActor(Actor):
             run.started_at = now
             self._save(run)
 
-    def _on_completed(self, worker: WorkerSlots, message: protocol.Completed,
-                      now: float) -> None:
+    def _on_completed(self, worker: WorkerSlots, message: protocol.Completed, now: float) -> None:
         assert worker.session is not None
         if not self._owns(worker, message):
             self._not_owner(worker.session, message)
@@ -633,12 +730,18 @@ class QueueActor(Actor):
         run = self._current(worker, message)
         if run is not None:
             error = message.error
-            self._attempt_failed(run, now, error_json(error.type, error.message, error.traceback),
-                                 retryable=message.retryable, retry_after=message.retry_after)
+            self._attempt_failed(
+                run,
+                now,
+                error_json(error.type, error.message, error.traceback),
+                retryable=message.retryable,
+                retry_after=message.retry_after,
+            )
         self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
 
-    def _on_refresh(self, worker: WorkerSlots, message: protocol.RefreshTimeout,
-                    now: float) -> None:
+    def _on_refresh(
+        self, worker: WorkerSlots, message: protocol.RefreshTimeout, now: float
+    ) -> None:
         run = self._current(worker, message)
         if run is None:
             assert worker.session is not None
@@ -658,11 +761,24 @@ class QueueActor(Actor):
             self._not_owner(worker.session, message)
             return
         entry = message.entry
-        self._durable_rows.append(_durable_row(self.tenant_id, message.run_id, entry.position,
-                                               entry.kind, entry.call, True, entry.result,
-                                               None, now))
-        self._recorded.setdefault(worker.session, []).append(protocol.Recorded(
-            run_id=message.run_id, attempt=message.attempt, position=entry.position))
+        self._durable_rows.append(
+            _durable_row(
+                self.tenant_id,
+                message.run_id,
+                entry.position,
+                entry.kind,
+                entry.call,
+                True,
+                entry.result,
+                None,
+                now,
+            )
+        )
+        self._recorded.setdefault(worker.session, []).append(
+            protocol.Recorded(
+                run_id=message.run_id, attempt=message.attempt, position=entry.position
+            )
+        )
 
     def _on_suspend(self, worker: WorkerSlots, message: protocol.Suspend, now: float) -> None:
         """A durable run waits: its attempt stops, its slot and keys are free, its wait is
@@ -670,10 +786,14 @@ class QueueActor(Actor):
         assert worker.session is not None
         run = self.runs.get(message.run_id)
         if not self._owns(worker, message):
-            if run is not None and run.status is RunStatus.PENDING and \
-                    run.attempt == message.attempt:
+            if (
+                run is not None
+                and run.status is RunStatus.PENDING
+                and run.attempt == message.attempt
+            ):
                 self._acks.setdefault(worker.session, []).append(
-                    (message.run_id, message.attempt))  # sent again
+                    (message.run_id, message.attempt)
+                )  # sent again
             else:
                 self._not_owner(worker.session, message)
             return
@@ -687,13 +807,25 @@ class QueueActor(Actor):
             run.status = RunStatus.PENDING
             run.worker_id = None
             run.assigned_at = run.started_at = run.deadline = None
-            self._record(run, "suspended", now, detail={"position": message.position,
-                                                        "call": message.call})
-            self._durable_rows.append(_durable_row(
-                self.tenant_id, run.run_id, message.position, "wait", message.call, False, None,
-                message.wait.model_dump_json(), None))
-            self._begin_wait(run, DurableWait(run.run_id, message.position, message.call,
-                                              message.wait), now)
+            self._record(
+                run, "suspended", now, detail={"position": message.position, "call": message.call}
+            )
+            self._durable_rows.append(
+                _durable_row(
+                    self.tenant_id,
+                    run.run_id,
+                    message.position,
+                    "wait",
+                    message.call,
+                    False,
+                    None,
+                    message.wait.model_dump_json(),
+                    None,
+                )
+            )
+            self._begin_wait(
+                run, DurableWait(run.run_id, message.position, message.call, message.wait), now
+            )
         self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
 
     def _resume_wait(self, run: Run, stored: tuple[int, str, str] | None, now: float) -> None:
@@ -702,8 +834,11 @@ class QueueActor(Actor):
             self._make_ready(run, now)
             return
         position, call, spec = stored
-        self._begin_wait(run, DurableWait(run.run_id, position, call,
-                                          protocol.WaitSpec.model_validate_json(spec)), now)
+        self._begin_wait(
+            run,
+            DurableWait(run.run_id, position, call, protocol.WaitSpec.model_validate_json(spec)),
+            now,
+        )
 
     def _begin_wait(self, run: Run, wait: DurableWait, now: float) -> None:
         self.durable.add(wait)
@@ -714,8 +849,11 @@ class QueueActor(Actor):
         if wait.spec.events:
             # Events stored since the wait began are read first: one that came in time must
             # not lose to a timeout that passed while the engine was down.
-            self._side_task(self._past_events(run.run_id, wait.position,
-                                              self.durable.patterns(run.run_id), wait.spec.since))
+            self._side_task(
+                self._past_events(
+                    run.run_id, wait.position, self.durable.patterns(run.run_id), wait.spec.since
+                )
+            )
         else:
             self._check_wait(run.run_id, now)
 
@@ -728,9 +866,19 @@ class QueueActor(Actor):
         if outcome is None:
             return
         self.durable.remove(run_id)
-        self._durable_rows.append(_durable_row(
-            self.tenant_id, run_id, wait.position, "wait", wait.call, True, outcome,
-            wait.spec.model_dump_json(), now))
+        self._durable_rows.append(
+            _durable_row(
+                self.tenant_id,
+                run_id,
+                wait.position,
+                "wait",
+                wait.call,
+                True,
+                outcome,
+                wait.spec.model_dump_json(),
+                now,
+            )
+        )
         self._resuming.append((run_id, wait.position))
 
     def _resume(self, resumed: list[tuple[uuid.UUID, int]]) -> None:
@@ -755,44 +903,58 @@ class QueueActor(Actor):
         for run_id in self.durable.events(events):
             self._check_wait(run_id, now)
 
-    def _past_events_read(self, run_id: uuid.UUID, position: int,
-                          events: list[PushedEvent]) -> None:
+    def _past_events_read(
+        self, run_id: uuid.UUID, position: int, events: list[PushedEvent]
+    ) -> None:
         wait = self.durable.waits.get(run_id)
         if wait is not None and wait.position == position:
             for event in events:
                 wait.match(event)
             self._check_wait(run_id, self.clock())
 
-    async def _past_events(self, run_id: uuid.UUID, position: int, patterns: list[str],
-                           since: float) -> None:
+    async def _past_events(
+        self, run_id: uuid.UUID, position: int, patterns: list[str], since: float
+    ) -> None:
         """Events pushed since the wait began count even if they came before it was armed (an
         engine restart in between, say)."""
         try:
-            events = await _until_read(lambda: self.event_repository.since(
-                self.tenant_id, patterns, since), f"past events for durable run {run_id}")
+            events = await _until_read(
+                lambda: self.event_repository.since(self.tenant_id, patterns, since),
+                f"past events for durable run {run_id}",
+            )
         except Exception:
-            log.exception("could not read past events for durable run %s; it waits for new "
-                          "ones", run_id)
+            log.exception(
+                "could not read past events for durable run %s; it waits for new ones", run_id
+            )
             events = []
         self._post(self._past_events_read, run_id, position, events)
 
-    async def _watch_children(self, run_id: uuid.UUID, position: int,
-                              children: list[uuid.UUID]) -> None:
+    async def _watch_children(
+        self, run_id: uuid.UUID, position: int, children: list[uuid.UUID]
+    ) -> None:
         """Outside the mailbox: until every child has ended; reports their outcomes."""
         futures = self.waiters.watch(self.tenant_id, children)
         try:
             what = f"the children of durable run {run_id}"
             while True:
                 statuses = await _until_read(
-                    lambda: self.repository.run_statuses(self.tenant_id, children), what)
-                pending = [futures[c] for c, status in statuses.items()
-                           if not status.terminal and not futures[c].done()]
+                    lambda: self.repository.run_statuses(self.tenant_id, children), what
+                )
+                pending = [
+                    futures[c]
+                    for c, status in statuses.items()
+                    if not status.terminal and not futures[c].done()
+                ]
                 if len(statuses) == len(children) and not pending:
                     break
-                await asyncio.wait(pending or list(futures.values()), timeout=30,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    pending or list(futures.values()),
+                    timeout=30,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             documents = await _until_read(
-                lambda: self.repository.run_documents(self.tenant_id, children), what)
+                lambda: self.repository.run_documents(self.tenant_id, children), what
+            )
         except Exception:
             log.exception("could not follow the children of durable run %s", run_id)
             return
@@ -801,8 +963,9 @@ class QueueActor(Actor):
         outcomes = [_outcome(child, documents.get(child)) for child in children]
         self._post(self._children_ended, run_id, position, outcomes)
 
-    def _children_ended(self, run_id: uuid.UUID, position: int,
-                        outcomes: list[dict[str, Any]]) -> None:
+    def _children_ended(
+        self, run_id: uuid.UUID, position: int, outcomes: list[dict[str, Any]]
+    ) -> None:
         wait = self.durable.waits.get(run_id)
         if wait is not None and wait.position == position:
             wait.children = outcomes
@@ -815,9 +978,16 @@ class QueueActor(Actor):
 
     # -- outcomes --------------------------------------------------------------------------------
 
-    def _attempt_failed(self, run: Run, now: float, error: bytes, *, retryable: bool = True,
-                        retry_after: float | None = None,
-                        final_status: RunStatus = RunStatus.FAILED) -> None:
+    def _attempt_failed(
+        self,
+        run: Run,
+        now: float,
+        error: bytes,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        final_status: RunStatus = RunStatus.FAILED,
+    ) -> None:
         """The current attempt ended badly: retry if allowed, else finish the run."""
         run.error_json = error
         if not retryable or run.attempt > run.options.retries:
@@ -852,16 +1022,34 @@ class QueueActor(Actor):
             self.cached_bytes -= _cached_size(run)
         if run.workflow_run_id is not None:
             assert run.step is not None
-            self._steps_ended.append((run.workflow_run_id, run.step, status, run.output_json,
-                                      run.error_json, run.worker_id))
+            self._steps_ended.append(
+                (
+                    run.workflow_run_id,
+                    run.step,
+                    status,
+                    run.output_json,
+                    run.error_json,
+                    run.worker_id,
+                )
+            )
         if self.runs_ended is not None and (
-                self.observe_all or status in (RunStatus.FAILED, RunStatus.TIMED_OUT)):
+            self.observe_all or status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
+        ):
             self._ended.append(_ended(run))
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
-        self._finished_now.append(RunEnd(run.run_id, status, run.attempt, run.started_at, now,
-                                         run.output_json, run.error_json))
+        self._finished_now.append(
+            RunEnd(
+                run.run_id,
+                status,
+                run.attempt,
+                run.started_at,
+                now,
+                run.output_json,
+                run.error_json,
+            )
+        )
 
     # The run's row holds the timeline of its current attempt (created, assigned, started,
     # finished, outcome): the usual transitions cost no event rows. Events are written for what
@@ -872,24 +1060,44 @@ class QueueActor(Actor):
         """Persist the run's current state (the latest state in a batch wins)."""
         self._states[run.run_id] = run  # its row is taken when the message is done
         if self.runs_changed is not None:
-            self._changed[run.run_id] = RunChanged(self.tenant_id, run.run_id, run.task,
-                                                   run.status.value, run.attempt, run.worker_id)
+            self._changed[run.run_id] = RunChanged(
+                self.tenant_id, run.run_id, run.task, run.status.value, run.attempt, run.worker_id
+            )
 
-    def _record(self, run: Run, event: str, now: float,
-                detail: dict[str, Any] | None = None) -> None:
+    def _record(
+        self, run: Run, event: str, now: float, detail: dict[str, Any] | None = None
+    ) -> None:
         """Persist the run's current state and one event of its history."""
         self._save(run)
-        self._events.append((run.tenant_id, run.run_id, now, run.attempt, event, run.worker_id,
-                             orjson.dumps(detail).decode() if detail is not None else None))
+        self._events.append(
+            (
+                run.tenant_id,
+                run.run_id,
+                now,
+                run.attempt,
+                event,
+                run.worker_id,
+                orjson.dumps(detail).decode() if detail is not None else None,
+            )
+        )
 
     def _attempt_ended(self, run: Run, outcome: RunStatus) -> None:
         """Keep the timeline of an attempt the run is about to leave behind."""
         assert run.finished_at is not None
         error = orjson.loads(run.error_json) if run.error_json else None
-        self._events.append((run.tenant_id, run.run_id, run.finished_at, run.attempt,
-                             outcome.value, run.worker_id, orjson.dumps({
-                                 "error": error, "assigned_at": run.assigned_at,
-                                 "started_at": run.started_at}).decode()))
+        self._events.append(
+            (
+                run.tenant_id,
+                run.run_id,
+                run.finished_at,
+                run.attempt,
+                outcome.value,
+                run.worker_id,
+                orjson.dumps(
+                    {"error": error, "assigned_at": run.assigned_at, "started_at": run.started_at}
+                ).decode(),
+            )
+        )
 
     def _timer(self, at: float, handler: Callable[[list[Any]], Any], item: Any) -> None:
         self._timers.append((at, self, handler, item))
@@ -913,10 +1121,20 @@ class QueueActor(Actor):
         if self._states or self._events or self._logs:
             # States nobody waits for (assignments, starts, retries) may be held a moment:
             # under load most are replaced by the run's end before they are written.
-            awaited = bool(self._acks or self._finished_now or self._recorded or self._resuming
-                           or self._durable_rows or self.runs_changed is not None)
-            self.persister.write([run.row() for run in self._states.values()], self._events,
-                                 self._logs, may_wait=not awaited)
+            awaited = bool(
+                self._acks
+                or self._finished_now
+                or self._recorded
+                or self._resuming
+                or self._durable_rows
+                or self.runs_changed is not None
+            )
+            self.persister.write(
+                [run.row() for run in self._states.values()],
+                self._events,
+                self._logs,
+                may_wait=not awaited,
+            )
             self._states, self._events, self._logs = {}, [], []
         if self._durable_rows:
             self.persister.durable(self._durable_rows)
@@ -924,8 +1142,12 @@ class QueueActor(Actor):
         if self._resuming:
             resuming, self._resuming = self._resuming, []
             self.persister.barrier().add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() is not None
-                else self._post(self._resume, resuming))
+                lambda done: (
+                    None
+                    if done.cancelled() or done.exception() is not None
+                    else self._post(self._resume, resuming)
+                )
+            )
         if self.limiter.dirty:  # written behind, with (or after) the assignments that took them
             self.persister.rate_usage(self.tenant_id, self.limiter.take_dirty())
         if self._timers:
@@ -976,14 +1198,18 @@ class QueueActor(Actor):
         while expiries and expiries[0][0] <= now:
             deadline, run_id = heapq.heappop(expiries)
             run = self.runs.get(run_id)
-            if run is None or not run.ready or \
-                    run.queued_at + run.options.schedule_timeout != deadline:
+            if (
+                run is None
+                or not run.ready
+                or run.queued_at + run.options.schedule_timeout != deadline
+            ):
                 continue  # started, finished, or queued again since (with a new deadline)
             reason = self.dispatcher.waiting_reason(run, now)
             run.error_json = error_json(
                 "ScheduleTimeout",
                 f"not started within schedule_timeout ({run.options.schedule_timeout:g}s)"
-                + (f"; {reason}" if reason else ""))
+                + (f"; {reason}" if reason else ""),
+            )
             self._finish(run, RunStatus.TIMED_OUT, now)
         self._expiry_armed = expiries[0][0] if expiries else None
         if self._expiry_armed is not None:
@@ -993,25 +1219,38 @@ class QueueActor(Actor):
         now = self.clock()
         for run_id, attempt, deadline in items:
             run = self.runs.get(run_id)
-            if run is None or run.attempt != attempt or run.deadline != deadline \
-                    or run.status not in (RunStatus.ASSIGNED, RunStatus.RUNNING):
+            if (
+                run is None
+                or run.attempt != attempt
+                or run.deadline != deadline
+                or run.status not in (RunStatus.ASSIGNED, RunStatus.RUNNING)
+            ):
                 continue
             worker = self.workers.get(run.worker_id) if run.worker_id else None
             if worker is not None and worker.session is not None:
-                worker.session.send(protocol.Cancel(
-                    run_id=run_id, attempt=attempt, reason="execution timeout"))
-            self._attempt_failed(run, now, error_json(
-                "ExecutionTimeout",
-                f"attempt {attempt} ran longer than its execution_timeout"),
-                final_status=RunStatus.TIMED_OUT)
+                worker.session.send(
+                    protocol.Cancel(run_id=run_id, attempt=attempt, reason="execution timeout")
+                )
+            self._attempt_failed(
+                run,
+                now,
+                error_json(
+                    "ExecutionTimeout", f"attempt {attempt} ran longer than its execution_timeout"
+                ),
+                final_status=RunStatus.TIMED_OUT,
+            )
         self._schedule_dispatch()
 
     def _retries_due(self, items: list[tuple[uuid.UUID, int]]) -> None:
         now = self.clock()
         for run_id, attempt in items:
             run = self.runs.get(run_id)
-            if run is not None and run.attempt == attempt and run.status is RunStatus.QUEUED \
-                    and not run.ready:
+            if (
+                run is not None
+                and run.attempt == attempt
+                and run.status is RunStatus.QUEUED
+                and not run.ready
+            ):
                 self._make_ready(run, now)
                 self._record(run, "queued", now, detail={"retry": True})
         self._schedule_dispatch()
@@ -1025,14 +1264,14 @@ class QueueActor(Actor):
         self._end(run, RunStatus.CANCELLED, "Cancelled", reason, self.clock())
         return RunStatus.CANCELLED
 
-    def _end(self, run: Run, status: RunStatus, error_type: str, message: str,
-             now: float) -> None:
+    def _end(self, run: Run, status: RunStatus, error_type: str, message: str, now: float) -> None:
         """End a run from the engine's side; a worker running it is told to stop."""
         if run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING) and run.worker_id is not None:
             worker = self.workers.get(run.worker_id)
             if worker is not None and worker.session is not None:
-                worker.session.send(protocol.Cancel(run_id=run.run_id, attempt=run.attempt,
-                                                    reason=message))
+                worker.session.send(
+                    protocol.Cancel(run_id=run.run_id, attempt=run.attempt, reason=message)
+                )
         run.error_json = error_json(error_type, message)
         self._finish(run, status, now)
 
@@ -1065,7 +1304,9 @@ class QueueActor(Actor):
         return self.dispatcher.waiting_reason(run, now)
 
     def stats(self) -> dict[str, int]:
-        return {"active": len(self.runs),
-                "ready": sum(1 for run in self.runs.values() if run.ready),
-                "workers": sum(1 for w in self.workers.values() if w.session is not None),
-                **self.dispatcher.stats()}
+        return {
+            "active": len(self.runs),
+            "ready": sum(1 for run in self.runs.values() if run.ready),
+            "workers": sum(1 for w in self.workers.values() if w.session is not None),
+            **self.dispatcher.stats(),
+        }

@@ -17,8 +17,9 @@ from taskyard.domain.rate_limits import RateLimiter, Usage
 
 
 class SharedRateLimiter(RateLimiter):
-    def __init__(self, load: Callable[[], Awaitable[list[Usage]]],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, load: Callable[[], Awaitable[list[Usage]]], clock: Callable[[], float] = time.time
+    ) -> None:
         super().__init__(clock)
         self._load = load
         self._loaded: asyncio.Future[None] | None = None

@@ -31,8 +31,13 @@ Fire = Callable[["Schedule", float], Awaitable[uuid.UUID]]  # (schedule, tick) -
 
 
 class ScheduleActor(Actor):
-    def __init__(self, repository: ScheduleRepository, timers: Timers, fire: Fire,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        repository: ScheduleRepository,
+        timers: Timers,
+        fire: Fire,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__("schedules")
         self.repository = repository
         self.timers = timers
@@ -76,15 +81,23 @@ class ScheduleActor(Actor):
             self.schedules.pop(schedule_id, None)
             self.armed.pop(schedule_id, None)
 
-    def code_crons_synced(self, tenant_id: uuid.UUID, task: str | None, workflow: str | None,
-                          crons: list[Schedule]) -> None:
+    def code_crons_synced(
+        self, tenant_id: uuid.UUID, task: str | None, workflow: str | None, crons: list[Schedule]
+    ) -> None:
         """The crons a task or workflow declares in code, as stored now: those it no longer
         declares are dropped, the others (re)armed."""
         known = {cron.schedule_id for cron in crons}
-        self.removed([schedule_id for schedule_id, cron in self.schedules.items()
-                      if cron.tenant_id == tenant_id and cron.declared_in_code
-                      and cron.task == task and cron.workflow == workflow
-                      and schedule_id not in known])
+        self.removed(
+            [
+                schedule_id
+                for schedule_id, cron in self.schedules.items()
+                if cron.tenant_id == tenant_id
+                and cron.declared_in_code
+                and cron.task == task
+                and cron.workflow == workflow
+                and schedule_id not in known
+            ]
+        )
         self.updated(crons)
 
     def next_fire(self, schedule_id: uuid.UUID) -> float | None:
@@ -99,8 +112,13 @@ class ScheduleActor(Actor):
             self._take(schedule, now, catching_up=catching_up)
         except CronError as exc:
             self.schedules.pop(schedule.schedule_id, None)
-            log.error("%s %s of %s is left out: %s", schedule.kind, schedule.schedule_id,
-                      schedule.target, exc)
+            log.error(
+                "%s %s of %s is left out: %s",
+                schedule.kind,
+                schedule.schedule_id,
+                schedule.target,
+                exc,
+            )
 
     def _take(self, schedule: Schedule, now: float, *, catching_up: bool) -> None:
         self.schedules[schedule.schedule_id] = schedule
@@ -117,8 +135,9 @@ class ScheduleActor(Actor):
             for tick in missed:
                 self._fire(schedule, tick)
             since = missed[-1] if missed else since
-        self._arm(schedule.schedule_id,
-                  next_tick(schedule.expression, schedule.timezone, max(since, now)))
+        self._arm(
+            schedule.schedule_id, next_tick(schedule.expression, schedule.timezone, max(since, now))
+        )
 
     def _arm(self, schedule_id: uuid.UUID, at: float) -> None:
         self.armed[schedule_id] = at
@@ -137,17 +156,16 @@ class ScheduleActor(Actor):
                 assert schedule.expression is not None
                 assert schedule.timezone is not None
                 try:
-                    self._arm(schedule_id,
-                              next_tick(schedule.expression, schedule.timezone, tick))
+                    self._arm(schedule_id, next_tick(schedule.expression, schedule.timezone, tick))
                 except CronError as exc:
                     del self.schedules[schedule_id]
                     del self.armed[schedule_id]
-                    log.error("cron %s of %s fires no more: %s", schedule_id, schedule.target,
-                              exc)
+                    log.error("cron %s of %s fires no more: %s", schedule_id, schedule.target, exc)
 
     def _fire(self, schedule: Schedule, tick: float, attempt: int = 1) -> None:
-        task = asyncio.create_task(self._fire_now(schedule, tick, attempt),
-                                   name=f"fire:{schedule.schedule_id}")
+        task = asyncio.create_task(
+            self._fire_now(schedule, tick, attempt), name=f"fire:{schedule.schedule_id}"
+        )
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
@@ -158,11 +176,22 @@ class ScheduleActor(Actor):
             run_id = await self.fire(schedule, tick)
             await self.repository.fired(schedule.tenant_id, schedule.schedule_id, tick, run_id)
         except ApiError as refusal:
-            log.error("%s of %s could not start a run at tick %.3f: %s", schedule.kind,
-                      schedule.target, tick, refusal.message)
+            log.error(
+                "%s of %s could not start a run at tick %.3f: %s",
+                schedule.kind,
+                schedule.target,
+                tick,
+                refusal.message,
+            )
         except Exception as exc:
-            delay = min(30.0, 0.5 * 2 ** attempt)
-            log.warning("%s of %s: firing tick %.3f failed (%s); trying again in %.1fs",
-                        schedule.kind, schedule.target, tick, exc, delay)
+            delay = min(30.0, 0.5 * 2**attempt)
+            log.warning(
+                "%s of %s: firing tick %.3f failed (%s); trying again in %.1fs",
+                schedule.kind,
+                schedule.target,
+                tick,
+                exc,
+                delay,
+            )
             await asyncio.sleep(delay)
             self._post(self._fire, schedule, tick, attempt + 1)

@@ -22,8 +22,9 @@ class RunStreams:
         self._subscribers[(tenant_id, run_id)].add(queue)
         return queue
 
-    def unsubscribe(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
-                    queue: asyncio.Queue[Any]) -> None:
+    def unsubscribe(
+        self, tenant_id: uuid.UUID, run_id: uuid.UUID, queue: asyncio.Queue[Any]
+    ) -> None:
         subscribers = self._subscribers.get((tenant_id, run_id))
         if subscribers is not None:
             subscribers.discard(queue)

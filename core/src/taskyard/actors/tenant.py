@@ -52,11 +52,21 @@ Listener = tuple[uuid.UUID, str]  # (workflow run, step)
 
 
 class TenantActor(Actor):
-    def __init__(self, tenant_id: uuid.UUID, *, persister: Persister, runs: RunRepository,
-                 workflows: WorkflowRepository, events: EventRepository, timers: Timers,
-                 waiters: RunWaiters, enqueue: Enqueue, cancel: Cancel,
-                 runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        persister: Persister,
+        runs: RunRepository,
+        workflows: WorkflowRepository,
+        events: EventRepository,
+        timers: Timers,
+        waiters: RunWaiters,
+        enqueue: Enqueue,
+        cancel: Cancel,
+        runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(f"tenant:{tenant_id}")
         self.tenant_id = tenant_id
         self.persister = persister
@@ -95,8 +105,12 @@ class TenantActor(Actor):
             try:
                 self._add_version(compile_workflow(stored.definition, stored.version))
             except Unprocessable as exc:  # accepted by an older build: keep the rest going
-                log.error("workflow %r version %d no longer compiles: %s", stored.name,
-                          stored.version, exc.message)
+                log.error(
+                    "workflow %r version %d no longer compiles: %s",
+                    stored.name,
+                    stored.version,
+                    exc.message,
+                )
         for active in await self.workflow_repository.active_runs(self.tenant_id):
             run = self._rebuild(active)
             if run is not None:
@@ -123,17 +137,38 @@ class TenantActor(Actor):
     def _rebuild(self, active: ActiveWorkflowRun) -> WorkflowRun | None:
         workflow = self.versions.get((active.name, active.version))
         if workflow is None:
-            log.error("workflow run %s: version %d of workflow %r is missing; it cannot go on",
-                      active.run_id, active.version, active.name)
+            log.error(
+                "workflow run %s: version %d of workflow %r is missing; it cannot go on",
+                active.run_id,
+                active.version,
+                active.name,
+            )
             return None
-        steps = {name: StepState(stored.run_id, stored.status, stored.output_json,
-                                 stored.error_json, stored.wait_started_at)
-                 for name, stored in active.steps.items()}
-        sticky = next((stored.worker_id for stored in active.steps.values()
-                       if stored.worker_id is not None), None)  # ordered by assignment
-        return WorkflowRun(active.run_id, workflow, active.input_json, active.metadata,
-                           active.priority, active.created_at, steps, sticky_worker=sticky,
-                           admitted=active.admitted)
+        steps = {
+            name: StepState(
+                stored.run_id,
+                stored.status,
+                stored.output_json,
+                stored.error_json,
+                stored.wait_started_at,
+            )
+            for name, stored in active.steps.items()
+        }
+        sticky = next(
+            (stored.worker_id for stored in active.steps.values() if stored.worker_id is not None),
+            None,
+        )  # ordered by assignment
+        return WorkflowRun(
+            active.run_id,
+            workflow,
+            active.input_json,
+            active.metadata,
+            active.priority,
+            active.created_at,
+            steps,
+            sticky_worker=sticky,
+            admitted=active.admitted,
+        )
 
     # -- registries ------------------------------------------------------------------------------
 
@@ -180,13 +215,22 @@ class TenantActor(Actor):
                     continue
                 if definition.event_filter is not None:
                     try:
-                        if not holds(definition.event_filter, {
-                                "payload": event.payload, "metadata": event.metadata,
-                                "key": event.key}):
+                        if not holds(
+                            definition.event_filter,
+                            {
+                                "payload": event.payload,
+                                "metadata": event.metadata,
+                                "key": event.key,
+                            },
+                        ):
                             continue
                     except ExpressionError as exc:
-                        log.warning("event %s does not trigger workflow %r: %s",
-                                    event.event_id, workflow.name, exc)
+                        log.warning(
+                            "event %s does not trigger workflow %r: %s",
+                            event.event_id,
+                            workflow.name,
+                            exc,
+                        )
                         continue
                 triggered.append(workflow)
             routed.append(triggered)
@@ -219,13 +263,19 @@ class TenantActor(Actor):
                     continue
                 if condition.filter is not None:
                     try:
-                        if not holds(condition.filter, {"payload": event.payload,
-                                                        "metadata": event.metadata,
-                                                        "input": run.input}):
+                        if not holds(
+                            condition.filter,
+                            {
+                                "payload": event.payload,
+                                "metadata": event.metadata,
+                                "input": run.input,
+                            },
+                        ):
                             continue
                     except ExpressionError as exc:
-                        log.warning("event %s and step %r of run %s: %s", event.event_id, name,
-                                    run_id, exc)
+                        log.warning(
+                            "event %s and step %r of run %s: %s", event.event_id, name, run_id, exc
+                        )
                         continue
                 state.matched.add(leaf)
                 matched = True
@@ -256,10 +306,19 @@ class TenantActor(Actor):
         options = self._admission_options.get(levels)
         if options is None:
             options = self._admission_options[levels] = TaskOptions(concurrency=levels)
-        stand_in = Run(tenant_id=self.tenant_id, run_id=run.run_id, task=run.workflow.name,
-                       queue=WORKFLOW_QUEUE, status=RunStatus.QUEUED, attempt=1,
-                       priority=run.priority or DEFAULT_PRIORITY, options=options,
-                       created_at=run.created_at, queued_at=run.created_at, flow=flow)
+        stand_in = Run(
+            tenant_id=self.tenant_id,
+            run_id=run.run_id,
+            task=run.workflow.name,
+            queue=WORKFLOW_QUEUE,
+            status=RunStatus.QUEUED,
+            attempt=1,
+            priority=run.priority or DEFAULT_PRIORITY,
+            options=options,
+            created_at=run.created_at,
+            queued_at=run.created_at,
+            flow=flow,
+        )
         self.admission_runs[run.run_id] = stand_in
         if run.admitted:
             self.admission.hold(stand_in)
@@ -272,8 +331,12 @@ class TenantActor(Actor):
                 self.cancel_later(self.tenant_id, refused.run_id, refusal.message)
             else:
                 refused.finished = True
-                self._finish(refused, Finish(refusal.status, None, error_json(
-                    refusal.error_type, refusal.message)), self.clock(), [])
+                self._finish(
+                    refused,
+                    Finish(refusal.status, None, error_json(refusal.error_type, refusal.message)),
+                    self.clock(),
+                    [],
+                )
 
     def _admit(self) -> None:
         """Start the waiting runs whose keys have room."""
@@ -283,8 +346,20 @@ class TenantActor(Actor):
                 continue
             run.admitted = True
             now = self.clock()
-            self.persister.write([_state_row(self.tenant_id, run.run_id, RunStatus.RUNNING,
-                                             run.created_at, now, started_at=now)], [], [])
+            self.persister.write(
+                [
+                    _state_row(
+                        self.tenant_id,
+                        run.run_id,
+                        RunStatus.RUNNING,
+                        run.created_at,
+                        now,
+                        started_at=now,
+                    )
+                ],
+                [],
+                [],
+            )
             self._advance(run)
 
     def admission_reason(self, run_id: uuid.UUID) -> str | None:
@@ -314,9 +389,18 @@ class TenantActor(Actor):
         pending = {name for name, state in run.steps.items() if state.status is RunStatus.PENDING}
         unfinished, finish = run.cancel(reason)
         now = self.clock()
-        states = [_state_row(self.tenant_id, state.run_id, RunStatus.CANCELLED,
-                             state.wait_started_at or now, now, error=_cancelled(reason))
-                  for name, state in unfinished if name in pending]
+        states = [
+            _state_row(
+                self.tenant_id,
+                state.run_id,
+                RunStatus.CANCELLED,
+                state.wait_started_at or now,
+                now,
+                error=_cancelled(reason),
+            )
+            for name, state in unfinished
+            if name in pending
+        ]
         self._finish(run, finish, now, states)
 
     def cancel_step(self, step_run: Run, reason: str) -> None:
@@ -324,14 +408,26 @@ class TenantActor(Actor):
         assert step_run.workflow_run_id is not None
         assert step_run.step is not None
         run = self.runs.get(step_run.workflow_run_id)
-        if run is None or not run.step_ended(step_run.step, RunStatus.CANCELLED, None,
-                                             _cancelled(reason)):
+        if run is None or not run.step_ended(
+            step_run.step, RunStatus.CANCELLED, None, _cancelled(reason)
+        ):
             raise Conflict(f"run {step_run.run_id} is no longer waiting")
         self._stop_listening(run, step_run.step)
         now = self.clock()
-        self.persister.write([_state_row(self.tenant_id, step_run.run_id, RunStatus.CANCELLED,
-                                         step_run.queued_at, now, error=_cancelled(reason))],
-                             [], [])
+        self.persister.write(
+            [
+                _state_row(
+                    self.tenant_id,
+                    step_run.run_id,
+                    RunStatus.CANCELLED,
+                    step_run.queued_at,
+                    now,
+                    error=_cancelled(reason),
+                )
+            ],
+            [],
+            [],
+        )
         self._advance(run)
 
     def _advance(self, run: WorkflowRun) -> None:
@@ -348,10 +444,14 @@ class TenantActor(Actor):
                 creates.append(decision)
             elif isinstance(decision, Release):
                 self._stop_listening(run, decision.step.name)
-                states.append(_state_row(self.tenant_id, decision.state.run_id, RunStatus.QUEUED,
-                                         now, now))
-                released.append(self._step_run(run, decision.step, decision.state.run_id,
-                                               decision.state.context_json, now))
+                states.append(
+                    _state_row(self.tenant_id, decision.state.run_id, RunStatus.QUEUED, now, now)
+                )
+                released.append(
+                    self._step_run(
+                        run, decision.step, decision.state.run_id, decision.state.context_json, now
+                    )
+                )
                 decision.state.context_json = None
             else:
                 finish = decision
@@ -359,7 +459,8 @@ class TenantActor(Actor):
             rows = [self._step_row(run, create, now) for create in creates]
             inserted = self.persister.insert_runs(rows)
             inserted.add_done_callback(
-                lambda done: self._post(self._created, run.run_id, creates, done))
+                lambda done: self._post(self._created, run.run_id, creates, done)
+            )
         # The run's own end is written after the step rows decided with it (a later or the same
         # batch): a crash in between leaves the run unfinished, to be decided again, never a
         # finished run with steps missing.
@@ -370,33 +471,49 @@ class TenantActor(Actor):
         if released:
             self.enqueue(self.tenant_id, released)
 
-    def _created(self, run_id: uuid.UUID, creates: list[Create],
-                 done: asyncio.Future[list[Inserted]]) -> None:
+    def _created(
+        self, run_id: uuid.UUID, creates: list[Create], done: asyncio.Future[list[Inserted]]
+    ) -> None:
         """Step rows committed: hand queued steps to their queues, let pending ones listen."""
         if done.cancelled() or done.exception() is not None:
-            log.error("workflow run %s: could not create %d step rows (%s); they are decided "
-                      "again when the engine restarts", run_id, len(creates),
-                      None if done.cancelled() else done.exception())
+            log.error(
+                "workflow run %s: could not create %d step rows (%s); they are decided "
+                "again when the engine restarts",
+                run_id,
+                len(creates),
+                None if done.cancelled() else done.exception(),
+            )
             return
         now = self.clock()
         run = self.runs.get(run_id)
         if run is None:  # cancelled meanwhile: its queued steps must not run
-            self.persister.write([
-                _state_row(self.tenant_id, create.state.run_id, RunStatus.CANCELLED, now, now,
-                           error=_cancelled("its workflow run was cancelled"))
-                for create, outcome in zip(creates, done.result(), strict=True)
-                if outcome.created and not create.state.status.terminal], [], [])
+            self.persister.write(
+                [
+                    _state_row(
+                        self.tenant_id,
+                        create.state.run_id,
+                        RunStatus.CANCELLED,
+                        now,
+                        now,
+                        error=_cancelled("its workflow run was cancelled"),
+                    )
+                    for create, outcome in zip(creates, done.result(), strict=True)
+                    if outcome.created and not create.state.status.terminal
+                ],
+                [],
+                [],
+            )
             return
         queued = []
         for create, outcome in zip(creates, done.result(), strict=True):
             state = create.state
             if not outcome.created:
-                log.warning("workflow run %s: step %r already had a row", run_id,
-                            create.step.name)
+                log.warning("workflow run %s: step %r already had a row", run_id, create.step.name)
                 continue
             if state.status is RunStatus.QUEUED:
-                queued.append(self._step_run(run, create.step, state.run_id, create.context_json,
-                                             now))
+                queued.append(
+                    self._step_run(run, create.step, state.run_id, create.context_json, now)
+                )
             elif state.status is RunStatus.PENDING:
                 self._begin_waiting(run, create.step.name, state)
         if queued:
@@ -412,21 +529,39 @@ class TenantActor(Actor):
         if stand_in is not None:  # its keys go to the runs waiting for them
             self.admission.forget(stand_in)
             self._admit()
-        states.append(_state_row(self.tenant_id, run.run_id, finish.status, run.created_at, now,
-                                 started_at=run.created_at, output=finish.output_json,
-                                 error=finish.error_json))
+        states.append(
+            _state_row(
+                self.tenant_id,
+                run.run_id,
+                finish.status,
+                run.created_at,
+                now,
+                started_at=run.created_at,
+                output=finish.output_json,
+                error=finish.error_json,
+            )
+        )
         self.persister.write(states, [], [])
         tenant_id, run_id = self.tenant_id, run.run_id
-        end = RunEnd(run_id, finish.status, 1, run.created_at, now, finish.output_json,
-                     finish.error_json)
+        end = RunEnd(
+            run_id, finish.status, 1, run.created_at, now, finish.output_json, finish.error_json
+        )
         runs_ended = self.runs_ended
         ended = None
         if runs_ended is not None:
             error = orjson.loads(finish.error_json) if finish.error_json else {}
-            ended = RunEnded(tenant_id=tenant_id, run_id=run_id, kind="workflow",
-                             task=run.workflow.name, workflow=run.workflow.name,
-                             workflow_run_id=run_id, status=finish.status.value, attempt=1,
-                             error_type=error.get("type"), error_message=error.get("message"))
+            ended = RunEnded(
+                tenant_id=tenant_id,
+                run_id=run_id,
+                kind="workflow",
+                task=run.workflow.name,
+                workflow=run.workflow.name,
+                workflow_run_id=run_id,
+                status=finish.status.value,
+                attempt=1,
+                error_type=error.get("type"),
+                error_message=error.get("message"),
+            )
 
         def committed(barrier: asyncio.Future[None]) -> None:
             if not barrier.cancelled() and barrier.exception() is None:
@@ -444,8 +579,12 @@ class TenantActor(Actor):
         assert state.wait_started_at is not None
         state.waiting = True
         if step.sleeps:
-            self.timers.schedule_many([(state.wait_started_at + seconds, self, self._sleeps_over,
-                                        (run.run_id, name)) for _, seconds in step.sleeps])
+            self.timers.schedule_many(
+                [
+                    (state.wait_started_at + seconds, self, self._sleeps_over, (run.run_id, name))
+                    for _, seconds in step.sleeps
+                ]
+            )
         patterns = sorted({condition.key for _, condition in step.events})
         for pattern in patterns:
             self.listeners.add(pattern, (run.run_id, name))
@@ -453,13 +592,17 @@ class TenantActor(Actor):
             # Events pushed since the run started count, even those before the step waited.
             self._side_task(self._past_events(run.run_id, name, patterns, run.created_at))
 
-    async def _past_events(self, run_id: uuid.UUID, name: str, patterns: list[str],
-                           since: float) -> None:
+    async def _past_events(
+        self, run_id: uuid.UUID, name: str, patterns: list[str], since: float
+    ) -> None:
         try:
             events = await self.event_repository.since(self.tenant_id, patterns, since)
         except Exception:
-            log.exception("could not read past events for step %r of run %s; it waits for new "
-                          "ones", name, run_id)
+            log.exception(
+                "could not read past events for step %r of run %s; it waits for new ones",
+                name,
+                run_id,
+            )
             return
         if events:
             self._post(self._past_events_read, run_id, name, events)
@@ -491,27 +634,51 @@ class TenantActor(Actor):
     def _step_row(self, run: WorkflowRun, create: Create, now: float) -> Row:
         step, state = create.step, create.state
         return new_run_row(
-            tenant_id=self.tenant_id, run_id=state.run_id, task=step.task,
-            queue=step.options.queue, status=state.status.value,
+            tenant_id=self.tenant_id,
+            run_id=state.run_id,
+            task=step.task,
+            queue=step.options.queue,
+            status=state.status.value,
             priority=run.priority or step.options.priority,
-            options_json=self._options(step.options), input_json=run.input_json.decode(),
-            metadata_json=orjson.dumps(run.metadata).decode(), created_at=now,
-            workflow_run_id=run.run_id, step=step.name,
+            options_json=self._options(step.options),
+            input_json=run.input_json.decode(),
+            metadata_json=orjson.dumps(run.metadata).decode(),
+            created_at=now,
+            workflow_run_id=run.run_id,
+            step=step.name,
             context_json=create.context_json.decode() if create.context_json else None,
             wait_started_at=state.wait_started_at,
             error_json=state.error_json.decode() if state.error_json else None,
             finished_at=now if state.status.terminal else None,
-            flow_json=flow.to_json() if (flow := self._flow(run, step)) is not None else None)
+            flow_json=flow.to_json() if (flow := self._flow(run, step)) is not None else None,
+        )
 
-    def _step_run(self, run: WorkflowRun, step: CompiledStep, run_id: uuid.UUID,
-                  context_json: bytes | None, now: float) -> Run:
-        return Run(tenant_id=self.tenant_id, run_id=run_id, task=step.task,
-                   queue=step.options.queue, status=RunStatus.QUEUED, attempt=1,
-                   priority=run.priority or step.options.priority, options=step.options,
-                   created_at=now, queued_at=now, metadata=run.metadata,
-                   input_json=run.input_json if context_json is not None else None,
-                   workflow_run_id=run.run_id, step=step.name, context_json=context_json,
-                   flow=self._flow(run, step))
+    def _step_run(
+        self,
+        run: WorkflowRun,
+        step: CompiledStep,
+        run_id: uuid.UUID,
+        context_json: bytes | None,
+        now: float,
+    ) -> Run:
+        return Run(
+            tenant_id=self.tenant_id,
+            run_id=run_id,
+            task=step.task,
+            queue=step.options.queue,
+            status=RunStatus.QUEUED,
+            attempt=1,
+            priority=run.priority or step.options.priority,
+            options=step.options,
+            created_at=now,
+            queued_at=now,
+            metadata=run.metadata,
+            input_json=run.input_json if context_json is not None else None,
+            workflow_run_id=run.run_id,
+            step=step.name,
+            context_json=context_json,
+            flow=self._flow(run, step),
+        )
 
     def _flow(self, run: WorkflowRun, step: CompiledStep) -> Flow | None:
         """The step's flow facts; one that cannot be worked out fails the step when queued."""
@@ -528,17 +695,36 @@ class TenantActor(Actor):
         return text
 
     def stats(self) -> dict[str, int]:
-        return {"workflow_runs": len(self.runs),
-                "waiting_steps": len(self.listeners)}
+        return {"workflow_runs": len(self.runs), "waiting_steps": len(self.listeners)}
 
 
 def _cancelled(message: str) -> bytes:
     return orjson.dumps({"type": "Cancelled", "message": message, "traceback": None})
 
 
-def _state_row(tenant_id: uuid.UUID, run_id: uuid.UUID, status: RunStatus, queued_at: float,
-               now: float, *, started_at: float | None = None, output: bytes | None = None,
-               error: bytes | None = None) -> Row:
+def _state_row(
+    tenant_id: uuid.UUID,
+    run_id: uuid.UUID,
+    status: RunStatus,
+    queued_at: float,
+    now: float,
+    *,
+    started_at: float | None = None,
+    output: bytes | None = None,
+    error: bytes | None = None,
+) -> Row:
     """A run_states row for a run this actor owns (a workflow run, or a pending step)."""
-    return (tenant_id, run_id, status.value, 1, None, queued_at, None, None, started_at,
-            now if status.terminal else None, json_value(output or None), json_value(error or None))
+    return (
+        tenant_id,
+        run_id,
+        status.value,
+        1,
+        None,
+        queued_at,
+        None,
+        None,
+        started_at,
+        now if status.terminal else None,
+        json_value(output or None),
+        json_value(error or None),
+    )

@@ -35,8 +35,9 @@ class Timers(Actor):
     def __len__(self) -> int:
         return len(self._heap)
 
-    def schedule(self, at: float, actor: Actor, handler: Callable[[list[Any]], Any],
-                 item: Any) -> None:
+    def schedule(
+        self, at: float, actor: Actor, handler: Callable[[list[Any]], Any], item: Any
+    ) -> None:
         """Safe to call from any actor: it only enqueues a message to this one."""
         self.tell(self._add, [(at, actor, handler, item)])
 

@@ -33,8 +33,9 @@ class RunWaiters:
     def __init__(self) -> None:
         self._waiting: defaultdict[Key, set[asyncio.Future[RunEnd]]] = defaultdict(set)
 
-    def watch(self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID]
-              ) -> dict[uuid.UUID, asyncio.Future[RunEnd]]:
+    def watch(
+        self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, asyncio.Future[RunEnd]]:
         loop = asyncio.get_running_loop()
         futures = {}
         for run_id in run_ids:
@@ -43,8 +44,9 @@ class RunWaiters:
             futures[run_id] = future
         return futures
 
-    def unwatch(self, tenant_id: uuid.UUID, futures: dict[uuid.UUID, asyncio.Future[RunEnd]]
-                ) -> None:
+    def unwatch(
+        self, tenant_id: uuid.UUID, futures: dict[uuid.UUID, asyncio.Future[RunEnd]]
+    ) -> None:
         for run_id, future in futures.items():
             key = (tenant_id, run_id)
             waiting = self._waiting.get(key)

@@ -31,8 +31,13 @@ SessionKey = tuple[uuid.UUID, uuid.UUID]  # (tenant id, worker id)
 
 
 class WorkerSession:
-    def __init__(self, ws: web.WebSocketResponse, tenant_id: uuid.UUID, token_id: uuid.UUID,
-                 hello: protocol.Hello) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        tenant_id: uuid.UUID,
+        token_id: uuid.UUID,
+        hello: protocol.Hello,
+    ) -> None:
         self.ws = ws
         self.tenant_id = tenant_id
         self.token_id = token_id  # the token it connected with: revoking it closes the session
@@ -63,15 +68,26 @@ class WorkerSession:
             await self.ws.close(code=code, message=message.encode())
 
     def describe(self) -> dict[str, Any]:
-        return {"worker_id": str(self.worker_id), "name": self.name, "queue": self.queue,
-                "slots": self.slots, "labels": self.labels, "tasks": self.task_names,
-                "connected_at": self.connected_at}
+        return {
+            "worker_id": str(self.worker_id),
+            "name": self.name,
+            "queue": self.queue,
+            "slots": self.slots,
+            "labels": self.labels,
+            "tasks": self.task_names,
+            "connected_at": self.connected_at,
+        }
 
 
 class WorkerRegistry(Actor):
-    def __init__(self, *, queue_for: Callable[[uuid.UUID, str], QueueActor],
-                 register_tasks: Callable[[uuid.UUID, list[protocol.TaskDefinition]], None],
-                 heartbeat_interval: float, heartbeat_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        queue_for: Callable[[uuid.UUID, str], QueueActor],
+        register_tasks: Callable[[uuid.UUID, list[protocol.TaskDefinition]], None],
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+    ) -> None:
         super().__init__("workers")
         self.queue_for = queue_for
         self.register_tasks = register_tasks
@@ -107,8 +123,13 @@ class WorkerRegistry(Actor):
         self.register_tasks(session.tenant_id, session.definitions)
         queue = self.queue_for(session.tenant_id, session.queue)
         queue.tell(queue.worker_joined, session, in_flight)
-        log.info("worker %s (%s) connected: %d slots, tasks %s", session.name, session.worker_id,
-                 session.slots, ", ".join(session.task_names))
+        log.info(
+            "worker %s (%s) connected: %d slots, tasks %s",
+            session.name,
+            session.worker_id,
+            session.slots,
+            ", ".join(session.task_names),
+        )
 
     def disconnect(self, session: WorkerSession) -> None:
         if self.sessions.get(session.key) is not session:
@@ -131,12 +152,19 @@ class WorkerRegistry(Actor):
         now = time.monotonic()
         for session in list(self.sessions.values()):
             if now - session.last_seen > self.heartbeat_timeout:
-                log.warning("worker %s (%s) silent for %.1fs: declaring it lost", session.name,
-                            session.worker_id, now - session.last_seen)
+                log.warning(
+                    "worker %s (%s) silent for %.1fs: declaring it lost",
+                    session.name,
+                    session.worker_id,
+                    now - session.last_seen,
+                )
                 del self.sessions[session.key]
                 queue = self.queue_for(session.tenant_id, session.queue)
-                queue.tell(queue.worker_lost, session.worker_id,
-                           f"{session.name} sent no heartbeat for {self.heartbeat_timeout:g}s")
+                queue.tell(
+                    queue.worker_lost,
+                    session.worker_id,
+                    f"{session.name} sent no heartbeat for {self.heartbeat_timeout:g}s",
+                )
                 self._close_later(session, 4001, "no heartbeat")
 
     def token_ids(self) -> set[uuid.UUID]:
@@ -148,13 +176,15 @@ class WorkerRegistry(Actor):
         nothing it sends is taken from now on; its attempts are lost at once (retried as for
         a worker that died), since it cannot reconnect to report them."""
         for session in [s for s in self.sessions.values() if s.token_id == token_id]:
-            log.warning("worker %s (%s): its token was revoked; closing the connection",
-                        session.name, session.worker_id)
+            log.warning(
+                "worker %s (%s): its token was revoked; closing the connection",
+                session.name,
+                session.worker_id,
+            )
             session.revoked = True
             del self.sessions[session.key]
             queue = self.queue_for(session.tenant_id, session.queue)
-            queue.tell(queue.worker_lost, session.worker_id,
-                       f"{session.name}'s token was revoked")
+            queue.tell(queue.worker_lost, session.worker_id, f"{session.name}'s token was revoked")
             self._close_later(session, protocol.CLOSE_TOKEN_REVOKED, "token revoked")
 
     def _close_later(self, session: WorkerSession, code: int, reason: str) -> None:

@@ -21,16 +21,19 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise CronError(f"unknown time zone {name!r}; use an IANA name such as 'UTC' or "
-                        f"'Europe/Paris'") from None
+        raise CronError(
+            f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Europe/Paris'"
+        ) from None
 
 
 def validate(expression: str, timezone: str) -> None:
     zone(timezone)
     fields = expression.split()
     if len(fields) not in (5, 6):
-        raise CronError(f"cron expression {expression!r} has {len(fields)} fields; it needs 5 "
-                        f"(minute hour day month weekday) or 6 (with seconds last)")
+        raise CronError(
+            f"cron expression {expression!r} has {len(fields)} fields; it needs 5 "
+            f"(minute hour day month weekday) or 6 (with seconds last)"
+        )
     try:
         croniter(expression, datetime.now(UTC))
     except (CroniterError, ValueError, KeyError) as exc:
@@ -61,8 +64,9 @@ def _first_occurrence(tick: float, timezone: str) -> bool:
     return datetime.fromtimestamp(tick, zone(timezone)).fold == 0
 
 
-def ticks_between(expression: str, timezone: str, after: float, until: float,
-                  limit: int) -> list[float]:
+def ticks_between(
+    expression: str, timezone: str, after: float, until: float, limit: int
+) -> list[float]:
     """Ticks in (after, until], oldest first: at most the `limit` latest of them, found walking
     back from `until` (a long downtime costs `limit` steps, not one per missed tick)."""
     ticks = _ticks(expression, timezone, until + 0.001)

@@ -96,10 +96,14 @@ class WorkflowRun:
 
     def __post_init__(self) -> None:
         self._undecided = [name for name in self.workflow.steps if name not in self.steps]
-        self._open = sum(1 for name in self.workflow.steps
-                         if name not in self.steps or not self.steps[name].status.terminal)
-        self._pending = {name for name, state in self.steps.items()
-                         if state.status is RunStatus.PENDING}
+        self._open = sum(
+            1
+            for name in self.workflow.steps
+            if name not in self.steps or not self.steps[name].status.terminal
+        )
+        self._pending = {
+            name for name, state in self.steps.items() if state.status is RunStatus.PENDING
+        }
 
     @property
     def input(self) -> Any:
@@ -149,8 +153,9 @@ class WorkflowRun:
     def conditions_hold(self, step: CompiledStep, state: StepState, now: float) -> bool:
         assert step.wait_for is not None
         assert state.wait_started_at is not None
-        return conditions_hold(step.wait_for, state.wait_started_at, dict(step.sleeps),
-                               state.matched, now)
+        return conditions_hold(
+            step.wait_for, state.wait_started_at, dict(step.sleeps), state.matched, now
+        )
 
     def _decide(self, step: CompiledStep, now: float) -> Create | None:
         parents = [self.steps.get(parent) for parent in step.parents]
@@ -159,27 +164,45 @@ class WorkflowRun:
         for parent, state in zip(step.parents, parents, strict=True):
             assert state is not None
             if state.status in STOPPED:
-                return self._create(step, RunStatus.CANCELLED, error=error_json(
-                    "ParentStopped", f"parent step {parent!r} {_verb(state.status)}"))
+                return self._create(
+                    step,
+                    RunStatus.CANCELLED,
+                    error=error_json(
+                        "ParentStopped", f"parent step {parent!r} {_verb(state.status)}"
+                    ),
+                )
         skipped = [p for p in step.parents if self.steps[p].status is RunStatus.SKIPPED]
         if step.parents and len(skipped) == len(step.parents):
-            return self._create(step, RunStatus.SKIPPED, error=error_json(
-                "Skipped", "all of its parents were skipped"))
+            return self._create(
+                step,
+                RunStatus.SKIPPED,
+                error=error_json("Skipped", "all of its parents were skipped"),
+            )
         context = self._context(step, skipped)
-        for rule, status in ((step.skip_if, RunStatus.SKIPPED),
-                             (step.cancel_if, RunStatus.CANCELLED)):
+        for rule, status in (
+            (step.skip_if, RunStatus.SKIPPED),
+            (step.cancel_if, RunStatus.CANCELLED),
+        ):
             if rule is None:
                 continue
             try:
                 applies = holds(rule, {"input": self.input, "parents": self._parent_values(step)})
             except ExpressionError as exc:
-                return self._create(step, RunStatus.FAILED, error=error_json(
-                    "ConditionError", f"step {step.name!r}: {exc}"))
+                return self._create(
+                    step,
+                    RunStatus.FAILED,
+                    error=error_json("ConditionError", f"step {step.name!r}: {exc}"),
+                )
             if applies:
                 kind = "skip_if" if status is RunStatus.SKIPPED else "cancel_if"
-                return self._create(step, status, error=error_json(
-                    "Skipped" if status is RunStatus.SKIPPED else "Cancelled",
-                    f"{kind} held: {rule}"))
+                return self._create(
+                    step,
+                    status,
+                    error=error_json(
+                        "Skipped" if status is RunStatus.SKIPPED else "Cancelled",
+                        f"{kind} held: {rule}",
+                    ),
+                )
         if step.wait_for is not None:
             waiting = self._create(step, RunStatus.PENDING, context, wait_started_at=now)
             waiting.state.context_json = context
@@ -191,52 +214,96 @@ class WorkflowRun:
         steps = self.steps
         if self._open:
             return None
-        failures = {name: steps[name] for name in self.workflow.steps
-                    if steps[name].status in FAILED_FOR_GOOD}
+        failures = {
+            name: steps[name]
+            for name in self.workflow.steps
+            if steps[name].status in FAILED_FOR_GOOD
+        }
         handler = self.workflow.on_failure
         if failures and handler is not None:
             handled = steps.get(handler.name)
             if handled is None:
-                return self._create(handler, RunStatus.QUEUED, orjson.dumps({
-                    "workflow_run_id": str(self.run_id), "step": handler.name,
-                    "failures": {name: orjson.Fragment(state.error_json or b"null")
-                                 for name, state in failures.items()}}))
+                return self._create(
+                    handler,
+                    RunStatus.QUEUED,
+                    orjson.dumps(
+                        {
+                            "workflow_run_id": str(self.run_id),
+                            "step": handler.name,
+                            "failures": {
+                                name: orjson.Fragment(state.error_json or b"null")
+                                for name, state in failures.items()
+                            },
+                        }
+                    ),
+                )
             if not handled.status.terminal:
                 return None
-        output = orjson.dumps({name: orjson.Fragment(state.output_json or b"null")
-                               for name, state in steps.items()
-                               if name in self.workflow.steps
-                               and state.status is RunStatus.SUCCEEDED})
+        output = orjson.dumps(
+            {
+                name: orjson.Fragment(state.output_json or b"null")
+                for name, state in steps.items()
+                if name in self.workflow.steps and state.status is RunStatus.SUCCEEDED
+            }
+        )
         if failures:
             name, state = next(iter(failures.items()))
             message = _error_message(state.error_json)
-            return Finish(RunStatus.FAILED, output, error_json(
-                "StepFailed", f"step {name!r} {_verb(state.status)}: {message}"))
-        cancelled = [name for name in self.workflow.steps
-                     if steps[name].status is RunStatus.CANCELLED]
+            return Finish(
+                RunStatus.FAILED,
+                output,
+                error_json("StepFailed", f"step {name!r} {_verb(state.status)}: {message}"),
+            )
+        cancelled = [
+            name for name in self.workflow.steps if steps[name].status is RunStatus.CANCELLED
+        ]
         if cancelled:
-            return Finish(RunStatus.CANCELLED, output, error_json(
-                "StepCancelled", f"step {cancelled[0]!r} was cancelled: "
-                                 f"{_error_message(steps[cancelled[0]].error_json)}"))
+            return Finish(
+                RunStatus.CANCELLED,
+                output,
+                error_json(
+                    "StepCancelled",
+                    f"step {cancelled[0]!r} was cancelled: "
+                    f"{_error_message(steps[cancelled[0]].error_json)}",
+                ),
+            )
         return Finish(RunStatus.SUCCEEDED, output, None)
 
-    def _create(self, step: CompiledStep, status: RunStatus, context_json: bytes | None = None,
-                *, error: bytes | None = None, wait_started_at: float | None = None) -> Create:
-        return Create(step, StepState(new_id(), status, error_json=error,
-                                      wait_started_at=wait_started_at), context_json)
+    def _create(
+        self,
+        step: CompiledStep,
+        status: RunStatus,
+        context_json: bytes | None = None,
+        *,
+        error: bytes | None = None,
+        wait_started_at: float | None = None,
+    ) -> Create:
+        return Create(
+            step,
+            StepState(new_id(), status, error_json=error, wait_started_at=wait_started_at),
+            context_json,
+        )
 
     def _context(self, step: CompiledStep, skipped: list[str]) -> bytes:
-        return orjson.dumps({
-            "workflow_run_id": str(self.run_id), "step": step.name,
-            "parents": {p: orjson.Fragment(self.steps[p].output_json or b"null")
-                        for p in step.parents if p not in skipped},
-            "skipped": skipped})
+        return orjson.dumps(
+            {
+                "workflow_run_id": str(self.run_id),
+                "step": step.name,
+                "parents": {
+                    p: orjson.Fragment(self.steps[p].output_json or b"null")
+                    for p in step.parents
+                    if p not in skipped
+                },
+                "skipped": skipped,
+            }
+        )
 
     def _parent_values(self, step: CompiledStep) -> dict[str, Any]:
         return {p: orjson.loads(self.steps[p].output_json or b"null") for p in step.parents}
 
-    def step_ended(self, name: str, status: RunStatus, output_json: bytes | None,
-                   error_json: bytes | None) -> bool:
+    def step_ended(
+        self, name: str, status: RunStatus, output_json: bytes | None, error_json: bytes | None
+    ) -> bool:
         """A step's run ended (reported by its queue). False if it is not a step of this run
         that was waiting for that news."""
         state = self.steps.get(name)
@@ -254,22 +321,30 @@ class WorkflowRun:
     def cancel(self, reason: str) -> tuple[list[tuple[str, StepState]], Finish]:
         """Cancel the run: returns its steps that had not ended (their runs must be cancelled)
         and how the run finishes."""
-        unfinished = [(name, state) for name, state in self.steps.items()
-                      if not state.status.terminal]
+        unfinished = [
+            (name, state) for name, state in self.steps.items() if not state.status.terminal
+        ]
         for _, state in unfinished:
             state.status = RunStatus.CANCELLED
             state.waiting = False
         self.finished = True
         self._pending.clear()
-        output = orjson.dumps({name: orjson.Fragment(state.output_json or b"null")
-                               for name, state in self.steps.items()
-                               if state.status is RunStatus.SUCCEEDED})
+        output = orjson.dumps(
+            {
+                name: orjson.Fragment(state.output_json or b"null")
+                for name, state in self.steps.items()
+                if state.status is RunStatus.SUCCEEDED
+            }
+        )
         return unfinished, Finish(RunStatus.CANCELLED, output, error_json("Cancelled", reason))
 
 
 def _verb(status: RunStatus) -> str:
-    return {RunStatus.FAILED: "failed", RunStatus.TIMED_OUT: "timed out",
-            RunStatus.CANCELLED: "was cancelled"}.get(status, str(status))
+    return {
+        RunStatus.FAILED: "failed",
+        RunStatus.TIMED_OUT: "timed out",
+        RunStatus.CANCELLED: "was cancelled",
+    }.get(status, str(status))
 
 
 def _error_message(error: bytes | None) -> str:

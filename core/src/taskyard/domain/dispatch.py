@@ -120,8 +120,12 @@ class Refusal:
 
 
 class Dispatcher:
-    def __init__(self, runs: dict[uuid.UUID, Run], workers: dict[uuid.UUID, WorkerSlots],
-                 limiter: RateLimiter | None) -> None:
+    def __init__(
+        self,
+        runs: dict[uuid.UUID, Run],
+        workers: dict[uuid.UUID, WorkerSlots],
+        limiter: RateLimiter | None,
+    ) -> None:
         self.runs = runs
         self.workers = workers
         self.limiter = limiter
@@ -168,29 +172,39 @@ class Dispatcher:
         heapq.heappush(self._heap(run), (-run.priority, round_number, order, run.run_id))
         return refusals
 
-    def _strategy(self, run: Run, group: KeyGroup, key: str,
-                  refusals: list[Refusal]) -> Refusal | None:
+    def _strategy(
+        self, run: Run, group: KeyGroup, key: str, refusals: list[Refusal]
+    ) -> Refusal | None:
         level = group.level
         where = f"concurrency key {key!r} ({level.expression}, max_runs {level.max_runs})"
         occupied = [*group.holders, *group.waiting]
         if level.strategy is ConcurrencyStrategy.CANCEL_NEWEST:
             if len(occupied) >= level.max_runs:
-                return Refusal(run, RunStatus.CANCELLED, "ConcurrencyLimit",
-                               f"{where} already has {len(occupied)} runs (cancel_newest)")
+                return Refusal(
+                    run,
+                    RunStatus.CANCELLED,
+                    "ConcurrencyLimit",
+                    f"{where} already has {len(occupied)} runs (cancel_newest)",
+                )
             return None
         if level.strategy is ConcurrencyStrategy.CANCEL_IN_PROGRESS:
             excess = len(occupied) - level.max_runs + 1
-            victims = sorted(occupied)[:max(0, excess)]  # UUIDv7: the oldest first
+            victims = sorted(occupied)[: max(0, excess)]  # UUIDv7: the oldest first
         else:  # CANCEL_QUEUED_EXCEPT_NEWEST
             victims = list(group.waiting)
         named = {refusal.run.run_id for refusal in refusals}
         for run_id in victims:
             victim = self.runs.get(run_id)
             if victim is not None and run_id not in named:
-                refusals.append(Refusal(
-                    victim, RunStatus.CANCELLED, "ConcurrencyLimit",
-                    f"replaced by the newer run {run.run_id} of {where} "
-                    f"({level.strategy.value})"))
+                refusals.append(
+                    Refusal(
+                        victim,
+                        RunStatus.CANCELLED,
+                        "ConcurrencyLimit",
+                        f"replaced by the newer run {run.run_id} of {where} "
+                        f"({level.strategy.value})",
+                    )
+                )
         return None
 
     def hold(self, run: Run) -> None:
@@ -259,8 +273,10 @@ class Dispatcher:
         """Why a waiting run's concurrency keep it waiting, if they do."""
         for group, key in self._groups_of(run):
             if group.full:
-                return (f"concurrency key {key!r} ({group.level.expression}) has "
-                        f"{len(group.holders)} of {group.level.max_runs} runs going")
+                return (
+                    f"concurrency key {key!r} ({group.level.expression}) has "
+                    f"{len(group.holders)} of {group.level.max_runs} runs going"
+                )
         return None
 
     def _pick(self, heaps: list[list[Entry]], now: float) -> Run | None:
@@ -358,14 +374,18 @@ class Dispatcher:
         connected = [w for w in self.workers.values() if w.session is not None]
         with_task = [w for w in connected if run.task in w.tasks]
         if not with_task:
-            return (f"no connected worker has registered task {run.task!r} on queue "
-                    f"{run.queue!r}")
+            return f"no connected worker has registered task {run.task!r} on queue {run.queue!r}"
         if not any(w.takes(run.task, run.options) for w in with_task):
-            return (f"no connected worker has the labels task {run.task!r} requires: "
-                    f"{describe_required(run.options.desired_worker_labels)}")
+            return (
+                f"no connected worker has the labels task {run.task!r} requires: "
+                f"{describe_required(run.options.desired_worker_labels)}"
+            )
         sticky = run.flow.sticky_worker if run.flow is not None else None
-        if run.options.sticky is Sticky.HARD and sticky is not None and \
-                all(w.worker_id != sticky for w in with_task):
+        if (
+            run.options.sticky is Sticky.HARD
+            and sticky is not None
+            and all(w.worker_id != sticky for w in with_task)
+        ):
             return f"waiting for worker {sticky} (sticky: hard), which is not connected"
         if (blocked := self.blocking_key(run)) is not None:
             return blocked
@@ -373,13 +393,18 @@ class Dispatcher:
             for bucket, units, spec in self._wants(run):
                 at = self.limiter.free_at([(bucket, units, spec)], now)
                 if at > now:
-                    return (f"rate limit {bucket!r} has fewer than {units} units left for "
-                            f"{at - now:.1f}s")
+                    return (
+                        f"rate limit {bucket!r} has fewer than {units} units left for "
+                        f"{at - now:.1f}s"
+                    )
         return None
 
     def stats(self) -> dict[str, int]:
-        return {"ready_heaps": len(self.heaps), "concurrency_keys": len(self.groups),
-                "rate_parked": sum(len(h) for h in self.rate_parked.values())}
+        return {
+            "ready_heaps": len(self.heaps),
+            "concurrency_keys": len(self.groups),
+            "rate_parked": sum(len(h) for h in self.rate_parked.values()),
+        }
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -396,9 +421,11 @@ class Dispatcher:
 
     def _heaps_for(self, worker: WorkerSlots) -> list[list[Entry]]:
         if worker.heaps_version != self.heaps_version:
-            worker.heaps = [heap for (task, options, sticky), heap in self.heaps.items()
-                            if (sticky is None or sticky == worker.worker_id)
-                            and worker.takes(task, options)]
+            worker.heaps = [
+                heap
+                for (task, options, sticky), heap in self.heaps.items()
+                if (sticky is None or sticky == worker.worker_id) and worker.takes(task, options)
+            ]
             worker.heaps_version = self.heaps_version
         return worker.heaps
 
@@ -438,8 +465,10 @@ class Dispatcher:
 
     def _wants(self, run: Run) -> list[tuple[str, int, RateLimit]]:
         assert run.flow is not None
-        return [(bucket, units, spec) for (bucket, units), spec
-                in zip(run.flow.units, run.options.rate_limits, strict=False)]
+        return [
+            (bucket, units, spec)
+            for (bucket, units), spec in zip(run.flow.units, run.options.rate_limits, strict=False)
+        ]
 
     def _rate_refusal(self, run: Run) -> str | None:
         if self.limiter is None or run.flow is None:
@@ -449,4 +478,3 @@ class Dispatcher:
             if why is not None:
                 return why
         return None
-

@@ -42,9 +42,12 @@ class DurableWait:
         timed_out = not held and spec.deadline is not None and now >= spec.deadline
         if not held and not timed_out:
             return None
-        return {"slept": spec.until is not None and now >= spec.until,
-                "events": {str(index): payload for index, payload in self.matched.items()},
-                "children": self.children, "timed_out": timed_out}
+        return {
+            "slept": spec.until is not None and now >= spec.until,
+            "events": {str(index): payload for index, payload in self.matched.items()},
+            "children": self.children,
+            "timed_out": timed_out,
+        }
 
     def timers(self) -> list[float]:
         return [at for at in (self.spec.until, self.spec.deadline) if at is not None]
@@ -61,8 +64,9 @@ class DurableWait:
                 where = f" matching {event.filter}" if event.filter else ""
                 parts.append(f"event {event.key!r}{where}")
         if spec.children and self.children is None:
-            parts.append(f"{len(spec.children)} child run{'s' * (len(spec.children) > 1)} to "
-                         f"finish")
+            parts.append(
+                f"{len(spec.children)} child run{'s' * (len(spec.children) > 1)} to finish"
+            )
         joined = f" {'or' if spec.mode == 'any' else 'and'} ".join(parts) or "its wait to end"
         text = f"waiting for {joined}" if not joined.startswith("sleeping") else joined
         if spec.events:
@@ -74,7 +78,8 @@ class DurableWait:
     def match(self, event: PushedEvent) -> bool:
         """Note the leaves this event satisfies (only events since the wait began count)."""
         if event.created_at < self.spec.since or (
-                self.spec.deadline is not None and event.created_at > self.spec.deadline):
+            self.spec.deadline is not None and event.created_at > self.spec.deadline
+        ):
             return False  # only events between the wait's start and its timeout count
         matched = False
         for index, wanted in enumerate(self.spec.events):
@@ -82,9 +87,14 @@ class DurableWait:
                 continue
             if wanted.filter is not None:
                 try:
-                    if not holds(wanted.filter, {"payload": event.payload,
-                                                 "metadata": event.metadata,
-                                                 "input": self.spec.input}):
+                    if not holds(
+                        wanted.filter,
+                        {
+                            "payload": event.payload,
+                            "metadata": event.metadata,
+                            "input": self.spec.input,
+                        },
+                    ):
                         continue
                 except ExpressionError:
                     continue  # an event this filter cannot read does not match

@@ -71,8 +71,9 @@ class _BoundedEvaluator(Evaluator):
         if isinstance(members, CELEvalError):
             return members
         if not isinstance(members, list | dict):
-            return CELEvalError(f"no such overload: {type(members).__name__}.{method}()",
-                                TypeError, ())
+            return CELEvalError(
+                f"no such overload: {type(members).__name__}.{method}()", TypeError, ()
+            )
         deciding = method == "exists"  # exists: one true decides; all: one false does
         body = self.build_ss_macro_eval(tree)
         error = None
@@ -82,9 +83,13 @@ class _BoundedEvaluator(Evaluator):
                 if bool(value) is deciding:
                     return celpy.celtypes.BoolType(deciding)
             elif error is None:
-                error = value if isinstance(value, CELEvalError) else CELEvalError(
-                    f"{method}() needs true or false, not {type(value).__name__}",
-                    TypeError, ())
+                error = (
+                    value
+                    if isinstance(value, CELEvalError)
+                    else CELEvalError(
+                        f"{method}() needs true or false, not {type(value).__name__}", TypeError, ()
+                    )
+                )
         return error if error is not None else celpy.celtypes.BoolType(not deciding)
 
     def _visit_tree(self, tree: Tree[Any]) -> Any:
@@ -123,14 +128,18 @@ def _numbers_only(name: str, function: Any) -> Any:
         for operand in (left, right):
             if isinstance(operand, CELEvalError):
                 return operand  # an error met earlier goes on as it is
-        return CELEvalError(f"no such overload: {type(left).__name__} {name} "
-                            f"{type(right).__name__}", TypeError, ())
+        return CELEvalError(
+            f"no such overload: {type(left).__name__} {name} {type(right).__name__}", TypeError, ()
+        )
+
     return arithmetic
 
 
-_ARITHMETIC = {"_*_": _numbers_only("*", operator.mul),
-               "_/_": _numbers_only("/", operator.truediv),
-               "_%_": _numbers_only("%", operator.mod)}
+_ARITHMETIC = {
+    "_*_": _numbers_only("*", operator.mul),
+    "_/_": _numbers_only("/", operator.truediv),
+    "_%_": _numbers_only("%", operator.mod),
+}
 _UNBOUNDED_MACROS = frozenset({"reduce", "min"})  # cel-python extensions, not CEL
 
 
@@ -139,8 +148,10 @@ def compile_expression(text: str) -> celpy.Runner:
     """The compiled program; raises ExpressionError naming the position of a syntax error, or
     the bound an expression exceeds."""
     if len(text) > MAX_LENGTH:
-        raise ExpressionError(f"{text[:40]!r}... is {len(text):,} characters long; an "
-                              f"expression may have at most {MAX_LENGTH:,}")
+        raise ExpressionError(
+            f"{text[:40]!r}... is {len(text):,} characters long; an "
+            f"expression may have at most {MAX_LENGTH:,}"
+        )
     try:
         ast = _ENVIRONMENT.compile(text)
     except CELParseError as exc:
@@ -157,9 +168,11 @@ def _check_shape(text: str, ast: Tree[Any]) -> None:
     while stack:
         node, depth, macros = stack.pop()
         if depth > MAX_SYNTAX_DEPTH:
-            raise ExpressionError(f"{text!r} nests too deeply (parentheses, calls, or a long "
-                                  f"chain of operators); its syntax may be at most "
-                                  f"{MAX_SYNTAX_DEPTH} levels deep")
+            raise ExpressionError(
+                f"{text!r} nests too deeply (parentheses, calls, or a long "
+                f"chain of operators); its syntax may be at most "
+                f"{MAX_SYNTAX_DEPTH} levels deep"
+            )
         if node.data == "member_dot_arg" and len(node.children) >= 2:
             method = str(node.children[1])
             if method in _UNBOUNDED_MACROS:
@@ -170,9 +183,11 @@ def _check_shape(text: str, ast: Tree[Any]) -> None:
                     raise ExpressionError(
                         f"{text!r} nests {method}() inside {macros - 1} other macros; macros "
                         f"(all, exists, exists_one, map, filter) may nest {MAX_MACRO_NESTING} "
-                        f"deep at most")
-        stack.extend((child, depth + 1, macros) for child in node.children
-                     if isinstance(child, Tree))
+                        f"deep at most"
+                    )
+        stack.extend(
+            (child, depth + 1, macros) for child in node.children if isinstance(child, Tree)
+        )
 
 
 _INT64 = range(-(2**63), 2**63)
@@ -194,8 +209,9 @@ def _to_cel(value: Any) -> Any:
     if isinstance(value, float):
         return float.__new__(_float, value)
     if isinstance(value, dict):
-        return celpy.celtypes.MapType({str.__new__(_str, key): _to_cel(item)
-                                       for key, item in value.items()})
+        return celpy.celtypes.MapType(
+            {str.__new__(_str, key): _to_cel(item) for key, item in value.items()}
+        )
     if isinstance(value, list | tuple):
         return celpy.celtypes.ListType([_to_cel(item) for item in value])
     return json_to_cel(value)
@@ -206,12 +222,15 @@ def _run(text: str, variables: dict[str, Any]) -> Any:
     try:
         return program.evaluate({name: _to_cel(value) for name, value in variables.items()})
     except _OutOfSteps:
-        raise ExpressionError(f"{text!r} needed more than {MAX_STEPS:,} evaluation steps "
-                              f"(the limit, counting every macro iteration); simplify it or "
-                              f"compute the value before sending it") from None
+        raise ExpressionError(
+            f"{text!r} needed more than {MAX_STEPS:,} evaluation steps "
+            f"(the limit, counting every macro iteration); simplify it or "
+            f"compute the value before sending it"
+        ) from None
     except RecursionError:  # data nested deeper than the evaluator can walk
-        raise ExpressionError(f"{text!r} could not be evaluated: its data nests too "
-                              f"deeply") from None
+        raise ExpressionError(
+            f"{text!r} could not be evaluated: its data nests too deeply"
+        ) from None
     except Exception as exc:  # CEL reports missing keys, bad overloads, ... as exceptions
         reason = exc.args[0] if isinstance(exc, CELEvalError) and exc.args else exc
         raise ExpressionError(f"{text!r} could not be evaluated: {reason}") from None
@@ -224,9 +243,11 @@ def check(text: str, names: Iterable[str]) -> None:
     allowed = set(names)
     unknown = sorted(_free_names(text) - allowed)
     if unknown:
-        raise ExpressionError(f"{text!r} reads {', '.join(map(repr, unknown))}, which "
-                              f"{'is' if len(unknown) == 1 else 'are'} not defined here; "
-                              f"it may use {', '.join(sorted(allowed))}")
+        raise ExpressionError(
+            f"{text!r} reads {', '.join(map(repr, unknown))}, which "
+            f"{'is' if len(unknown) == 1 else 'are'} not defined here; "
+            f"it may use {', '.join(sorted(allowed))}"
+        )
 
 
 @lru_cache(maxsize=4096)
@@ -240,14 +261,17 @@ def _free_names(text: str) -> frozenset[str]:
         if node.data == "primary":
             for child in node.children:
                 if isinstance(child, Tree) and child.data == "ident":
-                    used.update(str(token) for token in child.children
-                                if isinstance(token, Token))
+                    used.update(str(token) for token in child.children if isinstance(token, Token))
         elif node.data == "member_dot_arg" and len(node.children) >= 3:
             method, arguments = node.children[1], node.children[2]
             if str(method) in _MACROS and isinstance(arguments, Tree) and arguments.children:
                 first = arguments.children[0]
-                bound.update(str(token) for token in first.scan_values(
-                    lambda value: isinstance(value, Token) and value.type == "IDENT"))
+                bound.update(
+                    str(token)
+                    for token in first.scan_values(
+                        lambda value: isinstance(value, Token) and value.type == "IDENT"
+                    )
+                )
     return frozenset(used - bound)
 
 
@@ -270,8 +294,9 @@ def evaluate(text: str, variables: dict[str, Any]) -> Any:
             for position, field in enumerate(fields):
                 if not isinstance(value, dict) or field not in value:
                     path = ".".join([name, *fields[:position]])
-                    raise ExpressionError(f"{text!r} could not be evaluated: {path} has no "
-                                          f"field {field!r}")
+                    raise ExpressionError(
+                        f"{text!r} could not be evaluated: {path} has no field {field!r}"
+                    )
                 value = value[field]
             return value
     return _plain(_run(text, variables))

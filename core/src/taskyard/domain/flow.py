@@ -26,8 +26,14 @@ class Flow:
     error: str | None = None  # why they could not be worked out (the run fails when queued)
 
     def to_json(self) -> str:
-        return orjson.dumps({"keys": self.keys, "units": self.units,
-                             "sticky_worker": self.sticky_worker, "error": self.error}).decode()
+        return orjson.dumps(
+            {
+                "keys": self.keys,
+                "units": self.units,
+                "sticky_worker": self.sticky_worker,
+                "error": self.error,
+            }
+        ).decode()
 
     @classmethod
     def from_json(cls, text: str | bytes | None) -> Flow | None:
@@ -35,9 +41,12 @@ class Flow:
             return None
         data = orjson.loads(text)
         sticky = data.get("sticky_worker")
-        return cls(tuple(data.get("keys", ())),
-                   tuple((bucket, units) for bucket, units in data.get("units", ())),
-                   uuid.UUID(sticky) if sticky else None, data.get("error"))
+        return cls(
+            tuple(data.get("keys", ())),
+            tuple((bucket, units) for bucket, units in data.get("units", ())),
+            uuid.UUID(sticky) if sticky else None,
+            data.get("error"),
+        )
 
 
 def check_options(options: TaskOptions) -> None:
@@ -59,42 +68,53 @@ def _check(where: str, text: str) -> None:
         raise ExpressionError(f"{where}: {exc}") from None
 
 
-def flow_for(options: TaskOptions, input: Any, metadata: dict[str, str],
-             sticky_worker: uuid.UUID | None = None) -> Flow | None:
+def flow_for(
+    options: TaskOptions,
+    input: Any,
+    metadata: dict[str, str],
+    sticky_worker: uuid.UUID | None = None,
+) -> Flow | None:
     """The run's flow facts, or None for a run without concurrency, rate limits or a sticky
     worker (most runs: they cost nothing). Raises ExpressionError naming the option."""
     if not options.concurrency and not options.rate_limits and sticky_worker is None:
         return None
     variables = {"input": input, "metadata": metadata}
-    units = tuple(_bucket_and_units(index, limit, variables)
-                  for index, limit in enumerate(options.rate_limits))
+    units = tuple(
+        _bucket_and_units(index, limit, variables)
+        for index, limit in enumerate(options.rate_limits)
+    )
     return Flow(keys_for(options.concurrency, input, metadata), units, sticky_worker)
 
 
-def keys_for(levels: Sequence[Concurrency], input: Any, metadata: dict[str, str]
-             ) -> tuple[str, ...]:
+def keys_for(
+    levels: Sequence[Concurrency], input: Any, metadata: dict[str, str]
+) -> tuple[str, ...]:
     """The key of each concurrency level. Raises ExpressionError naming the level."""
     variables = {"input": input, "metadata": metadata}
-    return tuple(key_text(_value(f"concurrency[{index}].expression", level.expression,
-                                 variables))
-                 for index, level in enumerate(levels))
+    return tuple(
+        key_text(_value(f"concurrency[{index}].expression", level.expression, variables))
+        for index, level in enumerate(levels)
+    )
 
 
-def _bucket_and_units(index: int, limit: RateLimit,
-                      variables: dict[str, Any]) -> tuple[str, int]:
+def _bucket_and_units(index: int, limit: RateLimit, variables: dict[str, Any]) -> tuple[str, int]:
     if limit.key is not None:
         bucket = limit.key
     else:
         assert limit.dynamic_key is not None
-        bucket = key_text(_value(f"rate_limits[{index}].dynamic_key", limit.dynamic_key,
-                                 variables))
+        bucket = key_text(_value(f"rate_limits[{index}].dynamic_key", limit.dynamic_key, variables))
     units = limit.units
     if isinstance(units, str):
         value = _value(f"rate_limits[{index}].units", units, variables)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
-                or value < 0:
-            raise ExpressionError(f"rate_limits[{index}].units: {units!r} gave {value!r}, not a "
-                                  f"whole number of units")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value != int(value)
+            or value < 0
+        ):
+            raise ExpressionError(
+                f"rate_limits[{index}].units: {units!r} gave {value!r}, not a whole number of units"
+            )
         units = int(value)
     return bucket, units
 

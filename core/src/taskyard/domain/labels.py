@@ -11,7 +11,11 @@ from taskyard_sdk.models import Label, LabelValue
 DesiredLabels = tuple[tuple[str, Label], ...]
 
 _ORDERING: dict[str, Callable[[Any, Any], bool]] = {
-    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
 
 
 def matches(worker_value: LabelValue | None, label: Label) -> bool:
@@ -22,8 +26,9 @@ def matches(worker_value: LabelValue | None, label: Label) -> bool:
     if label.comparator in ("=", "!="):
         equal = _same_kind(worker_value, label.value) and worker_value == label.value
         return equal if label.comparator == "=" else not equal
-    if (_number(worker_value) and _number(label.value)) or \
-            (isinstance(worker_value, str) and isinstance(label.value, str)):
+    if (_number(worker_value) and _number(label.value)) or (
+        isinstance(worker_value, str) and isinstance(label.value, str)
+    ):
         return _ORDERING[label.comparator](worker_value, label.value)
     return False
 
@@ -49,5 +54,6 @@ def score(labels: Mapping[str, LabelValue], desired: DesiredLabels) -> int | Non
 
 
 def describe_required(desired: DesiredLabels) -> str:
-    return ", ".join(f"{name} {label.comparator} {label.value!r}"
-                     for name, label in desired if label.required)
+    return ", ".join(
+        f"{name} {label.comparator} {label.value!r}" for name, label in desired if label.required
+    )

@@ -66,10 +66,12 @@ class Alert:
 
     @property
     def text(self) -> str:
-        lines = [f"{self.subject} {self.status.replace('_', ' ')} in tenant {self.tenant_name}.",
-                 f"Task: {self.task}, attempt {self.attempt}",
-                 f"Error: {self.error_type or 'unknown'}: {self.error_message or ''}".rstrip(),
-                 f"Run: {self.url}"]
+        lines = [
+            f"{self.subject} {self.status.replace('_', ' ')} in tenant {self.tenant_name}.",
+            f"Task: {self.task}, attempt {self.attempt}",
+            f"Error: {self.error_type or 'unknown'}: {self.error_message or ''}".rstrip(),
+            f"Run: {self.url}",
+        ]
         if self.summary:
             lines.insert(0, f"{self.folded} more failures in the alert window; the last one:")
         elif self.folded:

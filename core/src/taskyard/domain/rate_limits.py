@@ -124,11 +124,15 @@ class RateLimiter:
         """Why a run asking for `units` of `bucket` can never start, or None."""
         limit = self._limit(bucket, spec)
         if limit is None:
-            return (f"rate limit {bucket!r} is not defined in this tenant; set it with "
-                    f"ty.rate_limits.put({bucket!r}, limit=..., duration=...)")
+            return (
+                f"rate limit {bucket!r} is not defined in this tenant; set it with "
+                f"ty.rate_limits.put({bucket!r}, limit=..., duration=...)"
+            )
         if units > limit[0]:
-            return (f"asks for {units} units of rate limit {bucket!r}, whose limit is "
-                    f"{limit[0]} per {limit[1].value}")
+            return (
+                f"asks for {units} units of rate limit {bucket!r}, whose limit is "
+                f"{limit[0]} per {limit[1].value}"
+            )
         return None
 
     def _limit(self, bucket: str, spec: RateLimit) -> tuple[int, RateDuration] | None:
@@ -199,6 +203,5 @@ class RateLimiter:
         rows = []
         for key, (window, duration) in sorted(self.windows.items()):
             window.available(now)
-            rows.append(Usage(key, window.limit, duration, key in self.configured,
-                              window.state()))
+            rows.append(Usage(key, window.limit, duration, key in self.configured, window.state()))
         return rows

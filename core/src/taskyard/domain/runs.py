@@ -52,9 +52,20 @@ class Run:
 
     def row(self) -> tuple[object, ...]:
         """The mutable columns, as the persister writes them."""
-        return (self.tenant_id, self.run_id, self.status.value, self.attempt, self.worker_id,
-                self.queued_at, self.retry_at, self.assigned_at, self.started_at,
-                self.finished_at, json_value(self.output_json), json_value(self.error_json))
+        return (
+            self.tenant_id,
+            self.run_id,
+            self.status.value,
+            self.attempt,
+            self.worker_id,
+            self.queued_at,
+            self.retry_at,
+            self.assigned_at,
+            self.started_at,
+            self.finished_at,
+            json_value(self.output_json),
+            json_value(self.error_json),
+        )
 
 
 def json_value(data: str | bytes | None) -> orjson.Fragment | None:
@@ -70,7 +81,7 @@ def retry_delay(options: TaskOptions, retry_number: int, retry_after: float | No
     if options.backoff_factor is None:
         return 0.0
     try:
-        delay = options.backoff_factor ** retry_number
+        delay = options.backoff_factor**retry_number
     except OverflowError:
         return options.backoff_max_seconds
     return min(delay, options.backoff_max_seconds)

@@ -79,31 +79,38 @@ def compile_workflow(definition: WorkflowDefinition, version: int) -> CompiledWo
     by_name: dict[str, StepDefinition] = {}
     for index, step in enumerate(definition.steps):
         if step.name in by_name:
-            raise Unprocessable(f"workflow {name!r}: steps[{index}]: step name {step.name!r} is "
-                                f"used twice")
+            raise Unprocessable(
+                f"workflow {name!r}: steps[{index}]: step name {step.name!r} is used twice"
+            )
         by_name[step.name] = step
     for step in definition.steps:
         for parent in step.parents:
             if parent not in by_name:
-                raise Unprocessable(f"workflow {name!r}: step {step.name!r} names parent "
-                                    f"{parent!r}, which is not a step of this workflow")
+                raise Unprocessable(
+                    f"workflow {name!r}: step {step.name!r} names parent "
+                    f"{parent!r}, which is not a step of this workflow"
+                )
         if len(set(step.parents)) != len(step.parents):
             raise Unprocessable(f"workflow {name!r}: step {step.name!r} names a parent twice")
     order = _topological_order(name, by_name)
     _check_expression(name, "event_filter", definition.event_filter, EVENT_FILTER_NAMES)
     for index, level in enumerate(definition.concurrency):
         _check_expression(name, f"concurrency[{index}].expression", level.expression, FLOW_NAMES)
-    steps = {step_name: _compile_step(name, by_name[step_name], definition.sticky)
-             for step_name in order}
+    steps = {
+        step_name: _compile_step(name, by_name[step_name], definition.sticky) for step_name in order
+    }
     on_failure = None
     if definition.on_failure is not None:
         handler = definition.on_failure
         if handler.name in by_name:
-            raise Unprocessable(f"workflow {name!r}: on_failure step {handler.name!r} has the "
-                                f"name of another step")
+            raise Unprocessable(
+                f"workflow {name!r}: on_failure step {handler.name!r} has the name of another step"
+            )
         if handler.parents or handler.wait_for or handler.skip_if or handler.cancel_if:
-            raise Unprocessable(f"workflow {name!r}: on_failure step {handler.name!r} runs "
-                                f"after a failure and takes no parents or conditions")
+            raise Unprocessable(
+                f"workflow {name!r}: on_failure step {handler.name!r} runs "
+                f"after a failure and takes no parents or conditions"
+            )
         on_failure = _compile_step(name, handler, definition.sticky)
     return CompiledWorkflow(name, version, definition, steps, on_failure)
 
@@ -126,8 +133,9 @@ def _topological_order(workflow: str, steps: dict[str, StepDefinition]) -> list[
                 ready.append(child)
     if len(order) < len(steps):
         cycle = _find_cycle({n: steps[n].parents for n in steps if n not in order})
-        raise Unprocessable(f"workflow {workflow!r}: steps {' -> '.join(map(repr, cycle))} form "
-                            f"a cycle")
+        raise Unprocessable(
+            f"workflow {workflow!r}: steps {' -> '.join(map(repr, cycle))} form a cycle"
+        )
     return order
 
 
@@ -138,7 +146,7 @@ def _find_cycle(parents: dict[str, list[str]]) -> list[str]:
     while True:
         following = next(p for p in parents[path[-1]] if p in parents)
         if following in seen:
-            cycle = [*path[seen[following]:], following]
+            cycle = [*path[seen[following] :], following]
             return list(reversed(cycle))  # parent -> child order
         seen[following] = len(path)
         path.append(following)
@@ -153,8 +161,7 @@ def _compile_step(workflow: str, step: StepDefinition, sticky: Sticky | None) ->
     if sticky is not None and options.sticky is None:  # the workflow's, unless the step has its own
         options = options.model_copy(update={"sticky": sticky})
     _check_expression(workflow, f"step {step.name!r}: skip_if", step.skip_if, CONDITION_NAMES)
-    _check_expression(workflow, f"step {step.name!r}: cancel_if", step.cancel_if,
-                      CONDITION_NAMES)
+    _check_expression(workflow, f"step {step.name!r}: cancel_if", step.cancel_if, CONDITION_NAMES)
     sleeps: list[tuple[int, float]] = []
     events: list[tuple[int, EventCondition]] = []
 
@@ -164,9 +171,12 @@ def _compile_step(workflow: str, step: StepDefinition, sticky: Sticky | None) ->
             sleeps.append((leaf, condition.seconds))
             return ("sleep", leaf)
         if isinstance(condition, EventCondition):
-            _check_expression(workflow, f"step {step.name!r}: wait_for event "
-                                        f"{condition.key!r} filter", condition.filter,
-                              WAIT_FILTER_NAMES)
+            _check_expression(
+                workflow,
+                f"step {step.name!r}: wait_for event {condition.key!r} filter",
+                condition.filter,
+                WAIT_FILTER_NAMES,
+            )
             events.append((leaf, condition))
             return ("event", leaf)
         kind = "or" if isinstance(condition, AnyOf) else "and"
@@ -174,13 +184,20 @@ def _compile_step(workflow: str, step: StepDefinition, sticky: Sticky | None) ->
         return (kind, tuple(tree(c) for c in condition.conditions))
 
     wait_for = ("and", tuple(tree(c) for c in step.wait_for)) if step.wait_for else None
-    return CompiledStep(step.name, step_task(workflow, step.name), tuple(step.parents),
-                        options, step.skip_if, step.cancel_if, wait_for, tuple(sleeps),
-                        tuple(events))
+    return CompiledStep(
+        step.name,
+        step_task(workflow, step.name),
+        tuple(step.parents),
+        options,
+        step.skip_if,
+        step.cancel_if,
+        wait_for,
+        tuple(sleeps),
+        tuple(events),
+    )
 
 
-def _check_expression(workflow: str, where: str, text: str | None,
-                      names: frozenset[str]) -> None:
+def _check_expression(workflow: str, where: str, text: str | None, names: frozenset[str]) -> None:
     if text is None:
         return
     try:
@@ -189,8 +206,13 @@ def _check_expression(workflow: str, where: str, text: str | None,
         raise Unprocessable(f"workflow {workflow!r}: {where}: {exc}") from None
 
 
-def holds(tree: ConditionTree, sleeping_since: float, sleeps: dict[int, float],
-          matched: set[int], now: float) -> bool:
+def holds(
+    tree: ConditionTree,
+    sleeping_since: float,
+    sleeps: dict[int, float],
+    matched: set[int],
+    now: float,
+) -> bool:
     """Whether a wait_for tree holds: sleeps that have run out, events that were matched."""
     kind, value = tree
     if kind == "sleep":

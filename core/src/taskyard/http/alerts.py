@@ -17,18 +17,25 @@ MANAGERS = [Role.ADMIN, Role.CLIENT]  # not workers: rules say where alerts (and
 
 
 def _view(rule: AlertRule) -> AlertRuleView:
-    return AlertRuleView(rule_id=rule.rule_id, channel=rule.channel, target=rule.target,
-                         workflows=rule.workflows, tasks=rule.tasks,
-                         events=rule.events,
-                         window=rule.window, created_at=rule.created_at)
+    return AlertRuleView(
+        rule_id=rule.rule_id,
+        channel=rule.channel,
+        target=rule.target,
+        workflows=rule.workflows,
+        tasks=rule.tasks,
+        events=rule.events,
+        window=rule.window,
+        created_at=rule.created_at,
+    )
 
 
 def _repository(call: Call[Any]) -> AlertRuleRepository:
     return AlertRuleRepository(call.request.app[ENGINE].pool)
 
 
-@router.post("/api/v1/alert-rules", roles=MANAGERS, body=AlertRuleRequest,
-             response=AlertRuleView, status=201)
+@router.post(
+    "/api/v1/alert-rules", roles=MANAGERS, body=AlertRuleRequest, response=AlertRuleView, status=201
+)
 async def create_alert_rule(call: Call[AlertRuleRequest]) -> AlertRuleView:
     """Alert `channel` (a loaded plugin's: email, slack, ...) at `target` when a run of the
     chosen workflows or tasks fails after its last retry (and, with `schedule_timeout` in
@@ -38,9 +45,11 @@ async def create_alert_rule(call: Call[AlertRuleRequest]) -> AlertRuleView:
     channel = engine.alert_channels.get(call.body.channel)
     if channel is None:
         loaded = ", ".join(sorted(engine.alert_channels)) or (
-            "none (start the engine with --plugin email or --plugin slack)")
-        raise Unprocessable(f"body.channel: no alert channel {call.body.channel!r}; loaded "
-                            f"channels: {loaded}")
+            "none (start the engine with --plugin email or --plugin slack)"
+        )
+        raise Unprocessable(
+            f"body.channel: no alert channel {call.body.channel!r}; loaded channels: {loaded}"
+        )
     try:
         channel.check_target(call.body.target)
     except ValueError as exc:

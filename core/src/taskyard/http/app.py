@@ -26,9 +26,18 @@ from taskyard.http.routing import AUTHENTICATOR, Router, mount
 if TYPE_CHECKING:
     from taskyard.engine import Engine
 
-CORE_ROUTERS = (system.router, tokens.router, runs.router, workflows.router, events.router,
-                rate_limits.router, schedules.router, alerts.router, worker_socket.router,
-                client_socket.router)
+CORE_ROUTERS = (
+    system.router,
+    tokens.router,
+    runs.router,
+    workflows.router,
+    events.router,
+    rate_limits.router,
+    schedules.router,
+    alerts.router,
+    worker_socket.router,
+    client_socket.router,
+)
 
 
 def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:

@@ -185,8 +185,10 @@ class _Channel:
                     raise
                 # pydantic's JSON parser keeps integers that orjson cannot write (over HTTP,
                 # orjson reads them as floats): the body holds a number that cannot be stored
-                raise Unprocessable(f"body: holds a number that cannot be stored ({exc}); "
-                                    f"integers must fit in 64 bits") from None
+                raise Unprocessable(
+                    f"body: holds a number that cannot be stored ({exc}); "
+                    f"integers must fit in 64 bits"
+                ) from None
             status, payload = route.encode(result)
         except Exception as exc:
             status, payload, _ = failure(exc, call.method, call.path, next_request_id())

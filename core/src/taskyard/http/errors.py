@@ -28,18 +28,33 @@ MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 
 
 _STATUS_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "invalid",
-    429: "too_many_requests", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+    503: "unavailable",
 }
 
 
-def error_response(status: int, code: str, message: str,
-                   details: list[dict[str, Any]] | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=error_body(code, message, details),
-                        content_type="application/json", headers=headers)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(code, message, details),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _http_exception_message(exc: web.HTTPException, request: web.Request) -> str:
@@ -57,21 +72,28 @@ def _http_exception_message(exc: web.HTTPException, request: web.Request) -> str
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def failure(exc: Exception, method: str, path: str, request_id: str
-            ) -> tuple[int, bytes, dict[str, str]]:
+def failure(
+    exc: Exception, method: str, path: str, request_id: str
+) -> tuple[int, bytes, dict[str, str]]:
     """What a failed call answers: status, error envelope and extra headers, for an expected
     failure or an unexpected one (logged under the request id)."""
     if isinstance(exc, ApiError):
         return exc.status, error_body(exc.code, exc.message, exc.details), {}
     if isinstance(exc, TRANSIENT_ERRORS):
         log.warning("database unavailable during %s %s: %s", method, path, exc)
-        return (503, error_body("unavailable",
-                                "the database is unavailable right now; retry shortly"),
-                {"Retry-After": "1"})
-    log.error("unhandled error in %s %s (request id %s)", method, path, request_id,
-              exc_info=exc)
-    return 500, error_body("internal", f"internal error; the engine log has details under "
-                                       f"request id {request_id}"), {}
+        return (
+            503,
+            error_body("unavailable", "the database is unavailable right now; retry shortly"),
+            {"Retry-After": "1"},
+        )
+    log.error("unhandled error in %s %s (request id %s)", method, path, request_id, exc_info=exc)
+    return (
+        500,
+        error_body(
+            "internal", f"internal error; the engine log has details under request id {request_id}"
+        ),
+        {},
+    )
 
 
 class MalformedRequests(logging.Filter):
@@ -116,15 +138,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, "error")
-        error = error_response(exc.status, code, _http_exception_message(exc, request),
-                               headers=headers)
+        error = error_response(
+            exc.status, code, _http_exception_message(exc, request), headers=headers
+        )
         if isinstance(exc, web.HTTPMethodNotAllowed):
             error.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
         return error
     except Exception as exc:
         status, body, extra = failure(exc, request.method, request.path, request_id)
-        return web.Response(status=status, body=body, content_type="application/json",
-                            headers={**headers, **extra})
+        return web.Response(
+            status=status, body=body, content_type="application/json", headers={**headers, **extra}
+        )
     if not response.prepared:
         response.headers.setdefault(REQUEST_ID_HEADER, request_id)
     return response

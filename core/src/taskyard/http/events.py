@@ -32,16 +32,16 @@ ANY_ROLE = list(Role)
 class ListEventsQuery(BaseModel):
     key: list[str] = Field(default_factory=list, description="Exact keys, repeatable.")
     prefix: str | None = Field(default=None, description="Keys starting with this.")
-    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable",
-                                json_schema_extra=METADATA_PAIRS)
+    metadata: list[str] = Field(
+        default_factory=list, description="key:value, repeatable", json_schema_extra=METADATA_PAIRS
+    )
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = None
 
 
-@router.post("/api/v1/events", roles=ANY_ROLE, body=EventRequest, response=EventView,
-             status=201)
+@router.post("/api/v1/events", roles=ANY_ROLE, body=EventRequest, response=EventView, status=201)
 async def push_event(call: Call[EventRequest]) -> EventView:
     """Push an event: stored, it triggers every workflow whose `on_events` matches its key (and
     whose `event_filter` holds) and wakes the steps waiting for it. `triggered` lists the
@@ -51,8 +51,13 @@ async def push_event(call: Call[EventRequest]) -> EventView:
     return view
 
 
-@router.post("/api/v1/events/batch", roles=ANY_ROLE, body=BatchEventRequest,
-             response=BatchEventResponse, status=201)
+@router.post(
+    "/api/v1/events/batch",
+    roles=ANY_ROLE,
+    body=BatchEventRequest,
+    response=BatchEventResponse,
+    status=201,
+)
 async def push_events(call: Call[BatchEventRequest]) -> BatchEventResponse:
     """Push many events in one request (and one transaction)."""
     engine = call.request.app[ENGINE]
@@ -66,9 +71,15 @@ async def list_events(call: Call[None]) -> Document:
     query: ListEventsQuery = call.query
     engine = call.request.app[ENGINE]
     rows = await engine.services.events.search(
-        call.principal.tenant_id, keys=query.key, prefix=query.prefix,
-        metadata=metadata_filter(query.metadata), since=query.since, until=query.until,
-        before=page_cursor(query.cursor), limit=query.limit)
+        call.principal.tenant_id,
+        keys=query.key,
+        prefix=query.prefix,
+        metadata=metadata_filter(query.metadata),
+        since=query.since,
+        until=query.until,
+        before=page_cursor(query.cursor),
+        limit=query.limit,
+    )
     cursor = str(rows[-1]["event_id"]) if len(rows) == query.limit else None
     return Document({"events": rows, "next_cursor": cursor})
 
@@ -83,12 +94,9 @@ async def get_event(call: Call[None]) -> EventView:
     return EventView.model_validate(row)
 
 
-@router.post("/api/v1/events/{event_id}/replay", roles=ANY_ROLE, response=EventView,
-             status=201)
+@router.post("/api/v1/events/{event_id}/replay", roles=ANY_ROLE, response=EventView, status=201)
 async def replay_event(call: Call[None]) -> EventView:
     """Push a stored event again (a new event with `replay_of` set): it triggers and wakes as
     if it were new."""
     engine = call.request.app[ENGINE]
-    return await engine.services.replay_event(call.principal.tenant_id,
-                                               call.path_uuid("event_id"))
-
+    return await engine.services.replay_event(call.principal.tenant_id, call.path_uuid("event_id"))

@@ -16,10 +16,17 @@ from taskyard.http.routing import Endpoint
 _REF_TEMPLATE = "#/components/schemas/{model}"
 _ERROR_SCHEMA = {
     "type": "object",
-    "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"},
-        "details": {"type": "array", "items": {"type": "object"}},
-    }, "required": ["code", "message"]}},
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+            },
+            "required": ["code", "message"],
+        }
+    },
     "required": ["error"],
 }
 
@@ -61,33 +68,46 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             operation["security"] = [{"bearer": []}]
             operation["x-roles"] = sorted(endpoint.roles)
         patterns = {name: pattern.pattern for name, pattern in endpoint.params}
-        parameters = [{"name": name, "in": "path", "required": True,
-                       "schema": _path_schema(name, patterns.get(name))}
-                      for name in re.findall(r"\{(\w+)[^}]*\}", endpoint.path)]
+        parameters = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": _path_schema(name, patterns.get(name)),
+            }
+            for name in re.findall(r"\{(\w+)[^}]*\}", endpoint.path)
+        ]
         if endpoint.query is not None:
             query_schema = query_schema_of(endpoint.query)
             required = set(query_schema.get("required", []))
-            parameters += [{"name": name, "in": "query", "required": name in required,
-                            "schema": prop}
-                           for name, prop in query_schema.get("properties", {}).items()]
+            parameters += [
+                {"name": name, "in": "query", "required": name in required, "schema": prop}
+                for name, prop in query_schema.get("properties", {}).items()
+            ]
         if parameters:
             operation["parameters"] = parameters
         if endpoint.body is not None:
-            operation["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": schemas[((index, "body"), "validation")]}}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": schemas[((index, "body"), "validation")]}
+                },
+            }
         content = None
         if endpoint.response is not None:
-            content = {"application/json": {
-                "schema": schemas[((index, "response"), "serialization")]}}
-        statuses = {endpoint.status: HTTPStatus(endpoint.status).phrase,
-                    **endpoint.other_statuses}
+            content = {
+                "application/json": {"schema": schemas[((index, "response"), "serialization")]}
+            }
+        statuses = {endpoint.status: HTTPStatus(endpoint.status).phrase, **endpoint.other_statuses}
         for status, meaning in sorted(statuses.items()):
             answer: dict[str, Any] = {"description": meaning}
             if content is not None and status != 204:
                 answer["content"] = content
             operation["responses"][str(status)] = answer
-        operation["responses"]["default"] = {"description": "Error", "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        operation["responses"]["default"] = {
+            "description": "Error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
         path = re.sub(r"\{(\w+)[^}]*\}", r"{\1}", endpoint.path)
         paths.setdefault(path, {})[endpoint.method.lower()] = operation
 

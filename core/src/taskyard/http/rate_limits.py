@@ -23,20 +23,31 @@ KEY = {"key": RATE_KEY_PATTERN}  # the router refuses other keys (422)
 
 def _view(usage: Usage) -> RateLimitView:
     used = int(sum(units for _, units in usage.slots))
-    return RateLimitView(key=usage.key, limit=usage.limit, duration=usage.duration,
-                         configured=usage.configured, used=used,
-                         available=max(0, usage.limit - used))
+    return RateLimitView(
+        key=usage.key,
+        limit=usage.limit,
+        duration=usage.duration,
+        configured=usage.configured,
+        used=used,
+        available=max(0, usage.limit - used),
+    )
 
 
-@router.put("/api/v1/rate-limits/{key}", roles=ANY_ROLE, body=RateLimitRequest,
-            response=RateLimitView, params=KEY)
+@router.put(
+    "/api/v1/rate-limits/{key}",
+    roles=ANY_ROLE,
+    body=RateLimitRequest,
+    response=RateLimitView,
+    params=KEY,
+)
 async def put_rate_limit(call: Call[RateLimitRequest]) -> RateLimitView:
     """Set a named limit: at most `limit` units per `duration` for the tasks that name it with
     `RateLimit(key=...)`. Runs waiting for it are decided again at once."""
     key = call.path["key"]
     engine = call.request.app[ENGINE]
-    await engine.services.put_rate_limit(call.principal.tenant_id, key, call.body.limit,
-                                          call.body.duration)
+    await engine.services.put_rate_limit(
+        call.principal.tenant_id, key, call.body.limit, call.body.duration
+    )
     return await _get(call, key)
 
 

@@ -113,30 +113,50 @@ class Router:
     endpoints: list[Endpoint] = field(default_factory=list)
     channel: bool = True  # False: none of these endpoints are served over client channels
 
-    def route(self, method: str, path: str, *, roles: Iterable[Role] | None = _ADMIN_ONLY,
-              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
-              response: Any = None, status: int = 200, summary: str = "",
-              description: str | None = None, channel: bool = True,
-              params: Mapping[str, str] | None = None,
-              other_statuses: Mapping[int, str] | None = None,
-              ) -> Callable[[Handler], Handler]:
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        roles: Iterable[Role] | None = _ADMIN_ONLY,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: Any = None,
+        status: int = 200,
+        summary: str = "",
+        description: str | None = None,
+        channel: bool = True,
+        params: Mapping[str, str] | None = None,
+        other_statuses: Mapping[int, str] | None = None,
+    ) -> Callable[[Handler], Handler]:
         """`channel=False` for handlers that need the HTTP request itself (a stream, a raw
         body); endpoints without roles are never served over a channel. `params`: the regular
         expression each named path parameter must match (422 otherwise). `other_statuses`: the
         statuses the handler also answers with (`WithStatus`), each with what it means."""
+
         def register(handler: Handler) -> Handler:
-            self.endpoints.append(Endpoint(
-                method=method, path=path, handler=handler,
-                roles=None if roles is None else frozenset(roles), body=body, query=query,
-                response=response, status=status,
-                summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
-                description=description, tags=self.tags,
-                channel=channel and self.channel and roles is not None,
-                params=tuple((name, re.compile(pattern))
-                             for name, pattern in (params or {}).items()),
-                other_statuses=dict(other_statuses or {}),
-            ))
+            self.endpoints.append(
+                Endpoint(
+                    method=method,
+                    path=path,
+                    handler=handler,
+                    roles=None if roles is None else frozenset(roles),
+                    body=body,
+                    query=query,
+                    response=response,
+                    status=status,
+                    summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
+                    description=description,
+                    tags=self.tags,
+                    channel=channel and self.channel and roles is not None,
+                    params=tuple(
+                        (name, re.compile(pattern)) for name, pattern in (params or {}).items()
+                    ),
+                    other_statuses=dict(other_statuses or {}),
+                )
+            )
             return handler
+
         return register
 
     def get(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
@@ -177,42 +197,52 @@ class RoutePaths:
             if part.startswith("{"):
                 fixed = self._fixed.get("/".join(parts[:index]))
                 names = "|".join(re.escape(name) for name in sorted(fixed or ()))
-                segments.append((part[1:-1], rf"(?!(?:{names})(?:/|$))[^/]+" if names
-                                 else "[^/]+"))
+                segments.append((part[1:-1], rf"(?!(?:{names})(?:/|$))[^/]+" if names else "[^/]+"))
             else:
                 segments.append(part)
         return segments
 
     def for_aiohttp(self, path: str) -> str:
-        return "/".join(part if isinstance(part, str) else f"{{{part[0]}:{part[1]}}}"
-                        for part in self._segments(path))
+        return "/".join(
+            part if isinstance(part, str) else f"{{{part[0]}:{part[1]}}}"
+            for part in self._segments(path)
+        )
 
     def regex(self, path: str) -> re.Pattern[str]:
-        return re.compile("/".join(re.escape(part) if isinstance(part, str)
-                                   else f"(?P<{part[0]}>{part[1]})"
-                                   for part in self._segments(path)))
+        return re.compile(
+            "/".join(
+                re.escape(part) if isinstance(part, str) else f"(?P<{part[0]}>{part[1]})"
+                for part in self._segments(path)
+            )
+        )
 
 
 def mount(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
     authenticate = app[AUTHENTICATOR]
     paths = RoutePaths(endpoint.path for endpoint in endpoints)
     for endpoint in endpoints:
-        app.router.add_route(endpoint.method, paths.for_aiohttp(endpoint.path),
-                             _aiohttp_handler(endpoint, authenticate))
+        app.router.add_route(
+            endpoint.method,
+            paths.for_aiohttp(endpoint.path),
+            _aiohttp_handler(endpoint, authenticate),
+        )
 
 
-def _aiohttp_handler(endpoint: Endpoint, authenticate: Authenticator
-                     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _aiohttp_handler(
+    endpoint: Endpoint, authenticate: Authenticator
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     encode = result_encoder(endpoint)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         principal = None
         if endpoint.roles is not None:
-            principal = authorize(endpoint, await authenticate(
-                request.headers.get("Authorization")))
+            principal = authorize(
+                endpoint, await authenticate(request.headers.get("Authorization"))
+            )
         body, text = await _json_body(request) if endpoint.body is not None else (NO_BODY, b"")
-        result = await invoke(endpoint, request, principal, request.match_info, request.query,
-                              body, text)
+        result = await invoke(
+            endpoint, request, principal, request.match_info, request.query, body, text
+        )
         if isinstance(result, web.StreamResponse):
             return result
         status, payload = encode(result)
@@ -228,8 +258,10 @@ def authorize(endpoint: Endpoint, principal: Principal) -> Principal:
     roles = endpoint.roles or frozenset()
     if principal.role not in roles:
         needed = " or ".join(sorted(roles))
-        raise Forbidden(f"{endpoint.method} {endpoint.path} needs a token with role "
-                        f"{needed}; this token has role {principal.role}")
+        raise Forbidden(
+            f"{endpoint.method} {endpoint.path} needs a token with role "
+            f"{needed}; this token has role {principal.role}"
+        )
     return principal
 
 
@@ -241,12 +273,14 @@ def result_encoder(endpoint: Endpoint) -> Callable[[Any], tuple[int, bytes | Non
         if isinstance(result, WithStatus):
             return result.status, encode(result.result)[1]
         if isinstance(result, Document):
-            return endpoint.status, orjson.dumps(result.data, option=orjson.OPT_UTC_Z,
-                                                 default=str)  # asyncpg's own UUID type
+            return endpoint.status, orjson.dumps(
+                result.data, option=orjson.OPT_UTC_Z, default=str
+            )  # asyncpg's own UUID type
         if result is None and endpoint.status == 204:
             return 204, None
-        return endpoint.status, (adapter.dump_json(result) if adapter is not None
-                                 else orjson.dumps(result))
+        return endpoint.status, (
+            adapter.dump_json(result) if adapter is not None else orjson.dumps(result)
+        )
 
     return encode
 
@@ -254,9 +288,15 @@ def result_encoder(endpoint: Endpoint) -> Callable[[Any], tuple[int, bytes | Non
 NO_BODY: Any = object()  # a call that came without a body
 
 
-async def invoke(endpoint: Endpoint, request: web.Request, principal: Principal | None,
-                 params: Mapping[str, str], query: MultiMapping[str], body: Any,
-                 text: str | bytes) -> Any:
+async def invoke(
+    endpoint: Endpoint,
+    request: web.Request,
+    principal: Principal | None,
+    params: Mapping[str, str],
+    query: MultiMapping[str],
+    body: Any,
+    text: str | bytes,
+) -> Any:
     """Validate a call's path, query and JSON body as the endpoint wants them, and run its
     handler: the one way in for an HTTP request and for a client channel's call. `text`: the
     JSON the body was parsed from (or a text that holds it, such as a channel's frame). 400 for
@@ -283,8 +323,10 @@ async def _json_body(request: web.Request) -> tuple[Any, bytes]:
     if given is not None and given != "application/json":
         kind = request.content_type  # lower case, without parameters
         if kind != "application/json" and not kind.endswith("+json"):
-            raise UnsupportedMediaType(f"request body has Content-Type {kind}; send JSON, with "
-                                       f"Content-Type: application/json")
+            raise UnsupportedMediaType(
+                f"request body has Content-Type {kind}; send JSON, with "
+                f"Content-Type: application/json"
+            )
     raw = await request.read()
     if not raw:
         return NO_BODY, raw
@@ -301,8 +343,9 @@ def check_json(value: Any, text: str | bytes, where: str) -> None:
     nested = too_deep(text, value)
     if nested is not None:
         at = where + nested if nested.startswith("[") else f"{where}.{nested}"
-        raise Unprocessable(f"{at}: nested more than {MAX_JSON_DEPTH} levels deep; the limit "
-                            f"is {MAX_JSON_DEPTH}")
+        raise Unprocessable(
+            f"{at}: nested more than {MAX_JSON_DEPTH} levels deep; the limit is {MAX_JSON_DEPTH}"
+        )
     nul = b"\\u0000" in text if isinstance(text, bytes) else "\\u0000" in text
     if nul:  # after the depth check: this walk recurses
         reject_nul_characters(value, where)
@@ -333,8 +376,10 @@ def validate(model: type[BaseModel] | None, data: Any, where: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        details = [{"loc": _location(where, error["loc"]), "message": error["msg"]}
-                   for error in exc.errors(include_url=False, include_input=False)]
+        details = [
+            {"loc": _location(where, error["loc"]), "message": error["msg"]}
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
         first = details[0]
         more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
         raise Unprocessable(f"{first['loc']}: {first['message']}{more}", details=details) from None
@@ -365,7 +410,8 @@ def _list_fields(model: type[BaseModel]) -> frozenset[str]:
         annotation = info.annotation
         candidates = typing.get_args(annotation) if typing.get_origin(annotation) else ()
         if typing.get_origin(annotation) is list or any(
-                typing.get_origin(arg) is list for arg in candidates):
+            typing.get_origin(arg) is list for arg in candidates
+        ):
             names.add(info.alias or name)
     return frozenset(names)
 
@@ -392,5 +438,6 @@ def page_cursor(cursor: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(cursor)
     except ValueError:
-        raise Unprocessable(f"query.cursor: {cursor!r} is not a cursor from a previous "
-                            f"page") from None
+        raise Unprocessable(
+            f"query.cursor: {cursor!r} is not a cursor from a previous page"
+        ) from None

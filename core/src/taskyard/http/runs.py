@@ -50,8 +50,9 @@ class ListRunsQuery(BaseModel):
     task: list[str] = Field(default_factory=list)
     since: datetime | None = None
     until: datetime | None = None
-    metadata: list[str] = Field(default_factory=list, description="key:value, repeatable",
-                                json_schema_extra=METADATA_PAIRS)
+    metadata: list[str] = Field(
+        default_factory=list, description="key:value, repeatable", json_schema_extra=METADATA_PAIRS
+    )
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = None
 
@@ -68,8 +69,9 @@ class ResultQuery(BaseModel):
 
 
 class LogsQuery(BaseModel):
-    after: int | None = Field(default=None, ge=0, le=PG_BIGINT_MAX,
-                              description="The `next_after` of a page.")
+    after: int | None = Field(
+        default=None, ge=0, le=PG_BIGINT_MAX, description="The `next_after` of a page."
+    )
     limit: int = Field(default=500, ge=1, le=5000)
 
 
@@ -111,7 +113,8 @@ async def tell_replays(call: Call[Any], inputs: list[Any], refs: list[RunRef]) -
         return refs
     engine = call.request.app[ENGINE]
     stored = await engine.services.runs.run_documents(
-        call.principal.tenant_id, [ref.run_id for ref, _ in replayed])
+        call.principal.tenant_id, [ref.run_id for ref, _ in replayed]
+    )
     for ref, given in replayed:
         ref.idempotent_replay = True
         existing = stored.get(ref.run_id)
@@ -134,30 +137,46 @@ def same_json(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@router.post("/api/v1/runs", roles=ANY_ROLE, body=TriggerRequest, response=RunRef, status=201,
-             other_statuses=REPLAYED)
+@router.post(
+    "/api/v1/runs",
+    roles=ANY_ROLE,
+    body=TriggerRequest,
+    response=RunRef,
+    status=201,
+    other_statuses=REPLAYED,
+)
 async def trigger(call: Call[TriggerRequest]) -> WithStatus | RunRef:
     """Trigger one run of a task. With an idempotency key that was used before, the existing
     run is returned (status 200, `idempotent_replay` true, and `input_differs` when this
     request's input is not that run's) instead of a new one (201)."""
     engine = call.request.app[ENGINE]
-    [ref] = await tell_replays(call, [call.body.input], await engine.services.trigger(
-        call.principal.tenant_id, [call.body]))
+    [ref] = await tell_replays(
+        call,
+        [call.body.input],
+        await engine.services.trigger(call.principal.tenant_id, [call.body]),
+    )
     if not ref.created:
         return WithStatus(200, ref)
     return ref
 
 
-@router.post("/api/v1/runs/batch", roles=ANY_ROLE, body=BatchTriggerRequest,
-             response=BatchTriggerResponse, status=201)
+@router.post(
+    "/api/v1/runs/batch",
+    roles=ANY_ROLE,
+    body=BatchTriggerRequest,
+    response=BatchTriggerResponse,
+    status=201,
+)
 async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse:
     """Trigger many runs in one request (and one transaction); runs an idempotency key found
     are answered as by `POST /api/v1/runs`, with `idempotent_replay`."""
     engine = call.request.app[ENGINE]
-    refs = await engine.services.trigger(call.principal.tenant_id, call.body.runs,
-                                          call.body.options)
-    return BatchTriggerResponse(runs=await tell_replays(
-        call, [run.input for run in call.body.runs], refs))
+    refs = await engine.services.trigger(
+        call.principal.tenant_id, call.body.runs, call.body.options
+    )
+    return BatchTriggerResponse(
+        runs=await tell_replays(call, [run.input for run in call.body.runs], refs)
+    )
 
 
 @router.get("/api/v1/runs", roles=ANY_ROLE, query=ListRunsQuery, response=RunPage)
@@ -168,9 +187,15 @@ async def list_runs(call: Call[None]) -> Document:
     before = page_cursor(query.cursor)
     engine = call.request.app[ENGINE]
     rows = await engine.services.runs.list_runs(
-        call.principal.tenant_id, statuses=[s.value for s in query.status], tasks=query.task,
-        since=query.since, until=query.until, metadata=metadata, before=before,
-        limit=query.limit)
+        call.principal.tenant_id,
+        statuses=[s.value for s in query.status],
+        tasks=query.task,
+        since=query.since,
+        until=query.until,
+        metadata=metadata,
+        before=before,
+        limit=query.limit,
+    )
     cursor = str(rows[-1]["run_id"]) if len(rows) == query.limit else None
     return Document({"runs": rows, "next_cursor": cursor})
 
@@ -179,8 +204,9 @@ async def list_runs(call: Call[None]) -> Document:
 async def wait_runs(call: Call[WaitRequest]) -> Document:
     """Wait (up to `timeout` seconds) until the given runs have finished."""
     engine = call.request.app[ENGINE]
-    finished, pending = await engine.services.wait(call.principal.tenant_id,
-                                                    call.body.run_ids, call.body.timeout)
+    finished, pending = await engine.services.wait(
+        call.principal.tenant_id, call.body.run_ids, call.body.timeout
+    )
     return Document({"runs": finished, "pending": pending})
 
 
@@ -191,14 +217,14 @@ async def get_run(call: Call[None]) -> RunView:
     return await engine.services.view(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
-@router.get("/api/v1/runs/{run_id}/result", roles=ANY_ROLE, query=ResultQuery,
-            response=RunView)
+@router.get("/api/v1/runs/{run_id}/result", roles=ANY_ROLE, query=ResultQuery, response=RunView)
 async def run_result(call: Call[None]) -> RunView:
     """Long-poll: answers once the run has finished, or after `timeout` seconds with its
     current state."""
     engine = call.request.app[ENGINE]
-    return await engine.services.result(call.principal.tenant_id, call.path_uuid("run_id"),
-                                         call.query.timeout)
+    return await engine.services.result(
+        call.principal.tenant_id, call.path_uuid("run_id"), call.query.timeout
+    )
 
 
 @router.get("/api/v1/runs/{run_id}/stream", roles=ANY_ROLE, channel=False)
@@ -211,8 +237,9 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
     services = call.request.app[ENGINE].services
     chunks = services.streams.subscribe(tenant_id, run_id)
     finished = services.waiters.watch(tenant_id, [run_id])[run_id]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     try:
         statuses = await services.runs.run_statuses(tenant_id, [run_id])
         if run_id not in statuses:
@@ -229,8 +256,9 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
             while not chunks.empty():  # what arrived just before the end
                 await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
             statuses = await services.runs.run_statuses(tenant_id, [run_id])
-        await response.write(b"event: end\ndata: " + orjson.dumps(
-            {"status": statuses[run_id].value}) + b"\n\n")
+        await response.write(
+            b"event: end\ndata: " + orjson.dumps({"status": statuses[run_id].value}) + b"\n\n"
+        )
         await response.write_eof()
         return response
     except ConnectionResetError:  # the client went away: nobody to answer
@@ -257,8 +285,9 @@ async def run_logs(call: Call[None]) -> LogPage:
     engine = call.request.app[ENGINE]
     if not await engine.services.runs.run_exists(call.principal.tenant_id, run_id):
         raise NotFound(f"no run {run_id} in this tenant")
-    rows = await engine.services.runs.run_logs(call.principal.tenant_id, run_id,
-                                                limit=call.query.limit, after=call.query.after)
+    rows = await engine.services.runs.run_logs(
+        call.principal.tenant_id, run_id, limit=call.query.limit, after=call.query.after
+    )
     return LogPage(lines=[line for _, line in rows], next_after=rows[-1][0] if rows else None)
 
 
@@ -284,8 +313,9 @@ async def replay_run(call: Call[None]) -> RunView:
 async def list_workers(call: Call[None]) -> list[WorkerInfo]:
     """Workers connected now."""
     engine = call.request.app[ENGINE]
-    sessions = [s for s in engine.services.registry.connected()
-                if s.tenant_id == call.principal.tenant_id]
+    sessions = [
+        s for s in engine.services.registry.connected() if s.tenant_id == call.principal.tenant_id
+    ]
     return [WorkerInfo.model_validate(session.describe()) for session in sessions]
 
 
@@ -297,6 +327,11 @@ async def list_tasks(call: Call[None]) -> list[TaskInfo]:
     tenant = engine.services.tenant(tenant_id)
     definitions = await tenant.ask(tenant.all_definitions)
     sessions = [s for s in engine.services.registry.connected() if s.tenant_id == tenant_id]
-    return [TaskInfo(name=name, options=options,
-                     workers=sorted(s.name for s in sessions if name in s.task_names))
-            for name, options in sorted(definitions.items())]
+    return [
+        TaskInfo(
+            name=name,
+            options=options,
+            workers=sorted(s.name for s in sessions if name in s.task_names),
+        )
+        for name, options in sorted(definitions.items())
+    ]

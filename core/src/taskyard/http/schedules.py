@@ -57,21 +57,24 @@ async def delete_cron(call: Call[None]) -> None:
 @router.post("/api/v1/crons/{cron_id}/pause", roles=ANY_ROLE, response=CronView)
 async def pause_cron(call: Call[None]) -> CronView:
     """No ticks fire while paused; resuming starts from the next tick to come."""
-    return await _scheduling(call).set_paused(call.principal.tenant_id,
-                                              call.path_uuid("cron_id"), True)
+    return await _scheduling(call).set_paused(
+        call.principal.tenant_id, call.path_uuid("cron_id"), True
+    )
 
 
 @router.post("/api/v1/crons/{cron_id}/resume", roles=ANY_ROLE, response=CronView)
 async def resume_cron(call: Call[None]) -> CronView:
-    return await _scheduling(call).set_paused(call.principal.tenant_id,
-                                              call.path_uuid("cron_id"), False)
+    return await _scheduling(call).set_paused(
+        call.principal.tenant_id, call.path_uuid("cron_id"), False
+    )
 
 
 # -- one-off schedules -----------------------------------------------------------------------------
 
 
-@router.post("/api/v1/schedules", roles=ANY_ROLE, body=ScheduleRequest, response=ScheduleView,
-             status=201)
+@router.post(
+    "/api/v1/schedules", roles=ANY_ROLE, body=ScheduleRequest, response=ScheduleView, status=201
+)
 async def create_schedule(call: Call[ScheduleRequest]) -> ScheduleView:
     """Run a task or workflow once, at `at`. A time already past is refused (422); one that
     passes while the engine is down fires as soon as it is back, once."""
@@ -85,19 +88,19 @@ async def list_schedules(call: Call[None]) -> ScheduleList:
 
 @router.get("/api/v1/schedules/{schedule_id}", roles=ANY_ROLE, response=ScheduleView)
 async def get_schedule(call: Call[None]) -> ScheduleView:
-    return await _scheduling(call).one_off(call.principal.tenant_id,
-                                           call.path_uuid("schedule_id"))
+    return await _scheduling(call).one_off(call.principal.tenant_id, call.path_uuid("schedule_id"))
 
 
-@router.patch("/api/v1/schedules/{schedule_id}", roles=ANY_ROLE, body=RescheduleRequest,
-              response=ScheduleView)
+@router.patch(
+    "/api/v1/schedules/{schedule_id}", roles=ANY_ROLE, body=RescheduleRequest, response=ScheduleView
+)
 async def reschedule(call: Call[RescheduleRequest]) -> ScheduleView:
     """Move a one-off that has not fired yet (409 once it has)."""
-    return await _scheduling(call).reschedule(call.principal.tenant_id,
-                                              call.path_uuid("schedule_id"), call.body.at)
+    return await _scheduling(call).reschedule(
+        call.principal.tenant_id, call.path_uuid("schedule_id"), call.body.at
+    )
 
 
 @router.delete("/api/v1/schedules/{schedule_id}", roles=ANY_ROLE, status=204)
 async def delete_schedule(call: Call[None]) -> None:
-    await _scheduling(call).delete(call.principal.tenant_id, call.path_uuid("schedule_id"),
-                                   "once")
+    await _scheduling(call).delete(call.principal.tenant_id, call.path_uuid("schedule_id"), "once")

@@ -54,5 +54,6 @@ async def openapi(call: Call[None]) -> web.StreamResponse:
 async def whoami(call: Call[None]) -> WhoAmI:
     """The tenant and role of the calling token."""
     p = call.principal
-    return WhoAmI(tenant_id=str(p.tenant_id), tenant_name=p.tenant_name,
-                  token_id=str(p.token_id), role=p.role)
+    return WhoAmI(
+        tenant_id=str(p.tenant_id), tenant_name=p.tenant_name, token_id=str(p.token_id), role=p.role
+    )

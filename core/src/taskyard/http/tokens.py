@@ -32,8 +32,13 @@ class Token(BaseModel):
 
     @classmethod
     def of(cls, info: TokenInfo) -> Token:
-        return cls(token_id=info.token_id, name=info.name, role=info.role,
-                   created_at=info.created_at, revoked_at=info.revoked_at)
+        return cls(
+            token_id=info.token_id,
+            name=info.name,
+            role=info.role,
+            created_at=info.created_at,
+            revoked_at=info.revoked_at,
+        )
 
 
 class TokenCreated(Token):
@@ -51,7 +56,8 @@ async def list_tokens(call: Call[None]) -> list[Token]:
 async def create_token(call: Call[TokenCreate]) -> TokenCreated:
     """Create a token; its secret is returned once."""
     info, secret = await call.request.app[ENGINE].repository.create_token(
-        call.principal.tenant_id, call.body.role, call.body.name)
+        call.principal.tenant_id, call.body.role, call.body.name
+    )
     return TokenCreated(token=secret, **Token.of(info).model_dump())
 
 

@@ -50,9 +50,13 @@ async def connect(call: Call[None]) -> web.StreamResponse:
         return ws
     services = engine.services
     session = WorkerSession(ws, call.principal.tenant_id, call.principal.token_id, hello)
-    session.send(protocol.Welcome(worker_id=hello.worker_id,
-                                  heartbeat_interval=engine.settings.heartbeat_interval,
-                                  max_message_bytes=limit))
+    session.send(
+        protocol.Welcome(
+            worker_id=hello.worker_id,
+            heartbeat_interval=engine.settings.heartbeat_interval,
+            max_message_bytes=limit,
+        )
+    )
     session.start()
     registry = services.registry
     await registry.ask(registry.connect, session, hello.in_flight)
@@ -65,8 +69,12 @@ async def connect(call: Call[None]) -> web.StreamResponse:
             if message.type is WSMsgType.TEXT:
                 _handle_frame(session, queue, registry, message.data, limit)
             elif message.type is WSMsgType.BINARY:
-                session.send(protocol.Error(code="bad_frame", message=(
-                    "binary frames are not supported; send JSON text frames")))
+                session.send(
+                    protocol.Error(
+                        code="bad_frame",
+                        message=("binary frames are not supported; send JSON text frames"),
+                    )
+                )
             elif message.type is WSMsgType.ERROR:
                 log.info("worker %s connection error: %s", session.name, ws.exception())
                 break
@@ -96,11 +104,13 @@ async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | 
     try:
         data = orjson.loads(first.data)
         if not isinstance(data, dict) or data.get("type") != "hello":
-            raise ValueError("the first message must be {\"type\": \"hello\", ...}")
+            raise ValueError('the first message must be {"type": "hello", ...}')
         if data.get("protocol") != protocol.PROTOCOL_VERSION:
-            await refuse("protocol_version",
-                         f"protocol version {data.get('protocol')!r} is not supported; this "
-                         f"engine speaks version {protocol.PROTOCOL_VERSION}")
+            await refuse(
+                "protocol_version",
+                f"protocol version {data.get('protocol')!r} is not supported; this "
+                f"engine speaks version {protocol.PROTOCOL_VERSION}",
+            )
             return None
         hello = protocol.Hello.model_validate(data)
         for definition in hello.tasks:
@@ -118,11 +128,16 @@ async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | 
     return None
 
 
-def _handle_frame(session: WorkerSession, queue: QueueActor, registry: WorkerRegistry,
-                  data: str, limit: int) -> None:
+def _handle_frame(
+    session: WorkerSession, queue: QueueActor, registry: WorkerRegistry, data: str, limit: int
+) -> None:
     if len(data) > limit:
-        session.send(protocol.Error(code="too_large", message=(
-            f"frame of {len(data)} bytes exceeds the limit of {limit} bytes")))
+        session.send(
+            protocol.Error(
+                code="too_large",
+                message=(f"frame of {len(data)} bytes exceeds the limit of {limit} bytes"),
+            )
+        )
         return
     messages = _parse_frame(data)
     if messages is None:
@@ -135,15 +150,21 @@ def _handle_frame(session: WorkerSession, queue: QueueActor, registry: WorkerReg
         if payload is not None:
             problem = _payload_problem(*payload, message)
             if problem is not None:
-                message = _unstorable(session, {"type": message.type, "run_id": message.run_id,
-                                                "attempt": message.attempt}, problem)
+                message = _unstorable(
+                    session,
+                    {"type": message.type, "run_id": message.run_id, "attempt": message.attempt},
+                    problem,
+                )
                 if message is None:
                     continue
         if isinstance(message, protocol.Drain):
             registry.tell(registry.draining, session)
         elif isinstance(message, protocol.Hello):
-            session.send(protocol.Error(code="invalid_message",
-                                        message="hello: this connection is already established"))
+            session.send(
+                protocol.Error(
+                    code="invalid_message", message="hello: this connection is already established"
+                )
+            )
         else:
             routed.append(message)
     if routed:
@@ -193,8 +214,10 @@ def _payload_problem(field: str, value_of: Any, message: Any) -> str | None:
 
 
 def _nesting(where: str) -> str:
-    return (f"{where}: nested more than {protocol.MAX_JSON_DEPTH} levels deep; the limit is "
-            f"{protocol.MAX_JSON_DEPTH}")
+    return (
+        f"{where}: nested more than {protocol.MAX_JSON_DEPTH} levels deep; the limit is "
+        f"{protocol.MAX_JSON_DEPTH}"
+    )
 
 
 def _unstorable(session: WorkerSession, item: dict[str, Any], problem: str) -> Any:
@@ -202,14 +225,19 @@ def _unstorable(session: WorkerSession, item: dict[str, Any], problem: str) -> A
     acknowledges the failure, so the worker stops sending it); anything else is refused."""
     kind = item.get("type")
     ref = _ref_of(item)
-    session.send(protocol.Error(code="invalid_payload", message=f"{kind!r} message: {problem}",
-                                ref=ref))
+    session.send(
+        protocol.Error(code="invalid_payload", message=f"{kind!r} message: {problem}", ref=ref)
+    )
     if kind in _FAILS_ITS_ATTEMPT and ref is not None:
         return protocol.Failed(
-            run_id=ref.run_id, attempt=ref.attempt, retryable=False,
-            error=ErrorInfo(type="UnstorableResult",
-                            message=f"the engine cannot store this attempt's {kind} message: "
-                                    f"{problem}"))
+            run_id=ref.run_id,
+            attempt=ref.attempt,
+            retryable=False,
+            error=ErrorInfo(
+                type="UnstorableResult",
+                message=f"the engine cannot store this attempt's {kind} message: {problem}",
+            ),
+        )
     return None
 
 
@@ -236,8 +264,9 @@ def _parse_each(session: WorkerSession, data: str) -> list[Any]:
 
 def _parse(session: WorkerSession, item: Any, check_nul: bool) -> Any:
     if not isinstance(item, dict):
-        session.send(protocol.Error(code="invalid_message",
-                                    message="each message must be a JSON object"))
+        session.send(
+            protocol.Error(code="invalid_message", message="each message must be a JSON object")
+        )
         return None
     where = protocol.deeper_than(item, protocol.MAX_JSON_DEPTH + 3)  # + the message's levels
     if where is not None:
@@ -251,8 +280,13 @@ def _parse(session: WorkerSession, item: Any, check_nul: bool) -> Any:
         message = protocol.worker_message.validate_python(item)
     except ValidationError as exc:
         kind = item.get("type")
-        session.send(protocol.Error(code="invalid_message", ref=_ref_of(item),
-                                    message=f"{kind!r} message: {_first_error(exc)}"))
+        session.send(
+            protocol.Error(
+                code="invalid_message",
+                ref=_ref_of(item),
+                message=f"{kind!r} message: {_first_error(exc)}",
+            )
+        )
         return None
     return message
 

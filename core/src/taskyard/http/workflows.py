@@ -27,18 +27,29 @@ NAME = {"name": NAME_PATTERN}
 
 
 class VersionQuery(BaseModel):
-    version: int | None = Field(default=None, ge=1, le=PG_INTEGER_MAX,
-                                description="The latest when omitted.")
+    version: int | None = Field(
+        default=None, ge=1, le=PG_INTEGER_MAX, description="The latest when omitted."
+    )
 
 
 def _info(stored: StoredWorkflow) -> WorkflowInfo:
-    return WorkflowInfo(name=stored.name, version=stored.version, created=stored.created,
-                        created_at=stored.created_at, definition=stored.definition)
+    return WorkflowInfo(
+        name=stored.name,
+        version=stored.version,
+        created=stored.created,
+        created_at=stored.created_at,
+        definition=stored.definition,
+    )
 
 
-@router.post("/api/v1/workflows", roles=ANY_ROLE, body=WorkflowDefinition,
-             response=WorkflowInfo, status=201,
-             other_statuses={200: "This exact definition was registered before: its version."})
+@router.post(
+    "/api/v1/workflows",
+    roles=ANY_ROLE,
+    body=WorkflowDefinition,
+    response=WorkflowInfo,
+    status=201,
+    other_statuses={200: "This exact definition was registered before: its version."},
+)
 async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | WorkflowInfo:
     """Register a workflow definition. A definition registered before returns its version
     (status 200); a changed one becomes the next version, used by runs triggered from now on
@@ -60,51 +71,76 @@ async def list_workflows(call: Call[None]) -> WorkflowList:
     return WorkflowList(workflows=[_info(stored) for stored in latest])
 
 
-@router.get("/api/v1/workflows/{name}", roles=ANY_ROLE, query=VersionQuery,
-            response=WorkflowInfo, params=NAME)
+@router.get(
+    "/api/v1/workflows/{name}",
+    roles=ANY_ROLE,
+    query=VersionQuery,
+    response=WorkflowInfo,
+    params=NAME,
+)
 async def get_workflow(call: Call[None]) -> WorkflowInfo:
     """A workflow's definition: the latest version, or the one asked for."""
     name = call.path["name"]
     engine = call.request.app[ENGINE]
-    stored = await engine.services.workflows.get(call.principal.tenant_id, name,
-                                                  call.query.version)
+    stored = await engine.services.workflows.get(call.principal.tenant_id, name, call.query.version)
     if stored is None:
         version = f" version {call.query.version}" if call.query.version else ""
         raise NotFound(f"no workflow {name!r}{version} in this tenant")
     return _info(stored)
 
 
-@router.post("/api/v1/workflows/{name}/runs", roles=ANY_ROLE, body=WorkflowTriggerRequest,
-             response=RunRef, status=201, params=NAME, other_statuses=REPLAYED)
+@router.post(
+    "/api/v1/workflows/{name}/runs",
+    roles=ANY_ROLE,
+    body=WorkflowTriggerRequest,
+    response=RunRef,
+    status=201,
+    params=NAME,
+    other_statuses=REPLAYED,
+)
 async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | RunRef:
     """Start a run of the workflow's latest version. Its steps are runs too; the workflow
     run's output holds each step's output by name once it has finished. An idempotency key
     used before answers as with `POST /api/v1/runs`."""
     engine = call.request.app[ENGINE]
-    [ref] = await tell_replays(call, [call.body.input], await engine.services.trigger_workflow(
-        call.principal.tenant_id, call.path["name"], [call.body]))
+    [ref] = await tell_replays(
+        call,
+        [call.body.input],
+        await engine.services.trigger_workflow(
+            call.principal.tenant_id, call.path["name"], [call.body]
+        ),
+    )
     if not ref.created:
         return WithStatus(200, ref)
     return ref
 
 
-@router.post("/api/v1/workflows/{name}/runs/batch", roles=ANY_ROLE,
-             body=BatchWorkflowTriggerRequest, response=BatchTriggerResponse, status=201,
-             params=NAME)
+@router.post(
+    "/api/v1/workflows/{name}/runs/batch",
+    roles=ANY_ROLE,
+    body=BatchWorkflowTriggerRequest,
+    response=BatchTriggerResponse,
+    status=201,
+    params=NAME,
+)
 async def trigger_workflow_batch(call: Call[BatchWorkflowTriggerRequest]) -> BatchTriggerResponse:
     """Start many runs of a workflow in one request."""
     engine = call.request.app[ENGINE]
-    refs = await engine.services.trigger_workflow(call.principal.tenant_id, call.path["name"],
-                                                   call.body.runs)
-    return BatchTriggerResponse(runs=await tell_replays(
-        call, [run.input for run in call.body.runs], refs))
+    refs = await engine.services.trigger_workflow(
+        call.principal.tenant_id, call.path["name"], call.body.runs
+    )
+    return BatchTriggerResponse(
+        runs=await tell_replays(call, [run.input for run in call.body.runs], refs)
+    )
 
 
 class WorkflowFile(BaseModel):
     file: str
     workflow: str | None = Field(description="The workflow its last good version defines.")
-    error: str | None = Field(description="Why the file on disk does not load (file:line: "
-                                          "reason); the last good version stays in use.")
+    error: str | None = Field(
+        description="Why the file on disk does not load (file:line: "
+        "reason); the last good version stays in use."
+    )
 
 
 class WorkflowFiles(BaseModel):

@@ -107,8 +107,9 @@ class Declared:
         return [step for job in self.spec.jobs.values() for step in job.steps]
 
 
-def load(path: Path, text: str, *, actions: Collection[str] = (),
-         unloaded_plugins: Collection[str] = ()) -> Declared:
+def load(
+    path: Path, text: str, *, actions: Collection[str] = (), unloaded_plugins: Collection[str] = ()
+) -> Declared:
     """Parse and check one file; raises DeclarativeError naming the line. `actions`: those the
     loaded plugins provide; an action named after a plugin that is installed but not loaded
     (`http:request` without `--plugin http`) is refused, since no worker would ever run it."""
@@ -117,8 +118,9 @@ def load(path: Path, text: str, *, actions: Collection[str] = (),
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise DeclarativeError(path, mark.line + 1 if mark else None,
-                               f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise DeclarativeError(
+            path, mark.line + 1 if mark else None, f"not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     lines = _lines(node)
     try:
         spec = WorkflowFile.model_validate(data)
@@ -134,34 +136,50 @@ def load(path: Path, text: str, *, actions: Collection[str] = (),
         for index, step in enumerate(job.steps):
             at = ("jobs", job_name, "steps", index)
             if step.id in seen:
-                raise DeclarativeError(path, _line_of(lines, (*at, "id")),
-                                       f"step id {step.id!r} is used twice (jobs "
-                                       f"{seen[step.id]!r} and {job_name!r})")
+                raise DeclarativeError(
+                    path,
+                    _line_of(lines, (*at, "id")),
+                    f"step id {step.id!r} is used twice (jobs {seen[step.id]!r} and {job_name!r})",
+                )
             seen[step.id] = job_name
             plugin = step.action.partition(":")[0]
             if step.action not in actions and plugin in unloaded_plugins:
-                raise DeclarativeError(path, _line_of(lines, (*at, "action")),
-                                       f"step {step.id!r}: action {step.action!r} comes from "
-                                       f"the {plugin} plugin, which is not loaded; start the "
-                                       f"engine with --plugin {plugin}")
+                raise DeclarativeError(
+                    path,
+                    _line_of(lines, (*at, "action")),
+                    f"step {step.id!r}: action {step.action!r} comes from "
+                    f"the {plugin} plugin, which is not loaded; start the "
+                    f"engine with --plugin {plugin}",
+                )
             for text_value, sub in _strings(step.with_, (*at, "with")):
-                _check_templates(path, _line_of(lines, sub), job_name, step.id, text_value,
-                                 earlier)
-            steps.append(StepDefinition(
-                name=step.id, parents=list(earlier),
-                options=TaskOptions(execution_timeout=step.timeout, retries=step.retries,
-                                    backoff_factor=step.backoff_factor,
-                                    concurrency=tuple(step.concurrency),
-                                    rate_limits=tuple(step.rate_limits),
-                                    queue=INTEGRATION_QUEUE)))
+                _check_templates(path, _line_of(lines, sub), job_name, step.id, text_value, earlier)
+            steps.append(
+                StepDefinition(
+                    name=step.id,
+                    parents=list(earlier),
+                    options=TaskOptions(
+                        execution_timeout=step.timeout,
+                        retries=step.retries,
+                        backoff_factor=step.backoff_factor,
+                        concurrency=tuple(step.concurrency),
+                        rate_limits=tuple(step.rate_limits),
+                        queue=INTEGRATION_QUEUE,
+                    ),
+                )
+            )
             earlier.append(step.id)
     try:
-        definition = WorkflowDefinition(name=spec.name, on_events=spec.triggers.events,
-                                        on_crons=spec.triggers.crons, steps=steps)
+        definition = WorkflowDefinition(
+            name=spec.name,
+            on_events=spec.triggers.events,
+            on_crons=spec.triggers.crons,
+            steps=steps,
+        )
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise DeclarativeError(path, _line_of(lines, ("triggers",)),
-                               f"triggers: {error['msg']}") from None
+        raise DeclarativeError(
+            path, _line_of(lines, ("triggers",)), f"triggers: {error['msg']}"
+        ) from None
     return Declared(path, spec, definition)
 
 
@@ -170,8 +188,9 @@ def _expression(template: str) -> str:
     return "input" + template if HATCHET_PATH.match(template) else template
 
 
-def _check_templates(path: Path, line: int | None, job: str, step: str, text: str,
-                     earlier: list[str]) -> None:
+def _check_templates(
+    path: Path, line: int | None, job: str, step: str, text: str, earlier: list[str]
+) -> None:
     for template in TEMPLATE.findall(text):
         expression = _expression(template)
         try:
@@ -181,8 +200,11 @@ def _check_templates(path: Path, line: int | None, job: str, step: str, text: st
         for reference in STEP_REFERENCE.findall(expression):
             if reference not in earlier:
                 raise DeclarativeError(
-                    path, line, f"step {step!r} reads steps.{reference}, which is not an "
-                                f"earlier step of job {job!r}")
+                    path,
+                    line,
+                    f"step {step!r} reads steps.{reference}, which is not an "
+                    f"earlier step of job {job!r}",
+                )
 
 
 def _strings(value: Any, at: tuple[Any, ...]) -> list[tuple[str, tuple[Any, ...]]]:
@@ -202,8 +224,9 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
         whole = WHOLE_TEMPLATE.fullmatch(value.strip())
         if whole is not None:
             return evaluate(_expression(whole.group(1)), variables)
-        return TEMPLATE.sub(lambda match: _text(evaluate(_expression(match.group(1)), variables)),
-                            value)
+        return TEMPLATE.sub(
+            lambda match: _text(evaluate(_expression(match.group(1)), variables)), value
+        )
     if isinstance(value, dict):
         return {key: render(item, variables) for key, item in value.items()}
     if isinstance(value, list):

@@ -61,9 +61,18 @@ TokenFor = Callable[[str], Awaitable[str]]  # tenant name -> a worker token
 
 
 class Integrations:
-    def __init__(self, *, directory: Path, url: Callable[[], str], actions: dict[str, Action],
-                 register: Register, token_for: TokenFor, forget_token: Callable[[str], None],
-                 loaded_plugins: Collection[str] = (), poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        url: Callable[[], str],
+        actions: dict[str, Action],
+        register: Register,
+        token_for: TokenFor,
+        forget_token: Callable[[str], None],
+        loaded_plugins: Collection[str] = (),
+        poll_seconds: float = 1.0,
+    ) -> None:
         self.directory = directory
         self.url = url
         self.actions = actions
@@ -145,14 +154,20 @@ class Integrations:
         try:
             await self.register(tenant, quiet)
         except Exception:
-            log.exception("could not retire workflow %r of the deleted file %s",
-                          declared.spec.name, declared.path)
+            log.exception(
+                "could not retire workflow %r of the deleted file %s",
+                declared.spec.name,
+                declared.path,
+            )
 
     async def _load(self, path: Path, tenant: str, state: FileState) -> bool:
         try:
-            declared = load(path, await asyncio.to_thread(path.read_text),
-                            actions=self.actions.keys(),
-                            unloaded_plugins=installed_plugins().keys() - self.loaded_plugins)
+            declared = load(
+                path,
+                await asyncio.to_thread(path.read_text),
+                actions=self.actions.keys(),
+                unloaded_plugins=installed_plugins().keys() - self.loaded_plugins,
+            )
             for step in declared.steps():
                 action = self.actions.get(step.action)
                 check = getattr(action, "check", None)
@@ -168,40 +183,64 @@ class Integrations:
                 state.error = f"{path}: {exc}"
             else:
                 state.error = f"{path}: {type(exc).__name__}: {exc}"
-            log.error("declarative workflow %s not loaded (the last good version stays): %s",
-                      path, state.error)
+            log.error(
+                "declarative workflow %s not loaded (the last good version stays): %s",
+                path,
+                state.error,
+            )
             return False
         state.declared, state.error = declared, None
         log.info("declarative workflow %r loaded from %s", declared.spec.name, path)
         return True
 
     def status(self, tenant: str) -> list[dict[str, Any]]:
-        return [{"file": str(path), "workflow": state.declared.spec.name
-                 if state.declared else None, "error": state.error}
-                for path, state in sorted(self.files.items()) if state.tenant == tenant]
+        return [
+            {
+                "file": str(path),
+                "workflow": state.declared.spec.name if state.declared else None,
+                "error": state.error,
+            }
+            for path, state in sorted(self.files.items())
+            if state.tenant == tenant
+        ]
 
     # -- the workers -----------------------------------------------------------------------------
 
     async def _restart_worker(self, tenant: str) -> None:
         """The tenant's worker for what its files declare now; the one it replaces drains in
         the background."""
-        declared = [state.declared for state in self.files.values()
-                    if state.tenant == tenant and state.declared is not None]
+        declared = [
+            state.declared
+            for state in self.files.values()
+            if state.tenant == tenant and state.declared is not None
+        ]
         if not declared:
             await self._stop_worker(tenant)
             return
         token = await self.token_for(tenant)
         client = Taskyard(self.url(), token)
-        tasks: list[Task[Any, Any]] = [_action_task(client, action)
-                                       for action in self.actions.values()]
+        tasks: list[Task[Any, Any]] = [
+            _action_task(client, action) for action in self.actions.values()
+        ]
         for workflow in declared:
             for step in workflow.steps():
-                tasks.append(_step_task(client, workflow.spec.name, step,
-                                        self.actions.get(step.action),
-                                        workflow.definition))
+                tasks.append(
+                    _step_task(
+                        client,
+                        workflow.spec.name,
+                        step,
+                        self.actions.get(step.action),
+                        workflow.definition,
+                    )
+                )
         longest = max(task.options.execution_timeout for task in tasks)
-        worker = client.worker("integrations", tasks=tasks, slots=SLOTS,
-                               queue=INTEGRATION_QUEUE, drain_timeout=longest + 5)
+        worker = client.worker(
+            "integrations",
+            tasks=tasks,
+            slots=SLOTS,
+            queue=INTEGRATION_QUEUE,
+            drain_timeout=longest + 5,
+        )
         try:
             await worker.__aenter__()
         except Exception:
@@ -212,8 +251,9 @@ class Integrations:
         replaced = self.workers.get(tenant)
         self.workers[tenant] = (client, worker)
         if replaced is not None:
-            retiring = asyncio.create_task(self._retire_worker(*replaced),
-                                           name=f"integrations:{tenant}:drain")
+            retiring = asyncio.create_task(
+                self._retire_worker(*replaced), name=f"integrations:{tenant}:drain"
+            )
             self._retiring.add(retiring)
             retiring.add_done_callback(self._retiring.discard)
 
@@ -241,13 +281,19 @@ def _action_task(client: Taskyard, action: Action) -> Task[Any, Any]:
     return Task(client, run, action.name, TaskOptions(queue=INTEGRATION_QUEUE))
 
 
-def _step_task(client: Taskyard, workflow: str, step: StepSpec, action: Action | None,
-               definition: WorkflowDefinition) -> Task[Any, Any]:
+def _step_task(
+    client: Taskyard,
+    workflow: str,
+    step: StepSpec,
+    action: Action | None,
+    definition: WorkflowDefinition,
+) -> Task[Any, Any]:
     """A declarative step: render its `with`, then call the action (or run the task it names
     as a child run, on the workers that have it)."""
     options = next(s.options for s in definition.steps if s.name == step.id)
     delegate: Task[Any, Any] | None = (
-        Task(client, _never, step.action, TaskOptions()) if action is None else None)
+        Task(client, _never, step.action, TaskOptions()) if action is None else None
+    )
 
     async def run(input: Any, ctx: Context) -> Any:
         params = render_with(step.with_, {"input": input, "steps": ctx.parent_outputs})
@@ -261,4 +307,3 @@ def _step_task(client: Taskyard, workflow: str, step: StepSpec, action: Action |
 
 async def _never(params: Any) -> Any:  # the delegate's function runs on a user's worker
     raise RuntimeError("a delegated action runs on the worker that registered it")
-

@@ -76,15 +76,23 @@ class WorkflowStart(NamedTuple):
 
 
 class Services:
-    def __init__(self, *, persister: Persister, runs: RunRepository,
-                 workflows: WorkflowRepository, events: EventRepository,
-                 rate_limits: RateLimitRepository, schedules: ScheduleRepository,
-                 heartbeat_interval: float, heartbeat_timeout: float,
-                 timers: Timers, recovery_hold: float = 0.0,
-                 runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
-                 observe_all: bool = False,
-                 runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        persister: Persister,
+        runs: RunRepository,
+        workflows: WorkflowRepository,
+        events: EventRepository,
+        rate_limits: RateLimitRepository,
+        schedules: ScheduleRepository,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        timers: Timers,
+        recovery_hold: float = 0.0,
+        runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
+        observe_all: bool = False,
+        runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
+    ) -> None:
         self.persister = persister
         self.runs = runs
         self.workflows = workflows
@@ -100,10 +108,12 @@ class Services:
         self.streams = RunStreams()
         self.heartbeat_timeout = heartbeat_timeout
         self.recovery_hold = recovery_hold
-        self.registry = WorkerRegistry(queue_for=self.queue_for,
-                                       register_tasks=self._register_tasks,
-                                       heartbeat_interval=heartbeat_interval,
-                                       heartbeat_timeout=heartbeat_timeout)
+        self.registry = WorkerRegistry(
+            queue_for=self.queue_for,
+            register_tasks=self._register_tasks,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+        )
         self.schedules = ScheduleActor(schedules, self.timers, self.fire_schedule)
         self.scheduling = Scheduling(schedules, self.schedules)
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
@@ -113,15 +123,21 @@ class Services:
     async def start(self) -> None:
         """Start the shared actors and rebuild every queue that has unfinished runs."""
         await self.registry.start()
-        recovered = [self.queue_for(tenant_id, queue, recovering=True)
-                     for tenant_id, queue in await self.runs.active_queues()]
-        tenants = [self.tenant(tenant_id)
-                   for tenant_id in await self.workflows.tenants_with_active_runs()]
+        recovered = [
+            self.queue_for(tenant_id, queue, recovering=True)
+            for tenant_id, queue in await self.runs.active_queues()
+        ]
+        tenants = [
+            self.tenant(tenant_id) for tenant_id in await self.workflows.tenants_with_active_runs()
+        ]
         await asyncio.gather(*(actor.start() for actor in [*recovered, *tenants]))
         await self.schedules.start()  # after the queues: missed ticks fire into running actors
         if recovered:
-            log.info("recovered %d runs in %d queues",
-                     sum(len(actor.runs) for actor in recovered), len(recovered))
+            log.info(
+                "recovered %d runs in %d queues",
+                sum(len(actor.runs) for actor in recovered),
+                len(recovered),
+            )
 
     async def stop(self) -> None:
         await self.registry.stop()  # closes worker connections first: no new results arrive
@@ -134,18 +150,29 @@ class Services:
 
     # -- the actor directory ---------------------------------------------------------------------
 
-    def queue_for(self, tenant_id: uuid.UUID, queue: str, *,
-                  recovering: bool = False) -> QueueActor:
+    def queue_for(
+        self, tenant_id: uuid.UUID, queue: str, *, recovering: bool = False
+    ) -> QueueActor:
         actor = self.queues.get((tenant_id, queue))
         if actor is None:
             actor = self.queues[(tenant_id, queue)] = QueueActor(
-                tenant_id, queue, persister=self.persister, timers=self.timers,
-                repository=self.runs, waiters=self.waiters, streams=self.streams,
-                connected_workers=self.registry.connected, steps_ended=self._steps_ended,
-                worker_grace=self.heartbeat_timeout, limiter=self.limiter_for(tenant_id),
-                events=self.events, runs_ended=self._runs_ended, observe_all=self.observe_all,
+                tenant_id,
+                queue,
+                persister=self.persister,
+                timers=self.timers,
+                repository=self.runs,
+                waiters=self.waiters,
+                streams=self.streams,
+                connected_workers=self.registry.connected,
+                steps_ended=self._steps_ended,
+                worker_grace=self.heartbeat_timeout,
+                limiter=self.limiter_for(tenant_id),
+                events=self.events,
+                runs_ended=self._runs_ended,
+                observe_all=self.observe_all,
                 runs_changed=self.runs_changed,
-                recovery_hold=self.recovery_hold if recovering else 0.0)
+                recovery_hold=self.recovery_hold if recovering else 0.0,
+            )
             self._start_later(actor.start())
         return actor
 
@@ -154,17 +181,25 @@ class Services:
         limiter = self.limiters.get(tenant_id)
         if limiter is None:
             limiter = self.limiters[tenant_id] = SharedRateLimiter(
-                lambda: self.rate_limits.load(tenant_id))
+                lambda: self.rate_limits.load(tenant_id)
+            )
         return limiter
 
     def tenant(self, tenant_id: uuid.UUID) -> TenantActor:
         actor = self.tenants.get(tenant_id)
         if actor is None:
             actor = self.tenants[tenant_id] = TenantActor(
-                tenant_id, persister=self.persister, runs=self.runs, workflows=self.workflows,
-                events=self.events, timers=self.timers, waiters=self.waiters,
-                enqueue=self._enqueue, cancel=self._cancel_later,
-                runs_ended=self.runs_ended if self.observe_all else None)
+                tenant_id,
+                persister=self.persister,
+                runs=self.runs,
+                workflows=self.workflows,
+                events=self.events,
+                timers=self.timers,
+                waiters=self.waiters,
+                enqueue=self._enqueue,
+                cancel=self._cancel_later,
+                runs_ended=self.runs_ended if self.observe_all else None,
+            )
             self._start_later(actor.start())
         return actor
 
@@ -178,8 +213,7 @@ class Services:
         if self.runs_ended is not None:
             self.runs_ended(tenant_id, ended)
 
-    async def _cancel_children_of_timed_out(self, tenant_id: uuid.UUID,
-                                            run_id: uuid.UUID) -> None:
+    async def _cancel_children_of_timed_out(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
         try:
             await self._cancel_children(tenant_id, run_id, f"run {run_id} timed out")
         except Exception:
@@ -187,6 +221,7 @@ class Services:
 
     def _cancel_later(self, tenant_id: uuid.UUID, run_id: uuid.UUID, reason: str) -> None:
         """Cancel a run and everything under it, for an actor that cannot wait for that."""
+
         async def cancel() -> None:
             try:
                 await self.cancel(tenant_id, run_id, reason)
@@ -210,22 +245,32 @@ class Services:
         async def sync_crons() -> None:
             try:
                 for definition in definitions:
-                    await self.sync_code_crons(tenant_id, task=definition.name,
-                                               expressions=definition.crons)
+                    await self.sync_code_crons(
+                        tenant_id, task=definition.name, expressions=definition.crons
+                    )
             except Exception:
                 log.exception("could not register the crons of a worker's tasks")
 
         self._start_later(sync_crons())
 
-    async def sync_code_crons(self, tenant_id: uuid.UUID, *, task: str | None = None,
-                              workflow: str | None = None, expressions: list[str]) -> None:
+    async def sync_code_crons(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        task: str | None = None,
+        workflow: str | None = None,
+        expressions: list[str],
+    ) -> None:
         """Crons declared in code (`on_crons`) follow the code: added, kept, or removed."""
         if await self.schedule_repository.sync_code_crons(
-                tenant_id, task=task, workflow=workflow, expressions=expressions):
-            crons = [c for c in await self.schedule_repository.of_kind(tenant_id, "cron")
-                     if c.declared_in_code and c.task == task and c.workflow == workflow]
-            self.schedules.tell(self.schedules.code_crons_synced, tenant_id, task, workflow,
-                                crons)
+            tenant_id, task=task, workflow=workflow, expressions=expressions
+        ):
+            crons = [
+                c
+                for c in await self.schedule_repository.of_kind(tenant_id, "cron")
+                if c.declared_in_code and c.task == task and c.workflow == workflow
+            ]
+            self.schedules.tell(self.schedules.code_crons_synced, tenant_id, task, workflow, crons)
 
     async def fire_schedule(self, schedule: Schedule, tick: float) -> uuid.UUID:
         """Start the run of a cron tick or a one-off schedule; committed when this returns.
@@ -238,14 +283,28 @@ class Services:
             key = f"schedule:{schedule.schedule_id}"
             metadata = {**schedule.metadata, "schedule": str(schedule.schedule_id)}
         if schedule.task is not None:
-            [ref] = await self.trigger(schedule.tenant_id, [TriggerRequest(
-                task=schedule.task, input=schedule.input, metadata=metadata,
-                idempotency_key=key)])
+            [ref] = await self.trigger(
+                schedule.tenant_id,
+                [
+                    TriggerRequest(
+                        task=schedule.task,
+                        input=schedule.input,
+                        metadata=metadata,
+                        idempotency_key=key,
+                    )
+                ],
+            )
         else:
             assert schedule.workflow is not None
-            [ref] = await self.trigger_workflow(schedule.tenant_id, schedule.workflow, [
-                WorkflowTriggerRequest(input=schedule.input, metadata=metadata,
-                                       idempotency_key=key)])
+            [ref] = await self.trigger_workflow(
+                schedule.tenant_id,
+                schedule.workflow,
+                [
+                    WorkflowTriggerRequest(
+                        input=schedule.input, metadata=metadata, idempotency_key=key
+                    )
+                ],
+            )
         return ref.run_id
 
     def _enqueue(self, tenant_id: uuid.UUID, runs: list[Run]) -> None:
@@ -263,16 +322,21 @@ class Services:
 
     # -- operations on runs ----------------------------------------------------------------------
 
-    async def trigger(self, tenant_id: uuid.UUID, requests: list[TriggerRequest],
-                      options: TaskOptions | None = None) -> list[RunRef]:
+    async def trigger(
+        self,
+        tenant_id: uuid.UUID,
+        requests: list[TriggerRequest],
+        options: TaskOptions | None = None,
+    ) -> list[RunRef]:
         """Create runs; returns once they are committed (an acknowledged run is never lost).
         `options` are those of a batch, for its runs that carry none of their own."""
         await self.persister.capacity()
         if options is not None:
             self._check(options, "options")
         await self._check_parents(tenant_id, requests)
-        unconfigured = (sorted({r.task for r in requests if r.options is None})
-                        if options is None else [])
+        unconfigured = (
+            sorted({r.task for r in requests if r.options is None}) if options is None else []
+        )
         registered: dict[str, TaskOptions] = {}
         if unconfigured:
             tenant = self.tenant(tenant_id)
@@ -296,30 +360,57 @@ class Services:
             except ExpressionError as exc:
                 where = f"runs[{index}] " if len(requests) > 1 else ""
                 raise Unprocessable(f"{where}(task {request.task!r}): {exc}") from None
-            run = Run(tenant_id=tenant_id, run_id=new_id(), task=sys.intern(request.task),
-                      queue=run_options.queue, status=RunStatus.QUEUED, attempt=1,
-                      priority=priority, options=run_options, created_at=now, queued_at=now,
-                      metadata=request.metadata or EMPTY_METADATA, input_json=input_json,
-                      flow=flow)
-            runs.append(run)
-            rows.append(new_run_row(
-                tenant_id=tenant_id, run_id=run.run_id, task=run.task, queue=run.queue,
-                status="queued", priority=priority, options_json=run_options_json,
+            run = Run(
+                tenant_id=tenant_id,
+                run_id=new_id(),
+                task=sys.intern(request.task),
+                queue=run_options.queue,
+                status=RunStatus.QUEUED,
+                attempt=1,
+                priority=priority,
+                options=run_options,
+                created_at=now,
+                queued_at=now,
+                metadata=request.metadata or EMPTY_METADATA,
                 input_json=input_json,
-                metadata_json=orjson.dumps(request.metadata) if request.metadata else b"{}",
-                created_at=now, idempotency_key=request.idempotency_key,
-                parent_run_id=request.parent_run_id,
-                flow_json=flow.to_json() if flow is not None else None))
+                flow=flow,
+            )
+            runs.append(run)
+            rows.append(
+                new_run_row(
+                    tenant_id=tenant_id,
+                    run_id=run.run_id,
+                    task=run.task,
+                    queue=run.queue,
+                    status="queued",
+                    priority=priority,
+                    options_json=run_options_json,
+                    input_json=input_json,
+                    metadata_json=orjson.dumps(request.metadata) if request.metadata else b"{}",
+                    created_at=now,
+                    idempotency_key=request.idempotency_key,
+                    parent_run_id=request.parent_run_id,
+                    flow_json=flow.to_json() if flow is not None else None,
+                )
+            )
         inserted = await self.persister.insert_triggered(rows)
-        refs = [RunRef(run_id=outcome.run_id, task=run.task, status=RunStatus(outcome.status),
-                       created=outcome.created)
-                for run, outcome in zip(runs, inserted, strict=True)]
-        self._enqueue(tenant_id, [run for run, outcome in zip(runs, inserted, strict=True)
-                                  if outcome.created])
+        refs = [
+            RunRef(
+                run_id=outcome.run_id,
+                task=run.task,
+                status=RunStatus(outcome.status),
+                created=outcome.created,
+            )
+            for run, outcome in zip(runs, inserted, strict=True)
+        ]
+        self._enqueue(
+            tenant_id, [run for run, outcome in zip(runs, inserted, strict=True) if outcome.created]
+        )
         return refs
 
-    async def _check_parents(self, tenant_id: uuid.UUID,
-                             requests: Sequence[TriggerRequest | WorkflowTriggerRequest]) -> None:
+    async def _check_parents(
+        self, tenant_id: uuid.UUID, requests: Sequence[TriggerRequest | WorkflowTriggerRequest]
+    ) -> None:
         """A parent must be a run of this tenant (a run is written before it is assigned, so
         any run that can spawn one is found). One lookup per batch, none without parents."""
         wanted = {r.parent_run_id for r in requests if r.parent_run_id is not None}
@@ -327,11 +418,13 @@ class Services:
             return
         missing = wanted - await self.runs.existing(tenant_id, list(wanted))
         if missing:
-            index, request = next((i, r) for i, r in enumerate(requests)
-                                  if r.parent_run_id in missing)
+            index, request = next(
+                (i, r) for i, r in enumerate(requests) if r.parent_run_id in missing
+            )
             where = f"runs[{index}]." if len(requests) > 1 else ""
-            raise Unprocessable(f"body.{where}parent_run_id: no run {request.parent_run_id} in "
-                                f"this tenant")
+            raise Unprocessable(
+                f"body.{where}parent_run_id: no run {request.parent_run_id} in this tenant"
+            )
 
     @staticmethod
     def _check(options: TaskOptions, where: str) -> None:
@@ -341,8 +434,9 @@ class Services:
         except ExpressionError as exc:
             raise Unprocessable(f"{where}: {exc}") from None
 
-    async def cancel(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
-                     reason: str = "cancelled on request") -> RunStatus:
+    async def cancel(
+        self, tenant_id: uuid.UUID, run_id: uuid.UUID, reason: str = "cancelled on request"
+    ) -> RunStatus:
         """Cancel a run, and with it the runs it spawned and (for a workflow run) its steps."""
         run = await self._load(tenant_id, run_id)
         if run.status.terminal:
@@ -364,8 +458,9 @@ class Services:
             actor = self.queue_for(tenant_id, run.queue)
             await actor.ask(actor.cancel, run.run_id, reason)
 
-    async def _cancel_children(self, tenant_id: uuid.UUID, run_id: uuid.UUID,
-                               reason: str | None = None) -> None:
+    async def _cancel_children(
+        self, tenant_id: uuid.UUID, run_id: uuid.UUID, reason: str | None = None
+    ) -> None:
         """The runs a cancelled run spawned (and a workflow run's steps), and theirs; `reason`
         is given to all of them (by default each is told its parent was cancelled)."""
         await self.persister.flush()  # so the query below sees the steps just cancelled
@@ -373,18 +468,22 @@ class Services:
             child = await self.runs.load_run(tenant_id, child_id)
             if child is not None and not child.status.terminal:
                 with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
-                    await self._cancel_one(tenant_id, child,
-                                           reason or f"run {run_id} was cancelled")
+                    await self._cancel_one(
+                        tenant_id, child, reason or f"run {run_id} was cancelled"
+                    )
                 await self._cancel_children(tenant_id, child_id, reason)
 
     async def replay(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
         run = await self._load(tenant_id, run_id)
         if run.queue == WORKFLOW_QUEUE or run.workflow_run_id is not None:
-            raise Conflict(f"run {run_id} is a workflow run or one of its steps, which cannot be "
-                           f"replayed; trigger the workflow again")
+            raise Conflict(
+                f"run {run_id} is a workflow run or one of its steps, which cannot be "
+                f"replayed; trigger the workflow again"
+            )
         if not run.status.terminal:
-            raise Conflict(f"run {run_id} is {run.status.value}; only finished runs can be "
-                           f"replayed")
+            raise Conflict(
+                f"run {run_id} is {run.status.value}; only finished runs can be replayed"
+            )
         actor = self.queue_for(tenant_id, run.queue)
         await actor.ask(actor.replay, run)
         await self.persister.flush()
@@ -398,15 +497,19 @@ class Services:
     async def waiting_reason(self, tenant_id: uuid.UUID, view: RunView) -> str | None:
         if view.status is RunStatus.PENDING and view.kind is not RunKind.WORKFLOW:
             actor = self.queues.get((tenant_id, view.queue))  # a durable run suspended there?
-            durable: str | None = (await actor.ask(actor.waiting_reason, view.run_id, timeout=5)
-                                   if actor is not None else None)
+            durable: str | None = (
+                await actor.ask(actor.waiting_reason, view.run_id, timeout=5)
+                if actor is not None
+                else None
+            )
             return durable or "waiting for its wait_for conditions"
         if view.status is not RunStatus.QUEUED:
             return None
         if view.kind is RunKind.WORKFLOW:
             tenant = self.tenant(tenant_id)
-            admission: str | None = await tenant.ask(tenant.admission_reason, view.run_id,
-                                                     timeout=5)
+            admission: str | None = await tenant.ask(
+                tenant.admission_reason, view.run_id, timeout=5
+            )
             return admission
         actor = self.queues.get((tenant_id, view.queue))
         if actor is None:
@@ -414,8 +517,9 @@ class Services:
         reason: str | None = await actor.ask(actor.waiting_reason, view.run_id, timeout=5)
         return reason
 
-    async def wait(self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID],
-                   timeout: float) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
+    async def wait(
+        self, tenant_id: uuid.UUID, run_ids: Iterable[uuid.UUID], timeout: float
+    ) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
         """Wait until every run has finished or `timeout` passes. Returns the finished runs as
         documents shaped like RunView, and the ids still pending. The runs are watched before
         they are read, so an end committed in between is not missed; a run read unfinished is not
@@ -426,10 +530,15 @@ class Services:
             found = await self.runs.run_documents(tenant_id, wanted)
             unknown = [str(run_id) for run_id in wanted if run_id not in found]
             if unknown:
-                raise NotFound(f"no run {', '.join(unknown[:5])} in this tenant"
-                               + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
-            pending = [futures[run_id] for run_id, document in found.items()
-                       if not RunStatus(document["status"]).terminal]
+                raise NotFound(
+                    f"no run {', '.join(unknown[:5])} in this tenant"
+                    + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+                )
+            pending = [
+                futures[run_id]
+                for run_id, document in found.items()
+                if not RunStatus(document["status"]).terminal
+            ]
             if pending and timeout > 0:
                 await asyncio.wait(pending, timeout=timeout)
                 for future in pending:
@@ -474,8 +583,9 @@ class Services:
 
     # -- rate limits -----------------------------------------------------------------------------
 
-    async def put_rate_limit(self, tenant_id: uuid.UUID, key: str, limit: int,
-                             duration: RateDuration) -> None:
+    async def put_rate_limit(
+        self, tenant_id: uuid.UUID, key: str, limit: int, duration: RateDuration
+    ) -> None:
         """Set a limit (durable when this returns); runs waiting for it are decided again."""
         limiter = self.limiter_for(tenant_id)
         await limiter.ready()
@@ -503,8 +613,9 @@ class Services:
 
     # -- workflows -------------------------------------------------------------------------------
 
-    async def register_workflow(self, tenant_id: uuid.UUID,
-                                definition: WorkflowDefinition) -> StoredWorkflow:
+    async def register_workflow(
+        self, tenant_id: uuid.UUID, definition: WorkflowDefinition
+    ) -> StoredWorkflow:
         """Validate (422 naming the problem) and store; a changed definition is a new version."""
         compile_workflow(definition, 0)
         for expression in definition.on_crons:
@@ -515,19 +626,23 @@ class Services:
         stored = await self.workflows.register(tenant_id, definition, digest(definition))
         tenant = self.tenant(tenant_id)
         tenant.tell(tenant.workflow_registered, compile_workflow(definition, stored.version))
-        await self.sync_code_crons(tenant_id, workflow=definition.name,
-                                   expressions=definition.on_crons)
+        await self.sync_code_crons(
+            tenant_id, workflow=definition.name, expressions=definition.on_crons
+        )
         return stored
 
-    async def trigger_workflow(self, tenant_id: uuid.UUID, name: str,
-                               requests: list[WorkflowTriggerRequest]) -> list[RunRef]:
+    async def trigger_workflow(
+        self, tenant_id: uuid.UUID, name: str, requests: list[WorkflowTriggerRequest]
+    ) -> list[RunRef]:
         """Start runs of the latest version of a workflow; returns once they are committed."""
         await self.persister.capacity()
         tenant = self.tenant(tenant_id)
         workflow: CompiledWorkflow | None = await tenant.ask(tenant.latest_workflow, name)
         if workflow is None:
-            raise NotFound(f"no workflow {name!r} is registered in this tenant; workers register "
-                           f"their workflows when they start")
+            raise NotFound(
+                f"no workflow {name!r} is registered in this tenant; workers register "
+                f"their workflows when they start"
+            )
         levels = workflow.definition.concurrency
         for index, request in enumerate(requests):
             try:
@@ -536,66 +651,122 @@ class Services:
                 where = f"runs[{index}] " if len(requests) > 1 else ""
                 raise Unprocessable(f"{where}(workflow {name!r}): {exc}") from None
         await self._check_parents(tenant_id, requests)
-        started = [WorkflowStart(workflow, request.input, request.metadata, request.priority,
-                                 request.idempotency_key, request.parent_run_id)
-                   for request in requests]
+        started = [
+            WorkflowStart(
+                workflow,
+                request.input,
+                request.metadata,
+                request.priority,
+                request.idempotency_key,
+                request.parent_run_id,
+            )
+            for request in requests
+        ]
         return await self._start_workflows(tenant_id, started)
 
-    async def _start_workflows(self, tenant_id: uuid.UUID,
-                               started: list[WorkflowStart]) -> list[RunRef]:
+    async def _start_workflows(
+        self, tenant_id: uuid.UUID, started: list[WorkflowStart]
+    ) -> list[RunRef]:
         now = time.time()
         runs, rows = [], []
         for workflow, input, metadata, priority, idempotency_key, parent_run_id in started:
             input_json = json_bytes(input)
             # A workflow with concurrency keys waits, queued, until its tenant actor admits it.
             admitted = not workflow.definition.concurrency
-            run = WorkflowRun(new_id(), workflow, input_json, metadata or EMPTY_METADATA,
-                              priority, now, admitted=admitted)
+            run = WorkflowRun(
+                new_id(),
+                workflow,
+                input_json,
+                metadata or EMPTY_METADATA,
+                priority,
+                now,
+                admitted=admitted,
+            )
             runs.append(run)
             status = RunStatus.RUNNING if admitted else RunStatus.QUEUED
-            rows.append(new_run_row(
-                tenant_id=tenant_id, run_id=run.run_id, task=workflow.name, queue=WORKFLOW_QUEUE,
-                status=status.value, priority=priority or DEFAULT_PRIORITY,
-                options_json="{}", input_json=input_json.decode(),
-                metadata_json=orjson.dumps(metadata).decode(), created_at=now,
-                idempotency_key=idempotency_key, kind="workflow",
-                workflow_version=workflow.version, parent_run_id=parent_run_id))
+            rows.append(
+                new_run_row(
+                    tenant_id=tenant_id,
+                    run_id=run.run_id,
+                    task=workflow.name,
+                    queue=WORKFLOW_QUEUE,
+                    status=status.value,
+                    priority=priority or DEFAULT_PRIORITY,
+                    options_json="{}",
+                    input_json=input_json.decode(),
+                    metadata_json=orjson.dumps(metadata).decode(),
+                    created_at=now,
+                    idempotency_key=idempotency_key,
+                    kind="workflow",
+                    workflow_version=workflow.version,
+                    parent_run_id=parent_run_id,
+                )
+            )
         inserted = await self.persister.insert_triggered(rows) if rows else []
         tenant = self.tenant(tenant_id)
-        tenant.tell(tenant.start_runs, [run for run, outcome in zip(runs, inserted, strict=True)
-                                        if outcome.created])
-        return [RunRef(run_id=outcome.run_id, task=run.workflow.name,
-                       status=RunStatus(outcome.status), created=outcome.created)
-                for run, outcome in zip(runs, inserted, strict=True)]
+        tenant.tell(
+            tenant.start_runs,
+            [run for run, outcome in zip(runs, inserted, strict=True) if outcome.created],
+        )
+        return [
+            RunRef(
+                run_id=outcome.run_id,
+                task=run.workflow.name,
+                status=RunStatus(outcome.status),
+                created=outcome.created,
+            )
+            for run, outcome in zip(runs, inserted, strict=True)
+        ]
 
     # -- events ----------------------------------------------------------------------------------
 
-    async def push_events(self, tenant_id: uuid.UUID, requests: list[EventRequest],
-                          replay_of: uuid.UUID | None = None) -> list[EventView]:
+    async def push_events(
+        self, tenant_id: uuid.UUID, requests: list[EventRequest], replay_of: uuid.UUID | None = None
+    ) -> list[EventView]:
         """Store events, start the workflows they trigger, wake the steps waiting for them.
         Returns once all of it is committed."""
         await self.persister.capacity()
         now = time.time()
-        events = [PushedEvent(new_id(), request.key, request.payload, request.metadata, now)
-                  for request in requests]
+        events = [
+            PushedEvent(new_id(), request.key, request.payload, request.metadata, now)
+            for request in requests
+        ]
         tenant = self.tenant(tenant_id)
         routed: list[list[CompiledWorkflow]] = await tenant.ask(tenant.route, events)
-        started = [WorkflowStart(workflow, event.payload, event.metadata)
-                   for event, workflows in zip(events, routed, strict=True)
-                   for workflow in workflows]
+        started = [
+            WorkflowStart(workflow, event.payload, event.metadata)
+            for event, workflows in zip(events, routed, strict=True)
+            for workflow in workflows
+        ]
         refs = await self._start_workflows(tenant_id, started)
         views, position = [], 0
         rows = []
         for event, workflows in zip(events, routed, strict=True):
-            triggered = [ref.run_id for ref in refs[position:position + len(workflows)]]
+            triggered = [ref.run_id for ref in refs[position : position + len(workflows)]]
             position += len(workflows)
-            rows.append((tenant_id, event.event_id, event.key,
-                         orjson.dumps(event.payload).decode(),
-                         orjson.dumps(event.metadata).decode(), now,
-                         "{" + ",".join(map(str, triggered)) + "}", replay_of))
-            views.append(EventView(event_id=event.event_id, key=event.key, payload=event.payload,
-                                   metadata=event.metadata, created_at=_utc(now),
-                                   triggered=triggered, replay_of=replay_of))
+            rows.append(
+                (
+                    tenant_id,
+                    event.event_id,
+                    event.key,
+                    orjson.dumps(event.payload).decode(),
+                    orjson.dumps(event.metadata).decode(),
+                    now,
+                    "{" + ",".join(map(str, triggered)) + "}",
+                    replay_of,
+                )
+            )
+            views.append(
+                EventView(
+                    event_id=event.event_id,
+                    key=event.key,
+                    payload=event.payload,
+                    metadata=event.metadata,
+                    created_at=_utc(now),
+                    triggered=triggered,
+                    replay_of=replay_of,
+                )
+            )
         self.persister.pushed_events(rows)
         await self.persister.barrier()
         tenant.tell(tenant.events_committed, events)
@@ -608,9 +779,15 @@ class Services:
         stored = await self.events.get(tenant_id, event_id)
         if stored is None:
             raise NotFound(f"no event {event_id} in this tenant")
-        [view] = await self.push_events(tenant_id, [EventRequest(
-            key=stored["key"], payload=stored["payload"], metadata=stored["metadata"])],
-            replay_of=event_id)
+        [view] = await self.push_events(
+            tenant_id,
+            [
+                EventRequest(
+                    key=stored["key"], payload=stored["payload"], metadata=stored["metadata"]
+                )
+            ],
+            replay_of=event_id,
+        )
         return view
 
 
@@ -621,7 +798,10 @@ def _utc(seconds: float) -> datetime:
 def _ended(document: dict[str, Any], end: RunEnd) -> None:
     """A run's document, read before it ended, brought up to its committed end."""
     document.update(
-        status=end.status.value, attempt=end.attempt, finished_at=_utc(end.finished_at),
+        status=end.status.value,
+        attempt=end.attempt,
+        finished_at=_utc(end.finished_at),
         started_at=_utc(end.started_at) if end.started_at is not None else None,
         output=orjson.Fragment(end.output_json) if end.output_json is not None else None,
-        error=orjson.Fragment(end.error_json) if end.error_json is not None else None)
+        error=orjson.Fragment(end.error_json) if end.error_json is not None else None,
+    )

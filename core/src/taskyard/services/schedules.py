@@ -40,9 +40,16 @@ class Scheduling:
         except CronError as exc:
             raise Unprocessable(str(exc)) from None
         schedule = await self.repository.create_cron(
-            tenant_id, name=body.name, task=body.task, workflow=body.workflow,
-            expression=body.expression, timezone=body.timezone, input=body.input,
-            metadata=body.metadata, catch_up=body.catch_up.value)
+            tenant_id,
+            name=body.name,
+            task=body.task,
+            workflow=body.workflow,
+            expression=body.expression,
+            timezone=body.timezone,
+            input=body.input,
+            metadata=body.metadata,
+            catch_up=body.catch_up.value,
+        )
         self.actor.tell(self.actor.updated, [schedule])
         return cron_view(schedule)
 
@@ -52,8 +59,7 @@ class Scheduling:
     async def cron(self, tenant_id: uuid.UUID, cron_id: uuid.UUID) -> CronView:
         return cron_view(await self._load(tenant_id, cron_id, "cron"))
 
-    async def set_paused(self, tenant_id: uuid.UUID, cron_id: uuid.UUID,
-                         paused: bool) -> CronView:
+    async def set_paused(self, tenant_id: uuid.UUID, cron_id: uuid.UUID, paused: bool) -> CronView:
         schedule = await self.repository.set_paused(tenant_id, cron_id, paused)
         if schedule is None:
             raise NotFound(f"no cron {cron_id} in this tenant")
@@ -65,8 +71,13 @@ class Scheduling:
     async def create_once(self, tenant_id: uuid.UUID, body: ScheduleRequest) -> ScheduleView:
         at = _future(body.at, "body.at")
         schedule = await self.repository.create_once(
-            tenant_id, task=body.task, workflow=body.workflow, at=at, input=body.input,
-            metadata=body.metadata)
+            tenant_id,
+            task=body.task,
+            workflow=body.workflow,
+            at=at,
+            input=body.input,
+            metadata=body.metadata,
+        )
         self.actor.tell(self.actor.updated, [schedule])
         return once_view(schedule)
 
@@ -76,11 +87,11 @@ class Scheduling:
     async def one_off(self, tenant_id: uuid.UUID, schedule_id: uuid.UUID) -> ScheduleView:
         return once_view(await self._load(tenant_id, schedule_id, "once"))
 
-    async def reschedule(self, tenant_id: uuid.UUID, schedule_id: uuid.UUID,
-                         at: datetime) -> ScheduleView:
+    async def reschedule(
+        self, tenant_id: uuid.UUID, schedule_id: uuid.UUID, at: datetime
+    ) -> ScheduleView:
         """Move a one-off that has not fired yet (409 once it has)."""
-        schedule = await self.repository.reschedule(tenant_id, schedule_id,
-                                                    _future(at, "body.at"))
+        schedule = await self.repository.reschedule(tenant_id, schedule_id, _future(at, "body.at"))
         if schedule is None:
             existing = await self._load(tenant_id, schedule_id, "once")
             raise Conflict(f"schedule {schedule_id} already fired (run {existing.run_id})")
@@ -116,21 +127,36 @@ def cron_view(schedule: Schedule) -> CronView:
         assert schedule.timezone is not None
         with contextlib.suppress(CronError):  # one that can no longer fire has no next time
             upcoming = next_tick(schedule.expression, schedule.timezone, time.time())
-    return CronView(cron_id=schedule.schedule_id, name=schedule.name or "", task=schedule.task,
-                    workflow=schedule.workflow, expression=schedule.expression or "",
-                    timezone=schedule.timezone or "UTC", input=schedule.input,
-                    metadata=schedule.metadata, catch_up=CatchUp(schedule.catch_up),
-                    paused=schedule.paused, declared_in_code=schedule.declared_in_code,
-                    next_fire_at=_utc(upcoming), last_tick=_utc(schedule.last_tick),
-                    created_at=datetime.fromtimestamp(schedule.created_at, UTC))
+    return CronView(
+        cron_id=schedule.schedule_id,
+        name=schedule.name or "",
+        task=schedule.task,
+        workflow=schedule.workflow,
+        expression=schedule.expression or "",
+        timezone=schedule.timezone or "UTC",
+        input=schedule.input,
+        metadata=schedule.metadata,
+        catch_up=CatchUp(schedule.catch_up),
+        paused=schedule.paused,
+        declared_in_code=schedule.declared_in_code,
+        next_fire_at=_utc(upcoming),
+        last_tick=_utc(schedule.last_tick),
+        created_at=datetime.fromtimestamp(schedule.created_at, UTC),
+    )
 
 
 def once_view(schedule: Schedule) -> ScheduleView:
     assert schedule.at is not None
-    return ScheduleView(schedule_id=schedule.schedule_id, task=schedule.task,
-                        workflow=schedule.workflow, at=datetime.fromtimestamp(schedule.at, UTC),
-                        input=schedule.input, metadata=schedule.metadata, run_id=schedule.run_id,
-                        created_at=datetime.fromtimestamp(schedule.created_at, UTC))
+    return ScheduleView(
+        schedule_id=schedule.schedule_id,
+        task=schedule.task,
+        workflow=schedule.workflow,
+        at=datetime.fromtimestamp(schedule.at, UTC),
+        input=schedule.input,
+        metadata=schedule.metadata,
+        run_id=schedule.run_id,
+        created_at=datetime.fromtimestamp(schedule.created_at, UTC),
+    )
 
 
 def _future(at: datetime, where: str) -> datetime:
@@ -138,6 +164,8 @@ def _future(at: datetime, where: str) -> datetime:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     if at.timestamp() < time.time() - PAST_GRACE:
-        raise Unprocessable(f"{where}: {at.isoformat()} is in the past; trigger the run now "
-                            f"instead, or pick a time to come")
+        raise Unprocessable(
+            f"{where}: {at.isoformat()} is in the past; trigger the run now "
+            f"instead, or pick a time to come"
+        )
     return at

@@ -26,14 +26,23 @@ class AlertRule:
     created_at: datetime
 
 
-_COLUMNS = ("tenant_id, rule_id, channel, target, workflows, tasks, events, window_seconds, "
-            "created_at")
+_COLUMNS = (
+    "tenant_id, rule_id, channel, target, workflows, tasks, events, window_seconds, created_at"
+)
 
 
 def _rule(row: asyncpg.Record) -> AlertRule:
-    return AlertRule(row["tenant_id"], row["rule_id"], row["channel"], row["target"],
-                     row["workflows"], row["tasks"], list(row["events"]), row["window_seconds"],
-                     row["created_at"])
+    return AlertRule(
+        row["tenant_id"],
+        row["rule_id"],
+        row["channel"],
+        row["target"],
+        row["workflows"],
+        row["tasks"],
+        list(row["events"]),
+        row["window_seconds"],
+        row["created_at"],
+    )
 
 
 class AlertRuleRepository:
@@ -44,18 +53,26 @@ class AlertRuleRepository:
         row = await self.pool.fetchrow(
             f"INSERT INTO alert_rules ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
             f"now()) RETURNING {_COLUMNS}",
-            tenant_id, new_id(), rule.channel, rule.target, rule.workflows, rule.tasks,
-            rule.events, rule.window)
+            tenant_id,
+            new_id(),
+            rule.channel,
+            rule.target,
+            rule.workflows,
+            rule.tasks,
+            rule.events,
+            rule.window,
+        )
         assert row is not None
         return _rule(row)
 
     async def of_tenant(self, tenant_id: uuid.UUID) -> list[AlertRule]:
         rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM alert_rules WHERE tenant_id = $1 ORDER BY rule_id",
-            tenant_id)
+            f"SELECT {_COLUMNS} FROM alert_rules WHERE tenant_id = $1 ORDER BY rule_id", tenant_id
+        )
         return [_rule(row) for row in rows]
 
     async def delete(self, tenant_id: uuid.UUID, rule_id: uuid.UUID) -> bool:
         status = await self.pool.execute(
-            "DELETE FROM alert_rules WHERE tenant_id = $1 AND rule_id = $2", tenant_id, rule_id)
+            "DELETE FROM alert_rules WHERE tenant_id = $1 AND rule_id = $2", tenant_id, rule_id
+        )
         return bool(status != "DELETE 0")

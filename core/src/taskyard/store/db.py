@@ -15,10 +15,16 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "Postgres is unreachable or restarting right now": worth retrying.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-    asyncpg.exceptions.InternalClientError)  # a connection left mid-operation by a failure
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.exceptions.InternalClientError,
+)  # a connection left mid-operation by a failure
 
 _JSONB_VERSION = b"\x01"  # jsonb's binary format is a version byte followed by the JSON text
 
@@ -33,13 +39,18 @@ def _unknown(value: Any) -> str:
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Exchange json/jsonb as Python objects, encoded with orjson in the binary format."""
     await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", format="binary",
+        "jsonb",
+        schema="pg_catalog",
+        format="binary",
         encoder=lambda value: _JSONB_VERSION + orjson.dumps(value, default=_unknown),
         decoder=lambda data: orjson.loads(data[1:]),
     )
     await conn.set_type_codec(
-        "json", schema="pg_catalog", format="text",
-        encoder=lambda value: orjson.dumps(value).decode(), decoder=orjson.loads,
+        "json",
+        schema="pg_catalog",
+        format="text",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
     )
 
 
@@ -57,19 +68,22 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
-                      wait_seconds: float = 30.0) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, wait_seconds: float = 30.0
+) -> asyncpg.Pool:
     """A pool, retrying while the server is still starting (containers start together)."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.1
     while True:
         try:
-            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                             init=init_connection, reset=_keep_session)
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, init=init_connection, reset=_keep_session
+            )
         except (OSError, asyncpg.CannotConnectNowError) as exc:
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(
-                    f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+                    f"cannot connect to PostgreSQL at {redact(url)}: {exc}"
+                ) from exc
             log.info("PostgreSQL not reachable yet (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -81,8 +81,15 @@ class EmbeddedPostgres:
         self._prepare_permissions()
         if not (self.pgdata / "PG_VERSION").exists():
             log.info("initialising embedded PostgreSQL in %s", self.pgdata)
-            self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
-                      "--username=postgres", "--no-instructions")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--username=postgres",
+                "--no-instructions",
+            )
         if self.is_running():
             log.info("reusing the embedded PostgreSQL already running in %s", self.pgdata)
             return self.url
@@ -90,8 +97,19 @@ class EmbeddedPostgres:
         if self._run_as is not None:
             os.chown(self.socket_dir, self._run_as.pw_uid, self._run_as.pw_gid)
         options = f"-h '' -k {self.socket_dir} -p {_PORT}"
-        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.pgdata / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self._started_here = True
         log.info("embedded PostgreSQL started in %s", self.pgdata)
         return self.url
@@ -101,7 +119,10 @@ class EmbeddedPostgres:
             self._bin = find_binaries()
         result = subprocess.run(
             [str(self._bin / "pg_ctl"), "-D", str(self.pgdata), "status"],
-            capture_output=True, text=True, check=False, **self._identity(),
+            capture_output=True,
+            text=True,
+            check=False,
+            **self._identity(),
         )
         return result.returncode == 0
 
@@ -126,7 +147,10 @@ class EmbeddedPostgres:
         assert self._bin is not None
         result = subprocess.run(
             [str(self._bin / program), *args],
-            capture_output=True, text=True, check=False, **self._identity(),
+            capture_output=True,
+            text=True,
+            check=False,
+            **self._identity(),
         )
         if result.returncode != 0:
             log_file = self.pgdata / "server.log"
@@ -156,6 +180,7 @@ def _service_account() -> pwd.struct_passwd:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    subprocess.run(["useradd", "--system", "--no-create-home", "taskyard"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "taskyard"], check=True, capture_output=True
+    )
     return pwd.getpwnam("taskyard")

@@ -21,12 +21,23 @@ class EventRepository:
     async def get(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
             f"SELECT {_COLUMNS} FROM events WHERE tenant_id = $1 AND event_id = $2",
-            tenant_id, event_id)
+            tenant_id,
+            event_id,
+        )
         return dict(row) if row else None
 
-    async def search(self, tenant_id: uuid.UUID, *, keys: list[str], prefix: str | None,
-                   metadata: dict[str, str], since: datetime | None, until: datetime | None,
-                   before: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+    async def search(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        keys: list[str],
+        prefix: str | None,
+        metadata: dict[str, str],
+        since: datetime | None,
+        until: datetime | None,
+        before: uuid.UUID | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
         """Newest first; `before` is the last event_id of the previous page."""
         clauses = ["tenant_id = $1"]
         args: list[object] = [tenant_id]
@@ -49,11 +60,14 @@ class EventRepository:
             clauses.append(f"event_id < {arg(before)}")
         rows = await self.pool.fetch(
             f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
-            f"ORDER BY event_id DESC LIMIT {arg(limit)}", *args)
+            f"ORDER BY event_id DESC LIMIT {arg(limit)}",
+            *args,
+        )
         return [dict(row) for row in rows]
 
-    async def since(self, tenant_id: uuid.UUID, patterns: list[str],
-                    since: float) -> list[PushedEvent]:
+    async def since(
+        self, tenant_id: uuid.UUID, patterns: list[str], since: float
+    ) -> list[PushedEvent]:
         """Events whose key matches one of the patterns (exact, or a prefix ending in '*'),
         pushed at or after `since`, oldest first."""
         exact = [p for p in patterns if not p.endswith("*")]
@@ -64,6 +78,19 @@ class EventRepository:
             "WHERE tenant_id = $1 AND created_at >= to_timestamp($2) "
             "AND (key = ANY($3::text[]) OR EXISTS ("
             "  SELECT 1 FROM unnest($4::text[]) p WHERE starts_with(key, p))) "
-            "ORDER BY event_id LIMIT 10000", tenant_id, since, exact, prefixes)
-        return [PushedEvent(row["event_id"], row["key"], orjson.loads(row["payload"] or "null"),
-                            orjson.loads(row["metadata"]), row["created_at"]) for row in rows]
+            "ORDER BY event_id LIMIT 10000",
+            tenant_id,
+            since,
+            exact,
+            prefixes,
+        )
+        return [
+            PushedEvent(
+                row["event_id"],
+                row["key"],
+                orjson.loads(row["payload"] or "null"),
+                orjson.loads(row["metadata"]),
+                row["created_at"],
+            )
+            for row in rows
+        ]

@@ -39,8 +39,13 @@ def available_migrations() -> list[Migration]:
     for entry in folder.iterdir():
         match = _FILE_NAME.match(entry.name)
         if match:
-            found.append(Migration(int(match.group(1)), entry.name.removesuffix(".sql"),
-                                   entry.read_text(encoding="utf-8")))
+            found.append(
+                Migration(
+                    int(match.group(1)),
+                    entry.name.removesuffix(".sql"),
+                    entry.read_text(encoding="utf-8"),
+                )
+            )
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -66,7 +71,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         if unknown:
             raise MigrationError(
                 f"the database has migration(s) {', '.join(unknown)} that this build of Taskyard "
-                f"does not know; it was migrated by a newer engine. Upgrade taskyard-engine.")
+                f"does not know; it was migrated by a newer engine. Upgrade taskyard-engine."
+            )
         done = []
         for migration in migrations:
             if migration.version in applied:
@@ -76,7 +82,9 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO taskyard_migrations (version, name) VALUES ($1, $2)",
-                    migration.version, migration.name)
+                    migration.version,
+                    migration.name,
+                )
             done.append(migration.name)
         return done
     finally:

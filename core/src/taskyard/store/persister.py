@@ -70,8 +70,16 @@ def _new_batch() -> WriteBatch:
 
 def _describe(batch: WriteBatch) -> str:
     """Which row a one-row batch holds, for the log (its kind and the ids it starts with)."""
-    for kind in ("new_runs", "run_states", "events", "logs", "definitions", "pushed_events",
-                 "rate_usage", "durable"):
+    for kind in (
+        "new_runs",
+        "run_states",
+        "events",
+        "logs",
+        "definitions",
+        "pushed_events",
+        "rate_usage",
+        "durable",
+    ):
         held = getattr(batch, kind)
         if held:
             row = next(iter(held.values() if isinstance(held, dict) else held))
@@ -108,9 +116,16 @@ class Persister:
     """`start()` before use; `stop()` writes what was handed over (idempotent, safe before
     `start()`)."""
 
-    def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, *, linger: float = 0.0,
-                 write_delay: float = 0.02, max_pending: int = 200_000,
-                 stop_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        node_id: uuid.UUID,
+        *,
+        linger: float = 0.0,
+        write_delay: float = 0.02,
+        max_pending: int = 200_000,
+        stop_timeout: float = 30.0,
+    ) -> None:
         self.pool = pool
         self.node_id = node_id
         self.linger = linger
@@ -154,8 +169,9 @@ class Persister:
         self._add_runs(self._triggers, rows, future)
         return future
 
-    def write(self, states: list[Row], events: list[Row], logs: list[Row], *,
-              may_wait: bool = False) -> None:
+    def write(
+        self, states: list[Row], events: list[Row], logs: list[Row], *, may_wait: bool = False
+    ) -> None:
         """Run states (latest wins), events and log lines, in one message. `may_wait`: nobody
         waits for these states, they may be held for `write_delay` (see above)."""
         self._check()
@@ -178,9 +194,19 @@ class Persister:
     def rate_usage(self, tenant_id: uuid.UUID, usages: list[Usage]) -> None:
         """Rate-limit buckets' usage (the latest of each bucket wins)."""
         self._check()
-        self._add_rate_usage([
-            (tenant_id, usage.key, usage.limit, usage.duration.value, usage.configured,
-             orjson.dumps(usage.slots).decode()) for usage in usages])
+        self._add_rate_usage(
+            [
+                (
+                    tenant_id,
+                    usage.key,
+                    usage.limit,
+                    usage.duration.value,
+                    usage.configured,
+                    orjson.dumps(usage.slots).decode(),
+                )
+                for usage in usages
+            ]
+        )
 
     def barrier(self) -> asyncio.Future[None]:
         """Resolves once everything handed over before this call on the ordered lane has
@@ -203,14 +229,16 @@ class Persister:
 
     # -- the buffer --------------------------------------------------------------------------------
 
-    def _add_runs(self, lane: _Lane, rows: list[Row],
-                  future: asyncio.Future[list[Inserted]]) -> None:
+    def _add_runs(
+        self, lane: _Lane, rows: list[Row], future: asyncio.Future[list[Inserted]]
+    ) -> None:
         lane.batch.new_runs.extend(rows)
         lane.waiters.append(([row[1] for row in rows], future))
         self._grew(lane, len(rows))
 
-    def _add_many(self, states: list[Row], events: list[Row], logs: list[Row],
-                  may_wait: bool) -> None:
+    def _add_many(
+        self, states: list[Row], events: list[Row], logs: list[Row], may_wait: bool
+    ) -> None:
         batch = self._ordered.batch
         run_states, held = batch.run_states, self._held
         grew = len(events) + len(logs)
@@ -229,7 +257,8 @@ class Persister:
         batch.logs.extend(logs)
         if held and self._release is None:
             self._release = asyncio.get_running_loop().call_later(
-                self.write_delay, self._release_held)
+                self.write_delay, self._release_held
+            )
         self._grew(self._ordered, grew)
 
     def _release_held(self) -> None:
@@ -292,24 +321,37 @@ class Persister:
     def _kick(self, lane: _Lane, *, now: bool = False) -> None:
         if lane.flushing is not None or not (len(lane.batch) or lane.barriers):
             return
-        if not (now or lane.due or lane.barriers or lane.waiters or self.write_delay <= 0
-                or len(lane.batch) >= _EAGER_ROWS):
+        if not (
+            now
+            or lane.due
+            or lane.barriers
+            or lane.waiters
+            or self.write_delay <= 0
+            or len(lane.batch) >= _EAGER_ROWS
+        ):
             if lane.delayed is None:
                 lane.delayed = asyncio.get_running_loop().call_later(
-                    self.write_delay, self._delay_over, lane)
+                    self.write_delay, self._delay_over, lane
+                )
             return
         if lane.delayed is not None:
             lane.delayed.cancel()
         lane.delayed, lane.due = None, False
-        lane.flushing = asyncio.create_task(self._flush(lane, *lane.take()),
-                                            name=f"persister-flush:{lane.name}")
+        lane.flushing = asyncio.create_task(
+            self._flush(lane, *lane.take()), name=f"persister-flush:{lane.name}"
+        )
 
     def _delay_over(self, lane: _Lane) -> None:
         lane.delayed, lane.due = None, True
         self._kick(lane)
 
-    async def _flush(self, lane: _Lane, batch: WriteBatch, barriers: list[asyncio.Future[None]],
-                     waiters: list[InsertWaiter]) -> None:
+    async def _flush(
+        self,
+        lane: _Lane,
+        batch: WriteBatch,
+        barriers: list[asyncio.Future[None]],
+        waiters: list[InsertWaiter],
+    ) -> None:
         """A task of its own (producers never wait for I/O); reports back with `_flushed`."""
         if self.linger:
             await asyncio.sleep(self.linger)
@@ -317,19 +359,29 @@ class Persister:
             return
         await self._commit(lane, batch, barriers, waiters)
 
-    def _merge_late_arrivals(self, lane: _Lane, batch: WriteBatch,
-                             barriers: list[asyncio.Future[None]],
-                             waiters: list[InsertWaiter]) -> None:
+    def _merge_late_arrivals(
+        self,
+        lane: _Lane,
+        batch: WriteBatch,
+        barriers: list[asyncio.Future[None]],
+        waiters: list[InsertWaiter],
+    ) -> None:
         """After lingering, fold in what arrived meanwhile, then commit."""
         later, later_barriers, later_waiters = lane.take()
         batch.merge(later)
         barriers.extend(later_barriers)
         waiters.extend(later_waiters)
-        lane.flushing = asyncio.create_task(self._commit(lane, batch, barriers, waiters),
-                                            name=f"persister-commit:{lane.name}")
+        lane.flushing = asyncio.create_task(
+            self._commit(lane, batch, barriers, waiters), name=f"persister-commit:{lane.name}"
+        )
 
-    async def _commit(self, lane: _Lane, batch: WriteBatch,
-                      barriers: list[asyncio.Future[None]], waiters: list[InsertWaiter]) -> None:
+    async def _commit(
+        self,
+        lane: _Lane,
+        batch: WriteBatch,
+        barriers: list[asyncio.Future[None]],
+        waiters: list[InsertWaiter],
+    ) -> None:
         delay = 0.05
         retried = False
         refusals = 0
@@ -341,8 +393,9 @@ class Persister:
                 conn = lane.conn
                 if lane is self._triggers:  # new runs alone: writing them again is harmless
                     inserted = await write_batch(conn, batch, None)
-                elif retried and await batch_committed(conn, self.node_id, lane.name,
-                                                       batch.batch_id):
+                elif retried and await batch_committed(
+                    conn, self.node_id, lane.name, batch.batch_id
+                ):
                     inserted = await written_before(conn, batch)
                 else:
                     inserted = await write_batch(conn, batch, (self.node_id, lane.name))
@@ -350,8 +403,12 @@ class Persister:
             except TRANSIENT_ERRORS as exc:
                 retried = True
                 await self._drop_connection(lane)
-                log.warning("could not write %d rows to Postgres (%s); retrying in %.2fs",
-                            len(batch), exc, delay)
+                log.warning(
+                    "could not write %d rows to Postgres (%s); retrying in %.2fs",
+                    len(batch),
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
@@ -359,8 +416,10 @@ class Persister:
                     # New runs are the only rows from outside the engine: refuse those (their
                     # triggers get the error, nothing was acknowledged) and write the rest, which
                     # the engine has already acted on.
-                    log.exception("Postgres refused a batch with %d new runs; refusing them",
-                                  len(batch.new_runs))
+                    log.exception(
+                        "Postgres refused a batch with %d new runs; refusing them",
+                        len(batch.new_runs),
+                    )
                     self._refused(waiters, exc)
                     batch.new_runs, waiters = [], []
                     continue
@@ -373,8 +432,12 @@ class Persister:
                 # One bad row must not cost the others: write what Postgres takes, halving
                 # the batch down to the rows it refuses, which alone are given up.
                 dropped = await self._isolate_refused(lane, batch)
-                log.error("Postgres refused a batch of %d rows (%s); wrote all but %d rows "
-                          "it refuses", len(batch), exc, dropped)
+                log.error(
+                    "Postgres refused a batch of %d rows (%s); wrote all but %d rows it refuses",
+                    len(batch),
+                    exc,
+                    dropped,
+                )
                 self._flushed(lane, rows, barriers, waiters, None, exc)
                 return
         self._flushed(lane, rows, barriers, waiters, inserted, None)
@@ -388,8 +451,9 @@ class Persister:
             try:
                 if lane.conn is None:
                     lane.conn = await self.pool.acquire()
-                await write_batch(lane.conn, batch, None if lane is self._triggers else
-                                  (self.node_id, lane.name))
+                await write_batch(
+                    lane.conn, batch, None if lane is self._triggers else (self.node_id, lane.name)
+                )
                 return 0
             except TRANSIENT_ERRORS:
                 await self._drop_connection(lane)
@@ -397,12 +461,14 @@ class Persister:
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
                 if len(batch) == 1:
-                    log.error("giving up a row that Postgres refuses (%s): %s", exc,
-                              _describe(batch))
+                    log.error(
+                        "giving up a row that Postgres refuses (%s): %s", exc, _describe(batch)
+                    )
                     return 1
                 first, second = batch.halves()
-                return (await self._isolate_refused(lane, first)
-                        + await self._isolate_refused(lane, second))
+                return await self._isolate_refused(lane, first) + await self._isolate_refused(
+                    lane, second
+                )
 
     async def _drop_connection(self, lane: _Lane) -> None:
         """Give a broken connection back (the pool replaces it); the next try takes another."""
@@ -411,17 +477,22 @@ class Persister:
             try:
                 await self.pool.release(conn)
             except Exception:  # already gone with its server: nothing more to free
-                log.debug("could not release the %s lane's connection", lane.name,
-                          exc_info=True)
+                log.debug("could not release the %s lane's connection", lane.name, exc_info=True)
 
     def _refused(self, waiters: list[InsertWaiter], error: Exception) -> None:
         for _, waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def _flushed(self, lane: _Lane, rows: int, barriers: list[asyncio.Future[None]],
-                 waiters: list[InsertWaiter], inserted: dict[uuid.UUID, Inserted] | None,
-                 error: Exception | None) -> None:
+    def _flushed(
+        self,
+        lane: _Lane,
+        rows: int,
+        barriers: list[asyncio.Future[None]],
+        waiters: list[InsertWaiter],
+        inserted: dict[uuid.UUID, Inserted] | None,
+        error: Exception | None,
+    ) -> None:
         lane.flushing = None
         self.flushes += 1
         self._pending -= rows
@@ -460,14 +531,15 @@ class Persister:
                 flushing = [lane.flushing for lane in lanes if lane.flushing is not None]
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    log.error("giving up %d unwritten rows at shutdown: Postgres is unreachable",
-                              self._pending)
+                    log.error(
+                        "giving up %d unwritten rows at shutdown: Postgres is unreachable",
+                        self._pending,
+                    )
                     for task in flushing:
                         task.cancel()
                     await asyncio.gather(*flushing, return_exceptions=True)
                     return
-                await asyncio.wait([asyncio.shield(task) for task in flushing],
-                                   timeout=remaining)
+                await asyncio.wait([asyncio.shield(task) for task in flushing], timeout=remaining)
         finally:
             for lane in lanes:
                 if lane.delayed is not None:

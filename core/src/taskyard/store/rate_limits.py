@@ -16,8 +16,7 @@ class RateLimitRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def put(self, tenant_id: uuid.UUID, key: str, limit: int,
-                  duration: RateDuration) -> None:
+    async def put(self, tenant_id: uuid.UUID, key: str, limit: int, duration: RateDuration) -> None:
         """Set a limit (committed when this returns). A changed duration starts afresh."""
         await self.pool.execute(
             'INSERT INTO rate_limits (tenant_id, key, "limit", duration, configured) '
@@ -25,17 +24,33 @@ class RateLimitRepository:
             'SET "limit" = excluded."limit", duration = excluded.duration, configured = true, '
             "usage = CASE WHEN rate_limits.duration = excluded.duration THEN rate_limits.usage "
             "ELSE '[]'::jsonb END, updated_at = now()",
-            tenant_id, key, limit, duration.value)
+            tenant_id,
+            key,
+            limit,
+            duration.value,
+        )
 
     async def delete(self, tenant_id: uuid.UUID, key: str) -> bool:
         status = await self.pool.execute(
             "DELETE FROM rate_limits WHERE tenant_id = $1 AND key = $2 AND configured",
-            tenant_id, key)
+            tenant_id,
+            key,
+        )
         return bool(status != "DELETE 0")
 
     async def load(self, tenant_id: uuid.UUID) -> list[Usage]:
         rows = await self.pool.fetch(
             'SELECT key, "limit", duration, configured, usage::text AS usage FROM rate_limits '
-            "WHERE tenant_id = $1", tenant_id)
-        return [Usage(row["key"], row["limit"], RateDuration(row["duration"]), row["configured"],
-                      orjson.loads(row["usage"])) for row in rows]
+            "WHERE tenant_id = $1",
+            tenant_id,
+        )
+        return [
+            Usage(
+                row["key"],
+                row["limit"],
+                RateDuration(row["duration"]),
+                row["configured"],
+                orjson.loads(row["usage"]),
+            )
+            for row in rows
+        ]

@@ -66,7 +66,10 @@ class Repository:
         try:
             row = await self.pool.fetchrow(
                 "INSERT INTO tenants (tenant_id, name) VALUES ($1, $2) "
-                "RETURNING tenant_id, name, created_at", uuid.uuid4(), name)
+                "RETURNING tenant_id, name, created_at",
+                uuid.uuid4(),
+                name,
+            )
         except asyncpg.UniqueViolationError:
             raise TenantExists(f"a tenant named {name!r} already exists") from None
         assert row is not None
@@ -74,12 +77,14 @@ class Repository:
 
     async def tenant_named(self, name: str) -> Tenant | None:
         row = await self.pool.fetchrow(
-            "SELECT tenant_id, name, created_at FROM tenants WHERE name = $1", name)
+            "SELECT tenant_id, name, created_at FROM tenants WHERE name = $1", name
+        )
         return Tenant(**dict(row)) if row else None
 
     async def get_tenant(self, tenant_id: uuid.UUID) -> Tenant | None:
         row = await self.pool.fetchrow(
-            "SELECT tenant_id, name, created_at FROM tenants WHERE tenant_id = $1", tenant_id)
+            "SELECT tenant_id, name, created_at FROM tenants WHERE tenant_id = $1", tenant_id
+        )
         return Tenant(**dict(row)) if row else None
 
     async def count_tenants(self) -> int:
@@ -88,15 +93,21 @@ class Repository:
 
     # -- tokens ----------------------------------------------------------------------------------
 
-    async def create_token(self, tenant_id: uuid.UUID, role: Role,
-                           name: str = "") -> tuple[TokenInfo, str]:
+    async def create_token(
+        self, tenant_id: uuid.UUID, role: Role, name: str = ""
+    ) -> tuple[TokenInfo, str]:
         """A new token for the tenant; returns its record and the secret, which is never stored."""
         secret = new_token()
         row = await self.pool.fetchrow(
             "INSERT INTO api_tokens (tenant_id, token_id, name, role, token_hash) "
             "VALUES ($1, $2, $3, $4, $5) "
             "RETURNING token_id, tenant_id, name, role, created_at, revoked_at",
-            tenant_id, uuid.uuid4(), name, role.value, hash_token(secret))
+            tenant_id,
+            uuid.uuid4(),
+            name,
+            role.value,
+            hash_token(secret),
+        )
         assert row is not None
         return _token_info(row), secret
 
@@ -105,22 +116,35 @@ class Repository:
         row = await self.pool.fetchrow(
             "SELECT t.tenant_id, n.name AS tenant_name, t.token_id, t.role "
             "FROM api_tokens t JOIN tenants n USING (tenant_id) "
-            "WHERE t.token_hash = $1 AND t.revoked_at IS NULL", token_hash)
+            "WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+            token_hash,
+        )
         if row is None:
             return None
         # Ids as the standard library's UUIDs: they go into every row a tenant writes, and the
         # JSON encoder knows those natively.
-        return Principal(uuid.UUID(bytes=row["tenant_id"].bytes), row["tenant_name"],
-                         uuid.UUID(bytes=row["token_id"].bytes), Role(row["role"]))
+        return Principal(
+            uuid.UUID(bytes=row["tenant_id"].bytes),
+            row["tenant_name"],
+            uuid.UUID(bytes=row["token_id"].bytes),
+            Role(row["role"]),
+        )
 
     async def list_tokens(self, tenant_id: uuid.UUID) -> list[TokenInfo]:
         rows = await self.pool.fetch(
             "SELECT token_id, tenant_id, name, role, created_at, revoked_at FROM api_tokens "
-            "WHERE tenant_id = $1 ORDER BY created_at, token_id", tenant_id)
+            "WHERE tenant_id = $1 ORDER BY created_at, token_id",
+            tenant_id,
+        )
         return [_token_info(row) for row in rows]
 
-    async def revoke_token(self, token_id: uuid.UUID, tenant_id: uuid.UUID | None = None, *,
-                           keep_an_admin: bool = False) -> TokenInfo | None:
+    async def revoke_token(
+        self,
+        token_id: uuid.UUID,
+        tenant_id: uuid.UUID | None = None,
+        *,
+        keep_an_admin: bool = False,
+    ) -> TokenInfo | None:
         """Revoke a token (of one tenant when given); None when there is no such token. Every
         engine listening on REVOKED_CHANNEL is told when the revocation commits.
         `keep_an_admin`: refuse (409) to revoke the tenant's last admin token, which would
@@ -129,36 +153,52 @@ class Repository:
             if keep_an_admin:
                 # The tenant's row serialises its revocations: two at once cannot both see
                 # another admin token left.
-                await conn.execute("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE",
-                                   tenant_id)
+                await conn.execute(
+                    "SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE", tenant_id
+                )
                 last = await conn.fetchval(
                     "SELECT count(*) = 1 FROM api_tokens WHERE tenant_id = $2 AND role = "
                     "'admin' AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM api_tokens WHERE "
                     "token_id = $1 AND tenant_id = $2 AND role = 'admin' AND revoked_at IS NULL)",
-                    token_id, tenant_id)
+                    token_id,
+                    tenant_id,
+                )
                 if last:
-                    raise Conflict(f"token {token_id} is the tenant's last admin token; create "
-                                   f"another admin token before revoking it")
+                    raise Conflict(
+                        f"token {token_id} is the tenant's last admin token; create "
+                        f"another admin token before revoking it"
+                    )
             row = await conn.fetchrow(
                 "WITH revoked AS (UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) "
                 "WHERE token_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) "
                 "RETURNING token_id, tenant_id, name, role, created_at, revoked_at) "
                 "SELECT revoked.*, pg_notify($3, token_id::text) FROM revoked",
-                token_id, tenant_id, REVOKED_CHANNEL)
+                token_id,
+                tenant_id,
+                REVOKED_CHANNEL,
+            )
         return _token_info(row) if row else None
 
     async def revoked_among(self, token_ids: list[uuid.UUID]) -> list[uuid.UUID]:
         """Which of these tokens are revoked."""
         if not token_ids:
             return []
-        rows = await self.pool.fetch("SELECT token_id FROM api_tokens WHERE token_id = ANY($1) "
-                                     "AND revoked_at IS NOT NULL", token_ids)
+        rows = await self.pool.fetch(
+            "SELECT token_id FROM api_tokens WHERE token_id = ANY($1) AND revoked_at IS NOT NULL",
+            token_ids,
+        )
         return [row["token_id"] for row in rows]
 
 
 def _token_info(row: asyncpg.Record) -> TokenInfo:
-    return TokenInfo(row["token_id"], row["tenant_id"], row["name"], Role(row["role"]),
-                     row["created_at"], row["revoked_at"])
+    return TokenInfo(
+        row["token_id"],
+        row["tenant_id"],
+        row["name"],
+        Role(row["role"]),
+        row["created_at"],
+        row["revoked_at"],
+    )
 
 
 # -- batched writes (called by the persister, one transaction per batch) ---------------------------
@@ -193,19 +233,30 @@ class WriteBatch:
     durable: dict[tuple[uuid.UUID, uuid.UUID, int], Row] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return (len(self.new_runs) + len(self.run_states) + len(self.events) + len(self.logs)
-                + len(self.definitions) + len(self.pushed_events) + len(self.rate_usage)
-                + len(self.durable))
+        return (
+            len(self.new_runs)
+            + len(self.run_states)
+            + len(self.events)
+            + len(self.logs)
+            + len(self.definitions)
+            + len(self.pushed_events)
+            + len(self.rate_usage)
+            + len(self.durable)
+        )
 
     def halves(self) -> tuple[WriteBatch, WriteBatch]:
         """The rows in two batches of about half each (in order; new ids): to find, by
         halving, the rows Postgres refuses in a batch it refuses."""
-        kinds = [("new_runs", self.new_runs), ("run_states", list(self.run_states.items())),
-                 ("events", self.events), ("logs", self.logs),
-                 ("definitions", list(self.definitions.items())),
-                 ("pushed_events", self.pushed_events),
-                 ("rate_usage", list(self.rate_usage.items())),
-                 ("durable", list(self.durable.items()))]
+        kinds = [
+            ("new_runs", self.new_runs),
+            ("run_states", list(self.run_states.items())),
+            ("events", self.events),
+            ("logs", self.logs),
+            ("definitions", list(self.definitions.items())),
+            ("pushed_events", self.pushed_events),
+            ("rate_usage", list(self.rate_usage.items())),
+            ("durable", list(self.durable.items())),
+        ]
         rows = [(kind, row) for kind, items in kinds for row in items]
         middle = len(rows) // 2
         return _batch_of(rows[:middle]), _batch_of(rows[middle:])
@@ -221,21 +272,56 @@ class WriteBatch:
         self.durable.update(later.durable)
 
 
-def new_run_row(*, tenant_id: uuid.UUID, run_id: uuid.UUID, task: str, queue: str, status: str,
-                priority: int, options_json: str | bytes, input_json: str | bytes | None,
-                metadata_json: str | bytes, created_at: float,
-                idempotency_key: str | None = None, kind: str = "task",
-                workflow_version: int | None = None, workflow_run_id: uuid.UUID | None = None,
-                step: str | None = None, parent_run_id: uuid.UUID | None = None,
-                context_json: str | bytes | None = None, wait_started_at: float | None = None,
-                error_json: str | bytes | None = None, finished_at: float | None = None,
-                flow_json: str | bytes | None = None) -> Row:
+def new_run_row(
+    *,
+    tenant_id: uuid.UUID,
+    run_id: uuid.UUID,
+    task: str,
+    queue: str,
+    status: str,
+    priority: int,
+    options_json: str | bytes,
+    input_json: str | bytes | None,
+    metadata_json: str | bytes,
+    created_at: float,
+    idempotency_key: str | None = None,
+    kind: str = "task",
+    workflow_version: int | None = None,
+    workflow_run_id: uuid.UUID | None = None,
+    step: str | None = None,
+    parent_run_id: uuid.UUID | None = None,
+    context_json: str | bytes | None = None,
+    wait_started_at: float | None = None,
+    error_json: str | bytes | None = None,
+    finished_at: float | None = None,
+    flow_json: str | bytes | None = None,
+) -> Row:
     """A row of `WriteBatch.new_runs`, in the column order of _NEW_RUN_COLUMNS."""
-    return (tenant_id, run_id, task, queue, status, 1, priority, orjson.Fragment(options_json),
-            json_value(input_json), orjson.Fragment(metadata_json), idempotency_key, created_at,
-            created_at, kind, workflow_version, workflow_run_id, step, parent_run_id,
-            json_value(context_json), wait_started_at, json_value(error_json), finished_at,
-            json_value(flow_json))
+    return (
+        tenant_id,
+        run_id,
+        task,
+        queue,
+        status,
+        1,
+        priority,
+        orjson.Fragment(options_json),
+        json_value(input_json),
+        orjson.Fragment(metadata_json),
+        idempotency_key,
+        created_at,
+        created_at,
+        kind,
+        workflow_version,
+        workflow_run_id,
+        step,
+        parent_run_id,
+        json_value(context_json),
+        wait_started_at,
+        json_value(error_json),
+        finished_at,
+        json_value(flow_json),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +372,8 @@ _NEW_RUN_COLUMNS = (
     "options jsonb, input jsonb, metadata jsonb, idempotency_key text, created_at timestamptz, "
     "queued_at timestamptz, kind text, workflow_version int, workflow_run_id uuid, step text, "
     "parent_run_id uuid, context jsonb, wait_started_at timestamptz, error jsonb, "
-    "finished_at timestamptz, flow jsonb")
+    "finished_at timestamptz, flow jsonb"
+)
 
 _INSERT_RUNS = _insert("runs", _NEW_RUN_COLUMNS, "ON CONFLICT DO NOTHING RETURNING run_id")
 
@@ -313,7 +400,8 @@ JOIN runs r ON r.tenant_id = k.tenant_id AND r.workflow_run_id = k.workflow_run_
 _STATE_ROW_COLUMNS = (
     "tenant_id uuid, run_id uuid, status text, attempt int, worker_id uuid, "
     "queued_at timestamptz, retry_at timestamptz, assigned_at timestamptz, "
-    "started_at timestamptz, finished_at timestamptz, output jsonb, error jsonb")
+    "started_at timestamptz, finished_at timestamptz, output jsonb, error jsonb"
+)
 
 _UPDATE_RUNS = f"""
 UPDATE runs r SET status = t.status, attempt = t.attempt, worker_id = t.worker_id,
@@ -324,25 +412,29 @@ FROM ({_row_set(_STATE_ROW_COLUMNS, joined=True)}) AS t
 WHERE r.tenant_id = t.tenant_id AND r.run_id = t.run_id
 """
 
-_EVENT_COLUMNS = ("tenant_id uuid, run_id uuid, at timestamptz, attempt int, type text, "
-                  "worker_id uuid, detail jsonb")
+_EVENT_COLUMNS = (
+    "tenant_id uuid, run_id uuid, at timestamptz, attempt int, type text, "
+    "worker_id uuid, detail jsonb"
+)
 
 _INSERT_EVENTS = _insert("run_events", _EVENT_COLUMNS)
 
 # triggered: a Postgres array literal of the run ids the event started
-_PUSHED_EVENT_COLUMNS = ("tenant_id uuid, event_id uuid, key text, payload jsonb, "
-                         "metadata jsonb, created_at timestamptz, triggered uuid[], "
-                         "replay_of uuid")
+_PUSHED_EVENT_COLUMNS = (
+    "tenant_id uuid, event_id uuid, key text, payload jsonb, "
+    "metadata jsonb, created_at timestamptz, triggered uuid[], "
+    "replay_of uuid"
+)
 
 _INSERT_PUSHED_EVENTS = _insert("events", _PUSHED_EVENT_COLUMNS)
 
-_LOG_COLUMNS = ("tenant_id uuid, run_id uuid, at timestamptz, attempt int, level text, "
-                "message text")
+_LOG_COLUMNS = "tenant_id uuid, run_id uuid, at timestamptz, attempt int, level text, message text"
 
 _INSERT_LOGS = _insert("run_logs", _LOG_COLUMNS)
 
-_RATE_USAGE_COLUMNS = ("tenant_id uuid, key text, lim int, duration text, configured bool, "
-                       "usage jsonb")
+_RATE_USAGE_COLUMNS = (
+    "tenant_id uuid, key text, lim int, duration text, configured bool, usage jsonb"
+)
 
 _UPSERT_RATE_USAGE = f"""
 INSERT INTO rate_limits (tenant_id, key, "limit", duration, configured, usage, updated_at)
@@ -363,14 +455,20 @@ DELETE FROM rate_limits r USING ({_row_set("tenant_id uuid, key text", joined=Tr
 WHERE r.tenant_id = t.tenant_id AND r.key = t.key AND NOT r.configured
 """
 
-_DURABLE_COLUMNS = ("tenant_id uuid, run_id uuid, position int, kind text, call text, "
-                    "done bool, result jsonb, wait jsonb, finished_at timestamptz")
+_DURABLE_COLUMNS = (
+    "tenant_id uuid, run_id uuid, position int, kind text, call text, "
+    "done bool, result jsonb, wait jsonb, finished_at timestamptz"
+)
 
-_UPSERT_DURABLE = _insert("durable_log", _DURABLE_COLUMNS, """
+_UPSERT_DURABLE = _insert(
+    "durable_log",
+    _DURABLE_COLUMNS,
+    """
 ON CONFLICT (tenant_id, run_id, position) DO UPDATE
 SET done = excluded.done, result = excluded.result, wait = excluded.wait,
     finished_at = excluded.finished_at
-WHERE NOT durable_log.done""")
+WHERE NOT durable_log.done""",
+)
 
 _UPSERT_DEFINITIONS = f"""
 INSERT INTO task_definitions (tenant_id, name, options, updated_at)
@@ -386,24 +484,37 @@ def _columns(rows: Iterable[Row], width: int) -> list[tuple[object, ...]]:
     return columns or [() for _ in range(width)]
 
 
-async def _existing_runs(conn: asyncpg.Connection,
-                         refused: list[Row]) -> dict[uuid.UUID, asyncpg.Record]:
+async def _existing_runs(
+    conn: asyncpg.Connection, refused: list[Row]
+) -> dict[uuid.UUID, asyncpg.Record]:
     """For new runs that conflicted: the run that was there first (itself, written by an
     earlier try of the same batch; or the run with the same idempotency key, or the same step of
     the same workflow run), by the id the new run would have had."""
-    found: dict[uuid.UUID, asyncpg.Record] = {row["run_id"]: row for row in await conn.fetch(
-        _EXISTING_BY_ID, *_columns(((row[0], row[1]) for row in refused), 2))}
+    found: dict[uuid.UUID, asyncpg.Record] = {
+        row["run_id"]: row
+        for row in await conn.fetch(
+            _EXISTING_BY_ID, *_columns(((row[0], row[1]) for row in refused), 2)
+        )
+    }
     keyed = [row for row in refused if row[10] is not None and row[1] not in found]
     if keyed:
-        by_key = {(r["tenant_id"], r["key"]): r for r in await conn.fetch(
-            _EXISTING_BY_KEY, *_columns(((row[0], row[10]) for row in keyed), 2))}
+        by_key = {
+            (r["tenant_id"], r["key"]): r
+            for r in await conn.fetch(
+                _EXISTING_BY_KEY, *_columns(((row[0], row[10]) for row in keyed), 2)
+            )
+        }
         for row in keyed:
             if (row[0], row[10]) in by_key:
                 found[row[1]] = by_key[(row[0], row[10])]
     steps = [row for row in refused if row[15] is not None and row[1] not in found]
     if steps:
-        by_step = {(r["tenant_id"], r["workflow_run_id"], r["step"]): r for r in await conn.fetch(
-            _EXISTING_BY_STEP, *_columns(((row[0], row[15], row[16]) for row in steps), 3))}
+        by_step = {
+            (r["tenant_id"], r["workflow_run_id"], r["step"]): r
+            for r in await conn.fetch(
+                _EXISTING_BY_STEP, *_columns(((row[0], row[15], row[16]) for row in steps), 3)
+            )
+        }
         for row in steps:
             if (row[0], row[15], row[16]) in by_step:
                 found[row[1]] = by_step[(row[0], row[15], row[16])]
@@ -415,11 +526,13 @@ UPDATE persister_lanes SET last_batch = $3 WHERE node_id = $1 AND lane = $2
 """
 
 
-async def batch_committed(conn: asyncpg.Connection, node_id: uuid.UUID, lane: str,
-                          batch_id: uuid.UUID) -> bool:
+async def batch_committed(
+    conn: asyncpg.Connection, node_id: uuid.UUID, lane: str, batch_id: uuid.UUID
+) -> bool:
     """Whether this node's lane last committed `batch_id` (a retry must then be skipped)."""
     last = await conn.fetchval(
-        "SELECT last_batch FROM persister_lanes WHERE node_id = $1 AND lane = $2", node_id, lane)
+        "SELECT last_batch FROM persister_lanes WHERE node_id = $1 AND lane = $2", node_id, lane
+    )
     return bool(last == batch_id)
 
 
@@ -430,24 +543,52 @@ def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
     if batch.new_runs:
         statements.append(("new_runs", _INSERT_RUNS, [batch.new_runs]))
     if batch.pushed_events:
-        statements.append(("pushed_events", _INSERT_PUSHED_EVENTS, [[
-            (*row[:3], json_value(row[3]), json_value(row[4]), *row[5:])
-            for row in batch.pushed_events]]))
+        statements.append(
+            (
+                "pushed_events",
+                _INSERT_PUSHED_EVENTS,
+                [
+                    [
+                        (*row[:3], json_value(row[3]), json_value(row[4]), *row[5:])
+                        for row in batch.pushed_events
+                    ]
+                ],
+            )
+        )
     if batch.run_states:
         statements.append(("run_states", _UPDATE_RUNS, [list(batch.run_states.values())]))
     if batch.events:
-        statements.append(("events", _INSERT_EVENTS, [[
-            (*row[:6], json_value(row[6])) for row in batch.events]]))
+        statements.append(
+            ("events", _INSERT_EVENTS, [[(*row[:6], json_value(row[6])) for row in batch.events]])
+        )
     if batch.logs:
         statements.append(("logs", _INSERT_LOGS, [batch.logs]))
     if batch.definitions:
-        statements.append(("definitions", _UPSERT_DEFINITIONS, [[
-            (tenant_id, name, orjson.Fragment(options))
-            for (tenant_id, name), options in batch.definitions.items()]]))
+        statements.append(
+            (
+                "definitions",
+                _UPSERT_DEFINITIONS,
+                [
+                    [
+                        (tenant_id, name, orjson.Fragment(options))
+                        for (tenant_id, name), options in batch.definitions.items()
+                    ]
+                ],
+            )
+        )
     if batch.durable:
-        statements.append(("durable", _UPSERT_DURABLE, [[
-            (*row[:6], json_value(row[6]), json_value(row[7]), row[8])
-            for row in batch.durable.values()]]))
+        statements.append(
+            (
+                "durable",
+                _UPSERT_DURABLE,
+                [
+                    [
+                        (*row[:6], json_value(row[6]), json_value(row[7]), row[8])
+                        for row in batch.durable.values()
+                    ]
+                ],
+            )
+        )
     if batch.rate_usage:
         rows = list(batch.rate_usage.values())
         kept = [(*row[:5], orjson.Fragment(row[5])) for row in rows if row[4] or row[5] != "[]"]
@@ -469,13 +610,17 @@ def _one_statement(parts: tuple[tuple[str, str], ...]) -> str:
     costs one round trip."""
     ctes, offset = [], 0
     for name, sql in parts:
+
         def shift(match: re.Match[str], by: int = offset) -> str:
             return f"${int(match.group(1)) + by}"
 
         ctes.append(f"{name} AS ({_PARAMETER.sub(shift, sql.strip())})")
         offset += max(int(n) for n in _PARAMETER.findall(sql))
-    select = ("SELECT run_id FROM new_runs" if parts[0][0] == "new_runs"
-              else "SELECT NULL::uuid AS run_id WHERE false")
+    select = (
+        "SELECT run_id FROM new_runs"
+        if parts[0][0] == "new_runs"
+        else "SELECT NULL::uuid AS run_id WHERE false"
+    )
     return "WITH " + ",\n".join(ctes) + "\n" + select
 
 
@@ -491,8 +636,9 @@ def _batch_of(rows: list[tuple[str, Any]]) -> WriteBatch:
     return batch
 
 
-async def write_batch(conn: asyncpg.Connection, batch: WriteBatch,
-                      mark: tuple[uuid.UUID, str] | None) -> dict[uuid.UUID, Inserted]:
+async def write_batch(
+    conn: asyncpg.Connection, batch: WriteBatch, mark: tuple[uuid.UUID, str] | None
+) -> dict[uuid.UUID, Inserted]:
     """Write a batch atomically, marked committed on the (node, lane) of `mark`; returns what
     became of each new run. A batch of new runs alone needs no mark: written again, it finds
     its own runs (ids are never reused).
@@ -504,8 +650,7 @@ async def write_batch(conn: asyncpg.Connection, batch: WriteBatch,
     statements = _statements(batch)
     if mark is not None:
         statements.append(("mark", _MARK_BATCH, [*mark, batch.batch_id]))
-    if batch.new_runs and not batch.run_states.keys().isdisjoint(
-            row[1] for row in batch.new_runs):
+    if batch.new_runs and not batch.run_states.keys().isdisjoint(row[1] for row in batch.new_runs):
         async with conn.transaction():
             created = set()
             for name, sql, args in statements:
@@ -520,14 +665,14 @@ async def write_batch(conn: asyncpg.Connection, batch: WriteBatch,
     return await _outcomes(conn, batch.new_runs, created)
 
 
-async def written_before(conn: asyncpg.Connection,
-                         batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
+async def written_before(conn: asyncpg.Connection, batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
     """What became of the new runs of a batch that committed before its answer was lost."""
     return await _outcomes(conn, batch.new_runs, set())
 
 
-async def _outcomes(conn: asyncpg.Connection, new_runs: list[Row],
-                    created: set[uuid.UUID]) -> dict[uuid.UUID, Inserted]:
+async def _outcomes(
+    conn: asyncpg.Connection, new_runs: list[Row], created: set[uuid.UUID]
+) -> dict[uuid.UUID, Inserted]:
     """Inserted, or (for a conflict) the run that was there first: read after the commit, since
     what a new run conflicted with is committed by then."""
     refused = [row for row in new_runs if row[1] not in created]
@@ -542,8 +687,7 @@ async def _outcomes(conn: asyncpg.Connection, new_runs: list[Row],
             match = existing.get(run_id)
             if match is None:
                 raise RuntimeError(f"run {run_id} was neither inserted nor found by key")
-            inserted[run_id] = Inserted(match["run_id"], match["run_id"] == run_id,
-                                        match["status"])
+            inserted[run_id] = Inserted(match["run_id"], match["run_id"] == run_id, match["status"])
     return inserted
 
 
@@ -554,8 +698,11 @@ async def register_node(pool: asyncpg.Pool, node_id: uuid.UUID) -> None:
     await pool.execute("DELETE FROM engine_nodes WHERE started_at < now() - interval '7 days'")
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO engine_nodes (node_id) VALUES ($1)", node_id)
-        await conn.execute("INSERT INTO persister_lanes (node_id, lane) "
-                           "SELECT $1, unnest($2::text[])", node_id, list(LANES))
+        await conn.execute(
+            "INSERT INTO persister_lanes (node_id, lane) SELECT $1, unnest($2::text[])",
+            node_id,
+            list(LANES),
+        )
 
 
 # -- runs: reads -----------------------------------------------------------------------------------
@@ -577,15 +724,21 @@ _SUMMARY_COLUMNS = """
     finished_at
 """
 
-_VIEW_COLUMNS = _SUMMARY_COLUMNS + """,
+_VIEW_COLUMNS = (
+    _SUMMARY_COLUMNS
+    + """,
     input, output, error, idempotency_key, workflow_run_id, workflow_version, parent_run_id
 """
+)
 
 # What a run's history needs of its row (the current attempt's timeline), and its stored events.
-_HISTORY_COLUMNS = ("created_at, attempt, status, worker_id, assigned_at, started_at, finished_at, "
-                    "error")
-_STORED_EVENTS = ("SELECT at, attempt, type, worker_id, detail FROM run_events "
-                  "WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq")
+_HISTORY_COLUMNS = (
+    "created_at, attempt, status, worker_id, assigned_at, started_at, finished_at, error"
+)
+_STORED_EVENTS = (
+    "SELECT at, attempt, type, worker_id, detail FROM run_events "
+    "WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq"
+)
 
 _GET_RUN = f"""
 SELECT {_VIEW_COLUMNS}, worker_id, assigned_at,
@@ -620,17 +773,28 @@ class RunRepository:
     def _run_of(self, row: asyncpg.Record) -> Run:
         metadata = orjson.loads(row["metadata"])
         run = Run(
-            tenant_id=row["tenant_id"], run_id=row["run_id"], task=sys.intern(row["task"]),
-            queue=sys.intern(row["queue"]), status=RunStatus(row["status"]), attempt=row["attempt"],
-            priority=row["priority"], options=self.options.parse(row["options"]),
-            created_at=row["created_at"], queued_at=row["queued_at"],
-            metadata=metadata or EMPTY_METADATA, worker_id=row["worker_id"],
-            retry_at=row["retry_at"], assigned_at=row["assigned_at"],
-            started_at=row["started_at"], finished_at=row["finished_at"],
+            tenant_id=row["tenant_id"],
+            run_id=row["run_id"],
+            task=sys.intern(row["task"]),
+            queue=sys.intern(row["queue"]),
+            status=RunStatus(row["status"]),
+            attempt=row["attempt"],
+            priority=row["priority"],
+            options=self.options.parse(row["options"]),
+            created_at=row["created_at"],
+            queued_at=row["queued_at"],
+            metadata=metadata or EMPTY_METADATA,
+            worker_id=row["worker_id"],
+            retry_at=row["retry_at"],
+            assigned_at=row["assigned_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
             output_json=row["output"].encode() if row["output"] is not None else None,
             error_json=row["error"].encode() if row["error"] is not None else None,
-            workflow_run_id=row["workflow_run_id"], step=row["step"],
-            flow=Flow.from_json(row["flow"]))
+            workflow_run_id=row["workflow_run_id"],
+            step=row["step"],
+            flow=Flow.from_json(row["flow"]),
+        )
         if run.assigned_at is not None and run.status in (RunStatus.ASSIGNED, RunStatus.RUNNING):
             run.deadline = run.assigned_at + run.options.execution_timeout
         return run
@@ -639,7 +803,8 @@ class RunRepository:
         rows = await self.pool.fetch(
             "SELECT DISTINCT tenant_id, queue FROM runs WHERE kind = 'task' AND "
             "(status IN ('queued', 'assigned', 'running') OR (status = 'pending' "
-            "AND workflow_run_id IS NULL))")
+            "AND workflow_run_id IS NULL))"
+        )
         return [(row["tenant_id"], row["queue"]) for row in rows]
 
     async def load_active_runs(self, tenant_id: uuid.UUID, queue: str) -> list[Run]:
@@ -650,7 +815,10 @@ class RunRepository:
                 f"SELECT {_RUN_STATE_COLUMNS} FROM runs WHERE tenant_id = $1 AND queue = $2 "
                 "AND (status IN ('queued', 'assigned', 'running') OR (status = 'pending' "
                 "AND workflow_run_id IS NULL)) ORDER BY run_id",
-                tenant_id, queue, prefetch=10_000)
+                tenant_id,
+                queue,
+                prefetch=10_000,
+            )
             async for row in cursor:
                 rows.append(self._run_of(row))
             return rows
@@ -658,63 +826,85 @@ class RunRepository:
     async def load_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> Run | None:
         row = await self.pool.fetchrow(
             f"SELECT {_RUN_STATE_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = $2",
-            tenant_id, run_id)
+            tenant_id,
+            run_id,
+        )
         return self._run_of(row) if row else None
 
     async def existing(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these runs the tenant has."""
-        rows = await self.pool.fetch("SELECT run_id FROM runs WHERE tenant_id = $1 AND "
-                                     "run_id = ANY($2::uuid[])", tenant_id, run_ids)
+        rows = await self.pool.fetch(
+            "SELECT run_id FROM runs WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
+            tenant_id,
+            run_ids,
+        )
         return {row["run_id"] for row in rows}
 
-    async def fetch_inputs(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
-                           ) -> dict[uuid.UUID, tuple[bytes | None, bytes | None]]:
+    async def fetch_inputs(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[bytes | None, bytes | None]]:
         """The input and (for steps) the context of runs, as JSON."""
         rows = await self.pool.fetch(
             "SELECT run_id, input::text AS input, context::text AS context FROM runs "
-            "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])", tenant_id, run_ids)
-        return {row["run_id"]: (_encoded(row["input"]), _encoded(row["context"]))
-                for row in rows}
+            "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
+            tenant_id,
+            run_ids,
+        )
+        return {row["run_id"]: (_encoded(row["input"]), _encoded(row["context"])) for row in rows}
 
-    async def durable_history(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
-                              ) -> dict[uuid.UUID, bytes]:
+    async def durable_history(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, bytes]:
         """Durable runs' logs, as the JSON list an assignment carries (an open wait's result is
         its wait spec, so a replay waits on for the same sleep, not a new one)."""
         rows = await self.pool.fetch(
             "SELECT run_id, json_agg(json_build_object('position', position, 'kind', kind, "
             "'call', call, 'done', done, 'result', CASE WHEN done THEN result ELSE wait END) "
             "ORDER BY position)::text AS entries FROM durable_log WHERE tenant_id = $1 "
-            "AND run_id = ANY($2::uuid[]) GROUP BY run_id", tenant_id, run_ids)
+            "AND run_id = ANY($2::uuid[]) GROUP BY run_id",
+            tenant_id,
+            run_ids,
+        )
         return {row["run_id"]: row["entries"].encode() for row in rows}
 
-    async def open_waits(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
-                         ) -> dict[uuid.UUID, tuple[int, str, str]]:
+    async def open_waits(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[int, str, str]]:
         """The open wait of each pending durable run: (position, call, wait spec JSON)."""
         rows = await self.pool.fetch(
             "SELECT run_id, position, call, wait::text AS wait FROM durable_log "
             "WHERE tenant_id = $1 AND run_id = ANY($2::uuid[]) AND NOT done",
-            tenant_id, run_ids)
+            tenant_id,
+            run_ids,
+        )
         return {row["run_id"]: (row["position"], row["call"], row["wait"]) for row in rows}
 
     async def load_definitions(self, tenant_id: uuid.UUID) -> dict[str, TaskOptions]:
         rows = await self.pool.fetch(
             "SELECT name, options::text AS options FROM task_definitions WHERE tenant_id = $1",
-            tenant_id)
+            tenant_id,
+        )
         return {row["name"]: self.options.parse(row["options"]) for row in rows}
 
-    async def run_documents(self, tenant_id: uuid.UUID,
-                            run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    async def run_documents(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
         """Runs as JSON-ready documents in the shape of `RunView` (without attempts)."""
         rows = await self.pool.fetch(
             f"SELECT {_VIEW_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
-            tenant_id, run_ids)
+            tenant_id,
+            run_ids,
+        )
         return {row["run_id"]: dict(row) for row in rows}
 
-    async def run_statuses(self, tenant_id: uuid.UUID,
-                           run_ids: list[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
+    async def run_statuses(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, RunStatus]:
         rows = await self.pool.fetch(
             "SELECT run_id, status FROM runs WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
-            tenant_id, run_ids)
+            tenant_id,
+            run_ids,
+        )
         return {row["run_id"]: RunStatus(row["status"]) for row in rows}
 
     async def get_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView | None:
@@ -728,25 +918,41 @@ class RunRepository:
         view.attempts = _attempts(_history(row, row["stored_events"]))
         view.children = list(row["children"])
         if view.kind is RunKind.WORKFLOW:
-            view.steps = [RunSummary.model_validate(dict(row)) for row in await self.pool.fetch(
-                f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE tenant_id = $1 "
-                "AND workflow_run_id = $2 ORDER BY run_id", tenant_id, run_id)]
+            view.steps = [
+                RunSummary.model_validate(dict(row))
+                for row in await self.pool.fetch(
+                    f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE tenant_id = $1 "
+                    "AND workflow_run_id = $2 ORDER BY run_id",
+                    tenant_id,
+                    run_id,
+                )
+            ]
         return view
 
-    async def active_children(self, tenant_id: uuid.UUID,
-                              run_id: uuid.UUID) -> list[uuid.UUID]:
+    async def active_children(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[uuid.UUID]:
         """Unfinished runs spawned by a run, and the unfinished steps of a workflow run."""
         rows = await self.pool.fetch(
             "SELECT run_id FROM runs WHERE tenant_id = $1 AND parent_run_id = $2 "
             "AND status IN ('pending', 'queued', 'assigned', 'running') "
             "UNION SELECT run_id FROM runs WHERE tenant_id = $1 AND workflow_run_id = $2 "
-            "AND status IN ('pending', 'queued', 'assigned', 'running')", tenant_id, run_id)
+            "AND status IN ('pending', 'queued', 'assigned', 'running')",
+            tenant_id,
+            run_id,
+        )
         return [row["run_id"] for row in rows]
 
-    async def list_runs(self, tenant_id: uuid.UUID, *, statuses: list[str], tasks: list[str],
-                        since: datetime | None, until: datetime | None,
-                        metadata: dict[str, str], before: uuid.UUID | None,
-                        limit: int) -> list[dict[str, Any]]:
+    async def list_runs(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        statuses: list[str],
+        tasks: list[str],
+        since: datetime | None,
+        until: datetime | None,
+        metadata: dict[str, str],
+        before: uuid.UUID | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
         """Newest first. `before` is the cursor: the last run_id of the previous page."""
         clauses = ["tenant_id = $1"]
         args: list[object] = [tenant_id]
@@ -769,8 +975,10 @@ class RunRepository:
             clauses.append(f"metadata @> {arg(metadata)}::jsonb")
         if before is not None:
             clauses.append(f"run_id < {arg(before)}")
-        query = (f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
-                 f"ORDER BY run_id DESC LIMIT {arg(limit)}")
+        query = (
+            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
+            f"ORDER BY run_id DESC LIMIT {arg(limit)}"
+        )
         rows = await self.pool.fetch(query, *args)
         return [dict(row) for row in rows]  # the shape of RunSummary
 
@@ -779,24 +987,39 @@ class RunRepository:
         attempt, which its row records (see QueueActor._save)."""
         run = await self.pool.fetchrow(
             f"SELECT {_HISTORY_COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = $2",
-            tenant_id, run_id)
+            tenant_id,
+            run_id,
+        )
         if run is None:
             return []
         stored = await self.pool.fetch(_STORED_EVENTS, tenant_id, run_id)
         return _history(run, stored)
 
-    async def run_logs(self, tenant_id: uuid.UUID, run_id: uuid.UUID, *, limit: int,
-                       after: int | None) -> list[tuple[int, LogLine]]:
+    async def run_logs(
+        self, tenant_id: uuid.UUID, run_id: uuid.UUID, *, limit: int, after: int | None
+    ) -> list[tuple[int, LogLine]]:
         rows = await self.pool.fetch(
             "SELECT seq, at, attempt, level, message FROM run_logs "
             "WHERE tenant_id = $1 AND run_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-            tenant_id, run_id, after or 0, limit)
-        return [(row["seq"], LogLine(at=row["at"], attempt=row["attempt"], level=row["level"],
-                                     message=row["message"])) for row in rows]
+            tenant_id,
+            run_id,
+            after or 0,
+            limit,
+        )
+        return [
+            (
+                row["seq"],
+                LogLine(
+                    at=row["at"], attempt=row["attempt"], level=row["level"], message=row["message"]
+                ),
+            )
+            for row in rows
+        ]
 
     async def run_exists(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> bool:
         found = await self.pool.fetchval(
-            "SELECT true FROM runs WHERE tenant_id = $1 AND run_id = $2", tenant_id, run_id)
+            "SELECT true FROM runs WHERE tenant_id = $1 AND run_id = $2", tenant_id, run_id
+        )
         return bool(found)
 
 
@@ -814,21 +1037,43 @@ def _history(run: Mapping[str, Any], stored: Iterable[Mapping[str, Any]]) -> lis
             # An earlier attempt's outcome, with the timeline its row no longer holds.
             for kind in ("assigned", "started"):
                 if detail[f"{kind}_at"] is not None:
-                    events.append(RunEvent(at=_utc(detail[f"{kind}_at"]), attempt=row["attempt"],
-                                           type=kind, worker_id=row["worker_id"]))
+                    events.append(
+                        RunEvent(
+                            at=_utc(detail[f"{kind}_at"]),
+                            attempt=row["attempt"],
+                            type=kind,
+                            worker_id=row["worker_id"],
+                        )
+                    )
             detail = detail["error"]
-        events.append(RunEvent(at=row["at"], attempt=row["attempt"], type=row["type"],
-                               worker_id=row["worker_id"], detail=detail))
+        events.append(
+            RunEvent(
+                at=row["at"],
+                attempt=row["attempt"],
+                type=row["type"],
+                worker_id=row["worker_id"],
+                detail=detail,
+            )
+        )
     attempt, worker = run["attempt"], run["worker_id"]
     if run["assigned_at"] is not None:
-        events.append(RunEvent(at=run["assigned_at"], attempt=attempt, type="assigned",
-                               worker_id=worker))
+        events.append(
+            RunEvent(at=run["assigned_at"], attempt=attempt, type="assigned", worker_id=worker)
+        )
     if run["started_at"] is not None:
-        events.append(RunEvent(at=run["started_at"], attempt=attempt, type="started",
-                               worker_id=worker))
+        events.append(
+            RunEvent(at=run["started_at"], attempt=attempt, type="started", worker_id=worker)
+        )
     if run["status"] in _TERMINAL_EVENTS and run["finished_at"] is not None:
-        events.append(RunEvent(at=run["finished_at"], attempt=attempt, type=run["status"],
-                               worker_id=worker, detail=run["error"]))
+        events.append(
+            RunEvent(
+                at=run["finished_at"],
+                attempt=attempt,
+                type=run["status"],
+                worker_id=worker,
+                detail=run["error"],
+            )
+        )
     events.sort(key=lambda event: event.at)  # stable: same-time events keep their order
     return events
 
@@ -841,11 +1086,11 @@ def _attempts(events: list[RunEvent]) -> list[Attempt]:
     """Each attempt's timeline, from the run's events."""
     attempts: dict[int, Attempt] = {}
     for event in events:
-        if event.type in ("queued", "replayed", "retry_scheduled", "requeued",
-                          "timeout_refreshed"):
+        if event.type in ("queued", "replayed", "retry_scheduled", "requeued", "timeout_refreshed"):
             continue
-        attempt = attempts.setdefault(event.attempt, Attempt(attempt=event.attempt,
-                                                             status=RunStatus.QUEUED))
+        attempt = attempts.setdefault(
+            event.attempt, Attempt(attempt=event.attempt, status=RunStatus.QUEUED)
+        )
         if event.type in ("assigned", "reattached"):
             attempt.status = RunStatus.ASSIGNED
             attempt.worker_id = event.worker_id

@@ -34,12 +34,15 @@ class SmtpSettings:
     @classmethod
     def from_environment(cls) -> SmtpSettings:
         tls = _flag("TASKYARD_SMTP_TLS")
-        return cls(host=os.environ.get("TASKYARD_SMTP_HOST", "localhost"),
-                   port=int(os.environ.get("TASKYARD_SMTP_PORT", "465" if tls else "25")),
-                   starttls=_flag("TASKYARD_SMTP_STARTTLS"), tls=tls,
-                   username=os.environ.get("TASKYARD_SMTP_USERNAME") or None,
-                   password=os.environ.get("TASKYARD_SMTP_PASSWORD") or None,
-                   sender=os.environ.get("TASKYARD_SMTP_FROM", "taskyard@localhost"))
+        return cls(
+            host=os.environ.get("TASKYARD_SMTP_HOST", "localhost"),
+            port=int(os.environ.get("TASKYARD_SMTP_PORT", "465" if tls else "25")),
+            starttls=_flag("TASKYARD_SMTP_STARTTLS"),
+            tls=tls,
+            username=os.environ.get("TASKYARD_SMTP_USERNAME") or None,
+            password=os.environ.get("TASKYARD_SMTP_PASSWORD") or None,
+            sender=os.environ.get("TASKYARD_SMTP_FROM", "taskyard@localhost"),
+        )
 
 
 def _flag(name: str) -> bool:
@@ -56,8 +59,11 @@ class EmailChannel:
 
     def check_target(self, target: dict[str, Any]) -> None:
         to = target.get("to")
-        if not isinstance(to, list) or not to or not all(
-                isinstance(address, str) and "@" in address for address in to):
+        if (
+            not isinstance(to, list)
+            or not to
+            or not all(isinstance(address, str) and "@" in address for address in to)
+        ):
             raise ValueError('the email channel needs {"to": ["someone@example.com", ...]}')
 
     async def send(self, alert: Alert, target: dict[str, Any]) -> None:
@@ -70,10 +76,16 @@ class EmailChannel:
         message["To"] = ", ".join(to)
         message["Subject"] = subject
         message.set_content(body)
-        await aiosmtplib.send(message, hostname=settings.host, port=settings.port,
-                              start_tls=settings.starttls, use_tls=settings.tls,
-                              username=settings.username, password=settings.password,
-                              timeout=30)
+        await aiosmtplib.send(
+            message,
+            hostname=settings.host,
+            port=settings.port,
+            start_tls=settings.starttls,
+            use_tls=settings.tls,
+            username=settings.username,
+            password=settings.password,
+            timeout=30,
+        )
 
 
 class EmailSend:

@@ -40,23 +40,28 @@ class HttpRequest:
             RequestParams.model_validate(params)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise ValueError(f"http:request: {'.'.join(map(str, first['loc']))}: "
-                             f"{first['msg']}") from None
+            raise ValueError(
+                f"http:request: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
 
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
         self.check(params)
         request = RequestParams.model_validate(params)
         timeout = aiohttp.ClientTimeout(total=request.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                request.method, request.url, headers=request.headers,
-                json=request.json_body) as response:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(
+                request.method, request.url, headers=request.headers, json=request.json_body
+            ) as response,
+        ):
             if response.content_type == "application/json":
                 body: Any = await response.json()
             else:
                 body = await response.text()
             if not 200 <= response.status < 300:
-                raise HttpStatusError(f"{request.method} {request.url} answered "
-                                      f"{response.status}: {str(body)[:500]}")
+                raise HttpStatusError(
+                    f"{request.method} {request.url} answered {response.status}: {str(body)[:500]}"
+                )
             return {"status": response.status, "headers": dict(response.headers), "body": body}
 
 

@@ -26,16 +26,19 @@ class SlackChannel:
 
     name = "slack"
 
-    def __init__(self, token: str | None = None, api_url: str | None = None,
-                 webhook_url: str | None = None) -> None:
+    def __init__(
+        self, token: str | None = None, api_url: str | None = None, webhook_url: str | None = None
+    ) -> None:
         self.token = token or os.environ.get("TASKYARD_SLACK_TOKEN") or None
         self.api_url = api_url or os.environ.get("TASKYARD_SLACK_API_URL") or DEFAULT_API_URL
         self.webhook_url = webhook_url or os.environ.get("TASKYARD_SLACK_WEBHOOK_URL") or None
 
     def check_target(self, target: dict[str, Any]) -> None:
         if self.token is None and self.webhook_url is None:
-            raise ValueError("the slack channel needs TASKYARD_SLACK_TOKEN or "
-                             "TASKYARD_SLACK_WEBHOOK_URL in the engine's environment")
+            raise ValueError(
+                "the slack channel needs TASKYARD_SLACK_TOKEN or "
+                "TASKYARD_SLACK_WEBHOOK_URL in the engine's environment"
+            )
         if self.webhook_url is None and not isinstance(target.get("channel"), str):
             raise ValueError('the slack channel needs {"channel": "#channel-name"}')
 
@@ -45,13 +48,15 @@ class SlackChannel:
     async def post(self, text: str, *, channel: str | None, title: str | None = None) -> None:
         blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
         if title:
-            blocks.insert(0, {"type": "header",
-                              "text": {"type": "plain_text", "text": title[:150]}})
+            blocks.insert(
+                0, {"type": "header", "text": {"type": "plain_text", "text": title[:150]}}
+            )
         if self.webhook_url is not None and (channel is None or self.token is None):
             response = await AsyncWebhookClient(self.webhook_url).send(text=text, blocks=blocks)
             if response.status_code >= 300:
-                raise RuntimeError(f"Slack webhook answered {response.status_code}: "
-                                   f"{response.body}")
+                raise RuntimeError(
+                    f"Slack webhook answered {response.status_code}: {response.body}"
+                )
             return
         client = AsyncWebClient(token=self.token, base_url=self.api_url)
         await client.chat_postMessage(channel=channel or "", text=text, blocks=blocks)

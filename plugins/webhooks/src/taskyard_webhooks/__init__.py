@@ -84,8 +84,9 @@ class WebhookFile:
             try:
                 self._hooks = _parse(self.path)
             except (ValueError, yaml.YAMLError) as exc:
-                log.error("webhooks file %s not loaded (the last good one stays): %s",
-                          self.path, exc)
+                log.error(
+                    "webhooks file %s not loaded (the last good one stays): %s", self.path, exc
+                )
         return self._hooks.get(name)
 
 
@@ -101,10 +102,13 @@ def _parse(path: Path) -> dict[str, Webhook]:
         if secret is None and "secret_env" in spec:
             secret = os.environ.get(str(spec["secret_env"]))
         if not secret:
-            raise ValueError(f"{path}: webhook {name!r} has no secret (set `secret` or "
-                             f"`secret_env` to a variable that is set)")
-        hooks[str(name)] = Webhook(str(name), str(spec["event"]), str(secret).encode(),
-                                   str(spec.get("tenant", "default")))
+            raise ValueError(
+                f"{path}: webhook {name!r} has no secret (set `secret` or "
+                f"`secret_env` to a variable that is set)"
+            )
+        hooks[str(name)] = Webhook(
+            str(name), str(spec["event"]), str(secret).encode(), str(spec.get("tenant", "default"))
+        )
     return hooks
 
 
@@ -113,8 +117,9 @@ _files: dict[Path, WebhookFile] = {}
 
 def _webhooks(call: Call[Any]) -> WebhookFile:
     host = host_of(call)
-    path = Path(os.environ.get("TASKYARD_WEBHOOKS_FILE")
-                or Path(host.settings.data_dir) / "webhooks.yaml")
+    path = Path(
+        os.environ.get("TASKYARD_WEBHOOKS_FILE") or Path(host.settings.data_dir) / "webhooks.yaml"
+    )
     return _files.setdefault(path, WebhookFile(path))
 
 
@@ -133,22 +138,28 @@ def taskyard_routes(router: Router) -> None:
         if webhook is None:
             raise NotFound(f"no webhook named {name!r}")
         body = await call.request.read()
-        given = next((call.request.headers[h] for h in SIGNATURE_HEADERS
-                      if h in call.request.headers), None)
+        given = next(
+            (call.request.headers[h] for h in SIGNATURE_HEADERS if h in call.request.headers), None
+        )
         if given is None:
-            raise Unauthorized(f"webhook {name!r} needs an X-Taskyard-Signature header: "
-                               f"sha256=<hex HMAC-SHA256 of the body with the webhook's secret>")
-        if not hmac.compare_digest(given.strip().encode(errors="replace"),
-                                   signature_of(webhook.secret, body).encode()):
+            raise Unauthorized(
+                f"webhook {name!r} needs an X-Taskyard-Signature header: "
+                f"sha256=<hex HMAC-SHA256 of the body with the webhook's secret>"
+            )
+        if not hmac.compare_digest(
+            given.strip().encode(errors="replace"), signature_of(webhook.secret, body).encode()
+        ):
             raise Unauthorized(f"webhook {name!r}: the signature does not match the body")
         try:
             payload = orjson.loads(body) if body else None
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"webhook {name!r}: the body is not JSON: {exc}") from None
-        pushed = await host_of(call).push_event(webhook.tenant, webhook.event, payload,
-                                                {"webhook": name})
-        return Delivered(event_id=str(pushed.event_id),
-                         triggered=[str(run) for run in pushed.triggered])
+        pushed = await host_of(call).push_event(
+            webhook.tenant, webhook.event, payload, {"webhook": name}
+        )
+        return Delivered(
+            event_id=str(pushed.event_id), triggered=[str(run) for run in pushed.triggered]
+        )
 
 
 __all__ = ["signature_of", "taskyard_routes"]
