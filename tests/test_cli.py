@@ -134,6 +134,40 @@ def test_engine_settings_come_from_the_environment(db_url: str, tmp_path: Path) 
     assert "shutting down" in engine.log
 
 
+def test_every_engine_setting_has_a_flag_and_a_variable_with_its_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flags are made from the settings model: a new setting gets its flag and variable, and
+    a flag's default is the model's."""
+    from taskyard.cli import engine as command
+    from taskyard.config import EngineSettings
+
+    for name in EngineSettings.model_fields:
+        monkeypatch.delenv("TASKYARD_" + name.upper(), raising=False)
+    monkeypatch.delenv("TASKYARD_DATABASE_WAIT", raising=False)
+    monkeypatch.delenv("TASKYARD_WORKFLOWS", raising=False)
+    assert {param.name for param in command.params} == set(EngineSettings.model_fields)
+    defaults = command.make_context("engine", []).params
+    assert EngineSettings(**defaults | {"plugins": []}) == EngineSettings()
+
+    monkeypatch.setenv("TASKYARD_RECOVERY_HOLD", "2.5")
+    monkeypatch.setenv("TASKYARD_FLUSH_LINGER", "0.01")
+    monkeypatch.setenv("TASKYARD_MIGRATE", "false")
+    monkeypatch.setenv("TASKYARD_HEARTBEAT_TIMEOUT", "30")
+    given = command.make_context("engine", ["--heartbeat-timeout", "20"]).params
+    assert (given["recovery_hold"], given["flush_linger"], given["migrate"]) == (2.5, 0.01, False)
+    assert given["heartbeat_timeout"] == 20.0  # the flag wins over the variable
+
+
+def test_a_bad_engine_setting_is_a_one_line_error_naming_its_flag() -> None:
+    result = taskyard("engine", "--heartbeat-timeout", "-1", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "Invalid value for --heartbeat-timeout: Input should be greater than 0" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_no_migrate_refuses_a_database_that_lacks_migrations(empty_db_url: str) -> None:
     result = taskyard(
         "engine", "--no-migrate", "--database-url", empty_db_url, "--port", str(free_port())

@@ -222,7 +222,7 @@ async def test_a_revoked_token_is_refused_from_its_next_call(
             assert (await raw.call({"id": 1, "method": "GET", "path": "/api/v1/whoami"}))[
                 "status"
             ] == 200
-            await engine.revoke_token(token.token_id, tenant.tenant_id)
+            await engine.services.tokens.revoke(tenant.tenant_id, token.token_id)
             refused = await raw.call({"id": 2, "method": "GET", "path": "/api/v1/whoami"})
             assert refused["status"] == 401
         finally:

@@ -303,6 +303,13 @@ async def test_sigterm_drains_a_worker(
                 await asyncio.sleep(0.05)
             assert worker.process is not None
             worker.process.send_signal(signal.SIGTERM)
+            for _ in range(200):  # the engine has heard the worker drain: nothing new for it
+                async with http.get("/api/v1/workers") as response:
+                    if all(w["draining"] for w in await response.json()):
+                        break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the engine never heard the worker drain")
             async with http.post("/api/v1/runs", json={"task": "record", "input": 99}) as resp:
                 late = (await resp.json())["run_id"]
             exit_code = await asyncio.to_thread(worker.process.wait, 30)

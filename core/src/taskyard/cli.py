@@ -20,7 +20,7 @@ import click
 
 from taskyard import __version__
 from taskyard.commands import COMMANDS
-from taskyard.config import DEFAULT_PORT, EngineSettings
+from taskyard.config import EngineSettings
 from taskyard.domain.auth import Role
 
 if TYPE_CHECKING:
@@ -110,97 +110,82 @@ def main(log_level: str) -> None:
     )
 
 
-@main.command()
-@database_url_option
-@data_dir_option
-@click.option("--host", envvar="TASKYARD_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="TASKYARD_PORT", default=DEFAULT_PORT, show_default=True, type=int)
-@click.option(
-    "--plugin",
-    "plugins",
-    multiple=True,
-    metavar="NAME",
-    help="Load this plugin (repeatable). Env: TASKYARD_PLUGINS, comma-separated.",
-)
-@click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations on start.")
-@click.option(
-    "--database-wait",
-    envvar="TASKYARD_DATABASE_WAIT",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds to keep retrying an unreachable database.",
-)
-@click.option(
-    "--max-request-bytes",
-    envvar="TASKYARD_MAX_REQUEST_BYTES",
-    default=1024 * 1024,
-    show_default=True,
-    type=click.IntRange(min=1),
-)
-@click.option(
-    "--heartbeat-interval",
-    envvar="TASKYARD_HEARTBEAT_INTERVAL",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(min=0.01),
-    help="Seconds between worker heartbeats.",
-)
-@click.option(
-    "--heartbeat-timeout",
-    envvar="TASKYARD_HEARTBEAT_TIMEOUT",
-    default=15.0,
-    show_default=True,
-    type=click.FloatRange(min=0.05),
-    help="A worker silent or disconnected this long is lost; its runs are retried.",
-)
-@click.option(
-    "--public-url",
-    envvar="TASKYARD_PUBLIC_URL",
-    default=None,
-    help="The URL users reach the engine at, for links in alerts.",
-)
-@click.option(
-    "--workflows",
-    "workflows_dir",
-    envvar="TASKYARD_WORKFLOWS",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Declarative workflow files (YAML); default <data-dir>/workflows.",
-)
-def engine(
-    database_url: str | None,
-    data_dir: Path,
-    host: str,
-    port: int,
-    plugins: tuple[str, ...],
-    no_migrate: bool,
-    database_wait: float,
-    max_request_bytes: int,
-    heartbeat_interval: float,
-    heartbeat_timeout: float,
-    public_url: str | None,
-    workflows_dir: Path | None,
-) -> None:
-    """Run the engine until SIGINT or SIGTERM."""
-    if not plugins:
-        plugins = tuple(
-            p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",") if p.strip()
+# Flags named otherwise than their settings field (the field names read better in code).
+_FLAG_NAMES = {
+    "database_wait_seconds": "database-wait",
+    "workflows_dir": "workflows",
+    "plugins": "plugin",
+}
+_CLICK_TYPES: dict[Any, Any] = {int: int, float: float, str: str, Path: click.Path(path_type=Path)}
+
+
+def _engine_options(command: Callable[..., None]) -> Callable[..., None]:
+    """One flag and one `TASKYARD_*` variable per `EngineSettings` field, with the field's
+    description and default: the settings model is the one place engine defaults live, and it
+    validates what is given."""
+    for name, field in reversed(EngineSettings.model_fields.items()):
+        flag = _FLAG_NAMES.get(name, name.replace("_", "-"))
+        envvar = (
+            "TASKYARD_" + name.upper()
+            if name == "plugins"
+            else ("TASKYARD_" + flag.upper().replace("-", "_"))
         )
-    settings = EngineSettings(
-        database_url=database_url,
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        plugins=list(plugins),
-        migrate=not no_migrate,
-        database_wait_seconds=database_wait,
-        max_request_bytes=max_request_bytes,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_timeout=heartbeat_timeout,
-        public_url=public_url,
-        workflows_dir=workflows_dir,
-    )
+        help_text = field.description or ""
+        if field.annotation is bool:
+            option = click.option(
+                f"--{flag}/--no-{flag}",
+                name,
+                envvar=envvar,
+                default=field.default,
+                show_default=True,
+                help=help_text,
+            )
+        elif name == "plugins":
+            option = click.option(
+                f"--{flag}",
+                name,
+                multiple=True,
+                metavar="NAME",
+                help=f"{help_text} Repeatable; {envvar} is comma-separated.",
+            )
+        else:
+            base = next(
+                t
+                for t in (int, float, Path, str)
+                if t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+            )
+            option = click.option(
+                f"--{flag}",
+                name,
+                envvar=envvar,
+                default=field.default,
+                type=_CLICK_TYPES[base],
+                help=help_text,
+                show_default=True,
+            )
+        command = option(command)
+    return command
+
+
+@main.command()
+@_engine_options
+def engine(**given: Any) -> None:
+    """Run the engine until SIGINT or SIGTERM."""
+    if not given["plugins"]:
+        given["plugins"] = [
+            p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",") if p.strip()
+        ]
+    from pydantic import ValidationError
+
+    try:
+        settings = EngineSettings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0])
+        flag = _FLAG_NAMES.get(name, name.replace("_", "-"))
+        raise click.BadParameter(
+            f"{error['msg']} (got {error.get('input')!r})", param_hint=f"--{flag}"
+        ) from None
     _run(_serve(settings))
 
 

@@ -13,37 +13,44 @@ class EngineSettings(BaseModel):
     """Everything an engine process needs to start. Every field has a CLI flag and an env var."""
 
     database_url: str | None = Field(
-        default=None, description="PostgreSQL URL; None starts an embedded server under data_dir."
+        default=None,
+        description="PostgreSQL URL. Without one, the embedded server in the data dir is used.",
     )
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="Address to serve on.")
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="0 picks a free port.")
-    data_dir: Path = Path(".taskyard")
-    plugins: list[str] = Field(default_factory=list)
-    migrate: bool = True
-    database_wait_seconds: float = Field(
-        default=30.0, ge=0, description="How long to retry a database that is not up yet."
+    data_dir: Path = Field(
+        default=Path(".taskyard"),
+        description="Where the embedded database and the local token live.",
     )
-    max_request_bytes: int = Field(default=1024 * 1024, gt=0)
+    plugins: list[str] = Field(default_factory=list, description="Plugins to load, by name.")
+    migrate: bool = Field(default=True, description="Apply pending migrations on start.")
+    database_wait_seconds: float = Field(
+        default=30.0, ge=0, description="Seconds to keep retrying an unreachable database."
+    )
+    max_request_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="The largest request body accepted (413 beyond)."
+    )
     heartbeat_interval: float = Field(
-        default=5.0, gt=0, description="How often workers send a heartbeat."
+        default=5.0, gt=0, description="Seconds between worker heartbeats."
     )
     heartbeat_timeout: float = Field(
         default=15.0,
         gt=0,
-        description="A worker silent (or disconnected) this long is lost; its runs are retried.",
+        description="Seconds a worker may be silent (or disconnected) before it is lost and its "
+        "runs are retried.",
     )
     recovery_hold: float = Field(
         default=1.0,
         ge=0,
-        description="After a restart, how long recovered runs wait for their workers to "
+        description="After a restart, seconds recovered runs wait for their workers to "
         "reconnect and claim them before they are assigned again.",
     )
     flush_linger: float = Field(
-        default=0.0, ge=0, description="How long a write batch waits to gather more rows."
+        default=0.0, ge=0, description="Seconds a write batch waits to gather more rows."
     )
     workflows_dir: Path | None = Field(
-        default=None, description="Declarative workflow files; default <data_dir>/workflows."
+        default=None, description="Declarative workflow files (YAML); default <data-dir>/workflows."
     )
     public_url: str | None = Field(
-        default=None, description="URL users reach the engine at (for links in alerts)."
+        default=None, description="The URL users reach the engine at, for links in alerts."
     )

@@ -43,6 +43,8 @@ from taskyard.plugins import (
     TriggerSource,
 )
 from taskyard.services import Services
+from taskyard.services.alerts import AlertRules
+from taskyard.services.tokens import Tokens
 from taskyard.store.alerts import AlertRuleRepository
 from taskyard.store.db import TRANSIENT_ERRORS, create_pool
 from taskyard.store.embedded import EmbeddedPostgres
@@ -54,7 +56,6 @@ from taskyard.store.repository import (
     Repository,
     RunRepository,
     TenantExists,
-    TokenInfo,
     register_node,
 )
 from taskyard.store.schedules import ScheduleRepository
@@ -165,8 +166,9 @@ class Engine:
                 self.alert_channels[channel.name] = channel
         self._timers = Timers()
         await self._timers.start()
+        alert_rules = AlertRuleRepository(self._pool)
         self._alerter = Alerter(
-            AlertRuleRepository(self._pool),
+            alert_rules,
             self._timers,
             channels=lambda: self.alert_channels,
             tenant_name=self._tenant_name,
@@ -185,10 +187,10 @@ class Engine:
             events=EventRepository(self._pool),
             rate_limits=RateLimitRepository(self._pool),
             schedules=ScheduleRepository(self._pool),
-            heartbeat_interval=self.settings.heartbeat_interval,
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-            recovery_hold=self.settings.recovery_hold,
+            settings=self.settings,
             timers=self._timers,
+            tokens=Tokens(self.repository, self._token_cache),
+            alert_rules=AlertRules(alert_rules, self._alerter, lambda: self.alert_channels),
             runs_ended=self._runs_ended,
             observe_all=self._observe,
             runs_changed=self._runs_changed
@@ -442,14 +444,6 @@ class Engine:
             return
         for token_id in revoked:
             self._token_revoked(token_id)
-
-    async def revoke_token(self, token_id: uuid.UUID, tenant_id: uuid.UUID) -> TokenInfo | None:
-        """Revoke a tenant's token: refused from the next request on, on every engine, and
-        workers connected with it are cut off. Its last admin token is kept (409)."""
-        info = await self.repository.revoke_token(token_id, tenant_id, keep_an_admin=True)
-        if info is not None:
-            self.token_cache.forget(token_id)
-        return info
 
     async def authenticate(self, header: str | None) -> Principal:
         try:

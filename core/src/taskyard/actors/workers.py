@@ -48,6 +48,7 @@ class WorkerSession:
         self.labels = hello.labels
         self.definitions = hello.tasks
         self.task_names = [task.name for task in hello.tasks]
+        self.draining = False  # set by the registry when the worker says it drains
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
         self.revoked = False  # set when its token is revoked: frames still in flight are dropped
@@ -76,6 +77,7 @@ class WorkerSession:
             "labels": self.labels,
             "tasks": self.task_names,
             "connected_at": self.connected_at,
+            "draining": self.draining,
         }
 
 
@@ -112,6 +114,10 @@ class WorkerRegistry(Actor):
     def connected(self) -> list[WorkerSession]:
         return list(self.sessions.values())
 
+    def of_tenant(self, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The tenant's connected workers, described (asked by the services)."""
+        return [s.describe() for s in self.sessions.values() if s.tenant_id == tenant_id]
+
     def connect(self, session: WorkerSession, in_flight: list[protocol.AttemptRef]) -> None:
         previous = self.sessions.get(session.key)
         if previous is not None and previous is not session:
@@ -140,6 +146,7 @@ class WorkerRegistry(Actor):
         log.info("worker %s (%s) disconnected", session.name, session.worker_id)
 
     def draining(self, session: WorkerSession) -> None:
+        session.draining = True
         queue = self.queue_for(session.tenant_id, session.queue)
         queue.tell(queue.worker_draining, session.worker_id)
 

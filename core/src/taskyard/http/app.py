@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,11 +19,8 @@ from taskyard.http import (
     workflows,
 )
 from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware, quiet_malformed_requests
-from taskyard.http.keys import ENDPOINTS, ENGINE, OPENAPI
+from taskyard.http.keys import ENDPOINTS, ENGINE, OPENAPI, Host
 from taskyard.http.routing import AUTHENTICATOR, Router, mount
-
-if TYPE_CHECKING:
-    from taskyard.engine import Engine
 
 CORE_ROUTERS = (
     system.router,
@@ -40,7 +36,7 @@ CORE_ROUTERS = (
 )
 
 
-def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Application:
+def build_app(engine: Host, plugin_routers: Sequence[Router] = ()) -> web.Application:
     max_bytes = engine.settings.max_request_bytes
     quiet_malformed_requests()
     app = web.Application(client_max_size=max_bytes, middlewares=[error_middleware])
@@ -58,4 +54,4 @@ def build_app(engine: Engine, plugin_routers: Sequence[Router] = ()) -> web.Appl
 
 async def _disconnect_workers(app: web.Application) -> None:
     """Worker websockets live until closed: close them so shutdown does not wait on them."""
-    await app[ENGINE].services.registry.stop()
+    await app[ENGINE].services.disconnect_workers()

@@ -7,7 +7,6 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from taskyard.domain.auth import Role
-from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
     METADATA_PAIRS,
@@ -70,7 +69,7 @@ async def list_events(call: Call[None]) -> Document:
     """Stored events, newest first, by key, key prefix, metadata and time."""
     query: ListEventsQuery = call.query
     engine = call.request.app[ENGINE]
-    rows = await engine.services.events.search(
+    rows = await engine.services.history.search_events(
         call.principal.tenant_id,
         keys=query.key,
         prefix=query.prefix,
@@ -86,12 +85,8 @@ async def list_events(call: Call[None]) -> Document:
 
 @router.get("/api/v1/events/{event_id}", roles=ANY_ROLE, response=EventView)
 async def get_event(call: Call[None]) -> EventView:
-    event_id = call.path_uuid("event_id")
-    engine = call.request.app[ENGINE]
-    row = await engine.services.events.get(call.principal.tenant_id, event_id)
-    if row is None:
-        raise NotFound(f"no event {event_id} in this tenant")
-    return EventView.model_validate(row)
+    history = call.request.app[ENGINE].services.history
+    return await history.event(call.principal.tenant_id, call.path_uuid("event_id"))
 
 
 @router.post("/api/v1/events/{event_id}/replay", roles=ANY_ROLE, response=EventView, status=201)

@@ -1,17 +1,40 @@
-"""Typed keys for what the engine stores on the aiohttp application."""
+"""Typed keys for what the engine stores on the aiohttp application, and `Host`: what the HTTP
+layer needs of the engine that serves it. The engine implements it; no module here imports the
+engine, which imports this layer to serve it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from taskyard.http.routing import Endpoint
+from taskyard.plugins import PluginHost
 
 if TYPE_CHECKING:
-    from taskyard.engine import Engine
+    import asyncpg
 
-ENGINE: web.AppKey[Engine] = web.AppKey("engine")
+    from taskyard.domain.auth import Principal
+    from taskyard.integrations.worker import Integrations
+    from taskyard.services import Services
+
+
+class Host(PluginHost, Protocol):
+    @property
+    def services(self) -> Services: ...
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """For the health check only."""
+        ...
+
+    @property
+    def integrations(self) -> Integrations: ...
+
+    async def authenticate(self, header: str | None) -> Principal: ...
+
+
+ENGINE: web.AppKey[Host] = web.AppKey("engine")
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
 # The OpenAPI document, encoded when first asked for (building it takes ~100 ms of the loop).
 OPENAPI: web.AppKey[dict[str, bytes]] = web.AppKey("openapi")

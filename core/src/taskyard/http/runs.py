@@ -25,6 +25,7 @@ from taskyard.http.routing import (
     metadata_filter,
     page_cursor,
 )
+from taskyard.services.views import TaskInfo, WorkerInfo
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
@@ -34,7 +35,6 @@ from taskyard_sdk.models import (
     RunRef,
     RunStatus,
     RunView,
-    TaskOptions,
     TriggerRequest,
     WaitRequest,
     WaitResponse,
@@ -85,22 +85,6 @@ class CancelResult(BaseModel):
     status: RunStatus
 
 
-class TaskInfo(BaseModel):
-    name: str
-    options: TaskOptions
-    workers: list[str] = Field(description="Names of connected workers that run this task.")
-
-
-class WorkerInfo(BaseModel):
-    worker_id: uuid.UUID
-    name: str
-    queue: str
-    slots: int
-    labels: dict[str, Any]
-    tasks: list[str]
-    connected_at: float
-
-
 REPLAYED = {200: "An idempotency key matched an existing run: that run (see `idempotent_replay`)."}
 
 
@@ -112,7 +96,7 @@ async def tell_replays(call: Call[Any], inputs: list[Any], refs: list[RunRef]) -
     if not replayed:
         return refs
     engine = call.request.app[ENGINE]
-    stored = await engine.services.runs.run_documents(
+    stored = await engine.services.history.run_documents(
         call.principal.tenant_id, [ref.run_id for ref, _ in replayed]
     )
     for ref, given in replayed:
@@ -186,7 +170,7 @@ async def list_runs(call: Call[None]) -> Document:
     metadata = metadata_filter(query.metadata)
     before = page_cursor(query.cursor)
     engine = call.request.app[ENGINE]
-    rows = await engine.services.runs.list_runs(
+    rows = await engine.services.history.list_runs(
         call.principal.tenant_id,
         statuses=[s.value for s in query.status],
         tasks=query.task,
@@ -271,22 +255,19 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
 @router.get("/api/v1/runs/{run_id}/events", roles=ANY_ROLE, response=list[RunEvent])
 async def run_events(call: Call[None]) -> list[RunEvent]:
     """Every state transition of the run, in order."""
-    run_id = call.path_uuid("run_id")
-    engine = call.request.app[ENGINE]
-    if not await engine.services.runs.run_exists(call.principal.tenant_id, run_id):
-        raise NotFound(f"no run {run_id} in this tenant")
-    return await engine.services.runs.run_events(call.principal.tenant_id, run_id)
+    history = call.request.app[ENGINE].services.history
+    return await history.run_events(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
 @router.get("/api/v1/runs/{run_id}/logs", roles=ANY_ROLE, query=LogsQuery, response=LogPage)
 async def run_logs(call: Call[None]) -> LogPage:
     """The run's log lines, oldest first, paged with `after`."""
-    run_id = call.path_uuid("run_id")
-    engine = call.request.app[ENGINE]
-    if not await engine.services.runs.run_exists(call.principal.tenant_id, run_id):
-        raise NotFound(f"no run {run_id} in this tenant")
-    rows = await engine.services.runs.run_logs(
-        call.principal.tenant_id, run_id, limit=call.query.limit, after=call.query.after
+    history = call.request.app[ENGINE].services.history
+    rows = await history.run_logs(
+        call.principal.tenant_id,
+        call.path_uuid("run_id"),
+        limit=call.query.limit,
+        after=call.query.after,
     )
     return LogPage(lines=[line for _, line in rows], next_after=rows[-1][0] if rows else None)
 
@@ -312,26 +293,10 @@ async def replay_run(call: Call[None]) -> RunView:
 @router.get("/api/v1/workers", roles=ANY_ROLE, response=list[WorkerInfo])
 async def list_workers(call: Call[None]) -> list[WorkerInfo]:
     """Workers connected now."""
-    engine = call.request.app[ENGINE]
-    sessions = [
-        s for s in engine.services.registry.connected() if s.tenant_id == call.principal.tenant_id
-    ]
-    return [WorkerInfo.model_validate(session.describe()) for session in sessions]
+    return await call.request.app[ENGINE].services.workers(call.principal.tenant_id)
 
 
 @router.get("/api/v1/tasks", roles=ANY_ROLE, response=list[TaskInfo])
 async def list_tasks(call: Call[None]) -> list[TaskInfo]:
     """Tasks registered by workers, with their options and the workers connected for them."""
-    engine = call.request.app[ENGINE]
-    tenant_id = call.principal.tenant_id
-    tenant = engine.services.tenant(tenant_id)
-    definitions = await tenant.ask(tenant.all_definitions)
-    sessions = [s for s in engine.services.registry.connected() if s.tenant_id == tenant_id]
-    return [
-        TaskInfo(
-            name=name,
-            options=options,
-            workers=sorted(s.name for s in sessions if name in s.task_names),
-        )
-        for name, options in sorted(definitions.items())
-    ]
+    return await call.request.app[ENGINE].services.tasks(call.principal.tenant_id)

@@ -48,14 +48,14 @@ class TokenCreated(Token):
 @router.get("/api/v1/tokens", response=list[Token])
 async def list_tokens(call: Call[None]) -> list[Token]:
     """List the tenant's tokens (never their secrets)."""
-    infos = await call.request.app[ENGINE].repository.list_tokens(call.principal.tenant_id)
+    infos = await call.request.app[ENGINE].services.tokens.list(call.principal.tenant_id)
     return [Token.of(info) for info in infos]
 
 
 @router.post("/api/v1/tokens", body=TokenCreate, response=TokenCreated, status=201)
 async def create_token(call: Call[TokenCreate]) -> TokenCreated:
     """Create a token; its secret is returned once."""
-    info, secret = await call.request.app[ENGINE].repository.create_token(
+    info, secret = await call.request.app[ENGINE].services.tokens.create(
         call.principal.tenant_id, call.body.role, call.body.name
     )
     return TokenCreated(token=secret, **Token.of(info).model_dump())
@@ -65,7 +65,7 @@ async def create_token(call: Call[TokenCreate]) -> TokenCreated:
 async def revoke_token(call: Call[None]) -> Token:
     """Revoke a token; requests carrying it are refused from then on."""
     token_id = call.path_uuid("token_id")
-    info = await call.request.app[ENGINE].revoke_token(token_id, call.principal.tenant_id)
+    info = await call.request.app[ENGINE].services.tokens.revoke(call.principal.tenant_id, token_id)
     if info is None:
         raise NotFound(f"no token {token_id} in this tenant")
     return Token.of(info)

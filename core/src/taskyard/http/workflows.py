@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from taskyard.domain.auth import Role
-from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import PG_INTEGER_MAX, Call, Router, WithStatus
 from taskyard.http.runs import REPLAYED, tell_replays
@@ -66,8 +65,8 @@ async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | Work
 @router.get("/api/v1/workflows", roles=ANY_ROLE, response=WorkflowList)
 async def list_workflows(call: Call[None]) -> WorkflowList:
     """The latest version of every registered workflow."""
-    engine = call.request.app[ENGINE]
-    latest = await engine.services.workflows.latest(call.principal.tenant_id)
+    history = call.request.app[ENGINE].services.history
+    latest = await history.latest_workflows(call.principal.tenant_id)
     return WorkflowList(workflows=[_info(stored) for stored in latest])
 
 
@@ -80,13 +79,10 @@ async def list_workflows(call: Call[None]) -> WorkflowList:
 )
 async def get_workflow(call: Call[None]) -> WorkflowInfo:
     """A workflow's definition: the latest version, or the one asked for."""
-    name = call.path["name"]
-    engine = call.request.app[ENGINE]
-    stored = await engine.services.workflows.get(call.principal.tenant_id, name, call.query.version)
-    if stored is None:
-        version = f" version {call.query.version}" if call.query.version else ""
-        raise NotFound(f"no workflow {name!r}{version} in this tenant")
-    return _info(stored)
+    history = call.request.app[ENGINE].services.history
+    return _info(
+        await history.workflow(call.principal.tenant_id, call.path["name"], call.query.version)
+    )
 
 
 @router.post(

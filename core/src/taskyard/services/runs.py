@@ -26,6 +26,7 @@ from taskyard.actors.tenant import TenantActor
 from taskyard.actors.timers import Timers
 from taskyard.actors.waiters import RunEnd, RunWaiters
 from taskyard.actors.workers import WorkerRegistry
+from taskyard.config import EngineSettings
 from taskyard.domain.cron import CronError
 from taskyard.domain.cron import validate as validate_cron
 from taskyard.domain.dag import WorkflowRun
@@ -38,7 +39,11 @@ from taskyard.domain.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
 from taskyard.domain.workflows import CompiledWorkflow, compile_workflow, digest
 from taskyard.errors import Conflict, NotFound, Unprocessable
 from taskyard.ids import new_id
+from taskyard.services.alerts import AlertRules
+from taskyard.services.history import History
 from taskyard.services.schedules import Scheduling
+from taskyard.services.tokens import Tokens
+from taskyard.services.views import TaskInfo, WorkerInfo
 from taskyard.store.events import EventRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
@@ -85,10 +90,10 @@ class Services:
         events: EventRepository,
         rate_limits: RateLimitRepository,
         schedules: ScheduleRepository,
-        heartbeat_interval: float,
-        heartbeat_timeout: float,
+        settings: EngineSettings,
         timers: Timers,
-        recovery_hold: float = 0.0,
+        tokens: Tokens,
+        alert_rules: AlertRules,
         runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
         observe_all: bool = False,
         runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
@@ -106,16 +111,18 @@ class Services:
         self.timers = timers  # the engine's, shared (started and stopped by the engine)
         self.waiters = RunWaiters()
         self.streams = RunStreams()
-        self.heartbeat_timeout = heartbeat_timeout
-        self.recovery_hold = recovery_hold
+        self.settings = settings
         self.registry = WorkerRegistry(
             queue_for=self.queue_for,
             register_tasks=self._register_tasks,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
+            heartbeat_interval=settings.heartbeat_interval,
+            heartbeat_timeout=settings.heartbeat_timeout,
         )
         self.schedules = ScheduleActor(schedules, self.timers, self.fire_schedule)
         self.scheduling = Scheduling(schedules, self.schedules)
+        self.history = History(runs, events, workflows)
+        self.tokens = tokens
+        self.alert_rules = alert_rules
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
         self.tenants: dict[uuid.UUID, TenantActor] = {}
         self._starting: set[asyncio.Task[None]] = set()
@@ -148,6 +155,31 @@ class Services:
         actors = [*self.queues.values(), *self.tenants.values()]
         await asyncio.gather(*(actor.stop() for actor in actors))
 
+    # -- workers and tasks -----------------------------------------------------------------------
+
+    async def disconnect_workers(self) -> None:
+        """Close every worker's connection (at shutdown: they would hold it open)."""
+        await self.registry.stop()
+
+    async def workers(self, tenant_id: uuid.UUID) -> list[WorkerInfo]:
+        """The tenant's workers connected now."""
+        described = await self.registry.ask(self.registry.of_tenant, tenant_id)
+        return [WorkerInfo.model_validate(worker) for worker in described]
+
+    async def tasks(self, tenant_id: uuid.UUID) -> list[TaskInfo]:
+        """Tasks registered by workers, with their options and the workers connected for them."""
+        tenant = self.tenant(tenant_id)
+        definitions = await tenant.ask(tenant.all_definitions)
+        workers = await self.workers(tenant_id)
+        return [
+            TaskInfo(
+                name=name,
+                options=options,
+                workers=sorted(w.name for w in workers if name in w.tasks),
+            )
+            for name, options in sorted(definitions.items())
+        ]
+
     # -- the actor directory ---------------------------------------------------------------------
 
     def queue_for(
@@ -165,13 +197,13 @@ class Services:
                 streams=self.streams,
                 connected_workers=self.registry.connected,
                 steps_ended=self._steps_ended,
-                worker_grace=self.heartbeat_timeout,
+                worker_grace=self.settings.heartbeat_timeout,
                 limiter=self.limiter_for(tenant_id),
                 events=self.events,
                 runs_ended=self._runs_ended,
                 observe_all=self.observe_all,
                 runs_changed=self.runs_changed,
-                recovery_hold=self.recovery_hold if recovering else 0.0,
+                recovery_hold=self.settings.recovery_hold if recovering else 0.0,
             )
             self._start_later(actor.start())
         return actor
