@@ -151,3 +151,31 @@ async def test_every_caller_of_start_waits_for_on_start() -> None:
     assert actor.value == 41
     await first
     await actor.stop()
+
+
+async def test_side_tasks_are_held_until_done_and_cancelled_when_the_actor_stops() -> None:
+    actor = Counter({})
+    await actor.start()
+    finished, blocked = asyncio.Event(), asyncio.Event()
+
+    async def quick() -> None:
+        finished.set()
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            blocked.set()
+            raise
+
+    actor.side_tasks.spawn(quick(), name="quick")
+    hanging = actor.side_tasks.spawn(forever(), name="forever")
+    await asyncio.wait_for(finished.wait(), 1)
+    await asyncio.sleep(0)
+    assert len(actor.side_tasks) == 1  # a finished one is let go
+    await actor.side_tasks.wait(timeout=0.05)  # waiting gives up, cancels nothing
+    assert not hanging.done()
+    await actor.stop()
+    assert blocked.is_set()
+    assert hanging.cancelled()
+    assert len(actor.side_tasks) == 0

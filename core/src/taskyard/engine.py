@@ -24,6 +24,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from taskyard.actors.alerter import Alerter
+from taskyard.actors.base import SideTasks
 from taskyard.actors.timers import Timers
 from taskyard.config import EngineSettings
 from taskyard.domain.auth import Principal, Role, parse_bearer
@@ -103,10 +104,10 @@ class Engine:
         self._integrations: Integrations | None = None
         self._internal_tokens: dict[str, Principal] = {}
         self._token_cache: TokenCache | None = None
-        self._sources: set[asyncio.Task[None]] = set()
+        self._background = SideTasks()  # trigger sources and token re-checks: cancelled at stop
         self.source_failures: Counter[str] = Counter()
         self._observe = False
-        self._observers: set[asyncio.Task[list[Any]]] = set()
+        self._observers = SideTasks()  # plugin calls with committed changes: finished at stop
         self.database_url: str | None = settings.database_url
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -225,18 +226,14 @@ class Engine:
         await self._plugins.call("taskyard_startup", host=self)
         for provided in await self._plugins.call("taskyard_trigger_sources"):
             for source in provided:
-                task = asyncio.create_task(
+                self._background.spawn(
                     self._run_source(source), name=f"trigger-source:{source.name}"
                 )
-                self._sources.add(task)
         log.info("Taskyard engine serving on %s", self.url)
 
     async def stop(self) -> None:
         """Stop serving, let requests in flight finish, write what is buffered, disconnect."""
-        for task in self._sources:
-            task.cancel()
-        await asyncio.gather(*self._sources, return_exceptions=True)
-        self._sources.clear()
+        await self._background.cancel()
         if self._integrations is not None:
             integrations, self._integrations = self._integrations, None
             await integrations.stop()
@@ -249,8 +246,7 @@ class Engine:
         if self._alerter is not None:
             alerter, self._alerter = self._alerter, None
             await alerter.stop()
-        if self._observers:
-            await asyncio.gather(*self._observers, return_exceptions=True)
+        await self._observers.wait()
         if self._persister is not None:
             persister, self._persister = self._persister, None
             await persister.stop()
@@ -348,9 +344,7 @@ class Engine:
         if self._alerter is not None and self._alerter.running:
             self._alerter.tell(self._alerter.runs_ended, tenant_id, runs)
         if self._observe and self._plugins is not None:
-            task = asyncio.create_task(self._plugins.call("taskyard_runs_ended", runs=runs))
-            self._observers.add(task)
-            task.add_done_callback(self._observers.discard)
+            self._observers.spawn(self._plugins.call("taskyard_runs_ended", runs=runs))
 
     async def _run_source(self, source: TriggerSource) -> None:
         """A plugin's trigger source, isolated: a failure is logged and counted, and the source
@@ -418,9 +412,7 @@ class Engine:
         """Committed state changes, to the plugins that observe them (isolated, off the
         actors' paths)."""
         if self._plugins is not None:
-            task = asyncio.create_task(self._plugins.call("taskyard_runs_changed", changes=changes))
-            self._observers.add(task)
-            task.add_done_callback(self._observers.discard)
+            self._observers.spawn(self._plugins.call("taskyard_runs_changed", changes=changes))
 
     def _token_revoked(self, token_id: uuid.UUID) -> None:
         """Requests are refused by the token cache; workers already connected are cut off."""
@@ -432,9 +424,7 @@ class Engine:
         """The revocation listener is back: look up the tokens of connected workers, whose
         revocation may have been announced while it was away."""
         if self._services is not None:
-            task = asyncio.create_task(self._recheck_worker_tokens(), name="recheck-tokens")
-            self._sources.add(task)
-            task.add_done_callback(self._sources.discard)
+            self._background.spawn(self._recheck_worker_tokens(), name="recheck-tokens")
 
     async def _recheck_worker_tokens(self) -> None:
         try:

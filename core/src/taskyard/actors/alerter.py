@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,14 +62,9 @@ class Alerter(Actor):
         self.windows: dict[WindowKey, Window] = {}
         self.delivered: Counter[str] = Counter()  # by channel
         self.failed_deliveries: Counter[str] = Counter()
-        self._side_tasks: set[asyncio.Task[None]] = set()
 
     async def on_stop(self) -> None:
-        if self._side_tasks:  # deliveries under way get a moment to finish
-            await asyncio.wait(self._side_tasks, timeout=5)
-        for task in self._side_tasks:
-            task.cancel()
-        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        await self.side_tasks.wait(timeout=5)  # deliveries under way get a moment to finish
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -81,7 +76,7 @@ class Alerter(Actor):
         if not failures:
             return
         if tenant_id not in self.rules:
-            self._side(self._load(tenant_id, failures))
+            self.side_tasks.spawn(self._load(tenant_id, failures))
             return
         now = self.clock()
         for run in failures:
@@ -166,7 +161,7 @@ class Alerter(Actor):
                 rule.channel,
             )
             return
-        self._side(self._deliver(channel, alert, rule.target))
+        self.side_tasks.spawn(self._deliver(channel, alert, rule.target))
 
     async def _deliver(
         self, channel: AlertChannel, alert: Alert, target: dict[str, object]
@@ -187,11 +182,6 @@ class Alerter(Actor):
             self.delivered[channel.name] += 1
             return
         self.failed_deliveries[channel.name] += 1
-
-    def _side(self, work: Coroutine[object, object, None]) -> None:
-        task = asyncio.create_task(work)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
 
 
 def _event(run: RunEnded) -> str | None:

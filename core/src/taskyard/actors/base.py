@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
 
 from taskyard.errors import ApiError
@@ -52,6 +52,36 @@ def _expire(future: asyncio.Future[Any], name: str, handler: Any, timeout: float
 
 Message = tuple[Any, tuple[Any, ...], "asyncio.Future[Any] | None"]
 T = TypeVar("T")
+
+
+class SideTasks:
+    """Tasks started beside their owner's own work (a read off the mailbox, a delivery, closing
+    a socket): held until done, since the loop keeps only weak references to tasks, and cancelled
+    together when the owner stops."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, work: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Let the running ones finish, for up to `timeout` seconds."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def cancel(self) -> None:
+        """Cancel every one and wait until all have stopped."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Mailbox(Generic[T]):
@@ -102,6 +132,7 @@ class Actor:
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._stopped = False
+        self.side_tasks = SideTasks()  # cancelled at stop, after on_stop
 
     # -- overridables ----------------------------------------------------------------------------
 
@@ -109,7 +140,8 @@ class Actor:
         """Build the actor's state. Runs at start and again after every crash."""
 
     async def on_stop(self) -> None:
-        """Release what the actor holds. Runs once, at stop."""
+        """Release what the actor holds. Runs once, at stop; its side tasks are cancelled
+        after it."""
 
     async def on_failure(self, error: BaseException) -> None:
         """Forget state that may be inconsistent after a crash (before `on_start` runs again)."""
@@ -177,6 +209,7 @@ class Actor:
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self.on_stop()
+        await self.side_tasks.cancel()
         self._fail_pending(ActorStopped(f"actor {self.name} stopped"))
 
     @property

@@ -220,7 +220,6 @@ class QueueActor(Actor):
         self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
-        self._side_tasks: set[asyncio.Task[None]] = set()
         self._reset()
 
     def _reset(self) -> None:
@@ -279,11 +278,6 @@ class QueueActor(Actor):
 
     async def on_failure(self, error: BaseException) -> None:
         self._reset()
-
-    async def on_stop(self) -> None:
-        for task in self._side_tasks:
-            task.cancel()
-        await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     def _adopt(self, run: Run, now: float) -> None:
         """Take over a run loaded from Postgres after a restart."""
@@ -439,12 +433,10 @@ class QueueActor(Actor):
                 worker, [(run, run.input_json, run.context_json, None) for run in cached]
             )
         if missing:
-            task = asyncio.create_task(
+            self.side_tasks.spawn(
                 self._fetch_inputs(worker.worker_id, missing, [run.run_id for run in durable]),
                 name=f"{self.name}:fetch-inputs",
             )
-            self._side_tasks.add(task)
-            task.add_done_callback(self._side_tasks.discard)
 
     async def _fetch_inputs(
         self, worker_id: uuid.UUID, runs: list[Run], durable: list[uuid.UUID]
@@ -972,9 +964,7 @@ class QueueActor(Actor):
             self._check_wait(run_id, self.clock())
 
     def _side_task(self, work: Any) -> None:
-        task = asyncio.create_task(work, name=f"{self.name}:durable")
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self.side_tasks.spawn(work, name=f"{self.name}:durable")
 
     # -- outcomes --------------------------------------------------------------------------------
 

@@ -43,7 +43,6 @@ class ScheduleActor(Actor):
         self.timers = timers
         self.fire = fire
         self.clock = clock
-        self._side_tasks: set[asyncio.Task[None]] = set()
         self._reset()
 
     def _reset(self) -> None:
@@ -58,11 +57,6 @@ class ScheduleActor(Actor):
 
     async def on_failure(self, error: BaseException) -> None:
         self._reset()
-
-    async def on_stop(self) -> None:
-        for task in self._side_tasks:
-            task.cancel()
-        await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -163,11 +157,9 @@ class ScheduleActor(Actor):
                     log.error("cron %s of %s fires no more: %s", schedule_id, schedule.target, exc)
 
     def _fire(self, schedule: Schedule, tick: float, attempt: int = 1) -> None:
-        task = asyncio.create_task(
+        self.side_tasks.spawn(
             self._fire_now(schedule, tick, attempt), name=f"fire:{schedule.schedule_id}"
         )
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
 
     async def _fire_now(self, schedule: Schedule, tick: float, attempt: int) -> None:
         """Outside the mailbox: trigger the run (committed when this returns), then note the

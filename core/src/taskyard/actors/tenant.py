@@ -79,7 +79,6 @@ class TenantActor(Actor):
         self.cancel_later = cancel
         self.runs_ended = runs_ended  # lifecycle observers: whole workflow runs that ended
         self.clock = clock
-        self._side_tasks: set[asyncio.Task[None]] = set()
         self._reset()
 
     def _reset(self) -> None:
@@ -128,11 +127,6 @@ class TenantActor(Actor):
 
     async def on_failure(self, error: BaseException) -> None:
         self._reset()
-
-    async def on_stop(self) -> None:
-        for task in self._side_tasks:
-            task.cancel()
-        await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     def _rebuild(self, active: ActiveWorkflowRun) -> WorkflowRun | None:
         workflow = self.versions.get((active.name, active.version))
@@ -625,9 +619,7 @@ class TenantActor(Actor):
             self.listeners.discard(condition.key, (run.run_id, name))
 
     def _side_task(self, work: Any) -> None:
-        task = asyncio.create_task(work)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self.side_tasks.spawn(work, name=f"{self.name}:read")
 
     # -- rows and runs ---------------------------------------------------------------------------
 

@@ -97,7 +97,6 @@ class WorkerRegistry(Actor):
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[SessionKey, WorkerSession] = {}
         self._monitor: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
 
     async def on_start(self) -> None:
         if self._monitor is None:
@@ -109,7 +108,7 @@ class WorkerRegistry(Actor):
             await asyncio.gather(self._monitor, return_exceptions=True)
         for session in list(self.sessions.values()):
             self._close_later(session, 1001, "engine shutting down")
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.side_tasks.wait()
 
     def connected(self) -> list[WorkerSession]:
         return list(self.sessions.values())
@@ -197,6 +196,4 @@ class WorkerRegistry(Actor):
     def _close_later(self, session: WorkerSession, code: int, reason: str) -> None:
         """Close outside the mailbox: closing waits for the peer (up to seconds when it is
         silent), and the registry must keep serving others meanwhile."""
-        task = asyncio.create_task(session.close(code, reason), name=f"close:{session.name}")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self.side_tasks.spawn(session.close(code, reason), name=f"close:{session.name}")

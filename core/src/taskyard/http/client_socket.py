@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 from multidict import MultiDict
 from pydantic import ValidationError
 
+from taskyard.actors.base import SideTasks
 from taskyard.actors.frames import FrameWriter
 from taskyard.domain.auth import Role
 from taskyard.errors import BadRequest, MethodNotAllowed, NotFound, Unprocessable
@@ -143,7 +144,7 @@ class _Channel:
         self.authorization = authorization
         self.writer = FrameWriter(ws, "client")
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.running: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
+        self.running = SideTasks()
 
     async def receive(self, data: str) -> None:
         try:
@@ -158,13 +159,8 @@ class _Channel:
                 return
             call = deep
         await self.slots.acquire()
-        task = asyncio.create_task(self._serve(call, data))
-        self.running.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.running.discard(task)
-        self.slots.release()
+        task = self.running.spawn(self._serve(call, data))
+        task.add_done_callback(lambda _: self.slots.release())
 
     async def _serve(self, call: protocol.ClientCall, text: str) -> None:
         try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taskyard.actors.base import SideTasks
 from taskyard.errors import ApiError
 from taskyard.integrations.declarative import (
     INTEGRATION_QUEUE,
@@ -83,7 +84,7 @@ class Integrations:
         self.poll_seconds = poll_seconds
         self.files: dict[Path, FileState] = {}
         self.workers: dict[str, tuple[Taskyard, Worker]] = {}
-        self._retiring: set[asyncio.Task[None]] = set()  # replaced workers, draining
+        self._retiring = SideTasks()  # replaced workers, draining
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -96,7 +97,7 @@ class Integrations:
             await asyncio.gather(self._poller, return_exceptions=True)
         for tenant in list(self.workers):
             await self._stop_worker(tenant)
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self._retiring.wait()
 
     async def _poll(self) -> None:
         while True:
@@ -251,11 +252,9 @@ class Integrations:
         replaced = self.workers.get(tenant)
         self.workers[tenant] = (client, worker)
         if replaced is not None:
-            retiring = asyncio.create_task(
+            self._retiring.spawn(
                 self._retire_worker(*replaced), name=f"integrations:{tenant}:drain"
             )
-            self._retiring.add(retiring)
-            retiring.add_done_callback(self._retiring.discard)
 
     async def _stop_worker(self, tenant: str) -> None:
         running = self.workers.pop(tenant, None)

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from taskyard.actors.base import SideTasks
 from taskyard.actors.queue import QueueActor, StepEnded
 from taskyard.actors.rate_limits import SharedRateLimiter
 from taskyard.actors.schedules import ScheduleActor
@@ -125,7 +126,7 @@ class Services:
         self.alert_rules = alert_rules
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
         self.tenants: dict[uuid.UUID, TenantActor] = {}
-        self._starting: set[asyncio.Task[None]] = set()
+        self._starting = SideTasks()
 
     async def start(self) -> None:
         """Start the shared actors and rebuild every queue that has unfinished runs."""
@@ -149,9 +150,7 @@ class Services:
     async def stop(self) -> None:
         await self.registry.stop()  # closes worker connections first: no new results arrive
         await self.schedules.stop()
-        for task in self._starting:
-            task.cancel()
-        await asyncio.gather(*self._starting, return_exceptions=True)
+        await self._starting.cancel()
         actors = [*self.queues.values(), *self.tenants.values()]
         await asyncio.gather(*(actor.stop() for actor in actors))
 
@@ -266,9 +265,7 @@ class Services:
 
     def _start_later(self, starting: Coroutine[Any, Any, None]) -> None:
         """Messages wait in the mailbox until the actor has started."""
-        task = asyncio.create_task(starting)
-        self._starting.add(task)
-        task.add_done_callback(self._starting.discard)
+        self._starting.spawn(starting)
 
     def _register_tasks(self, tenant_id: uuid.UUID, definitions: list[TaskDefinition]) -> None:
         tenant = self.tenant(tenant_id)
