@@ -1,9 +1,12 @@
-"""Property tests of the scheduling decisions (domain/dispatch.py), driven directly under random
-arrivals, completions, cancellations, worker churn and the passing of time. After every step the
-invariants hold: never more than max_runs running per concurrency key, no rate limit exceeded in
-any window, slots never exceeded, a HARD sticky run never moves, a higher priority never passed
-over for a worker that could start it, and no run that could start left waiting beside a free
-slot (nothing parked is stranded, no concurrency slot leaks)."""
+"""Property tests of the scheduling decisions (domain/dispatch.py): the dispatcher's own assignment
+loop, driven under random arrivals, completions, cancellations, worker churn, the paths that give
+a run's concurrency keys back (an assignment that fails, a worker lost, an execution timeout whose
+worker still holds the slot until it reports the attempt ended) and the passing of time. Every
+pick is checked as it is made, and after every step the invariants hold: never more than max_runs
+assigned per concurrency key, no rate limit exceeded in any window, slots never exceeded, a HARD
+sticky run never moves, a higher priority never passed over for a worker that could start it,
+and no run that could start left waiting beside a free slot (nothing parked is stranded, no
+concurrency slot leaks)."""
 
 from __future__ import annotations
 
@@ -50,6 +53,22 @@ OPTIONS = {
 LIMIT, WINDOW = 5, 1.0  # "api": 5 units a second
 
 
+class CheckedDispatcher(Dispatcher):
+    """The real dispatcher, each of whose picks is held against a brute-force answer."""
+
+    machine: SchedulingMachine
+
+    def pick(self, worker: WorkerSlots, now: float) -> Run | None:
+        machine = self.machine
+        eligible = [r for r in machine.runs.values() if r.ready and machine.can_start(r, worker)]
+        run = super().pick(worker, now)
+        if run is None:
+            assert not eligible, f"{worker.worker_id} could start {eligible}"
+        else:
+            assert run.priority >= max(r.priority for r in eligible), "priority passed over"
+        return run
+
+
 class SchedulingMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -58,7 +77,8 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.limiter.configure("api", LIMIT, RateDuration.SECOND)
         self.runs: dict[uuid.UUID, Run] = {}
         self.workers: dict[uuid.UUID, WorkerSlots] = {}
-        self.dispatcher = Dispatcher(self.runs, self.workers, self.limiter)
+        self.dispatcher = CheckedDispatcher(self.runs, self.workers, self.limiter)
+        self.dispatcher.machine = self
         self.wakeups: list[tuple[float, str]] = []
         self.taken: list[tuple[float, int]] = []  # (when, units) from "api"
         self.seq = 0
@@ -67,7 +87,7 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     @rule(
         kind=st.sampled_from(sorted(OPTIONS)),
-        user=st.sampled_from("abc"),
+        user=st.sampled_from("ab"),  # few keys: they fill, and runs park on them
         priority=st.integers(1, 4),
         units=st.integers(1, 3),
     )
@@ -95,11 +115,36 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.runs[run.run_id] = run
         self._end(self.dispatcher.add(run, arriving=True))
 
-    @precondition(lambda self: any(w.running for w in self.workers.values()))
+    @precondition(lambda self: bool(self._assigned()))
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
-        running = sorted(run_id for w in self.workers.values() for run_id in w.running)
-        self._finish(self.runs[data.draw(st.sampled_from(running))])
+        self._finish(self.runs[data.draw(st.sampled_from(self._assigned()))])
+
+    @precondition(lambda self: bool(self._assigned()))
+    @rule(data=st.data())
+    def assignment_fails(self, data: st.DataObject) -> None:
+        """The run's input could not be read: queued again where it was, as the queue actor
+        does (its slot and its keys are given back)."""
+        run = self.runs[data.draw(st.sampled_from(self._assigned()))]
+        assert run.worker_id is not None
+        self.workers[run.worker_id].running.pop(run.run_id, None)
+        self._requeue(run)
+
+    @precondition(lambda self: bool(self._assigned()))
+    @rule(data=st.data())
+    def execution_times_out(self, data: st.DataObject) -> None:
+        """Retried at once; its keys are given back, but its worker's slot stays taken until
+        the worker reports the cancelled attempt ended."""
+        run = self.runs[data.draw(st.sampled_from(self._assigned()))]
+        run.attempt += 1
+        self._requeue(run)
+
+    @precondition(lambda self: any(self._stale(w) for w in self.workers.values()))
+    @rule()
+    def workers_report_cancelled_attempts_ended(self) -> None:
+        for worker in self.workers.values():
+            for run_id in self._stale(worker):
+                del worker.running[run_id]
 
     @precondition(lambda self: bool(self.runs))
     @rule(data=st.data())
@@ -129,11 +174,10 @@ class SchedulingMachine(RuleBasedStateMachine):
     def worker_lost(self, data: st.DataObject) -> None:
         """Its runs are retried (queued again), as the queue actor does."""
         worker = self.workers.pop(data.draw(st.sampled_from(sorted(self.workers))))
-        for run_id in worker.running:
-            run = self.runs[run_id]
-            self.dispatcher.forget(run)
-            run.status, run.worker_id = RunStatus.QUEUED, None
-            self._end(self.dispatcher.add(run, arriving=False))
+        for run_id, attempt in worker.running.items():
+            run = self.runs.get(run_id)
+            if run is not None and run.attempt == attempt and run.worker_id == worker.worker_id:
+                self._requeue(run)
 
     # -- time and decisions ----------------------------------------------------------------------
 
@@ -147,30 +191,16 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     @rule()
     def dispatch(self) -> None:
-        """As QueueActor._dispatch does, checking each choice as it is made."""
-        candidates = [w for w in self.workers.values() if w.assignable]
-        while candidates:
-            next_round = []
-            for worker in candidates:
-                if not worker.assignable:
-                    continue
-                eligible = [r for r in self.runs.values() if r.ready and self._can_start(r, worker)]
-                run = self.dispatcher.pick(worker, self.now)
-                if run is None:
-                    assert not eligible, f"{worker.worker_id} could start {eligible}"
-                    continue
-                assert run.priority >= max(r.priority for r in eligible), "priority passed over"
-                target = self.dispatcher.best_worker(run, worker)
-                if run.options.sticky is Sticky.HARD and run.flow and run.flow.sticky_worker:
-                    assert target.worker_id == run.flow.sticky_worker, "a HARD sticky run moved"
-                run.status, run.worker_id = RunStatus.RUNNING, target.worker_id
-                target.running[run.run_id] = run.attempt
-                if run.options.rate_limits:
-                    assert run.flow is not None
-                    self.taken.append((self.now, run.flow.units[0][1]))
-                if worker.free > 0:
-                    next_round.append(worker)
-            candidates = next_round
+        """The queue actor's decision: the dispatcher's own loop (each pick checked above)."""
+        for run, target in self.dispatcher.assign(self.now):
+            assert run.status is RunStatus.ASSIGNED
+            assert target.running[run.run_id] == run.attempt
+            assert target.worker_id == run.worker_id
+            if run.options.sticky is Sticky.HARD and run.flow and run.flow.sticky_worker:
+                assert target.worker_id == run.flow.sticky_worker, "a HARD sticky run moved"
+            if run.options.rate_limits:
+                assert run.flow is not None
+                self.taken.append((self.now, run.flow.units[0][1]))
         self._end(self.dispatcher.refused)
         self.dispatcher.refused = []
         self.wakeups += self.dispatcher.wakeups
@@ -187,7 +217,7 @@ class SchedulingMachine(RuleBasedStateMachine):
     def no_key_runs_more_than_max_runs(self) -> None:
         running: Counter[tuple[str, Concurrency, str]] = Counter()
         for run in self.runs.values():
-            if run.status is RunStatus.RUNNING and run.flow is not None:
+            if run.status is RunStatus.ASSIGNED and run.flow is not None:
                 for level, key in zip(run.options.concurrency, run.flow.keys, strict=True):
                     running[(run.task, level, key)] += 1
         for (_, level, _), count in running.items():
@@ -201,7 +231,7 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _can_start(self, run: Run, worker: WorkerSlots) -> bool:
+    def can_start(self, run: Run, worker: WorkerSlots) -> bool:
         """Brute force: could this worker start this run now?"""
         if not worker.takes(run.task, run.options):
             return False
@@ -213,7 +243,7 @@ class SchedulingMachine(RuleBasedStateMachine):
             going = sum(
                 1
                 for other in self.runs.values()
-                if other.status is RunStatus.RUNNING
+                if other.status is RunStatus.ASSIGNED
                 and other.task == run.task
                 and other.flow is not None
                 and key in other.flow.keys
@@ -224,6 +254,24 @@ class SchedulingMachine(RuleBasedStateMachine):
             wants = [(b, u, RATE) for b, u in flow.units]
             return self.limiter.free_at(wants, self.now) <= self.now
         return True
+
+    def _assigned(self) -> list[uuid.UUID]:
+        return sorted(r.run_id for r in self.runs.values() if r.status is RunStatus.ASSIGNED)
+
+    def _stale(self, worker: WorkerSlots) -> list[uuid.UUID]:
+        """Attempts the worker still runs that the engine has given up on."""
+        return [
+            run_id
+            for run_id, attempt in worker.running.items()
+            if run_id not in self.runs
+            or self.runs[run_id].attempt != attempt
+            or self.runs[run_id].worker_id != worker.worker_id
+        ]
+
+    def _requeue(self, run: Run) -> None:
+        self.dispatcher.forget(run)
+        run.status, run.worker_id = RunStatus.QUEUED, None
+        self._end(self.dispatcher.add(run, arriving=False))
 
     def _finish(self, run: Run) -> None:
         self.dispatcher.forget(run)
@@ -296,3 +344,37 @@ def test_backlogged_keys_take_turns(backlogs: list[int], max_runs: int, slots: i
         dispatcher.forget(run)  # it finishes at once
         del runs[run.run_id]
     assert sum(started.values()) == sum(backlogs)
+
+
+def test_a_holder_that_ends_wakes_the_run_parked_on_its_key() -> None:
+    """The smallest case of a release: the key's one slot frees, and its parked run starts."""
+    options = TaskOptions(concurrency=(Concurrency(expression="input.user", max_runs=1),))
+    runs: dict[uuid.UUID, Run] = {}
+    worker = WorkerSlots(
+        uuid.uuid4(),
+        CONNECTED,  # type: ignore[arg-type]
+        tasks=frozenset({"t"}),
+        slots=3,
+    )
+    dispatcher = Dispatcher(runs, {worker.worker_id: worker}, None)
+    for n in (1, 2):
+        run = Run(
+            tenant_id=TENANT,
+            run_id=uuid.UUID(int=n),
+            task="t",
+            queue="default",
+            status=RunStatus.QUEUED,
+            attempt=1,
+            priority=2,
+            options=options,
+            created_at=0,
+            queued_at=0,
+            flow=Flow(("a",)),
+        )
+        runs[run.run_id] = run
+        dispatcher.add(run, arriving=True)
+    [(first, _)] = dispatcher.assign(0.0)
+    assert dispatcher.assign(0.0) == []  # the second waits for the key
+    dispatcher.forget(first)
+    del runs[first.run_id], worker.running[first.run_id]
+    assert [run.run_id.int for run, _ in dispatcher.assign(0.0)] == [2]

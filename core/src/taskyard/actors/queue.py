@@ -357,21 +357,9 @@ class QueueActor(Actor):
             return
         dispatcher = self.dispatcher
         batches: dict[WorkerSlots, list[Run]] = {}
-        candidates = [w for w in self.workers.values() if w.assignable]
-        while candidates:  # one run per worker per round spreads work evenly
-            next_round = []
-            for worker in candidates:
-                if not worker.assignable:  # filled meanwhile by runs that preferred it
-                    continue
-                run = dispatcher.pick(worker, now)
-                if run is None:
-                    continue
-                target = dispatcher.best_worker(run, worker)
-                self._assign(run, target, now)
-                batches.setdefault(target, []).append(run)
-                if worker.free > 0:
-                    next_round.append(worker)
-            candidates = next_round
+        for run, worker in dispatcher.assign(now):
+            self._assigned(run, now)
+            batches.setdefault(worker, []).append(run)
         for worker, runs in batches.items():
             self._send_assignments(worker, runs)
         if dispatcher.refused:
@@ -410,14 +398,11 @@ class QueueActor(Actor):
     def _hold_over(self, _: list[None]) -> None:
         self._schedule_dispatch()
 
-    def _assign(self, run: Run, worker: WorkerSlots, now: float) -> None:
-        run.ready = False
-        run.status = RunStatus.ASSIGNED
-        run.worker_id = worker.worker_id
+    def _assigned(self, run: Run, now: float) -> None:
+        """The dispatcher placed the run on a worker: its attempt's times, row and deadline."""
         run.assigned_at = now
         run.started_at = None
         run.deadline = now + run.options.execution_timeout
-        worker.running[run.run_id] = run.attempt
         self._save(run)
         self._deadline_timer(run)
 

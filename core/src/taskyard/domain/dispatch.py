@@ -264,6 +264,33 @@ class Dispatcher:
         taken; None when there is none."""
         return self._pick(self._heaps_for(worker), now)
 
+    def assign(self, now: float) -> list[tuple[Run, WorkerSlots]]:
+        """One decision for every worker with a free slot: a run per worker per round (which
+        spreads work evenly) until no worker can start another. Each run picked is placed on the
+        best worker for it (its HARD sticky one, else the best by labels), marked assigned there,
+        and returned for the actor to save, time and send. Refusals and rate-limit wake-ups
+        gather in `refused` and `wakeups`, as with `pick`."""
+        assigned: list[tuple[Run, WorkerSlots]] = []
+        candidates = [worker for worker in self.workers.values() if worker.assignable]
+        while candidates:
+            next_round = []
+            for worker in candidates:
+                if not worker.assignable:  # filled meanwhile by runs that preferred it
+                    continue
+                run = self.pick(worker, now)
+                if run is None:
+                    continue
+                target = self.best_worker(run, worker)
+                run.ready = False
+                run.status = RunStatus.ASSIGNED
+                run.worker_id = target.worker_id
+                target.running[run.run_id] = run.attempt
+                assigned.append((run, target))
+                if worker.free > 0:
+                    next_round.append(worker)
+            candidates = next_round
+        return assigned
+
     def pick_any(self, now: float) -> Run | None:
         """The best run that may start now, whatever the worker: admission of workflow runs,
         which wait only for their concurrency keys."""
