@@ -17,10 +17,17 @@ from taskyard.store.persister import Persister
 from taskyard.store.repository import (
     WriteBatch,
     batch_committed,
-    new_run_row,
     register_node,
     write_batch,
     written_before,
+)
+from taskyard.store.rows import (
+    durable_entry_row,
+    new_run_row,
+    pushed_event_row,
+    rate_usage_row,
+    run_event_row,
+    run_log_row,
 )
 
 
@@ -89,7 +96,17 @@ async def test_many_writes_share_few_transactions(persister: Persister, pool: as
     for run_id in ids:
         persister.write(
             [state(run_id, "assigned")],
-            [(TENANT, run_id, time.time(), 1, "assigned", None, None)],
+            [
+                run_event_row(
+                    tenant_id=TENANT,
+                    run_id=run_id,
+                    at=time.time(),
+                    attempt=1,
+                    type="assigned",
+                    worker_id=None,
+                    detail=None,
+                )
+            ],
             [],
         )
     await persister.barrier()
@@ -270,15 +287,59 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
         uuid.uuid4(),
         [new_run(new_id())],
         {existing: state(existing, "running")},
-        [(TENANT, existing, now, 1, "timeout_refreshed", None, '{"seconds": 5}')],
-        [(TENANT, existing, now, 1, "info", "hello")],
+        [
+            run_event_row(
+                tenant_id=TENANT,
+                run_id=existing,
+                at=now,
+                attempt=1,
+                type="timeout_refreshed",
+                worker_id=None,
+                detail={"seconds": 5},
+            )
+        ],
+        [
+            run_log_row(
+                tenant_id=TENANT, run_id=existing, at=now, attempt=1, level="info", message="hi"
+            )
+        ],
         {(TENANT, "t"): "{}"},
-        pushed_events=[(TENANT, new_id(), "k", "{}", "{}", now, "{}", None)],
+        pushed_events=[
+            pushed_event_row(
+                tenant_id=TENANT,
+                event_id=new_id(),
+                key="k",
+                payload={},
+                metadata={},
+                created_at=now,
+                triggered=[],
+                replay_of=None,
+            )
+        ],
         rate_usage={
-            (TENANT, "openai"): (TENANT, "openai", 10, "minute", False, "[[1, 2]]"),
-            (TENANT, "idle"): (TENANT, "idle", 10, "minute", False, "[]"),
+            (TENANT, bucket): rate_usage_row(
+                tenant_id=TENANT,
+                key=bucket,
+                lim=10,
+                duration="minute",
+                configured=False,
+                usage=usage,
+            )
+            for bucket, usage in (("openai", [[1, 2]]), ("idle", []))
         },
-        durable={(TENANT, existing, 0): (TENANT, existing, 0, "memo", "f()", True, "1", None, now)},
+        durable={
+            (TENANT, existing, 0): durable_entry_row(
+                tenant_id=TENANT,
+                run_id=existing,
+                position=0,
+                kind="memo",
+                call="f()",
+                done=True,
+                result=1,
+                wait=None,
+                finished_at=now,
+            )
+        },
     )
     async with pool.acquire() as conn:
         inserted = await write_batch(conn, batch, (node, "ordered"))
@@ -303,6 +364,19 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
         "pushed": 1,
         "buckets": 1,
         "durable": 1,
+    }
+    # JSON columns hold JSON values, not strings of JSON
+    stored = await pool.fetchrow(
+        "SELECT (SELECT detail FROM run_events) AS detail, "
+        "(SELECT result FROM durable_log) AS result, "
+        "(SELECT jsonb_typeof(payload) FROM events) AS payload, "
+        "(SELECT usage FROM rate_limits) AS usage"
+    )
+    assert dict(stored) == {
+        "detail": {"seconds": 5},
+        "result": 1,
+        "payload": "object",
+        "usage": [[1, 2]],
     }
 
 

@@ -32,6 +32,7 @@ from taskyard.domain.runs import Run, error_json, json_bytes, retry_delay
 from taskyard.domain.workflows import WAIT_FILTER_NAMES
 from taskyard.errors import Conflict
 from taskyard.store.db import TRANSIENT_ERRORS
+from taskyard.store.rows import durable_entry_row, run_event_row, run_log_row, run_state_row
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
 
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     from taskyard.domain.events import PushedEvent
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
-    from taskyard.store.repository import Row, RunRepository
+    from taskyard.store.repository import RunRepository
+    from taskyard.store.rows import Row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,31 +94,6 @@ def ack_json(refs: list[tuple[uuid.UUID, int]]) -> bytes:
 StepsEnded = Callable[[uuid.UUID, list["StepEnded"]], None]
 StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None, uuid.UUID | None]
 """(workflow_run_id, step, status, output, error, worker) of a workflow step's run that ended."""
-
-
-def _durable_row(
-    tenant_id: uuid.UUID,
-    run_id: uuid.UUID,
-    position: int,
-    kind: str,
-    call: str,
-    done: bool,
-    result: Any,
-    wait_json: str | None,
-    finished_at: float | None,
-) -> Row:
-    """A durable_log row, as WriteBatch.durable holds it."""
-    return (
-        tenant_id,
-        run_id,
-        position,
-        kind,
-        call,
-        done,
-        orjson.dumps(result).decode() if done else None,
-        wait_json,
-        finished_at,
-    )
 
 
 def _bad_filter(wait: protocol.WaitSpec) -> str | None:
@@ -610,13 +587,13 @@ class QueueActor(Actor):
                 # log rows: they would be stored under this tenant for nobody's run.
                 if self._owns(worker, message) and message.run_id in self.runs:
                     logs.append(
-                        (
-                            self.tenant_id,
-                            message.run_id,
-                            now,
-                            message.attempt,
-                            message.level,
-                            message.message,
+                        run_log_row(
+                            tenant_id=self.tenant_id,
+                            run_id=message.run_id,
+                            at=now,
+                            attempt=message.attempt,
+                            level=message.level,
+                            message=message.message,
                         )
                     )
                 else:
@@ -739,16 +716,16 @@ class QueueActor(Actor):
             return
         entry = message.entry
         self._durable_rows.append(
-            _durable_row(
-                self.tenant_id,
-                message.run_id,
-                entry.position,
-                entry.kind,
-                entry.call,
-                True,
-                entry.result,
-                None,
-                now,
+            durable_entry_row(
+                tenant_id=self.tenant_id,
+                run_id=message.run_id,
+                position=entry.position,
+                kind=entry.kind,
+                call=entry.call,
+                done=True,
+                result=entry.result,
+                wait=None,
+                finished_at=now,
             )
         )
         self._recorded.setdefault(worker.session, []).append(
@@ -788,16 +765,16 @@ class QueueActor(Actor):
                 run, "suspended", now, detail={"position": message.position, "call": message.call}
             )
             self._durable_rows.append(
-                _durable_row(
-                    self.tenant_id,
-                    run.run_id,
-                    message.position,
-                    "wait",
-                    message.call,
-                    False,
-                    None,
-                    message.wait.model_dump_json(),
-                    None,
+                durable_entry_row(
+                    tenant_id=self.tenant_id,
+                    run_id=run.run_id,
+                    position=message.position,
+                    kind="wait",
+                    call=message.call,
+                    done=False,
+                    result=None,
+                    wait=message.wait.model_dump_json(),
+                    finished_at=None,
                 )
             )
             self._begin_wait(
@@ -844,16 +821,16 @@ class QueueActor(Actor):
             return
         self.durable.remove(run_id)
         self._durable_rows.append(
-            _durable_row(
-                self.tenant_id,
-                run_id,
-                wait.position,
-                "wait",
-                wait.call,
-                True,
-                outcome,
-                wait.spec.model_dump_json(),
-                now,
+            durable_entry_row(
+                tenant_id=self.tenant_id,
+                run_id=run_id,
+                position=wait.position,
+                kind="wait",
+                call=wait.call,
+                done=True,
+                result=outcome,
+                wait=wait.spec.model_dump_json(),
+                finished_at=now,
             )
         )
         self._resuming.append((run_id, wait.position))
@@ -1045,14 +1022,14 @@ class QueueActor(Actor):
         """Persist the run's current state and one event of its history."""
         self._save(run)
         self._events.append(
-            (
-                run.tenant_id,
-                run.run_id,
-                now,
-                run.attempt,
-                event,
-                run.worker_id,
-                orjson.dumps(detail).decode() if detail is not None else None,
+            run_event_row(
+                tenant_id=run.tenant_id,
+                run_id=run.run_id,
+                at=now,
+                attempt=run.attempt,
+                type=event,
+                worker_id=run.worker_id,
+                detail=detail,
             )
         )
 
@@ -1061,16 +1038,18 @@ class QueueActor(Actor):
         assert run.finished_at is not None
         error = orjson.loads(run.error_json) if run.error_json else None
         self._events.append(
-            (
-                run.tenant_id,
-                run.run_id,
-                run.finished_at,
-                run.attempt,
-                outcome.value,
-                run.worker_id,
-                orjson.dumps(
-                    {"error": error, "assigned_at": run.assigned_at, "started_at": run.started_at}
-                ).decode(),
+            run_event_row(
+                tenant_id=run.tenant_id,
+                run_id=run.run_id,
+                at=run.finished_at,
+                attempt=run.attempt,
+                type=outcome.value,
+                worker_id=run.worker_id,
+                detail={
+                    "error": error,
+                    "assigned_at": run.assigned_at,
+                    "started_at": run.started_at,
+                },
             )
         )
 
@@ -1105,7 +1084,7 @@ class QueueActor(Actor):
                 or self.runs_changed is not None
             )
             self.persister.write(
-                [run.row() for run in self._states.values()],
+                [run_state_row(run) for run in self._states.values()],
                 self._events,
                 self._logs,
                 may_wait=not awaited,

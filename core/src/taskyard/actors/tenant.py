@@ -29,10 +29,11 @@ from taskyard.domain.events import EventIndex, PushedEvent
 from taskyard.domain.expressions import ExpressionError, holds
 from taskyard.domain.flow import Flow, flow_for, keys_for
 from taskyard.domain.notices import RunEnded
-from taskyard.domain.runs import WORKFLOW_QUEUE, Run, error_json, json_value, options_json
+from taskyard.domain.runs import WORKFLOW_QUEUE, Run, error_json, options_json
 from taskyard.domain.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
 from taskyard.errors import Conflict, Unprocessable
-from taskyard.store.repository import Inserted, new_run_row
+from taskyard.store.repository import Inserted
+from taskyard.store.rows import new_run_row, owned_state_row
 from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
 
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from taskyard.actors.timers import Timers
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
-    from taskyard.store.repository import Row, RunRepository
+    from taskyard.store.repository import RunRepository
+    from taskyard.store.rows import Row
     from taskyard.store.workflows import ActiveWorkflowRun, WorkflowRepository
 
 log = logging.getLogger(__name__)
@@ -342,7 +344,7 @@ class TenantActor(Actor):
             now = self.clock()
             self.persister.write(
                 [
-                    _state_row(
+                    owned_state_row(
                         self.tenant_id,
                         run.run_id,
                         RunStatus.RUNNING,
@@ -384,7 +386,7 @@ class TenantActor(Actor):
         unfinished, finish = run.cancel(reason)
         now = self.clock()
         states = [
-            _state_row(
+            owned_state_row(
                 self.tenant_id,
                 state.run_id,
                 RunStatus.CANCELLED,
@@ -410,7 +412,7 @@ class TenantActor(Actor):
         now = self.clock()
         self.persister.write(
             [
-                _state_row(
+                owned_state_row(
                     self.tenant_id,
                     step_run.run_id,
                     RunStatus.CANCELLED,
@@ -439,7 +441,9 @@ class TenantActor(Actor):
             elif isinstance(decision, Release):
                 self._stop_listening(run, decision.step.name)
                 states.append(
-                    _state_row(self.tenant_id, decision.state.run_id, RunStatus.QUEUED, now, now)
+                    owned_state_row(
+                        self.tenant_id, decision.state.run_id, RunStatus.QUEUED, now, now
+                    )
                 )
                 released.append(
                     self._step_run(
@@ -483,7 +487,7 @@ class TenantActor(Actor):
         if run is None:  # cancelled meanwhile: its queued steps must not run
             self.persister.write(
                 [
-                    _state_row(
+                    owned_state_row(
                         self.tenant_id,
                         create.state.run_id,
                         RunStatus.CANCELLED,
@@ -524,7 +528,7 @@ class TenantActor(Actor):
             self.admission.forget(stand_in)
             self._admit()
         states.append(
-            _state_row(
+            owned_state_row(
                 self.tenant_id,
                 run.run_id,
                 finish.status,
@@ -692,31 +696,3 @@ class TenantActor(Actor):
 
 def _cancelled(message: str) -> bytes:
     return orjson.dumps({"type": "Cancelled", "message": message, "traceback": None})
-
-
-def _state_row(
-    tenant_id: uuid.UUID,
-    run_id: uuid.UUID,
-    status: RunStatus,
-    queued_at: float,
-    now: float,
-    *,
-    started_at: float | None = None,
-    output: bytes | None = None,
-    error: bytes | None = None,
-) -> Row:
-    """A run_states row for a run this actor owns (a workflow run, or a pending step)."""
-    return (
-        tenant_id,
-        run_id,
-        status.value,
-        1,
-        None,
-        queued_at,
-        None,
-        None,
-        started_at,
-        now if status.terminal else None,
-        json_value(output or None),
-        json_value(error or None),
-    )

@@ -50,23 +50,6 @@ class Run:
     context_json: bytes | None = None  # a step's StepContext, cached in memory with the input
     flow: Flow | None = None  # concurrency keys, rate-limit units, sticky worker (few runs have)
 
-    def row(self) -> tuple[object, ...]:
-        """The mutable columns, as the persister writes them."""
-        return (
-            self.tenant_id,
-            self.run_id,
-            self.status.value,
-            self.attempt,
-            self.worker_id,
-            self.queued_at,
-            self.retry_at,
-            self.assigned_at,
-            self.started_at,
-            self.finished_at,
-            json_value(self.output_json),
-            json_value(self.error_json),
-        )
-
 
 def json_value(data: str | bytes | None) -> orjson.Fragment | None:
     """A JSON column's value in a row the persister writes: embedded as the JSON it already

@@ -48,7 +48,8 @@ from taskyard.services.views import TaskInfo, WorkerInfo
 from taskyard.store.events import EventRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
-from taskyard.store.repository import RunRepository, new_run_row
+from taskyard.store.repository import RunRepository
+from taskyard.store.rows import new_run_row, pushed_event_row
 from taskyard.store.schedules import Schedule, ScheduleRepository
 from taskyard.store.workflows import StoredWorkflow, WorkflowRepository
 from taskyard_sdk.models import (
@@ -774,15 +775,15 @@ class Services:
             triggered = [ref.run_id for ref in refs[position : position + len(workflows)]]
             position += len(workflows)
             rows.append(
-                (
-                    tenant_id,
-                    event.event_id,
-                    event.key,
-                    orjson.dumps(event.payload).decode(),
-                    orjson.dumps(event.metadata).decode(),
-                    now,
-                    "{" + ",".join(map(str, triggered)) + "}",
-                    replay_of,
+                pushed_event_row(
+                    tenant_id=tenant_id,
+                    event_id=event.event_id,
+                    key=event.key,
+                    payload=event.payload,
+                    metadata=event.metadata,
+                    created_at=now,
+                    triggered=triggered,
+                    replay_of=replay_of,
                 )
             )
             views.append(

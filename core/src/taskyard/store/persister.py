@@ -45,18 +45,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 
 from taskyard.domain.rate_limits import Usage
 from taskyard.store.db import TRANSIENT_ERRORS
 from taskyard.store.repository import (
     Inserted,
-    Row,
     WriteBatch,
     batch_committed,
     write_batch,
     written_before,
 )
+from taskyard.store.rows import DURABLE_ENTRY, NEW_RUN, RATE_USAGE, RUN_STATE, Row, rate_usage_row
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def _describe(batch: WriteBatch) -> str:
         held = getattr(batch, kind)
         if held:
             row = next(iter(held.values() if isinstance(held, dict) else held))
-            return f"{kind} {tuple(row[:2])}"
+            return f"{kind} {tuple(row[:2])}"  # every kind starts with the tenant and an id
     return "nothing"
 
 
@@ -196,13 +195,13 @@ class Persister:
         self._check()
         self._add_rate_usage(
             [
-                (
-                    tenant_id,
-                    usage.key,
-                    usage.limit,
-                    usage.duration.value,
-                    usage.configured,
-                    orjson.dumps(usage.slots).decode(),
+                rate_usage_row(
+                    tenant_id=tenant_id,
+                    key=usage.key,
+                    lim=usage.limit,
+                    duration=usage.duration.value,
+                    configured=usage.configured,
+                    usage=usage.slots,
                 )
                 for usage in usages
             ]
@@ -233,7 +232,8 @@ class Persister:
         self, lane: _Lane, rows: list[Row], future: asyncio.Future[list[Inserted]]
     ) -> None:
         lane.batch.new_runs.extend(rows)
-        lane.waiters.append(([row[1] for row in rows], future))
+        run_id = NEW_RUN.run_id
+        lane.waiters.append(([row[run_id] for row in rows], future))
         self._grew(lane, len(rows))
 
     def _add_many(
@@ -242,8 +242,9 @@ class Persister:
         batch = self._ordered.batch
         run_states, held = batch.run_states, self._held
         grew = len(events) + len(logs)
+        run_column = RUN_STATE.run_id
         for row in states:
-            run_id = row[1]
+            run_id = row[run_column]
             # A run's state is in the gathering batch or held, never in both: the newest wins.
             if may_wait and run_id not in run_states:
                 if run_id not in held:
@@ -288,7 +289,11 @@ class Persister:
         entries = self._ordered.batch.durable
         grew = 0
         for row in rows:
-            key = (row[0], row[1], row[2])
+            key = (
+                row[DURABLE_ENTRY.tenant_id],
+                row[DURABLE_ENTRY.run_id],
+                row[DURABLE_ENTRY.position],
+            )
             if key not in entries:
                 grew += 1
             entries[key] = row
@@ -298,7 +303,7 @@ class Persister:
         usage = self._ordered.batch.rate_usage
         grew = 0
         for row in rows:
-            key = (row[0], row[1])
+            key = (row[RATE_USAGE.tenant_id], row[RATE_USAGE.key])
             if key not in usage:
                 grew += 1
             usage[key] = row

@@ -17,8 +17,18 @@ import orjson
 
 from taskyard.domain.auth import Principal, Role, hash_token, new_token
 from taskyard.domain.flow import Flow
-from taskyard.domain.runs import EMPTY_METADATA, Run, SharedOptions, json_value
+from taskyard.domain.runs import EMPTY_METADATA, Run, SharedOptions
 from taskyard.errors import Conflict
+from taskyard.store.rows import (
+    DURABLE_ENTRY,
+    NEW_RUN,
+    PUSHED_EVENT,
+    RATE_USAGE,
+    RUN_EVENT,
+    RUN_LOG,
+    RUN_STATE,
+    Row,
+)
 from taskyard_sdk.models import (
     Attempt,
     ErrorInfo,
@@ -203,33 +213,21 @@ def _token_info(row: asyncpg.Record) -> TokenInfo:
 
 # -- batched writes (called by the persister, one transaction per batch) ---------------------------
 
-Row = tuple[Any, ...]
-
 
 @dataclass(slots=True)
 class WriteBatch:
-    """Everything one flush writes. Rows are tuples in the column order of the SQL below."""
+    """Everything one flush writes: rows of the kinds in store/rows.py."""
 
     batch_id: uuid.UUID
-    # see new_run_row()
-    new_runs: list[Row]
-    # (tenant_id, run_id, status, attempt, worker_id, queued_at, retry_at, assigned_at,
-    #  started_at, finished_at, output, error) -- the latest state of each run wins
-    run_states: dict[uuid.UUID, Row]  # by run id: ids are the engine's, unique across tenants
-    # (tenant_id, run_id, at, attempt, type, worker_id, detail)
-    events: list[Row]
-    # (tenant_id, run_id, at, attempt, level, message)
-    logs: list[Row]
-    # (tenant_id, name) -> options json
-    definitions: dict[tuple[uuid.UUID, str], str]
-    # (tenant_id, event_id, key, payload, metadata, created_at, triggered, replay_of); triggered
-    # is a Postgres array literal of run ids
-    pushed_events: list[Row] = field(default_factory=list)
-    # (tenant_id, key) -> (tenant_id, key, limit, duration, configured, usage json); the latest
-    # wins; an unconfigured bucket with empty usage is deleted
+    new_runs: list[Row]  # NEW_RUN rows
+    run_states: dict[uuid.UUID, Row]  # RUN_STATE rows by run id (ids are unique across tenants)
+    events: list[Row]  # RUN_EVENT rows
+    logs: list[Row]  # RUN_LOG rows
+    definitions: dict[tuple[uuid.UUID, str], str]  # (tenant_id, name) -> options JSON
+    pushed_events: list[Row] = field(default_factory=list)  # PUSHED_EVENT rows
+    # RATE_USAGE rows by (tenant_id, key): the latest wins
     rate_usage: dict[tuple[uuid.UUID, str], Row] = field(default_factory=dict)
-    # (tenant_id, run_id, position) -> (tenant_id, run_id, position, kind, call, done, result,
-    # wait, finished_at): durable log entries; a done entry is never reopened
+    # DURABLE_ENTRY rows by (tenant_id, run_id, position)
     durable: dict[tuple[uuid.UUID, uuid.UUID, int], Row] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -270,58 +268,6 @@ class WriteBatch:
         self.pushed_events.extend(later.pushed_events)
         self.rate_usage.update(later.rate_usage)
         self.durable.update(later.durable)
-
-
-def new_run_row(
-    *,
-    tenant_id: uuid.UUID,
-    run_id: uuid.UUID,
-    task: str,
-    queue: str,
-    status: str,
-    priority: int,
-    options_json: str | bytes,
-    input_json: str | bytes | None,
-    metadata_json: str | bytes,
-    created_at: float,
-    idempotency_key: str | None = None,
-    kind: str = "task",
-    workflow_version: int | None = None,
-    workflow_run_id: uuid.UUID | None = None,
-    step: str | None = None,
-    parent_run_id: uuid.UUID | None = None,
-    context_json: str | bytes | None = None,
-    wait_started_at: float | None = None,
-    error_json: str | bytes | None = None,
-    finished_at: float | None = None,
-    flow_json: str | bytes | None = None,
-) -> Row:
-    """A row of `WriteBatch.new_runs`, in the column order of _NEW_RUN_COLUMNS."""
-    return (
-        tenant_id,
-        run_id,
-        task,
-        queue,
-        status,
-        1,
-        priority,
-        orjson.Fragment(options_json),
-        json_value(input_json),
-        orjson.Fragment(metadata_json),
-        idempotency_key,
-        created_at,
-        created_at,
-        kind,
-        workflow_version,
-        workflow_run_id,
-        step,
-        parent_run_id,
-        json_value(context_json),
-        wait_started_at,
-        json_value(error_json),
-        finished_at,
-        json_value(flow_json),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,15 +313,7 @@ def _insert(table: str, columns: str, then: str = "") -> str:
     return f"INSERT INTO {table} ({names})\n{_row_set(columns)}\n{then}"
 
 
-_NEW_RUN_COLUMNS = (
-    "tenant_id uuid, run_id uuid, task text, queue text, status text, attempt int, priority int, "
-    "options jsonb, input jsonb, metadata jsonb, idempotency_key text, created_at timestamptz, "
-    "queued_at timestamptz, kind text, workflow_version int, workflow_run_id uuid, step text, "
-    "parent_run_id uuid, context jsonb, wait_started_at timestamptz, error jsonb, "
-    "finished_at timestamptz, flow jsonb"
-)
-
-_INSERT_RUNS = _insert("runs", _NEW_RUN_COLUMNS, "ON CONFLICT DO NOTHING RETURNING run_id")
+_INSERT_RUNS = _insert("runs", NEW_RUN.sql, "ON CONFLICT DO NOTHING RETURNING run_id")
 
 _EXISTING_BY_ID = """
 SELECT r.run_id, r.status
@@ -396,50 +334,25 @@ JOIN runs r ON r.tenant_id = k.tenant_id AND r.workflow_run_id = k.workflow_run_
            AND r.step = k.step
 """
 
-# The latest state of each run wins (see Run.row).
-_STATE_ROW_COLUMNS = (
-    "tenant_id uuid, run_id uuid, status text, attempt int, worker_id uuid, "
-    "queued_at timestamptz, retry_at timestamptz, assigned_at timestamptz, "
-    "started_at timestamptz, finished_at timestamptz, output jsonb, error jsonb"
-)
-
 _UPDATE_RUNS = f"""
 UPDATE runs r SET status = t.status, attempt = t.attempt, worker_id = t.worker_id,
        queued_at = t.queued_at, retry_at = t.retry_at, assigned_at = t.assigned_at,
        started_at = t.started_at, finished_at = t.finished_at, output = t.output,
        error = t.error
-FROM ({_row_set(_STATE_ROW_COLUMNS, joined=True)}) AS t
+FROM ({_row_set(RUN_STATE.sql, joined=True)}) AS t
 WHERE r.tenant_id = t.tenant_id AND r.run_id = t.run_id
 """
 
-_EVENT_COLUMNS = (
-    "tenant_id uuid, run_id uuid, at timestamptz, attempt int, type text, "
-    "worker_id uuid, detail jsonb"
-)
+_INSERT_EVENTS = _insert("run_events", RUN_EVENT.sql)
 
-_INSERT_EVENTS = _insert("run_events", _EVENT_COLUMNS)
+_INSERT_PUSHED_EVENTS = _insert("events", PUSHED_EVENT.sql)
 
-# triggered: a Postgres array literal of the run ids the event started
-_PUSHED_EVENT_COLUMNS = (
-    "tenant_id uuid, event_id uuid, key text, payload jsonb, "
-    "metadata jsonb, created_at timestamptz, triggered uuid[], "
-    "replay_of uuid"
-)
-
-_INSERT_PUSHED_EVENTS = _insert("events", _PUSHED_EVENT_COLUMNS)
-
-_LOG_COLUMNS = "tenant_id uuid, run_id uuid, at timestamptz, attempt int, level text, message text"
-
-_INSERT_LOGS = _insert("run_logs", _LOG_COLUMNS)
-
-_RATE_USAGE_COLUMNS = (
-    "tenant_id uuid, key text, lim int, duration text, configured bool, usage jsonb"
-)
+_INSERT_LOGS = _insert("run_logs", RUN_LOG.sql)
 
 _UPSERT_RATE_USAGE = f"""
 INSERT INTO rate_limits (tenant_id, key, "limit", duration, configured, usage, updated_at)
 SELECT t.tenant_id, t.key, t.lim, t.duration, t.configured, t.usage, now()
-FROM ({_row_set(_RATE_USAGE_COLUMNS)}) AS t
+FROM ({_row_set(RATE_USAGE.sql)}) AS t
 ON CONFLICT (tenant_id, key) DO UPDATE
 SET usage = CASE WHEN rate_limits.duration = excluded.duration THEN excluded.usage
                  ELSE rate_limits.usage END,
@@ -455,14 +368,9 @@ DELETE FROM rate_limits r USING ({_row_set("tenant_id uuid, key text", joined=Tr
 WHERE r.tenant_id = t.tenant_id AND r.key = t.key AND NOT r.configured
 """
 
-_DURABLE_COLUMNS = (
-    "tenant_id uuid, run_id uuid, position int, kind text, call text, "
-    "done bool, result jsonb, wait jsonb, finished_at timestamptz"
-)
-
 _UPSERT_DURABLE = _insert(
     "durable_log",
-    _DURABLE_COLUMNS,
+    DURABLE_ENTRY.sql,
     """
 ON CONFLICT (tenant_id, run_id, position) DO UPDATE
 SET done = excluded.done, result = excluded.result, wait = excluded.wait,
@@ -490,34 +398,37 @@ async def _existing_runs(
     """For new runs that conflicted: the run that was there first (itself, written by an
     earlier try of the same batch; or the run with the same idempotency key, or the same step of
     the same workflow run), by the id the new run would have had."""
+    tenant, run, key = NEW_RUN.tenant_id, NEW_RUN.run_id, NEW_RUN.idempotency_key
+    parent, step = NEW_RUN.workflow_run_id, NEW_RUN.step
     found: dict[uuid.UUID, asyncpg.Record] = {
         row["run_id"]: row
         for row in await conn.fetch(
-            _EXISTING_BY_ID, *_columns(((row[0], row[1]) for row in refused), 2)
+            _EXISTING_BY_ID, *_columns(((row[tenant], row[run]) for row in refused), 2)
         )
     }
-    keyed = [row for row in refused if row[10] is not None and row[1] not in found]
+    keyed = [row for row in refused if row[key] is not None and row[run] not in found]
     if keyed:
         by_key = {
             (r["tenant_id"], r["key"]): r
             for r in await conn.fetch(
-                _EXISTING_BY_KEY, *_columns(((row[0], row[10]) for row in keyed), 2)
+                _EXISTING_BY_KEY, *_columns(((row[tenant], row[key]) for row in keyed), 2)
             )
         }
         for row in keyed:
-            if (row[0], row[10]) in by_key:
-                found[row[1]] = by_key[(row[0], row[10])]
-    steps = [row for row in refused if row[15] is not None and row[1] not in found]
+            if (row[tenant], row[key]) in by_key:
+                found[row[run]] = by_key[(row[tenant], row[key])]
+    steps = [row for row in refused if row[parent] is not None and row[run] not in found]
     if steps:
         by_step = {
             (r["tenant_id"], r["workflow_run_id"], r["step"]): r
             for r in await conn.fetch(
-                _EXISTING_BY_STEP, *_columns(((row[0], row[15], row[16]) for row in steps), 3)
+                _EXISTING_BY_STEP,
+                *_columns(((row[tenant], row[parent], row[step]) for row in steps), 3),
             )
         }
         for row in steps:
-            if (row[0], row[15], row[16]) in by_step:
-                found[row[1]] = by_step[(row[0], row[15], row[16])]
+            if (row[tenant], row[parent], row[step]) in by_step:
+                found[row[run]] = by_step[(row[tenant], row[parent], row[step])]
     return found
 
 
@@ -537,8 +448,7 @@ async def batch_committed(
 
 
 def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
-    """The batch as (name, SQL, arguments) per table touched; new runs first, if any. The rows
-    rare enough to carry their JSON as text are given it as JSON here."""
+    """The batch as (name, SQL, arguments) per table touched; new runs first, if any."""
     statements: list[tuple[str, str, list[Any]]] = []
     if batch.new_runs:
         statements.append(("new_runs", _INSERT_RUNS, [batch.new_runs]))
@@ -547,20 +457,13 @@ def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
             (
                 "pushed_events",
                 _INSERT_PUSHED_EVENTS,
-                [
-                    [
-                        (*row[:3], json_value(row[3]), json_value(row[4]), *row[5:])
-                        for row in batch.pushed_events
-                    ]
-                ],
+                [batch.pushed_events],
             )
         )
     if batch.run_states:
         statements.append(("run_states", _UPDATE_RUNS, [list(batch.run_states.values())]))
     if batch.events:
-        statements.append(
-            ("events", _INSERT_EVENTS, [[(*row[:6], json_value(row[6])) for row in batch.events]])
-        )
+        statements.append(("events", _INSERT_EVENTS, [batch.events]))
     if batch.logs:
         statements.append(("logs", _INSERT_LOGS, [batch.logs]))
     if batch.definitions:
@@ -581,18 +484,22 @@ def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
             (
                 "durable",
                 _UPSERT_DURABLE,
-                [
-                    [
-                        (*row[:6], json_value(row[6]), json_value(row[7]), row[8])
-                        for row in batch.durable.values()
-                    ]
-                ],
+                [list(batch.durable.values())],
             )
         )
     if batch.rate_usage:
         rows = list(batch.rate_usage.values())
-        kept = [(*row[:5], orjson.Fragment(row[5])) for row in rows if row[4] or row[5] != "[]"]
-        idle = [(row[0], row[1]) for row in rows if not row[4] and row[5] == "[]"]
+        configured, usage = RATE_USAGE.configured, RATE_USAGE.usage
+        kept = [
+            (*row[:usage], orjson.Fragment(row[usage]))  # usage is the last column
+            for row in rows
+            if row[configured] or row[usage] != "[]"
+        ]
+        idle = [
+            (row[RATE_USAGE.tenant_id], row[RATE_USAGE.key])
+            for row in rows
+            if not row[configured] and row[usage] == "[]"
+        ]
         if kept:
             statements.append(("rate_usage", _UPSERT_RATE_USAGE, [kept]))
         if idle:
@@ -650,7 +557,10 @@ async def write_batch(
     statements = _statements(batch)
     if mark is not None:
         statements.append(("mark", _MARK_BATCH, [*mark, batch.batch_id]))
-    if batch.new_runs and not batch.run_states.keys().isdisjoint(row[1] for row in batch.new_runs):
+    new_run = NEW_RUN.run_id
+    if batch.new_runs and not batch.run_states.keys().isdisjoint(
+        row[new_run] for row in batch.new_runs
+    ):
         async with conn.transaction():
             created = set()
             for name, sql, args in statements:
@@ -675,14 +585,15 @@ async def _outcomes(
 ) -> dict[uuid.UUID, Inserted]:
     """Inserted, or (for a conflict) the run that was there first: read after the commit, since
     what a new run conflicted with is committed by then."""
-    refused = [row for row in new_runs if row[1] not in created]
+    run, status = NEW_RUN.run_id, NEW_RUN.status
+    refused = [row for row in new_runs if row[run] not in created]
     existing = await _existing_runs(conn, refused) if refused else {}
     inserted: dict[uuid.UUID, Inserted] = {}
     for row in new_runs:
-        run_id = row[1]
+        run_id = row[run]
         assert isinstance(run_id, uuid.UUID)
         if run_id in created:
-            inserted[run_id] = Inserted(run_id, True, str(row[4]))
+            inserted[run_id] = Inserted(run_id, True, str(row[status]))
         else:
             match = existing.get(run_id)
             if match is None:
