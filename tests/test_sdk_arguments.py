@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskyard_sdk import Context, Taskyard
+from taskyard_sdk import Context, NotFound, Taskyard
 
 
 async def test_a_single_event_key_is_one_trigger_not_one_per_character(ty: Taskyard) -> None:
@@ -81,6 +81,11 @@ async def test_a_workflow_triggered_before_any_worker_registered_it_runs(ty: Tas
     async def only(n: int) -> int:
         return n * 3
 
+    with pytest.raises(NotFound) as refused:  # what the engine itself answers
+        await ty.transport.request(
+            "POST", "/api/v1/workflows/early-bird/runs", json_body={"input": 2}
+        )
+    assert refused.value.code == "workflow_not_registered"
     handle = await wf.aio_run_no_wait(2)
     [batched] = await wf.aio_run_many_no_wait([5])
     async with ty.worker("late", workflows=[wf]):

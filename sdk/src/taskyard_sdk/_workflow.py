@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
+from taskyard_sdk import protocol
 from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import current_run
 from taskyard_sdk._errors import InvalidInput, NotFound, TaskFailed
@@ -311,7 +312,7 @@ class Workflow(Schedulable, Generic[In]):
         try:
             return await self.client.transport.request("POST", path, **body)
         except NotFound as exc:
-            if "is registered in this tenant" not in exc.message or not self.steps:
+            if exc.code != protocol.WORKFLOW_NOT_REGISTERED or not self.steps:
                 raise  # another 404, or nothing to register (no step declared here)
         await self.aio_register()
         return await self.client.transport.request("POST", path, **body)

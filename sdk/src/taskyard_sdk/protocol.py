@@ -23,6 +23,9 @@ from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, LabelValue, StepContext
 PROTOCOL_VERSION = 1
 CLOSE_PROTOCOL_ERROR = 4002  # websocket close codes the engine uses; reconnecting would not help
 CLOSE_TOKEN_REVOKED = 4003
+# The error code of a 404 for a workflow no worker has registered yet: the SDK registers the
+# caller's definition and triggers again.
+WORKFLOW_NOT_REGISTERED = "workflow_not_registered"
 
 
 class _Message(BaseModel):

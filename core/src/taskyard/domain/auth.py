@@ -21,6 +21,9 @@ class Role(StrEnum):
     WORKER = "worker"  # connect workers; trigger and read (tasks spawn children)
 
 
+ANY_ROLE = frozenset(Role)  # endpoints every token may call
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the tenant the token belongs to, and its role."""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.domain.auth import Role
+from taskyard.domain.auth import ANY_ROLE, Role
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
 from taskyard.services.alerts import AlertRules
 from taskyard_sdk.models import AlertRuleList, AlertRuleRequest, AlertRuleView
 
 router = Router(tags=("alerts",))
-ANY_ROLE = list(Role)
 MANAGERS = [Role.ADMIN, Role.CLIENT]  # not workers: rules say where alerts (and data) go
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from taskyard.domain.auth import Role
+from taskyard.domain.auth import ANY_ROLE
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
     METADATA_PAIRS,
@@ -25,7 +25,6 @@ from taskyard_sdk.models import (
 )
 
 router = Router(tags=("events",))
-ANY_ROLE = list(Role)
 
 
 class ListEventsQuery(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.domain.auth import Role
+from taskyard.domain.auth import ANY_ROLE
 from taskyard.domain.rate_limits import Usage
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
@@ -17,7 +17,6 @@ from taskyard_sdk.models import (
 )
 
 router = Router(tags=("rate limits",))
-ANY_ROLE = list(Role)
 KEY = {"key": RATE_KEY_PATTERN}  # the router refuses other keys (422)
 
 

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
-from taskyard.domain.auth import Role
+from taskyard.domain.auth import ANY_ROLE
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
@@ -29,7 +29,7 @@ from taskyard.services.views import TaskInfo, WorkerInfo
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
-    LogLine,
+    LogPage,
     RunEvent,
     RunPage,
     RunRef,
@@ -41,7 +41,6 @@ from taskyard_sdk.models import (
 )
 
 router = Router(tags=("runs",))
-ANY_ROLE = list(Role)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -73,11 +72,6 @@ class LogsQuery(BaseModel):
         default=None, ge=0, le=PG_BIGINT_MAX, description="The `next_after` of a page."
     )
     limit: int = Field(default=500, ge=1, le=5000)
-
-
-class LogPage(BaseModel):
-    lines: list[LogLine]
-    next_after: int | None
 
 
 class CancelResult(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.domain.auth import Role
+from taskyard.domain.auth import ANY_ROLE
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
 from taskyard.services.schedules import Scheduling
@@ -19,7 +19,6 @@ from taskyard_sdk.models import (
 )
 
 router = Router(tags=("scheduling",))
-ANY_ROLE = list(Role)
 
 
 def _scheduling(call: Call[Any]) -> Scheduling:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from taskyard.domain.auth import Role
+from taskyard.domain.auth import ANY_ROLE
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import PG_INTEGER_MAX, Call, Router, WithStatus
 from taskyard.http.runs import REPLAYED, tell_replays
@@ -21,7 +21,6 @@ from taskyard_sdk.models import (
 )
 
 router = Router(tags=("workflows",))
-ANY_ROLE = list(Role)
 NAME = {"name": NAME_PATTERN}
 
 

@@ -66,7 +66,7 @@ from taskyard_sdk.models import (
     WorkflowDefinition,
     WorkflowTriggerRequest,
 )
-from taskyard_sdk.protocol import TaskDefinition
+from taskyard_sdk.protocol import WORKFLOW_NOT_REGISTERED, TaskDefinition
 
 log = logging.getLogger(__name__)
 
@@ -671,7 +671,8 @@ class Services:
         if workflow is None:
             raise NotFound(
                 f"no workflow {name!r} is registered in this tenant; workers register "
-                f"their workflows when they start"
+                f"their workflows when they start",
+                code=WORKFLOW_NOT_REGISTERED,
             )
         levels = workflow.definition.concurrency
         for index, request in enumerate(requests):
