@@ -28,8 +28,9 @@ from taskyard_sdk._errors import (
 from taskyard_sdk._events import Events
 from taskyard_sdk._rate_limits import RateLimits
 from taskyard_sdk._resources import Depends
+from taskyard_sdk._runnable import RunHandle
 from taskyard_sdk._schedules import Crons, Schedulable, Schedules
-from taskyard_sdk._task import RunHandle, Task, TaskSettings
+from taskyard_sdk._task import Task, TaskSettings
 from taskyard_sdk._worker import Worker, WorkerStopped
 from taskyard_sdk._workflow import Workflow, WorkflowTask
 from taskyard_sdk.models import (

@@ -13,8 +13,9 @@ from taskyard_sdk._config import resolve
 from taskyard_sdk._context import Context
 from taskyard_sdk._events import Events
 from taskyard_sdk._rate_limits import RateLimits
+from taskyard_sdk._runnable import wait_for_runs
 from taskyard_sdk._schedules import Crons, Schedules
-from taskyard_sdk._task import Task, TaskSettings, build_options, wait_for_runs
+from taskyard_sdk._task import Task, TaskSettings, build_options
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
 from taskyard_sdk._workflow import Workflow

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 import typing
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -15,8 +13,8 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar
-from uuid import UUID, uuid4
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from uuid import uuid4
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json, to_jsonable_python
@@ -25,8 +23,9 @@ from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import Context, current_run
 from taskyard_sdk._durable import child_results, current_durable
 from taskyard_sdk._durations import Duration, parse_duration
-from taskyard_sdk._errors import InvalidInput, ResultTimeout, TaskFailed
+from taskyard_sdk._errors import InvalidInput, TaskFailed
 from taskyard_sdk._resources import task_parameters
+from taskyard_sdk._runnable import RunHandle, Runnable
 from taskyard_sdk._schedules import Schedulable
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
@@ -42,7 +41,6 @@ from taskyard_sdk.models import (
     StepContext,
     Sticky,
     TaskOptions,
-    WaitResponse,
 )
 
 if TYPE_CHECKING:
@@ -52,8 +50,6 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 OutCo = TypeVar("OutCo", covariant=True)
 
-_POLL = 60.0  # longest single long-poll; waits longer than this are several polls
-_WAIT_CHUNK = 10_000
 _BATCH_RUNS = 10_000  # the engine's limit per batch request
 _BATCH_BYTES = 512 * 1024  # well under the engine's default request limit (1 MiB)
 
@@ -114,7 +110,7 @@ def _step_name(step: Any) -> str:
     return step if isinstance(step, str) else str(step.step)
 
 
-class Task(Schedulable, Generic[In, Out]):
+class Task(Schedulable, Runnable[In, Out]):
     """A task function registered with a client. Call it directly to run it in-process (for
     tests); use `run` / `aio_run` to run it on a worker through the engine."""
 
@@ -300,10 +296,13 @@ class Task(Schedulable, Generic[In, Out]):
             if isinstance(result, TaskFailed):
                 raise result
             return result  # type: ignore[no-any-return]
-        handle = await self.aio_run_no_wait(
-            input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
+        return await super().aio_run(
+            input,
+            metadata=metadata,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
         )
-        return await handle.aio_result(timeout=timeout)
 
     async def aio_run_many_no_wait(
         self,
@@ -330,8 +329,6 @@ class Task(Schedulable, Generic[In, Out]):
         timeout: float | None = None,
         return_exceptions: bool = False,
     ) -> list[Out | TaskFailed]:
-        """Run many, in one request; results in the order of `inputs`. The first failure is
-        raised, unless `return_exceptions` puts each TaskFailed in its place instead."""
         durable = current_durable.get()
         if durable is not None:  # a durable task's children: spawned once, results logged
             outcomes = child_results(self, await durable.run_children(self, list(inputs)))
@@ -339,166 +336,18 @@ class Task(Schedulable, Generic[In, Out]):
             if failures and not return_exceptions:
                 raise failures[0]
             return outcomes
-        handles = await self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority)
-        views = await wait_for_runs(self.client, [h.run_id for h in handles], timeout)
-        results: list[Out | TaskFailed] = []
-        for handle in handles:
-            view = views[handle.run_id]
-            try:
-                results.append(self._outcome(view))
-            except TaskFailed as failure:
-                if not return_exceptions:
-                    raise
-                results.append(failure)
-        return results
+        return await super().aio_run_many(
+            inputs,
+            metadata=metadata,
+            priority=priority,
+            timeout=timeout,
+            return_exceptions=return_exceptions,
+        )
 
     def _outcome(self, view: RunView) -> Out:
         if view.status is RunStatus.SUCCEEDED:
             return self.decode_output(view.output)
         raise TaskFailed(view.run_id, view.task, view.status, view.error)
-
-    # -- synchronous variants ----------------------------------------------------------------------
-
-    def run(
-        self,
-        input: In,
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-    ) -> Out:
-        """Trigger a run and wait for its output (raises TaskFailed if it does not succeed)."""
-        return run_sync(
-            self.aio_run(
-                input,
-                metadata=metadata,
-                priority=priority,
-                idempotency_key=idempotency_key,
-                timeout=timeout,
-            )
-        )
-
-    def run_no_wait(
-        self,
-        input: In,
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> RunHandle[Out]:
-        """Trigger a run; returns a handle whose `.result()` waits for it."""
-        return run_sync(
-            self.aio_run_no_wait(
-                input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
-            )
-        )
-
-    def run_many(
-        self,
-        inputs: Sequence[In],
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        timeout: float | None = None,
-        return_exceptions: bool = False,
-    ) -> list[Out | TaskFailed]:
-        return run_sync(
-            self.aio_run_many(
-                inputs,
-                metadata=metadata,
-                priority=priority,
-                timeout=timeout,
-                return_exceptions=return_exceptions,
-            )
-        )
-
-    def run_many_no_wait(
-        self,
-        inputs: Sequence[In],
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-    ) -> list[RunHandle[Out]]:
-        return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
-
-
-class Runnable(Protocol[OutCo]):
-    """What a run handle needs of what was run: a task, or a workflow."""
-
-    client: Taskyard
-    name: str
-
-    def _outcome(self, view: RunView) -> OutCo: ...
-
-
-class RunHandle(Generic[Out]):
-    """A triggered run (of a task or a workflow). `result()` waits for its output."""
-
-    def __init__(self, task: Runnable[Out], run_id: UUID) -> None:
-        self.task = task
-        self.run_id = run_id
-
-    def __repr__(self) -> str:
-        return f"<RunHandle {self.task.name} {self.run_id}>"
-
-    async def aio_result(self, timeout: float | None = None) -> Out:
-        views = await wait_for_runs(self.task.client, [self.run_id], timeout)
-        return self.task._outcome(views[self.run_id])
-
-    def result(self, timeout: float | None = None) -> Out:
-        return run_sync(self.aio_result(timeout))
-
-    async def aio_get(self) -> RunView:
-        return await self.task.client.runs.aio_get(self.run_id)
-
-    async def aio_stream(self) -> AsyncIterator[Any]:
-        """The chunks the task streams with `ctx.stream(...)`, live, until the run ends."""
-        async for chunk in self.task.client.transport.events(f"/api/v1/runs/{self.run_id}/stream"):
-            yield chunk
-
-    def get(self) -> RunView:
-        return run_sync(self.aio_get())
-
-    async def aio_cancel(self) -> RunStatus:
-        return await self.task.client.runs.aio_cancel(self.run_id)
-
-    def cancel(self) -> RunStatus:
-        return run_sync(self.aio_cancel())
-
-
-async def wait_for_runs(
-    client: Taskyard, run_ids: list[UUID], timeout: float | None
-) -> dict[UUID, RunView]:
-    """Long-poll until every run has finished; raises ResultTimeout after `timeout` seconds."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    finished: dict[UUID, RunView] = {}
-    pending = list(run_ids)
-    while pending:
-        remaining = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
-        if remaining <= 0:
-            raise ResultTimeout(
-                f"{len(pending)} of {len(run_ids)} runs did not finish within "
-                f"{timeout:g}s (first pending: {pending[0]})"
-            )
-        chunks = [pending[i : i + _WAIT_CHUNK] for i in range(0, len(pending), _WAIT_CHUNK)]
-        responses = await asyncio.gather(
-            *(
-                client.transport.request(
-                    "POST",
-                    "/api/v1/runs/wait",
-                    json_body={"run_ids": [str(r) for r in chunk], "timeout": remaining},
-                    idempotent=True,
-                )
-                for chunk in chunks
-            )
-        )
-        pending = []
-        for raw in responses:
-            response = WaitResponse.model_validate(raw)
-            finished.update((view.run_id, view) for view in response.runs)
-            pending += response.pending
-    return finished
 
 
 TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]

@@ -15,7 +15,7 @@ outputs = signup.run(Signup(...))  # {"create_account": Account(...), "subscribe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
@@ -24,14 +24,13 @@ from taskyard_sdk import protocol
 from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import current_run
 from taskyard_sdk._errors import InvalidInput, NotFound, TaskFailed
+from taskyard_sdk._runnable import RunHandle, Runnable
 from taskyard_sdk._schedules import Schedulable
 from taskyard_sdk._task import (
-    RunHandle,
     Task,
     TaskSettings,
     batch_bodies,
     build_options,
-    wait_for_runs,
 )
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import (
@@ -117,7 +116,7 @@ class WorkflowTask(Task[In, Out]):
         )
 
 
-class Workflow(Schedulable, Generic[In]):
+class Workflow(Schedulable, Runnable[In, Outputs]):
     """A DAG of steps, created with `ty.workflow(...)`; steps are added with `@wf.task(...)`."""
 
     def __init__(
@@ -317,22 +316,6 @@ class Workflow(Schedulable, Generic[In]):
         await self.aio_register()
         return await self.client.transport.request("POST", path, **body)
 
-    async def aio_run(
-        self,
-        input: In,
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-    ) -> Outputs:
-        """Run the workflow and return its steps' outputs by step name (a skipped step's is
-        None). Raises TaskFailed if the run fails or is cancelled."""
-        handle = await self.aio_run_no_wait(
-            input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
-        )
-        return await handle.aio_result(timeout=timeout)
-
     async def aio_run_many_no_wait(
         self,
         inputs: Sequence[In],
@@ -348,88 +331,6 @@ class Workflow(Schedulable, Generic[In]):
             )
             handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
-
-    async def aio_run_many(
-        self,
-        inputs: Sequence[In],
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        timeout: float | None = None,
-        return_exceptions: bool = False,
-    ) -> list[Outputs | TaskFailed]:
-        handles = await self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority)
-        views = await wait_for_runs(self.client, [h.run_id for h in handles], timeout)
-        results: list[Outputs | TaskFailed] = []
-        for handle in handles:
-            try:
-                results.append(self._outcome(views[handle.run_id]))
-            except TaskFailed as failure:
-                if not return_exceptions:
-                    raise
-                results.append(failure)
-        return results
-
-    def run(
-        self,
-        input: In,
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-    ) -> Outputs:
-        return run_sync(
-            self.aio_run(
-                input,
-                metadata=metadata,
-                priority=priority,
-                idempotency_key=idempotency_key,
-                timeout=timeout,
-            )
-        )
-
-    def run_no_wait(
-        self,
-        input: In,
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> RunHandle[Outputs]:
-        return run_sync(
-            self.aio_run_no_wait(
-                input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
-            )
-        )
-
-    def run_many(
-        self,
-        inputs: Sequence[In],
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-        timeout: float | None = None,
-        return_exceptions: bool = False,
-    ) -> list[Outputs | TaskFailed]:
-        return run_sync(
-            self.aio_run_many(
-                inputs,
-                metadata=metadata,
-                priority=priority,
-                timeout=timeout,
-                return_exceptions=return_exceptions,
-            )
-        )
-
-    def run_many_no_wait(
-        self,
-        inputs: Sequence[In],
-        *,
-        metadata: dict[str, str] | None = None,
-        priority: int | None = None,
-    ) -> list[RunHandle[Outputs]]:
-        return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
 
     def _outcome(self, view: RunView) -> Outputs:
         if view.status is not RunStatus.SUCCEEDED:

@@ -1,0 +1,230 @@
+"""What tasks and workflows share as things one runs: the run API in its async and sync forms,
+the handle of a triggered run, and the long-poll that waits for results. A subclass says how to
+trigger (`aio_run_no_wait`, `aio_run_many_no_wait`) and how to read a finished run
+(`_outcome`); the rest is written once, here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from uuid import UUID
+
+from taskyard_sdk._errors import ResultTimeout, TaskFailed
+from taskyard_sdk._transport import run_sync
+from taskyard_sdk.models import RunStatus, RunView, WaitResponse
+
+if TYPE_CHECKING:
+    from taskyard_sdk._client import Taskyard
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+_POLL = 60.0  # longest single long-poll; waits longer than this are several polls
+_WAIT_CHUNK = 10_000
+
+
+class Runnable(Generic[In, Out]):
+    """A task or a workflow, as something to run through the engine."""
+
+    client: Taskyard
+    name: str
+
+    async def aio_run_no_wait(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Out]:
+        """Trigger a run; returns a handle whose `.aio_result()` waits for it."""
+        raise NotImplementedError
+
+    async def aio_run_many_no_wait(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Out]]:
+        """Trigger many runs in as few requests as the engine's limits allow."""
+        raise NotImplementedError
+
+    def _outcome(self, view: RunView) -> Out:
+        """A finished run's result; raises TaskFailed if it did not succeed."""
+        raise NotImplementedError
+
+    async def aio_run(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Out:
+        """Trigger a run and wait for its result: a task's output, a workflow's outputs by step
+        name (None for a skipped step). Raises TaskFailed if it does not succeed."""
+        handle = await self.aio_run_no_wait(
+            input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
+        )
+        return await handle.aio_result(timeout=timeout)
+
+    async def aio_run_many(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Out | TaskFailed]:
+        """Run many, in one request; results in the order of `inputs`. The first failure is
+        raised, unless `return_exceptions` puts each TaskFailed in its place instead."""
+        handles = await self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority)
+        views = await wait_for_runs(self.client, [h.run_id for h in handles], timeout)
+        results: list[Out | TaskFailed] = []
+        for handle in handles:
+            try:
+                results.append(self._outcome(views[handle.run_id]))
+            except TaskFailed as failure:
+                if not return_exceptions:
+                    raise
+                results.append(failure)
+        return results
+
+    # -- synchronous twins ------------------------------------------------------------------------
+
+    def run(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Out:
+        """Trigger a run and wait for its result (raises TaskFailed if it does not succeed)."""
+        return run_sync(
+            self.aio_run(
+                input,
+                metadata=metadata,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                timeout=timeout,
+            )
+        )
+
+    def run_no_wait(
+        self,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Out]:
+        """Trigger a run; returns a handle whose `.result()` waits for it."""
+        return run_sync(
+            self.aio_run_no_wait(
+                input, metadata=metadata, priority=priority, idempotency_key=idempotency_key
+            )
+        )
+
+    def run_many(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Out | TaskFailed]:
+        return run_sync(
+            self.aio_run_many(
+                inputs,
+                metadata=metadata,
+                priority=priority,
+                timeout=timeout,
+                return_exceptions=return_exceptions,
+            )
+        )
+
+    def run_many_no_wait(
+        self,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Out]]:
+        return run_sync(self.aio_run_many_no_wait(inputs, metadata=metadata, priority=priority))
+
+
+class RunHandle(Generic[Out]):
+    """A triggered run (of a task or a workflow). `result()` waits for its output."""
+
+    def __init__(self, task: Runnable[Any, Out], run_id: UUID) -> None:
+        self.task = task
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.task.name} {self.run_id}>"
+
+    async def aio_result(self, timeout: float | None = None) -> Out:
+        views = await wait_for_runs(self.task.client, [self.run_id], timeout)
+        return self.task._outcome(views[self.run_id])
+
+    def result(self, timeout: float | None = None) -> Out:
+        return run_sync(self.aio_result(timeout))
+
+    async def aio_get(self) -> RunView:
+        return await self.task.client.runs.aio_get(self.run_id)
+
+    async def aio_stream(self) -> AsyncIterator[Any]:
+        """The chunks the task streams with `ctx.stream(...)`, live, until the run ends."""
+        async for chunk in self.task.client.transport.events(f"/api/v1/runs/{self.run_id}/stream"):
+            yield chunk
+
+    def get(self) -> RunView:
+        return run_sync(self.aio_get())
+
+    async def aio_cancel(self) -> RunStatus:
+        return await self.task.client.runs.aio_cancel(self.run_id)
+
+    def cancel(self) -> RunStatus:
+        return run_sync(self.aio_cancel())
+
+
+async def wait_for_runs(
+    client: Taskyard, run_ids: list[UUID], timeout: float | None
+) -> dict[UUID, RunView]:
+    """Long-poll until every run has finished; raises ResultTimeout after `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    finished: dict[UUID, RunView] = {}
+    pending = list(run_ids)
+    while pending:
+        remaining = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+        if remaining <= 0:
+            raise ResultTimeout(
+                f"{len(pending)} of {len(run_ids)} runs did not finish within "
+                f"{timeout:g}s (first pending: {pending[0]})"
+            )
+        chunks = [pending[i : i + _WAIT_CHUNK] for i in range(0, len(pending), _WAIT_CHUNK)]
+        responses = await asyncio.gather(
+            *(
+                client.transport.request(
+                    "POST",
+                    "/api/v1/runs/wait",
+                    json_body={"run_ids": [str(r) for r in chunk], "timeout": remaining},
+                    idempotent=True,
+                )
+                for chunk in chunks
+            )
+        )
+        pending = []
+        for raw in responses:
+            response = WaitResponse.model_validate(raw)
+            finished.update((view.run_id, view) for view in response.runs)
+            pending += response.pending
+    return finished
