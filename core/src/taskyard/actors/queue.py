@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -166,7 +166,7 @@ class QueueActor(Actor):
         repository: RunRepository,
         waiters: RunWaiters,
         streams: RunStreams,
-        connected_workers: Callable[[], Iterable[WorkerSession]],
+        connected_workers: Callable[[uuid.UUID, str], Awaitable[list[WorkerSession]]],
         steps_ended: StepsEnded,
         worker_grace: float,
         limiter: SharedRateLimiter,
@@ -247,9 +247,8 @@ class QueueActor(Actor):
             self._hold_until = now + self.recovery_hold
             self._timer(self._hold_until, self._hold_over, None)
         self.recovery_hold = 0.0  # a later restart of this actor alone has nothing to wait for
-        for session in self.connected_workers():
-            if session.tenant_id == self.tenant_id and session.queue == self.queue:
-                self._join(session, None)
+        for session in await self.connected_workers(self.tenant_id, self.queue):
+            self._join(session, None)
         self._schedule_dispatch()
         self.after_message()
 

@@ -110,8 +110,9 @@ class WorkerRegistry(Actor):
             self._close_later(session, 1001, "engine shutting down")
         await self.side_tasks.wait()
 
-    def connected(self) -> list[WorkerSession]:
-        return list(self.sessions.values())
+    def of_queue(self, tenant_id: uuid.UUID, queue: str) -> list[WorkerSession]:
+        """The sessions a (re)starting queue actor takes its workers from."""
+        return [s for s in self.sessions.values() if s.key[0] == tenant_id and s.queue == queue]
 
     def of_tenant(self, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
         """The tenant's connected workers, described (asked by the services)."""

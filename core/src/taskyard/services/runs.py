@@ -26,7 +26,7 @@ from taskyard.actors.streams import RunStreams
 from taskyard.actors.tenant import TenantActor
 from taskyard.actors.timers import Timers
 from taskyard.actors.waiters import RunEnd, RunWaiters
-from taskyard.actors.workers import WorkerRegistry
+from taskyard.actors.workers import WorkerRegistry, WorkerSession
 from taskyard.config import EngineSettings
 from taskyard.domain.cron import CronError
 from taskyard.domain.cron import validate as validate_cron
@@ -157,6 +157,12 @@ class Services:
 
     # -- workers and tasks -----------------------------------------------------------------------
 
+    async def _connected_workers(self, tenant_id: uuid.UUID, queue: str) -> list[WorkerSession]:
+        sessions: list[WorkerSession] = await self.registry.ask(
+            self.registry.of_queue, tenant_id, queue
+        )
+        return sessions
+
     async def disconnect_workers(self) -> None:
         """Close every worker's connection (at shutdown: they would hold it open)."""
         await self.registry.stop()
@@ -195,7 +201,7 @@ class Services:
                 repository=self.runs,
                 waiters=self.waiters,
                 streams=self.streams,
-                connected_workers=self.registry.connected,
+                connected_workers=self._connected_workers,
                 steps_ended=self._steps_ended,
                 worker_grace=self.settings.heartbeat_timeout,
                 limiter=self.limiter_for(tenant_id),
