@@ -13,9 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tracked_python_files() -> list[str]:
+def tracked_python_files(*patterns: str) -> list[str]:
+    """Tracked files matching `patterns` (Python files by default)."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z", "--", "*.py"], capture_output=True, cwd=ROOT, check=False
+        ["git", "ls-files", "-z", "--", *(patterns or ("*.py",))],
+        capture_output=True,
+        cwd=ROOT,
+        check=False,
     )
     if listed.returncode != 0:
         return [str(ROOT)]
@@ -36,7 +40,8 @@ def test_ruff_is_clean() -> None:
 
 
 def test_ruff_format_is_clean() -> None:
-    files = tracked_python_files()
+    """Python files, and the Python examples in the Markdown docs."""
+    files = tracked_python_files("*.py", "*.md")
     result = subprocess.run(
         [
             sys.executable,
