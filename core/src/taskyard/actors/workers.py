@@ -112,7 +112,7 @@ class WorkerRegistry(Actor):
 
     def of_queue(self, tenant_id: uuid.UUID, queue: str) -> list[WorkerSession]:
         """The sessions a (re)starting queue actor takes its workers from."""
-        return [s for s in self.sessions.values() if s.key[0] == tenant_id and s.queue == queue]
+        return [s for s in self.sessions.values() if s.tenant_id == tenant_id and s.queue == queue]
 
     def of_tenant(self, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
         """The tenant's connected workers, described (asked by the services)."""

@@ -5,8 +5,6 @@ tenant is not found."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
 
 from taskyard.errors import NotFound
 from taskyard.store.events import EventRepository
@@ -22,35 +20,11 @@ class History:
         self.runs = runs
         self.events = events
         self.workflows = workflows
-
-    async def list_runs(
-        self,
-        tenant_id: uuid.UUID,
-        *,
-        statuses: list[str],
-        tasks: list[str],
-        since: datetime | None,
-        until: datetime | None,
-        metadata: dict[str, str],
-        before: uuid.UUID | None,
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        """Newest first; `before` is the last run id of the previous page."""
-        return await self.runs.list_runs(
-            tenant_id,
-            statuses=statuses,
-            tasks=tasks,
-            since=since,
-            until=until,
-            metadata=metadata,
-            before=before,
-            limit=limit,
-        )
-
-    async def run_documents(
-        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
-    ) -> dict[uuid.UUID, dict[str, Any]]:
-        return await self.runs.run_documents(tenant_id, run_ids)
+        # Reads with no rule to add to the repository's: its own methods serve.
+        self.list_runs = runs.list_runs  # newest first, paged by the last run id
+        self.run_documents = runs.run_documents
+        self.search_events = events.search  # newest first, paged by the last event id
+        self.latest_workflows = workflows.latest  # the latest version of each
 
     async def run_events(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[RunEvent]:
         await self._exists(tenant_id, run_id)
@@ -64,39 +38,11 @@ class History:
         await self._exists(tenant_id, run_id)
         return await self.runs.run_logs(tenant_id, run_id, limit=limit, after=after)
 
-    async def search_events(
-        self,
-        tenant_id: uuid.UUID,
-        *,
-        keys: list[str],
-        prefix: str | None,
-        metadata: dict[str, str],
-        since: datetime | None,
-        until: datetime | None,
-        before: uuid.UUID | None,
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        """Newest first; `before` is the last event id of the previous page."""
-        return await self.events.search(
-            tenant_id,
-            keys=keys,
-            prefix=prefix,
-            metadata=metadata,
-            since=since,
-            until=until,
-            before=before,
-            limit=limit,
-        )
-
     async def event(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> EventView:
         row = await self.events.get(tenant_id, event_id)
         if row is None:
             raise NotFound(f"no event {event_id} in this tenant")
         return EventView.model_validate(row)
-
-    async def latest_workflows(self, tenant_id: uuid.UUID) -> list[StoredWorkflow]:
-        """The latest version of every registered workflow."""
-        return await self.workflows.latest(tenant_id)
 
     async def workflow(
         self, tenant_id: uuid.UUID, name: str, version: int | None

@@ -813,18 +813,9 @@ class Services:
         return views
 
     async def replay_event(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> EventView:
-        stored = await self.events.get(tenant_id, event_id)
-        if stored is None:
-            raise NotFound(f"no event {event_id} in this tenant")
-        [view] = await self.push_events(
-            tenant_id,
-            [
-                EventRequest(
-                    key=stored["key"], payload=stored["payload"], metadata=stored["metadata"]
-                )
-            ],
-            replay_of=event_id,
-        )
+        stored = await self.history.event(tenant_id, event_id)
+        again = EventRequest(key=stored.key, payload=stored.payload, metadata=stored.metadata)
+        [view] = await self.push_events(tenant_id, [again], replay_of=event_id)
         return view
 
 

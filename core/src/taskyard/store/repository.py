@@ -453,13 +453,7 @@ def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
     if batch.new_runs:
         statements.append(("new_runs", _INSERT_RUNS, [batch.new_runs]))
     if batch.pushed_events:
-        statements.append(
-            (
-                "pushed_events",
-                _INSERT_PUSHED_EVENTS,
-                [batch.pushed_events],
-            )
-        )
+        statements.append(("pushed_events", _INSERT_PUSHED_EVENTS, [batch.pushed_events]))
     if batch.run_states:
         statements.append(("run_states", _UPDATE_RUNS, [list(batch.run_states.values())]))
     if batch.events:
@@ -480,13 +474,7 @@ def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
             )
         )
     if batch.durable:
-        statements.append(
-            (
-                "durable",
-                _UPSERT_DURABLE,
-                [list(batch.durable.values())],
-            )
-        )
+        statements.append(("durable", _UPSERT_DURABLE, [list(batch.durable.values())]))
     if batch.rate_usage:
         rows = list(batch.rate_usage.values())
         configured, usage = RATE_USAGE.configured, RATE_USAGE.usage
