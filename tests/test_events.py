@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from taskyard.domain.events import EventIndex
 from taskyard_sdk import Context, EventRequest, RunStatus, Taskyard
 
 
@@ -116,3 +117,22 @@ async def test_unknown_events_and_workflows_are_404s(ty: Taskyard) -> None:
         await ty.events.aio_get("01a20000-0000-7000-8000-000000000000")
     with pytest.raises(NotFound, match="no workflow 'nope' is registered"):
         await ty.workflow("nope").aio_run_no_wait(1)
+
+
+def test_the_event_index_finds_exact_keys_and_prefixes_and_forgets() -> None:
+    index: EventIndex[str] = EventIndex()
+    assert not index
+    index.add("order:paid", "a")
+    index.add("order:*", "b")
+    index.add("user:*", "c")
+    index.add("order:paid", "d")
+    assert sorted(index.matching("order:paid")) == ["a", "b", "d"]
+    assert sorted(index.matching("order:shipped")) == ["b"]
+    assert list(index.matching("invoice:paid")) == []
+    assert len(index) == 4
+    for waiter in index.matching("order:paid"):  # changing it while iterating is safe
+        index.discard("order:paid", waiter)
+        index.discard("order:*", waiter)
+    assert sorted(index.matching("user:new")) == ["c"]
+    assert list(index.matching("order:paid")) == []
+    assert len(index) == 1

@@ -26,33 +26,42 @@ class PushedEvent:
 
 class EventIndex(Generic[W]):
     """Waiters by the key pattern they watch: exact keys, or prefixes written `user:*`. Finding
-    the waiters of an event costs one lookup plus one test per prefix pattern."""
+    the waiters of an event costs one lookup plus one test per prefix pattern (exact patterns,
+    however many, are never scanned)."""
 
     def __init__(self) -> None:
-        self._by_pattern: dict[str, set[W]] = {}
+        self._exact: dict[str, set[W]] = {}
+        self._prefixes: dict[str, set[W]] = {}  # by the pattern, its '*' included
 
     def __bool__(self) -> bool:
-        return bool(self._by_pattern)
+        return bool(self._exact or self._prefixes)
 
     def __len__(self) -> int:
         """How many (pattern, waiter) pairs the index holds."""
-        return sum(len(waiters) for waiters in self._by_pattern.values())
+        return sum(len(w) for w in self._exact.values()) + sum(
+            len(w) for w in self._prefixes.values()
+        )
+
+    def _table(self, pattern: str) -> dict[str, set[W]]:
+        return self._prefixes if pattern.endswith("*") else self._exact
 
     def add(self, pattern: str, waiter: W) -> None:
-        self._by_pattern.setdefault(pattern, set()).add(waiter)
+        self._table(pattern).setdefault(pattern, set()).add(waiter)
 
     def discard(self, pattern: str, waiter: W) -> None:
-        waiters = self._by_pattern.get(pattern)
+        table = self._table(pattern)
+        waiters = table.get(pattern)
         if waiters is not None:
             waiters.discard(waiter)
             if not waiters:
-                del self._by_pattern[pattern]
+                del table[pattern]
 
     def matching(self, key: str) -> Iterator[W]:
         """The waiters of every pattern this key matches (a snapshot: safe to change the index
         while iterating)."""
-        patterns = [p for p in self._by_pattern if p.endswith("*") and key_matches(p, key)]
-        if key in self._by_pattern:
-            patterns.append(key)
-        for pattern in patterns:
-            yield from list(self._by_pattern.get(pattern, ()))
+        found = [w for p, w in self._prefixes.items() if key_matches(p, key)]
+        exact = self._exact.get(key)
+        if exact is not None:
+            found.append(exact)
+        for waiters in found:
+            yield from list(waiters)
