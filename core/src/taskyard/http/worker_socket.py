@@ -202,9 +202,8 @@ def _payload_problem(field: str, value_of: Any, message: Any) -> str | None:
     value = value_of(message)
     if not isinstance(value, dict | list | int):
         return None  # strings were checked for NUL; floats and the rest always encode
-    if not protocol.nests_within(value):  # where, only for what is refused
-        where = protocol.deeper_than(value)
-        assert where is not None
+    where = protocol.deeper_than(value)
+    if where is not None:
         return _nesting(f"{field}{'' if where[0] == '[' else '.'}{where}")
     try:
         orjson.dumps(value)  # integers beyond 64 bits, for one
