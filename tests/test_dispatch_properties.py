@@ -53,6 +53,29 @@ OPTIONS = {
 LIMIT, WINDOW = 5, 1.0  # "api": 5 units a second
 
 
+def queued_run(
+    run_id: uuid.UUID,
+    task: str,
+    options: TaskOptions,
+    flow: Flow,
+    priority: int = 2,
+    at: float = 0.0,
+) -> Run:
+    return Run(
+        tenant_id=TENANT,
+        run_id=run_id,
+        task=task,
+        queue="default",
+        status=RunStatus.QUEUED,
+        attempt=1,
+        priority=priority,
+        options=options,
+        created_at=at,
+        queued_at=at,
+        flow=flow,
+    )
+
+
 class CheckedDispatcher(Dispatcher):
     """The real dispatcher, each of whose picks is held against a brute-force answer."""
 
@@ -99,19 +122,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         keys = tuple(user if level is ROUND_ROBIN else "all" for level in options.concurrency)
         flow = Flow(keys, tuple(("api", units) for _ in options.rate_limits), sticky)
         self.seq += 1
-        run = Run(
-            tenant_id=TENANT,
-            run_id=uuid.UUID(int=self.seq),
-            task=kind,
-            queue="default",
-            status=RunStatus.QUEUED,
-            attempt=1,
-            priority=priority,
-            options=options,
-            created_at=self.now,
-            queued_at=self.now,
-            flow=flow,
-        )
+        run = queued_run(uuid.UUID(int=self.seq), kind, options, flow, priority, self.now)
         self.runs[run.run_id] = run
         self._end(self.dispatcher.add(run, arriving=True))
 
@@ -314,19 +325,7 @@ def test_backlogged_keys_take_turns(backlogs: list[int], max_runs: int, slots: i
     for key, size in enumerate(backlogs):  # each key's whole backlog, one key after another
         waiting[str(key)] = size
         for _ in range(size):
-            run = Run(
-                tenant_id=TENANT,
-                run_id=new_id(),
-                task="t",
-                queue="default",
-                status=RunStatus.QUEUED,
-                attempt=1,
-                priority=2,
-                options=options,
-                created_at=0,
-                queued_at=0,
-                flow=Flow((str(key),)),
-            )
+            run = queued_run(new_id(), "t", options, Flow((str(key),)))
             runs[run.run_id] = run
             dispatcher.add(run, arriving=True)
     started: Counter[str] = Counter()
@@ -358,19 +357,7 @@ def test_a_holder_that_ends_wakes_the_run_parked_on_its_key() -> None:
     )
     dispatcher = Dispatcher(runs, {worker.worker_id: worker}, None)
     for n in (1, 2):
-        run = Run(
-            tenant_id=TENANT,
-            run_id=uuid.UUID(int=n),
-            task="t",
-            queue="default",
-            status=RunStatus.QUEUED,
-            attempt=1,
-            priority=2,
-            options=options,
-            created_at=0,
-            queued_at=0,
-            flow=Flow(("a",)),
-        )
+        run = queued_run(uuid.UUID(int=n), "t", options, Flow(("a",)))
         runs[run.run_id] = run
         dispatcher.add(run, arriving=True)
     [(first, _)] = dispatcher.assign(0.0)
