@@ -239,7 +239,7 @@ async def test_a_silent_worker_is_declared_lost_and_its_run_retried(
 def test_the_fast_assign_encoding_is_a_valid_assign_message() -> None:
     import time as clock
 
-    from taskyard.actors.queue import assign_json
+    from taskyard.actors.frames import assign_json
     from taskyard.domain.runs import Run
     from taskyard_sdk.models import RunStatus, StepContext, TaskOptions
 

@@ -161,6 +161,17 @@ class Actor:
         """A message from the actor's own side tasks; accepted even while stopping."""
         self._mailbox.put((handler, args, None))
 
+    def _spawn_then(
+        self, work: Coroutine[Any, Any, T], then: Callable[..., Any], *args: Any
+    ) -> None:
+        """Run `work` beside the mailbox (a read); its result comes back as the message
+        `then(*args, result)`."""
+
+        async def report() -> None:
+            self._post(then, *args, await work)
+
+        self.side_tasks.spawn(report(), name=f"{self.name}:{getattr(then, '__name__', 'side')}")
+
     async def ask(
         self, handler: Callable[..., Any], *args: Any, timeout: float | None = 30.0
     ) -> Any:

@@ -1,15 +1,19 @@
 """Writing JSON messages to a websocket: anyone queues, one task writes, and what was queued
-meanwhile goes in one frame (a JSON array), sent as the UTF-8 JSON it already is."""
+meanwhile goes in one frame (a JSON array), sent as the UTF-8 JSON it already is. Also the two
+messages the engine sends most, encoded by hand: assignments and result acks."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterable
 
+import orjson
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
 from taskyard.actors.base import Mailbox
+from taskyard.domain.runs import Run
 from taskyard_sdk.protocol import MAX_FRAME_MESSAGES, encode_frame
 
 
@@ -48,3 +52,41 @@ class FrameWriter:
                 await self.ws.send_frame(encode_frame(batch), WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return  # the connection's handler notices the close and cleans up
+
+
+def assign_json(
+    run: Run,
+    input_json: bytes | None,
+    context_json: bytes | None,
+    history_json: bytes | None = None,
+) -> bytes:
+    """A `protocol.Assign` message, encoded directly: the payload is embedded as the JSON it
+    already is (decoding and re-encoding it per assignment was the hot path's largest cost)."""
+    return (
+        b'{"type":"assign","run_id":"%s","attempt":%d,"task":%s,"input":%s,'
+        b'"metadata":%s,"execution_timeout":%s%s%s}'
+        % (
+            str(run.run_id).encode(),
+            run.attempt,
+            orjson.dumps(run.task),
+            input_json if input_json is not None else b"null",
+            orjson.dumps(run.metadata),
+            orjson.dumps(run.options.execution_timeout),
+            b',"context":' + context_json if context_json is not None else b"",
+            b',"history":' + history_json if history_json is not None else b"",
+        )
+    )
+
+
+Assignment = tuple[Run, bytes | None, bytes | None, bytes | None]  # input, context, history
+
+
+def ack_json(refs: list[tuple[uuid.UUID, int]]) -> bytes:
+    """A `protocol.Ack` of (run, attempt) pairs, encoded directly (one per committed batch of
+    results: building a model per result cost more than the rest of the ack)."""
+    return orjson.dumps(
+        {
+            "type": "ack",
+            "results": [{"run_id": run_id, "attempt": attempt} for run_id, attempt in refs],
+        }
+    )

@@ -3,151 +3,56 @@ queue and its flow control (a `Dispatcher`: priority, FIFO/LIFO, concurrency key
 labels, sticky workers), its workers' slots, and every lifecycle decision: assignment, start,
 completion, retry with back-off, timeouts, cancellation, lost workers.
 
-Decisions are made in memory; each state change is handed to the persister (write-behind) and the
-run's latest state is written in the next batch. Acknowledgements wait for the commit: a result is
-acked to its worker, and waiters are told a run finished, only once the batch that holds it has
-committed.
+Decisions are made in memory; each state change goes into the actor's `QueueEffects`
+(`queue_effects.py`), handed to the persister (write-behind) once the message is done. Acks wait
+for the commit: a result is acked to its worker, and waiters are told a run finished, only once
+the batch that holds it has committed. Suspended durable runs' waits are a `DurableRuns`
+(`queue_durable.py`) the actor owns; the frames it sends most are encoded in `frames.py`.
+
+Over 400 lines on purpose: what remains is one state machine, every transition of a run between
+queued, assigned, running, pending and its end. Split across objects, each transition would be
+read in two places.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import orjson
+from typing import TYPE_CHECKING, Any
 
 from taskyard.actors.base import Actor
-from taskyard.actors.waiters import RunEnd, RunWaiters
+from taskyard.actors.frames import Assignment, assign_json
+from taskyard.actors.queue_durable import DurableRuns, bad_filter
+from taskyard.actors.queue_effects import QueueEffects, StepEnded, StepsEnded
 from taskyard.domain.dispatch import Connection, Dispatcher, Refusal, WorkerSlots
-from taskyard.domain.durable import DurableWait, DurableWaits
-from taskyard.domain.expressions import ExpressionError, check
-from taskyard.domain.notices import RunChanged, RunEnded
 from taskyard.domain.runs import Run, error_json, json_bytes, retry_delay
-from taskyard.domain.workflows import WAIT_FILTER_NAMES
 from taskyard.errors import Conflict
-from taskyard.store.db import TRANSIENT_ERRORS
-from taskyard.store.rows import durable_entry_row, run_event_row, run_log_row, run_state_row
+from taskyard.store.rows import run_log_row
 from taskyard_sdk import protocol
 from taskyard_sdk.models import RunStatus
 
 if TYPE_CHECKING:
     from taskyard.actors.rate_limits import SharedRateLimiter
     from taskyard.actors.streams import RunStreams
-    from taskyard.actors.timers import Entry, Timers
+    from taskyard.actors.timers import Timers
+    from taskyard.actors.waiters import RunWaiters
     from taskyard.actors.workers import WorkerSession
+    from taskyard.domain.durable import DurableWait
     from taskyard.domain.events import PushedEvent
+    from taskyard.domain.notices import RunChanged, RunEnded
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
     from taskyard.store.repository import RunRepository
-    from taskyard.store.rows import Row
+
+__all__ = ["QueueActor", "StepEnded"]  # StepEnded: what tenants hear of their steps
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
-
-
-def assign_json(
-    run: Run,
-    input_json: bytes | None,
-    context_json: bytes | None,
-    history_json: bytes | None = None,
-) -> bytes:
-    """A `protocol.Assign` message, encoded directly: the payload is embedded as the JSON it
-    already is (decoding and re-encoding it per assignment was the hot path's largest cost)."""
-    return (
-        b'{"type":"assign","run_id":"%s","attempt":%d,"task":%s,"input":%s,'
-        b'"metadata":%s,"execution_timeout":%s%s%s}'
-        % (
-            str(run.run_id).encode(),
-            run.attempt,
-            orjson.dumps(run.task),
-            input_json if input_json is not None else b"null",
-            orjson.dumps(run.metadata),
-            orjson.dumps(run.options.execution_timeout),
-            b',"context":' + context_json if context_json is not None else b"",
-            b',"history":' + history_json if history_json is not None else b"",
-        )
-    )
-
-
-Assignment = tuple[Run, bytes | None, bytes | None, bytes | None]  # input, context, history
-
-
-def ack_json(refs: list[tuple[uuid.UUID, int]]) -> bytes:
-    """A `protocol.Ack` of (run, attempt) pairs, encoded directly (one per committed batch of
-    results: building a model per result cost more than the rest of the ack)."""
-    return orjson.dumps(
-        {
-            "type": "ack",
-            "results": [{"run_id": run_id, "attempt": attempt} for run_id, attempt in refs],
-        }
-    )
-
-
-StepsEnded = Callable[[uuid.UUID, list["StepEnded"]], None]
-StepEnded = tuple[uuid.UUID, str, RunStatus, bytes | None, bytes | None, uuid.UUID | None]
-"""(workflow_run_id, step, status, output, error, worker) of a workflow step's run that ended."""
-
-
-def _bad_filter(wait: protocol.WaitSpec) -> str | None:
-    """Why a durable wait's event filter cannot be used (it would never match), if it cannot."""
-    for event in wait.events:
-        if event.filter is not None:
-            try:
-                check(event.filter, WAIT_FILTER_NAMES)
-            except ExpressionError as exc:
-                return f"the filter of the wait for {event.key!r}: {exc}"
-    return None
-
-
-def _outcome(run_id: uuid.UUID, document: dict[str, Any] | None) -> dict[str, Any]:
-    """What a durable run's wait for a child returns: its status, output or error."""
-    if document is None:
-        return {"run_id": str(run_id), "status": "missing", "output": None, "error": None}
-    return {
-        "run_id": str(run_id),
-        "status": document["status"],
-        "output": document.get("output"),
-        "error": document.get("error"),
-    }
-
-
-def _ended(run: Run) -> RunEnded:
-    """A run's end, as alerts and lifecycle observers see it."""
-    error = orjson.loads(run.error_json) if run.error_json else {}
-    workflow = run.task[: -len(run.step) - 1] if run.step else None
-    return RunEnded(
-        tenant_id=run.tenant_id,
-        run_id=run.run_id,
-        kind="task",
-        task=run.task,
-        workflow=workflow,
-        workflow_run_id=run.workflow_run_id,
-        status=run.status.value,
-        attempt=run.attempt,
-        error_type=error.get("type"),
-        error_message=error.get("message"),
-    )
-
-
-async def _until_read(read: Callable[[], Awaitable[T]], what: str) -> T:
-    """A read a durable wait depends on, tried again while Postgres is away (a restart, a
-    pool refilling): giving up would leave the wait blind to an event or to its children."""
-    delay = 0.1
-    while True:
-        try:
-            return await read()
-        except TRANSIENT_ERRORS as exc:
-            log.warning("could not read %s (%s); trying again in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _cached_size(run: Run) -> int:
@@ -182,21 +87,30 @@ class QueueActor(Actor):
         self.tenant_id = tenant_id
         self.queue = queue
         self.persister = persister
-        self.timers = timers
         self.repository = repository
-        self.waiters = waiters
         self.streams = streams
         self.connected_workers = connected_workers
-        self.steps_ended = steps_ended
         self.worker_grace = worker_grace
         self.limiter = limiter
-        self.event_repository = events
-        self.runs_ended = runs_ended  # failed runs for alerts; every ended run for observers
-        self.observe_all = observe_all
-        self.runs_changed = runs_changed  # lifecycle observers: every state written
         self.recovery_hold = recovery_hold
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
+        self.effects = QueueEffects(
+            self,
+            tenant_id,
+            persister=persister,
+            timers=timers,
+            waiters=waiters,
+            limiter=limiter,
+            steps_ended=steps_ended,
+            resumed=lambda resumed: self._post(self._resume, resumed),
+            runs_ended=runs_ended,
+            observe_all=observe_all,
+            runs_changed=runs_changed,
+        )
+        self.durable = DurableRuns(
+            tenant_id, self.effects, repository=repository, events=events, waiters=waiters
+        )
         self._reset()
 
     def _reset(self) -> None:
@@ -211,20 +125,8 @@ class QueueActor(Actor):
         self._dispatch_pending = False
         self._dispatch_told = False  # a _dispatch_due message is on its way
         self._hold_until = 0.0
-        # What the current message decided, flushed by after_message():
-        self._states: dict[uuid.UUID, Run] = {}  # runs whose state changed in this message
-        self._events: list[Row] = []
-        self._logs: list[Row] = []
-        self._timers: list[Entry] = []
-        self._acks: dict[Connection, list[tuple[uuid.UUID, int]]] = {}  # (run, attempt)
-        self._finished_now: list[RunEnd] = []
-        self._steps_ended: list[StepEnded] = []
-        self.durable = DurableWaits()  # suspended durable runs: what each waits for
-        self._durable_rows: list[Row] = []
-        self._resuming: list[tuple[uuid.UUID, int]] = []
-        self._ended: list[RunEnded] = []
-        self._changed: dict[uuid.UUID, RunChanged] = {}
-        self._recorded: dict[Connection, list[protocol.Recorded]] = {}
+        self.effects.clear()
+        self.durable.clear()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -245,7 +147,7 @@ class QueueActor(Actor):
             # After an engine restart some "queued" runs may in fact be running on a worker whose
             # assignment was not written: give workers a moment to reconnect and claim them.
             self._hold_until = now + self.recovery_hold
-            self._timer(self._hold_until, self._hold_over, None)
+            self.effects.timer(self._hold_until, self._hold_over, None)
         self.recovery_hold = 0.0  # a later restart of this actor alone has nothing to wait for
         for session in await self.connected_workers(self.tenant_id, self.queue):
             self._join(session, None)
@@ -262,7 +164,7 @@ class QueueActor(Actor):
             return  # a suspended durable run: its wait is re-armed from its log
         if run.status is RunStatus.QUEUED:
             if run.retry_at is not None and run.retry_at > now:
-                self._timer(run.retry_at, self._retries_due, (run.run_id, run.attempt))
+                self.effects.timer(run.retry_at, self._retries_due, (run.run_id, run.attempt))
             else:
                 self._make_ready(run, now, keep_queued_at=True)
             return
@@ -272,7 +174,7 @@ class QueueActor(Actor):
         worker = self.workers.get(run.worker_id)
         if worker is None:
             worker = self.workers[run.worker_id] = WorkerSlots(run.worker_id, None, away_since=now)
-            self._timer(now + self.worker_grace, self._grace_expired, run.worker_id)
+            self.effects.timer(now + self.worker_grace, self._grace_expired, run.worker_id)
         worker.running[run.run_id] = run.attempt
         if run.deadline is not None:
             self._deadline_timer(run)
@@ -311,7 +213,7 @@ class QueueActor(Actor):
         heapq.heappush(self.expiries, (deadline, run.run_id))
         if self._expiry_armed is None or deadline < self._expiry_armed:
             self._expiry_armed = deadline
-            self._timer(deadline, self._schedule_timeouts, deadline)
+            self.effects.timer(deadline, self._schedule_timeouts, deadline)
 
     # -- assignment ------------------------------------------------------------------------------
 
@@ -345,7 +247,7 @@ class QueueActor(Actor):
             armed = self._rate_armed.get(bucket)
             if armed is None or at < armed:
                 self._rate_armed[bucket] = at
-                self._timer(at, self._rate_wakeups, bucket)
+                self.effects.timer(at, self._rate_wakeups, bucket)
         dispatcher.wakeups.clear()
 
     def _rate_wakeups(self, buckets: list[str]) -> None:
@@ -379,7 +281,7 @@ class QueueActor(Actor):
         run.assigned_at = now
         run.started_at = None
         run.deadline = now + run.options.execution_timeout
-        self._save(run)
+        self.effects.save(run)
         self._deadline_timer(run)
 
     def _send_assignments(self, worker: WorkerSlots, runs: list[Run]) -> None:
@@ -461,7 +363,7 @@ class QueueActor(Actor):
                 run.deadline = None
                 self.dispatcher.forget(run)
                 self._make_ready(run, now, keep_queued_at=True)
-                self._record(run, "requeued", now, detail={"reason": "input unavailable"})
+                self.effects.record(run, "requeued", now, detail={"reason": "input unavailable"})
         self._schedule_dispatch()
 
     def _send_assign(self, worker: WorkerSlots, runs: list[Assignment]) -> None:
@@ -517,7 +419,7 @@ class QueueActor(Actor):
                 run.assigned_at = run.started_at = now
                 run.deadline = now + run.options.execution_timeout
                 worker.running[run_id] = attempt
-                self._record(run, "reattached", now)
+                self.effects.record(run, "reattached", now)
                 self._deadline_timer(run)
             else:
                 worker.running[run_id] = attempt  # holds the slot until it reports the end
@@ -533,7 +435,9 @@ class QueueActor(Actor):
             return
         worker.session = None
         worker.away_since = self.clock()
-        self._timer(worker.away_since + self.worker_grace, self._grace_expired, session.worker_id)
+        self.effects.timer(
+            worker.away_since + self.worker_grace, self._grace_expired, session.worker_id
+        )
 
     def worker_draining(self, worker_id: uuid.UUID) -> None:
         worker = self.workers.get(worker_id)
@@ -614,7 +518,7 @@ class QueueActor(Actor):
                 self._on_record(worker, message, now)
             elif isinstance(message, protocol.Suspend):
                 self._on_suspend(worker, message, now)
-        self._logs += logs
+        self.effects.logs += logs
         self._schedule_dispatch()
 
     def _owns(self, worker: WorkerSlots, ref: protocol.AttemptRef) -> bool:
@@ -628,7 +532,7 @@ class QueueActor(Actor):
             and done == (ref.attempt, session.worker_id)
             and isinstance(ref, protocol.Completed | protocol.Failed)
         ):
-            self._acks.setdefault(session, []).append((ref.run_id, ref.attempt))  # re-sent
+            self.effects.ack(session, ref.run_id, ref.attempt)  # sent again
             return
         session.send(
             protocol.Error(
@@ -659,7 +563,7 @@ class QueueActor(Actor):
         if run is not None and run.status is RunStatus.ASSIGNED:
             run.status = RunStatus.RUNNING
             run.started_at = now
-            self._save(run)
+            self.effects.save(run)
 
     def _on_completed(self, worker: WorkerSlots, message: protocol.Completed, now: float) -> None:
         assert worker.session is not None
@@ -672,7 +576,7 @@ class QueueActor(Actor):
             run.output_json = json_bytes(message.output)
             run.error_json = None
             self._finish(run, RunStatus.SUCCEEDED, now)
-        self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
+        self.effects.ack(worker.session, message.run_id, message.attempt)
 
     def _on_failed(self, worker: WorkerSlots, message: protocol.Failed, now: float) -> None:
         assert worker.session is not None
@@ -690,7 +594,7 @@ class QueueActor(Actor):
                 retryable=message.retryable,
                 retry_after=message.retry_after,
             )
-        self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
+        self.effects.ack(worker.session, message.run_id, message.attempt)
 
     def _on_refresh(
         self, worker: WorkerSlots, message: protocol.RefreshTimeout, now: float
@@ -701,37 +605,17 @@ class QueueActor(Actor):
             self._not_owner(worker.session, message)
             return
         run.deadline = now + message.seconds
-        self._record(run, "timeout_refreshed", now, detail={"seconds": message.seconds})
+        self.effects.record(run, "timeout_refreshed", now, detail={"seconds": message.seconds})
         self._deadline_timer(run)
 
     # -- durable runs ----------------------------------------------------------------------------
 
     def _on_record(self, worker: WorkerSlots, message: protocol.Record, now: float) -> None:
-        """A finished durable entry (a memoised result, children spawned): stored, and the
-        worker told once it is committed. A record sent again is stored again (a no-op)."""
         assert worker.session is not None
         if self._current(worker, message) is None:
             self._not_owner(worker.session, message)
             return
-        entry = message.entry
-        self._durable_rows.append(
-            durable_entry_row(
-                tenant_id=self.tenant_id,
-                run_id=message.run_id,
-                position=entry.position,
-                kind=entry.kind,
-                call=entry.call,
-                done=True,
-                result=entry.result,
-                wait=None,
-                finished_at=now,
-            )
-        )
-        self._recorded.setdefault(worker.session, []).append(
-            protocol.Recorded(
-                run_id=message.run_id, attempt=message.attempt, position=entry.position
-            )
-        )
+        self.durable.record(worker.session, message, now)
 
     def _on_suspend(self, worker: WorkerSlots, message: protocol.Suspend, now: float) -> None:
         """A durable run waits: its attempt stops, its slot and keys are free, its wait is
@@ -744,15 +628,13 @@ class QueueActor(Actor):
                 and run.status is RunStatus.PENDING
                 and run.attempt == message.attempt
             ):
-                self._acks.setdefault(worker.session, []).append(
-                    (message.run_id, message.attempt)
-                )  # sent again
+                self.effects.ack(worker.session, message.run_id, message.attempt)  # sent again
             else:
                 self._not_owner(worker.session, message)
             return
         del worker.running[message.run_id]
         run = self._current(worker, message)
-        problem = _bad_filter(message.wait)
+        problem = bad_filter(message.wait)
         if run is not None and problem is not None:  # it could only wait for ever
             self._attempt_failed(run, now, error_json("InvalidWait", problem), retryable=False)
         elif run is not None:
@@ -760,79 +642,39 @@ class QueueActor(Actor):
             run.status = RunStatus.PENDING
             run.worker_id = None
             run.assigned_at = run.started_at = run.deadline = None
-            self._record(
+            self.effects.record(
                 run, "suspended", now, detail={"position": message.position, "call": message.call}
             )
-            self._durable_rows.append(
-                durable_entry_row(
-                    tenant_id=self.tenant_id,
-                    run_id=run.run_id,
-                    position=message.position,
-                    kind="wait",
-                    call=message.call,
-                    done=False,
-                    result=None,
-                    wait=message.wait.model_dump_json(),
-                    finished_at=None,
-                )
-            )
-            self._begin_wait(
-                run, DurableWait(run.run_id, message.position, message.call, message.wait), now
-            )
-        self._acks.setdefault(worker.session, []).append((message.run_id, message.attempt))
+            self._begin_wait(self.durable.suspended(message), now)
+        self.effects.ack(worker.session, message.run_id, message.attempt)
 
     def _resume_wait(self, run: Run, stored: tuple[int, str, str] | None, now: float) -> None:
         """After a restart: a suspended run waits on for what its log says."""
         if stored is None:  # its wait was not written before the crash: replay it
             self._make_ready(run, now)
             return
-        position, call, spec = stored
-        self._begin_wait(
-            run,
-            DurableWait(run.run_id, position, call, protocol.WaitSpec.model_validate_json(spec)),
-            now,
-        )
+        self._begin_wait(self.durable.stored(run.run_id, stored), now)
 
-    def _begin_wait(self, run: Run, wait: DurableWait, now: float) -> None:
-        self.durable.add(wait)
+    def _begin_wait(self, wait: DurableWait, now: float) -> None:
+        durable = self.durable
+        durable.add(wait)
         for at in wait.timers():
-            self._timer(at, self._durable_due, run.run_id)
+            self.effects.timer(at, self._durable_due, wait.run_id)
         if wait.spec.children:
-            self._side_task(self._watch_children(run.run_id, wait.position, wait.spec.children))
+            self._spawn_then(
+                durable.children(wait), self._children_ended, wait.run_id, wait.position
+            )
         if wait.spec.events:
             # Events stored since the wait began are read first: one that came in time must
             # not lose to a timeout that passed while the engine was down.
-            self._side_task(
-                self._past_events(
-                    run.run_id, wait.position, self.durable.patterns(run.run_id), wait.spec.since
-                )
+            self._spawn_then(
+                durable.past_events(wait, durable.waits.patterns(wait.run_id)),
+                self._past_events_read,
+                wait.run_id,
+                wait.position,
             )
         else:
-            self._check_wait(run.run_id, now)
-
-    def _check_wait(self, run_id: uuid.UUID, now: float) -> None:
-        wait = self.durable.waits.get(run_id)
-        run = self.runs.get(run_id)
-        if wait is None or run is None:
-            return
-        outcome = wait.outcome(now)
-        if outcome is None:
-            return
-        self.durable.remove(run_id)
-        self._durable_rows.append(
-            durable_entry_row(
-                tenant_id=self.tenant_id,
-                run_id=run_id,
-                position=wait.position,
-                kind="wait",
-                call=wait.call,
-                done=True,
-                result=outcome,
-                wait=wait.spec.model_dump_json(),
-                finished_at=now,
-            )
-        )
-        self._resuming.append((run_id, wait.position))
+            durable.check(wait.run_id, now)
 
     def _resume(self, resumed: list[tuple[uuid.UUID, int]]) -> None:
         """Waits that ended, their results committed: the runs replay, with a log that has
@@ -842,90 +684,27 @@ class QueueActor(Actor):
             run = self.runs.get(run_id)
             if run is not None and run.status is RunStatus.PENDING:
                 self._make_ready(run, now)
-                self._record(run, "resumed", now, detail={"position": position})
+                self.effects.record(run, "resumed", now, detail={"position": position})
         self._schedule_dispatch()
 
     def _durable_due(self, run_ids: list[uuid.UUID]) -> None:
         now = self.clock()
         for run_id in dict.fromkeys(run_ids):
-            self._check_wait(run_id, now)
+            self.durable.check(run_id, now)
 
     def durable_events(self, events: list[PushedEvent]) -> None:
         """Events just committed: they may end durable runs' waits."""
-        now = self.clock()
-        for run_id in self.durable.events(events):
-            self._check_wait(run_id, now)
+        self.durable.events(events, self.clock())
 
     def _past_events_read(
         self, run_id: uuid.UUID, position: int, events: list[PushedEvent]
     ) -> None:
-        wait = self.durable.waits.get(run_id)
-        if wait is not None and wait.position == position:
-            for event in events:
-                wait.match(event)
-            self._check_wait(run_id, self.clock())
-
-    async def _past_events(
-        self, run_id: uuid.UUID, position: int, patterns: list[str], since: float
-    ) -> None:
-        """Events pushed since the wait began count even if they came before it was armed (an
-        engine restart in between, say)."""
-        try:
-            events = await _until_read(
-                lambda: self.event_repository.since(self.tenant_id, patterns, since),
-                f"past events for durable run {run_id}",
-            )
-        except Exception:
-            log.exception(
-                "could not read past events for durable run %s; it waits for new ones", run_id
-            )
-            events = []
-        self._post(self._past_events_read, run_id, position, events)
-
-    async def _watch_children(
-        self, run_id: uuid.UUID, position: int, children: list[uuid.UUID]
-    ) -> None:
-        """Outside the mailbox: until every child has ended; reports their outcomes."""
-        futures = self.waiters.watch(self.tenant_id, children)
-        try:
-            what = f"the children of durable run {run_id}"
-            while True:
-                statuses = await _until_read(
-                    lambda: self.repository.run_statuses(self.tenant_id, children), what
-                )
-                pending = [
-                    futures[c]
-                    for c, status in statuses.items()
-                    if not status.terminal and not futures[c].done()
-                ]
-                if len(statuses) == len(children) and not pending:
-                    break
-                await asyncio.wait(
-                    pending or list(futures.values()),
-                    timeout=30,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            documents = await _until_read(
-                lambda: self.repository.run_documents(self.tenant_id, children), what
-            )
-        except Exception:
-            log.exception("could not follow the children of durable run %s", run_id)
-            return
-        finally:
-            self.waiters.unwatch(self.tenant_id, futures)
-        outcomes = [_outcome(child, documents.get(child)) for child in children]
-        self._post(self._children_ended, run_id, position, outcomes)
+        self.durable.past_events_read(run_id, position, events, self.clock())
 
     def _children_ended(
-        self, run_id: uuid.UUID, position: int, outcomes: list[dict[str, Any]]
+        self, run_id: uuid.UUID, position: int, outcomes: list[dict[str, Any]] | None
     ) -> None:
-        wait = self.durable.waits.get(run_id)
-        if wait is not None and wait.position == position:
-            wait.children = outcomes
-            self._check_wait(run_id, self.clock())
-
-    def _side_task(self, work: Any) -> None:
-        self.side_tasks.spawn(work, name=f"{self.name}:durable")
+        self.durable.children_ended(run_id, position, outcomes, self.clock())
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -945,7 +724,7 @@ class QueueActor(Actor):
             self._finish(run, final_status, now)
             return
         run.finished_at = now
-        self._attempt_ended(run, final_status)
+        self.effects.attempt_ended(run, final_status)
         self.dispatcher.forget(run)
         delay = retry_delay(run.options, run.attempt, retry_after)
         run.attempt += 1
@@ -955,11 +734,11 @@ class QueueActor(Actor):
         run.status = RunStatus.QUEUED
         if delay > 0:
             run.retry_at = now + delay
-            self._record(run, "retry_scheduled", now, detail={"delay": delay})
-            self._timer(run.retry_at, self._retries_due, (run.run_id, run.attempt))
+            self.effects.record(run, "retry_scheduled", now, detail={"delay": delay})
+            self.effects.timer(run.retry_at, self._retries_due, (run.run_id, run.attempt))
         else:
             self._make_ready(run, now)
-            self._record(run, "queued", now, detail={"retry": True})
+            self.effects.record(run, "queued", now, detail={"retry": True})
 
     def _finish(self, run: Run, status: RunStatus, now: float) -> None:
         run.status = status
@@ -967,103 +746,25 @@ class QueueActor(Actor):
         self.durable.remove(run.run_id)
         run.finished_at = now
         run.deadline = None
-        self._save(run)
+        self.effects.save(run)
         del self.runs[run.run_id]
         if run.input_json is not None:
             self.cached_bytes -= _cached_size(run)
-        if run.workflow_run_id is not None:
-            assert run.step is not None
-            self._steps_ended.append(
-                (
-                    run.workflow_run_id,
-                    run.step,
-                    status,
-                    run.output_json,
-                    run.error_json,
-                    run.worker_id,
-                )
-            )
-        if self.runs_ended is not None and (
-            self.observe_all or status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
-        ):
-            self._ended.append(_ended(run))
+        self.effects.run_finished(run, now)
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
-        self._finished_now.append(
-            RunEnd(
-                run.run_id,
-                status,
-                run.attempt,
-                run.started_at,
-                now,
-                run.output_json,
-                run.error_json,
-            )
-        )
-
-    # The run's row holds the timeline of its current attempt (created, assigned, started,
-    # finished, outcome): the usual transitions cost no event rows. Events are written for what
-    # the row cannot hold: an attempt's outcome before the run moves on to another attempt, and
-    # the rarer happenings (retry scheduled, timeout refreshed, reattached, replayed).
-
-    def _save(self, run: Run) -> None:
-        """Persist the run's current state (the latest state in a batch wins)."""
-        self._states[run.run_id] = run  # its row is taken when the message is done
-        if self.runs_changed is not None:
-            self._changed[run.run_id] = RunChanged(
-                self.tenant_id, run.run_id, run.task, run.status.value, run.attempt, run.worker_id
-            )
-
-    def _record(
-        self, run: Run, event: str, now: float, detail: dict[str, Any] | None = None
-    ) -> None:
-        """Persist the run's current state and one event of its history."""
-        self._save(run)
-        self._events.append(
-            run_event_row(
-                tenant_id=run.tenant_id,
-                run_id=run.run_id,
-                at=now,
-                attempt=run.attempt,
-                type=event,
-                worker_id=run.worker_id,
-                detail=detail,
-            )
-        )
-
-    def _attempt_ended(self, run: Run, outcome: RunStatus) -> None:
-        """Keep the timeline of an attempt the run is about to leave behind."""
-        assert run.finished_at is not None
-        error = orjson.loads(run.error_json) if run.error_json else None
-        self._events.append(
-            run_event_row(
-                tenant_id=run.tenant_id,
-                run_id=run.run_id,
-                at=run.finished_at,
-                attempt=run.attempt,
-                type=outcome.value,
-                worker_id=run.worker_id,
-                detail={
-                    "error": error,
-                    "assigned_at": run.assigned_at,
-                    "started_at": run.started_at,
-                },
-            )
-        )
-
-    def _timer(self, at: float, handler: Callable[[list[Any]], Any], item: Any) -> None:
-        self._timers.append((at, self, handler, item))
 
     def _deadline_timer(self, run: Run) -> None:
         """The execution timeout of the run's current attempt (at its current deadline)."""
         assert run.deadline is not None
-        self._timer(run.deadline, self._execution_timeouts, (run.run_id, run.attempt, run.deadline))
+        self.effects.timer(
+            run.deadline, self._execution_timeouts, (run.run_id, run.attempt, run.deadline)
+        )
 
     def after_message(self) -> None:
-        """Assign what the message made assignable (see _schedule_dispatch), then hand what it
-        decided to the persister and the timers; acks and finish notices wait for all of it to
-        commit."""
+        """Assign what the message made assignable (see _schedule_dispatch), then hand on what
+        it decided (see QueueEffects)."""
         for _ in range(3):  # a decision may make another possible (a run refused, say)
             if not self._dispatch_pending or not self._mailbox.empty():
                 break
@@ -1071,75 +772,7 @@ class QueueActor(Actor):
         if self._dispatch_pending and not self._dispatch_told:
             self._dispatch_told = True
             self.tell(self._dispatch_due)
-        if self._states or self._events or self._logs:
-            # States nobody waits for (assignments, starts, retries) may be held a moment:
-            # under load most are replaced by the run's end before they are written.
-            awaited = bool(
-                self._acks
-                or self._finished_now
-                or self._recorded
-                or self._resuming
-                or self._durable_rows
-                or self.runs_changed is not None
-            )
-            self.persister.write(
-                [run_state_row(run) for run in self._states.values()],
-                self._events,
-                self._logs,
-                may_wait=not awaited,
-            )
-            self._states, self._events, self._logs = {}, [], []
-        if self._durable_rows:
-            self.persister.durable(self._durable_rows)
-            self._durable_rows = []
-        if self._resuming:
-            resuming, self._resuming = self._resuming, []
-            self.persister.barrier().add_done_callback(
-                lambda done: (
-                    None
-                    if done.cancelled() or done.exception() is not None
-                    else self._post(self._resume, resuming)
-                )
-            )
-        if self.limiter.dirty:  # written behind, with (or after) the assignments that took them
-            self.persister.rate_usage(self.tenant_id, self.limiter.take_dirty())
-        if self._timers:
-            self.timers.schedule_many(self._timers)
-            self._timers = []
-        if self._steps_ended:  # after the write above: what follows from it is written later
-            self.steps_ended(self.tenant_id, self._steps_ended)
-            self._steps_ended = []
-        if self._changed and self.runs_changed is not None:
-            changed, self._changed = list(self._changed.values()), {}
-            report, tenant = self.runs_changed, self.tenant_id
-
-            def written(done: asyncio.Future[None]) -> None:
-                if not done.cancelled() and done.exception() is None:
-                    report(tenant, changed)
-
-            self.persister.barrier().add_done_callback(written)
-        if not self._acks and not self._finished_now and not self._recorded:
-            return
-        acks, self._acks = self._acks, {}
-        recorded, self._recorded = self._recorded, {}
-        finished, self._finished_now = self._finished_now, []
-        ended, self._ended = self._ended, []
-        tenant_id = self.tenant_id
-        runs_ended = self.runs_ended
-
-        def committed(barrier: asyncio.Future[None]) -> None:
-            if barrier.cancelled() or barrier.exception() is not None:
-                return  # not written: no acks, so workers re-send
-            for session, refs in acks.items():
-                session.send(ack_json(refs))
-            for session, notices in recorded.items():
-                session.send_many(notices)
-            if finished:
-                self.waiters.finished(tenant_id, finished)
-            if ended and runs_ended is not None:
-                runs_ended(tenant_id, ended)
-
-        self.persister.barrier().add_done_callback(committed)
+        self.effects.flush()
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -1166,7 +799,7 @@ class QueueActor(Actor):
             self._finish(run, RunStatus.TIMED_OUT, now)
         self._expiry_armed = expiries[0][0] if expiries else None
         if self._expiry_armed is not None:
-            self._timer(self._expiry_armed, self._schedule_timeouts, self._expiry_armed)
+            self.effects.timer(self._expiry_armed, self._schedule_timeouts, self._expiry_armed)
 
     def _execution_timeouts(self, items: list[tuple[uuid.UUID, int, float]]) -> None:
         now = self.clock()
@@ -1205,7 +838,7 @@ class QueueActor(Actor):
                 and not run.ready
             ):
                 self._make_ready(run, now)
-                self._record(run, "queued", now, detail={"retry": True})
+                self.effects.record(run, "queued", now, detail={"retry": True})
         self._schedule_dispatch()
 
     # -- requests from the API -------------------------------------------------------------------
@@ -1233,7 +866,7 @@ class QueueActor(Actor):
         if run.run_id in self.runs:
             raise Conflict(f"run {run.run_id} is not finished; only finished runs can be replayed")
         now = self.clock()
-        self._attempt_ended(run, run.status)
+        self.effects.attempt_ended(run, run.status)
         run.attempt += 1
         run.output_json = run.error_json = None
         run.worker_id = None
@@ -1241,13 +874,13 @@ class QueueActor(Actor):
         self.runs[run.run_id] = run
         self.finished.pop(run.run_id, None)
         self._make_ready(run, now, arriving=True)
-        self._record(run, "replayed", now)
+        self.effects.record(run, "replayed", now)
         self._schedule_dispatch()
 
     def waiting_reason(self, run_id: uuid.UUID) -> str | None:
-        wait = self.durable.waits.get(run_id)
-        if wait is not None:
-            return wait.describe()
+        waiting = self.durable.describe(run_id)
+        if waiting is not None:
+            return waiting
         run = self.runs.get(run_id)
         if run is None:
             return None
