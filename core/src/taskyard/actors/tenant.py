@@ -25,8 +25,8 @@ from taskyard.actors.base import Actor
 from taskyard.actors.waiters import RunEnd, RunWaiters
 from taskyard.domain.dag import Create, Decision, Finish, Release, StepState, WorkflowRun
 from taskyard.domain.dispatch import Dispatcher
-from taskyard.domain.events import EventIndex, PushedEvent
-from taskyard.domain.expressions import ExpressionError, holds
+from taskyard.domain.events import EventIndex, PushedEvent, matches
+from taskyard.domain.expressions import ExpressionError
 from taskyard.domain.flow import Flow, flow_for, keys_for
 from taskyard.domain.notices import RunEnded
 from taskyard.domain.runs import WORKFLOW_QUEUE, Run, error_json, options_json
@@ -205,29 +205,14 @@ class TenantActor(Actor):
         routed = []
         for event in events:
             triggered = []
+            names = {"key": event.key}
             for workflow in self.latest.values():
                 definition = workflow.definition
-                if not any(key_matches(p, event.key) for p in definition.on_events):
+                pattern = next((p for p in definition.on_events if key_matches(p, event.key)), None)
+                if pattern is None or not matches(
+                    event, pattern, definition.event_filter, names, f"workflow {workflow.name!r}"
+                ):
                     continue
-                if definition.event_filter is not None:
-                    try:
-                        if not holds(
-                            definition.event_filter,
-                            {
-                                "payload": event.payload,
-                                "metadata": event.metadata,
-                                "key": event.key,
-                            },
-                        ):
-                            continue
-                    except ExpressionError as exc:
-                        log.warning(
-                            "event %s does not trigger workflow %r: %s",
-                            event.event_id,
-                            workflow.name,
-                            exc,
-                        )
-                        continue
                 triggered.append(workflow)
             routed.append(triggered)
         return routed
@@ -251,28 +236,15 @@ class TenantActor(Actor):
         step = run.workflow.step(name)
         assert step is not None
         matched = False
+        names, subject = {"input": run.input}, f"step {name!r} of run {run_id}"
         for event in events:
             if event.created_at < run.created_at:
                 continue  # only events since the workflow run started count
             for leaf, condition in step.events:
-                if leaf in state.matched or not key_matches(condition.key, event.key):
+                if leaf in state.matched or not matches(
+                    event, condition.key, condition.filter, names, subject
+                ):
                     continue
-                if condition.filter is not None:
-                    try:
-                        if not holds(
-                            condition.filter,
-                            {
-                                "payload": event.payload,
-                                "metadata": event.metadata,
-                                "input": run.input,
-                            },
-                        ):
-                            continue
-                    except ExpressionError as exc:
-                        log.warning(
-                            "event %s and step %r of run %s: %s", event.event_id, name, run_id, exc
-                        )
-                        continue
                 state.matched.add(leaf)
                 matched = True
         return matched

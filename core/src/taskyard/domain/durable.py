@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from taskyard.domain.events import EventIndex, PushedEvent
-from taskyard.domain.expressions import ExpressionError, holds
-from taskyard.domain.workflows import key_matches
+from taskyard.domain.events import EventIndex, PushedEvent, matches
 from taskyard_sdk.protocol import WaitSpec
 
 
@@ -82,22 +80,11 @@ class DurableWait:
         ):
             return False  # only events between the wait's start and its timeout count
         matched = False
+        names = {"input": self.spec.input}
         for index, wanted in enumerate(self.spec.events):
-            if index in self.matched or not key_matches(wanted.key, event.key):
+            # An event this filter cannot read does not match.
+            if index in self.matched or not matches(event, wanted.key, wanted.filter, names):
                 continue
-            if wanted.filter is not None:
-                try:
-                    if not holds(
-                        wanted.filter,
-                        {
-                            "payload": event.payload,
-                            "metadata": event.metadata,
-                            "input": self.spec.input,
-                        },
-                    ):
-                        continue
-                except ExpressionError:
-                    continue  # an event this filter cannot read does not match
             self.matched[index] = event.payload
             matched = True
         return matched

@@ -1,16 +1,20 @@
-"""Pushed events as routing and waits see them, and the one index from key patterns to the things
-that wait for them (a workflow's waiting steps, a queue's durable waits)."""
+"""Pushed events as routing and waits see them, the one test of whether an event is the one
+something waits for (`matches`), and the one index from key patterns to the things that wait for
+them (a workflow's waiting steps, a queue's durable waits)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from taskyard.domain.expressions import ExpressionError, holds
 from taskyard.domain.workflows import key_matches
 
 W = TypeVar("W", bound=Hashable)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,29 @@ class PushedEvent:
     payload: Any
     metadata: dict[str, str]
     created_at: float
+
+
+def matches(
+    event: PushedEvent,
+    pattern: str,
+    filter: str | None,
+    names: dict[str, Any],
+    subject: str | None = None,
+) -> bool:
+    """Whether the event's key matches `pattern` and the CEL `filter`, if any, holds for its
+    `payload` and `metadata` beside `names` (what else the filter may read). A filter that cannot
+    be evaluated on this event does not match; with a `subject` (what the filter belongs to) the
+    reason is logged."""
+    if not key_matches(pattern, event.key):
+        return False
+    if filter is None:
+        return True
+    try:
+        return holds(filter, {"payload": event.payload, "metadata": event.metadata, **names})
+    except ExpressionError as exc:
+        if subject is not None:
+            log.warning("event %s does not match %s: %s", event.event_id, subject, exc)
+        return False
 
 
 class EventIndex(Generic[W]):
