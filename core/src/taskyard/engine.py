@@ -47,19 +47,16 @@ from taskyard.services import Services
 from taskyard.services.alerts import AlertRules
 from taskyard.services.tokens import Tokens
 from taskyard.store.alerts import AlertRuleRepository
+from taskyard.store.batch import register_node
 from taskyard.store.db import TRANSIENT_ERRORS, create_pool
 from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.store.events import EventRepository
 from taskyard.store.migrator import MigrationError, migrate, pending_migrations
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
-from taskyard.store.repository import (
-    Repository,
-    RunRepository,
-    TenantExists,
-    register_node,
-)
+from taskyard.store.runs import RunRepository
 from taskyard.store.schedules import ScheduleRepository
+from taskyard.store.tenants import TenantExists, TenantRepository
 from taskyard.store.token_cache import TokenCache
 from taskyard.store.workflows import WorkflowRepository
 from taskyard_sdk.models import EventRequest, WorkflowDefinition
@@ -93,7 +90,7 @@ class Engine:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._plugins: Plugins | None = None
-        self.repository: Repository
+        self.repository: TenantRepository
         self.node_id = uuid.uuid4()
         self._persister: Persister | None = None
         self._services: Services | None = None
@@ -150,7 +147,7 @@ class Engine:
                     f"the database lacks migrations {', '.join(pending)}; run "
                     f"`taskyard migrate` or start without --no-migrate"
                 )
-        self.repository = Repository(self._pool)
+        self.repository = TenantRepository(self._pool)
         self._token_cache = TokenCache(
             self.repository,
             self.database_url,

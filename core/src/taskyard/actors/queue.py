@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from taskyard.domain.events import PushedEvent
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
-    from taskyard.store.repository import RunRepository
     from taskyard.store.rows import Row
+    from taskyard.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import uuid
 
 from taskyard.errors import NotFound
 from taskyard.store.events import EventRepository
-from taskyard.store.repository import RunRepository
+from taskyard.store.runs import RunRepository
 from taskyard.store.workflows import StoredWorkflow, WorkflowRepository
 from taskyard_sdk.models import EventView, LogLine, RunEvent
 

@@ -48,8 +48,8 @@ from taskyard.services.views import TaskInfo, WorkerInfo
 from taskyard.store.events import EventRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
-from taskyard.store.repository import RunRepository
 from taskyard.store.rows import new_run_row, pushed_event_row
+from taskyard.store.runs import RunRepository
 from taskyard.store.schedules import Schedule, ScheduleRepository
 from taskyard.store.workflows import StoredWorkflow, WorkflowRepository
 from taskyard_sdk.models import (

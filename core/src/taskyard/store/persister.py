@@ -47,14 +47,14 @@ from typing import Any
 import asyncpg
 
 from taskyard.domain.rate_limits import Usage
-from taskyard.store.db import TRANSIENT_ERRORS
-from taskyard.store.repository import (
+from taskyard.store.batch import (
     Inserted,
     WriteBatch,
     batch_committed,
     write_batch,
     written_before,
 )
+from taskyard.store.db import TRANSIENT_ERRORS
 from taskyard.store.rows import DURABLE_ENTRY, NEW_RUN, RATE_USAGE, RUN_STATE, Row, rate_usage_row
 
 log = logging.getLogger(__name__)
