@@ -14,6 +14,7 @@ import orjson
 
 from taskyard.domain.flow import Flow
 from taskyard.domain.runs import EMPTY_METADATA, Run, SharedOptions
+from taskyard.store.filters import Filters
 from taskyard.store.run_history import attempts, history
 from taskyard_sdk.models import (
     LogLine,
@@ -270,31 +271,16 @@ class RunRepository:
         limit: int,
     ) -> list[dict[str, Any]]:
         """Newest first. `before` is the cursor: the last run_id of the previous page."""
-        clauses = ["tenant_id = $1"]
-        args: list[object] = [tenant_id]
-
-        def arg(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if statuses:
-            clauses.append(f"status = ANY({arg(statuses)}::text[])")
-        if tasks:
-            clauses.append(f"task = ANY({arg(tasks)}::text[])")
+        filters = Filters(tenant_id)
+        filters.any_of("status", statuses)
+        filters.any_of("task", tasks)
         if since is not None:
-            clauses.append(f"run_id >= {arg(_uuid7_bound(since, upper=False))}")
-            clauses.append(f"created_at >= {arg(since)}")
+            filters.add("run_id >= {}", _uuid7_bound(since, upper=False))
         if until is not None:
-            clauses.append(f"run_id <= {arg(_uuid7_bound(until, upper=True))}")
-            clauses.append(f"created_at < {arg(until)}")
-        if metadata:
-            clauses.append(f"metadata @> {arg(metadata)}::jsonb")
-        if before is not None:
-            clauses.append(f"run_id < {arg(before)}")
-        query = (
-            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
-            f"ORDER BY run_id DESC LIMIT {arg(limit)}"
-        )
+            filters.add("run_id <= {}", _uuid7_bound(until, upper=True))
+        filters.created(since, until)
+        filters.metadata(metadata)
+        query, args = filters.page(f"SELECT {_SUMMARY_COLUMNS} FROM runs", "run_id", before, limit)
         rows = await self.pool.fetch(query, *args)
         return [dict(row) for row in rows]  # the shape of RunSummary
 
