@@ -177,14 +177,13 @@ class Engine:
         for provided in await self._plugins.call("taskyard_actions"):
             for action in provided:
                 self.actions[action.name] = action
-        runs = RunRepository(self._pool, SharedOptions())
         self._services = Services(
             persister=self._persister,
-            runs=runs,
-            workflows=WorkflowRepository(self._pool),
-            events=EventRepository(self._pool),
-            rate_limits=RateLimitRepository(self._pool),
-            schedules=ScheduleRepository(self._pool),
+            run_repository=RunRepository(self._pool, SharedOptions()),
+            workflow_repository=WorkflowRepository(self._pool),
+            event_repository=EventRepository(self._pool),
+            rate_limit_repository=RateLimitRepository(self._pool),
+            schedule_repository=ScheduleRepository(self._pool),
             settings=self.settings,
             timers=self._timers,
             tokens=Tokens(self.repository, self._token_cache),
@@ -389,7 +388,7 @@ class Engine:
                 f"no tenant named {tenant!r} (files in a folder belong to the "
                 f"tenant the folder names)"
             )
-        await self.services.register_workflow(found.tenant_id, definition)
+        await self.services.workflows.register(found.tenant_id, definition)
 
     async def push_event(
         self, tenant: str, key: str, payload: Any, metadata: dict[str, str] | None = None
@@ -402,7 +401,7 @@ class Engine:
             request = EventRequest(key=key, payload=payload, metadata=metadata or {})
         except ValidationError as exc:
             raise Unprocessable(f"event: {exc.errors()[0]['msg']}") from None
-        [view] = await self.services.push_events(found.tenant_id, [request])
+        [view] = await self.services.events.push(found.tenant_id, [request])
         return PushedEvent(view.event_id, list(view.triggered))
 
     def _runs_changed(self, tenant_id: uuid.UUID, changes: list[RunChanged]) -> None:
