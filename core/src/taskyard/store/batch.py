@@ -30,6 +30,18 @@ from taskyard.store.batch_sql import (
 )
 from taskyard.store.rows import NEW_RUN, RATE_USAGE, Row
 
+# The kinds of rows a batch holds (its fields), in the order a batch is halved.
+_KINDS = (
+    "new_runs",
+    "run_states",
+    "events",
+    "logs",
+    "definitions",
+    "pushed_events",
+    "rate_usage",
+    "durable",
+)
+
 
 @dataclass(slots=True)
 class WriteBatch:
@@ -47,6 +59,10 @@ class WriteBatch:
     # DURABLE_ENTRY rows by (tenant_id, run_id, position)
     durable: dict[tuple[uuid.UUID, uuid.UUID, int], Row] = field(default_factory=dict)
 
+    @classmethod
+    def empty(cls) -> WriteBatch:
+        return cls(uuid.uuid4(), [], {}, [], [], {})
+
     def __len__(self) -> int:
         return (
             len(self.new_runs)
@@ -62,19 +78,18 @@ class WriteBatch:
     def halves(self) -> tuple[WriteBatch, WriteBatch]:
         """The rows in two batches of about half each (in order; new ids): to find, by
         halving, the rows Postgres refuses in a batch it refuses."""
-        kinds = [
-            ("new_runs", self.new_runs),
-            ("run_states", list(self.run_states.items())),
-            ("events", self.events),
-            ("logs", self.logs),
-            ("definitions", list(self.definitions.items())),
-            ("pushed_events", self.pushed_events),
-            ("rate_usage", list(self.rate_usage.items())),
-            ("durable", list(self.durable.items())),
-        ]
-        rows = [(kind, row) for kind, items in kinds for row in items]
+        rows = [(kind, row) for kind in _KINDS for row in _rows_of(getattr(self, kind))]
         middle = len(rows) // 2
         return _batch_of(rows[:middle]), _batch_of(rows[middle:])
+
+    def describe(self) -> str:
+        """Which row a one-row batch holds, for the log (its kind and the ids it starts with)."""
+        for kind in _KINDS:
+            held = getattr(self, kind)
+            if held:
+                row = next(iter(held.values() if isinstance(held, dict) else held))
+                return f"{kind} {tuple(row[:2])}"  # every kind starts with the tenant and an id
+        return "nothing"
 
     def merge(self, later: WriteBatch) -> None:
         self.new_runs.extend(later.new_runs)
@@ -87,8 +102,13 @@ class WriteBatch:
         self.durable.update(later.durable)
 
 
+def _rows_of(held: list[Row] | dict[Any, Row]) -> list[Any]:
+    """A kind's rows: a list's own, a dict's as (key, row)."""
+    return list(held.items()) if isinstance(held, dict) else held
+
+
 def _batch_of(rows: list[tuple[str, Any]]) -> WriteBatch:
-    batch = WriteBatch(uuid.uuid4(), [], {}, [], [], {})
+    batch = WriteBatch.empty()
     for kind, row in rows:
         held = getattr(batch, kind)
         if isinstance(held, dict):
