@@ -11,16 +11,16 @@ import asyncpg
 import pytest
 
 from taskyard.ids import new_id
-from taskyard.store import repository
-from taskyard.store.db import create_pool
-from taskyard.store.persister import Persister
-from taskyard.store.repository import (
+from taskyard.store import batch_sql
+from taskyard.store.batch import (
     WriteBatch,
     batch_committed,
     register_node,
     write_batch,
     written_before,
 )
+from taskyard.store.db import create_pool
+from taskyard.store.persister import Persister
 from taskyard.store.rows import (
     durable_entry_row,
     new_run_row,
@@ -426,12 +426,12 @@ async def test_run_states_are_written_through_the_primary_key(pool: asyncpg.Pool
     """The plan Postgres caches for the prepared state write, on a runs table that grew since it
     was last analysed: a seq scan of it would cost milliseconds per flush (it did, once)."""
     async with pool.acquire() as conn:
-        await conn.fetch(repository._INSERT_RUNS, [new_run(new_id()) for _ in range(5000)])
+        await conn.fetch(batch_sql.INSERT_RUNS, [new_run(new_id()) for _ in range(5000)])
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         plan = "\n".join(
             row[0]
             for row in await conn.fetch(
-                "EXPLAIN " + repository._UPDATE_RUNS, [state(new_id(), "running")]
+                "EXPLAIN " + batch_sql.UPDATE_RUNS, [state(new_id(), "running")]
             )
         )
         await conn.execute("RESET plan_cache_mode")

@@ -15,7 +15,7 @@ import pytest
 from taskyard.domain.auth import Role
 from taskyard.engine import Engine
 from taskyard.store.db import create_pool
-from taskyard.store.repository import Repository
+from taskyard.store.tenants import TenantRepository
 from taskyard.store.token_cache import TokenCache
 from taskyard.testing import clean_env
 from taskyard_sdk import RunStatus, Taskyard, WorkerStopped
@@ -106,7 +106,7 @@ async def test_entries_expire_after_their_ttl(
     """Belt and braces: even a revocation no engine was told of ends at the TTL."""
     pool = await create_pool(db_url)
     now = [1000.0]
-    cache = TokenCache(Repository(pool), db_url, ttl=30.0, clock=lambda: now[0])
+    cache = TokenCache(TenantRepository(pool), db_url, ttl=30.0, clock=lambda: now[0])
     await cache.start()
     try:
         _, secret = await engine.repository.create_token(tenant.tenant_id, Role.CLIENT)
@@ -129,7 +129,7 @@ async def test_entries_expire_after_their_ttl(
 
 async def test_unknown_tokens_are_bounded(db_url: str) -> None:
     pool = await create_pool(db_url)
-    cache = TokenCache(Repository(pool), db_url, max_entries=100)
+    cache = TokenCache(TenantRepository(pool), db_url, max_entries=100)
     await cache.start()
     try:
         for _ in range(300):
@@ -146,7 +146,7 @@ async def test_a_database_without_notifications_still_authenticates(
     """With no listener at all (it cannot connect), every request is looked up: correct, just
     slower."""
     pool = await create_pool(db_url)
-    cache = TokenCache(Repository(pool), "postgresql://postgres@127.0.0.1:1/nowhere")
+    cache = TokenCache(TenantRepository(pool), "postgresql://postgres@127.0.0.1:1/nowhere")
     await cache.start()
     try:
         _, secret = await engine.repository.create_token(tenant.tenant_id, Role.CLIENT)

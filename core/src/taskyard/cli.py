@@ -26,7 +26,7 @@ from taskyard.domain.auth import Role
 if TYPE_CHECKING:
     import asyncpg
 
-    from taskyard.store.repository import Repository
+    from taskyard.store.tenants import TenantRepository
 
 # The engine's own modules are imported by the commands that use them: the operator commands
 # need only the SDK, and start in a fraction of the time.
@@ -42,7 +42,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from taskyard.store.db import DatabaseUnavailable
     from taskyard.store.embedded import EmbeddedPostgresError
     from taskyard.store.migrator import MigrationError
-    from taskyard.store.repository import TenantExists
+    from taskyard.store.tenants import TenantExists
 
     return (
         MigrationError,
@@ -240,16 +240,16 @@ async def _database(
             await asyncio.to_thread(embedded.stop)
 
 
-async def _repository(pool: asyncpg.Pool) -> Repository:
+async def _repository(pool: asyncpg.Pool) -> TenantRepository:
     from taskyard.store.migrator import MigrationError, pending_migrations
-    from taskyard.store.repository import Repository
+    from taskyard.store.tenants import TenantRepository
 
     async with pool.acquire() as conn:
         if pending := await pending_migrations(conn):
             raise MigrationError(
                 f"the database lacks migrations {', '.join(pending)}; run `taskyard migrate` first"
             )
-    return Repository(pool)
+    return TenantRepository(pool)
 
 
 @main.command("migrate")

@@ -47,19 +47,16 @@ from taskyard.services import Services
 from taskyard.services.alerts import AlertRules
 from taskyard.services.tokens import Tokens
 from taskyard.store.alerts import AlertRuleRepository
+from taskyard.store.batch import register_node
 from taskyard.store.db import TRANSIENT_ERRORS, create_pool
 from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.store.events import EventRepository
 from taskyard.store.migrator import MigrationError, migrate, pending_migrations
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
-from taskyard.store.repository import (
-    Repository,
-    RunRepository,
-    TenantExists,
-    register_node,
-)
+from taskyard.store.runs import RunRepository
 from taskyard.store.schedules import ScheduleRepository
+from taskyard.store.tenants import TenantExists, TenantRepository
 from taskyard.store.token_cache import TokenCache
 from taskyard.store.workflows import WorkflowRepository
 from taskyard_sdk.models import EventRequest, WorkflowDefinition
@@ -93,7 +90,7 @@ class Engine:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._plugins: Plugins | None = None
-        self.repository: Repository
+        self.repository: TenantRepository
         self.node_id = uuid.uuid4()
         self._persister: Persister | None = None
         self._services: Services | None = None
@@ -150,7 +147,7 @@ class Engine:
                     f"the database lacks migrations {', '.join(pending)}; run "
                     f"`taskyard migrate` or start without --no-migrate"
                 )
-        self.repository = Repository(self._pool)
+        self.repository = TenantRepository(self._pool)
         self._token_cache = TokenCache(
             self.repository,
             self.database_url,
@@ -180,14 +177,13 @@ class Engine:
         for provided in await self._plugins.call("taskyard_actions"):
             for action in provided:
                 self.actions[action.name] = action
-        runs = RunRepository(self._pool, SharedOptions())
         self._services = Services(
             persister=self._persister,
-            runs=runs,
-            workflows=WorkflowRepository(self._pool),
-            events=EventRepository(self._pool),
-            rate_limits=RateLimitRepository(self._pool),
-            schedules=ScheduleRepository(self._pool),
+            run_repository=RunRepository(self._pool, SharedOptions()),
+            workflow_repository=WorkflowRepository(self._pool),
+            event_repository=EventRepository(self._pool),
+            rate_limit_repository=RateLimitRepository(self._pool),
+            schedule_repository=ScheduleRepository(self._pool),
             settings=self.settings,
             timers=self._timers,
             tokens=Tokens(self.repository, self._token_cache),
@@ -392,7 +388,7 @@ class Engine:
                 f"no tenant named {tenant!r} (files in a folder belong to the "
                 f"tenant the folder names)"
             )
-        await self.services.register_workflow(found.tenant_id, definition)
+        await self.services.workflows.register(found.tenant_id, definition)
 
     async def push_event(
         self, tenant: str, key: str, payload: Any, metadata: dict[str, str] | None = None
@@ -405,7 +401,7 @@ class Engine:
             request = EventRequest(key=key, payload=payload, metadata=metadata or {})
         except ValidationError as exc:
             raise Unprocessable(f"event: {exc.errors()[0]['msg']}") from None
-        [view] = await self.services.push_events(found.tenant_id, [request])
+        [view] = await self.services.events.push(found.tenant_id, [request])
         return PushedEvent(view.event_id, list(view.triggered))
 
     def _runs_changed(self, tenant_id: uuid.UUID, changes: list[RunChanged]) -> None:

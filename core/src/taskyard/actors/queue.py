@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from taskyard.actors.base import Actor
 from taskyard.actors.frames import Assignment, assign_json
 from taskyard.actors.queue_durable import DurableRuns, bad_filter
-from taskyard.actors.queue_effects import QueueEffects, StepEnded, StepsEnded
+from taskyard.actors.queue_effects import QueueEffects, StepsEnded
 from taskyard.domain.dispatch import Connection, Dispatcher, Refusal, WorkerSlots
 from taskyard.domain.runs import Run, error_json, json_bytes, retry_delay
 from taskyard.errors import Conflict
@@ -46,9 +46,7 @@ if TYPE_CHECKING:
     from taskyard.domain.notices import RunChanged, RunEnded
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
-    from taskyard.store.repository import RunRepository
-
-__all__ = ["QueueActor", "StepEnded"]  # StepEnded: what tenants hear of their steps
+    from taskyard.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
 

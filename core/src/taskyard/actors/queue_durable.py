@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from taskyard.domain.dispatch import Connection
     from taskyard.domain.events import PushedEvent
     from taskyard.store.events import EventRepository
-    from taskyard.store.repository import RunRepository
+    from taskyard.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

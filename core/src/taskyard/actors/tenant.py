@@ -32,18 +32,18 @@ from taskyard.domain.notices import RunEnded
 from taskyard.domain.runs import WORKFLOW_QUEUE, Run, error_json, options_json
 from taskyard.domain.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
 from taskyard.errors import Conflict, Unprocessable
-from taskyard.store.repository import Inserted
+from taskyard.store.batch import Inserted
 from taskyard.store.rows import new_run_row, owned_state_row
 from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
 
 if TYPE_CHECKING:
-    from taskyard.actors.queue import StepEnded
+    from taskyard.actors.queue_effects import StepEnded
     from taskyard.actors.timers import Timers
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
-    from taskyard.store.repository import RunRepository
     from taskyard.store.rows import Row
+    from taskyard.store.runs import RunRepository
     from taskyard.store.workflows import ActiveWorkflowRun, WorkflowRepository
 
 log = logging.getLogger(__name__)

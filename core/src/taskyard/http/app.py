@@ -54,4 +54,4 @@ def build_app(engine: Host, plugin_routers: Sequence[Router] = ()) -> web.Applic
 
 async def _disconnect_workers(app: web.Application) -> None:
     """Worker websockets live until closed: close them so shutdown does not wait on them."""
-    await app[ENGINE].services.disconnect_workers()
+    await app[ENGINE].services.workers.disconnect()

@@ -45,7 +45,7 @@ async def push_event(call: Call[EventRequest]) -> EventView:
     whose `event_filter` holds) and wakes the steps waiting for it. `triggered` lists the
     workflow runs it started; an event that triggers nothing is still stored."""
     engine = call.request.app[ENGINE]
-    [view] = await engine.services.push_events(call.principal.tenant_id, [call.body])
+    [view] = await engine.services.events.push(call.principal.tenant_id, [call.body])
     return view
 
 
@@ -59,7 +59,7 @@ async def push_event(call: Call[EventRequest]) -> EventView:
 async def push_events(call: Call[BatchEventRequest]) -> BatchEventResponse:
     """Push many events in one request (and one transaction)."""
     engine = call.request.app[ENGINE]
-    views = await engine.services.push_events(call.principal.tenant_id, call.body.events)
+    views = await engine.services.events.push(call.principal.tenant_id, call.body.events)
     return BatchEventResponse(events=views)
 
 
@@ -93,4 +93,4 @@ async def replay_event(call: Call[None]) -> EventView:
     """Push a stored event again (a new event with `replay_of` set): it triggers and wakes as
     if it were new."""
     engine = call.request.app[ENGINE]
-    return await engine.services.replay_event(call.principal.tenant_id, call.path_uuid("event_id"))
+    return await engine.services.events.replay(call.principal.tenant_id, call.path_uuid("event_id"))

@@ -44,7 +44,7 @@ async def put_rate_limit(call: Call[RateLimitRequest]) -> RateLimitView:
     `RateLimit(key=...)`. Runs waiting for it are decided again at once."""
     key = call.path["key"]
     engine = call.request.app[ENGINE]
-    await engine.services.put_rate_limit(
+    await engine.services.rate_limits.put(
         call.principal.tenant_id, key, call.body.limit, call.body.duration
     )
     return await _get(call, key)
@@ -55,7 +55,7 @@ async def list_rate_limits(call: Call[None]) -> RateLimitList:
     """Named limits, and the buckets of dynamic keys that have units taken, with what is left
     in their current window."""
     engine = call.request.app[ENGINE]
-    usage = await engine.services.rate_limit_usage(call.principal.tenant_id)
+    usage = await engine.services.rate_limits.usage(call.principal.tenant_id)
     return RateLimitList(rate_limits=[_view(u) for u in usage])
 
 
@@ -68,12 +68,12 @@ async def get_rate_limit(call: Call[None]) -> RateLimitView:
 async def delete_rate_limit(call: Call[None]) -> None:
     """Remove a named limit: runs that still wait for it fail, as new ones naming it do."""
     engine = call.request.app[ENGINE]
-    await engine.services.delete_rate_limit(call.principal.tenant_id, call.path["key"])
+    await engine.services.rate_limits.delete(call.principal.tenant_id, call.path["key"])
 
 
 async def _get(call: Call[Any], key: str) -> RateLimitView:
     engine = call.request.app[ENGINE]
-    usage = await engine.services.rate_limit_usage(call.principal.tenant_id)
+    usage = await engine.services.rate_limits.usage(call.principal.tenant_id)
     for bucket in usage:
         if bucket.key == key:
             return _view(bucket)

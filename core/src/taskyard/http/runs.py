@@ -131,7 +131,7 @@ async def trigger(call: Call[TriggerRequest]) -> WithStatus | RunRef:
     [ref] = await tell_replays(
         call,
         [call.body.input],
-        await engine.services.trigger(call.principal.tenant_id, [call.body]),
+        await engine.services.runs.trigger(call.principal.tenant_id, [call.body]),
     )
     if not ref.created:
         return WithStatus(200, ref)
@@ -149,7 +149,7 @@ async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse
     """Trigger many runs in one request (and one transaction); runs an idempotency key found
     are answered as by `POST /api/v1/runs`, with `idempotent_replay`."""
     engine = call.request.app[ENGINE]
-    refs = await engine.services.trigger(
+    refs = await engine.services.runs.trigger(
         call.principal.tenant_id, call.body.runs, call.body.options
     )
     return BatchTriggerResponse(
@@ -182,7 +182,7 @@ async def list_runs(call: Call[None]) -> Document:
 async def wait_runs(call: Call[WaitRequest]) -> Document:
     """Wait (up to `timeout` seconds) until the given runs have finished."""
     engine = call.request.app[ENGINE]
-    finished, pending = await engine.services.wait(
+    finished, pending = await engine.services.runs.wait(
         call.principal.tenant_id, call.body.run_ids, call.body.timeout
     )
     return Document({"runs": finished, "pending": pending})
@@ -192,7 +192,7 @@ async def wait_runs(call: Call[WaitRequest]) -> Document:
 async def get_run(call: Call[None]) -> RunView:
     """A run: status, attempts with their timings, output or error."""
     engine = call.request.app[ENGINE]
-    return await engine.services.view(call.principal.tenant_id, call.path_uuid("run_id"))
+    return await engine.services.runs.view(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
 @router.get("/api/v1/runs/{run_id}/result", roles=ANY_ROLE, query=ResultQuery, response=RunView)
@@ -200,7 +200,7 @@ async def run_result(call: Call[None]) -> RunView:
     """Long-poll: answers once the run has finished, or after `timeout` seconds with its
     current state."""
     engine = call.request.app[ENGINE]
-    return await engine.services.result(
+    return await engine.services.runs.result(
         call.principal.tenant_id, call.path_uuid("run_id"), call.query.timeout
     )
 
@@ -219,7 +219,7 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     try:
-        statuses = await services.runs.run_statuses(tenant_id, [run_id])
+        statuses = await services.history.run_statuses(tenant_id, [run_id])
         if run_id not in statuses:
             raise NotFound(f"no run {run_id} in this tenant")
         await response.prepare(call.request)
@@ -233,7 +233,7 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
                 await response.write(b"data: " + orjson.dumps(next_chunk.result()) + b"\n\n")
             while not chunks.empty():  # what arrived just before the end
                 await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
-            statuses = await services.runs.run_statuses(tenant_id, [run_id])
+            statuses = await services.history.run_statuses(tenant_id, [run_id])
         await response.write(
             b"event: end\ndata: " + orjson.dumps({"status": statuses[run_id].value}) + b"\n\n"
         )
@@ -271,7 +271,7 @@ async def cancel_run(call: Call[None]) -> CancelResult:
     """Cancel a queued or running run (a running one's worker is told to stop)."""
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    status = await engine.services.cancel(call.principal.tenant_id, run_id)
+    status = await engine.services.runs.cancel(call.principal.tenant_id, run_id)
     return CancelResult(run_id=run_id, status=status)
 
 
@@ -280,17 +280,17 @@ async def replay_run(call: Call[None]) -> RunView:
     """Run a finished run again: a new attempt with the same input."""
     run_id = call.path_uuid("run_id")
     engine = call.request.app[ENGINE]
-    await engine.services.replay(call.principal.tenant_id, run_id)
-    return await engine.services.view(call.principal.tenant_id, run_id)
+    await engine.services.runs.replay(call.principal.tenant_id, run_id)
+    return await engine.services.runs.view(call.principal.tenant_id, run_id)
 
 
 @router.get("/api/v1/workers", roles=ANY_ROLE, response=list[WorkerInfo])
 async def list_workers(call: Call[None]) -> list[WorkerInfo]:
     """Workers connected now."""
-    return await call.request.app[ENGINE].services.workers(call.principal.tenant_id)
+    return await call.request.app[ENGINE].services.workers.connected(call.principal.tenant_id)
 
 
 @router.get("/api/v1/tasks", roles=ANY_ROLE, response=list[TaskInfo])
 async def list_tasks(call: Call[None]) -> list[TaskInfo]:
     """Tasks registered by workers, with their options and the workers connected for them."""
-    return await call.request.app[ENGINE].services.tasks(call.principal.tenant_id)
+    return await call.request.app[ENGINE].services.workers.tasks(call.principal.tenant_id)

@@ -11,7 +11,7 @@ from taskyard.domain.auth import Role
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
-from taskyard.store.repository import TokenInfo
+from taskyard.store.tenants import TokenInfo
 
 router = Router(tags=("tokens",))
 

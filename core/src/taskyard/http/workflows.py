@@ -54,7 +54,7 @@ async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | Work
     (runs in flight keep theirs). 422 names the step or expression that is wrong: unknown
     parents, cycles, duplicate step names, CEL that does not compile."""
     engine = call.request.app[ENGINE]
-    stored = await engine.services.register_workflow(call.principal.tenant_id, call.body)
+    stored = await engine.services.workflows.register(call.principal.tenant_id, call.body)
     info = _info(stored)
     if not stored.created:
         return WithStatus(200, info)
@@ -101,7 +101,7 @@ async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | R
     [ref] = await tell_replays(
         call,
         [call.body.input],
-        await engine.services.trigger_workflow(
+        await engine.services.workflows.trigger(
             call.principal.tenant_id, call.path["name"], [call.body]
         ),
     )
@@ -121,7 +121,7 @@ async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | R
 async def trigger_workflow_batch(call: Call[BatchWorkflowTriggerRequest]) -> BatchTriggerResponse:
     """Start many runs of a workflow in one request."""
     engine = call.request.app[ENGINE]
-    refs = await engine.services.trigger_workflow(
+    refs = await engine.services.workflows.trigger(
         call.principal.tenant_id, call.path["name"], call.body.runs
     )
     return BatchTriggerResponse(

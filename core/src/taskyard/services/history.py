@@ -8,7 +8,7 @@ import uuid
 
 from taskyard.errors import NotFound
 from taskyard.store.events import EventRepository
-from taskyard.store.repository import RunRepository
+from taskyard.store.runs import RunRepository
 from taskyard.store.workflows import StoredWorkflow, WorkflowRepository
 from taskyard_sdk.models import EventView, LogLine, RunEvent
 
@@ -23,6 +23,7 @@ class History:
         # Reads with no rule to add to the repository's: its own methods serve.
         self.list_runs = runs.list_runs  # newest first, paged by the last run id
         self.run_documents = runs.run_documents
+        self.run_statuses = runs.run_statuses
         self.search_events = events.search  # newest first, paged by the last event id
         self.latest_workflows = workflows.latest  # the latest version of each
 

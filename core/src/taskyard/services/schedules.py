@@ -1,5 +1,6 @@
 """Crons and one-off schedules: created, listed, read, paused, moved and deleted in Postgres, then
-told to the schedule actor, which arms their timers."""
+told to the schedule actor, which arms their timers; crons declared in code synced with it; and
+what a schedule starts when it fires."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from taskyard.actors.schedules import ScheduleActor
 from taskyard.domain.cron import CronError, next_tick
@@ -20,7 +21,13 @@ from taskyard_sdk.models import (
     CronView,
     ScheduleRequest,
     ScheduleView,
+    TriggerRequest,
+    WorkflowTriggerRequest,
 )
+
+if TYPE_CHECKING:
+    from taskyard.services.runs import Runs
+    from taskyard.services.workflows import Workflows
 
 PAST_GRACE = 1.0  # seconds: a one-off "now" that took a moment to arrive is still accepted
 
@@ -105,11 +112,64 @@ class Scheduling:
             raise NotFound(f"no {_noun(kind)} {schedule_id} in this tenant")
         self.actor.tell(self.actor.removed, [schedule_id])
 
+    # -- crons declared in code ------------------------------------------------------------------
+
+    async def sync_code_crons(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        task: str | None = None,
+        workflow: str | None = None,
+        expressions: list[str],
+    ) -> None:
+        """Crons declared in code (`on_crons`) follow the code: added, kept, or removed."""
+        if await self.repository.sync_code_crons(
+            tenant_id, task=task, workflow=workflow, expressions=expressions
+        ):
+            crons = [
+                c
+                for c in await self.repository.of_kind(tenant_id, "cron")
+                if c.declared_in_code and c.task == task and c.workflow == workflow
+            ]
+            self.actor.tell(self.actor.code_crons_synced, tenant_id, task, workflow, crons)
+
     async def _load(self, tenant_id: uuid.UUID, schedule_id: uuid.UUID, kind: Kind) -> Schedule:
         schedule = await self.repository.get(tenant_id, schedule_id, kind)
         if schedule is None:
             raise NotFound(f"no {_noun(kind)} {schedule_id} in this tenant")
         return schedule
+
+
+async def fire(schedule: Schedule, tick: float, runs: Runs, workflows: Workflows) -> uuid.UUID:
+    """Start the run of a cron tick or a one-off schedule; committed when this returns.
+    Its idempotency key names the tick, so firing it again returns the same run."""
+    when = datetime.fromtimestamp(tick, UTC).isoformat()
+    if schedule.kind == "cron":
+        key = f"cron:{schedule.schedule_id}:{tick:.3f}"
+        metadata = {**schedule.metadata, "cron": schedule.name or "", "tick": when}
+    else:
+        key = f"schedule:{schedule.schedule_id}"
+        metadata = {**schedule.metadata, "schedule": str(schedule.schedule_id)}
+    if schedule.task is not None:
+        [ref] = await runs.trigger(
+            schedule.tenant_id,
+            [
+                TriggerRequest(
+                    task=schedule.task,
+                    input=schedule.input,
+                    metadata=metadata,
+                    idempotency_key=key,
+                )
+            ],
+        )
+    else:
+        assert schedule.workflow is not None
+        [ref] = await workflows.trigger(
+            schedule.tenant_id,
+            schedule.workflow,
+            [WorkflowTriggerRequest(input=schedule.input, metadata=metadata, idempotency_key=key)],
+        )
+    return ref.run_id
 
 
 def _noun(kind: Kind) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import uuid
 
 from taskyard.domain.auth import Role
-from taskyard.store.repository import Repository, TokenInfo
+from taskyard.store.tenants import TenantRepository, TokenInfo
 from taskyard.store.token_cache import TokenCache
 
 
 class Tokens:
-    def __init__(self, repository: Repository, cache: TokenCache) -> None:
+    def __init__(self, repository: TenantRepository, cache: TokenCache) -> None:
         self.repository = repository
         self.cache = cache  # forgetting a token there also cuts off its workers
 

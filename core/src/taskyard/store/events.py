@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 
 from taskyard.domain.events import PushedEvent
+from taskyard.store.filters import Filters
 
 _COLUMNS = "event_id, key, payload, metadata, created_at, triggered, replay_of"
 
@@ -39,30 +40,14 @@ class EventRepository:
         limit: int,
     ) -> list[dict[str, Any]]:
         """Newest first; `before` is the last event_id of the previous page."""
-        clauses = ["tenant_id = $1"]
-        args: list[object] = [tenant_id]
-
-        def arg(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if keys:
-            clauses.append(f"key = ANY({arg(keys)}::text[])")
+        filters = Filters(tenant_id)
+        filters.any_of("key", keys)
         if prefix is not None:
-            clauses.append(f"starts_with(key, {arg(prefix)})")
-        if metadata:
-            clauses.append(f"metadata @> {arg(metadata)}::jsonb")
-        if since is not None:
-            clauses.append(f"created_at >= {arg(since)}")
-        if until is not None:
-            clauses.append(f"created_at < {arg(until)}")
-        if before is not None:
-            clauses.append(f"event_id < {arg(before)}")
-        rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
-            f"ORDER BY event_id DESC LIMIT {arg(limit)}",
-            *args,
-        )
+            filters.add("starts_with(key, {})", prefix)
+        filters.metadata(metadata)
+        filters.created(since, until)
+        query, args = filters.page(f"SELECT {_COLUMNS} FROM events", "event_id", before, limit)
+        rows = await self.pool.fetch(query, *args)
         return [dict(row) for row in rows]
 
     async def since(

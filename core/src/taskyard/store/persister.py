@@ -33,7 +33,11 @@ When Postgres goes away a batch is retried with back-off until it commits; produ
 the buffer holds `max_pending` rows (backpressure) instead of growing memory. A batch of the
 ordered lane records its id in the lane's row of `persister_lanes`, so one whose commit
 succeeded but whose answer was lost is not applied twice on retry; a batch of the triggers lane
-(new runs alone) needs no record: written again, it finds its own runs.
+(new runs alone) needs no record: written again, it finds its own runs. How a batch gets
+committed through such failures is store/committer.py's.
+
+One module over 400 lines, on purpose: what remains is the buffer alone, its lanes, held
+states, barriers and backpressure, state that nearly every method here reads and changes.
 """
 
 from __future__ import annotations
@@ -42,19 +46,12 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 
 from taskyard.domain.rate_limits import Usage
-from taskyard.store.db import TRANSIENT_ERRORS
-from taskyard.store.repository import (
-    Inserted,
-    WriteBatch,
-    batch_committed,
-    write_batch,
-    written_before,
-)
+from taskyard.store.batch import Inserted, WriteBatch
+from taskyard.store.committer import Committer
 from taskyard.store.rows import DURABLE_ENTRY, NEW_RUN, RATE_USAGE, RUN_STATE, Row, rate_usage_row
 
 log = logging.getLogger(__name__)
@@ -63,43 +60,18 @@ InsertWaiter = tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]
 _EAGER_ROWS = 1000  # rows nobody waits for go at once when this many have gathered
 
 
-def _new_batch() -> WriteBatch:
-    return WriteBatch(uuid.uuid4(), [], {}, [], [], {})
-
-
-def _describe(batch: WriteBatch) -> str:
-    """Which row a one-row batch holds, for the log (its kind and the ids it starts with)."""
-    for kind in (
-        "new_runs",
-        "run_states",
-        "events",
-        "logs",
-        "definitions",
-        "pushed_events",
-        "rate_usage",
-        "durable",
-    ):
-        held = getattr(batch, kind)
-        if held:
-            row = next(iter(held.values() if isinstance(held, dict) else held))
-            return f"{kind} {tuple(row[:2])}"  # every kind starts with the tenant and an id
-    return "nothing"
-
-
 @dataclass(eq=False)
 class _Lane:
     """One stream of batches: what is gathering, and the flush in flight (at most one)."""
 
     name: str
-    batch: WriteBatch = field(default_factory=_new_batch)
+    committer: Committer  # writes its batches, on a connection of its own
+    batch: WriteBatch = field(default_factory=WriteBatch.empty)
     barriers: list[asyncio.Future[None]] = field(default_factory=list)
     waiters: list[InsertWaiter] = field(default_factory=list)
     flushing: asyncio.Task[None] | None = None
     delayed: asyncio.TimerHandle | None = None  # the write_delay of rows nobody waits for
     due: bool = False  # they have waited long enough
-    # Held from the pool for as long as it works: a pool acquire and release per flush costs
-    # about as much CPU as the flush's own statement.
-    conn: Any = None
 
     @property
     def busy(self) -> bool:
@@ -107,7 +79,7 @@ class _Lane:
 
     def take(self) -> tuple[WriteBatch, list[asyncio.Future[None]], list[InsertWaiter]]:
         taken = self.batch, self.barriers, self.waiters
-        self.batch, self.barriers, self.waiters = _new_batch(), [], []
+        self.batch, self.barriers, self.waiters = WriteBatch.empty(), [], []
         return taken
 
 
@@ -125,16 +97,14 @@ class Persister:
         max_pending: int = 200_000,
         stop_timeout: float = 30.0,
     ) -> None:
-        self.pool = pool
-        self.node_id = node_id
         self.linger = linger
         self.write_delay = write_delay
         self.max_pending = max_pending
         self.stop_timeout = stop_timeout
         self.flushes = 0
         self.rows_written = 0
-        self._ordered = _Lane("ordered")
-        self._triggers = _Lane("triggers")
+        self._ordered = _Lane("ordered", Committer(pool, node_id, "ordered", marked=True))
+        self._triggers = _Lane("triggers", Committer(pool, node_id, "triggers", marked=False))
         self._held: dict[uuid.UUID, Row] = {}  # states that may wait, by run
         self._release: asyncio.TimerHandle | None = None  # when they stop waiting
         self._pending = 0  # rows buffered or being written, both lanes
@@ -387,102 +357,14 @@ class Persister:
         barriers: list[asyncio.Future[None]],
         waiters: list[InsertWaiter],
     ) -> None:
-        delay = 0.05
-        retried = False
-        refusals = 0
         rows = len(batch)
-        while True:
-            try:
-                if lane.conn is None:
-                    lane.conn = await self.pool.acquire()
-                conn = lane.conn
-                if lane is self._triggers:  # new runs alone: writing them again is harmless
-                    inserted = await write_batch(conn, batch, None)
-                elif retried and await batch_committed(
-                    conn, self.node_id, lane.name, batch.batch_id
-                ):
-                    inserted = await written_before(conn, batch)
-                else:
-                    inserted = await write_batch(conn, batch, (self.node_id, lane.name))
-                break
-            except TRANSIENT_ERRORS as exc:
-                retried = True
-                await self._drop_connection(lane)
-                log.warning(
-                    "could not write %d rows to Postgres (%s); retrying in %.2fs",
-                    len(batch),
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception as exc:
-                if batch.new_runs:
-                    # New runs are the only rows from outside the engine: refuse those (their
-                    # triggers get the error, nothing was acknowledged) and write the rest, which
-                    # the engine has already acted on.
-                    log.exception(
-                        "Postgres refused a batch with %d new runs; refusing them",
-                        len(batch.new_runs),
-                    )
-                    self._refused(waiters, exc)
-                    batch.new_runs, waiters = [], []
-                    continue
-                refusals += 1
-                if refusals < 5:  # perhaps a passing fault we do not recognise: try again
-                    log.warning("Postgres refused a batch (%s); retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                # One bad row must not cost the others: write what Postgres takes, halving
-                # the batch down to the rows it refuses, which alone are given up.
-                dropped = await self._isolate_refused(lane, batch)
-                log.error(
-                    "Postgres refused a batch of %d rows (%s); wrote all but %d rows it refuses",
-                    len(batch),
-                    exc,
-                    dropped,
-                )
-                self._flushed(lane, rows, barriers, waiters, None, exc)
-                return
-        self._flushed(lane, rows, barriers, waiters, inserted, None)
 
-    async def _isolate_refused(self, lane: _Lane, batch: WriteBatch) -> int:
-        """Write `batch` in halves, and halves of halves where Postgres refuses one, giving up
-        only the single rows it refuses; how many. Connection failures wait and retry, as for
-        any batch. (Its barriers still fail: what waited for it cannot know whose row went.)"""
-        delay = 0.05
-        while True:
-            try:
-                if lane.conn is None:
-                    lane.conn = await self.pool.acquire()
-                await write_batch(
-                    lane.conn, batch, None if lane is self._triggers else (self.node_id, lane.name)
-                )
-                return 0
-            except TRANSIENT_ERRORS:
-                await self._drop_connection(lane)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception as exc:
-                if len(batch) == 1:
-                    log.error(
-                        "giving up a row that Postgres refuses (%s): %s", exc, _describe(batch)
-                    )
-                    return 1
-                first, second = batch.halves()
-                return await self._isolate_refused(lane, first) + await self._isolate_refused(
-                    lane, second
-                )
+        def refuse_new_runs(error: Exception) -> None:
+            self._refused(waiters, error)
+            waiters.clear()
 
-    async def _drop_connection(self, lane: _Lane) -> None:
-        """Give a broken connection back (the pool replaces it); the next try takes another."""
-        conn, lane.conn = lane.conn, None
-        if conn is not None:
-            try:
-                await self.pool.release(conn)
-            except Exception:  # already gone with its server: nothing more to free
-                log.debug("could not release the %s lane's connection", lane.name, exc_info=True)
+        inserted, error = await lane.committer.commit(batch, refuse_new_runs)
+        self._flushed(lane, rows, barriers, waiters, inserted, error)
 
     def _refused(self, waiters: list[InsertWaiter], error: Exception) -> None:
         for _, waiter in waiters:
@@ -549,7 +431,7 @@ class Persister:
             for lane in lanes:
                 if lane.delayed is not None:
                     lane.delayed.cancel()
-                await self._drop_connection(lane)
+                await lane.committer.close()
 
 
 class PersisterStopped(RuntimeError):

@@ -2,8 +2,8 @@
 
 Revocation must still take effect at once, on every engine sharing the database. Revoking a token
 notifies the channel `taskyard_token_revoked` in the same transaction (see
-`Repository.revoke_token`); every engine LISTENs on it over a connection of its own and drops the
-entry when the notice arrives. The engine that revokes drops its own entry before it answers.
+`TenantRepository.revoke_token`); every engine LISTENs on it over a connection of its own and drops
+the entry when the notice arrives. The engine that revokes drops its own entry before it answers.
 
 The cache is trusted only while its listener is connected: while it is not (Postgres restarting,
 the network down), every request is looked up in Postgres, and the cache starts empty once the
@@ -31,7 +31,7 @@ import asyncpg
 
 from taskyard.domain.auth import Principal, hash_token
 from taskyard.store.db import connect
-from taskyard.store.repository import REVOKED_CHANNEL, Repository
+from taskyard.store.tenants import REVOKED_CHANNEL, TenantRepository
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class TokenCache:
     def __init__(
         self,
-        repository: Repository,
+        repository: TenantRepository,
         database_url: str,
         *,
         ttl: float = 30.0,

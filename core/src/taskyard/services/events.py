@@ -1,0 +1,93 @@
+"""Events pushed by applications and plugins: stored, starting the workflows whose on_events
+match, waking the workflow steps and durable runs that wait for them; and replayed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from taskyard.domain.events import PushedEvent
+from taskyard.domain.workflows import CompiledWorkflow
+from taskyard.ids import new_id
+from taskyard.services.directory import ActorDirectory
+from taskyard.services.history import History
+from taskyard.services.workflows import Workflows, WorkflowStart
+from taskyard.store.persister import Persister
+from taskyard.store.rows import pushed_event_row
+from taskyard_sdk.models import EventRequest, EventView
+
+
+class Events:
+    def __init__(
+        self,
+        actors: ActorDirectory,
+        persister: Persister,
+        workflows: Workflows,
+        history: History,
+    ) -> None:
+        self.actors = actors
+        self.persister = persister
+        self.workflows = workflows  # the workflows an event starts
+        self.history = history  # the stored event a replay pushes again
+
+    async def push(
+        self, tenant_id: uuid.UUID, requests: list[EventRequest], replay_of: uuid.UUID | None = None
+    ) -> list[EventView]:
+        """Store events, start the workflows they trigger, wake the steps waiting for them.
+        Returns once all of it is committed."""
+        await self.persister.capacity()
+        now = time.time()
+        events = [
+            PushedEvent(new_id(), request.key, request.payload, request.metadata, now)
+            for request in requests
+        ]
+        tenant = self.actors.tenant(tenant_id)
+        routed: list[list[CompiledWorkflow]] = await tenant.ask(tenant.route, events)
+        started = [
+            WorkflowStart(workflow, event.payload, event.metadata)
+            for event, workflows in zip(events, routed, strict=True)
+            for workflow in workflows
+        ]
+        refs = await self.workflows.start(tenant_id, started)
+        views, position = [], 0
+        rows = []
+        for event, workflows in zip(events, routed, strict=True):
+            triggered = [ref.run_id for ref in refs[position : position + len(workflows)]]
+            position += len(workflows)
+            rows.append(
+                pushed_event_row(
+                    tenant_id=tenant_id,
+                    event_id=event.event_id,
+                    key=event.key,
+                    payload=event.payload,
+                    metadata=event.metadata,
+                    created_at=now,
+                    triggered=triggered,
+                    replay_of=replay_of,
+                )
+            )
+            views.append(
+                EventView(
+                    event_id=event.event_id,
+                    key=event.key,
+                    payload=event.payload,
+                    metadata=event.metadata,
+                    created_at=datetime.fromtimestamp(now, UTC),
+                    triggered=triggered,
+                    replay_of=replay_of,
+                )
+            )
+        self.persister.pushed_events(rows)
+        await self.persister.barrier()
+        tenant.tell(tenant.events_committed, events)
+        for queue in self.actors.queues_of(tenant_id):  # durable runs' waits
+            queue.tell(queue.durable_events, events)
+        return views
+
+    async def replay(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> EventView:
+        stored = await self.history.event(tenant_id, event_id)
+        again = EventRequest(key=stored.key, payload=stored.payload, metadata=stored.metadata)
+        [view] = await self.push(tenant_id, [again], replay_of=event_id)
+        return view

@@ -1,0 +1,39 @@
+"""The workers connected now and the tasks they registered, as the worker registry and the
+tenant actors know them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from taskyard.services.directory import ActorDirectory
+from taskyard.services.views import TaskInfo, WorkerInfo
+
+
+class Workers:
+    def __init__(self, actors: ActorDirectory) -> None:
+        self.actors = actors
+
+    async def disconnect(self) -> None:
+        """Close every worker's connection (at shutdown: they would hold it open)."""
+        await self.actors.registry.stop()
+
+    async def connected(self, tenant_id: uuid.UUID) -> list[WorkerInfo]:
+        """The tenant's workers connected now."""
+        registry = self.actors.registry
+        described = await registry.ask(registry.of_tenant, tenant_id)
+        return [WorkerInfo.model_validate(worker) for worker in described]
+
+    async def tasks(self, tenant_id: uuid.UUID) -> list[TaskInfo]:
+        """Tasks registered by workers, with their options and the workers connected for them."""
+        tenant = self.actors.tenant(tenant_id)
+        definitions = await tenant.ask(tenant.all_definitions)
+        workers = await self.connected(tenant_id)
+        return [
+            TaskInfo(
+                name=name,
+                options=options,
+                workers=sorted(w.name for w in workers if name in w.tasks),
+            )
+            for name, options in sorted(definitions.items())
+        ]

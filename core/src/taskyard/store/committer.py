@@ -1,0 +1,134 @@
+"""How a batch of the persister (store/persister.py) reaches Postgres: one lane's batches, one at a
+time, on a connection the lane holds. A batch is retried until it commits: after a connection
+failure with back-off (a marked lane first asks whether its last try committed, so no batch is
+applied twice); when Postgres refuses it, its new runs are refused first (the only rows from
+outside the engine), then the rest retried, and at last written in halves down to the rows it
+refuses, which alone are given up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from taskyard.store.batch import (
+    Inserted,
+    WriteBatch,
+    batch_committed,
+    write_batch,
+    written_before,
+)
+from taskyard.store.db import TRANSIENT_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    """`marked`: the lane records each batch it commits (see store/batch.py), so a retry after a
+    lost answer is recognised; a lane of new runs alone needs no record."""
+
+    def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, lane: str, *, marked: bool) -> None:
+        self.pool = pool
+        self.lane = lane
+        self.mark = (node_id, lane) if marked else None
+        # Held from the pool for as long as it works: a pool acquire and release per flush costs
+        # about as much CPU as the flush's own statement.
+        self.conn: Any = None
+
+    async def commit(
+        self, batch: WriteBatch, refuse_new_runs: Callable[[Exception], None]
+    ) -> tuple[dict[uuid.UUID, Inserted] | None, Exception | None]:
+        """Write `batch`; what became of its new runs, or the error for which Postgres refused
+        it (all but the rows it refuses were written then). New runs Postgres refuses are
+        dropped from the batch and `refuse_new_runs` is told why, at once."""
+        delay = 0.05
+        retried = False
+        refusals = 0
+        while True:
+            try:
+                if self.conn is None:
+                    self.conn = await self.pool.acquire()
+                conn = self.conn
+                if self.mark is None:  # new runs alone: writing them again is harmless
+                    return await write_batch(conn, batch, None), None
+                if retried and await batch_committed(conn, *self.mark, batch.batch_id):
+                    return await written_before(conn, batch), None
+                return await write_batch(conn, batch, self.mark), None
+            except TRANSIENT_ERRORS as exc:
+                retried = True
+                await self.close()
+                log.warning(
+                    "could not write %d rows to Postgres (%s); retrying in %.2fs",
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception as exc:
+                if batch.new_runs:
+                    # New runs are the only rows from outside the engine: refuse those (their
+                    # triggers get the error, nothing was acknowledged) and write the rest, which
+                    # the engine has already acted on.
+                    log.exception(
+                        "Postgres refused a batch with %d new runs; refusing them",
+                        len(batch.new_runs),
+                    )
+                    refuse_new_runs(exc)
+                    batch.new_runs = []
+                    continue
+                refusals += 1
+                if refusals < 5:  # perhaps a passing fault we do not recognise: try again
+                    log.warning("Postgres refused a batch (%s); retrying in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                # One bad row must not cost the others: write what Postgres takes, halving
+                # the batch down to the rows it refuses, which alone are given up.
+                dropped = await self._isolate_refused(batch)
+                log.error(
+                    "Postgres refused a batch of %d rows (%s); wrote all but %d rows it refuses",
+                    len(batch),
+                    exc,
+                    dropped,
+                )
+                return None, exc
+
+    async def _isolate_refused(self, batch: WriteBatch) -> int:
+        """Write `batch` in halves, and halves of halves where Postgres refuses one, giving up
+        only the single rows it refuses; how many. Connection failures wait and retry, as for
+        any batch. (Its barriers still fail: what waited for it cannot know whose row went.)"""
+        delay = 0.05
+        while True:
+            try:
+                if self.conn is None:
+                    self.conn = await self.pool.acquire()
+                await write_batch(self.conn, batch, self.mark)
+                return 0
+            except TRANSIENT_ERRORS:
+                await self.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception as exc:
+                if len(batch) == 1:
+                    log.error(
+                        "giving up a row that Postgres refuses (%s): %s", exc, batch.describe()
+                    )
+                    return 1
+                first, second = batch.halves()
+                return await self._isolate_refused(first) + await self._isolate_refused(second)
+
+    async def close(self) -> None:
+        """Give the connection back (a broken one: the pool replaces it); the next try takes
+        another."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                await self.pool.release(conn)
+            except Exception:  # already gone with its server: nothing more to free
+                log.debug("could not release the %s lane's connection", self.lane, exc_info=True)
