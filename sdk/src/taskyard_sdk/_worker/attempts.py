@@ -1,0 +1,335 @@
+"""Running the attempts the engine assigns: each in an asyncio task of its own (a sync function
+on the worker's thread pool, never on asyncio's default executor, which user code may need for
+itself), cancelled when the engine says so, its outcome handed to the outbox. Durable tasks log
+their entries and suspend through here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from taskyard_sdk import protocol
+from taskyard_sdk._context import Context, current_run
+from taskyard_sdk._durable import DurableContext, Suspended, current_durable
+from taskyard_sdk._errors import NonRetryableError, RetryAfter
+from taskyard_sdk._task import batch_bodies
+from taskyard_sdk._worker.outbox import AttemptKey, Outbox, Result
+from taskyard_sdk.models import ErrorInfo
+
+if TYPE_CHECKING:
+    from taskyard_sdk._client import Taskyard
+    from taskyard_sdk._task import Task
+
+log = logging.getLogger("taskyard.worker")
+
+
+@dataclass(eq=False)
+class _Execution:
+    assign: protocol.Assign
+    context: Context
+    task: asyncio.Task[None] | None = None
+    inner: asyncio.Future[Any] | None = None
+    cancel_reason: str | None = None
+
+
+class _InvalidTaskInput(Exception):
+    pass
+
+
+class Attempts:
+    """The attempts running on one worker. `state` is what the worker's lifespan yielded."""
+
+    def __init__(
+        self,
+        name: str,
+        client: Taskyard,
+        tasks: dict[str, Task[Any, Any]],
+        outbox: Outbox,
+        state: Callable[[], Any],
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.tasks = tasks
+        self.outbox = outbox
+        self.state = state
+        self.max_message_bytes = 1024 * 1024  # the engine's welcome says
+        self.completed = 0
+        self.failed = 0
+        self._executions: dict[AttemptKey, _Execution] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self._executions)
+
+    def keys(self) -> list[AttemptKey]:
+        return list(self._executions)
+
+    def open(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
+        self._loop = loop
+        self._executor = executor
+
+    def running(self) -> list[asyncio.Task[None]]:
+        return [e.task for e in self._executions.values() if e.task is not None]
+
+    def cancel_all(self, reason: str) -> None:
+        for execution in list(self._executions.values()):
+            self._cancel(execution, reason)
+
+    def cancel(self, message: protocol.Cancel) -> None:
+        execution = self._executions.get((message.run_id, message.attempt))
+        if execution is not None:
+            self._cancel(execution, message.reason)
+
+    def assign(self, assign: protocol.Assign) -> None:
+        key = (assign.run_id, assign.attempt)
+        if key in self._executions:
+            return
+        assert self._loop is not None
+        task = self.tasks.get(assign.task)
+        context: Context
+        send = self.outbox.send
+        if task is not None and task.options.durable:
+            context = DurableContext(
+                history=assign.history or [],
+                input=assign.input,
+                record=functools.partial(self._record, assign),
+                suspend=functools.partial(self._suspend, assign),
+                spawn=self._spawn,
+                run_id=assign.run_id,
+                attempt=assign.attempt,
+                task=assign.task,
+                metadata=assign.metadata,
+                loop=self._loop,
+                send=send,
+                step=assign.context,
+            )
+        else:
+            context = Context(
+                run_id=assign.run_id,
+                attempt=assign.attempt,
+                task=assign.task,
+                metadata=assign.metadata,
+                loop=self._loop,
+                send=send,
+                step=assign.context,
+            )
+        execution = _Execution(assign, context)
+        self._executions[key] = execution
+        execution.task = asyncio.create_task(
+            self._execute(execution), name=f"task:{assign.task}:{assign.run_id}"
+        )
+
+    def _cancel(self, execution: _Execution, reason: str) -> None:
+        if execution.cancel_reason is None:
+            execution.cancel_reason = reason
+        execution.context._cancel()  # sync functions see ctx.cancelled: a thread cannot be stopped
+        task = self.tasks.get(execution.assign.task)
+        if (
+            task is not None
+            and task.is_async
+            and execution.inner is not None
+            and not execution.inner.done()
+        ):
+            execution.inner.cancel()  # async functions see CancelledError
+
+    # -- durable tasks ---------------------------------------------------------------------------
+
+    async def _record(self, assign: protocol.Assign, entry: protocol.DurableEntry) -> None:
+        """Log a durable entry; returns once the engine has committed it."""
+        await self.outbox.record(
+            protocol.Record(run_id=assign.run_id, attempt=assign.attempt, entry=entry)
+        )
+
+    def _suspend(
+        self, assign: protocol.Assign, position: int, call: str, wait: protocol.WaitSpec
+    ) -> None:
+        """The attempt stops to wait: the suspension is kept like a result until acknowledged."""
+        message = protocol.Suspend(
+            run_id=assign.run_id, attempt=assign.attempt, position=position, call=call, wait=wait
+        )
+        self.outbox.result((assign.run_id, assign.attempt), message)
+
+    async def _spawn(
+        self, task: Task[Any, Any], inputs: list[Any], keys: list[str]
+    ) -> list[uuid.UUID]:
+        """Children of the running durable run, created once: their idempotency keys name the
+        run and the log position, so a replay that spawns again gets the same runs."""
+        runs = (
+            task._trigger(value, None, None, key, options=False)
+            for value, key in zip(inputs, keys, strict=True)
+        )
+        spawned: list[uuid.UUID] = []
+        for body in batch_bodies(runs, {"options": task._options_json}):
+            data = await self.client.transport.request("POST", "/api/v1/runs/batch", body=body)
+            spawned += [uuid.UUID(ref["run_id"]) for ref in data["runs"]]
+        return spawned
+
+    # -- running one attempt ---------------------------------------------------------------------
+
+    async def _execute(self, execution: _Execution) -> None:
+        assign = execution.assign
+        current_run.set(assign.run_id)  # this asyncio task's own context: runs it triggers
+        if isinstance(execution.context, DurableContext):
+            current_durable.set(execution.context)
+        ref = {"run_id": assign.run_id, "attempt": assign.attempt}
+        self.outbox.send(protocol.Started(**ref))
+        started = time.monotonic()
+        log.info("%s[%s] attempt %d started", assign.task, assign.run_id, assign.attempt)
+        result: Result
+        try:
+            output = await self._call(execution)
+            result = self._completed(execution, output)
+        except Suspended:
+            self._executions.pop((assign.run_id, assign.attempt), None)
+            return  # it waits; the suspension (sent already) is its outcome for now
+        except asyncio.CancelledError:
+            if execution.cancel_reason is None:
+                raise  # the worker itself is being torn down
+            result = protocol.Failed(
+                **ref,
+                cancelled=True,
+                error=ErrorInfo(type="Cancelled", message=execution.cancel_reason),
+            )
+        except NonRetryableError as exc:
+            result = protocol.Failed(**ref, retryable=False, error=_error_info(exc))
+        except RetryAfter as exc:
+            result = protocol.Failed(**ref, retry_after=exc.seconds, error=_error_info(exc))
+        except _InvalidTaskInput as exc:
+            result = protocol.Failed(
+                **ref, retryable=False, error=ErrorInfo(type="InvalidInput", message=str(exc))
+            )
+        except Exception as exc:
+            result = protocol.Failed(**ref, error=_error_info(exc))
+        finally:
+            self._executions.pop((assign.run_id, assign.attempt), None)
+        if execution.cancel_reason is not None and isinstance(result, protocol.Completed):
+            result = protocol.Failed(
+                **ref,
+                cancelled=True,
+                error=ErrorInfo(type="Cancelled", message=execution.cancel_reason),
+            )
+        took = time.monotonic() - started
+        if isinstance(result, protocol.Completed):
+            self.completed += 1
+            log.info("%s[%s] succeeded in %.3fs", assign.task, assign.run_id, took)
+        else:
+            self.failed += 1
+            if isinstance(result, protocol.Failed):
+                log.warning(
+                    "%s[%s] attempt %d failed in %.3fs: %s: %s",
+                    assign.task,
+                    assign.run_id,
+                    assign.attempt,
+                    took,
+                    result.error.type,
+                    result.error.message,
+                )
+        self.outbox.result((assign.run_id, assign.attempt), result)
+
+    async def _call(self, execution: _Execution) -> Any:
+        assign = execution.assign
+        task = self.tasks.get(assign.task)
+        if task is None:
+            raise NonRetryableError(f"worker {self.name} has no task {assign.task!r}")
+        try:
+            value = task.decode_input(assign.input)
+        except ValidationError as exc:
+            raise _InvalidTaskInput(f"input for task {task.name!r} is invalid: {exc}") from None
+        if task.is_async:
+            execution.inner = asyncio.ensure_future(task(value, execution.context, self.state()))
+        else:
+            assert self._loop is not None
+            call = functools.partial(
+                contextvars.copy_context().run, task, value, execution.context, self.state()
+            )
+            execution.inner = self._loop.run_in_executor(self._executor, call)
+        if task.is_async:
+            if execution.cancel_reason is not None:
+                execution.inner.cancel()
+            return await execution.inner
+        # A sync function cannot be interrupted: wait for it even if cancelled.
+        return await asyncio.shield(execution.inner)
+
+    def _completed(self, execution: _Execution, output: Any) -> Result:
+        assign = execution.assign
+        task = self.tasks[assign.task]
+        ref = {"run_id": assign.run_id, "attempt": assign.attempt}
+        try:
+            data = task.encode_output(output)
+            message = protocol.Completed(**ref, output=data)
+            encoded = protocol.encode(message)
+        except Exception as exc:
+            return protocol.Failed(
+                **ref,
+                retryable=False,
+                error=ErrorInfo(
+                    type="OutputNotSerializable",
+                    message=f"task {task.name!r} returned a value that cannot be sent as "
+                    f"JSON: {exc}",
+                ),
+            )
+        size = len(encoded)
+        unstorable = _unstorable(encoded, data)
+        if unstorable is not None:
+            return protocol.Failed(
+                **ref,
+                retryable=False,
+                error=ErrorInfo(
+                    type="OutputNotStorable",
+                    message=f"task {task.name!r} returned a value the engine cannot store: "
+                    f"{unstorable}",
+                ),
+            )
+        if size > self.max_message_bytes - 1024:
+            return protocol.Failed(
+                **ref,
+                retryable=False,
+                error=ErrorInfo(
+                    type="OutputTooLarge",
+                    message=f"task {task.name!r} returned {size} bytes; the engine accepts at most "
+                    f"{self.max_message_bytes - 1024}. Store large data elsewhere and return "
+                    f"a reference.",
+                ),
+            )
+        return message
+
+
+def _unstorable(encoded: bytes, data: Any) -> str | None:
+    """Why output cannot be stored by the engine (NUL characters, nesting too deep); its
+    encoded message rules both out for most outputs without a walk."""
+    where = protocol.nul_at(data, "output") if b"\\u0000" in encoded else None
+    if where is not None:
+        return f"{where} {protocol.NUL_REFUSAL}"
+    deep = protocol.too_deep(encoded, data)
+    if deep is not None:
+        return (
+            f"output.{deep} nests more than {protocol.MAX_JSON_DEPTH} levels deep; the "
+            f"limit is {protocol.MAX_JSON_DEPTH}"
+        )
+    return None
+
+
+def _error_info(exc: BaseException) -> ErrorInfo:
+    """The error a task raised; NUL characters, which the engine cannot store, replaced."""
+    return ErrorInfo(
+        type=type(exc).__name__,
+        message=_printable(str(exc)),
+        traceback=_printable("".join(traceback.format_exception(exc))),
+    )
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
