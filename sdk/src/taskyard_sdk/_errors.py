@@ -28,6 +28,7 @@ from typing import Any
 from uuid import UUID
 
 from taskyard_sdk.models import ErrorInfo, RunStatus
+from taskyard_sdk.protocol import ErrorEnvelope
 
 
 class TaskyardError(Exception):
@@ -122,10 +123,9 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 
 
 def api_error(status: int, body: Any) -> ApiError:
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        code, message = str(error.get("code", "error")), str(error.get("message", ""))
-        details = error.get("details")
+    error = ErrorEnvelope.read(body)
+    if error is not None:
+        code, message, details = error.code, error.message, error.details
     else:
         code, message, details = "error", str(body)[:500], None
     if status == 401:

@@ -224,6 +224,39 @@ class Error(_Message):
     ref: AttemptRef | None = Field(default=None, description="The attempt the error is about.")
 
 
+# -- the REST API's errors ------------------------------------------------------------------------
+
+
+class ApiErrorBody(BaseModel):
+    code: str = Field(description="What went wrong, for programs: not_found, invalid_request...")
+    message: str = Field(description="What went wrong and where, for people.")
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="One entry per problem, when a request had several."
+    )
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error the REST API (and the client channel) answers with. Read
+    tolerantly (fields a newer engine adds are ignored); written without empty `details`."""
+
+    error: ApiErrorBody
+
+    @classmethod
+    def of(cls, code: str, message: str, details: list[dict[str, Any]] | None = None) -> bytes:
+        """The encoded body of an error response."""
+        body = ApiErrorBody(code=code, message=message, details=details or None)
+        return cls(error=body).model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def read(cls, body: Any) -> ApiErrorBody | None:
+        """The error in a decoded response body, or None if the body is not an envelope (a
+        proxy's page, say)."""
+        try:
+            return cls.model_validate(body).error
+        except ValueError:
+            return None
+
+
 # -- client channel --------------------------------------------------------------------------------
 
 

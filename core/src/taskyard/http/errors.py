@@ -12,12 +12,12 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from taskyard.errors import ApiError
 from taskyard.store.db import TRANSIENT_ERRORS
+from taskyard_sdk.protocol import ErrorEnvelope
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def error_response(
 ) -> web.Response:
     return web.Response(
         status=status,
-        body=error_body(code, message, details),
+        body=ErrorEnvelope.of(code, message, details),
         content_type="application/json",
         headers=headers,
     )
@@ -78,18 +78,18 @@ def failure(
     """What a failed call answers: status, error envelope and extra headers, for an expected
     failure or an unexpected one (logged under the request id)."""
     if isinstance(exc, ApiError):
-        return exc.status, error_body(exc.code, exc.message, exc.details), {}
+        return exc.status, ErrorEnvelope.of(exc.code, exc.message, exc.details), {}
     if isinstance(exc, TRANSIENT_ERRORS):
         log.warning("database unavailable during %s %s: %s", method, path, exc)
         return (
             503,
-            error_body("unavailable", "the database is unavailable right now; retry shortly"),
+            ErrorEnvelope.of("unavailable", "the database is unavailable right now; retry shortly"),
             {"Retry-After": "1"},
         )
     log.error("unhandled error in %s %s (request id %s)", method, path, request_id, exc_info=exc)
     return (
         500,
-        error_body(
+        ErrorEnvelope.of(
             "internal", f"internal error; the engine log has details under request id {request_id}"
         ),
         {},
@@ -115,13 +115,6 @@ def quiet_malformed_requests() -> None:
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequests) for f in server.filters):
         server.addFilter(MalformedRequests())
-
-
-def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> bytes:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        error["details"] = details
-    return orjson.dumps({"error": error})
 
 
 def next_request_id() -> str:

@@ -12,23 +12,9 @@ from pydantic.json_schema import JsonSchemaMode
 
 from taskyard import __version__
 from taskyard.http.routing import Endpoint
+from taskyard_sdk.protocol import ErrorEnvelope
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
-_ERROR_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "details": {"type": "array", "items": {"type": "object"}},
-            },
-            "required": ["code", "message"],
-        }
-    },
-    "required": ["error"],
-}
 
 
 def _path_schema(name: str, pattern: str | None) -> dict[str, Any]:
@@ -42,14 +28,16 @@ def _path_schema(name: str, pattern: str | None) -> dict[str, Any]:
 def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     # Bodies and responses in one pass: a model read and written differently (TaskOptions: its
     # labels are sent bare or whole, and always written whole) gets one component for each way.
-    inputs: list[tuple[tuple[int, str], JsonSchemaMode, TypeAdapter[Any]]] = []
+    inputs: list[tuple[tuple[int, str], JsonSchemaMode, TypeAdapter[Any]]] = [
+        ((-1, "error"), "serialization", TypeAdapter(ErrorEnvelope))  # what every error answers
+    ]
     for index, endpoint in enumerate(endpoints):
         if endpoint.body is not None:
             inputs.append(((index, "body"), "validation", TypeAdapter(endpoint.body)))
         if endpoint.response is not None:
             inputs.append(((index, "response"), "serialization", TypeAdapter(endpoint.response)))
     schemas, definitions = TypeAdapter.json_schemas(inputs, ref_template=_REF_TEMPLATE)
-    components: dict[str, Any] = {"Error": _ERROR_SCHEMA, **definitions.get("$defs", {})}
+    components: dict[str, Any] = dict(definitions.get("$defs", {}))
     paths: dict[str, dict[str, Any]] = {}
 
     def query_schema_of(model: type[BaseModel]) -> dict[str, Any]:
@@ -106,7 +94,9 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             operation["responses"][str(status)] = answer
         operation["responses"]["default"] = {
             "description": "Error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
+            },
         }
         path = re.sub(r"\{(\w+)[^}]*\}", r"{\1}", endpoint.path)
         paths.setdefault(path, {})[endpoint.method.lower()] = operation
