@@ -8,6 +8,11 @@ step is handed to its QueueActor (which owns it until it ends and reports back t
 actor rebuilds every unfinished workflow run from Postgres and decides again: a step that has a row
 is never decided twice, and the unique (workflow run, step) index makes that hold even for a
 decision replayed by a racing restart.
+
+The registries and event routing are a `TenantRegistry` (`tenant_registry.py`), step rows and runs
+are built by `StepRuns` (`workflow_steps.py`). Over 400 lines on purpose: what remains is one
+progression, a workflow run's admission, steps decided, waited on and ended, each applied by the
+same few methods.
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from taskyard.actors.base import Actor
+from taskyard.actors.tenant_registry import TenantRegistry
 from taskyard.actors.waiters import RunEnd, RunWaiters
+from taskyard.actors.workflow_steps import StepRuns
 from taskyard.domain.dag import Create, Decision, Finish, Release, StepState, WorkflowRun
 from taskyard.domain.dispatch import Dispatcher
 from taskyard.domain.events import EventIndex, PushedEvent, matches
 from taskyard.domain.expressions import ExpressionError
-from taskyard.domain.flow import Flow, flow_for, keys_for
+from taskyard.domain.flow import Flow, keys_for
 from taskyard.domain.notices import RunEnded
-from taskyard.domain.runs import WORKFLOW_QUEUE, Run, error_json, options_json
-from taskyard.domain.workflows import CompiledStep, CompiledWorkflow, compile_workflow, key_matches
+from taskyard.domain.runs import WORKFLOW_QUEUE, Run, error_json
+from taskyard.domain.workflows import CompiledWorkflow, compile_workflow
 from taskyard.errors import Conflict, Unprocessable
 from taskyard.store.batch import Inserted
-from taskyard.store.rows import new_run_row, owned_state_row
+from taskyard.store.rows import owned_state_row
 from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
 
@@ -81,15 +88,13 @@ class TenantActor(Actor):
         self.cancel_later = cancel
         self.runs_ended = runs_ended  # lifecycle observers: whole workflow runs that ended
         self.clock = clock
+        self.steps = StepRuns(tenant_id)
         self._reset()
 
     def _reset(self) -> None:
-        self.definitions: dict[str, TaskOptions] = {}
-        self.versions: dict[tuple[str, int], CompiledWorkflow] = {}
-        self.latest: dict[str, CompiledWorkflow] = {}
+        self.registry = TenantRegistry()
         self.runs: dict[uuid.UUID, WorkflowRun] = {}
         self.listeners: EventIndex[Listener] = EventIndex()  # waiting steps, by key pattern
-        self._options_json: dict[TaskOptions, str] = {}
         # Admission of workflow runs by their workflow's concurrency keys: each waiting or
         # admitted run is a stand-in Run (task = the workflow's name) in a dispatcher of its own.
         self.admission_runs: dict[uuid.UUID, Run] = {}
@@ -101,10 +106,10 @@ class TenantActor(Actor):
     async def on_start(self) -> None:
         await self.persister.flush()  # what this actor decided before a crash is in Postgres
         self._reset()
-        self.definitions = await self.run_repository.load_definitions(self.tenant_id)
+        self.registry = TenantRegistry(await self.run_repository.load_definitions(self.tenant_id))
         for stored in await self.workflow_repository.all_versions(self.tenant_id):
             try:
-                self._add_version(compile_workflow(stored.definition, stored.version))
+                self.registry.add_version(compile_workflow(stored.definition, stored.version))
             except Unprocessable as exc:  # accepted by an older build: keep the rest going
                 log.error(
                     "workflow %r version %d no longer compiles: %s",
@@ -131,7 +136,7 @@ class TenantActor(Actor):
         self._reset()
 
     def _rebuild(self, active: ActiveWorkflowRun) -> WorkflowRun | None:
-        workflow = self.versions.get((active.name, active.version))
+        workflow = self.registry.versions.get((active.name, active.version))
         if workflow is None:
             log.error(
                 "workflow run %s: version %d of workflow %r is missing; it cannot go on",
@@ -169,53 +174,29 @@ class TenantActor(Actor):
     # -- registries ------------------------------------------------------------------------------
 
     def register(self, definitions: list[TaskDefinition]) -> None:
-        changed = {}
-        for definition in definitions:
-            if self.definitions.get(definition.name) != definition.options:
-                self.definitions[definition.name] = definition.options
-                changed[(self.tenant_id, definition.name)] = options_json(definition.options)
+        changed = self.registry.register(definitions)
         if changed:
-            self.persister.definitions(changed)
+            self.persister.definitions({(self.tenant_id, n): o for n, o in changed.items()})
 
     def options_for(self, tasks: list[str]) -> dict[str, TaskOptions]:
-        return {task: self.definitions[task] for task in tasks if task in self.definitions}
+        known = self.registry.definitions
+        return {task: known[task] for task in tasks if task in known}
 
     def all_definitions(self) -> dict[str, TaskOptions]:
         """Every registered task's options (the in-memory registry: it already holds
         registrations whose rows are still in the write-behind buffer)."""
-        return dict(self.definitions)
+        return dict(self.registry.definitions)
 
     def workflow_registered(self, workflow: CompiledWorkflow) -> None:
-        self._add_version(workflow)
-
-    def _add_version(self, workflow: CompiledWorkflow) -> None:
-        self.versions[(workflow.name, workflow.version)] = workflow
-        latest = self.latest.get(workflow.name)
-        if latest is None or latest.version < workflow.version:
-            self.latest[workflow.name] = workflow
+        self.registry.add_version(workflow)
 
     def latest_workflow(self, name: str) -> CompiledWorkflow | None:
-        return self.latest.get(name)
+        return self.registry.latest.get(name)
 
     # -- events ----------------------------------------------------------------------------------
 
     def route(self, events: list[PushedEvent]) -> list[list[CompiledWorkflow]]:
-        """For each event, the workflows it triggers: `on_events` matches its key and the
-        optional `event_filter` holds."""
-        routed = []
-        for event in events:
-            triggered = []
-            names = {"key": event.key}
-            for workflow in self.latest.values():
-                definition = workflow.definition
-                pattern = next((p for p in definition.on_events if key_matches(p, event.key)), None)
-                if pattern is None or not matches(
-                    event, pattern, definition.event_filter, names, f"workflow {workflow.name!r}"
-                ):
-                    continue
-                triggered.append(workflow)
-            routed.append(triggered)
-        return routed
+        return self.registry.route(events)
 
     def events_committed(self, events: list[PushedEvent]) -> None:
         """Stored events wake the steps waiting for them."""
@@ -418,7 +399,7 @@ class TenantActor(Actor):
                     )
                 )
                 released.append(
-                    self._step_run(
+                    self.steps.run(
                         run, decision.step, decision.state.run_id, decision.state.context_json, now
                     )
                 )
@@ -426,7 +407,7 @@ class TenantActor(Actor):
             else:
                 finish = decision
         if creates:
-            rows = [self._step_row(run, create, now) for create in creates]
+            rows = [self.steps.row(run, create, now) for create in creates]
             inserted = self.persister.insert_runs(rows)
             inserted.add_done_callback(
                 lambda done: self._post(self._created, run.run_id, creates, done)
@@ -482,7 +463,7 @@ class TenantActor(Actor):
                 continue
             if state.status is RunStatus.QUEUED:
                 queued.append(
-                    self._step_run(run, create.step, state.run_id, create.context_json, now)
+                    self.steps.run(run, create.step, state.run_id, create.context_json, now)
                 )
             elif state.status is RunStatus.PENDING:
                 self._begin_waiting(run, create.step.name, state)
@@ -596,71 +577,6 @@ class TenantActor(Actor):
 
     def _side_task(self, work: Any) -> None:
         self.side_tasks.spawn(work, name=f"{self.name}:read")
-
-    # -- rows and runs ---------------------------------------------------------------------------
-
-    def _step_row(self, run: WorkflowRun, create: Create, now: float) -> Row:
-        step, state = create.step, create.state
-        return new_run_row(
-            tenant_id=self.tenant_id,
-            run_id=state.run_id,
-            task=step.task,
-            queue=step.options.queue,
-            status=state.status.value,
-            priority=run.priority or step.options.priority,
-            options_json=self._options(step.options),
-            input_json=run.input_json.decode(),
-            metadata_json=orjson.dumps(run.metadata).decode(),
-            created_at=now,
-            workflow_run_id=run.run_id,
-            step=step.name,
-            context_json=create.context_json.decode() if create.context_json else None,
-            wait_started_at=state.wait_started_at,
-            error_json=state.error_json.decode() if state.error_json else None,
-            finished_at=now if state.status.terminal else None,
-            flow_json=flow.to_json() if (flow := self._flow(run, step)) is not None else None,
-        )
-
-    def _step_run(
-        self,
-        run: WorkflowRun,
-        step: CompiledStep,
-        run_id: uuid.UUID,
-        context_json: bytes | None,
-        now: float,
-    ) -> Run:
-        return Run(
-            tenant_id=self.tenant_id,
-            run_id=run_id,
-            task=step.task,
-            queue=step.options.queue,
-            status=RunStatus.QUEUED,
-            attempt=1,
-            priority=run.priority or step.options.priority,
-            options=step.options,
-            created_at=now,
-            queued_at=now,
-            metadata=run.metadata,
-            input_json=run.input_json if context_json is not None else None,
-            workflow_run_id=run.run_id,
-            step=step.name,
-            context_json=context_json,
-            flow=self._flow(run, step),
-        )
-
-    def _flow(self, run: WorkflowRun, step: CompiledStep) -> Flow | None:
-        """The step's flow facts; one that cannot be worked out fails the step when queued."""
-        sticky = run.sticky_worker if step.options.sticky is not None else None
-        try:
-            return flow_for(step.options, run.input, run.metadata, sticky)
-        except ExpressionError as exc:
-            return Flow(error=f"step {step.name!r}: {exc}")
-
-    def _options(self, options: TaskOptions) -> str:
-        text = self._options_json.get(options)
-        if text is None:
-            text = self._options_json[options] = options_json(options)
-        return text
 
     def stats(self) -> dict[str, int]:
         return {"workflow_runs": len(self.runs), "waiting_steps": len(self.listeners)}
