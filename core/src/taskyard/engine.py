@@ -4,6 +4,9 @@
         print(engine.url)
 
 `stop()` is idempotent and safe before `start()`.
+
+Over 400 lines on purpose: it is the composition root, the one place that builds every part and
+wires the plugins' hooks, token revocation and trigger sources to them, in start-up order.
 """
 
 from __future__ import annotations

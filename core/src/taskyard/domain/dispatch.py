@@ -15,6 +15,9 @@ higher-priority run that is eligible is never passed over.
 
 Pure and synchronous, with the clock passed in: the QueueActor owns a Dispatcher (and the runs it
 points to) and calls it from its handlers; the property tests drive it directly.
+
+Over 400 lines on purpose: the heaps, the parked runs and the invariants above are one data
+structure; its pieces only make sense together and are property-tested together.
 """
 
 from __future__ import annotations
