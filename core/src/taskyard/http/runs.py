@@ -213,37 +213,33 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
     run_id = call.path_uuid("run_id")
     tenant_id = call.principal.tenant_id
     services = call.request.app[ENGINE].services
-    chunks = services.streams.subscribe(tenant_id, run_id)
-    finished = services.waiters.watch(tenant_id, [run_id])[run_id]
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    try:
-        statuses = await services.history.run_statuses(tenant_id, [run_id])
-        if run_id not in statuses:
-            raise NotFound(f"no run {run_id} in this tenant")
-        await response.prepare(call.request)
-        if not statuses[run_id].terminal:
-            while True:
-                next_chunk = asyncio.ensure_future(chunks.get())
-                await asyncio.wait([next_chunk, finished], return_when=asyncio.FIRST_COMPLETED)
-                if not next_chunk.done():
-                    next_chunk.cancel()
-                    break
-                await response.write(b"data: " + orjson.dumps(next_chunk.result()) + b"\n\n")
-            while not chunks.empty():  # what arrived just before the end
-                await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
+    with services.runs.follow(tenant_id, run_id) as (chunks, finished):
+        try:
             statuses = await services.history.run_statuses(tenant_id, [run_id])
-        await response.write(
-            b"event: end\ndata: " + orjson.dumps({"status": statuses[run_id].value}) + b"\n\n"
-        )
-        await response.write_eof()
-        return response
-    except ConnectionResetError:  # the client went away: nobody to answer
-        return response
-    finally:
-        services.streams.unsubscribe(tenant_id, run_id, chunks)
-        services.waiters.unwatch(tenant_id, {run_id: finished})
+            if run_id not in statuses:
+                raise NotFound(f"no run {run_id} in this tenant")
+            await response.prepare(call.request)
+            if not statuses[run_id].terminal:
+                while True:
+                    next_chunk = asyncio.ensure_future(chunks.get())
+                    await asyncio.wait([next_chunk, finished], return_when=asyncio.FIRST_COMPLETED)
+                    if not next_chunk.done():
+                        next_chunk.cancel()
+                        break
+                    await response.write(b"data: " + orjson.dumps(next_chunk.result()) + b"\n\n")
+                while not chunks.empty():  # what arrived just before the end
+                    await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
+                statuses = await services.history.run_statuses(tenant_id, [run_id])
+            await response.write(
+                b"event: end\ndata: " + orjson.dumps({"status": statuses[run_id].value}) + b"\n\n"
+            )
+            await response.write_eof()
+            return response
+        except ConnectionResetError:  # the client went away: nobody to answer
+            return response
 
 
 @router.get("/api/v1/runs/{run_id}/events", roles=ANY_ROLE, response=list[RunEvent])

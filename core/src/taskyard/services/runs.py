@@ -10,7 +10,7 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -301,6 +301,21 @@ class Runs:
             self.actors.waiters.unwatch(tenant_id, finished)
         view.waiting_reason = await self.waiting_reason(tenant_id, view)
         return view
+
+    @contextlib.contextmanager
+    def follow(
+        self, tenant_id: uuid.UUID, run_id: uuid.UUID
+    ) -> Iterator[tuple[asyncio.Queue[Any], asyncio.Future[RunEnd]]]:
+        """What a live stream of the run reads, for the block's duration: the chunks its task
+        streams from now on, and the run's end."""
+        actors = self.actors
+        chunks = actors.streams.subscribe(tenant_id, run_id)
+        finished = actors.waiters.watch(tenant_id, [run_id])
+        try:
+            yield chunks, finished[run_id]
+        finally:
+            actors.streams.unsubscribe(tenant_id, run_id, chunks)
+            actors.waiters.unwatch(tenant_id, finished)
 
     async def _read_view(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView:
         view = await self.repository.get_run(tenant_id, run_id)
