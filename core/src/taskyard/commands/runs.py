@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+from pydantic import BaseModel, ValidationError
 from rich.text import Text
 
 from taskyard.commands import output
@@ -31,7 +32,7 @@ from taskyard_sdk import (
     TaskFailed,
     Taskyard,
 )
-from taskyard_sdk.models import RunRef
+from taskyard_sdk.models import RunRef, TriggerRequest, WorkflowTriggerRequest
 
 _LOG_PAGE = 5000  # the most lines the engine gives in one page
 _FOLLOW_POLL = 1.0  # seconds a follower waits for the run to end before reading new lines
@@ -258,17 +259,23 @@ def trigger(
     """Trigger a run of a task or a workflow by name and print its run id. With --wait,
     print its output (JSON) instead, or its error with exit status 1; with --json, the
     REST answer (the run, or with --wait its view)."""
-    body: dict[str, Any] = {"input": input}
-    if metadata:
-        body["metadata"] = metadata
-    if priority is not None:
-        body["priority"] = priority
-    if idempotency_key is not None:
-        body["idempotency_key"] = idempotency_key
+    try:  # the SDK's own request models: the CLI sends what the SDK would
+        body = WorkflowTriggerRequest(
+            input=input,
+            metadata=metadata or {},
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
+    except ValidationError as exc:
+        fail(f"cannot trigger {name!r}: {exc}")
 
     async def start(client: Taskyard) -> tuple[RunRef, RunView | None]:
         path, request = await _trigger_request(client, name, body)
-        ref = RunRef.model_validate(await client.transport.request("POST", path, json_body=request))
+        ref = RunRef.model_validate(
+            await client.transport.request(
+                "POST", path, json_body=request.model_dump(mode="json", exclude_defaults=True)
+            )
+        )
         if not wait:
             return ref, None
         try:
@@ -299,14 +306,17 @@ def trigger(
 
 
 async def _trigger_request(
-    client: Taskyard, name: str, body: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
+    client: Taskyard, name: str, body: WorkflowTriggerRequest
+) -> tuple[str, BaseModel]:
     """Where to post `body`: a workflow's name starts a workflow run, any other name is a
     task's (whose run waits for a worker that registers it). The engine answers which it is."""
     try:
         await client.transport.request("GET", f"/api/v1/workflows/{name}")
     except NotFound:
-        return "/api/v1/runs", {"task": name, **body}
+        try:
+            return "/api/v1/runs", TriggerRequest(task=name, **dict(body))
+        except ValidationError as exc:
+            raise CommandFailed(f"cannot trigger task {name!r}: {exc}") from None
     return f"/api/v1/workflows/{name}/runs", body
 
 
