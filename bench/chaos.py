@@ -5,7 +5,7 @@ bench/chaos_checks.py judges the ledgers the tasks wrote (bench/chaos_worker.py)
 engine's views, the cron ticks and the faults.
 
 The fault plan and the workload come from one seed, so a run can be repeated; the timing of a
-shared machine still varies. `python -m bench chaos --minutes 3`; tests/test_chaos.py runs a
+shared machine still varies. `python -m bench chaos --minutes 3`; tests/e2e/test_chaos.py runs a
 short one.
 """
 

@@ -4,7 +4,7 @@ order) and the one function that builds each kind.
 Rows are plain tuples on purpose: a batch of 1,000 runs carries a few thousand, orjson encodes a
 tuple at half the cost of a NamedTuple (which it cannot encode without a fallback per row), and a
 NamedTuple is built at ten times the cost. So the order lives here, once: each builder takes
-keyword arguments named as the columns, `tests/test_rows.py` checks that it puts each into the
+keyword arguments named as the columns, `tests/unit/test_rows.py` checks that it puts each into the
 column of that name, and code that reads a row back names the column (`NEW_RUN.idempotency_key`).
 """
 

@@ -13,9 +13,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from taskyard.testing import EngineProcess, clean_env
+from taskyard.testing import EngineProcess
 from taskyard_sdk import Taskyard
-from tests.support import LEDGER_TABLE, WorkerProcess
+from tests.e2e.conftest import Deploy
+from tests.support import LEDGER_TABLE
 
 pytestmark = pytest.mark.slow
 
@@ -47,21 +48,7 @@ async def _status_count(db_url: str, task: str, status: str) -> int:
     return int(rows[0]["n"])
 
 
-def _engine(db_url: str, tmp_path: Path) -> EngineProcess:
-    return EngineProcess(
-        [
-            "--database-url",
-            db_url,
-            "--data-dir",
-            str(tmp_path / "engine"),
-            "--heartbeat-interval",
-            "0.3",
-            "--heartbeat-timeout",
-            "1.5",
-        ],
-        clean_env(),
-        tmp_path / "engine.log",
-    )
+FLAGS = ("--heartbeat-interval", "0.3", "--heartbeat-timeout", "1.5")
 
 
 async def _trigger(engine: EngineProcess, token: str, task: str, inputs: list[Any]) -> None:
@@ -75,30 +62,22 @@ async def _trigger(engine: EngineProcess, token: str, task: str, inputs: list[An
 
 
 async def test_a_durable_sleep_survives_kill_9_of_worker_and_engine(
-    db_url: str, tmp_path: Path
+    db_url: str, deploy: Deploy
 ) -> None:
     await _query(db_url, LEDGER_TABLE)
-    engine = _engine(db_url, tmp_path).start()
-    token = (tmp_path / "engine" / "token").read_text().strip()
-    workers = [WorkerProcess(engine.url, token, db_url, "first", tmp_path / "w1.log")]
-    try:
-        workers[0].start()
-        triggered = time.time()
-        await _trigger(engine, token, "nap", [1])
-        await _until(lambda: _status_count(db_url, "nap", "pending"), 20, "the nap to begin")
-        workers[0].kill()  # kill -9 of the worker during the sleep
-        workers.append(
-            WorkerProcess(engine.url, token, db_url, "second", tmp_path / "w2.log").start()
-        )
-        await asyncio.sleep(0.5)
-        engine.kill()  # and of the engine
-        engine.start()
-        restarted = time.time()
-        await _until(lambda: _status_count(db_url, "nap", "succeeded"), 30, "the nap to end")
-    finally:
-        for worker in workers:
-            worker.kill()
-        engine.kill()
+    deployment = deploy(*FLAGS)
+    engine, token = deployment.engine, deployment.token
+    first = deployment.worker("first")
+    triggered = time.time()
+    await _trigger(engine, token, "nap", [1])
+    await _until(lambda: _status_count(db_url, "nap", "pending"), 20, "the nap to begin")
+    first.kill()  # kill -9 of the worker during the sleep
+    deployment.worker("second")
+    await asyncio.sleep(0.5)
+    engine.kill()  # and of the engine
+    engine.start()
+    restarted = time.time()
+    await _until(lambda: _status_count(db_url, "nap", "succeeded"), 30, "the nap to end")
     [run] = await _query(
         db_url,
         "SELECT output, extract(epoch FROM finished_at)::float8 "
@@ -115,18 +94,18 @@ async def test_a_durable_sleep_survives_kill_9_of_worker_and_engine(
 
 
 async def test_an_event_pushed_while_the_engine_is_down_wakes_the_run_it_matches(
-    db_url: str, tmp_path: Path
+    db_url: str, deploy: Deploy
 ) -> None:
     await _query(db_url, LEDGER_TABLE)
-    engine = _engine(db_url, tmp_path).start()
-    token = (tmp_path / "engine" / "token").read_text().strip()
-    worker = WorkerProcess(engine.url, token, db_url, "w", tmp_path / "w.log").start()
+    deployment = deploy(*FLAGS)
+    engine, token = deployment.engine, deployment.token
+    deployment.worker("w")
+    await _trigger(engine, token, "await_upgrade", [1, 2])
+    await _until(lambda: _status_count(db_url, "await_upgrade", "pending"), 20, "waits")
+    await _until(lambda: _pending(db_url, 2), 20, "both waits")
+    engine.kill()
+    ty = Taskyard(engine.url, token, retry_for=30)  # the client retries until it is back
     try:
-        await _trigger(engine, token, "await_upgrade", [1, 2])
-        await _until(lambda: _status_count(db_url, "await_upgrade", "pending"), 20, "waits")
-        await _until(lambda: _pending(db_url, 2), 20, "both waits")
-        engine.kill()
-        ty = Taskyard(engine.url, token, retry_for=30)  # the client retries until it is back
         push = asyncio.create_task(
             ty.events.aio_push("user:upgraded", {"user_id": 1, "plan": "team"})
         )
@@ -136,10 +115,8 @@ async def test_an_event_pushed_while_the_engine_is_down_wakes_the_run_it_matches
         await push
         await _until(lambda: _status_count(db_url, "await_upgrade", "succeeded"), 20, "wake")
         await asyncio.sleep(0.5)
-        await ty.aio_close()
     finally:
-        worker.kill()
-        engine.kill()
+        await ty.aio_close()
     rows = await _query(
         db_url,
         "SELECT input::text AS n, status, output::text AS output "
@@ -156,29 +133,24 @@ async def _pending(db_url: str, count: int) -> bool:
 
 
 async def test_ten_thousand_sleeping_durable_runs_hold_no_slots_and_all_wake(
-    db_url: str, tmp_path: Path
+    db_url: str, deploy: Deploy
 ) -> None:
     await _query(db_url, LEDGER_TABLE)
-    engine = _engine(db_url, tmp_path).start()
-    token = (tmp_path / "engine" / "token").read_text().strip()
-    worker = WorkerProcess(engine.url, token, db_url, "w", tmp_path / "w.log", slots=100)
-    try:
-        worker.start()
-        await asyncio.sleep(1)  # let it register the task
-        began = time.time()
-        wake_at = began + 25
-        await _trigger(
-            engine, token, "nap_until", [{"n": n, "wake_at": wake_at} for n in range(10_000)]
-        )
-        # All asleep at once through a worker with 100 slots: the sleepers hold none.
-        await _until(lambda: _asleep(db_url, 10_000), 24, "10,000 runs asleep")
-        asleep_after = time.time() - began
-        memory = _rss_mb(engine.pid)
-        await _until(lambda: _done(db_url, 10_000), 120, "10,000 runs to wake and finish")
-        woke_in = time.time() - wake_at
-    finally:
-        worker.kill()
-        engine.kill()
+    deployment = deploy(*FLAGS)
+    engine, token = deployment.engine, deployment.token
+    deployment.worker("w", slots=100)
+    await asyncio.sleep(1)  # let it register the task
+    began = time.time()
+    wake_at = began + 25
+    await _trigger(
+        engine, token, "nap_until", [{"n": n, "wake_at": wake_at} for n in range(10_000)]
+    )
+    # All asleep at once through a worker with 100 slots: the sleepers hold none.
+    await _until(lambda: _asleep(db_url, 10_000), 24, "10,000 runs asleep")
+    asleep_after = time.time() - began
+    memory = _rss_mb(engine.pid)
+    await _until(lambda: _done(db_url, 10_000), 120, "10,000 runs to wake and finish")
+    woke_in = time.time() - wake_at
     ledger = await _query(db_url, "SELECT count(DISTINCT n) AS n, count(*) AS rows FROM ledger")
     print(
         f"10,000 durable sleepers: all asleep {asleep_after:.1f}s after the trigger, engine "

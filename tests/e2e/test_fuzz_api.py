@@ -15,7 +15,7 @@ from taskyard.testing import EngineProcess, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # about 60 s on a 2-core machine
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHECKS = (
     "not_a_server_error",
     "response_schema_conformance",
@@ -67,7 +67,7 @@ def test_fuzzing_the_api_finds_no_server_error_and_no_schema_violation(
             capture_output=True,
             text=True,
             timeout=270,
-            env=clean_env(SCHEMATHESIS_HOOKS="tests.fuzz_hooks", PYTHONPATH=str(ROOT)),
+            env=clean_env(SCHEMATHESIS_HOOKS="tests.e2e.fuzz_hooks", PYTHONPATH=str(ROOT)),
         )
     finally:
         engine.terminate()

@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/test_fuzz_api.py, loaded by its CLI (SCHEMATHESIS_HOOKS).
+"""Schemathesis hooks for tests/e2e/test_fuzz_api.py, loaded by its CLI (SCHEMATHESIS_HOOKS).
 
 Long-polls on runs that exist wait their whole `timeout` (30 s unless given, up to 300): no
 worker finishes the fuzzer's runs. Such waits are cut to a moment; all else is sent as made."""

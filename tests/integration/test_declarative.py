@@ -21,7 +21,7 @@ from taskyard.plugins import hookimpl
 from taskyard.testing import free_port
 from taskyard_sdk import RunStatus, Taskyard
 from tests.conftest import engine_settings
-from tests.test_alerts import Inbox
+from tests.integration.test_alerts import Inbox
 
 WORKFLOW = """\
 name: welcome

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from taskyard.testing import EngineProcess, clean_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_signup_workflow_example(db_url: str, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "core" / "src" / "taskyard"
+PACKAGE = Path(__file__).resolve().parents[2] / "core" / "src" / "taskyard"
 SHARED = {"errors", "ids"}  # used by every layer
 BELOW = {
     "domain": {"domain"},

@@ -866,7 +866,7 @@ async def test_every_endpoint_is_in_the_matrix_or_named_tenant_less(
     uncovered = sorted(set(served) - set(named))
     assert not uncovered, (
         f"endpoints with no tenant-isolation probe: {uncovered}; add a "
-        f"@probe to tests/test_tenant_isolation.py, or name the endpoint in "
+        f"@probe to tests/integration/test_tenant_isolation.py, or name the endpoint in "
         f"TENANT_LESS if it takes no token"
     )
     assert not sorted(set(named) - set(served)), "the matrix names endpoints no longer served"

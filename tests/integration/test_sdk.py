@@ -29,7 +29,7 @@ from taskyard_sdk import (
 from taskyard_sdk._config import resolve
 from tests.support import LEDGER_TABLE, WorkerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 EXPORTS = {
     "ApiError",

@@ -96,7 +96,7 @@ def test_every_hook_is_documented() -> None:
 
     from taskyard import plugins
 
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(plugins) if name.startswith("taskyard_")]
     assert hooks
     for hook in hooks:

@@ -22,6 +22,7 @@ from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.store.migrator import migrate
 from taskyard.testing import EngineProcess, clean_env
 from tests.conftest import engine_settings
+from tests.e2e.conftest import Deploy
 from tests.support import LEDGER_TABLE, WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -94,45 +95,21 @@ async def trigger_batches(
 
 
 async def test_engine_killed_with_5000_runs_in_flight_loses_nothing(
-    db_url: str, tmp_path: Path, record_property: pytest.RecordProperty
+    db_url: str, deploy: Deploy, record_property: pytest.RecordProperty
 ) -> None:
     await execute(db_url, LEDGER_TABLE)
-    data_dir = tmp_path / "engine"
-    engine = EngineProcess(
-        [
-            "--database-url",
-            db_url,
-            "--data-dir",
-            str(data_dir),
-            "--heartbeat-interval",
-            "0.5",
-            "--heartbeat-timeout",
-            "3",
-        ],
-        clean_env(),
-        tmp_path / "engine.log",
-    ).start()
-    token = (data_dir / "token").read_text().strip()
-    workers = [
-        WorkerProcess(
-            engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log", slots=50, sleep=0.05
-        ).start()
-        for i in range(2)
-    ]
-    try:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(base_url=engine.url) as http:
-            acknowledged = await trigger_batches(http, headers, 0, 5000)
-        assert len(acknowledged) == 5000
-        await wait_until(lambda: _ledger_at_least(db_url, 800), 60, "work to be under way")
-        engine.kill()  # kill -9: nothing is flushed, nothing is said goodbye
-        done_before = await scalar(db_url, "SELECT count(DISTINCT n) FROM ledger")
-        engine.start()
-        await wait_until(lambda: _succeeded(db_url, 5000), 180, "every run to succeed")
-    finally:
-        for worker in workers:
-            worker.kill()
-        engine.kill()
+    deployment = deploy("--heartbeat-interval", "0.5", "--heartbeat-timeout", "3")
+    engine = deployment.engine
+    for i in range(2):
+        deployment.worker(f"w{i}", slots=50, sleep=0.05)
+    async with aiohttp.ClientSession(base_url=engine.url) as http:
+        acknowledged = await trigger_batches(http, deployment.headers, 0, 5000)
+    assert len(acknowledged) == 5000
+    await wait_until(lambda: _ledger_at_least(db_url, 800), 60, "work to be under way")
+    engine.kill()  # kill -9: nothing is flushed, nothing is said goodbye
+    done_before = await scalar(db_url, "SELECT count(DISTINCT n) FROM ledger")
+    engine.start()
+    await wait_until(lambda: _succeeded(db_url, 5000), 180, "every run to succeed")
     lost, duplicates = await ledger_report(db_url, acknowledged)
     print(
         f"engine kill -9: {done_before} done before the kill, lost {lost}, duplicates {duplicates}"
@@ -143,51 +120,27 @@ async def test_engine_killed_with_5000_runs_in_flight_loses_nothing(
 
 
 async def test_engine_killed_with_flow_controlled_runs_in_flight_loses_none_and_leaks_no_key(
-    db_url: str, tmp_path: Path
+    db_url: str, deploy: Deploy
 ) -> None:
     """Runs held by concurrency keys and rate limits when the engine dies: after the restart
     every one finishes (a key slot leaked by the crash would leave its key's runs waiting)."""
     await execute(db_url, LEDGER_TABLE)
-    data_dir = tmp_path / "engine"
-    engine = EngineProcess(
-        [
-            "--database-url",
-            db_url,
-            "--data-dir",
-            str(data_dir),
-            "--heartbeat-interval",
-            "0.5",
-            "--heartbeat-timeout",
-            "3",
-        ],
-        clean_env(),
-        tmp_path / "engine.log",
-    ).start()
-    token = (data_dir / "token").read_text().strip()
-    workers = [
-        WorkerProcess(
-            engine.url, token, db_url, f"w{i}", tmp_path / f"w{i}.log", slots=20, sleep=0.02
-        ).start()
-        for i in range(2)
-    ]
+    deployment = deploy("--heartbeat-interval", "0.5", "--heartbeat-timeout", "3")
+    engine = deployment.engine
+    for i in range(2):
+        deployment.worker(f"w{i}", slots=20, sleep=0.02)
     options = {
         "retries": 5,
         "concurrency": [{"expression": "string(input % 4)", "max_runs": 2}],
         "rate_limits": [{"dynamic_key": "'ledger'", "limit": 200, "duration": "second"}],
     }
-    try:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(base_url=engine.url) as http:
-            acknowledged = await trigger_batches(http, headers, 0, 400, options=options)
-        assert len(acknowledged) == 400
-        await wait_until(lambda: _ledger_at_least(db_url, 80), 60, "work to be under way")
-        engine.kill()
-        engine.start()
-        await wait_until(lambda: _succeeded(db_url, 400), 120, "every run to succeed")
-    finally:
-        for worker in workers:
-            worker.kill()
-        engine.kill()
+    async with aiohttp.ClientSession(base_url=engine.url) as http:
+        acknowledged = await trigger_batches(http, deployment.headers, 0, 400, options=options)
+    assert len(acknowledged) == 400
+    await wait_until(lambda: _ledger_at_least(db_url, 80), 60, "work to be under way")
+    engine.kill()
+    engine.start()
+    await wait_until(lambda: _succeeded(db_url, 400), 120, "every run to succeed")
     lost, duplicates = await ledger_report(db_url, acknowledged)
     print(f"flow-controlled kill -9: lost {lost}, duplicates {duplicates}")
     assert lost == 0

@@ -4,15 +4,14 @@ step is created twice (each step of each run has exactly one row)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
-from taskyard.testing import EngineProcess, clean_env
-from tests.support import LEDGER_TABLE, WorkerProcess
-from tests.test_recovery import execute, scalar, wait_until
+from tests.e2e.conftest import Deploy
+from tests.e2e.test_recovery import execute, scalar, wait_until
+from tests.support import LEDGER_TABLE
 
 pytestmark = pytest.mark.slow
 
@@ -21,48 +20,27 @@ STEPS = ("first", "left", "right", "join")
 
 
 async def test_engine_killed_during_dag_progression_finishes_every_run_once(
-    db_url: str, tmp_path: Path
+    db_url: str, deploy: Deploy
 ) -> None:
     await execute(db_url, LEDGER_TABLE)
-    data_dir = tmp_path / "engine"
-    engine = EngineProcess(
-        [
-            "--database-url",
-            db_url,
-            "--data-dir",
-            str(data_dir),
-            "--heartbeat-interval",
-            "0.5",
-            "--heartbeat-timeout",
-            "3",
-        ],
-        clean_env(),
-        tmp_path / "engine.log",
-    ).start()
-    token = (data_dir / "token").read_text().strip()
-    worker = WorkerProcess(
-        engine.url, token, db_url, "dag", tmp_path / "worker.log", slots=40, sleep=0.02
-    ).start()
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        async with aiohttp.ClientSession(base_url=engine.url) as http:
-            await wait_until(lambda: _registered(http, headers), 30, "the workflow")
-            async with http.post(
-                "/api/v1/workflows/ledger-dag/runs/batch",
-                headers=headers,
-                json={"runs": [{"input": n} for n in range(RUNS)]},
-            ) as response:
-                assert response.status == 201, await response.text()
-                run_ids = [ref["run_id"] for ref in (await response.json())["runs"]]
-        # Kill once the DAGs are well under way: some runs done, others mid-diamond.
-        await wait_until(lambda: _rows_at_least(db_url, RUNS * 2), 60, "steps to be under way")
-        engine.kill()
-        steps_before = await scalar(db_url, "SELECT count(*) FROM runs WHERE step IS NOT NULL")
-        engine.start()
-        await wait_until(lambda: _workflows_succeeded(db_url, RUNS), 180, "every workflow run")
-    finally:
-        worker.kill()
-        engine.kill()
+    deployment = deploy("--heartbeat-interval", "0.5", "--heartbeat-timeout", "3")
+    engine, headers = deployment.engine, deployment.headers
+    deployment.worker("dag", slots=40, sleep=0.02)
+    async with aiohttp.ClientSession(base_url=engine.url) as http:
+        await wait_until(lambda: _registered(http, headers), 30, "the workflow")
+        async with http.post(
+            "/api/v1/workflows/ledger-dag/runs/batch",
+            headers=headers,
+            json={"runs": [{"input": n} for n in range(RUNS)]},
+        ) as response:
+            assert response.status == 201, await response.text()
+            run_ids = [ref["run_id"] for ref in (await response.json())["runs"]]
+    # Kill once the DAGs are well under way: some runs done, others mid-diamond.
+    await wait_until(lambda: _rows_at_least(db_url, RUNS * 2), 60, "steps to be under way")
+    engine.kill()
+    steps_before = await scalar(db_url, "SELECT count(*) FROM runs WHERE step IS NOT NULL")
+    engine.start()
+    await wait_until(lambda: _workflows_succeeded(db_url, RUNS), 180, "every workflow run")
     conn = await asyncpg.connect(db_url)
     try:
         per_run = await conn.fetch(
