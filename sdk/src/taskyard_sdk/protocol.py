@@ -13,7 +13,7 @@ Answers may arrive several to a frame (a JSON array).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -174,6 +174,7 @@ WorkerMessage = Annotated[
     Field(discriminator="type"),
 ]
 worker_message = TypeAdapter(WorkerMessage)
+_worker_frame = TypeAdapter(list[WorkerMessage])
 
 # -- engine -> worker ----------------------------------------------------------------------------
 
@@ -309,9 +310,21 @@ def encode_frame(messages: Sequence[BaseModel | bytes]) -> bytes:
 def decode_engine_frame(data: str | bytes) -> list[EngineMessage]:
     """The messages of a frame from the engine (one message, or a list of them), validated in
     one pass; raises ValueError (a pydantic ValidationError) if anything in it is off."""
-    if data[:1] in ("[", b"["):
-        return _engine_frame.validate_json(data)
-    return [engine_message.validate_json(data)]
+    return _decode(data, engine_message, _engine_frame)
+
+
+def decode_worker_frame(data: str | bytes) -> list[WorkerMessage]:
+    """The messages of a frame from a worker, as `decode_engine_frame` reads the engine's."""
+    return _decode(data, worker_message, _worker_frame)
+
+
+M = TypeVar("M")
+
+
+def _decode(data: str | bytes, one: TypeAdapter[M], many: TypeAdapter[list[M]]) -> list[M]:
+    if data.lstrip()[:1] in ("[", b"["):  # lstrip returns the frame itself when it can
+        return many.validate_json(data)
+    return [one.validate_json(data)]
 
 
 MAX_JSON_DEPTH = 100

@@ -5,6 +5,10 @@ does not hold, an oversized frame) is answered with an `error` message naming th
 connection and the engine carry on. A result the engine cannot store (a NUL character, nesting
 deeper than MAX_JSON_DEPTH) fails its attempt at once, saying why, instead of being refused and
 sent again until the run times out; NUL characters in log lines and error texts are replaced.
+
+Unlike the REST handlers, this one tells the worker registry and the worker's queue actor
+directly, not through the services: each frame of results is one `tell`, the hot path of every
+run's end, and the session this handler owns is what those actors know the worker by.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import WSMsgType, web
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from taskyard.actors.workers import WorkerSession
 from taskyard.domain.auth import Role
@@ -171,18 +175,13 @@ def _handle_frame(
         queue.tell(queue.worker_messages, session, routed)
 
 
-_FRAME = TypeAdapter(list[protocol.WorkerMessage])
-
-
 def _parse_frame(data: str) -> list[Any] | None:
     """The frame's messages in one validating pass; None if anything in it is off (then
     `_parse_each` finds and reports each problem)."""
     if "\\u0000" in data:
         return None
     try:
-        if data.lstrip().startswith("["):
-            return _FRAME.validate_json(data)
-        return [protocol.worker_message.validate_json(data)]
+        return protocol.decode_worker_frame(data)
     except ValidationError:
         return None
 

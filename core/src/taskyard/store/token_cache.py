@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 
 from taskyard.domain.auth import Principal, hash_token
-from taskyard.store.db import connect
+from taskyard.store.db import TRANSIENT_ERRORS, connect
 from taskyard.store.tenants import REVOKED_CHANNEL, TenantRepository
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ class TokenCache:
         listener, self._listener = self._listener, None
         self._listening = False
         if listener is not None and not listener.is_closed():
-            await listener.close()
+            try:
+                await listener.close()
+            except TRANSIENT_ERRORS:  # its server went away meanwhile: nothing left to say
+                listener.terminate()
 
     async def principal(self, secret: str) -> Principal | None:
         """The principal of a token, or None when it is unknown or revoked."""
