@@ -81,3 +81,66 @@ def test_only_the_command_line_imports_the_composition_root() -> None:
         if path.name != "engine.py" and "engine" in engine_imports(path)
     )
     assert importers == ["cli.py"]
+
+
+def _runtime_imports(root: Path, package: str) -> dict[str, set[str]]:
+    """Each module's imports of its own package that run when it loads: module level, outside
+    `if TYPE_CHECKING:` (imports inside functions run later, and are allowed to close a loop)."""
+    modules = {
+        ".".join((package, *path.relative_to(root).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        ): path
+        for path in root.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] != package:
+                    continue
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+                found |= submodules & modules.keys()
+                if not submodules <= modules.keys():
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names} & modules.keys()
+        graph[name] = found & modules.keys() - {name}
+    return graph
+
+
+def _a_loop(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import loop, as the modules along it, if there is one."""
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return [*path[path.index(name) :], name]
+        if name in done:
+            return None
+        for target in sorted(graph[name]):
+            loop = visit(target, [*path, name])
+            if loop is not None:
+                return loop
+        done.add(name)
+        return None
+
+    for name in sorted(graph):
+        loop = visit(name, [])
+        if loop is not None:
+            return loop
+    return None
+
+
+@pytest.mark.parametrize(
+    ("root", "package"),
+    [(PACKAGE, "taskyard"), (PACKAGE.parents[2] / "sdk" / "src" / "taskyard_sdk", "taskyard_sdk")],
+)
+def test_no_import_loops_but_type_only_ones(root: Path, package: str) -> None:
+    graph = _runtime_imports(root, package)
+    assert len(graph) > 20, f"found only {len(graph)} modules under {root}"
+    assert _a_loop(graph) is None
+
+
+def test_the_loop_check_finds_a_loop() -> None:
+    assert _a_loop({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]

@@ -8,6 +8,9 @@ Clients (`/api/v1/clients/connect`, the SDK's channel): the REST API over one co
 engine says `welcome`; then each `ClientCall` is an HTTP call as a frame, answered by a
 `ClientAnswer` with the same id, the REST status and the REST body, in the order calls finish.
 Answers may arrive several to a frame (a JSON array).
+
+Over 400 lines on purpose: it is the protocol's one document, every message of both channels,
+their frames, the error envelope and the limits both sides enforce, read side by side.
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ class TenantRegistry:
             for workflow in self.latest.values():
                 definition = workflow.definition
                 pattern = next((p for p in definition.on_events if key_matches(p, event.key)), None)
-                if pattern is None or not matches(
+                if pattern is None:
+                    continue
+                if definition.event_filter is not None and not matches(
                     event, pattern, definition.event_filter, names, f"workflow {workflow.name!r}"
                 ):
                     continue
