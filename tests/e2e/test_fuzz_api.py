@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from taskyard.testing import EngineProcess, clean_env
+from taskyard.testing import clean_env
+from tests.e2e.conftest import Deploy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # about 60 s on a 2-core machine
 
@@ -31,15 +32,11 @@ EXCLUDED = (
 
 
 def test_fuzzing_the_api_finds_no_server_error_and_no_schema_violation(
-    db_url: str, tmp_path: Path
+    deploy: Deploy, tmp_path: Path
 ) -> None:
-    engine = EngineProcess(
-        ["--database-url", db_url, "--data-dir", str(tmp_path / "engine")],
-        clean_env(),
-        tmp_path / "engine.log",
-    ).start()
+    deployment = deploy()
+    engine, token = deployment.engine, deployment.token
     try:
-        token = (tmp_path / "engine" / "token").read_text().strip()
         fuzz = subprocess.run(
             [
                 sys.executable,
