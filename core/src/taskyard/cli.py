@@ -39,6 +39,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     import asyncpg
 
     from taskyard.plugin_manager import UnknownPluginError
+    from taskyard.services.outbox import OutboxConfigError
     from taskyard.store.db import DatabaseUnavailable
     from taskyard.store.embedded import EmbeddedPostgresError
     from taskyard.store.migrator import MigrationError
@@ -46,6 +47,7 @@ def _expected() -> tuple[type[BaseException], ...]:
 
     return (
         MigrationError,
+        OutboxConfigError,
         UnknownPluginError,
         DatabaseUnavailable,
         EmbeddedPostgresError,
@@ -116,6 +118,9 @@ _FLAG_NAMES = {
     "workflows_dir": "workflows",
     "plugins": "plugin",
 }
+# Repeatable flags, and how their variable separates values (None: by whitespace, since a
+# PostgreSQL URL may hold commas).
+_LISTS = {"plugins": ",", "outbox": None}
 _CLICK_TYPES: dict[Any, Any] = {int: int, float: float, str: str, Path: click.Path(path_type=Path)}
 
 
@@ -125,11 +130,7 @@ def _engine_options(command: Callable[..., None]) -> Callable[..., None]:
     validates what is given."""
     for name, field in reversed(EngineSettings.model_fields.items()):
         flag = _FLAG_NAMES.get(name, name.replace("_", "-"))
-        envvar = (
-            "TASKYARD_" + name.upper()
-            if name == "plugins"
-            else ("TASKYARD_" + flag.upper().replace("-", "_"))
-        )
+        envvar = "TASKYARD_" + (name if name in _LISTS else flag).upper().replace("-", "_")
         help_text = field.description or ""
         if field.annotation is bool:
             option = click.option(
@@ -140,13 +141,14 @@ def _engine_options(command: Callable[..., None]) -> Callable[..., None]:
                 show_default=True,
                 help=help_text,
             )
-        elif name == "plugins":
+        elif name in _LISTS:
+            separator = "comma" if _LISTS[name] == "," else "space"
             option = click.option(
                 f"--{flag}",
                 name,
                 multiple=True,
-                metavar="NAME",
-                help=f"{help_text} Repeatable; {envvar} is comma-separated.",
+                metavar=name.upper().removesuffix("S"),
+                help=f"{help_text} Repeatable; {envvar} is {separator}-separated.",
             )
         else:
             base = next(
@@ -171,10 +173,10 @@ def _engine_options(command: Callable[..., None]) -> Callable[..., None]:
 @_engine_options
 def engine(**given: Any) -> None:
     """Run the engine until SIGINT or SIGTERM."""
-    if not given["plugins"]:
-        given["plugins"] = [
-            p.strip() for p in os.environ.get("TASKYARD_PLUGINS", "").split(",") if p.strip()
-        ]
+    for name, separator in _LISTS.items():
+        if not given[name]:
+            variable = os.environ.get(f"TASKYARD_{name.upper()}", "")
+            given[name] = [v.strip() for v in variable.split(separator) if v.strip()]
     from pydantic import ValidationError
 
     try:
@@ -266,6 +268,28 @@ def migrate_command(database_url: str | None, database_wait: float, data_dir: Pa
 
     applied = _run(run())
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+@main.group()
+def outbox() -> None:
+    """Transactional enqueue: the outbox table that applications write their triggers to."""
+
+
+@outbox.command("install")
+@database_url_option
+@database_wait_option
+@data_dir_option
+def outbox_install(database_url: str | None, database_wait: float, data_dir: Path) -> None:
+    """Create the taskyard_outbox table in a database (an application's, given by
+    --database-url); the engine drains it with --outbox TENANT=URL."""
+    from taskyard_sdk.outbox import TABLE, aio_install
+
+    async def run() -> None:
+        async with _database(database_url, data_dir, database_wait) as pool, pool.acquire() as conn:
+            await aio_install(conn)
+
+    _run(run())
+    click.echo(f"{TABLE} is installed")
 
 
 @main.group()

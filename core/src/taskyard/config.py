@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 DEFAULT_PORT = 7077
+
+
+class OutboxBinding(BaseModel):
+    """An outbox table the engine drains into one tenant: in an application's database
+    (`url`), or in the engine's own (no url)."""
+
+    tenant: str = Field(min_length=1)
+    url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+
+    @classmethod
+    def parse(cls, value: Any) -> Any:
+        """`TENANT=URL` or `TENANT` (as the command line and TASKYARD_OUTBOX give it)."""
+        if not isinstance(value, str):
+            return value
+        tenant, _, url = value.partition("=")
+        return {"tenant": tenant.strip(), "url": url.strip() or None}
 
 
 class EngineSettings(BaseModel):
@@ -51,6 +68,24 @@ class EngineSettings(BaseModel):
     workflows_dir: Path | None = Field(
         default=None, description="Declarative workflow files (YAML); default <data-dir>/workflows."
     )
+    outbox: list[OutboxBinding] = Field(
+        default_factory=list,
+        description="An outbox to drain, as TENANT=URL (an application database's "
+        "taskyard_outbox table, its runs in that tenant) or TENANT alone (the engine's own "
+        "database).",
+    )
+    outbox_poll: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between polls of an outbox, a safety net beside its notifications.",
+    )
     public_url: str | None = Field(
         default=None, description="The URL users reach the engine at, for links in alerts."
     )
+
+    @field_validator("outbox", mode="before")
+    @classmethod
+    def _parse_outboxes(cls, values: Any) -> Any:
+        return (
+            [OutboxBinding.parse(v) for v in values] if isinstance(values, list | tuple) else values
+        )

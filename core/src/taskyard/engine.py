@@ -48,7 +48,9 @@ from taskyard.plugins import (
 )
 from taskyard.services import Services
 from taskyard.services.alerts import AlertRules
+from taskyard.services.outbox import OutboxConfigError, OutboxDrainer
 from taskyard.services.tokens import Tokens
+from taskyard.store import outbox as outbox_table
 from taskyard.store.alerts import AlertRuleRepository
 from taskyard.store.batch import register_node
 from taskyard.store.db import TRANSIENT_ERRORS, create_pool
@@ -62,6 +64,7 @@ from taskyard.store.schedules import ScheduleRepository
 from taskyard.store.tenants import TenantExists, TenantRepository
 from taskyard.store.token_cache import TokenCache
 from taskyard.store.workflows import WorkflowRepository
+from taskyard_sdk import outbox as outbox_schema
 from taskyard_sdk.models import EventRequest, WorkflowDefinition
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,7 @@ class Engine:
         self._observe = False
         self._observers = SideTasks()  # plugin calls with committed changes: finished at stop
         self.database_url: str | None = settings.database_url
+        self.outboxes: list[OutboxDrainer] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -198,6 +202,7 @@ class Engine:
             else None,
         )
         await self._services.start()
+        await self._drain_outboxes()
 
         plugin_router = Router(tags=("plugins",), channel=False)  # HTTP only: raw bodies
         await self._plugins.call("taskyard_routes", router=plugin_router)
@@ -446,6 +451,36 @@ class Engine:
         if principal is None:
             raise Unauthorized("token is invalid or has been revoked")
         return principal
+
+    async def _drain_outboxes(self) -> None:
+        """A drainer per `--outbox`, each bound to its tenant; the engine's own table is
+        installed first when one is bound to it."""
+        self.outboxes = []
+        async with self.pool.acquire() as conn:
+            if any(binding.url is None for binding in self.settings.outbox):
+                await outbox_schema.aio_install(conn)
+            try:
+                engine_table = await outbox_table.identity(conn)
+            except outbox_table.OutboxMissing:
+                engine_table = None
+        for binding in self.settings.outbox:
+            tenant = await self.repository.tenant_named(binding.tenant)
+            if tenant is None:
+                raise OutboxConfigError(
+                    f"--outbox {binding.tenant}: there is no tenant named {binding.tenant!r} "
+                    f"(create it with `taskyard tenant create {binding.tenant}`)"
+                )
+            drainer = OutboxDrainer(
+                url=binding.url or self.database_url or "",
+                tenant_id=tenant.tenant_id,
+                runs=self.services.runs,
+                workflows=self.services.workflows,
+                events=self.services.events,
+                engine_table=engine_table,
+                poll=self.settings.outbox_poll,
+            )
+            self.outboxes.append(drainer)
+            self._background.spawn(drainer.run(), name=f"outbox:{binding.tenant}")
 
     async def _bootstrap_local_tenant(self) -> None:
         """First start on an empty database: create the `default` tenant and write an admin

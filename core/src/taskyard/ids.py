@@ -1,34 +1,17 @@
-"""Time-ordered identifiers (UUIDv7, RFC 9562): new rows land at the end of btree indexes, and
-sorting ids sorts by creation time. Ids from one engine process are strictly increasing, even
-within a millisecond (RFC 9562 method 2: the random part is incremented)."""
+"""The engine's ids: the SDK's time-ordered UUIDv7 (see taskyard_sdk._ids), of asyncpg's UUID
+type."""
 
 from __future__ import annotations
 
-import random
-import threading
-import time
 import uuid
 
 from asyncpg.pgproto.pgproto import UUID as _FastUUID
 
-_lock = threading.Lock()
-_last = 0
+from taskyard_sdk._ids import uuid7_bytes
 
 
 def new_id() -> uuid.UUID:
     """A new id, of asyncpg's uuid.UUID subclass: it hashes in C and keeps its hash, and a run's
     id is hashed some forty times on its way through the engine's dictionaries."""
-    global _last
-    millis = time.time_ns() // 1_000_000
-    rand = random.getrandbits(74)  # ids need to be unique and ordered, not unguessable
-    with _lock:
-        # 48-bit time, then 74 bits (12 + 62) that are random or, within a millisecond, counted.
-        value = ((millis & 0xFFFF_FFFF_FFFF) << 74) | rand
-        if value <= _last:
-            value = _last + 1
-        _last = value
-    time_and_a = value >> 62  # 48-bit time + 12 bits
-    b = value & 0x3FFF_FFFF_FFFF_FFFF  # 62 bits
-    high = ((time_and_a >> 12) << 16) | (0x7 << 12) | (time_and_a & 0xFFF)
-    fast: uuid.UUID = _FastUUID(((high << 64) | (0b10 << 62) | b).to_bytes(16, "big"))
+    fast: uuid.UUID = _FastUUID(uuid7_bytes())
     return fast

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from pydantic_core import to_jsonable_python
 
+from taskyard_sdk import outbox
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import BatchEventResponse, EventPage, EventRequest, EventView
 
@@ -45,6 +46,24 @@ class Events:
             "POST", "/api/v1/events/batch", json_body={"events": body}
         )
         return BatchEventResponse.model_validate(data).events
+
+    async def aio_push_in(
+        self, conn: Any, key: str, payload: Any = None, *, metadata: dict[str, str] | None = None
+    ) -> UUID:
+        """Push an event in the transaction open on `conn` (asyncpg, psycopg AsyncConnection,
+        SQLAlchemy AsyncSession or AsyncConnection): it exists, and triggers and wakes what it
+        matches, if and only if that transaction commits. Returns the event's id."""
+        row = outbox.new_row("event", key, EventRequest, _request(key, payload, metadata))
+        await outbox.aio_write(conn, [row])
+        return row.id
+
+    def push_in(
+        self, conn: Any, key: str, payload: Any = None, *, metadata: dict[str, str] | None = None
+    ) -> UUID:
+        """`aio_push_in` through a sync connection (psycopg, SQLAlchemy Session or Connection)."""
+        row = outbox.new_row("event", key, EventRequest, _request(key, payload, metadata))
+        outbox.write(conn, [row])
+        return row.id
 
     async def aio_get(self, event_id: UUID | str) -> EventView:
         data = await self._client.transport.request("GET", f"/api/v1/events/{event_id}")

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from taskyard_sdk._errors import ResultTimeout, TaskFailed
+from taskyard_sdk import outbox
+from taskyard_sdk._errors import NotFound, ResultTimeout, TaskFailed
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import RunStatus, RunView, WaitResponse
 
@@ -55,6 +56,75 @@ class Runnable(Generic[In, Out]):
     def _outcome(self, view: RunView) -> Out:
         """A finished run's result; raises TaskFailed if it did not succeed."""
         raise NotImplementedError
+
+    def _outbox_row(
+        self,
+        input: In,
+        metadata: dict[str, str] | None,
+        priority: int | None,
+        idempotency_key: str | None,
+    ) -> outbox.OutboxRow:
+        """The trigger of one run as an outbox row (validated, its run id chosen)."""
+        raise NotImplementedError
+
+    # -- through the application's own transaction (see taskyard_sdk.outbox) ---------------------
+
+    async def aio_run_in(
+        self,
+        conn: Any,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Out]:
+        """Enqueue a run in the transaction open on `conn` (asyncpg, psycopg AsyncConnection,
+        SQLAlchemy AsyncSession or AsyncConnection): the run exists if and only if that
+        transaction commits. Its id is known at once (store it in the same transaction); the
+        engine need not be reachable. A bad input is refused here, as `aio_run_no_wait` would."""
+        row = self._outbox_row(input, metadata, priority, idempotency_key)
+        await outbox.aio_write(conn, [row])
+        return RunHandle(self, row.id, enqueued=True)
+
+    async def aio_run_many_in(
+        self,
+        conn: Any,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Out]]:
+        """Enqueue many runs in the transaction open on `conn`, in one statement."""
+        rows = [self._outbox_row(value, metadata, priority, None) for value in inputs]
+        await outbox.aio_write(conn, rows)
+        return [RunHandle(self, row.id, enqueued=True) for row in rows]
+
+    def run_in(
+        self,
+        conn: Any,
+        input: In,
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle[Out]:
+        """`aio_run_in` through a sync connection (psycopg Connection, SQLAlchemy Session or
+        Connection)."""
+        row = self._outbox_row(input, metadata, priority, idempotency_key)
+        outbox.write(conn, [row])
+        return RunHandle(self, row.id, enqueued=True)
+
+    def run_many_in(
+        self,
+        conn: Any,
+        inputs: Sequence[In],
+        *,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+    ) -> list[RunHandle[Out]]:
+        rows = [self._outbox_row(value, metadata, priority, None) for value in inputs]
+        outbox.write(conn, rows)
+        return [RunHandle(self, row.id, enqueued=True) for row in rows]
 
     async def aio_run(
         self,
@@ -162,17 +232,21 @@ class Runnable(Generic[In, Out]):
 
 
 class RunHandle(Generic[Out]):
-    """A triggered run (of a task or a workflow). `result()` waits for its output."""
+    """A triggered run (of a task or a workflow). `result()` waits for its output.
+    `enqueued`: written to an outbox, so the engine may not have created it yet."""
 
-    def __init__(self, task: Runnable[Any, Out], run_id: UUID) -> None:
+    def __init__(self, task: Runnable[Any, Out], run_id: UUID, *, enqueued: bool = False) -> None:
         self.task = task
         self.run_id = run_id
+        self.enqueued = enqueued
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.task.name} {self.run_id}>"
 
     async def aio_result(self, timeout: float | None = None) -> Out:
-        views = await wait_for_runs(self.task.client, [self.run_id], timeout)
+        views = await wait_for_runs(
+            self.task.client, [self.run_id], timeout, appearing=self.enqueued
+        )
         return self.task._outcome(views[self.run_id])
 
     def result(self, timeout: float | None = None) -> Out:
@@ -197,17 +271,39 @@ class RunHandle(Generic[Out]):
 
 
 async def wait_for_runs(
-    client: Taskyard, run_ids: list[UUID], timeout: float | None
+    client: Taskyard, run_ids: list[UUID], timeout: float | None, *, appearing: bool = False
 ) -> dict[UUID, RunView]:
-    """Long-poll until every run has finished; raises ResultTimeout after `timeout` seconds."""
+    """Long-poll until every run has finished; raises ResultTimeout after `timeout` seconds.
+    `appearing`: the runs were enqueued through an outbox, and until the engine has drained it
+    an unknown run is waited for instead of refused."""
     deadline = None if timeout is None else time.monotonic() + timeout
     finished: dict[UUID, RunView] = {}
     pending = list(run_ids)
+    retry = 0.01
+    while pending:
+        try:
+            return await _wait_for_runs(client, pending, finished, deadline, timeout, len(run_ids))
+        except NotFound:
+            if not appearing or (deadline is not None and time.monotonic() + retry > deadline):
+                raise
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, 1.0)
+    return finished
+
+
+async def _wait_for_runs(
+    client: Taskyard,
+    pending: list[UUID],
+    finished: dict[UUID, RunView],
+    deadline: float | None,
+    timeout: float | None,
+    total: int,
+) -> dict[UUID, RunView]:
     while pending:
         remaining = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
         if remaining <= 0:
             raise ResultTimeout(
-                f"{len(pending)} of {len(run_ids)} runs did not finish within "
+                f"{len(pending)} of {total} runs did not finish within "
                 f"{timeout:g}s (first pending: {pending[0]})"
             )
         chunks = [pending[i : i + _WAIT_CHUNK] for i in range(0, len(pending), _WAIT_CHUNK)]
@@ -222,7 +318,7 @@ async def wait_for_runs(
                 for chunk in chunks
             )
         )
-        pending = []
+        pending[:] = []
         for raw in responses:
             response = WaitResponse.model_validate(raw)
             finished.update((view.run_id, view) for view in response.runs)

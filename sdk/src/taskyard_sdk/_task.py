@@ -19,6 +19,7 @@ from uuid import uuid4
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json, to_jsonable_python
 
+from taskyard_sdk import outbox
 from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import Context, current_run
 from taskyard_sdk._durable import child_results, current_durable
@@ -41,6 +42,7 @@ from taskyard_sdk.models import (
     StepContext,
     Sticky,
     TaskOptions,
+    TriggerRequest,
 )
 
 if TYPE_CHECKING:
@@ -194,6 +196,16 @@ class Task(Schedulable, Runnable[In, Out]):
         if spawned_by is not None:
             request["parent_run_id"] = str(spawned_by)
         return request
+
+    def _outbox_row(
+        self,
+        input: In,
+        metadata: dict[str, str] | None,
+        priority: int | None,
+        idempotency_key: str | None,
+    ) -> outbox.OutboxRow:
+        request = self._trigger(input, metadata, priority, idempotency_key)
+        return outbox.new_row("task", self.name, TriggerRequest, request)
 
     # -- running here, for tests ----------------------------------------------------------------
 

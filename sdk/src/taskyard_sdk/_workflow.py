@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from taskyard_sdk import protocol
+from taskyard_sdk import outbox, protocol
 from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import current_run
 from taskyard_sdk._errors import InvalidInput, NotFound, TaskFailed
@@ -44,6 +44,7 @@ from taskyard_sdk.models import (
     Sticky,
     WorkflowDefinition,
     WorkflowInfo,
+    WorkflowTriggerRequest,
 )
 
 if TYPE_CHECKING:
@@ -113,6 +114,12 @@ class WorkflowTask(Task[In, Out]):
         raise TypeError(
             f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
             f"schedule the workflow instead"
+        )
+
+    def _outbox_row(self, input: In, *_: Any) -> outbox.OutboxRow:
+        raise TypeError(
+            f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
+            f"run the workflow instead"
         )
 
 
@@ -287,6 +294,16 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
         if spawned_by is not None:
             request["parent_run_id"] = str(spawned_by)
         return request
+
+    def _outbox_row(
+        self,
+        input: In,
+        metadata: dict[str, str] | None,
+        priority: int | None,
+        idempotency_key: str | None,
+    ) -> outbox.OutboxRow:
+        request = self._trigger(input, metadata, priority, idempotency_key)
+        return outbox.new_row("workflow", self.name, WorkflowTriggerRequest, request)
 
     async def aio_run_no_wait(
         self,

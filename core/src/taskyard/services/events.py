@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from taskyard.domain.events import PushedEvent
@@ -33,20 +34,40 @@ class Events:
         self.history = history  # the stored event a replay pushes again
 
     async def push(
-        self, tenant_id: uuid.UUID, requests: list[EventRequest], replay_of: uuid.UUID | None = None
+        self,
+        tenant_id: uuid.UUID,
+        requests: list[EventRequest],
+        replay_of: uuid.UUID | None = None,
+        *,
+        ids: Sequence[uuid.UUID] | None = None,
+        from_outbox: bool = False,
     ) -> list[EventView]:
         """Store events, start the workflows they trigger, wake the steps waiting for them.
-        Returns once all of it is committed."""
+        Returns once all of it is committed. `ids`: the events' ids, when the caller chose them
+        (an outbox's rows): pushed again, such an event starts no workflow run twice, since
+        the ids of the runs it starts follow from its own. `from_outbox` as for
+        `Runs.trigger`."""
         await self.persister.capacity()
         now = time.time()
         events = [
-            PushedEvent(new_id(), request.key, request.payload, request.metadata, now)
-            for request in requests
+            PushedEvent(
+                new_id() if ids is None else ids[index],
+                request.key,
+                request.payload,
+                request.metadata,
+                now,
+            )
+            for index, request in enumerate(requests)
         ]
         tenant = self.actors.tenant(tenant_id)
         routed: list[list[CompiledWorkflow]] = await tenant.ask(tenant.route, events)
         started = [
-            WorkflowStart(workflow, event.payload, event.metadata)
+            WorkflowStart(
+                workflow,
+                event.payload,
+                event.metadata,
+                run_id=None if ids is None else uuid.uuid5(event.event_id, workflow.name),
+            )
             for event, workflows in zip(events, routed, strict=True)
             for workflow in workflows
         ]
@@ -79,7 +100,7 @@ class Events:
                     replay_of=replay_of,
                 )
             )
-        self.persister.pushed_events(rows)
+        self.persister.pushed_events(rows, from_outbox=from_outbox)
         await self.persister.barrier()
         tenant.tell(tenant.events_committed, events)
         for queue in self.actors.queues_of(tenant_id):  # durable runs' waits

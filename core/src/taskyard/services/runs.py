@@ -52,9 +52,14 @@ class Runs:
         tenant_id: uuid.UUID,
         requests: list[TriggerRequest],
         options: TaskOptions | None = None,
+        *,
+        ids: Sequence[uuid.UUID] | None = None,
+        from_outbox: bool = False,
     ) -> list[RunRef]:
         """Create runs; returns once they are committed (an acknowledged run is never lost).
-        `options` are those of a batch, for its runs that carry none of their own."""
+        `options` are those of a batch, for its runs that carry none of their own. `ids`: the
+        runs' ids, when the caller chose them (an outbox's rows); `from_outbox`: they are rows
+        of the engine's own outbox, deleted in the transaction that inserts the runs."""
         await self.persister.capacity()
         if options is not None:
             self._check(options, "options")
@@ -87,7 +92,7 @@ class Runs:
                 raise Unprocessable(f"{where}(task {request.task!r}): {exc}") from None
             run = Run(
                 tenant_id=tenant_id,
-                run_id=new_id(),
+                run_id=new_id() if ids is None else ids[index],
                 task=sys.intern(request.task),
                 queue=run_options.queue,
                 status=RunStatus.QUEUED,
@@ -118,7 +123,7 @@ class Runs:
                     flow_json=flow.to_json() if flow is not None else None,
                 )
             )
-        inserted = await self.persister.insert_triggered(rows)
+        inserted = await self.persister.insert_triggered(rows, from_outbox=from_outbox)
         refs = [
             RunRef(
                 run_id=outcome.run_id,

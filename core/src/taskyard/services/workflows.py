@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -42,6 +43,7 @@ class WorkflowStart(NamedTuple):
     priority: int | None = None
     idempotency_key: str | None = None
     parent_run_id: uuid.UUID | None = None
+    run_id: uuid.UUID | None = None  # when the caller chose it (an outbox's row)
 
 
 class Workflows:
@@ -78,9 +80,16 @@ class Workflows:
         return stored
 
     async def trigger(
-        self, tenant_id: uuid.UUID, name: str, requests: list[WorkflowTriggerRequest]
+        self,
+        tenant_id: uuid.UUID,
+        name: str,
+        requests: list[WorkflowTriggerRequest],
+        *,
+        ids: Sequence[uuid.UUID] | None = None,
+        from_outbox: bool = False,
     ) -> list[RunRef]:
-        """Start runs of the latest version of a workflow; returns once they are committed."""
+        """Start runs of the latest version of a workflow; returns once they are committed.
+        `ids` and `from_outbox` as for `Runs.trigger`."""
         await self.persister.capacity()
         tenant = self.actors.tenant(tenant_id)
         workflow: CompiledWorkflow | None = await tenant.ask(tenant.latest_workflow, name)
@@ -106,22 +115,25 @@ class Workflows:
                 request.priority,
                 request.idempotency_key,
                 request.parent_run_id,
+                None if ids is None else ids[index],
             )
-            for request in requests
+            for index, request in enumerate(requests)
         ]
-        return await self.start(tenant_id, started)
+        return await self.start(tenant_id, started, from_outbox=from_outbox)
 
-    async def start(self, tenant_id: uuid.UUID, started: list[WorkflowStart]) -> list[RunRef]:
+    async def start(
+        self, tenant_id: uuid.UUID, started: list[WorkflowStart], *, from_outbox: bool = False
+    ) -> list[RunRef]:
         """Start workflow runs (of a trigger, or of the events that route to them); returns
         once they are committed."""
         now = time.time()
         runs, rows = [], []
-        for workflow, input, metadata, priority, idempotency_key, parent_run_id in started:
+        for workflow, input, metadata, priority, key, parent_run_id, run_id in started:
             input_json = json_bytes(input)
             # A workflow with concurrency keys waits, queued, until its tenant actor admits it.
             admitted = not workflow.definition.concurrency
             run = WorkflowRun(
-                new_id(),
+                new_id() if run_id is None else run_id,
                 workflow,
                 input_json,
                 metadata or EMPTY_METADATA,
@@ -143,13 +155,15 @@ class Workflows:
                     input_json=input_json.decode(),
                     metadata_json=orjson.dumps(metadata).decode(),
                     created_at=now,
-                    idempotency_key=idempotency_key,
+                    idempotency_key=key,
                     kind="workflow",
                     workflow_version=workflow.version,
                     parent_run_id=parent_run_id,
                 )
             )
-        inserted = await self.persister.insert_triggered(rows) if rows else []
+        inserted = (
+            await self.persister.insert_triggered(rows, from_outbox=from_outbox) if rows else []
+        )
         tenant = self.actors.tenant(tenant_id)
         tenant.tell(
             tenant.start_runs,

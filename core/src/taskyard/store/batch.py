@@ -14,6 +14,7 @@ import orjson
 
 from taskyard.store.batch_sql import (
     DELETE_IDLE_BUCKETS,
+    DELETE_OUTBOX_ROWS,
     EXISTING_BY_ID,
     EXISTING_BY_KEY,
     EXISTING_BY_STEP,
@@ -28,7 +29,7 @@ from taskyard.store.batch_sql import (
     UPSERT_RATE_USAGE,
     one_statement,
 )
-from taskyard.store.rows import NEW_RUN, RATE_USAGE, Row
+from taskyard.store.rows import NEW_RUN, PUSHED_EVENT, RATE_USAGE, Row
 
 # The kinds of rows a batch holds (its fields), in the order a batch is halved.
 _KINDS = (
@@ -58,6 +59,10 @@ class WriteBatch:
     rate_usage: dict[tuple[uuid.UUID, str], Row] = field(default_factory=dict)
     # DURABLE_ENTRY rows by (tenant_id, run_id, position)
     durable: dict[tuple[uuid.UUID, uuid.UUID, int], Row] = field(default_factory=dict)
+    # Ids of new runs and pushed events that are rows of the engine's own outbox: each row is
+    # deleted by the statement that inserts its run or event, so a halved batch keeps the two
+    # together.
+    from_outbox: set[uuid.UUID] = field(default_factory=set)
 
     @classmethod
     def empty(cls) -> WriteBatch:
@@ -80,7 +85,9 @@ class WriteBatch:
         halving, the rows Postgres refuses in a batch it refuses."""
         rows = [(kind, row) for kind in _KINDS for row in _rows_of(getattr(self, kind))]
         middle = len(rows) // 2
-        return _batch_of(rows[:middle]), _batch_of(rows[middle:])
+        first, second = _batch_of(rows[:middle]), _batch_of(rows[middle:])
+        first.from_outbox, second.from_outbox = set(self.from_outbox), set(self.from_outbox)
+        return first, second
 
     def describe(self) -> str:
         """Which row a one-row batch holds, for the log (its kind and the ids it starts with)."""
@@ -100,6 +107,7 @@ class WriteBatch:
         self.pushed_events.extend(later.pushed_events)
         self.rate_usage.update(later.rate_usage)
         self.durable.update(later.durable)
+        self.from_outbox.update(later.from_outbox)
 
 
 def _rows_of(held: list[Row] | dict[Any, Row]) -> list[Any]:
@@ -193,6 +201,19 @@ def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
         )
     if batch.durable:
         statements.append(("durable", UPSERT_DURABLE, [list(batch.durable.values())]))
+    if batch.from_outbox:
+        done = [
+            [row[NEW_RUN.run_id]]
+            for row in batch.new_runs
+            if row[NEW_RUN.run_id] in batch.from_outbox
+        ]
+        done += [
+            [row[PUSHED_EVENT.event_id]]
+            for row in batch.pushed_events
+            if row[PUSHED_EVENT.event_id] in batch.from_outbox
+        ]
+        if done:
+            statements.append(("outbox_done", DELETE_OUTBOX_ROWS, [done]))
     if batch.rate_usage:
         rows = list(batch.rate_usage.values())
         configured, usage = RATE_USAGE.configured, RATE_USAGE.usage

@@ -15,6 +15,7 @@ from taskyard.store.rows import (
     RUN_LOG,
     RUN_STATE,
 )
+from taskyard_sdk.outbox import TABLE as OUTBOX_TABLE
 
 
 def _row_set(columns: str, *, joined: bool = False) -> str:
@@ -83,7 +84,8 @@ WHERE r.tenant_id = t.tenant_id AND r.run_id = t.run_id
 
 INSERT_EVENTS = _insert("run_events", RUN_EVENT.sql)
 
-INSERT_PUSHED_EVENTS = _insert("events", PUSHED_EVENT.sql)
+# An event of an outbox may be pushed again after a crash (its id is the row's): the first stays.
+INSERT_PUSHED_EVENTS = _insert("events", PUSHED_EVENT.sql, "ON CONFLICT DO NOTHING")
 
 INSERT_LOGS = _insert("run_logs", RUN_LOG.sql)
 
@@ -121,6 +123,12 @@ INSERT INTO task_definitions (tenant_id, name, options, updated_at)
 SELECT t.tenant_id, t.name, t.options, now()
 FROM ({_row_set("tenant_id uuid, name text, options jsonb")}) AS t
 ON CONFLICT (tenant_id, name) DO UPDATE SET options = excluded.options, updated_at = now()
+"""
+
+
+# Rows of the engine's own outbox, deleted by the statement that inserts their runs and events.
+DELETE_OUTBOX_ROWS = f"""
+DELETE FROM {OUTBOX_TABLE} o USING ({_row_set("id uuid", joined=True)}) AS d WHERE o.id = d.id
 """
 
 

@@ -52,7 +52,15 @@ import asyncpg
 from taskyard.domain.rate_limits import Usage
 from taskyard.store.batch import Inserted, WriteBatch
 from taskyard.store.committer import Committer
-from taskyard.store.rows import DURABLE_ENTRY, NEW_RUN, RATE_USAGE, RUN_STATE, Row, rate_usage_row
+from taskyard.store.rows import (
+    DURABLE_ENTRY,
+    NEW_RUN,
+    PUSHED_EVENT,
+    RATE_USAGE,
+    RUN_STATE,
+    Row,
+    rate_usage_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +138,16 @@ class Persister:
         self._add_runs(self._ordered, rows, future)
         return future
 
-    def insert_triggered(self, rows: list[Row]) -> asyncio.Future[list[Inserted]]:
+    def insert_triggered(
+        self, rows: list[Row], *, from_outbox: bool = False
+    ) -> asyncio.Future[list[Inserted]]:
         """Insert runs an application triggered, on the triggers lane (see the module's
-        docstring for why they may commit out of order); resolves like `insert_runs`."""
+        docstring for why they may commit out of order); resolves like `insert_runs`.
+        `from_outbox`: the runs are rows of the engine's own outbox, deleted as they commit."""
         self._check()
         future: asyncio.Future[list[Inserted]] = asyncio.get_running_loop().create_future()
+        if from_outbox:
+            self._triggers.batch.from_outbox.update(row[NEW_RUN.run_id] for row in rows)
         self._add_runs(self._triggers, rows, future)
         return future
 
@@ -146,9 +159,12 @@ class Persister:
         self._check()
         self._add_many(states, events, logs, may_wait)
 
-    def pushed_events(self, rows: list[Row]) -> None:
-        """Events pushed by applications (see WriteBatch.pushed_events)."""
+    def pushed_events(self, rows: list[Row], *, from_outbox: bool = False) -> None:
+        """Events pushed by applications (see WriteBatch.pushed_events); `from_outbox` as for
+        `insert_triggered`."""
         self._check()
+        if from_outbox:
+            self._ordered.batch.from_outbox.update(row[PUSHED_EVENT.event_id] for row in rows)
         self._add_pushed_events(rows)
 
     def definitions(self, rows: dict[tuple[uuid.UUID, str], str]) -> None:
