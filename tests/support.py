@@ -1,15 +1,20 @@
-"""Helpers shared by the tests: database URLs, CLI runs, worker processes, outages."""
+"""Helpers shared by the tests: database URLs, CLI runs, worker processes, outages, waiting for
+the database to show something."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from taskyard.testing import clean_env
 
@@ -93,3 +98,34 @@ class WorkerProcess:
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, *, every: float = 0.1
+) -> None:
+    """Until `check()` holds (`every` seconds apart), or fail after `timeout` naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await check():
+                return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass  # the database may be restarting
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def scalar(db_url: str, query: str, *args: object) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(await conn.fetchval(query, *args))
+    finally:
+        await conn.close()
+
+
+async def execute(db_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()

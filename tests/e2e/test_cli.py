@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from taskyard.testing import EngineProcess, clean_env, free_port, http_status
+from taskyard_sdk import NotFound, RunStatus, RunView, Taskyard
 from tests.support import taskyard
 
 
@@ -166,6 +170,66 @@ def test_a_bad_engine_setting_is_a_one_line_error_naming_its_flag() -> None:
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_an_outbox_is_installed_and_drained_from_the_command_line(
+    db_url: str, empty_db_url: str, tmp_path: Path
+) -> None:
+    installed = taskyard("outbox", "install", "--database-url", empty_db_url)
+    assert installed.returncode == 0, installed.stderr
+    assert "taskyard_outbox is installed" in installed.stdout
+    assert taskyard("outbox", "install", "--database-url", empty_db_url).returncode == 0  # again
+    ty = Taskyard(url="http://127.0.0.1:1", token="unused")
+    task = ty.task(name="greet")(greet)
+    with psycopg.connect(empty_db_url) as conn:
+        handle = task.run_in(conn, "ann")
+    port = free_port()
+    env = clean_env(
+        TASKYARD_DATABASE_URL=db_url,
+        TASKYARD_PORT=str(port),
+        TASKYARD_DATA_DIR=str(tmp_path / "d"),
+        TASKYARD_OUTBOX=f"default={empty_db_url}",
+    )
+    engine = EngineProcess([], env, tmp_path / "engine.log", port=port)
+    engine.start()
+    try:
+        token = (tmp_path / "d" / "token").read_text().strip()
+        client = Taskyard(url=engine.url, token=token)
+        try:
+            view = queued(client, handle.run_id)
+        finally:
+            client.close()
+        assert (view.task, view.status, view.input) == ("greet", RunStatus.QUEUED, "ann")
+    finally:
+        assert engine.terminate() == 0
+
+
+def greet(name: str) -> str:
+    return f"hello {name}"
+
+
+def queued(client: Taskyard, run_id: uuid.UUID) -> RunView:
+    """The run, once the engine has drained it from the outbox."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return client.runs.get(run_id)
+        except NotFound:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_bad_outbox_is_a_one_line_error(db_url: str) -> None:
+    bad_url = taskyard("engine", "--outbox", "acme=mysql://db", "--port", str(free_port()))
+    assert bad_url.returncode == 2
+    assert "Invalid value for --outbox: String should match pattern" in bad_url.stderr
+    unknown = taskyard(
+        "engine", "--database-url", db_url, "--outbox", "nobody", "--port", str(free_port())
+    )
+    assert unknown.returncode == 1
+    assert "--outbox nobody: there is no tenant named 'nobody'" in unknown.stderr
+    assert "Traceback" not in bad_url.stderr + unknown.stderr
 
 
 def test_no_migrate_refuses_a_database_that_lacks_migrations(empty_db_url: str) -> None:

@@ -9,7 +9,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -23,37 +23,9 @@ from taskyard.store.migrator import migrate
 from taskyard.testing import EngineProcess, clean_env
 from tests.conftest import engine_settings
 from tests.e2e.conftest import Deploy
-from tests.support import LEDGER_TABLE, WorkerProcess
+from tests.support import LEDGER_TABLE, WorkerProcess, execute, scalar, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if await check():
-                return
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            pass  # the database may be restarting
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def scalar(db_url: str, query: str, *args: object) -> int:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return int(await conn.fetchval(query, *args))
-    finally:
-        await conn.close()
-
-
-async def execute(db_url: str, statement: str) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 async def ledger_report(db_url: str, expected: set[int]) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from taskyard.engine import Engine
 from taskyard_sdk import InvalidInput, InvalidRequest, RunStatus, Taskyard, Workflow
 from taskyard_sdk import outbox as sdk_outbox
 from tests.conftest import engine_settings
+from tests.support import wait_until
 
 ORDERS = "CREATE TABLE orders (order_id integer PRIMARY KEY, receipt_run uuid NOT NULL)"
 
@@ -262,11 +263,7 @@ async def test_many_concurrent_transactions_give_exactly_the_committed_runs(
         await pool.close()
     assert len(committed) + len(rolled_back) == 1000
     assert 300 < len(committed) < 700
-    for _ in range(200):
-        if await outbox_rows(app_url) == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert await outbox_rows(app_url) == 0
+    await wait_until(lambda: _drained(app_url), 30, "the outbox to be drained")
     runs = {
         row["run_id"]
         for row in await app_engine.pool.fetch(
@@ -291,19 +288,18 @@ async def test_workflows_and_events_go_through_the_outbox_too(
             event_id = await client.events.aio_push_in(conn, "user:created", {"name": "bob"})
             await conn.commit()
         assert (await handle.aio_result(timeout=30))["welcome"] == "welcome ann"
-        for _ in range(200):
-            event = (
-                await client.events.aio_get(event_id)
-                if await _event_stored(app_engine, event_id)
-                else None
-            )
-            if event is not None and event.triggered:
-                break
-            await asyncio.sleep(0.05)
-        assert event is not None
-        [triggered] = event.triggered
+        await wait_until(lambda: _event_stored(app_engine, event_id), 30, "the event")
+        [triggered] = (await client.events.aio_get(event_id)).triggered
         done = await client.runs.aio_wait([triggered], timeout=30)
         assert done[triggered].status is RunStatus.SUCCEEDED
+
+
+async def _drained(url: str) -> bool:
+    return await outbox_rows(url) == 0
+
+
+async def _failed(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM taskyard_outbox WHERE last_error > ''"))
 
 
 async def _event_stored(engine: Engine, event_id: uuid.UUID) -> bool:
@@ -366,13 +362,9 @@ async def test_rows_committed_while_the_engine_is_down_run_when_it_is_back(
     engine = await started(db_url, data_dir, binding)
     try:
         ids = {handle.run_id for handle in handles}
-        for _ in range(200):
-            found = await engine.pool.fetch("SELECT run_id FROM runs WHERE run_id = ANY($1)", ids)
-            if len(found) == len(ids):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: _drained(app_url), 30, "the outbox to be drained")
+        found = await engine.pool.fetch("SELECT run_id FROM runs WHERE run_id = ANY($1)", ids)
         assert {row["run_id"] for row in found} == ids
-        assert await outbox_rows(app_url) == 0
     finally:
         await engine.stop()
 
@@ -414,13 +406,8 @@ async def test_a_row_the_engine_cannot_trigger_waits_with_its_error_and_is_tried
     conn = await asyncpg.connect(app_url)
     try:
         handle = await later.aio_run_in(conn, 21)  # autocommit: committed at once
-        error = None
-        for _ in range(200):
-            error = await conn.fetchval("SELECT last_error FROM taskyard_outbox")
-            if error:
-                break
-            await asyncio.sleep(0.05)
-        assert error is not None
+        await wait_until(lambda: _failed(conn), 30, "the row to fail")
+        error = await conn.fetchval("SELECT last_error FROM taskyard_outbox")
         assert "no workflow 'registered-later'" in error
         async with client.worker("later", workflows=[later]):  # registers the workflow
             outputs = await handle.aio_result(timeout=60)
