@@ -89,7 +89,9 @@ async def test_a_durable_sleep_survives_kill_9_of_worker_and_engine(
         f"{run['finished'] - restarted:.2f}s after the engine restart"
     )
     assert [row["n"] for row in ledger] == [1]  # it finished once
-    assert 3.0 <= float(run["output"]) < 6.0  # measured from the memoised start
+    # Slept its 3 s, measured from the memoised start (so within the time since the trigger,
+    # however long the restart took on a loaded machine).
+    assert 3.0 <= float(run["output"]) <= run["finished"] - triggered
     assert run["finished"] < restarted + 3.0  # the clock was not started again
 
 

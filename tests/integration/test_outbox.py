@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from taskyard.config import OutboxBinding
 from taskyard.engine import Engine
-from taskyard_sdk import InvalidInput, InvalidRequest, RunStatus, Taskyard, Workflow
+from taskyard_sdk import InvalidInput, InvalidRequest, RunHandle, RunStatus, Taskyard, Workflow
 from taskyard_sdk import outbox as sdk_outbox
 from tests.conftest import engine_settings
 from tests.support import wait_until
@@ -162,19 +162,19 @@ def order_writer(driver: str, task: Any, order_id: int) -> Callable[..., Any]:
 
     if driver in ASYNC_DRIVERS:
 
-        async def write_async(conn: Any) -> uuid.UUID:
+        async def write_async(conn: Any) -> RunHandle[str]:
             handle = await task.aio_run_in(conn, Receipt(order_id=order_id))
             statement = (sql,) if driver != "sqlalchemy-async" else ()
             await conn.execute(*statement, *arguments(handle.run_id))
-            return handle.run_id  # type: ignore[no-any-return]
+            return handle
 
         return write_async
 
-    def write(conn: Any) -> uuid.UUID:
+    def write(conn: Any) -> RunHandle[str]:
         handle = task.run_in(conn, Receipt(order_id=order_id))
         statement = (sql,) if driver != "sqlalchemy" else ()
         conn.execute(*statement, *arguments(handle.run_id))
-        return handle.run_id  # type: ignore[no-any-return]
+        return handle
 
     return write
 
@@ -199,11 +199,9 @@ async def test_a_run_exists_if_and_only_if_the_transaction_commits(
     task = receipts(client, seen)
     through = {**ASYNC_DRIVERS, **SYNC_DRIVERS}[driver]
     async with client.worker("receipts", tasks=[task]):
-        rolled_back = await through(app_url, order_writer(driver, task, 1), False)
+        rolled_back = (await through(app_url, order_writer(driver, task, 1), False)).run_id
         committed = await through(app_url, order_writer(driver, task, 2), True)
-        result = await client.runs.aio_wait([committed], timeout=30)
-        assert result[committed].status is RunStatus.SUCCEEDED
-        assert result[committed].output == "receipt for 2"
+        assert await committed.aio_result(timeout=30) == "receipt for 2"  # waits for the drain
     assert seen == [2]
     assert not await run_exists(app_engine, rolled_back)
     assert (
@@ -211,7 +209,7 @@ async def test_a_run_exists_if_and_only_if_the_transaction_commits(
     )
     conn = await asyncpg.connect(app_url)
     try:
-        assert await conn.fetch("SELECT order_id, receipt_run FROM orders") == [(2, committed)]
+        assert await conn.fetch("SELECT order_id, receipt_run FROM orders") == [(2, committed.run_id)]
     finally:
         await conn.close()
     assert await outbox_rows(app_url) == 0

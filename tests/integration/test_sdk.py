@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +16,7 @@ from hypothesis import strategies as st
 
 import taskyard_sdk
 from taskyard.engine import Engine
-from taskyard.testing import EngineProcess, clean_env, free_port
+from taskyard.testing import free_port
 from taskyard_sdk import (
     AuthenticationError,
     EngineUnreachable,
@@ -220,62 +218,6 @@ async def test_a_big_batch_is_sent_in_several_requests(ty: Taskyard) -> None:
         view = await handles[index].aio_get()
         assert view.input == inputs[index]
         assert view.status is RunStatus.QUEUED
-
-
-def test_the_hello_world_example_with_the_sync_api(db_url: str, tmp_path: Path) -> None:
-    """Engine, worker and client as three processes, as the README shows them."""
-    data_dir = tmp_path / ".taskyard"
-    engine = EngineProcess(
-        ["--database-url", db_url, "--data-dir", str(data_dir)],
-        clean_env(),
-        tmp_path / "engine.log",
-    ).start()
-    env = clean_env(TASKYARD_URL=engine.url, TASKYARD_DATA_DIR=str(data_dir))
-    script = str(ROOT / "examples" / "hello_world.py")
-    worker_log = tmp_path / "worker.log"
-    with worker_log.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, script, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        result = subprocess.run(
-            [sys.executable, script, "trigger"],
-            env=env,
-            timeout=60,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.splitlines() == [
-            "greeting: 4 words, top [('hello', 2), ('world', 1), ('taskyard', 1)]",
-            "TASKS ARE FUN!",
-            "batch: [3, 6, 9]",
-            "failed as expected: document 'blank' is empty",
-            "async: 3 words",
-        ]
-        # The SDK closes what it opened: no "Unclosed client session" at exit.
-        assert "Unclosed" not in result.stderr, result.stderr
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, worker_log.read_text()
-        logged = worker_log.read_text()
-        assert "Unclosed" not in logged
-        # A worker says what it does: its connection, each attempt, ctx.log lines, failures.
-        for line in (
-            "worker hello-worker connected to",
-            "word_count[",
-            "attempt 1 started",
-            "succeeded in",
-            "INFO taskyard.task: word_count[",
-            "counting words of 'greeting' (attempt 1)",
-            "failed in",
-            "NonRetryableError: document 'blank' is empty",
-        ):
-            assert line in logged, (line, logged)
-    finally:
-        worker.kill()
-        worker.wait()
-        engine.kill()
 
 
 async def test_sigterm_drains_a_worker(
