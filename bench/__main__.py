@@ -51,6 +51,21 @@ def main() -> None:
         "--single", type=int, default=1000, help="requests per single-request measure"
     )
 
+    outbox = commands.add_parser(
+        "outbox", help="runs enqueued in the application's transaction, drained by the engine"
+    )
+    outbox.add_argument(
+        "--modes",
+        default="app,own",
+        help="comma-separated: app (an application database of its own), own (the engine's)",
+    )
+    outbox.add_argument("--rate", type=float, default=50.0, help="transactions per second")
+    outbox.add_argument("--seconds", type=float, default=10.0, help="of one-row transactions")
+    outbox.add_argument(
+        "--tasks", type=int, default=50_000, help="rows filled in before the engine drains them"
+    )
+    outbox.add_argument("--runs", type=int, default=3)
+
     peers = commands.add_parser("peers", help="Taskyard beside PgQueuer, Procrastinate, Celery")
     peers.add_argument("--peers", default="pgqueuer,procrastinate,celery")
     peers.add_argument("--tasks", type=int, default=20_000)
@@ -119,6 +134,14 @@ def main() -> None:
         from bench import edge as edge_workload
 
         asyncio.run(edge_workload.main(args.runs, args.single))
+    elif args.workload == "outbox":
+        from bench import outbox as outbox_workload
+
+        asyncio.run(
+            outbox_workload.main(
+                args.modes.split(","), args.rate, args.seconds, args.tasks, args.runs
+            )
+        )
     elif args.workload == "chaos":
         from bench import chaos as chaos_workload
 
