@@ -209,7 +209,9 @@ async def test_a_run_exists_if_and_only_if_the_transaction_commits(
     )
     conn = await asyncpg.connect(app_url)
     try:
-        assert await conn.fetch("SELECT order_id, receipt_run FROM orders") == [(2, committed.run_id)]
+        assert await conn.fetch("SELECT order_id, receipt_run FROM orders") == [
+            (2, committed.run_id)
+        ]
     finally:
         await conn.close()
     assert await outbox_rows(app_url) == 0
