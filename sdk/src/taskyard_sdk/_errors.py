@@ -127,7 +127,8 @@ def api_error(status: int, body: Any) -> ApiError:
     if error is not None:
         code, message, details = error.code, error.message, error.details
     else:
-        code, message, details = "error", str(body)[:500], None
+        said = str(body)[:500] if body else "an empty answer"
+        code, message, details = "error", said, None
     if status == 401:
         message += (
             "; pass token= to Taskyard(...) or set TASKYARD_TOKEN (a local engine writes "

@@ -141,11 +141,7 @@ class Transport:
                 f"cannot reach the Taskyard engine at {self.config.url}: {exc}. Is it running? "
                 f"Start one with `taskyard engine`, or set TASKYARD_URL."
             ) from exc
-        try:
-            payload = from_json(body) if body else None
-        except ValueError:
-            payload = body.decode(errors="replace")
-        return self._payload(status, payload)
+        return self._payload(status, _decoded(body))
 
     @staticmethod
     def _payload(status: int, payload: Any) -> Any:
@@ -192,8 +188,7 @@ class Transport:
         try:
             async with self.session().get(self.config.url + path, headers=self.headers) as response:
                 if response.status >= 400:
-                    text = await response.text()
-                    raise api_error(response.status, json.loads(text) if text else None)
+                    raise api_error(response.status, _decoded(await response.read()))
                 event = "message"
                 async for raw in response.content:
                     line = raw.decode().rstrip("\n")
@@ -278,3 +273,11 @@ background = _BackgroundLoop()
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code."""
     return background.run(coroutine)
+
+
+def _decoded(body: bytes) -> Any:
+    """A response body as JSON, or as text when it is not JSON (a proxy's error page)."""
+    try:
+        return from_json(body) if body else None
+    except ValueError:
+        return body.decode(errors="replace")

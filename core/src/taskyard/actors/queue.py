@@ -666,7 +666,7 @@ class QueueActor(Actor):
             # Events stored since the wait began are read first: one that came in time must
             # not lose to a timeout that passed while the engine was down.
             self._spawn_then(
-                durable.past_events(wait, durable.waits.patterns(wait.run_id)),
+                durable.past_events(wait),
                 self._past_events_read,
                 wait.run_id,
                 wait.position,

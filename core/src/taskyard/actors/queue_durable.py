@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskyard.domain.durable import DurableWait, DurableWaits
@@ -194,9 +194,12 @@ class DurableRuns:
     def add(self, wait: DurableWait) -> None:
         self.waits.add(wait)
 
-    async def past_events(self, wait: DurableWait, patterns: list[str]) -> list[PushedEvent]:
+    def past_events(self, wait: DurableWait) -> Coroutine[Any, Any, list[PushedEvent]]:
         """Events pushed since the wait began count even if they came before it was armed (an
-        engine restart in between, say)."""
+        engine restart in between, say). The wait's patterns are taken now, the read later."""
+        return self._past_events(wait, self.waits.patterns(wait.run_id))
+
+    async def _past_events(self, wait: DurableWait, patterns: list[str]) -> list[PushedEvent]:
         run_id = wait.run_id
         try:
             return await _until_read(

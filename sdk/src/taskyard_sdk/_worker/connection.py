@@ -134,7 +134,7 @@ class Connection:
                     # the engine keeps both assigned to this worker instead of retrying them.
                     in_flight=[
                         protocol.AttemptRef(run_id=r, attempt=a)
-                        for r, a in {**dict.fromkeys(self.attempts.keys()), **self.outbox.results}
+                        for r, a in dict.fromkeys([*self.attempts.keys(), *self.outbox.results])
                     ],
                 ).model_dump_json()
             )
