@@ -132,7 +132,7 @@ async def demo() -> None:
         placed = PlacedOrder.model_validate(paid.json())
         print(f"paid order: HTTP {paid.status_code}")
         print(f"declined order: HTTP {declined.status_code} ({declined.json()['detail']})")
-        outcome = await ty.runs.aio_wait([placed.receipt_run], timeout=60)
+        outcome = await ty.runs.aio_wait([placed.receipt_run], timeout=60, enqueued=True)
         print(outcome[placed.receipt_run].output)
         status = OrderStatus.model_validate((await shop.get(f"/orders/{placed.order_id}")).json())
         print(f"order {status.order_id}: receipt {status.receipt}")

@@ -229,7 +229,10 @@ def test_a_bad_outbox_is_a_one_line_error(db_url: str) -> None:
     )
     assert unknown.returncode == 1
     assert "--outbox nobody: there is no tenant named 'nobody'" in unknown.stderr
-    assert "Traceback" not in bad_url.stderr + unknown.stderr
+    twice = taskyard("engine", "--outbox", "a", "--outbox", "b", "--port", str(free_port()))
+    assert twice.returncode == 2
+    assert "the engine's own database (TENANT alone) is given twice" in twice.stderr
+    assert "Traceback" not in bad_url.stderr + unknown.stderr + twice.stderr
 
 
 def test_no_migrate_refuses_a_database_that_lacks_migrations(empty_db_url: str) -> None:

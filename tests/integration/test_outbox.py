@@ -21,7 +21,15 @@ from sqlalchemy.orm import Session
 
 from taskyard.config import OutboxBinding
 from taskyard.engine import Engine
-from taskyard_sdk import InvalidInput, InvalidRequest, RunHandle, RunStatus, Taskyard, Workflow
+from taskyard_sdk import (
+    InvalidInput,
+    InvalidRequest,
+    ResultTimeout,
+    RunHandle,
+    RunStatus,
+    Taskyard,
+    Workflow,
+)
 from taskyard_sdk import outbox as sdk_outbox
 from tests.conftest import engine_settings
 from tests.support import wait_until
@@ -415,3 +423,98 @@ async def test_a_row_the_engine_cannot_trigger_waits_with_its_error_and_is_tried
         assert await conn.fetchval("SELECT count(*) FROM taskyard_outbox") == 0
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("where", ["application", "engine"])
+async def test_a_row_left_behind_after_its_run_committed_does_not_run_again(
+    where: str, db_url: str, data_dir: Path, app_url: str
+) -> None:
+    """A crash between the runs' commit and the rows' delete leaves rows whose runs exist: drained
+    again, they are deleted, and nothing runs twice (the event starts no second workflow run)."""
+    outbox_url = app_url if where == "application" else db_url
+    binding = OutboxBinding(tenant="default", url=app_url if where == "application" else None)
+    engine = await started(db_url, data_dir, binding)
+    ty = Taskyard(url=engine.url, token=(data_dir / "token").read_text().strip())
+    seen: list[int] = []
+    task = receipts(ty, seen)
+    greeted = ty.workflow("greeted", on_events=["user:created"])
+
+    @greeted.task()
+    async def hello(user: dict[str, str]) -> str:
+        seen.append(-1)
+        return user["name"]
+
+    try:
+        async with ty.worker("once", tasks=[task], workflows=[greeted]):
+            await greeted.aio_register()
+            conn = await asyncpg.connect(outbox_url)
+            try:
+                async with conn.transaction():
+                    handle = await task.aio_run_in(conn, Receipt(order_id=5))
+                    event_id = await ty.events.aio_push_in(conn, "user:created", {"name": "ann"})
+                rows = await conn.fetch("SELECT id, kind, target, body FROM taskyard_outbox")
+                assert await handle.aio_result(timeout=30) == "receipt for 5"
+                await wait_until(lambda: _event_stored(engine, event_id), 30, "the event")
+                [started_run] = (await ty.events.aio_get(event_id)).triggered
+                await ty.runs.aio_wait([started_run], timeout=30)
+                assert sorted(seen) == [-1, 5]
+                await wait_until(lambda: _drained(outbox_url), 30, "the outbox to be drained")
+                await conn.executemany(  # the rows as a crash would have left them
+                    "INSERT INTO taskyard_outbox (id, kind, target, body) VALUES ($1, $2, $3, $4)",
+                    [tuple(row) for row in rows],
+                )
+                await wait_until(lambda: _drained(outbox_url), 30, "the rows to be drained again")
+            finally:
+                await conn.close()
+            await asyncio.sleep(0.5)  # time for a second execution to show, were there one
+        assert sorted(seen) == [-1, 5]
+        kinds = await engine.pool.fetch("SELECT kind, count(*) FROM runs GROUP BY kind")
+        assert sorted(map(tuple, kinds)) == [("task", 2), ("workflow", 1)]  # receipt, step
+        assert await engine.pool.fetchval("SELECT count(*) FROM events") == 1
+        assert (await ty.runs.aio_get(handle.run_id)).status is RunStatus.SUCCEEDED
+    finally:
+        await ty.aio_close()
+        await engine.stop()
+
+
+async def test_the_application_database_dropping_the_drainer_loses_and_repeats_nothing(
+    app_engine: Engine, client: Taskyard, app_url: str
+) -> None:
+    task = receipts(client, [])
+    conn = await asyncpg.connect(app_url)
+    try:
+        async with conn.transaction():
+            handles = await task.aio_run_many_in(conn, [Receipt(order_id=n) for n in range(5000)])
+        for _ in range(5):  # the drainer's connections are cut, again and again, as it drains
+            await asyncio.sleep(0.05)
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        await wait_until(lambda: _drained(app_url), 60, "the outbox to be drained")
+    finally:
+        await conn.close()
+    runs = await app_engine.pool.fetch("SELECT run_id, status FROM runs")
+    assert {row["run_id"] for row in runs} == {handle.run_id for handle in handles}
+    assert {row["status"] for row in runs} == {"queued"}
+
+
+async def test_waiting_for_a_run_that_never_arrives_times_out(client: Taskyard) -> None:
+    task = receipts(client, [])
+    handle = RunHandle(task, uuid.uuid4(), enqueued=True)  # as if its row were never drained
+    with pytest.raises(ResultTimeout):
+        await handle.aio_result(timeout=0.5)
+    with pytest.raises(ResultTimeout):
+        await client.runs.aio_wait([handle.run_id], timeout=0.3, enqueued=True)
+
+
+async def test_an_asyncpg_pool_is_refused(client: Taskyard, app_url: str) -> None:
+    task = receipts(client, [])
+    pool = await asyncpg.create_pool(app_url, min_size=1, max_size=1)
+    try:
+        with pytest.raises(TypeError, match="acquire a connection"):
+            await task.aio_run_in(pool, Receipt(order_id=1))
+        async with pool.acquire() as conn, conn.transaction():  # a pool's connection is fine
+            await task.aio_run_in(conn, Receipt(order_id=1))
+    finally:
+        await pool.close()

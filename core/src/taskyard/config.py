@@ -83,6 +83,16 @@ class EngineSettings(BaseModel):
         default=None, description="The URL users reach the engine at, for links in alerts."
     )
 
+    @field_validator("outbox")
+    @classmethod
+    def _one_binding_per_outbox(cls, bindings: list[OutboxBinding]) -> list[OutboxBinding]:
+        urls = [binding.url for binding in bindings]
+        for url in urls:
+            if urls.count(url) > 1:
+                where = "an outbox URL" if url else "the engine's own database (TENANT alone)"
+                raise ValueError(f"{where} is given twice: an outbox drains into one tenant")
+        return bindings
+
     @field_validator("outbox", mode="before")
     @classmethod
     def _parse_outboxes(cls, values: Any) -> Any:

@@ -456,13 +456,10 @@ class Engine:
         """A drainer per `--outbox`, each bound to its tenant; the engine's own table is
         installed first when one is bound to it."""
         self.outboxes = []
-        async with self.pool.acquire() as conn:
-            if any(binding.url is None for binding in self.settings.outbox):
+        if any(binding.url is None for binding in self.settings.outbox):
+            async with self.pool.acquire() as conn:
                 await outbox_schema.aio_install(conn)
-            try:
-                engine_table = await outbox_table.identity(conn)
-            except outbox_table.OutboxMissing:
-                engine_table = None
+        tables: dict[outbox_table.TableIdentity, OutboxDrainer] = {}
         for binding in self.settings.outbox:
             tenant = await self.repository.tenant_named(binding.tenant)
             if tenant is None:
@@ -476,11 +473,20 @@ class Engine:
                 runs=self.services.runs,
                 workflows=self.services.workflows,
                 events=self.services.events,
-                engine_table=engine_table,
+                engine_table=self._engine_outbox,
+                tables=tables,
                 poll=self.settings.outbox_poll,
             )
             self.outboxes.append(drainer)
             self._background.spawn(drainer.run(), name=f"outbox:{binding.tenant}")
+
+    async def _engine_outbox(self) -> outbox_table.TableIdentity | None:
+        """The identity of the outbox table in the engine's own database, if there is one."""
+        async with self.pool.acquire() as conn:
+            try:
+                return await outbox_table.identity(conn)
+            except outbox_table.OutboxMissing:
+                return None
 
     async def _bootstrap_local_tenant(self) -> None:
         """First start on an empty database: create the `default` tenant and write an admin

@@ -1,4 +1,4 @@
-"""The engine's ids: the SDK's time-ordered UUIDv7 (see taskyard_sdk._ids), of asyncpg's UUID
+"""The engine's ids: the SDK's time-ordered UUIDv7 (see taskyard_sdk.ids), of asyncpg's UUID
 type."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import uuid
 
 from asyncpg.pgproto.pgproto import UUID as _FastUUID
 
-from taskyard_sdk._ids import uuid7_bytes
+from taskyard_sdk.ids import uuid7_bytes
 
 
 def new_id() -> uuid.UUID:

@@ -260,11 +260,13 @@ class Runs:
         return RunView.model_validate(data)
 
     async def aio_wait(
-        self, run_ids: Sequence[UUID], timeout: float | None = None
+        self, run_ids: Sequence[UUID], timeout: float | None = None, *, enqueued: bool = False
     ) -> dict[UUID, RunView]:
         """Wait until every run has finished (e.g. those an event triggered); raises
-        ResultTimeout after `timeout` seconds."""
-        return await wait_for_runs(self._client, list(run_ids), timeout)
+        ResultTimeout after `timeout` seconds. `enqueued`: the runs were enqueued through an
+        outbox (ids stored by `run_in`), so one the engine has not drained yet is waited for
+        rather than refused as unknown."""
+        return await wait_for_runs(self._client, list(run_ids), timeout, appearing=enqueued)
 
     async def aio_cancel(self, run_id: UUID | str) -> RunStatus:
         data = await self._client.transport.request("POST", f"/api/v1/runs/{run_id}/cancel")
@@ -320,8 +322,10 @@ class Runs:
     def cancel(self, run_id: UUID | str) -> RunStatus:
         return run_sync(self.aio_cancel(run_id))
 
-    def wait(self, run_ids: Sequence[UUID], timeout: float | None = None) -> dict[UUID, RunView]:
-        return run_sync(self.aio_wait(run_ids, timeout))
+    def wait(
+        self, run_ids: Sequence[UUID], timeout: float | None = None, *, enqueued: bool = False
+    ) -> dict[UUID, RunView]:
+        return run_sync(self.aio_wait(run_ids, timeout, enqueued=enqueued))
 
     def replay(self, run_id: UUID | str) -> RunView:
         return run_sync(self.aio_replay(run_id))

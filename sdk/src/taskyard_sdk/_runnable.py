@@ -58,11 +58,7 @@ class Runnable(Generic[In, Out]):
         raise NotImplementedError
 
     def _outbox_row(
-        self,
-        input: In,
-        metadata: dict[str, str] | None,
-        priority: int | None,
-        idempotency_key: str | None,
+        self, input: In, metadata: dict[str, str] | None, priority: int | None
     ) -> outbox.OutboxRow:
         """The trigger of one run as an outbox row (validated, its run id chosen)."""
         raise NotImplementedError
@@ -76,13 +72,13 @@ class Runnable(Generic[In, Out]):
         *,
         metadata: dict[str, str] | None = None,
         priority: int | None = None,
-        idempotency_key: str | None = None,
     ) -> RunHandle[Out]:
         """Enqueue a run in the transaction open on `conn` (asyncpg, psycopg AsyncConnection,
         SQLAlchemy AsyncSession or AsyncConnection): the run exists if and only if that
-        transaction commits. Its id is known at once (store it in the same transaction); the
-        engine need not be reachable. A bad input is refused here, as `aio_run_no_wait` would."""
-        row = self._outbox_row(input, metadata, priority, idempotency_key)
+        transaction commits, and exactly once (no idempotency key is needed, or taken). Its id
+        is known at once (store it in the same transaction); the engine need not be reachable.
+        A bad input is refused here, as `aio_run_no_wait` would refuse it."""
+        row = self._outbox_row(input, metadata, priority)
         await outbox.aio_write(conn, [row])
         return RunHandle(self, row.id, enqueued=True)
 
@@ -95,7 +91,7 @@ class Runnable(Generic[In, Out]):
         priority: int | None = None,
     ) -> list[RunHandle[Out]]:
         """Enqueue many runs in the transaction open on `conn`, in one statement."""
-        rows = [self._outbox_row(value, metadata, priority, None) for value in inputs]
+        rows = [self._outbox_row(value, metadata, priority) for value in inputs]
         await outbox.aio_write(conn, rows)
         return [RunHandle(self, row.id, enqueued=True) for row in rows]
 
@@ -106,11 +102,10 @@ class Runnable(Generic[In, Out]):
         *,
         metadata: dict[str, str] | None = None,
         priority: int | None = None,
-        idempotency_key: str | None = None,
     ) -> RunHandle[Out]:
         """`aio_run_in` through a sync connection (psycopg Connection, SQLAlchemy Session or
         Connection)."""
-        row = self._outbox_row(input, metadata, priority, idempotency_key)
+        row = self._outbox_row(input, metadata, priority)
         outbox.write(conn, [row])
         return RunHandle(self, row.id, enqueued=True)
 
@@ -122,7 +117,8 @@ class Runnable(Generic[In, Out]):
         metadata: dict[str, str] | None = None,
         priority: int | None = None,
     ) -> list[RunHandle[Out]]:
-        rows = [self._outbox_row(value, metadata, priority, None) for value in inputs]
+        """`aio_run_many_in` through a sync connection."""
+        rows = [self._outbox_row(value, metadata, priority) for value in inputs]
         outbox.write(conn, rows)
         return [RunHandle(self, row.id, enqueued=True) for row in rows]
 
@@ -284,9 +280,15 @@ async def wait_for_runs(
         try:
             return await _wait_for_runs(client, pending, finished, deadline, timeout, len(run_ids))
         except NotFound:
-            if not appearing or (deadline is not None and time.monotonic() + retry > deadline):
+            if not appearing:
                 raise
-            await asyncio.sleep(retry)
+            remaining = retry if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResultTimeout(
+                    f"{len(pending)} of {len(run_ids)} runs enqueued through an outbox were not "
+                    f"drained and finished within {timeout:g}s (first pending: {pending[0]})"
+                ) from None
+            await asyncio.sleep(min(retry, remaining))
             retry = min(retry * 2, 1.0)
     return finished
 

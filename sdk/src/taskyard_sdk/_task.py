@@ -198,13 +198,9 @@ class Task(Schedulable, Runnable[In, Out]):
         return request
 
     def _outbox_row(
-        self,
-        input: In,
-        metadata: dict[str, str] | None,
-        priority: int | None,
-        idempotency_key: str | None,
+        self, input: In, metadata: dict[str, str] | None, priority: int | None
     ) -> outbox.OutboxRow:
-        request = self._trigger(input, metadata, priority, idempotency_key)
+        request = self._trigger(input, metadata, priority, None)
         return outbox.new_row("task", self.name, TriggerRequest, request)
 
     # -- running here, for tests ----------------------------------------------------------------

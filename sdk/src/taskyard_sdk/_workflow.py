@@ -296,13 +296,9 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
         return request
 
     def _outbox_row(
-        self,
-        input: In,
-        metadata: dict[str, str] | None,
-        priority: int | None,
-        idempotency_key: str | None,
+        self, input: In, metadata: dict[str, str] | None, priority: int | None
     ) -> outbox.OutboxRow:
-        request = self._trigger(input, metadata, priority, idempotency_key)
+        request = self._trigger(input, metadata, priority, None)
         return outbox.new_row("workflow", self.name, WorkflowTriggerRequest, request)
 
     async def aio_run_no_wait(

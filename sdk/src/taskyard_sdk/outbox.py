@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
 from taskyard_sdk._errors import InvalidRequest
-from taskyard_sdk._ids import new_run_id
+from taskyard_sdk.ids import new_run_id
 
 TABLE = "taskyard_outbox"
 CHANNEL = "taskyard_outbox"  # notified with the table's schema when rows commit
@@ -37,11 +37,12 @@ SCHEMA: tuple[str, ...] = (
     target      text NOT NULL,      -- the task, the workflow, or the event's key
     body        jsonb NOT NULL,     -- the trigger as the REST API takes it
     created_at  timestamptz NOT NULL DEFAULT now(),
-    ready_at    timestamptz NOT NULL DEFAULT now(),  -- claimed or failed rows wait until then
+    ready_at    timestamptz NOT NULL DEFAULT now(),  -- a failed row waits until then
+    claimed_until timestamptz,      -- an engine is triggering it (its lease)
     attempts    integer NOT NULL DEFAULT 0,
     last_error  text                -- why the engine could not trigger it yet
 )""",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_ready ON {TABLE} (ready_at)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_ready ON {TABLE} (ready_at) WHERE claimed_until IS NULL",
     f"""CREATE OR REPLACE FUNCTION {TABLE}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('{CHANNEL}', TG_TABLE_SCHEMA);
@@ -169,17 +170,20 @@ class _SqlAlchemy:
         return conn.execute(self.statement, parameters)  # awaitable for the async ones
 
 
-def _module(conn: Any) -> str:
-    return type(conn).__module__.split(".")[0]
-
-
 def _driver(conn: Any) -> _Asyncpg | _Psycopg | _SqlAlchemy:
-    module = _module(conn)
-    if module == "asyncpg":  # a connection, or a pool's connection proxy
+    """The driver of `conn`, by the package its class (or a class it derives from, such as
+    SQLModel's Session) comes from."""
+    packages = {klass.__module__.split(".")[0] for klass in type(conn).__mro__}
+    if "asyncpg" in packages:
+        if not hasattr(conn, "is_in_transaction"):  # a pool: each call takes any connection
+            raise TypeError(
+                "an asyncpg pool runs each statement on a connection of its choosing, outside "
+                "your transaction: acquire a connection and open the transaction on it"
+            )
         return _Asyncpg()
-    if module == "psycopg":
+    if "psycopg" in packages:
         return _Psycopg(is_async=inspect.iscoroutinefunction(conn.execute))
-    if module == "sqlalchemy":
+    if "sqlalchemy" in packages:
         return _SqlAlchemy(is_async=inspect.iscoroutinefunction(conn.execute))
     raise TypeError(
         f"cannot write to the outbox through {type(conn).__module__}.{type(conn).__name__}: "

@@ -44,9 +44,17 @@ class Events:
     ) -> list[EventView]:
         """Store events, start the workflows they trigger, wake the steps waiting for them.
         Returns once all of it is committed. `ids`: the events' ids, when the caller chose them
-        (an outbox's rows): pushed again, such an event starts no workflow run twice, since
-        the ids of the runs it starts follow from its own. `from_outbox` as for
-        `Runs.trigger`."""
+        (an outbox's rows). Such an event that is stored already was pushed before (a row
+        drained again after a crash) and is left out of the answer; one that was not, though the
+        workflow runs it started were committed, starts none of them twice, since their ids
+        follow from the event's. `from_outbox` as for `Runs.trigger`."""
+        if ids is not None:
+            stored = await self.history.existing_events(tenant_id, list(ids))
+            if stored:
+                kept = [i for i, event_id in enumerate(ids) if event_id not in stored]
+                requests, ids = [requests[i] for i in kept], [ids[i] for i in kept]
+                if not requests:
+                    return []
         await self.persister.capacity()
         now = time.time()
         events = [

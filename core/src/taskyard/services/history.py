@@ -25,6 +25,7 @@ class History:
         self.run_documents = runs.run_documents
         self.run_statuses = runs.run_statuses
         self.search_events = events.search  # newest first, paged by the last event id
+        self.existing_events = events.existing
         self.latest_workflows = workflows.latest  # the latest version of each
 
     async def run_events(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[RunEvent]:

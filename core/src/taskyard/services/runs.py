@@ -58,8 +58,40 @@ class Runs:
     ) -> list[RunRef]:
         """Create runs; returns once they are committed (an acknowledged run is never lost).
         `options` are those of a batch, for its runs that carry none of their own. `ids`: the
-        runs' ids, when the caller chose them (an outbox's rows); `from_outbox`: they are rows
-        of the engine's own outbox, deleted in the transaction that inserts the runs."""
+        runs' ids, when the caller chose them (an outbox's rows); a run that already has its id
+        was triggered before (a row drained again after a crash) and is answered as it is,
+        `created` false. `from_outbox`: the runs are rows of the engine's own outbox, deleted
+        in the transaction that inserts them."""
+        if ids is None:
+            return await self._create(tenant_id, requests, options, None, from_outbox)
+        known = await self.repository.run_statuses(tenant_id, list(ids))
+        fresh = [index for index, run_id in enumerate(ids) if run_id not in known]
+        created = iter(
+            await self._create(
+                tenant_id,
+                [requests[i] for i in fresh],
+                options,
+                [ids[i] for i in fresh],
+                from_outbox,
+            )
+            if fresh
+            else []
+        )
+        return [
+            RunRef(run_id=run_id, task=request.task, status=known[run_id], created=False)
+            if run_id in known
+            else next(created)
+            for run_id, request in zip(ids, requests, strict=True)
+        ]
+
+    async def _create(
+        self,
+        tenant_id: uuid.UUID,
+        requests: list[TriggerRequest],
+        options: TaskOptions | None,
+        ids: Sequence[uuid.UUID] | None,
+        from_outbox: bool,
+    ) -> list[RunRef]:
         await self.persister.capacity()
         if options is not None:
             self._check(options, "options")
@@ -146,7 +178,7 @@ class Runs:
         wanted = {r.parent_run_id for r in requests if r.parent_run_id is not None}
         if not wanted:
             return
-        missing = wanted - await self.repository.existing(tenant_id, list(wanted))
+        missing = wanted - set(await self.repository.run_statuses(tenant_id, list(wanted)))
         if missing:
             index, request = next(
                 (i, r) for i, r in enumerate(requests) if r.parent_run_id in missing

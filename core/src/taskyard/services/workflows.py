@@ -125,7 +125,30 @@ class Workflows:
         self, tenant_id: uuid.UUID, started: list[WorkflowStart], *, from_outbox: bool = False
     ) -> list[RunRef]:
         """Start workflow runs (of a trigger, or of the events that route to them); returns
-        once they are committed."""
+        once they are committed. A run whose caller-chosen id is taken was started before (see
+        `Runs.trigger`) and is answered as it is."""
+        chosen = [start.run_id for start in started if start.run_id is not None]
+        if not chosen:
+            return await self._start(tenant_id, started, from_outbox)
+        known = await self.runs.repository.run_statuses(tenant_id, chosen)
+        fresh = iter(
+            await self._start(tenant_id, [s for s in started if s.run_id not in known], from_outbox)
+        )
+        return [
+            RunRef(
+                run_id=start.run_id,
+                task=start.workflow.name,
+                status=known[start.run_id],
+                created=False,
+            )
+            if start.run_id in known
+            else next(fresh)
+            for start in started
+        ]
+
+    async def _start(
+        self, tenant_id: uuid.UUID, started: list[WorkflowStart], from_outbox: bool
+    ) -> list[RunRef]:
         now = time.time()
         runs, rows = [], []
         for workflow, input, metadata, priority, key, parent_run_id, run_id in started:

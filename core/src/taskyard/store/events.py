@@ -27,6 +27,15 @@ class EventRepository:
         )
         return dict(row) if row else None
 
+    async def existing(self, tenant_id: uuid.UUID, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these events the tenant has."""
+        rows = await self.pool.fetch(
+            "SELECT event_id FROM events WHERE tenant_id = $1 AND event_id = ANY($2::uuid[])",
+            tenant_id,
+            event_ids,
+        )
+        return {row["event_id"] for row in rows}
+
     async def search(
         self,
         tenant_id: uuid.UUID,

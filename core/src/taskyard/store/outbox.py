@@ -1,9 +1,9 @@
-"""An application's outbox table (see taskyard_sdk.outbox), as the engine drains it: rows are
-claimed in batches, each claim a short lease (`ready_at` moved ahead) taken with FOR UPDATE SKIP
-LOCKED, so that several drainers never take the same row and no lock is held while the runs are
-triggered. A claimed row is deleted once its run has committed; one whose trigger failed waits
-with its error until it is tried again. A claim whose engine died expires, or is released by the
-next engine that starts to drain the table.
+"""An application's outbox table (see taskyard_sdk.outbox), as the engine drains it. Rows are
+claimed in batches, oldest first, with FOR UPDATE SKIP LOCKED: a claim marks its rows
+(`claimed_until`, a lease) and commits, so concurrent claims never return the same row and no lock
+is held while the runs are triggered. A claimed row is deleted once its run has committed; one
+whose trigger failed is unclaimed and waits with its error (`ready_at`) until it is tried again.
+The claims an engine held when it stopped are released when the table is next drained.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
 from taskyard_sdk.outbox import TABLE
 
 CLAIM = f"""
-UPDATE {TABLE} o SET ready_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
-FROM (SELECT id FROM {TABLE} WHERE ready_at <= now() ORDER BY ready_at LIMIT $1
-      FOR UPDATE SKIP LOCKED) AS c
+UPDATE {TABLE} o SET claimed_until = now() + make_interval(secs => $2), attempts = o.attempts + 1
+FROM (SELECT id FROM {TABLE} WHERE claimed_until IS NULL AND ready_at <= now()
+      ORDER BY ready_at LIMIT $1 FOR UPDATE SKIP LOCKED) AS c
 WHERE o.id = c.id
 RETURNING o.id, o.kind, o.target, o.body::text AS body, o.created_at, o.attempts
 """
@@ -27,18 +28,28 @@ RETURNING o.id, o.kind, o.target, o.body::text AS body, o.created_at, o.attempts
 DELETE = f"DELETE FROM {TABLE} WHERE id = ANY($1::uuid[])"
 
 FAILED = f"""
-UPDATE {TABLE} o SET last_error = f.error, ready_at = now() + make_interval(secs => f.delay)
+UPDATE {TABLE} o SET claimed_until = NULL, last_error = f.error,
+       ready_at = now() + make_interval(secs => f.delay)
 FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS f(id, error, delay)
 WHERE o.id = f.id
 """
 
-# Claims of rows that have not failed: taken by an engine that stopped before it finished them.
-RELEASE = f"UPDATE {TABLE} SET ready_at = now() WHERE ready_at > now() AND last_error IS NULL"
+RELEASE = f"UPDATE {TABLE} SET claimed_until = NULL WHERE claimed_until IS NOT NULL"
 
-# What identifies the table: the same oid in the same database of the same server.
-IDENTITY = f"""
-SELECT current_database(), pg_postmaster_start_time(), to_regclass('{TABLE}')::oid AS oid
+# What identifies the table: the same oid in the same database of the same server (started at
+# the same moment: a restart, or another server, is another identity).
+IDENTITY = """
+SELECT current_database(), pg_postmaster_start_time(), c.oid, n.nspname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass($1)
 """
+
+
+class TableIdentity(NamedTuple):
+    database: str
+    server_started: datetime
+    oid: int
+    schema: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +59,23 @@ class OutboxEntry:
     target: str
     body: str  # JSON
     created_at: datetime
-    attempts: int
+    attempts: int  # claims so far, this one included
 
 
 class OutboxMissing(RuntimeError):
     """The database has no outbox table."""
 
 
-async def identity(conn: asyncpg.Connection) -> tuple[object, ...]:
+async def identity(conn: asyncpg.Connection) -> TableIdentity:
     """Which table `taskyard_outbox` is on this connection; OutboxMissing when there is none."""
-    row = await conn.fetchrow(IDENTITY)
-    if row["oid"] is None:
-        raise OutboxMissing(f"there is no table {TABLE} in database {row[0]!r}")
-    return tuple(row)
+    row = await conn.fetchrow(IDENTITY, TABLE)
+    if row is None:
+        database = await conn.fetchval("SELECT current_database()")
+        raise OutboxMissing(
+            f"there is no table {TABLE} in database {database!r}; create it with "
+            f"`taskyard outbox install --database-url ...`"
+        )
+    return TableIdentity(*row)
 
 
 async def claim(conn: asyncpg.Connection, limit: int, lease: float) -> list[OutboxEntry]:
@@ -82,6 +97,7 @@ async def failed(conn: asyncpg.Connection, failures: dict[uuid.UUID, tuple[str, 
 
 
 async def release(conn: asyncpg.Connection) -> int:
-    """Release every claim of rows that have not failed; how many."""
+    """Release every claim; how many. Called by the one drainer of the table as it starts, the
+    claims being those of a drain that stopped."""
     status: str = await conn.execute(RELEASE)
     return int(status.split()[-1])

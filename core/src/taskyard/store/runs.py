@@ -148,15 +148,6 @@ class RunRepository:
         )
         return self._run_of(row) if row else None
 
-    async def existing(self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-        """Which of these runs the tenant has."""
-        rows = await self.pool.fetch(
-            "SELECT run_id FROM runs WHERE tenant_id = $1 AND run_id = ANY($2::uuid[])",
-            tenant_id,
-            run_ids,
-        )
-        return {row["run_id"] for row in rows}
-
     async def fetch_inputs(
         self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
     ) -> dict[uuid.UUID, tuple[bytes | None, bytes | None]]:

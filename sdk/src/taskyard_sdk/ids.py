@@ -5,21 +5,37 @@ millisecond (RFC 9562 method 2: the random part is incremented)."""
 
 from __future__ import annotations
 
-import random
+import os
 import threading
 import time
 import uuid
 
 _lock = threading.Lock()
 _last = 0
+# Random bytes from the OS, not Python's Mersenne Twister, whose next outputs follow from a few
+# hundred seen: applications choose run ids too (an outbox's), and must not predict others'.
+# Read 4 KiB at a time: a read per id would cost a system call each.
+_entropy = bytearray()
+
+
+def _forget_entropy() -> None:
+    """A forked child must not draw the same bytes as its parent."""
+    global _entropy
+    _entropy = bytearray()
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
 
 
 def uuid7_bytes() -> bytes:
     """The 16 bytes of a new UUIDv7."""
-    global _last
+    global _last, _entropy
     millis = time.time_ns() // 1_000_000
-    rand = random.getrandbits(74)  # ids need to be unique and ordered, not unguessable
     with _lock:
+        if len(_entropy) < 10:
+            _entropy = bytearray(os.urandom(4096))
+        rand = int.from_bytes(_entropy[-10:]) >> 6  # 74 bits
+        del _entropy[-10:]
         # 48-bit time, then 74 bits (12 + 62) that are random or, within a millisecond, counted.
         value = ((millis & 0xFFFF_FFFF_FFFF) << 74) | rand
         if value <= _last:
