@@ -28,13 +28,14 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ValidationError
 
+from taskyard.errors import Unprocessable
 from taskyard.services.events import Events
 from taskyard.services.runs import Runs
 from taskyard.services.workflows import Workflows
 from taskyard.store import outbox as table
 from taskyard.store.db import TRANSIENT_ERRORS, connect, create_pool, redact
 from taskyard.store.outbox import OutboxEntry, OutboxMissing, TableIdentity
-from taskyard_sdk.models import EventRequest, TriggerRequest, WorkflowTriggerRequest
+from taskyard_sdk.models import EventRequest, TaskOptions, TriggerRequest, WorkflowTriggerRequest
 from taskyard_sdk.outbox import CHANNEL
 
 log = logging.getLogger(__name__)
@@ -211,18 +212,19 @@ class OutboxDrainer:
             except (KeyError, ValidationError) as exc:
                 failures[entry.id] = _failure(entry, f"not a valid {entry.kind} trigger: {exc}")
                 continue
-            target = entry.target if entry.kind == "workflow" else ""  # per workflow: its path
-            groups[(entry.kind, target)].append((entry, request))
-        for (kind, target), members in groups.items():
+            # One call per workflow (the API's path), per set of task options, for all events.
+            group = entry.target if entry.kind == "workflow" else entry.options or ""
+            groups[(entry.kind, group)].append((entry, request))
+        for (kind, group), members in groups.items():
             try:
-                leftover |= await self._call(kind, target, members)
+                leftover |= await self._call(kind, group, members)
             except Exception as refused:
                 if len(members) == 1:
                     failures[members[0][0].id] = _failure(members[0][0], str(refused))
                     continue
                 for member in members:  # which ones are refused: each on its own
                     try:
-                        leftover |= await self._call(kind, target, [member])
+                        leftover |= await self._call(kind, group, [member])
                     except Exception as exc:
                         failures[member[0].id] = _failure(member[0], str(exc))
         if failures:
@@ -235,8 +237,9 @@ class OutboxDrainer:
             )
         return failures, leftover
 
-    async def _call(self, kind: str, target: str, members: list[Member]) -> set[uuid.UUID]:
-        """One call of the service for `kind`; the rows whose trigger inserted nothing."""
+    async def _call(self, kind: str, group: str, members: list[Member]) -> set[uuid.UUID]:
+        """One call of the service for `kind` (`group`: the workflow, or the tasks' options);
+        the rows whose trigger inserted nothing."""
         ids = [entry.id for entry, _ in members]
         requests = [request for _, request in members]
         if kind == "event":
@@ -245,10 +248,16 @@ class OutboxDrainer:
             return {i for i in ids if i not in pushed}
         if kind == "workflow":
             refs = await self.workflows.trigger(
-                self.tenant_id, target, requests, ids=ids, from_outbox=self.own
+                self.tenant_id, group, requests, ids=ids, from_outbox=self.own
             )
         else:
-            refs = await self.runs.trigger(self.tenant_id, requests, ids=ids, from_outbox=self.own)
+            try:
+                options = TaskOptions.model_validate_json(group) if group else None
+            except ValidationError as exc:
+                raise Unprocessable(f"options: {exc}") from None
+            refs = await self.runs.trigger(
+                self.tenant_id, requests, options, ids=ids, from_outbox=self.own
+            )
         return {i for i, ref in zip(ids, refs, strict=True) if not ref.created}
 
 

@@ -22,7 +22,10 @@ UPDATE {TABLE} o SET claimed_until = now() + make_interval(secs => $2), attempts
 FROM (SELECT id FROM {TABLE} WHERE claimed_until IS NULL AND ready_at <= now()
       ORDER BY ready_at LIMIT $1 FOR UPDATE SKIP LOCKED) AS c
 WHERE o.id = c.id
-RETURNING o.id, o.kind, o.target, o.body::text AS body, o.created_at, o.attempts
+RETURNING o.id, o.kind, o.target, o.created_at, o.attempts,
+    -- a task's options apart: the rows of one task carry the same, checked once a batch
+    (CASE WHEN o.kind = 'task' THEN o.body - 'options' ELSE o.body END)::text AS body,
+    (CASE WHEN o.kind = 'task' THEN o.body -> 'options' END)::text AS options
 """
 
 DELETE = f"DELETE FROM {TABLE} WHERE id = ANY($1::uuid[])"
@@ -57,9 +60,10 @@ class OutboxEntry:
     id: uuid.UUID
     kind: str
     target: str
-    body: str  # JSON
     created_at: datetime
     attempts: int  # claims so far, this one included
+    body: str  # JSON, without a task's options
+    options: str | None  # a task's options, as JSON (Postgres's, so equal ones are one text)
 
 
 class OutboxMissing(RuntimeError):
