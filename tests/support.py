@@ -4,12 +4,13 @@ the database to show something."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -115,17 +116,21 @@ async def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def scalar(db_url: str, query: str, *args: object) -> int:
+@contextlib.asynccontextmanager
+async def connected(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own to `db_url`, closed after the block."""
     conn = await asyncpg.connect(db_url)
     try:
-        return int(await conn.fetchval(query, *args))
+        yield conn
     finally:
         await conn.close()
+
+
+async def scalar(db_url: str, query: str, *args: object) -> int:
+    async with connected(db_url) as conn:
+        return int(await conn.fetchval(query, *args))
 
 
 async def execute(db_url: str, statement: str) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         await conn.execute(statement)
-    finally:
-        await conn.close()

@@ -9,7 +9,7 @@ import pytest
 from taskyard_sdk import Taskyard
 from taskyard_sdk import outbox as sdk_outbox
 from tests.e2e.conftest import Deploy
-from tests.support import scalar, wait_until
+from tests.support import connected, scalar, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,11 +57,8 @@ async def test_engine_killed_while_draining_an_outbox_gives_each_row_one_run(
 
 
 async def _install(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
+    async with connected(url) as conn:
         await sdk_outbox.aio_install(conn)
-    finally:
-        await conn.close()
 
 
 async def _runs_at_least(db_url: str, count: int) -> bool:
@@ -73,8 +70,5 @@ async def _empty(url: str) -> bool:
 
 
 async def _run_ids(db_url: str) -> list[object]:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         return [row["run_id"] for row in await conn.fetch("SELECT run_id FROM runs")]
-    finally:
-        await conn.close()

@@ -32,7 +32,7 @@ from taskyard_sdk import (
 )
 from taskyard_sdk import outbox as sdk_outbox
 from tests.conftest import engine_settings
-from tests.support import wait_until
+from tests.support import connected, wait_until
 
 ORDERS = "CREATE TABLE orders (order_id integer PRIMARY KEY, receipt_run uuid NOT NULL)"
 
@@ -44,12 +44,9 @@ class Receipt(BaseModel):
 @pytest.fixture
 async def app_url(empty_db_url: str) -> str:
     """An application's database, apart from the engine's: its own table and the outbox."""
-    conn = await asyncpg.connect(empty_db_url)
-    try:
+    async with connected(empty_db_url) as conn:
         await conn.execute(ORDERS)
         await sdk_outbox.aio_install(conn)
-    finally:
-        await conn.close()
     return empty_db_url
 
 
@@ -87,15 +84,12 @@ def receipts(ty: Taskyard, seen: list[int]) -> Any:
 
 
 async def through_asyncpg(url: str, write: Callable[..., Any], commit: bool) -> Any:
-    conn = await asyncpg.connect(url)
-    try:
+    async with connected(url) as conn:
         transaction = conn.transaction()
         await transaction.start()
         result = await write(conn)
         await (transaction.commit() if commit else transaction.rollback())
         return result
-    finally:
-        await conn.close()
 
 
 async def through_psycopg_async(url: str, write: Callable[..., Any], commit: bool) -> Any:
@@ -192,11 +186,8 @@ async def run_exists(engine: Engine, run_id: uuid.UUID) -> bool:
 
 
 async def outbox_rows(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
+    async with connected(url) as conn:
         return int(await conn.fetchval("SELECT count(*) FROM taskyard_outbox"))
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("driver", [*ASYNC_DRIVERS, *SYNC_DRIVERS])
@@ -215,14 +206,12 @@ async def test_a_run_exists_if_and_only_if_the_transaction_commits(
     assert (
         await app_engine.pool.fetchval("SELECT count(*) FROM runs WHERE task = 'send-receipt'") == 1
     )
-    conn = await asyncpg.connect(app_url)
-    try:
+    async with connected(app_url) as conn:
         assert await conn.fetch("SELECT order_id, receipt_run FROM orders") == [
             (2, committed.run_id)
         ]
-    finally:
-        await conn.close()
-    assert await outbox_rows(app_url) == 0
+    # An application database's row goes once its run committed, which may be after it ran.
+    await wait_until(lambda: _drained(app_url), 30, "the committed row to be deleted")
 
 
 async def test_a_handle_waits_for_a_run_the_engine_has_not_drained_yet(
@@ -230,15 +219,11 @@ async def test_a_handle_waits_for_a_run_the_engine_has_not_drained_yet(
 ) -> None:
     seen: list[int] = []
     task = receipts(client, seen)
-    async with client.worker("receipts", tasks=[task]):
-        conn = await asyncpg.connect(app_url)
-        try:
-            async with conn.transaction():
-                handle = await task.aio_run_in(conn, Receipt(order_id=7))
-            assert handle.enqueued
-            assert await handle.aio_result(timeout=30) == "receipt for 7"
-        finally:
-            await conn.close()
+    async with client.worker("receipts", tasks=[task]), connected(app_url) as conn:
+        async with conn.transaction():
+            handle = await task.aio_run_in(conn, Receipt(order_id=7))
+        assert handle.enqueued
+        assert await handle.aio_result(timeout=30) == "receipt for 7"
 
 
 async def test_many_concurrent_transactions_give_exactly_the_committed_runs(
@@ -317,8 +302,7 @@ async def _event_stored(engine: Engine, event_id: uuid.UUID) -> bool:
 
 async def test_bad_input_is_refused_inside_the_transaction(client: Taskyard, app_url: str) -> None:
     task = receipts(client, [])
-    conn = await asyncpg.connect(app_url)
-    try:
+    async with connected(app_url) as conn:
         async with conn.transaction():
             with pytest.raises(InvalidInput, match="send-receipt"):
                 await task.aio_run_in(conn, {"order_id": "not a number"})
@@ -329,8 +313,6 @@ async def test_bad_input_is_refused_inside_the_transaction(client: Taskyard, app
             await conn.execute(order_sql("asyncpg"), 1, uuid.uuid4())  # the transaction goes on
         assert await conn.fetchval("SELECT count(*) FROM taskyard_outbox") == 0
         assert await conn.fetchval("SELECT count(*) FROM orders") == 1
-    finally:
-        await conn.close()
 
 
 async def test_the_wrong_kind_of_connection_is_a_clear_error(
@@ -339,12 +321,9 @@ async def test_the_wrong_kind_of_connection_is_a_clear_error(
     task = receipts(client, [])
     with pytest.raises(TypeError, match="asyncpg connection, a psycopg 3 connection"):
         await task.aio_run_in(object(), Receipt(order_id=1))
-    conn = await asyncpg.connect(app_url)
-    try:
+    async with connected(app_url) as conn:
         with pytest.raises(TypeError, match="asynchronous: use the aio_ variant"):
             task.run_in(conn, Receipt(order_id=1))
-    finally:
-        await conn.close()
     with (
         psycopg.connect(app_url) as sync_conn,
         pytest.raises(TypeError, match="synchronous: use the variant without aio_"),
@@ -360,12 +339,8 @@ async def test_rows_committed_while_the_engine_is_down_run_when_it_is_back(
     await engine.stop()  # the engine is down from here on
     ty = Taskyard(url="http://127.0.0.1:1", token="unused")
     task = receipts(ty, [])
-    conn = await asyncpg.connect(app_url)
-    try:
-        async with conn.transaction():
-            handles = await task.aio_run_many_in(conn, [Receipt(order_id=n) for n in range(50)])
-    finally:
-        await conn.close()
+    async with connected(app_url) as conn, conn.transaction():
+        handles = await task.aio_run_many_in(conn, [Receipt(order_id=n) for n in range(50)])
     await ty.aio_close()
     engine = await started(db_url, data_dir, binding)
     try:
@@ -386,15 +361,11 @@ async def test_the_engines_own_outbox_is_deleted_with_the_runs_insert(
         ty = Taskyard(url=engine.url, token=(data_dir / "token").read_text().strip())
         seen: list[int] = []
         task = receipts(ty, seen)
-        async with ty.worker("receipts", tasks=[task]):
-            conn = await asyncpg.connect(db_url)
-            try:
-                async with conn.transaction():
-                    handle = await task.aio_run_in(conn, Receipt(order_id=3))
-                assert await handle.aio_result(timeout=30) == "receipt for 3"
-                assert await conn.fetchval("SELECT count(*) FROM taskyard_outbox") == 0
-            finally:
-                await conn.close()
+        async with ty.worker("receipts", tasks=[task]), connected(db_url) as conn:
+            async with conn.transaction():
+                handle = await task.aio_run_in(conn, Receipt(order_id=3))
+            assert await handle.aio_result(timeout=30) == "receipt for 3"
+            assert await conn.fetchval("SELECT count(*) FROM taskyard_outbox") == 0
         assert drainer.own
         assert drainer.drained == 1
         await ty.aio_close()
@@ -411,8 +382,7 @@ async def test_a_row_the_engine_cannot_trigger_waits_with_its_error_and_is_tried
     async def step(value: int) -> int:
         return value * 2
 
-    conn = await asyncpg.connect(app_url)
-    try:
+    async with connected(app_url) as conn:
         handle = await later.aio_run_in(conn, 21)  # autocommit: committed at once
         await wait_until(lambda: _failed(conn), 30, "the row to fail")
         error = await conn.fetchval("SELECT last_error FROM taskyard_outbox")
@@ -421,8 +391,6 @@ async def test_a_row_the_engine_cannot_trigger_waits_with_its_error_and_is_tried
             outputs = await handle.aio_result(timeout=60)
         assert outputs["step"] == 42
         assert await conn.fetchval("SELECT count(*) FROM taskyard_outbox") == 0
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("where", ["application", "engine"])
@@ -447,8 +415,7 @@ async def test_a_row_left_behind_after_its_run_committed_does_not_run_again(
     try:
         async with ty.worker("once", tasks=[task], workflows=[greeted]):
             await greeted.aio_register()
-            conn = await asyncpg.connect(outbox_url)
-            try:
+            async with connected(outbox_url) as conn:
                 async with conn.transaction():
                     handle = await task.aio_run_in(conn, Receipt(order_id=5))
                     event_id = await ty.events.aio_push_in(conn, "user:created", {"name": "ann"})
@@ -464,8 +431,6 @@ async def test_a_row_left_behind_after_its_run_committed_does_not_run_again(
                     [tuple(row) for row in rows],
                 )
                 await wait_until(lambda: _drained(outbox_url), 30, "the rows to be drained again")
-            finally:
-                await conn.close()
             await asyncio.sleep(0.5)  # time for a second execution to show, were there one
         assert sorted(seen) == [-1, 5]
         kinds = await engine.pool.fetch("SELECT kind, count(*) FROM runs GROUP BY kind")
@@ -481,8 +446,7 @@ async def test_the_application_database_dropping_the_drainer_loses_and_repeats_n
     app_engine: Engine, client: Taskyard, app_url: str
 ) -> None:
     task = receipts(client, [])
-    conn = await asyncpg.connect(app_url)
-    try:
+    async with connected(app_url) as conn:
         async with conn.transaction():
             handles = await task.aio_run_many_in(conn, [Receipt(order_id=n) for n in range(5000)])
         for _ in range(5):  # the drainer's connections are cut, again and again, as it drains
@@ -492,8 +456,6 @@ async def test_the_application_database_dropping_the_drainer_loses_and_repeats_n
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         await wait_until(lambda: _drained(app_url), 60, "the outbox to be drained")
-    finally:
-        await conn.close()
     runs = await app_engine.pool.fetch("SELECT run_id, status FROM runs")
     assert {row["run_id"] for row in runs} == {handle.run_id for handle in handles}
     assert {row["status"] for row in runs} == {"queued"}

@@ -78,9 +78,8 @@ class Runnable(Generic[In, Out]):
         transaction commits, and exactly once (no idempotency key is needed, or taken). Its id
         is known at once (store it in the same transaction); the engine need not be reachable.
         A bad input is refused here, as `aio_run_no_wait` would refuse it."""
-        row = self._outbox_row(input, metadata, priority)
-        await outbox.aio_write(conn, [row])
-        return RunHandle(self, row.id, enqueued=True)
+        [handle] = await self.aio_run_many_in(conn, [input], metadata=metadata, priority=priority)
+        return handle
 
     async def aio_run_many_in(
         self,
@@ -105,9 +104,8 @@ class Runnable(Generic[In, Out]):
     ) -> RunHandle[Out]:
         """`aio_run_in` through a sync connection (psycopg Connection, SQLAlchemy Session or
         Connection)."""
-        row = self._outbox_row(input, metadata, priority)
-        outbox.write(conn, [row])
-        return RunHandle(self, row.id, enqueued=True)
+        [handle] = self.run_many_in(conn, [input], metadata=metadata, priority=priority)
+        return handle
 
     def run_many_in(
         self,
