@@ -5,6 +5,12 @@ for every system in the same invocation, with Taskyard/peer ratios.
   `aio_run_no_wait`; the peers' single defer), jobs per second
 - enqueue in batches: 1,000 jobs to a call (`aio_run_many_no_wait`; the peers' batch APIs;
   Celery has none and is left out)
+- the same two through Taskyard's outbox, the way PgQueuer and Procrastinate enqueue: the SDK
+  writes the rows through the application's own asyncpg connection (`aio_run_in` on an
+  autocommit connection, one job a transaction; `aio_run_many_in`, 1,000 a transaction); jobs
+  per second with the engine stopped (the application's work alone, as the peers' figures are),
+  and while an engine drains them into its tenant, until the last commit and until the last run
+  exists (the outbox seen empty, polled every 20 ms)
 - drain: N jobs already queued, one worker process started; jobs per second from its first
   finished job to the last (so process start-up counts for no one)
 - end to end (throughput): from the first enqueue to the last job finished (for Taskyard: its
@@ -26,7 +32,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench import latency, throughput
+from bench import latency, outbox, throughput
 from bench.harness import (
     engine_setup,
     fresh_database,
@@ -218,11 +224,20 @@ async def peer_drain(name: str, drain: int, logs: Path) -> float:
 async def taskyard_enqueue_and_drain(
     single: int, batched: int, drain: int, runs: int
 ) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"one_by_one": [], "batches": [], "drain": []}
+    rates: dict[str, list[float]] = {
+        "one_by_one": [],
+        "batches": [],
+        "drain": [],
+        **{measure: [] for measure in OUTBOX_MEASURES},
+    }
     for run in range(runs):
         one, many = await taskyard_enqueue(single, batched, run * 10_000_000)
         rates["one_by_one"].append(one)
         rates["batches"].append(many)
+        for measure, value in (
+            await taskyard_outbox_enqueue(single, batched, run * 10_000_000)
+        ).items():
+            rates[measure].append(value)
         rates["drain"].append(await taskyard_drain(drain))
     return rates
 
@@ -246,6 +261,68 @@ async def taskyard_enqueue(single: int, batched: int, first: int) -> tuple[float
             await ty.aio_close()
         assert many is not None
         return rate, many
+
+
+async def taskyard_outbox_enqueue(single: int, batched: int, first: int) -> dict[str, float]:
+    """Rates of enqueueing through an application database's outbox, one row a transaction and
+    1,000 a transaction: with the engine stopped (the application's part alone, as the peers'
+    enqueue is theirs), then while the engine drains, until committed and until every run
+    exists."""
+    async with outbox.outbox_engine("app") as (setup, app_url):
+        ty = Taskyard(setup.engine.url, setup.token)
+        noop = ty.task(name="noop", schedule_timeout="1h")(_noop)
+        conn = await asyncpg.connect(app_url)
+
+        async def drained(started: float, timeout: float = 600) -> float:
+            """Seconds from `started` until the outbox is seen empty."""
+            deadline = time.monotonic() + timeout
+            while await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {outbox.sdk_outbox.TABLE})"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the outbox is not drained after {timeout}s")
+                await asyncio.sleep(outbox.EMPTY_POLL)
+            return time.perf_counter() - started
+
+        async def one_by_one(numbers: range) -> float:
+            started = time.perf_counter()
+            for n in numbers:
+                await noop.aio_run_in(conn, n)
+            return started
+
+        async def batches(numbers: range) -> float:
+            started = time.perf_counter()
+            for start in range(numbers.start, numbers.stop, 1000):
+                async with conn.transaction():
+                    await noop.aio_run_many_in(
+                        conn, list(range(start, min(start + 1000, numbers.stop)))
+                    )
+            return started
+
+        def rate(count: int, started: float) -> float:
+            return count / (time.perf_counter() - started)
+
+        try:
+            await noop.aio_run_in(conn, -1)  # the statement's plan, the engine's first drain
+            await drained(time.perf_counter())
+            figures = {}
+            setup.engine.terminate()
+            numbers = range(first, first + single)
+            figures["one_by_one_outbox"] = rate(single, await one_by_one(numbers))
+            numbers = range(numbers.stop, numbers.stop + batched)
+            figures["batches_outbox"] = rate(batched, await batches(numbers))
+            setup.engine.start()
+            await drained(time.perf_counter())
+            numbers = range(numbers.stop, numbers.stop + single)
+            started = await one_by_one(numbers)
+            figures["one_by_one_outbox_draining"] = rate(single, started)
+            figures["one_by_one_outbox_runs"] = single / await drained(started)
+            numbers = range(numbers.stop, numbers.stop + batched)
+            started = await batches(numbers)
+            figures["batches_outbox_draining"] = rate(batched, started)
+            figures["batches_outbox_runs"] = batched / await drained(started)
+        finally:
+            await conn.close()
+            await ty.aio_close()
+    return figures
 
 
 async def taskyard_drain(drain: int) -> float:
@@ -304,6 +381,14 @@ MEASURES = {  # figure -> (label, unit)
     "drain": ("drain, one worker process", "jobs/s"),
     "throughput": ("end to end", "tasks/s"),
 }
+OUTBOX_MEASURES = {  # Taskyard's outbox figure -> (label, the peers' measure it is set beside)
+    "one_by_one_outbox": ("enqueue one by one, outbox, engine stopped", "one_by_one"),
+    "one_by_one_outbox_draining": ("enqueue one by one, outbox, engine draining", "one_by_one"),
+    "one_by_one_outbox_runs": ("enqueue one by one, outbox, until the runs exist", "one_by_one"),
+    "batches_outbox": ("enqueue in batches of 1,000, outbox, engine stopped", "batches"),
+    "batches_outbox_draining": ("enqueue in batches of 1,000, outbox, engine draining", "batches"),
+    "batches_outbox_runs": ("enqueue in batches of 1,000, outbox, until the runs exist", "batches"),
+}
 
 
 async def main(
@@ -336,6 +421,9 @@ async def main(
     figures: dict[str, Any] = {}
     table = []
     ours = {measure: summary(systems["taskyard"][measure])["median"] for measure in MEASURES}
+    outbox_ours = {
+        measure: summary(systems["taskyard"][measure])["median"] for measure in OUTBOX_MEASURES
+    }
     ours_p50 = summary([r["p50"] for r in systems["taskyard"]["latencies"]])["median"]
     for name, data in systems.items():
         figures[name] = {measure: summary(data[measure]) for measure in MEASURES if data[measure]}
@@ -351,6 +439,17 @@ async def main(
                 figures[name][f"{measure}_ratio"] = ours[measure] / value
                 ratio = f"  (taskyard/{name} {ours[measure] / value:.2f}x)"
             table.append((f"{name}: {label}", f"{value:,.0f} {unit}{ratio}"))
+        if name == "taskyard":
+            for measure, (label, _) in OUTBOX_MEASURES.items():
+                figures[name][measure] = summary(data[measure])
+                value = figures[name][measure]["median"]
+                table.append((f"{name}: {label}", f"{value:,.0f} jobs/s"))
+        else:
+            for measure, (label, theirs) in OUTBOX_MEASURES.items():
+                if theirs in figures[name]:
+                    ratio = outbox_ours[measure] / figures[name][theirs]["median"]
+                    figures[name][f"{measure}_ratio"] = ratio
+                    table.append((f"taskyard/{name}: {label}", f"{ratio:.2f}x"))
         ratio = "" if name == "taskyard" else f"  (taskyard/{name} {ours_p50 / p50['median']:.2f}x)"
         table.append(
             (

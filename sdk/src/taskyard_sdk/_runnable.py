@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from uuid import UUID
+
+from pydantic import BaseModel
 
 from taskyard_sdk import outbox
 from taskyard_sdk._errors import NotFound, ResultTimeout, TaskFailed
@@ -57,11 +59,26 @@ class Runnable(Generic[In, Out]):
         """A finished run's result; raises TaskFailed if it did not succeed."""
         raise NotImplementedError
 
-    def _outbox_row(
-        self, input: In, metadata: dict[str, str] | None, priority: int | None
-    ) -> outbox.OutboxRow:
-        """The trigger of one run as an outbox row (validated, its run id chosen)."""
+    def encode_input(self, value: Any) -> Any:
+        """Validate against the input model and turn into JSON-able data (before sending)."""
         raise NotImplementedError
+
+    def _request(
+        self, metadata: dict[str, str] | None, priority: int | None, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        """A trigger without its input: what the runs of one call share."""
+        raise NotImplementedError
+
+    _outbox_kind: ClassVar[outbox.Kind]
+    _trigger_model: ClassVar[type[BaseModel]]  # what the REST API checks one trigger with
+
+    def _outbox_rows(
+        self, inputs: Sequence[In], metadata: dict[str, str] | None, priority: int | None
+    ) -> list[outbox.OutboxRow]:
+        """The triggers of runs as outbox rows (validated, their run ids chosen)."""
+        common = self._request(metadata, priority, None)
+        values = [self.encode_input(value) for value in inputs]
+        return outbox.new_rows(self._outbox_kind, self.name, self._trigger_model, common, values)
 
     # -- through the application's own transaction (see taskyard_sdk.outbox) ---------------------
 
@@ -90,7 +107,7 @@ class Runnable(Generic[In, Out]):
         priority: int | None = None,
     ) -> list[RunHandle[Out]]:
         """Enqueue many runs in the transaction open on `conn`, in one statement."""
-        rows = [self._outbox_row(value, metadata, priority) for value in inputs]
+        rows = self._outbox_rows(inputs, metadata, priority)
         await outbox.aio_write(conn, rows)
         return [RunHandle(self, row.id, enqueued=True) for row in rows]
 
@@ -116,7 +133,7 @@ class Runnable(Generic[In, Out]):
         priority: int | None = None,
     ) -> list[RunHandle[Out]]:
         """`aio_run_many_in` through a sync connection."""
-        rows = [self._outbox_row(value, metadata, priority) for value in inputs]
+        rows = self._outbox_rows(inputs, metadata, priority)
         outbox.write(conn, rows)
         return [RunHandle(self, row.id, enqueued=True) for row in rows]
 

@@ -28,7 +28,7 @@ class Schedulable:
     def _schedule_target(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def _schedule_input(self, input: Any) -> Any:
+    def encode_input(self, value: Any) -> Any:
         raise NotImplementedError
 
     async def aio_create_cron(
@@ -49,7 +49,7 @@ class Schedulable:
             "name": name,
             "expression": expression,
             "timezone": timezone,
-            "input": self._schedule_input(input),
+            "input": self.encode_input(input),
             "metadata": metadata or {},
             "catch_up": CatchUp(catch_up).value,
         }
@@ -84,7 +84,7 @@ class Schedulable:
         body = {
             **self._schedule_target(),
             "at": at.isoformat(),
-            "input": self._schedule_input(input),
+            "input": self.encode_input(input),
             "metadata": metadata or {},
         }
         data = await self.client.transport.request("POST", "/api/v1/schedules", json_body=body)

@@ -19,7 +19,6 @@ from uuid import uuid4
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json, to_jsonable_python
 
-from taskyard_sdk import outbox
 from taskyard_sdk._arguments import strings
 from taskyard_sdk._context import Context, current_run
 from taskyard_sdk._durable import child_results, current_durable
@@ -116,6 +115,9 @@ class Task(Schedulable, Runnable[In, Out]):
     """A task function registered with a client. Call it directly to run it in-process (for
     tests); use `run` / `aio_run` to run it on a worker through the engine."""
 
+    _outbox_kind = "task"
+    _trigger_model = TriggerRequest
+
     def __init__(
         self,
         client: Taskyard,
@@ -162,9 +164,6 @@ class Task(Schedulable, Runnable[In, Out]):
     def _schedule_target(self) -> dict[str, str]:
         return {"task": self.name}
 
-    def _schedule_input(self, input: Any) -> Any:
-        return self.encode_input(input)
-
     def decode_input(self, data: Any) -> Any:
         return self._input.validate_python(data)
 
@@ -183,7 +182,19 @@ class Task(Schedulable, Runnable[In, Out]):
         *,
         options: bool = True,
     ) -> dict[str, Any]:
-        request: dict[str, Any] = {"task": self.name, "input": self.encode_input(input)}
+        request = self._request(metadata, priority, idempotency_key, options=options)
+        request["input"] = self.encode_input(input)
+        return request
+
+    def _request(
+        self,
+        metadata: dict[str, str] | None,
+        priority: int | None,
+        idempotency_key: str | None,
+        *,
+        options: bool = True,
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {"task": self.name}
         if options:
             request["options"] = self._options_json
         if metadata:
@@ -196,12 +207,6 @@ class Task(Schedulable, Runnable[In, Out]):
         if spawned_by is not None:
             request["parent_run_id"] = str(spawned_by)
         return request
-
-    def _outbox_row(
-        self, input: In, metadata: dict[str, str] | None, priority: int | None
-    ) -> outbox.OutboxRow:
-        request = self._trigger(input, metadata, priority, None)
-        return outbox.new_row("task", self.name, TriggerRequest, request)
 
     # -- running here, for tests ----------------------------------------------------------------
 

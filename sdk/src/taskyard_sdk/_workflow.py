@@ -116,7 +116,7 @@ class WorkflowTask(Task[In, Out]):
             f"schedule the workflow instead"
         )
 
-    def _outbox_row(self, input: In, *_: Any) -> outbox.OutboxRow:
+    def _outbox_rows(self, inputs: Sequence[In], *_: Any) -> list[outbox.OutboxRow]:
         raise TypeError(
             f"step {self.step!r} runs as part of workflow {self.workflow.name!r}: "
             f"run the workflow instead"
@@ -125,6 +125,9 @@ class WorkflowTask(Task[In, Out]):
 
 class Workflow(Schedulable, Runnable[In, Outputs]):
     """A DAG of steps, created with `ty.workflow(...)`; steps are added with `@wf.task(...)`."""
+
+    _outbox_kind = "workflow"
+    _trigger_model = WorkflowTriggerRequest
 
     def __init__(
         self,
@@ -241,12 +244,6 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
     def _schedule_target(self) -> dict[str, str]:
         return {"workflow": self.name}
 
-    def _schedule_input(self, input: Any) -> Any:
-        try:
-            return to_jsonable_python(self._input.validate_python(input))
-        except ValidationError as exc:
-            raise InvalidInput(f"input for workflow {self.name!r} is invalid: {exc}") from None
-
     def definition(self) -> WorkflowDefinition:
         return WorkflowDefinition(
             name=self.name,
@@ -279,11 +276,20 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
         priority: int | None,
         idempotency_key: str | None,
     ) -> dict[str, Any]:
+        request = self._request(metadata, priority, idempotency_key)
+        request["input"] = self.encode_input(input)
+        return request
+
+    def encode_input(self, value: Any) -> Any:
         try:
-            value = to_jsonable_python(self._input.validate_python(input))
+            return to_jsonable_python(self._input.validate_python(value))
         except ValidationError as exc:
             raise InvalidInput(f"input for workflow {self.name!r} is invalid: {exc}") from None
-        request: dict[str, Any] = {"input": value}
+
+    def _request(
+        self, metadata: dict[str, str] | None, priority: int | None, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {}
         if metadata:
             request["metadata"] = metadata
         if priority is not None:
@@ -294,12 +300,6 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
         if spawned_by is not None:
             request["parent_run_id"] = str(spawned_by)
         return request
-
-    def _outbox_row(
-        self, input: In, metadata: dict[str, str] | None, priority: int | None
-    ) -> outbox.OutboxRow:
-        request = self._trigger(input, metadata, priority, None)
-        return outbox.new_row("workflow", self.name, WorkflowTriggerRequest, request)
 
     async def aio_run_no_wait(
         self,

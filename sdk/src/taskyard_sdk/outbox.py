@@ -75,6 +75,23 @@ class OutboxRow:
 def new_row(kind: Kind, target: str, model: type[BaseModel], request: dict[str, Any]) -> OutboxRow:
     """A row for `request`, checked against the model the REST API checks it with: what the
     engine would refuse is refused here, inside the application's transaction."""
+    _check(kind, target, model, request)
+    return OutboxRow(new_run_id(), kind, target, to_json(request))
+
+
+def new_rows(
+    kind: Kind, target: str, model: type[BaseModel], common: dict[str, Any], inputs: Sequence[Any]
+) -> list[OutboxRow]:
+    """Rows for triggers that differ only in their input (JSON-able, checked against the task's
+    or workflow's input model already): what they share is checked once, not once a row."""
+    _check(kind, target, model, common)
+    return [
+        OutboxRow(new_run_id(), kind, target, to_json({**common, "input": value}))
+        for value in inputs
+    ]
+
+
+def _check(kind: Kind, target: str, model: type[BaseModel], request: dict[str, Any]) -> None:
     try:
         model.model_validate(request)
     except ValidationError as exc:
@@ -82,7 +99,6 @@ def new_row(kind: Kind, target: str, model: type[BaseModel], request: dict[str, 
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidRequest(422, "invalid", f"{kind} {target!r}: {problems}") from None
-    return OutboxRow(new_run_id(), kind, target, to_json(request))
 
 
 def write(conn: Any, rows: Sequence[OutboxRow]) -> None:

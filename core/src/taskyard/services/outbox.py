@@ -9,8 +9,9 @@ them again, and the services find their runs (or events) already there by id and
 twice, so every committed row gives exactly one run, run once.
 
 The drainer waits on a LISTEN of the table's notifications, and polls as a safety net (a
-notification is lost while the listening connection is down). Several batches are in flight at
-once, so claiming the next overlaps committing the last. A batch that fails in a way no row
+notification is lost while the listening connection is down). While there is a backlog, several
+batches are in flight at once, so claiming the next overlaps committing the last; rows that
+trickle in are gathered while the batch before them commits. A batch that fails in a way no row
 explains (its database went away) stops the drain once the others in flight have finished; the
 drain starts again from the top, which releases the claims.
 """
@@ -157,6 +158,12 @@ class OutboxDrainer:
                 else:
                     slots.release()
                 if len(entries) < BATCH:
+                    # No backlog: the next claim waits for the batches in flight, so that rows
+                    # committed meanwhile are claimed, triggered and deleted together rather
+                    # than each in three transactions of its own (an idle drainer still claims
+                    # a row the moment it is notified).
+                    if batches:
+                        await asyncio.wait(set(batches))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)
         except asyncio.CancelledError:  # the engine stops: what is in flight is recovered
