@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # Request ids: this process's random prefix and a counter (a uuid4 per request costs a syscall).
-_REQUEST_IDS = (f"{secrets.token_hex(6)}{n:010x}" for n in itertools.count(1))
+_REQUEST_ID_PREFIX = secrets.token_hex(6)
+_REQUEST_IDS = (f"{_REQUEST_ID_PREFIX}{n:010x}" for n in itertools.count(1))
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 
 
