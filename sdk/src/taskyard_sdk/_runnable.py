@@ -69,6 +69,12 @@ class Runnable(Generic[In, Out]):
         """A trigger without its input: what the runs of one call share."""
         raise NotImplementedError
 
+    def _outbox_request(
+        self, metadata: dict[str, str] | None, priority: int | None
+    ) -> dict[str, Any]:
+        """What the outbox rows of one call share."""
+        return self._request(metadata, priority, None)
+
     _outbox_kind: ClassVar[outbox.Kind]
     _trigger_model: ClassVar[type[BaseModel]]  # what the REST API checks one trigger with
 
@@ -76,7 +82,7 @@ class Runnable(Generic[In, Out]):
         self, inputs: Sequence[In], metadata: dict[str, str] | None, priority: int | None
     ) -> list[outbox.OutboxRow]:
         """The triggers of runs as outbox rows (validated, their run ids chosen)."""
-        common = self._request(metadata, priority, None)
+        common = self._outbox_request(metadata, priority)
         values = [self.encode_input(value) for value in inputs]
         return outbox.new_rows(self._outbox_kind, self.name, self._trigger_model, common, values)
 
