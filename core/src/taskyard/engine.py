@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from taskyard.actors.alerter import Alerter
 from taskyard.actors.base import SideTasks
+from taskyard.actors.changes import ChangeFeed
 from taskyard.actors.timers import Timers
 from taskyard.config import EngineSettings
 from taskyard.domain.auth import Principal, Role, parse_bearer
@@ -35,6 +36,8 @@ from taskyard.domain.runs import SharedOptions
 from taskyard.errors import NotFound, Unauthorized, Unprocessable
 from taskyard.http.app import build_app
 from taskyard.http.client_socket import CHANNELS
+from taskyard.http.dashboard import ROOT as DASHBOARD
+from taskyard.http.dashboard import sign_in_link
 from taskyard.http.routing import Router
 from taskyard.integrations.worker import Integrations
 from taskyard.plugin_manager import Plugins
@@ -197,9 +200,9 @@ class Engine:
             alert_rules=AlertRules(alert_rules, self._alerter, lambda: self.alert_channels),
             runs_ended=self._runs_ended,
             observe_all=self._observe,
-            runs_changed=self._runs_changed
-            if self._plugins.implemented("taskyard_runs_changed")
-            else None,
+            changes=ChangeFeed(
+                self._runs_changed if self._plugins.implemented("taskyard_runs_changed") else None
+            ),
         )
         await self._services.start()
         await self._drain_outboxes()
@@ -234,6 +237,7 @@ class Engine:
                     self._run_source(source), name=f"trigger-source:{source.name}"
                 )
         log.info("Taskyard engine serving on %s", self.url)
+        await self._announce_dashboard()
 
     async def stop(self) -> None:
         """Stop serving, let requests in flight finish, write what is buffered, disconnect."""
@@ -333,10 +337,23 @@ class Engine:
             raise RuntimeError("the engine is not started")
         return self._alerter
 
+    async def _announce_dashboard(self) -> None:
+        """On a machine's own address, the one-click sign-in link for the local token (the
+        one in `<data-dir>/token`, when it still signs in to this database)."""
+        path = self.settings.data_dir / TOKEN_FILE
+        if self.settings.host not in ("127.0.0.1", "localhost", "::1") or not path.exists():
+            log.info("dashboard: %s%s (sign in with an API token)", self.url, DASHBOARD)
+            return
+        secret = path.read_text().strip()
+        if await self.token_cache.principal(secret) is None:
+            log.info("dashboard: %s%s (sign in with an API token)", self.url, DASHBOARD)
+            return
+        log.info("dashboard (signs in with the local token): %s", sign_in_link(self.url, secret))
+
     def run_url(self, run_id: uuid.UUID) -> str:
         """A run's page in the dashboard, for links in alerts."""
         base = (self.settings.public_url or self.url).rstrip("/")
-        return f"{base}/dashboard/runs/{run_id}"
+        return f"{base}{DASHBOARD}/runs/{run_id}"
 
     async def _tenant_name(self, tenant_id: uuid.UUID) -> str:
         tenant = await self.repository.get_tenant(tenant_id)

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from taskyard.actors.base import Actor
+from taskyard.actors.changes import ChangeFeed
 from taskyard.actors.frames import Assignment, assign_json
 from taskyard.actors.queue_durable import DurableRuns, bad_filter
 from taskyard.actors.queue_effects import QueueEffects, StepsEnded
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from taskyard.actors.workers import WorkerSession
     from taskyard.domain.durable import DurableWait
     from taskyard.domain.events import PushedEvent
-    from taskyard.domain.notices import RunChanged, RunEnded
+    from taskyard.domain.notices import RunEnded
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
     from taskyard.store.runs import RunRepository
@@ -76,7 +77,7 @@ class QueueActor(Actor):
         events: EventRepository,
         runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
         observe_all: bool = False,
-        runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
+        changes: ChangeFeed | None = None,
         recovery_hold: float = 0.0,
         input_cache_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
@@ -104,7 +105,7 @@ class QueueActor(Actor):
             resumed=lambda resumed: self._post(self._resume, resumed),
             runs_ended=runs_ended,
             observe_all=observe_all,
-            runs_changed=runs_changed,
+            changes=changes or ChangeFeed(),
         )
         self.durable = DurableRuns(
             tenant_id, self.effects, repository=repository, events=events, waiters=waiters

@@ -26,6 +26,7 @@ from taskyard_sdk.models import RunStatus
 
 if TYPE_CHECKING:
     from taskyard.actors.base import Actor
+    from taskyard.actors.changes import ChangeFeed
     from taskyard.actors.rate_limits import SharedRateLimiter
     from taskyard.actors.timers import Entry, Timers
     from taskyard.actors.waiters import RunWaiters
@@ -74,7 +75,7 @@ class QueueEffects:
         resumed: Callable[[Resumed], None],
         runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None,
         observe_all: bool,
-        runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None,
+        changes: ChangeFeed,
     ) -> None:
         self.owner = owner
         self.tenant_id = tenant_id
@@ -86,7 +87,7 @@ class QueueEffects:
         self.resumed = resumed
         self.runs_ended = runs_ended  # failed runs for alerts; every ended run for observers
         self.observe_all = observe_all
-        self.runs_changed = runs_changed  # lifecycle observers: every state written
+        self.changes = changes  # committed states, to observers and dashboards
         self.clear()
 
     def clear(self) -> None:
@@ -112,7 +113,7 @@ class QueueEffects:
     def save(self, run: Run) -> None:
         """Persist the run's current state (the latest state in a batch wins)."""
         self.states[run.run_id] = run  # its row is taken when the message is done
-        if self.runs_changed is not None:
+        if self.changes.wanted(self.tenant_id):
             self.changed[run.run_id] = RunChanged(
                 self.tenant_id, run.run_id, run.task, run.status.value, run.attempt, run.worker_id
             )
@@ -204,7 +205,7 @@ class QueueEffects:
                 or self.recorded
                 or self.resuming
                 or self.durable_rows
-                or self.runs_changed is not None
+                or self.changes.wanted(self.tenant_id)
             )
             persister.write(
                 [run_state_row(run) for run in self.states.values()],
@@ -232,9 +233,9 @@ class QueueEffects:
         if self.steps:  # after the write above: what follows from it is written later
             self.steps_ended(self.tenant_id, self.steps)
             self.steps = []
-        if self.changed and self.runs_changed is not None:
+        if self.changed:
             changed, self.changed = list(self.changed.values()), {}
-            report, tenant = self.runs_changed, self.tenant_id
+            report, tenant = self.changes.committed, self.tenant_id
 
             def written(done: asyncio.Future[None]) -> None:
                 if not done.cancelled() and done.exception() is None:

@@ -9,6 +9,7 @@ from aiohttp import web
 from taskyard.http import (
     alerts,
     client_socket,
+    dashboard,
     events,
     rate_limits,
     runs,
@@ -48,6 +49,7 @@ def build_app(engine: Host, plugin_routers: Sequence[Router] = ()) -> web.Applic
     app[OPENAPI] = {}
     mount(app, endpoints)
     client_socket.install(app, endpoints)
+    dashboard.install(app)
     app.on_shutdown.append(_disconnect_workers)
     return app
 

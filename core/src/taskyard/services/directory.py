@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from taskyard.actors.base import SideTasks
+from taskyard.actors.changes import ChangeFeed
 from taskyard.actors.queue import QueueActor
 from taskyard.actors.queue_effects import StepEnded
 from taskyard.actors.rate_limits import SharedRateLimiter
@@ -25,7 +26,7 @@ from taskyard.actors.timers import Timers
 from taskyard.actors.waiters import RunWaiters
 from taskyard.actors.workers import WorkerRegistry, WorkerSession
 from taskyard.config import EngineSettings
-from taskyard.domain.notices import RunChanged, RunEnded
+from taskyard.domain.notices import RunEnded
 from taskyard.domain.runs import Run
 from taskyard.errors import Conflict, NotFound
 from taskyard.store.events import EventRepository
@@ -65,7 +66,7 @@ class ActorDirectory:
         fire_schedule: Fire,
         runs_ended: RunsEnded | None = None,
         observe_all: bool = False,
-        runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.persister = persister
         self.runs = runs
@@ -79,7 +80,7 @@ class ActorDirectory:
         self.sync_crons = sync_crons
         self.runs_ended = runs_ended  # failures to the alerter, every end to observers
         self.observe_all = observe_all
-        self.runs_changed = runs_changed
+        self.changes = changes or ChangeFeed()  # committed run states, to who watches
         self.waiters = RunWaiters()
         self.streams = RunStreams()
         self.registry = WorkerRegistry(
@@ -143,7 +144,7 @@ class ActorDirectory:
                 events=self.events,
                 runs_ended=self._runs_ended,
                 observe_all=self.observe_all,
-                runs_changed=self.runs_changed,
+                changes=self.changes,
                 recovery_hold=self.settings.recovery_hold if recovering else 0.0,
             )
             self.start_later(actor.start())

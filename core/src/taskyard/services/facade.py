@@ -9,9 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+from taskyard.actors.changes import ChangeFeed
 from taskyard.actors.timers import Timers
 from taskyard.config import EngineSettings
-from taskyard.domain.notices import RunChanged, RunEnded
+from taskyard.domain.notices import RunEnded
 from taskyard.services.alerts import AlertRules
 from taskyard.services.directory import ActorDirectory
 from taskyard.services.events import Events
@@ -46,7 +47,7 @@ class Services:
         alert_rules: AlertRules,
         runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
         observe_all: bool = False,
-        runs_changed: Callable[[uuid.UUID, list[RunChanged]], None] | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
         # The actors call back into operations that need the actors to be built first: what
         # they are given is bound late, through this object.
@@ -69,7 +70,7 @@ class Services:
             fire_schedule=lambda schedule, tick: fire(schedule, tick, self.runs, self.workflows),
             runs_ended=runs_ended,
             observe_all=observe_all,
-            runs_changed=runs_changed,
+            changes=changes,
         )
         self.history = History(run_repository, event_repository, workflow_repository)
         self.runs = Runs(self.actors, persister, run_repository)

@@ -339,6 +339,11 @@ class Runs:
         view.waiting_reason = await self.waiting_reason(tenant_id, view)
         return view
 
+    def watch(self, tenant_id: uuid.UUID) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """For the block's duration, an event set whenever a change of the tenant's runs has
+        committed (live pages; nobody watching costs the queues nothing)."""
+        return self.actors.changes.watch(tenant_id)
+
     @contextlib.contextmanager
     def follow(
         self, tenant_id: uuid.UUID, run_id: uuid.UUID

@@ -1,0 +1,421 @@
+"""The dashboard: pages rendered on the server from the templates in `taskyard/dashboard`, made
+live by htmx, which fetches a page's parts again when `/dashboard/live` (server-sent events)
+says that the tenant's runs changed. Why this stack: docs/dashboard.md.
+
+Signing in takes an API token, kept in an HttpOnly, SameSite=Strict cookie and checked on every
+request exactly as a bearer token is (a revoked token is signed out at once). Forms that change
+something carry a CSRF token derived from the session's token. A tenant's pages show that tenant
+only: every read goes through the services with the session's tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from taskyard.domain.auth import Principal
+from taskyard.errors import ApiError, NotFound, Unauthorized, Unprocessable
+from taskyard.http.keys import ENGINE
+from taskyard.http.routing import metadata_filter, page_cursor
+from taskyard_sdk.models import RunKind, RunStatus, RunView
+
+ROOT = "/dashboard"
+COOKIE = "taskyard_session"
+PAGE_SIZE = 50
+LOG_LINES = 500
+LIVE_EVERY = 0.5  # seconds: at most two refreshes a second, however busy the tenant is
+KEEPALIVE = 15.0  # seconds between comments on an idle live stream (proxies close silent ones)
+TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("dashboard_templates")
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("dashboard_principal")
+CSRF: web.RequestKey[str] = web.RequestKey("dashboard_csrf")
+
+Handler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
+
+
+def install(app: web.Application) -> None:
+    templates = jinja2.Environment(
+        loader=jinja2.PackageLoader("taskyard", "dashboard/templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    templates.filters["moment"] = _moment
+    templates.filters["duration"] = _duration
+    templates.filters["pretty_json"] = _pretty_json
+    templates.filters["event_detail"] = _event_detail
+    app[TEMPLATES] = templates
+    static = resources.files("taskyard") / "dashboard" / "static"
+    routes = app.router
+    routes.add_get("/", _to_dashboard)
+    routes.add_get(ROOT, _to_dashboard)
+    routes.add_get(f"{ROOT}/sign-in", _sign_in_page)
+    routes.add_post(f"{ROOT}/sign-in", _sign_in)
+    routes.add_post(f"{ROOT}/sign-out", _sign_out)
+    routes.add_get(f"{ROOT}/runs", _page(_runs))
+    routes.add_get(f"{ROOT}/runs/{{run_id}}", _page(_run))
+    routes.add_post(f"{ROOT}/runs/{{run_id}}/cancel", _page(_cancel, changes=True))
+    routes.add_post(f"{ROOT}/runs/{{run_id}}/replay", _page(_replay, changes=True))
+    routes.add_get(f"{ROOT}/workers", _page(_workers))
+    routes.add_get(f"{ROOT}/live", _page(_live))
+    routes.add_static(f"{ROOT}/static", str(static))
+
+
+def sign_in_link(base_url: str, token: str) -> str:
+    """A link that signs the browser in with `token`: the token rides in the fragment, which
+    browsers never send, and the page posts it to the engine and forgets it."""
+    return f"{base_url}{ROOT}/sign-in#{token}"
+
+
+# -- signing in ----------------------------------------------------------------------------------
+
+
+async def _to_dashboard(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound(f"{ROOT}/runs")
+
+
+async def _sign_in_page(request: web.Request) -> web.StreamResponse:
+    return _render(request, "sign_in.html", next=_local(request.query.get("next")), error=None)
+
+
+async def _sign_in(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    token = str(form.get("token", "")).strip()
+    target = _local(str(form.get("next", "")))
+    try:
+        await _authenticate(request, token)
+    except Unauthorized as exc:
+        return _render(request, "sign_in.html", status=401, next=target, error=str(exc))
+    response = web.HTTPSeeOther(target)
+    response.set_cookie(
+        COOKIE,
+        token,
+        path=ROOT,
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    raise response
+
+
+async def _sign_out(request: web.Request) -> web.StreamResponse:
+    response = web.HTTPSeeOther(f"{ROOT}/sign-in")
+    response.del_cookie(COOKIE, path=ROOT)
+    raise response
+
+
+async def _authenticate(request: web.Request, token: str) -> Principal:
+    if not token:
+        raise Unauthorized("paste an API token to sign in")
+    return await request.app[ENGINE].authenticate(f"Bearer {token}")
+
+
+def _csrf(token: str) -> str:
+    """The CSRF token of a session: only who holds the session's token can make it."""
+    return hmac.new(token.encode(), b"taskyard dashboard csrf", hashlib.sha256).hexdigest()
+
+
+def _local(target: str | None) -> str:
+    """Where to go after signing in: a dashboard page of this engine, never another site."""
+    if target and target.startswith(f"{ROOT}/") and not target.startswith("//"):
+        return target
+    return f"{ROOT}/runs"
+
+
+def _page(handler: Handler, *, changes: bool = False) -> Callable[..., Any]:
+    """A dashboard handler for a signed-in session (others are sent to sign in); `changes`:
+    a form that changes something, which must carry the session's CSRF token. An API error
+    becomes a page that says what went wrong."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        token = request.cookies.get(COOKIE, "")
+        try:
+            principal = await _authenticate(request, token)
+        except Unauthorized:
+            if request.method == "GET" and "HX-Request" not in request.headers:
+                raise web.HTTPFound(
+                    f"{ROOT}/sign-in?{urlencode({'next': request.path_qs})}"
+                ) from None
+            return web.Response(status=401, headers={"HX-Redirect": f"{ROOT}/sign-in"})
+        request[PRINCIPAL] = principal
+        request[CSRF] = _csrf(token)
+        try:
+            if changes:
+                form = await request.post()
+                if not hmac.compare_digest(str(form.get("csrf", "")), request[CSRF]):
+                    raise ApiError("this form is stale or did not come from the dashboard")
+            return await handler(request, principal)
+        except ApiError as exc:
+            return _render(
+                request, "error.html", status=exc.status, title=exc.code, message=str(exc)
+            )
+
+    return handle
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+class RunFilter(BaseModel):
+    """The runs page's filters, as its form sends them (empty fields are no filter)."""
+
+    status: list[RunStatus] = Field(default_factory=list)
+    task: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    metadata: str = ""  # key=value, several separated by commas
+    run_id: str = ""
+    cursor: str | None = None
+
+    @field_validator("since", "until", "cursor", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("since", "until")
+    @classmethod
+    def _aware(cls, moment: datetime | None) -> datetime | None:
+        """A moment typed without a zone is UTC, as the pages show times."""
+        if moment is not None and moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        return moment
+
+    def query(self, **changes: Any) -> str:
+        """This filter as a query string, with `changes`."""
+        fields = self.model_dump(mode="json") | changes
+        pairs = [("status", status) for status in fields.pop("status")]
+        pairs += [(key, str(value)) for key, value in fields.items() if value not in ("", None)]
+        return urlencode(pairs)
+
+    @property
+    def filtering(self) -> bool:
+        return bool(self.status or self.task or self.since or self.until or self.metadata)
+
+
+def _filter(request: web.Request) -> RunFilter:
+    query = request.query
+    values: dict[str, Any] = {key: query.get(key, "") for key in RunFilter.model_fields}
+    values["status"] = [status for status in query.getall("status", []) if status]
+    try:
+        return RunFilter.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise Unprocessable(f"filter {first['loc'][0]}: {first['msg']}") from None
+
+
+async def _runs(request: web.Request, principal: Principal) -> web.StreamResponse:
+    chosen = _filter(request)
+    if chosen.run_id:
+        try:
+            run_id = uuid.UUID(chosen.run_id.strip())
+        except ValueError:
+            raise Unprocessable(f"run id {chosen.run_id!r} is not a run id") from None
+        raise web.HTTPFound(f"{ROOT}/runs/{run_id}")
+    pairs = [pair.strip() for pair in chosen.metadata.split(",") if pair.strip()]
+    metadata = metadata_filter([pair.replace("=", ":", 1) for pair in pairs])
+    rows = await request.app[ENGINE].services.history.list_runs(
+        principal.tenant_id,
+        statuses=[status.value for status in chosen.status],
+        tasks=[chosen.task] if chosen.task else [],
+        since=chosen.since,
+        until=chosen.until,
+        metadata=metadata,
+        before=page_cursor(chosen.cursor),
+        limit=PAGE_SIZE,
+    )
+    older = chosen.query(cursor=str(rows[-1]["run_id"])) if len(rows) == PAGE_SIZE else None
+    template = "runs_table.html" if "HX-Request" in request.headers else "runs.html"
+    return _render(
+        request,
+        template,
+        runs=rows,
+        chosen=chosen,
+        statuses=list(RunStatus),
+        older=older,
+        live=chosen.cursor is None,
+        table_url=f"{ROOT}/runs?{chosen.query()}",
+    )
+
+
+async def _run(request: web.Request, principal: Principal) -> web.StreamResponse:
+    run_id = _run_id(request)
+    services = request.app[ENGINE].services
+    view = await services.runs.view(principal.tenant_id, run_id)
+    timeline = await services.history.run_events(principal.tenant_id, run_id)
+    logs = await services.history.run_logs(principal.tenant_id, run_id, limit=LOG_LINES, after=None)
+    graph = await _graph(request, principal, view) if view.kind == RunKind.WORKFLOW else None
+    template = "run_body.html" if "HX-Request" in request.headers else "run.html"
+    return _render(
+        request,
+        template,
+        run=view,
+        timeline=timeline,
+        logs=[line for _, line in logs],
+        graph=graph,
+        body_url=f"{ROOT}/runs/{run_id}",
+    )
+
+
+async def _graph(request: web.Request, principal: Principal, view: RunView) -> dict[str, Any]:
+    """A workflow run's DAG for the page's graph: every step of its version, in the state its
+    run is in (or `not started`), and the edges from parents."""
+    stored = await request.app[ENGINE].services.history.workflow(
+        principal.tenant_id, view.task, view.workflow_version
+    )
+    runs = {step.step: step for step in view.steps}
+    definition = stored.definition
+    steps = [*definition.steps, *([definition.on_failure] if definition.on_failure else [])]
+    nodes = []
+    for step in steps:
+        run = runs.get(step.name)
+        nodes.append(
+            {
+                "id": step.name,
+                "status": run.status.value if run else "not started",
+                "href": f"{ROOT}/runs/{run.run_id}" if run else None,
+            }
+        )
+    edges = [
+        {"source": parent, "target": step.name}
+        for step in definition.steps
+        for parent in step.parents
+    ]
+    return {"nodes": nodes, "edges": edges}
+
+
+async def _cancel(request: web.Request, principal: Principal) -> web.StreamResponse:
+    run_id = _run_id(request)
+    await request.app[ENGINE].services.runs.cancel(principal.tenant_id, run_id)
+    raise web.HTTPSeeOther(f"{ROOT}/runs/{run_id}")
+
+
+async def _replay(request: web.Request, principal: Principal) -> web.StreamResponse:
+    run_id = _run_id(request)
+    await request.app[ENGINE].services.runs.replay(principal.tenant_id, run_id)
+    raise web.HTTPSeeOther(f"{ROOT}/runs/{run_id}")
+
+
+def _run_id(request: web.Request) -> uuid.UUID:
+    text = request.match_info["run_id"]
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise NotFound(f"{text!r} is not a run id") from None
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+
+async def _workers(request: web.Request, principal: Principal) -> web.StreamResponse:
+    workers = await request.app[ENGINE].services.workers.connected(principal.tenant_id)
+    template = "workers_table.html" if "HX-Request" in request.headers else "workers.html"
+    return _render(request, template, workers=workers, table_url=f"{ROOT}/workers")
+
+
+# -- live ----------------------------------------------------------------------------------------
+
+
+async def _live(request: web.Request, principal: Principal) -> web.StreamResponse:
+    """Server-sent events: `changed` whenever the tenant's runs changed (at most every
+    LIVE_EVERY seconds), for as long as the page is open."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    with (
+        request.app[ENGINE].services.runs.watch(principal.tenant_id) as changed,
+        contextlib.suppress(ConnectionResetError),
+    ):
+        quiet = 0.0
+        while request.transport is not None and not request.transport.is_closing():
+            try:
+                # Woken every second at least: aiohttp does not cancel a handler whose client
+                # went away, and a watch nobody reads must end.
+                await asyncio.wait_for(changed.wait(), 1.0)
+            except TimeoutError:
+                quiet += 1.0
+                if quiet >= KEEPALIVE:
+                    await response.write(b": still here\n\n")
+                    quiet = 0.0
+                continue
+            changed.clear()
+            await response.write(b"event: changed\ndata: runs\n\n")
+            await asyncio.sleep(LIVE_EVERY)
+            quiet = LIVE_EVERY
+    return response
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def _render(
+    request: web.Request, template: str, *, status: int = 200, **context: Any
+) -> web.Response:
+    principal = request.get(PRINCIPAL)
+    page = request.app[TEMPLATES].get_template(template)
+    html = page.render(
+        root=ROOT,
+        principal=principal,
+        csrf=request.get(CSRF, ""),
+        path=request.path,
+        **context,
+    )
+    return web.Response(
+        status=status,
+        text=html,
+        content_type="text/html",
+        headers={
+            # Everything the pages use is served from here; nothing may load from elsewhere.
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+            "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "same-origin",
+        },
+    )
+
+
+def _moment(value: datetime | float | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    seconds = (end - start).total_seconds()
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def _event_detail(detail: dict[str, Any]) -> str:
+    """A timeline entry's detail on one line: an error as `Type: message` (its traceback is
+    shown once, with the run's error), the rest as JSON."""
+    rest = {key: value for key, value in detail.items() if key not in ("traceback", "type")}
+    if "type" in detail and "message" in detail:
+        rest.pop("message")
+        error = f"{detail['type']}: {detail['message']}"
+        return f"{error} {orjson.dumps(rest).decode()}" if rest else error
+    return orjson.dumps(rest, default=str).decode()
+
+
+def _pretty_json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode()

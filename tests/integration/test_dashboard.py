@@ -1,0 +1,295 @@
+"""The dashboard in a real browser (the system's Chromium, driven by Playwright): signing in by
+the engine's link, runs arriving live, a workflow's graph, a failure's error and logs, cancel and
+replay, filters, tenants kept apart, and forms refused without their CSRF token. Screenshots of the
+pages go to docs/img/ (docs/dashboard.md shows them)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from taskyard.actors.changes import ChangeFeed
+from taskyard.engine import Engine
+from taskyard.http.dashboard import COOKIE, sign_in_link
+from taskyard_sdk import Context, TaskFailed, Taskyard, Workflow
+from tests.conftest import TenantTokens
+from tests.support import wait_until
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+CHROMIUM = os.environ.get("TASKYARD_TEST_CHROMIUM") or shutil.which("chromium") or ""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM:
+        pytest.fail(
+            "the dashboard tests need Chromium: `apt-get install -y chromium` (or set "
+            "TASKYARD_TEST_CHROMIUM to a Chromium binary)"
+        )
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, engine: Engine, data_dir: Path) -> AsyncIterator[Page]:
+    """A page signed in as the local tenant's admin, by the link the engine prints."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    opened = await context.new_page()
+    token = (data_dir / "token").read_text().strip()
+    await opened.goto(sign_in_link(engine.url, token))
+    await expect(opened.locator("h1")).to_have_text("Runs")
+    try:
+        yield opened
+    finally:
+        await context.close()
+
+
+def signed_in(engine: Engine, data_dir: Path) -> aiohttp.ClientSession:
+    """An HTTP session with the local token's dashboard cookie (no browser)."""
+    token = (data_dir / "token").read_text().strip()
+    return aiohttp.ClientSession(base_url=engine.url, headers={"Cookie": f"{COOKIE}={token}"})
+
+
+async def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_the_link_signs_in_and_runs_arrive_live(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    cookie = next(c for c in await page.context.cookies() if c["name"] == COOKIE)
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
+    assert "#" not in page.url  # the token left the address bar
+    await expect(page.locator("td.empty")).to_contain_text("No runs yet")
+
+    @ty.task(name="greet")
+    async def greet(name: str, ctx: Context) -> str:
+        ctx.log(f"greeting {name}")
+        return f"hello, {name}"
+
+    async with ty.worker("hello", tasks=[greet]):
+        handles = [await greet.aio_run_no_wait(name) for name in ("ada", "grace", "alan")]
+        for handle in handles:
+            await handle.aio_result()
+        for handle in handles:  # no reload: the page was told the runs changed
+            row = page.locator(f'tr[data-run="{handle.run_id}"]')
+            await expect(row).to_have_attribute("data-status", "succeeded")
+    await screenshot(page, "runs")
+
+    await page.click(f'tr[data-run="{handles[0].run_id}"] a')
+    await expect(page.locator("#run-status")).to_have_text("succeeded")
+    await expect(page.locator("#output")).to_contain_text("hello, ada")
+    await expect(page.locator("#logs")).to_contain_text("greeting ada")
+
+
+async def test_a_workflow_run_shows_its_graph_with_each_step_state(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    gate = asyncio.Event()
+    signup: Workflow[str] = ty.workflow("signup", input=str)
+
+    @signup.task()
+    async def account(email: str) -> str:
+        return email.split("@")[0]
+
+    @signup.task(parents=[account])
+    async def welcome(email: str, ctx: Context) -> str:
+        await gate.wait()
+        return f"welcome {ctx.parent_output(account)}"
+
+    @signup.task(parents=[account])
+    async def crm(email: str) -> bool:
+        return True
+
+    async with ty.worker("signup", workflows=[signup]):
+        handle = await signup.aio_run_no_wait("ada@example.com")
+        await page.goto(f"{engine.url}/dashboard/runs/{handle.run_id}")
+        steps = page.locator(".dag-steps li")
+        await expect(page.locator('.dag-steps li[data-step="account"]')).to_have_attribute(
+            "data-status", "succeeded"
+        )
+        await expect(page.locator('.dag-steps li[data-step="welcome"]')).to_have_attribute(
+            "data-status", "running"
+        )
+        await expect(steps).to_have_count(3)
+        await expect(page.locator("#dag canvas").first).to_be_visible()  # Cytoscape drew it
+        gate.set()
+        await handle.aio_result()
+        await expect(page.locator("#run-status")).to_have_text("succeeded")
+        for step in ("account", "welcome", "crm"):
+            await expect(page.locator(f'.dag-steps li[data-step="{step}"]')).to_have_attribute(
+                "data-status", "succeeded"
+            )
+        drawn = await page.locator("#dag").get_attribute("data-drawn")
+        assert drawn is not None
+        assert "welcome:succeeded" in drawn
+    await screenshot(page, "workflow-run")
+
+    await page.click('.dag-steps li[data-step="welcome"] a')
+    await expect(page.locator("h1")).to_contain_text("signup:welcome")
+    await expect(page.locator("#output")).to_contain_text("welcome ada")
+
+
+async def test_a_failed_run_shows_its_error_traceback_and_logs(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    @ty.task(name="charge", retries=1)
+    async def charge(amount: int, ctx: Context) -> None:
+        ctx.log(f"charging {amount}", level="warning")
+        raise ValueError(f"card declined for {amount}")
+
+    async with ty.worker("payments", tasks=[charge]):
+        handle = await charge.aio_run_no_wait(42)
+        with pytest.raises(TaskFailed):
+            await handle.aio_result()
+    await page.goto(f"{engine.url}/dashboard/runs/{handle.run_id}")
+    await expect(page.locator("#run-status")).to_have_text("failed")
+    failure = page.locator(".failure")
+    await expect(failure).to_contain_text("ValueError: card declined for 42")
+    await expect(failure.locator(".traceback")).to_contain_text("raise ValueError")
+    await expect(page.locator(".attempts tbody tr")).to_have_count(2)
+    await expect(page.locator("#logs .log-warning").first).to_contain_text("charging 42")
+    await screenshot(page, "run-failed")
+
+    await page.goto(f"{engine.url}/dashboard/runs?status=failed")
+    await expect(page.locator("tbody tr")).to_have_count(1)
+    await expect(page.locator(f'tr[data-run="{handle.run_id}"]')).to_be_visible()
+    await page.goto(f"{engine.url}/dashboard/runs?status=succeeded")
+    await expect(page.locator("td.empty")).to_contain_text("match this filter")
+
+
+async def test_cancel_and_replay_from_the_run_page(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    @ty.task(name="long")
+    async def long(n: int) -> int:
+        started.set()
+        await finish.wait()
+        return n
+
+    async with ty.worker("long", tasks=[long]):
+        handle = await long.aio_run_no_wait(7)
+        await started.wait()
+        await page.goto(f"{engine.url}/dashboard/runs/{handle.run_id}")
+        await expect(page.locator("#run-status")).to_have_text("running")
+        await page.click("button:has-text('Cancel')")
+        await expect(page.locator("#run-status")).to_have_text("cancelled")
+        view = await ty.runs.aio_get(handle.run_id)
+        assert view.status.value == "cancelled"
+
+        finish.set()
+        await page.click("button:has-text('Replay')")
+        await expect(page.locator("#run-status")).to_have_text("succeeded")
+        await expect(page.locator(".attempts tbody tr")).to_have_count(2)
+
+
+async def test_another_tenants_run_is_not_found(
+    browser: Browser, engine: Engine, ty: Taskyard, tenant: TenantTokens
+) -> None:
+    @ty.task(name="mine")
+    async def mine(n: int) -> int:
+        return n
+
+    handle = await mine.aio_run_no_wait(1)
+    context = await browser.new_context()
+    try:
+        other = await context.new_page()
+        await other.goto(sign_in_link(engine.url, tenant.admin))
+        await expect(other.locator("td.empty")).to_contain_text("No runs yet")
+        response = await other.goto(f"{engine.url}/dashboard/runs/{handle.run_id}")
+        assert response is not None
+        assert response.status == 404
+        await expect(other.locator("[role=alert]")).to_contain_text("in this tenant")
+    finally:
+        await context.close()
+
+
+async def test_signing_in_is_required_and_a_bad_token_is_refused(
+    browser: Browser, engine: Engine
+) -> None:
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{engine.url}/dashboard/runs?status=failed")
+        assert "/dashboard/sign-in" in page.url
+        await page.fill("input[name=token]", "ty_not-a-token")
+        await page.click("button:has-text('Sign in')")
+        await expect(page.locator(".error")).to_contain_text("invalid or has been revoked")
+        await page.goto(f"{engine.url}/")
+        assert "/dashboard/sign-in" in page.url
+    finally:
+        await context.close()
+
+
+async def test_a_revoked_token_is_signed_out_at_once(
+    browser: Browser, engine: Engine, tenant: TenantTokens, http: aiohttp.ClientSession
+) -> None:
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(sign_in_link(engine.url, tenant.client))
+        await expect(page.locator("h1")).to_have_text("Runs")
+        async with http.get("/api/v1/tokens", headers=tenant.headers()) as response:
+            tokens = await response.json()
+        [client] = [t for t in tokens if t["role"] == "client"]
+        async with http.delete(f"/api/v1/tokens/{client['token_id']}", headers=tenant.headers()):
+            pass
+        await page.reload()
+        assert "/dashboard/sign-in" in page.url
+    finally:
+        await context.close()
+
+
+async def test_a_form_without_its_csrf_token_changes_nothing(
+    engine: Engine, ty: Taskyard, data_dir: Path
+) -> None:
+    @ty.task(name="queued_only")
+    async def queued_only(n: int) -> int:
+        return n
+
+    handle = await queued_only.aio_run_no_wait(1)
+    async with signed_in(engine, data_dir) as session:
+        cancel = f"/dashboard/runs/{handle.run_id}/cancel"
+        async with session.post(cancel, data={"csrf": "forged"}) as response:
+            assert response.status == 400
+            assert "did not come from the dashboard" in await response.text()
+    assert (await ty.runs.aio_get(handle.run_id)).status.value == "queued"
+
+
+async def test_live_pages_cost_nothing_when_nobody_watches(engine: Engine, data_dir: Path) -> None:
+    changes: ChangeFeed = engine.services.actors.changes
+    tenant = await engine.repository.tenant_named("default")
+    assert tenant is not None
+    assert not changes.wanted(tenant.tenant_id)
+
+    async def watched() -> bool:
+        return changes.wanted(tenant.tenant_id)
+
+    async def unwatched() -> bool:
+        return not changes.wanted(tenant.tenant_id)
+
+    async with (
+        signed_in(engine, data_dir) as session,
+        session.get("/dashboard/live") as stream,
+    ):
+        assert stream.status == 200
+        await wait_until(watched, 5, "the live page to watch")
+    await wait_until(unwatched, 5, "the watch to end")
