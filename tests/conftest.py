@@ -134,20 +134,30 @@ class TenantTokens:
     admin: str
     client: str
     worker: str
+    viewer: str
 
     def headers(self, role: Role | str = Role.ADMIN) -> dict[str, str]:
         return {"Authorization": f"Bearer {getattr(self, Role(role).value)}"}
 
 
-@pytest.fixture
-async def tenant(engine: Engine) -> TenantTokens:
-    created = await engine.repository.create_tenant(f"acme-{uuid.uuid4().hex[:6]}")
+async def new_tenant(engine: Engine, name: str) -> TenantTokens:
+    """A tenant with one token of each role."""
+    created = await engine.repository.create_tenant(name)
     secrets = {
         role: (await engine.repository.create_token(created.tenant_id, role))[1] for role in Role
     }
     return TenantTokens(
-        created.tenant_id, secrets[Role.ADMIN], secrets[Role.CLIENT], secrets[Role.WORKER]
+        created.tenant_id,
+        secrets[Role.ADMIN],
+        secrets[Role.CLIENT],
+        secrets[Role.WORKER],
+        secrets[Role.VIEWER],
     )
+
+
+@pytest.fixture
+async def tenant(engine: Engine) -> TenantTokens:
+    return await new_tenant(engine, f"acme-{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture

@@ -103,8 +103,8 @@ async def test_tokens_are_stored_only_as_hashes(engine: Engine, tenant: TenantTo
         "SELECT token_hash FROM api_tokens WHERE tenant_id = $1", tenant.tenant_id
     )
     stored = [bytes(row["token_hash"]) for row in rows]
-    assert len(stored) == 3
-    for secret in (tenant.admin, tenant.client, tenant.worker):
+    assert len(stored) == len(Role)
+    for secret in (tenant.admin, tenant.client, tenant.worker, tenant.viewer):
         assert all(secret.encode() not in value for value in stored)
 
 

@@ -293,3 +293,38 @@ async def test_live_pages_cost_nothing_when_nobody_watches(engine: Engine, data_
         assert stream.status == 200
         await wait_until(watched, 5, "the live page to watch")
     await wait_until(unwatched, 5, "the watch to end")
+
+
+async def test_a_viewer_sees_everything_and_changes_nothing(
+    browser: Browser, engine: Engine, tenant: TenantTokens, http: aiohttp.ClientSession
+) -> None:
+    trigger = {"task": "report", "input": 1, "options": {"schedule_timeout": 3600}}
+    async with http.post("/api/v1/runs", json=trigger, headers=tenant.headers("client")) as sent:
+        run_id = (await sent.json())["run_id"]
+    async with http.post("/api/v1/runs", json=trigger, headers=tenant.headers("viewer")) as sent:
+        assert sent.status == 403
+        assert "viewer" in (await sent.json())["error"]["message"]
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(sign_in_link(engine.url, tenant.viewer))
+        await expect(page.locator(".role")).to_have_text("viewer")
+        await expect(page.locator(f'tr[data-run="{run_id}"]')).to_be_visible()
+        await page.goto(f"{engine.url}/dashboard/runs/{run_id}")
+        await expect(page.locator("#run-status")).to_have_text("queued")
+        await expect(page.locator(".actions button")).to_have_count(0)
+        cookies = await page.evaluate("() => document.cookie")  # the session cookie is HttpOnly
+        assert COOKIE not in cookies
+    finally:
+        await context.close()
+    headers = {"Cookie": f"{COOKIE}={tenant.viewer}"}
+    async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as session:
+        async with session.get(f"/dashboard/runs/{run_id}") as response:
+            page_html = await response.text()
+        assert 'name="csrf"' not in page_html  # no forms
+        # Refused for its role (403) before its form token is even looked at (400).
+        async with session.post(f"/dashboard/runs/{run_id}/cancel", data={"csrf": "x"}) as response:
+            assert response.status == 403
+            assert "changes nothing" in await response.text()
+    async with http.get(f"/api/v1/runs/{run_id}", headers=tenant.headers("viewer")) as got:
+        assert (await got.json())["status"] == "queued"

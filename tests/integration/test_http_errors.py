@@ -343,7 +343,8 @@ async def test_openapi_describes_the_api(http: aiohttp.ClientSession) -> None:
     body_ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     body_schema = document["components"]["schemas"][body_ref.rsplit("/", 1)[1]]
     role_ref = body_schema["properties"]["role"]["$ref"].rsplit("/", 1)[1]
-    assert document["components"]["schemas"][role_ref]["enum"] == ["admin", "client", "worker"]
+    roles = document["components"]["schemas"][role_ref]["enum"]
+    assert roles == ["admin", "client", "worker", "viewer"]
     assert "security" not in document["paths"]["/healthz"]["get"]
     assert "token_id" in [
         p["name"] for p in document["paths"]["/api/v1/tokens/{token_id}"]["delete"]["parameters"]

@@ -37,7 +37,7 @@ from taskyard_sdk import (
     Taskyard,
     protocol,
 )
-from tests.conftest import TenantTokens, engine_settings
+from tests.conftest import TenantTokens, engine_settings, new_tenant
 
 A_NAME, B_NAME = "tenant-a", "tenant-b"
 Query = Sequence[tuple[str, str]]
@@ -81,24 +81,14 @@ async def engine(db_url: str, data_dir: Path, recorder: AlertRecorder) -> AsyncI
         yield running
 
 
-async def _tenant(engine: Engine, name: str) -> TenantTokens:
-    created = await engine.repository.create_tenant(name)
-    secrets = {
-        role: (await engine.repository.create_token(created.tenant_id, role))[1] for role in Role
-    }
-    return TenantTokens(
-        created.tenant_id, secrets[Role.ADMIN], secrets[Role.CLIENT], secrets[Role.WORKER]
-    )
-
-
 @pytest.fixture
 async def a(engine: Engine) -> TenantTokens:
-    return await _tenant(engine, A_NAME)
+    return await new_tenant(engine, A_NAME)
 
 
 @pytest.fixture
 async def b(engine: Engine) -> TenantTokens:
-    return await _tenant(engine, B_NAME)
+    return await new_tenant(engine, B_NAME)
 
 
 async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
@@ -442,7 +432,7 @@ async def _whoami(p: Probing) -> None:
 @probe("GET", "/api/v1/tokens")
 async def _list_tokens(p: Probing) -> None:
     tokens = await ok(p.b, "GET", "/api/v1/tokens")
-    assert sorted(token["role"] for token in tokens) == ["admin", "client", "worker"]
+    assert sorted(token["role"] for token in tokens) == sorted(Role)
     assert not {token["token_id"] for token in tokens} & set(p.world.token_ids)
 
 
@@ -907,7 +897,7 @@ async def test_tenant_b_sees_and_changes_nothing_of_tenant_a(
             assert before["/api/v1/workflow-files"]["files"][0]["error"]
             assert [w["worker_id"] for w in before["/api/v1/workers"]] == [world.worker_id]
             assert "a-task" in [t["name"] for t in before["/api/v1/tasks"]]
-            assert len(before["/api/v1/tokens"]) == 4
+            assert len(before["/api/v1/tokens"]) == len(Role) + 1  # and "a-ci"
 
             b_http = OverHttp(http, b.admin)
             async with http.ws_connect("/api/v1/clients/connect", headers=b.headers()) as channel:

@@ -19,9 +19,11 @@ class Role(StrEnum):
     ADMIN = "admin"  # everything, including token management
     CLIENT = "client"  # trigger work, read runs and events
     WORKER = "worker"  # connect workers; trigger and read (tasks spawn children)
+    VIEWER = "viewer"  # read everything of its tenant, change nothing (dashboards, auditors)
 
 
-ANY_ROLE = frozenset(Role)  # endpoints every token may call
+READERS = frozenset(Role)  # endpoints that only read: every token may call them
+WRITERS = READERS - {Role.VIEWER}  # endpoints that change something
 
 
 @dataclass(frozen=True, slots=True)

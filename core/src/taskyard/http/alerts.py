@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.domain.auth import ANY_ROLE, Role
+from taskyard.domain.auth import READERS, Role
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
 from taskyard.services.alerts import AlertRules
@@ -29,7 +29,7 @@ async def create_alert_rule(call: Call[AlertRuleRequest]) -> AlertRuleView:
     return await _rules(call).create(call.principal.tenant_id, call.body)
 
 
-@router.get("/api/v1/alert-rules", roles=ANY_ROLE, response=AlertRuleList)
+@router.get("/api/v1/alert-rules", roles=READERS, response=AlertRuleList)
 async def list_alert_rules(call: Call[None]) -> AlertRuleList:
     return AlertRuleList(rules=await _rules(call).list(call.principal.tenant_id))
 

@@ -5,7 +5,8 @@ says that the tenant's runs changed. Why this stack: docs/dashboard.md.
 Signing in takes an API token, kept in an HttpOnly, SameSite=Strict cookie and checked on every
 request exactly as a bearer token is (a revoked token is signed out at once). Forms that change
 something carry a CSRF token derived from the session's token. A tenant's pages show that tenant
-only: every read goes through the services with the session's tenant.
+only: every read goes through the services with the session's tenant. A viewer token sees every
+page and changes nothing (its pages have no buttons, and its forms are refused).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from taskyard.domain.auth import Principal
-from taskyard.errors import ApiError, NotFound, Unauthorized, Unprocessable
+from taskyard.domain.auth import WRITERS, Principal
+from taskyard.errors import ApiError, Forbidden, NotFound, Unauthorized, Unprocessable
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import metadata_filter, page_cursor
 from taskyard_sdk.models import RunKind, RunStatus, RunView
@@ -152,6 +153,8 @@ def _page(handler: Handler, *, changes: bool = False) -> Callable[..., Any]:
         request[CSRF] = _csrf(token)
         try:
             if changes:
+                if principal.role not in WRITERS:
+                    raise Forbidden(f"a {principal.role} token changes nothing; this needs another")
                 form = await request.post()
                 if not hmac.compare_digest(str(form.get("csrf", "")), request[CSRF]):
                     raise ApiError("this form is stale or did not come from the dashboard")
@@ -367,6 +370,7 @@ def _render(
     html = page.render(
         root=ROOT,
         principal=principal,
+        can_change=principal is not None and principal.role in WRITERS,
         csrf=request.get(CSRF, ""),
         path=request.path,
         **context,

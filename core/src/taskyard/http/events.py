@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from taskyard.domain.auth import ANY_ROLE
+from taskyard.domain.auth import READERS, WRITERS
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
     METADATA_PAIRS,
@@ -39,7 +39,7 @@ class ListEventsQuery(BaseModel):
     cursor: str | None = None
 
 
-@router.post("/api/v1/events", roles=ANY_ROLE, body=EventRequest, response=EventView, status=201)
+@router.post("/api/v1/events", roles=WRITERS, body=EventRequest, response=EventView, status=201)
 async def push_event(call: Call[EventRequest]) -> EventView:
     """Push an event: stored, it triggers every workflow whose `on_events` matches its key (and
     whose `event_filter` holds) and wakes the steps waiting for it. `triggered` lists the
@@ -51,7 +51,7 @@ async def push_event(call: Call[EventRequest]) -> EventView:
 
 @router.post(
     "/api/v1/events/batch",
-    roles=ANY_ROLE,
+    roles=WRITERS,
     body=BatchEventRequest,
     response=BatchEventResponse,
     status=201,
@@ -63,7 +63,7 @@ async def push_events(call: Call[BatchEventRequest]) -> BatchEventResponse:
     return BatchEventResponse(events=views)
 
 
-@router.get("/api/v1/events", roles=ANY_ROLE, query=ListEventsQuery, response=EventPage)
+@router.get("/api/v1/events", roles=READERS, query=ListEventsQuery, response=EventPage)
 async def list_events(call: Call[None]) -> Document:
     """Stored events, newest first, by key, key prefix, metadata and time."""
     query: ListEventsQuery = call.query
@@ -82,13 +82,13 @@ async def list_events(call: Call[None]) -> Document:
     return Document({"events": rows, "next_cursor": cursor})
 
 
-@router.get("/api/v1/events/{event_id}", roles=ANY_ROLE, response=EventView)
+@router.get("/api/v1/events/{event_id}", roles=READERS, response=EventView)
 async def get_event(call: Call[None]) -> EventView:
     history = call.request.app[ENGINE].services.history
     return await history.event(call.principal.tenant_id, call.path_uuid("event_id"))
 
 
-@router.post("/api/v1/events/{event_id}/replay", roles=ANY_ROLE, response=EventView, status=201)
+@router.post("/api/v1/events/{event_id}/replay", roles=WRITERS, response=EventView, status=201)
 async def replay_event(call: Call[None]) -> EventView:
     """Push a stored event again (a new event with `replay_of` set): it triggers and wakes as
     if it were new."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.domain.auth import ANY_ROLE
+from taskyard.domain.auth import READERS, WRITERS
 from taskyard.domain.rate_limits import Usage
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
@@ -34,7 +34,7 @@ def _view(usage: Usage) -> RateLimitView:
 
 @router.put(
     "/api/v1/rate-limits/{key}",
-    roles=ANY_ROLE,
+    roles=WRITERS,
     body=RateLimitRequest,
     response=RateLimitView,
     params=KEY,
@@ -50,7 +50,7 @@ async def put_rate_limit(call: Call[RateLimitRequest]) -> RateLimitView:
     return await _get(call, key)
 
 
-@router.get("/api/v1/rate-limits", roles=ANY_ROLE, response=RateLimitList)
+@router.get("/api/v1/rate-limits", roles=READERS, response=RateLimitList)
 async def list_rate_limits(call: Call[None]) -> RateLimitList:
     """Named limits, and the buckets of dynamic keys that have units taken, with what is left
     in their current window."""
@@ -59,12 +59,12 @@ async def list_rate_limits(call: Call[None]) -> RateLimitList:
     return RateLimitList(rate_limits=[_view(u) for u in usage])
 
 
-@router.get("/api/v1/rate-limits/{key}", roles=ANY_ROLE, response=RateLimitView, params=KEY)
+@router.get("/api/v1/rate-limits/{key}", roles=READERS, response=RateLimitView, params=KEY)
 async def get_rate_limit(call: Call[None]) -> RateLimitView:
     return await _get(call, call.path["key"])
 
 
-@router.delete("/api/v1/rate-limits/{key}", roles=ANY_ROLE, status=204, params=KEY)
+@router.delete("/api/v1/rate-limits/{key}", roles=WRITERS, status=204, params=KEY)
 async def delete_rate_limit(call: Call[None]) -> None:
     """Remove a named limit: runs that still wait for it fail, as new ones naming it do."""
     engine = call.request.app[ENGINE]

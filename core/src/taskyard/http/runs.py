@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
-from taskyard.domain.auth import ANY_ROLE
+from taskyard.domain.auth import READERS, WRITERS
 from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
@@ -117,7 +117,7 @@ def same_json(a: Any, b: Any) -> bool:
 
 @router.post(
     "/api/v1/runs",
-    roles=ANY_ROLE,
+    roles=WRITERS,
     body=TriggerRequest,
     response=RunRef,
     status=201,
@@ -140,7 +140,7 @@ async def trigger(call: Call[TriggerRequest]) -> WithStatus | RunRef:
 
 @router.post(
     "/api/v1/runs/batch",
-    roles=ANY_ROLE,
+    roles=WRITERS,
     body=BatchTriggerRequest,
     response=BatchTriggerResponse,
     status=201,
@@ -157,7 +157,7 @@ async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse
     )
 
 
-@router.get("/api/v1/runs", roles=ANY_ROLE, query=ListRunsQuery, response=RunPage)
+@router.get("/api/v1/runs", roles=READERS, query=ListRunsQuery, response=RunPage)
 async def list_runs(call: Call[None]) -> Document:
     """List runs, newest first, filtered by status, task, creation time and metadata."""
     query: ListRunsQuery = call.query
@@ -178,7 +178,7 @@ async def list_runs(call: Call[None]) -> Document:
     return Document({"runs": rows, "next_cursor": cursor})
 
 
-@router.post("/api/v1/runs/wait", roles=ANY_ROLE, body=WaitRequest, response=WaitResponse)
+@router.post("/api/v1/runs/wait", roles=READERS, body=WaitRequest, response=WaitResponse)
 async def wait_runs(call: Call[WaitRequest]) -> Document:
     """Wait (up to `timeout` seconds) until the given runs have finished."""
     engine = call.request.app[ENGINE]
@@ -188,14 +188,14 @@ async def wait_runs(call: Call[WaitRequest]) -> Document:
     return Document({"runs": finished, "pending": pending})
 
 
-@router.get("/api/v1/runs/{run_id}", roles=ANY_ROLE, response=RunView)
+@router.get("/api/v1/runs/{run_id}", roles=READERS, response=RunView)
 async def get_run(call: Call[None]) -> RunView:
     """A run: status, attempts with their timings, output or error."""
     engine = call.request.app[ENGINE]
     return await engine.services.runs.view(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
-@router.get("/api/v1/runs/{run_id}/result", roles=ANY_ROLE, query=ResultQuery, response=RunView)
+@router.get("/api/v1/runs/{run_id}/result", roles=READERS, query=ResultQuery, response=RunView)
 async def run_result(call: Call[None]) -> RunView:
     """Long-poll: answers once the run has finished, or after `timeout` seconds with its
     current state."""
@@ -205,7 +205,7 @@ async def run_result(call: Call[None]) -> RunView:
     )
 
 
-@router.get("/api/v1/runs/{run_id}/stream", roles=ANY_ROLE, channel=False)
+@router.get("/api/v1/runs/{run_id}/stream", roles=READERS, channel=False)
 async def stream_run(call: Call[None]) -> web.StreamResponse:
     """Server-sent events: each chunk the task streams (`ctx.stream`) as a `data:` line while
     the run goes on, then `event: end` with the run's final status. Live only: chunks streamed
@@ -242,14 +242,14 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
             return response
 
 
-@router.get("/api/v1/runs/{run_id}/events", roles=ANY_ROLE, response=list[RunEvent])
+@router.get("/api/v1/runs/{run_id}/events", roles=READERS, response=list[RunEvent])
 async def run_events(call: Call[None]) -> list[RunEvent]:
     """Every state transition of the run, in order."""
     history = call.request.app[ENGINE].services.history
     return await history.run_events(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
-@router.get("/api/v1/runs/{run_id}/logs", roles=ANY_ROLE, query=LogsQuery, response=LogPage)
+@router.get("/api/v1/runs/{run_id}/logs", roles=READERS, query=LogsQuery, response=LogPage)
 async def run_logs(call: Call[None]) -> LogPage:
     """The run's log lines, oldest first, paged with `after`."""
     history = call.request.app[ENGINE].services.history
@@ -262,7 +262,7 @@ async def run_logs(call: Call[None]) -> LogPage:
     return LogPage(lines=[line for _, line in rows], next_after=rows[-1][0] if rows else None)
 
 
-@router.post("/api/v1/runs/{run_id}/cancel", roles=ANY_ROLE, response=CancelResult)
+@router.post("/api/v1/runs/{run_id}/cancel", roles=WRITERS, response=CancelResult)
 async def cancel_run(call: Call[None]) -> CancelResult:
     """Cancel a queued or running run (a running one's worker is told to stop)."""
     run_id = call.path_uuid("run_id")
@@ -271,7 +271,7 @@ async def cancel_run(call: Call[None]) -> CancelResult:
     return CancelResult(run_id=run_id, status=status)
 
 
-@router.post("/api/v1/runs/{run_id}/replay", roles=ANY_ROLE, response=RunView)
+@router.post("/api/v1/runs/{run_id}/replay", roles=WRITERS, response=RunView)
 async def replay_run(call: Call[None]) -> RunView:
     """Run a finished run again: a new attempt with the same input."""
     run_id = call.path_uuid("run_id")
@@ -280,13 +280,13 @@ async def replay_run(call: Call[None]) -> RunView:
     return await engine.services.runs.view(call.principal.tenant_id, run_id)
 
 
-@router.get("/api/v1/workers", roles=ANY_ROLE, response=list[WorkerInfo])
+@router.get("/api/v1/workers", roles=READERS, response=list[WorkerInfo])
 async def list_workers(call: Call[None]) -> list[WorkerInfo]:
     """Workers connected now."""
     return await call.request.app[ENGINE].services.workers.connected(call.principal.tenant_id)
 
 
-@router.get("/api/v1/tasks", roles=ANY_ROLE, response=list[TaskInfo])
+@router.get("/api/v1/tasks", roles=READERS, response=list[TaskInfo])
 async def list_tasks(call: Call[None]) -> list[TaskInfo]:
     """Tasks registered by workers, with their options and the workers connected for them."""
     return await call.request.app[ENGINE].services.workers.tasks(call.principal.tenant_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskyard.domain.auth import ANY_ROLE
+from taskyard.domain.auth import READERS, WRITERS
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import Call, Router
 from taskyard.services.schedules import Scheduling
@@ -28,7 +28,7 @@ def _scheduling(call: Call[Any]) -> Scheduling:
 # -- crons -----------------------------------------------------------------------------------------
 
 
-@router.post("/api/v1/crons", roles=ANY_ROLE, body=CronRequest, response=CronView, status=201)
+@router.post("/api/v1/crons", roles=WRITERS, body=CronRequest, response=CronView, status=201)
 async def create_cron(call: Call[CronRequest]) -> CronView:
     """A cron that starts a run of a task or workflow at every tick of `expression` (5 fields,
     or 6 with seconds last) in `timezone`. Each tick starts exactly one run, across restarts;
@@ -36,24 +36,24 @@ async def create_cron(call: Call[CronRequest]) -> CronView:
     return await _scheduling(call).create_cron(call.principal.tenant_id, call.body)
 
 
-@router.get("/api/v1/crons", roles=ANY_ROLE, response=CronList)
+@router.get("/api/v1/crons", roles=READERS, response=CronList)
 async def list_crons(call: Call[None]) -> CronList:
     """Every cron of the tenant, with its next fire time."""
     return CronList(crons=await _scheduling(call).crons(call.principal.tenant_id))
 
 
-@router.get("/api/v1/crons/{cron_id}", roles=ANY_ROLE, response=CronView)
+@router.get("/api/v1/crons/{cron_id}", roles=READERS, response=CronView)
 async def get_cron(call: Call[None]) -> CronView:
     return await _scheduling(call).cron(call.principal.tenant_id, call.path_uuid("cron_id"))
 
 
-@router.delete("/api/v1/crons/{cron_id}", roles=ANY_ROLE, status=204)
+@router.delete("/api/v1/crons/{cron_id}", roles=WRITERS, status=204)
 async def delete_cron(call: Call[None]) -> None:
     """Delete a cron (one declared in code comes back when its code registers again)."""
     await _scheduling(call).delete(call.principal.tenant_id, call.path_uuid("cron_id"), "cron")
 
 
-@router.post("/api/v1/crons/{cron_id}/pause", roles=ANY_ROLE, response=CronView)
+@router.post("/api/v1/crons/{cron_id}/pause", roles=WRITERS, response=CronView)
 async def pause_cron(call: Call[None]) -> CronView:
     """No ticks fire while paused; resuming starts from the next tick to come."""
     return await _scheduling(call).set_paused(
@@ -61,7 +61,7 @@ async def pause_cron(call: Call[None]) -> CronView:
     )
 
 
-@router.post("/api/v1/crons/{cron_id}/resume", roles=ANY_ROLE, response=CronView)
+@router.post("/api/v1/crons/{cron_id}/resume", roles=WRITERS, response=CronView)
 async def resume_cron(call: Call[None]) -> CronView:
     return await _scheduling(call).set_paused(
         call.principal.tenant_id, call.path_uuid("cron_id"), False
@@ -72,7 +72,7 @@ async def resume_cron(call: Call[None]) -> CronView:
 
 
 @router.post(
-    "/api/v1/schedules", roles=ANY_ROLE, body=ScheduleRequest, response=ScheduleView, status=201
+    "/api/v1/schedules", roles=WRITERS, body=ScheduleRequest, response=ScheduleView, status=201
 )
 async def create_schedule(call: Call[ScheduleRequest]) -> ScheduleView:
     """Run a task or workflow once, at `at`. A time already past is refused (422); one that
@@ -80,18 +80,18 @@ async def create_schedule(call: Call[ScheduleRequest]) -> ScheduleView:
     return await _scheduling(call).create_once(call.principal.tenant_id, call.body)
 
 
-@router.get("/api/v1/schedules", roles=ANY_ROLE, response=ScheduleList)
+@router.get("/api/v1/schedules", roles=READERS, response=ScheduleList)
 async def list_schedules(call: Call[None]) -> ScheduleList:
     return ScheduleList(schedules=await _scheduling(call).one_offs(call.principal.tenant_id))
 
 
-@router.get("/api/v1/schedules/{schedule_id}", roles=ANY_ROLE, response=ScheduleView)
+@router.get("/api/v1/schedules/{schedule_id}", roles=READERS, response=ScheduleView)
 async def get_schedule(call: Call[None]) -> ScheduleView:
     return await _scheduling(call).one_off(call.principal.tenant_id, call.path_uuid("schedule_id"))
 
 
 @router.patch(
-    "/api/v1/schedules/{schedule_id}", roles=ANY_ROLE, body=RescheduleRequest, response=ScheduleView
+    "/api/v1/schedules/{schedule_id}", roles=WRITERS, body=RescheduleRequest, response=ScheduleView
 )
 async def reschedule(call: Call[RescheduleRequest]) -> ScheduleView:
     """Move a one-off that has not fired yet (409 once it has)."""
@@ -100,6 +100,6 @@ async def reschedule(call: Call[RescheduleRequest]) -> ScheduleView:
     )
 
 
-@router.delete("/api/v1/schedules/{schedule_id}", roles=ANY_ROLE, status=204)
+@router.delete("/api/v1/schedules/{schedule_id}", roles=WRITERS, status=204)
 async def delete_schedule(call: Call[None]) -> None:
     await _scheduling(call).delete(call.principal.tenant_id, call.path_uuid("schedule_id"), "once")

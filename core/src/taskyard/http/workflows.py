@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from taskyard.domain.auth import ANY_ROLE
+from taskyard.domain.auth import READERS, WRITERS
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import PG_INTEGER_MAX, Call, Router, WithStatus
 from taskyard.http.runs import REPLAYED, tell_replays
@@ -42,7 +42,7 @@ def _info(stored: StoredWorkflow) -> WorkflowInfo:
 
 @router.post(
     "/api/v1/workflows",
-    roles=ANY_ROLE,
+    roles=WRITERS,
     body=WorkflowDefinition,
     response=WorkflowInfo,
     status=201,
@@ -61,7 +61,7 @@ async def register_workflow(call: Call[WorkflowDefinition]) -> WithStatus | Work
     return info
 
 
-@router.get("/api/v1/workflows", roles=ANY_ROLE, response=WorkflowList)
+@router.get("/api/v1/workflows", roles=READERS, response=WorkflowList)
 async def list_workflows(call: Call[None]) -> WorkflowList:
     """The latest version of every registered workflow."""
     history = call.request.app[ENGINE].services.history
@@ -71,7 +71,7 @@ async def list_workflows(call: Call[None]) -> WorkflowList:
 
 @router.get(
     "/api/v1/workflows/{name}",
-    roles=ANY_ROLE,
+    roles=READERS,
     query=VersionQuery,
     response=WorkflowInfo,
     params=NAME,
@@ -86,7 +86,7 @@ async def get_workflow(call: Call[None]) -> WorkflowInfo:
 
 @router.post(
     "/api/v1/workflows/{name}/runs",
-    roles=ANY_ROLE,
+    roles=WRITERS,
     body=WorkflowTriggerRequest,
     response=RunRef,
     status=201,
@@ -112,7 +112,7 @@ async def trigger_workflow(call: Call[WorkflowTriggerRequest]) -> WithStatus | R
 
 @router.post(
     "/api/v1/workflows/{name}/runs/batch",
-    roles=ANY_ROLE,
+    roles=WRITERS,
     body=BatchWorkflowTriggerRequest,
     response=BatchTriggerResponse,
     status=201,
@@ -142,7 +142,7 @@ class WorkflowFiles(BaseModel):
     files: list[WorkflowFile]
 
 
-@router.get("/api/v1/workflow-files", roles=ANY_ROLE, response=WorkflowFiles)
+@router.get("/api/v1/workflow-files", roles=READERS, response=WorkflowFiles)
 async def workflow_files(call: Call[None]) -> WorkflowFiles:
     """The tenant's declarative workflow files and whether each loads."""
     engine = call.request.app[ENGINE]
