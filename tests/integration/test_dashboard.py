@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
 from taskyard.actors.changes import ChangeFeed
 from taskyard.engine import Engine
@@ -23,6 +23,7 @@ from tests.conftest import TenantTokens
 from tests.support import wait_until
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+expect.set_options(timeout=15_000)  # a loaded machine runs the other tests beside these
 CHROMIUM = os.environ.get("TASKYARD_TEST_CHROMIUM") or shutil.which("chromium") or ""
 
 
@@ -328,3 +329,48 @@ async def test_a_viewer_sees_everything_and_changes_nothing(
             assert "changes nothing" in await response.text()
     async with http.get(f"/api/v1/runs/{run_id}", headers=tenant.headers("viewer")) as got:
         assert (await got.json())["status"] == "queued"
+
+
+async def test_bulk_replay_of_a_filtered_set_and_cancel_of_ticked_runs(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    tries: dict[int, int] = {}
+
+    @ty.task(name="import_rows")
+    async def import_rows(n: int) -> int:
+        tries[n] = tries.get(n, 0) + 1
+        if n % 2 and tries[n] == 1:
+            raise RuntimeError(f"row {n} is locked")
+        return n
+
+    @ty.task(name="parked", schedule_timeout="1h")
+    async def parked(n: int) -> int:
+        return n
+
+    async with ty.worker("importer", tasks=[import_rows]):
+        handles = await import_rows.aio_run_many_no_wait(list(range(4)))
+        await ty.runs.aio_wait([handle.run_id for handle in handles], timeout=30)
+        await page.goto(f"{engine.url}/dashboard/runs?status=failed&task=import_rows")
+        await expect(page.locator("tbody tr[data-run]")).to_have_count(2)
+        await screenshot(page, "runs-bulk")
+        asked: list[str] = []
+
+        async def confirm(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.once("dialog", confirm)
+        await page.click("#replay-matching")
+        await expect(page.locator(".notice")).to_contain_text("Replayed 2 runs")
+        assert asked == ["Replay every finished run this filter matches (up to 10,000)?"]
+        views = await ty.runs.aio_wait([handle.run_id for handle in handles], timeout=30)
+    assert {view.status.value for view in views.values()} == {"succeeded"}
+    assert sorted(n for n, count in tries.items() if count == 2) == [1, 3]
+
+    waiting = await parked.aio_run_many_no_wait([1, 2, 3])
+    await page.goto(f"{engine.url}/dashboard/runs?task=parked")
+    await page.check(f'input[name=run_id][value="{waiting[1].run_id}"]')
+    await page.click("#bulk button:has-text('Cancel') >> nth=0")
+    await expect(page.locator(".notice")).to_contain_text("Cancelled 1 run.")
+    statuses = [(await ty.runs.aio_get(handle.run_id)).status.value for handle in waiting]
+    assert statuses == ["queued", "cancelled", "queued"]

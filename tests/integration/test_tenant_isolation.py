@@ -513,6 +513,28 @@ async def _replay_run(p: Probing) -> None:
     await p.each_run("POST", "/api/v1/runs/{run_id}/replay")
 
 
+async def _bulk(p: Probing, path: str) -> None:
+    """B's bulk call names A's runs as it would name nobody's, and B's filter for A's task
+    finds nothing (B has no runs yet: its triggers are probed later)."""
+    runs = p.world.runs
+    await p.unknown(
+        "POST", path, runs, body=lambda ids: {"run_ids": [ids[n] for n in runs]}, status=200
+    )
+    for matching in ({"task": [p.world.task]}, {}):
+        answer = await ok(p.b, "POST", path, {"filter": matching})
+        assert (answer["matched"], answer["changed"]) == (0, 0), (matching, answer)
+
+
+@probe("POST", "/api/v1/runs/cancel")
+async def _cancel_runs(p: Probing) -> None:
+    await _bulk(p, "/api/v1/runs/cancel")
+
+
+@probe("POST", "/api/v1/runs/replay")
+async def _replay_runs(p: Probing) -> None:
+    await _bulk(p, "/api/v1/runs/replay")
+
+
 @probe("GET", "/api/v1/workers")
 async def _list_workers(p: Probing) -> None:
     await p.empty("/api/v1/workers", [])

@@ -20,9 +20,11 @@ from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
 from taskyard_sdk._workflow import Workflow
 from taskyard_sdk.models import (
+    BulkResult,
     Concurrency,
     LabelValue,
     LogPage,
+    RunFilter,
     RunPage,
     RunStatus,
     RunView,
@@ -276,6 +278,39 @@ class Runs:
         data = await self._client.transport.request("POST", f"/api/v1/runs/{run_id}/replay")
         return RunView.model_validate(data)
 
+    async def aio_cancel_many(
+        self,
+        run_ids: Sequence[UUID | str] | None = None,
+        *,
+        status: Sequence[RunStatus | str] = (),
+        task: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> BulkResult:
+        """Cancel the runs named (up to 10,000), or the unfinished runs the filters match
+        (up to 10,000 a call: `more` says when there are others). Runs that are finished
+        already are skipped and counted, with their reasons."""
+        body = _bulk_body(run_ids, status, task, since, until, metadata)
+        data = await self._client.transport.request("POST", "/api/v1/runs/cancel", json_body=body)
+        return BulkResult.model_validate(data)
+
+    async def aio_replay_many(
+        self,
+        run_ids: Sequence[UUID | str] | None = None,
+        *,
+        status: Sequence[RunStatus | str] = (),
+        task: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> BulkResult:
+        """Replay the runs named, or the finished runs the filters match (up to 10,000 a
+        call). Unfinished runs and workflows' steps are skipped, with their reasons."""
+        body = _bulk_body(run_ids, status, task, since, until, metadata)
+        data = await self._client.transport.request("POST", "/api/v1/runs/replay", json_body=body)
+        return BulkResult.model_validate(data)
+
     async def aio_list(
         self,
         *,
@@ -332,3 +367,36 @@ class Runs:
 
     def list(self, **filters: Any) -> RunPage:
         return run_sync(self.aio_list(**filters))
+
+    def cancel_many(
+        self, run_ids: Sequence[UUID | str] | None = None, **filters: Any
+    ) -> BulkResult:
+        return run_sync(self.aio_cancel_many(run_ids, **filters))
+
+    def replay_many(
+        self, run_ids: Sequence[UUID | str] | None = None, **filters: Any
+    ) -> BulkResult:
+        return run_sync(self.aio_replay_many(run_ids, **filters))
+
+
+def _bulk_body(
+    run_ids: Sequence[UUID | str] | None,
+    status: Sequence[RunStatus | str],
+    task: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    metadata: dict[str, str] | None,
+) -> dict[str, Any]:
+    filtering = bool(status or task or since or until or metadata)
+    if run_ids is not None:
+        if filtering:
+            raise TypeError("give run ids or filters, not both")
+        return {"run_ids": [str(run_id) for run_id in run_ids]}
+    matching = RunFilter(
+        status=[RunStatus(s) for s in status],
+        task=list(task),
+        since=since,
+        until=until,
+        metadata=metadata or {},
+    )
+    return {"filter": matching.model_dump(mode="json", exclude_defaults=True)}

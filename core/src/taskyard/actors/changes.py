@@ -25,6 +25,11 @@ class ChangeFeed:
     def committed(self, tenant_id: uuid.UUID, changes: list[RunChanged]) -> None:
         if self.observer is not None:
             self.observer(tenant_id, changes)
+        self.touched(tenant_id)
+
+    def touched(self, tenant_id: uuid.UUID) -> None:
+        """Something of the tenant's runs that observers are not told of (a workflow run's
+        end) has committed: the live pages look again."""
         for event in self._watchers.get(tenant_id, ()):
             event.set()
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from taskyard.actors.base import Actor
+from taskyard.actors.changes import ChangeFeed
 from taskyard.actors.tenant_registry import TenantRegistry
 from taskyard.actors.waiters import RunEnd, RunWaiters
 from taskyard.actors.workflow_steps import StepRuns
@@ -74,6 +75,7 @@ class TenantActor(Actor):
         enqueue: Enqueue,
         cancel: Cancel,
         runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
+        changes: ChangeFeed | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(f"tenant:{tenant_id}")
@@ -87,6 +89,7 @@ class TenantActor(Actor):
         self.enqueue = enqueue
         self.cancel_later = cancel
         self.runs_ended = runs_ended  # lifecycle observers: whole workflow runs that ended
+        self.changes = changes or ChangeFeed()  # live pages, told when a workflow run ends
         self.clock = clock
         self.steps = StepRuns(tenant_id)
         self._reset()
@@ -519,6 +522,7 @@ class TenantActor(Actor):
                 self.waiters.finished(tenant_id, [end])
                 if runs_ended is not None and ended is not None:
                     runs_ended(tenant_id, [ended])
+                self.changes.touched(tenant_id)
 
         self.persister.barrier().add_done_callback(committed)
 

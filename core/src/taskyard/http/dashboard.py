@@ -15,23 +15,25 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 import orjson
 from aiohttp import web
+from multidict import MultiDict, MultiMapping
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from taskyard.domain.auth import WRITERS, Principal
 from taskyard.errors import ApiError, Forbidden, NotFound, Unauthorized, Unprocessable
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import metadata_filter, page_cursor
-from taskyard_sdk.models import RunKind, RunStatus, RunView
+from taskyard_sdk.models import RunFilter, RunKind, RunStatus, RunView
 
 ROOT = "/dashboard"
 COOKIE = "taskyard_session"
@@ -65,6 +67,7 @@ def install(app: web.Application) -> None:
     routes.add_post(f"{ROOT}/sign-in", _sign_in)
     routes.add_post(f"{ROOT}/sign-out", _sign_out)
     routes.add_get(f"{ROOT}/runs", _page(_runs))
+    routes.add_post(f"{ROOT}/runs/bulk", _page(_bulk, changes=True))
     routes.add_get(f"{ROOT}/runs/{{run_id}}", _page(_run))
     routes.add_post(f"{ROOT}/runs/{{run_id}}/cancel", _page(_cancel, changes=True))
     routes.add_post(f"{ROOT}/runs/{{run_id}}/replay", _page(_replay, changes=True))
@@ -170,7 +173,7 @@ def _page(handler: Handler, *, changes: bool = False) -> Callable[..., Any]:
 # -- runs ----------------------------------------------------------------------------------------
 
 
-class RunFilter(BaseModel):
+class RunsForm(BaseModel):
     """The runs page's filters, as its form sends them (empty fields are no filter)."""
 
     status: list[RunStatus] = Field(default_factory=list)
@@ -201,43 +204,53 @@ class RunFilter(BaseModel):
         pairs += [(key, str(value)) for key, value in fields.items() if value not in ("", None)]
         return urlencode(pairs)
 
+    def matching(self) -> RunFilter:
+        """The runs this form's filters match, as the services take them."""
+        pairs = [pair.strip() for pair in self.metadata.split(",") if pair.strip()]
+        return RunFilter(
+            status=self.status,
+            task=[self.task] if self.task else [],
+            since=self.since,
+            until=self.until,
+            metadata=metadata_filter([pair.replace("=", ":", 1) for pair in pairs]),
+        )
+
     @property
     def filtering(self) -> bool:
         return bool(self.status or self.task or self.since or self.until or self.metadata)
 
 
-def _filter(request: web.Request) -> RunFilter:
-    query = request.query
-    values: dict[str, Any] = {key: query.get(key, "") for key in RunFilter.model_fields}
+def _form(query: MultiMapping[str]) -> RunsForm:
+    values: dict[str, Any] = {key: query.get(key, "") for key in RunsForm.model_fields}
     values["status"] = [status for status in query.getall("status", []) if status]
     try:
-        return RunFilter.model_validate(values)
+        return RunsForm.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise Unprocessable(f"filter {first['loc'][0]}: {first['msg']}") from None
 
 
 async def _runs(request: web.Request, principal: Principal) -> web.StreamResponse:
-    chosen = _filter(request)
+    chosen = _form(request.query)
     if chosen.run_id:
         try:
             run_id = uuid.UUID(chosen.run_id.strip())
         except ValueError:
             raise Unprocessable(f"run id {chosen.run_id!r} is not a run id") from None
         raise web.HTTPFound(f"{ROOT}/runs/{run_id}")
-    pairs = [pair.strip() for pair in chosen.metadata.split(",") if pair.strip()]
-    metadata = metadata_filter([pair.replace("=", ":", 1) for pair in pairs])
+    matching = chosen.matching()
     rows = await request.app[ENGINE].services.history.list_runs(
         principal.tenant_id,
-        statuses=[status.value for status in chosen.status],
-        tasks=[chosen.task] if chosen.task else [],
-        since=chosen.since,
-        until=chosen.until,
-        metadata=metadata,
+        statuses=[status.value for status in matching.status],
+        tasks=matching.task,
+        since=matching.since,
+        until=matching.until,
+        metadata=matching.metadata,
         before=page_cursor(chosen.cursor),
         limit=PAGE_SIZE,
     )
     older = chosen.query(cursor=str(rows[-1]["run_id"])) if len(rows) == PAGE_SIZE else None
+    done = _DONE.fullmatch(request.query.get("done", ""))
     template = "runs_table.html" if "HX-Request" in request.headers else "runs.html"
     return _render(
         request,
@@ -246,6 +259,7 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
         chosen=chosen,
         statuses=list(RunStatus),
         older=older,
+        done=done.groupdict() if done else None,
         live=chosen.cursor is None,
         table_url=f"{ROOT}/runs?{chosen.query()}",
     )
@@ -297,6 +311,34 @@ async def _graph(request: web.Request, principal: Principal, view: RunView) -> d
     return {"nodes": nodes, "edges": edges}
 
 
+_DONE = re.compile(r"(?P<action>cancel|replay):(?P<changed>\d+):(?P<skipped>\d+)(?P<more>:more)?")
+
+
+async def _bulk(request: web.Request, principal: Principal) -> web.StreamResponse:
+    """Cancel or replay the runs ticked on the page, or every run the page's filter matches;
+    back to the same page, which says how many changed."""
+    form = await request.post()
+    action = form.get("action")
+    if action not in ("cancel", "replay"):
+        raise Unprocessable("choose cancel or replay")
+    chosen = _form(MultiDict(parse_qsl(str(form.get("filter", "")))))
+    if request.query.get("scope") == "matching":
+        run_ids, matching = None, chosen.matching()
+    else:
+        try:
+            run_ids = [uuid.UUID(str(run_id)) for run_id in form.getall("run_id", [])]
+        except ValueError:
+            raise Unprocessable("a ticked run id is not a run id") from None
+        if not run_ids:
+            raise Unprocessable("tick the runs to change first, or choose all that match")
+        matching = None
+    bulk = request.app[ENGINE].services.bulk
+    change = bulk.cancel if action == "cancel" else bulk.replay
+    result = await change(principal.tenant_id, run_ids, matching)
+    done = f"{action}:{result.changed}:{result.skipped}{':more' if result.more else ''}"
+    raise web.HTTPSeeOther(f"{ROOT}/runs?{chosen.query(cursor=None, done=done)}")
+
+
 async def _cancel(request: web.Request, principal: Principal) -> web.StreamResponse:
     run_id = _run_id(request)
     await request.app[ENGINE].services.runs.cancel(principal.tenant_id, run_id)
@@ -340,6 +382,9 @@ async def _live(request: web.Request, principal: Principal) -> web.StreamRespons
         request.app[ENGINE].services.runs.watch(principal.tenant_id) as changed,
         contextlib.suppress(ConnectionResetError),
     ):
+        # What changed between the page's rendering and this watch has sent no event: the
+        # page looks again once now, and is told of every change from here on.
+        await response.write(b"event: changed\ndata: runs\n\n")
         quiet = 0.0
         while request.transport is not None and not request.transport.is_closing():
             try:

@@ -29,6 +29,8 @@ from taskyard.services.views import TaskInfo, WorkerInfo
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
+    BulkRequest,
+    BulkResult,
     LogPage,
     RunEvent,
     RunPage,
@@ -186,6 +188,22 @@ async def wait_runs(call: Call[WaitRequest]) -> Document:
         call.principal.tenant_id, call.body.run_ids, call.body.timeout
     )
     return Document({"runs": finished, "pending": pending})
+
+
+@router.post("/api/v1/runs/cancel", roles=WRITERS, body=BulkRequest, response=BulkResult)
+async def cancel_runs(call: Call[BulkRequest]) -> BulkResult:
+    """Cancel many runs: `run_ids`, or the unfinished runs `filter` matches (at most 10,000 a
+    call; `more` says when the filter matched more). Finished runs are skipped, with reasons."""
+    bulk = call.request.app[ENGINE].services.bulk
+    return await bulk.cancel(call.principal.tenant_id, call.body.run_ids, call.body.filter)
+
+
+@router.post("/api/v1/runs/replay", roles=WRITERS, body=BulkRequest, response=BulkResult)
+async def replay_runs(call: Call[BulkRequest]) -> BulkResult:
+    """Replay many runs: `run_ids`, or the finished runs `filter` matches (at most 10,000 a
+    call). Unfinished runs and workflows' steps are skipped, with reasons."""
+    bulk = call.request.app[ENGINE].services.bulk
+    return await bulk.replay(call.principal.tenant_id, call.body.run_ids, call.body.filter)
 
 
 @router.get("/api/v1/runs/{run_id}", roles=READERS, response=RunView)

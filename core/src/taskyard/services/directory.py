@@ -171,6 +171,7 @@ class ActorDirectory:
                 enqueue=self.enqueue,
                 cancel=self._cancel_later,
                 runs_ended=self.runs_ended if self.observe_all else None,
+                changes=self.changes,
             )
             self.start_later(actor.start())
         return actor

@@ -14,6 +14,7 @@ from taskyard.actors.timers import Timers
 from taskyard.config import EngineSettings
 from taskyard.domain.notices import RunEnded
 from taskyard.services.alerts import AlertRules
+from taskyard.services.bulk import Bulk
 from taskyard.services.directory import ActorDirectory
 from taskyard.services.events import Events
 from taskyard.services.history import History
@@ -78,6 +79,7 @@ class Services:
         self.workflows = Workflows(
             self.actors, persister, workflow_repository, self.runs, self.scheduling
         )
+        self.bulk = Bulk(self.runs, self.history)
         self.events = Events(self.actors, persister, self.workflows, self.history)
         self.rate_limits = RateLimits(self.actors, rate_limit_repository)
         self.workers = Workers(self.actors)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from taskyard_sdk.models._base import (
     MAX_PRIORITY,
@@ -147,6 +147,50 @@ class LogPage(BaseModel):
     next_after: int | None = Field(
         description="Where this page ended: pass it as `after` for the lines that follow. None "
         "when the page is empty (ask again with the same `after`)."
+    )
+
+
+MAX_BULK = 10_000  # runs one bulk call changes at most
+
+
+class RunFilter(_Strict):
+    """Which runs: those that match every field given (an empty filter matches every run)."""
+
+    status: list[RunStatus] = Field(default_factory=list)
+    task: list[str] = Field(default_factory=list, description="Tasks or workflows.")
+    since: datetime | None = Field(default=None, description="Created at or after.")
+    until: datetime | None = Field(default=None, description="Created at or before.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Pairs runs must carry.")
+
+
+class BulkRequest(_Strict):
+    """Runs named by id, or every run a filter matches (one of the two)."""
+
+    run_ids: list[UUID] | None = Field(default=None, min_length=1, max_length=MAX_BULK)
+    filter: RunFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> BulkRequest:
+        if (self.run_ids is None) == (self.filter is None):
+            raise ValueError("give run_ids or filter, not both and not neither")
+        return self
+
+
+class BulkSkip(BaseModel):
+    run_id: UUID
+    reason: str
+
+
+class BulkResult(BaseModel):
+    matched: int = Field(description="Runs named, or found by the filter, in this call.")
+    changed: int = Field(description="Runs cancelled, or replayed.")
+    skipped: int = Field(description="Runs the rules left as they were (see `reasons`).")
+    reasons: list[BulkSkip] = Field(
+        default_factory=list, description="Why runs were skipped: the first 100."
+    )
+    more: bool = Field(
+        default=False,
+        description=f"The filter matched more than {MAX_BULK:,} runs: call again for the rest.",
     )
 
 

@@ -82,3 +82,22 @@ document.addEventListener("DOMContentLoaded", () => {
   drawGraphs(document);
 });
 document.addEventListener("htmx:afterSwap", (event) => drawGraphs(event.target));
+
+// A live refresh would untick what the user ticked: the runs table holds still while any run
+// is ticked.
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (event.detail.elt.id === "runs" && document.querySelector("input[name=run_id]:checked")) {
+    event.preventDefault();
+  }
+});
+// Changing every run a filter matches asks first.
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-confirm]");
+  if (button && !window.confirm(button.dataset.confirm)) event.preventDefault();
+});
+document.addEventListener("change", (event) => {
+  if (event.target.id !== "tick-all") return;
+  for (const box of document.querySelectorAll("input[name=run_id]")) {
+    box.checked = event.target.checked;
+  }
+});

@@ -1,0 +1,110 @@
+"""Cancelling or replaying many runs at once, named by id or matched by a filter, with exactly
+the rules of one at a time (a finished run is not cancelled, an unfinished one or a workflow's
+step is not replayed): those the rules refuse are skipped and counted, with their reasons. Runs
+are changed a hundred at a time, their writes sharing the persister's commits; a filter changes
+at most MAX_BULK runs a call and says when more matched."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+from taskyard.errors import ApiError
+from taskyard.services.history import History
+from taskyard.services.runs import Runs
+from taskyard_sdk.models import BulkResult, BulkSkip, RunFilter, RunStatus
+from taskyard_sdk.models.runs import MAX_BULK
+
+AT_ONCE = 100  # runs changed concurrently
+PAGE = 1000  # runs read at a time from a filter
+REASONS = 100  # skipped runs whose reason is answered
+
+Change = Callable[[uuid.UUID, uuid.UUID], Awaitable[object]]
+
+
+class Bulk:
+    def __init__(self, runs: Runs, history: History) -> None:
+        self.runs = runs
+        self.history = history
+
+    async def cancel(
+        self,
+        tenant_id: uuid.UUID,
+        run_ids: list[uuid.UUID] | None = None,
+        matching: RunFilter | None = None,
+    ) -> BulkResult:
+        """Cancel the runs named, or the unfinished runs the filter matches."""
+        unfinished = [status for status in RunStatus if not status.terminal]
+        return await self._apply(tenant_id, run_ids, matching, unfinished, self.runs.cancel)
+
+    async def replay(
+        self,
+        tenant_id: uuid.UUID,
+        run_ids: list[uuid.UUID] | None = None,
+        matching: RunFilter | None = None,
+    ) -> BulkResult:
+        """Replay the runs named, or the finished runs the filter matches."""
+        finished = [status for status in RunStatus if status.terminal]
+        return await self._apply(tenant_id, run_ids, matching, finished, self.runs.replay)
+
+    async def _apply(
+        self,
+        tenant_id: uuid.UUID,
+        run_ids: list[uuid.UUID] | None,
+        matching: RunFilter | None,
+        eligible: list[RunStatus],
+        change: Change,
+    ) -> BulkResult:
+        more = False
+        if run_ids is None:
+            run_ids, more = await self._matching(tenant_id, matching or RunFilter(), eligible)
+        ids = list(dict.fromkeys(run_ids))  # each run once, in the order given
+        skipped: list[BulkSkip] = []
+        changed = 0
+        for start in range(0, len(ids), AT_ONCE):
+            chunk = ids[start : start + AT_ONCE]
+            outcomes = await asyncio.gather(
+                *(change(tenant_id, run_id) for run_id in chunk), return_exceptions=True
+            )
+            for run_id, outcome in zip(chunk, outcomes, strict=True):
+                if isinstance(outcome, ApiError):
+                    skipped.append(BulkSkip(run_id=run_id, reason=str(outcome)))
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    changed += 1
+        return BulkResult(
+            matched=len(ids),
+            changed=changed,
+            skipped=len(skipped),
+            reasons=skipped[:REASONS],
+            more=more,
+        )
+
+    async def _matching(
+        self, tenant_id: uuid.UUID, matching: RunFilter, eligible: list[RunStatus]
+    ) -> tuple[list[uuid.UUID], bool]:
+        """The ids of up to MAX_BULK runs the filter matches in an eligible status, newest
+        first, and whether there are more."""
+        statuses = [s for s in eligible if not matching.status or s in matching.status]
+        if not statuses:
+            return [], False
+        found: list[uuid.UUID] = []
+        before: uuid.UUID | None = None
+        while len(found) <= MAX_BULK:
+            rows = await self.history.list_runs(
+                tenant_id,
+                statuses=[status.value for status in statuses],
+                tasks=matching.task,
+                since=matching.since,
+                until=matching.until,
+                metadata=matching.metadata,
+                before=before,
+                limit=PAGE,
+            )
+            found += [row["run_id"] for row in rows]
+            if len(rows) < PAGE:
+                break
+            before = rows[-1]["run_id"]
+        return found[:MAX_BULK], len(found) > MAX_BULK
