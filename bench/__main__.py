@@ -40,6 +40,10 @@ def main() -> None:
     scale.add_argument("--workers", type=int, default=2)
     scale.add_argument("--runs", type=int, default=1)
 
+    dashboard = commands.add_parser("dashboard", help="the dashboard's pages over 1,000,000 runs")
+    dashboard.add_argument("--runs", type=int, default=1_000_000, help="finished runs stored")
+    dashboard.add_argument("--repeats", type=int, default=20, help="fetches of each page")
+
     assign = commands.add_parser("assign", help="one assignment decision with 10,000 keys")
     assign.add_argument("--keys", type=int, default=10_000)
     assign.add_argument("--workers", type=int, default=100)
@@ -126,6 +130,10 @@ def main() -> None:
         from bench import scale as scale_workload
 
         asyncio.run(scale_workload.main(args.tasks, args.workers, args.runs))
+    elif args.workload == "dashboard":
+        from bench import dashboard as dashboard_workload
+
+        asyncio.run(dashboard_workload.main(args.runs, args.repeats))
     elif args.workload == "assign":
         from bench import assign as assign_workload
 
