@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -353,13 +354,7 @@ async def test_bulk_replay_of_a_filtered_set_and_cancel_of_ticked_runs(
         await page.goto(f"{engine.url}/dashboard/runs?status=failed&task=import_rows")
         await expect(page.locator("tbody tr[data-run]")).to_have_count(2)
         await screenshot(page, "runs-bulk")
-        asked: list[str] = []
-
-        async def confirm(dialog: Dialog) -> None:
-            asked.append(dialog.message)
-            await dialog.accept()
-
-        page.once("dialog", confirm)
+        asked = await accept_dialogs(page)
         await page.click("#replay-matching")
         await expect(page.locator(".notice")).to_contain_text("Replayed 2 runs")
         assert asked == ["Replay every finished run this filter matches (up to 10,000)?"]
@@ -374,3 +369,79 @@ async def test_bulk_replay_of_a_filtered_set_and_cancel_of_ticked_runs(
     await expect(page.locator(".notice")).to_contain_text("Cancelled 1 run.")
     statuses = [(await ty.runs.aio_get(handle.run_id)).status.value for handle in waiting]
     assert statuses == ["queued", "cancelled", "queued"]
+
+
+async def accept_dialogs(page: Page) -> list[str]:
+    """Accept every confirm() of the page; returns the questions asked, as they come."""
+    asked: list[str] = []
+
+    async def accept(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", accept)
+    return asked
+
+
+async def test_crons_are_paused_resumed_triggered_and_deleted_from_their_page(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    @ty.task(name="nightly")
+    async def nightly(day: str) -> str:
+        return f"report for {day}"
+
+    cron = await nightly.aio_create_cron("reports", "0 3 * * *", input="today")
+    once = await nightly.aio_schedule(datetime.now(UTC) + timedelta(days=2), input="later")
+    asked = await accept_dialogs(page)
+    await page.goto(f"{engine.url}/dashboard/schedules")
+    row = page.locator(f'tr[data-cron="{cron.cron_id}"]')
+    await expect(row).to_contain_text("0 3 * * *")
+    await expect(page.locator(f'tr[data-schedule="{once.schedule_id}"]')).to_contain_text("waiting")
+    await screenshot(page, "schedules")
+    await row.locator("button:has-text('Pause')").click()
+    await expect(row).to_have_attribute("data-paused", "true")
+    assert (await ty.crons.aio_get(cron.cron_id)).paused
+    await row.locator("button:has-text('Resume')").click()
+    await expect(row).to_have_attribute("data-paused", "false")
+
+    async with ty.worker("nightly", tasks=[nightly]):
+        await row.locator("button:has-text('Trigger now')").click()
+        await expect(page.locator("#run-status")).to_have_text("succeeded")
+        await expect(page.locator("#output")).to_contain_text("report for today")
+    await expect(page.locator(".facts")).to_contain_text("reports")  # metadata cron=reports
+
+    await page.goto(f"{engine.url}/dashboard/schedules")
+    await row.locator("button:has-text('Delete')").click()
+    await expect(row).to_have_count(0)
+    assert asked == ["Delete cron reports?"]
+    assert [c.cron_id for c in await ty.crons.aio_list()] == []
+
+
+async def test_events_are_listed_shown_with_their_runs_and_replayed(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    welcome: Workflow[dict[str, str]] = ty.workflow(
+        "welcome", input=dict[str, str], on_events=["user:signed-up"]
+    )
+
+    @welcome.task()
+    async def greet(user: dict[str, str]) -> str:
+        return f"hi {user['name']}"
+
+    async with ty.worker("welcome", workflows=[welcome]):
+        pushed = await ty.events.aio_push("user:signed-up", {"name": "ada"})
+        await ty.events.aio_push("order:paid", {"order": 7})
+        await page.goto(f"{engine.url}/dashboard/events?prefix=user%3A")
+        await expect(page.locator("tbody tr[data-event]")).to_have_count(1)
+        await screenshot(page, "events")
+        await page.click(f'tr[data-event="{pushed.event_id}"] a')
+        await expect(page.locator("#payload")).to_contain_text('"name": "ada"')
+        [run_id] = pushed.triggered
+        await expect(page.locator(".triggered")).to_contain_text(str(run_id))
+        await page.click("button:has-text('Replay')")
+        await expect(page.locator(".facts")).to_contain_text(str(pushed.event_id))  # replay of
+        again = page.url.rsplit("/", 1)[1]
+        assert again != str(pushed.event_id)
+        replayed = await ty.events.aio_get(again)
+        assert replayed.replay_of == pushed.event_id
+        assert len(replayed.triggered) == 1

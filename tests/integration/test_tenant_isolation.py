@@ -638,6 +638,11 @@ async def _pause_cron(p: Probing) -> None:
     await p.unknown("POST", "/api/v1/crons/{cron_id}/pause", {"cron_id": p.world.cron_id})
 
 
+@probe("POST", "/api/v1/crons/{cron_id}/trigger")
+async def _trigger_cron(p: Probing) -> None:
+    await p.unknown("POST", "/api/v1/crons/{cron_id}/trigger", {"cron_id": p.world.cron_id})
+
+
 @probe("POST", "/api/v1/crons/{cron_id}/resume")
 async def _resume_cron(p: Probing) -> None:
     await p.unknown("POST", "/api/v1/crons/{cron_id}/resume", {"cron_id": p.world.cron_id})

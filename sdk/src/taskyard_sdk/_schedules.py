@@ -12,6 +12,7 @@ from taskyard_sdk.models import (
     CatchUp,
     CronList,
     CronView,
+    FiredNow,
     ScheduleList,
     ScheduleView,
 )
@@ -114,6 +115,11 @@ class Crons:
         data = await self._client.transport.request("POST", f"/api/v1/crons/{cron_id}/pause")
         return CronView.model_validate(data)
 
+    async def aio_trigger(self, cron_id: UUID | str) -> UUID:
+        """Start a run of the cron now, outside its calendar; returns its run id."""
+        data = await self._client.transport.request("POST", f"/api/v1/crons/{cron_id}/trigger")
+        return FiredNow.model_validate(data).run_id
+
     async def aio_resume(self, cron_id: UUID | str) -> CronView:
         data = await self._client.transport.request("POST", f"/api/v1/crons/{cron_id}/resume")
         return CronView.model_validate(data)
@@ -129,6 +135,9 @@ class Crons:
 
     def pause(self, cron_id: UUID | str) -> CronView:
         return run_sync(self.aio_pause(cron_id))
+
+    def trigger(self, cron_id: UUID | str) -> UUID:
+        return run_sync(self.aio_trigger(cron_id))
 
     def resume(self, cron_id: UUID | str) -> CronView:
         return run_sync(self.aio_resume(cron_id))

@@ -72,6 +72,12 @@ def install(app: web.Application) -> None:
     routes.add_post(f"{ROOT}/runs/{{run_id}}/cancel", _page(_cancel, changes=True))
     routes.add_post(f"{ROOT}/runs/{{run_id}}/replay", _page(_replay, changes=True))
     routes.add_get(f"{ROOT}/workers", _page(_workers))
+    routes.add_get(f"{ROOT}/schedules", _page(_schedules))
+    routes.add_post(f"{ROOT}/crons/{{cron_id}}/{{action}}", _page(_cron_action, changes=True))
+    routes.add_post(f"{ROOT}/schedules/{{schedule_id}}/delete", _page(_drop_once, changes=True))
+    routes.add_get(f"{ROOT}/events", _page(_events))
+    routes.add_get(f"{ROOT}/events/{{event_id}}", _page(_event))
+    routes.add_post(f"{ROOT}/events/{{event_id}}/replay", _page(_replay_event, changes=True))
     routes.add_get(f"{ROOT}/live", _page(_live))
     routes.add_static(f"{ROOT}/static", str(static))
 
@@ -352,11 +358,85 @@ async def _replay(request: web.Request, principal: Principal) -> web.StreamRespo
 
 
 def _run_id(request: web.Request) -> uuid.UUID:
-    text = request.match_info["run_id"]
+    return _path_id(request, "run_id")
+
+
+def _path_id(request: web.Request, name: str) -> uuid.UUID:
+    text = request.match_info[name]
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise NotFound(f"{text!r} is not a run id") from None
+        raise NotFound(f"{text!r} is not a {name.replace('_id', '')} id") from None
+
+
+# -- crons and schedules ---------------------------------------------------------------------------
+
+
+async def _schedules(request: web.Request, principal: Principal) -> web.StreamResponse:
+    scheduling = request.app[ENGINE].services.scheduling
+    crons = await scheduling.crons(principal.tenant_id)
+    once = await scheduling.one_offs(principal.tenant_id)
+    return _render(request, "schedules.html", crons=crons, once=once)
+
+
+async def _cron_action(request: web.Request, principal: Principal) -> web.StreamResponse:
+    """Pause, resume, trigger now (then show the run) or delete a cron."""
+    cron_id = _path_id(request, "cron_id")
+    action = request.match_info["action"]
+    services = request.app[ENGINE].services
+    if action in ("pause", "resume"):
+        await services.scheduling.set_paused(principal.tenant_id, cron_id, action == "pause")
+    elif action == "trigger":
+        run_id = await services.scheduling.fire_now(
+            principal.tenant_id, cron_id, services.runs, services.workflows
+        )
+        raise web.HTTPSeeOther(f"{ROOT}/runs/{run_id}")
+    elif action == "delete":
+        await services.scheduling.delete(principal.tenant_id, cron_id, "cron")
+    else:
+        raise NotFound(f"a cron has no action {action!r}")
+    raise web.HTTPSeeOther(f"{ROOT}/schedules")
+
+
+async def _drop_once(request: web.Request, principal: Principal) -> web.StreamResponse:
+    schedule_id = _path_id(request, "schedule_id")
+    await request.app[ENGINE].services.scheduling.delete(principal.tenant_id, schedule_id, "once")
+    raise web.HTTPSeeOther(f"{ROOT}/schedules")
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+async def _events(request: web.Request, principal: Principal) -> web.StreamResponse:
+    """Stored events, newest first, by key prefix, keyset-paged."""
+    prefix = request.query.get("prefix", "").strip()
+    cursor = request.query.get("cursor") or None
+    rows = await request.app[ENGINE].services.history.search_events(
+        principal.tenant_id,
+        keys=[],
+        prefix=prefix or None,
+        metadata={},
+        since=None,
+        until=None,
+        before=page_cursor(cursor),
+        limit=PAGE_SIZE,
+    )
+    older = None
+    if len(rows) == PAGE_SIZE:
+        older = urlencode({"prefix": prefix, "cursor": str(rows[-1]["event_id"])})
+    return _render(request, "events.html", events=rows, prefix=prefix, older=older, cursor=cursor)
+
+
+async def _event(request: web.Request, principal: Principal) -> web.StreamResponse:
+    event_id = _path_id(request, "event_id")
+    event = await request.app[ENGINE].services.history.event(principal.tenant_id, event_id)
+    return _render(request, "event.html", event=event)
+
+
+async def _replay_event(request: web.Request, principal: Principal) -> web.StreamResponse:
+    event_id = _path_id(request, "event_id")
+    pushed = await request.app[ENGINE].services.events.replay(principal.tenant_id, event_id)
+    raise web.HTTPSeeOther(f"{ROOT}/events/{pushed.event_id}")
 
 
 # -- workers -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from taskyard_sdk.models import (
     CronList,
     CronRequest,
     CronView,
+    FiredNow,
     RescheduleRequest,
     ScheduleList,
     ScheduleRequest,
@@ -59,6 +60,16 @@ async def pause_cron(call: Call[None]) -> CronView:
     return await _scheduling(call).set_paused(
         call.principal.tenant_id, call.path_uuid("cron_id"), True
     )
+
+
+@router.post("/api/v1/crons/{cron_id}/trigger", roles=WRITERS, response=FiredNow, status=201)
+async def trigger_cron(call: Call[None]) -> FiredNow:
+    """Start a run of the cron now, outside its calendar (paused or not)."""
+    services = call.request.app[ENGINE].services
+    run_id = await services.scheduling.fire_now(
+        call.principal.tenant_id, call.path_uuid("cron_id"), services.runs, services.workflows
+    )
+    return FiredNow(run_id=run_id)
 
 
 @router.post("/api/v1/crons/{cron_id}/resume", roles=WRITERS, response=CronView)

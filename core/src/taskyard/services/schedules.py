@@ -75,6 +75,14 @@ class Scheduling:
 
     # -- one-off schedules -----------------------------------------------------------------------
 
+    async def fire_now(
+        self, tenant_id: uuid.UUID, cron_id: uuid.UUID, runs: Runs, workflows: Workflows
+    ) -> uuid.UUID:
+        """Start a run of the cron now, outside its calendar (paused or not): its own tick,
+        so it never takes the place of one the calendar fires."""
+        cron = await self._load(tenant_id, cron_id, "cron")
+        return await fire(cron, time.time(), runs, workflows)
+
     async def create_once(self, tenant_id: uuid.UUID, body: ScheduleRequest) -> ScheduleView:
         at = _future(body.at, "body.at")
         schedule = await self.repository.create_once(

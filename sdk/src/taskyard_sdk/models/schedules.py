@@ -76,6 +76,10 @@ class RescheduleRequest(_Strict):
     at: datetime
 
 
+class FiredNow(BaseModel):
+    run_id: UUID = Field(description="The run (or workflow run) the cron started.")
+
+
 class ScheduleView(BaseModel):
     schedule_id: UUID
     task: str | None = None
