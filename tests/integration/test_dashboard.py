@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+from pydantic import BaseModel, Field
 
 from taskyard.actors.changes import ChangeFeed
 from taskyard.engine import Engine
@@ -445,3 +446,68 @@ async def test_events_are_listed_shown_with_their_runs_and_replayed(
         replayed = await ty.events.aio_get(again)
         assert replayed.replay_of == pushed.event_id
         assert len(replayed.triggered) == 1
+
+
+class Invoice(BaseModel):
+    customer: str
+    cents: int = Field(ge=0)
+
+
+async def test_a_task_is_triggered_from_its_form_checked_against_its_input_schema(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    @ty.task(name="bill", retries=2)
+    async def bill(invoice: Invoice) -> str:
+        return f"{invoice.customer} owes {invoice.cents}"
+
+    async with ty.worker("billing", tasks=[bill]):
+        await page.goto(f"{engine.url}/dashboard/tasks")
+        await expect(page.locator('tr[data-task="bill"]')).to_contain_text("billing")
+        await page.click('tr[data-task="bill"] a')
+        await expect(page.locator("#schema")).to_contain_text('"cents"')
+        await page.fill("textarea[name=input]", '{"customer": "acme", "cents": -5}')
+        await page.click("button:has-text('Trigger')")
+        await expect(page.locator(".error")).to_contain_text("cents: -5 is less than the minimum")
+        await expect(page.locator("textarea[name=input]")).to_have_value(
+            '{"customer": "acme", "cents": -5}'
+        )  # kept, to be corrected
+        await page.fill("textarea[name=input]", "{not json")
+        await page.click("button:has-text('Trigger')")
+        await expect(page.locator(".error")).to_contain_text("the input is not JSON")
+        await page.fill("textarea[name=input]", '{"customer": "acme", "cents": 1200}')
+        await page.fill("input[name=metadata]", "source=dashboard")
+        await screenshot(page, "task-trigger")
+        await page.click("button:has-text('Trigger')")
+        await expect(page.locator("#run-status")).to_have_text("succeeded")
+        await expect(page.locator("#output")).to_contain_text("acme owes 1200")
+        await expect(page.locator(".facts")).to_contain_text("dashboard")
+    runs = await ty.runs.aio_list(task=["bill"])
+    assert len(runs.runs) == 1  # the refused inputs made no run
+
+
+async def test_a_workflow_version_shows_its_graph_and_is_triggered_from_its_form(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    etl: Workflow[int] = ty.workflow("etl", input=int)
+
+    @etl.task()
+    async def extract(n: int) -> list[int]:
+        return list(range(n))
+
+    @etl.task(parents=[extract])
+    async def load(n: int, ctx: Context) -> int:
+        return sum(ctx.parent_output(extract))
+
+    async with ty.worker("etl", workflows=[etl]):
+        await page.goto(f"{engine.url}/dashboard/tasks")
+        await page.click('tr[data-workflow="etl"] a')
+        await expect(page.locator(".dag-steps li")).to_have_count(2)
+        await expect(page.locator("#dag canvas").first).to_be_visible()
+        await expect(page.locator("#definition")).to_contain_text('"parents"')
+        await page.fill("textarea[name=input]", "5")
+        await page.click("button:has-text('Trigger')")
+        await expect(page.locator("#run-status")).to_have_text("succeeded")
+        await expect(page.locator("#output")).to_contain_text('"load": 10')
+    response = await page.goto(f"{engine.url}/dashboard/workflows/etl?version=9")
+    assert response is not None
+    assert response.status == 404

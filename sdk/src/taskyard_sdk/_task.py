@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import typing
 from collections.abc import (
@@ -16,7 +17,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 from uuid import uuid4
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
 from pydantic_core import to_json, to_jsonable_python
 
 from taskyard_sdk._arguments import strings
@@ -153,6 +154,16 @@ class Task(Schedulable, Runnable[In, Out]):
         return self.fn(input, ctx, **filled) if self._takes_context else self.fn(input, **filled)
 
     # -- input and output ------------------------------------------------------------------------
+
+    @functools.cached_property
+    def input_schema(self) -> dict[str, Any] | None:
+        """The input's JSON Schema (None for an input of any shape, or a type that has none)."""
+        if self.input_type is Any:
+            return None
+        try:
+            return self._input.json_schema()
+        except PydanticUserError:  # e.g. a bare class pydantic validates only by isinstance
+            return None
 
     def encode_input(self, value: Any) -> Any:
         """Validate against the input model and turn into JSON-able data (before sending)."""

@@ -43,6 +43,11 @@ class TaskDefinition(_Message):
         max_length=20,
         description="on_crons: UTC cron expressions that run it.",
     )
+    input_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="The input's JSON Schema, when the SDK can tell it: forms that trigger "
+        "the task (the dashboard's) check an input against it.",
+    )
 
 
 class AttemptRef(_Message):

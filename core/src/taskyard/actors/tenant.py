@@ -190,6 +190,9 @@ class TenantActor(Actor):
         registrations whose rows are still in the write-behind buffer)."""
         return dict(self.registry.definitions)
 
+    def input_schemas(self) -> dict[str, dict[str, Any]]:
+        return dict(self.registry.input_schemas)
+
     def workflow_registered(self, workflow: CompiledWorkflow) -> None:
         self.registry.add_version(workflow)
 

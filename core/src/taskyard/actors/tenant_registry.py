@@ -3,6 +3,8 @@ every workflow version, and which workflows an event triggers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from taskyard.domain.events import PushedEvent, matches
 from taskyard.domain.runs import options_json
 from taskyard.domain.workflows import CompiledWorkflow, key_matches
@@ -13,6 +15,9 @@ from taskyard_sdk.protocol import TaskDefinition
 class TenantRegistry:
     def __init__(self, definitions: dict[str, TaskOptions] | None = None) -> None:
         self.definitions: dict[str, TaskOptions] = definitions or {}
+        # Input schemas as workers sent them since this engine started (not stored: a form
+        # goes without one until a worker of the task connects).
+        self.input_schemas: dict[str, dict[str, Any]] = {}
         self.versions: dict[tuple[str, int], CompiledWorkflow] = {}
         self.latest: dict[str, CompiledWorkflow] = {}
 
@@ -20,6 +25,8 @@ class TenantRegistry:
         """Take workers' task definitions; the options that changed, as their rows hold them."""
         changed = {}
         for definition in definitions:
+            if definition.input_schema is not None:
+                self.input_schemas[definition.name] = definition.input_schema
             if self.definitions.get(definition.name) != definition.options:
                 self.definitions[definition.name] = definition.options
                 changed[definition.name] = options_json(definition.options)

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import jinja2
+import jsonschema
 import orjson
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
@@ -33,7 +34,18 @@ from taskyard.domain.auth import WRITERS, Principal
 from taskyard.errors import ApiError, Forbidden, NotFound, Unauthorized, Unprocessable
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import metadata_filter, page_cursor
-from taskyard_sdk.models import RunFilter, RunKind, RunStatus, RunView
+from taskyard.services.views import TaskInfo
+from taskyard.store.workflows import StoredWorkflow
+from taskyard_sdk.models import (
+    RunFilter,
+    RunKind,
+    RunStatus,
+    RunSummary,
+    RunView,
+    TriggerRequest,
+    WorkflowDefinition,
+    WorkflowTriggerRequest,
+)
 
 ROOT = "/dashboard"
 COOKIE = "taskyard_session"
@@ -72,6 +84,11 @@ def install(app: web.Application) -> None:
     routes.add_post(f"{ROOT}/runs/{{run_id}}/cancel", _page(_cancel, changes=True))
     routes.add_post(f"{ROOT}/runs/{{run_id}}/replay", _page(_replay, changes=True))
     routes.add_get(f"{ROOT}/workers", _page(_workers))
+    routes.add_get(f"{ROOT}/tasks", _page(_definitions))
+    routes.add_get(f"{ROOT}/tasks/{{name}}", _page(_task))
+    routes.add_post(f"{ROOT}/tasks/{{name}}/trigger", _page(_trigger_task, changes=True))
+    routes.add_get(f"{ROOT}/workflows/{{name}}", _page(_workflow))
+    routes.add_post(f"{ROOT}/workflows/{{name}}/trigger", _page(_trigger_workflow, changes=True))
     routes.add_get(f"{ROOT}/schedules", _page(_schedules))
     routes.add_post(f"{ROOT}/crons/{{cron_id}}/{{action}}", _page(_cron_action, changes=True))
     routes.add_post(f"{ROOT}/schedules/{{schedule_id}}/delete", _page(_drop_once, changes=True))
@@ -292,12 +309,16 @@ async def _run(request: web.Request, principal: Principal) -> web.StreamResponse
 
 async def _graph(request: web.Request, principal: Principal, view: RunView) -> dict[str, Any]:
     """A workflow run's DAG for the page's graph: every step of its version, in the state its
-    run is in (or `not started`), and the edges from parents."""
+    run is in (or `not started`)."""
     stored = await request.app[ENGINE].services.history.workflow(
         principal.tenant_id, view.task, view.workflow_version
     )
-    runs = {step.step: step for step in view.steps}
-    definition = stored.definition
+    return _dag(stored.definition, {step.step: step for step in view.steps if step.step})
+
+
+def _dag(definition: WorkflowDefinition, runs: dict[str, RunSummary]) -> dict[str, Any]:
+    """Nodes (each step with its run's state and page, if it has a run) and edges (parent to
+    child) for the page's graph."""
     steps = [*definition.steps, *([definition.on_failure] if definition.on_failure else [])]
     nodes = []
     for step in steps:
@@ -367,6 +388,118 @@ def _path_id(request: web.Request, name: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise NotFound(f"{text!r} is not a {name.replace('_id', '')} id") from None
+
+
+# -- tasks and workflows ---------------------------------------------------------------------------
+
+
+async def _definitions(request: web.Request, principal: Principal) -> web.StreamResponse:
+    services = request.app[ENGINE].services
+    tasks = await services.workers.tasks(principal.tenant_id)
+    workflows = await services.history.latest_workflows(principal.tenant_id)
+    return _render(request, "definitions.html", tasks=tasks, workflows=workflows)
+
+
+async def _task(request: web.Request, principal: Principal) -> web.StreamResponse:
+    task = await _task_info(request, principal)
+    return _render(request, "task.html", task=task, form=None, problem=None)
+
+
+async def _task_info(request: web.Request, principal: Principal) -> TaskInfo:
+    name = request.match_info["name"]
+    tasks = await request.app[ENGINE].services.workers.tasks(principal.tenant_id)
+    found = next((task for task in tasks if task.name == name), None)
+    if found is None:
+        raise NotFound(f"no task {name!r} is registered in this tenant")
+    return found
+
+
+async def _trigger_task(request: web.Request, principal: Principal) -> web.StreamResponse:
+    task = await _task_info(request, principal)
+    form = await request.post()
+    try:
+        value, metadata = _trigger_form(form, task.input_schema)
+        [ref] = await request.app[ENGINE].services.runs.trigger(
+            principal.tenant_id, [TriggerRequest(task=task.name, input=value, metadata=metadata)]
+        )
+    except (Unprocessable, ValidationError) as exc:
+        problem = str(exc) if isinstance(exc, Unprocessable) else exc.errors()[0]["msg"]
+        return _render(request, "task.html", status=422, task=task, form=form, problem=problem)
+    raise web.HTTPSeeOther(f"{ROOT}/runs/{ref.run_id}")
+
+
+async def _workflow(request: web.Request, principal: Principal) -> web.StreamResponse:
+    stored, latest = await _stored_workflow(request, principal)
+    return _render(
+        request,
+        "workflow.html",
+        workflow=stored,
+        latest=latest,
+        graph=_dag(stored.definition, {}),
+        form=None,
+        problem=None,
+    )
+
+
+async def _stored_workflow(
+    request: web.Request, principal: Principal
+) -> tuple[StoredWorkflow, int]:
+    """The version asked for (the latest by default), and the latest version's number."""
+    history = request.app[ENGINE].services.history
+    name = request.match_info["name"]
+    latest = await history.workflow(principal.tenant_id, name, None)
+    asked = request.query.get("version")
+    if not asked:
+        return latest, latest.version
+    if not asked.isdigit():
+        raise Unprocessable(f"version {asked!r} is not a number")
+    return await history.workflow(principal.tenant_id, name, int(asked)), latest.version
+
+
+async def _trigger_workflow(request: web.Request, principal: Principal) -> web.StreamResponse:
+    stored, latest = await _stored_workflow(request, principal)
+    form = await request.post()
+    try:
+        value, metadata = _trigger_form(form, None)
+        [ref] = await request.app[ENGINE].services.workflows.trigger(
+            principal.tenant_id,
+            stored.name,
+            [WorkflowTriggerRequest(input=value, metadata=metadata)],
+        )
+    except (Unprocessable, ValidationError) as exc:
+        problem = str(exc) if isinstance(exc, Unprocessable) else exc.errors()[0]["msg"]
+        return _render(
+            request,
+            "workflow.html",
+            status=422,
+            workflow=stored,
+            latest=latest,
+            graph=_dag(stored.definition, {}),
+            form=form,
+            problem=problem,
+        )
+    raise web.HTTPSeeOther(f"{ROOT}/runs/{ref.run_id}")
+
+
+def _trigger_form(
+    form: MultiMapping[Any], schema: dict[str, Any] | None
+) -> tuple[Any, dict[str, str]]:
+    """A trigger form's input (JSON, checked against the schema when there is one) and its
+    metadata (key=value, separated by commas)."""
+    text = str(form.get("input", "")).strip() or "null"
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(f"the input is not JSON: {exc}") from None
+    if schema is not None:
+        problem = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(schema).iter_errors(value)
+        )
+        if problem is not None:
+            where = "/".join(str(part) for part in problem.absolute_path) or "the input"
+            raise Unprocessable(f"{where}: {problem.message}")
+    pairs = [pair.strip() for pair in str(form.get("metadata", "")).split(",") if pair.strip()]
+    return value, metadata_filter([pair.replace("=", ":", 1) for pair in pairs])
 
 
 # -- crons and schedules ---------------------------------------------------------------------------

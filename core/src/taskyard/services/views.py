@@ -14,6 +14,9 @@ class TaskInfo(BaseModel):
     name: str
     options: TaskOptions
     workers: list[str] = Field(description="Names of connected workers that run this task.")
+    input_schema: dict[str, Any] | None = Field(
+        default=None, description="The input's JSON Schema, as a worker of the task sent it."
+    )
 
 
 class WorkerInfo(BaseModel):

@@ -28,12 +28,14 @@ class Workers:
         """Tasks registered by workers, with their options and the workers connected for them."""
         tenant = self.actors.tenant(tenant_id)
         definitions = await tenant.ask(tenant.all_definitions)
+        schemas = await tenant.ask(tenant.input_schemas)
         workers = await self.connected(tenant_id)
         return [
             TaskInfo(
                 name=name,
                 options=options,
                 workers=sorted(w.name for w in workers if name in w.tasks),
+                input_schema=schemas.get(name),
             )
             for name, options in sorted(definitions.items())
         ]

@@ -127,7 +127,12 @@ class Connection:
                     slots=self.worker.slots,
                     labels=self.worker.labels,
                     tasks=[
-                        protocol.TaskDefinition(name=t.name, options=t.options, crons=t.crons)
+                        protocol.TaskDefinition(
+                            name=t.name,
+                            options=t.options,
+                            crons=t.crons,
+                            input_schema=t.input_schema,
+                        )
                         for t in self.worker.tasks.values()
                     ],
                     # Running attempts, and finished ones whose result is not acknowledged yet:
