@@ -354,6 +354,9 @@ async def test_bulk_replay_of_a_filtered_set_and_cancel_of_ticked_runs(
         await ty.runs.aio_wait([handle.run_id for handle in handles], timeout=30)
         await page.goto(f"{engine.url}/dashboard/runs?status=failed&task=import_rows")
         await expect(page.locator("tbody tr[data-run]")).to_have_count(2)
+        # Counts per status are of the filter but for its status: the other statuses show.
+        await expect(page.locator('[data-count="failed"]')).to_have_text("failed 2")
+        await expect(page.locator('[data-count="succeeded"]')).to_have_text("succeeded 2")
         await screenshot(page, "runs-bulk")
         asked = await accept_dialogs(page)
         await page.click("#replay-matching")

@@ -50,6 +50,7 @@ from taskyard_sdk.models import (
 ROOT = "/dashboard"
 COOKIE = "taskyard_session"
 PAGE_SIZE = 50
+COUNTED = 10_000  # the newest runs a page counts per status (a bounded, index-backed walk)
 LOG_LINES = 500
 LIVE_EVERY = 0.5  # seconds: at most two refreshes a second, however busy the tenant is
 KEEPALIVE = 15.0  # seconds between comments on an idle live stream (proxies close silent ones)
@@ -274,6 +275,14 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
     )
     older = chosen.query(cursor=str(rows[-1]["run_id"])) if len(rows) == PAGE_SIZE else None
     done = _DONE.fullmatch(request.query.get("done", ""))
+    counts = await request.app[ENGINE].services.history.status_counts(
+        principal.tenant_id,
+        tasks=matching.task,
+        since=matching.since,
+        until=matching.until,
+        metadata=matching.metadata,
+        newest=COUNTED,
+    )
     template = "runs_table.html" if "HX-Request" in request.headers else "runs.html"
     return _render(
         request,
@@ -283,6 +292,8 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
         statuses=list(RunStatus),
         older=older,
         done=done.groupdict() if done else None,
+        counts=counts,
+        counted=COUNTED,
         live=chosen.cursor is None,
         table_url=f"{ROOT}/runs?{chosen.query()}",
     )

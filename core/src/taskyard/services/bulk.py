@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from taskyard.errors import ApiError
 from taskyard.services.history import History
-from taskyard.services.runs import Runs
+from taskyard.services.runs import Runs, no_such_run
 from taskyard_sdk.models import BulkResult, BulkSkip, RunFilter, RunStatus
 from taskyard_sdk.models.runs import MAX_BULK
 
@@ -60,10 +60,17 @@ class Bulk:
         if run_ids is None:
             run_ids, more = await self._matching(tenant_id, matching or RunFilter(), eligible)
         ids = list(dict.fromkeys(run_ids))  # each run once, in the order given
-        skipped: list[BulkSkip] = []
+        # Ids of no run of the tenant's are answered at once, with one query for them all.
+        known = await self.history.run_statuses(tenant_id, ids)
+        skipped = [
+            BulkSkip(run_id=run_id, reason=str(no_such_run(run_id)))
+            for run_id in ids
+            if run_id not in known
+        ]
         changed = 0
-        for start in range(0, len(ids), AT_ONCE):
-            chunk = ids[start : start + AT_ONCE]
+        existing = [run_id for run_id in ids if run_id in known]
+        for start in range(0, len(existing), AT_ONCE):
+            chunk = existing[start : start + AT_ONCE]
             outcomes = await asyncio.gather(
                 *(change(tenant_id, run_id) for run_id in chunk), return_exceptions=True
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 from taskyard.errors import NotFound
+from taskyard.services.runs import no_such_run
 from taskyard.store.events import EventRepository
 from taskyard.store.runs import RunRepository
 from taskyard.store.workflows import StoredWorkflow, WorkflowRepository
@@ -22,6 +23,7 @@ class History:
         self.workflows = workflows
         # Reads with no rule to add to the repository's: its own methods serve.
         self.list_runs = runs.list_runs  # newest first, paged by the last run id
+        self.status_counts = runs.status_counts  # of the newest runs a filter matches
         self.run_documents = runs.run_documents
         self.run_statuses = runs.run_statuses
         self.search_events = events.search  # newest first, paged by the last event id
@@ -58,4 +60,4 @@ class History:
 
     async def _exists(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
         if not await self.runs.run_exists(tenant_id, run_id):
-            raise NotFound(f"no run {run_id} in this tenant")
+            raise no_such_run(run_id)

@@ -39,6 +39,11 @@ from taskyard_sdk.models import (
 DEFAULT_OPTIONS = TaskOptions()
 
 
+def no_such_run(run_id: uuid.UUID) -> NotFound:
+    """What a run id the tenant has no run of is answered (the same as another tenant's)."""
+    return NotFound(f"no run {run_id} in this tenant")
+
+
 class Runs:
     def __init__(
         self, actors: ActorDirectory, persister: Persister, repository: RunRepository
@@ -253,7 +258,7 @@ class Runs:
     async def _load(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> Run:
         run = await self.repository.load_run(tenant_id, run_id)
         if run is None:
-            raise NotFound(f"no run {run_id} in this tenant")
+            raise no_such_run(run_id)
         return run
 
     async def waiting_reason(self, tenant_id: uuid.UUID, view: RunView) -> str | None:
@@ -362,7 +367,7 @@ class Runs:
     async def _read_view(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView:
         view = await self.repository.get_run(tenant_id, run_id)
         if view is None:
-            raise NotFound(f"no run {run_id} in this tenant")
+            raise no_such_run(run_id)
         return view
 
 

@@ -72,6 +72,26 @@ FROM runs r WHERE r.tenant_id = $1 AND r.run_id = $2
 """
 
 
+def _run_filters(
+    tenant_id: uuid.UUID,
+    statuses: list[str],
+    tasks: list[str],
+    since: datetime | None,
+    until: datetime | None,
+    metadata: dict[str, str],
+) -> Filters:
+    filters = Filters(tenant_id)
+    filters.any_of("status", statuses)
+    filters.any_of("task", tasks)
+    if since is not None:  # the ids' own time: the primary key bounds the walk
+        filters.add("run_id >= {}", _uuid7_bound(since, upper=False))
+    if until is not None:
+        filters.add("run_id <= {}", _uuid7_bound(until, upper=True))
+    filters.created(since, until)
+    filters.metadata(metadata)
+    return filters
+
+
 def _uuid7_bound(moment: datetime, *, upper: bool) -> uuid.UUID:
     """The smallest (or largest) UUIDv7 for a millisecond: time filters become key ranges."""
     millis = int(moment.timestamp() * 1000)
@@ -262,18 +282,30 @@ class RunRepository:
         limit: int,
     ) -> list[dict[str, Any]]:
         """Newest first. `before` is the cursor: the last run_id of the previous page."""
-        filters = Filters(tenant_id)
-        filters.any_of("status", statuses)
-        filters.any_of("task", tasks)
-        if since is not None:
-            filters.add("run_id >= {}", _uuid7_bound(since, upper=False))
-        if until is not None:
-            filters.add("run_id <= {}", _uuid7_bound(until, upper=True))
-        filters.created(since, until)
-        filters.metadata(metadata)
+        filters = _run_filters(tenant_id, statuses, tasks, since, until, metadata)
         query, args = filters.page(f"SELECT {_SUMMARY_COLUMNS} FROM runs", "run_id", before, limit)
         rows = await self.pool.fetch(query, *args)
         return [dict(row) for row in rows]  # the shape of RunSummary
+
+    async def status_counts(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        tasks: list[str],
+        since: datetime | None,
+        until: datetime | None,
+        metadata: dict[str, str],
+        newest: int,
+    ) -> dict[str, int]:
+        """How many of the newest `newest` runs the filters match are in each status: a
+        bounded walk of the primary key, however many runs there are (when the counts add up
+        to `newest`, they are of the newest only)."""
+        filters = _run_filters(tenant_id, [], tasks, since, until, metadata)
+        query, args = filters.page("SELECT status FROM runs", "run_id", None, newest)
+        rows = await self.pool.fetch(
+            f"SELECT status, count(*) AS n FROM ({query}) newest GROUP BY status", *args
+        )
+        return {row["status"]: row["n"] for row in rows}
 
     async def run_events(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[RunEvent]:
         """The run's whole history: the stored events, and the transitions of its current
