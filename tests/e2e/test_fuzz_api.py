@@ -55,8 +55,11 @@ def test_fuzzing_the_api_finds_no_server_error_and_no_schema_violation(
                 "10",
                 "--request-timeout",
                 "10",
+                # One worker: with two threads, CPython 3.11's AST constructor (which schemathesis
+                # calls as it builds cases) now and then fails with "AST constructor recursion
+                # depth mismatch" (CPython gh-106905): the fuzzer's error, not the API's.
                 "--workers",
-                "2",
+                "1",
                 "--output-truncate",
                 "true",
             ],

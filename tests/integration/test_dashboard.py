@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from taskyard.actors.changes import ChangeFeed
 from taskyard.engine import Engine
 from taskyard.http.dashboard import COOKIE, sign_in_link
-from taskyard_sdk import Context, TaskFailed, Taskyard, Workflow
+from taskyard_sdk import Context, RateLimit, TaskFailed, Taskyard, Workflow
 from tests.conftest import TenantTokens
 from tests.support import wait_until
 
@@ -514,3 +514,23 @@ async def test_a_workflow_version_shows_its_graph_and_is_triggered_from_its_form
     response = await page.goto(f"{engine.url}/dashboard/workflows/etl?version=9")
     assert response is not None
     assert response.status == 404
+
+
+async def test_rate_limits_show_their_usage_against_the_limit(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    await ty.rate_limits.aio_put("emails", limit=10, duration="minute")
+
+    @ty.task(name="send_email", rate_limits=[RateLimit(key="emails", units=3)])
+    async def send_email(to: str) -> str:
+        return to
+
+    await page.goto(f"{engine.url}/dashboard/rate-limits")
+    row = page.locator('tr[data-key="emails"]')
+    await expect(row).to_have_attribute("data-used", "0")
+    async with ty.worker("mailer", tasks=[send_email]):
+        await (await send_email.aio_run_no_wait("ada@example.com")).aio_result()
+        await expect(row).to_have_attribute("data-used", "3")  # no reload: it refreshes itself
+    await expect(row).to_contain_text("10 a minute")
+    await expect(row).to_contain_text("7 left")
+    await screenshot(page, "rate-limits")

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from taskyard.domain.auth import WRITERS, Principal
 from taskyard.errors import ApiError, Forbidden, NotFound, Unauthorized, Unprocessable
 from taskyard.http.keys import ENGINE
+from taskyard.http.rate_limits import rate_limit_view
 from taskyard.http.routing import metadata_filter, page_cursor
 from taskyard.services.views import TaskInfo
 from taskyard.store.workflows import StoredWorkflow
@@ -90,6 +91,7 @@ def install(app: web.Application) -> None:
     routes.add_post(f"{ROOT}/tasks/{{name}}/trigger", _page(_trigger_task, changes=True))
     routes.add_get(f"{ROOT}/workflows/{{name}}", _page(_workflow))
     routes.add_post(f"{ROOT}/workflows/{{name}}/trigger", _page(_trigger_workflow, changes=True))
+    routes.add_get(f"{ROOT}/rate-limits", _page(_rate_limits))
     routes.add_get(f"{ROOT}/schedules", _page(_schedules))
     routes.add_post(f"{ROOT}/crons/{{cron_id}}/{{action}}", _page(_cron_action, changes=True))
     routes.add_post(f"{ROOT}/schedules/{{schedule_id}}/delete", _page(_drop_once, changes=True))
@@ -511,6 +513,16 @@ def _trigger_form(
             raise Unprocessable(f"{where}: {problem.message}")
     pairs = [pair.strip() for pair in str(form.get("metadata", "")).split(",") if pair.strip()]
     return value, metadata_filter([pair.replace("=", ":", 1) for pair in pairs])
+
+
+# -- rate limits -----------------------------------------------------------------------------------
+
+
+async def _rate_limits(request: web.Request, principal: Principal) -> web.StreamResponse:
+    usage = await request.app[ENGINE].services.rate_limits.usage(principal.tenant_id)
+    limits = sorted((rate_limit_view(u) for u in usage), key=lambda view: view.key)
+    template = "rate_limits_table.html" if "HX-Request" in request.headers else "rate_limits.html"
+    return _render(request, template, limits=limits, table_url=f"{ROOT}/rate-limits")
 
 
 # -- crons and schedules ---------------------------------------------------------------------------

@@ -20,7 +20,8 @@ router = Router(tags=("rate limits",))
 KEY = {"key": RATE_KEY_PATTERN}  # the router refuses other keys (422)
 
 
-def _view(usage: Usage) -> RateLimitView:
+def rate_limit_view(usage: Usage) -> RateLimitView:
+    """What a limit's usage is answered as (the REST API's and the dashboard's)."""
     used = int(sum(units for _, units in usage.slots))
     return RateLimitView(
         key=usage.key,
@@ -56,7 +57,7 @@ async def list_rate_limits(call: Call[None]) -> RateLimitList:
     in their current window."""
     engine = call.request.app[ENGINE]
     usage = await engine.services.rate_limits.usage(call.principal.tenant_id)
-    return RateLimitList(rate_limits=[_view(u) for u in usage])
+    return RateLimitList(rate_limits=[rate_limit_view(u) for u in usage])
 
 
 @router.get("/api/v1/rate-limits/{key}", roles=READERS, response=RateLimitView, params=KEY)
@@ -76,5 +77,5 @@ async def _get(call: Call[Any], key: str) -> RateLimitView:
     usage = await engine.services.rate_limits.usage(call.principal.tenant_id)
     for bucket in usage:
         if bucket.key == key:
-            return _view(bucket)
+            return rate_limit_view(bucket)
     raise NotFound(f"no rate limit {key!r} in this tenant")
