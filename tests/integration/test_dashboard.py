@@ -534,3 +534,28 @@ async def test_rate_limits_show_their_usage_against_the_limit(
     await expect(row).to_contain_text("10 a minute")
     await expect(row).to_contain_text("7 left")
     await screenshot(page, "rate-limits")
+
+
+async def test_an_idempotency_key_opens_its_run(
+    page: Page, engine: Engine, ty: Taskyard, http: aiohttp.ClientSession, tenant: TenantTokens
+) -> None:
+    @ty.task(name="charge_order", schedule_timeout="1h")
+    async def charge_order(order: int) -> int:
+        return order
+
+    handle = await charge_order.aio_run_no_wait(42, idempotency_key="order-42")
+    await page.goto(f"{engine.url}/dashboard/runs")
+    await page.fill("input[name=key]", "order-42")
+    await page.click("button:has-text('Filter')")
+    await expect(page.locator(".facts")).to_contain_text(str(handle.run_id))
+    response = await page.goto(f"{engine.url}/dashboard/runs?key=order-43")
+    assert response is not None
+    assert response.status == 404
+    await expect(page.locator("[role=alert]")).to_contain_text("'order-43'")
+    # Another tenant's run with the same key is not this tenant's.
+    trigger = {"task": "charge_order", "input": 1, "idempotency_key": "order-7"}
+    async with http.post("/api/v1/runs", json=trigger, headers=tenant.headers()) as sent:
+        assert sent.status == 201
+    response = await page.goto(f"{engine.url}/dashboard/runs?key=order-7")
+    assert response is not None
+    assert response.status == 404

@@ -208,6 +208,7 @@ class RunsForm(BaseModel):
     until: datetime | None = None
     metadata: str = ""  # key=value, several separated by commas
     run_id: str = ""
+    key: str = ""  # an idempotency key: its run's page
     cursor: str | None = None
 
     @field_validator("since", "until", "cursor", mode="before")
@@ -264,6 +265,12 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
         except ValueError:
             raise Unprocessable(f"run id {chosen.run_id!r} is not a run id") from None
         raise web.HTTPFound(f"{ROOT}/runs/{run_id}")
+    if chosen.key:
+        history = request.app[ENGINE].services.history
+        keyed = await history.run_with_key(principal.tenant_id, chosen.key.strip())
+        if keyed is None:
+            raise NotFound(f"no run has the idempotency key {chosen.key.strip()!r}")
+        raise web.HTTPFound(f"{ROOT}/runs/{keyed}")
     matching = chosen.matching()
     rows = await request.app[ENGINE].services.history.list_runs(
         principal.tenant_id,

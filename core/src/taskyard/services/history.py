@@ -24,6 +24,7 @@ class History:
         # Reads with no rule to add to the repository's: its own methods serve.
         self.list_runs = runs.list_runs  # newest first, paged by the last run id
         self.status_counts = runs.status_counts  # of the newest runs a filter matches
+        self.run_with_key = runs.run_with_key  # by idempotency key
         self.run_documents = runs.run_documents
         self.run_statuses = runs.run_statuses
         self.search_events = events.search  # newest first, paged by the last event id

@@ -287,6 +287,15 @@ class RunRepository:
         rows = await self.pool.fetch(query, *args)
         return [dict(row) for row in rows]  # the shape of RunSummary
 
+    async def run_with_key(self, tenant_id: uuid.UUID, key: str) -> uuid.UUID | None:
+        """The run triggered with this idempotency key (its unique index answers)."""
+        run_id: uuid.UUID | None = await self.pool.fetchval(
+            "SELECT run_id FROM runs WHERE tenant_id = $1 AND idempotency_key = $2",
+            tenant_id,
+            key,
+        )
+        return run_id
+
     async def status_counts(
         self,
         tenant_id: uuid.UUID,
