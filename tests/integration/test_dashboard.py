@@ -559,3 +559,42 @@ async def test_an_idempotency_key_opens_its_run(
     response = await page.goto(f"{engine.url}/dashboard/runs?key=order-7")
     assert response is not None
     assert response.status == 404
+
+
+async def test_an_admin_creates_and_revokes_tokens_and_nobody_else_may(
+    page: Page, browser: Browser, engine: Engine, tenant: TenantTokens
+) -> None:
+    asked = await accept_dialogs(page)
+    await page.goto(f"{engine.url}/dashboard/tokens")
+    await page.fill("input[name=name]", "grafana")
+    await page.select_option("select[name=role]", "viewer")
+    await page.click("button:has-text('Create a token')")
+    secret = (await page.locator("#secret").inner_text()).strip()
+    assert secret.startswith("ty_")
+    assert secret not in page.url  # shown in the page, never in an address
+    row = page.locator("tr[data-token]", has_text="grafana")
+    await expect(row).to_contain_text("viewer")
+
+    context = await browser.new_context()
+    try:
+        other = await context.new_page()
+        await other.goto(sign_in_link(engine.url, secret))
+        await expect(other.locator(".role")).to_have_text("viewer")
+        await expect(other.locator("nav a", has_text="Tokens")).to_have_count(0)
+        response = await other.goto(f"{engine.url}/dashboard/tokens")
+        assert response is not None
+        assert response.status == 403
+
+        await page.reload()  # creates nothing again, and the secret is not shown again
+        await expect(row).to_have_count(1)
+        await expect(page.locator("#secret")).to_have_count(0)
+        await row.locator("button:has-text('Revoke')").click()
+        await expect(row).to_have_attribute("data-revoked", "true")
+        assert asked == [
+            "Revoke token grafana? Requests with it are refused at once, and its workers are "
+            "cut off."
+        ]
+        await other.goto(f"{engine.url}/dashboard/runs")
+        assert "/dashboard/sign-in" in other.url  # signed out at once
+    finally:
+        await context.close()

@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from taskyard.domain.auth import WRITERS, Principal
+from taskyard.domain.auth import WRITERS, Principal, Role
 from taskyard.errors import ApiError, Forbidden, NotFound, Unauthorized, Unprocessable
 from taskyard.http.keys import ENGINE
 from taskyard.http.rate_limits import rate_limit_view
@@ -50,6 +50,7 @@ from taskyard_sdk.models import (
 
 ROOT = "/dashboard"
 COOKIE = "taskyard_session"
+NEW_TOKEN = "taskyard_new_token"  # a created token's secret, on its way to being shown once
 PAGE_SIZE = 50
 COUNTED = 10_000  # the newest runs a page counts per status (a bounded, index-backed walk)
 LOG_LINES = 500
@@ -92,6 +93,9 @@ def install(app: web.Application) -> None:
     routes.add_get(f"{ROOT}/workflows/{{name}}", _page(_workflow))
     routes.add_post(f"{ROOT}/workflows/{{name}}/trigger", _page(_trigger_workflow, changes=True))
     routes.add_get(f"{ROOT}/rate-limits", _page(_rate_limits))
+    routes.add_get(f"{ROOT}/tokens", _page(_tokens))
+    routes.add_post(f"{ROOT}/tokens", _page(_create_token, changes=True))
+    routes.add_post(f"{ROOT}/tokens/{{token_id}}/revoke", _page(_revoke_token, changes=True))
     routes.add_get(f"{ROOT}/schedules", _page(_schedules))
     routes.add_post(f"{ROOT}/crons/{{cron_id}}/{{action}}", _page(_cron_action, changes=True))
     routes.add_post(f"{ROOT}/schedules/{{schedule_id}}/delete", _page(_drop_once, changes=True))
@@ -530,6 +534,63 @@ async def _rate_limits(request: web.Request, principal: Principal) -> web.Stream
     limits = sorted((rate_limit_view(u) for u in usage), key=lambda view: view.key)
     template = "rate_limits_table.html" if "HX-Request" in request.headers else "rate_limits.html"
     return _render(request, template, limits=limits, table_url=f"{ROOT}/rate-limits")
+
+
+# -- tokens (admins) -------------------------------------------------------------------------------
+
+
+def _admin(principal: Principal) -> None:
+    if principal.role is not Role.ADMIN:
+        raise Forbidden(f"tokens are managed with an admin token; this one is a {principal.role}")
+
+
+async def _tokens(request: web.Request, principal: Principal) -> web.StreamResponse:
+    _admin(principal)
+    tokens = await request.app[ENGINE].services.tokens.list(principal.tenant_id)
+    token_id, _, secret = request.cookies.get(NEW_TOKEN, "").partition(":")
+    created = next((t for t in tokens if str(t.token_id) == token_id), None) if secret else None
+    response = _render(
+        request,
+        "tokens.html",
+        tokens=tokens,
+        roles=list(Role),
+        created=(created, secret) if created else None,
+    )
+    response.del_cookie(NEW_TOKEN, path=f"{ROOT}/tokens")
+    return response
+
+
+async def _create_token(request: web.Request, principal: Principal) -> web.StreamResponse:
+    """Create a token; the page it leads to shows its secret this once. The secret rides to it
+    in a cookie of a minute's life, never in an address, and the page is a GET, so reloading
+    it creates nothing."""
+    _admin(principal)
+    form = await request.post()
+    try:
+        role = Role(str(form.get("role", "")))
+    except ValueError:
+        raise Unprocessable(f"role must be one of {', '.join(Role)}") from None
+    name = str(form.get("name", "")).strip()[:200]
+    info, secret = await request.app[ENGINE].services.tokens.create(principal.tenant_id, role, name)
+    response = web.HTTPSeeOther(f"{ROOT}/tokens")
+    response.set_cookie(
+        NEW_TOKEN,
+        f"{info.token_id}:{secret}",
+        path=f"{ROOT}/tokens",
+        max_age=60,
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    raise response
+
+
+async def _revoke_token(request: web.Request, principal: Principal) -> web.StreamResponse:
+    _admin(principal)
+    token_id = _path_id(request, "token_id")
+    if await request.app[ENGINE].services.tokens.revoke(principal.tenant_id, token_id) is None:
+        raise NotFound(f"no token {token_id} in this tenant")
+    raise web.HTTPSeeOther(f"{ROOT}/tokens")
 
 
 # -- crons and schedules ---------------------------------------------------------------------------
