@@ -237,13 +237,12 @@ class RunsForm(BaseModel):
 
     def matching(self) -> RunFilter:
         """The runs this form's filters match, as the services take them."""
-        pairs = [pair.strip() for pair in self.metadata.split(",") if pair.strip()]
         return RunFilter(
             status=self.status,
             task=[self.task] if self.task else [],
             since=self.since,
             until=self.until,
-            metadata=metadata_filter([pair.replace("=", ":", 1) for pair in pairs]),
+            metadata=_metadata(self.metadata),
         )
 
     @property
@@ -447,21 +446,34 @@ async def _trigger_task(request: web.Request, principal: Principal) -> web.Strea
             principal.tenant_id, [TriggerRequest(task=task.name, input=value, metadata=metadata)]
         )
     except (Unprocessable, ValidationError) as exc:
-        problem = str(exc) if isinstance(exc, Unprocessable) else exc.errors()[0]["msg"]
+        problem = _form_problem(exc)
         return _render(request, "task.html", status=422, task=task, form=form, problem=problem)
     raise web.HTTPSeeOther(f"{ROOT}/runs/{ref.run_id}")
 
 
 async def _workflow(request: web.Request, principal: Principal) -> web.StreamResponse:
     stored, latest = await _stored_workflow(request, principal)
+    return _workflow_page(request, stored, latest)
+
+
+def _workflow_page(
+    request: web.Request,
+    stored: StoredWorkflow,
+    latest: int,
+    *,
+    form: MultiMapping[Any] | None = None,
+    problem: str | None = None,
+) -> web.Response:
+    """A workflow version's page; with the form sent and what was wrong with it, a 422."""
     return _render(
         request,
         "workflow.html",
+        status=200 if problem is None else 422,
         workflow=stored,
         latest=latest,
         graph=_dag(stored.definition, {}),
-        form=None,
-        problem=None,
+        form=form,
+        problem=problem,
     )
 
 
@@ -491,18 +503,13 @@ async def _trigger_workflow(request: web.Request, principal: Principal) -> web.S
             [WorkflowTriggerRequest(input=value, metadata=metadata)],
         )
     except (Unprocessable, ValidationError) as exc:
-        problem = str(exc) if isinstance(exc, Unprocessable) else exc.errors()[0]["msg"]
-        return _render(
-            request,
-            "workflow.html",
-            status=422,
-            workflow=stored,
-            latest=latest,
-            graph=_dag(stored.definition, {}),
-            form=form,
-            problem=problem,
-        )
+        return _workflow_page(request, stored, latest, form=form, problem=_form_problem(exc))
     raise web.HTTPSeeOther(f"{ROOT}/runs/{ref.run_id}")
+
+
+def _form_problem(exc: Unprocessable | ValidationError) -> str:
+    """What a trigger form is told was wrong: the engine's refusal, or the model's first."""
+    return str(exc) if isinstance(exc, Unprocessable) else exc.errors()[0]["msg"]
 
 
 def _trigger_form(
@@ -522,8 +529,13 @@ def _trigger_form(
         if problem is not None:
             where = "/".join(str(part) for part in problem.absolute_path) or "the input"
             raise Unprocessable(f"{where}: {problem.message}")
-    pairs = [pair.strip() for pair in str(form.get("metadata", "")).split(",") if pair.strip()]
-    return value, metadata_filter([pair.replace("=", ":", 1) for pair in pairs])
+    return value, _metadata(str(form.get("metadata", "")))
+
+
+def _metadata(text: str) -> dict[str, str]:
+    """Metadata as the forms take it: `key=value` pairs separated by commas."""
+    pairs = [pair.strip() for pair in text.split(",") if pair.strip()]
+    return metadata_filter([pair.replace("=", ":", 1) for pair in pairs])
 
 
 # -- rate limits -----------------------------------------------------------------------------------
