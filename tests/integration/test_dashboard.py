@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 
 from taskyard.actors.changes import ChangeFeed
 from taskyard.engine import Engine
-from taskyard.http.dashboard import COOKIE, sign_in_link
+from taskyard.http.dashboard import sign_in_link
+from taskyard.http.dashboard.page import COOKIE
 from taskyard_sdk import Context, RateLimit, TaskFailed, Taskyard, Workflow
 from tests.conftest import TenantTokens
 from tests.support import wait_until
