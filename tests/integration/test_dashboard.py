@@ -21,7 +21,7 @@ from taskyard.actors.changes import ChangeFeed
 from taskyard.engine import Engine
 from taskyard.http.dashboard import sign_in_link
 from taskyard.http.dashboard.page import COOKIE
-from taskyard_sdk import Context, RateLimit, TaskFailed, Taskyard, Workflow
+from taskyard_sdk import Concurrency, Context, RateLimit, TaskFailed, Taskyard, Workflow
 from tests.conftest import TenantTokens
 from tests.support import wait_until
 
@@ -535,6 +535,57 @@ async def test_rate_limits_show_their_usage_against_the_limit(
     await expect(row).to_contain_text("10 a minute")
     await expect(row).to_contain_text("7 left")
     await screenshot(page, "rate-limits")
+
+
+class Export(BaseModel):
+    account: str
+
+
+async def test_queues_and_workers_show_depth_slots_keys_and_the_last_hour(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    gate = asyncio.Event()
+
+    @ty.task(name="export", concurrency=Concurrency(expression="input.account", max_runs=1))
+    async def export(job: Export) -> str:
+        await gate.wait()
+        return job.account
+
+    async with ty.worker("exporter", tasks=[export], slots=4):
+        handles = [
+            await export.aio_run_no_wait(Export(account=account))
+            for account in ("acme", "acme", "acme", "globex")
+        ]
+        await page.goto(f"{engine.url}/dashboard/queues")
+        queue = page.locator('section.queue[data-queue="default"]')
+        # One run of each key runs; acme's other two wait for the key.
+        await expect(queue.locator('[data-fact="running"]')).to_have_text("2")
+        await expect(queue.locator('[data-fact="queued"]')).to_have_text("2")
+        await expect(queue.locator('[data-fact="slots"]')).to_have_text("2 / 4")
+        await expect(queue.locator('[data-fact="oldest"]')).to_contain_text("ago")
+        busiest = queue.locator("table.keys tbody tr").first
+        await expect(busiest).to_have_attribute("data-key", "acme")
+        await expect(busiest).to_contain_text("1 / 1")
+        await expect(busiest.locator("td").nth(3)).to_have_text("2")
+        await screenshot(page, "queues")
+
+        await page.goto(f"{engine.url}/dashboard/workers")
+        worker = page.locator("table.workers tbody tr").first
+        await expect(worker.locator('[data-fact="slots"]')).to_have_text("2 / 4")
+        await expect(worker.locator('[data-fact="heard"]')).to_contain_text("ago")
+        await screenshot(page, "workers")
+
+        gate.set()
+        for handle in handles:
+            await handle.aio_result()
+        await page.goto(f"{engine.url}/dashboard/queues")
+        # uPlot drew the hour: every attempt started and succeeded, none failed.
+        chart = queue.locator(".chart")
+        await expect(chart).to_have_attribute("data-drawn", "4,4,0")
+        await expect(chart.locator("canvas")).to_be_visible()
+        await expect(queue.locator('[data-fact="queued"]')).to_have_text("0")
+        await expect(queue.locator(".waits + .note")).to_contain_text("Of 4 attempts")
+        await expect(queue.locator("table.keys")).to_have_count(0)  # no key is held any more
 
 
 async def test_an_idempotency_key_opens_its_run(

@@ -336,6 +336,8 @@ async def snapshot(http: aiohttp.ClientSession, world: World) -> dict[str, Any]:
         seen[f"whoami {me['token_id']}"] = me
     a_http = OverHttp(http, world.secrets[0])
     seen.update({path: await ok(a_http, "GET", path) for path in world.reads()})
+    for worker in seen["/api/v1/workers"]:
+        del worker["last_heard_at"]  # heartbeats move it on; what B may not change stays
     return seen
 
 
@@ -538,6 +540,11 @@ async def _replay_runs(p: Probing) -> None:
 @probe("GET", "/api/v1/workers")
 async def _list_workers(p: Probing) -> None:
     await p.empty("/api/v1/workers", [])
+
+
+@probe("GET", "/api/v1/queues")
+async def _list_queues(p: Probing) -> None:
+    await p.empty("/api/v1/queues", [])
 
 
 @probe("GET", "/api/v1/tasks")

@@ -16,6 +16,7 @@ read in two places.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import time
@@ -29,6 +30,7 @@ from taskyard.actors.changes import ChangeFeed
 from taskyard.actors.frames import Assignment, assign_json
 from taskyard.actors.queue_durable import DurableRuns, bad_filter
 from taskyard.actors.queue_effects import QueueEffects, StepsEnded
+from taskyard.domain.activity import QueueActivity
 from taskyard.domain.dispatch import Connection, Dispatcher, Refusal, WorkerSlots
 from taskyard.domain.runs import Run, error_json, json_bytes, retry_delay
 from taskyard.errors import Conflict
@@ -110,6 +112,7 @@ class QueueActor(Actor):
         self.durable = DurableRuns(
             tenant_id, self.effects, repository=repository, events=events, waiters=waiters
         )
+        self.activity = QueueActivity(since=clock())  # kept when the actor restarts
         self._reset()
 
     def _reset(self) -> None:
@@ -563,6 +566,7 @@ class QueueActor(Actor):
             run.status = RunStatus.RUNNING
             run.started_at = now
             self.effects.save(run)
+            self.activity.started(now, now - run.queued_at)
 
     def _on_completed(self, worker: WorkerSlots, message: protocol.Completed, now: float) -> None:
         assert worker.session is not None
@@ -750,6 +754,7 @@ class QueueActor(Actor):
         if run.input_json is not None:
             self.cached_bytes -= _cached_size(run)
         self.effects.run_finished(run, now)
+        self.activity.finished(now, status is RunStatus.SUCCEEDED)
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
@@ -887,6 +892,61 @@ class QueueActor(Actor):
         if run.retry_at is not None and run.retry_at > now:
             return f"retry {run.attempt} starts in {run.retry_at - now:.1f}s (back-off)"
         return self.dispatcher.waiting_reason(run, now)
+
+    def overview(self, busiest: int) -> dict[str, Any]:
+        """The queue now and over the last hour, for the dashboard and the REST API: its runs
+        by state, how long the oldest has waited, its workers' slots, its activity by the
+        minute and the `busiest` concurrency keys. One pass over the unfinished runs."""
+        now = self.clock()
+        states = dict.fromkeys(RunStatus, 0)
+        oldest: float | None = None
+        for run in self.runs.values():
+            states[run.status] += 1
+            if run.status is RunStatus.QUEUED and (oldest is None or run.queued_at < oldest):
+                oldest = run.queued_at
+        connected = [worker for worker in self.workers.values() if worker.session is not None]
+        waits = self.activity.waits(now)
+        return {
+            "queue": self.queue,
+            "queued": states[RunStatus.QUEUED],
+            "running": states[RunStatus.ASSIGNED] + states[RunStatus.RUNNING],
+            "suspended": states[RunStatus.PENDING],
+            "oldest_queued_at": oldest,
+            "workers": len(connected),
+            "slots": sum(worker.slots for worker in connected),
+            "slots_used": sum(len(worker.running) for worker in connected),
+            "counted_since": self.activity.since,
+            "minutes": [
+                {
+                    "at": minute.at,
+                    "started": minute.started,
+                    "succeeded": minute.succeeded,
+                    "failed": minute.failed,
+                }
+                for minute in self.activity.last_hour(now)
+            ],
+            "waits": None if waits is None else dataclasses.asdict(waits),
+            "busiest_keys": [
+                {
+                    "task": task,
+                    "expression": level.expression,
+                    "key": key,
+                    "running": len(group.holders),
+                    "max_runs": level.max_runs,
+                    "waiting": len(group.waiting),
+                }
+                for (task, level, key), group in self.dispatcher.busiest_keys(busiest)
+                if not group.idle
+            ],
+        }
+
+    def slots_used(self) -> dict[uuid.UUID, int]:
+        """The slots each connected worker of the queue has busy."""
+        return {
+            worker_id: len(worker.running)
+            for worker_id, worker in self.workers.items()
+            if worker.session is not None
+        }
 
     def stats(self) -> dict[str, int]:
         return {

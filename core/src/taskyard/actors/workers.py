@@ -78,6 +78,7 @@ class WorkerSession:
             "tasks": self.task_names,
             "connected_at": self.connected_at,
             "draining": self.draining,
+            "last_heard_at": time.time() - (time.monotonic() - self.last_seen),
         }
 
 

@@ -429,6 +429,14 @@ class Dispatcher:
                     )
         return None
 
+    def busiest_keys(self, count: int) -> list[tuple[GroupId, KeyGroup]]:
+        """The concurrency keys with the most runs holding or waiting for them."""
+        return heapq.nlargest(
+            count,
+            self.groups.items(),
+            key=lambda item: len(item[1].holders) + len(item[1].waiting),
+        )
+
     def stats(self) -> dict[str, int]:
         return {
             "ready_heaps": len(self.heaps),

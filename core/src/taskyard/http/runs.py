@@ -25,7 +25,7 @@ from taskyard.http.routing import (
     metadata_filter,
     page_cursor,
 )
-from taskyard.services.views import TaskInfo, WorkerInfo
+from taskyard.services.views import QueueInfo, TaskInfo, WorkerInfo
 from taskyard_sdk.models import (
     BatchTriggerRequest,
     BatchTriggerResponse,
@@ -302,6 +302,13 @@ async def replay_run(call: Call[None]) -> RunView:
 async def list_workers(call: Call[None]) -> list[WorkerInfo]:
     """Workers connected now."""
     return await call.request.app[ENGINE].services.workers.connected(call.principal.tenant_id)
+
+
+@router.get("/api/v1/queues", roles=READERS, response=list[QueueInfo])
+async def list_queues(call: Call[None]) -> list[QueueInfo]:
+    """The tenant's queues: runs by state, the oldest queued run, slots, the last hour by the
+    minute, queue-wait percentiles and the busiest concurrency keys."""
+    return await call.request.app[ENGINE].services.queues.overview(call.principal.tenant_id)
 
 
 @router.get("/api/v1/tasks", roles=READERS, response=list[TaskInfo])

@@ -18,6 +18,7 @@ from taskyard.services.bulk import Bulk
 from taskyard.services.directory import ActorDirectory
 from taskyard.services.events import Events
 from taskyard.services.history import History
+from taskyard.services.queues import Queues
 from taskyard.services.rate_limits import RateLimits
 from taskyard.services.runs import Runs
 from taskyard.services.schedules import Scheduling, fire
@@ -83,6 +84,7 @@ class Services:
         self.events = Events(self.actors, persister, self.workflows, self.history)
         self.rate_limits = RateLimits(self.actors, rate_limit_repository)
         self.workers = Workers(self.actors)
+        self.queues = Queues(self.actors)
         self.tokens = tokens
         self.alert_rules = alert_rules
         # What the worker websocket and the run stream use of the actors.

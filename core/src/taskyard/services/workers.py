@@ -4,6 +4,7 @@ tenant actors know them.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from taskyard.services.directory import ActorDirectory
@@ -19,10 +20,22 @@ class Workers:
         await self.actors.registry.stop()
 
     async def connected(self, tenant_id: uuid.UUID) -> list[WorkerInfo]:
-        """The tenant's workers connected now."""
+        """The tenant's workers connected now, with the slots their queues see busy."""
         registry = self.actors.registry
         described = await registry.ask(registry.of_tenant, tenant_id)
-        return [WorkerInfo.model_validate(worker) for worker in described]
+        queues = [
+            self.actors.existing_queue(tenant_id, queue)
+            for queue in {worker["queue"] for worker in described}
+        ]
+        used: dict[uuid.UUID, int] = {}
+        for counts in await asyncio.gather(
+            *(queue.ask(queue.slots_used) for queue in queues if queue is not None)
+        ):
+            used.update(counts)
+        workers = [WorkerInfo.model_validate(worker) for worker in described]
+        for worker in workers:
+            worker.slots_used = used.get(worker.worker_id, 0)
+        return workers
 
     async def tasks(self, tenant_id: uuid.UUID) -> list[TaskInfo]:
         """Tasks registered by workers, with their options and the workers connected for them."""

@@ -1,5 +1,6 @@
-// The dashboard's own behaviour: the one-click sign-in link, and workflow graphs drawn with
-// Cytoscape (dagre layout) whenever a page or a live part of it is rendered.
+// The dashboard's own behaviour: the one-click sign-in link, workflow graphs drawn with
+// Cytoscape (dagre layout) and queue charts drawn with uPlot whenever a page or a live part of
+// it is rendered.
 "use strict";
 
 const STATUS_COLOURS = {
@@ -77,11 +78,42 @@ function drawGraphs(root) {
   }
 }
 
+const CHART_LINES = [
+  { key: "started", label: "started", stroke: "#2e90fa" },
+  { key: "succeeded", label: "succeeded", stroke: "#12b76a" },
+  { key: "failed", label: "failed or ended otherwise", stroke: "#f04438" },
+];
+
+function drawCharts(root) {
+  if (typeof uPlot === "undefined") return;
+  for (const box of root.querySelectorAll(".chart[data-chart]")) {
+    const chart = JSON.parse(box.dataset.chart);
+    box.replaceChildren();
+    new uPlot(
+      {
+        width: Math.max(320, box.clientWidth),
+        height: 200,
+        scales: { y: { range: (_, min, max) => [0, Math.max(1, max)] } },
+        series: [{}, ...CHART_LINES.map(({ label, stroke }) => ({ label, stroke, width: 2 }))],
+        axes: [{}, { label: "runs per minute", size: 60 }],
+      },
+      [chart.at, ...CHART_LINES.map(({ key }) => chart[key])],
+      box,
+    );
+    box.dataset.drawn = CHART_LINES.map(({ key }) => chart[key].reduce((a, b) => a + b, 0)).join(",");
+  }
+}
+
+function draw(root) {
+  drawGraphs(root);
+  drawCharts(root);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   signInFromLink();
-  drawGraphs(document);
+  draw(document);
 });
-document.addEventListener("htmx:afterSwap", (event) => drawGraphs(event.target));
+document.addEventListener("htmx:afterSwap", (event) => draw(event.target));
 
 // A live refresh would untick what the user ticked: the runs table holds still while any run
 // is ticked.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ def templates() -> jinja2.Environment:
     )
     environment.filters["moment"] = _moment
     environment.filters["duration"] = _duration
+    environment.filters["age"] = _age
+    environment.filters["seconds"] = _seconds
     environment.filters["pretty_json"] = _pretty_json
     environment.filters["event_detail"] = _event_detail
     return environment
@@ -153,14 +156,24 @@ def _moment(value: datetime | float | None) -> str:
 def _duration(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return ""
-    seconds = (end - start).total_seconds()
+    return _seconds((end - start).total_seconds())
+
+
+def _age(moment: float | None) -> str:
+    """How long ago a moment (seconds since the epoch) was."""
+    return "" if moment is None else _seconds(max(0.0, time.time() - moment))
+
+
+def _seconds(seconds: float) -> str:
     if seconds < 0.01:
         return f"{seconds * 1000:.1f} ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
         return f"{seconds:.2f} s"
-    return f"{seconds / 60:.1f} min"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _event_detail(detail: dict[str, Any]) -> str:
