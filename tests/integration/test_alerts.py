@@ -251,6 +251,49 @@ async def test_bad_alert_rules_are_refused(alerting: tuple[Engine, Taskyard]) ->
             assert response.status == 404
 
 
+async def test_an_edited_rule_alerts_as_it_now_says(
+    alerting: tuple[Engine, Taskyard], inbox: Any
+) -> None:
+    engine, ty = alerting
+    mail, _ = inbox
+    rule = await _rule(ty, {"channel": "email", "target": {"to": ["old@acme.test"]}})
+    path = f"/api/v1/alert-rules/{rule['rule_id']}"
+    headers = {"Authorization": f"Bearer {ty.config.token}"}
+    async with aiohttp.ClientSession(base_url=engine.url, headers=headers) as client:
+        async with client.put(path, json={"channel": "pager"}) as response:
+            assert response.status == 422  # checked as a new rule is
+            assert "no alert channel 'pager'" in (await response.json())["error"]["message"]
+        edited = {"channel": "email", "target": {"to": ["new@acme.test"]}, "tasks": ["flaky"]}
+        async with client.put(path, json=edited) as response:
+            assert response.status == 200
+            assert (await response.json())["target"] == {"to": ["new@acme.test"]}
+        async with client.get("/api/v1/alert-rules") as response:
+            [kept] = (await response.json())["rules"]
+        assert (kept["rule_id"], kept["tasks"], kept["window"]) == (rule["rule_id"], ["flaky"], 300)
+        nobody = "/api/v1/alert-rules/01890000-0000-7000-8000-000000000000"
+        async with client.put(nobody, json=edited) as response:
+            assert response.status == 404
+
+    @ty.task(name="steady", retries=0)
+    async def steady(n: int) -> int:
+        raise ValueError("not covered by the edited rule")
+
+    @ty.task(name="flaky", retries=0)
+    async def flaky(n: int) -> int:
+        raise ValueError("covered")
+
+    async with ty.worker("flaky", tasks=[steady, flaky]):
+        with pytest.raises(TaskFailed):
+            await steady.aio_run(1, timeout=20)
+        with pytest.raises(TaskFailed):
+            await flaky.aio_run(1, timeout=20)
+    await _until(lambda: len(mail.messages) >= 1)
+    await asyncio.sleep(0.3)  # an alert for steady, if one were sent, arrives by now
+    [message] = mail.messages
+    assert message["To"] == "new@acme.test"
+    assert message["Subject"] == "[taskyard] task 'flaky' failed"
+
+
 class Exploding:
     """A plugin whose every hook raises."""
 

@@ -6,14 +6,18 @@ pages go to docs/img/ (docs/dashboard.md shows them)."""
 from __future__ import annotations
 
 import asyncio
+import email
 import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiosmtpd.controller import Controller
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from pydantic import BaseModel, Field
 
@@ -21,8 +25,9 @@ from taskyard.actors.changes import ChangeFeed
 from taskyard.engine import Engine
 from taskyard.http.dashboard import sign_in_link
 from taskyard.http.dashboard.page import COOKIE
+from taskyard.testing import free_port
 from taskyard_sdk import Concurrency, Context, RateLimit, TaskFailed, Taskyard, Workflow
-from tests.conftest import TenantTokens
+from tests.conftest import TenantTokens, engine_settings
 from tests.support import wait_until
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -326,6 +331,19 @@ async def test_a_viewer_sees_everything_and_changes_nothing(
         async with session.get(f"/dashboard/runs/{run_id}") as response:
             page_html = await response.text()
         assert 'name="csrf"' not in page_html  # no forms
+        for part in (
+            "runs",
+            "tasks",
+            "workers",
+            "queues",
+            "schedules",
+            "events",
+            "rate-limits",
+            "alerts",
+        ):
+            async with session.get(f"/dashboard/{part}") as response:
+                assert response.status == 200, part
+                assert 'name="csrf"' not in await response.text(), part
         # Refused for its role (403) before its form token is even looked at (400).
         async with session.post(f"/dashboard/runs/{run_id}/cancel", data={"csrf": "x"}) as response:
             assert response.status == 403
@@ -650,3 +668,85 @@ async def test_an_admin_creates_and_revokes_tokens_and_nobody_else_may(
         assert "/dashboard/sign-in" in other.url  # signed out at once
     finally:
         await context.close()
+
+
+@dataclass
+class Inbox:
+    """What the SMTP server received."""
+
+    messages: list[email.message.Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 Message accepted for delivery"
+
+
+async def test_alert_rules_are_created_edited_and_deleted_and_an_alerts_link_opens_the_run(
+    browser: Browser, db_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    monkeypatch.setenv("TASKYARD_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("TASKYARD_SMTP_PORT", str(smtp.port))
+    monkeypatch.setenv("TASKYARD_SMTP_FROM", "taskyard@acme.test")
+    try:
+        async with Engine(engine_settings(db_url, data_dir, plugins=["email"])) as engine:
+            token = (data_dir / "token").read_text().strip()
+            ty = Taskyard(engine.url, token)
+            context = await browser.new_context(viewport={"width": 1280, "height": 860})
+            try:
+                page = await context.new_page()
+                page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+                await page.goto(sign_in_link(engine.url, token))
+                await page.click("nav >> text=Alerts")
+                await expect(page.locator("td.empty")).to_contain_text("No alert rules")
+
+                form = page.locator("form.alert-rule")
+                await form.locator("select[name=channel]").select_option("email")
+                await form.locator("textarea[name=target]").fill('{"to": 5}')
+                await form.locator("button[type=submit]").click()
+                await expect(page.locator("[role=alert]")).to_contain_text("target")
+                await form.locator("textarea[name=target]").fill('{"to": ["ops@acme.test"]}')
+                await form.locator("button[type=submit]").click()
+                row = page.locator("table.alert-rules tbody tr[data-rule]")
+                await expect(row).to_have_count(1)
+                await expect(row).to_contain_text("everything")
+                await expect(row.locator("[data-window]")).to_have_attribute("data-window", "300.0")
+
+                await row.locator("text=Edit").click()
+                await form.locator("input[name=tasks]").fill("explode")
+                await form.locator("input[name=window]").fill("1m")
+                await form.locator("button[type=submit]").click()
+                await expect(row.locator("[data-window]")).to_have_attribute("data-window", "60.0")
+                await expect(row).to_contain_text("tasks explode")
+                await screenshot(page, "alerts")
+
+                @ty.task(name="explode", retries=0)
+                async def explode(n: int) -> int:
+                    raise RuntimeError("the reactor overheated")
+
+                async with ty.worker("reactor", tasks=[explode]):
+                    handle = await explode.aio_run_no_wait(1)
+                    with pytest.raises(TaskFailed):
+                        await handle.aio_result()
+
+                async def mailed() -> bool:
+                    return bool(inbox.messages)
+
+                await wait_until(mailed, 10, "the failure's email")
+                body = inbox.messages[0].get_payload(decode=True).decode()
+                [link] = [word for word in body.split() if "/dashboard/runs/" in word]
+                assert link == f"{engine.url}/dashboard/runs/{handle.run_id}"
+                await page.goto(link)
+                await expect(page.locator("#run-status")).to_have_text("failed")
+                await expect(page.locator(".failure")).to_contain_text("the reactor overheated")
+
+                await page.goto(f"{engine.url}/dashboard/alerts")
+                await row.locator("button.danger").click()
+                await expect(page.locator("td.empty")).to_contain_text("No alert rules")
+            finally:
+                await context.close()
+                await ty.aio_close()
+    finally:
+        smtp.stop()

@@ -693,6 +693,16 @@ async def _list_alert_rules(p: Probing) -> None:
     await p.empty("/api/v1/alert-rules", {"rules": []})
 
 
+@probe("PUT", "/api/v1/alert-rules/{rule_id}")
+async def _replace_alert_rule(p: Probing) -> None:
+    await p.unknown(
+        "PUT",
+        "/api/v1/alert-rules/{rule_id}",
+        {"rule_id": p.world.rule_id},
+        body=lambda _: {"channel": "recorder", "target": {"to": "b"}},
+    )
+
+
 @probe("DELETE", "/api/v1/alert-rules/{rule_id}")
 async def _delete_alert_rule(p: Probing) -> None:
     await p.unknown("DELETE", "/api/v1/alert-rules/{rule_id}", {"rule_id": p.world.rule_id})

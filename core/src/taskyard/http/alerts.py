@@ -34,6 +34,16 @@ async def list_alert_rules(call: Call[None]) -> AlertRuleList:
     return AlertRuleList(rules=await _rules(call).list(call.principal.tenant_id))
 
 
+@router.put(
+    "/api/v1/alert-rules/{rule_id}", roles=MANAGERS, body=AlertRuleRequest, response=AlertRuleView
+)
+async def replace_alert_rule(call: Call[AlertRuleRequest]) -> AlertRuleView:
+    """Edit a rule: the whole rule, as when it was created."""
+    return await _rules(call).replace(
+        call.principal.tenant_id, call.path_uuid("rule_id"), call.body
+    )
+
+
 @router.delete("/api/v1/alert-rules/{rule_id}", roles=MANAGERS, status=204)
 async def delete_alert_rule(call: Call[None]) -> None:
     await _rules(call).delete(call.principal.tenant_id, call.path_uuid("rule_id"))

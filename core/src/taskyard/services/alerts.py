@@ -25,6 +25,27 @@ class AlertRules:
         self.channels = channels  # the loaded plugins' channels, by name
 
     async def create(self, tenant_id: uuid.UUID, request: AlertRuleRequest) -> AlertRuleView:
+        self._check(request)
+        rule = await self.repository.create(tenant_id, request)
+        self.alerter.tell(self.alerter.rules_changed, tenant_id)
+        return _view(rule)
+
+    async def replace(
+        self, tenant_id: uuid.UUID, rule_id: uuid.UUID, request: AlertRuleRequest
+    ) -> AlertRuleView:
+        """Edit a rule: it says `request` from now on (the alerter reads the rules again)."""
+        self._check(request)
+        rule = await self.repository.replace(tenant_id, rule_id, request)
+        if rule is None:
+            raise NotFound(f"no alert rule {rule_id} in this tenant")
+        self.alerter.tell(self.alerter.rules_changed, tenant_id)
+        return _view(rule)
+
+    def channel_names(self) -> list[str]:
+        return sorted(self.channels())
+
+    def _check(self, request: AlertRuleRequest) -> None:
+        """A loaded channel, and a target it can send to."""
         channels = self.channels()
         channel = channels.get(request.channel)
         if channel is None:
@@ -38,9 +59,6 @@ class AlertRules:
             channel.check_target(request.target)
         except ValueError as exc:
             raise Unprocessable(f"body.target: {exc}") from None
-        rule = await self.repository.create(tenant_id, request)
-        self.alerter.tell(self.alerter.rules_changed, tenant_id)
-        return _view(rule)
 
     async def list(self, tenant_id: uuid.UUID) -> list[AlertRuleView]:
         return [_view(rule) for rule in await self.repository.of_tenant(tenant_id)]

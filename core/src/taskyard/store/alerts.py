@@ -65,6 +65,25 @@ class AlertRuleRepository:
         assert row is not None
         return _rule(row)
 
+    async def replace(
+        self, tenant_id: uuid.UUID, rule_id: uuid.UUID, rule: AlertRuleRequest
+    ) -> AlertRule | None:
+        """The rule, now saying `rule`; None when the tenant has no such rule."""
+        row = await self.pool.fetchrow(
+            "UPDATE alert_rules SET channel = $3, target = $4, workflows = $5, tasks = $6, "
+            f"events = $7, window_seconds = $8 WHERE tenant_id = $1 AND rule_id = $2 "
+            f"RETURNING {_COLUMNS}",
+            tenant_id,
+            rule_id,
+            rule.channel,
+            rule.target,
+            rule.workflows,
+            rule.tasks,
+            rule.events,
+            rule.window,
+        )
+        return None if row is None else _rule(row)
+
     async def of_tenant(self, tenant_id: uuid.UUID) -> list[AlertRule]:
         rows = await self.pool.fetch(
             f"SELECT {_COLUMNS} FROM alert_rules WHERE tenant_id = $1 ORDER BY rule_id", tenant_id

@@ -15,6 +15,7 @@ from importlib import resources
 from aiohttp import web
 
 from taskyard.http.dashboard import (
+    alerts,
     definitions,
     events,
     fleet,
@@ -33,7 +34,7 @@ __all__ = ["ROOT", "install", "sign_in_link"]
 def install(app: web.Application) -> None:
     app[TEMPLATES] = templates()
     routes = app.router
-    for part in (signing_in, runs, definitions, fleet, schedules, events, tokens, live):
+    for part in (signing_in, runs, definitions, fleet, schedules, events, alerts, tokens, live):
         part.add_routes(routes)
     static = resources.files("taskyard") / "dashboard" / "static"
     routes.add_static(f"{ROOT}/static", str(static))
