@@ -26,7 +26,15 @@ from taskyard.engine import Engine
 from taskyard.http.dashboard import sign_in_link
 from taskyard.http.dashboard.page import COOKIE
 from taskyard.testing import free_port
-from taskyard_sdk import Concurrency, Context, RateLimit, TaskFailed, Taskyard, Workflow
+from taskyard_sdk import (
+    Concurrency,
+    Context,
+    DurableContext,
+    RateLimit,
+    TaskFailed,
+    Taskyard,
+    Workflow,
+)
 from tests.conftest import TenantTokens, engine_settings
 from tests.support import wait_until
 
@@ -208,6 +216,68 @@ async def test_cancel_and_replay_from_the_run_page(
         await page.click("button:has-text('Replay')")
         await expect(page.locator("#run-status")).to_have_text("succeeded")
         await expect(page.locator(".attempts tbody tr")).to_have_count(2)
+
+
+async def test_a_run_page_streams_chunks_and_tails_more_logs_than_one_page(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    watching = asyncio.Event()
+    more = asyncio.Event()
+
+    @ty.task(name="chatty")
+    async def chatty(lines: int, ctx: Context) -> int:
+        await watching.wait()
+        for n in range(lines):
+            ctx.log(f"line {n}")
+        ctx.stream({"progress": 0.5})
+        ctx.stream("halfway <there>")
+        await more.wait()
+        ctx.log("the last line")
+        return lines
+
+    async with ty.worker("chatty", tasks=[chatty]):
+        handle = await chatty.aio_run_no_wait(1200)
+        await page.goto(f"{engine.url}/dashboard/runs/{handle.run_id}")
+        await expect(page.locator("#run-status")).to_have_text("running")
+        watching.set()
+        stream = page.locator("#stream")
+        await expect(stream.locator(".chunk").first).to_have_text('{"progress":0.5}')
+        await expect(stream.locator(".chunk").nth(1)).to_have_text("halfway <there>")  # escaped
+        logs = page.locator("#logs span[class^=log-]")
+        await expect(logs).to_have_count(1200)  # three pages of lines, no reload
+        more.set()
+        await handle.aio_result()
+        await expect(logs).to_have_count(1201)
+        await expect(logs.last).to_contain_text("the last line")
+        await expect(page.locator("#run-status")).to_have_text("succeeded")
+    await page.reload()
+    await expect(page.locator("#logs span[class^=log-]")).to_have_count(1201)
+    await expect(page.locator("#stream")).to_have_count(0)  # an ended run streams nothing
+
+
+async def test_a_durable_run_shows_its_log_and_the_wait_it_is_in(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    @ty.durable_task(name="onboard")
+    async def onboard(user: str, ctx: DurableContext) -> str:
+        await ctx.memo("greet", str.upper, user)
+        payload = await ctx.wait_for_event("user:verified", timeout="1h")
+        return f"{user} verified by {payload['by']}"
+
+    async with ty.worker("onboarding", tasks=[onboard]):
+        handle = await onboard.aio_run_no_wait("ada")
+        await page.goto(f"{engine.url}/dashboard/runs/{handle.run_id}")
+        waiting = page.locator('table.durable tr[data-done="false"]')
+        await expect(waiting).to_contain_text("waiting now")
+        await expect(waiting).to_contain_text("user:verified")
+        await expect(page.locator('table.durable tr[data-position="0"]')).to_contain_text("ADA")
+        await expect(page.locator("dd.waiting")).to_contain_text("user:verified")
+        await expect(page.locator("table.attempts tbody tr").first).to_contain_text("pending")
+        await screenshot(page, "durable-run")
+        await ty.events.aio_push("user:verified", {"by": "email"})
+        await handle.aio_result()
+        await expect(page.locator("#run-status")).to_have_text("succeeded")  # live
+        await expect(page.locator('table.durable tr[data-done="false"]')).to_have_count(0)
 
 
 async def test_another_tenants_run_is_not_found(

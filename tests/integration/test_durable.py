@@ -49,8 +49,17 @@ async def test_memoised_steps_run_once_across_retries(ty: Taskyard) -> None:
         return f"{receipt['charge_id']} for {receipt['amount']}"
 
     async with ty.worker("shop", tasks=[checkout]):
-        assert await checkout.aio_run(42, timeout=30) == "ch_1 for 42"
+        handle = await checkout.aio_run_no_wait(42)
+        assert await handle.aio_result(timeout=30) == "ch_1 for 42"
     assert charges == [42]  # four attempts, one charge
+    [entry] = await ty.transport.request("GET", f"/api/v1/runs/{handle.run_id}/durable-log")
+    assert (entry["position"], entry["kind"], entry["call"], entry["done"]) == (
+        0,
+        "memo",
+        "memo('charge-card')",
+        True,
+    )
+    assert entry["result"] == {"charge_id": "ch_1", "amount": 42}
 
 
 async def test_a_durable_sleep_frees_the_slot(ty: Taskyard) -> None:

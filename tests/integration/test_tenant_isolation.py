@@ -500,6 +500,11 @@ async def _run_events(p: Probing) -> None:
     await p.each_run("GET", "/api/v1/runs/{run_id}/events")
 
 
+@probe("GET", "/api/v1/runs/{run_id}/durable-log")
+async def _durable_log(p: Probing) -> None:
+    await p.each_run("GET", "/api/v1/runs/{run_id}/durable-log")
+
+
 @probe("GET", "/api/v1/runs/{run_id}/logs")
 async def _run_logs(p: Probing) -> None:
     await p.each_run("GET", "/api/v1/runs/{run_id}/logs")

@@ -3,7 +3,6 @@ connected workers and registered tasks."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +12,6 @@ from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
 from taskyard.domain.auth import READERS, WRITERS
-from taskyard.errors import NotFound
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import (
     METADATA_PAIRS,
@@ -31,6 +29,7 @@ from taskyard_sdk.models import (
     BatchTriggerResponse,
     BulkRequest,
     BulkResult,
+    DurableEntry,
     LogPage,
     RunEvent,
     RunPage,
@@ -234,30 +233,19 @@ async def stream_run(call: Call[None]) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    with services.runs.follow(tenant_id, run_id) as (chunks, finished):
-        try:
-            statuses = await services.history.run_statuses(tenant_id, [run_id])
-            if run_id not in statuses:
-                raise NotFound(f"no run {run_id} in this tenant")
+    try:
+        async with services.runs.streamed(tenant_id, run_id) as chunks:
             await response.prepare(call.request)
-            if not statuses[run_id].terminal:
-                while True:
-                    next_chunk = asyncio.ensure_future(chunks.get())
-                    await asyncio.wait([next_chunk, finished], return_when=asyncio.FIRST_COMPLETED)
-                    if not next_chunk.done():
-                        next_chunk.cancel()
-                        break
-                    await response.write(b"data: " + orjson.dumps(next_chunk.result()) + b"\n\n")
-                while not chunks.empty():  # what arrived just before the end
-                    await response.write(b"data: " + orjson.dumps(chunks.get_nowait()) + b"\n\n")
-                statuses = await services.history.run_statuses(tenant_id, [run_id])
-            await response.write(
-                b"event: end\ndata: " + orjson.dumps({"status": statuses[run_id].value}) + b"\n\n"
-            )
-            await response.write_eof()
-            return response
-        except ConnectionResetError:  # the client went away: nobody to answer
-            return response
+            async for chunk in chunks:
+                await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        statuses = await services.history.run_statuses(tenant_id, [run_id])
+        await response.write(
+            b"event: end\ndata: " + orjson.dumps({"status": statuses[run_id].value}) + b"\n\n"
+        )
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away: nobody to answer
+        pass
+    return response
 
 
 @router.get("/api/v1/runs/{run_id}/events", roles=READERS, response=list[RunEvent])
@@ -278,6 +266,14 @@ async def run_logs(call: Call[None]) -> LogPage:
         after=call.query.after,
     )
     return LogPage(lines=[line for _, line in rows], next_after=rows[-1][0] if rows else None)
+
+
+@router.get("/api/v1/runs/{run_id}/durable-log", roles=READERS, response=list[DurableEntry])
+async def durable_log(call: Call[None]) -> list[DurableEntry]:
+    """A durable run's log: its memoised steps, children spawned and waits, by position (the
+    one not done is the wait it is suspended in). Empty for a run that is not durable."""
+    history = call.request.app[ENGINE].services.history
+    return await history.durable_log(call.principal.tenant_id, call.path_uuid("run_id"))
 
 
 @router.post("/api/v1/runs/{run_id}/cancel", roles=WRITERS, response=CancelResult)

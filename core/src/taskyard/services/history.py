@@ -11,7 +11,7 @@ from taskyard.services.runs import no_such_run
 from taskyard.store.events import EventRepository
 from taskyard.store.runs import RunRepository
 from taskyard.store.workflows import StoredWorkflow, WorkflowRepository
-from taskyard_sdk.models import EventView, LogLine, RunEvent
+from taskyard_sdk.models import DurableEntry, EventView, LogLine, RunEvent
 
 
 class History:
@@ -42,6 +42,10 @@ class History:
         sequence numbers."""
         await self._exists(tenant_id, run_id)
         return await self.runs.run_logs(tenant_id, run_id, limit=limit, after=after)
+
+    async def durable_log(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[DurableEntry]:
+        await self._exists(tenant_id, run_id)
+        return await self.runs.durable_log(tenant_id, run_id)
 
     async def event(self, tenant_id: uuid.UUID, event_id: uuid.UUID) -> EventView:
         row = await self.events.get(tenant_id, event_id)

@@ -10,7 +10,7 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -349,19 +349,23 @@ class Runs:
         committed (live pages; nobody watching costs the queues nothing)."""
         return self.actors.changes.watch(tenant_id)
 
-    @contextlib.contextmanager
-    def follow(
+    @contextlib.asynccontextmanager
+    async def streamed(
         self, tenant_id: uuid.UUID, run_id: uuid.UUID
-    ) -> Iterator[tuple[asyncio.Queue[Any], asyncio.Future[RunEnd]]]:
-        """What a live stream of the run reads, for the block's duration: the chunks its task
-        streams from now on, and the run's end."""
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """The chunks the run's task streams (`ctx.stream`) from now until the run ends, for
+        the block's duration (none for a run that has ended). Not found: NotFound, before the
+        block."""
         actors = self.actors
-        chunks = actors.streams.subscribe(tenant_id, run_id)
+        subscribed = actors.streams.subscribe(tenant_id, run_id)
         finished = actors.waiters.watch(tenant_id, [run_id])
         try:
-            yield chunks, finished[run_id]
+            statuses = await self.repository.run_statuses(tenant_id, [run_id])
+            if run_id not in statuses:
+                raise no_such_run(run_id)
+            yield _until_end(subscribed, finished[run_id], statuses[run_id].terminal)
         finally:
-            actors.streams.unsubscribe(tenant_id, run_id, chunks)
+            actors.streams.unsubscribe(tenant_id, run_id, subscribed)
             actors.waiters.unwatch(tenant_id, finished)
 
     async def _read_view(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunView:
@@ -369,6 +373,21 @@ class Runs:
         if view is None:
             raise no_such_run(run_id)
         return view
+
+
+async def _until_end(
+    chunks: asyncio.Queue[Any], finished: asyncio.Future[RunEnd], ended: bool
+) -> AsyncIterator[Any]:
+    """Each chunk as it comes, until the run ends (and what arrived just before its end)."""
+    while not ended:
+        next_chunk = asyncio.ensure_future(chunks.get())
+        await asyncio.wait([next_chunk, finished], return_when=asyncio.FIRST_COMPLETED)
+        if not next_chunk.done():
+            next_chunk.cancel()
+            break
+        yield next_chunk.result()
+    while not chunks.empty():
+        yield chunks.get_nowait()
 
 
 def _utc(seconds: float) -> datetime:

@@ -86,6 +86,10 @@ def attempts(events: list[RunEvent]) -> list[Attempt]:
         elif event.type == "started":
             attempt.status = RunStatus.RUNNING
             attempt.started_at = event.at
+        elif event.type == "suspended":  # a durable run's attempt, waiting off its worker
+            attempt.status = RunStatus.PENDING
+        elif event.type == "resumed":
+            attempt.status = RunStatus.QUEUED
         elif event.type in _TERMINAL_EVENTS:
             attempt.status = RunStatus(event.type)
             attempt.finished_at = event.at

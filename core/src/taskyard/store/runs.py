@@ -17,6 +17,7 @@ from taskyard.domain.runs import EMPTY_METADATA, Run, SharedOptions
 from taskyard.store.filters import Filters
 from taskyard.store.run_history import attempts, history
 from taskyard_sdk.models import (
+    DurableEntry,
     LogLine,
     RunEvent,
     RunKind,
@@ -194,6 +195,29 @@ class RunRepository:
             run_ids,
         )
         return {row["run_id"]: row["entries"].encode() for row in rows}
+
+    async def durable_log(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[DurableEntry]:
+        """A durable run's log, by position (empty for any other run)."""
+        rows = await self.pool.fetch(
+            "SELECT position, kind, call, done, result::text AS result, wait::text AS wait, "
+            "created_at, finished_at FROM durable_log WHERE tenant_id = $1 AND run_id = $2 "
+            "ORDER BY position",
+            tenant_id,
+            run_id,
+        )
+        return [
+            DurableEntry(
+                position=row["position"],
+                kind=row["kind"],
+                call=row["call"],
+                done=row["done"],
+                result=orjson.loads(row["result"]) if row["result"] is not None else None,
+                wait=orjson.loads(row["wait"]) if row["wait"] is not None else None,
+                created_at=row["created_at"],
+                finished_at=row["finished_at"],
+            )
+            for row in rows
+        ]
 
     async def open_waits(
         self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]

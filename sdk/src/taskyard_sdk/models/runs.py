@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field, model_validator
@@ -140,6 +140,19 @@ class LogLine(BaseModel):
     attempt: int
     level: str
     message: str
+
+
+class DurableEntry(BaseModel):
+    """One entry of a durable run's log: a memoised step, a child spawned, or a wait."""
+
+    position: int
+    kind: Literal["memo", "spawn", "wait"]
+    call: str = Field(description="What the task's code called, e.g. `sleep` or a step's name.")
+    done: bool = Field(description="False for the wait the run is suspended in now.")
+    result: Any = Field(description="What a replay returns for it (None until done).")
+    wait: Any = Field(default=None, description="A wait's spec: what it waits for.")
+    created_at: datetime
+    finished_at: datetime | None
 
 
 class LogPage(BaseModel):

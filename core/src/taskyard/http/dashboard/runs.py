@@ -4,12 +4,15 @@ its DAG), with the run's cancel and replay buttons."""
 
 from __future__ import annotations
 
+import contextlib
+import html
 import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -38,6 +41,8 @@ def add_routes(routes: web.UrlDispatcher) -> None:
     routes.add_get(f"{ROOT}/runs", page(_runs))
     routes.add_post(f"{ROOT}/runs/bulk", page(_bulk, changes=True))
     routes.add_get(f"{ROOT}/runs/{{run_id}}", page(_run))
+    routes.add_get(f"{ROOT}/runs/{{run_id}}/logs", page(_logs))
+    routes.add_get(f"{ROOT}/runs/{{run_id}}/chunks", page(_chunks))
     routes.add_post(f"{ROOT}/runs/{{run_id}}/cancel", page(_cancel, changes=True))
     routes.add_post(f"{ROOT}/runs/{{run_id}}/replay", page(_replay, changes=True))
 
@@ -155,18 +160,73 @@ async def _run(request: web.Request, principal: Principal) -> web.StreamResponse
     services = request.app[ENGINE].services
     view = await services.runs.view(principal.tenant_id, run_id)
     timeline = await services.history.run_events(principal.tenant_id, run_id)
-    logs = await services.history.run_logs(principal.tenant_id, run_id, limit=LOG_LINES, after=None)
+    durable = await services.history.durable_log(principal.tenant_id, run_id)
     graph = await _graph(request, principal, view) if view.kind == RunKind.WORKFLOW else None
-    template = partial(request, "run.html", "run_body.html")
+    context: dict[str, Any] = {}
+    if "HX-Request" not in request.headers:  # the whole page: with its logs, which tail apart
+        context = await _log_lines(request, principal, view, after=None)
     return render(
         request,
-        template,
+        partial(request, "run.html", "run_body.html"),
         run=view,
         timeline=timeline,
-        logs=[line for _, line in logs],
+        durable=durable,
         graph=graph,
         body_url=f"{ROOT}/runs/{run_id}",
+        **context,
     )
+
+
+async def _logs(request: web.Request, principal: Principal) -> web.StreamResponse:
+    """The log lines after `after`, and what asks for the next ones (the page's live tail)."""
+    run_id = _run_id(request)
+    after = request.query.get("after", "0")
+    if not after.isdigit():
+        raise Unprocessable(f"after {after!r} is not a log line's number")
+    view = await request.app[ENGINE].services.runs.view(principal.tenant_id, run_id)
+    context = await _log_lines(request, principal, view, after=int(after))
+    return render(request, "log_lines.html", run=view, **context)
+
+
+async def _log_lines(
+    request: web.Request, principal: Principal, view: RunView, *, after: int | None
+) -> dict[str, Any]:
+    """Up to LOG_LINES lines after `after`, and whether the tail asks again: at once when the
+    page was full, in a second while the run goes on, never once it has ended and shown all.
+    A run's page thus shows every line, however many, and new ones as they are written."""
+    rows = await request.app[ENGINE].services.history.run_logs(
+        principal.tenant_id,
+        view.run_id,
+        limit=LOG_LINES,
+        after=after,
+    )
+    full = len(rows) == LOG_LINES
+    return {
+        "logs": [line for _, line in rows],
+        "logs_after": rows[-1][0] if rows else after or 0,
+        "logs_next": "load" if full else None if view.status.terminal else "load delay:1s",
+    }
+
+
+async def _chunks(request: web.Request, principal: Principal) -> web.StreamResponse:
+    """Server-sent events: each chunk the run's task streams, as a line of the page's streamed
+    output (`chunk`), until the run ends (`end`, which closes the page's connection)."""
+    run_id = _run_id(request)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    with contextlib.suppress(ConnectionResetError):
+        async with request.app[ENGINE].services.runs.streamed(
+            principal.tenant_id, run_id
+        ) as chunks:
+            await response.prepare(request)
+            async for chunk in chunks:
+                text = chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode()
+                line = f'<span class="chunk">{html.escape(text)}</span>\n'
+                data = "".join(f"data: {part}\n" for part in line.split("\n"))
+                await response.write(f"event: chunk\n{data}\n".encode())
+        await response.write(b"event: end\ndata: ended\n\n")
+    return response
 
 
 async def _graph(request: web.Request, principal: Principal, view: RunView) -> dict[str, Any]:
