@@ -7,8 +7,8 @@ last byte is reported (an upper bound of the server's time), p50/p95/max in ms.
 
 Pages: the runs page (newest 50), a second page by its cursor, a page 100 pages deep, filtered by
 a common status (failed), a rare one (timed out), one no run has (cancelled: every row of the
-tenant is looked at), by task, by a customer's metadata, by a time
-window a week ago, and a run's page."""
+tenant is looked at), by task, by a customer's metadata, by a time window a week ago, by the
+worker of the latest attempt (one of 50), a run's page, and the queues page."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from bench.harness import engine_setup, percentiles, write_result
 
 TASKS = [f"report-{n}" for n in range(20)]
 CUSTOMERS = 1000
+WORKERS = [uuid.UUID(int=n + 1) for n in range(50)]  # a finished run's last worker
 CHUNK = 50_000  # rows copied at a time
 OPTIONS = orjson.dumps({"schedule_timeout": 3600.0}).decode()
 COLUMNS = (
@@ -46,6 +47,7 @@ COLUMNS = (
     "queued_at",
     "started_at",
     "finished_at",
+    "worker_id",
 )
 
 
@@ -94,6 +96,7 @@ def rows(tenant_id: uuid.UUID, first: int, count: int, total: int, end: datetime
                 created,
                 created + timedelta(milliseconds=5),
                 created + timedelta(milliseconds=25),
+                WORKERS[n % len(WORKERS)],
             )
         )
     return made
@@ -113,7 +116,7 @@ async def fill(db_url: str, total: int) -> tuple[uuid.UUID, datetime]:
                 columns=COLUMNS,
             )
         queued = [
-            (*row[:4], "queued", *row[5:9], None, None, *row[11:14], None, None)
+            (*row[:4], "queued", *row[5:9], None, None, *row[11:14], None, None, None)
             for row in rows(tenant_id, total, 1000, total + 1000, end + timedelta(seconds=1))
         ]
         await conn.copy_records_to_table("runs", records=queued, columns=COLUMNS)
@@ -174,6 +177,8 @@ async def main(total: int, repeats: int) -> None:
             "task (1 in 20)": "/dashboard/runs?task=report-7",
             "metadata customer (1 in 1,000)": "/dashboard/runs?metadata=customer%3Dc42",
             "an hour a week ago": f"/dashboard/runs?{urlencode(window)}",
+            "worker (1 in 50)": f"/dashboard/runs?worker={WORKERS[7]}",
+            "queues page (1,000 queued)": "/dashboard/queues",
             "a run's page": f"/dashboard/runs/{one_run}",
         }
         headers = {"Cookie": f"taskyard_session={setup.token}"}

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from taskyard.actors.changes import ChangeFeed
 from taskyard.engine import Engine
 from taskyard.http.dashboard import sign_in_link
-from taskyard.http.dashboard.page import COOKIE
+from taskyard.http.dashboard.page import COOKIE, csrf_of
 from taskyard.testing import free_port
 from taskyard_sdk import (
     Concurrency,
@@ -253,6 +253,45 @@ async def test_a_run_page_streams_chunks_and_tails_more_logs_than_one_page(
     await page.reload()
     await expect(page.locator("#logs span[class^=log-]")).to_have_count(1201)
     await expect(page.locator("#stream")).to_have_count(0)  # an ended run streams nothing
+
+
+async def test_runs_are_filtered_by_the_worker_their_latest_attempt_went_to(
+    page: Page, engine: Engine, ty: Taskyard, data_dir: Path
+) -> None:
+    @ty.task(name="square")
+    async def square(n: int) -> int:
+        return n * n
+
+    ran: dict[str, list[str]] = {}
+    for name, numbers in (("first", [1, 2]), ("second", [3, 4, 5])):
+        async with ty.worker(name, tasks=[square]):
+            handles = [await square.aio_run_no_wait(n) for n in numbers]
+            for handle in handles:
+                await handle.aio_result()
+            [worker] = await ty.transport.request("GET", "/api/v1/workers")
+            ran[worker["worker_id"]] = [str(handle.run_id) for handle in handles]
+            if name == "second":
+                await page.goto(f"{engine.url}/dashboard/workers")
+                await page.click("text=its runs")
+    second = next(worker_id for worker_id, runs in ran.items() if len(runs) == 3)
+    await expect(page.locator("input[name=worker]")).to_have_value(second)
+    rows = page.locator("table.runs tbody tr[data-run]")
+    await expect(rows).to_have_count(3)
+    assert sorted(await rows.evaluate_all("rows => rows.map(r => r.dataset.run)")) == sorted(
+        ran[second]
+    )
+    await expect(page.locator('[data-count="succeeded"]')).to_contain_text("3")
+    await expect(page.locator("#worker-search")).to_contain_text("newest 10,000 runs")
+    await expect(page.locator("#cancel-matching")).to_have_count(0)  # ticked runs only
+
+    await page.goto(f"{engine.url}/dashboard/runs?worker=not-an-id")
+    await expect(page.locator("[role=alert]")).to_contain_text("worker")
+    token = (data_dir / "token").read_text().strip()
+    async with signed_in(engine, data_dir) as session:
+        form = {"csrf": csrf_of(token), "action": "cancel", "filter": f"worker={second}"}
+        async with session.post("/dashboard/runs/bulk?scope=matching", data=form) as response:
+            assert response.status == 422
+            assert "only when ticked" in await response.text()
 
 
 async def test_a_durable_run_shows_its_log_and_the_wait_it_is_in(

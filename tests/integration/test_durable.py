@@ -52,14 +52,15 @@ async def test_memoised_steps_run_once_across_retries(ty: Taskyard) -> None:
         handle = await checkout.aio_run_no_wait(42)
         assert await handle.aio_result(timeout=30) == "ch_1 for 42"
     assert charges == [42]  # four attempts, one charge
-    [entry] = await ty.transport.request("GET", f"/api/v1/runs/{handle.run_id}/durable-log")
-    assert (entry["position"], entry["kind"], entry["call"], entry["done"]) == (
+    [entry] = await ty.runs.aio_durable_log(handle.run_id)
+    assert (entry.position, entry.kind, entry.call, entry.done) == (
         0,
         "memo",
         "memo('charge-card')",
         True,
     )
-    assert entry["result"] == {"charge_id": "ch_1", "amount": 42}
+    assert entry.result == {"charge_id": "ch_1", "amount": 42}
+    assert entry.finished_at is not None
 
 
 async def test_a_durable_sleep_frees_the_slot(ty: Taskyard) -> None:

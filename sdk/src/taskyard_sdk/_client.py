@@ -22,6 +22,7 @@ from taskyard_sdk._workflow import Workflow
 from taskyard_sdk.models import (
     BulkResult,
     Concurrency,
+    DurableEntry,
     LabelValue,
     LogPage,
     RunFilter,
@@ -347,6 +348,15 @@ class Runs:
             "GET", f"/api/v1/runs/{run_id}/logs", params=params
         )
         return LogPage.model_validate(data)
+
+    async def aio_durable_log(self, run_id: UUID | str) -> list[DurableEntry]:
+        """A durable run's log by position: memoised steps, children spawned and waits (the
+        one not `done` is the wait it is suspended in). Empty for a run that is not durable."""
+        data = await self._client.transport.request("GET", f"/api/v1/runs/{run_id}/durable-log")
+        return [DurableEntry.model_validate(entry) for entry in data]
+
+    def durable_log(self, run_id: UUID | str) -> list[DurableEntry]:
+        return run_sync(self.aio_durable_log(run_id))
 
     def get(self, run_id: UUID | str) -> RunView:
         return run_sync(self.aio_get(run_id))

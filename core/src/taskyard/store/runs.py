@@ -44,6 +44,8 @@ _SUMMARY_COLUMNS = """
     finished_at
 """
 
+WORKER_SEARCH = 10_000  # the newest runs searched for a worker's
+
 _VIEW_COLUMNS = (
     _SUMMARY_COLUMNS
     + """,
@@ -304,10 +306,23 @@ class RunRepository:
         metadata: dict[str, str],
         before: uuid.UUID | None,
         limit: int,
+        worker_id: uuid.UUID | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first. `before` is the cursor: the last run_id of the previous page."""
+        """Newest first. `before` is the cursor: the last run_id of the previous page. With
+        `worker_id`: the runs whose latest attempt went to that worker among the WORKER_SEARCH
+        newest the other filters match (before the cursor): a bounded walk, as no index holds
+        the worker (one would cost every assignment its heap-only update)."""
         filters = _run_filters(tenant_id, statuses, tasks, since, until, metadata)
-        query, args = filters.page(f"SELECT {_SUMMARY_COLUMNS} FROM runs", "run_id", before, limit)
+        if worker_id is None:
+            query, args = filters.page(
+                f"SELECT {_SUMMARY_COLUMNS} FROM runs", "run_id", before, limit
+            )
+        else:
+            query, args = _of_worker(
+                filters, f"{_SUMMARY_COLUMNS}", worker_id, before, WORKER_SEARCH
+            )
+            args.append(limit)
+            query = f"{query} ORDER BY run_id DESC LIMIT ${len(args)}"
         rows = await self.pool.fetch(query, *args)
         return [dict(row) for row in rows]  # the shape of RunSummary
 
@@ -329,12 +344,17 @@ class RunRepository:
         until: datetime | None,
         metadata: dict[str, str],
         newest: int,
+        worker_id: uuid.UUID | None = None,
     ) -> dict[str, int]:
         """How many of the newest `newest` runs the filters match are in each status: a
         bounded walk of the primary key, however many runs there are (when the counts add up
-        to `newest`, they are of the newest only)."""
+        to `newest`, they are of the newest only). With `worker_id`: of those, the runs whose
+        latest attempt went to that worker."""
         filters = _run_filters(tenant_id, [], tasks, since, until, metadata)
-        query, args = filters.page("SELECT status FROM runs", "run_id", None, newest)
+        if worker_id is None:
+            query, args = filters.page("SELECT status FROM runs", "run_id", None, newest)
+        else:
+            query, args = _of_worker(filters, "status", worker_id, None, newest)
         rows = await self.pool.fetch(
             f"SELECT status, count(*) AS n FROM ({query}) newest GROUP BY status", *args
         )
@@ -383,3 +403,12 @@ class RunRepository:
 
 def _encoded(text: str | None) -> bytes | None:
     return text.encode() if text is not None else None
+
+
+def _of_worker(
+    filters: Filters, columns: str, worker_id: uuid.UUID, before: uuid.UUID | None, newest: int
+) -> tuple[str, list[object]]:
+    """`columns` of the runs of `worker_id` among the `newest` runs the filters match."""
+    inner, args = filters.page(f"SELECT {columns}, worker_id FROM runs", "run_id", before, newest)
+    args.append(worker_id)
+    return f"SELECT {columns} FROM ({inner}) newest WHERE worker_id = ${len(args)}", args

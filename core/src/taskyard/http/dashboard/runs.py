@@ -31,6 +31,7 @@ from taskyard.http.dashboard.page import (
 )
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import page_cursor
+from taskyard.store.runs import WORKER_SEARCH
 from taskyard_sdk.models import RunFilter, RunKind, RunStatus, RunView
 
 COUNTED = 10_000  # the newest runs a page counts per status (a bounded, index-backed walk)
@@ -55,11 +56,12 @@ class RunsForm(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     metadata: str = ""  # key=value, several separated by commas
+    worker: uuid.UUID | None = None  # runs whose latest attempt went to this worker
     run_id: str = ""
     key: str = ""  # an idempotency key: its run's page
     cursor: str | None = None
 
-    @field_validator("since", "until", "cursor", mode="before")
+    @field_validator("since", "until", "cursor", "worker", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -91,7 +93,9 @@ class RunsForm(BaseModel):
 
     @property
     def filtering(self) -> bool:
-        return bool(self.status or self.task or self.since or self.until or self.metadata)
+        return bool(
+            self.status or self.task or self.since or self.until or self.metadata or self.worker
+        )
 
 
 def _form(query: MultiMapping[str]) -> RunsForm:
@@ -128,6 +132,7 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
         metadata=matching.metadata,
         before=page_cursor(chosen.cursor),
         limit=PAGE_SIZE,
+        worker_id=chosen.worker,
     )
     older = chosen.query(cursor=str(rows[-1]["run_id"])) if len(rows) == PAGE_SIZE else None
     done = _DONE.fullmatch(request.query.get("done", ""))
@@ -138,6 +143,7 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
         until=matching.until,
         metadata=matching.metadata,
         newest=COUNTED,
+        worker_id=chosen.worker,
     )
     template = partial(request, "runs.html", "runs_table.html")
     return render(
@@ -150,6 +156,7 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
         done=done.groupdict() if done else None,
         counts=counts,
         counted=COUNTED,
+        searched=WORKER_SEARCH,
         live=chosen.cursor is None,
         table_url=f"{ROOT}/runs?{chosen.query()}",
     )
@@ -250,6 +257,11 @@ async def _bulk(request: web.Request, principal: Principal) -> web.StreamRespons
         raise Unprocessable("choose cancel or replay")
     chosen = _form(MultiDict(parse_qsl(str(form.get("filter", "")))))
     if request.query.get("scope") == "matching":
+        if chosen.worker is not None:
+            raise Unprocessable(
+                "runs are changed by worker only when ticked: the worker filter searches the "
+                "newest runs, not all of them"
+            )
         run_ids, matching = None, chosen.matching()
     else:
         try:
