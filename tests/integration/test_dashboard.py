@@ -631,10 +631,13 @@ async def test_a_workflow_version_shows_its_graph_and_is_triggered_from_its_form
 
     async with ty.worker("etl", workflows=[etl]):
         await page.goto(f"{engine.url}/dashboard/tasks")
+        await expect(page.locator('tr[data-workflow="etl"]')).to_be_visible()
+        await screenshot(page, "definitions")
         await page.click('tr[data-workflow="etl"] a')
         await expect(page.locator(".dag-steps li")).to_have_count(2)
         await expect(page.locator("#dag canvas").first).to_be_visible()
         await expect(page.locator("#definition")).to_contain_text('"parents"')
+        await screenshot(page, "workflow")
         await page.fill("textarea[name=input]", "5")
         await page.click("button:has-text('Trigger')")
         await expect(page.locator("#run-status")).to_have_text("succeeded")
@@ -753,6 +756,7 @@ async def test_an_admin_creates_and_revokes_tokens_and_nobody_else_may(
     assert secret not in page.url  # shown in the page, never in an address
     row = page.locator("tr[data-token]", has_text="grafana")
     await expect(row).to_contain_text("viewer")
+    await screenshot(page, "tokens")
 
     context = await browser.new_context()
     try:

@@ -22,7 +22,7 @@ async def _get(client: Taskyard, path: str) -> list[dict[str, Any]]:
 @json_option
 @engine_options
 def workers(as_json: bool) -> None:
-    """The workers connected now: their queue, slots, labels and tasks."""
+    """The workers connected now: their queue, slots (used/total), labels and tasks."""
     connected = run(lambda client: _get(client, "/api/v1/workers"))
     if as_json:
         output.print_json(connected)
@@ -34,7 +34,7 @@ def workers(as_json: bool) -> None:
             worker["worker_id"],
             worker["name"],
             worker["queue"],
-            str(worker["slots"]),
+            f"{worker['slots_used']}/{worker['slots']}",
             output.compact(output.pairs(worker["labels"])),
             output.when(worker["connected_at"]),
             output.compact(", ".join(worker["tasks"])),
