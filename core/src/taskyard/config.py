@@ -79,6 +79,11 @@ class EngineSettings(BaseModel):
         gt=0,
         description="Seconds between polls of an outbox, a safety net beside its notifications.",
     )
+    metrics_token: str | None = Field(
+        default=None,
+        description="The bearer token /metrics asks for; without one, only this machine may "
+        "scrape.",
+    )
     public_url: str | None = Field(
         default=None, description="The URL users reach the engine at, for links in alerts."
     )

@@ -51,6 +51,7 @@ from taskyard.plugins import (
 )
 from taskyard.services import Services
 from taskyard.services.alerts import AlertRules
+from taskyard.services.metrics import Metrics
 from taskyard.services.outbox import OutboxConfigError, OutboxDrainer
 from taskyard.services.tokens import Tokens
 from taskyard.store import outbox as outbox_table
@@ -105,6 +106,7 @@ class Engine:
         self._services: Services | None = None
         self._timers: Timers | None = None
         self._alerter: Alerter | None = None
+        self._metrics: Metrics | None = None
         self.alert_channels: dict[str, AlertChannel] = {}
         self.actions: dict[str, Action] = {}
         self._integrations: Integrations | None = None
@@ -205,6 +207,18 @@ class Engine:
             ),
         )
         await self._services.start()
+        self._metrics = Metrics(
+            self._services.actors,
+            self._persister,
+            self.repository,
+            lambda: {
+                "plugin_errors": self._plugins.errors if self._plugins else Counter(),
+                "source_failures": self.source_failures,
+                "failed_deliveries": (
+                    self._alerter.failed_deliveries if self._alerter else Counter()
+                ),
+            },
+        )
         await self._drain_outboxes()
 
         plugin_router = Router(tags=("plugins",), channel=False)  # HTTP only: raw bodies
@@ -294,6 +308,12 @@ class Engine:
         if self._services is None:
             raise RuntimeError("the engine is not started")
         return self._services
+
+    @property
+    def metrics(self) -> Metrics:
+        if self._metrics is None:
+            raise RuntimeError("the engine is not started")
+        return self._metrics
 
     @property
     def persister(self) -> Persister:

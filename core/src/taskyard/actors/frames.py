@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -20,9 +20,12 @@ from taskyard_sdk.protocol import MAX_FRAME_MESSAGES, encode_frame
 class FrameWriter:
     """Owned by a connection's handler, which starts and stops it; `send` never waits."""
 
-    def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, name: str, sent: Callable[[], None] | None = None
+    ) -> None:
         self.ws = ws
         self.name = name
+        self.sent = sent  # told of each frame sent (the engine's meters)
         self._outbox: Mailbox[BaseModel | bytes] = Mailbox()
         self._task: asyncio.Task[None] | None = None
 
@@ -52,6 +55,8 @@ class FrameWriter:
                 await self.ws.send_frame(encode_frame(batch), WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return  # the connection's handler notices the close and cleans up
+            if self.sent is not None:
+                self.sent()
 
 
 def assign_json(

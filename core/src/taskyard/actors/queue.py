@@ -32,6 +32,7 @@ from taskyard.actors.queue_durable import DurableRuns, bad_filter
 from taskyard.actors.queue_effects import QueueEffects, StepsEnded
 from taskyard.domain.activity import QueueActivity
 from taskyard.domain.dispatch import Connection, Dispatcher, Refusal, WorkerSlots
+from taskyard.domain.meters import QueueMeters, QueueSample
 from taskyard.domain.runs import Run, error_json, json_bytes, retry_delay
 from taskyard.errors import Conflict
 from taskyard.store.rows import run_log_row
@@ -54,6 +55,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
+
+
+# What a refusal is counted as in the queue's meters, by its error type.
+_REFUSALS = {
+    "RateLimitExceeded": "rate_limit_refused",
+    "ConcurrencyLimit": "concurrency_cancelled",
+}
 
 
 def _cached_size(run: Run) -> int:
@@ -113,12 +121,13 @@ class QueueActor(Actor):
             tenant_id, self.effects, repository=repository, events=events, waiters=waiters
         )
         self.activity = QueueActivity(since=clock())  # kept when the actor restarts
+        self.meters = QueueMeters()  # likewise: counters only grow while the engine runs
         self._reset()
 
     def _reset(self) -> None:
         self.runs: dict[uuid.UUID, Run] = {}
         self.workers: dict[uuid.UUID, WorkerSlots] = {}
-        self.dispatcher = Dispatcher(self.runs, self.workers, self.limiter)
+        self.dispatcher = Dispatcher(self.runs, self.workers, self.limiter, self.meters.count)
         self.expiries: list[tuple[float, uuid.UUID]] = []  # (schedule deadline, run), a heap
         self._expiry_armed: float | None = None
         self._rate_armed: dict[str, float] = {}  # bucket -> when its wake-up timer fires
@@ -187,6 +196,7 @@ class QueueActor(Actor):
         """New runs, already committed."""
         now = self.clock()
         for run in runs:
+            self.meters.count("triggered", run.task)
             if run.run_id in self.runs:  # also loaded by a concurrent recovery
                 continue
             self.runs[run.run_id] = run
@@ -272,6 +282,7 @@ class QueueActor(Actor):
         concurrency strategy (running ones are told to stop)."""
         for refusal in refusals:
             run = refusal.run
+            self.meters.count(_REFUSALS.get(refusal.error_type, "refused"), run.task)
             if self.runs.get(run.run_id) is run and not run.status.terminal:
                 self._end(run, refusal.status, refusal.error_type, refusal.message, now)
 
@@ -567,6 +578,7 @@ class QueueActor(Actor):
             run.started_at = now
             self.effects.save(run)
             self.activity.started(now, now - run.queued_at)
+            self.meters.started(run.task, now - run.queued_at)
 
     def _on_completed(self, worker: WorkerSlots, message: protocol.Completed, now: float) -> None:
         assert worker.session is not None
@@ -726,6 +738,9 @@ class QueueActor(Actor):
         if not retryable or run.attempt > run.options.retries:
             self._finish(run, final_status, now)
             return
+        if run.started_at is not None:
+            self.meters.ended(run.task, now - run.started_at)
+        self.meters.count("retried", run.task)
         run.finished_at = now
         self.effects.attempt_ended(run, final_status)
         self.dispatcher.forget(run)
@@ -755,6 +770,9 @@ class QueueActor(Actor):
             self.cached_bytes -= _cached_size(run)
         self.effects.run_finished(run, now)
         self.activity.finished(now, status is RunStatus.SUCCEEDED)
+        self.meters.finish(run.task, status.value)
+        if run.started_at is not None:
+            self.meters.ended(run.task, now - run.started_at)
         self.finished[run.run_id] = (run.attempt, run.worker_id)
         if len(self.finished) > _RECENTLY_FINISHED:
             self.finished.popitem(last=False)
@@ -800,6 +818,7 @@ class QueueActor(Actor):
                 f"not started within schedule_timeout ({run.options.schedule_timeout:g}s)"
                 + (f"; {reason}" if reason else ""),
             )
+            self.meters.count("schedule_timeout", run.task)
             self._finish(run, RunStatus.TIMED_OUT, now)
         self._expiry_armed = expiries[0][0] if expiries else None
         if self._expiry_armed is not None:
@@ -821,6 +840,7 @@ class QueueActor(Actor):
                 worker.session.send(
                     protocol.Cancel(run_id=run_id, attempt=attempt, reason="execution timeout")
                 )
+            self.meters.count("execution_timeout", run.task)
             self._attempt_failed(
                 run,
                 now,
@@ -898,23 +918,11 @@ class QueueActor(Actor):
         by state, how long the oldest has waited, its workers' slots, its activity by the
         minute and the `busiest` concurrency keys. One pass over the unfinished runs."""
         now = self.clock()
-        states = dict.fromkeys(RunStatus, 0)
-        oldest: float | None = None
-        for run in self.runs.values():
-            states[run.status] += 1
-            if run.status is RunStatus.QUEUED and (oldest is None or run.queued_at < oldest):
-                oldest = run.queued_at
-        connected = [worker for worker in self.workers.values() if worker.session is not None]
+        state = self._state()
         waits = self.activity.waits(now)
         return {
             "queue": self.queue,
-            "queued": states[RunStatus.QUEUED],
-            "running": states[RunStatus.ASSIGNED] + states[RunStatus.RUNNING],
-            "suspended": states[RunStatus.PENDING],
-            "oldest_queued_at": oldest,
-            "workers": len(connected),
-            "slots": sum(worker.slots for worker in connected),
-            "slots_used": sum(len(worker.running) for worker in connected),
+            **state,
             "counted_since": self.activity.since,
             "minutes": [
                 {
@@ -938,6 +946,37 @@ class QueueActor(Actor):
                 for (task, level, key), group in self.dispatcher.busiest_keys(busiest)
                 if not group.idle
             ],
+        }
+
+    def sample(self) -> QueueSample:
+        """A copy of the queue's meters, with its state now (for `/metrics`)."""
+        sample = self.meters.sample(self.queue)
+        state = self._state()
+        oldest = state["oldest_queued_at"]
+        sample.queued, sample.running = state["queued"], state["running"]
+        sample.suspended, sample.workers = state["suspended"], state["workers"]
+        sample.slots, sample.slots_used = state["slots"], state["slots_used"]
+        sample.oldest_queued_age = 0.0 if oldest is None else max(0.0, self.clock() - oldest)
+        return sample
+
+    def _state(self) -> dict[str, Any]:
+        """Runs by state, the oldest queued run's time and the workers' slots: one pass over
+        the unfinished runs."""
+        states = dict.fromkeys(RunStatus, 0)
+        oldest: float | None = None
+        for run in self.runs.values():
+            states[run.status] += 1
+            if run.status is RunStatus.QUEUED and (oldest is None or run.queued_at < oldest):
+                oldest = run.queued_at
+        connected = [worker for worker in self.workers.values() if worker.session is not None]
+        return {
+            "queued": states[RunStatus.QUEUED],
+            "running": states[RunStatus.ASSIGNED] + states[RunStatus.RUNNING],
+            "suspended": states[RunStatus.PENDING],
+            "oldest_queued_at": oldest,
+            "workers": len(connected),
+            "slots": sum(worker.slots for worker in connected),
+            "slots_used": sum(len(worker.running) for worker in connected),
         }
 
     def slots_used(self) -> dict[uuid.UUID, int]:

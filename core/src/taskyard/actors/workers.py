@@ -37,6 +37,7 @@ class WorkerSession:
         tenant_id: uuid.UUID,
         token_id: uuid.UUID,
         hello: protocol.Hello,
+        sent: Callable[[], None] | None = None,
     ) -> None:
         self.ws = ws
         self.tenant_id = tenant_id
@@ -52,7 +53,7 @@ class WorkerSession:
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
         self.revoked = False  # set when its token is revoked: frames still in flight are dropped
-        self._writer = FrameWriter(ws, f"worker:{self.name}")
+        self._writer = FrameWriter(ws, f"worker:{self.name}", sent)
         self.send = self._writer.send
         self.send_many = self._writer.send_many
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -128,10 +128,12 @@ class Dispatcher:
         runs: dict[uuid.UUID, Run],
         workers: dict[uuid.UUID, WorkerSlots],
         limiter: RateLimiter | None,
+        count: Callable[[str, str], None] | None = None,
     ) -> None:
         self.runs = runs
         self.workers = workers
         self.limiter = limiter
+        self.count = count or (lambda event, task: None)  # (event, task): the owner's meters
         self.heaps: dict[HeapId, list[Entry]] = {}
         self.heaps_version = 0
         self.groups: dict[GroupId, KeyGroup] = {}
@@ -358,6 +360,7 @@ class Dispatcher:
             if group.full:
                 heapq.heappush(group.parked, entry)
                 self._pass_on(groups)
+                self.count("concurrency_wait", run.task)
                 return True
         if run.options.rate_limits:
             why = self._rate_refusal(run)
@@ -372,6 +375,7 @@ class Dispatcher:
                     heapq.heappush(self.rate_parked.setdefault(bucket, []), entry)
                     self.wakeups.append((at, bucket))
                     self._pass_on(groups)
+                    self.count("rate_limit_wait", run.task)
                     return True
         return False
 

@@ -11,6 +11,7 @@ from taskyard.http import (
     client_socket,
     dashboard,
     events,
+    metrics,
     rate_limits,
     runs,
     schedules,
@@ -50,6 +51,7 @@ def build_app(engine: Host, plugin_routers: Sequence[Router] = ()) -> web.Applic
     mount(app, endpoints)
     client_socket.install(app, endpoints)
     dashboard.install(app)
+    metrics.install(app)
     app.on_shutdown.append(_disconnect_workers)
     return app
 

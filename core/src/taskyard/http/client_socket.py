@@ -34,6 +34,7 @@ from taskyard.domain.auth import Role
 from taskyard.errors import BadRequest, MethodNotAllowed, NotFound, Unprocessable
 from taskyard.http.errors import failure, next_request_id
 from taskyard.http.keys import ENGINE
+from taskyard.http.metrics import METERS, frame_counter
 from taskyard.http.routing import (
     AUTHENTICATOR,
     NO_BODY,
@@ -120,7 +121,9 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     channel.writer.start()
     request.app[CHANNELS].add(ws)
     try:
+        meters = request.app[METERS]
         async for message in ws:
+            meters.frame("client", "in")
             if message.type is WSMsgType.TEXT:
                 await channel.receive(message.data)
             elif message.type is WSMsgType.BINARY:
@@ -142,7 +145,7 @@ class _Channel:
         self.routes = request.app[ROUTES]
         self.authenticate = request.app[AUTHENTICATOR]
         self.authorization = authorization
-        self.writer = FrameWriter(ws, "client")
+        self.writer = FrameWriter(ws, "client", frame_counter(request.app, "client"))
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.running = SideTasks()
 

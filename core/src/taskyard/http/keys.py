@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from taskyard.domain.auth import Principal
     from taskyard.integrations.worker import Integrations
     from taskyard.services import Services
+    from taskyard.services.metrics import Metrics
 
 
 class Host(PluginHost, Protocol):
@@ -30,6 +31,11 @@ class Host(PluginHost, Protocol):
 
     @property
     def integrations(self) -> Integrations: ...
+
+    @property
+    def metrics(self) -> Metrics:
+        """What /metrics reports of the engine."""
+        ...
 
     async def authenticate(self, header: str | None) -> Principal: ...
 

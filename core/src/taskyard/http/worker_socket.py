@@ -28,6 +28,7 @@ from taskyard.domain.cron import validate as validate_cron
 from taskyard.domain.expressions import ExpressionError
 from taskyard.domain.flow import check_options
 from taskyard.http.keys import ENGINE
+from taskyard.http.metrics import METERS, frame_counter
 from taskyard.http.routing import Call, Router
 from taskyard_sdk import protocol
 from taskyard_sdk.models import ErrorInfo
@@ -53,7 +54,14 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     if hello is None:
         return ws
     services = engine.services
-    session = WorkerSession(ws, call.principal.tenant_id, call.principal.token_id, hello)
+    meters = call.request.app[METERS]
+    session = WorkerSession(
+        ws,
+        call.principal.tenant_id,
+        call.principal.token_id,
+        hello,
+        sent=frame_counter(call.request.app, "worker"),
+    )
     session.send(
         protocol.Welcome(
             worker_id=hello.worker_id,
@@ -70,6 +78,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
             if session.revoked:
                 break
             session.last_seen = time.monotonic()
+            meters.frame("worker", "in")
             if message.type is WSMsgType.TEXT:
                 _handle_frame(session, queue, registry, message.data, limit)
             elif message.type is WSMsgType.BINARY:

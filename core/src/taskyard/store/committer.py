@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,11 @@ class Committer:
         # Held from the pool for as long as it works: a pool acquire and release per flush costs
         # about as much CPU as the flush's own statement.
         self.conn: Any = None
+        # For /metrics: what went wrong, by kind (lost connection, refused batch), and the
+        # connections taken again after one was lost.
+        self.errors: Counter[str] = Counter()
+        self.reconnects = 0
+        self._lost = False
 
     async def commit(
         self, batch: WriteBatch, refuse_new_runs: Callable[[Exception], None]
@@ -51,9 +57,7 @@ class Committer:
         refusals = 0
         while True:
             try:
-                if self.conn is None:
-                    self.conn = await self.pool.acquire()
-                conn = self.conn
+                conn = await self._connection()
                 if self.mark is None:  # new runs alone: writing them again is harmless
                     return await write_batch(conn, batch, None), None
                 if retried and await batch_committed(conn, *self.mark, batch.batch_id):
@@ -61,6 +65,7 @@ class Committer:
                 return await write_batch(conn, batch, self.mark), None
             except TRANSIENT_ERRORS as exc:
                 retried = True
+                self._lose("connection")
                 await self.close()
                 log.warning(
                     "could not write %d rows to Postgres (%s); retrying in %.2fs",
@@ -83,6 +88,7 @@ class Committer:
                     batch.new_runs = []
                     continue
                 refusals += 1
+                self.errors["refused"] += 1
                 if refusals < 5:  # perhaps a passing fault we do not recognise: try again
                     log.warning("Postgres refused a batch (%s); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
@@ -106,11 +112,10 @@ class Committer:
         delay = 0.05
         while True:
             try:
-                if self.conn is None:
-                    self.conn = await self.pool.acquire()
-                await write_batch(self.conn, batch, self.mark)
+                await write_batch(await self._connection(), batch, self.mark)
                 return 0
             except TRANSIENT_ERRORS:
+                self._lose("connection")
                 await self.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -122,6 +127,18 @@ class Committer:
                     return 1
                 first, second = batch.halves()
                 return await self._isolate_refused(first) + await self._isolate_refused(second)
+
+    async def _connection(self) -> Any:
+        if self.conn is None:
+            self.conn = await self.pool.acquire()
+            if self._lost:
+                self.reconnects += 1
+                self._lost = False
+        return self.conn
+
+    def _lose(self, kind: str) -> None:
+        self.errors[kind] += 1
+        self._lost = True
 
     async def close(self) -> None:
         """Give the connection back (a broken one: the pool replaces it); the next try takes

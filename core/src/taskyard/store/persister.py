@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from taskyard.domain.meters import BATCH_BUCKETS, FLUSH_BUCKETS, Histogram
 from taskyard.domain.rate_limits import Usage
 from taskyard.store.batch import Inserted, WriteBatch
 from taskyard.store.committer import Committer
@@ -74,6 +76,8 @@ class _Lane:
 
     name: str
     committer: Committer  # writes its batches, on a connection of its own
+    batch_rows: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    flush_seconds: Histogram = field(default_factory=lambda: Histogram(FLUSH_BUCKETS))
     batch: WriteBatch = field(default_factory=WriteBatch.empty)
     barriers: list[asyncio.Future[None]] = field(default_factory=list)
     waiters: list[InsertWaiter] = field(default_factory=list)
@@ -89,6 +93,22 @@ class _Lane:
         taken = self.batch, self.barriers, self.waiters
         self.batch, self.barriers, self.waiters = WriteBatch.empty(), [], []
         return taken
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSample:
+    batch_rows: Histogram
+    flush_seconds: Histogram
+    errors: dict[str, int]  # by kind: connection (lost, retried), refused (by Postgres)
+    reconnects: int
+
+
+@dataclass(frozen=True, slots=True)
+class PersisterSample:
+    flushes: int
+    rows_written: int
+    pending: int  # rows handed over and not yet committed
+    lanes: dict[str, LaneSample]
 
 
 class Persister:
@@ -379,7 +399,10 @@ class Persister:
             self._refused(waiters, error)
             waiters.clear()
 
+        began = time.perf_counter()
         inserted, error = await lane.committer.commit(batch, refuse_new_runs)
+        lane.flush_seconds.observe(time.perf_counter() - began)
+        lane.batch_rows.observe(rows)
         self._flushed(lane, rows, barriers, waiters, inserted, error)
 
     def _refused(self, waiters: list[InsertWaiter], error: Exception) -> None:
@@ -414,6 +437,23 @@ class Persister:
             else:
                 waiter.set_result([inserted[run_id] for run_id in run_ids])
         self._kick(lane)
+
+    def sample(self) -> PersisterSample:
+        """Copies of its meters, for /metrics."""
+        return PersisterSample(
+            flushes=self.flushes,
+            rows_written=self.rows_written,
+            pending=self._pending,
+            lanes={
+                lane.name: LaneSample(
+                    batch_rows=lane.batch_rows.copy(),
+                    flush_seconds=lane.flush_seconds.copy(),
+                    errors=dict(lane.committer.errors),
+                    reconnects=lane.committer.reconnects,
+                )
+                for lane in (self._ordered, self._triggers)
+            },
+        )
 
     async def stop(self) -> None:
         """The final flush of both lanes, shielded from cancellation, so what was handed over is

@@ -68,6 +68,12 @@ class TenantRepository:
         )
         return Tenant(**dict(row)) if row else None
 
+    async def names(self, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        rows = await self.pool.fetch(
+            "SELECT tenant_id, name FROM tenants WHERE tenant_id = ANY($1::uuid[])", tenant_ids
+        )
+        return {row["tenant_id"]: row["name"] for row in rows}
+
     async def count_tenants(self) -> int:
         count = await self.pool.fetchval("SELECT count(*) FROM tenants")
         return int(count)
