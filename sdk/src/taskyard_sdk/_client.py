@@ -197,12 +197,20 @@ class Taskyard:
         queue: str | None = None,
         drain_timeout: float = 30.0,
         lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        health_port: int | None = None,
+        health_host: str = "127.0.0.1",
+        block_threshold: float = 1.0,
     ) -> Worker:
         """A worker process's runtime: it runs tasks and the steps of workflows (which it
         registers when it starts), given in either list. `slots` is how many tasks it runs at
         once. `lifespan`: an async context manager (factory) entered before the first task and
         left after the drain; what it yields fills the tasks' parameters after the input and
-        context, by type or by `Depends(...)` (see `taskyard_sdk.Depends`)."""
+        context, by type or by `Depends(...)` (see `taskyard_sdk.Depends`).
+
+        `health_port`: serve `/health` and `/metrics` there (0 picks a free port; see
+        `worker.health_url`), on `health_host`. An event loop blocked for longer than
+        `block_threshold` seconds is logged with the task that blocks it, and makes `/health`
+        answer 503 while it lasts."""
         given_tasks, given_workflows = _tasks_and_workflows(name, [*tasks, *workflows])
         every_task = [*given_tasks, *(t for workflow in given_workflows for t in workflow.tasks)]
         queues = {task.options.queue for task in every_task}
@@ -223,6 +231,9 @@ class Taskyard:
             queue=queue,
             drain_timeout=drain_timeout,
             lifespan=lifespan,
+            health_port=health_port,
+            health_host=health_host,
+            block_threshold=block_threshold,
         )
 
     async def aio_close(self) -> None:

@@ -19,11 +19,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from taskyard_sdk import protocol
 from taskyard_sdk._worker.attempts import Attempts
 from taskyard_sdk._worker.connection import Connection, WorkerStopped
+from taskyard_sdk._worker.health import HealthServer, LoopWatch
 from taskyard_sdk._worker.outbox import Outbox
 from taskyard_sdk.models import LabelValue
 
@@ -53,6 +55,9 @@ class Worker:
         queue: str = "default",
         drain_timeout: float = 30.0,
         lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        health_port: int | None = None,
+        health_host: str = "127.0.0.1",
+        block_threshold: float = 1.0,
     ) -> None:
         if not tasks:
             raise ValueError(f"worker {name!r} needs at least one task")
@@ -75,6 +80,10 @@ class Worker:
         self.outbox = Outbox()
         self.attempts = Attempts(name, client, self.tasks, self.outbox, lambda: self.state)
         self.connection = Connection(self, self.attempts, self.outbox)
+        self.watch = LoopWatch(name, block_threshold, self._task_codes)
+        self.health_port = health_port
+        self.health_host = health_host
+        self._health: HealthServer | None = None
         self._connected = self.connection.connected
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -90,6 +99,21 @@ class Worker:
     def failed(self) -> int:
         """Attempts that did not succeed since the worker was made."""
         return self.attempts.failed
+
+    @property
+    def health_url(self) -> str:
+        """Where its `/health` and `/metrics` are served (with `health_port`, once started)."""
+        if self._health is None:
+            raise RuntimeError(f"worker {self.name} serves no health port (health_port=...)")
+        return self._health.url
+
+    def _task_codes(self) -> dict[CodeType, str]:
+        """Each task function's code, to name the task that blocks the loop."""
+        return {
+            code: task.name
+            for task in self.tasks.values()
+            if (code := getattr(task.fn, "__code__", None)) is not None
+        }
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -112,6 +136,10 @@ class Worker:
             max_workers=self.slots, thread_name_prefix=f"taskyard-{self.name}"
         )
         self.attempts.open(self._loop, executor)
+        self.watch.start(self._loop)
+        if self.health_port is not None:
+            self._health = HealthServer(self, self.health_host, self.health_port)
+            self._health.start()
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stopping.set)
@@ -126,6 +154,10 @@ class Worker:
                     await self._run()
         finally:
             self.state = None
+            self.watch.stop()
+            if self._health is not None:
+                self._health.stop()
+                self._health = None
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
