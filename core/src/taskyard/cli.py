@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -22,6 +22,7 @@ from taskyard import __version__
 from taskyard.commands import COMMANDS
 from taskyard.config import EngineSettings
 from taskyard.domain.auth import Role
+from taskyard_sdk.logs import configure_logging
 
 if TYPE_CHECKING:
     import asyncpg
@@ -105,11 +106,17 @@ data_dir_option = click.option(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    envvar="TASKYARD_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object a line, lines about a run with its tenant, run id, task, attempt.",
+)
+def main(log_level: str, log_format: Literal["text", "json"]) -> None:
     """Taskyard: durable task queue and workflow orchestrator on PostgreSQL."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
 
 
 # Flags named otherwise than their settings field (the field names read better in code).

@@ -193,6 +193,7 @@ class Welcome(_Message):
     worker_id: UUID
     heartbeat_interval: float
     max_message_bytes: int
+    tenant: str | None = None  # the tenant's name, for the worker's log lines
 
 
 class Assign(AttemptRef):

@@ -22,6 +22,7 @@ from taskyard.domain.workflows import WAIT_FILTER_NAMES
 from taskyard.store.db import TRANSIENT_ERRORS
 from taskyard.store.rows import durable_entry_row
 from taskyard_sdk import protocol
+from taskyard_sdk.logs import run_fields
 
 if TYPE_CHECKING:
     from taskyard.actors.queue_effects import QueueEffects
@@ -208,7 +209,9 @@ class DurableRuns:
             )
         except Exception:
             log.exception(
-                "could not read past events for durable run %s; it waits for new ones", run_id
+                "could not read past events for durable run %s; it waits for new ones",
+                run_id,
+                extra=run_fields(run_id, tenant=self.tenant_id),
             )
             return []
 
@@ -239,7 +242,11 @@ class DurableRuns:
                 lambda: self.repository.run_documents(self.tenant_id, children), what
             )
         except Exception:
-            log.exception("could not follow the children of durable run %s", run_id)
+            log.exception(
+                "could not follow the children of durable run %s",
+                run_id,
+                extra=run_fields(run_id, tenant=self.tenant_id),
+            )
             return None
         finally:
             self.waiters.unwatch(self.tenant_id, futures)

@@ -42,6 +42,7 @@ from taskyard.domain.workflows import CompiledWorkflow, compile_workflow
 from taskyard.errors import Conflict, Unprocessable
 from taskyard.store.batch import Inserted
 from taskyard.store.rows import owned_state_row
+from taskyard_sdk.logs import run_fields
 from taskyard_sdk.models import DEFAULT_PRIORITY, Concurrency, RunStatus, TaskOptions
 from taskyard_sdk.protocol import TaskDefinition
 
@@ -465,7 +466,12 @@ class TenantActor(Actor):
         for create, outcome in zip(creates, done.result(), strict=True):
             state = create.state
             if not outcome.created:
-                log.warning("workflow run %s: step %r already had a row", run_id, create.step.name)
+                log.warning(
+                    "workflow run %s: step %r already had a row",
+                    run_id,
+                    create.step.name,
+                    extra=run_fields(run_id, task=create.step.name, tenant=self.tenant_id),
+                )
                 continue
             if state.status is RunStatus.QUEUED:
                 queued.append(

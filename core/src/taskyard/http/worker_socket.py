@@ -67,6 +67,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
             worker_id=hello.worker_id,
             heartbeat_interval=engine.settings.heartbeat_interval,
             max_message_bytes=limit,
+            tenant=call.principal.tenant_name,
         )
     )
     session.start()

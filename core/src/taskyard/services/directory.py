@@ -35,6 +35,7 @@ from taskyard.store.rate_limits import RateLimitRepository
 from taskyard.store.runs import RunRepository
 from taskyard.store.schedules import ScheduleRepository
 from taskyard.store.workflows import WorkflowRepository
+from taskyard_sdk.logs import run_fields
 from taskyard_sdk.models import RunStatus
 from taskyard_sdk.protocol import TaskDefinition
 
@@ -225,7 +226,11 @@ class ActorDirectory:
         try:
             await self.cancel_children(tenant_id, run_id, f"run {run_id} timed out")
         except Exception:
-            log.exception("could not cancel the children of run %s, which timed out", run_id)
+            log.exception(
+                "could not cancel the children of run %s, which timed out",
+                run_id,
+                extra=run_fields(run_id, tenant=tenant_id),
+            )
 
     def _cancel_later(self, tenant_id: uuid.UUID, run_id: uuid.UUID, reason: str) -> None:
         """Cancel a run and everything under it, for an actor that cannot wait for that."""
@@ -236,7 +241,9 @@ class ActorDirectory:
             except (Conflict, NotFound):
                 pass  # it ended meanwhile
             except Exception:
-                log.exception("could not cancel run %s", run_id)
+                log.exception(
+                    "could not cancel run %s", run_id, extra=run_fields(run_id, tenant=tenant_id)
+                )
 
         self.start_later(cancel())
 

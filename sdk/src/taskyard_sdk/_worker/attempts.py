@@ -26,6 +26,7 @@ from taskyard_sdk._durable import DurableContext, Suspended, current_durable
 from taskyard_sdk._errors import NonRetryableError, RetryAfter
 from taskyard_sdk._task import batch_bodies
 from taskyard_sdk._worker.outbox import AttemptKey, Outbox, Result
+from taskyard_sdk.logs import current_run_fields, run_fields
 from taskyard_sdk.models import ErrorInfo
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Attempts:
         self.outbox = outbox
         self.state = state
         self.max_message_bytes = 1024 * 1024  # the engine's welcome says
+        self.tenant: str | None = None  # likewise
         self.completed = 0
         self.failed = 0
         self._executions: dict[AttemptKey, _Execution] = {}
@@ -182,6 +184,9 @@ class Attempts:
     async def _execute(self, execution: _Execution) -> None:
         assign = execution.assign
         current_run.set(assign.run_id)  # this asyncio task's own context: runs it triggers
+        current_run_fields.set(  # and every line logged while it runs
+            run_fields(assign.run_id, task=assign.task, attempt=assign.attempt, tenant=self.tenant)
+        )
         if isinstance(execution.context, DurableContext):
             current_durable.set(execution.context)
         ref = {"run_id": assign.run_id, "attempt": assign.attempt}

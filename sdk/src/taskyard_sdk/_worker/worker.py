@@ -27,6 +27,7 @@ from taskyard_sdk._worker.attempts import Attempts
 from taskyard_sdk._worker.connection import Connection, WorkerStopped
 from taskyard_sdk._worker.health import HealthServer, LoopWatch
 from taskyard_sdk._worker.outbox import Outbox
+from taskyard_sdk.logs import LogFormat, configure_logging
 from taskyard_sdk.models import LabelValue
 
 if TYPE_CHECKING:
@@ -117,14 +118,20 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def start(self, *, log_level: str | None = None) -> None:
+    def start(self, *, log_level: str | None = None, log_format: LogFormat | None = None) -> None:
         """Run until SIGINT or SIGTERM, then drain: take no new work, let running tasks finish
         within `drain_timeout`, deliver their results.
 
         As a process's main loop, it logs to stderr (connection, registrations, each attempt,
-        `ctx.log` lines) at `log_level`, or TASKYARD_LOG_LEVEL, default INFO, unless the
-        program configured logging itself. `aio_start` leaves logging to the application."""
-        _log_to_stderr(log_level or os.environ.get("TASKYARD_LOG_LEVEL", "info"))
+        `ctx.log` lines) at `log_level`, or TASKYARD_LOG_LEVEL, default INFO, as `log_format`
+        ("text" or "json", or TASKYARD_LOG_FORMAT), each line about a run with its run id,
+        task, attempt and tenant, unless the program configured logging itself. `aio_start`
+        leaves logging to the application (`taskyard_sdk.logs.configure_logging` does it)."""
+        if not logging.getLogger().handlers:
+            configure_logging(
+                log_level or os.environ.get("TASKYARD_LOG_LEVEL", "info"),
+                log_format or _log_format(os.environ.get("TASKYARD_LOG_FORMAT", "text")),
+            )
         asyncio.run(self.aio_start(handle_signals=True))
 
     async def aio_start(self, *, handle_signals: bool = False) -> None:
@@ -258,8 +265,7 @@ class Worker:
             await asyncio.sleep(0.05)
 
 
-def _log_to_stderr(level: str) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+def _log_format(given: str) -> LogFormat:
+    if given not in ("text", "json"):
+        raise ValueError(f"TASKYARD_LOG_FORMAT must be 'text' or 'json', not {given!r}")
+    return "json" if given == "json" else "text"
