@@ -17,6 +17,7 @@ from taskyard_sdk import outbox
 from taskyard_sdk._errors import NotFound, ResultTimeout, TaskFailed
 from taskyard_sdk._transport import run_sync
 from taskyard_sdk.models import RunStatus, RunView, WaitResponse
+from taskyard_sdk.otel import with_trace
 
 if TYPE_CHECKING:
     from taskyard_sdk._client import Taskyard
@@ -82,7 +83,7 @@ class Runnable(Generic[In, Out]):
         self, inputs: Sequence[In], metadata: dict[str, str] | None, priority: int | None
     ) -> list[outbox.OutboxRow]:
         """The triggers of runs as outbox rows (validated, their run ids chosen)."""
-        common = self._outbox_request(metadata, priority)
+        common = self._outbox_request(with_trace(metadata), priority)
         values = [self.encode_input(value) for value in inputs]
         return outbox.new_rows(self._outbox_kind, self.name, self._trigger_model, common, values)
 

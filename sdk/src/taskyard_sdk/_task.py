@@ -44,6 +44,7 @@ from taskyard_sdk.models import (
     TaskOptions,
     TriggerRequest,
 )
+from taskyard_sdk.otel import trigger_span, with_trace
 
 if TYPE_CHECKING:
     from taskyard_sdk._client import Taskyard
@@ -309,10 +310,11 @@ class Task(Schedulable, Runnable[In, Out]):
         priority: int | None = None,
         idempotency_key: str | None = None,
     ) -> RunHandle[Out]:
-        body = self._trigger(input, metadata, priority, idempotency_key)
-        ref = RunRef.model_validate(
-            await self.client.transport.request("POST", "/api/v1/runs", json_body=body)
-        )
+        with trigger_span(self.name, 1):
+            body = self._trigger(input, with_trace(metadata), priority, idempotency_key)
+            ref = RunRef.model_validate(
+                await self.client.transport.request("POST", "/api/v1/runs", json_body=body)
+            )
         return RunHandle(self, ref.run_id)
 
     async def aio_run(
@@ -346,12 +348,16 @@ class Task(Schedulable, Runnable[In, Out]):
         priority: int | None = None,
     ) -> list[RunHandle[Out]]:
         handles: list[RunHandle[Out]] = []
-        runs = (self._trigger(value, metadata, priority, None, options=False) for value in inputs)
-        for body in batch_bodies(runs, {"options": self._options_json}):
-            response = BatchTriggerResponse.model_validate(
-                await self.client.transport.request("POST", "/api/v1/runs/batch", body=body)
+        with trigger_span(self.name, len(inputs)):
+            metadata = with_trace(metadata)
+            runs = (
+                self._trigger(value, metadata, priority, None, options=False) for value in inputs
             )
-            handles += [RunHandle(self, ref.run_id) for ref in response.runs]
+            for body in batch_bodies(runs, {"options": self._options_json}):
+                response = BatchTriggerResponse.model_validate(
+                    await self.client.transport.request("POST", "/api/v1/runs/batch", body=body)
+                )
+                handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
 
     async def aio_run_many(

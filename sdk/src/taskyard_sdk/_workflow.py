@@ -46,6 +46,7 @@ from taskyard_sdk.models import (
     WorkflowInfo,
     WorkflowTriggerRequest,
 )
+from taskyard_sdk.otel import trigger_span, with_trace
 
 if TYPE_CHECKING:
     from taskyard_sdk._client import Taskyard
@@ -309,12 +310,13 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
         priority: int | None = None,
         idempotency_key: str | None = None,
     ) -> RunHandle[Outputs]:
-        ref = RunRef.model_validate(
-            await self._post(
-                f"/api/v1/workflows/{self.name}/runs",
-                json_body=self._trigger(input, metadata, priority, idempotency_key),
+        with trigger_span(self.name, 1):
+            ref = RunRef.model_validate(
+                await self._post(
+                    f"/api/v1/workflows/{self.name}/runs",
+                    json_body=self._trigger(input, with_trace(metadata), priority, idempotency_key),
+                )
             )
-        )
         return RunHandle(self, ref.run_id)
 
     async def _post(self, path: str, **body: Any) -> Any:
@@ -337,12 +339,14 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
         priority: int | None = None,
     ) -> list[RunHandle[Outputs]]:
         handles: list[RunHandle[Outputs]] = []
-        runs = (self._trigger(value, metadata, priority, None) for value in inputs)
-        for body in batch_bodies(runs):
-            response = BatchTriggerResponse.model_validate(
-                await self._post(f"/api/v1/workflows/{self.name}/runs/batch", body=body)
-            )
-            handles += [RunHandle(self, ref.run_id) for ref in response.runs]
+        with trigger_span(self.name, len(inputs)):
+            metadata = with_trace(metadata)
+            runs = (self._trigger(value, metadata, priority, None) for value in inputs)
+            for body in batch_bodies(runs):
+                response = BatchTriggerResponse.model_validate(
+                    await self._post(f"/api/v1/workflows/{self.name}/runs/batch", body=body)
+                )
+                handles += [RunHandle(self, ref.run_id) for ref in response.runs]
         return handles
 
     def _outcome(self, view: RunView) -> Outputs:

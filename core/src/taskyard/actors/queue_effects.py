@@ -56,6 +56,11 @@ def run_ended(run: Run) -> RunEnded:
         attempt=run.attempt,
         error_type=error.get("type"),
         error_message=error.get("message"),
+        metadata=run.metadata,
+        created_at=run.created_at,
+        queued_at=run.queued_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
     )
 
 

@@ -524,6 +524,11 @@ class TenantActor(Actor):
                 attempt=1,
                 error_type=error.get("type"),
                 error_message=error.get("message"),
+                metadata=run.metadata,
+                created_at=run.created_at,
+                queued_at=run.created_at,
+                started_at=run.created_at,
+                finished_at=now,
             )
 
         def committed(barrier: asyncio.Future[None]) -> None:

@@ -4,7 +4,7 @@ alert and the channel protocol that delivers it. Plugins import these from `task
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -23,6 +23,12 @@ class RunEnded:
     attempt: int
     error_type: str | None
     error_message: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Seconds since the epoch: made, queued for its last attempt, that attempt's start, the end.
+    created_at: float | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

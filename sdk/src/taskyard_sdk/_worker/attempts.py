@@ -28,6 +28,7 @@ from taskyard_sdk._task import batch_bodies
 from taskyard_sdk._worker.outbox import AttemptKey, Outbox, Result
 from taskyard_sdk.logs import current_run_fields, run_fields
 from taskyard_sdk.models import ErrorInfo
+from taskyard_sdk.otel import attempt_failed, attempt_span
 
 if TYPE_CHECKING:
     from taskyard_sdk._client import Taskyard
@@ -182,11 +183,25 @@ class Attempts:
     # -- running one attempt ---------------------------------------------------------------------
 
     async def _execute(self, execution: _Execution) -> None:
+        """One attempt, in a span of its own (with OpenTelemetry): the task's spans nest in it."""
         assign = execution.assign
         current_run.set(assign.run_id)  # this asyncio task's own context: runs it triggers
         current_run_fields.set(  # and every line logged while it runs
             run_fields(assign.run_id, task=assign.task, attempt=assign.attempt, tenant=self.tenant)
         )
+        root = assign.context.workflow_run_id if assign.context else assign.run_id
+        with attempt_span(
+            assign.task, assign.run_id, assign.attempt, assign.metadata, root
+        ) as span:
+            result = await self._attempt(execution)
+            if isinstance(result, protocol.Failed):
+                attempt_failed(span, result.error.type, result.error.message)
+        if result is not None:
+            self.outbox.result((assign.run_id, assign.attempt), result)
+
+    async def _attempt(self, execution: _Execution) -> Result | None:
+        """Run it: its result, or None when it suspended (a durable wait)."""
+        assign = execution.assign
         if isinstance(execution.context, DurableContext):
             current_durable.set(execution.context)
         ref = {"run_id": assign.run_id, "attempt": assign.attempt}
@@ -199,7 +214,7 @@ class Attempts:
             result = self._completed(execution, output)
         except Suspended:
             self._executions.pop((assign.run_id, assign.attempt), None)
-            return  # it waits; the suspension (sent already) is its outcome for now
+            return None  # it waits; the suspension (sent already) is its outcome for now
         except asyncio.CancelledError:
             if execution.cancel_reason is None:
                 raise  # the worker itself is being torn down
@@ -242,7 +257,7 @@ class Attempts:
                     result.error.type,
                     result.error.message,
                 )
-        self.outbox.result((assign.run_id, assign.attempt), result)
+        return result
 
     async def _call(self, execution: _Execution) -> Any:
         assign = execution.assign
