@@ -36,15 +36,21 @@ tracer = trace.get_tracer("shop")
 ty = Taskyard()
 
 
+@ty.task(name="receipt")
+async def receipt(amount: int) -> str:
+    return f"receipt for {amount}"
+
+
 @ty.task(name="charge")
 async def charge(amount: int) -> int:
     with tracer.start_as_current_span("charging card"):
+        await receipt.aio_run(amount, timeout=30)  # a child run, in the same trace
         return amount
 """
 WORKER = (
     SETUP
     + """
-ty.worker("shop", tasks=[charge]).start()
+ty.worker("shop", tasks=[charge, receipt]).start()
 provider.shutdown()
 """
 )
@@ -142,7 +148,8 @@ async def test_one_trace_holds_the_trigger_the_queue_wait_and_the_attempt(
 
         async def whole() -> bool:
             names = {span.name for span in spans}
-            return {"taskyard.run charge", "taskyard.attempt charge", "checkout"} <= names
+            wanted = {"taskyard.run charge", "taskyard.attempt charge", "checkout"}
+            return wanted | {"taskyard.run receipt", "taskyard.attempt receipt"} <= names
 
         await wait_until(whole, 30, "the caller's, the engine's and the worker's spans")
     finally:
@@ -166,4 +173,10 @@ async def test_one_trace_holds_the_trigger_the_queue_wait_and_the_attempt(
     assert (checkout.service, trigger.service) == ("checkout-api", "checkout-api")
     assert (run.service, wait.service) == ("taskyard-engine", "taskyard-engine")
     assert (attempt.service, mine.service) == ("shop-worker", "shop-worker")
+    # The child run, triggered inside the task's span: its trigger is a child of that span.
+    child_trigger = trace["taskyard.trigger receipt"]
+    child_run = trace["taskyard.run receipt"]
+    assert child_trigger.parent == mine.span_id
+    assert child_run.parent == child_trigger.span_id
+    assert trace["taskyard.attempt receipt"].parent == child_run.span_id
     assert run_id  # the caller saw its run finish
