@@ -251,7 +251,7 @@ def test_unknown_plugin_stops_the_engine_listing_installed_ones(db_url: str) -> 
     )
     assert result.returncode == 1
     assert (
-        "unknown plugin 'nope'; installed plugins: email, hello, http, slack, webhooks"
+        "unknown plugin 'nope'; installed plugins: email, hello, http, otel, slack, webhooks"
         in result.stderr
     )
     assert "Traceback" not in result.stderr

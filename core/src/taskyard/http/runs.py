@@ -32,6 +32,7 @@ from taskyard_sdk.models import (
     DurableEntry,
     LogPage,
     RunEvent,
+    RunFilter,
     RunPage,
     RunRef,
     RunStatus,
@@ -162,18 +163,15 @@ async def trigger_batch(call: Call[BatchTriggerRequest]) -> BatchTriggerResponse
 async def list_runs(call: Call[None]) -> Document:
     """List runs, newest first, filtered by status, task, creation time and metadata."""
     query: ListRunsQuery = call.query
-    metadata = metadata_filter(query.metadata)
-    before = page_cursor(query.cursor)
-    engine = call.request.app[ENGINE]
-    rows = await engine.services.history.list_runs(
-        call.principal.tenant_id,
-        statuses=[s.value for s in query.status],
-        tasks=query.task,
+    matching = RunFilter(
+        status=query.status,
+        task=query.task,
         since=query.since,
         until=query.until,
-        metadata=metadata,
-        before=before,
-        limit=query.limit,
+        metadata=metadata_filter(query.metadata),
+    )
+    rows = await call.request.app[ENGINE].services.history.list_runs(
+        call.principal.tenant_id, matching, before=page_cursor(query.cursor), limit=query.limit
     )
     cursor = str(rows[-1]["run_id"]) if len(rows) == query.limit else None
     return Document({"runs": rows, "next_cursor": cursor})

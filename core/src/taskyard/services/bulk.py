@@ -102,11 +102,7 @@ class Bulk:
         while len(found) <= MAX_BULK:
             rows = await self.history.list_runs(
                 tenant_id,
-                statuses=[status.value for status in statuses],
-                tasks=matching.task,
-                since=matching.since,
-                until=matching.until,
-                metadata=matching.metadata,
+                matching.model_copy(update={"status": statuses}),
                 before=before,
                 limit=PAGE,
             )

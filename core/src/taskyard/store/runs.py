@@ -20,6 +20,7 @@ from taskyard_sdk.models import (
     DurableEntry,
     LogLine,
     RunEvent,
+    RunFilter,
     RunKind,
     RunStatus,
     RunSummary,
@@ -75,23 +76,17 @@ FROM runs r WHERE r.tenant_id = $1 AND r.run_id = $2
 """
 
 
-def _run_filters(
-    tenant_id: uuid.UUID,
-    statuses: list[str],
-    tasks: list[str],
-    since: datetime | None,
-    until: datetime | None,
-    metadata: dict[str, str],
-) -> Filters:
+def _run_filters(tenant_id: uuid.UUID, matching: RunFilter) -> Filters:
     filters = Filters(tenant_id)
-    filters.any_of("status", statuses)
-    filters.any_of("task", tasks)
+    filters.any_of("status", [status.value for status in matching.status])
+    filters.any_of("task", matching.task)
+    since, until = matching.since, matching.until
     if since is not None:  # the ids' own time: the primary key bounds the walk
         filters.add("run_id >= {}", _uuid7_bound(since, upper=False))
     if until is not None:
         filters.add("run_id <= {}", _uuid7_bound(until, upper=True))
     filters.created(since, until)
-    filters.metadata(metadata)
+    filters.metadata(matching.metadata)
     return filters
 
 
@@ -298,12 +293,8 @@ class RunRepository:
     async def list_runs(
         self,
         tenant_id: uuid.UUID,
+        matching: RunFilter,
         *,
-        statuses: list[str],
-        tasks: list[str],
-        since: datetime | None,
-        until: datetime | None,
-        metadata: dict[str, str],
         before: uuid.UUID | None,
         limit: int,
         worker_id: uuid.UUID | None = None,
@@ -312,7 +303,7 @@ class RunRepository:
         `worker_id`: the runs whose latest attempt went to that worker among the WORKER_SEARCH
         newest the other filters match (before the cursor): a bounded walk, as no index holds
         the worker (one would cost every assignment its heap-only update)."""
-        filters = _run_filters(tenant_id, statuses, tasks, since, until, metadata)
+        filters = _run_filters(tenant_id, matching)
         if worker_id is None:
             query, args = filters.page(
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs", "run_id", before, limit
@@ -338,11 +329,8 @@ class RunRepository:
     async def status_counts(
         self,
         tenant_id: uuid.UUID,
+        matching: RunFilter,
         *,
-        tasks: list[str],
-        since: datetime | None,
-        until: datetime | None,
-        metadata: dict[str, str],
         newest: int,
         worker_id: uuid.UUID | None = None,
     ) -> dict[str, int]:
@@ -350,7 +338,7 @@ class RunRepository:
         bounded walk of the primary key, however many runs there are (when the counts add up
         to `newest`, they are of the newest only). With `worker_id`: of those, the runs whose
         latest attempt went to that worker."""
-        filters = _run_filters(tenant_id, [], tasks, since, until, metadata)
+        filters = _run_filters(tenant_id, matching.model_copy(update={"status": []}))
         if worker_id is None:
             query, args = filters.page("SELECT status FROM runs", "run_id", None, newest)
         else:

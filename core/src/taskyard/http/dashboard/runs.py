@@ -125,11 +125,7 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
     matching = chosen.matching()
     rows = await request.app[ENGINE].services.history.list_runs(
         principal.tenant_id,
-        statuses=[status.value for status in matching.status],
-        tasks=matching.task,
-        since=matching.since,
-        until=matching.until,
-        metadata=matching.metadata,
+        matching,
         before=page_cursor(chosen.cursor),
         limit=PAGE_SIZE,
         worker_id=chosen.worker,
@@ -138,10 +134,7 @@ async def _runs(request: web.Request, principal: Principal) -> web.StreamRespons
     done = _DONE.fullmatch(request.query.get("done", ""))
     counts = await request.app[ENGINE].services.history.status_counts(
         principal.tenant_id,
-        tasks=matching.task,
-        since=matching.since,
-        until=matching.until,
-        metadata=matching.metadata,
+        matching,
         newest=COUNTED,
         worker_id=chosen.worker,
     )
