@@ -311,7 +311,11 @@ async def test_a_durable_run_shows_its_log_and_the_wait_it_is_in(
         await expect(waiting).to_contain_text("user:verified")
         await expect(page.locator('table.durable tr[data-position="0"]')).to_contain_text("ADA")
         await expect(page.locator("dd.waiting")).to_contain_text("user:verified")
-        await expect(page.locator("table.attempts tbody tr").first).to_contain_text("pending")
+        first = page.locator("table.attempts tbody tr").first
+        await expect(first).to_contain_text("pending")
+        # Its worker and start, kept though the suspended run's row has let them go.
+        await expect(first.locator("td").nth(2)).not_to_be_empty()
+        await expect(first.locator("td").nth(4)).not_to_be_empty()
         await screenshot(page, "durable-run")
         await ty.events.aio_push("user:verified", {"by": "email"})
         await handle.aio_result()

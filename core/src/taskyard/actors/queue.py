@@ -655,11 +655,20 @@ class QueueActor(Actor):
         elif run is not None:
             self.dispatcher.forget(run)
             run.status = RunStatus.PENDING
+            # The event keeps the attempt's worker and times, which its row is about to lose.
+            self.effects.record(
+                run,
+                "suspended",
+                now,
+                detail={
+                    "position": message.position,
+                    "call": message.call,
+                    "assigned_at": run.assigned_at,
+                    "started_at": run.started_at,
+                },
+            )
             run.worker_id = None
             run.assigned_at = run.started_at = run.deadline = None
-            self.effects.record(
-                run, "suspended", now, detail={"position": message.position, "call": message.call}
-            )
             self._begin_wait(self.durable.suspended(message), now)
         self.effects.ack(worker.session, message.run_id, message.attempt)
 

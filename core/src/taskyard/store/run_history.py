@@ -11,6 +11,7 @@ from typing import Any
 from taskyard_sdk.models import Attempt, ErrorInfo, RunEvent, RunStatus
 
 _TERMINAL_EVENTS = {"succeeded", "failed", "timed_out", "cancelled"}
+_LEFT_BEHIND = {*_TERMINAL_EVENTS, "suspended"}  # events that keep the timeline of their attempt
 
 
 def history(run: Mapping[str, Any], stored: Iterable[Mapping[str, Any]]) -> list[RunEvent]:
@@ -19,8 +20,9 @@ def history(run: Mapping[str, Any], stored: Iterable[Mapping[str, Any]]) -> list
     events = [RunEvent(at=run["created_at"], attempt=1, type="queued")]
     for row in stored:
         detail = row["detail"]
-        if row["type"] in _TERMINAL_EVENTS and detail is not None and "assigned_at" in detail:
-            # An earlier attempt's outcome, with the timeline its row no longer holds.
+        if row["type"] in _LEFT_BEHIND and detail is not None and "assigned_at" in detail:
+            # An earlier attempt's outcome (or a durable attempt's suspension), with the
+            # timeline its row no longer holds.
             for kind in ("assigned", "started"):
                 if detail[f"{kind}_at"] is not None:
                     events.append(
@@ -31,7 +33,10 @@ def history(run: Mapping[str, Any], stored: Iterable[Mapping[str, Any]]) -> list
                             worker_id=row["worker_id"],
                         )
                     )
-            detail = detail["error"]
+            if row["type"] == "suspended":
+                detail = {k: v for k, v in detail.items() if k not in ("assigned_at", "started_at")}
+            else:
+                detail = detail["error"]
         events.append(
             RunEvent(
                 at=row["at"],
