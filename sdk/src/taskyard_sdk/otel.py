@@ -83,7 +83,7 @@ def with_trace(metadata: dict[str, str] | None) -> dict[str, str] | None:
 def trigger_span(task: str, count: int) -> Iterator[None]:
     """A span around a trigger, current while the runs' metadata is made (so they carry it);
     nothing, not even a no-op span, until the process has set up a tracer provider."""
-    if trace is None or isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if not _tracing():
         yield
         return
     tracer = trace.get_tracer("taskyard")
@@ -105,7 +105,7 @@ def attempt_span(
     """The span of one attempt on the worker, child of the run's span, current while the task
     runs: the task's own spans nest under it. Yields the span (None without OpenTelemetry or
     a tracer provider)."""
-    if trace is None or isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if not _tracing():
         yield None
         return
     parsed = parse_traceparent(metadata.get(TRACEPARENT))
@@ -131,6 +131,13 @@ def attempt_span(
         set_status_on_exception=False,
     ) as span:
         yield span
+
+
+def _tracing() -> bool:
+    """Whether spans go anywhere: OpenTelemetry is installed and a tracer provider is set up."""
+    return trace is not None and not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider
+    )
 
 
 def attempt_failed(span: Any, error_type: str, message: str) -> None:

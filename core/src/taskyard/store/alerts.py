@@ -45,6 +45,11 @@ def _rule(row: asyncpg.Record) -> AlertRule:
     )
 
 
+def _said(rule: AlertRuleRequest) -> tuple[Any, ...]:
+    """What a rule says, in its columns' order after its ids (channel ... window_seconds)."""
+    return rule.channel, rule.target, rule.workflows, rule.tasks, rule.events, rule.window
+
+
 class AlertRuleRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -55,12 +60,7 @@ class AlertRuleRepository:
             f"now()) RETURNING {_COLUMNS}",
             tenant_id,
             new_id(),
-            rule.channel,
-            rule.target,
-            rule.workflows,
-            rule.tasks,
-            rule.events,
-            rule.window,
+            *_said(rule),
         )
         assert row is not None
         return _rule(row)
@@ -75,12 +75,7 @@ class AlertRuleRepository:
             f"RETURNING {_COLUMNS}",
             tenant_id,
             rule_id,
-            rule.channel,
-            rule.target,
-            rule.workflows,
-            rule.tasks,
-            rule.events,
-            rule.window,
+            *_said(rule),
         )
         return None if row is None else _rule(row)
 
