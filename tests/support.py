@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -134,3 +136,14 @@ async def scalar(db_url: str, query: str, *args: object) -> int:
 async def execute(db_url: str, statement: str) -> None:
     async with connected(db_url) as conn:
         await conn.execute(statement)
+
+
+@dataclass
+class Inbox:
+    """What the SMTP server received."""
+
+    messages: list[email.message.Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 Message accepted for delivery"

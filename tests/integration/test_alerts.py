@@ -5,7 +5,6 @@ plugin whose hooks raise does not stop the work."""
 from __future__ import annotations
 
 import asyncio
-import email
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -23,17 +22,7 @@ from taskyard.testing import free_port
 from taskyard_sdk import TaskFailed, Taskyard
 from taskyard_slack import SlackChannel
 from tests.conftest import engine_settings
-
-
-@dataclass
-class Inbox:
-    """What the SMTP server received."""
-
-    messages: list[email.message.Message] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 Message accepted for delivery"
+from tests.support import Inbox
 
 
 @dataclass

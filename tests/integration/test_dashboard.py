@@ -6,14 +6,11 @@ pages go to docs/img/ (docs/dashboard.md shows them)."""
 from __future__ import annotations
 
 import asyncio
-import email
 import os
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -36,7 +33,7 @@ from taskyard_sdk import (
     Workflow,
 )
 from tests.conftest import TenantTokens, engine_settings
-from tests.support import wait_until
+from tests.support import Inbox, wait_until
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 expect.set_options(timeout=15_000)  # a loaded machine runs the other tests beside these
@@ -785,17 +782,6 @@ async def test_an_admin_creates_and_revokes_tokens_and_nobody_else_may(
         assert "/dashboard/sign-in" in other.url  # signed out at once
     finally:
         await context.close()
-
-
-@dataclass
-class Inbox:
-    """What the SMTP server received."""
-
-    messages: list[email.message.Message] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 Message accepted for delivery"
 
 
 async def test_alert_rules_are_created_edited_and_deleted_and_an_alerts_link_opens_the_run(
