@@ -77,7 +77,7 @@ async def test_a_revocation_missed_while_the_listener_was_down_still_applies(
     assert await whoami(http, engine.url, secret) == 200
     killed = await engine.pool.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%token_revoked%'"
     )
     assert killed == 1
     await engine.pool.execute(
@@ -89,7 +89,7 @@ async def test_a_revocation_missed_while_the_listener_was_down_still_applies(
     for _ in range(100):
         listening = await engine.pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            "WHERE datname = current_database() AND query LIKE 'LISTEN%token_revoked%'"
         )
         if listening:
             break

@@ -84,6 +84,25 @@ class EngineSettings(BaseModel):
         description="The bearer token /metrics asks for; without one, only this machine may "
         "scrape.",
     )
+    node_name: str | None = Field(
+        default=None,
+        description="This engine node's name in its cluster (default: host name and port). A "
+        "node restarted with the same name takes its leases back at once.",
+    )
+    advertise_url: str | None = Field(
+        default=None,
+        description="The URL other nodes and workers reach this node at (default: the address "
+        "it serves on).",
+    )
+    lease_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a node's tenant leases last unrenewed: a node that dies loses its "
+        "tenants to the others after this long.",
+    )
+    lease_renew: float = Field(
+        default=1.0, gt=0, description="Seconds between a node's heartbeats and lease renewals."
+    )
     public_url: str | None = Field(
         default=None, description="The URL users reach the engine at, for links in alerts."
     )

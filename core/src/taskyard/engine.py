@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import secrets
+import socket
 import time
 import uuid
 from collections import Counter
@@ -38,6 +39,7 @@ from taskyard.http.app import build_app
 from taskyard.http.client_socket import CHANNELS
 from taskyard.http.dashboard import ROOT as DASHBOARD
 from taskyard.http.dashboard import sign_in_link
+from taskyard.http.forwarding import FORWARDER
 from taskyard.http.routing import Router
 from taskyard.integrations.worker import Integrations
 from taskyard.plugin_manager import Plugins
@@ -51,6 +53,7 @@ from taskyard.plugins import (
 )
 from taskyard.services import Services
 from taskyard.services.alerts import AlertRules
+from taskyard.services.cluster import Cluster
 from taskyard.services.metrics import Metrics
 from taskyard.services.outbox import OutboxConfigError, OutboxDrainer
 from taskyard.services.tokens import Tokens
@@ -60,6 +63,7 @@ from taskyard.store.batch import register_node
 from taskyard.store.db import TRANSIENT_ERRORS, create_pool
 from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.store.events import EventRepository
+from taskyard.store.leases import LeaseRepository
 from taskyard.store.migrator import MigrationError, migrate, pending_migrations
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
@@ -118,6 +122,9 @@ class Engine:
         self._observers = SideTasks()  # plugin calls with committed changes: finished at stop
         self.database_url: str | None = settings.database_url
         self.outboxes: list[OutboxDrainer] = []
+        self._outbox_tasks = SideTasks()  # the drainers of the tenants this node owns
+        self._draining: dict[uuid.UUID, list[asyncio.Task[None]]] = {}
+        self._cluster: Cluster | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -219,8 +226,21 @@ class Engine:
                 ),
             },
         )
-        await self._drain_outboxes()
+        await self._bind_outboxes()
 
+        self._cluster = Cluster(
+            repository=LeaseRepository(self._pool, self.node_id, self.settings.lease_seconds),
+            directory=self._services.actors,
+            persister=self._persister,
+            database_url=self.database_url,
+            name=self.settings.node_name
+            or f"{socket.gethostname()}:{self.settings.data_dir.resolve()}",
+            url=lambda: self.advertised_url,
+            lease_seconds=self.settings.lease_seconds,
+            renew_every=self.settings.lease_renew,
+            adopted=self._tenant_adopted,
+            releasing=self._tenant_releasing,
+        )
         plugin_router = Router(tags=("plugins",), channel=False)  # HTTP only: raw bodies
         await self._plugins.call("taskyard_routes", router=plugin_router)
 
@@ -234,6 +254,9 @@ class Engine:
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
         self._port = self._runner.addresses[0][1]
+        # Serving already: calls that arrive before this node has taken its tenants wait for
+        # their owner (or are forwarded to it), as during any lease's move.
+        await self._cluster.start()
         self._integrations = Integrations(
             directory=self.settings.workflows_dir or self.settings.data_dir / "workflows",
             url=lambda: self.url,
@@ -259,6 +282,9 @@ class Engine:
         if self._integrations is not None:
             integrations, self._integrations = self._integrations, None
             await integrations.stop()
+        if self._cluster is not None:  # hands every tenant over while still serving
+            await self._cluster.stop()
+        await self._outbox_tasks.cancel()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -281,6 +307,7 @@ class Engine:
         if self._plugins is not None and self._pool is not None:
             await self._plugins.call("taskyard_shutdown", host=self)
         self._plugins = None
+        self._cluster = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -337,6 +364,22 @@ class Engine:
         if self._port is None:
             raise RuntimeError("the engine is not serving yet")
         return self._port
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            raise RuntimeError("the engine is not serving")
+        return self._cluster
+
+    @property
+    def http_forwarded(self) -> int:
+        """Calls this node sent on to the owners of their tenants."""
+        return self._runner.app[FORWARDER].forwarded if self._runner is not None else 0
+
+    @property
+    def advertised_url(self) -> str:
+        """Where other nodes and workers reach this node."""
+        return (self.settings.advertise_url or self.url).rstrip("/")
 
     @property
     def url(self) -> str:
@@ -489,9 +532,10 @@ class Engine:
             raise Unauthorized("token is invalid or has been revoked")
         return principal
 
-    async def _drain_outboxes(self) -> None:
-        """A drainer per `--outbox`, each bound to its tenant; the engine's own table is
-        installed first when one is bound to it."""
+    async def _bind_outboxes(self) -> None:
+        """A drainer per `--outbox`, each bound to its tenant, and run by the node that owns
+        that tenant (so one node drains a table); the engine's own table is installed first
+        when one is bound to it."""
         self.outboxes = []
         if any(binding.url is None for binding in self.settings.outbox):
             async with self.pool.acquire() as conn:
@@ -515,7 +559,19 @@ class Engine:
                 poll=self.settings.outbox_poll,
             )
             self.outboxes.append(drainer)
-            self._background.spawn(drainer.run(), name=f"outbox:{binding.tenant}")
+
+    async def _tenant_adopted(self, tenant_id: uuid.UUID) -> None:
+        self._draining[tenant_id] = [
+            self._outbox_tasks.spawn(drainer.run(), name=f"outbox:{tenant_id}")
+            for drainer in self.outboxes
+            if drainer.tenant_id == tenant_id
+        ]
+
+    async def _tenant_releasing(self, tenant_id: uuid.UUID) -> None:
+        tasks = self._draining.pop(tenant_id, [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _engine_outbox(self) -> outbox_table.TableIdentity | None:
         """The identity of the outbox table in the engine's own database, if there is one."""

@@ -67,3 +67,10 @@ class Unprocessable(ApiError):
 
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
+
+
+class TenantMoved(Unavailable):
+    """This engine node no longer owns the tenant (its lease moved): nothing was done, and the
+    call may be sent again (any node forwards it to the new owner)."""
+
+    code = "tenant_moved"

@@ -79,7 +79,8 @@ class Taskyard:
 
     @property
     def url(self) -> str:
-        return self.config.url
+        """The engine node calls go to now (of the URLs given, the first that answers)."""
+        return self.transport.url
 
     def __repr__(self) -> str:
         return f"<Taskyard {self.url} token from {self.config.token_source}>"

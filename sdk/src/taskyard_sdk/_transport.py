@@ -42,6 +42,7 @@ class Transport:
 
     def __init__(self, config: Config, retry_for: float = 10.0, *, channel: bool = True) -> None:
         self.config = config
+        self._current = 0  # which of the config's URLs calls go to (see fail_over)
         self.retry_for = retry_for
         self.use_channel = channel
         self._sessions: weakref.WeakKeyDictionary[
@@ -53,6 +54,20 @@ class Transport:
         self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
             weakref.WeakKeyDictionary()
         )
+
+    @property
+    def url(self) -> str:
+        """The engine node calls go to now: the first of the URLs given, until it cannot be
+        reached (any node of a cluster serves any call)."""
+        return self.config.urls[self._current]
+
+    def fail_over(self, unreachable: str) -> bool:
+        """`unreachable` could not be reached: go on to the next URL (once per failure, however
+        many calls saw it). Whether there is another to try."""
+        urls = self.config.urls
+        if len(urls) > 1 and self.url == unreachable:
+            self._current = (self._current + 1) % len(urls)
+        return len(urls) > 1
 
     @property
     def headers(self) -> dict[str, str]:
@@ -111,13 +126,21 @@ class Transport:
         deadline = time.monotonic() + self.retry_for
         delay = 0.1
         while True:
+            url = self.url
             try:
                 if self.use_channel:
                     answer = await self._over_channel(method, path, body, params, idempotent)
                     if answer is not None:
                         return self._payload(*answer)
                 return await self._request_once(method, path, body, params)
-            except (EngineUnreachable, Unavailable):
+            except EngineUnreachable:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                if self.fail_over(url):  # another node serves the same call
+                    await asyncio.sleep(min(0.05, remaining))
+                    continue
+            except Unavailable:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise
@@ -132,13 +155,13 @@ class Transport:
             headers["Content-Type"] = "application/json"
         try:
             async with self.session().request(
-                method, self.config.url + path, data=data, params=params, headers=headers
+                method, self.url + path, data=data, params=params, headers=headers
             ) as response:
                 body = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
             raise EngineUnreachable(
-                f"cannot reach the Taskyard engine at {self.config.url}: {exc}. Is it running? "
+                f"cannot reach the Taskyard engine at {self.url}: {exc}. Is it running? "
                 f"Start one with `taskyard engine`, or set TASKYARD_URL."
             ) from exc
         return self._payload(status, _decoded(body))
@@ -164,7 +187,7 @@ class Transport:
             if channel is None or channel.closed:
                 headers = self.headers  # no token: say so before opening anything
                 channel = self._channels[loop] = await Channel.open(
-                    self.session(), self.config.url, headers
+                    self.session(), self.url, headers
                 )
             return await channel.call(method, path, body, params)
         except ChannelRefused as refused:
@@ -176,17 +199,17 @@ class Transport:
         except ChannelLost as exc:
             if idempotent:
                 raise EngineUnreachable(
-                    f"lost the connection to the engine at {self.config.url}: {exc}"
+                    f"lost the connection to the engine at {self.url}: {exc}"
                 ) from exc
             raise ConnectionLost(
-                f"the connection to the engine at {self.config.url} closed while {method} "
+                f"the connection to the engine at {self.url} closed while {method} "
                 f"{path} was in flight; it may or may not have been applied"
             ) from exc
 
     async def events(self, path: str) -> AsyncIterator[Any]:
         """The `data:` payloads of a server-sent event stream, until its `end` event."""
         try:
-            async with self.session().get(self.config.url + path, headers=self.headers) as response:
+            async with self.session().get(self.url + path, headers=self.headers) as response:
                 if response.status >= 400:
                     raise api_error(response.status, _decoded(await response.read()))
                 event = "message"
@@ -202,7 +225,7 @@ class Transport:
                         event = "message"
         except aiohttp.ClientConnectorError as exc:
             raise EngineUnreachable(
-                f"cannot reach the Taskyard engine at {self.config.url}: {exc}"
+                f"cannot reach the Taskyard engine at {self.url}: {exc}"
             ) from exc
 
     def close_soon(self) -> None:

@@ -26,6 +26,7 @@ from taskyard_sdk.models import NAME_PATTERN, ErrorInfo, LabelValue, StepContext
 PROTOCOL_VERSION = 1
 CLOSE_PROTOCOL_ERROR = 4002  # websocket close codes the engine uses; reconnecting would not help
 CLOSE_TOKEN_REVOKED = 4003
+CLOSE_MOVED = 4004  # the tenant is owned by another engine node: connect again (see Moved)
 # The error code of a 404 for a workflow no worker has registered yet: the SDK registers the
 # caller's definition and triggers again.
 WORKFLOW_NOT_REGISTERED = "workflow_not_registered"
@@ -196,6 +197,15 @@ class Welcome(_Message):
     tenant: str | None = None  # the tenant's name, for the worker's log lines
 
 
+class Moved(_Message):
+    """Instead of `welcome`, or before the engine closes a connection: the worker's tenant is
+    owned by another engine node of the cluster. The worker connects to `url` (when given,
+    else to its engine URLs again) with what it holds."""
+
+    type: Literal["moved"] = "moved"
+    url: str | None = None
+
+
 class Assign(AttemptRef):
     type: Literal["assign"] = "assign"
     task: str
@@ -295,7 +305,7 @@ class ClientAnswer(_Message):
 
 
 EngineMessage = Annotated[
-    Welcome | Assign | Cancel | Ack | Recorded | Error, Field(discriminator="type")
+    Welcome | Moved | Assign | Cancel | Ack | Recorded | Error, Field(discriminator="type")
 ]
 engine_message = TypeAdapter(EngineMessage)
 _engine_frame = TypeAdapter(list[EngineMessage])

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from taskyard.actors.workers import WorkerSession
     from taskyard.domain.durable import DurableWait
     from taskyard.domain.events import PushedEvent
+    from taskyard.domain.leases import TenantLease
     from taskyard.domain.notices import RunEnded
     from taskyard.store.events import EventRepository
     from taskyard.store.persister import Persister
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_LEASE_RECHECK = 0.2  # seconds: how soon a queue whose lease term ran out looks again
 _RECENTLY_FINISHED = 100_000  # remembered so a result re-sent after its ack was lost is acked again
 
 
@@ -91,6 +93,7 @@ class QueueActor(Actor):
         recovery_hold: float = 0.0,
         input_cache_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
+        lease: TenantLease | None = None,
     ) -> None:
         super().__init__(f"queue:{tenant_id}:{queue}")
         self.tenant_id = tenant_id
@@ -102,6 +105,9 @@ class QueueActor(Actor):
         self.worker_grace = worker_grace
         self.limiter = limiter
         self.recovery_hold = recovery_hold
+        # The tenant's lease on this node (None: an engine of its own): nothing is assigned
+        # outside its term, so an owner that was frozen cannot assign what a new owner has.
+        self.lease = lease
         self.input_cache_bytes = input_cache_bytes
         self.clock = clock
         self.effects = QueueEffects(
@@ -244,6 +250,11 @@ class QueueActor(Actor):
             return
         now = self.clock()
         if now < self._hold_until:
+            return
+        if self.lease is not None and not self.lease.valid():
+            if not self.lease.released:
+                self._hold_until = now + _LEASE_RECHECK  # look again once it may be renewed
+                self.effects.timer(self._hold_until, self._hold_over, None)
             return
         dispatcher = self.dispatcher
         batches: dict[WorkerSlots, list[Run]] = {}

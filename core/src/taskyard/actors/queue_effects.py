@@ -225,7 +225,7 @@ class QueueEffects:
         if self.resuming:
             resuming, self.resuming = self.resuming, []
             resumed = self.resumed
-            persister.barrier().add_done_callback(
+            persister.barrier(self.tenant_id).add_done_callback(
                 lambda done: (
                     None if done.cancelled() or done.exception() is not None else resumed(resuming)
                 )
@@ -246,7 +246,7 @@ class QueueEffects:
                 if not done.cancelled() and done.exception() is None:
                     report(tenant, changed)
 
-            persister.barrier().add_done_callback(written)
+            persister.barrier(self.tenant_id).add_done_callback(written)
         if not self.acks and not self.finished and not self.recorded:
             return
         acks, self.acks = self.acks, {}
@@ -269,4 +269,4 @@ class QueueEffects:
             if ended and runs_ended is not None:
                 runs_ended(tenant_id, ended)
 
-        persister.barrier().add_done_callback(committed)
+        persister.barrier(self.tenant_id).add_done_callback(committed)

@@ -1,5 +1,6 @@
-"""The ScheduleActor: one per engine. It owns the crons and one-off schedules that may still fire,
-arms a timer for each one's next tick, and fires it by triggering a run.
+"""The ScheduleActor: one per engine. It owns the crons and one-off schedules that may still fire
+of the tenants this node owns, arms a timer for each one's next tick, and fires it by triggering
+a run.
 
 Exactly once per tick: the run a tick starts carries an idempotency key made of the schedule and
 the tick, so firing a tick twice (a retry, or a restart before `last_tick` was written) returns
@@ -43,6 +44,7 @@ class ScheduleActor(Actor):
         self.timers = timers
         self.fire = fire
         self.clock = clock
+        self.tenants: set[uuid.UUID] = set()  # whose schedules this node fires (see adopt)
         self._reset()
 
     def _reset(self) -> None:
@@ -51,9 +53,25 @@ class ScheduleActor(Actor):
 
     async def on_start(self) -> None:
         self._reset()
+        if self.tenants:
+            self._load(await self.repository.active(list(self.tenants)))
+
+    def _load(self, schedules: list[Schedule]) -> None:
         now = self.clock()
-        for schedule in await self.repository.active():
+        for schedule in schedules:
             self._take_safely(schedule, now, catching_up=True)
+
+    async def adopt(self, tenant_id: uuid.UUID) -> None:
+        """This node now owns the tenant: arm its schedules, firing the ticks missed while
+        nobody owned it by their catch-up policy (a tick fired twice finds its run)."""
+        self.tenants.add(tenant_id)
+        self._load(await self.repository.active([tenant_id]))
+
+    def release(self, tenant_id: uuid.UUID) -> None:
+        self.tenants.discard(tenant_id)
+        self.removed(
+            [key for key, schedule in self.schedules.items() if schedule.tenant_id == tenant_id]
+        )
 
     async def on_failure(self, error: BaseException) -> None:
         self._reset()

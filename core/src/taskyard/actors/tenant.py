@@ -538,7 +538,7 @@ class TenantActor(Actor):
                     runs_ended(tenant_id, [ended])
                 self.changes.touched(tenant_id)
 
-        self.persister.barrier().add_done_callback(committed)
+        self.persister.barrier(self.tenant_id).add_done_callback(committed)
 
     # -- waiting steps ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from taskyard.errors import TenantMoved
 from taskyard_sdk.models import RunStatus
 
 Key = tuple[uuid.UUID, uuid.UUID]
@@ -60,6 +61,16 @@ class RunWaiters:
             for future in self._waiting.pop((tenant_id, end.run_id), ()):
                 if not future.done():
                     future.set_result(end)
+
+    def moved(self, tenant_id: uuid.UUID) -> None:
+        """The tenant's runs end on another node now: who waits here learns so (and asks
+        again, reaching the new owner)."""
+        for key in [key for key in self._waiting if key[0] == tenant_id]:
+            for future in self._waiting.pop(key):
+                if not future.done():
+                    future.set_exception(
+                        TenantMoved("the tenant moved to another engine node; ask again")
+                    )
 
     def __len__(self) -> int:
         return sum(len(futures) for futures in self._waiting.values())

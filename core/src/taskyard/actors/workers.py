@@ -196,6 +196,16 @@ class WorkerRegistry(Actor):
             queue.tell(queue.worker_lost, session.worker_id, f"{session.name}'s token was revoked")
             self._close_later(session, protocol.CLOSE_TOKEN_REVOKED, "token revoked")
 
+    def tenant_moved(self, tenant_id: uuid.UUID) -> None:
+        """The tenant is owned by another node now: its workers are told to connect there
+        (they reconnect with what they hold, and the new owner re-attaches it). Frames still
+        in flight on their connections are dropped: the new owner takes them when re-sent."""
+        for session in [s for s in self.sessions.values() if s.tenant_id == tenant_id]:
+            session.revoked = True
+            del self.sessions[session.key]
+            session.send(protocol.Moved())
+            self._close_later(session, protocol.CLOSE_MOVED, "tenant moved to another node")
+
     def _close_later(self, session: WorkerSession, code: int, reason: str) -> None:
         """Close outside the mailbox: closing waits for the peer (up to seconds when it is
         silent), and the registry must keep serving others meanwhile."""

@@ -21,6 +21,7 @@ from taskyard.http import (
     workflows,
 )
 from taskyard.http.errors import MAX_REQUEST_BYTES, error_middleware, quiet_malformed_requests
+from taskyard.http.forwarding import FORWARDER, Forwarder
 from taskyard.http.keys import ENDPOINTS, ENGINE, OPENAPI, Host
 from taskyard.http.routing import AUTHENTICATOR, Router, mount
 
@@ -45,6 +46,8 @@ def build_app(engine: Host, plugin_routers: Sequence[Router] = ()) -> web.Applic
     app[MAX_REQUEST_BYTES] = max_bytes
     app[ENGINE] = engine
     app[AUTHENTICATOR] = engine.authenticate
+    app[FORWARDER] = Forwarder(engine.cluster)
+    app.on_cleanup.append(_close_forwarder)
     endpoints = [ep for router in (*CORE_ROUTERS, *plugin_routers) for ep in router.endpoints]
     app[ENDPOINTS] = endpoints
     app[OPENAPI] = {}
@@ -54,6 +57,10 @@ def build_app(engine: Host, plugin_routers: Sequence[Router] = ()) -> web.Applic
     metrics.install(app)
     app.on_shutdown.append(_disconnect_workers)
     return app
+
+
+async def _close_forwarder(app: web.Application) -> None:
+    await app[FORWARDER].close()
 
 
 async def _disconnect_workers(app: web.Application) -> None:

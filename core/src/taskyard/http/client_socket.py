@@ -33,6 +33,7 @@ from taskyard.actors.frames import FrameWriter
 from taskyard.domain.auth import Role
 from taskyard.errors import BadRequest, MethodNotAllowed, NotFound, Unprocessable
 from taskyard.http.errors import failure, next_request_id
+from taskyard.http.forwarding import FORWARDER
 from taskyard.http.keys import ENGINE
 from taskyard.http.metrics import METERS, frame_counter
 from taskyard.http.routing import (
@@ -144,6 +145,7 @@ class _Channel:
         self.request = request
         self.routes = request.app[ROUTES]
         self.authenticate = request.app[AUTHENTICATOR]
+        self.forwarder = request.app[FORWARDER]
         self.authorization = authorization
         self.writer = FrameWriter(ws, "client", frame_counter(request.app, "client"))
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -169,6 +171,14 @@ class _Channel:
         try:
             route, params = self.routes.find(call.method, call.path)
             principal = authorize(route.endpoint, await self.authenticate(self.authorization))
+            owner = await self.forwarder.owner_elsewhere(principal.tenant_id, forwarded=False)
+            if owner is not None:
+                body = None if call.body is None else orjson.dumps(call.body)
+                status, answer = await self.forwarder.call(
+                    owner, call.method, call.path, call.query or [], body, self.authorization
+                )
+                self.writer.send(_answer(call.id, status, answer or None))
+                return
             try:
                 result = await invoke(
                     route.endpoint,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from taskyard.domain.auth import Principal
     from taskyard.integrations.worker import Integrations
     from taskyard.services import Services
+    from taskyard.services.cluster import Cluster
     from taskyard.services.metrics import Metrics
 
 
@@ -31,6 +32,11 @@ class Host(PluginHost, Protocol):
 
     @property
     def integrations(self) -> Integrations: ...
+
+    @property
+    def cluster(self) -> Cluster:
+        """This node's leases: which tenants it serves, and where the others are owned."""
+        ...
 
     @property
     def metrics(self) -> Metrics:

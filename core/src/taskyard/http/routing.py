@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from taskyard.domain.auth import Principal, Role
 from taskyard.errors import BadRequest, Forbidden, Unprocessable, UnsupportedMediaType
+from taskyard.http.forwarding import FORWARDED, FORWARDER
 from taskyard_sdk.protocol import MAX_JSON_DEPTH, NUL_REFUSAL, nul_at, too_deep
 
 BodyT = TypeVar("BodyT")
@@ -242,6 +243,15 @@ def _aiohttp_handler(
             principal = authorize(
                 endpoint, await authenticate(request.headers.get("Authorization"))
             )
+            # Websockets are not relayed: a worker is sent to the owner, a channel forwards
+            # each of its calls.
+            if request.headers.get("Upgrade", "").lower() != "websocket":
+                forwarder = request.app[FORWARDER]
+                owner = await forwarder.owner_elsewhere(
+                    principal.tenant_id, forwarded=FORWARDED in request.headers
+                )
+                if owner is not None:
+                    return await forwarder.relay(request, owner)
         body, text = await _json_body(request) if endpoint.body is not None else (NO_BODY, b"")
         result = await invoke(
             endpoint, request, principal, request.match_info, request.query, body, text

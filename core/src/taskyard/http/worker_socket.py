@@ -27,6 +27,8 @@ from taskyard.domain.cron import CronError
 from taskyard.domain.cron import validate as validate_cron
 from taskyard.domain.expressions import ExpressionError
 from taskyard.domain.flow import check_options
+from taskyard.errors import TenantMoved
+from taskyard.http.forwarding import FORWARDER
 from taskyard.http.keys import ENGINE
 from taskyard.http.metrics import METERS, frame_counter
 from taskyard.http.routing import Call, Router
@@ -52,6 +54,8 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     await ws.prepare(call.request)
     hello = await _handshake(ws, limit)
     if hello is None:
+        return ws
+    if not await _owned_here(call, ws):
         return ws
     services = engine.services
     meters = call.request.app[METERS]
@@ -97,6 +101,23 @@ async def connect(call: Call[None]) -> web.StreamResponse:
             registry.tell(registry.disconnect, session)
         await session.close()
     return ws
+
+
+async def _owned_here(call: Call[None], ws: web.WebSocketResponse) -> bool:
+    """Workers attach to the node that owns their tenant: elsewhere they are told where that
+    is (`moved`), or, while no node owns it, to try again shortly."""
+    forwarder = call.request.app[FORWARDER]
+    try:
+        owner = await forwarder.owner_elsewhere(call.principal.tenant_id, forwarded=False)
+    except TenantMoved as exc:
+        await ws.send_str(protocol.Moved().model_dump_json())
+        await ws.close(code=protocol.CLOSE_MOVED, message=exc.message[:120].encode())
+        return False
+    if owner is None:
+        return True
+    await ws.send_str(protocol.Moved(url=owner).model_dump_json())
+    await ws.close(code=protocol.CLOSE_MOVED, message=b"tenant owned by another node")
+    return False
 
 
 async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | None:

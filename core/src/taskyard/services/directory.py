@@ -26,9 +26,10 @@ from taskyard.actors.timers import Timers
 from taskyard.actors.waiters import RunWaiters
 from taskyard.actors.workers import WorkerRegistry, WorkerSession
 from taskyard.config import EngineSettings
+from taskyard.domain.leases import TenantLease
 from taskyard.domain.notices import RunEnded
 from taskyard.domain.runs import Run
-from taskyard.errors import Conflict, NotFound
+from taskyard.errors import Conflict, NotFound, TenantMoved
 from taskyard.store.events import EventRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
@@ -94,27 +95,14 @@ class ActorDirectory:
         self.queues: dict[tuple[uuid.UUID, str], QueueActor] = {}
         self.tenants: dict[uuid.UUID, TenantActor] = {}
         self.limiters: dict[uuid.UUID, SharedRateLimiter] = {}
+        self.leases: dict[uuid.UUID, TenantLease] = {}  # the tenants this node owns (adopt)
         self._starting = SideTasks()
 
     async def start(self) -> None:
-        """Start the shared actors and rebuild every queue that has unfinished runs."""
+        """Start the shared actors; each tenant's actors start when this node takes its lease
+        (`adopt`)."""
         await self.registry.start()
-        recovered = [
-            self.queue_for(tenant_id, queue, recovering=True)
-            for tenant_id, queue in await self.runs.active_queues()
-        ]
-        tenants = [
-            self.tenant(tenant_id) for tenant_id in await self.workflows.tenants_with_active_runs()
-        ]
-        await asyncio.gather(*(actor.start() for actor in [*recovered, *tenants]))
-        await self.schedules.start()  # after the queues: missed ticks fire into running actors
-        if recovered:
-            stats = await asyncio.gather(*(actor.ask(actor.stats) for actor in recovered))
-            log.info(
-                "recovered %d runs in %d queues",
-                sum(counts["active"] for counts in stats),
-                len(recovered),
-            )
+        await self.schedules.start()
 
     async def stop(self) -> None:
         await self.registry.stop()  # closes worker connections first: no new results arrive
@@ -123,13 +111,62 @@ class ActorDirectory:
         actors = [*self.queues.values(), *self.tenants.values()]
         await asyncio.gather(*(actor.stop() for actor in actors))
 
+    # -- tenants coming and going (see services/cluster.py) ------------------------------------
+
+    async def adopt(self, tenant_id: uuid.UUID, lease: TenantLease, *, recovering: bool) -> None:
+        """This node now owns the tenant: rebuild every queue of it that has unfinished runs,
+        its workflow runs and its schedules, as after a restart. `recovering`: the last owner
+        did not hand it back, so assignments it made may be unwritten (see recovery_hold)."""
+        self.leases[tenant_id] = lease
+        recovered = [
+            self.queue_for(tenant_id, queue, recovering=recovering)
+            for queue in await self.runs.active_queues(tenant_id)
+        ]
+        tenant = self.tenant(tenant_id)
+        await asyncio.gather(*(actor.start() for actor in [*recovered, tenant]))
+        await self.schedules.ask(self.schedules.adopt, tenant_id)
+        if recovered:
+            stats = await asyncio.gather(*(actor.ask(actor.stats) for actor in recovered))
+            log.info(
+                "tenant %s: recovered %d runs in %d queues",
+                tenant_id,
+                sum(counts["active"] for counts in stats),
+                len(recovered),
+            )
+
+    async def release(self, tenant_id: uuid.UUID) -> None:
+        """This node no longer owns the tenant: its workers are sent to the new owner, and its
+        actors stopped. Messages already in their mailboxes are handled first; what those
+        write goes out under the lease while it is still this node's, or is refused."""
+        self.leases.pop(tenant_id, None)
+        await self.registry.ask(self.registry.tenant_moved, tenant_id)
+        await self.schedules.ask(self.schedules.release, tenant_id)
+        actors: list[QueueActor | TenantActor] = []
+        for key in [key for key in self.queues if key[0] == tenant_id]:
+            actors.append(self.queues.pop(key))
+        if (tenant := self.tenants.pop(tenant_id, None)) is not None:
+            actors.append(tenant)
+        await asyncio.gather(*(actor.stop() for actor in actors))
+        self.limiters.pop(tenant_id, None)
+        self.waiters.moved(tenant_id)
+
     # -- finding actors --------------------------------------------------------------------------
+
+    def _lease(self, tenant_id: uuid.UUID) -> TenantLease:
+        """The tenant's lease, which this node must hold to build its actors."""
+        lease = self.leases.get(tenant_id)
+        if lease is None or lease.released:
+            raise TenantMoved(
+                f"this engine node does not own tenant {tenant_id} (now or any more); try again"
+            )
+        return lease
 
     def queue_for(
         self, tenant_id: uuid.UUID, queue: str, *, recovering: bool = False
     ) -> QueueActor:
         actor = self.queues.get((tenant_id, queue))
         if actor is None:
+            lease = self._lease(tenant_id)
             actor = self.queues[(tenant_id, queue)] = QueueActor(
                 tenant_id,
                 queue,
@@ -147,6 +184,7 @@ class ActorDirectory:
                 observe_all=self.observe_all,
                 changes=self.changes,
                 recovery_hold=self.settings.recovery_hold if recovering else 0.0,
+                lease=lease,
             )
             self.start_later(actor.start())
         return actor
@@ -161,6 +199,7 @@ class ActorDirectory:
     def tenant(self, tenant_id: uuid.UUID) -> TenantActor:
         actor = self.tenants.get(tenant_id)
         if actor is None:
+            self._lease(tenant_id)
             actor = self.tenants[tenant_id] = TenantActor(
                 tenant_id,
                 persister=self.persister,

@@ -109,7 +109,7 @@ class Events:
                 )
             )
         self.persister.pushed_events(rows, from_outbox=from_outbox)
-        await self.persister.barrier()
+        await self.persister.barrier(tenant_id)
         tenant.tell(tenant.events_committed, events)
         for queue in self.actors.queues_of(tenant_id):  # durable runs' waits
             queue.tell(queue.durable_events, events)

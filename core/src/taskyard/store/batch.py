@@ -5,9 +5,9 @@ became of each new run it inserts is read back."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -18,6 +18,8 @@ from taskyard.store.batch_sql import (
     EXISTING_BY_ID,
     EXISTING_BY_KEY,
     EXISTING_BY_STEP,
+    FENCE,
+    FENCE_SQLSTATE,
     INSERT_EVENTS,
     INSERT_LOGS,
     INSERT_PUSHED_EVENTS,
@@ -30,6 +32,8 @@ from taskyard.store.batch_sql import (
     one_statement,
 )
 from taskyard.store.rows import NEW_RUN, PUSHED_EVENT, RATE_USAGE, Row
+
+T = TypeVar("T")
 
 # The kinds of rows a batch holds (its fields), in the order a batch is halved.
 _KINDS = (
@@ -63,6 +67,8 @@ class WriteBatch:
     # deleted by the statement that inserts its run or event, so a halved batch keeps the two
     # together.
     from_outbox: set[uuid.UUID] = field(default_factory=set)
+    # (node, tenants, their epochs): the leases this batch is written under (see Fence)
+    fence: Fence | None = None
 
     @classmethod
     def empty(cls) -> WriteBatch:
@@ -98,6 +104,27 @@ class WriteBatch:
                 return f"{kind} {tuple(row[:2])}"  # every kind starts with the tenant and an id
         return "nothing"
 
+    def tenants(self) -> set[uuid.UUID]:
+        """The tenants the batch writes for (every kind's rows and keys start with one)."""
+        found = {row[0] for row in self.new_runs}
+        found.update(row[0] for row in self.run_states.values())
+        for rows in (self.events, self.logs, self.pushed_events):
+            found.update(row[0] for row in rows)
+        for keys in (self.definitions, self.rate_usage, self.durable):
+            found.update(key[0] for key in keys)
+        return found
+
+    def drop_tenants(self, tenants: set[uuid.UUID]) -> None:
+        """Leave out every row of `tenants` (their leases moved on: the new owner decides)."""
+        self.new_runs = [row for row in self.new_runs if row[0] not in tenants]
+        self.run_states = {k: row for k, row in self.run_states.items() if row[0] not in tenants}
+        self.events = [row for row in self.events if row[0] not in tenants]
+        self.logs = [row for row in self.logs if row[0] not in tenants]
+        self.definitions = {k: v for k, v in self.definitions.items() if k[0] not in tenants}
+        self.pushed_events = [row for row in self.pushed_events if row[0] not in tenants]
+        self.rate_usage = {k: row for k, row in self.rate_usage.items() if k[0] not in tenants}
+        self.durable = {k: row for k, row in self.durable.items() if k[0] not in tenants}
+
     def merge(self, later: WriteBatch) -> None:
         self.new_runs.extend(later.new_runs)
         self.run_states.update(later.run_states)
@@ -128,6 +155,24 @@ def _batch_of(rows: list[tuple[str, Any]]) -> WriteBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """The leases a batch is written under: Postgres refuses it (taskyard_fence) when a
+    tenant's lease is no longer `node`'s at that epoch."""
+
+    node_id: uuid.UUID
+    tenants: list[uuid.UUID]
+    epochs: list[int]
+
+
+class LeasesMoved(Exception):
+    """Postgres refused a batch: the leases of `tenants` are no longer this node's."""
+
+    def __init__(self, tenants: set[uuid.UUID]) -> None:
+        super().__init__(f"the leases of {len(tenants)} tenants moved to another node")
+        self.tenants = tenants
+
+
+@dataclass(frozen=True, slots=True)
 class Inserted:
     """What became of one new run: inserted, or an existing run with the same idempotency key."""
 
@@ -150,11 +195,15 @@ async def write_batch(
     statements = _statements(batch)
     if mark is not None:
         statements.append(("mark", MARK_BATCH, [*mark, batch.batch_id]))
+    fence = batch.fence
+    fenced = [fence.node_id, fence.tenants, fence.epochs] if fence is not None else None
     new_run = NEW_RUN.run_id
     if batch.new_runs and not batch.run_states.keys().isdisjoint(
         row[new_run] for row in batch.new_runs
     ):
         async with conn.transaction():
+            if fenced is not None:
+                await _fenced(conn.fetchval(FENCE, *fenced))
             created = set()
             for name, sql, args in statements:
                 if name == "new_runs":
@@ -162,10 +211,23 @@ async def write_batch(
                 else:
                     await conn.execute(sql, *args)
     else:
+        if fenced is not None:
+            statements.append(("fence", FENCE, fenced))
         query = one_statement(tuple((name, sql) for name, sql, _ in statements))
         arguments = [arg for _, _, args in statements for arg in args]
-        created = {row["run_id"] for row in await conn.fetch(query, *arguments)}
+        created = {row["run_id"] for row in await _fenced(conn.fetch(query, *arguments))}
     return await _outcomes(conn, batch.new_runs, created)
+
+
+async def _fenced(statement: Awaitable[T]) -> T:
+    """A fenced statement's result; LeasesMoved when Postgres refused its fence."""
+    try:
+        return await statement
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != FENCE_SQLSTATE:
+            raise
+        detail = getattr(exc, "detail", None) or ""
+        raise LeasesMoved({uuid.UUID(tenant) for tenant in detail.split(",") if tenant}) from exc
 
 
 async def written_before(conn: asyncpg.Connection, batch: WriteBatch) -> dict[uuid.UUID, Inserted]:
@@ -316,7 +378,8 @@ LANES = ("ordered",)  # the lanes that mark their batches (see taskyard.store.pe
 
 
 async def register_node(pool: asyncpg.Pool, node_id: uuid.UUID) -> None:
-    await pool.execute("DELETE FROM engine_nodes WHERE started_at < now() - interval '7 days'")
+    """This process's row (its lanes with it); rows of long-dead nodes are swept by the
+    cluster (services/cluster.py)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO engine_nodes (node_id) VALUES ($1)", node_id)
         await conn.execute(

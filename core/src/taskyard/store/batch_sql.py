@@ -137,6 +137,11 @@ UPDATE persister_lanes SET last_batch = $3 WHERE node_id = $1 AND lane = $2
 """
 
 
+# The fence of a batch (see migrations/0012_cluster.sql): the epochs of the leases it is written
+# under, checked and locked until it commits.
+FENCE = "SELECT taskyard_fence($1::uuid, $2::uuid[], $3::bigint[]) AS ok"
+FENCE_SQLSTATE = "TY001"
+
 _PARAMETER = re.compile(r"\$(\d+)")
 
 
@@ -153,9 +158,20 @@ def one_statement(parts: tuple[tuple[str, str], ...]) -> str:
 
         ctes.append(f"{name} AS ({_PARAMETER.sub(shift, sql.strip())})")
         offset += max(int(n) for n in _PARAMETER.findall(sql))
-    select = (
-        "SELECT run_id FROM new_runs"
-        if parts[0][0] == "new_runs"
-        else "SELECT NULL::uuid AS run_id WHERE false"
-    )
+    names = [name for name, _ in parts]
+    if "fence" in names:
+        # The fence is the outer side of the answer's join, so it is always evaluated; if it
+        # raises, the whole statement (every CTE's writes with it) is undone.
+        select = (
+            "SELECT n.run_id FROM fence CROSS JOIN LATERAL "
+            "(SELECT run_id FROM new_runs WHERE fence.ok) AS n"
+            if names[0] == "new_runs"
+            else "SELECT NULL::uuid AS run_id FROM fence WHERE NOT fence.ok"
+        )
+    else:
+        select = (
+            "SELECT run_id FROM new_runs"
+            if names[0] == "new_runs"
+            else "SELECT NULL::uuid AS run_id WHERE false"
+        )
     return "WITH " + ",\n".join(ctes) + "\n" + select

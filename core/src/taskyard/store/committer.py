@@ -4,6 +4,10 @@ failure with back-off (a marked lane first asks whether its last try committed, 
 applied twice); when Postgres refuses it, its new runs are refused first (the only rows from
 outside the engine), then the rest retried, and at last written in halves down to the rows it
 refuses, which alone are given up.
+
+A batch is fenced by the leases of the tenants it writes for (see store/batch.py's Fence): when
+Postgres refuses the fence, the rows of the tenants whose leases moved are left out (their new
+owner recovers from what is committed) and the rest is written.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
 
 from taskyard.store.batch import (
+    Fence,
     Inserted,
+    LeasesMoved,
     WriteBatch,
     batch_committed,
     write_batch,
@@ -33,10 +39,22 @@ class Committer:
     """`marked`: the lane records each batch it commits (see store/batch.py), so a retry after a
     lost answer is recognised; a lane of new runs alone needs no record."""
 
-    def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, lane: str, *, marked: bool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        node_id: uuid.UUID,
+        lane: str,
+        *,
+        marked: bool,
+        epochs: Mapping[uuid.UUID, int] | None = None,
+    ) -> None:
         self.pool = pool
         self.lane = lane
+        self.node_id = node_id
         self.mark = (node_id, lane) if marked else None
+        # The epochs of the tenants' leases this node holds (the cluster's, read at each try);
+        # None: writes are not fenced.
+        self.epochs = epochs
         # Held from the pool for as long as it works: a pool acquire and release per flush costs
         # about as much CPU as the flush's own statement.
         self.conn: Any = None
@@ -47,22 +65,34 @@ class Committer:
         self._lost = False
 
     async def commit(
-        self, batch: WriteBatch, refuse_new_runs: Callable[[Exception], None]
+        self,
+        batch: WriteBatch,
+        refuse_new_runs: Callable[[Exception], None],
+        moved: Callable[[set[uuid.UUID]], None] = lambda tenants: None,
     ) -> tuple[dict[uuid.UUID, Inserted] | None, Exception | None]:
         """Write `batch`; what became of its new runs, or the error for which Postgres refused
         it (all but the rows it refuses were written then). New runs Postgres refuses are
-        dropped from the batch and `refuse_new_runs` is told why, at once."""
+        dropped from the batch and `refuse_new_runs` is told why, at once; `moved` is told the
+        tenants whose rows were left out because their leases moved on."""
         delay = 0.05
         retried = False
         refusals = 0
         while True:
             try:
+                batch.fence = self._fence(batch)
+                if self.mark is None and not len(batch):
+                    return {}, None
                 conn = await self._connection()
                 if self.mark is None:  # new runs alone: writing them again is harmless
                     return await write_batch(conn, batch, None), None
                 if retried and await batch_committed(conn, *self.mark, batch.batch_id):
                     return await written_before(conn, batch), None
                 return await write_batch(conn, batch, self.mark), None
+            except LeasesMoved as refused:
+                self.errors["fenced"] += 1
+                log.warning("%s; leaving out their rows", refused)
+                batch.drop_tenants(refused.tenants)
+                moved(refused.tenants)
             except TRANSIENT_ERRORS as exc:
                 retried = True
                 self._lose("connection")
@@ -96,7 +126,7 @@ class Committer:
                     continue
                 # One bad row must not cost the others: write what Postgres takes, halving
                 # the batch down to the rows it refuses, which alone are given up.
-                dropped = await self._isolate_refused(batch)
+                dropped = await self._isolate_refused(batch, moved)
                 log.error(
                     "Postgres refused a batch of %d rows (%s); wrote all but %d rows it refuses",
                     len(batch),
@@ -105,15 +135,28 @@ class Committer:
                 )
                 return None, exc
 
-    async def _isolate_refused(self, batch: WriteBatch) -> int:
+    def _fence(self, batch: WriteBatch) -> Fence | None:
+        if self.epochs is None:
+            return None
+        tenants = list(batch.tenants())
+        epochs = self.epochs
+        return Fence(self.node_id, tenants, [epochs.get(tenant, 0) for tenant in tenants])
+
+    async def _isolate_refused(
+        self, batch: WriteBatch, moved: Callable[[set[uuid.UUID]], None]
+    ) -> int:
         """Write `batch` in halves, and halves of halves where Postgres refuses one, giving up
         only the single rows it refuses; how many. Connection failures wait and retry, as for
         any batch. (Its barriers still fail: what waited for it cannot know whose row went.)"""
         delay = 0.05
         while True:
             try:
+                batch.fence = self._fence(batch)
                 await write_batch(await self._connection(), batch, self.mark)
                 return 0
+            except LeasesMoved as refused:
+                batch.drop_tenants(refused.tenants)
+                moved(refused.tenants)
             except TRANSIENT_ERRORS:
                 self._lose("connection")
                 await self.close()
@@ -126,7 +169,9 @@ class Committer:
                     )
                     return 1
                 first, second = batch.halves()
-                return await self._isolate_refused(first) + await self._isolate_refused(second)
+                return await self._isolate_refused(first, moved) + await self._isolate_refused(
+                    second, moved
+                )
 
     async def _connection(self) -> Any:
         if self.conn is None:

@@ -46,12 +46,14 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from taskyard.domain.meters import BATCH_BUCKETS, FLUSH_BUCKETS, Histogram
 from taskyard.domain.rate_limits import Usage
+from taskyard.errors import TenantMoved
 from taskyard.store.batch import Inserted, WriteBatch
 from taskyard.store.committer import Committer
 from taskyard.store.rows import (
@@ -66,7 +68,9 @@ from taskyard.store.rows import (
 
 log = logging.getLogger(__name__)
 
-InsertWaiter = tuple[list[uuid.UUID], asyncio.Future[list[Inserted]]]
+# (tenant, new runs, their future): the tenant, so a fence refusing it fails its waiters alone
+InsertWaiter = tuple[uuid.UUID, list[uuid.UUID], asyncio.Future[list[Inserted]]]
+Barrier = tuple[uuid.UUID | None, asyncio.Future[None]]  # (tenant waiting, if one), future
 _EAGER_ROWS = 1000  # rows nobody waits for go at once when this many have gathered
 
 
@@ -79,7 +83,7 @@ class _Lane:
     batch_rows: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     flush_seconds: Histogram = field(default_factory=lambda: Histogram(FLUSH_BUCKETS))
     batch: WriteBatch = field(default_factory=WriteBatch.empty)
-    barriers: list[asyncio.Future[None]] = field(default_factory=list)
+    barriers: list[Barrier] = field(default_factory=list)
     waiters: list[InsertWaiter] = field(default_factory=list)
     flushing: asyncio.Task[None] | None = None
     delayed: asyncio.TimerHandle | None = None  # the write_delay of rows nobody waits for
@@ -89,7 +93,7 @@ class _Lane:
     def busy(self) -> bool:
         return self.flushing is not None or bool(len(self.batch)) or bool(self.barriers)
 
-    def take(self) -> tuple[WriteBatch, list[asyncio.Future[None]], list[InsertWaiter]]:
+    def take(self) -> tuple[WriteBatch, list[Barrier], list[InsertWaiter]]:
         taken = self.batch, self.barriers, self.waiters
         self.batch, self.barriers, self.waiters = WriteBatch.empty(), [], []
         return taken
@@ -133,6 +137,8 @@ class Persister:
         self.rows_written = 0
         self._ordered = _Lane("ordered", Committer(pool, node_id, "ordered", marked=True))
         self._triggers = _Lane("triggers", Committer(pool, node_id, "triggers", marked=False))
+        # Told (by the cluster) of tenants whose rows the fence refused: their leases moved.
+        self.leases_moved: Callable[[set[uuid.UUID]], None] = lambda tenants: None
         self._held: dict[uuid.UUID, Row] = {}  # states that may wait, by run
         self._release: asyncio.TimerHandle | None = None  # when they stop waiting
         self._pending = 0  # rows buffered or being written, both lanes
@@ -143,6 +149,12 @@ class Persister:
 
     async def start(self) -> None:
         self._started = True
+
+    def fence(self, epochs: Mapping[uuid.UUID, int]) -> None:
+        """Fence every batch from now on by the leases this node holds (tenant -> epoch, kept
+        by the cluster); until then batches are written unfenced (tests of the buffer)."""
+        for lane in (self._ordered, self._triggers):
+            lane.committer.epochs = epochs
 
     def _check(self) -> None:
         if self._stopped:
@@ -213,12 +225,13 @@ class Persister:
             ]
         )
 
-    def barrier(self) -> asyncio.Future[None]:
+    def barrier(self, tenant_id: uuid.UUID | None = None) -> asyncio.Future[None]:
         """Resolves once everything handed over before this call on the ordered lane has
-        committed (triggered runs are awaited through their own futures)."""
+        committed (triggered runs are awaited through their own futures). The barrier of a
+        tenant fails with TenantMoved if that tenant's rows were refused by the fence."""
         self._check()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._add_barrier(future)
+        self._add_barrier(future, tenant_id)
         return future
 
     async def flush(self) -> None:
@@ -239,7 +252,7 @@ class Persister:
     ) -> None:
         lane.batch.new_runs.extend(rows)
         run_id = NEW_RUN.run_id
-        lane.waiters.append(([row[run_id] for row in rows], future))
+        lane.waiters.append((rows[0][0], [row[run_id] for row in rows], future))
         self._grew(lane, len(rows))
 
     def _add_many(
@@ -281,7 +294,7 @@ class Persister:
 
     def _add_flush(self, future: asyncio.Future[None]) -> None:
         self._release_held()
-        self._add_barrier(future)
+        self._add_barrier(future, None)
 
     def _add_pushed_events(self, rows: list[Row]) -> None:
         self._ordered.batch.pushed_events.extend(rows)
@@ -315,12 +328,12 @@ class Persister:
             usage[key] = row
         self._grew(self._ordered, grew)
 
-    def _add_barrier(self, future: asyncio.Future[None]) -> None:
+    def _add_barrier(self, future: asyncio.Future[None], tenant_id: uuid.UUID | None) -> None:
         lane = self._ordered
         if not lane.busy:
             future.set_result(None)  # nothing is pending: everything before is committed
             return
-        lane.barriers.append(future)
+        lane.barriers.append((tenant_id, future))
         self._kick(lane)
 
     def _grew(self, lane: _Lane, rows: int) -> None:
@@ -360,7 +373,7 @@ class Persister:
         self,
         lane: _Lane,
         batch: WriteBatch,
-        barriers: list[asyncio.Future[None]],
+        barriers: list[Barrier],
         waiters: list[InsertWaiter],
     ) -> None:
         """A task of its own (producers never wait for I/O); reports back with `_flushed`."""
@@ -374,7 +387,7 @@ class Persister:
         self,
         lane: _Lane,
         batch: WriteBatch,
-        barriers: list[asyncio.Future[None]],
+        barriers: list[Barrier],
         waiters: list[InsertWaiter],
     ) -> None:
         """After lingering, fold in what arrived meanwhile, then commit."""
@@ -390,7 +403,7 @@ class Persister:
         self,
         lane: _Lane,
         batch: WriteBatch,
-        barriers: list[asyncio.Future[None]],
+        barriers: list[Barrier],
         waiters: list[InsertWaiter],
     ) -> None:
         rows = len(batch)
@@ -399,14 +412,27 @@ class Persister:
             self._refused(waiters, error)
             waiters.clear()
 
+        def moved(tenants: set[uuid.UUID]) -> None:
+            """Their rows were left out: what waits for them learns that the tenant moved."""
+            error = TenantMoved(
+                "this engine node no longer owns the tenant (its lease moved to another "
+                "node); nothing was written: try again"
+            )
+            self._refused([w for w in waiters if w[0] in tenants], error)
+            waiters[:] = [w for w in waiters if w[0] not in tenants]
+            for tenant_id, future in barriers:
+                if tenant_id in tenants and not future.done():
+                    future.set_exception(error)
+            self.leases_moved(tenants)
+
         began = time.perf_counter()
-        inserted, error = await lane.committer.commit(batch, refuse_new_runs)
+        inserted, error = await lane.committer.commit(batch, refuse_new_runs, moved)
         lane.flush_seconds.observe(time.perf_counter() - began)
         lane.batch_rows.observe(rows)
         self._flushed(lane, rows, barriers, waiters, inserted, error)
 
     def _refused(self, waiters: list[InsertWaiter], error: Exception) -> None:
-        for _, waiter in waiters:
+        for _, _, waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
 
@@ -414,7 +440,7 @@ class Persister:
         self,
         lane: _Lane,
         rows: int,
-        barriers: list[asyncio.Future[None]],
+        barriers: list[Barrier],
         waiters: list[InsertWaiter],
         inserted: dict[uuid.UUID, Inserted] | None,
         error: Exception | None,
@@ -426,10 +452,10 @@ class Persister:
             self._capacity.set()
         if error is None:
             self.rows_written += rows
-        for future in barriers:
+        for _, future in barriers:
             if not future.done():
                 future.set_exception(error) if error else future.set_result(None)
-        for run_ids, waiter in waiters:
+        for _, run_ids, waiter in waiters:
             if waiter.done():
                 continue
             if error is not None or inserted is None:

@@ -134,13 +134,15 @@ class RunRepository:
             run.deadline = run.assigned_at + run.options.execution_timeout
         return run
 
-    async def active_queues(self) -> list[tuple[uuid.UUID, str]]:
+    async def active_queues(self, tenant_id: uuid.UUID) -> list[str]:
+        """The tenant's queues that hold unfinished runs."""
         rows = await self.pool.fetch(
-            "SELECT DISTINCT tenant_id, queue FROM runs WHERE kind = 'task' AND "
+            "SELECT DISTINCT queue FROM runs WHERE tenant_id = $1 AND kind = 'task' AND "
             "(status IN ('queued', 'assigned', 'running') OR (status = 'pending' "
-            "AND workflow_run_id IS NULL))"
+            "AND workflow_run_id IS NULL))",
+            tenant_id,
         )
-        return [(row["tenant_id"], row["queue"]) for row in rows]
+        return [row["queue"] for row in rows]
 
     async def load_active_runs(self, tenant_id: uuid.UUID, queue: str) -> list[Run]:
         """Every unfinished run of a queue, oldest first, without payloads."""

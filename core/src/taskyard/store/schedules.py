@@ -159,11 +159,12 @@ class ScheduleRepository:
         )
         return [_schedule(row) for row in rows]
 
-    async def active(self) -> list[Schedule]:
-        """What may still fire: crons not paused, one-offs not fired (every tenant)."""
+    async def active(self, tenant_ids: list[uuid.UUID]) -> list[Schedule]:
+        """What may still fire of these tenants: crons not paused, one-offs not fired."""
         rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM schedules WHERE (kind = 'cron' AND NOT paused) "
-            "OR (kind = 'once' AND run_id IS NULL)"
+            f"SELECT {_COLUMNS} FROM schedules WHERE tenant_id = ANY ($1::uuid[]) AND "
+            "((kind = 'cron' AND NOT paused) OR (kind = 'once' AND run_id IS NULL))",
+            tenant_ids,
         )
         return [_schedule(row) for row in rows]
 

@@ -11,6 +11,7 @@ import asyncpg
 
 from taskyard.domain.auth import Principal, Role, hash_token, new_token
 from taskyard.errors import Conflict
+from taskyard.store.leases import CHANNEL as LEASES_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class TenantRepository:
         except asyncpg.UniqueViolationError:
             raise TenantExists(f"a tenant named {name!r} already exists") from None
         assert row is not None
+        # The engine nodes take the new tenant at once, not at their next lease renewal.
+        await self.pool.execute("SELECT pg_notify($1, 'tenant created')", LEASES_CHANNEL)
         return Tenant(**dict(row))
 
     async def tenant_named(self, name: str) -> Tenant | None:

@@ -113,13 +113,6 @@ class WorkflowRepository:
         )
         return _stored(row) if row else None
 
-    async def tenants_with_active_runs(self) -> list[uuid.UUID]:
-        rows = await self.pool.fetch(
-            "SELECT DISTINCT tenant_id FROM runs WHERE kind = 'workflow' "
-            "AND status IN ('queued', 'running')"
-        )
-        return [row["tenant_id"] for row in rows]
-
     async def active_runs(self, tenant_id: uuid.UUID) -> list[ActiveWorkflowRun]:
         """Every unfinished workflow run of the tenant, with the steps decided so far."""
         runs = await self.pool.fetch(

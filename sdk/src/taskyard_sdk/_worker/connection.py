@@ -42,6 +42,10 @@ class WorkerStopped(TaskyardError):
     """The worker could not run: the engine refused it (e.g. a bad token)."""
 
 
+class _Moved(Exception):
+    """The engine node said the worker's tenant is owned by another node: connect again."""
+
+
 class Connection:
     """Reads the worker's identity and definitions; owns only the socket and its timing."""
 
@@ -52,13 +56,20 @@ class Connection:
         self.connected = asyncio.Event()  # set while connected (Events bind no loop)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._heartbeat_interval = 5.0
+        # The node that owns this worker's tenant, as an engine node said (`moved`): the next
+        # connection goes there, not to the client's URL.
+        self._owner: str | None = None
+        self._moved_to: protocol.Moved | None = None
 
     async def stay_connected(self) -> None:
         delay = 0.1
         while True:
+            url = self._url
             try:
-                await self._session()
+                await self._session(url)
                 delay = 0.1
+            except _Moved:
+                continue  # at once, to the owner
             except (AuthenticationError, PermissionDenied, WorkerStopped):
                 raise
             except (
@@ -68,10 +79,14 @@ class Connection:
                 EngineUnreachable,
                 Unavailable,
             ) as exc:
+                if url == self._owner:
+                    self._owner = None  # gone: back to the nodes the worker was given
+                elif isinstance(exc, aiohttp.ClientConnectorError | EngineUnreachable):
+                    self.worker.client.transport.fail_over(url)
                 log.warning(
                     "worker %s: connection to %s failed (%s); retrying in %.1fs",
                     self.worker.name,
-                    self.worker.client.url,
+                    url,
                     exc,
                     delay,
                 )
@@ -82,7 +97,21 @@ class Connection:
             # its attempt given to another worker, and the work ran twice.
             delay = min(delay * 2, 0.5)
 
-    async def _session(self) -> None:
+    @property
+    def _url(self) -> str:
+        return self._owner or self.worker.client.url
+
+    def _moved(self, message: protocol.Moved) -> _Moved:
+        self._owner = message.url.rstrip("/") if message.url else None
+        log.info(
+            "worker %s: its tenant is owned by another engine node; connecting to %s",
+            self.worker.name,
+            self._url,
+        )
+        return _Moved()
+
+    async def _session(self, base: str) -> None:
+        self._moved_to = None
         for workflow in self.worker.workflows:  # on every connect: the engine may be a new one
             try:
                 info = await workflow.aio_register()
@@ -98,7 +127,7 @@ class Connection:
             )
         headers = self.worker.client.transport.headers
         session = self.worker.client.transport.session()
-        url = self.worker.client.url + "/api/v1/workers/connect"
+        url = base + "/api/v1/workers/connect"
         try:
             ws = await session.ws_connect(url, headers=headers, heartbeat=None, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
@@ -154,7 +183,7 @@ class Connection:
             log.info(
                 "worker %s connected to %s: queue %r, %d slots, tasks %s",
                 self.worker.name,
-                self.worker.client.url,
+                base,
                 self.worker.queue,
                 self.worker.slots,
                 ", ".join(self.worker.tasks),
@@ -164,6 +193,8 @@ class Connection:
                     self._on_frame(message.data)
                 elif message.type is aiohttp.WSMsgType.ERROR:
                     break
+            if ws.close_code == protocol.CLOSE_MOVED:
+                raise self._moved(self._moved_to or protocol.Moved())
             if ws.close_code in _CLOSE_FATAL:
                 raise WorkerStopped(
                     f"the engine closed worker {self.worker.name}'s connection: "
@@ -183,6 +214,8 @@ class Connection:
         if first.type is not aiohttp.WSMsgType.TEXT:
             raise aiohttp.ClientError(f"connection closed during handshake ({first.type.name})")
         message = protocol.engine_message.validate_json(first.data)
+        if isinstance(message, protocol.Moved):
+            raise self._moved(message)
         if isinstance(message, protocol.Error):
             raise WorkerStopped(f"the engine refused worker {self.worker.name}: {message.message}")
         if not isinstance(message, protocol.Welcome):
@@ -216,6 +249,8 @@ class Connection:
                 self.attempts.cancel(message)
             elif isinstance(message, protocol.Ack):
                 self.outbox.acked(message)
+            elif isinstance(message, protocol.Moved):
+                self._moved_to = message  # the close that follows reconnects
             elif isinstance(message, protocol.Recorded):
                 self.outbox.recorded(message)
             elif isinstance(message, protocol.Error):

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from taskyard.domain.auth import WRITERS, Principal
 from taskyard.errors import ApiError, Forbidden, NotFound, Unauthorized
+from taskyard.http.forwarding import FORWARDED, FORWARDER
 from taskyard.http.keys import ENGINE
 from taskyard.http.routing import metadata_filter
 
@@ -77,6 +78,12 @@ def page(handler: Handler, *, changes: bool = False) -> Callable[..., Any]:
         request[PRINCIPAL] = principal
         request[CSRF] = csrf_of(token)
         try:
+            forwarder = request.app[FORWARDER]
+            owner = await forwarder.owner_elsewhere(
+                principal.tenant_id, forwarded=FORWARDED in request.headers
+            )
+            if owner is not None:  # its pages are drawn by the node that owns the tenant
+                return await forwarder.relay(request, owner)
             if changes:
                 if principal.role not in WRITERS:
                     raise Forbidden(f"a {principal.role} token changes nothing; this needs another")

@@ -1,0 +1,246 @@
+"""Several engine nodes on one database, in this process: tenants spread over the nodes by lease,
+calls to any node forwarded to the owner, workers sent to the owner, leases handed over when a
+node stops or joins, and Postgres refusing a batch fenced by a lease that moved on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from taskyard.engine import Engine
+from taskyard_sdk import Taskyard
+from tests.conftest import TenantTokens, engine_settings, new_tenant
+from tests.support import wait_until
+
+
+def node_settings(db_url: str, tmp_path: Path, name: str) -> object:
+    return engine_settings(
+        db_url, tmp_path / name, node_name=name, lease_seconds=2.0, lease_renew=0.2
+    )
+
+
+@pytest.fixture
+async def nodes(db_url: str, tmp_path: Path) -> AsyncIterator[list[Engine]]:
+    """Two engine nodes sharing one database."""
+    first = Engine(node_settings(db_url, tmp_path, "node-a"))  # type: ignore[arg-type]
+    second = Engine(node_settings(db_url, tmp_path, "node-b"))  # type: ignore[arg-type]
+    await first.start()
+    await second.start()
+    try:
+        yield [first, second]
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+async def owners(db_url: str) -> dict[uuid.UUID, uuid.UUID | None]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT tenant_id, node_id FROM tenant_leases WHERE expires_at > now()"
+        )
+    finally:
+        await conn.close()
+    return {row["tenant_id"]: row["node_id"] for row in rows}
+
+
+async def spread(db_url: str, nodes: list[Engine], tenants: list[TenantTokens]) -> bool:
+    """Every tenant owned by exactly one node, and every node owning some."""
+    held = await owners(db_url)
+    by_node = {
+        engine.node_id: [t for t in tenants if held.get(t.tenant_id) == engine.node_id]
+        for engine in nodes
+    }
+    return all(t.tenant_id in held for t in tenants) and all(by_node.values())
+
+
+async def make_tenants(engine: Engine, count: int) -> list[TenantTokens]:
+    return [await new_tenant(engine, f"t{i}-{uuid.uuid4().hex[:6]}") for i in range(count)]
+
+
+def owner_of(nodes: list[Engine], tenant: TenantTokens) -> Engine:
+    [owner] = [node for node in nodes if node.cluster.lease_of(tenant.tenant_id) is not None]
+    return owner
+
+
+def other_than(nodes: list[Engine], engine: Engine) -> Engine:
+    [other] = [node for node in nodes if node is not engine]
+    return other
+
+
+async def test_tenants_are_spread_and_any_node_serves_any_call(
+    nodes: list[Engine], db_url: str
+) -> None:
+    tenants = await make_tenants(nodes[0], 8)
+    await wait_until(lambda: spread(db_url, nodes, tenants), 10, "the tenants to be spread")
+    for tenant in tenants:
+        owner = owner_of(nodes, tenant)
+        elsewhere = other_than(nodes, owner)
+        # HTTP to the node that does not own the tenant: forwarded, answered by the owner.
+        async with aiohttp.ClientSession(base_url=elsewhere.url) as http:
+            async with http.post(
+                "/api/v1/runs", json={"task": "add", "input": 1}, headers=tenant.headers()
+            ) as response:
+                assert response.status == 201, await response.text()
+                run_id = (await response.json())["run_id"]
+            async with http.get(f"/api/v1/runs/{run_id}", headers=tenant.headers()) as response:
+                assert response.status == 200
+                assert (await response.json())["status"] == "queued"
+            # Errors are the owner's, unchanged.
+            async with http.post(
+                "/api/v1/runs", json={"task": ""}, headers=tenant.headers()
+            ) as response:
+                assert response.status == 422
+                assert "body.task" in (await response.json())["error"]["message"]
+        # The run is in the owner's queue actor, not the other node's.
+        assert owner.services.actors.existing_queue(tenant.tenant_id, "default") is not None
+        assert elsewhere.services.actors.existing_queue(tenant.tenant_id, "default") is None
+    assert sum(node.http_forwarded for node in nodes) >= 3 * len(tenants)
+
+
+async def test_a_worker_connecting_to_the_wrong_node_runs_on_the_owner(
+    nodes: list[Engine], db_url: str
+) -> None:
+    [tenant] = await make_tenants(nodes[0], 1)
+    await wait_until(lambda: _owned(db_url, tenant), 10, "the tenant to be owned")
+    owner = owner_of(nodes, tenant)
+    elsewhere = other_than(nodes, owner)
+    ty = Taskyard(url=elsewhere.url, token=tenant.admin)
+
+    @ty.task()
+    async def double(n: int) -> int:
+        return n * 2
+
+    try:
+        async with ty.worker("w", tasks=[double]):
+            results = await asyncio.gather(*(double.aio_run(n) for n in range(20)))
+            assert results == [n * 2 for n in range(20)]
+            # Attached to the owner, having been told where it is by the node it dialled.
+            assert [s.name for s in owner.services.registry.sessions.values()] == ["w"]
+            assert elsewhere.services.registry.sessions == {}
+    finally:
+        await ty.aio_close()
+
+
+async def test_a_node_that_stops_hands_its_tenants_over_and_work_goes_on(
+    db_url: str, tmp_path: Path
+) -> None:
+    first = Engine(node_settings(db_url, tmp_path, "node-a"))  # type: ignore[arg-type]
+    second = Engine(node_settings(db_url, tmp_path, "node-b"))  # type: ignore[arg-type]
+    await first.start()
+    await second.start()
+    try:
+        tenants = await make_tenants(first, 6)
+        await wait_until(lambda: spread(db_url, [first, second], tenants), 10, "spread")
+        moving = [t for t in tenants if second.cluster.lease_of(t.tenant_id) is not None]
+        tenant = moving[0]
+        ty = Taskyard(url=f"{second.url},{first.url}", token=tenant.admin)
+
+        @ty.task()
+        async def slow(n: int) -> int:
+            await asyncio.sleep(0.3)
+            return n
+
+        try:
+            async with ty.worker("w", tasks=[slow], slots=5):
+                started = [await slow.aio_run_no_wait(n) for n in range(10)]
+                await asyncio.sleep(0.4)  # some are running on the worker now
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                await second.stop()  # as SIGTERM does: hands its tenants back first
+                await wait_until(lambda: _all_held(first, moving), 5, "the other node to take them")
+                handed_over = loop.time() - began
+                results = [await run.aio_result() for run in started]
+                assert results == list(range(10))
+                later = await slow.aio_run(99)  # through the node that remains
+                assert later == 99
+        finally:
+            await ty.aio_close()
+        print(f"{len(moving)} tenants handed over in {handed_over * 1000:.0f} ms")
+        assert handed_over < 2, handed_over
+        held = await owners(db_url)
+        assert all(held[t.tenant_id] == first.node_id for t in tenants)
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+async def test_a_node_that_joins_takes_its_share(db_url: str, tmp_path: Path) -> None:
+    first = Engine(node_settings(db_url, tmp_path, "node-a"))  # type: ignore[arg-type]
+    await first.start()
+    second = None
+    try:
+        tenants = await make_tenants(first, 8)
+        await wait_until(
+            lambda: _all_owned_by(db_url, tenants, first.node_id), 10, "the first node's"
+        )
+        second = Engine(node_settings(db_url, tmp_path, "node-b"))  # type: ignore[arg-type]
+        await second.start()
+        await wait_until(lambda: spread(db_url, [first, second], tenants), 10, "rebalancing")
+        assert first.cluster.handovers >= 1
+        assert second.cluster.takeovers == 0  # every lease it took was handed back to it
+    finally:
+        if second is not None:
+            await second.stop()
+        await first.stop()
+
+
+async def test_postgres_refuses_a_batch_fenced_by_a_lease_that_moved_on(
+    engine: Engine, tenant: TenantTokens, db_url: str
+) -> None:
+    """A node whose lease was taken over (it was frozen, say) writes nothing more for the
+    tenant: its batch is refused by the fence, its waiters told that the tenant moved, and the
+    node drops the tenant."""
+    await wait_until(lambda: _owned(db_url, tenant), 10, "the tenant to be owned")
+    conn = await asyncpg.connect(db_url)
+    try:
+        # Another node takes the lease over, as after this one's term ran out.
+        intruder = uuid.uuid4()
+        await conn.execute("INSERT INTO engine_nodes (node_id) VALUES ($1)", intruder)
+        await conn.execute(
+            "UPDATE tenant_leases SET node_id = $2, epoch = epoch + 1 WHERE tenant_id = $1",
+            tenant.tenant_id,
+            intruder,
+        )
+        async with (
+            aiohttp.ClientSession(base_url=engine.url) as http,
+            http.post(
+                "/api/v1/runs", json={"task": "add", "input": 1}, headers=tenant.headers()
+            ) as response,
+        ):
+            # Still leased here as far as this node knows: its write is refused.
+            assert response.status == 503, await response.text()
+            assert (await response.json())["error"]["code"] in ("tenant_moved", "unavailable")
+        assert (
+            await conn.fetchval("SELECT count(*) FROM runs WHERE tenant_id = $1", tenant.tenant_id)
+            == 0
+        )
+        await wait_until(
+            lambda: _not_held(engine, tenant), 5, "the node to drop the tenant it lost"
+        )
+        assert engine.persister.sample().lanes["triggers"].errors.get("fenced", 0) >= 1
+    finally:
+        await conn.close()
+
+
+async def _owned(db_url: str, tenant: TenantTokens) -> bool:
+    return (await owners(db_url)).get(tenant.tenant_id) is not None
+
+
+async def _all_owned_by(db_url: str, tenants: list[TenantTokens], node: uuid.UUID) -> bool:
+    held = await owners(db_url)
+    return all(held.get(t.tenant_id) == node for t in tenants)
+
+
+async def _not_held(engine: Engine, tenant: TenantTokens) -> bool:
+    return tenant.tenant_id not in engine.cluster.leases
+
+
+async def _all_held(engine: Engine, tenants: list[TenantTokens]) -> bool:
+    return all(engine.cluster.lease_of(t.tenant_id) is not None for t in tenants)
