@@ -104,6 +104,15 @@ def main() -> None:
         help="judge a finished run's ledgers and evidence again (no run)",
     )
 
+    nodes = commands.add_parser(
+        "cluster", help="several engine nodes: failover after kill -9, throughput with 1-3 nodes"
+    )
+    nodes.add_argument("--kills", type=int, default=5, help="nodes killed, one after another")
+    nodes.add_argument("--tenants", type=int, default=6)
+    nodes.add_argument("--lease-seconds", type=float, default=5.0)
+    nodes.add_argument("--tasks", type=int, default=30_000, help="runs per throughput run")
+    nodes.add_argument("--runs", type=int, default=3, help="throughput runs per node count")
+
     args = parser.parse_args()
     if args.workload in ("throughput", "pgcost"):
         from bench import throughput
@@ -154,6 +163,14 @@ def main() -> None:
         from bench import chaos as chaos_workload
 
         asyncio.run(chaos_workload.main(args.minutes, args.seed, args.workers, args.judge))
+    elif args.workload == "cluster":
+        from bench import cluster as cluster_workload
+
+        asyncio.run(
+            cluster_workload.main(
+                args.kills, args.tenants, args.lease_seconds, args.tasks, args.runs
+            )
+        )
     elif args.workload == "peers":
         from bench import peers_workload
 

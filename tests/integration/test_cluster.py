@@ -16,7 +16,7 @@ import pytest
 from taskyard.engine import Engine
 from taskyard_sdk import Taskyard
 from tests.conftest import TenantTokens, engine_settings, new_tenant
-from tests.support import wait_until
+from tests.support import scrape, value, wait_until
 
 
 def node_settings(db_url: str, tmp_path: Path, name: str) -> object:
@@ -102,6 +102,12 @@ async def test_tenants_are_spread_and_any_node_serves_any_call(
         assert owner.services.actors.existing_queue(tenant.tenant_id, "default") is not None
         assert elsewhere.services.actors.existing_queue(tenant.tenant_id, "default") is None
     assert sum(node.http_forwarded for node in nodes) >= 3 * len(tenants)
+    for node in nodes:
+        samples = await scrape(node.url)
+        assert value(samples, "taskyard_cluster_nodes") == 2
+        held = sum(node.cluster.lease_of(t.tenant_id) is not None for t in tenants)
+        assert value(samples, "taskyard_cluster_leases") == len(node.cluster.leases) >= held > 0
+        assert value(samples, "taskyard_cluster_forwarded_calls_total") == node.http_forwarded
 
 
 async def test_a_worker_connecting_to_the_wrong_node_runs_on_the_owner(

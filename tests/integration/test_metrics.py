@@ -12,34 +12,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from taskyard.engine import Engine
 from taskyard_sdk import TaskFailed, Taskyard
 from tests.conftest import engine_settings
-from tests.support import wait_until
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(url: str, token: str | None = None) -> Samples:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{url}/metrics", headers=headers) as response,
-    ):
-        assert response.status == 200, await response.text()
-        assert response.content_type == "text/plain"
-        text = await response.text()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from tests.support import Samples, scrape, value, wait_until
 
 
 async def test_a_known_workload_is_counted(engine: Engine, ty: Taskyard) -> None:

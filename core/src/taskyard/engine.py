@@ -214,18 +214,6 @@ class Engine:
             ),
         )
         await self._services.start()
-        self._metrics = Metrics(
-            self._services.actors,
-            self._persister,
-            self.repository,
-            lambda: {
-                "plugin_errors": self._plugins.errors if self._plugins else Counter(),
-                "source_failures": self.source_failures,
-                "failed_deliveries": (
-                    self._alerter.failed_deliveries if self._alerter else Counter()
-                ),
-            },
-        )
         await self._bind_outboxes()
 
         self._cluster = Cluster(
@@ -240,6 +228,19 @@ class Engine:
             renew_every=self.settings.lease_renew,
             adopted=self._tenant_adopted,
             releasing=self._tenant_releasing,
+        )
+        self._metrics = Metrics(
+            self._services.actors,
+            self._persister,
+            self.repository,
+            lambda: {
+                "plugin_errors": self._plugins.errors if self._plugins else Counter(),
+                "source_failures": self.source_failures,
+                "failed_deliveries": (
+                    self._alerter.failed_deliveries if self._alerter else Counter()
+                ),
+            },
+            self._cluster,
         )
         plugin_router = Router(tags=("plugins",), channel=False)  # HTTP only: raw bodies
         await self._plugins.call("taskyard_routes", router=plugin_router)

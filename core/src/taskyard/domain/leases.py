@@ -1,9 +1,10 @@
 """Who should own what in a cluster, and for how long a node may act on the leases it holds.
 
 Tenants are spread over the live nodes by rendezvous hashing: each tenant goes to the node with
-the highest hash of (tenant, node). When a node joins, only the tenants it now wins move to it;
+the highest hash of (tenant, node name). When a node joins, only the tenants it now wins move to it;
 when one leaves, only its own tenants move, each to its runner-up. Every node computes the same
-answer from the same list of live nodes, with nothing to agree on.
+answer from the same list of live nodes, with nothing to agree on. Names, not registrations: a
+node restarted under its name gets back the tenants it had.
 
 A node's leases are its own until they expire in Postgres. It counts their term from the moment
 it *sent* the renewal that succeeded, on its monotonic clock (which runs on while the process is
@@ -21,12 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
-def _weight(key: uuid.UUID, node: uuid.UUID) -> bytes:
-    return hashlib.blake2b(key.bytes + node.bytes, digest_size=8).digest()
+def _weight(key: uuid.UUID, node: str) -> bytes:
+    return hashlib.blake2b(key.bytes + node.encode(), digest_size=8).digest()
 
 
-def owner_among(key: uuid.UUID, nodes: Iterable[uuid.UUID]) -> uuid.UUID | None:
-    """The node `key` belongs to among `nodes` (rendezvous hashing); None when there are none."""
+def owner_among(key: uuid.UUID, nodes: Iterable[str]) -> str | None:
+    """The node (by name) `key` belongs to among `nodes` (rendezvous hashing); None when there
+    are none."""
     return max(nodes, key=lambda node: _weight(key, node), default=None)
 
 

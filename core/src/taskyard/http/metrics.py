@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from taskyard.domain.meters import REQUEST_BUCKETS, Histogram
 from taskyard.errors import Forbidden, Unauthorized
+from taskyard.http.forwarding import FORWARDER
 from taskyard.http.keys import ENGINE
 from taskyard.services.metrics import EngineSample
 
@@ -79,7 +80,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     _check_scraper(request)
     sample = await request.app[ENGINE].metrics.sample()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(sample, request.app[METERS]))
+    registry.register(_Families(sample, request.app[METERS], request.app[FORWARDER].forwarded))
     ProcessCollector(registry=registry)
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -140,15 +141,17 @@ _QUEUE_EVENTS = {
 class _Families:
     """The sample as Prometheus metric families (a collector for one scrape)."""
 
-    def __init__(self, sample: EngineSample, http: HttpMeters) -> None:
+    def __init__(self, sample: EngineSample, http: HttpMeters, forwarded: int) -> None:
         self.sample = sample
         self.http = http
+        self.forwarded = forwarded
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queues()
         yield from self._persister()
         yield from self._http()
         yield from self._engine()
+        yield from self._cluster()
 
     def _queues(self) -> Iterator[Metric]:
         labels = ["tenant", "queue"]
@@ -233,7 +236,8 @@ class _Families:
         )
         errors = CounterMetricFamily(
             "taskyard_postgres_errors",
-            "Failed writes: connection (lost, retried) or refused (by Postgres).",
+            "Failed writes: connection (lost, retried), refused (by Postgres) or fenced (for "
+            "tenants whose lease had moved to another node).",
             labels=["lane", "kind"],
         )
         reconnects = CounterMetricFamily(
@@ -248,7 +252,7 @@ class _Families:
             flushes.add_metric(
                 [lane], _buckets(figures.flush_seconds), sum_value=figures.flush_seconds.total
             )
-            for kind in ("connection", "refused"):
+            for kind in ("connection", "refused", "fenced"):
                 errors.add_metric([lane, kind], figures.errors.get(kind, 0))
             reconnects.add_metric([lane], figures.reconnects)
         yield from (sizes, flushes, errors, reconnects)
@@ -301,6 +305,35 @@ class _Families:
             "taskyard_actor_restarts",
             "Actors restarted after a failure.",
             value=sample.actor_restarts,
+        )
+
+    def _cluster(self) -> Iterator[Metric]:
+        cluster = self.sample.cluster
+        yield GaugeMetricFamily(
+            "taskyard_cluster_nodes", "Live engine nodes, this one included.", value=cluster.nodes
+        )
+        yield GaugeMetricFamily(
+            "taskyard_cluster_leases", "Tenants this node owns.", value=cluster.leases
+        )
+        yield CounterMetricFamily(
+            "taskyard_cluster_takeovers",
+            "Tenant leases taken from a node that had not handed them back (it died).",
+            value=cluster.takeovers,
+        )
+        yield CounterMetricFamily(
+            "taskyard_cluster_handovers",
+            "Tenant leases handed back to the cluster (rebalancing, stopping).",
+            value=cluster.handovers,
+        )
+        yield CounterMetricFamily(
+            "taskyard_cluster_leases_lost",
+            "Tenant leases another node took while this one held them (it was frozen or cut off).",
+            value=cluster.lost,
+        )
+        yield CounterMetricFamily(
+            "taskyard_cluster_forwarded_calls",
+            "Calls forwarded to the node that owns their tenant.",
+            value=self.forwarded,
         )
 
 

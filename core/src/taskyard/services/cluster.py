@@ -29,6 +29,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -44,6 +45,17 @@ log = logging.getLogger(__name__)
 TenantHook = Callable[[uuid.UUID], Awaitable[None]]
 SWEEPER = "sweep-nodes"  # the singleton that deletes long-dead nodes' rows
 _SWEEP_EVERY = 600.0  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSample:
+    """This node's view of its cluster, for /metrics."""
+
+    nodes: int  # live nodes, this one included
+    leases: int  # tenants this node owns
+    takeovers: int
+    handovers: int
+    lost: int
 
 
 class Cluster:
@@ -78,6 +90,7 @@ class Cluster:
         self.nodes: list[Node] = []  # the live nodes, as of the last tick
         self.takeovers = 0  # leases taken over from a node that had not handed them back
         self.handovers = 0
+        self.lost = 0  # leases found taken over by another node while this one held them
         self.stopping = False
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # set after each tick: routing waits on it
@@ -116,6 +129,15 @@ class Cluster:
             listener, self._listener = self._listener, None
             with contextlib.suppress(Exception):
                 await listener.close()
+
+    def sample(self) -> ClusterSample:
+        return ClusterSample(
+            len({node.name for node in self.nodes} | {self.name}),
+            len(self.leases),
+            self.takeovers,
+            self.handovers,
+            self.lost,
+        )
 
     # -- what routing asks -----------------------------------------------------------------------
 
@@ -173,11 +195,9 @@ class Cluster:
                         tenant_id,
                     )
                     await self._drop(tenant_id)
-            live = [node.node_id for node in self.nodes]
-            if self.node_id not in live:
-                live.append(self.node_id)
+            live = {node.name for node in self.nodes} | {self.name}
             for tenant_id, orphaned in await self.repository.tenants():
-                should = owner_among(tenant_id, live) == self.node_id
+                should = owner_among(tenant_id, live) == self.name
                 if tenant_id in self.leases:
                     if not should:
                         await self._hand_back(tenant_id)
@@ -225,6 +245,7 @@ class Cluster:
         lease = self.leases.pop(tenant_id, None)
         if lease is None:
             return
+        self.lost += 1
         lease.released = True
         self.epochs.pop(tenant_id, None)
         if self.releasing is not None:

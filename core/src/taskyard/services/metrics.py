@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from taskyard.domain.meters import QueueSample
+from taskyard.services.cluster import Cluster, ClusterSample
 from taskyard.services.directory import ActorDirectory
 from taskyard.store.persister import Persister, PersisterSample
 from taskyard.store.tenants import TenantRepository
@@ -24,6 +25,7 @@ class EngineSample:
     source_failures: dict[str, int]  # trigger sources restarted after raising, by source
     failed_deliveries: dict[str, int]  # alerts given up after their retries, by channel
     actor_restarts: int  # actors restarted after a failure, summed
+    cluster: ClusterSample
 
 
 class Metrics:
@@ -33,11 +35,13 @@ class Metrics:
         persister: Persister,
         tenants: TenantRepository,
         counters: Callable[[], dict[str, Counter[str]]],
+        cluster: Cluster,
     ) -> None:
         self.actors = actors
         self.persister = persister
         self.tenants = tenants
         self.counters = counters  # plugin_errors, source_failures, failed_deliveries
+        self.cluster = cluster
         self._names: dict[uuid.UUID, str] = {}  # tenant names never change
 
     async def sample(self) -> EngineSample:
@@ -56,6 +60,7 @@ class Metrics:
             source_failures=dict(counters["source_failures"]),
             failed_deliveries=dict(counters["failed_deliveries"]),
             actor_restarts=sum(actor.restarts for actor in actors),
+            cluster=self.cluster.sample(),
         )
 
     async def _tenant_names(self, tenant_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:

@@ -99,7 +99,7 @@ class LeaseRepository:
                    WHERE name = $4 AND node_id <> $2
                      AND started_at < (SELECT started_at FROM engine_nodes WHERE node_id = $2))
             RETURNING epoch,
-                coalesce((SELECT bool_and(node_id IS NULL) FROM before), false) AS clean
+                coalesce((SELECT bool_and(node_id IS NULL) FROM before), true) AS clean
             """,
             tenant_id,
             self.node_id,

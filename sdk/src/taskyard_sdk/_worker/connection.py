@@ -35,6 +35,9 @@ _CLOSE_FATAL = {  # reconnecting would not help
     protocol.CLOSE_PROTOCOL_ERROR: "a protocol error",
     protocol.CLOSE_TOKEN_REVOKED: "its token was revoked",
 }
+# A WebSocket ping this often; an engine that does not answer within half of it (frozen, or cut
+# off by a partition that leaves the socket open) is left for the other nodes.
+_PING_EVERY = 5.0
 _RESEND_EVERY_BEATS = 3  # a result unacknowledged for this many heartbeats is sent again
 
 
@@ -129,7 +132,9 @@ class Connection:
         session = self.worker.client.transport.session()
         url = base + "/api/v1/workers/connect"
         try:
-            ws = await session.ws_connect(url, headers=headers, heartbeat=None, max_msg_size=0)
+            ws = await session.ws_connect(
+                url, headers=headers, heartbeat=_PING_EVERY, max_msg_size=0
+            )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
                 raise AuthenticationError(
