@@ -54,15 +54,18 @@ class Channel:
         cls, session: aiohttp.ClientSession, url: str, headers: dict[str, str]
     ) -> Channel:
         try:
-            ws = await session.ws_connect(url + PATH, headers=headers, max_msg_size=0)
+            async with asyncio.timeout(protocol.HANDSHAKE_TIMEOUT):
+                ws = await session.ws_connect(
+                    url + PATH, headers=headers, heartbeat=protocol.PING_EVERY, max_msg_size=0
+                )
         except aiohttp.WSServerHandshakeError as exc:
             raise ChannelRefused(
                 f"{url} refused a channel ({exc.status})", for_good=exc.status == 404
             ) from exc
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, TimeoutError) as exc:
             raise EngineUnreachable(
-                f"cannot reach the Taskyard engine at {url}: {exc}. Is it running? Start one "
-                f"with `taskyard engine`, or set TASKYARD_URL."
+                f"cannot reach the Taskyard engine at {url}: {exc or 'no answer'}. Is it "
+                f"running? Start one with `taskyard engine`, or set TASKYARD_URL."
             ) from exc
         try:
             first = await ws.receive(timeout=15)

@@ -313,7 +313,9 @@ class Task(Schedulable, Runnable[In, Out]):
         with trigger_span(self.name, 1):
             body = self._trigger(input, with_trace(metadata), priority, idempotency_key)
             ref = RunRef.model_validate(
-                await self.client.transport.request("POST", "/api/v1/runs", json_body=body)
+                await self.client.transport.request(
+                    "POST", "/api/v1/runs", json_body=body, idempotent=idempotency_key is not None
+                )
             )
         return RunHandle(self, ref.run_id)
 

@@ -20,6 +20,7 @@ from pydantic_core import from_json, to_json
 from taskyard_sdk._channel import CallTooLarge, Channel, ChannelLost, ChannelRefused
 from taskyard_sdk._config import Config
 from taskyard_sdk._errors import (
+    ApiError,
     AuthenticationError,
     ConnectionLost,
     EngineUnreachable,
@@ -28,6 +29,7 @@ from taskyard_sdk._errors import (
 )
 
 T = TypeVar("T")
+OWNER_LOST = "owner_lost"  # 502: the node a call was forwarded to died with it in flight
 
 
 class Transport:
@@ -37,8 +39,8 @@ class Transport:
     Requests that did not reach the engine (connection refused) or that it could not serve
     (503: its database is restarting) changed nothing, so they are retried with back-off for up
     to `retry_for` seconds before EngineUnreachable / the 503 is raised. A call in flight when
-    the channel closes is retried too if it only reads (`idempotent`); otherwise it raises
-    ConnectionLost, since it may have been applied."""
+    the connection closes is retried too if it only reads or carries an idempotency key
+    (`idempotent`); otherwise it raises ConnectionLost, since it may have been applied."""
 
     def __init__(self, config: Config, retry_for: float = 10.0, *, channel: bool = True) -> None:
         self.config = config
@@ -118,7 +120,8 @@ class Transport:
         idempotent: bool | None = None,
     ) -> Any:
         """`json_body` is encoded here; `body` is JSON already encoded. `idempotent` (default:
-        for GET) says the call may be sent again if its channel closes under it."""
+        for GET; a trigger with an idempotency key is too) says the call may be sent again when
+        the connection, or the engine node it was forwarded to, is lost with it in flight."""
         if json_body is not None:
             body = to_json(json_body)
         if idempotent is None:
@@ -132,7 +135,7 @@ class Transport:
                     answer = await self._over_channel(method, path, body, params, idempotent)
                     if answer is not None:
                         return self._payload(*answer)
-                return await self._request_once(method, path, body, params)
+                return await self._request_once(method, path, body, params, idempotent)
             except EngineUnreachable:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -140,15 +143,23 @@ class Transport:
                 if self.fail_over(url):  # another node serves the same call
                     await asyncio.sleep(min(0.05, remaining))
                     continue
-            except Unavailable:
+            except ApiError as exc:
+                # Unavailable (503) is retried; so is an idempotent call whose node lost the
+                # owner it forwarded the call to (502 owner_lost).
+                retried = isinstance(exc, Unavailable) or (idempotent and exc.code == OWNER_LOST)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not retried or remaining <= 0:
                     raise
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 2.0)
 
     async def _request_once(
-        self, method: str, path: str, data: bytes | None, params: Sequence[tuple[str, str]] | None
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        params: Sequence[tuple[str, str]] | None,
+        idempotent: bool,
     ) -> Any:
         headers = self.headers
         if data is not None:
@@ -163,6 +174,15 @@ class Transport:
             raise EngineUnreachable(
                 f"cannot reach the Taskyard engine at {self.url}: {exc}. Is it running? "
                 f"Start one with `taskyard engine`, or set TASKYARD_URL."
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:  # lost with the call in flight
+            if idempotent:
+                raise EngineUnreachable(
+                    f"lost the connection to the engine at {self.url}: {exc}"
+                ) from exc
+            raise ConnectionLost(
+                f"the connection to the engine at {self.url} closed while {method} {path} "
+                f"was in flight; it may or may not have been applied"
             ) from exc
         return self._payload(status, _decoded(body))
 

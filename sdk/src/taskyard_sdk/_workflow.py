@@ -315,6 +315,7 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
                 await self._post(
                     f"/api/v1/workflows/{self.name}/runs",
                     json_body=self._trigger(input, with_trace(metadata), priority, idempotency_key),
+                    idempotent=idempotency_key is not None,
                 )
             )
         return RunHandle(self, ref.run_id)

@@ -27,6 +27,11 @@ PROTOCOL_VERSION = 1
 CLOSE_PROTOCOL_ERROR = 4002  # websocket close codes the engine uses; reconnecting would not help
 CLOSE_TOKEN_REVOKED = 4003
 CLOSE_MOVED = 4004  # the tenant is owned by another engine node: connect again (see Moved)
+# Both sockets ping the engine this often; one that answers no ping within half of it (frozen,
+# or cut off by a partition that leaves the socket open) is left for the cluster's other nodes,
+# as is one that takes the connection and never answers the handshake.
+PING_EVERY = 5.0
+HANDSHAKE_TIMEOUT = 10.0
 # The error code of a 404 for a workflow no worker has registered yet: the SDK registers the
 # caller's definition and triggers again.
 WORKFLOW_NOT_REGISTERED = "workflow_not_registered"

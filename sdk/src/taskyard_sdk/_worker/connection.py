@@ -35,9 +35,6 @@ _CLOSE_FATAL = {  # reconnecting would not help
     protocol.CLOSE_PROTOCOL_ERROR: "a protocol error",
     protocol.CLOSE_TOKEN_REVOKED: "its token was revoked",
 }
-# A WebSocket ping this often; an engine that does not answer within half of it (frozen, or cut
-# off by a partition that leaves the socket open) is left for the other nodes.
-_PING_EVERY = 5.0
 _RESEND_EVERY_BEATS = 3  # a result unacknowledged for this many heartbeats is sent again
 
 
@@ -84,7 +81,9 @@ class Connection:
             ) as exc:
                 if url == self._owner:
                     self._owner = None  # gone: back to the nodes the worker was given
-                elif isinstance(exc, aiohttp.ClientConnectorError | EngineUnreachable):
+                elif isinstance(
+                    exc, aiohttp.ClientConnectorError | EngineUnreachable | TimeoutError
+                ):
                     self.worker.client.transport.fail_over(url)
                 log.warning(
                     "worker %s: connection to %s failed (%s); retrying in %.1fs",
@@ -132,9 +131,10 @@ class Connection:
         session = self.worker.client.transport.session()
         url = base + "/api/v1/workers/connect"
         try:
-            ws = await session.ws_connect(
-                url, headers=headers, heartbeat=_PING_EVERY, max_msg_size=0
-            )
+            async with asyncio.timeout(protocol.HANDSHAKE_TIMEOUT):
+                ws = await session.ws_connect(
+                    url, headers=headers, heartbeat=protocol.PING_EVERY, max_msg_size=0
+                )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
                 raise AuthenticationError(
@@ -198,6 +198,8 @@ class Connection:
                     self._on_frame(message.data)
                 elif message.type is aiohttp.WSMsgType.ERROR:
                     break
+            if isinstance(ws.exception(), TimeoutError):
+                raise TimeoutError(f"{base} answered no ping for {protocol.PING_EVERY / 2:g}s")
             if ws.close_code == protocol.CLOSE_MOVED:
                 raise self._moved(self._moved_to or protocol.Moved())
             if ws.close_code in _CLOSE_FATAL:
