@@ -118,12 +118,11 @@ async def test_a_frozen_owner_wakes_up_to_write_nothing_and_run_nothing_twice(
         if (await owners(db_url))[tenant.tenant_id] == frozen:
             assert await epoch(db_url, tenant) > moved
         samples = await scrape(nodes.url(frozen))
-        print(
-            f"\n{len(acked)} runs acknowledged; the woken node's fenced batches: "
-            f"{value(samples, 'taskyard_postgres_errors_total', lane='ordered', kind='fenced')}"
-            f" (ordered), {value(samples, 'taskyard_postgres_errors_total', lane='triggers', kind='fenced')}"
-            " (triggers)"
-        )
+        fenced = {
+            lane: value(samples, "taskyard_postgres_errors_total", lane=lane, kind="fenced")
+            for lane in ("ordered", "triggers")
+        }
+        print(f"\n{len(acked)} runs acknowledged; the woken node's fenced batches: {fenced}")
 
         # Every acknowledged run finishes, each executed once.
         async def all_done() -> bool:

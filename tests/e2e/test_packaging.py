@@ -36,3 +36,16 @@ def test_the_compose_engine_loads_the_plugins_declarative_workflows_call() -> No
     command = compose["services"]["engine"]["command"]
     plugins = {command[i + 1] for i, arg in enumerate(command) if arg == "--plugin"}
     assert {"http", "email"} <= plugins
+
+
+def test_the_compose_cluster_gives_each_node_its_name_and_address() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    nodes = [services["engine"], services["engine-b"]]
+    names = [node["environment"]["TASKYARD_NODE_NAME"] for node in nodes]
+    urls = [node["environment"]["TASKYARD_ADVERTISE_URL"] for node in nodes]
+    assert len(set(names)) == len(set(urls)) == 2
+    balanced = (ROOT / "examples/cluster/nginx.conf").read_text()
+    for url in urls:
+        assert url.removeprefix("http://") in balanced
+    worker = services["cluster-worker"]["environment"]["TASKYARD_URL"].split(",")
+    assert worker == urls
