@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +246,12 @@ async def first_assigned_after(db_url: str, tenant_ids: list[uuid.UUID], after: 
         await asyncio.sleep(0.1)
 
 
-async def kill_one(nodes: Nodes, tenants: list[TenantAccess], victim: str) -> Failover:
+async def kill_one(nodes: Nodes, tenants: list[TenantAccess], victim: str | None) -> Failover:
+    """Kill `victim`, or (None, or it owns no tenant: placement may leave a node without one)
+    the node that owns the most."""
     placed = await until_spread(nodes.db_url, tenants, list(nodes.running))
+    if victim not in placed.values():
+        victim = Counter(placed.values()).most_common(1)[0][0]
     owned = [t for t in tenants if placed[t.tenant_id] == victim]
     survivor = next(name for name in nodes.running if name != victim)
     stop = asyncio.Event()
@@ -276,9 +281,9 @@ async def run_failover(kills: int, tenants: int, lease_seconds: float) -> list[F
     async with cluster(3, tenants, lease_seconds=lease_seconds) as (nodes, made, _):
         names = list(nodes.running)
         for index in range(kills):
-            victim = names[index % len(names)]
-            samples.append(await kill_one(nodes, made, victim))
-            nodes.start(victim)
+            sample = await kill_one(nodes, made, names[index % len(names)])
+            samples.append(sample)
+            nodes.start(sample.node)
             await until_spread(nodes.db_url, made, names)
             await until_workers(nodes, made)
     return samples
