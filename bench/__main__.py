@@ -113,6 +113,15 @@ def main() -> None:
     nodes.add_argument("--tasks", type=int, default=30_000, help="runs per throughput run")
     nodes.add_argument("--runs", type=int, default=3, help="throughput runs per node count")
 
+    storm = commands.add_parser(
+        "cluster-chaos",
+        help="three nodes, 20 tenants' mixed workload, two nodes killed with kill -9 and back",
+    )
+    storm.add_argument("--runs", type=int, default=10_000, help="runs triggered in all")
+    storm.add_argument("--tenants", type=int, default=20)
+    storm.add_argument("--seconds", type=float, default=60.0, help="over which they are triggered")
+    storm.add_argument("--seed", type=int, default=1, help="the workload's mix")
+
     args = parser.parse_args()
     if args.workload in ("throughput", "pgcost"):
         from bench import throughput
@@ -171,6 +180,13 @@ def main() -> None:
                 args.kills, args.tenants, args.lease_seconds, args.tasks, args.runs
             )
         )
+    elif args.workload == "cluster-chaos":
+        from bench import cluster_chaos
+
+        settings = cluster_chaos.ClusterChaosSettings(
+            runs=args.runs, tenants=args.tenants, seconds=args.seconds, seed=args.seed
+        )
+        asyncio.run(cluster_chaos.main(settings))
     elif args.workload == "peers":
         from bench import peers_workload
 

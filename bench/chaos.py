@@ -109,12 +109,14 @@ def plan_faults(settings: ChaosSettings) -> list[PlannedFault]:
 
 @dataclass
 class WorkerProcesses:
-    """The workers: slot i runs incarnations w{i}.1, w{i}.2, ..., each with its own ledger."""
+    """The workers: slot i runs incarnations w{i}.1, w{i}.2, ..., each with its own ledger (and
+    `prefix` before its name, where several tenants' workers share one judgement)."""
 
     url: str
     token: str
     slots: int
     root: Path
+    prefix: str = ""
     running: dict[int, tuple[str, subprocess.Popen[bytes]]] = field(default_factory=dict)
     incarnations: Counter[int] = field(default_factory=Counter)
 
@@ -124,7 +126,7 @@ class WorkerProcesses:
 
     def start(self, slot: int) -> str:
         self.incarnations[slot] += 1
-        label = f"w{slot}.{self.incarnations[slot]}"
+        label = f"{self.prefix}w{slot}.{self.incarnations[slot]}"
         self.ledgers.mkdir(parents=True, exist_ok=True)
         env = clean_env(
             TASKYARD_URL=self.url,
@@ -564,7 +566,9 @@ class ChaosRun:
         return crons
 
 
-def _rules() -> tuple[dict[str, TaskRule], dict[str, TaskRule]]:
+def task_rules() -> tuple[dict[str, TaskRule], dict[str, TaskRule]]:
+    """How the workload's runs must end: by kind, and a DAG's by step."""
+
     def on_purpose(error: str) -> Any:
         return lambda attempt, job: error
 
@@ -678,7 +682,7 @@ def judge_again(root: Path) -> Verdict:
         found, noted = read_ledger(path.read_text(errors="replace").splitlines())
         executions += found
         notes += noted
-    rules, dag_rules = _rules()
+    rules, dag_rules = task_rules()
     unfinished = int(data["unfinished_anywhere"])
     verdict = judge(
         Evidence(

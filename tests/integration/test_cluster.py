@@ -13,7 +13,10 @@ import aiohttp
 import asyncpg
 import pytest
 
+from taskyard.domain.leases import owner_among
 from taskyard.engine import Engine
+from taskyard.store.leases import LeaseRepository
+from taskyard.store.tenants import TenantRepository
 from taskyard_sdk import Taskyard
 from tests.conftest import TenantTokens, engine_settings, new_tenant
 from tests.support import scrape, value, wait_until
@@ -51,17 +54,34 @@ async def owners(db_url: str) -> dict[uuid.UUID, uuid.UUID | None]:
 
 
 async def spread(db_url: str, nodes: list[Engine], tenants: list[TenantTokens]) -> bool:
-    """Every tenant owned by exactly one node, and every node owning some."""
+    """Every tenant owned by exactly one node (leased, and recovered there), and every node
+    owning some."""
     held = await owners(db_url)
     by_node = {
         engine.node_id: [t for t in tenants if held.get(t.tenant_id) == engine.node_id]
         for engine in nodes
     }
-    return all(t.tenant_id in held for t in tenants) and all(by_node.values())
+    return (
+        all(t.tenant_id in held for t in tenants)
+        and all(by_node.values())
+        and all(_served_by_one(nodes, t) for t in tenants)
+    )
+
+
+def _served_by_one(nodes: list[Engine], tenant: TenantTokens) -> bool:
+    return sum(node.cluster.lease_of(tenant.tenant_id) is not None for node in nodes) == 1
+
+
+NODES = ("node-a", "node-b")
 
 
 async def make_tenants(engine: Engine, count: int) -> list[TenantTokens]:
-    return [await new_tenant(engine, f"t{i}-{uuid.uuid4().hex[:6]}") for i in range(count)]
+    """`count` tenants or more: until each node of NODES would own some (placement is by hash
+    of the tenant's random id, so a few tenants can all fall to one node)."""
+    made: list[TenantTokens] = []
+    while len(made) < count or {owner_among(t.tenant_id, NODES) for t in made} != set(NODES):
+        made.append(await new_tenant(engine, f"t{len(made)}-{uuid.uuid4().hex[:6]}"))
+    return made
 
 
 def owner_of(nodes: list[Engine], tenant: TenantTokens) -> Engine:
@@ -111,10 +131,10 @@ async def test_tenants_are_spread_and_any_node_serves_any_call(
 
 
 async def test_a_worker_connecting_to_the_wrong_node_runs_on_the_owner(
-    nodes: list[Engine], db_url: str
+    nodes: list[Engine],
 ) -> None:
-    [tenant] = await make_tenants(nodes[0], 1)
-    await wait_until(lambda: _owned(db_url, tenant), 10, "the tenant to be owned")
+    tenant = await new_tenant(nodes[0], f"t-{uuid.uuid4().hex[:6]}")
+    await wait_until(lambda: _served(nodes, tenant), 10, "the tenant to be owned")
     owner = owner_of(nodes, tenant)
     elsewhere = other_than(nodes, owner)
     ty = Taskyard(url=elsewhere.url, token=tenant.admin)
@@ -203,7 +223,7 @@ async def test_postgres_refuses_a_batch_fenced_by_a_lease_that_moved_on(
     """A node whose lease was taken over (it was frozen, say) writes nothing more for the
     tenant: its batch is refused by the fence, its waiters told that the tenant moved, and the
     node drops the tenant."""
-    await wait_until(lambda: _owned(db_url, tenant), 10, "the tenant to be owned")
+    await wait_until(lambda: _served([engine], tenant), 10, "the tenant to be owned")
     conn = await asyncpg.connect(db_url)
     try:
         # Another node takes the lease over, as after this one's term ran out.
@@ -235,8 +255,8 @@ async def test_postgres_refuses_a_batch_fenced_by_a_lease_that_moved_on(
         await conn.close()
 
 
-async def _owned(db_url: str, tenant: TenantTokens) -> bool:
-    return (await owners(db_url)).get(tenant.tenant_id) is not None
+async def _served(nodes: list[Engine], tenant: TenantTokens) -> bool:
+    return _served_by_one(nodes, tenant)
 
 
 async def _all_owned_by(db_url: str, tenants: list[TenantTokens], node: uuid.UUID) -> bool:
@@ -250,3 +270,52 @@ async def _not_held(engine: Engine, tenant: TenantTokens) -> bool:
 
 async def _all_held(engine: Engine, tenants: list[TenantTokens]) -> bool:
     return all(engine.cluster.lease_of(t.tenant_id) is not None for t in tenants)
+
+
+async def test_a_queue_stopped_with_a_decision_pending_stops_at_once(
+    engine: Engine, tenant: TenantTokens
+) -> None:
+    """A tenant handed back stops its queue actors; a message they handle on the way out that
+    leaves an assignment to decide must not crash the actor (it would restart and hold the
+    handover up for the stop's whole grace)."""
+    async with (
+        aiohttp.ClientSession(base_url=engine.url) as http,
+        http.post(
+            "/api/v1/runs", json={"task": "add", "input": 1}, headers=tenant.headers()
+        ) as response,
+    ):
+        assert response.status == 201, await response.text()
+    queue = engine.services.actors.existing_queue(tenant.tenant_id, "default")
+    assert queue is not None
+    await queue.start()  # started: a stop lets it handle what its mailbox holds
+    queue.tell(queue.enqueue, [])  # handled with the stop queued behind it: a decision pending
+    began = asyncio.get_running_loop().time()
+    await queue.stop()
+    assert asyncio.get_running_loop().time() - began < 1
+    assert queue.restarts == 0
+
+
+async def test_a_lease_renewal_and_a_fenced_batch_cannot_deadlock(db_url: str) -> None:
+    """A batch's fence locks its tenants' lease rows in tenant order; a renewal must take them
+    in the same order, or each can hold a row the other waits for, and Postgres kills one (a
+    batch of triggers refused, or a node's renewal lost and its leases with it)."""
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=3)
+    node = uuid.uuid4()
+    try:
+        repository = TenantRepository(pool)
+        low, high = sorted([(await repository.create_tenant(f"t{i}")).tenant_id for i in (1, 2)])
+        for tenant_id in (high, low):  # stored highest first: a plain scan meets `high` first
+            await pool.execute(
+                "INSERT INTO tenant_leases VALUES ($1, $2, 1, now() + interval '1 minute')",
+                tenant_id,
+                node,
+            )
+        async with pool.acquire() as batch, batch.transaction():
+            # A batch that has fenced `low` and goes on to `high`, as one fence call does.
+            await batch.fetchval("SELECT taskyard_fence($1, $2, $3)", node, [low], [1])
+            renewal = asyncio.create_task(LeaseRepository(pool, node, 60).renew())
+            await asyncio.sleep(0.5)  # the renewal is waiting for `low` now
+            await batch.fetchval("SELECT taskyard_fence($1, $2, $3)", node, [high], [1])
+        assert await asyncio.wait_for(renewal, 10) == {low: 1, high: 1}
+    finally:
+        await pool.close()

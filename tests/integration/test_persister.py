@@ -498,3 +498,30 @@ async def test_states_that_may_wait_are_replaced_before_they_are_written(
         assert statuses == {ended: "succeeded", waiting: "assigned"}, "flush writes what is held"
     finally:
         await holding.stop()
+
+
+async def test_a_batch_rolled_back_by_a_deadlock_is_written_again(
+    persister: Persister, pool: asyncpg.Pool
+) -> None:
+    """Postgres rolls back one side of a deadlock: nothing of the batch was written, so it is
+    written again whole, and its new runs are created, not refused."""
+    await pool.execute(
+        """
+        CREATE SEQUENCE deadlocks;
+        CREATE FUNCTION lose_one_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('deadlocks') = 1 THEN  -- a sequence: not rolled back with the batch
+                RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER lose_one_deadlock BEFORE INSERT ON runs
+            FOR EACH ROW EXECUTE FUNCTION lose_one_deadlock();
+        """
+    )
+    run_id = new_id()
+    [outcome] = await persister.insert_runs([new_run(run_id)])
+    assert outcome.created
+    assert await pool.fetchval("SELECT count(*) FROM runs WHERE run_id = $1", run_id) == 1
+    conflicts = [lane.errors.get("conflict", 0) for lane in persister.sample().lanes.values()]
+    assert sum(conflicts) == 1

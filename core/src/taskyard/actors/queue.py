@@ -813,7 +813,7 @@ class QueueActor(Actor):
             self._dispatch()
         if self._dispatch_pending and not self._dispatch_told:
             self._dispatch_told = True
-            self.tell(self._dispatch_due)
+            self._post(self._dispatch_due)  # its own message: also while it is being stopped
         self.effects.flush()
 
     # -- timers ----------------------------------------------------------------------------------

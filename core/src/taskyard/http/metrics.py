@@ -252,7 +252,7 @@ class _Families:
             flushes.add_metric(
                 [lane], _buckets(figures.flush_seconds), sum_value=figures.flush_seconds.total
             )
-            for kind in ("connection", "refused", "fenced"):
+            for kind in ("connection", "conflict", "refused", "fenced"):
                 errors.add_metric([lane, kind], figures.errors.get(kind, 0))
             reconnects.add_metric([lane], figures.reconnects)
         yield from (sizes, flushes, errors, reconnects)

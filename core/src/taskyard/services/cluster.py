@@ -8,10 +8,12 @@ a lease handed back, a node joining or leaving, a tenant created), a node:
    this node was frozen or cut off): its tenant is dropped here at once, with no write, since
    the fence refuses any;
 3. takes the leases of the tenants it should own that are free or expired, and recovers each
-   tenant as after a restart (its queues, workflow runs, schedules);
+   tenant as after a restart (its queues, workflow runs, schedules) beside the ticks: a node
+   taking over many tenants goes on renewing what it holds while it recovers them, and a call
+   for a tenant waits for its recovery;
 4. hands back the tenants another live node should own (a node joined): stops assigning, stops
-   their actors, writes what they decided, then frees the lease and says so, so the new owner
-   takes it within milliseconds.
+   their actors, writes what they decided, then frees the leases and says so, so the new owner
+   takes them within milliseconds.
 
 A node that stops (SIGTERM) first says it is stopping, then hands every tenant back the same way.
 A node that dies holds its leases until they expire (`lease_seconds`); the survivors then take
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 TenantHook = Callable[[uuid.UUID], Awaitable[None]]
 SWEEPER = "sweep-nodes"  # the singleton that deletes long-dead nodes' rows
 _SWEEP_EVERY = 600.0  # seconds
+_RECOVERING_AT_ONCE = 4  # tenants recovered side by side (each reads its unfinished runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,10 @@ class Cluster:
         self.adopted = adopted  # per-tenant work beside the actors (an outbox drainer)
         self.releasing = releasing
         self.term = LeaseTerm()
-        self.leases: dict[uuid.UUID, TenantLease] = {}
+        self.leases: dict[uuid.UUID, TenantLease] = {}  # taken and recovered: served here
+        self.recovering: dict[uuid.UUID, asyncio.Task[None]] = {}  # taken, being recovered
+        self._recoveries = asyncio.Semaphore(_RECOVERING_AT_ONCE)
+        self._recoveries_running = SideTasks()  # apart from `_tasks`: a stop lets them finish
         self.epochs: dict[uuid.UUID, int] = {}  # read by the persister's fence at each batch
         self.nodes: list[Node] = []  # the live nodes, as of the last tick
         self.takeovers = 0  # leases taken over from a node that had not handed them back
@@ -108,6 +114,7 @@ class Cluster:
         await self.repository.join(self.name, self.url())
         await self._listen()
         await self.tick()
+        await asyncio.gather(*self.recovering.values())
         self._tasks.spawn(self._run(), name="cluster")
 
     async def stop(self) -> None:
@@ -116,11 +123,11 @@ class Cluster:
             return
         self.stopping = True
         await self._tasks.cancel()
+        await asyncio.gather(*self.recovering.values(), return_exceptions=True)
         try:
             await self.repository.stopping()
             async with self._ticking:
-                for tenant_id in list(self.leases):
-                    await self._hand_back(tenant_id)
+                await self._hand_back(list(self.leases))
             await self.repository.drop_singletons()
             await self.repository.notify()
         except TRANSIENT_ERRORS as exc:  # the leases expire on their own
@@ -154,6 +161,11 @@ class Cluster:
         while True:
             if self.lease_of(tenant_id) is not None:
                 return None
+            recovery = self.recovering.get(tenant_id)
+            if recovery is not None:  # taken here: served once recovered
+                await asyncio.wait({recovery}, timeout=max(deadline - time.monotonic(), 0))
+                if self.lease_of(tenant_id) is not None or time.monotonic() >= deadline:
+                    return None
             found = await self.repository.owner(tenant_id)
             if found is not None and not found.expired and found.node_id != self.node_id:
                 return found
@@ -188,69 +200,106 @@ class Cluster:
             self.nodes = await self.repository.beat()
             held = await self.repository.renew()
             self.term.renewed(sent, self.lease_seconds)
-            for tenant_id, lease in list(self.leases.items()):
-                if held.get(tenant_id) != lease.epoch:
+            for tenant_id, epoch in list(self.epochs.items()):
+                if held.get(tenant_id) != epoch:
                     log.warning(
                         "cluster: tenant %s was taken over by another node; dropping it here",
                         tenant_id,
                     )
                     await self._drop(tenant_id)
             live = {node.name for node in self.nodes} | {self.name}
+            leaving, taking = [], []
             for tenant_id, orphaned in await self.repository.tenants():
                 should = owner_among(tenant_id, live) == self.name
                 if tenant_id in self.leases:
                     if not should:
-                        await self._hand_back(tenant_id)
-                elif should or orphaned:
-                    await self._take(tenant_id)
+                        leaving.append(tenant_id)
+                elif tenant_id not in self.epochs and (should or orphaned):
+                    taking.append(tenant_id)
+            await self._hand_back(leaving)
+            await self._take(taking)
             await self._sweep()
         self._changed.set()
 
-    async def _take(self, tenant_id: uuid.UUID) -> None:
-        taken = await self.repository.take(tenant_id, self.name)
-        if taken is None:
+    async def _take(self, tenant_ids: list[uuid.UUID]) -> None:
+        """Take the leases that are free; each tenant is recovered beside the ticks."""
+        taken = []
+        for tenant_id in tenant_ids:
+            took = await self.repository.take(tenant_id, self.name)
+            if took is not None:
+                taken.append((tenant_id, *took))
+        if not taken:
             return
-        epoch, clean = taken
-        if not clean:
-            self.takeovers += 1
-        # Rows an earlier term of ours left in the buffer are refused before the new epoch is
-        # known: only the actors recovered now decide for the tenant.
+        # Rows an earlier term of ours left in the buffer are refused before the new epochs are
+        # known: only the actors recovered now decide for these tenants.
         await self.persister.flush()
-        lease = TenantLease(tenant_id, epoch, self.term)
-        self.leases[tenant_id] = lease
-        self.epochs[tenant_id] = epoch
-        await self.directory.adopt(tenant_id, lease, recovering=not clean)
-        if self.adopted is not None:
-            await self.adopted(tenant_id)
-        log.info("cluster: node %s owns tenant %s (epoch %d)", self.name, tenant_id, epoch)
+        for tenant_id, epoch, clean in taken:
+            if not clean:
+                self.takeovers += 1
+            self.epochs[tenant_id] = epoch
+            lease = TenantLease(tenant_id, epoch, self.term)
+            self.recovering[tenant_id] = self._recoveries_running.spawn(
+                self._recover(lease, clean), name=f"recover {tenant_id}"
+            )
 
-    async def _hand_back(self, tenant_id: uuid.UUID) -> None:
-        """Stop, write what was decided, then free the lease for the next owner."""
-        lease = self.leases[tenant_id]
-        lease.released = True  # nothing more is assigned
+    async def _recover(self, lease: TenantLease, clean: bool) -> None:
+        tenant_id = lease.tenant_id
+        try:
+            async with self._recoveries:
+                await self.directory.adopt(tenant_id, lease, recovering=not clean)
+                if self.adopted is not None:
+                    await self.adopted(tenant_id)
+        except Exception as exc:  # Postgres away: free it, a node takes it up again
+            log.warning(
+                "cluster: could not recover tenant %s (%s); handing it back", tenant_id, exc
+            )
+            lease.released = True
+            self.epochs.pop(tenant_id, None)
+            await self._stop_actors(tenant_id)
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self.repository.hand_back(tenant_id, lease.epoch)
+            return
+        finally:
+            self.recovering.pop(tenant_id, None)
+        self.leases[tenant_id] = lease
+        self._changed.set()
+        log.info("cluster: node %s owns tenant %s (epoch %d)", self.name, tenant_id, lease.epoch)
+
+    async def _hand_back(self, tenant_ids: list[uuid.UUID]) -> None:
+        """Stop, write what was decided, then free the leases for the next owners."""
+        if not tenant_ids:
+            return
+        leases = [self.leases[tenant_id] for tenant_id in tenant_ids]
+        for lease in leases:
+            lease.released = True  # nothing more is assigned
+        await asyncio.gather(*(self._stop_actors(tenant_id) for tenant_id in tenant_ids))
+        await self.persister.flush()
+        for lease in leases:
+            del self.leases[lease.tenant_id]
+            self.epochs.pop(lease.tenant_id, None)
+            await self.repository.hand_back(lease.tenant_id, lease.epoch)
+        await self.repository.notify()
+        self.handovers += len(leases)
+        log.info("cluster: node %s handed %d tenants back", self.name, len(leases))
+
+    async def _stop_actors(self, tenant_id: uuid.UUID) -> None:
         if self.releasing is not None:
             await self.releasing(tenant_id)
         await self.directory.release(tenant_id)
-        await self.persister.flush()
-        del self.leases[tenant_id]
-        self.epochs.pop(tenant_id, None)
-        await self.repository.hand_back(tenant_id, lease.epoch)
-        await self.repository.notify()
-        self.handovers += 1
-        log.info("cluster: node %s handed tenant %s back", self.name, tenant_id)
 
     async def _drop(self, tenant_id: uuid.UUID) -> None:
         """The lease moved on without us: stop here; what was not written is the new
         owner's to recover (the fence refuses it)."""
-        lease = self.leases.pop(tenant_id, None)
-        if lease is None:
-            return
         self.lost += 1
-        lease.released = True
         self.epochs.pop(tenant_id, None)
-        if self.releasing is not None:
-            await self.releasing(tenant_id)
-        await self.directory.release(tenant_id)
+        recovery = self.recovering.pop(tenant_id, None)
+        if recovery is not None:
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
+        lease = self.leases.pop(tenant_id, None)
+        if lease is not None:
+            lease.released = True
+        await self._stop_actors(tenant_id)
 
     def _leases_moved(self, tenants: set[uuid.UUID]) -> None:
         """The fence refused writes for `tenants`: stop assigning for them now; the next

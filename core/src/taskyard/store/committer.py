@@ -1,9 +1,9 @@
 """How a batch of the persister (store/persister.py) reaches Postgres: one lane's batches, one at a
 time, on a connection the lane holds. A batch is retried until it commits: after a connection
-failure with back-off (a marked lane first asks whether its last try committed, so no batch is
-applied twice); when Postgres refuses it, its new runs are refused first (the only rows from
-outside the engine), then the rest retried, and at last written in halves down to the rows it
-refuses, which alone are given up.
+failure or a deadlock with back-off (a marked lane first asks whether its last try committed, so
+no batch is applied twice); when Postgres refuses it, its new runs are refused first (the only
+rows from outside the engine), then the rest retried, and at last written in halves down to the
+rows it refuses, which alone are given up.
 
 A batch is fenced by the leases of the tenants it writes for (see store/batch.py's Fence): when
 Postgres refuses the fence, the rows of the tenants whose leases moved are left out (their new
@@ -93,6 +93,12 @@ class Committer:
                 log.warning("%s; leaving out their rows", refused)
                 batch.drop_tenants(refused.tenants)
                 moved(refused.tenants)
+            except asyncpg.TransactionRollbackError as exc:  # a deadlock: nothing was written
+                retried = True
+                self.errors["conflict"] += 1
+                log.warning("Postgres rolled a batch back (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             except TRANSIENT_ERRORS as exc:
                 retried = True
                 self._lose("connection")

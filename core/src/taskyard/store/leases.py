@@ -62,10 +62,15 @@ class LeaseRepository:
         return [Node(row["node_id"], row["name"], row["url"]) for row in rows]
 
     async def renew(self) -> dict[uuid.UUID, int]:
-        """Extend every lease this node holds; the tenants it still holds, with their epochs."""
+        """Extend every lease this node holds; the tenants it still holds, with their epochs.
+        The rows are locked in tenant order, as the write batches' fence locks them: in any
+        other order a renewal and a batch can each hold a row the other waits for."""
         rows = await self.pool.fetch(
-            "UPDATE tenant_leases SET expires_at = now() + make_interval(secs => $2) "
-            "WHERE node_id = $1 RETURNING tenant_id, epoch",
+            "UPDATE tenant_leases lease SET expires_at = now() + make_interval(secs => $2) "
+            "FROM (SELECT tenant_id FROM tenant_leases WHERE node_id = $1 "
+            "      ORDER BY tenant_id FOR UPDATE) mine "
+            "WHERE lease.tenant_id = mine.tenant_id AND lease.node_id = $1 "
+            "RETURNING lease.tenant_id, lease.epoch",
             self.node_id,
             self.seconds,
         )
