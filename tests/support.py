@@ -135,9 +135,9 @@ async def scalar(db_url: str, query: str, *args: object) -> int:
         return int(await conn.fetchval(query, *args))
 
 
-async def execute(db_url: str, statement: str) -> None:
+async def execute(db_url: str, statement: str, *args: object) -> None:
     async with connected(db_url) as conn:
-        await conn.execute(statement)
+        await conn.execute(statement, *args)
 
 
 @dataclass

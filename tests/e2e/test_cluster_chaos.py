@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 async def test_two_nodes_killed_and_restarted_break_no_promise(tmp_path: Path) -> None:
-    verdict = await run_cluster_chaos(ClusterChaosSettings(seconds=45), tmp_path)
+    verdict = await run_cluster_chaos(ClusterChaosSettings(seconds=45, drain_timeout=120), tmp_path)
     print("\n".join(f"{name}: {value}" for name, value in table(verdict)))
     kills = verdict.figures["kills"]
     assert len(kills) == 2, kills

@@ -19,7 +19,7 @@ from taskyard.store.leases import LeaseRepository
 from taskyard.store.tenants import TenantRepository
 from taskyard_sdk import Taskyard
 from tests.conftest import TenantTokens, engine_settings, new_tenant
-from tests.support import scrape, value, wait_until
+from tests.support import execute, scrape, value, wait_until
 
 
 def node_settings(db_url: str, tmp_path: Path, name: str) -> object:
@@ -319,3 +319,49 @@ async def test_a_lease_renewal_and_a_fenced_batch_cannot_deadlock(db_url: str) -
         assert await asyncio.wait_for(renewal, 10) == {low: 1, high: 1}
     finally:
         await pool.close()
+
+
+async def test_a_worker_whose_registration_is_lost_with_the_owner_tries_again(
+    nodes: list[Engine],
+) -> None:
+    """A worker registers its workflows on every connection, through whichever node it
+    reached; when that node loses the owner with the call in flight (502 owner_lost), the
+    worker connects again rather than dying."""
+    tenant = await new_tenant(nodes[0], f"t-{uuid.uuid4().hex[:6]}")
+    await wait_until(lambda: _served(nodes, tenant), 10, "the tenant to be owned")
+    owner = owner_of(nodes, tenant)
+    elsewhere = other_than(nodes, owner)
+    # The owner's address, as the others read it, answers every call by hanging up: as an
+    # owner that dies with each forwarded call in flight.
+    dead = await asyncio.start_server(lambda _, writer: writer.close(), "127.0.0.1", 0)
+    dead_url = f"http://127.0.0.1:{dead.sockets[0].getsockname()[1]}"
+    await execute(
+        owner.settings.database_url,
+        "UPDATE engine_nodes SET url = $2 WHERE node_id = $1",
+        owner.node_id,
+        dead_url,
+    )
+    ty = Taskyard(url=elsewhere.url, token=tenant.admin, retry_for=0.5)
+    flow = ty.workflow("registered-again")
+
+    @flow.task()
+    async def only(_: object) -> str:
+        return "ran"
+
+    worker = ty.worker("w", workflows=[flow])
+    try:
+        entering = asyncio.create_task(worker.__aenter__())
+        await asyncio.sleep(2)  # its registration is lost in flight, again and again
+        assert not entering.done(), entering
+        await execute(
+            owner.settings.database_url,
+            "UPDATE engine_nodes SET url = $2 WHERE node_id = $1",
+            owner.node_id,
+            owner.url,
+        )
+        await asyncio.wait_for(entering, 20)
+        assert (await flow.aio_run(None))["only"] == "ran"
+    finally:
+        await worker.stop()
+        await ty.aio_close()
+        dead.close()

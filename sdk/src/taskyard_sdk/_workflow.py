@@ -261,9 +261,13 @@ class Workflow(Schedulable, Runnable[In, Outputs]):
 
     async def aio_register(self) -> WorkflowInfo:
         """Register this definition (workers do it when they start). A changed definition
-        becomes a new version; runs in flight keep theirs."""
+        becomes a new version; runs in flight keep theirs. Registering the same definition
+        again changes nothing, so a call lost in flight is sent again."""
         data = await self.client.transport.request(
-            "POST", "/api/v1/workflows", json_body=self.definition().model_dump(mode="json")
+            "POST",
+            "/api/v1/workflows",
+            json_body=self.definition().model_dump(mode="json"),
+            idempotent=True,
         )
         return WorkflowInfo.model_validate(data)
 

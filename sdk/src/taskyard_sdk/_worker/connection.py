@@ -16,12 +16,13 @@ from pydantic import ValidationError
 
 from taskyard_sdk import protocol
 from taskyard_sdk._errors import (
+    ApiError,
     AuthenticationError,
+    ConnectionLost,
     EngineUnreachable,
     InvalidRequest,
     PermissionDenied,
     TaskyardError,
-    Unavailable,
 )
 
 if TYPE_CHECKING:
@@ -70,15 +71,9 @@ class Connection:
                 delay = 0.1
             except _Moved:
                 continue  # at once, to the owner
-            except (AuthenticationError, PermissionDenied, WorkerStopped):
-                raise
-            except (
-                aiohttp.ClientError,
-                OSError,
-                TimeoutError,
-                EngineUnreachable,
-                Unavailable,
-            ) as exc:
+            except Exception as exc:
+                if not _passing(exc):
+                    raise  # a refusal for good (a revoked token, a workflow refused): stop
                 if url == self._owner:
                     self._owner = None  # gone: back to the nodes the worker was given
                 elif isinstance(
@@ -286,3 +281,13 @@ class Connection:
                     "worker %s: cannot read a message from the engine: %s", self.worker.name, exc
                 )
         return messages
+
+
+def _passing(exc: Exception) -> bool:
+    """A failure of this connection, not of the worker: connect again. The engine's own
+    trouble (5xx: a node lost with a call in flight, its database away) passes too."""
+    if isinstance(exc, ApiError):
+        return exc.status >= 500
+    return isinstance(
+        exc, aiohttp.ClientError | OSError | TimeoutError | EngineUnreachable | ConnectionLost
+    )
