@@ -48,6 +48,7 @@ TenantHook = Callable[[uuid.UUID], Awaitable[None]]
 SWEEPER = "sweep-nodes"  # the singleton that deletes long-dead nodes' rows
 _SWEEP_EVERY = 600.0  # seconds
 _RECOVERING_AT_ONCE = 4  # tenants recovered side by side (each reads its unfinished runs)
+_RECOVERY_WAIT = 10.0  # seconds a call waits for its tenant's recovery on this node
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,17 +156,18 @@ class Cluster:
 
     async def owner(self, tenant_id: uuid.UUID, *, wait: float) -> Owner | None:
         """Where the tenant is owned, when not here: the live owner named by its lease, waiting
-        up to `wait` seconds for one (a lease in the middle of moving). None: it is owned here
-        now, or no node took it in time (`owner_here()` tells which)."""
+        up to `wait` seconds for one (a lease in the middle of moving); a tenant taken here and
+        being recovered, up to `_RECOVERY_WAIT` for its recovery. None: it is owned here now, or
+        no node took it in time (`lease_of` tells which)."""
         deadline = time.monotonic() + wait
         while True:
             if self.lease_of(tenant_id) is not None:
                 return None
             recovery = self.recovering.get(tenant_id)
-            if recovery is not None:  # taken here: served once recovered
-                await asyncio.wait({recovery}, timeout=max(deadline - time.monotonic(), 0))
-                if self.lease_of(tenant_id) is not None or time.monotonic() >= deadline:
-                    return None
+            if recovery is not None:
+                # Taken here: served once recovered, also a call forwarded here (`wait` 0).
+                await asyncio.wait({recovery}, timeout=_RECOVERY_WAIT)
+                return None
             found = await self.repository.owner(tenant_id)
             if found is not None and not found.expired and found.node_id != self.node_id:
                 return found
