@@ -53,7 +53,7 @@ class Taskyard:
         url: str | None = None,
         token: str | None = None,
         *,
-        retry_for: float = 10.0,
+        retry_for: float = 30.0,
         channel: bool = True,
     ) -> None:
         """`retry_for`: seconds to keep retrying requests the engine could not take (it is

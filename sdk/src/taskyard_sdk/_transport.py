@@ -42,7 +42,7 @@ class Transport:
     the connection closes is retried too if it only reads or carries an idempotency key
     (`idempotent`); otherwise it raises ConnectionLost, since it may have been applied."""
 
-    def __init__(self, config: Config, retry_for: float = 10.0, *, channel: bool = True) -> None:
+    def __init__(self, config: Config, retry_for: float = 30.0, *, channel: bool = True) -> None:
         self.config = config
         self._current = 0  # which of the config's URLs calls go to (see fail_over)
         self.retry_for = retry_for
