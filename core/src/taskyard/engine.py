@@ -101,6 +101,7 @@ class Engine:
         self._extra_plugins = list(plugins)
         self._embedded: EmbeddedPostgres | None = None
         self._pool: asyncpg.Pool | None = None
+        self._lease_pool: asyncpg.Pool | None = None  # the cluster's renewals, apart
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._plugins: Plugins | None = None
@@ -216,8 +217,15 @@ class Engine:
         await self._services.start()
         await self._bind_outboxes()
 
+        # The cluster's ticks on connections of their own: a renewal never waits behind the
+        # engine's other queries (recovering tenants can hold the whole pool for seconds).
+        self._lease_pool = await create_pool(
+            self.database_url, min_size=1, max_size=2, wait_seconds=0
+        )
         self._cluster = Cluster(
-            repository=LeaseRepository(self._pool, self.node_id, self.settings.lease_seconds),
+            repository=LeaseRepository(
+                self._pool, self.node_id, self.settings.lease_seconds, ticks=self._lease_pool
+            ),
             directory=self._services.actors,
             persister=self._persister,
             database_url=self.database_url,
@@ -309,6 +317,9 @@ class Engine:
             await self._plugins.call("taskyard_shutdown", host=self)
         self._plugins = None
         self._cluster = None
+        if self._lease_pool is not None:
+            lease_pool, self._lease_pool = self._lease_pool, None
+            await lease_pool.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

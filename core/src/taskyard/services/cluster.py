@@ -12,7 +12,7 @@ a lease handed back, a node joining or leaving, a tenant created), a node:
    taking over many tenants goes on renewing what it holds while it recovers them, and a call
    for a tenant waits for its recovery;
 4. hands back the tenants another live node should own (a node joined): stops assigning, stops
-   their actors, writes what they decided, then frees the leases and says so, so the new owner
+   their actors, writes what they decided, then frees each lease, and says so, so the new owner
    takes them within milliseconds.
 
 A node that stops (SIGTERM) first says it is stopping, then hands every tenant back the same way.
@@ -115,8 +115,8 @@ class Cluster:
         await self.repository.join(self.name, self.url())
         await self._listen()
         await self.tick()
+        self._tasks.spawn(self._run(), name="cluster")  # renewing while the tenants recover
         await asyncio.gather(*self.recovering.values())
-        self._tasks.spawn(self._run(), name="cluster")
 
     async def stop(self) -> None:
         """Leave: the others stop counting this node, then every tenant is handed back."""
@@ -268,21 +268,24 @@ class Cluster:
         log.info("cluster: node %s owns tenant %s (epoch %d)", self.name, tenant_id, lease.epoch)
 
     async def _hand_back(self, tenant_ids: list[uuid.UUID]) -> None:
-        """Stop, write what was decided, then free the leases for the next owners."""
+        """Stop, write what was decided, then free the leases for the next owners: each tenant
+        on its own, side by side, so one slow to stop holds up no other."""
         if not tenant_ids:
             return
         leases = [self.leases[tenant_id] for tenant_id in tenant_ids]
         for lease in leases:
             lease.released = True  # nothing more is assigned
-        await asyncio.gather(*(self._stop_actors(tenant_id) for tenant_id in tenant_ids))
-        await self.persister.flush()
-        for lease in leases:
-            del self.leases[lease.tenant_id]
-            self.epochs.pop(lease.tenant_id, None)
-            await self.repository.hand_back(lease.tenant_id, lease.epoch)
+        await asyncio.gather(*(self._give_back(lease) for lease in leases))
         await self.repository.notify()
         self.handovers += len(leases)
         log.info("cluster: node %s handed %d tenants back", self.name, len(leases))
+
+    async def _give_back(self, lease: TenantLease) -> None:
+        await self._stop_actors(lease.tenant_id)
+        await self.persister.flush()
+        del self.leases[lease.tenant_id]
+        self.epochs.pop(lease.tenant_id, None)
+        await self.repository.hand_back(lease.tenant_id, lease.epoch)
 
     async def _stop_actors(self, tenant_id: uuid.UUID) -> None:
         if self.releasing is not None:

@@ -31,8 +31,18 @@ class Owner:
 
 
 class LeaseRepository:
-    def __init__(self, pool: asyncpg.Pool, node_id: uuid.UUID, seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        node_id: uuid.UUID,
+        seconds: float,
+        *,
+        ticks: asyncpg.Pool | None = None,
+    ) -> None:
+        """`ticks`: connections of the cluster's ticks alone (beats, renewals, takes), which
+        then never wait behind the engine's other queries or the owner lookups of routing."""
         self.pool = pool
+        self.ticks = ticks or pool
         self.node_id = node_id
         self.seconds = seconds
 
@@ -49,7 +59,7 @@ class LeaseRepository:
     async def beat(self) -> list[Node]:
         """Beat, and the live nodes (beaten within a lease's term, not stopping): of nodes that
         share a name (a node restarted), the newest alone."""
-        async with self.pool.acquire() as conn:
+        async with self.ticks.acquire() as conn:
             await conn.execute(
                 "UPDATE engine_nodes SET heartbeat_at = now() WHERE node_id = $1", self.node_id
             )
@@ -65,7 +75,7 @@ class LeaseRepository:
         """Extend every lease this node holds; the tenants it still holds, with their epochs.
         The rows are locked in tenant order, as the write batches' fence locks them: in any
         other order a renewal and a batch can each hold a row the other waits for."""
-        rows = await self.pool.fetch(
+        rows = await self.ticks.fetch(
             "UPDATE tenant_leases lease SET expires_at = now() + make_interval(secs => $2) "
             "FROM (SELECT tenant_id FROM tenant_leases WHERE node_id = $1 "
             "      ORDER BY tenant_id FOR UPDATE) mine "
@@ -79,7 +89,7 @@ class LeaseRepository:
     async def tenants(self) -> list[tuple[uuid.UUID, bool]]:
         """Every tenant, and whether it is orphaned: unowned for a whole term (the node that
         should take it does not), so any node takes it."""
-        rows = await self.pool.fetch(
+        rows = await self.ticks.fetch(
             "SELECT tenant.tenant_id, coalesce(lease.expires_at, tenant.created_at) "
             "< now() - make_interval(secs => $1) AS orphaned "
             "FROM tenants tenant LEFT JOIN tenant_leases lease USING (tenant_id)",
@@ -90,32 +100,37 @@ class LeaseRepository:
     async def take(self, tenant_id: uuid.UUID, name: str) -> tuple[int, bool] | None:
         """Take the tenant's lease if it is free, expired, or held by an earlier node of this
         node's name (this node restarted: that one is gone). The new epoch, and whether the
-        last owner handed it back (it wrote everything it decided); None if not taken."""
-        row = await self.pool.fetchrow(
-            """
-            WITH before AS (SELECT node_id FROM tenant_leases WHERE tenant_id = $1)
-            INSERT INTO tenant_leases AS lease (tenant_id, node_id, epoch, expires_at)
-            VALUES ($1, $2, 1, now() + make_interval(secs => $3))
-            ON CONFLICT (tenant_id) DO UPDATE
-            SET node_id = $2, epoch = lease.epoch + 1, expires_at = excluded.expires_at
-            WHERE lease.node_id IS NULL OR lease.expires_at < now()
-               OR lease.node_id IN (
-                   SELECT node_id FROM engine_nodes
-                   WHERE name = $4 AND node_id <> $2
-                     AND started_at < (SELECT started_at FROM engine_nodes WHERE node_id = $2))
-            RETURNING epoch,
-                coalesce((SELECT bool_and(node_id IS NULL) FROM before), true) AS clean
-            """,
-            tenant_id,
-            self.node_id,
-            self.seconds,
-            name,
-        )
-        return None if row is None else (row["epoch"], row["clean"])
+        last owner handed it back (it wrote everything it decided); None if not taken.
+
+        The row is read locked first: a hand-back committing meanwhile is then seen, where the
+        statement's own snapshot would still show the last owner holding it."""
+        async with self.ticks.acquire() as conn, conn.transaction():
+            before = await conn.fetchval(
+                "SELECT node_id FROM tenant_leases WHERE tenant_id = $1 FOR UPDATE", tenant_id
+            )
+            epoch = await conn.fetchval(
+                """
+                INSERT INTO tenant_leases AS lease (tenant_id, node_id, epoch, expires_at)
+                VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                ON CONFLICT (tenant_id) DO UPDATE
+                SET node_id = $2, epoch = lease.epoch + 1, expires_at = excluded.expires_at
+                WHERE lease.node_id IS NULL OR lease.expires_at < now()
+                   OR lease.node_id IN (
+                       SELECT node_id FROM engine_nodes
+                       WHERE name = $4 AND node_id <> $2
+                         AND started_at < (SELECT started_at FROM engine_nodes WHERE node_id = $2))
+                RETURNING epoch
+                """,
+                tenant_id,
+                self.node_id,
+                self.seconds,
+                name,
+            )
+        return None if epoch is None else (epoch, before is None)
 
     async def hand_back(self, tenant_id: uuid.UUID, epoch: int) -> None:
         """Give the lease up at once (it stays at its epoch: the next owner raises it)."""
-        await self.pool.execute(
+        await self.ticks.execute(
             "UPDATE tenant_leases SET node_id = NULL, expires_at = now() "
             "WHERE tenant_id = $1 AND node_id = $2 AND epoch = $3",
             tenant_id,
