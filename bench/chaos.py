@@ -672,34 +672,24 @@ async def run_chaos(settings: ChaosSettings, root: Path) -> Verdict:
     return judge_again(root)
 
 
-def judge_again(root: Path) -> Verdict:
-    """Judge a finished run from what it left in `root`: its ledgers and evidence.json (the
-    engine's views, pushes, faults and cron ticks)."""
-    data = json.loads((root / "evidence.json").read_text())
+def read_ledgers(root: Path, pattern: str) -> tuple[list[Execution], list[dict[str, Any]]]:
+    """The executions and notes of the ledgers under `root` that match `pattern`."""
     executions: list[Execution] = []
     notes: list[dict[str, Any]] = []
-    for path in sorted((root / "ledgers").glob("*.jsonl")):
+    for path in sorted(root.glob(pattern)):
         found, noted = read_ledger(path.read_text(errors="replace").splitlines())
         executions += found
         notes += noted
+    return executions, notes
+
+
+def judge_workload(**observed: Any) -> Verdict:
+    """Judge what a run of bench/chaos_worker.py's workload observed (Evidence's fields up to
+    `unfinished_anywhere`) by the workload's own rules."""
     rules, dag_rules = task_rules()
-    unfinished = int(data["unfinished_anywhere"])
-    verdict = judge(
+    return judge(
         Evidence(
-            acked=[Acked(**a) for a in data["acked"]],
-            views=data["views"],
-            step_views=data["step_views"],
-            executions=executions,
-            notes=notes,
-            pushes=[Push(**{**p, "triggered": tuple(p["triggered"])}) for p in data["pushes"]],
-            missing_events=data["missing_events"],
-            outages=[Outage(**o) for o in data["outages"]],
-            kills=data["kills"],
-            stopped_at=data["stopped_at"],
-            crons=[
-                CronTicks(**{**c, "runs": [tuple(r) for r in c["runs"]]}) for c in data["crons"]
-            ],
-            unfinished_anywhere=max(unfinished, 0),
+            **observed,
             rules=rules,
             dag_outputs=workload.dag_outputs,
             dag_rules=dag_rules,
@@ -711,6 +701,28 @@ def judge_again(root: Path) -> Verdict:
             rate_limit=workload.RATE_LIMIT_PER_SECOND,
             rate_window=1.0,
         )
+    )
+
+
+def judge_again(root: Path) -> Verdict:
+    """Judge a finished run from what it left in `root`: its ledgers and evidence.json (the
+    engine's views, pushes, faults and cron ticks)."""
+    data = json.loads((root / "evidence.json").read_text())
+    executions, notes = read_ledgers(root, "ledgers/*.jsonl")
+    unfinished = int(data["unfinished_anywhere"])
+    verdict = judge_workload(
+        acked=[Acked(**a) for a in data["acked"]],
+        views=data["views"],
+        step_views=data["step_views"],
+        executions=executions,
+        notes=notes,
+        pushes=[Push(**{**p, "triggered": tuple(p["triggered"])}) for p in data["pushes"]],
+        missing_events=data["missing_events"],
+        outages=[Outage(**o) for o in data["outages"]],
+        kills=data["kills"],
+        stopped_at=data["stopped_at"],
+        crons=[CronTicks(**{**c, "runs": [tuple(r) for r in c["runs"]]}) for c in data["crons"]],
+        unfinished_anywhere=max(unfinished, 0),
     )
     if unfinished < 0:
         verdict.violations["unfinished"].append("could not count the unfinished runs")

@@ -31,17 +31,13 @@ import aiohttp
 import asyncpg
 
 from bench import chaos_worker as workload
-from bench.chaos import TERMINAL_SQL, WorkerProcesses, report, task_rules
+from bench.chaos import TERMINAL_SQL, WorkerProcesses, judge_workload, read_ledgers, report
 from bench.chaos_checks import (
     CHECKS,
     Acked,
     CronTicks,
-    Evidence,
-    Execution,
     Outage,
     Verdict,
-    judge,
-    read_ledger,
 )
 from bench.cluster import Nodes, TenantAccess, create_tenants, owners, until_spread, until_workers
 from bench.harness import fresh_database
@@ -329,17 +325,6 @@ class ClusterChaos:
         return stopped_at
 
 
-def read_ledgers(root: Path) -> tuple[list[Execution], list[dict[str, Any]]]:
-    """What every tenant's worker wrote (`<root>/<tenant>/ledgers/*.jsonl`)."""
-    executions: list[Execution] = []
-    notes: list[dict[str, Any]] = []
-    for path in sorted(root.glob("*/ledgers/*.jsonl")):
-        found, noted = read_ledger(path.read_text(errors="replace").splitlines())
-        executions += found
-        notes += noted
-    return executions, notes
-
-
 async def run_cluster_chaos(settings: ClusterChaosSettings, root: Path) -> Verdict:
     """Start the cluster, trigger the workload through the kills and the restart, drain, and
     judge."""
@@ -368,33 +353,20 @@ async def run_cluster_chaos(settings: ClusterChaosSettings, root: Path) -> Verdi
             unfinished = await chaos.unfinished()
         finally:
             stopped_at = await chaos.stop()
-    executions, notes = read_ledgers(root)
-    rules, dag_rules = task_rules()
-    verdict = judge(
-        Evidence(
-            acked=chaos.acked,
-            views=views,
-            step_views=step_views,
-            executions=executions,
-            notes=notes,
-            pushes=[],
-            missing_events=[],
-            outages=chaos.outages,
-            kills={},  # no worker is killed: every repeat of work needs explaining
-            stopped_at=stopped_at,
-            crons=crons,
-            unfinished_anywhere=unfinished,
-            rules=rules,
-            dag_outputs=workload.dag_outputs,
-            dag_rules=dag_rules,
-            durable_tasks=frozenset({workload.nap.name}),
-            order_event=workload.ORDER_EVENT,
-            keyed_task=workload.keyed.name,
-            max_runs=workload.KEY_MAX_RUNS,
-            limited_task=workload.limited.name,
-            rate_limit=workload.RATE_LIMIT_PER_SECOND,
-            rate_window=1.0,
-        )
+    executions, notes = read_ledgers(root, "*/ledgers/*.jsonl")
+    verdict = judge_workload(
+        acked=chaos.acked,
+        views=views,
+        step_views=step_views,
+        executions=executions,
+        notes=notes,
+        pushes=[],
+        missing_events=[],
+        outages=chaos.outages,
+        kills={},  # no worker is killed: every repeat of work needs explaining
+        stopped_at=stopped_at,
+        crons=crons,
+        unfinished_anywhere=unfinished,
     )
     verdict.violations["client_errors"] = chaos.client_errors
     verdict.figures["triggered in"] = f"{triggered_in:.1f}s"

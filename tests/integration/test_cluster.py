@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -234,15 +235,10 @@ async def test_postgres_refuses_a_batch_fenced_by_a_lease_that_moved_on(
             tenant.tenant_id,
             intruder,
         )
-        async with (
-            aiohttp.ClientSession(base_url=engine.url) as http,
-            http.post(
-                "/api/v1/runs", json={"task": "add", "input": 1}, headers=tenant.headers()
-            ) as response,
-        ):
-            # Still leased here as far as this node knows: its write is refused.
-            assert response.status == 503, await response.text()
-            assert (await response.json())["error"]["code"] in ("tenant_moved", "unavailable")
+        status, body = await trigger_add(engine, tenant)
+        # Still leased here as far as this node knows: its write is refused.
+        assert status == 503, body
+        assert body["error"]["code"] in ("tenant_moved", "unavailable")
         assert (
             await conn.fetchval("SELECT count(*) FROM runs WHERE tenant_id = $1", tenant.tenant_id)
             == 0
@@ -253,6 +249,17 @@ async def test_postgres_refuses_a_batch_fenced_by_a_lease_that_moved_on(
         assert engine.persister.sample().lanes["triggers"].errors.get("fenced", 0) >= 1
     finally:
         await conn.close()
+
+
+async def trigger_add(engine: Engine, tenant: TenantTokens) -> tuple[int, Any]:
+    """POST one `add` run to `engine` as `tenant`: the answer's status and JSON body."""
+    async with (
+        aiohttp.ClientSession(base_url=engine.url) as http,
+        http.post(
+            "/api/v1/runs", json={"task": "add", "input": 1}, headers=tenant.headers()
+        ) as response,
+    ):
+        return response.status, await response.json()
 
 
 async def _served(nodes: list[Engine], tenant: TenantTokens) -> bool:
@@ -278,13 +285,8 @@ async def test_a_queue_stopped_with_a_decision_pending_stops_at_once(
     """A tenant handed back stops its queue actors; a message they handle on the way out that
     leaves an assignment to decide must not crash the actor (it would restart and hold the
     handover up for the stop's whole grace)."""
-    async with (
-        aiohttp.ClientSession(base_url=engine.url) as http,
-        http.post(
-            "/api/v1/runs", json={"task": "add", "input": 1}, headers=tenant.headers()
-        ) as response,
-    ):
-        assert response.status == 201, await response.text()
+    status, body = await trigger_add(engine, tenant)
+    assert status == 201, body
     queue = engine.services.actors.existing_queue(tenant.tenant_id, "default")
     assert queue is not None
     await queue.start()  # started: a stop lets it handle what its mailbox holds
