@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,7 +24,36 @@ from taskyard_sdk import Taskyard
 from tests.support import ADMIN_URL, database_url
 
 _PREFIX = "taskyard_test_"
+_DUMP_BEFORE_TIMEOUT = 10.0  # seconds before the test's timeout
 _counter = itertools.count()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Shortly before a test times out, print where each asyncio task is waiting: the timeout's
+    own report shows only threads, and a hung test is almost always a task awaiting something."""
+    timeout = float(item.config.getini("timeout") or 0)
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        timeout = float(marker.args[0])
+    timer = None
+    if timeout > _DUMP_BEFORE_TIMEOUT:
+        timer = threading.Timer(timeout - _DUMP_BEFORE_TIMEOUT, _print_tasks, args=(item.nodeid,))
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _print_tasks(nodeid: str) -> None:
+    print(f"\n{nodeid} is about to time out; its asyncio tasks:", file=sys.stderr)
+    for task in list(asyncio.tasks._all_tasks):  # every loop's, from this thread
+        if not task.done():
+            print(f"--- {task.get_name()}", file=sys.stderr)
+            task.print_stack(limit=12, file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
