@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from taskyard.domain.limits import MIB, PayloadLimits
+
 DEFAULT_PORT = 7077
 
 
@@ -45,7 +47,25 @@ class EngineSettings(BaseModel):
         default=30.0, ge=0, description="Seconds to keep retrying an unreachable database."
     )
     max_request_bytes: int = Field(
-        default=1024 * 1024, gt=0, description="The largest request body accepted (413 beyond)."
+        default=8 * MIB,
+        gt=0,
+        description="The largest request body or websocket frame accepted (413 beyond); it "
+        "bounds a whole batch, and so every payload in it.",
+    )
+    max_input_bytes: int = Field(
+        default=MIB, gt=0, description="The largest input of a run, as JSON (413 beyond)."
+    )
+    max_output_bytes: int = Field(
+        default=MIB,
+        gt=0,
+        description="The largest output of a task, durable step or stream chunk, as JSON; a "
+        "larger one fails its attempt.",
+    )
+    max_event_bytes: int = Field(
+        default=MIB, gt=0, description="The largest event payload, as JSON (413 beyond)."
+    )
+    max_log_line_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Log lines longer than this are kept cut, noted."
     )
     heartbeat_interval: float = Field(
         default=5.0, gt=0, description="Seconds between worker heartbeats."
@@ -106,6 +126,14 @@ class EngineSettings(BaseModel):
     public_url: str | None = Field(
         default=None, description="The URL users reach the engine at, for links in alerts."
     )
+
+    def payload_limits(self) -> PayloadLimits:
+        return PayloadLimits.of(
+            input_bytes=self.max_input_bytes,
+            output_bytes=self.max_output_bytes,
+            event_bytes=self.max_event_bytes,
+            log_line_bytes=self.max_log_line_bytes,
+        )
 
     @field_validator("outbox")
     @classmethod

@@ -74,3 +74,7 @@ class TenantMoved(Unavailable):
     call may be sent again (any node forwards it to the new owner)."""
 
     code = "tenant_moved"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"

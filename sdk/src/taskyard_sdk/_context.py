@@ -51,6 +51,7 @@ class Context:
         loop: asyncio.AbstractEventLoop,
         send: Callable[[Message], None],
         step: StepContext | None = None,
+        log_line_bytes: int = 64 * 1024,
     ) -> None:
         self.run_id = run_id
         self.attempt = attempt
@@ -59,6 +60,7 @@ class Context:
         self._step = step
         self._loop = loop
         self._send = send
+        self._log_line_bytes = log_line_bytes  # the engine's welcome says
         self._cancelled = False  # a plain flag: assignment is atomic, sync tasks poll it
 
     @property
@@ -113,8 +115,9 @@ class Context:
         worker's own log (logger `taskyard.task`, at the same level)."""
         text = str(message)
         _task_log.log(_LEVELS[level], "%s[%s] %s", self.task, self.run_id, text)
+        kept = protocol.cut_line(text, self._log_line_bytes)
         self._post(
-            protocol.Log(run_id=self.run_id, attempt=self.attempt, message=text, level=level)
+            protocol.Log(run_id=self.run_id, attempt=self.attempt, message=kept, level=level)
         )
 
     def stream(self, data: Any) -> None:

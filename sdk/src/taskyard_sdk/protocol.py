@@ -101,7 +101,7 @@ class Failed(AttemptRef):
 
 class Log(AttemptRef):
     type: Literal["log"] = "log"
-    message: str = Field(max_length=100_000)
+    message: str  # the engine keeps up to Welcome.max_log_line_bytes of it
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -199,6 +199,8 @@ class Welcome(_Message):
     worker_id: UUID
     heartbeat_interval: float
     max_message_bytes: int
+    max_output_bytes: int = 1024 * 1024  # of a result, durable step result or stream chunk
+    max_log_line_bytes: int = 64 * 1024  # longer lines are cut, noted
     tenant: str | None = None  # the tenant's name, for the worker's log lines
 
 
@@ -404,6 +406,20 @@ def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
             if isinstance(child, dict | list)
         )
     return None
+
+
+def cut_line(line: str, limit: int) -> str:
+    """A log line as kept: whole within `limit` bytes of UTF-8, else its head and a note of
+    how much was cut, `limit` bytes in all (both sides cut, the worker to spare the wire, the
+    engine to be sure: a line cut once is within the limit the second time)."""
+    if len(line) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
+        return line
+    encoded = line.encode()
+    if len(encoded) <= limit:
+        return line
+    note = f" … [cut to {limit:,} bytes from {len(encoded):,} (max_log_line_bytes)]"
+    head = encoded[: max(limit - len(note.encode()), 0)].decode(errors="ignore")
+    return head + note
 
 
 NUL_REFUSAL = (

@@ -27,6 +27,7 @@ from taskyard.domain.cron import CronError
 from taskyard.domain.cron import validate as validate_cron
 from taskyard.domain.expressions import ExpressionError
 from taskyard.domain.flow import check_options
+from taskyard.domain.limits import Limit, PayloadLimits
 from taskyard.errors import TenantMoved
 from taskyard.http.forwarding import FORWARDER
 from taskyard.http.keys import ENGINE
@@ -50,6 +51,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     """The worker websocket (see the protocol in `taskyard_sdk.protocol`)."""
     engine = call.request.app[ENGINE]
     limit = engine.settings.max_request_bytes
+    limits = engine.settings.payload_limits()
     ws = web.WebSocketResponse(max_msg_size=limit * 4, heartbeat=None)
     await ws.prepare(call.request)
     hello = await _handshake(ws, limit)
@@ -71,6 +73,8 @@ async def connect(call: Call[None]) -> web.StreamResponse:
             worker_id=hello.worker_id,
             heartbeat_interval=engine.settings.heartbeat_interval,
             max_message_bytes=limit,
+            max_output_bytes=limits.output.bytes,
+            max_log_line_bytes=limits.log_line_bytes,
             tenant=call.principal.tenant_name,
         )
     )
@@ -85,7 +89,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
             session.last_seen = time.monotonic()
             meters.frame("worker", "in")
             if message.type is WSMsgType.TEXT:
-                _handle_frame(session, queue, registry, message.data, limit)
+                _handle_frame(session, queue, registry, message.data, limit, limits)
             elif message.type is WSMsgType.BINARY:
                 session.send(
                     protocol.Error(
@@ -164,7 +168,12 @@ async def _handshake(ws: web.WebSocketResponse, limit: int) -> protocol.Hello | 
 
 
 def _handle_frame(
-    session: WorkerSession, queue: QueueActor, registry: WorkerRegistry, data: str, limit: int
+    session: WorkerSession,
+    queue: QueueActor,
+    registry: WorkerRegistry,
+    data: str,
+    limit: int,
+    limits: PayloadLimits,
 ) -> None:
     if len(data) > limit:
         session.send(
@@ -183,16 +192,19 @@ def _handle_frame(
             continue
         payload = _PAYLOADS.get(type(message))
         if payload is not None:
-            problem = _payload_problem(*payload, message)
+            problem = _payload_problem(*payload, message, limits)
             if problem is not None:
                 message = _unstorable(
                     session,
                     {"type": message.type, "run_id": message.run_id, "attempt": message.attempt},
-                    problem,
+                    *problem,
                 )
                 if message is None:
                     continue
-        if isinstance(message, protocol.Drain):
+        if isinstance(message, protocol.Log):
+            message.message = limits.cut_line(message.message)
+            routed.append(message)
+        elif isinstance(message, protocol.Drain):
             registry.tell(registry.draining, session)
         elif isinstance(message, protocol.Hello):
             session.send(
@@ -217,28 +229,39 @@ def _parse_frame(data: str) -> list[Any] | None:
         return None
 
 
-_PAYLOADS: dict[type, tuple[str, Any]] = {  # the user data a message carries, which may nest
-    protocol.Completed: ("output", lambda m: m.output),
-    protocol.Stream: ("data", lambda m: m.data),
-    protocol.Record: ("entry.result", lambda m: m.entry.result),
-    protocol.Suspend: ("wait.input", lambda m: m.wait.input),
+_PAYLOADS: dict[type, tuple[str, Any, Any]] = {  # the user data a message carries, its limit
+    protocol.Completed: ("output", lambda m: m.output, lambda limits: limits.output),
+    protocol.Stream: ("data", lambda m: m.data, lambda limits: limits.output),
+    protocol.Record: ("entry.result", lambda m: m.entry.result, lambda limits: limits.output),
+    protocol.Suspend: ("wait.input", lambda m: m.wait.input, lambda limits: limits.input),
 }
+_UNSTORABLE, _TOO_LARGE = "UnstorableResult", "PayloadTooLarge"  # what the attempt fails with
 _FAILS_ITS_ATTEMPT = frozenset({"completed", "record", "suspend"})  # results of the attempt
 _CLEANED = frozenset({"log", "failed"})  # text only: NUL characters are replaced
 
 
-def _payload_problem(field: str, value_of: Any, message: Any) -> str | None:
-    """Why a message's user data cannot be stored, naming where; None when it can."""
+def _payload_problem(
+    field: str, value_of: Any, limit_of: Any, message: Any, limits: PayloadLimits
+) -> tuple[str, str] | None:
+    """Why a message's user data cannot be stored, naming where, with the error type the
+    attempt fails with; None when it can."""
     value = value_of(message)
+    limit: Limit = limit_of(limits)
+    if isinstance(value, str):  # checked for NUL already: only its size is left
+        if limit.may_exceed(value) and (size := len(orjson.dumps(value))) > limit.bytes:
+            return _TOO_LARGE, limit.problem(field, size)
+        return None
     if not isinstance(value, dict | list | int):
-        return None  # strings were checked for NUL; floats and the rest always encode
+        return None  # floats and the rest always encode, and are small
     where = protocol.deeper_than(value)
     if where is not None:
-        return _nesting(f"{field}{'' if where[0] == '[' else '.'}{where}")
+        return _UNSTORABLE, _nesting(f"{field}{'' if where[0] == '[' else '.'}{where}")
     try:
-        orjson.dumps(value)  # integers beyond 64 bits, for one
+        encoded = orjson.dumps(value)  # integers beyond 64 bits fail, for one
     except orjson.JSONEncodeError as exc:
-        return f"{field}: {exc}"
+        return _UNSTORABLE, f"{field}: {exc}"
+    if len(encoded) > limit.bytes:
+        return _TOO_LARGE, limit.problem(field, len(encoded))
     return None
 
 
@@ -249,7 +272,7 @@ def _nesting(where: str) -> str:
     )
 
 
-def _unstorable(session: WorkerSession, item: dict[str, Any], problem: str) -> Any:
+def _unstorable(session: WorkerSession, item: dict[str, Any], error_type: str, problem: str) -> Any:
     """A message carrying what Postgres cannot store: a result fails its attempt (the queue
     acknowledges the failure, so the worker stops sending it); anything else is refused."""
     kind = item.get("type")
@@ -263,7 +286,7 @@ def _unstorable(session: WorkerSession, item: dict[str, Any], problem: str) -> A
             attempt=ref.attempt,
             retryable=False,
             error=ErrorInfo(
-                type="UnstorableResult",
+                type=error_type,
                 message=f"the engine cannot store this attempt's {kind} message: {problem}",
             ),
         )
@@ -299,13 +322,13 @@ def _parse(session: WorkerSession, item: Any, check_nul: bool) -> Any:
         return None
     where = protocol.deeper_than(item, protocol.MAX_JSON_DEPTH + 3)  # + the message's levels
     if where is not None:
-        return _unstorable(session, item, _nesting(where))
+        return _unstorable(session, item, _UNSTORABLE, _nesting(where))
     try:
         if check_nul:
             if item.get("type") in _CLEANED:
                 item = _without_nul(item)
             elif (where := protocol.nul_at(item)) is not None:
-                return _unstorable(session, item, f"{where}: {protocol.NUL_REFUSAL}")
+                return _unstorable(session, item, _UNSTORABLE, f"{where}: {protocol.NUL_REFUSAL}")
         message = protocol.worker_message.validate_python(item)
     except ValidationError as exc:
         kind = item.get("type")

@@ -9,7 +9,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import orjson
+
 from taskyard.domain.events import PushedEvent
+from taskyard.domain.limits import Limit
 from taskyard.domain.workflows import CompiledWorkflow
 from taskyard.ids import new_id
 from taskyard.services.directory import ActorDirectory
@@ -27,7 +30,9 @@ class Events:
         persister: Persister,
         workflows: Workflows,
         history: History,
+        payload_limit: Limit,
     ) -> None:
+        self.payload_limit = payload_limit
         self.actors = actors
         self.persister = persister
         self.workflows = workflows  # the workflows an event starts
@@ -55,6 +60,12 @@ class Events:
                 requests, ids = [requests[i] for i in kept], [ids[i] for i in kept]
                 if not requests:
                     return []
+        payloads = [orjson.dumps(request.payload) for request in requests]
+        limit = self.payload_limit
+        for index, payload_json in enumerate(payloads):
+            if len(payload_json) > limit.bytes:
+                where = f"body.events[{index}].payload" if len(requests) > 1 else "body.payload"
+                raise limit.refusal(where, len(payload_json))
         await self.persister.capacity()
         now = time.time()
         events = [
@@ -82,7 +93,7 @@ class Events:
         refs = await self.workflows.start(tenant_id, started)
         views, position = [], 0
         rows = []
-        for event, workflows in zip(events, routed, strict=True):
+        for event, payload_json, workflows in zip(events, payloads, routed, strict=True):
             triggered = [ref.run_id for ref in refs[position : position + len(workflows)]]
             position += len(workflows)
             rows.append(
@@ -90,7 +101,7 @@ class Events:
                     tenant_id=tenant_id,
                     event_id=event.event_id,
                     key=event.key,
-                    payload=event.payload,
+                    payload_json=payload_json,
                     metadata=event.metadata,
                     created_at=now,
                     triggered=triggered,

@@ -75,13 +75,14 @@ class Services:
             changes=changes,
         )
         self.history = History(run_repository, event_repository, workflow_repository)
-        self.runs = Runs(self.actors, persister, run_repository)
-        self.scheduling = Scheduling(schedule_repository, self.actors.schedules)
+        limits = settings.payload_limits()
+        self.runs = Runs(self.actors, persister, run_repository, limits.input)
+        self.scheduling = Scheduling(schedule_repository, self.actors.schedules, limits.input)
         self.workflows = Workflows(
-            self.actors, persister, workflow_repository, self.runs, self.scheduling
+            self.actors, persister, workflow_repository, self.runs, self.scheduling, limits.input
         )
         self.bulk = Bulk(self.runs, self.history)
-        self.events = Events(self.actors, persister, self.workflows, self.history)
+        self.events = Events(self.actors, persister, self.workflows, self.history, limits.event)
         self.rate_limits = RateLimits(self.actors, rate_limit_repository)
         self.workers = Workers(self.actors)
         self.queues = Queues(self.actors)

@@ -19,6 +19,7 @@ import orjson
 from taskyard.actors.waiters import RunEnd
 from taskyard.domain.expressions import ExpressionError
 from taskyard.domain.flow import check_options, flow_for
+from taskyard.domain.limits import Limit
 from taskyard.domain.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
 from taskyard.errors import Conflict, NotFound, Unprocessable
 from taskyard.ids import new_id
@@ -46,11 +47,16 @@ def no_such_run(run_id: uuid.UUID) -> NotFound:
 
 class Runs:
     def __init__(
-        self, actors: ActorDirectory, persister: Persister, repository: RunRepository
+        self,
+        actors: ActorDirectory,
+        persister: Persister,
+        repository: RunRepository,
+        input_limit: Limit,
     ) -> None:
         self.actors = actors
         self.persister = persister
         self.repository = repository
+        self.input_limit = input_limit
 
     async def trigger(
         self,
@@ -122,6 +128,9 @@ class Runs:
             run_options, run_options_json = found
             priority = request.priority or run_options.priority
             input_json = json_bytes(request.input)
+            if len(input_json) > self.input_limit.bytes:
+                where = f"body.runs[{index}].input" if len(requests) > 1 else "body.input"
+                raise self.input_limit.refusal(where, len(input_json))
             try:
                 flow = flow_for(run_options, request.input, request.metadata)
             except ExpressionError as exc:

@@ -10,9 +10,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+import orjson
+
 from taskyard.actors.schedules import ScheduleActor
 from taskyard.domain.cron import CronError, next_tick
 from taskyard.domain.cron import validate as validate_cron
+from taskyard.domain.limits import Limit
 from taskyard.errors import Conflict, NotFound, Unprocessable
 from taskyard.store.schedules import Schedule, ScheduleRepository
 from taskyard_sdk.models import (
@@ -35,9 +38,17 @@ Kind = Literal["cron", "once"]
 
 
 class Scheduling:
-    def __init__(self, repository: ScheduleRepository, actor: ScheduleActor) -> None:
+    def __init__(
+        self, repository: ScheduleRepository, actor: ScheduleActor, input_limit: Limit
+    ) -> None:
         self.repository = repository
         self.actor = actor
+        self.input_limit = input_limit  # checked when a schedule is made, not at every tick
+
+    def _check_input(self, value: object) -> None:
+        size = len(orjson.dumps(value))
+        if size > self.input_limit.bytes:
+            raise self.input_limit.refusal("body.input", size)
 
     # -- crons -----------------------------------------------------------------------------------
 
@@ -46,6 +57,7 @@ class Scheduling:
             validate_cron(body.expression, body.timezone)
         except CronError as exc:
             raise Unprocessable(str(exc)) from None
+        self._check_input(body.input)
         schedule = await self.repository.create_cron(
             tenant_id,
             name=body.name,
@@ -85,6 +97,7 @@ class Scheduling:
 
     async def create_once(self, tenant_id: uuid.UUID, body: ScheduleRequest) -> ScheduleView:
         at = _future(body.at, "body.at")
+        self._check_input(body.input)
         schedule = await self.repository.create_once(
             tenant_id,
             task=body.task,

@@ -16,6 +16,7 @@ from taskyard.domain.cron import validate as validate_cron
 from taskyard.domain.dag import WorkflowRun
 from taskyard.domain.expressions import ExpressionError
 from taskyard.domain.flow import keys_for
+from taskyard.domain.limits import Limit
 from taskyard.domain.runs import EMPTY_METADATA, WORKFLOW_QUEUE, json_bytes
 from taskyard.domain.workflows import CompiledWorkflow, compile_workflow, digest
 from taskyard.errors import NotFound, Unprocessable
@@ -54,7 +55,9 @@ class Workflows:
         repository: WorkflowRepository,
         runs: Runs,
         scheduling: Scheduling,
+        input_limit: Limit,
     ) -> None:
+        self.input_limit = input_limit
         self.actors = actors
         self.persister = persister
         self.repository = repository
@@ -153,6 +156,9 @@ class Workflows:
         runs, rows = [], []
         for workflow, input, metadata, priority, key, parent_run_id, run_id in started:
             input_json = json_bytes(input)
+            if len(input_json) > self.input_limit.bytes:
+                where = f"the input of workflow {workflow.name!r}"
+                raise self.input_limit.refusal(where, len(input_json))
             # A workflow with concurrency keys waits, queued, until its tenant actor admits it.
             admitted = not workflow.definition.concurrency
             run = WorkflowRun(

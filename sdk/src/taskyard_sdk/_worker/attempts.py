@@ -50,6 +50,11 @@ class _InvalidTaskInput(Exception):
     pass
 
 
+_BEFORE_WELCOME = protocol.Welcome(  # no attempt runs before the engine's welcome replaces it
+    worker_id=uuid.UUID(int=0), heartbeat_interval=5.0, max_message_bytes=1024 * 1024
+)
+
+
 class Attempts:
     """The attempts running on one worker. `state` is what the worker's lifespan yielded."""
 
@@ -66,8 +71,7 @@ class Attempts:
         self.tasks = tasks
         self.outbox = outbox
         self.state = state
-        self.max_message_bytes = 1024 * 1024  # the engine's welcome says
-        self.tenant: str | None = None  # likewise
+        self.welcome = _BEFORE_WELCOME  # the engine's: what it accepts, the tenant's name
         self.completed = 0
         self.failed = 0
         self._executions: dict[AttemptKey, _Execution] = {}
@@ -118,6 +122,7 @@ class Attempts:
                 loop=self._loop,
                 send=send,
                 step=assign.context,
+                log_line_bytes=self.welcome.max_log_line_bytes,
             )
         else:
             context = Context(
@@ -128,6 +133,7 @@ class Attempts:
                 loop=self._loop,
                 send=send,
                 step=assign.context,
+                log_line_bytes=self.welcome.max_log_line_bytes,
             )
         execution = _Execution(assign, context)
         self._executions[key] = execution
@@ -187,7 +193,9 @@ class Attempts:
         assign = execution.assign
         current_run.set(assign.run_id)  # this asyncio task's own context: runs it triggers
         current_run_fields.set(  # and every line logged while it runs
-            run_fields(assign.run_id, task=assign.task, attempt=assign.attempt, tenant=self.tenant)
+            run_fields(
+                assign.run_id, task=assign.task, attempt=assign.attempt, tenant=self.welcome.tenant
+            )
         )
         root = assign.context.workflow_run_id if assign.context else assign.run_id
         with attempt_span(
@@ -301,7 +309,6 @@ class Attempts:
                     f"JSON: {exc}",
                 ),
             )
-        size = len(encoded)
         unstorable = _unstorable(encoded, data)
         if unstorable is not None:
             return protocol.Failed(
@@ -313,15 +320,22 @@ class Attempts:
                     f"{unstorable}",
                 ),
             )
-        if size > self.max_message_bytes - 1024:
+        welcome = self.welcome
+        frame_room = welcome.max_message_bytes - 1024  # for the message around the output
+        limit = min(welcome.max_output_bytes, frame_room)
+        if len(encoded) <= limit:
+            return message
+        size = len(encoded) - len(protocol.encode(protocol.Completed(**ref))) + len(b"null")
+        if size > limit:
+            setting = "max_output_bytes" if limit < frame_room else "max_request_bytes"
             return protocol.Failed(
                 **ref,
                 retryable=False,
                 error=ErrorInfo(
                     type="OutputTooLarge",
-                    message=f"task {task.name!r} returned {size} bytes; the engine accepts at most "
-                    f"{self.max_message_bytes - 1024}. Store large data elsewhere and return "
-                    f"a reference.",
+                    message=f"task {task.name!r} returned {size:,} bytes of JSON; the engine "
+                    f"keeps outputs up to {limit:,} bytes ({setting}). Store large data "
+                    f"elsewhere and return a reference.",
                 ),
             )
         return message

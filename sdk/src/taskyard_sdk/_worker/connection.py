@@ -174,8 +174,7 @@ class Connection:
             )
             welcome = await self._welcome(ws)
             self._heartbeat_interval = welcome.heartbeat_interval
-            self.attempts.max_message_bytes = welcome.max_message_bytes
-            self.attempts.tenant = welcome.tenant
+            self.attempts.welcome = welcome
             writer = asyncio.create_task(self.outbox.write(ws))
             self.outbox.resend()  # results, durable entries, logs the engine may not have
             heartbeats = asyncio.create_task(self._heartbeat())
