@@ -1,9 +1,10 @@
 """Property tests of the scheduling decisions (domain/dispatch.py): the dispatcher's own assignment
 loop, driven under random arrivals, completions, cancellations, worker churn, the paths that give
 a run's concurrency keys back (an assignment that fails, a worker lost, an execution timeout whose
-worker still holds the slot until it reports the attempt ended) and the passing of time. Every
-pick is checked as it is made, and after every step the invariants hold: never more than max_runs
-assigned per concurrency key, no rate limit exceeded in any window, slots never exceeded, a HARD
+worker still holds the slot until it reports the attempt ended) and the passing of time, with
+tasks that take more than one slot (`slot_cost`). Every pick is checked as it is made, and after
+every step the invariants hold: never more than max_runs assigned per concurrency key, no rate
+limit exceeded in any window, slots never exceeded (a run taking its task's slot_cost), a HARD
 sticky run never moves, a higher priority never passed over for a worker that could start it,
 and no run that could start left waiting beside a free slot (nothing parked is stranded, no
 concurrency slot leaks)."""
@@ -48,6 +49,12 @@ OPTIONS = {
     ),  # weights must not move a HARD sticky run
     "both": TaskOptions(
         concurrency=(Concurrency(expression="'all'", max_runs=3),), rate_limits=(RATE,)
+    ),
+    "two_gpus": TaskOptions(slot_cost=2),
+    "three_gpus": TaskOptions(slot_cost=3, priority=3),  # beside cheaper runs of lower priority
+    "wide_pinned": TaskOptions(slot_cost=2, sticky=Sticky.SOFT),
+    "wide_weighted": TaskOptions(  # labels may move it to a worker without the room: never
+        slot_cost=2, desired_worker_labels={"gpu": Label("a100", weight=50)}
     ),
 }
 LIMIT, WINDOW = 5, 1.0  # "api": 5 units a second
@@ -117,7 +124,7 @@ class SchedulingMachine(RuleBasedStateMachine):
     def arrive(self, kind: str, user: str, priority: int, units: int) -> None:
         options = OPTIONS[kind]
         sticky = None
-        if kind.startswith("pinned") and self.workers:
+        if "pinned" in kind and self.workers:
             sticky = sorted(self.workers)[units % len(self.workers)]
         keys = tuple(user if level is ROUND_ROBIN else "all" for level in options.concurrency)
         flow = Flow(keys, tuple(("api", units) for _ in options.rate_limits), sticky)
@@ -222,7 +229,9 @@ class SchedulingMachine(RuleBasedStateMachine):
     @invariant()
     def slots_are_never_exceeded(self) -> None:
         for worker in self.workers.values():
-            assert len(worker.running) <= worker.slots
+            taken = sum(self.runs[run_id].options.slot_cost for run_id in worker.running)
+            assert worker.running.used == taken
+            assert taken <= worker.slots
 
     @invariant()
     def no_key_runs_more_than_max_runs(self) -> None:
@@ -245,6 +254,9 @@ class SchedulingMachine(RuleBasedStateMachine):
     def can_start(self, run: Run, worker: WorkerSlots) -> bool:
         """Brute force: could this worker start this run now?"""
         if not worker.takes(run.task, run.options):
+            return False
+        taken = sum(self.runs[run_id].options.slot_cost for run_id in worker.running)
+        if worker.slots - taken < run.options.slot_cost:
             return False
         flow = run.flow
         assert flow is not None

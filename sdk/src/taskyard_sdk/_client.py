@@ -123,7 +123,9 @@ class Taskyard:
         queue: the queue whose workers run it. order: "fifo" or "lifo" within a priority.
         concurrency: Concurrency(...) limits per key. rate_limits: RateLimit(...) units taken
         when a run starts. desired_worker_labels: {"gpu": Label("a100", required=True)}.
-        on_crons: cron expressions (UTC) that run it with input None, registered by its workers.
+        slot_cost: worker slots an attempt takes (default 1): it starts only on a worker with
+        that many free. on_crons: cron expressions (UTC) that run it with input None,
+        registered by its workers.
         """
         options = build_options(settings)
 

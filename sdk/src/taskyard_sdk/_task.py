@@ -91,6 +91,7 @@ class TaskSettings(TypedDict, total=False):
     rate_limits: RateLimit | Sequence[RateLimit]
     desired_worker_labels: Mapping[str, Label | LabelValue]
     sticky: Sticky | str | None
+    slot_cost: int
 
 
 _DURATIONS = ("backoff_max_seconds", "execution_timeout", "schedule_timeout")

@@ -192,7 +192,7 @@ class QueueActor(Actor):
         if worker is None:
             worker = self.workers[run.worker_id] = WorkerSlots(run.worker_id, None, away_since=now)
             self.effects.timer(now + self.worker_grace, self._grace_expired, run.worker_id)
-        worker.running[run.run_id] = run.attempt
+        worker.running.hold(run.run_id, run.attempt, run.options.slot_cost)
         if run.deadline is not None:
             self._deadline_timer(run)
 
@@ -442,11 +442,12 @@ class QueueActor(Actor):
                 run.worker_id = worker.worker_id
                 run.assigned_at = run.started_at = now
                 run.deadline = now + run.options.execution_timeout
-                worker.running[run_id] = attempt
+                worker.running.hold(run_id, attempt, run.options.slot_cost)
                 self.effects.record(run, "reattached", now)
                 self._deadline_timer(run)
             else:
-                worker.running[run_id] = attempt  # holds the slot until it reports the end
+                # It holds the slots until it reports the end.
+                worker.running.hold(run_id, attempt, run.options.slot_cost if run else 1)
                 session.send(
                     protocol.Cancel(
                         run_id=run_id, attempt=attempt, reason="this attempt is no longer current"
@@ -996,13 +997,13 @@ class QueueActor(Actor):
             "oldest_queued_at": oldest,
             "workers": len(connected),
             "slots": sum(worker.slots for worker in connected),
-            "slots_used": sum(len(worker.running) for worker in connected),
+            "slots_used": sum(worker.running.used for worker in connected),
         }
 
     def slots_used(self) -> dict[uuid.UUID, int]:
         """The slots each connected worker of the queue has busy."""
         return {
-            worker_id: len(worker.running)
+            worker_id: worker.running.used
             for worker_id, worker in self.workers.items()
             if worker.session is not None
         }

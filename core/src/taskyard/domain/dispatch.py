@@ -6,8 +6,8 @@ waiting run is in round n (counted from when the key last had nothing waiting), 
 goes first, so every backlogged key gets one start per round. Between tasks, the heads of their
 queues compare by priority, then arrival.
 
-A run is only started when it is eligible: the worker runs its task and has its required labels
-(and is its HARD sticky worker, if it has one), none of its concurrency keys is full, and its rate
+A run is only started when it is eligible: the worker runs its task, has its required labels
+(and is its HARD sticky worker, if it has one) and as many free slots as the task's slot_cost, none of its concurrency keys is full, and its rate
 limits have its units. A run that finds a key full waits aside with that key ("parked") and goes
 back to the queue when a run of the key ends; one that finds a rate limit empty waits aside with
 that bucket until the window frees the units. So a blocked run costs nothing per decision, and a
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, ItemsView, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -61,6 +61,54 @@ HeapId = tuple[str, TaskOptions, uuid.UUID | None]  # (task, options, HARD stick
 GroupId = tuple[str, Concurrency, str]  # (task, level, key)
 
 
+class Held:
+    """The attempts a worker holds (run id -> attempt) and the slots they take: a run whose
+    task has `slot_cost` n takes n. Only `hold` adds one, so the count cannot drift."""
+
+    __slots__ = ("_attempts", "_costs", "used")
+
+    def __init__(self) -> None:
+        self._attempts: dict[uuid.UUID, int] = {}
+        self._costs: dict[uuid.UUID, int] = {}  # the attempts taking more than one slot
+        self.used = 0  # slots taken
+
+    def hold(self, run_id: uuid.UUID, attempt: int, cost: int = 1) -> None:
+        self.pop(run_id)  # held again (its next attempt): counted once
+        self._attempts[run_id] = attempt
+        if cost != 1:
+            self._costs[run_id] = cost
+        self.used += cost
+
+    def pop(self, run_id: uuid.UUID, default: int | None = None) -> int | None:
+        attempt = self._attempts.pop(run_id, None)
+        if attempt is None:
+            return default
+        self.used -= self._costs.pop(run_id, 1)
+        return attempt
+
+    def __delitem__(self, run_id: uuid.UUID) -> None:
+        if self.pop(run_id) is None:
+            raise KeyError(run_id)
+
+    def get(self, run_id: uuid.UUID) -> int | None:
+        return self._attempts.get(run_id)
+
+    def __getitem__(self, run_id: uuid.UUID) -> int:
+        return self._attempts[run_id]
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._attempts
+
+    def __len__(self) -> int:
+        return len(self._attempts)
+
+    def __iter__(self) -> Iterator[uuid.UUID]:
+        return iter(self._attempts)
+
+    def items(self) -> ItemsView[uuid.UUID, int]:
+        return self._attempts.items()
+
+
 @dataclass(eq=False)
 class WorkerSlots:
     """What a queue knows of one worker: its capacity, labels and the attempts it holds.
@@ -75,15 +123,17 @@ class WorkerSlots:
     slots: int = 0
     labels: dict[str, LabelValue] = field(default_factory=dict)
     durable_tasks: frozenset[str] = frozenset()  # its durable ones: assignments carry the log
-    running: dict[uuid.UUID, int] = field(default_factory=dict)
+    running: Held = field(default_factory=Held)
     draining: bool = False
     away_since: float | None = None  # disconnected (or not yet back after a restart) since
     heaps: list[list[Entry]] = field(default_factory=list)  # the ready heaps it may take from
+    heap_costs: list[int] = field(default_factory=list)  # the slot cost of each one's runs
+    widest: int = 1  # the largest of those
     heaps_version: int = -1
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.running)
+        return self.slots - self.running.used
 
     @property
     def assignable(self) -> bool:
@@ -267,7 +317,11 @@ class Dispatcher:
     def pick(self, worker: WorkerSlots, now: float) -> Run | None:
         """The best run this worker may start now, with its keys' slots and rate-limit units
         taken; None when there is none."""
-        return self._pick(self._heaps_for(worker), now)
+        heaps = self._heaps_for(worker)
+        free = worker.free
+        if free < worker.widest:  # some runs need more slots than are free: not those
+            heaps = [h for h, cost in zip(heaps, worker.heap_costs, strict=True) if cost <= free]
+        return self._pick(heaps, now)
 
     def assign(self, now: float) -> list[tuple[Run, WorkerSlots]]:
         """One decision for every worker with a free slot: a run per worker per round (which
@@ -289,7 +343,7 @@ class Dispatcher:
                 run.ready = False
                 run.status = RunStatus.ASSIGNED
                 run.worker_id = target.worker_id
-                target.running[run.run_id] = run.attempt
+                target.running.hold(run.run_id, run.attempt, run.options.slot_cost)
                 assigned.append((run, target))
                 if worker.free > 0:
                     next_round.append(worker)
@@ -333,20 +387,31 @@ class Dispatcher:
 
     def best_worker(self, run: Run, picker: WorkerSlots) -> WorkerSlots:
         """Where a picked run goes: its SOFT sticky worker when that one can take it, else the
-        free worker whose labels match best (the picker on a tie)."""
+        worker with room for it whose labels match best (the picker on a tie)."""
         flow = run.flow
+        cost = run.options.slot_cost
         if run.options.sticky is Sticky.HARD and flow is not None and flow.sticky_worker:
             return picker  # only its worker's heap holds it: the picker is that worker
         if run.options.sticky is Sticky.SOFT and flow is not None and flow.sticky_worker:
             sticky = self.workers.get(flow.sticky_worker)
-            if sticky is not None and sticky.assignable and sticky.takes(run.task, run.options):
+            if (
+                sticky is not None
+                and sticky.assignable
+                and sticky.free >= cost
+                and sticky.takes(run.task, run.options)
+            ):
                 return sticky
         desired = run.options.desired_worker_labels
         if not any(label.weight and not label.required for _, label in desired):
             return picker
         best, best_score = picker, score(picker.labels, desired) or 0
         for worker in self.workers.values():
-            if worker is picker or not worker.assignable or run.task not in worker.tasks:
+            if (
+                worker is picker
+                or not worker.assignable
+                or worker.free < cost
+                or run.task not in worker.tasks
+            ):
                 continue
             worker_score = score(worker.labels, desired)
             if worker_score is not None and worker_score > best_score:
@@ -421,6 +486,13 @@ class Dispatcher:
             and all(w.worker_id != sticky for w in with_task)
         ):
             return f"waiting for worker {sticky} (sticky: hard), which is not connected"
+        cost = run.options.slot_cost
+        if cost > 1 and all(w.slots < cost for w in with_task):
+            most = max(w.slots for w in with_task)
+            return (
+                f"task {run.task!r} takes {cost} slots (slot_cost) and no connected worker has "
+                f"that many (the most is {most})"
+            )
         if (blocked := self.blocking_key(run)) is not None:
             return blocked
         if run.options.rate_limits and self.limiter is not None:
@@ -463,11 +535,14 @@ class Dispatcher:
 
     def _heaps_for(self, worker: WorkerSlots) -> list[list[Entry]]:
         if worker.heaps_version != self.heaps_version:
-            worker.heaps = [
-                heap
+            taken = [
+                (heap, options.slot_cost)
                 for (task, options, sticky), heap in self.heaps.items()
                 if (sticky is None or sticky == worker.worker_id) and worker.takes(task, options)
             ]
+            worker.heaps = [heap for heap, _ in taken]
+            worker.heap_costs = [cost for _, cost in taken]
+            worker.widest = max(worker.heap_costs, default=1)
             worker.heaps_version = self.heaps_version
         return worker.heaps
 

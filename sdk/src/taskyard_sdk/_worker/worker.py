@@ -67,6 +67,12 @@ class Worker:
             raise ValueError(f"worker {name!r}: task names must be unique, got {names}")
         if slots < 1:
             raise ValueError(f"worker {name!r}: slots must be at least 1")
+        for task in tasks:
+            if task.options.slot_cost > slots:
+                raise ValueError(
+                    f"worker {name!r} has {slots} slots and could never run task {task.name!r}, "
+                    f"which takes {task.options.slot_cost} (slot_cost): give it more slots"
+                )
         self.client = client
         self.name = name
         self.tasks = {task.name: task for task in tasks}

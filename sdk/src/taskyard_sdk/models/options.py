@@ -206,6 +206,13 @@ class TaskOptions(_Strict):
     rate_limits: tuple[RateLimit, ...] = Field(default=(), max_length=4)
     desired_worker_labels: DesiredLabels = ()
     sticky: Sticky | None = None
+    slot_cost: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Worker slots an attempt takes (a task needing two GPUs of a worker with "
+        "four, say): it starts only on a worker with that many free.",
+    )
     durable: bool = Field(
         default=False,
         description="A durable task (`ty.durable_task`): its log survives retries and crashes.",
