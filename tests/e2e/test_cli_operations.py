@@ -408,6 +408,29 @@ async def test_workers_tasks_events_and_crons(ty: Taskyard, cli: Cli, data_dir: 
         assert replay["event_id"] != str(event_id)
 
 
+async def test_pause_resume_and_paused(ty: Taskyard, cli: Cli) -> None:
+    paused_queue, paused_task = await in_parallel(
+        cli("pause", "queue", "default", "--reason", "incident 42"),
+        cli("pause", "task", "resize", "--json"),
+    )
+    assert ok(paused_queue).strip() == "queue default paused"
+    assert json.loads(ok(paused_task))["paused"] is True
+    listed, listed_json = await in_parallel(cli("paused"), cli("paused", "--json"))
+    rows = [line.split()[:2] for line in ok(listed).splitlines()[2:]]
+    assert rows == [["queue", "default"], ["task", "resize"]]
+    assert "incident 42" in listed.stdout
+    assert json.loads(ok(listed_json)) == await cli.rest("/api/v1/pauses")
+    resumed, nothing, bad_kind = await in_parallel(
+        cli("resume", "queue", "default"),
+        cli("pause", "worker", str(uuid.uuid4())),
+        cli("pause", "shelf", "x"),
+    )
+    assert ok(resumed).strip() == "queue default resumed"
+    assert refused(nothing, 1).startswith("error: no connected worker")
+    assert "'shelf' is not one of" in refused(bad_kind, 2)
+    assert [p.name for p in await ty.pauses.aio_list()] == ["resize"]
+
+
 async def test_reaching_the_engine_fails_in_one_line(cli: Cli, tmp_path: Path) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     no_token, wrong_token, unreachable = await in_parallel(

@@ -90,6 +90,10 @@ EXPORTS = {
     "CatchUp",
     "CronView",
     "Crons",
+    # pausing
+    "PauseKind",
+    "PauseView",
+    "Pauses",
     "Schedulable",
     "ScheduleView",
     "Schedules",

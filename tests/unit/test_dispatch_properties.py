@@ -1,8 +1,9 @@
 """Property tests of the scheduling decisions (domain/dispatch.py): the dispatcher's own assignment
 loop, driven under random arrivals, completions, cancellations, worker churn, the paths that give
 a run's concurrency keys back (an assignment that fails, a worker lost, an execution timeout whose
-worker still holds the slot until it reports the attempt ended) and the passing of time, with
-tasks that take more than one slot (`slot_cost`). Every pick is checked as it is made, and after
+worker still holds the slot until it reports the attempt ended), pausing and resuming the queue,
+a task or a worker, and the passing of time, with tasks that take more than one slot
+(`slot_cost`). Every pick is checked as it is made, and after
 every step the invariants hold: never more than max_runs assigned per concurrency key, no rate
 limit exceeded in any window, slots never exceeded (a run taking its task's slot_cost), a HARD
 sticky run never moves, a higher priority never passed over for a worker that could start it,
@@ -21,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from taskyard.domain.dispatch import Dispatcher, WorkerSlots
 from taskyard.domain.flow import Flow
+from taskyard.domain.pauses import Pauses
 from taskyard.domain.rate_limits import RateLimiter
 from taskyard.domain.runs import Run
 from taskyard.ids import new_id
@@ -111,6 +113,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.dispatcher.machine = self
         self.wakeups: list[tuple[float, str]] = []
         self.taken: list[tuple[float, int]] = []  # (when, units) from "api"
+        self.paused: set[str] = set()  # "queue", task names, worker ids as text
         self.seq = 0
 
     # -- arrivals, completions, cancellations ----------------------------------------------------
@@ -197,6 +200,20 @@ class SchedulingMachine(RuleBasedStateMachine):
             if run is not None and run.attempt == attempt and run.worker_id == worker.worker_id:
                 self._requeue(run)
 
+    @rule(data=st.data(), pause=st.booleans())
+    def pause_or_resume(self, data: st.DataObject, pause: bool) -> None:
+        """The queue, a task or a worker is paused or resumed: nothing of it is assigned
+        while paused; once resumed, what waited for it may start (checked at each pick)."""
+        what = data.draw(st.sampled_from(["queue", *sorted(OPTIONS), *map(str, self.workers)]))
+        (self.paused.add if pause else self.paused.discard)(what)
+        workers = frozenset(w for w in self.workers if str(w) in self.paused)
+        pauses = Pauses(
+            queues=frozenset({"default"} if "queue" in self.paused else ()),
+            tasks=frozenset(self.paused & set(OPTIONS)),
+            workers=workers,
+        )
+        self.dispatcher.pause(pauses, "default")
+
     # -- time and decisions ----------------------------------------------------------------------
 
     @rule(seconds=st.sampled_from([0.01, 0.1, 0.3, 1.0]))
@@ -211,6 +228,8 @@ class SchedulingMachine(RuleBasedStateMachine):
     def dispatch(self) -> None:
         """The queue actor's decision: the dispatcher's own loop (each pick checked above)."""
         for run, target in self.dispatcher.assign(self.now):
+            assert "queue" not in self.paused and run.task not in self.paused
+            assert str(target.worker_id) not in self.paused, "assigned to a paused worker"
             assert run.status is RunStatus.ASSIGNED
             assert target.running[run.run_id] == run.attempt
             assert target.worker_id == run.worker_id
@@ -254,6 +273,8 @@ class SchedulingMachine(RuleBasedStateMachine):
     def can_start(self, run: Run, worker: WorkerSlots) -> bool:
         """Brute force: could this worker start this run now?"""
         if not worker.takes(run.task, run.options):
+            return False
+        if {"queue", run.task, str(worker.worker_id)} & self.paused:
             return False
         taken = sum(self.runs[run_id].options.slot_cost for run_id in worker.running)
         if worker.slots - taken < run.options.slot_cost:

@@ -65,6 +65,7 @@ from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.store.events import EventRepository
 from taskyard.store.leases import LeaseRepository
 from taskyard.store.migrator import MigrationError, migrate, pending_migrations
+from taskyard.store.pauses import PauseRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
 from taskyard.store.runs import RunRepository
@@ -204,6 +205,7 @@ class Engine:
             event_repository=EventRepository(self._pool),
             rate_limit_repository=RateLimitRepository(self._pool),
             schedule_repository=ScheduleRepository(self._pool),
+            pause_repository=PauseRepository(self._pool),
             settings=self.settings,
             timers=self._timers,
             tokens=Tokens(self.repository, self._token_cache),

@@ -26,6 +26,7 @@ from taskyard_sdk._errors import (
     Unavailable,
 )
 from taskyard_sdk._events import Events
+from taskyard_sdk._pauses import Pauses
 from taskyard_sdk._rate_limits import RateLimits
 from taskyard_sdk._resources import Depends
 from taskyard_sdk._runnable import RunHandle
@@ -45,6 +46,8 @@ from taskyard_sdk.models import (
     Label,
     LogLine,
     LogPage,
+    PauseKind,
+    PauseView,
     QueueOrder,
     RateDuration,
     RateLimit,
@@ -91,6 +94,9 @@ __all__ = [
     "NonRetryableError",
     "NotFound",
     "Or",
+    "PauseKind",
+    "PauseView",
+    "Pauses",
     "PermissionDenied",
     "QueueOrder",
     "RateDuration",

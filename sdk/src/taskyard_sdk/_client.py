@@ -12,6 +12,7 @@ from uuid import UUID
 from taskyard_sdk._config import resolve
 from taskyard_sdk._context import Context
 from taskyard_sdk._events import Events
+from taskyard_sdk._pauses import Pauses
 from taskyard_sdk._rate_limits import RateLimits
 from taskyard_sdk._runnable import wait_for_runs
 from taskyard_sdk._schedules import Crons, Schedules
@@ -67,6 +68,7 @@ class Taskyard:
         self.rate_limits = RateLimits(self)
         self.crons = Crons(self)
         self.schedules = Schedules(self)
+        self.pauses = Pauses(self)
 
     def connect_to(self, url: str, token: str | None = None) -> None:
         """Send this client's calls to another engine from now on (resolved as the

@@ -33,6 +33,7 @@ from taskyard.actors.queue_effects import QueueEffects, StepsEnded
 from taskyard.domain.activity import QueueActivity
 from taskyard.domain.dispatch import Connection, Dispatcher, Refusal, WorkerSlots
 from taskyard.domain.meters import QueueMeters, QueueSample
+from taskyard.domain.pauses import Pauses
 from taskyard.domain.runs import Run, error_json, json_bytes, retry_delay
 from taskyard.errors import Conflict
 from taskyard.store.rows import run_log_row
@@ -87,6 +88,7 @@ class QueueActor(Actor):
         worker_grace: float,
         limiter: SharedRateLimiter,
         events: EventRepository,
+        pauses: Callable[[uuid.UUID], Awaitable[Pauses]],
         runs_ended: Callable[[uuid.UUID, list[RunEnded]], None] | None = None,
         observe_all: bool = False,
         changes: ChangeFeed | None = None,
@@ -104,6 +106,7 @@ class QueueActor(Actor):
         self.connected_workers = connected_workers
         self.worker_grace = worker_grace
         self.limiter = limiter
+        self.pauses_of = pauses  # what is paused in the tenant, as stored
         self.recovery_hold = recovery_hold
         # The tenant's lease on this node (None: an engine of its own): nothing is assigned
         # outside its term, so an owner that was frozen cannot assign what a new owner has.
@@ -153,6 +156,7 @@ class QueueActor(Actor):
         await self.limiter.ready()
         self._reset()
         now = self.clock()
+        self.dispatcher.pause(await self.pauses_of(self.tenant_id), self.queue)
         recovered = await self.repository.load_active_runs(self.tenant_id, self.queue)
         suspended = [run.run_id for run in recovered if run.status is RunStatus.PENDING]
         waits = await self.repository.open_waits(self.tenant_id, suspended) if suspended else {}
@@ -280,6 +284,11 @@ class QueueActor(Actor):
             if armed is not None and armed <= now + 0.001:
                 del self._rate_armed[bucket]
                 self.dispatcher.rate_freed(bucket)
+        self._schedule_dispatch()
+
+    def pauses_changed(self, pauses: Pauses) -> None:
+        """Something in the tenant was paused or resumed (stored already)."""
+        self.dispatcher.pause(pauses, self.queue)
         self._schedule_dispatch()
 
     def rate_limit_changed(self, bucket: str) -> None:
@@ -944,6 +953,7 @@ class QueueActor(Actor):
         return {
             "queue": self.queue,
             **state,
+            "paused": self.dispatcher.queue_paused,
             "counted_since": self.activity.since,
             "minutes": [
                 {

@@ -6,12 +6,16 @@ waiting run is in round n (counted from when the key last had nothing waiting), 
 goes first, so every backlogged key gets one start per round. Between tasks, the heads of their
 queues compare by priority, then arrival.
 
+Nothing is started while the queue is paused, nor a run of a paused task or workflow, nor on a
+paused worker (`pause`): they wait, their waiting reason saying so.
+
 A run is only started when it is eligible: the worker runs its task, has its required labels
-(and is its HARD sticky worker, if it has one) and as many free slots as the task's slot_cost, none of its concurrency keys is full, and its rate
-limits have its units. A run that finds a key full waits aside with that key ("parked") and goes
-back to the queue when a run of the key ends; one that finds a rate limit empty waits aside with
-that bucket until the window frees the units. So a blocked run costs nothing per decision, and a
-higher-priority run that is eligible is never passed over.
+(and is its HARD sticky worker, if it has one) and as many free slots as the task's slot_cost,
+none of its concurrency keys is full, and its rate limits have its units. A run that finds a
+key full waits aside with that key ("parked") and goes back to the queue when a run of the key
+ends; one that finds a rate limit empty waits aside with that bucket until the window frees the
+units. So a blocked run costs nothing per decision, and a higher-priority run that is eligible
+is never passed over.
 
 Pure and synchronous, with the clock passed in: the QueueActor owns a Dispatcher (and the runs it
 points to) and calls it from its handlers; the property tests drive it directly.
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from taskyard.domain.labels import describe_required, score
+from taskyard.domain.pauses import Pauses
 from taskyard_sdk.models import (
     Concurrency,
     ConcurrencyStrategy,
@@ -125,6 +130,7 @@ class WorkerSlots:
     durable_tasks: frozenset[str] = frozenset()  # its durable ones: assignments carry the log
     running: Held = field(default_factory=Held)
     draining: bool = False
+    paused: bool = False
     away_since: float | None = None  # disconnected (or not yet back after a restart) since
     heaps: list[list[Entry]] = field(default_factory=list)  # the ready heaps it may take from
     heap_costs: list[int] = field(default_factory=list)  # the slot cost of each one's runs
@@ -137,7 +143,7 @@ class WorkerSlots:
 
     @property
     def assignable(self) -> bool:
-        return self.session is not None and not self.draining and self.free > 0
+        return self.session is not None and not self.draining and not self.paused and self.free > 0
 
     def takes(self, task: str, options: TaskOptions) -> bool:
         return task in self.tasks and score(self.labels, options.desired_worker_labels) is not None
@@ -191,6 +197,8 @@ class Dispatcher:
         self.rate_parked: dict[str, list[Entry]] = {}  # by the bucket that had too few units
         self.wakeups: list[tuple[float, str]] = []  # (when, bucket): for the owner's timers
         self.refused: list[Refusal] = []  # found out while picking: a limit that went away
+        self.pauses = Pauses()
+        self.queue_paused = False
         self._seq = 0
 
     # -- arrivals and departures -----------------------------------------------------------------
@@ -330,6 +338,8 @@ class Dispatcher:
         and returned for the actor to save, time and send. Refusals and rate-limit wake-ups
         gather in `refused` and `wakeups`, as with `pick`."""
         assigned: list[tuple[Run, WorkerSlots]] = []
+        if self.queue_paused:
+            return assigned
         candidates = [worker for worker in self.workers.values() if worker.assignable]
         while candidates:
             next_round = []
@@ -470,10 +480,16 @@ class Dispatcher:
     def waiting_reason(self, run: Run, now: float) -> str | None:
         if not run.ready:
             return None
+        if self.queue_paused:
+            return f"paused: queue {run.queue!r} is paused"
+        if (paused := self.pauses.of_task(run.task)) is not None:
+            return paused
         connected = [w for w in self.workers.values() if w.session is not None]
         with_task = [w for w in connected if run.task in w.tasks]
         if not with_task:
             return f"no connected worker has registered task {run.task!r} on queue {run.queue!r}"
+        if all(w.paused for w in with_task):
+            return f"paused: every connected worker with task {run.task!r} is paused"
         if not any(w.takes(run.task, run.options) for w in with_task):
             return (
                 f"no connected worker has the labels task {run.task!r} requires: "
@@ -535,10 +551,13 @@ class Dispatcher:
 
     def _heaps_for(self, worker: WorkerSlots) -> list[list[Entry]]:
         if worker.heaps_version != self.heaps_version:
+            pauses = self.pauses
             taken = [
                 (heap, options.slot_cost)
                 for (task, options, sticky), heap in self.heaps.items()
-                if (sticky is None or sticky == worker.worker_id) and worker.takes(task, options)
+                if (sticky is None or sticky == worker.worker_id)
+                and worker.takes(task, options)
+                and pauses.of_task(task) is None
             ]
             worker.heaps = [heap for heap, _ in taken]
             worker.heap_costs = [cost for _, cost in taken]
@@ -548,6 +567,15 @@ class Dispatcher:
 
     def worker_changed(self, worker: WorkerSlots) -> None:
         worker.heaps_version = -1
+        worker.paused = worker.worker_id in self.pauses.workers
+
+    def pause(self, pauses: Pauses, queue: str) -> None:
+        """What is paused now in the tenant: of it, what concerns this queue applies from the
+        next decision (what runs goes on)."""
+        self.pauses = pauses
+        self.queue_paused = queue in pauses.queues
+        for worker in self.workers.values():
+            self.worker_changed(worker)
 
     def _clean(self, heap: list[Entry]) -> bool:
         """Drop entries of runs that left the queue since; True if a live entry is on top."""

@@ -28,9 +28,11 @@ from taskyard.actors.workers import WorkerRegistry, WorkerSession
 from taskyard.config import EngineSettings
 from taskyard.domain.leases import TenantLease
 from taskyard.domain.notices import RunEnded
+from taskyard.domain.pauses import Pauses
 from taskyard.domain.runs import Run
 from taskyard.errors import Conflict, NotFound, TenantMoved
 from taskyard.store.events import EventRepository
+from taskyard.store.pauses import PauseRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
 from taskyard.store.runs import RunRepository
@@ -60,6 +62,7 @@ class ActorDirectory:
         events: EventRepository,
         rate_limits: RateLimitRepository,
         schedules: ScheduleRepository,
+        pauses: PauseRepository,
         settings: EngineSettings,
         timers: Timers,
         cancel: CancelRun,
@@ -75,6 +78,7 @@ class ActorDirectory:
         self.workflows = workflows
         self.events = events
         self.rate_limits = rate_limits
+        self.pauses = pauses
         self.settings = settings
         self.timers = timers  # the engine's, shared (started and stopped by the engine)
         self.cancel = cancel
@@ -180,6 +184,7 @@ class ActorDirectory:
                 worker_grace=self.settings.heartbeat_timeout,
                 limiter=self.limiter_for(tenant_id),
                 events=self.events,
+                pauses=self.pauses_of,
                 runs_ended=self._runs_ended,
                 observe_all=self.observe_all,
                 changes=self.changes,
@@ -246,6 +251,10 @@ class ActorDirectory:
             self.registry.of_queue, tenant_id, queue
         )
         return sessions
+
+    async def pauses_of(self, tenant_id: uuid.UUID) -> Pauses:
+        """What is paused in the tenant, as stored."""
+        return Pauses.of((p.kind, p.name) for p in await self.pauses.of_tenant(tenant_id))
 
     def _steps_ended(self, tenant_id: uuid.UUID, ended: list[StepEnded]) -> None:
         tenant = self.tenant(tenant_id)

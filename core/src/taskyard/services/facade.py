@@ -18,6 +18,7 @@ from taskyard.services.bulk import Bulk
 from taskyard.services.directory import ActorDirectory
 from taskyard.services.events import Events
 from taskyard.services.history import History
+from taskyard.services.pausing import Pausing
 from taskyard.services.queues import Queues
 from taskyard.services.rate_limits import RateLimits
 from taskyard.services.runs import Runs
@@ -26,6 +27,7 @@ from taskyard.services.tokens import Tokens
 from taskyard.services.workers import Workers
 from taskyard.services.workflows import Workflows
 from taskyard.store.events import EventRepository
+from taskyard.store.pauses import PauseRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
 from taskyard.store.runs import RunRepository
@@ -43,6 +45,7 @@ class Services:
         event_repository: EventRepository,
         rate_limit_repository: RateLimitRepository,
         schedule_repository: ScheduleRepository,
+        pause_repository: PauseRepository,
         settings: EngineSettings,
         timers: Timers,
         tokens: Tokens,
@@ -60,6 +63,7 @@ class Services:
             events=event_repository,
             rate_limits=rate_limit_repository,
             schedules=schedule_repository,
+            pauses=pause_repository,
             settings=settings,
             timers=timers,
             cancel=lambda tenant_id, run_id, reason: self.runs.cancel(tenant_id, run_id, reason),
@@ -86,6 +90,7 @@ class Services:
         self.rate_limits = RateLimits(self.actors, rate_limit_repository)
         self.workers = Workers(self.actors)
         self.queues = Queues(self.actors)
+        self.pausing = Pausing(self.actors, pause_repository)
         self.tokens = tokens
         self.alert_rules = alert_rules
         # What the worker websocket and the run stream use of the actors.

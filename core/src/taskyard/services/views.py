@@ -17,6 +17,7 @@ class TaskInfo(BaseModel):
     input_schema: dict[str, Any] | None = Field(
         default=None, description="The input's JSON Schema, as a worker of the task sent it."
     )
+    paused: bool = Field(default=False, description="It, or its workflow, is paused.")
 
 
 class WorkerInfo(BaseModel):
@@ -31,6 +32,7 @@ class WorkerInfo(BaseModel):
         default=False, description="Shutting down: finishes its attempts, takes no new ones."
     )
     slots_used: int = Field(default=0, description="Slots holding an attempt now.")
+    paused: bool = Field(default=False, description="Paused: it is assigned nothing new.")
     last_heard_at: float = Field(
         description="When the engine last heard from it (a heartbeat or any other frame)."
     )
@@ -74,6 +76,7 @@ class QueueInfo(BaseModel):
     workers: int
     slots: int
     slots_used: int
+    paused: bool = Field(default=False, description="Paused: nothing new is assigned.")
     counted_since: float = Field(
         description="When this engine began counting the queue's activity (it keeps an hour, "
         "in memory)."

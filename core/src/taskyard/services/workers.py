@@ -32,9 +32,11 @@ class Workers:
             *(queue.ask(queue.slots_used) for queue in queues if queue is not None)
         ):
             used.update(counts)
+        paused = (await self.actors.pauses_of(tenant_id)).workers
         workers = [WorkerInfo.model_validate(worker) for worker in described]
         for worker in workers:
             worker.slots_used = used.get(worker.worker_id, 0)
+            worker.paused = worker.worker_id in paused
         return workers
 
     async def tasks(self, tenant_id: uuid.UUID) -> list[TaskInfo]:
@@ -43,12 +45,14 @@ class Workers:
         definitions = await tenant.ask(tenant.all_definitions)
         schemas = await tenant.ask(tenant.input_schemas)
         workers = await self.connected(tenant_id)
+        pauses = await self.actors.pauses_of(tenant_id)
         return [
             TaskInfo(
                 name=name,
                 options=options,
                 workers=sorted(w.name for w in workers if name in w.tasks),
                 input_schema=schemas.get(name),
+                paused=pauses.of_task(name) is not None,
             )
             for name, options in sorted(definitions.items())
         ]

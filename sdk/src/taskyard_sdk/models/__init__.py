@@ -39,6 +39,7 @@ from taskyard_sdk.models.options import (
     Sticky,
     TaskOptions,
 )
+from taskyard_sdk.models.pauses import PauseKind, PauseList, PauseView
 from taskyard_sdk.models.runs import (
     Attempt,
     BatchTriggerRequest,
@@ -130,6 +131,9 @@ __all__ = [
     "LabelValue",
     "LogLine",
     "LogPage",
+    "PauseKind",
+    "PauseList",
+    "PauseView",
     "QueueOrder",
     "RateDuration",
     "RateLimit",
