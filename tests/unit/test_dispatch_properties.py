@@ -228,7 +228,8 @@ class SchedulingMachine(RuleBasedStateMachine):
     def dispatch(self) -> None:
         """The queue actor's decision: the dispatcher's own loop (each pick checked above)."""
         for run, target in self.dispatcher.assign(self.now):
-            assert "queue" not in self.paused and run.task not in self.paused
+            assert "queue" not in self.paused
+            assert run.task not in self.paused
             assert str(target.worker_id) not in self.paused, "assigned to a paused worker"
             assert run.status is RunStatus.ASSIGNED
             assert target.running[run.run_id] == run.attempt
