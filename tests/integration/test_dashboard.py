@@ -719,6 +719,56 @@ async def test_queues_and_workers_show_depth_slots_keys_and_the_last_hour(
         await expect(queue.locator("table.keys")).to_have_count(0)  # no key is held any more
 
 
+async def test_pause_and_resume_buttons_on_the_queues_workers_and_tasks_pages(
+    page: Page, engine: Engine, ty: Taskyard
+) -> None:
+    @ty.task(name="ship")
+    async def ship(n: int) -> int:
+        return n
+
+    flow = ty.workflow("restock", input=int)
+
+    @flow.task()
+    async def order(n: int) -> int:
+        return n
+
+    async with ty.worker("shipper", tasks=[ship, flow]) as worker:
+        await page.goto(f"{engine.url}/dashboard/queues")
+        await ship.aio_run(0)  # the queue exists
+        await page.reload()
+        queue = page.locator('section.queue[data-queue="default"]')
+        await queue.locator('button[data-pause="queue:default"]').click()
+        await expect(queue).to_have_attribute("data-paused", "true")
+        await expect(queue.locator("h2")).to_contain_text("paused")
+        held = await ship.aio_run_no_wait(1)
+        await asyncio.sleep(0.3)
+        assert (await held.aio_get()).waiting_reason == "paused: queue 'default' is paused"
+        await queue.locator('button[data-pause="queue:default"]').click()
+        await expect(queue).to_have_attribute("data-paused", "false")
+        assert await held.aio_result(timeout=10) == 1
+
+        await page.goto(f"{engine.url}/dashboard/workers")
+        row = page.locator(f'tr[data-worker="{worker.worker_id}"]')
+        await row.locator("button[data-pause]").click()
+        await expect(row).to_have_attribute("data-paused", "true")
+        assert [p.name for p in await ty.pauses.aio_list()] == [str(worker.worker_id)]
+        await row.locator("button[data-pause]").click()
+        await expect(row).to_have_attribute("data-paused", "false")
+
+        await page.goto(f"{engine.url}/dashboard/tasks")
+        await page.locator('button[data-pause="task:ship"]').click()
+        await expect(page.locator('tr[data-task="ship"]')).to_have_attribute("data-paused", "true")
+        await page.locator('button[data-pause="workflow:restock"]').click()
+        restock = page.locator('tr[data-workflow="restock"]')
+        await expect(restock).to_have_attribute("data-paused", "true")
+        assert {(p.kind.value, p.name) for p in await ty.pauses.aio_list()} == {
+            ("task", "ship"),
+            ("workflow", "restock"),
+        }
+        await page.locator('button[data-pause="workflow:restock"]').click()
+        await expect(restock).to_have_attribute("data-paused", "false")
+
+
 async def test_an_idempotency_key_opens_its_run(
     page: Page, engine: Engine, ty: Taskyard, http: aiohttp.ClientSession, tenant: TenantTokens
 ) -> None:

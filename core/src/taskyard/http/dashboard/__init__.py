@@ -20,6 +20,7 @@ from taskyard.http.dashboard import (
     events,
     fleet,
     live,
+    pauses,
     runs,
     schedules,
     signing_in,
@@ -34,7 +35,18 @@ __all__ = ["ROOT", "install", "sign_in_link"]
 def install(app: web.Application) -> None:
     app[TEMPLATES] = templates()
     routes = app.router
-    for part in (signing_in, runs, definitions, fleet, schedules, events, alerts, tokens, live):
+    for part in (
+        signing_in,
+        runs,
+        definitions,
+        fleet,
+        pauses,
+        schedules,
+        events,
+        alerts,
+        tokens,
+        live,
+    ):
         part.add_routes(routes)
     static = resources.files("taskyard") / "dashboard" / "static"
     routes.add_static(f"{ROOT}/static", str(static))

@@ -19,6 +19,7 @@ from taskyard.http.keys import ENGINE
 from taskyard.services.views import TaskInfo
 from taskyard.store.workflows import StoredWorkflow
 from taskyard_sdk.models import (
+    PauseKind,
     RunSummary,
     TriggerRequest,
     WorkflowDefinition,
@@ -60,7 +61,14 @@ async def _definitions(request: web.Request, principal: Principal) -> web.Stream
     services = request.app[ENGINE].services
     tasks = await services.workers.tasks(principal.tenant_id)
     workflows = await services.history.latest_workflows(principal.tenant_id)
-    return render(request, "definitions.html", tasks=tasks, workflows=workflows)
+    paused = await services.pausing.paused(principal.tenant_id)
+    return render(
+        request,
+        "definitions.html",
+        tasks=tasks,
+        workflows=workflows,
+        paused_workflows={p.name for p in paused if p.kind is PauseKind.WORKFLOW},
+    )
 
 
 async def _task(request: web.Request, principal: Principal) -> web.StreamResponse:
