@@ -33,6 +33,8 @@ EXPORTS = {
     "ApiError",
     "AuthenticationError",
     "Conflict",
+    "BatchContext",
+    "Batching",
     "ConnectionLost",
     "Context",
     "Depends",

@@ -5,7 +5,7 @@ Worker-only deployments install this package alone; it never imports the engine.
 
 from taskyard_sdk._client import Runs, Taskyard
 from taskyard_sdk._conditions import And, Event, Or, Sleep
-from taskyard_sdk._context import Context
+from taskyard_sdk._context import BatchContext, Context
 from taskyard_sdk._durable import DurableContext, NonDeterminismError, WaitResult, WaitTimeout
 from taskyard_sdk._durations import parse_duration
 from taskyard_sdk._errors import (
@@ -35,6 +35,7 @@ from taskyard_sdk._task import Task, TaskSettings
 from taskyard_sdk._worker import Worker, WorkerStopped
 from taskyard_sdk._workflow import Workflow, WorkflowTask
 from taskyard_sdk.models import (
+    Batching,
     CatchUp,
     Concurrency,
     ConcurrencyStrategy,
@@ -68,6 +69,8 @@ __all__ = [
     "And",
     "ApiError",
     "AuthenticationError",
+    "BatchContext",
+    "Batching",
     "CatchUp",
     "Concurrency",
     "ConcurrencyStrategy",

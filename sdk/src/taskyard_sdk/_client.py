@@ -9,18 +9,22 @@ from datetime import datetime
 from typing import Any, TypeVar, Unpack, overload
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from taskyard_sdk._config import resolve
 from taskyard_sdk._context import Context
+from taskyard_sdk._durations import Duration, parse_duration
 from taskyard_sdk._events import Events
 from taskyard_sdk._pauses import Pauses
 from taskyard_sdk._rate_limits import RateLimits
 from taskyard_sdk._runnable import wait_for_runs
 from taskyard_sdk._schedules import Crons, Schedules
-from taskyard_sdk._task import Task, TaskSettings, build_options
+from taskyard_sdk._task import BatchTask, Task, TaskSettings, build_options
 from taskyard_sdk._transport import Transport, run_sync
 from taskyard_sdk._worker import Worker
 from taskyard_sdk._workflow import Workflow
 from taskyard_sdk.models import (
+    Batching,
     BulkResult,
     Concurrency,
     DurableEntry,
@@ -31,6 +35,7 @@ from taskyard_sdk.models import (
     RunStatus,
     RunView,
     Sticky,
+    TaskOptions,
 )
 
 In = TypeVar("In")
@@ -156,6 +161,37 @@ class Taskyard:
                     f"durable task {task_name!r} must be an async function: its waits are awaited"
                 )
             return Task(self, function, task_name, options, crons=on_crons)
+
+        return decorate
+
+    def batch_task(
+        self,
+        *,
+        max_size: int = 100,
+        max_wait: Duration = "1s",
+        key: str | None = None,
+        name: str | None = None,
+        **settings: Unpack[TaskSettings],
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Declare a batch task: `(inputs: list[In], ctx: BatchContext) -> list[Out] | Out`.
+        Each trigger is a run of its own, with one input; the engine gathers queued runs of
+        the same `key` (CEL over `input` and `metadata`, e.g. "input.account_id"; none: all
+        together) and hands up to `max_size` of them to one attempt, once that many are
+        queued or the oldest has waited `max_wait`. Returning a list gives each run its own
+        output (in input order); anything else is every run's. A failure fails every run of
+        the batch, each retried by `retries`. Takes the options `task` does, but concurrency,
+        rate limits and sticky (a batch's runs start together)."""
+        batching = Batching(
+            max_size=max_size, max_wait=parse_duration(max_wait, name="max_wait"), key=key
+        )
+        try:
+            options = build_options(settings).model_copy(update={"batch": batching})
+            options = TaskOptions.model_validate(options.model_dump())  # the batch's own rules
+        except ValidationError as exc:
+            raise TypeError(f"batch task: {exc.errors()[0]['msg']}") from None
+
+        def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
+            return BatchTask(self, function, name or function.__name__, options)
 
         return decorate
 

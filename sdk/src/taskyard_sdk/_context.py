@@ -146,3 +146,20 @@ class Context:
 
     def _cancel(self) -> None:
         self._cancelled = True
+
+
+class BatchContext(Context):
+    """The context of a batch task's attempt: what it logs, streams or asks (more time) goes
+    to every run of the batch, each of which shows it."""
+
+    def __init__(self, *, runs: list[tuple[UUID, int]], **context: Any) -> None:
+        super().__init__(**context)
+        self.runs = runs  # (run id, attempt) of each run of the batch, in input order
+
+    @property
+    def run_ids(self) -> list[UUID]:
+        return [run_id for run_id, _ in self.runs]
+
+    def _post(self, message: Message) -> None:
+        for run_id, attempt in self.runs:
+            super()._post(message.model_copy(update={"run_id": run_id, "attempt": attempt}))

@@ -394,3 +394,50 @@ class Task(Schedulable, Runnable[In, Out]):
 
 
 TaskFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
+
+
+class BatchTask(Task[In, Out]):
+    """A batch task: triggered one input at a time, run with many. Its function takes a
+    `list[In]` (in the order the runs were triggered) and returns either a `list` with one
+    output per run, in the same order (when annotated `-> list[...]`, or unannotated and the
+    list has one item per run), or one value every run of the batch gets (any other return)."""
+
+    def __init__(self, client: Taskyard, fn: Callable[..., Any], name: str, options: TaskOptions):
+        super().__init__(client, fn, name, options)
+        batch_type = self.input_type
+        if typing.get_origin(batch_type) is not list:
+            raise TypeError(
+                f"batch task {name!r} takes a list of inputs: annotate its first parameter "
+                f"as list[...] (list[Any] for any inputs)"
+            )
+        [self.input_type] = typing.get_args(batch_type) or (Any,)
+        self._input = TypeAdapter(self.input_type)
+        self._inputs = TypeAdapter(batch_type)
+        # One output per run when the function says it returns a list: each run gets its own.
+        self.per_run = typing.get_origin(self.output_type) is list
+        if self.per_run:
+            [self.output_type] = typing.get_args(self.output_type) or (Any,)
+            self._output = TypeAdapter(self.output_type)
+
+    def decode_input(self, data: Any) -> Any:
+        return self._inputs.validate_python(data)
+
+    def split_outputs(self, output: Any, runs: int) -> list[Any]:
+        """Each run's output, from what the function returned for `runs` runs."""
+        unannotated = self.output_type is Any and not self.per_run
+        if self.per_run or (unannotated and isinstance(output, list) and len(output) == runs):
+            if not isinstance(output, list) or len(output) != runs:
+                got = f"{len(output)} outputs" if isinstance(output, list) else repr(output)
+                raise ValueError(
+                    f"batch task {self.name!r} returned {got} for a batch of {runs} runs: "
+                    f"return one output per input, in order (or annotate another return type "
+                    f"to give every run the same value)"
+                )
+            return output
+        return [output] * runs
+
+    async def aio_mock_run(self, input: In, **_: Any) -> Out:
+        raise TypeError(
+            f"batch task {self.name!r} runs on lists: test it by calling its function, "
+            f"{self.name}.fn([...]), or on a worker (the taskyard_client fixture)"
+        )

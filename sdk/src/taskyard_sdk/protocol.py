@@ -225,6 +225,22 @@ class Assign(AttemptRef):
     )
 
 
+class BatchRun(AttemptRef):
+    input: Any = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class AssignBatch(_Message):
+    """Runs of a batch task, for one call of its function with their inputs as a list. Each
+    run is reported on its own (`started`, `completed`, `failed`), and each may be cancelled."""
+
+    type: Literal["assign_batch"] = "assign_batch"
+    batch_id: UUID = Field(description="Its first run's id.")
+    task: str
+    execution_timeout: float
+    runs: list[BatchRun] = Field(min_length=1)
+
+
 class Cancel(AttemptRef):
     type: Literal["cancel"] = "cancel"
     reason: str
@@ -312,7 +328,8 @@ class ClientAnswer(_Message):
 
 
 EngineMessage = Annotated[
-    Welcome | Moved | Assign | Cancel | Ack | Recorded | Error, Field(discriminator="type")
+    Welcome | Moved | Assign | AssignBatch | Cancel | Ack | Recorded | Error,
+    Field(discriminator="type"),
 ]
 engine_message = TypeAdapter(EngineMessage)
 _engine_frame = TypeAdapter(list[EngineMessage])

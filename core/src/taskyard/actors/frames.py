@@ -86,6 +86,30 @@ def assign_json(
 Assignment = tuple[Run, bytes | None, bytes | None, bytes | None]  # input, context, history
 
 
+def assign_batch_json(batch: list[Assignment]) -> bytes:
+    """A `protocol.AssignBatch` of a batch task's runs, encoded as `assign_json` is."""
+    first = batch[0][0]
+    runs = b",".join(
+        b'{"run_id":"%s","attempt":%d,"input":%s,"metadata":%s}'
+        % (
+            str(run.run_id).encode(),
+            run.attempt,
+            input_json if input_json is not None else b"null",
+            orjson.dumps(run.metadata),
+        )
+        for run, input_json, _, _ in batch
+    )
+    return (
+        b'{"type":"assign_batch","batch_id":"%s","task":%s,"execution_timeout":%s,"runs":[%s]}'
+        % (
+            str(first.batch_id).encode(),
+            orjson.dumps(first.task),
+            orjson.dumps(first.options.execution_timeout),
+            runs,
+        )
+    )
+
+
 def ack_json(refs: list[tuple[uuid.UUID, int]]) -> bytes:
     """A `protocol.Ack` of (run, attempt) pairs, encoded directly (one per committed batch of
     results: building a model per result cost more than the rest of the ack)."""

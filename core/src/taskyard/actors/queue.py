@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskyard.actors.base import Actor
 from taskyard.actors.changes import ChangeFeed
-from taskyard.actors.frames import Assignment, assign_json
+from taskyard.actors.frames import Assignment, assign_batch_json, assign_json
 from taskyard.actors.queue_durable import DurableRuns, bad_filter
 from taskyard.actors.queue_effects import QueueEffects, StepsEnded
 from taskyard.domain.activity import QueueActivity
@@ -140,6 +140,7 @@ class QueueActor(Actor):
         self.expiries: list[tuple[float, uuid.UUID]] = []  # (schedule deadline, run), a heap
         self._expiry_armed: float | None = None
         self._rate_armed: dict[str, float] = {}  # bucket -> when its wake-up timer fires
+        self._batch_armed: float | None = None  # when the next batch's wake-up timer fires
         self.finished: OrderedDict[uuid.UUID, tuple[int, uuid.UUID | None]] = OrderedDict()
         self.cached_bytes = 0
         self._dispatch_pending = False
@@ -276,6 +277,17 @@ class QueueActor(Actor):
                 self._rate_armed[bucket] = at
                 self.effects.timer(at, self._rate_wakeups, bucket)
         dispatcher.wakeups.clear()
+        if dispatcher.batch_wakeups:
+            at = min(dispatcher.batch_wakeups)
+            dispatcher.batch_wakeups.clear()
+            if self._batch_armed is None or at < self._batch_armed:
+                self._batch_armed = at
+                self.effects.timer(at, self._batch_due, None)
+
+    def _batch_due(self, _: list[None]) -> None:
+        """A batch task's oldest run has waited its max_wait: its batch goes now."""
+        self._batch_armed = None
+        self._schedule_dispatch()
 
     def _rate_wakeups(self, buckets: list[str]) -> None:
         now = self.clock()
@@ -322,8 +334,14 @@ class QueueActor(Actor):
         run is durable if its options say so or its worker declares the task durable (a run
         triggered before any worker registered the task has the default options)."""
         durable = [run for run in runs if run.options.durable or run.task in worker.durable_tasks]
-        cached = [run for run in runs if run.input_json is not None and run not in durable]
-        missing = [run for run in runs if run.input_json is None or run in durable]
+        # A batch goes in one message: read for all its runs if any is not cached.
+        uncached = {run.batch_id for run in runs if run.batch_id and run.input_json is None}
+        missing = [
+            run
+            for run in runs
+            if run.input_json is None or run in durable or (uncached and run.batch_id in uncached)
+        ]
+        cached = [run for run in runs if run not in missing] if missing else runs
         if cached:
             self._send_assign(
                 worker, [(run, run.input_json, run.context_json, None) for run in cached]
@@ -401,7 +419,19 @@ class QueueActor(Actor):
 
     def _send_assign(self, worker: WorkerSlots, runs: list[Assignment]) -> None:
         assert worker.session is not None
-        worker.session.send_many(assign_json(*assignment) for assignment in runs)
+        batches: dict[uuid.UUID, list[Assignment]] = {}
+        for assignment in runs:
+            if assignment[0].batch_id is not None:
+                batches.setdefault(assignment[0].batch_id, []).append(assignment)
+        if not batches:
+            worker.session.send_many(assign_json(*assignment) for assignment in runs)
+            return
+        worker.session.send_many(
+            [
+                *(assign_json(*a) for a in runs if a[0].batch_id is None),
+                *(assign_batch_json(batch) for batch in batches.values()),
+            ]
+        )
 
     # -- workers ---------------------------------------------------------------------------------
 

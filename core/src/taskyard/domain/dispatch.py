@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from taskyard.domain.labels import describe_required, score
 from taskyard.domain.pauses import Pauses
 from taskyard_sdk.models import (
+    Batching,
     Concurrency,
     ConcurrencyStrategy,
     LabelValue,
@@ -62,24 +63,38 @@ class Connection(Protocol):
 
 
 Entry = tuple[int, int, int, uuid.UUID]  # (-priority, round, +seq FIFO / -seq LIFO, run id)
-HeapId = tuple[str, TaskOptions, uuid.UUID | None]  # (task, options, HARD sticky worker)
+# (task, options, HARD sticky worker, batch key): a batch task's runs of one key share a heap
+HeapId = tuple[str, TaskOptions, uuid.UUID | None, str | None]
 GroupId = tuple[str, Concurrency, str]  # (task, level, key)
 
 
 class Held:
     """The attempts a worker holds (run id -> attempt) and the slots they take: a run whose
-    task has `slot_cost` n takes n. Only `hold` adds one, so the count cannot drift."""
+    task has `slot_cost` n takes n; the runs of one batch (`batch`: its first run's id) take
+    their cost once, until the last of them is let go. Only `hold` adds one, so the count
+    cannot drift."""
 
-    __slots__ = ("_attempts", "_costs", "used")
+    __slots__ = ("_attempts", "_batch_of", "_batches", "_costs", "used")
 
     def __init__(self) -> None:
         self._attempts: dict[uuid.UUID, int] = {}
         self._costs: dict[uuid.UUID, int] = {}  # the attempts taking more than one slot
+        self._batch_of: dict[uuid.UUID, uuid.UUID] = {}  # a batch's runs: their batch
+        self._batches: dict[uuid.UUID, list[Any]] = {}  # batch -> [its runs held, its cost]
         self.used = 0  # slots taken
 
-    def hold(self, run_id: uuid.UUID, attempt: int, cost: int = 1) -> None:
+    def hold(
+        self, run_id: uuid.UUID, attempt: int, cost: int = 1, batch: uuid.UUID | None = None
+    ) -> None:
         self.pop(run_id)  # held again (its next attempt): counted once
         self._attempts[run_id] = attempt
+        if batch is not None:
+            self._batch_of[run_id] = batch
+            held = self._batches.setdefault(batch, [0, cost])
+            held[0] += 1
+            if held[0] == 1:
+                self.used += cost
+            return
         if cost != 1:
             self._costs[run_id] = cost
         self.used += cost
@@ -88,7 +103,15 @@ class Held:
         attempt = self._attempts.pop(run_id, None)
         if attempt is None:
             return default
-        self.used -= self._costs.pop(run_id, 1)
+        batch = self._batch_of.pop(run_id, None)
+        if batch is None:
+            self.used -= self._costs.pop(run_id, 1)
+            return attempt
+        held = self._batches[batch]
+        held[0] -= 1
+        if held[0] == 0:
+            del self._batches[batch]
+            self.used -= held[1]
         return attempt
 
     def __delitem__(self, run_id: uuid.UUID) -> None:
@@ -199,6 +222,8 @@ class Dispatcher:
         self.refused: list[Refusal] = []  # found out while picking: a limit that went away
         self.pauses = Pauses()
         self.queue_paused = False
+        self.batching: dict[int, Batching] = {}  # a batch task's heap (by id) -> its gathering
+        self.batch_wakeups: list[float] = []  # when a batch not due yet will be: owner's timers
         self._seq = 0
 
     # -- arrivals and departures -----------------------------------------------------------------
@@ -350,11 +375,17 @@ class Dispatcher:
                 if run is None:
                     continue
                 target = self.best_worker(run, worker)
-                run.ready = False
-                run.status = RunStatus.ASSIGNED
-                run.worker_id = target.worker_id
-                target.running.hold(run.run_id, run.attempt, run.options.slot_cost)
-                assigned.append((run, target))
+                batch = [run, *self._gather(run, now)] if run.options.batch else [run]
+                batch_id = run.run_id if run.options.batch else None
+                for member in batch:
+                    member.ready = False
+                    member.status = RunStatus.ASSIGNED
+                    member.worker_id = target.worker_id
+                    member.batch_id = batch_id
+                    target.running.hold(
+                        member.run_id, member.attempt, member.options.slot_cost, batch_id
+                    )
+                    assigned.append((member, target))
                 if worker.free > 0:
                     next_round.append(worker)
             candidates = next_round
@@ -383,6 +414,9 @@ class Dispatcher:
                 if not self._clean(heap):
                     continue
                 top = heap[0]
+                batching = self.batching.get(id(heap))
+                if batching is not None and not self._due(heap, batching, now):
+                    continue
                 key = (top[0], abs(top[2]))
                 if best_key is None or key < best_key:
                     best, best_key = heap, key
@@ -427,6 +461,33 @@ class Dispatcher:
             if worker_score is not None and worker_score > best_score:
                 best, best_score = worker, worker_score
         return best
+
+    def _due(self, heap: list[Entry], batching: Batching, now: float) -> bool:
+        """Whether a batch task's heap (its top live) makes a batch now: it holds `max_size`
+        runs (entries of runs gone since count too: a batch may come out smaller), or its
+        top run has waited `max_wait`. If not, the owner is told when it will."""
+        if len(heap) >= batching.max_size:
+            return True
+        due_at = self.runs[heap[0][3]].queued_at + batching.max_wait
+        if due_at <= now + 0.001:  # a timer may fire a hair early: never wake in a loop
+            return True
+        self.batch_wakeups.append(due_at)
+        return False
+
+    def _gather(self, leader: Run, now: float) -> list[Run]:
+        """The runs that join `leader`'s batch: the next ones of its heap, up to max_size in
+        all. A heap left empty is dropped (batch keys may be many)."""
+        assert leader.options.batch is not None
+        heap = self._heap(leader)
+        joined: list[Run] = []
+        while len(joined) < leader.options.batch.max_size - 1 and self._clean(heap):
+            entry = heapq.heappop(heap)
+            run = self.runs[entry[3]]
+            self._start(run, entry, now)
+            joined.append(run)
+        if not heap:
+            self._drop_heap(leader)
+        return joined
 
     def _blocked(self, run: Run, entry: Entry, now: float) -> bool:
         """Park the run if a key is full or a rate limit lacks its units."""
@@ -542,19 +603,30 @@ class Dispatcher:
         sticky = None
         if run.options.sticky is Sticky.HARD and run.flow is not None:
             sticky = run.flow.sticky_worker
-        heap_id = (run.task, run.options, sticky)
+        batch_key = run.flow.batch_key if run.flow is not None else None
+        heap_id = (run.task, run.options, sticky, batch_key)
         heap = self.heaps.get(heap_id)
         if heap is None:
             heap = self.heaps[heap_id] = []
             self.heaps_version += 1
+            if run.options.batch is not None:
+                self.batching[id(heap)] = run.options.batch
         return heap
+
+    def _drop_heap(self, run: Run) -> None:
+        """Forget the (empty) heap of a batch task's key."""
+        batch_key = run.flow.batch_key if run.flow is not None else None
+        heap = self.heaps.pop((run.task, run.options, None, batch_key), None)
+        if heap is not None:
+            self.batching.pop(id(heap), None)
+            self.heaps_version += 1
 
     def _heaps_for(self, worker: WorkerSlots) -> list[list[Entry]]:
         if worker.heaps_version != self.heaps_version:
             pauses = self.pauses
             taken = [
                 (heap, options.slot_cost)
-                for (task, options, sticky), heap in self.heaps.items()
+                for (task, options, sticky, _), heap in self.heaps.items()
                 if (sticky is None or sticky == worker.worker_id)
                 and worker.takes(task, options)
                 and pauses.of_task(task) is None

@@ -1,6 +1,7 @@
 """What flow control needs to know of one run, worked out once, when the run is created: the key
-of each concurrency level, the bucket and units of each rate limit, and for a sticky workflow step
-the worker it sticks to. Queue actors decide with these; they never evaluate expressions.
+of each concurrency level, the bucket and units of each rate limit, for a sticky workflow step
+the worker it sticks to, and for a batch task's run the key of the batches it may join. Queue
+actors decide with these; they never evaluate expressions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Flow:
     units: tuple[tuple[str, int], ...] = ()  # (bucket, units), one per options.rate_limits
     sticky_worker: uuid.UUID | None = None
     error: str | None = None  # why they could not be worked out (the run fails when queued)
+    batch_key: str | None = None  # a batch task's: only runs of one key share a batch
 
     def to_json(self) -> str:
         return orjson.dumps(
@@ -32,6 +34,7 @@ class Flow:
                 "units": self.units,
                 "sticky_worker": self.sticky_worker,
                 "error": self.error,
+                "batch_key": self.batch_key,
             }
         ).decode()
 
@@ -46,6 +49,7 @@ class Flow:
             tuple((bucket, units) for bucket, units in data.get("units", ())),
             uuid.UUID(sticky) if sticky else None,
             data.get("error"),
+            data.get("batch_key"),
         )
 
 
@@ -59,6 +63,8 @@ def check_options(options: TaskOptions) -> None:
             _check(f"rate_limits[{index}].dynamic_key", limit.dynamic_key)
         if isinstance(limit.units, str):
             _check(f"rate_limits[{index}].units", limit.units)
+    if options.batch is not None and options.batch.key is not None:
+        _check("batch.key", options.batch.key)
 
 
 def _check(where: str, text: str) -> None:
@@ -74,8 +80,13 @@ def flow_for(
     metadata: dict[str, str],
     sticky_worker: uuid.UUID | None = None,
 ) -> Flow | None:
-    """The run's flow facts, or None for a run without concurrency, rate limits or a sticky
-    worker (most runs: they cost nothing). Raises ExpressionError naming the option."""
+    """The run's flow facts, or None for a run without concurrency, rate limits, a sticky
+    worker or a batch key (most runs: they cost nothing). Raises ExpressionError naming the
+    option."""
+    batching = options.batch
+    if batching is not None and batching.key is not None:
+        key = key_text(_value("batch.key", batching.key, {"input": input, "metadata": metadata}))
+        return Flow(batch_key=key)
     if not options.concurrency and not options.rate_limits and sticky_worker is None:
         return None
     variables = {"input": input, "metadata": metadata}

@@ -49,6 +49,7 @@ class Run:
     step: str | None = None
     context_json: bytes | None = None  # a step's StepContext, cached in memory with the input
     flow: Flow | None = None  # concurrency keys, rate-limit units, sticky worker (few runs have)
+    batch_id: uuid.UUID | None = None  # a batch task's: the batch of its attempt (1st run's id)
 
 
 def json_value(data: str | bytes | None) -> orjson.Fragment | None:

@@ -15,16 +15,16 @@ import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from taskyard_sdk import protocol
-from taskyard_sdk._context import Context, current_run
+from taskyard_sdk._context import BatchContext, Context, current_run
 from taskyard_sdk._durable import DurableContext, Suspended, current_durable
 from taskyard_sdk._errors import NonRetryableError, RetryAfter
-from taskyard_sdk._task import batch_bodies
+from taskyard_sdk._task import BatchTask, batch_bodies
 from taskyard_sdk._worker.outbox import AttemptKey, Outbox, Result
 from taskyard_sdk.logs import current_run_fields, run_fields
 from taskyard_sdk.models import ErrorInfo
@@ -39,11 +39,16 @@ log = logging.getLogger("taskyard.worker")
 
 @dataclass(eq=False)
 class _Execution:
-    assign: protocol.Assign
+    assign: protocol.Assign  # a batch's: its first run's, with every input
     context: Context
     task: asyncio.Task[None] | None = None
     inner: asyncio.Future[Any] | None = None
     cancel_reason: str | None = None
+    batch: list[AttemptKey] = field(default_factory=list)  # a batch task's runs, in order
+    cancelled: dict[AttemptKey, str] = field(default_factory=dict)  # of those, and why
+
+    def attempts(self) -> list[AttemptKey]:
+        return self.batch or [(self.assign.run_id, self.assign.attempt)]
 
 
 class _InvalidTaskInput(Exception):
@@ -96,9 +101,47 @@ class Attempts:
             self._cancel(execution, reason)
 
     def cancel(self, message: protocol.Cancel) -> None:
-        execution = self._executions.get((message.run_id, message.attempt))
-        if execution is not None:
-            self._cancel(execution, message.reason)
+        key = (message.run_id, message.attempt)
+        execution = self._executions.get(key)
+        if execution is None:
+            return
+        if execution.batch:  # the batch goes on for its other runs, unless none is left
+            execution.cancelled[key] = message.reason
+            if len(execution.cancelled) < len(execution.batch):
+                return
+        self._cancel(execution, message.reason)
+
+    def assign_batch(self, batch: protocol.AssignBatch) -> None:
+        """One call of a batch task's function for all the batch's runs."""
+        keys = [(run.run_id, run.attempt) for run in batch.runs]
+        if any(key in self._executions for key in keys):
+            return  # sent again
+        assert self._loop is not None
+        first = batch.runs[0]
+        assign = protocol.Assign(
+            run_id=first.run_id,
+            attempt=first.attempt,
+            task=batch.task,
+            input=[run.input for run in batch.runs],
+            metadata=first.metadata,
+            execution_timeout=batch.execution_timeout,
+        )
+        context = BatchContext(
+            runs=keys,
+            run_id=first.run_id,
+            attempt=first.attempt,
+            task=batch.task,
+            metadata=first.metadata,
+            loop=self._loop,
+            send=self.outbox.send,
+            log_line_bytes=self.welcome.max_log_line_bytes,
+        )
+        execution = _Execution(assign, context, batch=keys)
+        for key in keys:
+            self._executions[key] = execution
+        execution.task = asyncio.create_task(
+            self._execute(execution), name=f"batch:{batch.task}:{len(keys)}:{first.run_id}"
+        )
 
     def assign(self, assign: protocol.Assign) -> None:
         key = (assign.run_id, assign.attempt)
@@ -204,24 +247,47 @@ class Attempts:
             result = await self._attempt(execution)
             if isinstance(result, protocol.Failed):
                 attempt_failed(span, result.error.type, result.error.message)
-        if result is not None:
+        if isinstance(result, list):  # a batch's outputs, by run
+            for key, outcome in zip(execution.batch, result, strict=True):
+                self.outbox.result(key, self._unless_cancelled(execution, key, outcome))
+        elif result is not None and execution.batch:  # a batch's failure: each run's
+            for run_id, attempt in execution.batch:
+                failed = result.model_copy(update={"run_id": run_id, "attempt": attempt})
+                self.outbox.result(
+                    (run_id, attempt), self._unless_cancelled(execution, (run_id, attempt), failed)
+                )
+        elif result is not None:
             self.outbox.result((assign.run_id, assign.attempt), result)
 
-    async def _attempt(self, execution: _Execution) -> Result | None:
+    def _unless_cancelled(self, execution: _Execution, key: AttemptKey, result: Result) -> Result:
+        """A batch's run cancelled while the batch went on ends cancelled, whatever the rest."""
+        reason = execution.cancelled.get(key)
+        if reason is None or not isinstance(result, protocol.Completed | protocol.Failed):
+            return result
+        return protocol.Failed(
+            run_id=key[0],
+            attempt=key[1],
+            cancelled=True,
+            error=ErrorInfo(type="Cancelled", message=reason),
+        )
+
+    async def _attempt(self, execution: _Execution) -> Result | list[Result] | None:
         """Run it: its result, or None when it suspended (a durable wait)."""
         assign = execution.assign
         if isinstance(execution.context, DurableContext):
             current_durable.set(execution.context)
         ref = {"run_id": assign.run_id, "attempt": assign.attempt}
-        self.outbox.send(protocol.Started(**ref))
+        for run_id, attempt in execution.attempts():
+            self.outbox.send(protocol.Started(run_id=run_id, attempt=attempt))
         started = time.monotonic()
         log.info("%s[%s] attempt %d started", assign.task, assign.run_id, assign.attempt)
-        result: Result
+        result: Result | list[Result]
         try:
             output = await self._call(execution)
             result = self._completed(execution, output)
         except Suspended:
-            self._executions.pop((assign.run_id, assign.attempt), None)
+            for key in execution.attempts():
+                self._executions.pop(key, None)
             return None  # it waits; the suspension (sent already) is its outcome for now
         except asyncio.CancelledError:
             if execution.cancel_reason is None:
@@ -242,15 +308,16 @@ class Attempts:
         except Exception as exc:
             result = protocol.Failed(**ref, error=_error_info(exc))
         finally:
-            self._executions.pop((assign.run_id, assign.attempt), None)
-        if execution.cancel_reason is not None and isinstance(result, protocol.Completed):
+            for key in execution.attempts():
+                self._executions.pop(key, None)
+        if execution.cancel_reason is not None and isinstance(result, protocol.Completed | list):
             result = protocol.Failed(
                 **ref,
                 cancelled=True,
                 error=ErrorInfo(type="Cancelled", message=execution.cancel_reason),
             )
         took = time.monotonic() - started
-        if isinstance(result, protocol.Completed):
+        if isinstance(result, protocol.Completed | list):
             self.completed += 1
             log.info("%s[%s] succeeded in %.3fs", assign.task, assign.run_id, took)
         else:
@@ -291,10 +358,29 @@ class Attempts:
         # A sync function cannot be interrupted: wait for it even if cancelled.
         return await asyncio.shield(execution.inner)
 
-    def _completed(self, execution: _Execution, output: Any) -> Result:
+    def _completed(self, execution: _Execution, output: Any) -> Result | list[Result]:
         assign = execution.assign
         task = self.tasks[assign.task]
-        ref = {"run_id": assign.run_id, "attempt": assign.attempt}
+        if not execution.batch:
+            return self._encoded(task, {"run_id": assign.run_id, "attempt": assign.attempt}, output)
+        assert isinstance(task, BatchTask)
+        try:
+            outputs = task.split_outputs(output, len(execution.batch))
+        except ValueError as exc:
+            return protocol.Failed(
+                run_id=assign.run_id,
+                attempt=assign.attempt,
+                retryable=False,
+                error=ErrorInfo(type="BatchOutputMismatch", message=str(exc)),
+            )
+        return [
+            self._encoded(task, {"run_id": run_id, "attempt": attempt}, value)
+            for (run_id, attempt), value in zip(execution.batch, outputs, strict=True)
+        ]
+
+    def _encoded(self, task: Task[Any, Any], ref: dict[str, Any], output: Any) -> Result:
+        """A run's output as the message that sends it, or the failure it is (not JSON, or
+        not storable, or too large)."""
         try:
             data = task.encode_output(output)
             message = protocol.Completed(**ref, output=data)

@@ -246,6 +246,8 @@ class Connection:
         for message in messages:
             if isinstance(message, protocol.Assign):
                 self.attempts.assign(message)
+            elif isinstance(message, protocol.AssignBatch):
+                self.attempts.assign_batch(message)
             elif isinstance(message, protocol.Cancel):
                 self.attempts.cancel(message)
             elif isinstance(message, protocol.Ack):

@@ -26,6 +26,7 @@ from taskyard_sdk.models.events import (
     EventView,
 )
 from taskyard_sdk.models.options import (
+    Batching,
     Concurrency,
     ConcurrencyStrategy,
     DesiredLabels,
@@ -109,6 +110,7 @@ __all__ = [
     "BatchTriggerRequest",
     "BatchTriggerResponse",
     "BatchWorkflowTriggerRequest",
+    "Batching",
     "BulkRequest",
     "BulkResult",
     "BulkSkip",

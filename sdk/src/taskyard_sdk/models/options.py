@@ -51,6 +51,21 @@ class Concurrency(_Frozen):
     strategy: ConcurrencyStrategy = ConcurrencyStrategy.GROUP_ROUND_ROBIN
 
 
+class Batching(_Frozen):
+    """A batch task's gathering: the engine hands up to `max_size` queued runs of the same
+    `key` (CEL over `input` and `metadata`; none: one batch for all) to one attempt, once that
+    many are queued or the oldest has waited `max_wait` seconds."""
+
+    max_size: int = Field(default=100, ge=1, le=10_000)
+    max_wait: float = Field(default=1.0, ge=0, le=3600)
+    key: str | None = Field(default=None, min_length=1, max_length=1000)
+
+    @field_validator("max_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
 class RateDuration(StrEnum):
     SECOND = "second"
     MINUTE = "minute"
@@ -217,8 +232,33 @@ class TaskOptions(_Strict):
         default=False,
         description="A durable task (`ty.durable_task`): its log survives retries and crashes.",
     )
+    batch: Batching | None = Field(
+        default=None,
+        description="A batch task (`ty.batch_task`): its runs are handed to attempts in batches.",
+    )
 
     @field_validator("execution_timeout", "schedule_timeout", "backoff_max_seconds", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _batch_alone(self) -> TaskOptions:
+        """A batch's runs start together in one attempt: per-run flow control cannot apply."""
+        if self.batch is not None:
+            clashing = [
+                name
+                for name, used in (
+                    ("durable", self.durable),
+                    ("concurrency", bool(self.concurrency)),
+                    ("rate_limits", bool(self.rate_limits)),
+                    ("sticky", self.sticky is not None),
+                )
+                if used
+            ]
+            if clashing:
+                raise ValueError(
+                    f"a batch task cannot also have {', '.join(clashing)}: its runs start "
+                    f"together, in one attempt"
+                )
+        return self
