@@ -309,7 +309,7 @@ async def test_every_kind_of_write_in_one_batch(pool: asyncpg.Pool) -> None:
                 tenant_id=TENANT,
                 event_id=new_id(),
                 key="k",
-                payload={},
+                payload_json=b"{}",
                 metadata={},
                 created_at=now,
                 triggered=[],

@@ -200,6 +200,8 @@ class World:
             "/api/v1/schedules",
             f"/api/v1/schedules/{self.schedule_id}",
             "/api/v1/alert-rules",
+            "/api/v1/pauses",
+            "/api/v1/queues",
         ]
         paths += [f"/api/v1/rate-limits/{key}" for key in self.rate_keys]
         for run_id in self.runs.values():
@@ -214,6 +216,7 @@ class World:
 async def build_world(a_http: Caller, worker_id: uuid.UUID, tokens: TenantTokens) -> World:
     """A's objects, with A's worker (started by the caller) connected and registered."""
     await ok(a_http, "PUT", "/api/v1/rate-limits/a-limit", {"limit": 5, "duration": "day"})
+    await ok(a_http, "POST", "/api/v1/queues/a-held/pause", query=[("reason", "a's incident")])
     finished = await ok(
         a_http,
         "POST",
@@ -633,6 +636,45 @@ async def _get_rate_limit(p: Probing) -> None:
 async def _delete_rate_limit(p: Probing) -> None:
     for key in p.world.rate_keys:
         await p.unknown("DELETE", "/api/v1/rate-limits/{key}", {"key": key})
+
+
+@probe("GET", "/api/v1/pauses")
+async def _list_pauses(p: Probing) -> None:
+    await p.empty("/api/v1/pauses", {"paused": []})
+
+
+def _pause_probe(kind: str, path: str) -> None:
+    """B pausing (and resuming) what has the name of A's queue, task or workflow pauses B's
+    own, which A's reads afterwards show: A's stay as they were."""
+
+    async def probe_pause(p: Probing) -> None:
+        name = {"queue": "a-held", "task": p.world.task, "workflow": p.world.workflow}[kind]
+        for action in ("pause", "resume"):
+            view = await ok(p.b, "POST", path.format(name=name) + f"/{action}")
+            assert (view["kind"], view["name"], view["paused"]) == (kind, name, action == "pause")
+
+    probe("POST", path + "/pause")(probe_pause)
+    probe("POST", path + "/resume")(probe_pause)
+
+
+for _kind, _path in (
+    ("queue", "/api/v1/queues/{name}"),
+    ("task", "/api/v1/tasks/{name}"),
+    ("workflow", "/api/v1/workflows/{name}"),
+):
+    _pause_probe(_kind, _path)
+
+
+@probe("POST", "/api/v1/workers/{worker_id}/pause")
+async def _pause_worker(p: Probing) -> None:
+    path = "/api/v1/workers/{worker_id}/pause"
+    await p.unknown("POST", path, {"worker_id": p.world.worker_id})
+
+
+@probe("POST", "/api/v1/workers/{worker_id}/resume")
+async def _resume_worker(p: Probing) -> None:
+    path = "/api/v1/workers/{worker_id}/resume"
+    await p.unknown("POST", path, {"worker_id": p.world.worker_id}, status=200)
 
 
 @probe("GET", "/api/v1/crons")

@@ -21,7 +21,7 @@ _PATHS = {
 
 class PauseQuery(BaseModel):
     reason: str | None = Field(
-        default=None, max_length=1000, description="Why, for whoever looks later."
+        default=None, max_length=200, description="Why, for whoever looks later."
     )
 
 
