@@ -137,6 +137,20 @@ def test_the_drip_campaign_example(deploy: Deploy, tmp_path: Path) -> None:
     ]
 
 
+def test_the_bulk_insert_example(deploy: Deploy, empty_db_url: str) -> None:
+    with example("bulk_insert", deploy, ANALYTICS_DATABASE_URL=empty_db_url) as ex:
+        lines = ex.run("demo").stdout.splitlines()
+    assert lines[:2] == [
+        "1000 views recorded, each with its own row id: True",
+        "rows stored: 1000",
+    ]
+    # Two sites of 500 views, batches of up to 200 of one site: 6 INSERTs at best.
+    inserts = int(lines[2].split()[2])
+    assert 6 <= inserts <= 50, lines
+    assert lines[2].endswith("instead of 1000")
+    assert "in one INSERT" in ex.worker_log.read_text()
+
+
 def test_the_orders_outbox_example(deploy: Deploy, empty_db_url: str) -> None:
     installed = taskyard("outbox", "install", "--database-url", empty_db_url)
     assert installed.returncode == 0, installed.stderr

@@ -572,6 +572,14 @@ class Dispatcher:
             )
         if (blocked := self.blocking_key(run)) is not None:
             return blocked
+        batching = run.options.batch
+        if batching is not None and run.queued_at + batching.max_wait > now:
+            key = run.flow.batch_key if run.flow is not None else None
+            return (
+                f"gathering a batch{f' of key {key!r}' if key is not None else ''}: it goes "
+                f"when {batching.max_size} runs wait or in "
+                f"{run.queued_at + batching.max_wait - now:.1f}s"
+            )
         if run.options.rate_limits and self.limiter is not None:
             for bucket, units, spec in self._wants(run):
                 at = self.limiter.free_at([(bucket, units, spec)], now)
