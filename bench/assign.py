@@ -68,7 +68,7 @@ def measure(
                 run = dispatcher.pick(worker, 0.0)
                 picking += clock() - before
                 assert run is not None, "the backlog ran out; raise per_key"
-                worker.running[run.run_id] = 1
+                worker.running.hold(run.run_id, 1)
                 running.append((worker, run))
                 done += 1
         # the oldest half finishes: their keys free up and a new run arrives for each

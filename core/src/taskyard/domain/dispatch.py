@@ -351,8 +351,8 @@ class Dispatcher:
         """The best run this worker may start now, with its keys' slots and rate-limit units
         taken; None when there is none."""
         heaps = self._heaps_for(worker)
-        free = worker.free
-        if free < worker.widest:  # some runs need more slots than are free: not those
+        if worker.widest > 1 and (free := worker.free) < worker.widest:
+            # Some runs need more slots than are free: not those.
             heaps = [h for h, cost in zip(heaps, worker.heap_costs, strict=True) if cost <= free]
         return self._pick(heaps, now)
 
@@ -407,6 +407,7 @@ class Dispatcher:
         return None
 
     def _pick(self, heaps: list[list[Entry]], now: float) -> Run | None:
+        batching = self.batching
         while True:
             best: list[Entry] | None = None
             best_key: tuple[int, int] | None = None
@@ -414,8 +415,11 @@ class Dispatcher:
                 if not self._clean(heap):
                     continue
                 top = heap[0]
-                batching = self.batching.get(id(heap))
-                if batching is not None and not self._due(heap, batching, now):
+                if (
+                    batching
+                    and (batch := batching.get(id(heap)))
+                    and not self._due(heap, batch, now)
+                ):
                     continue
                 key = (top[0], abs(top[2]))
                 if best_key is None or key < best_key:
