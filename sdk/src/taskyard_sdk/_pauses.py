@@ -3,7 +3,7 @@ a deploy, and list what is paused."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 from urllib.parse import quote
 from uuid import UUID
 
@@ -24,6 +24,15 @@ _PATHS = {
 }
 
 
+class PauseTarget(TypedDict, total=False):
+    """What to pause or resume: exactly one of them."""
+
+    queue: str
+    task: Task[Any, Any] | str
+    workflow: Workflow[Any] | str  # all its steps
+    worker: Worker | UUID | str  # a connected one
+
+
 class Pauses:
     """Paused means nothing new of it is assigned: running attempts finish, triggers are still
     accepted and wait (their waiting reason says "paused: ..."). Pauses survive restarts of
@@ -34,73 +43,36 @@ class Pauses:
         self._client = client
 
     async def aio_pause(
-        self,
-        *,
-        queue: str | None = None,
-        task: Task[Any, Any] | str | None = None,
-        workflow: Workflow[Any] | str | None = None,
-        worker: Worker | UUID | str | None = None,
-        reason: str | None = None,
+        self, *, reason: str | None = None, **target: Unpack[PauseTarget]
     ) -> PauseView:
-        path = _path(queue, task, workflow, worker)
         params = [("reason", reason)] if reason is not None else None
-        data = await self._client.transport.request("POST", f"{path}/pause", params=params)
+        path = f"{_path(target)}/pause"
+        data = await self._client.transport.request("POST", path, params=params)
         return PauseView.model_validate(data)
 
-    async def aio_resume(
-        self,
-        *,
-        queue: str | None = None,
-        task: Task[Any, Any] | str | None = None,
-        workflow: Workflow[Any] | str | None = None,
-        worker: Worker | UUID | str | None = None,
-    ) -> PauseView:
-        path = _path(queue, task, workflow, worker)
-        data = await self._client.transport.request("POST", f"{path}/resume")
+    async def aio_resume(self, **target: Unpack[PauseTarget]) -> PauseView:
+        data = await self._client.transport.request("POST", f"{_path(target)}/resume")
         return PauseView.model_validate(data)
 
     async def aio_list(self) -> list[PauseView]:
         data = await self._client.transport.request("GET", "/api/v1/pauses")
         return PauseList.model_validate(data).paused
 
-    def pause(
-        self,
-        *,
-        queue: str | None = None,
-        task: Task[Any, Any] | str | None = None,
-        workflow: Workflow[Any] | str | None = None,
-        worker: Worker | UUID | str | None = None,
-        reason: str | None = None,
-    ) -> PauseView:
-        return run_sync(
-            self.aio_pause(queue=queue, task=task, workflow=workflow, worker=worker, reason=reason)
-        )
+    def pause(self, *, reason: str | None = None, **target: Unpack[PauseTarget]) -> PauseView:
+        return run_sync(self.aio_pause(reason=reason, **target))
 
-    def resume(
-        self,
-        *,
-        queue: str | None = None,
-        task: Task[Any, Any] | str | None = None,
-        workflow: Workflow[Any] | str | None = None,
-        worker: Worker | UUID | str | None = None,
-    ) -> PauseView:
-        return run_sync(self.aio_resume(queue=queue, task=task, workflow=workflow, worker=worker))
+    def resume(self, **target: Unpack[PauseTarget]) -> PauseView:
+        return run_sync(self.aio_resume(**target))
 
     def list(self) -> list[PauseView]:
         return run_sync(self.aio_list())
 
 
-def _path(queue: object, task: object, workflow: object, worker: object) -> str:
-    given = {
-        kind: value
-        for kind, value in (
-            (PauseKind.QUEUE, queue),
-            (PauseKind.TASK, task),
-            (PauseKind.WORKFLOW, workflow),
-            (PauseKind.WORKER, worker),
-        )
-        if value is not None
-    }
+def _path(target: PauseTarget) -> str:
+    unknown = set(target) - {kind.value for kind in PauseKind}
+    if unknown:
+        raise TypeError(f"pause targets are queue=, task=, workflow= or worker=, not {unknown}")
+    given = {PauseKind(kind): value for kind, value in target.items() if value is not None}
     if len(given) != 1:
         raise TypeError("name exactly one of queue=, task=, workflow= or worker=")
     [(kind, value)] = given.items()

@@ -80,7 +80,7 @@ class Held:
         self._attempts: dict[uuid.UUID, int] = {}
         self._costs: dict[uuid.UUID, int] = {}  # the attempts taking more than one slot
         self._batch_of: dict[uuid.UUID, uuid.UUID] = {}  # a batch's runs: their batch
-        self._batches: dict[uuid.UUID, list[Any]] = {}  # batch -> [its runs held, its cost]
+        self._batches: dict[uuid.UUID, list[int]] = {}  # batch -> [its runs held, its cost]
         self.used = 0  # slots taken
 
     def hold(
@@ -611,12 +611,15 @@ class Dispatcher:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _heap_id(self, run: Run) -> HeapId:
+        flow = run.flow
+        sticky = (
+            flow.sticky_worker if flow is not None and run.options.sticky is Sticky.HARD else None
+        )
+        return (run.task, run.options, sticky, flow.batch_key if flow is not None else None)
+
     def _heap(self, run: Run) -> list[Entry]:
-        sticky = None
-        if run.options.sticky is Sticky.HARD and run.flow is not None:
-            sticky = run.flow.sticky_worker
-        batch_key = run.flow.batch_key if run.flow is not None else None
-        heap_id = (run.task, run.options, sticky, batch_key)
+        heap_id = self._heap_id(run)
         heap = self.heaps.get(heap_id)
         if heap is None:
             heap = self.heaps[heap_id] = []
@@ -627,8 +630,7 @@ class Dispatcher:
 
     def _drop_heap(self, run: Run) -> None:
         """Forget the (empty) heap of a batch task's key."""
-        batch_key = run.flow.batch_key if run.flow is not None else None
-        heap = self.heaps.pop((run.task, run.options, None, batch_key), None)
+        heap = self.heaps.pop(self._heap_id(run), None)
         if heap is not None:
             self.batching.pop(id(heap), None)
             self.heaps_version += 1

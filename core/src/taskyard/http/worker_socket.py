@@ -51,7 +51,7 @@ async def connect(call: Call[None]) -> web.StreamResponse:
     """The worker websocket (see the protocol in `taskyard_sdk.protocol`)."""
     engine = call.request.app[ENGINE]
     limit = engine.settings.max_request_bytes
-    limits = engine.settings.payload_limits()
+    limits = engine.services.limits
     ws = web.WebSocketResponse(max_msg_size=limit * 4, heartbeat=None)
     await ws.prepare(call.request)
     hello = await _handshake(ws, limit)

@@ -79,7 +79,7 @@ class Services:
             changes=changes,
         )
         self.history = History(run_repository, event_repository, workflow_repository)
-        limits = settings.payload_limits()
+        self.limits = limits = settings.payload_limits()  # the worker websocket's too
         self.runs = Runs(self.actors, persister, run_repository, limits.input)
         self.scheduling = Scheduling(schedule_repository, self.actors.schedules, limits.input)
         self.workflows = Workflows(

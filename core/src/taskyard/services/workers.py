@@ -44,13 +44,14 @@ class Workers:
         tenant = self.actors.tenant(tenant_id)
         definitions = await tenant.ask(tenant.all_definitions)
         schemas = await tenant.ask(tenant.input_schemas)
-        workers = await self.connected(tenant_id)
+        registry = self.actors.registry
+        workers = await registry.ask(registry.of_tenant, tenant_id)  # names and tasks suffice
         pauses = await self.actors.pauses_of(tenant_id)
         return [
             TaskInfo(
                 name=name,
                 options=options,
-                workers=sorted(w.name for w in workers if name in w.tasks),
+                workers=sorted(w["name"] for w in workers if name in w["tasks"]),
                 input_schema=schemas.get(name),
                 paused=pauses.of_task(name) is not None,
             )

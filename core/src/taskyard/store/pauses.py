@@ -40,15 +40,14 @@ class PauseRepository:
         )
         return _paused(row)
 
-    async def resume(self, tenant_id: uuid.UUID, kind: PauseKind, name: str) -> bool:
-        """Whether it was paused."""
-        status = await self.pool.execute(
+    async def resume(self, tenant_id: uuid.UUID, kind: PauseKind, name: str) -> None:
+        """Resume (committed when this returns); what is not paused stays so."""
+        await self.pool.execute(
             "DELETE FROM pauses WHERE tenant_id = $1 AND kind = $2 AND name = $3",
             tenant_id,
             kind.value,
             name,
         )
-        return bool(status != "DELETE 0")
 
     async def of_tenant(self, tenant_id: uuid.UUID) -> list[Paused]:
         rows = await self.pool.fetch(

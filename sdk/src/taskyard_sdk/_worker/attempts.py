@@ -247,17 +247,17 @@ class Attempts:
             result = await self._attempt(execution)
             if isinstance(result, protocol.Failed):
                 attempt_failed(span, result.error.type, result.error.message)
+        if result is None:
+            return
+        keys = execution.attempts()
         if isinstance(result, list):  # a batch's outputs, by run
-            for key, outcome in zip(execution.batch, result, strict=True):
-                self.outbox.result(key, self._unless_cancelled(execution, key, outcome))
-        elif result is not None and execution.batch:  # a batch's failure: each run's
-            for run_id, attempt in execution.batch:
-                failed = result.model_copy(update={"run_id": run_id, "attempt": attempt})
-                self.outbox.result(
-                    (run_id, attempt), self._unless_cancelled(execution, (run_id, attempt), failed)
-                )
-        elif result is not None:
-            self.outbox.result((assign.run_id, assign.attempt), result)
+            outcomes = result
+        elif execution.batch:  # a batch's failure is each of its runs'
+            outcomes = [result.model_copy(update={"run_id": r, "attempt": a}) for r, a in keys]
+        else:
+            outcomes = [result]
+        for key, outcome in zip(keys, outcomes, strict=True):
+            self.outbox.result(key, self._unless_cancelled(execution, key, outcome))
 
     def _unless_cancelled(self, execution: _Execution, key: AttemptKey, result: Result) -> Result:
         """A batch's run cancelled while the batch went on ends cancelled, whatever the rest."""
