@@ -78,9 +78,8 @@ async def demo() -> None:
         for n in range(500)
         for site in ("blog.example.com", "shop.example.com")
     ]
-    # As a web app would: one trigger per view (here in one call, to be quick).
-    handles = await record.aio_run_many_no_wait(views)
-    ids = [await handle.aio_result(timeout=60) for handle in handles]
+    # As a web app would: one run per view (here triggered, and waited for, in one call each).
+    ids = await record.aio_run_many(views, timeout=60)
     inserts = await conn.fetchval("SELECT count(*) FROM page_view_inserts")
     largest = await conn.fetchval("SELECT max(batch_size) FROM page_view_inserts")
     stored = await conn.fetchval("SELECT count(*) FROM page_views")
