@@ -44,6 +44,15 @@ def main() -> None:
     dashboard.add_argument("--runs", type=int, default=1_000_000, help="finished runs stored")
     dashboard.add_argument("--repeats", type=int, default=20, help="fetches of each page")
 
+    keep = commands.add_parser(
+        "retention", help="dropping a day of 10,000,000 runs, against deleting by batches"
+    )
+    keep.add_argument("--runs", type=int, default=10_000_000, help="finished runs of the day")
+    keep.add_argument("--events", type=int, default=2, help="state changes per run")
+    keep.add_argument(
+        "--short-lived", type=int, default=200_000, help="runs deleted by batches instead"
+    )
+
     assign = commands.add_parser("assign", help="one assignment decision with 10,000 keys")
     assign.add_argument("--keys", type=int, default=10_000)
     assign.add_argument("--workers", type=int, default=100)
@@ -152,6 +161,10 @@ def main() -> None:
         from bench import dashboard as dashboard_workload
 
         asyncio.run(dashboard_workload.main(args.runs, args.repeats))
+    elif args.workload == "retention":
+        from bench import retention as retention_workload
+
+        asyncio.run(retention_workload.main(args.runs, args.events, args.short_lived))
     elif args.workload == "assign":
         from bench import assign as assign_workload
 

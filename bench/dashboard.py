@@ -109,6 +109,10 @@ async def fill(db_url: str, total: int) -> tuple[uuid.UUID, datetime]:
     try:
         tenant_id = await conn.fetchval("SELECT tenant_id FROM tenants WHERE name = 'default'")
         end = datetime.now(UTC)
+        # The days' partitions, as an engine running through those days made them.
+        await conn.execute(
+            "SELECT taskyard_add_history_partitions($1, 31)", (end - timedelta(days=31)).date()
+        )
         for first in range(0, total, CHUNK):
             await conn.copy_records_to_table(
                 "runs",

@@ -327,6 +327,39 @@ def tenant_create(
     click.echo("Store the token now: it is not shown again.", err=True)
 
 
+@tenant.command("retention")
+@click.option("--tenant", "tenant_id", required=True, type=click.UUID, help="Tenant id.")
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Days the tenant's finished runs and pushed events are kept.",
+)
+@click.option("--engine-default", is_flag=True, help="Keep them as long as the engine's default.")
+@database_url_option
+@database_wait_option
+@data_dir_option
+def tenant_retention(
+    tenant_id: uuid.UUID,
+    days: float | None,
+    engine_default: bool,
+    database_url: str | None,
+    database_wait: float,
+    data_dir: Path,
+) -> None:
+    """Set how long a tenant's history is kept (the next retention sweep applies it)."""
+    if (days is not None) == engine_default:
+        raise click.UsageError("give either --days or --engine-default")
+
+    async def run() -> bool:
+        async with _database(database_url, data_dir, database_wait) as pool:
+            return await (await _repository(pool)).set_retention(tenant_id, days)
+
+    if not _run(run()):
+        raise click.ClickException(f"no tenant with id {tenant_id}")
+    kept = f"{days:g} days" if days is not None else "the engine's --retention-days"
+    click.echo(f"tenant {tenant_id} keeps its history for {kept}")
+
+
 @main.group()
 def token() -> None:
     """Manage API tokens."""

@@ -126,6 +126,18 @@ class EngineSettings(BaseModel):
     public_url: str | None = Field(
         default=None, description="The URL users reach the engine at, for links in alerts."
     )
+    retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Days a finished run (with its events, logs and durable log) and a pushed "
+        "event are kept, for tenants without a retention of their own.",
+    )
+    retention_every: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds between retention sweeps; each also makes the coming days' "
+        "history partitions.",
+    )
 
     def payload_limits(self) -> PayloadLimits:
         return PayloadLimits.of(

@@ -56,11 +56,12 @@ from taskyard.services.alerts import AlertRules
 from taskyard.services.cluster import Cluster
 from taskyard.services.metrics import Metrics
 from taskyard.services.outbox import OutboxConfigError, OutboxDrainer
+from taskyard.services.retention import Retention
 from taskyard.services.tokens import Tokens
 from taskyard.store import outbox as outbox_table
 from taskyard.store.alerts import AlertRuleRepository
 from taskyard.store.batch import register_node
-from taskyard.store.db import TRANSIENT_ERRORS, create_pool
+from taskyard.store.db import TRANSIENT_ERRORS, WRITE_PLANNER, create_pool
 from taskyard.store.embedded import EmbeddedPostgres
 from taskyard.store.events import EventRepository
 from taskyard.store.leases import LeaseRepository
@@ -68,6 +69,7 @@ from taskyard.store.migrator import MigrationError, migrate, pending_migrations
 from taskyard.store.pauses import PauseRepository
 from taskyard.store.persister import Persister
 from taskyard.store.rate_limits import RateLimitRepository
+from taskyard.store.retention import RetentionRepository
 from taskyard.store.runs import RunRepository
 from taskyard.store.schedules import ScheduleRepository
 from taskyard.store.tenants import TenantExists, TenantRepository
@@ -103,6 +105,7 @@ class Engine:
         self._embedded: EmbeddedPostgres | None = None
         self._pool: asyncpg.Pool | None = None
         self._lease_pool: asyncpg.Pool | None = None  # the cluster's renewals, apart
+        self._write_pool: asyncpg.Pool | None = None  # the persister's, planned for key lookups
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._plugins: Plugins | None = None
@@ -127,6 +130,7 @@ class Engine:
         self._outbox_tasks = SideTasks()  # the drainers of the tenants this node owns
         self._draining: dict[uuid.UUID, list[asyncio.Task[None]]] = {}
         self._cluster: Cluster | None = None
+        self.retention: Retention | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -178,7 +182,12 @@ class Engine:
         await self._token_cache.start()
         await self._bootstrap_local_tenant()
         await register_node(self._pool, self.node_id)
-        self._persister = Persister(self._pool, self.node_id, linger=self.settings.flush_linger)
+        self._write_pool = await create_pool(
+            self.database_url, min_size=2, max_size=4, wait_seconds=0, server_settings=WRITE_PLANNER
+        )
+        self._persister = Persister(
+            self._write_pool, self.node_id, linger=self.settings.flush_linger
+        )
         await self._persister.start()
         for provided in await self._plugins.call("taskyard_alert_channels"):
             for channel in provided:
@@ -239,6 +248,13 @@ class Engine:
             adopted=self._tenant_adopted,
             releasing=self._tenant_releasing,
         )
+        self.retention = Retention(
+            RetentionRepository(self._pool),
+            self._cluster.repository,
+            default_days=self.settings.retention_days,
+            every=self.settings.retention_every,
+        )
+        await self.retention.start()
         self._metrics = Metrics(
             self._services.actors,
             self._persister,
@@ -290,6 +306,8 @@ class Engine:
     async def stop(self) -> None:
         """Stop serving, let requests in flight finish, write what is buffered, disconnect."""
         await self._background.cancel()
+        if self.retention is not None:
+            await self.retention.stop()
         if self._integrations is not None:
             integrations, self._integrations = self._integrations, None
             await integrations.stop()
@@ -319,9 +337,10 @@ class Engine:
             await self._plugins.call("taskyard_shutdown", host=self)
         self._plugins = None
         self._cluster = None
-        if self._lease_pool is not None:
-            lease_pool, self._lease_pool = self._lease_pool, None
-            await lease_pool.close()
+        for extra in (self._lease_pool, self._write_pool):
+            if extra is not None:
+                await extra.close()
+        self._lease_pool = self._write_pool = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

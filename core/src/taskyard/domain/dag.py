@@ -30,7 +30,7 @@ from taskyard.domain.expressions import ExpressionError, holds
 from taskyard.domain.runs import error_json
 from taskyard.domain.workflows import CompiledStep, CompiledWorkflow
 from taskyard.domain.workflows import holds as conditions_hold
-from taskyard.ids import new_id
+from taskyard.ids import id_at_time_of
 from taskyard_sdk.models import RunStatus
 
 FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
@@ -280,7 +280,12 @@ class WorkflowRun:
     ) -> Create:
         return Create(
             step,
-            StepState(new_id(), status, error_json=error, wait_started_at=wait_started_at),
+            StepState(
+                id_at_time_of(self.run_id, step.name),
+                status,
+                error_json=error,
+                wait_started_at=wait_started_at,
+            ),
             context_json,
         )
 

@@ -1,8 +1,9 @@
 """Cancelling or replaying many runs at once, named by id or matched by a filter, with exactly
 the rules of one at a time (a finished run is not cancelled, an unfinished one or a workflow's
 step is not replayed): those the rules refuse are skipped and counted, with their reasons. Runs
-are changed a hundred at a time, their writes sharing the persister's commits; a filter changes
-at most MAX_BULK runs a call and says when more matched."""
+are changed a hundred at a time (cancelled with one read of the hundred and one of their
+children), their writes sharing the persister's commits; a filter changes at most MAX_BULK runs
+a call and says when more matched."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ AT_ONCE = 100  # runs changed concurrently
 PAGE = 1000  # runs read at a time from a filter
 REASONS = 100  # skipped runs whose reason is answered
 
-Change = Callable[[uuid.UUID, uuid.UUID], Awaitable[object]]
+# Runs of a tenant changed together: for each, why it was not (None: it was).
+Change = Callable[[uuid.UUID, list[uuid.UUID]], Awaitable[dict[uuid.UUID, ApiError | None]]]
 
 
 class Bulk:
@@ -36,7 +38,7 @@ class Bulk:
     ) -> BulkResult:
         """Cancel the runs named, or the unfinished runs the filter matches."""
         unfinished = [status for status in RunStatus if not status.terminal]
-        return await self._apply(tenant_id, run_ids, matching, unfinished, self.runs.cancel)
+        return await self._apply(tenant_id, run_ids, matching, unfinished, self.runs.cancel_many)
 
     async def replay(
         self,
@@ -46,7 +48,20 @@ class Bulk:
     ) -> BulkResult:
         """Replay the runs named, or the finished runs the filter matches."""
         finished = [status for status in RunStatus if status.terminal]
-        return await self._apply(tenant_id, run_ids, matching, finished, self.runs.replay)
+        return await self._apply(tenant_id, run_ids, matching, finished, self._replay)
+
+    async def _replay(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, ApiError | None]:
+        outcomes = await asyncio.gather(
+            *(self.runs.replay(tenant_id, run_id) for run_id in run_ids), return_exceptions=True
+        )
+        refused: dict[uuid.UUID, ApiError | None] = {}
+        for run_id, outcome in zip(run_ids, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+                raise outcome
+            refused[run_id] = outcome
+        return refused
 
     async def _apply(
         self,
@@ -70,17 +85,13 @@ class Bulk:
         changed = 0
         existing = [run_id for run_id in ids if run_id in known]
         for start in range(0, len(existing), AT_ONCE):
-            chunk = existing[start : start + AT_ONCE]
-            outcomes = await asyncio.gather(
-                *(change(tenant_id, run_id) for run_id in chunk), return_exceptions=True
-            )
-            for run_id, outcome in zip(chunk, outcomes, strict=True):
-                if isinstance(outcome, ApiError):
-                    skipped.append(BulkSkip(run_id=run_id, reason=str(outcome)))
-                elif isinstance(outcome, BaseException):
-                    raise outcome
-                else:
+            for run_id, refused in (
+                await change(tenant_id, existing[start : start + AT_ONCE])
+            ).items():
+                if refused is None:
                     changed += 1
+                else:
+                    skipped.append(BulkSkip(run_id=run_id, reason=str(refused)))
         return BulkResult(
             matched=len(ids),
             changed=changed,

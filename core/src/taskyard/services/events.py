@@ -14,7 +14,7 @@ import orjson
 from taskyard.domain.events import PushedEvent
 from taskyard.domain.limits import Limit
 from taskyard.domain.workflows import CompiledWorkflow
-from taskyard.ids import new_id
+from taskyard.ids import id_at_time_of, new_id
 from taskyard.services.directory import ActorDirectory
 from taskyard.services.history import History
 from taskyard.services.workflows import Workflows, WorkflowStart
@@ -85,7 +85,7 @@ class Events:
                 workflow,
                 event.payload,
                 event.metadata,
-                run_id=None if ids is None else uuid.uuid5(event.event_id, workflow.name),
+                run_id=None if ids is None else id_at_time_of(event.event_id, workflow.name),
             )
             for event, workflows in zip(events, routed, strict=True)
             for workflow in workflows

@@ -21,8 +21,8 @@ from taskyard.domain.expressions import ExpressionError
 from taskyard.domain.flow import check_options, flow_for
 from taskyard.domain.limits import Limit
 from taskyard.domain.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
-from taskyard.errors import Conflict, NotFound, Unprocessable
-from taskyard.ids import new_id
+from taskyard.errors import ApiError, Conflict, NotFound, Unprocessable
+from taskyard.ids import id_at_time_of, new_id
 from taskyard.services.directory import ActorDirectory
 from taskyard.store.persister import Persister
 from taskyard.store.rows import new_run_row
@@ -43,6 +43,11 @@ DEFAULT_OPTIONS = TaskOptions()
 def no_such_run(run_id: uuid.UUID) -> NotFound:
     """What a run id the tenant has no run of is answered (the same as another tenant's)."""
     return NotFound(f"no run {run_id} in this tenant")
+
+
+def _new_run_id(parent_run_id: uuid.UUID | None) -> uuid.UUID:
+    """A child takes its parent's time, so a tree of runs shares a history partition."""
+    return new_id() if parent_run_id is None else id_at_time_of(parent_run_id)
 
 
 class Runs:
@@ -138,7 +143,7 @@ class Runs:
                 raise Unprocessable(f"{where}(task {request.task!r}): {exc}") from None
             run = Run(
                 tenant_id=tenant_id,
-                run_id=new_id() if ids is None else ids[index],
+                run_id=ids[index] if ids is not None else _new_run_id(request.parent_run_id),
                 task=sys.intern(request.task),
                 queue=run_options.queue,
                 status=RunStatus.QUEUED,
@@ -214,14 +219,45 @@ class Runs:
         self, tenant_id: uuid.UUID, run_id: uuid.UUID, reason: str = "cancelled on request"
     ) -> RunStatus:
         """Cancel a run, and with it the runs it spawned and (for a workflow run) its steps."""
-        run = await self._load(tenant_id, run_id)
-        if run.status.terminal:
-            raise Conflict(f"run {run_id} is already {run.status.value}")
-        # A run that ended in memory but is not written yet answers 409, as a written one does.
-        await self._cancel_one(tenant_id, run, reason)
-        await self.cancel_children(tenant_id, run.run_id)
-        await self.persister.flush()  # acknowledged only once durable
+        refused = (await self.cancel_many(tenant_id, [run_id], reason))[run_id]
+        if refused is not None:
+            raise refused
         return RunStatus.CANCELLED
+
+    async def cancel_many(
+        self,
+        tenant_id: uuid.UUID,
+        run_ids: Sequence[uuid.UUID],
+        reason: str = "cancelled on request",
+    ) -> dict[uuid.UUID, ApiError | None]:
+        """Cancel runs and what they spawned, each generation read in one query; for each run,
+        why it was not cancelled (None: it was). Acknowledged once durable."""
+        runs = await self.repository.load_runs(tenant_id, list(run_ids))
+        refused: dict[uuid.UUID, ApiError | None] = {}
+        for run_id in run_ids:
+            run = runs.get(run_id)
+            if run is None:
+                refused[run_id] = no_such_run(run_id)
+            elif run.status.terminal:
+                # A run that ended in memory but is not written yet answers 409, as a written
+                # one does.
+                refused[run_id] = Conflict(f"run {run_id} is already {run.status.value}")
+        asked = [runs[run_id] for run_id in run_ids if run_id not in refused]
+        outcomes = await asyncio.gather(
+            *(self._cancel_one(tenant_id, run, reason) for run in asked), return_exceptions=True
+        )
+        for run, outcome in zip(asked, outcomes, strict=True):
+            if isinstance(outcome, ApiError):
+                refused[run.run_id] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                refused[run.run_id] = None
+        await self._cancel_descendants(
+            tenant_id, [run_id for run_id, why in refused.items() if why is None], None
+        )
+        await self.persister.flush()
+        return refused
 
     async def _cancel_one(self, tenant_id: uuid.UUID, run: Run, reason: str) -> None:
         if run.queue == WORKFLOW_QUEUE:
@@ -239,15 +275,29 @@ class Runs:
     ) -> None:
         """The runs a cancelled run spawned (and a workflow run's steps), and theirs; `reason`
         is given to all of them (by default each is told its parent was cancelled)."""
-        await self.persister.flush()  # so the query below sees the steps just cancelled
-        for child_id in await self.repository.active_children(tenant_id, run_id):
-            child = await self.repository.load_run(tenant_id, child_id)
-            if child is not None and not child.status.terminal:
-                with contextlib.suppress(Conflict):  # it ended meanwhile; its children still go
-                    await self._cancel_one(
-                        tenant_id, child, reason or f"run {run_id} was cancelled"
+        await self._cancel_descendants(tenant_id, [run_id], reason)
+
+    async def _cancel_descendants(
+        self, tenant_id: uuid.UUID, parents: list[uuid.UUID], reason: str | None
+    ) -> None:
+        while parents:
+            await self.persister.flush()  # so the query below sees the steps just cancelled
+            children = await self.repository.active_children(tenant_id, parents)
+            runs = await self.repository.load_runs(tenant_id, list(children))
+            live = [run for run in runs.values() if not run.status.terminal]
+            outcomes = await asyncio.gather(
+                *(
+                    self._cancel_one(
+                        tenant_id, run, reason or f"run {children[run.run_id]} was cancelled"
                     )
-                await self.cancel_children(tenant_id, child_id, reason)
+                    for run in live
+                ),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:  # one that ended meanwhile: its children still go
+                if isinstance(outcome, BaseException) and not isinstance(outcome, Conflict):
+                    raise outcome
+            parents = list(children)
 
     async def replay(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
         run = await self._load(tenant_id, run_id)

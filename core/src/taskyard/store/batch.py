@@ -21,6 +21,8 @@ from taskyard.store.batch_sql import (
     FENCE,
     FENCE_SQLSTATE,
     INSERT_EVENTS,
+    INSERT_KEYED_RUNS,
+    INSERT_KEYS,
     INSERT_LOGS,
     INSERT_PUSHED_EVENTS,
     INSERT_RUNS,
@@ -205,9 +207,15 @@ async def write_batch(
             if fenced is not None:
                 await _fenced(conn.fetchval(FENCE, *fenced))
             created = set()
+            keys: list[Any] = []
             for name, sql, args in statements:
-                if name == "new_runs":
-                    created = {row["run_id"] for row in await conn.fetch(sql, *args)}
+                if name == "new_keys":
+                    keys = [(name, sql, args)]  # written with the runs it keys, in one statement
+                elif name == "new_runs":
+                    written = [*keys, (name, sql, args)]
+                    query = one_statement(tuple((n, q) for n, q, _ in written))
+                    arguments = [arg for _, _, a in written for arg in a]
+                    created = {row["run_id"] for row in await conn.fetch(query, *arguments)}
                 else:
                     await conn.execute(sql, *args)
     else:
@@ -239,7 +247,17 @@ def _statements(batch: WriteBatch) -> list[tuple[str, str, list[Any]]]:
     """The batch as (name, SQL, arguments) per table touched; new runs first, if any."""
     statements: list[tuple[str, str, list[Any]]] = []
     if batch.new_runs:
-        statements.append(("new_runs", INSERT_RUNS, [batch.new_runs]))
+        key = NEW_RUN.idempotency_key
+        keys = [
+            (row[NEW_RUN.tenant_id], row[key], row[NEW_RUN.run_id])
+            for row in batch.new_runs
+            if row[key] is not None
+        ]
+        if keys:
+            statements.append(("new_keys", INSERT_KEYS, [keys]))
+            statements.append(("new_runs", INSERT_KEYED_RUNS, [batch.new_runs]))
+        else:
+            statements.append(("new_runs", INSERT_RUNS, [batch.new_runs]))
     if batch.pushed_events:
         statements.append(("pushed_events", INSERT_PUSHED_EVENTS, [batch.pushed_events]))
     if batch.run_states:

@@ -54,6 +54,19 @@ def _insert(table: str, columns: str, then: str = "") -> str:
 
 INSERT_RUNS = _insert("runs", NEW_RUN.sql, "ON CONFLICT DO NOTHING RETURNING run_id")
 
+# Idempotency keys are a table of their own (a partitioned `runs` cannot hold a unique index
+# without run_id): a keyed run is inserted only when its key was, in the same statement (see
+# one_statement), so two triggers with one key cannot both win.
+INSERT_KEYS = _insert(
+    "run_keys", "tenant_id uuid, key text, run_id uuid", "ON CONFLICT DO NOTHING RETURNING run_id"
+)
+INSERT_KEYED_RUNS = f"""
+INSERT INTO runs ({", ".join(column.split()[0] for column in NEW_RUN.sql.split(","))})
+SELECT * FROM ({_row_set(NEW_RUN.sql)}) AS n
+WHERE n.idempotency_key IS NULL OR n.run_id IN (SELECT run_id FROM new_keys)
+ON CONFLICT DO NOTHING RETURNING run_id
+"""
+
 EXISTING_BY_ID = """
 SELECT r.run_id, r.status
 FROM unnest($1::uuid[], $2::uuid[]) AS k(tenant_id, run_id)
@@ -63,7 +76,8 @@ JOIN runs r ON r.tenant_id = k.tenant_id AND r.run_id = k.run_id
 EXISTING_BY_KEY = """
 SELECT k.tenant_id, k.key, r.run_id, r.status
 FROM unnest($1::uuid[], $2::text[]) AS k(tenant_id, key)
-JOIN runs r ON r.tenant_id = k.tenant_id AND r.idempotency_key = k.key
+JOIN run_keys rk ON rk.tenant_id = k.tenant_id AND rk.key = k.key
+JOIN runs r ON r.tenant_id = rk.tenant_id AND r.run_id = rk.run_id
 """
 
 EXISTING_BY_STEP = """
@@ -165,13 +179,13 @@ def one_statement(parts: tuple[tuple[str, str], ...]) -> str:
         select = (
             "SELECT n.run_id FROM fence CROSS JOIN LATERAL "
             "(SELECT run_id FROM new_runs WHERE fence.ok) AS n"
-            if names[0] == "new_runs"
+            if "new_runs" in names
             else "SELECT NULL::uuid AS run_id FROM fence WHERE NOT fence.ok"
         )
     else:
         select = (
             "SELECT run_id FROM new_runs"
-            if names[0] == "new_runs"
+            if "new_runs" in names
             else "SELECT NULL::uuid AS run_id WHERE false"
         )
     return "WITH " + ",\n".join(ctes) + "\n" + select

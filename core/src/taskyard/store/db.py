@@ -68,8 +68,21 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
+# The planner of the persister's connections (its own pool). Every statement of a write batch
+# finds its rows by key, but a join of a batch's rows to `runs` can be planned as a hash join over
+# a scan of every partition, and a plan cached while today's partition was small stays cached
+# while it grows (until autovacuum analyses it). Nested loops over index lookups are always the
+# right plan here, and prune the partitions row by row.
+WRITE_PLANNER = {"enable_hashjoin": "off", "enable_mergejoin": "off", "enable_seqscan": "off"}
+
+
 async def create_pool(
-    url: str, *, min_size: int = 2, max_size: int = 10, wait_seconds: float = 30.0
+    url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    wait_seconds: float = 30.0,
+    server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
     """A pool, retrying while the server is still starting (containers start together)."""
     deadline = time.monotonic() + wait_seconds
@@ -77,7 +90,12 @@ async def create_pool(
     while True:
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=min_size, max_size=max_size, init=init_connection, reset=_keep_session
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                init=init_connection,
+                reset=_keep_session,
+                server_settings=server_settings,
             )
         except (OSError, asyncpg.CannotConnectNowError) as exc:
             if time.monotonic() + delay > deadline:

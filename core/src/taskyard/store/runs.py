@@ -66,7 +66,8 @@ _STORED_EVENTS = (
 _GET_RUN = f"""
 SELECT {_VIEW_COLUMNS}, worker_id, assigned_at,
        ARRAY(SELECT c.run_id FROM runs c WHERE c.tenant_id = r.tenant_id
-             AND c.parent_run_id = r.run_id ORDER BY c.run_id LIMIT 10000) AS children,
+             AND c.parent_run_id = r.run_id ORDER BY c.created_at, c.run_id LIMIT 10000)
+       AS children,
        (SELECT coalesce(json_agg(json_build_object(
                    'at', extract(epoch FROM e.at), 'attempt', e.attempt, 'type', e.type,
                    'worker_id', e.worker_id, 'detail', e.detail) ORDER BY e.seq), '[]')
@@ -159,6 +160,17 @@ class RunRepository:
             async for row in cursor:
                 rows.append(self._run_of(row))
             return rows
+
+    async def load_runs(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, Run]:
+        rows = await self.pool.fetch(
+            f"SELECT {_RUN_STATE_COLUMNS} FROM runs WHERE tenant_id = $1 "
+            "AND run_id = ANY($2::uuid[])",
+            tenant_id,
+            run_ids,
+        )
+        return {row["run_id"]: self._run_of(row) for row in rows}
 
     async def load_run(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> Run | None:
         row = await self.pool.fetchrow(
@@ -273,24 +285,29 @@ class RunRepository:
                 RunSummary.model_validate(dict(row))
                 for row in await self.pool.fetch(
                     f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE tenant_id = $1 "
-                    "AND workflow_run_id = $2 ORDER BY run_id",
+                    "AND workflow_run_id = $2 ORDER BY created_at, run_id",  # their ids are hashed
                     tenant_id,
                     run_id,
                 )
             ]
         return view
 
-    async def active_children(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[uuid.UUID]:
-        """Unfinished runs spawned by a run, and the unfinished steps of a workflow run."""
+    async def active_children(
+        self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """Unfinished runs spawned by the runs, and the unfinished steps of workflow runs among
+        them, each with the run it belongs to."""
         rows = await self.pool.fetch(
-            "SELECT run_id FROM runs WHERE tenant_id = $1 AND parent_run_id = $2 "
+            "SELECT run_id, parent_run_id AS parent FROM runs WHERE tenant_id = $1 "
+            "AND parent_run_id = ANY($2::uuid[]) "
             "AND status IN ('pending', 'queued', 'assigned', 'running') "
-            "UNION SELECT run_id FROM runs WHERE tenant_id = $1 AND workflow_run_id = $2 "
+            "UNION SELECT run_id, workflow_run_id FROM runs WHERE tenant_id = $1 "
+            "AND workflow_run_id = ANY($2::uuid[]) "
             "AND status IN ('pending', 'queued', 'assigned', 'running')",
             tenant_id,
-            run_id,
+            run_ids,
         )
-        return [row["run_id"] for row in rows]
+        return {row["run_id"]: row["parent"] for row in rows}
 
     async def list_runs(
         self,
@@ -320,9 +337,9 @@ class RunRepository:
         return [dict(row) for row in rows]  # the shape of RunSummary
 
     async def run_with_key(self, tenant_id: uuid.UUID, key: str) -> uuid.UUID | None:
-        """The run triggered with this idempotency key (its unique index answers)."""
+        """The run triggered with this idempotency key."""
         run_id: uuid.UUID | None = await self.pool.fetchval(
-            "SELECT run_id FROM runs WHERE tenant_id = $1 AND idempotency_key = $2",
+            "SELECT run_id FROM run_keys WHERE tenant_id = $1 AND key = $2",
             tenant_id,
             key,
         )

@@ -71,6 +71,13 @@ class TenantRepository:
         )
         return Tenant(**dict(row)) if row else None
 
+    async def set_retention(self, tenant_id: uuid.UUID, days: float | None) -> bool:
+        """The tenant's own retention in days (None: the engine's); whether the tenant exists."""
+        result: str = await self.pool.execute(
+            "UPDATE tenants SET retention_days = $2 WHERE tenant_id = $1", tenant_id, days
+        )
+        return result == "UPDATE 1"
+
     async def names(self, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
         rows = await self.pool.fetch(
             "SELECT tenant_id, name FROM tenants WHERE tenant_id = ANY($1::uuid[])", tenant_ids
