@@ -86,7 +86,8 @@ async def fill(
 
 async def day_size(conn: asyncpg.Connection, day: date) -> int:
     total: int = await conn.fetchval(
-        "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relname = ANY ($1)",
+        "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c "
+        "WHERE c.relname = ANY ($1)",
         [f"{table}_p{day:%Y%m%d}" for table in ("runs", "run_events", "run_logs", "durable_log")],
     )
     return total
@@ -187,7 +188,7 @@ async def main(total: int, events: int, short_lived: int) -> None:
         (
             f"sweep deleting {figures['batched_runs']:,} runs by batches",
             f"{figures['batched_seconds']:.2f} s ({per_run * 1e6:.0f} us a run: "
-            f"{per_run * total / 60:.0f} min for {total:,})",
+            f"{per_run * total / 60:.1f} min for {total:,})",
         ),
     ]
     for phase, p in figures["trigger_ms"].items():
