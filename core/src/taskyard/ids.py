@@ -24,6 +24,12 @@ def new_id() -> uuid.UUID:
     return fast
 
 
+def new_run_id(parent_run_id: uuid.UUID | None) -> uuid.UUID:
+    """A new run's id: a child takes its parent's time, so a tree of runs shares a history
+    partition."""
+    return new_id() if parent_run_id is None else id_at_time_of(parent_run_id)
+
+
 def id_at_time_of(origin: uuid.UUID, name: str | None = None) -> uuid.UUID:
     """A UUIDv7 with `origin`'s millisecond. Given a name, the rest is a hash of origin and name
     (the same pair gives the same id: a workflow step decided again after a crash is the same

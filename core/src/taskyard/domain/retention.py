@@ -72,14 +72,22 @@ class Partition:
     def legacy(self) -> bool:
         return self.day is None and self.upper is not None
 
+    @property
+    def lower(self) -> uuid.UUID | None:
+        """Its first id; None for the legacy partition (every id below `upper`)."""
+        return None if self.day is None else first_id_of(_start_of(self.day))
+
     def ended_before(self, moment: datetime) -> bool:
         """Every id of the partition was made before `moment`."""
         return self.upper is not None and self.upper <= first_id_of(moment)
 
 
+def _start_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
 def day_partition(table: str, day: date) -> Partition:
-    end = datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY
-    return Partition(f"{table}_p{day:%Y%m%d}", day, first_id_of(end))
+    return Partition(f"{table}_p{day:%Y%m%d}", day, first_id_of(_start_of(day) + DAY))
 
 
 def parse_partitions(table: str, names: Sequence[tuple[str, str]]) -> list[Partition]:

@@ -7,13 +7,12 @@ a call and says when more matched."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
 from taskyard.errors import ApiError
 from taskyard.services.history import History
-from taskyard.services.runs import Runs, no_such_run
+from taskyard.services.runs import Runs, no_such_run, refusals
 from taskyard_sdk.models import BulkResult, BulkSkip, RunFilter, RunStatus
 from taskyard_sdk.models.runs import MAX_BULK
 
@@ -53,15 +52,7 @@ class Bulk:
     async def _replay(
         self, tenant_id: uuid.UUID, run_ids: list[uuid.UUID]
     ) -> dict[uuid.UUID, ApiError | None]:
-        outcomes = await asyncio.gather(
-            *(self.runs.replay(tenant_id, run_id) for run_id in run_ids), return_exceptions=True
-        )
-        refused: dict[uuid.UUID, ApiError | None] = {}
-        for run_id, outcome in zip(run_ids, outcomes, strict=True):
-            if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
-                raise outcome
-            refused[run_id] = outcome
-        return refused
+        return await refusals(run_ids, (self.runs.replay(tenant_id, r) for r in run_ids))
 
     async def _apply(
         self,

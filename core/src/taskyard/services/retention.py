@@ -118,7 +118,7 @@ class Retention:
                 continue
             names = [_sibling(partition, "runs", table) for table in RUN_TABLES]
             assert partition.upper is not None
-            keys = (_lower(partition), partition.upper)
+            keys = (partition.lower, partition.upper)
             if await self.repository.drop(names, keys):
                 done.dropped += names
             else:
@@ -165,10 +165,3 @@ class Retention:
 def _sibling(partition: Partition, table: str, other: str) -> str:
     """The partition of `other` with the same bounds (named alike)."""
     return other + partition.name.removeprefix(table)
-
-
-def _lower(partition: Partition) -> uuid.UUID | None:
-    if partition.day is None:
-        return None  # the legacy partition: every id below its upper bound
-    start = datetime(partition.day.year, partition.day.month, partition.day.day, tzinfo=UTC)
-    return first_id_of(start)

@@ -10,7 +10,7 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ from taskyard.domain.flow import check_options, flow_for
 from taskyard.domain.limits import Limit
 from taskyard.domain.runs import EMPTY_METADATA, WORKFLOW_QUEUE, Run, json_bytes
 from taskyard.errors import ApiError, Conflict, NotFound, Unprocessable
-from taskyard.ids import id_at_time_of, new_id
+from taskyard.ids import new_run_id
 from taskyard.services.directory import ActorDirectory
 from taskyard.store.persister import Persister
 from taskyard.store.rows import new_run_row
@@ -45,9 +45,18 @@ def no_such_run(run_id: uuid.UUID) -> NotFound:
     return NotFound(f"no run {run_id} in this tenant")
 
 
-def _new_run_id(parent_run_id: uuid.UUID | None) -> uuid.UUID:
-    """A child takes its parent's time, so a tree of runs shares a history partition."""
-    return new_id() if parent_run_id is None else id_at_time_of(parent_run_id)
+async def refusals(
+    run_ids: Sequence[uuid.UUID], changes: Iterable[Awaitable[object]]
+) -> dict[uuid.UUID, ApiError | None]:
+    """The changes of runs made side by side: for each run, the refusal it met (an ApiError)
+    or None; any other exception is raised."""
+    outcomes = await asyncio.gather(*changes, return_exceptions=True)
+    refused: dict[uuid.UUID, ApiError | None] = {}
+    for run_id, outcome in zip(run_ids, outcomes, strict=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+            raise outcome
+        refused[run_id] = outcome if isinstance(outcome, ApiError) else None
+    return refused
 
 
 class Runs:
@@ -143,7 +152,7 @@ class Runs:
                 raise Unprocessable(f"{where}(task {request.task!r}): {exc}") from None
             run = Run(
                 tenant_id=tenant_id,
-                run_id=ids[index] if ids is not None else _new_run_id(request.parent_run_id),
+                run_id=ids[index] if ids is not None else new_run_id(request.parent_run_id),
                 task=sys.intern(request.task),
                 queue=run_options.queue,
                 status=RunStatus.QUEUED,
@@ -243,16 +252,10 @@ class Runs:
                 # one does.
                 refused[run_id] = Conflict(f"run {run_id} is already {run.status.value}")
         asked = [runs[run_id] for run_id in run_ids if run_id not in refused]
-        outcomes = await asyncio.gather(
-            *(self._cancel_one(tenant_id, run, reason) for run in asked), return_exceptions=True
+        refused |= await refusals(
+            [run.run_id for run in asked],
+            (self._cancel_one(tenant_id, run, reason) for run in asked),
         )
-        for run, outcome in zip(asked, outcomes, strict=True):
-            if isinstance(outcome, ApiError):
-                refused[run.run_id] = outcome
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                refused[run.run_id] = None
         await self._cancel_descendants(
             tenant_id, [run_id for run_id, why in refused.items() if why is None], None
         )
@@ -285,18 +288,18 @@ class Runs:
             children = await self.repository.active_children(tenant_id, parents)
             runs = await self.repository.load_runs(tenant_id, list(children))
             live = [run for run in runs.values() if not run.status.terminal]
-            outcomes = await asyncio.gather(
-                *(
+            refused = await refusals(
+                [run.run_id for run in live],
+                (
                     self._cancel_one(
                         tenant_id, run, reason or f"run {children[run.run_id]} was cancelled"
                     )
                     for run in live
                 ),
-                return_exceptions=True,
             )
-            for outcome in outcomes:  # one that ended meanwhile: its children still go
-                if isinstance(outcome, BaseException) and not isinstance(outcome, Conflict):
-                    raise outcome
+            for why in refused.values():  # one that ended meanwhile: its children still go
+                if why is not None and not isinstance(why, Conflict):
+                    raise why
             parents = list(children)
 
     async def replay(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:

@@ -20,7 +20,7 @@ from taskyard.domain.limits import Limit
 from taskyard.domain.runs import EMPTY_METADATA, WORKFLOW_QUEUE, json_bytes
 from taskyard.domain.workflows import CompiledWorkflow, compile_workflow, digest
 from taskyard.errors import NotFound, Unprocessable
-from taskyard.ids import id_at_time_of, new_id
+from taskyard.ids import new_run_id
 from taskyard.services.directory import ActorDirectory
 from taskyard.services.runs import Runs
 from taskyard.services.schedules import Scheduling
@@ -162,7 +162,7 @@ class Workflows:
             # A workflow with concurrency keys waits, queued, until its tenant actor admits it.
             admitted = not workflow.definition.concurrency
             run = WorkflowRun(
-                run_id or (new_id() if parent_run_id is None else id_at_time_of(parent_run_id)),
+                run_id or new_run_id(parent_run_id),
                 workflow,
                 input_json,
                 metadata or EMPTY_METADATA,

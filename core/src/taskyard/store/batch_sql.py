@@ -46,10 +46,13 @@ def _row_set(columns: str, *, joined: bool = False) -> str:
     return f"SELECT {', '.join(expressions)} FROM {rows} AS r"
 
 
+def _names(columns: str) -> str:
+    return ", ".join(column.split()[0] for column in columns.split(","))
+
+
 def _insert(table: str, columns: str, then: str = "") -> str:
     """INSERT of the rows of $1 (see _row_set) into `table`, followed by `then`."""
-    names = ", ".join(column.split()[0] for column in columns.split(","))
-    return f"INSERT INTO {table} ({names})\n{_row_set(columns)}\n{then}"
+    return f"INSERT INTO {table} ({_names(columns)})\n{_row_set(columns)}\n{then}"
 
 
 INSERT_RUNS = _insert("runs", NEW_RUN.sql, "ON CONFLICT DO NOTHING RETURNING run_id")
@@ -61,7 +64,7 @@ INSERT_KEYS = _insert(
     "run_keys", "tenant_id uuid, key text, run_id uuid", "ON CONFLICT DO NOTHING RETURNING run_id"
 )
 INSERT_KEYED_RUNS = f"""
-INSERT INTO runs ({", ".join(column.split()[0] for column in NEW_RUN.sql.split(","))})
+INSERT INTO runs ({_names(NEW_RUN.sql)})
 SELECT * FROM ({_row_set(NEW_RUN.sql)}) AS n
 WHERE n.idempotency_key IS NULL OR n.run_id IN (SELECT run_id FROM new_keys)
 ON CONFLICT DO NOTHING RETURNING run_id
